@@ -1,0 +1,2 @@
+"""tollway's built-in policy, each concern a plain plugin on the same contract
+third parties use (see ``proxy/hookspecs.py``)."""

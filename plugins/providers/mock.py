@@ -1,0 +1,162 @@
+"""The built-in mock provider (``kind: mock``): deterministic answers, no network.
+
+It echoes the last user message (or says ``reply`` when configured), streams
+it a word per chunk with configurable delays, and reports usage like a real
+upstream. It goes through the same pipeline as a real provider: it speaks
+OpenAI, so OpenAI clients get a byte passthrough of its stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from proxy import Call, UpstreamRequest
+from proxy.sse import DONE_EVENT, data_event
+
+from .openai import OpenAIProvider
+
+
+@dataclass(frozen=True)
+class MockOptions:
+    reply: str | None = None  # fixed reply text; default: echo the last user message
+    first_token_delay: float = 0.0  # seconds before the first chunk
+    chunk_delay: float = 0.0  # seconds between chunks
+    embedding_dimensions: int = 16
+
+
+class MockProvider(OpenAIProvider):
+    kind = "mock"
+    Options = MockOptions
+
+    def __init__(self, name, config, options: MockOptions | None = None) -> None:
+        super().__init__(name, config, options or MockOptions())
+        self.chat_url = "mock://chat"
+        self.embeddings_url = "mock://embeddings"
+
+    async def start(self) -> None:  # no connection pool: nothing leaves the process
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def send(self, call: Call, request: UpstreamRequest) -> MockResponse:
+        body = orjson.loads(request.body)
+        if request.url == self.embeddings_url:
+            return MockResponse([orjson.dumps(self.embeddings(body))])
+        return MockResponse(self.chat(body), self.options)
+
+    # -- answers ----------------------------------------------------------------------
+    def reply_text(self, body: dict) -> str:
+        if self.options.reply is not None:
+            return self.options.reply
+        for message in reversed(body.get("messages") or []):
+            if message.get("role") == "user":
+                text = _text_of(message.get("content"))
+                if text:
+                    return text
+        return "Hello from tollway's mock provider."
+
+    def chat(self, body: dict) -> list[bytes]:
+        text = self.reply_text(body)
+        words = text.split(" ")
+        prompt_tokens = sum(count_tokens(_text_of(m.get("content"))) + 3 for m in body.get("messages") or [])
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
+                 "total_tokens": prompt_tokens + len(words),
+                 "prompt_tokens_details": {"cached_tokens": 0},
+                 "completion_tokens_details": {"reasoning_tokens": 0}}
+        model = body.get("model", "mock")
+        cid = "chatcmpl-mock-" + hashlib.sha1(text.encode()).hexdigest()[:12]
+        created = int(time.time())
+        if not body.get("stream"):
+            return [orjson.dumps({
+                "id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                             "logprobs": None, "finish_reason": "stop"}],
+                "usage": usage, "system_fingerprint": None})]
+        head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": None}
+
+        def chunk(delta: dict, finish: str | None = None) -> bytes:
+            return data_event(orjson.dumps({**head, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                                  "finish_reason": finish}]}))
+
+        events = [chunk({"role": "assistant", "content": ""})]
+        events += [chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words)]
+        events.append(chunk({}, "stop"))
+        opts = body.get("stream_options") or {}
+        if opts.get("include_usage"):
+            events.append(data_event(orjson.dumps({**head, "choices": [], "usage": usage})))
+        events.append(DONE_EVENT)
+        return events
+
+    def embeddings(self, body: dict) -> dict:
+        inputs = body.get("input")
+        items = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        dims = body.get("dimensions") or self.options.embedding_dimensions
+        data = [{"object": "embedding", "index": i, "embedding": fake_embedding(str(item), dims)}
+                for i, item in enumerate(items)]
+        tokens = sum(count_tokens(str(item)) for item in items)
+        return {"object": "list", "data": data, "model": body.get("model", "mock"),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+class MockResponse:
+    """Looks like an UpstreamResponse: status, headers, read_chunk, read_all, release."""
+
+    def __init__(self, parts: list[bytes], options: MockOptions | None = None) -> None:
+        self.status = 200
+        self.headers: dict[str, str] = {"Content-Type": "application/json"}
+        self._parts = parts
+        self._i = 0
+        self._options = options
+
+    async def read_chunk(self) -> bytes:
+        if self._i >= len(self._parts):
+            return b""
+        if self._options is not None:
+            delay = self._options.first_token_delay if self._i == 0 else self._options.chunk_delay
+            if delay:
+                await asyncio.sleep(delay)
+        part = self._parts[self._i]
+        self._i += 1
+        return part
+
+    async def read_all(self, limit: int = 0) -> bytes:
+        parts, self._i = self._parts[self._i:], len(self._parts)
+        return b"".join(parts)
+
+    def release(self) -> None:
+        pass
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def count_tokens(text: str) -> int:
+    """A deterministic stand-in for a tokenizer: about four characters a token."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def fake_embedding(text: str, dims: int) -> list[float]:
+    """A unit vector derived from the text's hash: equal texts, equal vectors."""
+    raw = b""
+    counter = 0
+    while len(raw) < dims * 4:
+        raw += hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        counter += 1
+    values = [v / 2**31 - 1.0 for v in struct.unpack(f"<{dims}I", raw[:dims * 4])]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [v / norm for v in values]

@@ -1,0 +1,103 @@
+"""Any OpenAI-compatible upstream (``kind: openai``): base_url + api_key.
+
+For OpenAI clients this is a passthrough: the body goes up as sent (model name
+swapped, stream usage always requested) and the answer comes back byte for
+byte. For clients of other dialects, the canonical body goes up and the
+answer is decoded into canonical chunks.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from proxy import Call, Provider, ProxyError, Route, UpstreamRequest, Usage
+from proxy.provider import loads_json
+from proxy.sse import EventReader
+
+
+class OpenAIProvider(Provider):
+    kind = "openai"
+    dialect = "openai"
+
+    def __init__(self, name, config, options=None) -> None:
+        super().__init__(name, config, options)
+        base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
+        self.chat_url = base + "/chat/completions"
+        self.embeddings_url = base + "/embeddings"
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                   "Accept-Encoding": "identity"}
+        if config.api_key:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        headers.update(config.headers)
+        self.headers = headers
+
+    def chat_request(self, call: Call, route: Route, body: dict | None) -> UpstreamRequest:
+        if body is None:  # passthrough: change the client's body only where needed
+            body = call.body
+            changed = False
+            if body.get("model") != route.upstream_model:
+                body["model"] = route.upstream_model
+                changed = True
+            if call.stream and not call.include_usage:
+                # Always ask for usage (billing); the codec strips it for the client.
+                body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+                changed = True
+            if changed:
+                call.set_body(body)
+            return UpstreamRequest(self.chat_url, call.body_bytes(), self.headers)
+        body = {**body, "model": route.upstream_model}
+        if body.get("stream"):
+            body["stream_options"] = {"include_usage": True}
+        return UpstreamRequest(self.chat_url, orjson.dumps(body), self.headers)
+
+    def embeddings_request(self, call: Call, route: Route) -> UpstreamRequest:
+        if call.body.get("model") != route.upstream_model:
+            call.body["model"] = route.upstream_model
+            call.set_body(call.body)
+        return UpstreamRequest(self.embeddings_url, call.body_bytes(), self.headers)
+
+    def chat_response(self, call: Call, body: bytes) -> tuple[dict, Usage | None]:
+        data = loads_json(body, self.name)
+        return data, Usage.from_openai(data.get("usage"))
+
+    def chat_stream(self, call: Call) -> OpenAIStreamDecoder:
+        return OpenAIStreamDecoder()
+
+
+class OpenAIStreamDecoder:
+    """OpenAI SSE -> canonical chunks (they are the same thing, parsed)."""
+
+    __slots__ = ("usage", "done", "_reader")
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.done = False
+        self._reader = EventReader()
+
+    def feed(self, data: bytes) -> list[dict]:
+        out = []
+        for _, payload in self._reader.feed(data):
+            if payload == b"[DONE]":
+                self.done = True
+                break
+            try:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(chunk, dict):
+                continue
+            if "error" in chunk and "choices" not in chunk:
+                err = chunk["error"] if isinstance(chunk["error"], dict) else {}
+                raise ProxyError(502, f"upstream error mid-stream: {err.get('message', 'unknown')}",
+                                 code="upstream_stream_error")
+            usage = Usage.from_openai(chunk.get("usage"))
+            if usage is not None:
+                self.usage = usage
+            if chunk.get("choices"):
+                out.append(chunk)
+        return out
+
+    def finish(self) -> list[dict]:
+        if not self.done and self.usage is None:
+            raise ProxyError(502, "upstream stream ended before it was complete", code="upstream_stream_cut")
+        return []

@@ -1,0 +1,240 @@
+"""The ``tollway`` command: serve, check, and the commands plugins add (keys, usage, bench...)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .plugins import BUILTINS, make_plugin_manager
+from .schema import ConfigError
+
+DEFAULT_CONFIG = "config/tollway.yaml"
+log = logging.getLogger("tollway")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"tollway: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tollway", description="A self-hosted LLM gateway.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    add_config_arg(serve)
+    serve.add_argument("--host", help="address to listen on (default: server.host)")
+    serve.add_argument("--port", type=port_number, help="port to listen on (default: server.port)")
+    serve.add_argument("--workers", type=positive_int, help="processes sharing the port (default: server.workers)")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="validate a config file without serving")
+    add_config_arg(check)
+    check.set_defaults(func=cmd_check)
+
+    # Commands from the built-in plugins (keys, usage...) and installed ones.
+    importable = [n for n in BUILTINS if _importable(BUILTINS[n])]
+    try:
+        pm = make_plugin_manager(importable)
+    except ConfigError:
+        pm = make_plugin_manager(())
+    pm.hook.tollway_commands(subparsers=sub)
+    return parser
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+        return True
+    except ImportError:
+        return False
+
+
+def add_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=os.environ.get("TOLLWAY_CONFIG", DEFAULT_CONFIG),
+                   help=f"the YAML config file (default: $TOLLWAY_CONFIG or {DEFAULT_CONFIG})")
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run_async(coro) -> int:
+    """Run on uvloop when it is installed."""
+    try:
+        import uvloop
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+def gateway_command(fn):
+    """Wrap ``async fn(gateway, args) -> int`` as a CLI command: the config
+    (``--config``) is loaded and the gateway's storage and plugins started,
+    without serving, for the command's duration."""
+    def run(args: argparse.Namespace) -> int:
+        from .gateway import load_gateway
+
+        gw = load_gateway(args.config)
+
+        async def go() -> int:
+            await gw.start(serving=False)
+            try:
+                return await fn(gw, args)
+            finally:
+                await gw.close()
+
+        return run_async(go())
+
+    return run
+
+
+# -- check ----------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .gateway import load_gateway
+
+    gw = load_gateway(args.config)
+    cfg = gw.config
+    for name in cfg.unset_env:
+        print(f"warning: ${{{name}}} is not set; it reads as empty text", file=sys.stderr)
+    print(f"{args.config}: ok ({len(cfg.providers)} providers, {len(cfg.models)} models, "
+          f"plugins: {', '.join(cfg.plugins.enabled) or 'none'})")
+    return 0
+
+
+# -- serve ----------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .gateway import load_gateway
+
+    gw = load_gateway(args.config)  # validate before forking workers
+    server = gw.config.server
+    host = args.host or server.host
+    port = server.port if args.port is None else args.port
+    workers = args.workers or server.workers
+    for name in gw.config.unset_env:
+        log.warning("${%s} is not set; it reads as empty text", name)
+    if workers > 1 and not args.reuse_port:
+        return serve_workers(args, host, port, workers)
+    return run_async(serve_one(gw, host, port, reuse_port=args.reuse_port))
+
+
+async def serve_one(gw, host: str, port: int, reuse_port: bool = False) -> int:
+    from aiohttp import web
+
+    from .app import make_app
+
+    app = make_app(gw)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=False,
+                           shutdown_timeout=gw.config.server.shutdown_timeout)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        print(f"tollway: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if not reuse_port:
+        print_banner(gw, site_address(site, host, port))
+    await stop.wait()
+    print("tollway: stopping: finishing in-flight requests", file=sys.stderr, flush=True)
+    await runner.cleanup()
+    return 0
+
+
+def site_address(site, host: str, port: int) -> tuple[str, int]:
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        sockname = server.sockets[0].getsockname()
+        return host, sockname[1]
+    return host, port
+
+
+def print_banner(gw, address: tuple[str, int]) -> None:
+    host, port = address
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    base = f"http://{shown}:{port}"
+    model = next(iter(gw.config.models), "MODEL")
+    keys = gw.config.section("keys") or []
+    key = next((k.key for k in keys if getattr(k, "key", None)), None)
+    auth = f' -H "Authorization: Bearer {key}"' if key else ""
+    print(f"tollway listening on {base} ({len(gw.config.models)} models: {', '.join(gw.config.models)})\n"
+          f"  OpenAI base_url: {base}/v1\n"
+          f"  try: curl {base}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
+          f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hello\"}}]}}'",
+          flush=True)
+
+
+def serve_workers(args: argparse.Namespace, host: str, port: int, workers: int) -> int:
+    """N processes on one port (SO_REUSEPORT); SIGTERM is passed on to each."""
+    if port == 0:
+        print("tollway: --workers needs a fixed --port", file=sys.stderr)
+        return 2
+    if not hasattr(socket, "SO_REUSEPORT"):
+        print("tollway: --workers needs SO_REUSEPORT, which this system lacks", file=sys.stderr)
+        return 2
+    cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(Path(args.config)), "--host", host,
+           "--port", str(port), "--reuse-port"] + (["--verbose"] if args.verbose else [])
+    children = [subprocess.Popen(cmd) for _ in range(workers)]
+
+    def forward(sig: int, _frame) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    print(f"tollway listening on http://{host}:{port} with {workers} workers", flush=True)
+    codes = [child.wait() for child in children]
+    return max(codes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

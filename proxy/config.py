@@ -1,0 +1,275 @@
+"""The YAML config: read, interpolate ${VAR}, validate into frozen dataclasses.
+
+Nothing here runs at import time; ``load_config`` is called by the CLI (or a
+test) and returns a ``Config``. The section names follow
+``shared/config-shape.yaml``: they are a contract.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .schema import ConfigError, EnvString, build, build_dataclass, suggest
+
+__all__ = ["Config", "ConfigError", "ModelConfig", "Price", "ProviderConfig", "Timeouts",
+           "read_yaml", "build_config"]
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds; see ``proxy/upstream.py`` for what each one bounds."""
+
+    connect: float = 5.0
+    first_byte: float = 60.0
+    idle: float = 60.0
+    total: float = 600.0
+
+
+@dataclass(frozen=True)
+class DisconnectDrain:
+    """After a client hangs up mid-stream, keep reading the upstream this long
+    (or this many bytes) so its usage can still be billed."""
+
+    seconds: float = 30.0
+    max_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    admin_key: str | None = None
+    max_body_bytes: int = 10 * 1024 * 1024
+    access_log: Literal["text", "json", "off"] = "text"
+    shutdown_timeout: float = 30.0
+    disconnect_drain: DisconnectDrain = field(default_factory=DisconnectDrain)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    url: str = "sqlite:///tollway.db"
+    counters: str = "memory"
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """Options every provider kind has; kind-specific ones go in ``options``."""
+
+    kind: str
+    base_url: str | None = None
+    api_key: str | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_connections: int = 100
+    headers: dict[str, str] = field(default_factory=dict)
+    options: Any = None  # built from the adapter's Options dataclass
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per 1M tokens. ``cached_input`` defaults to ``input``."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    provider: str
+    price: Price
+    model: str | None = None  # the upstream's name; defaults to the public name
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    fallbacks: list[str] = field(default_factory=list)
+    name: str = ""  # filled in from the key under models:
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model or self.name
+
+
+@dataclass(frozen=True)
+class PluginsConfig:
+    enabled: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig
+    storage: StorageConfig
+    providers: dict[str, ProviderConfig]
+    models: dict[str, ModelConfig]
+    plugins: PluginsConfig
+    sections: dict[str, Any]  # plugin-declared sections, by dotted path
+    path: Path | None = None
+    unset_env: tuple[str, ...] = ()
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+    def section(self, dotted: str, default: Any = None) -> Any:
+        return self.sections.get(dotted, default)
+
+
+_CORE_SECTIONS = ("server", "storage", "providers", "models", "plugins")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def read_yaml(path: str | Path) -> tuple[dict, tuple[str, ...]]:
+    """Parse the file and interpolate ${VAR} / ${VAR:-default} in its strings.
+
+    Returns the data and the names of variables that were unset without a
+    default (they read as empty text).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    unset: list[str] = []
+    return _interpolate(data, unset), tuple(dict.fromkeys(unset))
+
+
+def _interpolate(value: Any, unset: list[str]) -> Any:
+    if isinstance(value, str) and "${" in value:
+        def sub(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            got = os.environ.get(name)
+            if got is None or (got == "" and default is not None):
+                if default is None:
+                    unset.append(name)
+                return default or ""
+            return got
+        return EnvString(_VAR.sub(sub, value))
+    if isinstance(value, dict):
+        return {k: _interpolate(v, unset) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, unset) for v in value]
+    return value
+
+
+def build_config(raw: dict, *, schemas: dict[str, Any], provider_options: dict[str, Any],
+                 path: Path | None = None, unset_env: tuple[str, ...] = ()) -> Config:
+    """Validate parsed YAML into a Config.
+
+    ``schemas`` are the plugin sections (from ``tollway_config_schema``);
+    ``provider_options`` maps each known provider kind to its Options
+    dataclass (or None).
+    """
+    claimed_top = {p.split(".")[0] for p in schemas if not p.startswith("plugins.")}
+    for key in raw:
+        if key not in _CORE_SECTIONS and key not in claimed_top:
+            if key == "keys":
+                raise ConfigError("keys: no enabled plugin reads this section "
+                                  "(add 'auth' to plugins.enabled, or the keys are not enforced)")
+            raise ConfigError(f"{key}: unknown section{suggest(str(key), (*_CORE_SECTIONS, *claimed_top))}")
+
+    server = build_dataclass(ServerConfig, raw.get("server"), "server")
+    storage = build_dataclass(StorageConfig, raw.get("storage"), "storage")
+    providers = _build_providers(raw.get("providers"), provider_options)
+    models = _build_models(raw.get("models"), providers)
+    plugins_raw = raw.get("plugins") or {}
+    if not isinstance(plugins_raw, dict):
+        raise ConfigError("plugins: expected a mapping")
+    plugins = build_dataclass(PluginsConfig, {"enabled": plugins_raw.get("enabled", [])}, "plugins")
+
+    sections: dict[str, Any] = {}
+    for dotted, tp in schemas.items():
+        top, _, rest = dotted.partition(".")
+        value = plugins_raw.get(rest) if top == "plugins" else raw.get(dotted)
+        sections[dotted] = build(tp, value, dotted)
+    declared = {p.split(".", 1)[1] for p in schemas if p.startswith("plugins.")}
+    for key in plugins_raw:
+        if key != "enabled" and key not in declared:
+            raise ConfigError(f"plugins.{key}: no enabled plugin reads this section"
+                              f"{suggest(str(key), declared)}")
+    if server.workers < 1:
+        raise ConfigError("server.workers: must be at least 1")
+    if server.max_body_bytes < 1024:
+        raise ConfigError("server.max_body_bytes: must be at least 1024")
+    return Config(server, storage, providers, models, plugins, sections, path, unset_env)
+
+
+def _build_providers(raw: Any, option_types: dict[str, Any]) -> dict[str, ProviderConfig]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("providers: expected a mapping of provider names")
+    common = set(ProviderConfig.__dataclass_fields__) - {"options"}
+    out = {}
+    for name, item in raw.items():
+        where = f"providers.{name}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        kind = item.get("kind")
+        if kind not in option_types:
+            if kind is None:
+                raise ConfigError(f"{where}.kind: required (one of {', '.join(sorted(option_types))})")
+            raise ConfigError(f"{where}.kind: unknown kind {kind!r}{suggest(str(kind), option_types)} "
+                              f"(known: {', '.join(sorted(option_types))})")
+        options_type = option_types[kind]
+        own = {k: v for k, v in item.items() if k in common}
+        rest = {k: v for k, v in item.items() if k not in common}
+        if options_type is None:
+            for key in rest:
+                raise ConfigError(f"{where}.{key}: unknown key{suggest(str(key), common)}")
+            options = None
+        else:
+            try:
+                options = build_dataclass(options_type, rest, where)
+            except ConfigError as exc:
+                msg = str(exc)
+                if msg.endswith("unknown key"):  # no close option name: try the common ones
+                    key = msg.split(":")[0].rsplit(".", 1)[-1]
+                    msg += suggest(key, common | set(options_type.__dataclass_fields__))
+                raise ConfigError(msg) from None
+        config = build_dataclass(ProviderConfig, own, where)
+        if config.max_connections < 1:
+            raise ConfigError(f"{where}.max_connections: must be at least 1")
+        out[str(name)] = ProviderConfig(**{**config.__dict__, "options": options})
+    return out
+
+
+def _build_models(raw: Any, providers: dict[str, ProviderConfig]) -> dict[str, ModelConfig]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("models: expected a mapping of model names")
+    out = {}
+    for name, item in raw.items():
+        where = f"models.{name}"
+        model = build_dataclass(ModelConfig, item, where)
+        if model.provider not in providers:
+            raise ConfigError(f"{where}.provider: unknown provider {model.provider!r}"
+                              f"{suggest(model.provider, providers)}")
+        for k in ("input", "output", "cached_input"):
+            v = getattr(model.price, k)
+            if v is not None and v < 0:
+                raise ConfigError(f"{where}.price.{k}: must not be negative")
+        out[str(name)] = ModelConfig(**{**model.__dict__, "name": str(name)})
+    for name, model in out.items():
+        for i, fb in enumerate(model.fallbacks):
+            if fb not in out:
+                raise ConfigError(f"models.{name}.fallbacks[{i}]: unknown model {fb!r}{suggest(fb, out)}")
+    return out

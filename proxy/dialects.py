@@ -1,0 +1,77 @@
+"""Client dialects: the protocols clients speak to the gateway.
+
+The core speaks OpenAI (``OpenAIDialect``). Plugins add others through
+``tollway_dialects()`` (the Anthropic Messages dialect lives with the
+Anthropic provider plugin). A dialect converts between its own wire format
+and the canonical OpenAI form, and knows how to pass its own streams through.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from .call import Usage
+from .validate import validate_chat
+from .streaming import ChunkEncoder, OpenAIEncoder, OpenAIPassthrough, StreamCodec
+
+if TYPE_CHECKING:
+    from .call import Call
+
+
+class Dialect:
+    """A client-facing protocol. Subclass and return ``{name: instance}`` from
+    ``tollway_dialects()``."""
+
+    name: ClassVar[str] = ""
+
+    def validate(self, body: dict) -> None:
+        """Raise ProxyError(400) naming the field when the body is malformed."""
+        raise NotImplementedError
+
+    def canonical_request(self, call: Call) -> dict:
+        """The client's chat body as a canonical (OpenAI) body."""
+        raise NotImplementedError
+
+    def response_usage(self, body: dict) -> Usage | None:
+        """Usage of a native (passthrough) non-stream answer in this dialect."""
+        raise NotImplementedError
+
+    def add_usage_fields(self, body: dict, extra: dict) -> None:
+        """Add the gateway's usage fields (e.g. ``cost``) to a native answer."""
+        usage = body.get("usage")
+        if isinstance(usage, dict):
+            body["usage"] = {**usage, **extra}  # a copy: the body may be a cached entry's
+
+    def passthrough(self, call: Call) -> StreamCodec:
+        """A codec for a native stream: bytes forwarded, usage sniffed."""
+        raise NotImplementedError
+
+    def encoder(self, call: Call) -> ChunkEncoder:
+        """An encoder of canonical chunks into this dialect's stream."""
+        raise NotImplementedError
+
+    def render_completion(self, call: Call, completion: dict) -> dict:
+        """A canonical chat.completion as this dialect's answer body."""
+        raise NotImplementedError
+
+
+class OpenAIDialect(Dialect):
+    name = "openai"
+
+    def validate(self, body: dict) -> None:
+        validate_chat(body)
+
+    def canonical_request(self, call: Call) -> dict:
+        return call.body
+
+    def response_usage(self, body: dict) -> Usage | None:
+        return Usage.from_openai(body.get("usage"))
+
+    def passthrough(self, call: Call) -> StreamCodec:
+        return OpenAIPassthrough()
+
+    def encoder(self, call: Call) -> ChunkEncoder:
+        return OpenAIEncoder()
+
+    def render_completion(self, call: Call, completion: dict) -> dict:
+        return completion

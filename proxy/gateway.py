@@ -1,0 +1,97 @@
+"""Gateway: the running whole (config, plugins, providers, dialects, storage).
+
+Built by ``load_gateway`` (from a file) or ``build_gateway`` (from a dict, in
+tests); started and stopped by the aiohttp app's lifecycle or by the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import pluggy
+
+from .accesslog import AccessLog
+from .config import Config, build_config, read_yaml
+from .dialects import Dialect, OpenAIDialect
+from .plugins import Hooks, collect, compile_hooks, make_plugin_manager
+from .provider import Provider
+from .schema import ConfigError
+from .store import Store, open_store
+
+log = logging.getLogger("tollway")
+
+
+class Gateway:
+    """What plugins receive at start-up: read ``config``, use ``store``,
+    find adapters in ``providers`` (by provider name)."""
+
+    def __init__(self, config: Config, pm: pluggy.PluginManager, hooks: Hooks,
+                 providers: dict[str, Provider], dialects: dict[str, Dialect]) -> None:
+        self.config = config
+        self.pm = pm
+        self.hooks = hooks
+        self.providers = providers
+        self.dialects = dialects
+        self.store: Store = open_store(config.storage.url, config.base_dir)
+        self.started = False
+        self.ready = False
+        self.access_log: AccessLog | None = None  # set by the server when logging is on
+
+    async def start(self, *, serving: bool = True) -> None:
+        """Open storage, start providers, run ``tollway_startup`` hooks."""
+        await self.store.connect()
+        self.started = True
+        if serving:
+            for provider in self.providers.values():
+                await provider.start()
+        for impl in self.pm.hook.tollway_startup.get_hookimpls():  # registration order
+            result = impl.function(*[self for _ in impl.argnames])
+            if inspect.isawaitable(result):
+                await result
+        self.ready = True
+
+    async def close(self) -> None:
+        """Run ``tollway_shutdown`` hooks (flush), close providers and storage."""
+        self.ready = False
+        if not self.started:
+            return
+        try:
+            for result in self.pm.hook.tollway_shutdown(gateway=self):
+                if inspect.isawaitable(result):
+                    try:
+                        await result
+                    except Exception:
+                        log.exception("a plugin failed during shutdown")
+        finally:
+            await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
+            await self.store.close()
+            self.started = False
+
+    async def is_ready(self) -> bool:
+        return self.ready and await self.store.ping()
+
+
+def load_gateway(path: str | Path, extra_plugins: Iterable[Any] = ()) -> Gateway:
+    """Read, validate and wire the config file; raises ConfigError on any mistake."""
+    raw, unset = read_yaml(path)
+    return build_gateway(raw, Path(path).resolve(), extra_plugins, unset)
+
+
+def build_gateway(raw: dict, path: Path | None = None, extra_plugins: Iterable[Any] = (),
+                  unset_env: tuple[str, ...] = ()) -> Gateway:
+    plugins_raw = raw.get("plugins") or {}
+    enabled = plugins_raw.get("enabled", []) if isinstance(plugins_raw, dict) else []
+    if not isinstance(enabled, list):
+        raise ConfigError("plugins.enabled: expected a list of plugin names")
+    pm = make_plugin_manager(enabled, extra_plugins)
+    schemas = collect(pm.hook.tollway_config_schema())
+    kinds: dict[str, type[Provider]] = collect(pm.hook.tollway_providers())
+    config = build_config(raw, schemas=schemas, provider_options={k: c.Options for k, c in kinds.items()},
+                          path=path, unset_env=unset_env)
+    dialects: dict[str, Dialect] = {"openai": OpenAIDialect(), **collect(pm.hook.tollway_dialects())}
+    providers = {name: kinds[pc.kind](name, pc, pc.options) for name, pc in config.providers.items()}
+    return Gateway(config, pm, compile_hooks(pm), providers, dialects)

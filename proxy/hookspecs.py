@@ -1,0 +1,206 @@
+"""The plugin contract: every hook tollway calls, when, in which order, and why.
+
+A plugin is a module, or an object, with functions marked ``@hookimpl``
+(``from proxy import hookimpl``). Implement only the hooks you need, and take
+only the arguments you need (pluggy passes arguments by name).
+
+**Two kinds of hook.**
+
+*Start-up hooks* (``tollway_config_schema``, ``tollway_providers``,
+``tollway_dialects``, ``tollway_routes``, ``tollway_commands``,
+``tollway_startup``, ``tollway_shutdown``) are called through pluggy as usual,
+once per process.
+
+*Request-time hooks* (``tollway_authenticate`` ... ``tollway_finish``) must be
+``async def`` and take the ``call`` (a ``proxy.Call``). pluggy cannot await,
+so the core collects each hook's implementations once at start-up, in pluggy's
+call order, into a tuple, and awaits them itself. Order: plugins registered
+later run first (user plugins before built-ins); ``tryfirst=True`` /
+``trylast=True`` on ``@hookimpl`` move an implementation to the front/back.
+
+**Failing a request.** A request-time hook answers the client with an error
+by raising ``proxy.ProxyError(status, message, ...)``. Any other exception is
+a bug: it is logged with its traceback and the client gets a bare 500.
+
+**A request's way through.** authenticate -> resolve -> admit -> lookup ->
+(upstream) -> usage -> settle -> finish. See each hook for what has been set
+on ``call`` by then.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    import argparse
+
+    from aiohttp import web
+
+    from .call import Call, CachedResponse, Route
+    from .dialects import Dialect
+    from .gateway import Gateway
+    from .provider import Provider
+
+hookspec = pluggy.HookspecMarker("tollway")
+
+
+# -- start-up ------------------------------------------------------------------------
+
+@hookspec
+def tollway_config_schema() -> dict[str, Any] | None:
+    """Declare the config sections this plugin reads, with their types.
+
+    Return ``{dotted section path: type}``, e.g. ``{"plugins.ledger":
+    LedgerOptions}`` or ``{"keys": list[KeyConfig]}``. Types are dataclasses
+    (or ``list[...]``/``dict[str, ...]`` of them); the core validates the YAML
+    against them at start-up, naming the path of any mistake, and stores the
+    built value in ``gateway.config.sections[path]``. A section present in the
+    YAML but declared by no enabled plugin stops start-up.
+    """
+
+
+@hookspec
+def tollway_providers() -> dict[str, type[Provider]] | None:
+    """Provider adapter classes by kind, e.g. ``{"openai": OpenAIProvider}``.
+
+    The core makes one instance per entry of ``providers:`` in the YAML whose
+    ``kind`` matches. A later-registered plugin's kind replaces an earlier one.
+    """
+
+
+@hookspec
+def tollway_dialects() -> dict[str, Dialect] | None:
+    """Client dialects by name beyond the core's ``openai``, e.g. ``anthropic``."""
+
+
+@hookspec
+def tollway_routes(gateway: Gateway) -> list[web.AbstractRouteDef] | None:
+    """Extra HTTP routes (aiohttp route definitions), e.g. an admin API.
+
+    Called once while the app is built. Routes are plain aiohttp handlers;
+    they render errors with ``proxy.routes.error_response``.
+    """
+
+
+@hookspec
+def tollway_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``tollway`` CLI sub-commands.
+
+    Add a parser with ``subparsers.add_parser(...)``, give it a ``--config``
+    with ``proxy.cli.add_config_arg(parser)``, and set
+    ``func=proxy.cli.gateway_command(async_fn)`` with ``set_defaults``, where
+    ``async_fn(gateway, args) -> int``: the CLI loads the config, starts the
+    gateway's storage and plugins (no server), runs the function and exits
+    with its return value. Called for every importable built-in plugin and
+    installed entry point, whatever the config enables.
+    """
+
+
+@hookspec
+def tollway_startup(gateway: Gateway) -> Awaitable[None] | None:
+    """The gateway is starting: config loaded, storage open, providers made.
+
+    Return an awaitable (e.g. call an ``async def``) to do async set-up:
+    load state, start background tasks. Raise ``proxy.config.ConfigError`` to
+    stop start-up with a message. Runs in registration order (built-ins first).
+    """
+
+
+@hookspec
+def tollway_shutdown(gateway: Gateway) -> Awaitable[None] | None:
+    """The gateway is stopping, after in-flight requests finished (or the
+    shutdown timeout passed) and before storage closes: flush what you hold."""
+
+
+# -- request time (async; dispatched by the core from tuples) ------------------------
+
+@hookspec
+async def tollway_authenticate(call: Call) -> Any | None:
+    """Who is calling? Return a principal (any object) or None.
+
+    First non-None wins, and is stored in ``call.principal``. Raise
+    ProxyError(401) to reject. If no plugin implements this hook, every
+    request is anonymous (``call.principal`` stays None).
+    """
+
+
+@hookspec
+async def tollway_resolve(call: Call) -> Route | None:
+    """Where does ``call.model`` go? Return a ``proxy.Route`` or None.
+
+    First non-None wins, and is stored in ``call.route``. The built-in
+    ``routing`` plugin resolves the YAML ``models:`` table; a plugin running
+    before it can route differently. None from all: 404 unknown model.
+    """
+
+
+@hookspec
+async def tollway_admit(call: Call) -> None:
+    """May this request go ahead? All implementations run, in order.
+
+    ``call.principal`` and ``call.route`` are set. Raise ProxyError (403, 402,
+    429...) to refuse. Add response headers to ``call.response_headers``
+    (they are sent on success and on refusal). Reserve what you must release
+    in ``tollway_finish``, which always runs after admit was reached.
+    """
+
+
+@hookspec
+async def tollway_lookup(call: Call) -> CachedResponse | None:
+    """Is there an answer without the upstream? First non-None wins.
+
+    A ``proxy.CachedResponse`` short-circuits the upstream call; the core
+    renders it as JSON or replays it as a stream in the client's dialect,
+    then ``tollway_usage``, ``tollway_settle`` and ``tollway_finish`` run as
+    usual (``call.cache_status`` tells them it was a hit).
+    """
+
+
+@hookspec
+async def tollway_stream_filter(call: Call) -> Callable[[bytes], bytes] | None:
+    """Want to see (or rewrite) the bytes of this stream? Return a function
+    ``bytes -> bytes`` applied to every write to the client, or None.
+
+    Called once per streamed request, before the first byte. When every
+    plugin answers None (the usual case) the stream is a pure passthrough
+    and no plugin code runs per chunk.
+    """
+
+
+@hookspec
+async def tollway_usage(call: Call) -> None:
+    """The upstream's usage is known (``call.usage``; None if it sent none).
+
+    Runs before the end of the answer is written, so plugins can price it
+    (set ``call.cost_micro``) and add fields to the usage the client sees
+    (``call.usage_extra``) and, for non-stream answers, response headers
+    (``call.response_headers``). All implementations run, in order.
+    """
+
+
+@hookspec
+async def tollway_settle(call: Call) -> None:
+    """The answer has been written (or failed after admission).
+
+    Account for it: settle reservations, write the ledger, store the cache
+    entry. ``call.usage``, ``call.cost_micro``, ``call.status``,
+    ``call.error`` and ``call.client_gone`` tell what happened. Runs for
+    every request that reached admit. All implementations run; one raising
+    does not stop the others.
+    """
+
+
+@hookspec
+async def tollway_finish(call: Call) -> None:
+    """Always runs last, for every request (in a ``finally``): release what
+    admit took, write access logs. Must not raise."""
+
+
+@hookspec
+async def tollway_visible_models(call: Call, models: list[str]) -> list[str] | None:
+    """Filter ``GET /v1/models`` for this caller: return the subset of
+    ``models`` (public names) the caller may use, or None for no change.
+    Runs after authentication; each implementation sees the previous result.
+    """

@@ -1,0 +1,253 @@
+"""A model request's way through the hooks and the upstream.
+
+authenticate -> resolve -> admit -> lookup -> upstream -> usage -> settle -> finish.
+Every failure becomes a ProxyError answered in the client's dialect; settle
+runs for every request that reached admit, finish for every request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import web
+
+from .call import Call, CachedResponse, Route
+from .errors import ProxyError, internal_error
+from .provider import loads_json
+from .streaming import TranslatingCodec, completion_to_chunks, pump, replay
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+    from .upstream import UpstreamResponse
+
+log = logging.getLogger("tollway")
+
+JSON = "application/json"
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+MAX_ERROR_BODY = 1024 * 1024
+# Upstream failures worth trying the next fallback for (nothing was sent yet).
+RETRYABLE = frozenset((429, 502, 503, 504))
+
+
+async def run_model_call(gw: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
+    """Answer one chat / embeddings / messages request."""
+    hooks = gw.hooks
+    admitted = False
+    resp: web.StreamResponse | None = None
+    try:
+        try:
+            await authenticate(gw, call)
+            await resolve(gw, call)
+            admitted = True
+            for admit in hooks.admit:
+                await admit(call)
+            cached = None
+            for lookup in hooks.lookup:
+                cached = await lookup(call)
+                if cached is not None:
+                    break
+            if cached is not None:
+                resp = await answer_cached(gw, request, call, cached)
+            else:
+                resp = await forward(gw, request, call)
+        except ProxyError as err:
+            resp = await send_error(request, call, err)
+        except Exception:
+            log.exception("request failed: %s %s", request.method, request.path)
+            resp = await send_error(request, call, internal_error())
+        call.ended_at = time.perf_counter()
+        if admitted:
+            for settle in hooks.settle:
+                try:
+                    await settle(call)
+                except Exception:
+                    log.exception("tollway_settle failed")
+    finally:
+        call.ended_at = call.ended_at or time.perf_counter()
+        await finish(gw, call)
+    return resp
+
+
+async def authenticate(gw: Gateway, call: Call) -> None:
+    for auth in gw.hooks.authenticate:
+        principal = await auth(call)
+        if principal is not None:
+            call.principal = principal
+            return
+
+
+async def resolve(gw: Gateway, call: Call) -> None:
+    for res in gw.hooks.resolve:
+        route = await res(call)
+        if route is not None:
+            call.route = route
+            call.provider_name = route.provider.name
+            call.served_model = route.model
+            return
+    raise ProxyError(404, f"model {call.model!r} does not exist; GET /v1/models lists the models you can use",
+                     param="model", code="model_not_found")
+
+
+async def finish(gw: Gateway, call: Call) -> None:
+    for fin in gw.hooks.finish:
+        try:
+            await fin(call)
+        except Exception:
+            log.exception("tollway_finish failed")
+    if gw.access_log is not None:
+        gw.access_log.record(call)
+
+
+async def on_usage(gw: Gateway, call: Call) -> None:
+    for hook in gw.hooks.usage:
+        await hook(call)
+
+
+async def send_error(request: web.Request, call: Call, err: ProxyError) -> web.StreamResponse:
+    call.error = err
+    call.status = err.status
+    call.error_code = err.code
+    headers = {**call.response_headers, **err.headers, "Content-Type": JSON}
+    resp = web.Response(status=err.status, body=err.render(call.dialect), headers=headers)
+    await _send(request, resp)
+    return resp
+
+
+async def _send(request: web.Request, resp: web.Response) -> None:
+    """Write a whole response now, so settle runs after the client has it."""
+    try:
+        await resp.prepare(request)
+        await resp.write_eof()
+    except (ConnectionError, RuntimeError):
+        pass
+
+
+# -- upstream -------------------------------------------------------------------------
+
+async def forward(gw: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
+    """Try the route, then its fallbacks, until one answers."""
+    route = call.route
+    routes: tuple[Route, ...] = (route, *route.fallbacks)
+    for i, attempt in enumerate(routes):
+        call.route = attempt
+        call.provider_name = attempt.provider.name
+        call.served_model = attempt.model
+        call.upstream_attempts += 1
+        try:
+            if call.endpoint == "embeddings":
+                return await forward_embeddings(gw, request, call, attempt)
+            return await forward_chat(gw, request, call, attempt)
+        except ProxyError as err:
+            if i + 1 < len(routes) and err.status in RETRYABLE and not call.status:
+                log.warning("route %s via %s failed (%s); trying %s", attempt.model, attempt.provider.name,
+                            err.code, routes[i + 1].model)
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+async def open_upstream(call: Call, route: Route, request) -> UpstreamResponse:
+    provider = route.provider
+    up = await provider.send(call, request)
+    if up.status >= 400:
+        try:
+            body = await up.read_all(MAX_ERROR_BODY)
+        except ProxyError:
+            body = b""
+        finally:
+            up.release()
+        raise provider.error_for(call, up.status, up.headers, body)
+    return up
+
+
+async def forward_chat(gw: Gateway, request: web.Request, call: Call, route: Route) -> web.StreamResponse:
+    provider = route.provider
+    dialect = gw.dialects[call.dialect]
+    native = provider.dialect == call.dialect
+    canonical = None if native else dialect.canonical_request(call)
+    up = await open_upstream(call, route, provider.chat_request(call, route, canonical))
+
+    if call.stream:
+        if native:
+            codec = dialect.passthrough(call)
+        else:
+            codec = TranslatingCodec(provider.chat_stream(call), dialect.encoder(call))
+        filters = []
+        for hook in gw.hooks.stream_filter:
+            f = await hook(call)
+            if f is not None:
+                filters.append(f)
+        resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, **call.response_headers})
+        call.status = 200
+        try:
+            await resp.prepare(request)
+        except (ConnectionError, RuntimeError):
+            call.client_gone = True
+        await pump(call, resp, up, codec, lambda c: on_usage(gw, c), tuple(filters),
+                   gw.config.server.disconnect_drain)
+        return resp
+
+    try:
+        raw = await up.read_all()
+    finally:
+        up.release()
+    call.first_byte_at = time.perf_counter()
+    if native:
+        body = loads_json(raw, provider.name)
+        call.usage = dialect.response_usage(body)
+    else:
+        completion, call.usage = provider.chat_response(call, raw)
+        body = dialect.render_completion(call, completion)
+        raw = None
+    await on_usage(gw, call)
+    if call.usage_extra:
+        dialect.add_usage_fields(body, call.usage_extra)
+        raw = None
+    return await _json_response(request, call, raw if raw is not None else orjson.dumps(body))
+
+
+async def forward_embeddings(gw: Gateway, request: web.Request, call: Call, route: Route) -> web.StreamResponse:
+    provider = route.provider
+    up = await open_upstream(call, route, provider.embeddings_request(call, route))
+    try:
+        raw = await up.read_all()
+    finally:
+        up.release()
+    call.first_byte_at = time.perf_counter()
+    body, call.usage = provider.embeddings_response(call, raw)
+    await on_usage(gw, call)
+    if call.usage_extra and isinstance(body.get("usage"), dict):
+        body["usage"].update(call.usage_extra)
+    return await _json_response(request, call, orjson.dumps(body))
+
+
+async def _json_response(request: web.Request, call: Call, body: bytes) -> web.Response:
+    call.status = 200
+    resp = web.Response(status=200, body=body, headers={**call.response_headers, "Content-Type": JSON})
+    await _send(request, resp)
+    return resp
+
+
+async def answer_cached(gw: Gateway, request: web.Request, call: Call, cached: CachedResponse) -> web.StreamResponse:
+    """Render a lookup hit as the client asked: JSON or a replayed stream."""
+    dialect = gw.dialects[call.dialect]
+    call.usage = cached.usage
+    if cached.headers:
+        call.response_headers.update(cached.headers)
+    await on_usage(gw, call)
+    if call.endpoint == "chat" or call.endpoint == "messages":
+        if call.stream:
+            resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, **call.response_headers})
+            call.status = 200
+            await resp.prepare(request)
+            await replay(call, resp, dialect.encoder(call), completion_to_chunks(cached.body), call.usage)
+            return resp
+        body = dialect.render_completion(call, dict(cached.body))
+    else:
+        body = dict(cached.body)
+    if call.usage_extra:
+        dialect.add_usage_fields(body, call.usage_extra)
+    return await _json_response(request, call, orjson.dumps(body))

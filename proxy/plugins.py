@@ -1,0 +1,141 @@
+"""The plugin manager: which plugins load, and the request-time dispatch tuples.
+
+Plugins load in this order (later ones run first at request time):
+
+1. the always-on built-ins: ``routing`` (the YAML models table) and
+   ``providers`` (the openai, mock, anthropic and gemini adapters);
+2. the names in ``plugins.enabled``: a built-in name (``auth``, ``ratelimit``,
+   ``quotas``, ``pricing``, ``ledger``, ``cache``) or a dotted module path;
+3. setuptools entry points in the group ``tollway``.
+
+A module that defines a class named ``Plugin`` is registered as an instance of
+it (so a plugin's state lives on the instance, not in module globals);
+otherwise the module itself is registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Callable, Iterable
+
+import pluggy
+
+from . import hookspecs
+from .schema import ConfigError, suggest
+
+ALWAYS_ON = {"routing": "plugins.routing", "providers": "plugins.providers"}
+BUILTINS = {
+    "auth": "plugins.auth",
+    "ratelimit": "plugins.ratelimit",
+    "quotas": "plugins.quotas",
+    "pricing": "plugins.pricing",
+    "ledger": "plugins.ledger",
+    "cache": "plugins.cache",
+}
+ENTRY_POINT_GROUP = "tollway"
+
+REQUEST_HOOKS = ("authenticate", "resolve", "admit", "lookup", "stream_filter", "usage", "settle",
+                 "finish", "visible_models")
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """Each request-time hook's implementations, in call order, as plain async callables."""
+
+    authenticate: tuple[Callable, ...]
+    resolve: tuple[Callable, ...]
+    admit: tuple[Callable, ...]
+    lookup: tuple[Callable, ...]
+    stream_filter: tuple[Callable, ...]
+    usage: tuple[Callable, ...]
+    settle: tuple[Callable, ...]
+    finish: tuple[Callable, ...]
+    visible_models: tuple[Callable, ...]
+
+
+def make_plugin_manager(enabled: Iterable[str] = (), extra: Iterable[Any] = (),
+                        load_entry_points: bool = True) -> pluggy.PluginManager:
+    """A plugin manager with the built-ins, ``enabled`` and entry points registered.
+
+    ``extra`` are plugin objects registered last (tests use it for ad-hoc plugins).
+    """
+    pm = pluggy.PluginManager("tollway")
+    pm.add_hookspecs(hookspecs)
+    for name, module in ALWAYS_ON.items():
+        _register(pm, importlib.import_module(module), f"builtin:{name}")
+    for i, name in enumerate(enabled):
+        where = f"plugins.enabled[{i}]"
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: expected a plugin name or dotted path")
+        if name in BUILTINS:
+            _register(pm, importlib.import_module(BUILTINS[name]), f"builtin:{name}")
+            continue
+        if "." not in name:
+            raise ConfigError(f"{where}: unknown plugin {name!r}{suggest(name, BUILTINS)} "
+                              f"(built-ins: {', '.join(BUILTINS)}; or give a dotted module path)")
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"{where}: cannot import {name!r}: {exc}") from None
+        _register(pm, module, name)
+    if load_entry_points:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if pm.has_plugin(ep.name):
+                continue
+            try:
+                obj = ep.load()
+            except Exception as exc:
+                raise ConfigError(f"entry point {ep.name!r} ({ep.value}) failed to load: {exc}") from None
+            _register(pm, obj, ep.name)
+    for i, obj in enumerate(extra):
+        _register(pm, obj, f"extra:{i}:{getattr(obj, '__name__', type(obj).__name__)}")
+    return pm
+
+
+def _register(pm: pluggy.PluginManager, obj: Any, name: str) -> None:
+    if pm.has_plugin(name):
+        raise ConfigError(f"plugins.enabled: plugin {name!r} is listed twice")
+    plugin_class = getattr(obj, "Plugin", None) if inspect.ismodule(obj) else None
+    if inspect.isclass(plugin_class):
+        obj = plugin_class()
+    try:
+        pm.register(obj, name=name)
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        raise ConfigError(f"plugin {name!r} does not fit the hook contract: {exc}") from None
+
+
+def compile_hooks(pm: pluggy.PluginManager) -> Hooks:
+    """Freeze the request-time hooks into tuples (call order), checking they are async."""
+    compiled = {}
+    for short in REQUEST_HOOKS:
+        caller = getattr(pm.hook, f"tollway_{short}")
+        fns = []
+        for impl in reversed(caller.get_hookimpls()):  # pluggy's own call order
+            fn = impl.function
+            if not inspect.iscoroutinefunction(fn):
+                raise ConfigError(f"plugin {impl.plugin_name!r}: tollway_{short} must be 'async def'")
+            fns.append(_adapt(fn, impl.argnames, short))
+        compiled[short] = tuple(fns)
+    return Hooks(**compiled)
+
+
+def _adapt(fn: Callable, argnames: tuple[str, ...], short: str) -> Callable:
+    """Let an implementation take fewer arguments than the spec (pluggy's rule)."""
+    full = ("call", "models") if short == "visible_models" else ("call",)
+    if argnames == full:
+        return fn
+    if short == "visible_models":
+        return lambda call, models: fn(**{k: v for k, v in (("call", call), ("models", models)) if k in argnames})
+    return lambda call: fn()
+
+
+def collect(results: Iterable[Any]) -> dict:
+    """Merge the dicts a start-up hook returned (earlier-registered first, so later ones win)."""
+    merged: dict = {}
+    for result in reversed(list(results)):
+        if result:
+            merged.update(result)
+    return merged

@@ -1,0 +1,179 @@
+"""HTTP endpoints: read and check the request, make the Call, run the pipeline."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from .call import Call
+from .errors import ProxyError, bad_request
+from .pipeline import JSON, authenticate, finish, run_model_call, send_error
+from .validate import validate_embeddings
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
+
+# Paths served here, for a 405 (not 404) when the method is wrong.
+_KNOWN_PATHS = {"/v1/chat/completions": "POST", "/v1/embeddings": "POST", "/v1/messages": "POST",
+                "/v1/models": "GET", "/health": "GET", "/health/ready": "GET"}
+
+
+async def read_json(request: web.Request, limit: int) -> tuple[dict, bytes]:
+    """The body, parsed once; 413 over ``limit``, 400 when it is not a JSON object."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(limit) from None
+    if len(raw) > limit:
+        raise _too_large(limit)
+    if not raw:
+        raise bad_request("the request body is empty: send a JSON object", code="empty_body")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object", code="invalid_json")
+    return body, raw
+
+
+def _too_large(limit: int) -> ProxyError:
+    return ProxyError(413, f"the request body is larger than the gateway's limit of {limit} bytes",
+                      code="body_too_large")
+
+
+def error_response(err: ProxyError, dialect: str = "openai") -> web.Response:
+    """An error as a response (for plugin routes, e.g. the admin API)."""
+    return web.Response(status=err.status, body=err.render(dialect),
+                        headers={**err.headers, "Content-Type": JSON})
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), headers={**(headers or {}), "Content-Type": JSON})
+
+
+class ModelRoutes:
+    """The model-facing endpoints of one gateway."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.limit = gw.config.server.max_body_bytes
+        self.created = int(time.time())
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/chat/completions", self.chat),
+            web.post("/v1/embeddings", self.embeddings),
+            web.post("/v1/messages", self.messages),
+            web.get("/v1/models", self.list_models),
+            web.get("/v1/models/{model:.+}", self.get_model),
+            web.get("/health", self.health),
+            web.get("/health/ready", self.ready),
+        ]
+
+    async def _model_call(self, request: web.Request, endpoint: str, dialect: str) -> web.StreamResponse:
+        try:
+            body, raw = await read_json(request, self.limit)
+            if endpoint == "embeddings":
+                validate_embeddings(body)
+            else:
+                self.gw.dialects[dialect].validate(body)
+        except ProxyError as err:
+            return error_response(err, dialect)
+        return await run_model_call(self.gw, request, Call(request, endpoint, body, raw, dialect))
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._model_call(request, "chat", "openai")
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._model_call(request, "embeddings", "openai")
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        if "anthropic" not in self.gw.dialects:
+            return error_response(ProxyError(404, "the Anthropic Messages API is not enabled on this gateway",
+                                             code="unknown_endpoint"), "anthropic")
+        return await self._model_call(request, "messages", "anthropic")
+
+    # -- models -----------------------------------------------------------------------
+    def describe(self, name: str) -> dict:
+        m = self.gw.config.models[name]
+        price = m.price
+        return {
+            "id": name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": m.provider,
+            "pricing": {
+                "currency": "USD",
+                "unit": "1M tokens",
+                "input": price.input,
+                "output": price.output,
+                "cached_input": price.cached_input if price.cached_input is not None else price.input,
+            },
+            "context_window": m.context_window,
+        }
+
+    async def _visible(self, request: web.Request, call: Call) -> list[str]:
+        await authenticate(self.gw, call)
+        names = list(self.gw.config.models)
+        for hook in self.gw.hooks.visible_models:
+            filtered = await hook(call, names)
+            if filtered is not None:
+                names = filtered
+        return names
+
+    async def list_models(self, request: web.Request) -> web.StreamResponse:
+        call = Call(request, "models", {}, b"")
+        try:
+            names = await self._visible(request, call)
+            call.status = 200
+            return json_response({"object": "list", "data": [self.describe(n) for n in names]},
+                                 headers=call.response_headers)
+        except ProxyError as err:
+            return await send_error(request, call, err)
+        finally:
+            await finish(self.gw, call)
+
+    async def get_model(self, request: web.Request) -> web.StreamResponse:
+        model = request.match_info["model"]
+        call = Call(request, "models", {"model": model}, b"")
+        try:
+            names = await self._visible(request, call)
+            if model not in names:
+                raise ProxyError(404, f"model {model!r} does not exist; GET /v1/models lists the models "
+                                      "you can use", param="model", code="model_not_found")
+            call.status = 200
+            return json_response(self.describe(model), headers=call.response_headers)
+        except ProxyError as err:
+            return await send_error(request, call, err)
+        finally:
+            await finish(self.gw, call)
+
+    # -- health -----------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        if await self.gw.is_ready():
+            return json_response({"status": "ready"})
+        return json_response({"status": "not ready", "reason": "storage is not reachable or start-up "
+                                                                "has not finished"}, status=503)
+
+
+async def fallback(request: web.Request) -> web.Response:
+    """Unknown paths and wrong methods, answered in the OpenAI error shape."""
+    allowed = _KNOWN_PATHS.get(request.path.rstrip("/") or "/")
+    if allowed:
+        err = ProxyError(405, f"{request.method} is not allowed on {request.path}; use {allowed}",
+                         code="method_not_allowed")
+        err.headers["Allow"] = allowed
+    else:
+        err = ProxyError(404, f"unknown endpoint {request.method} {request.path}", code="unknown_endpoint")
+    return error_response(err, "anthropic" if request.path.startswith("/v1/messages") else "openai")

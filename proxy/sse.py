@@ -1,0 +1,119 @@
+"""Incremental Server-Sent Events parsing and writing.
+
+Upstream bytes arrive in TCP reads that can cut an event anywhere: inside a
+``data:`` line, between ``\\r`` and ``\\n``, inside a multi-byte character.
+``EventSplitter`` holds the unfinished tail and hands out complete events only.
+Event blocks are kept as the exact bytes received, so a passthrough can forward
+them unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+
+# An event ends at a blank line. Servers use \n or \r\n line endings.
+_BOUNDARY = re.compile(rb"\r?\n\r?\n")
+
+DONE = b"[DONE]"
+
+
+class EventSplitter:
+    """Cuts a byte stream into complete SSE event blocks."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """Add bytes; return every complete event received so far as one slice
+        (possibly empty). The incomplete tail is kept for the next call."""
+        if self._pending:
+            data = self._pending + data
+        end = last_boundary(data)
+        self._pending = data[end:]
+        return data[:end]
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an event that has not been terminated yet."""
+        return self._pending
+
+
+def last_boundary(data: bytes) -> int:
+    """Index just after the last blank line in ``data`` (0 when there is none)."""
+    idx = data.rfind(b"\n\n")
+    idx_crlf = data.rfind(b"\r\n\r\n")
+    if idx_crlf >= 0 and idx_crlf + 4 > idx + 2:
+        return idx_crlf + 4
+    if idx >= 0:
+        return idx + 2
+    return 0
+
+
+def split_events(blob: bytes) -> list[bytes]:
+    """Split bytes made of complete events into event blocks (terminators kept)."""
+    out = []
+    start = 0
+    for m in _BOUNDARY.finditer(blob):
+        out.append(blob[start:m.end()])
+        start = m.end()
+    if start < len(blob):
+        out.append(blob[start:])
+    return out
+
+
+def parse_event(block: bytes) -> tuple[str | None, bytes]:
+    """(event name, data) of one event block; data lines are joined with \\n.
+
+    Comment lines (``:``) and fields other than ``event``/``data`` are ignored.
+    """
+    event = None
+    data: list[bytes] = []
+    for line in block.splitlines():
+        if not line or line[0] == 0x3A:  # ':' comment
+            continue
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            data.append(value)
+        elif name == b"event":
+            event = value.decode("utf-8", "replace")
+    return event, b"\n".join(data)
+
+
+class EventReader:
+    """Parses a byte stream into (event, data) pairs, incrementally."""
+
+    __slots__ = ("_splitter",)
+
+    def __init__(self) -> None:
+        self._splitter = EventSplitter()
+
+    def feed(self, data: bytes) -> list[tuple[str | None, bytes]]:
+        complete = self._splitter.feed(data)
+        if not complete:
+            return []
+        return [ev for ev in map(parse_event, split_events(complete)) if ev[1] or ev[0]]
+
+    def close(self) -> list[tuple[str | None, bytes]]:
+        """Events left unterminated at the end of the stream (lenient)."""
+        tail = self._splitter.pending
+        self._splitter = EventSplitter()
+        if tail.strip():
+            ev = parse_event(tail)
+            if ev[1] or ev[0]:
+                return [ev]
+        return []
+
+
+def data_event(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def named_event(name: bytes, payload: bytes) -> bytes:
+    return b"event: " + name + b"\ndata: " + payload + b"\n\n"
+
+
+DONE_EVENT = data_event(DONE)

@@ -1,0 +1,33 @@
+"""Storage primitives: a small SQL interface over SQLite (default) or PostgreSQL.
+
+The core opens the store named by ``storage.url`` and hands it to plugins via
+``gateway.store``. Plugins own their tables (``create table if not exists`` in
+their ``tollway_startup``). SQL is written with ``?`` placeholders; the
+PostgreSQL store rewrites them to ``$1, $2...``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..schema import ConfigError
+from .base import Store
+
+__all__ = ["Store", "open_store"]
+
+
+def open_store(url: str, base_dir: Path) -> Store:
+    """The store for ``storage.url`` (not yet connected: ``await store.connect()``)."""
+    if url.startswith("sqlite://"):
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(url, base_dir)
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
+    if url == "memory":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore("sqlite://:memory:", base_dir)
+    raise ConfigError(f"storage.url: unsupported {url!r} (use sqlite:///path.db or postgresql://...)")

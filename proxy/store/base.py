@@ -1,0 +1,47 @@
+"""The interface every store implements."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncContextManager, Iterable, Sequence
+
+
+class Store:
+    """A SQL database the gateway and its plugins keep their state in.
+
+    Calls are round trips: never make one on a request's hot path (keep what
+    requests need in memory and write behind).
+    """
+
+    #: "sqlite" or "postgres": plugins use it where SQL differs (rarely).
+    kind: str = ""
+
+    async def connect(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        raise NotImplementedError
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        raise NotImplementedError
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    def transaction(self) -> AsyncContextManager[Store]:
+        """Statements inside run atomically: all or none."""
+        raise NotImplementedError
+
+    async def ping(self) -> bool:
+        """True when the database answers."""
+        try:
+            await self.fetchone("select 1")
+            return True
+        except Exception:
+            return False

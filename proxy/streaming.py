@@ -1,0 +1,291 @@
+"""Streams: the passthrough codec, the translating codec, and the pump.
+
+A *codec* turns upstream bytes into client bytes for one request:
+
+- ``OpenAIPassthrough``: client and upstream both speak OpenAI. Complete SSE
+  events are forwarded exactly as received; only the usage event is held back
+  (the gateway always asks for it) and written at the end with the gateway's
+  fields added, or dropped when the client did not ask for usage.
+- ``TranslatingCodec``: a provider's ``StreamDecoder`` (upstream -> canonical
+  chunks) joined to a dialect's encoder (canonical chunks -> client bytes).
+
+``pump`` drives a codec: reads the upstream with its timeouts, writes to the
+client, keeps reading (bounded) after the client hung up so usage is known,
+and ends every stream with a proper terminator, an in-band error included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
+
+import orjson
+
+from .call import Usage
+from .errors import ProxyError
+from .sse import DONE_EVENT, EventSplitter, data_event, parse_event, split_events
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .call import Call
+    from .provider import StreamDecoder
+    from .upstream import UpstreamResponse
+
+# A usage object that is not null: `"usage":{` (with optional spaces).
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+
+
+class StreamCodec(Protocol):
+    usage: Usage | None
+    done: bool
+
+    def feed(self, data: bytes) -> bytes:
+        """Upstream bytes in, client bytes out (possibly empty)."""
+
+    def end(self) -> bytes:
+        """Upstream finished: the bytes still due before usage; raises
+        ProxyError when the upstream stream was cut short."""
+
+    def finish(self, call: Call) -> bytes:
+        """After pricing: the usage event (if the client wants it) and the terminator."""
+
+    def fail(self, error: ProxyError) -> bytes:
+        """An in-band error and the terminator."""
+
+
+class OpenAIPassthrough:
+    """OpenAI upstream -> OpenAI client, byte for byte."""
+
+    __slots__ = ("usage", "done", "_splitter", "_usage_event", "_usage_chunk")
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.done = False
+        self._splitter = EventSplitter()
+        self._usage_event: bytes | None = None  # the held usage event, as received
+        self._usage_chunk: dict | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        complete = self._splitter.feed(data)
+        if not complete:
+            return b""
+        # Fast path: no usage object and no terminator in these events.
+        if _USAGE_OBJECT.search(complete) is None and b"[DONE]" not in complete:
+            return complete
+        out = []
+        for block in split_events(complete):
+            if self.done:
+                break
+            _, payload = parse_event(block)
+            if payload == b"[DONE]":
+                self.done = True
+                break
+            if _USAGE_OBJECT.search(block) is not None:
+                chunk = _loads(payload)
+                if chunk is not None:
+                    usage = Usage.from_openai(chunk.get("usage"))
+                    if usage is not None:
+                        self.usage = usage
+                    if chunk.get("choices") == []:  # the final usage chunk: held
+                        self._usage_event, self._usage_chunk = block, chunk
+                        continue
+            out.append(block)
+        return b"".join(out)
+
+    def end(self) -> bytes:
+        if not self.done and self.usage is None:
+            raise ProxyError(502, "upstream stream ended before it was complete", code="upstream_stream_cut")
+        return b""
+
+    def finish(self, call: Call) -> bytes:
+        if self._usage_event is None or not call.include_usage:
+            return DONE_EVENT
+        if not call.usage_extra:
+            return self._usage_event + DONE_EVENT
+        chunk = self._usage_chunk
+        chunk["usage"].update(call.usage_extra)
+        return data_event(orjson.dumps(chunk)) + DONE_EVENT
+
+    def fail(self, error: ProxyError) -> bytes:
+        return error.sse_event("openai") + DONE_EVENT
+
+
+class ChunkEncoder(Protocol):
+    """Canonical chunks -> client bytes, in a client dialect."""
+
+    def encode(self, chunks: list[dict]) -> bytes: ...
+
+    def finish(self, call: Call, usage: Usage | None) -> bytes: ...
+
+    def fail(self, error: ProxyError) -> bytes: ...
+
+
+class OpenAIEncoder:
+    """Canonical chunks -> OpenAI SSE (the identity, plus the usage chunk)."""
+
+    __slots__ = ("_head",)
+
+    def __init__(self) -> None:
+        self._head: dict | None = None
+
+    def encode(self, chunks: list[dict]) -> bytes:
+        if not chunks:
+            return b""
+        if self._head is None:
+            first = chunks[0]
+            self._head = {k: first.get(k) for k in ("id", "object", "created", "model")}
+        return b"".join(data_event(orjson.dumps(c)) for c in chunks)
+
+    def finish(self, call: Call, usage: Usage | None) -> bytes:
+        if usage is None or not call.include_usage:
+            return DONE_EVENT
+        chunk = dict(self._head or {"object": "chat.completion.chunk", "created": int(time.time())})
+        body = usage.to_openai()
+        body.update(call.usage_extra)
+        chunk["choices"] = []
+        chunk["usage"] = body
+        return data_event(orjson.dumps(chunk)) + DONE_EVENT
+
+    def fail(self, error: ProxyError) -> bytes:
+        return error.sse_event("openai") + DONE_EVENT
+
+
+class TranslatingCodec:
+    """A provider's decoder joined to a dialect's encoder."""
+
+    __slots__ = ("_decoder", "_encoder")
+
+    def __init__(self, decoder: StreamDecoder, encoder: ChunkEncoder) -> None:
+        self._decoder = decoder
+        self._encoder = encoder
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._decoder.usage
+
+    @property
+    def done(self) -> bool:
+        return self._decoder.done
+
+    def feed(self, data: bytes) -> bytes:
+        chunks = self._decoder.feed(data)
+        return self._encoder.encode(chunks) if chunks else b""
+
+    def end(self) -> bytes:
+        return self._encoder.encode(self._decoder.finish())
+
+    def finish(self, call: Call) -> bytes:
+        return self._encoder.finish(call, self._decoder.usage)
+
+    def fail(self, error: ProxyError) -> bytes:
+        return self._encoder.fail(error)
+
+
+def completion_to_chunks(completion: dict) -> list[dict]:
+    """A whole chat.completion as the chunks a stream would have carried
+    (role, content, tool calls, finish). Used to replay cached answers."""
+    head = {"id": completion.get("id", "chatcmpl-replay"), "object": "chat.completion.chunk",
+            "created": completion.get("created", int(time.time())), "model": completion.get("model", "")}
+    chunks = []
+    for choice in completion.get("choices") or []:
+        index = choice.get("index", 0)
+        message = choice.get("message") or {}
+        chunks.append({**head, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                            "finish_reason": None}]})
+        if message.get("content"):
+            chunks.append({**head, "choices": [{"index": index, "delta": {"content": message["content"]},
+                                                "finish_reason": None}]})
+        for i, tool_call in enumerate(message.get("tool_calls") or []):
+            delta = {"tool_calls": [{"index": i, "id": tool_call.get("id"), "type": "function",
+                                     "function": tool_call.get("function") or {}}]}
+            chunks.append({**head, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+        chunks.append({**head, "choices": [{"index": index, "delta": {},
+                                            "finish_reason": choice.get("finish_reason") or "stop"}]})
+    return chunks
+
+
+class DrainLimits(Protocol):
+    seconds: float
+    max_bytes: int
+
+
+async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse, codec: StreamCodec,
+               on_usage: Callable[[Call], Awaitable[None]], filters: tuple[Callable[[bytes], bytes], ...],
+               drain: DrainLimits) -> None:
+    """Move one stream from upstream to client; always ends the client's stream."""
+    write = resp.write
+    drain_until = 0.0
+    drained = 0
+    try:
+        while not codec.done:
+            chunk = await upstream.read_chunk()
+            if not chunk:
+                break
+            out = codec.feed(chunk)
+            if call.client_gone:
+                drained += len(chunk)
+                if drained > drain.max_bytes or time.monotonic() > drain_until:
+                    raise _DrainBoundReached
+                continue
+            if out:
+                for f in filters:
+                    out = f(out)
+                if call.first_byte_at is None:
+                    call.first_byte_at = time.perf_counter()
+                try:
+                    await write(out)
+                except (ConnectionError, RuntimeError):
+                    # The client hung up: keep reading (bounded) so usage is known.
+                    call.client_gone = True
+                    drain_until = time.monotonic() + drain.seconds
+        tail = codec.end()
+        call.usage = codec.usage
+        await on_usage(call)
+        tail += codec.finish(call)
+    except _DrainBoundReached:
+        call.usage = codec.usage
+        call.error_code = "client_gone_drain_bound"
+        return
+    except ProxyError as err:
+        call.usage = codec.usage
+        call.error = err
+        tail = codec.fail(err)
+    finally:
+        upstream.release()
+    if call.client_gone:
+        return
+    try:
+        for f in filters:
+            tail = f(tail)
+        await write(tail)
+        await resp.write_eof()
+    except (ConnectionError, RuntimeError):
+        call.client_gone = True
+
+
+class _DrainBoundReached(Exception):
+    pass
+
+
+async def replay(call: Call, resp: web.StreamResponse, encoder: ChunkEncoder, chunks: list[dict],
+                 usage: Usage | None) -> None:
+    """Write a complete answer (a cache hit) as a stream."""
+    try:
+        call.first_byte_at = time.perf_counter()
+        await resp.write(encoder.encode(chunks))
+        await asyncio.sleep(0)
+        await resp.write(encoder.finish(call, usage))
+        await resp.write_eof()
+    except (ConnectionError, RuntimeError):
+        call.client_gone = True
+
+
+def _loads(payload: bytes) -> dict | None:
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
