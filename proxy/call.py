@@ -99,6 +99,7 @@ class Call:
         "response_headers", "usage", "cost_micro", "status", "error", "error_code",
         "started", "first_byte_at", "ended_at", "client_gone", "cache_status",
         "served_model", "state", "upstream_attempts", "usage_extra",
+        "price_multiplier", "count_for_limits",
     )
 
     def __init__(self, request: web.Request | None, endpoint: str, body: dict, raw_body: bytes,
@@ -123,6 +124,11 @@ class Call:
         self.cost_micro: int | None = None
         # Fields plugins add to the usage object the client sees (e.g. "cost").
         self.usage_extra: dict[str, object] = {}
+        # Set by a plugin that answered without the upstream (the cache): the
+        # pricing plugin multiplies the cost by price_multiplier, and the rate
+        # limiter gives back the tokens of a call that does not count.
+        self.price_multiplier = 1.0
+        self.count_for_limits = True
         self.status = 0
         self.error: ProxyError | None = None
         self.error_code: str | None = None

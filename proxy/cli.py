@@ -11,8 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .plugins import BUILTINS, make_plugin_manager
 from .schema import ConfigError

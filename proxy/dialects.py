@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from .call import Usage
-from .validate import validate_chat
 from .streaming import ChunkEncoder, OpenAIEncoder, OpenAIPassthrough, StreamCodec
+from .validate import validate_chat
 
 if TYPE_CHECKING:
     from .call import Call

@@ -6,7 +6,7 @@ routes render it once, in the client's dialect (OpenAI or Anthropic shape).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import orjson
 

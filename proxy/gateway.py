@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pluggy
 
@@ -40,6 +41,9 @@ class Gateway:
         self.started = False
         self.ready = False
         self.access_log: AccessLog | None = None  # set by the server when logging is on
+        # Objects plugins share with each other by name (e.g. the accounts book
+        # that auth, quotas and the admin API all use). Set in tollway_startup.
+        self.services: dict[str, Any] = {}
 
     async def start(self, *, serving: bool = True) -> None:
         """Open storage, start providers, run ``tollway_startup`` hooks."""

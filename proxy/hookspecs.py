@@ -29,7 +29,8 @@ on ``call`` by then.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
-    from .call import Call, CachedResponse, Route
+    from .call import CachedResponse, Call, Route
     from .dialects import Dialect
     from .gateway import Gateway
     from .provider import Provider

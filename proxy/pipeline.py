@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from .call import Call, CachedResponse, Route
+from .call import CachedResponse, Call, Route
 from .errors import ProxyError, internal_error
 from .provider import loads_json
 from .streaming import TranslatingCodec, completion_to_chunks, pump, replay

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncContextManager, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 
 class Store:
@@ -34,7 +36,7 @@ class Store:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
-    def transaction(self) -> AsyncContextManager[Store]:
+    def transaction(self) -> AbstractAsyncContextManager[Store]:
         """Statements inside run atomically: all or none."""
         raise NotImplementedError
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any
 
 from ..schema import ConfigError
 from .base import Store
@@ -59,8 +60,7 @@ class PostgresStore(Store):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Store]:
-        async with self._pool.acquire() as conn:
-            async with conn.transaction():
-                tx = PostgresStore(self.url)
-                tx._pool, tx._conn = self._pool, conn
-                yield tx
+        async with self._pool.acquire() as conn, conn.transaction():
+            tx = PostgresStore(self.url)
+            tx._pool, tx._conn = self._pool, conn
+            yield tx

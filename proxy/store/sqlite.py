@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any
 
 import aiosqlite
 
@@ -75,9 +76,8 @@ class SQLiteStore(Store):
             await self.db.executemany(sql, list(rows))
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        async with self._turn():
-            async with self.db.execute(sql, params) as cur:
-                return [tuple(r) for r in await cur.fetchall()]
+        async with self._turn(), self.db.execute(sql, params) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Store]:

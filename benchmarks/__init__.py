@@ -1,0 +1,1 @@
+"""The benchmark harness and the mock upstreams it (and the tests) use."""

@@ -1,0 +1,182 @@
+"""A fast mock OpenAI-compatible upstream, for tests and the benchmark harness.
+
+Run it alone: ``python -m benchmarks.mock_upstream --port 9000``.
+
+Defaults come from the command line (or ``MockSettings``); each request can
+override them with a ``"mock"`` object in its body (clients send it with the
+OpenAI SDK's ``extra_body={"mock": {...}}``; the gateway passes unknown body
+fields through):
+
+- ``status``: answer this HTTP status with an OpenAI-shaped error
+  (429 carries ``Retry-After: 7``);
+- ``delay``: seconds before the response headers;
+- ``hang``: never answer;
+- ``ttft``: seconds before the first stream chunk; ``chunk_delay``: between chunks;
+- ``chunks``: content chunks in the answer; ``chunk_size``: characters per chunk;
+- ``drop_after``: stream this many chunks, then drop the connection;
+- ``hang_after``: stream this many chunks, then go silent;
+- ``no_done``: end the stream without usage and without ``[DONE]``.
+
+``GET /_mock/stats`` answers how many requests it has seen and the last body.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import dataclass, replace
+
+import orjson
+from aiohttp import web
+
+from proxy.sse import DONE_EVENT, data_event
+
+
+@dataclass(frozen=True)
+class MockSettings:
+    ttft: float = 0.0
+    chunk_delay: float = 0.0
+    chunks: int = 8
+    chunk_size: int = 8
+    delay: float = 0.0
+    api_key: str | None = None  # when set, other keys get 401
+
+
+SETTINGS_KEY: web.AppKey[MockSettings] = web.AppKey("mock_settings")
+STATS_KEY: web.AppKey[dict] = web.AppKey("mock_stats")
+
+
+def _content_piece(i: int, size: int) -> str:
+    word = f"tok{i} "
+    return (word * (size // len(word) + 1))[:size]
+
+
+def render_completion(model: str, chunks: int, size: int, prompt_tokens: int) -> bytes:
+    text = "".join(_content_piece(i, size) for i in range(chunks))
+    return orjson.dumps({
+        "id": "chatcmpl-mockup", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": chunks,
+                  "total_tokens": prompt_tokens + chunks},
+    })
+
+
+def render_stream(model: str, chunks: int, size: int, prompt_tokens: int, usage: bool) -> list[bytes]:
+    head = {"id": "chatcmpl-mockup", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+
+    def event(delta: dict, finish: str | None = None) -> bytes:
+        return data_event(orjson.dumps({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
+
+    events = [event({"role": "assistant", "content": ""})]
+    events += [event({"content": _content_piece(i, size)}) for i in range(chunks)]
+    events.append(event({}, "stop"))
+    if usage:
+        events.append(data_event(orjson.dumps({**head, "choices": [], "usage": {
+            "prompt_tokens": prompt_tokens, "completion_tokens": chunks,
+            "total_tokens": prompt_tokens + chunks}})))
+    events.append(DONE_EVENT)
+    return events
+
+
+def error_body(status: int) -> bytes:
+    return orjson.dumps({"error": {"message": f"mock upstream failing with {status} (secret-upstream-detail)",
+                                   "type": "mock_error", "param": None, "code": f"mock_{status}"}})
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS_KEY]
+    stats = request.app[STATS_KEY]
+    raw = await request.read()
+    body = orjson.loads(raw)
+    stats["requests"] += 1
+    stats["last_body"] = body
+    stats["last_headers"] = dict(request.headers)
+    if settings.api_key and request.headers.get("Authorization") != f"Bearer {settings.api_key}":
+        return web.Response(status=401, body=error_body(401), content_type="application/json")
+    knobs = body.get("mock") or {}
+    s = replace(settings, **{k: v for k, v in knobs.items() if k in MockSettings.__dataclass_fields__})
+    if knobs.get("hang"):
+        await asyncio.sleep(3600)
+    if s.delay:
+        await asyncio.sleep(s.delay)
+    status = knobs.get("status")
+    if status:
+        headers = {"Retry-After": "7"} if status == 429 else {}
+        return web.Response(status=status, body=error_body(status), content_type="application/json",
+                            headers=headers)
+    prompt_tokens = max(1, len(raw) // 16)
+    model = body.get("model", "mock")
+    if not body.get("stream"):
+        return web.Response(body=render_completion(model, s.chunks, s.chunk_size, prompt_tokens),
+                            content_type="application/json")
+    usage = bool((body.get("stream_options") or {}).get("include_usage")) and not knobs.get("no_done")
+    events = render_stream(model, s.chunks, s.chunk_size, prompt_tokens, usage)
+    if knobs.get("no_done"):
+        events = events[:-1]
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    if s.ttft:
+        await asyncio.sleep(s.ttft)
+    drop_after, hang_after = knobs.get("drop_after"), knobs.get("hang_after")
+    for i, ev in enumerate(events):
+        if drop_after is not None and i >= drop_after:
+            request.transport.abort()
+            return resp
+        if hang_after is not None and i >= hang_after:
+            await asyncio.sleep(3600)
+        if i and s.chunk_delay:
+            await asyncio.sleep(s.chunk_delay)
+        await resp.write(ev)
+    await resp.write_eof()
+    return resp
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    body = await request.json(loads=orjson.loads)
+    request.app[STATS_KEY]["requests"] += 1
+    inputs = body.get("input")
+    items = [inputs] if isinstance(inputs, str) else list(inputs or [])
+    data = [{"object": "embedding", "index": i, "embedding": [0.1 * (i + 1)] * 8} for i in range(len(items))]
+    return web.Response(body=orjson.dumps({"object": "list", "data": data, "model": body.get("model"),
+                                           "usage": {"prompt_tokens": len(items), "total_tokens": len(items)}}),
+                        content_type="application/json")
+
+
+async def stats(request: web.Request) -> web.Response:
+    st = request.app[STATS_KEY]
+    return web.Response(body=orjson.dumps({"requests": st["requests"], "last_body": st["last_body"]}),
+                        content_type="application/json")
+
+
+def make_app(settings: MockSettings | None = None) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[SETTINGS_KEY] = settings or MockSettings()
+    app[STATS_KEY] = {"requests": 0, "last_body": None, "last_headers": None}
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/_mock/stats", stats)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="tollway's mock OpenAI-compatible upstream")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--ttft", type=float, default=0.0)
+    p.add_argument("--chunk-delay", type=float, default=0.0)
+    p.add_argument("--chunks", type=int, default=8)
+    p.add_argument("--chunk-size", type=int, default=8)
+    args = p.parse_args(argv)
+    settings = MockSettings(ttft=args.ttft, chunk_delay=args.chunk_delay, chunks=args.chunks,
+                            chunk_size=args.chunk_size)
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(make_app(settings), host=args.host, port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Shared fixtures: a mock upstream and a real gateway server, both in-process.
+
+``start_gateway(config, plugins=())`` builds the gateway from a config dict
+(the YAML's shape), serves it on a free 127.0.0.1 port, and returns a
+``Running`` with ``.url`` (the OpenAI base_url, ending in /v1), ``.root``
+(without /v1) and ``.gw`` (the Gateway). The server is stopped (and the
+gateway flushed) at the end of the test.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import pytest
+
+from benchmarks.mock_upstream import MockSettings
+from benchmarks.mock_upstream import make_app as make_mock_app
+from proxy.app import make_app
+from proxy.gateway import Gateway, build_gateway
+
+
+@dataclass
+class Running:
+    gw: Gateway
+    server: object
+
+    @property
+    def root(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    @property
+    def url(self) -> str:
+        return self.root + "/v1"
+
+
+def base_config(upstream: str | None = None, **overrides) -> dict:
+    """A minimal config: model ``echo`` on the built-in mock provider and, when
+    ``upstream`` (a base URL ending in /v1) is given, model ``up`` on it."""
+    config = {
+        "server": {"access_log": "off"},
+        "providers": {"local": {"kind": "mock"}},
+        "models": {"echo": {"provider": "local", "price": {"input": 1.0, "output": 2.0}}},
+        "plugins": {"enabled": []},
+    }
+    if upstream:
+        config["providers"]["up"] = {"kind": "openai", "base_url": upstream, "api_key": "sk-upstream-secret",
+                                     "timeouts": {"connect": 2, "first_byte": 2, "idle": 1, "total": 10}}
+        config["models"]["up"] = {"provider": "up", "model": "upstream-model",
+                                  "price": {"input": 1.0, "output": 2.0}, "context_window": 1000}
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+@pytest.fixture
+async def mock_upstream(aiohttp_server):
+    """The HTTP mock upstream; ``.url`` is its OpenAI base_url, ``.app`` its app."""
+    server = await aiohttp_server(make_mock_app(MockSettings()))
+    server.url = str(server.make_url("/v1"))
+    return server
+
+
+@pytest.fixture
+async def start_gateway(aiohttp_server, tmp_path):
+    async def start(config: dict, plugins=()) -> Running:
+        config = copy.deepcopy(config)
+        config.setdefault("storage", {"url": f"sqlite:///{tmp_path}/tollway.db"})
+        gw = build_gateway(config, path=tmp_path / "tollway.yaml", extra_plugins=plugins)
+        server = await aiohttp_server(make_app(gw))
+        return Running(gw, server)
+
+    return start
