@@ -86,7 +86,11 @@ class ModelRoutes:
             else:
                 self.gw.dialects[dialect].validate(body)
         except ProxyError as err:
-            return error_response(err, dialect)
+            call = Call(request, endpoint, {}, b"", dialect)
+            try:
+                return await send_error(request, call, err)
+            finally:
+                await finish(self.gw, call)
         return await run_model_call(self.gw, request, Call(request, endpoint, body, raw, dialect))
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
