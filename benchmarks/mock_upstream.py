@@ -105,7 +105,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         headers = {"Retry-After": "7"} if status == 429 else {}
         return web.Response(status=status, body=error_body(status), content_type="application/json",
                             headers=headers)
-    prompt_tokens = max(1, len(raw) // 16)
+    prompt_tokens = max(1, len(orjson.dumps(body.get("messages"))) // 16)  # depends on the messages only
     model = body.get("model", "mock")
     if not body.get("stream"):
         return web.Response(body=render_completion(model, s.chunks, s.chunk_size, prompt_tokens),
