@@ -222,26 +222,31 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
     drained = 0
     try:
         while not codec.done:
-            chunk = await upstream.read_chunk()
-            if not chunk:
-                break
-            out = codec.feed(chunk)
-            if call.client_gone:
-                drained += len(chunk)
-                if drained > drain.max_bytes or time.monotonic() > drain_until:
-                    raise _DrainBoundReached
-                continue
-            if out:
-                for f in filters:
-                    out = f(out)
-                if call.first_byte_at is None:
-                    call.first_byte_at = time.perf_counter()
-                try:
+            try:
+                chunk = await upstream.read_chunk()
+                if not chunk:
+                    break
+                out = codec.feed(chunk)
+                if call.client_gone:
+                    drained += len(chunk)
+                    if drained > drain.max_bytes or time.monotonic() > drain_until:
+                        raise _DrainBoundReached
+                    continue
+                if out:
+                    for f in filters:
+                        out = f(out)
+                    if call.first_byte_at is None:
+                        call.first_byte_at = time.perf_counter()
                     await write(out)
-                except (ConnectionError, RuntimeError):
-                    # The client hung up: keep reading (bounded) so usage is known.
-                    call.client_gone = True
-                    drain_until = time.monotonic() + drain.seconds
+            except (ConnectionError, RuntimeError, asyncio.CancelledError) as exc:
+                # The client hung up (a failed write, or a server that cancels the
+                # handlers of lost connections): keep reading, bounded, so usage is known.
+                if isinstance(exc, asyncio.CancelledError):
+                    if call.client_gone:
+                        raise  # cancelled again while draining: give up
+                    asyncio.current_task().uncancel()
+                call.client_gone = True
+                drain_until = time.monotonic() + drain.seconds
         tail = codec.end()
         call.usage = codec.usage
         await on_usage(call)

@@ -13,6 +13,7 @@ import copy
 from dataclasses import dataclass
 
 import pytest
+from aiohttp.test_utils import TestServer
 
 from benchmarks.mock_upstream import MockSettings
 from benchmarks.mock_upstream import make_app as make_mock_app
@@ -61,13 +62,28 @@ async def mock_upstream(aiohttp_server):
     return server
 
 
+class GatewayServer(TestServer):
+    """aiohttp's TestServer cancels handlers whose client hung up; ``tollway
+    serve`` does not (it keeps reading the upstream to bill it). Serve as production does."""
+
+    async def _make_runner(self, **kwargs):
+        kwargs["handler_cancellation"] = False
+        return await super()._make_runner(**kwargs)
+
+
 @pytest.fixture
-async def start_gateway(aiohttp_server, tmp_path):
+async def start_gateway(tmp_path):
+    servers = []
+
     async def start(config: dict, plugins=()) -> Running:
         config = copy.deepcopy(config)
         config.setdefault("storage", {"url": f"sqlite:///{tmp_path}/tollway.db"})
         gw = build_gateway(config, path=tmp_path / "tollway.yaml", extra_plugins=plugins)
-        server = await aiohttp_server(make_app(gw))
+        server = GatewayServer(make_app(gw), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
         return Running(gw, server)
 
-    return start
+    yield start
+    for server in reversed(servers):
+        await server.close()
