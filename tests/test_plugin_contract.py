@@ -1,0 +1,171 @@
+"""Third parties extend tollway on the same contract the built-ins use."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint
+from types import SimpleNamespace
+
+import aiohttp
+import openai
+import pytest
+from conftest import base_config
+
+from proxy import ConfigError, ProxyError, hookimpl
+from proxy import plugins as plugin_loading
+from proxy.gateway import build_gateway
+
+MESSAGES = [{"role": "user", "content": "hello there"}]
+
+
+def with_plugins(upstream: str | None, *enabled, **sections) -> dict:
+    config = base_config(upstream)
+    config["plugins"] = {"enabled": list(enabled), **sections}
+    return config
+
+
+async def test_dotted_path_plugin_changes_the_request(start_gateway, mock_upstream):
+    running = await start_gateway(with_plugins(mock_upstream.url, "example_plugins.shouting",
+                                               shouting={"suffix": "!!"}))
+    async with openai.AsyncOpenAI(base_url=running.url, api_key="k") as client:
+        r = await client.chat.completions.create(model="echo", messages=MESSAGES)
+        assert r.choices[0].message.content == "HELLO THERE!!"
+        await client.chat.completions.create(model="up", messages=MESSAGES)
+    async with aiohttp.ClientSession() as s, s.get(mock_upstream.make_url("/_mock/stats")) as resp:
+        sent = (await resp.json())["last_body"]
+    assert sent["messages"][-1]["content"] == "HELLO THERE!!"  # re-serialised because a plugin changed it
+
+
+async def test_plugin_refuses_with_a_proxy_error(start_gateway):
+    running = await start_gateway(with_plugins(None, "example_plugins.shouting",
+                                               shouting={"forbidden_word": "secret"}))
+    async with openai.AsyncOpenAI(base_url=running.url, api_key="k", max_retries=0) as client:
+        with pytest.raises(openai.PermissionDeniedError) as exc:
+            await client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "a secret"}])
+    assert exc.value.body["code"] == "forbidden_word"
+
+
+async def test_plugin_short_circuits_without_the_upstream(start_gateway, mock_upstream):
+    running = await start_gateway(with_plugins(mock_upstream.url, "example_plugins.canned"))
+    question = [{"role": "user", "content": "how is the weather?"}]
+    async with openai.AsyncOpenAI(base_url=running.url, api_key="k") as client:
+        raw = await client.chat.completions.with_raw_response.create(model="up", messages=question)
+        assert raw.headers["x-canned"] == "yes"
+        assert raw.parse().choices[0].message.content == "It is always sunny here."
+        stream = await client.chat.completions.create(model="up", messages=question, stream=True)
+        chunks = [c async for c in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "It is always sunny here."
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    async with aiohttp.ClientSession() as s, s.get(mock_upstream.make_url("/_mock/stats")) as resp:
+        assert (await resp.json())["requests"] == 0
+
+
+async def test_entry_point_plugins_load(start_gateway, monkeypatch):
+    ep = EntryPoint(name="canned", value="example_plugins.canned", group="tollway")
+    monkeypatch.setattr(plugin_loading, "entry_points", lambda group: [ep] if group == "tollway" else [])
+    running = await start_gateway(base_config())
+    async with openai.AsyncOpenAI(base_url=running.url, api_key="k") as client:
+        r = await client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "weather?"}])
+    assert r.choices[0].message.content == "It is always sunny here."
+
+
+def order_plugin(name: str, log: list, **marks) -> SimpleNamespace:
+    @hookimpl(**marks)
+    async def tollway_authenticate(call):
+        log.append(name)
+
+    return SimpleNamespace(tollway_authenticate=tollway_authenticate, __name__=name)
+
+
+async def test_later_plugins_run_first_and_tryfirst_wins(start_gateway):
+    log: list[str] = []
+    plugins = [order_plugin("first", log, tryfirst=True), order_plugin("a", log), order_plugin("b", log)]
+    running = await start_gateway(base_config(), plugins=plugins)
+    async with openai.AsyncOpenAI(base_url=running.url, api_key="k") as client:
+        await client.chat.completions.create(model="echo", messages=MESSAGES)
+    assert log == ["first", "b", "a"]
+
+
+class Broken:
+    @hookimpl
+    async def tollway_admit(self, call):
+        raise RuntimeError("a bug with a secret: sk-live-123")
+
+
+async def test_a_plugin_bug_is_a_bare_500(start_gateway, caplog):
+    running = await start_gateway(base_config(), plugins=[Broken()])
+    body = {"model": "echo", "messages": MESSAGES}
+    async with aiohttp.ClientSession() as s, s.post(f"{running.url}/chat/completions", json=body) as r:
+        assert r.status == 500
+        text = await r.text()
+    assert "sk-live-123" not in text and "Traceback" not in text
+    assert "internal error" in text
+    assert "sk-live-123" in caplog.text  # the operator's log has the details
+
+
+class Filter:
+    def __init__(self) -> None:
+        self.seen = b""
+
+    @hookimpl
+    async def tollway_stream_filter(self, call):
+        def see(data: bytes) -> bytes:
+            self.seen += data
+            return data.replace(b"hello", b"howdy")
+        return see
+
+
+async def test_stream_filter_sees_and_rewrites_bytes(start_gateway):
+    f = Filter()
+    running = await start_gateway(base_config(), plugins=[f])
+    async with openai.AsyncOpenAI(base_url=running.url, api_key="k") as client:
+        stream = await client.chat.completions.create(model="echo", messages=MESSAGES, stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream])
+    assert text == "howdy there"
+    assert f.seen.endswith(b"data: [DONE]\n\n")
+
+
+class SyncHook:
+    @hookimpl
+    def tollway_admit(self, call):
+        pass
+
+
+def test_request_time_hooks_must_be_async():
+    with pytest.raises(ConfigError, match="tollway_admit must be 'async def'"):
+        build_gateway(base_config(), extra_plugins=[SyncHook()])
+
+
+class WrongArgs:
+    @hookimpl
+    async def tollway_admit(self, call, nonsense):
+        pass
+
+
+def test_hook_with_unknown_arguments_is_refused():
+    with pytest.raises(ConfigError, match="does not fit the hook contract"):
+        build_gateway(base_config(), extra_plugins=[WrongArgs()])
+
+
+def test_plugin_sections_are_validated_with_paths():
+    with pytest.raises(ConfigError, match=r"plugins\.shouting\.sufix: unknown key \(did you mean 'suffix'\?\)"):
+        build_gateway(with_plugins(None, "example_plugins.shouting", shouting={"sufix": "?"}))
+    with pytest.raises(ConfigError, match=r"plugins\.nobody: no enabled plugin reads this section"):
+        build_gateway(with_plugins(None, nobody={"x": 1}))
+
+
+@pytest.mark.parametrize("enabled, message", [
+    (["authh"], "plugins.enabled[0]: unknown plugin 'authh' (did you mean 'auth'?)"),
+    (["no.such.module"], "plugins.enabled[0]: cannot import 'no.such.module'"),
+    ([5], "plugins.enabled[0]: expected a plugin name or dotted path"),
+    (["example_plugins.canned", "example_plugins.canned"], "listed twice"),
+])
+def test_bad_plugin_lists(enabled, message):
+    with pytest.raises(ConfigError) as exc:
+        build_gateway(with_plugins(None, *enabled))
+    assert message in str(exc.value)
+
+
+def test_proxy_error_is_the_only_error_type_plugins_need():
+    err = ProxyError(429, "slow down", code="rate_limited", headers={"Retry-After": "3"})
+    assert err.openai_body()["error"]["type"] == "rate_limit_error"
+    assert err.anthropic_body() == {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
