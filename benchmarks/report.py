@@ -1,0 +1,151 @@
+"""From raw results to what people and machines read: derived numbers, the table, the budget.
+
+Derived per job and target: latency added versus ``direct`` (the bare mock)
+and versus ``floor``, throughput as a ratio of the floor's. The budget check
+compares tollway-full (tollway-core when full did not run) with the floor of
+the same run.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .stats import ratio
+
+BUDGET = {"throughput_ratio": 0.8, "added_p50_ms": 0.3, "rss_growth": 0.10}
+
+
+def _get(res: dict | None, *path: str) -> float:
+    cur = res
+    for key in path:
+        if not isinstance(cur, dict):
+            return math.nan
+        cur = cur.get(key)
+    return float(cur) if isinstance(cur, int | float) else math.nan
+
+
+def derive(data: dict) -> dict:
+    """Add ``added_*`` and ``x_floor`` fields to every result in ``data["results"]``."""
+    for by_target in data["results"].values():
+        direct, floor = by_target.get("direct"), by_target.get("floor")
+        for res in by_target.values():
+            for metric in ("latency_ms", "ttfb_ms", "gap_ms"):
+                if metric not in res:
+                    continue
+                res[f"added_{metric}"] = {
+                    "vs_direct_p50": _get(res, metric, "p50") - _get(direct, metric, "p50"),
+                    "vs_floor_p50": _get(res, metric, "p50") - _get(floor, metric, "p50"),
+                    "vs_direct_p99": _get(res, metric, "p99") - _get(direct, metric, "p99"),
+                }
+            res["x_floor_rps"] = ratio(_get(res, "rps"), _get(floor, "rps"))
+            rss = res.get("rss_mb")
+            if isinstance(rss, dict) and len(rss) >= 2:
+                ordered = [v for _, v in sorted(rss.items(), key=lambda kv: int(kv[0]))]
+                first, last = ordered[0], ordered[-1]
+                res["rss_growth"] = ratio(last, first) - 1.0 if first and last else math.nan
+    data["budget"] = budget(data)
+    return data
+
+
+def budget(data: dict) -> dict:
+    """The issue's budget, checked on this run's numbers."""
+    results = data["results"]
+    subject = next((n for n in ("tollway-full", "tollway-core")
+                    if any(n in by_t for by_t in results.values())), None)
+    if subject is None or not any("floor" in by_t for by_t in results.values()):
+        return {"subject": subject, "checks": [], "note": "needs the floor and a tollway target"}
+    checks = []
+
+    def check(name: str, value: float, ok: bool | None, want: str) -> None:
+        checks.append({"check": name, "value": value, "want": want,
+                       "ok": None if ok is None or math.isnan(value) else bool(ok)})
+
+    for label in ("throughput", "stream"):
+        if label in results and subject in results[label]:
+            x = results[label][subject].get("x_floor_rps", math.nan)
+            check(f"{label} vs floor", x, x >= BUDGET["throughput_ratio"], f">= {BUDGET['throughput_ratio']}x")
+    if "latency" in results and subject in results["latency"]:
+        added = results["latency"][subject]["added_latency_ms"]["vs_floor_p50"]
+        check("added p50 at c=1 vs floor (ms)", added, added <= BUDGET["added_p50_ms"],
+              f"<= {BUDGET['added_p50_ms']} ms")
+    if "soak" in results and subject in results["soak"]:
+        g = results["soak"][subject].get("rss_growth", math.nan)
+        check("RSS growth N/10 -> N", g, g <= BUDGET["rss_growth"], f"<= {BUDGET['rss_growth']:.0%}")
+    bad = [label for label, by_t in results.items()
+           if by_t.get(subject, {}).get("errors", 0) and not by_t.get("floor", {}).get("errors", 0)]
+    check("errors where the floor has none", float(len(bad)), not bad, "none" + (f" ({', '.join(bad)})" if bad else ""))
+    return {"subject": subject, "checks": checks}
+
+
+# -- the table ----------------------------------------------------------------------------
+
+def _f(value: float, fmt: str = "{:.3f}", signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return (("+" if signed and value >= 0 else "") + fmt.format(value))
+
+
+COLUMNS = {
+    "latency": [("p50 ms", ("latency_ms", "p50")), ("p90 ms", ("latency_ms", "p90")),
+                ("p99 ms", ("latency_ms", "p99")), ("+p50 vs direct", ("added_latency_ms", "vs_direct_p50")),
+                ("+p50 vs floor", ("added_latency_ms", "vs_floor_p50")), ("req/s", ("rps",))],
+    "throughput": [("req/s", ("rps",)), ("x floor", ("x_floor_rps",)), ("p50 ms", ("latency_ms", "p50")),
+                   ("p99 ms", ("latency_ms", "p99"))],
+    "stream": [("streams/s", ("rps",)), ("x floor", ("x_floor_rps",)), ("ttfb p50", ("ttfb_ms", "p50")),
+               ("stream p50", ("latency_ms", "p50")), ("stream p99", ("latency_ms", "p99"))],
+    "stream_paced": [("ttfb p50", ("ttfb_ms", "p50")), ("+ttfb vs direct", ("added_ttfb_ms", "vs_direct_p50")),
+                     ("gap p50", ("gap_ms", "p50")), ("+gap vs direct", ("added_gap_ms", "vs_direct_p50")),
+                     ("stream p50", ("latency_ms", "p50"))],
+    "rate": [("offered", ("offered_rps",)), ("req/s", ("rps",)), ("p50 ms", ("latency_ms", "p50")),
+             ("p90 ms", ("latency_ms", "p90")), ("p99 ms", ("latency_ms", "p99")),
+             ("+p50 vs direct", ("added_latency_ms", "vs_direct_p50"))],
+    "soak": [("requests", ("requests",)), ("req/s", ("rps",)), ("RSS@N/10 MB", ("rss_first",)),
+             ("RSS@N MB", ("rss_last",)), ("growth", ("rss_growth",))],
+}
+INTEGER = {"req/s", "streams/s", "offered", "requests"}
+
+
+def table(data: dict, reference_rate: float | None = None) -> str:
+    """The results as fixed-width text, one block per job (the rate sweep shows only
+    ``reference_rate`` unless it is None, then every rate)."""
+    out = []
+    for label, by_target in data["results"].items():
+        scenario = data["labels"].get(label, label)
+        if scenario == "rate" and reference_rate is not None and label != f"rate@{reference_rate:g}":
+            continue
+        cols = COLUMNS[scenario]
+        header = ["target"] + [c for c, _ in cols] + ["errors", "RSS MB"]
+        rows = []
+        for name, res in by_target.items():
+            rss = res.get("rss_mb") or {}
+            ordered = [v for _, v in sorted(rss.items(), key=lambda kv: int(kv[0]))]
+            res = {**res, "rss_first": ordered[0] if ordered else None, "rss_last": ordered[-1] if ordered else None}
+            row = [name]
+            for col, path in cols:
+                value = _get(res, *path)
+                if col in INTEGER:
+                    row.append(_f(value, "{:.0f}"))
+                elif col == "x floor":
+                    row.append(_f(value, "{:.2f}x"))
+                elif col.endswith(" MB"):
+                    row.append(_f(value, "{:.1f}"))
+                elif col == "growth":
+                    row.append(_f(value * 100, "{:.1f}%", signed=True))
+                else:
+                    row.append(_f(value, signed=col.startswith("+")))
+            row.append(str(res.get("errors", 0)))
+            row.append(_f(res.get("target_rss_mb"), "{:.1f}"))
+            rows.append(row)
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        out.append(f"{label}")
+        for r in [header, *rows]:
+            out.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                        for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        out.append("")
+    b = data.get("budget") or {}
+    if b.get("checks"):
+        out.append(f"budget ({b['subject']} vs floor, same run)")
+        for c in b["checks"]:
+            mark = {True: "ok  ", False: "MISS", None: "?   "}[c["ok"]]
+            out.append(f"  {mark} {c['check']}: {_f(c['value'])} (want {c['want']})")
+    return "\n".join(out)

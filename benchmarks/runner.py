@@ -1,0 +1,195 @@
+"""The orchestration: start the mock and the targets, run every job, stop everything.
+
+Order of work: every target is started once, up front, and stays idle until
+its turn. Then, round after round, each job runs against each target in turn
+(interleaved, so slow drift of a shared machine spreads over all targets),
+and the soak runs last, once per target. Each job is a fresh load generator
+process. Every child is stopped in ``finally``, so also on Ctrl-C or error.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import selectors
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from .procs import Children, StartError, cpu_plan
+from .progress import Progress
+from .scenarios import Profile, jobs_for
+from .stats import median_of_rounds, rss_mb
+from .targets import BENCH_KEY, Target, argv_for, env_for
+
+
+@dataclass
+class Plan:
+    profile_name: str
+    profile: Profile
+    targets: list[Target]
+    scenarios: list[str]
+    outdir: Path
+    pin: bool = True
+    model: str = "bench"
+    quiet: bool = False
+    command: str = ""
+    stamp: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S"))
+
+
+def run(plan: Plan) -> dict:
+    """Run the plan; return the raw report data (see ``report.build``)."""
+    logdir = plan.outdir / f"logs-{plan.stamp}"
+    logdir.mkdir(parents=True, exist_ok=True)
+    cpus = cpu_plan(plan.pin)
+    children = Children(logdir)
+    per_round = [(s, label, job) for s in plan.scenarios if s != "soak" for label, job in jobs_for(s, plan.profile)]
+    soak = jobs_for("soak", plan.profile) if "soak" in plan.scenarios else []
+    live = [t for t in plan.targets if not t.skip]
+    progress = Progress(len(live) * (len(per_round) * plan.profile.rounds + len(soak)), quiet=plan.quiet)
+    results: dict[str, dict[str, list[dict]]] = {}
+    started = time.time()
+    try:
+        mock = children.start_server("mock", [sys.executable, "-m", "benchmarks.serve_mock"], cpus=cpus["mock"])
+        for t in plan.targets:
+            if t.skip:
+                progress.note(f"{t.name}: skipped: {t.skip}")
+                continue
+            start_target(children, t, mock.url, logdir, cpus["target"])
+            if t.failed:
+                progress.note(f"{t.name}: FAILED to start: {t.failed}")
+        for _ in range(plan.profile.rounds):
+            for scenario, label, job in per_round:
+                for t in live:
+                    run_one(plan, t, scenario, label, job, cpus, logdir, progress, children, results)
+        for label, job in soak:
+            for t in live:
+                run_one(plan, t, "soak", label, {**job, "rss_pid": t.pid}, cpus, logdir, progress, children,
+                        results)
+    finally:
+        children.stop_all()
+    return {
+        "meta": meta(plan, cpus, started),
+        "targets": {t.name: {"kind": t.kind, "url": t.url, "config": str(t.config) if t.config else None,
+                             "skipped": t.skip, "failed": t.failed} for t in plan.targets},
+        "labels": {label: scenario for scenario, label, _ in per_round} | {label: "soak" for label, _ in soak},
+        "runs": results,
+        "results": {label: {name: median_of_rounds(rounds) for name, rounds in by_target.items()}
+                    for label, by_target in results.items()},
+    }
+
+
+def start_target(children: Children, t: Target, upstream: str, logdir: Path, cpus: set[int] | None) -> None:
+    if t.kind == "url":
+        return
+    try:
+        child = children.start_server(t.name, argv_for(t, upstream), cpus=cpus, env=env_for(t, upstream, logdir))
+    except StartError as exc:
+        t.failed = str(exc)
+        return
+    t.pid = child.pid
+    t.url = child.url + "/v1"
+
+
+def run_one(plan: Plan, t: Target, scenario: str, label: str, job: dict, cpus: dict, logdir: Path,
+            progress: Progress, children: Children, results: dict) -> None:
+    progress.job(label, t.name)
+    if t.failed:
+        progress.done("skipped (target failed)")
+        return
+    if t.pid is not None and not _alive(t.pid):
+        t.failed = f"the process exited during the run; see {logdir / (t.name + '.log')}"
+        progress.done("target died")
+        return
+    job = {**job, "url": t.chat_url, "model": plan.model, "headers": {"Authorization": f"Bearer {BENCH_KEY}"}}
+    try:
+        res = run_loadgen(job, children, cpus["loadgen"], progress)
+    except LoadgenError as exc:
+        res = {"requests": 0, "ok": 0, "errors": 1, "error_kinds": {"loadgen": str(exc)}}
+    res["target_rss_mb"] = rss_mb(t.pid) if t.pid else None
+    results.setdefault(label, {}).setdefault(t.name, []).append(res)
+    lat = res.get("latency_ms") or {}
+    progress.done(f"{res.get('rps', 0):8.0f} req/s  p50 {lat.get('p50', float('nan')):7.3f} ms  "
+                  f"p99 {lat.get('p99', float('nan')):7.3f} ms  errors {res.get('errors', 0)}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class LoadgenError(RuntimeError):
+    pass
+
+
+def run_loadgen(job: dict, children: Children, cpus: set[int] | None, progress: Progress) -> dict:
+    """Run one job in a load generator process; bounded by the job's own limits plus a margin."""
+    cap = float(job.get("duration", 60)) + float(job.get("grace", 0)) + 90.0
+    child = children.spawn("loadgen", [sys.executable, "-m", "benchmarks.loadgen", orjson.dumps(job).decode()],
+                           cpus=cpus, stdout=subprocess.PIPE)
+    deadline = time.monotonic() + cap
+    result = None
+    buf = b""
+    sel = selectors.DefaultSelector()
+    sel.register(child.popen.stdout, selectors.EVENT_READ)
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LoadgenError(f"no result within {cap:.0f}s")
+            if not sel.select(min(left, 1.0)):
+                continue
+            data = os.read(child.popen.stdout.fileno(), 65536)
+            if not data:
+                break
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                msg = orjson.loads(line)
+                if "progress" in msg:
+                    progress.update(msg["progress"], msg["of"])
+                elif "result" in msg:
+                    result = msg["result"]
+        child.popen.wait(10)
+    finally:
+        sel.close()
+        child.popen.stdout.close()
+        children.stop(child)
+    if result is None:
+        raise LoadgenError(f"the load generator exited ({child.popen.returncode}) without a result: "
+                           f"{child.log_tail(3)}")
+    return result
+
+
+def meta(plan: Plan, cpus: dict, started: float) -> dict:
+    uname = platform.uname()
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "command": plan.command,
+        "profile": plan.profile_name,
+        "settings": {k: v for k, v in plan.profile.__dict__.items()},
+        "rounds": plan.profile.rounds,
+        "machine": {"cpu": model, "cpus": os.cpu_count(), "system": f"{uname.system} {uname.release}",
+                    "python": platform.python_version()},
+        "pinning": {role: sorted(c) if c else None for role, c in cpus.items()},
+    }

@@ -1,0 +1,87 @@
+"""The scenarios and the three profiles (smoke, quick, full) that size them.
+
+Each scenario becomes one or more load generator jobs per target (``rate``
+becomes one job per offered rate: the latency-versus-load sweep).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+SCENARIOS = ("latency", "throughput", "stream", "stream_paced", "rate", "soak")
+
+DESCRIPTIONS = {
+    "latency": "non-stream, one request at a time (latency)",
+    "throughput": "non-stream, many connections (throughput)",
+    "stream": "streams, many connections (streams/s, time to first byte, whole stream)",
+    "stream_paced": "paced streams (first token after ttft, chunks apart): time to first byte and gap added",
+    "rate": "open loop at fixed rates (latency at a given load)",
+    "soak": "long run: the target's RSS after N/10 and N requests",
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    rounds: int = 3
+    latency_requests: int = 3000
+    concurrency: int = 64
+    throughput_seconds: float = 6.0
+    stream_concurrency: int = 32
+    stream_seconds: float = 6.0
+    stream_mock: dict = field(default_factory=lambda: {"chunks": 16, "chunk_size": 16})
+    paced_requests: int = 200
+    paced_concurrency: int = 4
+    paced_mock: dict = field(default_factory=lambda: {"ttft": 0.010, "chunk_delay": 0.002, "chunks": 20})
+    rates: tuple[float, ...] = (250, 500, 1000, 2000, 3000, 4000)
+    reference_rate: float = 1000
+    rate_seconds: float = 3.0
+    soak_requests: int = 200_000
+    soak_concurrency: int = 32
+    soak_stream_ratio: float = 0.2
+    warmup: int = 300
+    max_seconds: float = 600.0  # no job runs longer than this
+
+
+PROFILES = {
+    "smoke": Profile(rounds=1, latency_requests=30, concurrency=8, throughput_seconds=0.5, stream_concurrency=4,
+                     stream_seconds=0.5, paced_requests=6, paced_concurrency=2,
+                     paced_mock={"ttft": 0.002, "chunk_delay": 0.001, "chunks": 4}, rates=(100, 200),
+                     reference_rate=200, rate_seconds=0.5, soak_requests=300, soak_concurrency=4, warmup=10,
+                     max_seconds=30.0),
+    "quick": Profile(rounds=1, latency_requests=1000, throughput_seconds=3.0, stream_seconds=3.0, paced_requests=100,
+                     rates=(500, 1000, 2000, 3000), rate_seconds=2.0, soak_requests=20_000, warmup=200),
+    "full": Profile(),
+}
+
+
+def with_overrides(profile: Profile, **overrides) -> Profile:
+    """The profile with the given (non-None) fields changed."""
+    return replace(profile, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def jobs_for(scenario: str, p: Profile) -> list[tuple[str, dict]]:
+    """(label, job) pairs for one scenario; the job lacks url/headers/model (added per target)."""
+    base = {"timeout": 30.0, "max_seconds": p.max_seconds}
+    if scenario == "latency":
+        return [("latency", {**base, "mode": "closed", "concurrency": 1, "requests": p.latency_requests,
+                             "duration": p.max_seconds, "warmup": p.warmup})]
+    if scenario == "throughput":
+        return [("throughput", {**base, "mode": "closed", "concurrency": p.concurrency,
+                                "duration": p.throughput_seconds, "warmup": p.warmup})]
+    if scenario == "stream":
+        return [("stream", {**base, "mode": "closed", "concurrency": p.stream_concurrency, "stream_ratio": 1.0,
+                            "duration": p.stream_seconds, "mock": p.stream_mock, "warmup": p.warmup})]
+    if scenario == "stream_paced":
+        return [("stream_paced", {**base, "mode": "closed", "concurrency": p.paced_concurrency, "stream_ratio": 1.0,
+                                  "requests": p.paced_requests, "duration": p.max_seconds, "mock": p.paced_mock,
+                                  "warmup": min(p.warmup, 20)})]
+    if scenario == "rate":
+        return [(f"rate@{rate:g}", {**base, "mode": "open", "rate": rate, "duration": p.rate_seconds,
+                                     "grace": max(2.0, p.rate_seconds), "timeout": 10.0, "warmup": p.warmup})
+                for rate in p.rates]
+    if scenario == "soak":
+        first = max(1, p.soak_requests // 10)
+        return [("soak", {**base, "mode": "closed", "concurrency": p.soak_concurrency,
+                          "stream_ratio": p.soak_stream_ratio, "requests": p.soak_requests,
+                          "duration": p.max_seconds, "rss_at": [first, p.soak_requests], "warmup": 0})]
+    raise ValueError(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")

@@ -1,0 +1,89 @@
+"""Statistics for the benchmark: percentiles, summaries, medians of rounds, RSS.
+
+Percentiles interpolate linearly between closest ranks (numpy's default
+"linear" method), so ``percentile([1, 2, 3, 4], 50) == 2.5``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+
+def percentile(samples: Sequence[float], p: float, *, presorted: bool = False) -> float:
+    """The ``p``-th percentile (0..100) of ``samples``; NaN when there are none."""
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {p}")
+    if not samples:
+        return math.nan
+    data = samples if presorted else sorted(samples)
+    rank = (len(data) - 1) * p / 100.0
+    lo = math.floor(rank)
+    hi = min(lo + 1, len(data) - 1)
+    frac = rank - lo
+    return data[lo] + (data[hi] - data[lo]) * frac
+
+
+def summarize(samples: Iterable[float], scale: float = 1.0) -> dict[str, float | int]:
+    """n, mean, min, p50, p90, p99, max of ``samples`` (each multiplied by ``scale``,
+    e.g. 1000 for seconds -> milliseconds)."""
+    data = sorted(x * scale for x in samples)
+    if not data:
+        return {"n": 0, "mean": math.nan, "min": math.nan, "p50": math.nan, "p90": math.nan,
+                "p99": math.nan, "max": math.nan}
+    return {
+        "n": len(data),
+        "mean": math.fsum(data) / len(data),
+        "min": data[0],
+        "p50": percentile(data, 50, presorted=True),
+        "p90": percentile(data, 90, presorted=True),
+        "p99": percentile(data, 99, presorted=True),
+        "max": data[-1],
+    }
+
+
+def median(values: Iterable[float]) -> float:
+    """The median of the finite values; NaN when there are none."""
+    data = [v for v in values if v is not None and not math.isnan(v)]
+    return percentile(data, 50) if data else math.nan
+
+
+def median_of_rounds(rounds: Sequence[dict]) -> dict:
+    """Merge per-round result dicts: numbers become their median over the
+    rounds, nested dicts are merged the same way, anything else keeps the
+    first round's value. Error counts are summed, not medianed."""
+    if not rounds:
+        return {}
+    if len(rounds) == 1:
+        return rounds[0]
+    out: dict = {}
+    for key, first in rounds[0].items():
+        values = [r.get(key) for r in rounds]
+        if isinstance(first, dict):
+            out[key] = median_of_rounds([v for v in values if isinstance(v, dict)])
+        elif isinstance(first, bool) or not isinstance(first, int | float):
+            out[key] = first
+        elif key in ("errors", "ok", "requests", "n"):
+            out[key] = sum(v for v in values if isinstance(v, int | float))
+        else:
+            out[key] = median(float(v) for v in values if isinstance(v, int | float))
+    return out
+
+
+def ratio(value: float | None, reference: float | None) -> float:
+    """value / reference, NaN when either is missing or the reference is 0."""
+    if value is None or reference is None or reference == 0 or math.isnan(value) or math.isnan(reference):
+        return math.nan
+    return value / reference
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident set size of process ``pid`` in MiB (Linux /proc); None when unknown."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
