@@ -99,7 +99,7 @@ class Call:
         "response_headers", "usage", "cost_micro", "status", "error", "error_code",
         "started", "first_byte_at", "ended_at", "client_gone", "cache_status",
         "served_model", "state", "upstream_attempts", "usage_extra",
-        "price_multiplier", "count_for_limits",
+        "price_multiplier", "count_for_limits", "response",
     )
 
     def __init__(self, request: web.Request | None, endpoint: str, body: dict, raw_body: bytes,
@@ -129,6 +129,7 @@ class Call:
         # limiter gives back the tokens of a call that does not count.
         self.price_multiplier = 1.0
         self.count_for_limits = True
+        self.response: web.StreamResponse | None = None  # set once a stream's headers are sent
         self.status = 0
         self.error: ProxyError | None = None
         self.error_code: str | None = None

@@ -108,6 +108,9 @@ async def on_usage(gw: Gateway, call: Call) -> None:
 
 async def send_error(request: web.Request, call: Call, err: ProxyError) -> web.StreamResponse:
     call.error = err
+    if call.response is not None and call.response.prepared:
+        # The answer has started (a stream): it was ended in-band; nothing more to send.
+        return call.response
     call.status = err.status
     call.error_code = err.code
     headers = {**call.response_headers, **err.headers, "Content-Type": JSON}
@@ -180,7 +183,7 @@ async def forward_chat(gw: Gateway, request: web.Request, call: Call, route: Rou
             f = await hook(call)
             if f is not None:
                 filters.append(f)
-        resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, **call.response_headers})
+        resp = call.response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **call.response_headers})
         call.status = 200
         try:
             await resp.prepare(request)
@@ -240,7 +243,7 @@ async def answer_cached(gw: Gateway, request: web.Request, call: Call, cached: C
     await on_usage(gw, call)
     if call.endpoint == "chat" or call.endpoint == "messages":
         if call.stream:
-            resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, **call.response_headers})
+            resp = call.response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **call.response_headers})
             call.status = 200
             await resp.prepare(request)
             await replay(call, resp, dialect.encoder(call), completion_to_chunks(cached.body), call.usage)

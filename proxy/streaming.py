@@ -17,6 +17,7 @@ and ends every stream with a proper terminator, an in-band error included.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 import orjson
 
 from .call import Usage
-from .errors import ProxyError
+from .errors import ProxyError, internal_error
 from .sse import DONE_EVENT, EventSplitter, data_event, parse_event, split_events
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from .call import Call
     from .provider import StreamDecoder
     from .upstream import UpstreamResponse
+
+log = logging.getLogger("tollway")
 
 # A usage object that is not null: `"usage":{` (with optional spaces).
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -220,6 +223,8 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
     write = resp.write
     drain_until = 0.0
     drained = 0
+    error: ProxyError | None = None
+    tail = b""
     try:
         while not codec.done:
             try:
@@ -238,7 +243,7 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                     if call.first_byte_at is None:
                         call.first_byte_at = time.perf_counter()
                     await write(out)
-            except (ConnectionError, RuntimeError, asyncio.CancelledError) as exc:
+            except (ConnectionError, asyncio.CancelledError) as exc:
                 # The client hung up (a failed write, or a server that cancels the
                 # handlers of lost connections): keep reading, bounded, so usage is known.
                 if isinstance(exc, asyncio.CancelledError):
@@ -248,27 +253,32 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                 call.client_gone = True
                 drain_until = time.monotonic() + drain.seconds
         tail = codec.end()
-        call.usage = codec.usage
-        await on_usage(call)
-        tail += codec.finish(call)
     except _DrainBoundReached:
-        call.usage = codec.usage
         call.error_code = "client_gone_drain_bound"
-        return
     except ProxyError as err:
-        call.usage = codec.usage
-        call.error = err
-        tail = codec.fail(err)
+        error = err
     finally:
         upstream.release()
+    # Usage hooks run once for every stream that started, however it ended.
+    call.usage = codec.usage
+    try:
+        await on_usage(call)
+    except Exception as exc:  # a pricing bug must not leave the client's stream open
+        log.exception("tollway_usage failed")
+        error = error or (exc if isinstance(exc, ProxyError) else internal_error())
     if call.client_gone:
         return
+    if error is not None:
+        call.error = error
+        tail = codec.fail(error)
+    else:
+        tail += codec.finish(call)
     try:
         for f in filters:
             tail = f(tail)
         await write(tail)
         await resp.write_eof()
-    except (ConnectionError, RuntimeError):
+    except ConnectionError:
         call.client_gone = True
 
 

@@ -169,3 +169,21 @@ def test_proxy_error_is_the_only_error_type_plugins_need():
     err = ProxyError(429, "slow down", code="rate_limited", headers={"Retry-After": "3"})
     assert err.openai_body()["error"]["type"] == "rate_limit_error"
     assert err.anthropic_body() == {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+
+
+class BrokenPricing:
+    @hookimpl
+    async def tollway_usage(self, call):
+        raise RuntimeError("pricing bug")
+
+
+async def test_a_usage_hook_bug_ends_a_stream_cleanly(start_gateway):
+    running = await start_gateway(base_config(), plugins=[BrokenPricing()])
+    body = {"model": "echo", "messages": MESSAGES, "stream": True}
+    async with aiohttp.ClientSession() as s, s.post(f"{running.url}/chat/completions", json=body) as r:
+        assert r.status == 200
+        raw = await r.read()
+    events = [line for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"data: [DONE]"
+    assert b'"code":"internal_error"' in events[-2]
+    assert b"pricing bug" not in raw

@@ -188,3 +188,22 @@ async def test_disconnect_under_a_server_that_cancels_handlers(aiohttp_server, m
         await asyncio.sleep(0.02)
     assert recorder.settled[-1].client_gone
     assert recorder.settled[-1].usage.completion_tokens == 30
+
+
+async def test_drain_is_bounded_after_the_client_left(start_gateway, mock_upstream):
+    recorder = Recorder()
+    config = base_config(mock_upstream.url)
+    config["server"]["disconnect_drain"] = {"seconds": 0.2, "max_bytes": 1_000_000}
+    running = await start_gateway(config, plugins=[recorder])
+    payload = {"model": "up", "messages": MESSAGES, "stream": True, "mock": {"chunks": 200, "chunk_delay": 0.02}}
+    async with aiohttp.ClientSession() as s:
+        r = await s.post(f"{running.url}/chat/completions", json=payload)
+        await r.content.readline()
+        r.close()
+    for _ in range(200):
+        if recorder.settled:
+            break
+        await asyncio.sleep(0.02)
+    call = recorder.settled[-1]
+    assert call.client_gone and call.error_code == "client_gone_drain_bound"
+    assert call.usage is None  # stopped before the upstream's usage: quotas must charge safely
