@@ -207,3 +207,14 @@ async def test_drain_is_bounded_after_the_client_left(start_gateway, mock_upstre
     call = recorder.settled[-1]
     assert call.client_gone and call.error_code == "client_gone_drain_bound"
     assert call.usage is None  # stopped before the upstream's usage: quotas must charge safely
+
+
+async def test_total_timeout_bounds_a_slow_but_steady_stream(start_gateway, mock_upstream):
+    config = base_config(mock_upstream.url)
+    config["providers"]["up"]["timeouts"] = {"connect": 2, "first_byte": 2, "idle": 2, "total": 0.5}
+    running = await start_gateway(config)
+    status, _, raw = await chat(running, {"stream": True, "mock": {"chunks": 20, "chunk_delay": 0.1}})
+    assert status == 200
+    payloads = sse_payloads(raw)
+    assert payloads[-1] == b"[DONE]"
+    assert orjson.loads(payloads[-2])["error"]["code"] == "upstream_timeout_total"
