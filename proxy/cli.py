@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arg(check)
     check.set_defaults(func=cmd_check)
 
+    # The benchmark harness (benchmarks/) parses its own options; imported only when run.
+    bench = sub.add_parser("bench", help="benchmark tollway against a bare floor (tollway bench -h)",
+                           add_help=False, prefix_chars="\0")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
+
     # Commands from the built-in plugins (keys, usage...) and installed ones.
     importable = [n for n in BUILTINS if _importable(BUILTINS[n])]
     try:
@@ -142,6 +148,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: ok ({len(cfg.providers)} providers, {len(cfg.models)} models, "
           f"plugins: {', '.join(cfg.plugins.enabled) or 'none'})")
     return 0
+
+
+# -- bench ----------------------------------------------------------------------------
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.cli import main as bench_main
+
+    return bench_main(args.bench_args)
 
 
 # -- serve ----------------------------------------------------------------------------
