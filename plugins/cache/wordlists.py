@@ -1,0 +1,141 @@
+"""Word lists for the guards (English). Data only; see ``guards.py`` for their use."""
+
+from __future__ import annotations
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+NEGATIONS = _words("""not no never none nobody nothing neither nor without cannot cant dont doesnt didnt isnt
+arent wasnt werent wont shouldnt wouldnt couldnt avoid avoiding except lack lacking""")
+
+_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+_ORDS = ["zeroth", "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth",
+         "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth", "seventeenth", "eighteenth",
+         "nineteenth"]
+_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
+         "ninety": 90}
+NUMBER_WORDS: dict[str, str] = {w: str(i) for i, w in enumerate(_ONES)}
+NUMBER_WORDS.update({w: str(i) for i, w in enumerate(_ORDS)})
+NUMBER_WORDS.update({w: str(v) for w, v in _TENS.items()})
+NUMBER_WORDS.update({w[:-1] + "ieth": str(v) for w, v in _TENS.items()})
+NUMBER_WORDS.update({"hundred": "100", "thousand": "1000", "million": "1000000", "billion": "1000000000",
+                     "trillion": "1000000000000", "dozen": "12", "half": "0.5", "twice": "2x", "thrice": "3x",
+                     "once": "1x", "single": "1", "double": "2x", "triple": "3x", "quarter": "0.25",
+                     "hundredth": "100", "thousandth": "1000"})
+
+# (axis, sign). The same axis may be reached from several words.
+_POLAR_GROUPS = {
+    "power": ("enable enabled enabling activate activated activation", "disable disabled disabling deactivate "
+              "deactivated deactivation"),
+    "size": ("increase increased increasing raise raising boost boosting grow growing maximize expand expanding "
+             "high higher more bigger larger longer gain", "decrease decreased decreasing reduce reduced reducing "
+             "low lower lowering minimize shrink shrinking smaller fewer less shorter lose"),
+    "membership": ("add adding added insert inserting include including attach attaching join joining "
+                   "subscribe subscribing", "remove removing removed rid delete deleting deleted exclude excluding "
+                   "detach detaching leave leaving unsubscribe unsubscribing"),
+    "install": ("install installing installed mount mounting mounted", "uninstall uninstalling uninstalled "
+                "unmount unmounting unmounted"),
+    "connect": ("connect connecting connected", "disconnect disconnecting disconnected"),
+    "value": ("good great positive healthy healthier benefit benefits beneficial advantage advantages pros best "
+              "better safe safer safest helpful", "bad poor negative unhealthy harm harmful harms disadvantage "
+              "disadvantages cons worst worse unsafe dangerous risky risks drawbacks"),
+    "extreme": ("maximum max highest largest biggest most greatest top", "minimum min lowest smallest least "
+                "bottom"),
+    "order": ("ascending increasing", "descending"),
+    "time": ("before prior earlier", "after later afterwards"),
+    "transfer": ("import importing imported upload uploading uploaded", "export exporting exported download "
+                 "downloading downloaded"),
+    "crypt": ("encrypt encrypting encrypted encode encoding encoded", "decrypt decrypting decrypted decode "
+              "decoding decoded"),
+    "lock": ("lock locking locked", "unlock unlocking unlocked"),
+    "access": ("allow allowing allowed permit permitted accept accepting unblock grant", "block blocking blocked "
+               "deny denying denied forbid forbidden reject rejecting revoke"),
+    "visible": ("show showing shown visible unhide reveal display", "hide hiding hidden invisible conceal"),
+    "run": ("start starting started begin beginning launch launching open opening resume", "stop stopping "
+            "stopped end ending quit kill close closing shut shutdown pause halt"),
+    "truth": ("true correct right valid legal possible", "false incorrect wrong invalid illegal impossible"),
+    "trade": ("buy buying bought purchase", "sell selling sold"),
+    "outcome": ("win winning won pass passing succeed success", "lose losing lost fail failing failure"),
+    "case": ("uppercase upper capital capitalize", "lowercase lower"),
+    "feeling": ("love like likes enjoy agree", "hate dislike dislikes disagree"),
+    "direction": ("up upward upwards north east left", "down downward downwards south west right"),
+    "temperature": ("hot warm warmer heat heating", "cold cool cooler colder cooling"),
+}
+POLARITY: dict[str, tuple[str, int]] = {}
+for _axis, (_plus, _minus) in _POLAR_GROUPS.items():
+    for _w in _plus.split():
+        POLARITY.setdefault(_w, (_axis, 1))
+    for _w in _minus.split():
+        POLARITY.setdefault(_w, (_axis, -1))
+# Words too common to mean a polarity alone.
+for _w in ("right", "left", "like", "more", "most", "top", "open", "end", "display", "capital", "east", "west",
+           "north", "south", "up", "down", "leave", "including", "close", "possible", "better", "best", "great",
+           "good", "correct", "lower", "lose"):
+    POLARITY.pop(_w, None)
+# Keep the important ones where their meaning is unambiguous enough.
+POLARITY.update({"good": ("value", 1), "bad": ("value", -1), "better": ("value", 1), "worse": ("value", -1),
+                 "best": ("value", 1), "worst": ("value", -1), "lower": ("size", -1), "up": ("direction", 1),
+                 "down": ("direction", -1)})
+
+# Phrasal verbs matched as "verb ... particle" (see guards._PHRASAL); "* particle" is the fallback.
+PHRASAL_POLARITY: dict[str, tuple[str, int]] = {
+    "* on": ("power", 1), "* off": ("power", -1),
+    "zoom in": ("zoom", 1), "zoom out": ("zoom", -1),
+    "log in": ("session", 1), "log out": ("session", -1), "logged in": ("session", 1),
+    "logged out": ("session", -1), "sign in": ("session", 1), "sign out": ("session", -1),
+    "signed in": ("session", 1), "signed out": ("session", -1),
+    "opt in": ("membership", 1), "opt out": ("membership", -1), "opted in": ("membership", 1),
+    "opted out": ("membership", -1),
+    "went up": ("direction", 1), "went down": ("direction", -1), "go up": ("direction", 1),
+    "go down": ("direction", -1), "goes up": ("direction", 1), "goes down": ("direction", -1),
+    "scroll up": ("direction", 1), "scroll down": ("direction", -1), "speed up": ("speed", 1),
+    "slow down": ("speed", -1), "back up": ("backup", 1),
+}
+
+STOPWORDS = _words("""a an the and or but if then so of in on at by for with about as into onto to from up down
+is are was were be been being am do does did doing have has had having i me my mine we us our you your yours he him
+his she her hers it its they them their this that these those there here what which who whom whose when where why
+how can could would should will shall may might must please tell give show me let lets just also some any
+all each every other such own same than too very s t can't what's it's i'm that's there's how's who's where's
+why's when's i've you're don't doesn't isn't aren't thing things way ways really""")
+
+# Capitalised at the start of a sentence, these are ordinary words, not names.
+COMMON_WORDS = STOPWORDS | _words("""write explain describe translate summarize summarise list compare calculate
+convert find suggest recommend help create make generate compose fix refactor define name give tell show provide
+set get add remove turn switch is are do does did can could would should will what when where why who which how
+hi hello hey thanks thank ok okay yes no not never also now then first next finally again here there please
+imagine assume consider suppose pretend act answer reply respond rewrite rephrase review check correct edit
+improve simplify shorten expand continue complete draft plan build design implement install use run start stop
+enable disable open close delete update upgrade change keep look read see try cook bake clean learn teach study
+buy sell pay send call text email book order return is isn't are aren't was wasn't why's in on at for from with
+without after before during since until while because although though if unless whether my your our their his
+her its this that these those some many much most more few several each every any all both either neither one
+two three four five six seven eight nine ten best top good great bad worst new old big small long short high low
+fast slow easy hard simple quick tips ideas ways steps reasons examples benefits advantages disadvantages pros
+cons symptoms causes rules facts fun interesting healthy common popular famous important main key different
+difference similar which's who's what's how's where's when's is it are there do you does can you could you
+give me tell me show me""")
+
+_GAZ = {
+    "languages": """english french german spanish italian portuguese dutch russian chinese mandarin cantonese japanese
+korean arabic hindi bengali urdu turkish greek latin hebrew polish swedish norwegian danish finnish czech hungarian
+romanian ukrainian vietnamese thai indonesian malay swahili persian farsi""",
+    "tech": """python java javascript typescript rust golang ruby php swift kotlin scala haskell perl lua dart
+elixir erlang clojure c++ c# csharp fortran cobol matlab bash powershell sql mysql postgres postgresql sqlite
+mongodb redis kafka rabbitmq react vue angular svelte django flask fastapi rails laravel spring express node nodejs
+numpy pandas scipy pytorch tensorflow keras docker kubernetes terraform ansible linux ubuntu debian fedora centos
+windows macos mac osx ios android chrome firefox safari edge excel powerpoint git github gitlab aws azure gcp s3
+ec2 lambda nginx apache html css json xml yaml toml csv pdf http https tcp udp ssh ssl tls vpn gpg""",
+    "places": """france germany spain italy portugal england britain uk scotland ireland wales russia china japan
+korea india pakistan brazil argentina mexico canada usa america australia egypt nigeria kenya turkey greece
+poland sweden norway denmark finland netherlands belgium switzerland austria ukraine israel iran iraq vietnam
+thailand indonesia philippines chile peru colombia cuba paris london berlin madrid rome lisbon athens moscow
+beijing tokyo seoul delhi mumbai cairo sydney melbourne toronto vancouver chicago boston seattle miami
+york california texas florida prague vienna amsterdam brussels dublin""",
+}
+GAZETTEER: dict[str, str] = {w: w for group in _GAZ.values() for w in group.split()}
+GAZETTEER.update({"golang": "go", "postgresql": "postgres", "nodejs": "node", "csharp": "c#", "osx": "macos",
+                  "britain": "uk", "england": "uk", "america": "usa"})
