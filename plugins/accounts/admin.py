@@ -1,0 +1,116 @@
+"""The admin API for keys, guarded by ``server.admin_key``.
+
+``POST /admin/keys`` (answers the key once), ``GET /admin/keys``,
+``GET|PATCH|DELETE /admin/keys/{id}``, ``POST /admin/keys/{id}/credits``.
+Keys from the YAML ``keys:`` list can be read and topped up here, but are
+changed and removed in the YAML (409 otherwise).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from proxy import ProxyError
+from proxy.routes import json_response, read_json
+
+from .http import build_body, check_admin, field_error, guarded, read_body
+from .money import micro_to_usd
+from .specs import KeyCreate, KeyPatch, SpecError, TopUp, create_args, credits_micro, patch_changes
+from .views import account_view, key_view
+
+if TYPE_CHECKING:
+    from proxy.gateway import Gateway
+
+    from .book import Accounts
+    from .model import KeyRecord
+
+
+class AdminKeys:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    @property
+    def accounts(self) -> Accounts:
+        accounts = self.gateway.services.get("accounts")
+        if accounts is None:
+            raise ProxyError(503, "the gateway is starting or stopping", code="not_ready")
+        return accounts
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/admin/keys", guarded(self.create)),
+            web.get("/admin/keys", guarded(self.list)),
+            web.get("/admin/keys/{id}", guarded(self.show)),
+            web.patch("/admin/keys/{id}", guarded(self.update)),
+            web.delete("/admin/keys/{id}", guarded(self.revoke)),
+            web.post("/admin/keys/{id}/credits", guarded(self.topup)),
+        ]
+
+    def _key(self, request: web.Request, *, writable: bool = False) -> KeyRecord:
+        check_admin(self.gateway, request)
+        kid = request.match_info["id"]
+        record = self.accounts.by_id.get(kid)
+        if record is None:
+            raise ProxyError(404, f"no key with id {kid!r}", code="key_not_found")
+        if writable and record.source == "config":
+            raise ProxyError(409, f"key {kid!r} is defined in the config file's keys: list; change it there",
+                             code="config_key")
+        if writable and record.revoked_at is not None:
+            raise ProxyError(409, f"key {kid!r} has been revoked", code="key_revoked")
+        return record
+
+    def _view(self, record: KeyRecord) -> dict:
+        return key_view(record, self.accounts.account_of(record))
+
+    async def create(self, request: web.Request) -> web.Response:
+        check_admin(self.gateway, request)
+        spec, _ = await read_body(request, KeyCreate)
+        try:
+            args = create_args(spec, self.gateway.config.models)
+        except SpecError as exc:
+            raise field_error(str(exc)) from None
+        record, plain = await self.accounts.create_key(**args)
+        return json_response({**self._view(record), "key": plain}, status=201)
+
+    async def list(self, request: web.Request) -> web.Response:
+        check_admin(self.gateway, request)
+        now = time.time()
+        accounts = self.accounts
+        data = [key_view(k, accounts.account_of(k), now) for k in accounts.by_id.values()]
+        return json_response({"object": "list", "data": data})
+
+    async def show(self, request: web.Request) -> web.Response:
+        return json_response(self._view(self._key(request)))
+
+    async def update(self, request: web.Request) -> web.Response:
+        record = self._key(request, writable=True)
+        body, _ = await read_json(request, 1024 * 1024)
+        try:
+            if "credits" in body:  # before the generic "unknown key"
+                raise SpecError("credits: add credits with POST /admin/keys/{id}/credits")
+            changes = patch_changes(build_body(KeyPatch, body), body, self.gateway.config.models)
+        except SpecError as exc:
+            raise field_error(str(exc)) from None
+        updated = await self.accounts.update_key(record.id, changes) if changes else record
+        return json_response(self._view(updated))
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        record = self._key(request, writable=True)
+        updated = await self.accounts.revoke_key(record.id)
+        return json_response({**self._view(updated), "revoked": True})
+
+    async def topup(self, request: web.Request) -> web.Response:
+        record = self._key(request)
+        if record.revoked_at is not None:
+            raise ProxyError(409, f"key {record.id!r} has been revoked", code="key_revoked")
+        spec, _ = await read_body(request, TopUp)
+        try:
+            micro = credits_micro(spec.amount, "amount", positive=True)
+        except SpecError as exc:
+            raise field_error(str(exc)) from None
+        acc = await self.accounts.topup(record.id, micro)
+        return json_response({"id": record.id, "added": micro_to_usd(micro), "added_micro_usd": micro,
+                              "account": account_view(acc)})

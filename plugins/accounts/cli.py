@@ -1,0 +1,266 @@
+"""``tollway keys create|list|show|revoke|topup`` and ``tollway usage``.
+
+They work on the store named by the config (``--config``), through the same
+accounts book the server uses: every change is written through at once and
+bumps the store's version counter, which a server running on the same store
+polls (``plugins.auth.poll_ms``, default 1 s) and then reloads keys and
+balances. So a key created, revoked or topped up from the CLI takes effect in
+the running server within a second, and no balance change is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from .model import Limits
+from .options import iso
+from .specs import KeyCreate, SpecError, create_args, credits_micro
+from .usage import rollups
+from .views import table, usd
+
+if TYPE_CHECKING:
+    from proxy.gateway import Gateway
+
+    from .book import Accounts
+    from .model import KeyRecord
+
+
+def add_keys_command(subparsers: argparse._SubParsersAction) -> None:
+    from proxy.cli import add_config_arg, gateway_command
+
+    keys = subparsers.add_parser("keys", help="manage API keys and their credits")
+    sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+
+    create = sub.add_parser("create", help="make a key (it is printed once)")
+    add_config_arg(create)
+    create.add_argument("--name", required=True)
+    create.add_argument("--credits", type=usd_amount, default=0.0, help="opening credit in USD (default 0)")
+    create.add_argument("--unlimited", action="store_true", help="no credit limit (spend is still recorded)")
+    create.add_argument("--account", help="share this credit account (made if new)")
+    create.add_argument("--models", type=name_list, help="comma-separated allowlist (default: every model)")
+    for name in ("rpm", "tpm", "rpd", "concurrency"):
+        create.add_argument(f"--{name}", type=positive_int)
+    create.add_argument("--expires", help="expiry, ISO 8601 (e.g. 2030-01-31T00:00:00Z)")
+    create.set_defaults(func=gateway_command(cmd_create))
+
+    listing = sub.add_parser("list", help="list keys with their balances")
+    add_config_arg(listing)
+    listing.set_defaults(func=gateway_command(cmd_list))
+
+    for action, helptext, fn in (("show", "show one key", cmd_show), ("revoke", "revoke a key now", cmd_revoke)):
+        p = sub.add_parser(action, help=helptext)
+        add_config_arg(p)
+        p.add_argument("key", help="key id (or its name, when unique)")
+        p.set_defaults(func=gateway_command(fn))
+
+    topup = sub.add_parser("topup", help="add credits to a key's account")
+    add_config_arg(topup)
+    topup.add_argument("key", help="key id (or its name, when unique)")
+    topup.add_argument("amount", type=positive_usd, help="USD to add")
+    topup.set_defaults(func=gateway_command(cmd_topup))
+
+
+def add_usage_command(subparsers: argparse._SubParsersAction) -> None:
+    from proxy.cli import add_config_arg, gateway_command
+
+    usage = subparsers.add_parser("usage", help="usage per day, key and model, from the ledger")
+    add_config_arg(usage)
+    usage.add_argument("--key", help="only this key (id or name)")
+    usage.add_argument("--model", help="only this model")
+    usage.add_argument("--since", type=day_arg, help="first day, YYYY-MM-DD")
+    usage.add_argument("--until", type=day_arg, help="last day, YYYY-MM-DD")
+    usage.set_defaults(func=gateway_command(cmd_usage))
+
+
+# -- argument types (argparse turns their errors into a clean usage message) ----------
+
+def usd_amount(text: str) -> float:
+    try:
+        value = float(text)
+        credits_micro(value, "amount")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc) if isinstance(exc, SpecError)
+                                         else f"not an amount in USD: {text!r}") from None
+    return value
+
+
+def positive_usd(text: str) -> float:
+    value = usd_amount(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def name_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated model names")
+    return names
+
+
+def day_arg(text: str) -> str:
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a day like 2025-01-31, got {text!r}") from None
+
+
+# -- commands -------------------------------------------------------------------------
+
+def _book(gw: Gateway) -> Accounts | None:
+    accounts = gw.services.get("accounts")
+    if accounts is None:
+        print("tollway: the auth plugin is not enabled in this config (plugins.enabled), so it has no keys",
+              file=sys.stderr)
+    return accounts
+
+
+def _find(accounts: Accounts, ref: str) -> KeyRecord | None:
+    record = accounts.by_id.get(ref)
+    if record is None:
+        named = [k for k in accounts.by_id.values() if k.name == ref and k.revoked_at is None]
+        record = named[0] if len(named) == 1 else None
+        if len(named) > 1:
+            print(f"tollway: {len(named)} keys are named {ref!r}; give the id", file=sys.stderr)
+            return None
+    if record is None:
+        print(f"tollway: no key with id or name {ref!r} (tollway keys list shows them)", file=sys.stderr)
+    return record
+
+
+def _details(accounts: Accounts, k: KeyRecord) -> str:
+    acc = accounts.account_of(k)
+    rows = [("id", k.id), ("name", k.name), ("prefix", k.prefix + "..."), ("status", k.status(time.time())),
+            ("source", k.source), ("account", acc.id),
+            ("balance", "unlimited" if acc.unlimited else usd(acc.balance)), ("spent", usd(acc.spent)),
+            ("models", "all" if k.models is None else ", ".join(sorted(k.models))),
+            ("limits", _limits(k.limits)), ("expires", iso(k.expires_at) or "never"),
+            ("created", iso(k.created_at))]
+    if k.revoked_at is not None:
+        rows.append(("revoked", iso(k.revoked_at)))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
+
+
+def _limits(limits: Limits) -> str:
+    d = limits.to_dict()
+    d.pop("models", None)
+    return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
+
+
+async def cmd_create(gw: Gateway, args: argparse.Namespace) -> int:
+    accounts = _book(gw)
+    if accounts is None:
+        return 2
+    limits = Limits(rpm=args.rpm, tpm=args.tpm, rpd=args.rpd, concurrency=args.concurrency)
+    spec = KeyCreate(name=args.name, credits=None if args.unlimited else args.credits, account=args.account,
+                     models=args.models, limits=limits, expires_at=args.expires)
+    try:
+        kwargs = create_args(spec, gw.config.models)
+    except SpecError as exc:
+        print(f"tollway keys create: {exc}", file=sys.stderr)
+        return 2
+    record, plain = await accounts.create_key(**kwargs)
+    print(_details(accounts, record))
+    print(f"\nkey: {plain}\n(shown once: store it now; only its hash is kept)")
+    return 0
+
+
+async def cmd_list(gw: Gateway, args: argparse.Namespace) -> int:
+    accounts = _book(gw)
+    if accounts is None:
+        return 2
+    now = time.time()
+    rows = []
+    for k in accounts.by_id.values():
+        acc = accounts.account_of(k)
+        rows.append((k.id, k.name, k.prefix + "...", k.status(now), k.source,
+                     "unlimited" if acc.unlimited else usd(acc.balance), usd(acc.spent),
+                     "all" if k.models is None else ",".join(sorted(k.models)), _limits(k.limits),
+                     iso(k.expires_at) or "never"))
+    if not rows:
+        print("no keys yet: tollway keys create --name NAME --credits USD")
+        return 0
+    print(table(("ID", "NAME", "PREFIX", "STATUS", "SOURCE", "BALANCE", "SPENT", "MODELS", "LIMITS", "EXPIRES"),
+                rows))
+    return 0
+
+
+async def cmd_show(gw: Gateway, args: argparse.Namespace) -> int:
+    accounts = _book(gw)
+    record = accounts and _find(accounts, args.key)
+    if record is None:
+        return 1 if accounts else 2
+    print(_details(accounts, record))
+    return 0
+
+
+async def cmd_revoke(gw: Gateway, args: argparse.Namespace) -> int:
+    accounts = _book(gw)
+    record = accounts and _find(accounts, args.key)
+    if record is None:
+        return 1 if accounts else 2
+    if record.source == "config":
+        print(f"tollway: {record.id} is defined in the config file's keys: list; remove it there", file=sys.stderr)
+        return 1
+    if record.revoked_at is None:
+        await accounts.revoke_key(record.id)
+    print(f"revoked {record.id} ({record.name})")
+    return 0
+
+
+async def cmd_topup(gw: Gateway, args: argparse.Namespace) -> int:
+    accounts = _book(gw)
+    record = accounts and _find(accounts, args.key)
+    if record is None:
+        return 1 if accounts else 2
+    if record.revoked_at is not None:
+        print(f"tollway: {record.id} has been revoked", file=sys.stderr)
+        return 1
+    micro = credits_micro(args.amount, "amount", positive=True)
+    acc = await accounts.topup(record.id, micro)
+    print(f"added {usd(micro)} to account {acc.id} ({record.name}): balance {usd(acc.balance)}")
+    return 0
+
+
+async def cmd_usage(gw: Gateway, args: argparse.Namespace) -> int:
+    accounts = _book(gw)
+    if accounts is None:
+        return 2
+    key_id = None
+    if args.key:
+        record = _find(accounts, args.key)
+        if record is None:
+            return 1
+        key_id = record.id
+    rows = await rollups(accounts, key_id=key_id, model=args.model, since=args.since, until=args.until)
+    if not rows:
+        print("no usage recorded" + (" for these filters" if any((args.key, args.model, args.since, args.until))
+                                     else ""))
+        return 0
+    names = {k.id: k.name for k in accounts.by_id.values()}
+    body = [(r["day"], names.get(r["key_id"], r["key_id"] or "-"), r["model"], r["requests"], r["errors"],
+             r["prompt_tokens"], r["completion_tokens"], usd(r["cost_micro_usd"])) for r in rows]
+    total = sum(r["cost_micro_usd"] for r in rows)
+    body.append(("total", "", "", sum(r["requests"] for r in rows), sum(r["errors"] for r in rows),
+                 sum(r["prompt_tokens"] for r in rows), sum(r["completion_tokens"] for r in rows), usd(total)))
+    print(table(("DAY", "KEY", "MODEL", "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "COST"), body))
+    return 0
+
+
+__all__ = ["add_keys_command", "add_usage_command"]

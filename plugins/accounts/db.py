@@ -1,0 +1,164 @@
+"""The accounts' tables and the SQL that reads and writes them.
+
+Plain SQL with ``?`` placeholders that runs on SQLite and PostgreSQL. Nothing
+here runs on a request's hot path: the book loads everything at start-up and
+writes behind (see ``writer.py``); admin changes write through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from proxy.schema import build
+
+from .model import Account, KeyRecord, Limits
+
+SCHEMA = (
+    """create table if not exists tollway_meta (
+        name text primary key,
+        value bigint not null)""",
+    """create table if not exists tollway_accounts (
+        id text primary key,
+        balance_micro_usd bigint not null,
+        spent_micro_usd bigint not null default 0,
+        unlimited integer not null default 0,
+        created_at double precision not null)""",
+    """create table if not exists tollway_keys (
+        id text primary key,
+        name text not null,
+        key_hash text not null unique,
+        prefix text not null,
+        account_id text not null,
+        models text,
+        limits text not null,
+        expires_at double precision,
+        disabled integer not null default 0,
+        metadata text not null,
+        source text not null,
+        created_at double precision not null,
+        revoked_at double precision)""",
+    """create table if not exists tollway_ledger (
+        id text primary key,
+        time double precision not null,
+        day text not null,
+        key_id text,
+        account_id text,
+        endpoint text not null,
+        model text not null,
+        served_model text,
+        provider text,
+        status integer not null,
+        error_code text,
+        stream integer not null,
+        cache_hit integer not null,
+        client_gone integer not null,
+        prompt_tokens integer not null,
+        completion_tokens integer not null,
+        cached_tokens integer not null,
+        reasoning_tokens integer not null,
+        cost_micro_usd bigint not null,
+        latency_ms double precision not null,
+        ttfb_ms double precision)""",
+    "create index if not exists tollway_ledger_key_day on tollway_ledger (key_id, day)",
+    "create index if not exists tollway_ledger_day on tollway_ledger (day)",
+    "insert into tollway_meta (name, value) values ('version', 0) on conflict (name) do nothing",
+)
+
+LEDGER_COLUMNS = ("id", "time", "day", "key_id", "account_id", "endpoint", "model", "served_model", "provider",
+                  "status", "error_code", "stream", "cache_hit", "client_gone", "prompt_tokens",
+                  "completion_tokens", "cached_tokens", "reasoning_tokens", "cost_micro_usd", "latency_ms",
+                  "ttfb_ms")
+INSERT_LEDGER = (f"insert into tollway_ledger ({', '.join(LEDGER_COLUMNS)}) "
+                 f"values ({', '.join('?' for _ in LEDGER_COLUMNS)})")
+APPLY_DELTA = ("update tollway_accounts set balance_micro_usd = balance_micro_usd + ?, "
+               "spent_micro_usd = spent_micro_usd + ? where id = ?")
+KEY_COLUMNS = ("id", "name", "key_hash", "prefix", "account_id", "models", "limits", "expires_at", "disabled",
+               "metadata", "source", "created_at", "revoked_at")
+
+
+async def create_tables(store) -> None:
+    for sql in SCHEMA:
+        await store.execute(sql)
+
+
+async def version(store) -> int:
+    row = await store.fetchone("select value from tollway_meta where name = 'version'")
+    return int(row[0]) if row else 0
+
+
+async def bump_version(tx) -> int:
+    """Mark a change other processes on this store should load; the new version."""
+    await tx.execute("update tollway_meta set value = value + 1 where name = 'version'")
+    return await version(tx)
+
+
+def key_row(k: KeyRecord) -> tuple:
+    return (k.id, k.name, k.hash, k.prefix, k.account_id,
+            None if k.models is None else orjson.dumps(sorted(k.models)).decode(),
+            orjson.dumps(k.limits.to_dict()).decode(), k.expires_at, int(k.disabled),
+            orjson.dumps(k.metadata).decode(), k.source, k.created_at, k.revoked_at)
+
+
+def key_from_row(row: Sequence[Any]) -> KeyRecord:
+    (kid, name, khash, prefix, account_id, models, limits, expires_at, disabled, metadata, source, created_at,
+     revoked_at) = row
+    return KeyRecord(id=kid, name=name, hash=khash, prefix=prefix, account_id=account_id,
+                     models=None if models is None else frozenset(orjson.loads(models)),
+                     limits=build(Limits, orjson.loads(limits), f"tollway_keys[{kid}].limits"),
+                     expires_at=expires_at, disabled=bool(disabled), metadata=orjson.loads(metadata),
+                     source=source, created_at=created_at, revoked_at=revoked_at)
+
+
+async def upsert_key(tx, k: KeyRecord) -> None:
+    cols = ", ".join(KEY_COLUMNS)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in KEY_COLUMNS if c not in ("id", "created_at"))
+    await tx.execute(f"insert into tollway_keys ({cols}) values ({', '.join('?' for _ in KEY_COLUMNS)}) "
+                     f"on conflict (id) do update set {updates}", key_row(k))
+
+
+async def insert_account(tx, account: Account, now: float) -> None:
+    """Create the account if it does not exist yet (an existing one keeps its balance)."""
+    await tx.execute("insert into tollway_accounts (id, balance_micro_usd, spent_micro_usd, unlimited, created_at) "
+                     "values (?, ?, 0, ?, ?) on conflict (id) do nothing",
+                     (account.id, account.balance, int(account.unlimited), now))
+
+
+async def load_keys(store) -> list[KeyRecord]:
+    rows = await store.fetchall(f"select {', '.join(KEY_COLUMNS)} from tollway_keys order by created_at, id")
+    return [key_from_row(r) for r in rows]
+
+
+async def load_accounts(store) -> list[Account]:
+    rows = await store.fetchall("select id, balance_micro_usd, spent_micro_usd, unlimited from tollway_accounts")
+    return [Account(id=r[0], balance=int(r[1]), spent=int(r[2]), unlimited=bool(r[3])) for r in rows]
+
+
+async def write_batch(tx, rows: Iterable[tuple], deltas: dict[str, list[int]]) -> None:
+    rows = list(rows)
+    if rows:
+        await tx.executemany(INSERT_LEDGER, rows)
+    if deltas:
+        await tx.executemany(APPLY_DELTA, [(d[0], d[1], aid) for aid, d in deltas.items()])
+
+
+async def usage_rollups(store, *, key_id: str | None = None, model: str | None = None,
+                        since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+    """Per day, key and model: requests, errors, tokens and cost, from the ledger."""
+    where, params = [], []
+    for clause, value in (("key_id = ?", key_id), ("model = ?", model), ("day >= ?", since), ("day <= ?", until)):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    sql = ("select day, key_id, model, count(*), sum(case when status >= 400 then 1 else 0 end), "
+           "sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), sum(cost_micro_usd) "
+           "from tollway_ledger" + (" where " + " and ".join(where) if where else "")
+           + " group by day, key_id, model order by day, key_id, model")
+    out = []
+    for day, kid, mdl, n, errors, prompt, completion, cached, cost in await store.fetchall(sql, params):
+        out.append({"day": day, "key_id": kid, "model": mdl, "requests": int(n), "errors": int(errors or 0),
+                    "prompt_tokens": int(prompt or 0), "completion_tokens": int(completion or 0),
+                    "cached_tokens": int(cached or 0), "cost_micro_usd": int(cost or 0)})
+    return out

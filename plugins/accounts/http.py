@@ -1,0 +1,102 @@
+"""Helpers for the plugins' own HTTP routes: error handling, key and admin auth, bodies."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from proxy import ProxyError
+from proxy.errors import bad_request, internal_error
+from proxy.routes import error_response, read_json
+from proxy.schema import ConfigError, build_dataclass
+
+from .keys import key_from_request
+from .model import KeyRecord
+from .options import iso
+
+if TYPE_CHECKING:
+    from proxy.gateway import Gateway
+
+    from .book import Accounts
+
+log = logging.getLogger("tollway.accounts")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def guarded(fn: Handler) -> Handler:
+    """Render ProxyError as an OpenAI-shaped error; anything else as a bare 500."""
+    @functools.wraps(fn)
+    async def run(request: web.Request) -> web.StreamResponse:
+        try:
+            return await fn(request)
+        except ProxyError as err:
+            return error_response(err)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return error_response(internal_error())
+    return run
+
+
+def authenticate(accounts: Accounts | None, request: web.Request | None) -> KeyRecord:
+    """The calling key, or a 401 that says what is wrong with it."""
+    key = key_from_request(request) if request is not None else None
+    if key is None:
+        raise ProxyError(401, "missing API key: send it as 'Authorization: Bearer KEY', 'X-API-Key: KEY' "
+                              "or '?api_key=KEY'", code="missing_api_key")
+    record = accounts.key_for(key) if accounts is not None else None
+    if record is None:
+        raise ProxyError(401, "invalid API key", code="invalid_api_key")
+    if record.revoked_at is not None:
+        raise ProxyError(401, "this API key has been revoked", code="revoked_api_key")
+    if record.disabled:
+        raise ProxyError(401, "this API key is disabled", code="disabled_api_key")
+    if record.expires_at is not None and time.time() >= record.expires_at:
+        raise ProxyError(401, f"this API key expired at {iso(record.expires_at)}", code="expired_api_key")
+    return record
+
+
+def check_admin(gateway: Gateway, request: web.Request) -> None:
+    """``server.admin_key`` guards /admin/*: 401 without a key, 403 with a wrong one."""
+    admin = gateway.config.server.admin_key or ""
+    if not admin:
+        raise ProxyError(403, "the admin API is disabled: set server.admin_key (e.g. admin_key: "
+                              "${TOLLWAY_ADMIN_KEY}) to use it", code="admin_disabled")
+    given = key_from_request(request)
+    if given is None:
+        raise ProxyError(401, "missing admin key: send 'Authorization: Bearer ADMIN_KEY'", code="missing_admin_key")
+    if not hmac.compare_digest(given.encode(), admin.encode()):
+        raise ProxyError(403, "invalid admin key", code="invalid_admin_key")
+
+
+async def read_body(request: web.Request, cls: type, limit: int = 1024 * 1024) -> tuple[Any, dict]:
+    """The JSON body built into dataclass ``cls``; a 400 naming the field otherwise."""
+    body, _ = await read_json(request, limit)
+    return build_body(cls, body), body
+
+
+def build_body(cls: type, body: dict) -> Any:
+    try:
+        return build_dataclass(cls, body, "")
+    except ConfigError as exc:
+        raise field_error(str(exc)) from None
+
+
+def field_error(message: str) -> ProxyError:
+    """``"limits.rpm: expected an integer"`` -> a 400 with ``param`` = ``limits.rpm``."""
+    param = message.split(":", 1)[0] if ":" in message else None
+    return bad_request(message, param=param, code="invalid_field")
+
+
+def check_query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    for name in request.query:
+        if name not in allowed:
+            raise bad_request(f"{name}: unknown query parameter (known: {', '.join(allowed)})", param=name,
+                              code="invalid_field")
+    return {k: request.query[k] for k in allowed if k in request.query}

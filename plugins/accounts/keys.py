@@ -1,0 +1,51 @@
+"""API keys: making them, hashing them, finding them in a request."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+KEY_PREFIX = "sk-tw-"
+
+
+def new_key() -> str:
+    """A fresh key: 'sk-tw-' and 43 URL-safe characters (256 random bits)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_id() -> str:
+    return "key_" + secrets.token_hex(8)
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 hex of the key. Keys carry 256 random bits (or are the
+    operator's own, already in the YAML), so a fast unsalted hash is enough:
+    the store never holds anything that could be replayed as a key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def display_prefix(key: str) -> str:
+    """The start of a key, for people to recognise it (a third of it at most)."""
+    return key[:max(4, min(12, len(key) // 3))]
+
+
+def key_from_request(request: web.Request) -> str | None:
+    """The key from ``Authorization: Bearer``, ``X-API-Key`` (Anthropic's
+    ``x-api-key`` is the same header) or ``?api_key=``, in that order."""
+    headers = request.headers
+    auth = headers.get("Authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    value = headers.get("X-API-Key")
+    if value and value.strip():
+        return value.strip()
+    value = request.query.get("api_key")
+    if value:
+        return value
+    return None

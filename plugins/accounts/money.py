@@ -1,0 +1,102 @@
+"""Money: integers in micro-USD, exact prices, cost rounded up to the micro-USD.
+
+A price in USD per 1M tokens is, numerically, micro-USD per token. Prices are
+held as integers in femto-USD per token (``price * 10**9``), so a cost is
+``ceil(sum(tokens * price_f) / 10**9)`` micro-USD, computed in integers: no
+float ever touches a balance. Prices may have up to 9 decimal places.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+MICRO = 1_000_000
+FEMTO_PER_MICRO = 10**9
+
+
+class MoneyError(ValueError):
+    pass
+
+
+def exact_scaled(value: float, scale: int, what: str) -> int:
+    """``value * scale`` as an integer, refusing values it cannot hold exactly."""
+    try:
+        d = Decimal(str(value)) * scale
+    except InvalidOperation:
+        raise MoneyError(f"{what}: not a number") from None
+    if d != d.to_integral_value():
+        raise MoneyError(f"{what}: too many decimal places (at most {len(str(scale)) - 1})")
+    return int(d)
+
+
+def usd_to_micro(amount: float, what: str = "amount") -> int:
+    """USD (a JSON/YAML number) -> micro-USD, exactly; at most 6 decimal places."""
+    return exact_scaled(amount, MICRO, what)
+
+
+def micro_to_usd(micro: int) -> float:
+    return micro / MICRO
+
+
+def format_usd(micro: int) -> str:
+    """``1234567`` -> ``"1.234567"`` (exact, no float)."""
+    sign = "-" if micro < 0 else ""
+    whole, frac = divmod(abs(micro), MICRO)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTable:
+    """One model's prices in femto-USD per token."""
+
+    input: int
+    output: int
+    cached_input: int
+
+    @classmethod
+    def from_config(cls, price, where: str) -> PriceTable:
+        cached = price.cached_input if price.cached_input is not None else price.input
+        return cls(exact_scaled(price.input, FEMTO_PER_MICRO, f"{where}.input"),
+                   exact_scaled(price.output, FEMTO_PER_MICRO, f"{where}.output"),
+                   exact_scaled(cached, FEMTO_PER_MICRO, f"{where}.cached_input"))
+
+    def cost(self, prompt: int, completion: int, cached: int = 0, multiplier_ppm: int = MICRO) -> int:
+        """Micro-USD for these tokens (``prompt`` includes ``cached``), rounded up.
+
+        ``multiplier_ppm`` scales the cost in parts per million (1_000_000 = x1).
+        """
+        cached = min(max(cached, 0), max(prompt, 0))
+        femto = (max(prompt, 0) - cached) * self.input + cached * self.cached_input + max(completion, 0) * self.output
+        if multiplier_ppm != MICRO:
+            return -(-femto * multiplier_ppm // (FEMTO_PER_MICRO * MICRO))
+        return -(-femto // FEMTO_PER_MICRO)
+
+
+def multiplier_ppm(multiplier: float) -> int:
+    """A price multiplier (e.g. 0.5 on a cache hit) in parts per million, >= 0."""
+    if multiplier == 1.0:
+        return MICRO
+    value = Decimal(str(max(float(multiplier), 0.0))) * MICRO
+    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+class PriceBook:
+    """Every configured model's ``PriceTable``; checked once, at start-up."""
+
+    def __init__(self, models: dict) -> None:
+        from proxy.schema import ConfigError
+
+        self.tables: dict[str, PriceTable] = {}
+        for name, m in models.items():
+            try:
+                self.tables[name] = PriceTable.from_config(m.price, f"models.{name}.price")
+            except MoneyError as exc:
+                raise ConfigError(str(exc)) from None
+
+    def of(self, route) -> PriceTable:
+        """The prices of the model a route serves (its public name)."""
+        table = self.tables.get(route.model)
+        if table is None:  # a route a plugin made up: price it from its config
+            table = self.tables[route.model] = PriceTable.from_config(route.config.price, f"models.{route.model}")
+        return table

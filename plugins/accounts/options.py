@@ -1,0 +1,81 @@
+"""The YAML sections the business plugins read (validated by the core)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .model import Limits
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    """One entry of the YAML ``keys:`` list.
+
+    ``credits`` (USD) is the account's opening balance, granted once, the
+    first time the key is seen; after that the balance lives in the store
+    (top it up with the admin API or ``tollway keys topup``). ``credits:
+    null`` makes an unmetered account (spend is recorded, never refused).
+    """
+
+    name: str
+    key: str
+    credits: float | None = 0.0
+    account: str | None = None  # share a credit account between keys
+    models: list[str] | None = None  # omitted: every model
+    limits: Limits = field(default_factory=Limits)
+    expires_at: str | None = None  # ISO 8601 (UTC when no offset)
+    disabled: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuthOptions:
+    # How often the server looks for key/balance changes made by another
+    # process on the same store (the CLI), in milliseconds.
+    poll_ms: int = 1000
+
+
+@dataclass(frozen=True)
+class QuotasOptions:
+    # Completion tokens reserved when a request sets no max_tokens and the
+    # model has no max_output_tokens.
+    default_max_tokens: int = 4096
+
+
+@dataclass(frozen=True)
+class LedgerOptions:
+    flush_ms: int = 200  # the write-behind interval (ledger rows and balances)
+    batch_rows: int = 2000  # flush early when this many rows wait
+
+
+def parse_time(value: Any, where: str) -> float | None:
+    """ISO 8601 text (or unix seconds) -> unix seconds. Naive times are UTC."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: expected an ISO 8601 time like 2030-01-31T00:00:00Z")
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{where}: {value!r} is not an ISO 8601 time like 2030-01-31T00:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")

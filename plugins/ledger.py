@@ -1,0 +1,109 @@
+"""The usage ledger: one row per model request, written behind in batches.
+
+Which requests get a row: every chat / embeddings / messages request except
+those refused as unauthenticated (401), so a key's every success, refusal
+(402, 403, 404, 429) and failure is there, and a scanner without a key
+cannot fill the table. With auth off every model request gets a row (key
+empty). Columns: see ``plugins/accounts/db.py`` (time, key, account, model
+asked and served, provider, status, error code, token counts, cost, latency,
+time to first byte, stream, cache hit, client gone).
+
+``cost_micro_usd`` is the money actually taken from the account (what the
+quotas plugin charged), else the priced cost; so the ledger sums to the
+money taken. A request's row is queued in ``tollway_settle`` (``trylast``,
+right after quotas charged it, with no await in between) so the writer
+always stores a row and its balance change in the same transaction; requests
+refused before admission are queued in ``tollway_finish``.
+
+Routes: ``GET /v1/usage`` (the calling key's rollups per day per model) and
+``GET /admin/usage`` (all keys; filters key, model, since, until).
+CLI: ``tollway usage [--key] [--model] [--since] [--until]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+
+from aiohttp import web
+
+from proxy import Call, hookimpl
+from proxy.gateway import Gateway
+from proxy.routes import json_response
+
+from .accounts import KeyRecord, acquire, release
+from .accounts.http import authenticate, check_admin, guarded
+from .accounts.options import LedgerOptions
+from .accounts.usage import query_rollups
+
+MODEL_ENDPOINTS = frozenset(("chat", "embeddings", "messages"))
+
+
+class Plugin:
+    def __init__(self) -> None:
+        self.gateway: Gateway | None = None
+        self.accounts = None
+
+    @hookimpl
+    def tollway_config_schema(self) -> dict:
+        return {"plugins.ledger": LedgerOptions}
+
+    @hookimpl
+    def tollway_startup(self, gateway: Gateway):
+        return self._start(gateway)
+
+    async def _start(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.accounts = await acquire(gateway, "ledger")
+
+    @hookimpl
+    def tollway_shutdown(self, gateway: Gateway):
+        return release(gateway, "ledger")
+
+    @hookimpl(trylast=True)
+    async def tollway_settle(self, call: Call) -> None:
+        call.state["ledger"] = True
+        self.record(call)
+
+    @hookimpl
+    async def tollway_finish(self, call: Call) -> None:
+        if "ledger" not in call.state and call.endpoint in MODEL_ENDPOINTS and call.status != 401:
+            self.record(call)
+
+    def record(self, call: Call) -> None:
+        key = call.principal if isinstance(call.principal, KeyRecord) else None
+        res = call.state.get("quotas")
+        cost = res.charged if res is not None else (call.cost_micro or 0)
+        usage = call.usage
+        started = time.time() - (time.perf_counter() - call.started)
+        error = call.error_code or (call.error.code if call.error is not None else None)
+        ttfb = call.ttfb_ms
+        self.accounts.writer.append((
+            uuid.uuid4().hex, started, time.strftime("%Y-%m-%d", time.gmtime(started)),
+            key.id if key else None, key.account_id if key else None, call.endpoint, call.model,
+            call.served_model, call.provider_name, call.status, error, int(call.stream),
+            int("hit" in (call.cache_status or "")), int(call.client_gone),
+            usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
+            usage.cached_tokens if usage else 0, usage.reasoning_tokens if usage else 0,
+            cost, round(call.latency_ms, 3), None if ttfb is None else round(ttfb, 3)))
+
+    @hookimpl
+    def tollway_routes(self, gateway: Gateway) -> list:
+        return [web.get("/v1/usage", guarded(self.my_usage)), web.get("/admin/usage", guarded(self.all_usage))]
+
+    async def my_usage(self, request: web.Request) -> web.Response:
+        key = authenticate(self.accounts, request)
+        data = await query_rollups(self.accounts, request, ("model", "since", "until"), key_id=key.id)
+        return json_response({"object": "list", "key": {"id": key.id, "name": key.name}, **data})
+
+    async def all_usage(self, request: web.Request) -> web.Response:
+        check_admin(self.gateway, request)
+        data = await query_rollups(self.accounts, request, ("key", "model", "since", "until"))
+        return json_response({"object": "list", **data})
+
+    @hookimpl
+    def tollway_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        from .accounts.cli import add_usage_command
+
+        add_usage_command(subparsers)

@@ -1,0 +1,133 @@
+"""Quotas: prepaid credits. Reserve the worst case, settle the exact cost.
+
+In ``tollway_admit`` a request reserves its worst-case cost: an upper bound
+of its prompt tokens (see ``plugins/accounts/estimate.py``) x input price +
+its output cap (``max_completion_tokens``/``max_tokens``, else the model's
+``max_output_tokens``, else ``plugins.quotas.default_max_tokens``) x output
+price. When the account's balance minus its outstanding reservations cannot
+cover it: 402, saying what was needed and what is left.
+
+In ``tollway_settle`` the reservation is released and the cost charged:
+
+- usage known (also when the client hung up and the core drained the
+  upstream): the exact cost (``call.cost_micro`` from the pricing plugin);
+- no usage and the request failed (an upstream error, a stream cut by the
+  upstream, any refusal): nothing;
+- no usage though the answer went out (an upstream that never reports
+  usage, or a client that hung up and the drain bound was hit): the
+  reservation itself, the worst case, scaled by ``call.price_multiplier``.
+  The upstream may have billed the whole answer, so this is the amount that
+  can never leave the operator out of pocket.
+
+The charge is capped at what the account holds, so a balance never goes
+below zero, under any concurrency (everything happens on one event loop, with
+no await between the check and the change). ``tollway_finish`` releases a
+reservation that settle did not reach. ``GET /v1/credits`` answers the
+calling key's balance, reservations and spend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from proxy import Call, ProxyError, hookimpl
+from proxy.gateway import Gateway
+from proxy.routes import json_response
+
+from .accounts import Account, KeyRecord, acquire, release
+from .accounts.estimate import output_bound, prompt_bound
+from .accounts.http import authenticate, guarded
+from .accounts.money import MICRO, PriceBook, format_usd, multiplier_ppm
+from .accounts.options import QuotasOptions
+from .accounts.views import account_view
+
+
+@dataclass(slots=True)
+class Reservation:
+    account: Account
+    amount: int  # micro-USD held
+    charged: int = 0  # micro-USD taken at settle
+    open: bool = True
+
+
+class Plugin:
+    def __init__(self) -> None:
+        self.gateway: Gateway | None = None
+        self.accounts = None
+        self.prices: PriceBook | None = None
+        self.default_cap = 4096
+
+    @hookimpl
+    def tollway_config_schema(self) -> dict:
+        return {"plugins.quotas": QuotasOptions}
+
+    @hookimpl
+    def tollway_startup(self, gateway: Gateway):
+        return self._start(gateway)
+
+    async def _start(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.prices = PriceBook(gateway.config.models)
+        self.default_cap = (gateway.config.section("plugins.quotas") or QuotasOptions()).default_max_tokens
+        self.accounts = await acquire(gateway, "quotas")
+
+    @hookimpl
+    def tollway_shutdown(self, gateway: Gateway):
+        return release(gateway, "quotas")
+
+    @hookimpl
+    async def tollway_admit(self, call: Call) -> None:
+        key = call.principal
+        if not isinstance(key, KeyRecord) or call.route is None:
+            return
+        acc = self.accounts.account_of(key)
+        prompt, output = prompt_bound(call), output_bound(call, self.default_cap)
+        amount = self.prices.of(call.route).cost(prompt, output)
+        if not self.accounts.reserve(acc, amount):
+            held = f", ${format_usd(acc.reserved)} of it held by requests in flight" if acc.reserved else ""
+            raise ProxyError(
+                402, f"insufficient credits: this request needs up to ${format_usd(amount)} (at most {prompt} "
+                     f"prompt and {output} completion tokens of {call.route.model}; lower max_tokens to need less) "
+                     f"and the key's account has ${format_usd(max(acc.available, 0))} left{held}; "
+                     "ask the operator to top it up", code="insufficient_credits")
+        call.state["quotas"] = Reservation(acc, amount)
+
+    @hookimpl(tryfirst=True)
+    async def tollway_settle(self, call: Call) -> None:
+        res: Reservation | None = call.state.get("quotas")
+        if res is None or not res.open:
+            return
+        res.open = False
+        res.charged = self.accounts.settle(res.account, res.amount, self._cost(call, res))
+
+    def _cost(self, call: Call, res: Reservation) -> int:
+        usage = call.usage
+        if usage is not None:
+            if call.cost_micro is not None:
+                return call.cost_micro
+            return self.prices.of(call.route).cost(usage.prompt_tokens, usage.completion_tokens,
+                                                   usage.cached_tokens, multiplier_ppm(call.price_multiplier))
+        if call.status != 200 or call.error is not None:
+            return 0
+        ppm = multiplier_ppm(call.price_multiplier)
+        return res.amount if ppm == MICRO else -(-res.amount * ppm // MICRO)
+
+    @hookimpl
+    async def tollway_finish(self, call: Call) -> None:
+        res: Reservation | None = call.state.get("quotas")
+        if res is not None and res.open:
+            res.open = False
+            self.accounts.release(res.account, res.amount)
+
+    @hookimpl
+    def tollway_routes(self, gateway: Gateway) -> list:
+        return [web.get("/v1/credits", guarded(self.credits))]
+
+    async def credits(self, request: web.Request) -> web.Response:
+        """The calling key's credit account, in USD (and micro-USD)."""
+        key = authenticate(self.accounts, request)
+        acc = self.accounts.account_of(key)
+        return json_response({"object": "credits", "key": {"id": key.id, "name": key.name, "prefix": key.prefix},
+                              **account_view(acc)})

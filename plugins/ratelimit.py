@@ -1,0 +1,181 @@
+"""Rate limits per key: rpm, tpm, rpd (and per-model overrides), concurrency.
+
+The algorithm is GCRA (see ``plugins/accounts/gcra.py`` for what it is and
+why it was chosen over a sliding window): one timestamp per key and limit,
+exact ``Retry-After``, a burst of up to the full limit, no window-edge
+doubling. Periods: rpm and tpm 60 s, rpd a rolling 24 h.
+
+Tokens are estimated at admission (about four body bytes a token plus the
+requested ``max_tokens``) and reconciled in ``tollway_settle`` with the real
+usage (none when the call failed, or when ``call.count_for_limits`` is
+False, e.g. on some cache hits). A refused request changes no state.
+
+Every response to a limited key carries ``X-RateLimit-Limit``,
+``X-RateLimit-Remaining``, ``X-RateLimit-Reset`` (ISO 8601 time) and OpenAI's
+``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (reset as a
+duration like ``1s`` or ``6m0s``); for each kind, the limit with the least
+left is shown. Over a limit: 429 with ``Retry-After`` (seconds) and a
+message naming the limit. ``concurrency`` caps requests in flight (429,
+``Retry-After: 1``); the slot is freed in ``tollway_finish``.
+
+State lives in memory; it is saved at shutdown and loaded at start-up (a
+crash forgets it: at worst a key gets one more burst).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from proxy import Call, ProxyError, hookimpl
+from proxy.gateway import Gateway
+
+from .accounts import KeyRecord, acquire, release
+from .accounts.estimate import tokens_estimate
+from .accounts.gcra import Check, headers_for, plan
+
+PERIODS = (("rpm", "requests", "requests per minute", 60.0), ("rpd", "requests", "requests per day", 86400.0),
+           ("tpm", "tokens", "tokens per minute", 60.0))
+STATE_TABLE = "create table if not exists tollway_ratelimit (name text primary key, tat double precision not null)"
+
+
+@dataclass(slots=True)
+class Taken:
+    token_checks: list[Check]
+    estimate: int
+    slot: str | None  # the key id whose concurrency slot this call holds
+    reconciled: bool = False
+
+
+class Plugin:
+    def __init__(self) -> None:
+        self.tats: dict[tuple, float] = {}
+        self.in_flight: dict[str, int] = {}
+        self.store = None
+
+    @hookimpl
+    def tollway_startup(self, gateway: Gateway):
+        return self._start(gateway)
+
+    async def _start(self, gateway: Gateway) -> None:
+        await acquire(gateway, "ratelimit")  # the deployment check; keys come on the principal
+        self.store = gateway.store
+        await self.store.execute(STATE_TABLE)
+        now = time.time()
+        for name, tat in await self.store.fetchall("select name, tat from tollway_ratelimit"):
+            if tat > now:
+                kid, scope, label = name.split("\x1f")
+                self.tats[(kid, scope, label)] = tat
+
+    @hookimpl
+    def tollway_shutdown(self, gateway: Gateway):
+        return self._stop(gateway)
+
+    async def _stop(self, gateway: Gateway) -> None:
+        try:
+            now = time.time()
+            rows = [("\x1f".join(k), tat) for k, tat in self.tats.items() if tat > now]
+            async with self.store.transaction() as tx:
+                await tx.execute("delete from tollway_ratelimit")
+                if rows:
+                    await tx.executemany("insert into tollway_ratelimit (name, tat) values (?, ?)", rows)
+        finally:
+            await release(gateway, "ratelimit")
+
+    def checks_for(self, key: KeyRecord, call: Call) -> list[Check]:
+        limits = key.limits
+        checks = []
+        estimate = 0
+        scopes = [("", limits)]
+        per_model = limits.models.get(call.model)
+        if per_model is not None:
+            scopes.append((call.model, per_model))
+        for scope, lim in scopes:
+            for field, kind, label, period in PERIODS:
+                value = getattr(lim, field)
+                if value is None:
+                    continue
+                if kind == "tokens" and not estimate:
+                    estimate = tokens_estimate(call)
+                cost = estimate if kind == "tokens" else 1
+                label_s = f"{label} for {scope}" if scope else label
+                checks.append(Check(kind, label_s, scope, value, period, cost, (key.id, scope, field)))
+        return checks
+
+    @hookimpl(tryfirst=True)
+    async def tollway_admit(self, call: Call) -> None:
+        key = call.principal
+        if not isinstance(key, KeyRecord):
+            return
+        limits = key.limits
+        if limits.empty:
+            return
+        if limits.concurrency is not None and self.in_flight.get(key.id, 0) >= limits.concurrency:
+            raise ProxyError(429, f"rate limit exceeded: this key may have {limits.concurrency} requests in "
+                                  "flight at once; retry when one has finished",
+                             code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
+        checks = self.checks_for(key, call)
+        if checks:
+            now = time.time()
+            tats = self.tats
+            worst: tuple[float, Check] | None = None
+            for check in checks:
+                wait = plan(check, tats.get(check.state), now)
+                if wait and (worst is None or wait > worst[0]):
+                    worst = (wait, check)
+            if worst is not None:
+                headers = headers_for(checks, tats, now)
+                call.response_headers.update(headers)
+                raise self._refusal(key, *worst, headers)
+            for check in checks:
+                tats[check.state] = check.new_tat
+            call.response_headers.update(headers_for(checks, tats, now))
+        slot = None
+        if limits.concurrency is not None:
+            self.in_flight[key.id] = self.in_flight.get(key.id, 0) + 1
+            slot = key.id
+        tokens = [c for c in checks if c.kind == "tokens"]
+        if tokens or slot:
+            call.state["ratelimit"] = Taken(tokens, tokens[0].cost if tokens else 0, slot)
+
+    @staticmethod
+    def _refusal(key: KeyRecord, wait: float, check: Check, headers: dict) -> ProxyError:
+        retry = max(1, math.ceil(wait))
+        if check.kind == "tokens" and check.cost > check.limit:
+            msg = (f"rate limit exceeded: this request's estimated {check.cost} tokens exceed the key's "
+                   f"{check.label} limit of {check.limit} on their own; send a shorter request or a lower max_tokens")
+        else:
+            msg = (f"rate limit exceeded: {check.label} (limit {check.limit}) for key {key.name!r}; "
+                   f"retry in {retry}s")
+        return ProxyError(429, msg, code="rate_limit_exceeded", headers={**headers, "Retry-After": str(retry)})
+
+    @hookimpl
+    async def tollway_settle(self, call: Call) -> None:
+        taken: Taken | None = call.state.get("ratelimit")
+        if taken is None or taken.reconciled or not taken.token_checks:
+            return
+        taken.reconciled = True
+        usage = call.usage
+        if not call.count_for_limits:
+            actual = 0
+        elif usage is not None:
+            actual = usage.total_tokens
+        elif call.status != 200 or call.error is not None:
+            actual = 0
+        else:
+            return  # an answer without usage: keep the estimate
+        delta = actual - taken.estimate
+        if delta:
+            for check in taken.token_checks:
+                if check.state in self.tats:
+                    self.tats[check.state] += delta * check.interval
+
+    @hookimpl
+    async def tollway_finish(self, call: Call) -> None:
+        taken: Taken | None = call.state.get("ratelimit")
+        if taken is not None and taken.slot is not None:
+            kid, taken.slot = taken.slot, None
+            self.in_flight[kid] -= 1
+            if not self.in_flight[kid]:
+                del self.in_flight[kid]
