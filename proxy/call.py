@@ -99,7 +99,7 @@ class Call:
         "response_headers", "usage", "cost_micro", "status", "error", "error_code",
         "started", "first_byte_at", "ended_at", "client_gone", "cache_status",
         "served_model", "state", "upstream_attempts", "usage_extra",
-        "price_multiplier", "count_for_limits", "response",
+        "price_multiplier", "count_for_limits", "response", "completion",
     )
 
     def __init__(self, request: web.Request | None, endpoint: str, body: dict, raw_body: bytes,
@@ -141,6 +141,10 @@ class Call:
         self.served_model: str | None = None
         self.state: dict[str, Any] = {}
         self.upstream_attempts = 0
+        # The canonical (OpenAI) chat.completion of a non-stream answer, set by
+        # the core before tollway_usage (None for streams and errors). Read-only:
+        # it may be the very dict written to the client. The cache stores it.
+        self.completion: dict | None = None
 
     def set_body(self, body: dict) -> None:
         """Replace the request body; the core re-serialises it before going upstream."""

@@ -201,8 +201,11 @@ async def forward_chat(gw: Gateway, request: web.Request, call: Call, route: Rou
     if native:
         body = loads_json(raw, provider.name)
         call.usage = dialect.response_usage(body)
+        if call.dialect == "openai":
+            call.completion = body
     else:
         completion, call.usage = provider.chat_response(call, raw)
+        call.completion = completion
         body = dialect.render_completion(call, completion)
         raw = None
     await on_usage(gw, call)
