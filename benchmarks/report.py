@@ -70,7 +70,7 @@ def budget(data: dict) -> dict:
               f"<= {BUDGET['added_p50_ms']} ms")
     if "soak" in results and subject in results["soak"]:
         g = results["soak"][subject].get("rss_growth", math.nan)
-        check("RSS growth N/10 -> N", g, g <= BUDGET["rss_growth"], f"<= {BUDGET['rss_growth']:.0%}")
+        check("RSS growth N/10 -> N", g, round(g, 9) <= BUDGET["rss_growth"], f"<= {BUDGET['rss_growth']:.0%}")
     bad = [label for label, by_t in results.items()
            if by_t.get(subject, {}).get("errors", 0) and not by_t.get("floor", {}).get("errors", 0)]
     check("errors where the floor has none", float(len(bad)), not bad, "none" + (f" ({', '.join(bad)})" if bad else ""))

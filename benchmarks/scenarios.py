@@ -43,10 +43,10 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile(rounds=1, latency_requests=30, concurrency=8, throughput_seconds=0.5, stream_concurrency=4,
-                     stream_seconds=0.5, paced_requests=6, paced_concurrency=2,
-                     paced_mock={"ttft": 0.002, "chunk_delay": 0.001, "chunks": 4}, rates=(100, 200),
-                     reference_rate=200, rate_seconds=0.5, soak_requests=300, soak_concurrency=4, warmup=10,
+    "smoke": Profile(rounds=1, latency_requests=30, concurrency=8, throughput_seconds=0.3, stream_concurrency=4,
+                     stream_seconds=0.3, paced_requests=6, paced_concurrency=2,
+                     paced_mock={"ttft": 0.002, "chunk_delay": 0.001, "chunks": 4}, rates=(200,),
+                     reference_rate=200, rate_seconds=0.3, soak_requests=300, soak_concurrency=4, warmup=10,
                      max_seconds=30.0),
     "quick": Profile(rounds=1, latency_requests=1000, throughput_seconds=3.0, stream_seconds=3.0, paced_requests=100,
                      rates=(500, 1000, 2000, 3000), rate_seconds=2.0, soak_requests=20_000, warmup=200),

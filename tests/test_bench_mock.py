@@ -1,0 +1,125 @@
+"""The mock upstream's knobs (chunks, chunk size, TTFT, delays), read through the
+load generator's own HTTP client, which these tests check along the way.
+
+Time is only ever bounded from below (the mock must wait at least that long);
+nothing here asserts that something is fast.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from benchmarks.httpclient import Connection, build_request
+from benchmarks.mock_upstream import MockSettings, make_app
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+async def mock(aiohttp_server):
+    async def start(settings: MockSettings | None = None):
+        server = await aiohttp_server(make_app(settings or MockSettings()))
+        conn = await Connection.open("127.0.0.1", server.port)
+        url = str(server.make_url("/v1/chat/completions"))
+
+        async def send(**body):
+            payload = build_request(url, orjson.dumps({"model": "m", "messages": MESSAGES, **body}))
+            return await conn.request(payload, timeout=10)
+
+        return send
+
+    return start
+
+
+def sse_payloads(raw: bytes) -> list[bytes]:
+    return [block[len(b"data: "):] for block in raw.split(b"\n\n") if block.startswith(b"data: ")]
+
+
+
+
+async def test_non_stream_has_chunks_times_size_characters(aiohttp_client):
+    client = await aiohttp_client(make_app(MockSettings()))
+    r = await client.post("/v1/chat/completions", json={"model": "m", "messages": MESSAGES,
+                                                         "mock": {"chunks": 5, "chunk_size": 7}})
+    body = await r.json()
+    assert r.status == 200
+    assert len(body["choices"][0]["message"]["content"]) == 35
+    assert body["usage"]["completion_tokens"] == 5
+
+
+@pytest.mark.parametrize("usage", [False, True])
+async def test_stream_has_the_asked_chunks_each_of_the_asked_size(aiohttp_client, usage):
+    client = await aiohttp_client(make_app(MockSettings()))
+    body = {"model": "m", "messages": MESSAGES, "stream": True, "mock": {"chunks": 6, "chunk_size": 11}}
+    if usage:
+        body["stream_options"] = {"include_usage": True}
+    r = await client.post("/v1/chat/completions", json=body)
+    payloads = sse_payloads(await r.read())
+    assert payloads[-1] == b"[DONE]"
+    chunks = [orjson.loads(p) for p in payloads[:-1]]
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    assert contents[0] == ""  # the role chunk
+    assert [len(c) for c in contents[1:7]] == [11] * 6
+    assert chunks[7]["choices"][0]["finish_reason"] == "stop"
+    assert len(chunks) == 8 + usage
+    if usage:
+        assert chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+async def test_server_defaults_apply_and_requests_override_them(mock):
+    send = await mock(MockSettings(chunks=3, chunk_size=4))
+    default = await send(stream=True)
+    assert default.status == 200
+    assert default.events == 3 + 3  # role, 3 contents, finish, [DONE]
+    override = await send(stream=True, mock={"chunks": 10})
+    assert override.events == 10 + 3
+    assert override.tail.endswith(b"data: [DONE]\n\n")
+
+
+async def test_ttft_delays_the_first_event_not_the_headers(mock):
+    send = await mock()
+    res = await send(stream=True, mock={"ttft": 0.05, "chunks": 2})
+    assert res.status == 200
+    assert res.first_body_at - res.sent >= 0.045
+    assert res.first_body_at >= res.head_at
+
+
+async def test_chunk_delay_spaces_the_events(mock):
+    send = await mock()
+    res = await send(stream=True, mock={"chunk_delay": 0.01, "chunks": 4})
+    # 7 events (role, 4 contents, finish, [DONE]) with 6 gaps of at least 10 ms
+    assert res.events == 7
+    assert res.end_at - res.first_body_at >= 6 * 0.009
+
+
+async def test_delay_holds_the_non_stream_answer(mock):
+    send = await mock(MockSettings(delay=0.03))
+    res = await send()
+    assert res.status == 200 and res.body_bytes > 0
+    assert res.end_at - res.sent >= 0.028
+
+
+async def test_status_knob_and_keep_alive_after_an_error(mock):
+    send = await mock()
+    res = await send(mock={"status": 503})
+    assert res.status == 503
+    again = await send()
+    assert again.status == 200 and again.error is None
+
+
+async def test_drop_after_cuts_the_stream(mock):
+    send = await mock()
+    res = await send(stream=True, mock={"drop_after": 2})
+    assert not res.tail.endswith(b"data: [DONE]\n\n")
+    assert res.error == "connection closed"
+
+
+async def test_client_times_out_on_a_hang(aiohttp_server):
+    server = await aiohttp_server(make_app())
+    conn = await Connection.open("127.0.0.1", server.port)
+    payload = build_request(str(server.make_url("/v1/chat/completions")),
+                            orjson.dumps({"model": "m", "messages": MESSAGES, "mock": {"hang": True}}))
+    res = await conn.request(payload, timeout=0.1)
+    assert res.error == "timeout"
+    assert conn.closed

@@ -1,0 +1,113 @@
+"""The benchmark's statistics and report arithmetic, on known samples."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+from benchmarks import report
+from benchmarks.stats import median, median_of_rounds, percentile, ratio, rss_mb, summarize
+
+
+@pytest.mark.parametrize("p, expected", [(0, 1.0), (25, 1.75), (50, 2.5), (75, 3.25), (100, 4.0), (90, 3.7)])
+def test_percentile_interpolates_like_numpy_linear(p, expected):
+    assert percentile([4, 1, 3, 2], p) == pytest.approx(expected)
+
+
+def test_percentile_of_one_to_hundred():
+    data = list(range(1, 101))
+    assert percentile(data, 50) == pytest.approx(50.5)
+    assert percentile(data, 99) == pytest.approx(99.01)
+    assert percentile(data, 90) == pytest.approx(90.1)
+
+
+def test_percentile_edges():
+    assert math.isnan(percentile([], 50))
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError):
+        percentile([1, 2], 101)
+
+
+def test_summarize_scales_and_orders():
+    s = summarize([0.003, 0.001, 0.002], scale=1000.0)
+    assert s["n"] == 3
+    assert s["min"] == pytest.approx(1.0)
+    assert s["max"] == pytest.approx(3.0)
+    assert s["p50"] == pytest.approx(2.0)
+    assert s["mean"] == pytest.approx(2.0)
+    assert s["p99"] == pytest.approx(2.98)
+    empty = summarize([])
+    assert empty["n"] == 0 and math.isnan(empty["p50"])
+
+
+def test_median_skips_missing():
+    assert median([3, None, 1, float("nan"), 2]) == 2
+    assert math.isnan(median([]))
+
+
+def test_median_of_rounds_medians_numbers_sums_counts_keeps_the_rest():
+    rounds = [
+        {"rps": 100.0, "errors": 1, "ok": 10, "latency_ms": {"p50": 1.0, "n": 10}, "error_kinds": {"x": 1}},
+        {"rps": 300.0, "errors": 0, "ok": 10, "latency_ms": {"p50": 3.0, "n": 10}, "error_kinds": {}},
+        {"rps": 200.0, "errors": 2, "ok": 10, "latency_ms": {"p50": 2.0, "n": 10}, "error_kinds": {}},
+    ]
+    merged = median_of_rounds(rounds)
+    assert merged["rps"] == 200.0
+    assert merged["errors"] == 3
+    assert merged["ok"] == 30
+    assert merged["latency_ms"] == {"p50": 2.0, "n": 30}
+    assert median_of_rounds(rounds[:1]) is rounds[0]
+
+
+def test_ratio():
+    assert ratio(80, 100) == 0.8
+    assert math.isnan(ratio(1, 0))
+    assert math.isnan(ratio(None, 1))
+
+
+def test_rss_of_this_process_and_of_nothing():
+    mine = rss_mb(os.getpid())
+    assert mine is None or mine > 1
+    assert rss_mb(2**22 + 12345) is None
+
+
+def _data():
+    def res(rps, p50, p99, errors=0, **extra):
+        return {"rps": rps, "ok": 100, "errors": errors, "latency_ms": {"p50": p50, "p90": p50, "p99": p99},
+                **extra}
+    return {
+        "labels": {"latency": "latency", "throughput": "throughput", "soak": "soak"},
+        "results": {
+            "latency": {"direct": res(5000, 0.2, 0.3), "floor": res(1500, 0.6, 1.0),
+                        "tollway-full": res(1400, 0.8, 1.2)},
+            "throughput": {"direct": res(10000, 1, 2), "floor": res(4000, 2, 3), "tollway-full": res(3000, 3, 4)},
+            "soak": {"floor": res(3000, 1, 2, rss_mb={"20000": 40.0, "200000": 40.0}),
+                     "tollway-full": res(2500, 1, 2, errors=2, rss_mb={"200000": 55.0, "20000": 50.0})},
+        },
+    }
+
+
+def test_derive_adds_vs_direct_vs_floor_and_ratios():
+    data = report.derive(_data())
+    full = data["results"]["latency"]["tollway-full"]
+    assert full["added_latency_ms"]["vs_direct_p50"] == pytest.approx(0.6)
+    assert full["added_latency_ms"]["vs_floor_p50"] == pytest.approx(0.2)
+    assert data["results"]["throughput"]["tollway-full"]["x_floor_rps"] == pytest.approx(0.75)
+    assert data["results"]["soak"]["tollway-full"]["rss_growth"] == pytest.approx(0.10)
+
+
+def test_budget_names_each_check():
+    checks = {c["check"]: c for c in report.derive(_data())["budget"]["checks"]}
+    assert checks["throughput vs floor"]["ok"] is False
+    assert checks["added p50 at c=1 vs floor (ms)"]["ok"] is True
+    assert checks["RSS growth N/10 -> N"]["ok"] is True  # exactly 10%
+    assert checks["errors where the floor has none"]["ok"] is False
+    assert "soak" in checks["errors where the floor has none"]["want"]
+
+
+def test_table_has_every_target_and_the_budget():
+    text = report.table(report.derive(_data()))
+    for word in ("latency", "throughput", "soak", "direct", "floor", "tollway-full", "0.75x", "+10.0%", "MISS"):
+        assert word in text
