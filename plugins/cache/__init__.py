@@ -1,0 +1,256 @@
+"""The ``cache`` plugin: an exact and a semantic cache in front of the upstream.
+
+Enable with ``plugins: {enabled: [cache]}``; options in ``plugins.cache``
+(``options.py``; README.md beside this file explains them, the guards and the
+measurements behind the defaults).
+
+On the hooks:
+
+- ``tollway_lookup``: read and strip the client's controls, decide if the
+  request is eligible, try the exact key, then the nearest neighbour in the
+  request's bucket (embedding in a worker thread), guarded. A hit returns a
+  ``CachedResponse`` (the core renders it as JSON or replays it as a stream),
+  sets ``price_multiplier`` and ``count_for_limits``. Every eligible request
+  gets ``x-tollway-cache: HIT | SEMANTIC-HIT | MISS | BYPASS``.
+- ``tollway_stream_filter``: on a streamed miss that may be stored, watch the
+  bytes to rebuild the answer (``capture.py``).
+- ``tollway_settle``: store a complete, successful answer (after the client
+  has it, so storing never adds latency).
+
+Only OpenAI-dialect chat completions are cached (``/v1/chat/completions``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from proxy import CachedResponse, Call, ConfigError, Usage, hookimpl
+
+from .capture import StreamCapture
+from .controls import Controls, parse_controls
+from .embedders import EmbedderUnavailable, EmbeddingService, make_embedder
+from .guards import Features, features
+from .keys import RequestForms, request_forms
+from .options import CacheOptions
+from .persist import Persistence
+from .store import CacheStore, Entry
+
+if TYPE_CHECKING:
+    from proxy.gateway import Gateway
+
+log = logging.getLogger("tollway.cache")
+
+HEADER = "x-tollway-cache"
+SIMILARITY_HEADER = "x-tollway-cache-similarity"
+STORABLE_FINISH = frozenset(("stop", "tool_calls", "length"))
+
+__all__ = ["CacheOptions", "Plugin"]
+
+
+@dataclass(slots=True)
+class CallState:
+    scope: str
+    forms: RequestForms
+    controls: Controls
+    hit: bool = False
+    vectors: list[np.ndarray] | None = None
+    features: Features | None = None
+    capture: StreamCapture | None = None
+
+
+def _attr(obj: Any, name: str) -> Any:
+    value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+    if value is not None and not isinstance(value, (str, int)):
+        value = _attr(value, "id")  # e.g. an Account object
+    return value
+
+
+class Plugin:
+    def __init__(self) -> None:
+        self.options = CacheOptions()
+        self.store = CacheStore()
+        self.embeddings: EmbeddingService | None = None
+        self.persistence: Persistence | None = None
+        self.embedder_name = ""
+
+    # -- start-up -------------------------------------------------------------------
+    @hookimpl
+    def tollway_config_schema(self) -> dict[str, Any]:
+        return {"plugins.cache": CacheOptions}
+
+    @hookimpl
+    def tollway_startup(self, gateway: Gateway):
+        return self.start(gateway)
+
+    async def start(self, gateway: Gateway) -> None:
+        opts = gateway.config.section("plugins.cache") or CacheOptions()
+        self.options = opts
+        self.store = CacheStore(max_entries=opts.max_entries)
+        if opts.semantic:
+            embedder = make_embedder(opts.embedder, gateway, opts.embedding_model)
+            self.embedder_name = f"{opts.embedder}:{opts.embedding_model or ''}"
+            self.embeddings = EmbeddingService(embedder)
+            try:
+                await self.embeddings.start()
+            except EmbedderUnavailable as exc:
+                raise ConfigError(f"plugins.cache.embedder: {exc}") from None
+        if opts.persist:
+            self.persistence = Persistence(gateway.store, self.store, self.embedder_name)
+            loaded = await self.persistence.start()
+            log.info("cache: %d entries loaded from the store", loaded)
+
+    @hookimpl
+    def tollway_shutdown(self, gateway: Gateway):
+        return self.stop()
+
+    async def stop(self) -> None:
+        if self.persistence is not None:
+            await self.persistence.close()
+            self.persistence = None
+        if self.embeddings is not None:
+            self.embeddings.close()
+
+    # -- request time ---------------------------------------------------------------
+    def scope_of(self, call: Call) -> str | None:
+        """The tenant whose entries this request may see; None: unidentifiable, do not cache."""
+        if self.options.scope == "global":
+            return "*"
+        p = call.principal
+        if p is None:
+            return "anon"
+        if isinstance(p, (str, int)):
+            return f"key:{p}"
+        if self.options.scope == "account":
+            account = _attr(p, "account_id")
+            if account is None:
+                account = _attr(p, "account")
+            if account is not None:
+                return f"account:{account}"
+        key = _attr(p, "id")
+        if key is None:
+            key = _attr(p, "key_id")
+        return f"key:{key}" if key is not None else None
+
+    def ineligible(self, body: dict) -> str | None:
+        temperature = body.get("temperature")
+        temperature = 1.0 if temperature is None else temperature
+        if not isinstance(temperature, (int, float)) or temperature > self.options.max_temperature:
+            return "temperature"
+        n = body.get("n")
+        if n not in (None, 1) and not self.options.cache_multiple_choices:
+            return "n"
+        return None
+
+    @staticmethod
+    def _status(call: Call, status: str) -> None:
+        call.cache_status = status
+        call.response_headers[HEADER] = status
+
+    @hookimpl
+    async def tollway_lookup(self, call: Call) -> CachedResponse | None:
+        if call.endpoint != "chat" or call.dialect != "openai":
+            return None
+        headers = call.request.headers if call.request is not None else None
+        controls, stripped = parse_controls(call.body, headers, self.options.max_ttl)
+        if stripped is not None:
+            call.set_body(stripped)
+        scope = self.scope_of(call)
+        if scope is None or self.ineligible(call.body) is not None:
+            self._status(call, "BYPASS")
+            return None
+        opts = self.options
+        forms = request_forms(call.body, call.model, opts.max_context_chars)
+        st = call.state["cache"] = CallState(scope, forms, controls)
+        if controls.no_cache:
+            self._status(call, "BYPASS")
+            return None
+        if opts.exact:
+            entry = self.store.get_exact(scope, forms.exact)
+            if entry is not None:
+                return self._hit(call, st, entry, "HIT", None)
+        if self.embeddings is not None and forms.semantic_ok:
+            vectors = await self._embed(forms)
+            if vectors is not None:
+                st.vectors = vectors
+                st.features = features(forms.guard_text)
+                match = self.store.nearest(scope, forms.bucket, vectors[0], vectors[1] if forms.context else None,
+                                           opts.threshold, st.features, tuple(opts.guards))
+                if match.entry is not None:
+                    return self._hit(call, st, match.entry, "SEMANTIC-HIT", match.similarity)
+                if match.vetoed_by:
+                    call.response_headers["x-tollway-cache-veto"] = match.vetoed_by
+        self._status(call, "MISS")
+        return None
+
+    async def _embed(self, forms: RequestForms) -> list[np.ndarray] | None:
+        texts = [forms.query, forms.context] if forms.context else [forms.query]
+        try:
+            return await asyncio.wait_for(self.embeddings.embed(texts), self.options.embed_timeout)
+        except Exception as exc:  # an embedder failure is a miss, never a failed request
+            log.warning("cache: embedding failed (%s); treating as a miss", exc)
+            return None
+
+    def _hit(self, call: Call, st: CallState, entry: Entry, status: str, similarity: float | None) -> CachedResponse:
+        st.hit = True
+        entry.hits += 1
+        self._status(call, status)
+        if similarity is not None:
+            call.response_headers[SIMILARITY_HEADER] = f"{similarity:.4f}"
+        call.price_multiplier = self.options.hit_price
+        call.count_for_limits = self.options.hits_count_for_limits
+        body = dict(entry.body)
+        if entry.usage is not None:
+            body["usage"] = entry.usage
+        return CachedResponse(body=body, usage=Usage.from_openai(entry.usage))
+
+    @hookimpl
+    async def tollway_stream_filter(self, call: Call):
+        st = call.state.get("cache")
+        if not isinstance(st, CallState) or st.hit or st.controls.no_store:
+            return None
+        st.capture = StreamCapture(self.options.max_entry_bytes)
+        return st.capture
+
+    @hookimpl
+    async def tollway_settle(self, call: Call) -> None:
+        st = call.state.get("cache")
+        if not isinstance(st, CallState) or st.hit or st.controls.no_store:
+            return
+        if call.error is not None or call.status != 200 or call.client_gone or call.error_code:
+            return
+        if call.stream:
+            completion = st.capture.completion() if st.capture is not None else None
+        else:
+            completion = call.completion
+        if not isinstance(completion, dict) or not completion.get("choices"):
+            return
+        if any(c.get("finish_reason") not in STORABLE_FINISH for c in completion["choices"]):
+            return
+        raw = orjson.dumps({k: v for k, v in completion.items() if k != "usage"})
+        if len(raw) > self.options.max_entry_bytes:
+            return
+        await self.put(st, orjson.loads(raw), call.usage.to_openai() if call.usage else None)
+
+    async def put(self, st: CallState, body: dict, usage: dict | None) -> Entry:
+        """Store an answer for the request described by ``st``."""
+        forms = st.forms
+        now = self.store.clock()
+        ttl = st.controls.ttl if st.controls.ttl is not None else self.options.ttl
+        entry = Entry(st.scope, forms.exact, forms.bucket, body, usage, now, now + ttl, forms.query,
+                      forms.context, forms.guard_text)
+        if self.embeddings is not None and forms.semantic_ok:
+            vectors = st.vectors if st.vectors is not None else await self._embed(forms)
+            if vectors is not None:
+                entry.query_vec = vectors[0]
+                entry.context_vec = vectors[1] if forms.context else None
+                entry.features = st.features or features(forms.guard_text)
+        self.store.put(entry)
+        if self.persistence is not None:
+            self.persistence.saved(entry)
+        return entry
