@@ -49,7 +49,7 @@ def to_anthropic(body: dict, model: str, *, default_max_tokens: int, clamp_tempe
     out["max_tokens"] = max_tokens if max_tokens is not None else default_max_tokens
     _sampling(body, out, clamp_temperature)
     json_tool = _tools(body, out)
-    _thinking(body, out)
+    _thinking(body, out, client_max=max_tokens is not None)
     user = body.get("user")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}
@@ -226,10 +226,13 @@ def _tools(body: dict, out: dict) -> str | None:
     return None
 
 
-def _thinking(body: dict, out: dict) -> None:
+def _thinking(body: dict, out: dict, client_max: bool) -> None:
     budget = reasoning_budget(body.get("reasoning_effort"))
     if not budget:
         return
+    if not client_max:
+        # The configured default bounds the answer; thinking comes on top.
+        out["max_tokens"] += budget
     # Anthropic's max_tokens includes the thinking budget, as OpenAI's
     # max_completion_tokens includes reasoning tokens; the budget must be below it.
     budget = min(budget, out["max_tokens"] - 1)
