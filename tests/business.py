@@ -1,0 +1,56 @@
+"""Helpers shared by the tests of the business plugins (auth, ratelimit, quotas, pricing, ledger)."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from conftest import base_config
+
+ADMIN = "admin-secret-123"
+DEMO = "sk-test-demo-key-0001"
+ALL = ["auth", "ratelimit", "quotas", "pricing", "ledger"]
+
+
+def biz_config(upstream: str | None = None, keys: list[dict] | None = None, enabled: list[str] | None = None,
+               **plugin_options) -> dict:
+    """``base_config`` with the business plugins on, an admin key and one funded key (``DEMO``, $5)."""
+    config = base_config(upstream)
+    config["server"]["admin_key"] = ADMIN
+    config["plugins"] = {"enabled": list(ALL if enabled is None else enabled), **plugin_options}
+    config["keys"] = keys if keys is not None else [{"name": "demo", "key": DEMO, "credits": 5.0}]
+    return config
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+ADMIN_HEADERS = bearer(ADMIN)
+
+
+async def admin(session: aiohttp.ClientSession, running, method: str, path: str, json=None, **kw):
+    """An admin API call: (status, body)."""
+    async with session.request(method, running.root + path, json=json, headers=ADMIN_HEADERS, **kw) as r:
+        return r.status, await r.json()
+
+
+async def chat(session: aiohttp.ClientSession, running, key: str | None, model: str = "echo",
+               content: str = "hello there", headers: dict | None = None, **body):
+    """A raw chat call: (status, headers, body as JSON or text)."""
+    hdrs = {**(bearer(key) if key else {}), **(headers or {})}
+    payload = {"model": model, "messages": [{"role": "user", "content": content}], **body}
+    async with session.post(running.url + "/chat/completions", json=payload, headers=hdrs) as r:
+        data = await r.read()
+        try:
+            import orjson
+
+            parsed = orjson.loads(data)
+        except Exception:
+            parsed = data.decode()
+        return r.status, r.headers, parsed
+
+
+async def credits(session: aiohttp.ClientSession, running, key: str) -> dict:
+    async with session.get(running.url + "/credits", headers=bearer(key)) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
