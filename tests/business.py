@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import aiohttp
-
 from conftest import base_config
 
 ADMIN = "admin-secret-123"

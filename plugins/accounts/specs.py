@@ -34,6 +34,7 @@ class KeyCreate:
     expires_at: str | None = None  # ISO 8601 or unix seconds
     disabled: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    NUMBER_OK = ("expires_at",)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class KeyPatch:
     expires_at: str | None = None
     disabled: bool | None = None
     metadata: dict[str, Any] | None = None
+    NUMBER_OK = ("expires_at",)
 
 
 @dataclass(frozen=True)
