@@ -90,7 +90,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     fixture = load("anthropic", body["model"])
     if fixture is None:
         return error(404, "not_found_error", f"model: {body['model']}")
-    if fixture.status != 200 or not body.get("stream"):
+    if not body.get("stream") or fixture.stream is None:
         return answer(fixture)
     return await send_stream(request, fixture.stream or b"")
 

@@ -2,8 +2,9 @@
 
 Fixtures live in ``benchmarks/fixtures/<provider>/<name>.json|.sse``, shaped
 like the providers' documented examples: ``<name>.json`` is the non-stream
-answer (or ``{"_status", "_headers", "body"}`` for an error answer, which
-then also answers stream requests), ``<name>.sse`` the stream, byte for byte.
+answer (or ``{"_status", "_headers", "body"}`` for an error answer),
+``<name>.sse`` the stream, byte for byte; without one, stream requests get
+the JSON answer too (so error fixtures fail streams before they start).
 The mocks pick the fixture by the upstream *model name*: a model called
 ``tools`` answers ``tools.json``/``tools.sse``. Scenarios: ``text`` (with
 cached prompt tokens), ``tools`` (three tools, one without arguments),
@@ -95,7 +96,7 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": {"message": f"The model `{body.get('model')}` does not exist",
                                              "type": "invalid_request_error", "code": "model_not_found"}},
                                  status=404)
-    if fixture.status != 200 or not body.get("stream"):
+    if not body.get("stream") or fixture.stream is None:
         return answer(fixture)
     data = fixture.stream or b""
     if not (body.get("stream_options") or {}).get("include_usage"):

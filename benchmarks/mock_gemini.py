@@ -133,7 +133,7 @@ async def model_method(request: web.Request) -> web.StreamResponse:
     fixture = load("gemini", model)
     if fixture is None:
         return error(404, "NOT_FOUND", f"models/{model} is not found for API version v1beta")
-    if fixture.status != 200 or method == "generateContent":
+    if method == "generateContent" or fixture.stream is None:
         return answer(fixture)
     stream = fixture.stream or b""
     if request.query.get("alt") == "sse":

@@ -98,7 +98,7 @@ class AnthropicStreamDecoder:
     """
 
     __slots__ = ("usage", "done", "_provider", "_json_tool", "_reader", "_head", "_blocks", "_tools",
-                 "_finished", "_counts")
+                 "_finished", "_counts", "_error")
 
     def __init__(self, provider: str, json_tool: str | None = None) -> None:
         self.usage: Usage | None = None
@@ -113,6 +113,7 @@ class AnthropicStreamDecoder:
         self._tools = 0
         self._finished = False
         self._counts: dict[str, Any] = {}
+        self._error: ProxyError | None = None
 
     def _chunk(self, delta: dict, finish: str | None = None) -> dict:
         return {**self._head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -159,7 +160,9 @@ class AnthropicStreamDecoder:
         elif kind == "message_stop":
             self.done = True
         elif kind == "error":
-            raise stream_error(self._provider, event)
+            # Raised from finish(), so the chunks decoded before it still reach the client.
+            self._error = stream_error(self._provider, event)
+            self.done = True
         # ping and event types added later are ignored, as Anthropic asks.
 
     def _merge_usage(self, usage: Any) -> None:
@@ -212,6 +215,8 @@ class AnthropicStreamDecoder:
         # signature_delta and citations are dropped: OpenAI has no field for them.
 
     def finish(self) -> list[dict]:
+        if self._error is not None:
+            raise self._error
         if not self.done and not self._finished:
             raise ProxyError(502, f"upstream '{self._provider}' stream ended before it was complete",
                              code="upstream_stream_cut")

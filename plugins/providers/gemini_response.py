@@ -109,11 +109,12 @@ def stream_error(provider: str, error: Any) -> ProxyError:
 class GeminiStreamDecoder:
     """Gemini ``streamGenerateContent?alt=sse`` events -> canonical chunks."""
 
-    __slots__ = ("usage", "done", "_provider", "_reader", "_head", "_started", "_tools", "_reason", "_blocked")
+    __slots__ = ("usage", "done", "_provider", "_reader", "_head", "_started", "_tools", "_reason", "_blocked",
+                 "_error")
 
     def __init__(self, provider: str, model: str) -> None:
         self.usage: Usage | None = None
-        self.done = False  # Gemini never says it is done: the end of the body is the end
+        self.done = False  # only an in-band error sets it: Gemini streams just end
         self._provider = provider
         self._reader = EventReader()
         self._head = {"id": "chatcmpl-" + new_id(""), "object": "chat.completion.chunk",
@@ -122,6 +123,7 @@ class GeminiStreamDecoder:
         self._tools = 0
         self._reason: str | None = None
         self._blocked = False
+        self._error: ProxyError | None = None
 
     def _chunk(self, delta: dict, finish: str | None = None) -> dict:
         return {**self._head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -129,6 +131,8 @@ class GeminiStreamDecoder:
     def feed(self, data: bytes) -> list[dict]:
         out: list[dict] = []
         for _, payload in self._reader.feed(data):
+            if self.done:
+                break
             self._event(payload, out)
         return out
 
@@ -142,7 +146,10 @@ class GeminiStreamDecoder:
         if not isinstance(data, dict):
             return
         if "error" in data:
-            raise stream_error(self._provider, data["error"])
+            # Raised from finish(), so the chunks decoded before it still reach the client.
+            self._error = stream_error(self._provider, data["error"])
+            self.done = True
+            return
         if not self._started:
             self._started = True
             if data.get("modelVersion"):
@@ -167,6 +174,8 @@ class GeminiStreamDecoder:
             self._reason = candidate["finishReason"]
 
     def finish(self) -> list[dict]:
+        if self._error is not None:
+            raise self._error
         out: list[dict] = []
         for _, payload in self._reader.close():  # an event the upstream left unterminated
             self._event(payload, out)
