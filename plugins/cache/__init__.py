@@ -224,10 +224,8 @@ class Plugin:
             return
         if call.error is not None or call.status != 200 or call.client_gone or call.error_code:
             return
-        if call.stream:
-            completion = st.capture.completion() if st.capture is not None else None
-        else:
-            completion = call.completion
+        capture = st.capture.completion() if st.capture is not None else None
+        completion = capture if call.stream else call.completion
         if not isinstance(completion, dict) or not completion.get("choices"):
             return
         if any(c.get("finish_reason") not in STORABLE_FINISH for c in completion["choices"]):

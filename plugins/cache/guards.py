@@ -67,7 +67,8 @@ _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.S)
 _INLINE = re.compile(r"`([^`\n]+)`")
 _QUOTED = re.compile(r"\"([^\"\n]{1,200})\"|“([^”\n]{1,200})”|(?<![A-Za-z])'([^'\n]{1,200})'(?![A-Za-z])")
-_CODE_LINE = re.compile(r"(;\s*$|[{}]\s*$|=>|==|!=|\bdef |\bfunction\b|\breturn\b|\bimport |#include|</?\w+>|\w\(.*\)\s*$)")
+_CODE_LINE = re.compile(r"(;\s*$|[{}]\s*$|=>|==|!=|\bdef |\bfunction\b|\breturn\b|\bimport |#include|</?\w+>"
+                        r"|\w\(.*\)\s*$)")
 _SENTENCE_END = re.compile(r"[.!?:\n]")
 _PHRASAL = re.compile(r"\b(turn|turned|turning|switch|switched|switching|power|powered|zoom|log|logged|sign|"
                       r"signed|opt|opted|went|go|goes|going|gone|scroll|speed|slow|back)\s+(?:\w+\s+){0,2}?"
