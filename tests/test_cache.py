@@ -35,6 +35,10 @@ async def upstream_stats(mock_upstream) -> dict:
         return await r.json()
 
 
+def ask(text: str, **extra) -> dict:
+    return {"model": "up", "messages": [{"role": "user", "content": text}], **extra}
+
+
 def cache_plugin(running):
     return running.gw.pm.get_plugin("builtin:cache")
 
@@ -100,9 +104,8 @@ async def test_semantic_hit_on_a_paraphrase_and_guarded_near_miss(start_gateway,
     assert 0.88 <= float(headers["x-tollway-cache-similarity"]) < 1.0
     assert (await upstream_stats(mock_upstream))["requests"] == 1
 
-    await post(running, {"model": "up", "messages": [{"role": "user", "content": "How do I enable dark mode in Chrome?"}]})
-    _, headers, _ = await post(running, {"model": "up",
-                                         "messages": [{"role": "user", "content": "How do I disable dark mode in Chrome?"}]})
+    await post(running, ask("How do I enable dark mode in Chrome?"))
+    _, headers, _ = await post(running, ask("How do I disable dark mode in Chrome?"))
     assert headers["x-tollway-cache"] == "MISS"
     assert headers["x-tollway-cache-veto"] == "polarity"
     assert (await upstream_stats(mock_upstream))["requests"] == 3
@@ -136,10 +139,6 @@ async def test_upstream_embedder_goes_through_the_providers(start_gateway, mock_
     config = cache_config(mock_upstream.url, embedder="upstream", embedding_model="emb")
     config["models"]["emb"] = {"provider": "up", "model": "text-embedding-mock", "price": {"input": 0, "output": 0}}
     running = await start_gateway(config)
-
-    def ask(text: str) -> dict:
-        return {"model": "up", "messages": [{"role": "user", "content": text}]}
-
     await post(running, ask("Why is the sky blue?"))
     # The mock upstream gives every text the same vector, so only the guards stand between these.
     _, headers, _ = await post(running, ask("Tell me why grass is green."))
@@ -208,10 +207,9 @@ async def test_client_ttl_and_expiry(start_gateway, mock_upstream):
     now = [1_000_000.0]
     store.clock = lambda: now[0]
     await post(running, {"model": "up", "messages": QUESTION})
-    await post(running, {"model": "up", "messages": [{"role": "user", "content": "Why is the sky blue?"}],
-                         "cache": {"ttl": 5}})
+    await post(running, ask("Why is the sky blue?", cache={"ttl": 5}))
     now[0] += 6
-    _, headers, _ = await post(running, {"model": "up", "messages": [{"role": "user", "content": "Why is the sky blue?"}]})
+    _, headers, _ = await post(running, ask("Why is the sky blue?"))
     assert headers["x-tollway-cache"] == "MISS"  # its own ttl of 5 s passed
     _, headers, _ = await post(running, {"model": "up", "messages": QUESTION})
     assert headers["x-tollway-cache"] == "HIT"
