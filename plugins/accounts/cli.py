@@ -88,10 +88,13 @@ def usd_amount(text: str) -> float:
 
 
 def positive_usd(text: str) -> float:
-    value = usd_amount(text)
-    if value <= 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r}") from None
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
+    return usd_amount(text)
 
 
 def positive_int(text: str) -> int:
@@ -131,13 +134,16 @@ def _book(gw: Gateway) -> Accounts | None:
 
 
 def _find(accounts: Accounts, ref: str) -> KeyRecord | None:
+    """A key by id, or by name (a live key first, else a revoked one)."""
     record = accounts.by_id.get(ref)
     if record is None:
-        named = [k for k in accounts.by_id.values() if k.name == ref and k.revoked_at is None]
-        record = named[0] if len(named) == 1 else None
-        if len(named) > 1:
-            print(f"tollway: {len(named)} keys are named {ref!r}; give the id", file=sys.stderr)
+        named = [k for k in accounts.by_id.values() if k.name == ref]
+        live = [k for k in named if k.revoked_at is None]
+        candidates = live or named
+        if len(candidates) > 1:
+            print(f"tollway: {len(candidates)} keys are named {ref!r}; give the id", file=sys.stderr)
             return None
+        record = candidates[0] if candidates else None
     if record is None:
         print(f"tollway: no key with id or name {ref!r} (tollway keys list shows them)", file=sys.stderr)
     return record
