@@ -161,9 +161,10 @@ async def anthropic_call(client: anthropic.AsyncAnthropic, model: str, stream: b
         return _anthropic_assembled(await s.get_final_message())
 
 
-async def post_raw(url: str, body: dict, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    """POST a JSON body; (status, headers, raw body bytes)."""
+async def post_raw(url: str, body: dict | bytes, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """POST a JSON body (or raw bytes); (status, headers, raw body bytes)."""
     import aiohttp
 
-    async with aiohttp.ClientSession() as http, http.post(url, json=body, headers=headers or {}) as r:
+    kw = {"data": body} if isinstance(body, bytes) else {"json": body}
+    async with aiohttp.ClientSession() as http, http.post(url, headers=headers or {}, **kw) as r:
         return r.status, dict(r.headers), await r.read()

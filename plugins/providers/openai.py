@@ -67,12 +67,13 @@ class OpenAIProvider(Provider):
 class OpenAIStreamDecoder:
     """OpenAI SSE -> canonical chunks (they are the same thing, parsed)."""
 
-    __slots__ = ("usage", "done", "_reader")
+    __slots__ = ("usage", "done", "_reader", "_error")
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
         self.done = False
         self._reader = EventReader()
+        self._error: ProxyError | None = None
 
     def feed(self, data: bytes) -> list[dict]:
         out = []
@@ -88,8 +89,11 @@ class OpenAIStreamDecoder:
                 continue
             if "error" in chunk and "choices" not in chunk:
                 err = chunk["error"] if isinstance(chunk["error"], dict) else {}
-                raise ProxyError(502, f"upstream error mid-stream: {err.get('message', 'unknown')}",
-                                 code="upstream_stream_error")
+                # Raised from finish(), so the chunks decoded before it in this read still go out.
+                self._error = ProxyError(502, f"upstream error mid-stream: {err.get('message', 'unknown')}",
+                                         code="upstream_stream_error")
+                self.done = True
+                break
             usage = Usage.from_openai(chunk.get("usage"))
             if usage is not None:
                 self.usage = usage
@@ -98,6 +102,8 @@ class OpenAIStreamDecoder:
         return out
 
     def finish(self) -> list[dict]:
+        if self._error is not None:
+            raise self._error
         if not self.done and self.usage is None:
             raise ProxyError(502, "upstream stream ended before it was complete", code="upstream_stream_cut")
         return []
