@@ -175,6 +175,8 @@ class Plugin:
             if entry is not None:
                 return self._hit(call, st, entry, "HIT", None)
         if self.embeddings is not None and forms.semantic_ok:
+            # Embedded now even when the bucket is empty: the vector is needed to store the answer,
+            # and storing must not wait on the embedder (back-to-back requests would miss).
             vectors = await self._embed(forms)
             if vectors is not None:
                 st.vectors = vectors
@@ -242,12 +244,17 @@ class Plugin:
         ttl = st.controls.ttl if st.controls.ttl is not None else self.options.ttl
         entry = Entry(st.scope, forms.exact, forms.bucket, body, usage, now, now + ttl, forms.query,
                       forms.context, forms.guard_text)
-        if self.embeddings is not None and forms.semantic_ok:
-            vectors = st.vectors if st.vectors is not None else await self._embed(forms)
-            if vectors is not None:
-                entry.query_vec = vectors[0]
-                entry.context_vec = vectors[1] if forms.context else None
-                entry.features = st.features or features(forms.guard_text)
+        vectors = st.vectors
+        if self.embeddings is not None and forms.semantic_ok and vectors is None:
+            # Not embedded at lookup (no_cache): serve exact hits at once, join the bucket when embedded.
+            self.store.put(entry)
+            vectors = await self._embed(forms)
+            if vectors is None or self.store.entries.get(entry.key) is not entry:
+                return entry
+        if self.embeddings is not None and forms.semantic_ok and vectors is not None:
+            entry.query_vec = vectors[0]
+            entry.context_vec = vectors[1] if forms.context else None
+            entry.features = st.features or features(forms.guard_text)
         self.store.put(entry)
         if self.persistence is not None:
             self.persistence.saved(entry)

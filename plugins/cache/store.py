@@ -127,8 +127,15 @@ class CacheStore:
         if b is None or not b.keys or not b.compatible(c):
             return Match(None, 0.0)
         sims = b.similarities(q, c)
-        order = np.argsort(-sims)[:candidates]
-        best = float(sims[order[0]])
+        top = int(np.argmax(sims))
+        best = float(sims[top])
+        if best < threshold:
+            return Match(None, best)
+        if len(sims) > candidates:
+            part = np.argpartition(-sims, candidates)[:candidates]
+            order = part[np.argsort(-sims[part])]
+        else:
+            order = np.argsort(-sims)
         veto = None
         now = self.clock()
         for i in order:
