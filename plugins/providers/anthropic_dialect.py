@@ -35,7 +35,7 @@ class AnthropicDialect(Dialect):
         return usage_from_anthropic(body.get("usage"))
 
     def passthrough(self, call: Call) -> AnthropicPassthrough:
-        return AnthropicPassthrough()
+        return AnthropicPassthrough(call.provider_name or "upstream")
 
     def encoder(self, call: Call) -> AnthropicEncoder:
         return AnthropicEncoder(with_thinking=_wants_thinking(call))

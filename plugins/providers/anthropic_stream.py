@@ -25,7 +25,7 @@ from proxy import Call, ProxyError, Usage
 from proxy.sse import EventSplitter, named_event, parse_event, split_events
 
 from .anthropic_canonical import STOP_REASONS, message_id, usage_to_anthropic
-from .anthropic_response import usage_from_anthropic
+from .anthropic_response import stream_error, usage_from_anthropic
 
 
 def event(name: str, data: dict) -> bytes:
@@ -35,15 +35,18 @@ def event(name: str, data: dict) -> bytes:
 class AnthropicPassthrough:
     """Anthropic upstream -> Anthropic client, byte for byte."""
 
-    __slots__ = ("usage", "done", "_splitter", "_counts", "_held", "_errored")
+    __slots__ = ("usage", "done", "_provider", "_splitter", "_counts", "_held", "_error")
 
-    def __init__(self) -> None:
+    def __init__(self, provider: str = "upstream") -> None:
         self.usage: Usage | None = None
         self.done = False
+        self._provider = provider
         self._splitter = EventSplitter()
         self._counts: dict[str, Any] = {}
         self._held: list[bytes] | None = None  # message_delta and after
-        self._errored = False
+        # The upstream's own in-band error: forwarded as sent, and reported to
+        # the core (end() raises it) so the call is recorded as failed.
+        self._error: ProxyError | None = None
 
     def feed(self, data: bytes) -> bytes:
         complete = self._splitter.feed(data)
@@ -71,7 +74,8 @@ class AnthropicPassthrough:
             elif name == "message_stop":
                 self.done = True
             elif name == "error":
-                self._errored = self.done = True
+                self._error = stream_error(self._provider, _loads(payload))
+                self.done = True
                 out.append(block)
                 continue
             if self._held is not None:
@@ -81,14 +85,13 @@ class AnthropicPassthrough:
         return b"".join(out)
 
     def end(self) -> bytes:
-        if not self._errored and not self.done and self._held is None:
+        if self._error is not None:
+            raise self._error
+        if not self.done and self._held is None:
             raise ProxyError(502, "upstream stream ended before it was complete", code="upstream_stream_cut")
         return b""
 
     def finish(self, call: Call) -> bytes:
-        if self._errored:
-            call.error_code = "upstream_stream_error"
-            return b""
         held = self._held or []
         if not self.done:
             held.append(event("message_stop", {}))
@@ -105,6 +108,8 @@ class AnthropicPassthrough:
         return b"".join(out)
 
     def fail(self, error: ProxyError) -> bytes:
+        if error is self._error:
+            return b""  # the client already has the upstream's error event
         return error.sse_event("anthropic")
 
 
