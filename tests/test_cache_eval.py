@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from cache_eval.evaluate import end_to_end, load_pairs, metrics, score
+from cache_eval.evaluate import Memo, end_to_end, load_pairs, metrics, score
 
 from plugins.cache.embedders import make_embedder
 from plugins.cache.options import CacheOptions
@@ -20,7 +20,7 @@ DEFAULT = CacheOptions()
 
 @pytest.fixture(scope="module")
 def scored():
-    embedder = make_embedder(DEFAULT.embedder)
+    embedder = Memo(make_embedder(DEFAULT.embedder))
     embedder.load()
     return score(embedder, load_pairs())[0], embedder
 

@@ -32,6 +32,24 @@ PAIRS = Path(__file__).parent / "pairs.jsonl"
 THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.96)
 
 
+class Memo(Embedder):
+    """An embedder that remembers the texts it embedded (the pairs repeat many texts)."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.seen: dict[str, np.ndarray] = {}
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def embed_sync(self, texts: list[str]) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(texts) if t not in self.seen]
+        if todo:
+            self.seen.update(zip(todo, self.inner.embed_sync(todo), strict=True))
+        return np.stack([self.seen[t] for t in texts])
+
+
 def load_pairs() -> list[dict]:
     return [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
 
