@@ -73,6 +73,8 @@ class Plugin:
         return self._stop(gateway)
 
     async def _stop(self, gateway: Gateway) -> None:
+        if self.store is None:  # start-up did not get this far
+            return
         try:
             now = time.time()
             rows = [("\x1f".join(k), tat) for k, tat in self.tats.items() if tat > now]

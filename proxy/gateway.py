@@ -49,13 +49,19 @@ class Gateway:
         """Open storage, start providers, run ``tollway_startup`` hooks."""
         await self.store.connect()
         self.started = True
-        if serving:
-            for provider in self.providers.values():
-                await provider.start()
-        for impl in self.pm.hook.tollway_startup.get_hookimpls():  # registration order
-            result = impl.function(*[self for _ in impl.argnames])
-            if inspect.isawaitable(result):
-                await result
+        try:
+            if serving:
+                for provider in self.providers.values():
+                    await provider.start()
+            for impl in self.pm.hook.tollway_startup.get_hookimpls():  # registration order
+                result = impl.function(*[self for _ in impl.argnames])
+                if inspect.isawaitable(result):
+                    await result
+        except BaseException:
+            # A plugin refused to start (e.g. a ConfigError): let the ones that
+            # started stop, and close storage, or its thread keeps the process alive.
+            await self.close()
+            raise
         self.ready = True
 
     async def close(self) -> None:
