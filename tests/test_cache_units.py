@@ -199,3 +199,38 @@ def test_store_expiry_with_a_clock():
     assert store.get_exact("s", "a") is not None
     now[0] = 10.0
     assert store.get_exact("s", "a") is None and len(store) == 0
+
+
+# -- persistence on PostgreSQL (skipped where none runs) -----------------------------------
+
+async def test_persistence_round_trip_on_postgres():
+    from plugins.cache.persist import TABLE, Persistence
+    from proxy.store.postgres import PostgresStore
+
+    db = PostgresStore("postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        await db.connect()
+    except Exception as exc:  # no server, no asyncpg
+        pytest.skip(f"no PostgreSQL here: {exc}")
+    scope = "test-cache-pg"
+    try:
+        store = CacheStore()
+        saver = Persistence(db, store, "local:")
+        await saver.start()
+        entry = _entry("pg", [1, 2, 3], scope=scope, expires=store.clock() + 100)
+        for _ in range(2):  # the second write is an upsert
+            store.put(entry)
+            saver.saved(entry)
+            await saver.flush()
+        await saver.close()
+        again = CacheStore()
+        loader = Persistence(db, again, "local:")
+        await loader.start()
+        got = again.get_exact(scope, "pg")
+        assert got is not None and np.allclose(got.query_vec, entry.query_vec)
+        again.remove(got.key)
+        await loader.close()
+        assert await db.fetchone(f"select count(*) from {TABLE} where scope = ?", (scope,)) == (0,)
+    finally:
+        await db.execute(f"delete from {TABLE} where scope = ?", (scope,))
+        await db.close()

@@ -17,7 +17,8 @@ On the hooks:
 - ``tollway_settle``: store a complete, successful answer (after the client
   has it, so storing never adds latency).
 
-Only OpenAI-dialect chat completions are cached (``/v1/chat/completions``).
+Only OpenAI-dialect chat completions are cached (``/v1/chat/completions``);
+Anthropic Messages requests get their controls stripped and ``BYPASS``.
 """
 
 from __future__ import annotations
@@ -154,14 +155,14 @@ class Plugin:
 
     @hookimpl
     async def tollway_lookup(self, call: Call) -> CachedResponse | None:
-        if call.endpoint != "chat" or call.dialect != "openai":
+        if call.endpoint not in ("chat", "messages"):
             return None
         headers = call.request.headers if call.request is not None else None
         controls, stripped = parse_controls(call.body, headers, self.options.max_ttl)
         if stripped is not None:
             call.set_body(stripped)
         scope = self.scope_of(call)
-        if scope is None or self.ineligible(call.body) is not None:
+        if call.dialect != "openai" or scope is None or self.ineligible(call.body) is not None:
             self._status(call, "BYPASS")
             return None
         opts = self.options

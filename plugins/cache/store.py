@@ -42,7 +42,7 @@ class Entry:
 
     @property
     def key(self) -> str:
-        return f"{self.scope}\x00{self.exact}"
+        return f"{self.scope}|{self.exact}"  # exact is 64 hex digits: unambiguous
 
 
 @dataclass(slots=True)
@@ -110,7 +110,7 @@ class CacheStore:
         return len(self.entries)
 
     def get_exact(self, scope: str, exact: str) -> Entry | None:
-        key = f"{scope}\x00{exact}"
+        key = f"{scope}|{exact}"
         entry = self.entries.get(key)
         if entry is None:
             return None
