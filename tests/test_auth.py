@@ -171,3 +171,18 @@ async def test_in_memory_state_refuses_several_processes(tmp_path, storage, serv
     await gw.close()
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
+
+
+async def test_anthropic_clients_send_x_api_key(start_gateway):
+    anthropic = pytest.importorskip("anthropic")
+    running = await start_gateway(biz_config())
+    if "anthropic" not in running.gw.dialects:
+        pytest.skip("the Anthropic dialect is not installed")
+    client = anthropic.AsyncAnthropic(base_url=running.root, api_key=DEMO, max_retries=0)
+    answer = await client.messages.create(model="echo", max_tokens=50,
+                                          messages=[{"role": "user", "content": "bonjour"}])
+    assert answer.content[0].text == "bonjour"
+    bad = anthropic.AsyncAnthropic(base_url=running.root, api_key="sk-nope", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as err:
+        await bad.messages.create(model="echo", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 401

@@ -164,3 +164,18 @@ async def test_a_running_server_picks_up_cli_changes(start_gateway, config_file,
         row = await running.gw.store.fetchone(
             "select balance_micro_usd from tollway_accounts where id = 'cfg_demo'")
         assert row[0] == acc.balance == 3_000_000 - acc.spent
+
+
+async def test_serve_refuses_several_workers_with_in_memory_state(tmp_path):
+    config = cli_config(tmp_path)
+    config["server"]["workers"] = 2
+    path = tmp_path / "workers.yaml"
+    path.write_text(yaml.safe_dump(config))
+    # A worker process, as `tollway serve --workers N` starts them: it must exit, not hang.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy.cli", "serve", "--config", str(path), "--port", "0", "--reuse-port",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert err.decode().strip() == ("tollway: config error: server.workers: 2 workers cannot share the in-memory "
+                                    "balances and rate-limit counters of storage.counters: memory; run 1 worker")
