@@ -362,3 +362,17 @@ async def test_persistence_survives_a_restart(start_gateway, mock_upstream):
     _, headers, _ = await post(second, {"model": "up", "messages": QUESTION})
     assert headers["x-tollway-cache"] == "HIT"
     assert (await upstream_stats(mock_upstream))["requests"] == 1
+
+
+async def test_anthropic_clients_bypass_with_controls_stripped(start_gateway, mock_upstream):
+    running = await start_gateway(cache_config(mock_upstream.url))
+    body = {"model": "up", "max_tokens": 50, "messages": [{"role": "user", "content": "Hello?"}],
+            "cache": {"no_store": True}}
+    for _ in range(2):
+        async with aiohttp.ClientSession() as s, s.post(f"{running.root}/v1/messages", json=body,
+                                                        headers={"x-api-key": "k",
+                                                                 "anthropic-version": "2023-06-01"}) as r:
+            assert r.status == 200, await r.text()
+            assert r.headers["x-tollway-cache"] == "BYPASS"
+    stats = await upstream_stats(mock_upstream)
+    assert stats["requests"] == 2 and "cache" not in stats["last_body"]
