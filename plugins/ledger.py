@@ -23,8 +23,9 @@ CLI: ``tollway usage [--key] [--model] [--since] [--until]``.
 from __future__ import annotations
 
 import argparse
+import itertools
+import secrets
 import time
-import uuid
 
 from aiohttp import web
 
@@ -44,6 +45,10 @@ class Plugin:
     def __init__(self) -> None:
         self.gateway: Gateway | None = None
         self.accounts = None
+        # Row ids: a random per-process prefix and a counter (unique without a syscall per row).
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count()
+        self._days: dict[int, str] = {}
 
     @hookimpl
     def tollway_config_schema(self) -> dict:
@@ -80,13 +85,20 @@ class Plugin:
         error = call.error_code or (call.error.code if call.error is not None else None)
         ttfb = call.ttfb_ms
         self.accounts.writer.append((
-            uuid.uuid4().hex, started, time.strftime("%Y-%m-%d", time.gmtime(started)),
+            f"{self._prefix}{next(self._counter):010x}", started, self._day(started),
             key.id if key else None, key.account_id if key else None, call.endpoint, call.model,
             call.served_model, call.provider_name, call.status, error, int(call.stream),
             int("hit" in (call.cache_status or "")), int(call.client_gone),
             usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
             usage.cached_tokens if usage else 0, usage.reasoning_tokens if usage else 0,
             cost, round(call.latency_ms, 3), None if ttfb is None else round(ttfb, 3)))
+
+    def _day(self, ts: float) -> str:
+        n = int(ts // 86400)
+        day = self._days.get(n)
+        if day is None:
+            day = self._days[n] = time.strftime("%Y-%m-%d", time.gmtime(ts))
+        return day
 
     @hookimpl
     def tollway_routes(self, gateway: Gateway) -> list:

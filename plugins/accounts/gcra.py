@@ -73,8 +73,19 @@ def duration(seconds: float) -> str:
     return f"{s}s"
 
 
+_ISO_CACHE: dict[int, str] = {}
+
+
 def iso_at(ts: float) -> str:
-    return datetime.fromtimestamp(math.ceil(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The UTC time ``ts`` (rounded up to the second) in ISO 8601; memoised,
+    since most answers in a second share a handful of reset times."""
+    second = math.ceil(ts)
+    text = _ISO_CACHE.get(second)
+    if text is None:
+        if len(_ISO_CACHE) > 4096:
+            _ISO_CACHE.clear()
+        text = _ISO_CACHE[second] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return text
 
 
 def headers_for(checks: list[Check], tats: dict, now: float) -> dict[str, str]:
