@@ -202,3 +202,29 @@ async def test_server_tools_are_refused_for_other_upstreams(env):
         await client.messages.create(model="gemini-text", max_tokens=10, messages=[{"role": "user", "content": "x"}],
                                      tools=[{"type": "web_search_20250305", "name": "web_search"}])
     assert "tools.0.type" in exc.value.body["error"]["message"]
+
+
+async def test_builtin_mock_provider_serves_anthropic_clients(start_gateway):
+    from conftest import base_config
+
+    running = await start_gateway(base_config())
+    async with anthropic.AsyncAnthropic(base_url=running.root, api_key="k", max_retries=0) as client:
+        whole = await client.messages.create(model="echo", max_tokens=50,
+                                             messages=[{"role": "user", "content": "ping pong"}])
+        async with client.messages.stream(model="echo", max_tokens=50,
+                                          messages=[{"role": "user", "content": "ping pong"}]) as s:
+            streamed = await s.get_final_message()
+    for msg in (whole, streamed):
+        assert [b.text for b in msg.content] == ["ping pong"]
+        assert msg.stop_reason == "end_turn" and msg.usage.output_tokens == 2
+    assert whole.usage.input_tokens == streamed.usage.input_tokens > 0
+
+
+async def test_assistant_block_types_other_upstreams_cannot_take_are_refused(env):
+    running, mock, client = env
+    with pytest.raises(anthropic.BadRequestError) as exc:
+        await client.messages.create(model="openai-text", max_tokens=10, messages=[
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": [{"type": "server_tool_use", "id": "s", "name": "web_search",
+                                               "input": {}}]}])
+    assert "messages.1.content.0.type" in exc.value.body["error"]["message"]

@@ -121,14 +121,16 @@ def _assistant(content: Any, path: str) -> dict:
         return {"role": "assistant", "content": content}
     texts = []
     calls = []
-    for block in content:
+    for j, block in enumerate(content):
         kind = block["type"]
         if kind == "text":
             texts.append(block["text"])
         elif kind == "tool_use":
             calls.append({"id": block["id"], "type": "function",
                           "function": {"name": block["name"], "arguments": dumps_text(block.get("input") or {})}})
-        # thinking / redacted_thinking: Anthropic-only, dropped.
+        elif kind not in ("thinking", "redacted_thinking"):  # those are Anthropic-only: dropped
+            raise _refuse(f"{path}.content.{j}.type", f"content blocks of type {kind!r} are only served by "
+                          "Anthropic upstreams (text and tool_use are translated)")
     msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
     if calls:
         msg["tool_calls"] = calls
