@@ -17,6 +17,7 @@ reason and the usage (known only at the end of OpenAI streams), then
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -26,6 +27,9 @@ from proxy.sse import EventSplitter, named_event, parse_event, split_events
 
 from .anthropic_canonical import STOP_REASONS, message_id, usage_to_anthropic
 from .anthropic_response import stream_error, usage_from_anthropic
+
+# The events the passthrough must look at: message_start/delta/stop and error.
+_LIFECYCLE = re.compile(rb"^event: ?(?:message_|error)", re.MULTILINE)
 
 
 def event(name: str, data: dict) -> bytes:
@@ -53,7 +57,7 @@ class AnthropicPassthrough:
         if not complete:
             return b""
         # Fast path: content events only (the common case, mid-stream).
-        if b"message_" not in complete and b"error" not in complete:
+        if _LIFECYCLE.search(complete) is None:
             if self._held is not None:
                 self._held.append(complete)
                 return b""
