@@ -2,7 +2,8 @@
 client (openai | anthropic) x upstream (openai | anthropic | gemini) x
 fixture (text, tools, thinking, length), stream and not. Both give the same
 assembled message, the fixture's text, tool calls (arguments parse as JSON
-and are equal), finish reason and usage."""
+and are equal), finish reason and usage; and billing (the usage hook) sees
+the same token counts for every pair."""
 
 from __future__ import annotations
 
@@ -22,6 +23,19 @@ from _translation import (
 )
 
 from benchmarks.mock_fixtures import make_app as make_fixture_app
+from proxy import hookimpl
+
+
+class UsageRecorder:
+    """What billing sees: the usage of every call, as the core hands it over."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, int, int]] = []
+
+    @hookimpl
+    async def tollway_usage(self, call):
+        u = call.usage
+        self.seen.append((u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens))
 
 
 @pytest.fixture(params=[None, 7], ids=["whole", "split7"])
@@ -29,7 +43,10 @@ async def gateway(request, aiohttp_server, start_gateway):
     """The gateway over the fixture mocks; ``split7`` makes the mock write its
     streams 7 bytes at a time."""
     mock = await aiohttp_server(make_fixture_app(split=request.param))
-    return await start_gateway(config(str(mock.make_url("")).rstrip("/")))
+    recorder = UsageRecorder()
+    running = await start_gateway(config(str(mock.make_url("")).rstrip("/")), plugins=(recorder,))
+    running.recorder = recorder
+    return running
 
 
 @pytest.mark.parametrize("upstream", UPSTREAMS)
@@ -37,6 +54,8 @@ async def gateway(request, aiohttp_server, start_gateway):
 async def test_openai_client(gateway, upstream, scenario):
     async with openai.AsyncOpenAI(base_url=gateway.url, api_key="sk-client", max_retries=0) as client:
         await _openai_pair(client, upstream, scenario)
+    # Billing gets the same usage whatever the client's protocol or streaming.
+    assert gateway.recorder.seen == [expected(scenario, upstream).usage] * 2
 
 
 async def _openai_pair(client, upstream, scenario):
@@ -62,6 +81,7 @@ async def _openai_pair(client, upstream, scenario):
 async def test_anthropic_client(gateway, upstream, scenario):
     async with anthropic.AsyncAnthropic(base_url=gateway.root, api_key="sk-client", max_retries=0) as client:
         await _anthropic_pair(client, upstream, scenario)
+    assert gateway.recorder.seen == [expected(scenario, upstream).usage] * 2
 
 
 async def _anthropic_pair(client, upstream, scenario):
