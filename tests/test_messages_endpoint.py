@@ -228,3 +228,35 @@ async def test_assistant_block_types_other_upstreams_cannot_take_are_refused(env
             {"role": "assistant", "content": [{"type": "server_tool_use", "id": "s", "name": "web_search",
                                                "input": {}}]}])
     assert "messages.1.content.0.type" in exc.value.body["error"]["message"]
+
+
+@pytest.mark.parametrize("upstream", ["anthropic", "gemini"])
+async def test_full_business_stack_bills_anthropic_clients(aiohttp_server, start_gateway, upstream):
+    """Auth by x-api-key (what the Anthropic SDK sends), pricing's cost in the
+    usage the client sees, native and translated, stream and not."""
+    from business import ADMIN, ALL, DEMO
+
+    mock = await aiohttp_server(make_fixture_app())
+    cfg = config(str(mock.make_url("")).rstrip("/"))
+    cfg["server"]["admin_key"] = ADMIN
+    cfg["plugins"] = {"enabled": ALL}
+    cfg["keys"] = [{"name": "demo", "key": DEMO, "credits": 5.0}]
+    running = await start_gateway(cfg)
+    # 35 prompt and 15 completion tokens at $1 and $2 per 1M (no cached price: cached tokens cost input).
+    cost = (35 * 1.0 + 15 * 2.0) / 1_000_000
+    async with anthropic.AsyncAnthropic(base_url=running.root, api_key=DEMO, max_retries=0) as client:
+        whole = await client.messages.create(model=f"{upstream}-text", max_tokens=50,
+                                             messages=[{"role": "user", "content": "x"}])
+        assert whole.usage.model_extra["cost"] == pytest.approx(cost)
+        async with client.messages.stream(model=f"{upstream}-text", max_tokens=50,
+                                          messages=[{"role": "user", "content": "x"}]) as s:
+            streamed = await s.get_final_message()
+        assert streamed.usage.output_tokens == 15
+    status, _, raw = await post_raw(running.root + "/v1/messages", {**GOOD, "model": f"{upstream}-text",
+                                                                   "stream": True}, {"x-api-key": DEMO})
+    assert dict(events(raw))["message_delta"]["usage"]["cost"] == pytest.approx(cost)
+    async with anthropic.AsyncAnthropic(base_url=running.root, api_key="sk-wrong", max_retries=0) as client:
+        with pytest.raises(anthropic.AuthenticationError) as exc:
+            await client.messages.create(model=f"{upstream}-text", max_tokens=5,
+                                         messages=[{"role": "user", "content": "x"}])
+    assert exc.value.body["type"] == "error" and exc.value.body["error"]["type"] == "authentication_error"
