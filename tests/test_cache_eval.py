@@ -1,7 +1,7 @@
 """The semantic cache's precision and recall on the labelled pairs (tests/cache_eval/pairs.jsonl).
 
 Bounds: precision >= 0.99 at the default threshold (the issue's bar) and
-recall >= 0.80 (measured: 0.873 with the local MiniLM embedder at 0.88; see
+recall >= 0.80 (measured: 0.885 with the local MiniLM embedder at 0.88; see
 plugins/cache/README.md). The run prints its numbers (pytest -s shows them).
 """
 
@@ -29,7 +29,7 @@ def test_the_set_is_large_and_covers_every_kind():
     pairs = load_pairs()
     assert len(pairs) >= 200
     kinds = Counter((p["kind"], p["hit"]) for p in pairs)
-    for kind in ("negation", "number", "entity", "multiturn", "system", "code", "subject"):
+    for kind in ("negation", "number", "entity", "multiturn", "system", "code", "subject", "holdout"):
         assert kinds[(kind, False)] >= 5, kind
     assert kinds[("paraphrase", True)] >= 80
     assert len({p["id"] for p in pairs}) == len(pairs)

@@ -140,6 +140,10 @@ def test_capture_refuses_unclean_streams(cut):
     ('What does "ephemeral" mean?', 'What does "ethereal" mean?', "entities"),
     ("Fix `x = 1`", "Fix `x = 2`", "code"),
     ("How do I convert JSON to XML?", "How do I convert XML to JSON?", "order"),
+    ("How long is a flight from London to New York?", "How long is a flight from New York to London?", "order"),
+    ("How do I grow tomatoes indoors?", "How do I grow tomatoes outdoors?", "substitution"),
+    ("What are some vegetarian dinner ideas?", "What are some vegan dinner ideas?", "substitution"),
+    ("How do I follow someone on Instagram?", "How do I unfollow someone on Instagram?", "substitution"),
 ])
 def test_each_guard_vetoes_its_near_miss(a, b, guard):
     assert check(features(a), features(b)) == guard
@@ -152,6 +156,9 @@ def test_each_guard_vetoes_its_near_miss(a, b, guard):
     ("Who is the CEO of Apple?", "Who's Apple's CEO?"),
     ("Please explain recursion.", "Explain recursion, please."),
     ("How do I remove a stain from a carpet?", "How can I get a stain out of a carpet?"),
+    ("Who wrote Pride and Prejudice?", "Who is the author of Pride and Prejudice?"),
+    ("How do airplanes stay in the air?", "How do planes stay in the air?"),
+    ("Write a haiku about autumn.", "Compose a haiku about autumn."),
 ])
 def test_guards_let_paraphrases_through(a, b):
     assert check(features(a), features(b)) is None

@@ -37,7 +37,16 @@ false hit gives a user a wrong answer.
   word both use (to, into, than, from, vs, over, before, after, under) has
   different words before it, they mean opposite things: "convert JSON to
   XML" / "XML to JSON", "why are cats better pets than dogs" / "dogs ...
-  than cats".
+  than cats", "fly from London to New York" / "from New York to London".
+- ``substitution``: when the two texts are the same sentence with one slot
+  swapped (common words before and after covering at least half of each, the
+  slots of about the same length) and the slot holds one or two content words
+  on each side that are neither the same word (cat/cats, painted/painter) nor
+  listed synonyms (write/compose, explain/describe) -- a negating prefix
+  (follow/unfollow) never counts as the same word --
+  the subject changed: "grow tomatoes indoors" / "outdoors", "vegetarian
+  dinner ideas" / "vegan dinner ideas", "legs of a spider" / "of an insect".
+  Reworded paraphrases do not share such a frame, so they pass.
 """
 
 from __future__ import annotations
@@ -48,18 +57,23 @@ from dataclasses import dataclass
 
 from .wordlists import (
     COMMON_WORDS,
+    CONTRACTED_NOT,
+    CONTRACTIONS,
     GAZETTEER,
     NEGATIONS,
     NUMBER_WORDS,
     PHRASAL_POLARITY,
+    POLAR_WORDS,
     POLARITY,
     STOPWORDS,
+    SYNONYMS,
 )
 
-ALL_GUARDS = ("negation", "polarity", "numbers", "entities", "code", "order")
+ALL_GUARDS = ("negation", "polarity", "numbers", "entities", "code", "order", "substitution")
 # Axes where the action itself is named: one side naming it and the other not is a veto too.
 STRICT_AXES = frozenset(("power", "install", "connect", "lock", "crypt", "transfer", "trade", "order", "case",
                          "visible", "session", "zoom"))
+NEGATING_PREFIXES = frozenset(("un", "dis", "non", "in", "im", "il", "ir", "de", "anti", "mis", "non-"))
 DIRECTIONAL = frozenset(("to", "into", "than", "from", "vs", "versus", "over", "before", "after", "under"))
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:['’][A-Za-z]+)?|\d+(?:[.,]\d+)*")
@@ -85,8 +99,9 @@ class Features:
     entities: frozenset[str]
     code: tuple[str, ...]
     content: tuple[str, ...]
-    # For the first occurrence of each directional word: the content words before it.
-    splits: tuple[tuple[str, tuple[str, ...]], ...]
+    # For each occurrence of a directional word: (word, n-th occurrence) -> the content words before it.
+    splits: tuple[tuple[tuple[str, int], tuple[str, ...]], ...]
+    frame: tuple[str, ...]  # the prose's words, lowercase, contractions expanded
 
 
 def _norm_number(tok: str) -> str:
@@ -169,14 +184,74 @@ def features(text: str) -> Features:
             entities.add(low)
 
     content = []
-    splits: dict[str, tuple[str, ...]] = {}
+    splits: dict[tuple[str, int], tuple[str, ...]] = {}
+    seen: Counter[str] = Counter()
     for t in lower_tokens:
         if t in DIRECTIONAL:
-            splits.setdefault(t, tuple(sorted(content)))
+            splits[(t, seen[t])] = tuple(sorted(content))
+            seen[t] += 1
         elif t not in STOPWORDS:
             content.append(t)
     return Features(negations, frozenset(polarity), tuple(sorted(numbers)), frozenset(entities), tuple(code),
-                    tuple(content), tuple(sorted(splits.items())))
+                    tuple(content), tuple(sorted(splits.items())), _frame(lower_tokens))
+
+
+def _frame(tokens: list[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for t in tokens:
+        head, _, tail = t.partition("'")
+        if not tail:
+            out.append(t)
+        elif tail == "t" and head.endswith("n"):  # don't, can't, isn't
+            out.extend((CONTRACTED_NOT.get(head, head[:-1]), "not"))
+        elif tail == "s":
+            out.extend((head, "is") if head in STOPWORDS else (head,))  # what's -> what is; Apple's -> apple
+        else:
+            out.extend((head, CONTRACTIONS.get(tail, tail)))
+    return tuple(out)
+
+
+def _same_word(x: str, y: str) -> bool:
+    if x == y:
+        return True
+    short, long_ = sorted((x, y), key=len)
+    if long_.endswith(short) and long_[:-len(short)] in NEGATING_PREFIXES:
+        return False  # follow / unfollow, agree / disagree
+    if len(short) >= 3 and long_.startswith(short) and len(long_) - len(short) <= 4:
+        return True  # cat / cats, vaccine / vaccines, run / running
+    if len(short) >= 5 and long_.endswith(short):
+        return True  # planes / airplanes
+    stem = 0
+    while stem < len(short) and x[stem] == y[stem]:
+        stem += 1
+    if stem >= 5 and stem >= len(short) - 2:
+        return True  # painted / painter, organise / organize
+    return bool(SYNONYMS.get(x, {x}) & SYNONYMS.get(y, {y}))
+
+
+def _substituted(a: Features, b: Features) -> bool:
+    """The same sentence frame with one content word (or two) replaced by an unrelated one."""
+    ta, tb = a.frame, b.frame
+    if ta == tb or not ta or not tb:
+        return False
+    p = 0
+    while p < min(len(ta), len(tb)) and ta[p] == tb[p]:
+        p += 1
+    q = 0
+    while q < min(len(ta), len(tb)) - p and ta[-1 - q] == tb[-1 - q]:
+        q += 1
+    if (p + q) / max(len(ta), len(tb)) < 0.5:
+        return False  # reworded, not a swapped slot
+    span_a, span_b = ta[p:len(ta) - q], tb[p:len(tb) - q]
+    if abs(len(span_a) - len(span_b)) > 1:
+        return False  # restructured ("who wrote" / "who is the author of"), not a slot swap
+    xa = [w for w in span_a if w not in STOPWORDS and w not in POLAR_WORDS and not w[0].isdigit()]
+    xb = [w for w in span_b if w not in STOPWORDS and w not in POLAR_WORDS and not w[0].isdigit()]
+    if not xa or not xb or len(xa) > 2 or len(xb) > 2:
+        return False
+    left_a = [w for w in xa if not any(_same_word(w, v) for v in xb)]
+    left_b = [w for w in xb if not any(_same_word(w, v) for v in xa)]
+    return bool(left_a and left_b)
 
 
 def _polarity_differs(a: frozenset[tuple[str, int]], b: frozenset[tuple[str, int]]) -> bool:
@@ -219,4 +294,6 @@ def check(a: Features, b: Features, enabled: tuple[str, ...] = ALL_GUARDS) -> st
         return "code"
     if "order" in enabled and _order_differs(a, b):
         return "order"
+    if "substitution" in enabled and _substituted(a, b):
+        return "substitution"
     return None

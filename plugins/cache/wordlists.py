@@ -139,3 +139,42 @@ york california texas florida prague vienna amsterdam brussels dublin""",
 GAZETTEER: dict[str, str] = {w: w for group in _GAZ.values() for w in group.split()}
 GAZETTEER.update({"golang": "go", "postgresql": "postgres", "nodejs": "node", "csharp": "c#", "osx": "macos",
                   "britain": "uk", "england": "uk", "america": "usa"})
+
+# Words the polarity guard already compared: the substitution guard ignores them.
+POLAR_WORDS = frozenset(POLARITY) | frozenset(("turn", "switch", "on", "off"))
+
+CONTRACTIONS = {"re": "are", "m": "am", "ll": "will", "ve": "have", "d": "would"}
+CONTRACTED_NOT = {"can": "can", "won": "will", "don": "do", "doesn": "does", "didn": "did", "isn": "is",
+                  "aren": "are", "wasn": "was", "weren": "were", "shouldn": "should", "wouldn": "would",
+                  "couldn": "could", "haven": "have", "hasn": "has", "hadn": "had", "mustn": "must"}
+
+# Interchangeable in a request: swapping one for another does not change the question.
+_SYNONYM_GROUPS = """write compose create draft generate make produce
+explain describe define summarize summarise outline clarify
+give provide list suggest recommend share offer name
+fix repair solve resolve debug
+help assist
+quick fast rapid
+big large huge
+small little tiny
+picture photo image
+movie film
+kid kids child children
+error bug issue problem
+autumn fall
+car automobile
+tip tips advice
+way method
+improve enhance
+use utilize utilise
+begin start
+choose pick select
+purpose point
+times multiplied multiply
+famous known renowned
+"""
+SYNONYMS: dict[str, set[str]] = {}
+for _line in _SYNONYM_GROUPS.strip().splitlines():
+    _group = set(_line.split())
+    for _w in _group:
+        SYNONYMS.setdefault(_w, set()).update(_group)
