@@ -77,17 +77,22 @@ class OpenAIPassthrough:
         if not complete:
             return b""
         # Fast path: no usage object and no terminator in these events.
-        if _USAGE_OBJECT.search(complete) is None and b"[DONE]" not in complete:
+        usage_at = _USAGE_OBJECT.search(complete)
+        done_at = complete.find(b"[DONE]")
+        if usage_at is None and done_at < 0:
             return complete
-        out = []
-        for block in split_events(complete):
+        # The events before the first of the two pass as they are; only the rest is split.
+        first = done_at if usage_at is None or 0 <= done_at < usage_at.start() else usage_at.start()
+        cut = 0 if self.done else _events_before(complete, first)
+        out = [complete[:cut]] if cut else []
+        for block in split_events(complete[cut:] if cut else complete):
             if self.done:
                 break
-            _, payload = parse_event(block)
-            if payload == b"[DONE]":
+            if b"[DONE]" in block and parse_event(block)[1] == b"[DONE]":
                 self.done = True
                 break
             if _USAGE_OBJECT.search(block) is not None:
+                _, payload = parse_event(block)
                 chunk = _loads(payload)
                 if chunk is not None:
                     usage = Usage.from_openai(chunk.get("usage"))
@@ -297,6 +302,16 @@ async def replay(call: Call, resp: web.StreamResponse, encoder: ChunkEncoder, ch
         await resp.write_eof()
     except (ConnectionError, RuntimeError):
         call.client_gone = True
+
+
+def _events_before(blob: bytes, index: int) -> int:
+    """The length of the whole events in ``blob`` that end before ``index``, when
+    ``split_events`` is sure to cut there too (a lone ``\\n\\n`` between two
+    non-newline bytes); else 0 (then everything is split, as before)."""
+    i = blob.rfind(b"\n\n", 0, index)
+    if i <= 0 or blob[i - 1] in b"\r\n" or blob[i + 2] in b"\r\n":
+        return 0
+    return i + 2
 
 
 def _loads(payload: bytes) -> dict | None:

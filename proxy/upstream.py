@@ -61,10 +61,15 @@ class UpstreamResponse:
 
     async def read_chunk(self) -> bytes:
         """The next bytes of the body as they arrive; b"" at the end."""
-        deadline = min(self._loop.time() + self._pool.timeouts.idle, self._deadline)
+        content = self._resp.content
         try:
+            # Bytes already here (or the end already seen): no waiting, so no timer to arm.
+            data = content.read_nowait()
+            if data or content.at_eof():
+                return data
+            deadline = min(self._loop.time() + self._pool.timeouts.idle, self._deadline)
             async with asyncio.timeout_at(deadline):
-                return await self._resp.content.readany()
+                return await content.readany()
         except TimeoutError:
             raise self._pool.timeout_error("idle" if deadline < self._deadline else "total") from None
         except (aiohttp.ClientError, ConnectionError) as exc:
