@@ -18,7 +18,7 @@ from . import report
 from .plot import plot
 from .runner import Plan, run
 from .scenarios import DESCRIPTIONS, PROFILES, SCENARIOS, with_overrides
-from .targets import BUILTIN_TARGETS, Target, builtin, parse_named, tollway_target
+from .targets import BUILTIN_TARGETS, Target, baseline_targets, builtin, parse_named, tollway_target
 
 DEFAULT_OUT = Path("benchmarks/results")
 
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", action="append", default=[], metavar="[NAME=]URL",
                    help="an external gateway's OpenAI base URL (…/v1) on 127.0.0.1, already running in front "
                         "of nothing the harness knows: give it an upstream of your own")
+    p.add_argument("--baseline", type=Path, metavar="DIR",
+                   help="also run each tollway target from the source tree DIR (named NAME@base), for a "
+                        "before/after in one run; e.g. mkdir DIR && git archive HEAD proxy plugins | tar -x -C DIR")
     p.add_argument("--model", default="bench", help="the model name to ask for (default: bench)")
     p.add_argument("--rounds", type=int, help="repeat every job this many times; the table shows medians")
     p.add_argument("--concurrency", type=int, help="connections in the throughput run")
@@ -73,6 +76,10 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
         if not url.startswith("http://127.0.0.1"):
             raise ValueError(f"--url {url}: the benchmark only sends traffic to 127.0.0.1")
         targets.append(Target(name, "url", url=url))
+    if args.baseline is not None:
+        if not (args.baseline / "proxy").is_dir():
+            raise ValueError(f"--baseline {args.baseline}: no proxy/ package there")
+        targets += baseline_targets(targets, args.baseline)
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise ValueError(f"target names must differ: {', '.join(names)}")

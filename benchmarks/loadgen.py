@@ -217,6 +217,7 @@ async def run_job(job: dict, progress=None) -> dict:
             ticker.cancel()
         pool.close()
     out = rec.result(elapsed)
+    out["warmup"] = warmup
     if mode == "open":
         out["offered_rps"] = float(job["rate"])
     return out

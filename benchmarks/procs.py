@@ -84,24 +84,28 @@ class Children:
         atexit.register(self.stop_all)
 
     def spawn(self, name: str, argv: list[str], *, cpus: set[int] | None = None, env: dict | None = None,
-              stdout=None) -> Child:
+              stdout=None, cwd: Path | None = None) -> Child:
         log = self.logdir / f"{name}.log"
         with open(log, "ab") as fh:
             popen = subprocess.Popen(argv, stdout=stdout if stdout is not None else fh, stderr=fh,
                                      stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-                                     start_new_session=True, preexec_fn=PREEXEC)
+                                     start_new_session=True, preexec_fn=PREEXEC, cwd=cwd)
         pin(popen.pid, cpus)
         child = Child(name, popen, log)
         self.children.append(child)
         return child
 
     def start_server(self, name: str, argv: list[str], *, cpus: set[int] | None = None, env: dict | None = None,
-                     timeout: float = 30.0) -> Child:
+                     timeout: float = 30.0, cwd: Path | None = None) -> Child:
         """Spawn a server that prints ``http://127.0.0.1:PORT`` once listening; wait for it."""
-        child = self.spawn(name, argv, cpus=cpus, env=env)
+        log = self.logdir / f"{name}.log"
+        offset = log.stat().st_size if log.exists() else 0  # logs append: read only this run's lines
+        child = self.spawn(name, argv, cpus=cpus, env=env, cwd=cwd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = LISTENING.search(child.log.read_text(errors="replace"))
+            with open(log, "rb") as fh:
+                fh.seek(offset)
+                match = LISTENING.search(fh.read().decode(errors="replace"))
             if match:
                 child.url = f"http://127.0.0.1:{match.group(1)}"
                 return child

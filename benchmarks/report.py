@@ -38,6 +38,9 @@ def derive(data: dict) -> dict:
                     "vs_direct_p99": _get(res, metric, "p99") - _get(direct, metric, "p99"),
                 }
             res["x_floor_rps"] = ratio(_get(res, "rps"), _get(floor, "rps"))
+            # The capacity ratio from CPU per request: what throughput would be if the target
+            # had its CPU to itself (robust to other load on a shared machine).
+            res["x_floor_cpu"] = ratio(_get(floor, "cpu_us_per_req"), _get(res, "cpu_us_per_req"))
             rss = res.get("rss_mb")
             if isinstance(rss, dict) and len(rss) >= 2:
                 ordered = [v for _, v in sorted(rss.items(), key=lambda kv: int(kv[0]))]
@@ -64,6 +67,9 @@ def budget(data: dict) -> dict:
         if label in results and subject in results[label]:
             x = results[label][subject].get("x_floor_rps", math.nan)
             check(f"{label} vs floor", x, x >= BUDGET["throughput_ratio"], f">= {BUDGET['throughput_ratio']}x")
+            x = results[label][subject].get("x_floor_cpu", math.nan)
+            check(f"{label} vs floor, from CPU/request", x, x >= BUDGET["throughput_ratio"],
+                  f">= {BUDGET['throughput_ratio']}x")
     if "latency" in results and subject in results["latency"]:
         added = results["latency"][subject]["added_latency_ms"]["vs_floor_p50"]
         check("added p50 at c=1 vs floor (ms)", added, added <= BUDGET["added_p50_ms"],
@@ -88,11 +94,13 @@ def _f(value: float, fmt: str = "{:.3f}", signed: bool = False) -> str:
 COLUMNS = {
     "latency": [("p50 ms", ("latency_ms", "p50")), ("p90 ms", ("latency_ms", "p90")),
                 ("p99 ms", ("latency_ms", "p99")), ("+p50 vs direct", ("added_latency_ms", "vs_direct_p50")),
-                ("+p50 vs floor", ("added_latency_ms", "vs_floor_p50")), ("req/s", ("rps",))],
+                ("+p50 vs floor", ("added_latency_ms", "vs_floor_p50")), ("req/s", ("rps",)),
+                ("CPU us/req", ("cpu_us_per_req",))],
     "throughput": [("req/s", ("rps",)), ("x floor", ("x_floor_rps",)), ("p50 ms", ("latency_ms", "p50")),
-                   ("p99 ms", ("latency_ms", "p99"))],
+                   ("p99 ms", ("latency_ms", "p99")), ("CPU us/req", ("cpu_us_per_req",))],
     "stream": [("streams/s", ("rps",)), ("x floor", ("x_floor_rps",)), ("ttfb p50", ("ttfb_ms", "p50")),
-               ("stream p50", ("latency_ms", "p50")), ("stream p99", ("latency_ms", "p99"))],
+               ("stream p50", ("latency_ms", "p50")), ("stream p99", ("latency_ms", "p99")),
+               ("CPU us/req", ("cpu_us_per_req",))],
     "stream_paced": [("ttfb p50", ("ttfb_ms", "p50")), ("+ttfb vs direct", ("added_ttfb_ms", "vs_direct_p50")),
                      ("gap p50", ("gap_ms", "p50")), ("+gap vs direct", ("added_gap_ms", "vs_direct_p50")),
                      ("stream p50", ("latency_ms", "p50"))],
@@ -102,7 +110,7 @@ COLUMNS = {
     "soak": [("requests", ("requests",)), ("req/s", ("rps",)), ("RSS@N/10 MB", ("rss_first",)),
              ("RSS@N MB", ("rss_last",)), ("growth", ("rss_growth",))],
 }
-INTEGER = {"req/s", "streams/s", "offered", "requests"}
+INTEGER = {"req/s", "streams/s", "offered", "requests", "CPU us/req"}
 
 
 def table(data: dict, reference_rate: float | None = None) -> str:

@@ -23,7 +23,7 @@ import orjson
 from .procs import Children, StartError, cpu_plan
 from .progress import Progress
 from .scenarios import Profile, jobs_for
-from .stats import median_of_rounds, rss_mb
+from .stats import cpu_seconds, median_of_rounds, rss_mb
 from .targets import BENCH_KEY, Target, argv_for, env_for
 
 
@@ -87,7 +87,8 @@ def start_target(children: Children, t: Target, upstream: str, logdir: Path, cpu
     if t.kind == "url":
         return
     try:
-        child = children.start_server(t.name, argv_for(t, upstream), cpus=cpus, env=env_for(t, upstream, logdir))
+        child = children.start_server(t.name, argv_for(t, upstream), cpus=cpus, env=env_for(t, upstream, logdir),
+                                      cwd=t.src)
     except StartError as exc:
         t.failed = str(exc)
         return
@@ -106,10 +107,15 @@ def run_one(plan: Plan, t: Target, scenario: str, label: str, job: dict, cpus: d
         progress.done("target died")
         return
     job = {**job, "url": t.chat_url, "model": plan.model, "headers": {"Authorization": f"Bearer {BENCH_KEY}"}}
+    cpu_before = cpu_seconds(t.pid) if t.pid else None
     try:
         res = run_loadgen(job, children, cpus["loadgen"], progress)
     except LoadgenError as exc:
         res = {"requests": 0, "ok": 0, "errors": 1, "error_kinds": {"loadgen": str(exc)}}
+    cpu_after = cpu_seconds(t.pid) if t.pid else None
+    sent = res.get("requests", 0) + res.get("warmup", 0)
+    if cpu_before is not None and cpu_after is not None and sent:
+        res["cpu_us_per_req"] = (cpu_after - cpu_before) / sent * 1e6
     res["target_rss_mb"] = rss_mb(t.pid) if t.pid else None
     results.setdefault(label, {}).setdefault(t.name, []).append(res)
     lat = res.get("latency_ms") or {}

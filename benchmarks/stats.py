@@ -7,6 +7,7 @@ Percentiles interpolate linearly between closest ranks (numpy's default
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
 
 
@@ -87,3 +88,14 @@ def rss_mb(pid: int) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` (all its threads) so far; None when unknown.
+    Per request, this is the measure least disturbed by other load on a shared machine."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None

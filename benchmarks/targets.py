@@ -32,6 +32,7 @@ class Target:
     skip: str | None = None  # why it will not run
     pid: int | None = None
     failed: str | None = None  # why it stopped running
+    src: Path | None = None  # run tollway from this source tree (an A/B baseline), not the installed one
 
     @property
     def chat_url(self) -> str:
@@ -106,7 +107,20 @@ def argv_for(target: Target, upstream_root: str) -> list[str]:
 
 
 def env_for(target: Target, upstream_root: str, rundir: Path) -> dict[str, str]:
-    return {"TOLLWAY_BENCH_UPSTREAM": upstream_root + "/v1",
-            "TOLLWAY_BENCH_DB": f"sqlite:///{rundir / (target.name + '.db')}",
-            "TOLLWAY_BENCH_KEY": BENCH_KEY,
-            "PYTHONUNBUFFERED": "1"}
+    env = {"TOLLWAY_BENCH_UPSTREAM": upstream_root + "/v1",
+           "TOLLWAY_BENCH_DB": f"sqlite:///{rundir.resolve() / (target.name + '.db')}",
+           "TOLLWAY_BENCH_KEY": BENCH_KEY,
+           "PYTHONUNBUFFERED": "1"}
+    if target.src is not None:
+        env["PYTHONPATH"] = str(target.src)
+    return env
+
+
+def baseline_targets(targets: list[Target], src: Path) -> list[Target]:
+    """For each tollway target, the same config served by the tollway in ``src``
+    (e.g. ``git archive OLD proxy plugins | tar -x -C DIR``): before/after in one run."""
+    out = []
+    for t in targets:
+        if t.kind == "tollway":
+            out.append(Target(f"{t.name}@base", "tollway", config=t.config, skip=t.skip, src=src.resolve()))
+    return out
