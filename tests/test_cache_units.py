@@ -241,3 +241,11 @@ async def test_persistence_round_trip_on_postgres():
     finally:
         await db.execute(f"delete from {TABLE} where scope = ?", (scope,))
         await db.close()
+
+
+def test_long_prompts_are_matched_exactly_only():
+    long_question = "Summarise this report: " + "The quarterly numbers were flat. " * 40
+    assert not request_forms(body(long_question), "m").semantic_ok
+    assert request_forms(body("A short question?"), "m").semantic_ok
+    huge_history = [m for i in range(400) for m in ("question " * 10, {"role": "assistant", "content": "answer " * 10})]
+    assert not request_forms(body(*huge_history, "and then?"), "m").semantic_ok

@@ -166,7 +166,8 @@ class Plugin:
             self._status(call, "BYPASS")
             return None
         opts = self.options
-        forms = request_forms(call.body, call.model, opts.max_context_chars)
+        forms = request_forms(call.body, call.model, opts.max_context_chars, opts.max_query_chars,
+                              opts.max_guard_chars)
         st = call.state["cache"] = CallState(scope, forms, controls)
         if controls.no_cache:
             self._status(call, "BYPASS")

@@ -68,7 +68,7 @@ def _normalise(m: np.ndarray) -> np.ndarray:
 class MiniLMEmbedder(Embedder):
     name = "local"
 
-    def __init__(self, max_tokens: int = 128, threads: int = 1) -> None:
+    def __init__(self, max_tokens: int = 256, threads: int = 1) -> None:
         self.max_tokens = max_tokens
         self.threads = threads
         self._session: Any = None
@@ -192,7 +192,7 @@ class UpstreamEmbedder(Embedder):
 
 
 def make_embedder(kind: str, gateway: Gateway | None = None, model: str | None = None,
-                  max_tokens: int = 128) -> Embedder:
+                  max_tokens: int = 256) -> Embedder:
     if kind == "local":
         return MiniLMEmbedder(max_tokens=max_tokens)
     if kind == "wordllama":

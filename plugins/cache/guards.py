@@ -158,6 +158,7 @@ def features(text: str) -> Features:
     for groups in _QUOTED.findall(prose):
         quoted = next(g for g in groups if g)
         entities.add('"' + " ".join(quoted.lower().split()) + '"')
+    lowercase_words = {t for t in tokens if t[0].islower()}
     sentence_start = True
     pos = 0
     for m in _WORD.finditer(prose):
@@ -179,8 +180,8 @@ def features(text: str) -> Features:
         if mixed:
             entities.add(low)
         elif base[0].isupper() and not (starts_sentence and low in COMMON_WORDS):
-            if starts_sentence and re.search(rf"\b{re.escape(low)}\b", lower[m.end():]):
-                continue  # a common word that happens to start the sentence, used lowercase later
+            if starts_sentence and low in lowercase_words:
+                continue  # a common word that happens to start the sentence: used lowercase elsewhere
             entities.add(low)
 
     content = []

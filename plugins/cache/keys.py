@@ -89,8 +89,15 @@ class RequestForms:
     semantic_ok: bool  # False when the conversation has no text to compare
 
 
-def request_forms(body: dict, model: str, max_context_chars: int = 2000) -> RequestForms:
-    """The exact key, the bucket and the texts of a chat body (already validated)."""
+def request_forms(body: dict, model: str, max_context_chars: int = 600, max_query_chars: int = 600,
+                  max_guard_chars: int = 20_000) -> RequestForms:
+    """The exact key, the bucket and the texts of a chat body (already validated).
+
+    ``semantic_ok`` is False -- exact matching only -- when the last user message is
+    longer than ``max_query_chars`` (the embedder reads only its first 256 word
+    pieces, so two long prompts differing at the end would look identical) or the
+    conversation's text is longer than ``max_guard_chars`` (the guards' budget).
+    """
     params = {k: _canonical_value(v) for k, v in body.items() if k not in IGNORED_FIELDS and k != "messages"}
     params["model"] = model
     messages = body.get("messages") or []
@@ -129,4 +136,6 @@ def request_forms(body: dict, model: str, max_context_chars: int = 2000) -> Requ
     if len(context) > max_context_chars:
         context = context[-max_context_chars:]
     guard_text = "\n".join(text for _, text in texts)
+    if len(query) > max_query_chars or len(guard_text) > max_guard_chars:
+        semantic_ok = False
     return RequestForms(exact, bucket, query, context, guard_text, semantic_ok)

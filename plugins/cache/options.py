@@ -40,7 +40,11 @@ class CacheOptions:
     #: Keep entries in the storage backend so a restart keeps the cache.
     persist: bool = False
     #: Earlier turns embedded with the last user message (newest characters kept).
-    max_context_chars: int = 1000
+    max_context_chars: int = 600
+    #: A last user message longer than this is matched exactly only (the embedder reads 256 word pieces).
+    max_query_chars: int = 600
+    #: A conversation with more text than this is matched exactly only (the guards' budget).
+    max_guard_chars: int = 20_000
     #: Answers larger than this (JSON bytes) are not stored.
     max_entry_bytes: int = 1_000_000
     #: Seconds an upstream embedding may take before the lookup gives up (a miss).
