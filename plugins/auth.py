@@ -22,6 +22,7 @@ from proxy.gateway import Gateway
 
 from .accounts import KeyRecord, acquire, release
 from .accounts.admin import AdminKeys
+from .accounts.book import check_config
 from .accounts.http import authenticate
 from .accounts.options import AuthOptions, KeyConfig
 
@@ -29,6 +30,10 @@ from .accounts.options import AuthOptions, KeyConfig
 class Plugin:
     def __init__(self) -> None:
         self.accounts = None
+
+    @hookimpl
+    def tollway_config_check(self, config) -> None:
+        check_config(config)
 
     @hookimpl
     def tollway_config_schema(self) -> dict:

@@ -37,6 +37,7 @@ from proxy.gateway import Gateway
 from proxy.routes import json_response
 
 from .accounts import Account, KeyRecord, acquire, release
+from .accounts.book import check_config
 from .accounts.estimate import output_bound, prompt_bound
 from .accounts.http import authenticate, guarded
 from .accounts.money import MICRO, PriceBook, format_usd, multiplier_ppm
@@ -58,6 +59,10 @@ class Plugin:
         self.accounts = None
         self.prices: PriceBook | None = None
         self.default_cap = 4096
+
+    @hookimpl
+    def tollway_config_check(self, config) -> None:
+        check_config(config)
 
     @hookimpl
     def tollway_config_schema(self) -> dict:

@@ -32,6 +32,7 @@ from proxy import Call, ProxyError, hookimpl
 from proxy.gateway import Gateway
 
 from .accounts import KeyRecord, acquire, release
+from .accounts.book import check_config
 from .accounts.estimate import tokens_estimate
 from .accounts.gcra import Check, headers_for, plan
 
@@ -53,6 +54,10 @@ class Plugin:
         self.tats: dict[tuple, float] = {}
         self.in_flight: dict[str, int] = {}
         self.store = None
+
+    @hookimpl
+    def tollway_config_check(self, config) -> None:
+        check_config(config)
 
     @hookimpl
     def tollway_startup(self, gateway: Gateway):

@@ -163,11 +163,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .gateway import load_gateway
 
-    gw = load_gateway(args.config)  # validate before forking workers
+    overrides = {"host": args.host, "port": args.port, "workers": args.workers}
+    gw = load_gateway(args.config, server_overrides=overrides)  # validate before forking workers
     server = gw.config.server
-    host = args.host or server.host
-    port = server.port if args.port is None else args.port
-    workers = args.workers or server.workers
+    host, port, workers = server.host, server.port, server.workers
     for name in gw.config.unset_env:
         log.warning("${%s} is not set; it reads as empty text", name)
     if workers > 1 and not args.reuse_port:
@@ -235,7 +234,7 @@ def serve_workers(args: argparse.Namespace, host: str, port: int, workers: int) 
         print("tollway: --workers needs SO_REUSEPORT, which this system lacks", file=sys.stderr)
         return 2
     cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(Path(args.config)), "--host", host,
-           "--port", str(port), "--reuse-port"] + (["--verbose"] if args.verbose else [])
+           "--port", str(port), "--workers", str(workers), "--reuse-port"] + (["--verbose"] if args.verbose else [])
     children = [subprocess.Popen(cmd) for _ in range(workers)]
 
     def forward(sig: int, _frame) -> None:

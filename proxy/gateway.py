@@ -85,9 +85,17 @@ class Gateway:
         return self.ready and await self.store.ping()
 
 
-def load_gateway(path: str | Path, extra_plugins: Iterable[Any] = ()) -> Gateway:
-    """Read, validate and wire the config file; raises ConfigError on any mistake."""
+def load_gateway(path: str | Path, extra_plugins: Iterable[Any] = (),
+                 server_overrides: dict[str, Any] | None = None) -> Gateway:
+    """Read, validate and wire the config file; raises ConfigError on any mistake.
+
+    ``server_overrides`` (from command-line flags) replace ``server.*`` values
+    before validation, so plugins check the values that will really be used.
+    """
     raw, unset = read_yaml(path)
+    if server_overrides:
+        server = raw.get("server") if isinstance(raw.get("server"), dict) else {}
+        raw["server"] = {**server, **{k: v for k, v in server_overrides.items() if v is not None}}
     return build_gateway(raw, Path(path).resolve(), extra_plugins, unset)
 
 
@@ -102,6 +110,7 @@ def build_gateway(raw: dict, path: Path | None = None, extra_plugins: Iterable[A
     kinds: dict[str, type[Provider]] = collect(pm.hook.tollway_providers())
     config = build_config(raw, schemas=schemas, provider_options={k: c.Options for k, c in kinds.items()},
                           path=path, unset_env=unset_env)
+    pm.hook.tollway_config_check(config=config)
     dialects: dict[str, Dialect] = {"openai": OpenAIDialect(), **collect(pm.hook.tollway_dialects())}
     providers = {name: kinds[pc.kind](name, pc, pc.options) for name, pc in config.providers.items()}
     return Gateway(config, pm, compile_hooks(pm), providers, dialects)

@@ -6,7 +6,7 @@ only the arguments you need (pluggy passes arguments by name).
 
 **Two kinds of hook.**
 
-*Start-up hooks* (``tollway_config_schema``, ``tollway_providers``,
+*Start-up hooks* (``tollway_config_schema``, ``tollway_config_check``, ``tollway_providers``,
 ``tollway_dialects``, ``tollway_routes``, ``tollway_commands``,
 ``tollway_startup``, ``tollway_shutdown``) are called through pluggy as usual,
 once per process.
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from .call import CachedResponse, Call, Route
+    from .config import Config
     from .dialects import Dialect
     from .gateway import Gateway
     from .provider import Provider
@@ -59,6 +60,17 @@ def tollway_config_schema() -> dict[str, Any] | None:
     against them at start-up, naming the path of any mistake, and stores the
     built value in ``gateway.config.sections[path]``. A section present in the
     YAML but declared by no enabled plugin stops start-up.
+    """
+
+
+@hookspec
+def tollway_config_check(config: Config) -> None:
+    """Check the whole, validated config for what only this plugin knows is wrong
+    (e.g. a key naming a model that does not exist, or settings the plugin
+    cannot honour). Raise ``proxy.ConfigError("path.to.field: what is wrong")``.
+
+    Runs when the config is built, before anything starts: ``tollway check``
+    and the parent of ``--workers`` processes see these errors too.
     """
 
 

@@ -171,11 +171,17 @@ async def test_serve_refuses_several_workers_with_in_memory_state(tmp_path):
     config["server"]["workers"] = 2
     path = tmp_path / "workers.yaml"
     path.write_text(yaml.safe_dump(config))
-    # A worker process, as `tollway serve --workers N` starts them: it must exit, not hang.
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.cli", "serve", "--config", str(path), "--port", "0", "--reuse-port",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 2
-    assert err.decode().strip() == ("tollway: config error: server.workers: 2 workers cannot share the in-memory "
-                                    "balances and rate-limit counters of storage.counters: memory; run 1 worker")
+    expected = ("tollway: config error: server.workers: 2 workers cannot share the in-memory "
+                "balances and rate-limit counters of storage.counters: memory; run 1 worker")
+    # From the YAML, from the command line, and in `tollway check`: one line, before any worker starts.
+    one_worker = tmp_path / "one.yaml"
+    one_worker.write_text(yaml.safe_dump({**config, "server": {**config["server"], "workers": 1}}))
+    for args in (["serve", "--config", str(path), "--port", "0"],
+                 ["serve", "--config", str(one_worker), "--port", "0", "--workers", "2"],
+                 ["check", "--config", str(path)]):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy.cli", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 2, args
+        assert err.decode().strip() == expected, args
+        assert b"listening" not in out

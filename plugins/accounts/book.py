@@ -51,7 +51,7 @@ class Accounts:
 
     # -- life cycle -------------------------------------------------------------------
     async def open(self) -> None:
-        check_deployment(self.config)
+        check_config(self.config)
         await db.create_tables(self.store)
         await self.sync_config_keys()
         await self.reload()
@@ -228,7 +228,7 @@ class Accounts:
         configured = self.config.section("keys")
         if configured is None:
             return
-        records = [(i, kc, self._config_record(i, kc)) for i, kc in enumerate(configured)]
+        records = [(i, kc, config_record(self.config, i, kc)) for i, kc in enumerate(configured)]
         now = time.time()
         async with self.lock, self.store.transaction() as tx:
             existing = {k.id: k for k in await db.load_keys(tx) if k.source == "config"}
@@ -249,43 +249,53 @@ class Accounts:
             if changed:
                 await db.bump_version(tx)
 
-    def _config_record(self, i: int, kc: KeyConfig) -> KeyRecord:
-        where = f"keys[{i}]"
-        seen = {k.name for k in (self.config.section("keys") or [])[:i]}
-        if not NAME_RE.match(kc.name):
-            raise ConfigError(f"{where}.name: use 1-64 letters, digits, '_', '.' or '-', got {kc.name!r}")
-        if kc.name in seen:
-            raise ConfigError(f"{where}.name: duplicate key name {kc.name!r}")
-        if not kc.key.strip():
-            raise ConfigError(f"{where}.key: empty (is its ${{VAR}} set?)")
-        if kc.account is not None and not NAME_RE.match(kc.account):
-            raise ConfigError(f"{where}.account: use 1-64 letters, digits, '_', '.' or '-'")
-        if kc.credits is not None:
-            if kc.credits < 0:
-                raise ConfigError(f"{where}.credits: must not be negative")
-            try:
-                usd_to_micro(kc.credits, f"{where}.credits")
-            except MoneyError as exc:
-                raise ConfigError(str(exc)) from None
-        models = self.config.models
-        for j, m in enumerate(kc.models or ()):
-            if m not in models:
-                raise ConfigError(f"{where}.models[{j}]: unknown model {m!r}{suggest(m, models)}")
-        for m in kc.limits.models:
-            if m not in models:
-                raise ConfigError(f"{where}.limits.models.{m}: unknown model{suggest(m, models)}")
-        for path, problem in kc.limits.problems():
-            raise ConfigError(f"{where}.{path}: {problem}")
+
+
+def check_config(config) -> None:
+    """What ``tollway check`` must catch: the deployment, and every YAML key."""
+    check_deployment(config)
+    for i, kc in enumerate(config.section("keys") or []):
+        config_record(config, i, kc)
+
+
+def config_record(config, i: int, kc: KeyConfig) -> KeyRecord:
+    """The KeyRecord of the i-th YAML key, or a ConfigError naming what is wrong."""
+    where = f"keys[{i}]"
+    seen = {k.name for k in (config.section("keys") or [])[:i]}
+    if not NAME_RE.match(kc.name):
+        raise ConfigError(f"{where}.name: use 1-64 letters, digits, '_', '.' or '-', got {kc.name!r}")
+    if kc.name in seen:
+        raise ConfigError(f"{where}.name: duplicate key name {kc.name!r}")
+    if not kc.key.strip():
+        raise ConfigError(f"{where}.key: empty (is its ${{VAR}} set?)")
+    if kc.account is not None and not NAME_RE.match(kc.account):
+        raise ConfigError(f"{where}.account: use 1-64 letters, digits, '_', '.' or '-'")
+    if kc.credits is not None:
+        if kc.credits < 0:
+            raise ConfigError(f"{where}.credits: must not be negative")
         try:
-            expires = parse_time(kc.expires_at, f"{where}.expires_at")
-        except ValueError as exc:
+            usd_to_micro(kc.credits, f"{where}.credits")
+        except MoneyError as exc:
             raise ConfigError(str(exc)) from None
-        kid = "cfg_" + kc.name
-        key = kc.key.strip()
-        return KeyRecord(id=kid, name=kc.name, hash=hash_key(key), prefix=display_prefix(key),
-                         account_id=kc.account or kid, models=None if kc.models is None else frozenset(kc.models),
-                         limits=kc.limits, expires_at=expires, disabled=kc.disabled, metadata=dict(kc.metadata),
-                         source="config", created_at=time.time())
+    models = config.models
+    for j, m in enumerate(kc.models or ()):
+        if m not in models:
+            raise ConfigError(f"{where}.models[{j}]: unknown model {m!r}{suggest(m, models)}")
+    for m in kc.limits.models:
+        if m not in models:
+            raise ConfigError(f"{where}.limits.models.{m}: unknown model{suggest(m, models)}")
+    for path, problem in kc.limits.problems():
+        raise ConfigError(f"{where}.{path}: {problem}")
+    try:
+        expires = parse_time(kc.expires_at, f"{where}.expires_at")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    kid = "cfg_" + kc.name
+    key = kc.key.strip()
+    return KeyRecord(id=kid, name=kc.name, hash=hash_key(key), prefix=display_prefix(key),
+                     account_id=kc.account or kid, models=None if kc.models is None else frozenset(kc.models),
+                     limits=kc.limits, expires_at=expires, disabled=kc.disabled, metadata=dict(kc.metadata),
+                     source="config", created_at=time.time())
 
 
 def check_deployment(config) -> None:
