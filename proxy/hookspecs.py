@@ -18,6 +18,16 @@ call order, into a tuple, and awaits them itself. Order: plugins registered
 later run first (user plugins before built-ins); ``tryfirst=True`` /
 ``trylast=True`` on ``@hookimpl`` move an implementation to the front/back.
 
+Order matters where plugins depend on each other; the built-ins pin theirs
+so that the order of ``plugins.enabled`` does not: ``auth`` refuses a model
+outside the key's allowlist in ``tollway_resolve`` (``tryfirst``) and
+``routing`` resolves last (``trylast``); the rate limiter admits before
+quotas reserve credit (``ratelimit``'s ``tollway_admit`` is ``tryfirst``);
+``quotas`` takes the money in ``tollway_settle`` (``tryfirst``) and
+``ledger`` records it after everyone else (``trylast``). A third-party
+plugin that needs the principal runs in ``tollway_admit`` or later; one that
+needs the final cost, in ``tollway_settle``.
+
 **Failing a request.** A request-time hook answers the client with an error
 by raising ``proxy.ProxyError(status, message, ...)``. Any other exception is
 a bug: it is logged with its traceback and the client gets a bare 500.
