@@ -22,6 +22,10 @@ log = logging.getLogger("tollway")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A gateway is an event loop: numeric libraries (the cache's numpy search)
+    # must not start thread pools that fight it for the cores. Set before they load.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
