@@ -3,35 +3,21 @@ and the client dialects beyond OpenAI."""
 
 from __future__ import annotations
 
-import importlib
-
 from proxy import hookimpl
 
-# kind -> "module:Class"; each adapter lives in its own module.
-ADAPTERS = {
-    "openai": "plugins.providers.openai:OpenAIProvider",
-    "mock": "plugins.providers.mock:MockProvider",
-    "anthropic": "plugins.providers.anthropic:AnthropicProvider",
-    "gemini": "plugins.providers.gemini:GeminiProvider",
-}
-DIALECTS = {
-    "anthropic": "plugins.providers.anthropic_dialect:AnthropicDialect",
-}
-
-
-def _load(ref: str):
-    module, _, name = ref.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
+from .anthropic import AnthropicProvider
+from .anthropic_dialect import AnthropicDialect
+from .gemini import GeminiProvider
+from .mock import MockProvider
+from .openai import OpenAIProvider
 
 
 @hookimpl
 def tollway_providers():
-    return {kind: cls for kind, ref in ADAPTERS.items() if (cls := _load(ref)) is not None}
+    return {"openai": OpenAIProvider, "mock": MockProvider, "anthropic": AnthropicProvider,
+            "gemini": GeminiProvider}
 
 
 @hookimpl
 def tollway_dialects():
-    return {name: cls() for name, ref in DIALECTS.items() if (cls := _load(ref)) is not None}
+    return {"anthropic": AnthropicDialect()}
