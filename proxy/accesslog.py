@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, TextIO
 
 import orjson
 
+from .background import stop_task
+
 if TYPE_CHECKING:
     from .call import Call
 
@@ -42,13 +44,8 @@ class AccessLog:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         self.flush()
 
     async def _run(self) -> None:

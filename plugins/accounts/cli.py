@@ -15,6 +15,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from proxy.cli import positive_int
+
 from .model import Limits
 from .options import iso
 from .specs import KeyCreate, SpecError, create_args, credits_micro
@@ -95,16 +97,6 @@ def positive_usd(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return usd_amount(text)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def name_list(text: str) -> list[str]:

@@ -20,6 +20,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from proxy.background import stop_task
+
 from . import db
 
 if TYPE_CHECKING:
@@ -49,13 +51,8 @@ class Writer:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tollway-accounts-writer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self.flush()
 
     async def _run(self) -> None:

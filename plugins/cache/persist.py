@@ -17,6 +17,7 @@ import logging
 import numpy as np
 import orjson
 
+from proxy.background import stop_task
 from proxy.store import Store
 
 from .guards import features
@@ -101,11 +102,6 @@ class Persistence:
                 f"on conflict (key) do update set {updates}", rows)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self.flush()
