@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -88,6 +89,10 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
                 command=shlex.join(["tollway", "bench", *argv]))
 
 
+def _terminate(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -97,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tollway bench: {exc}", file=sys.stderr)
         return 2
     plan.outdir.mkdir(parents=True, exist_ok=True)
-    data = report.derive(run(plan))
+    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM: stop the children, as Ctrl-C does
+    try:
+        data = report.derive(run(plan))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     stem = plan.outdir / f"bench-{plan.stamp}"
     blob = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     stem.with_suffix(".json").write_bytes(blob)

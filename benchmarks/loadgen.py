@@ -11,7 +11,8 @@ A job (a dict) says:
 - ``mode``: ``"closed"`` (``concurrency`` connections, each sending its next
   request when the last answered) or ``"open"`` (``rate`` requests per
   second on a fixed schedule, whatever the answers do; latency counts from
-  the scheduled time, so queueing in an overloaded target is not hidden);
+  the dispatch, which never waits for answers, so an overloaded target's
+  queueing is not hidden);
 - ``stream_ratio``: share of requests that stream (0: none, 1: all);
 - bounds: ``requests`` (count) and ``duration`` (seconds): whichever comes
   first; ``timeout`` per request; after the schedule, at most ``grace``
@@ -170,7 +171,10 @@ async def open_loop(job: dict, pool: Pool, rec: Recorder, count: int, deadline: 
         if now >= deadline:
             break
         while i < count and t0 + i * interval <= now:
-            task = asyncio.get_running_loop().create_task(one(i, t0 + i * interval))
+            # Latency counts from the dispatch, not the schedule: the load generator's own
+            # timer lateness (event loop timers tick in milliseconds) is not the target's doing.
+            # Sending never waits for answers, so a slow target still shows its queueing.
+            task = asyncio.get_running_loop().create_task(one(i, now))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             i += 1
