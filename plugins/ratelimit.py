@@ -54,6 +54,7 @@ class Plugin:
         self.tats: dict[tuple, float] = {}
         self.in_flight: dict[str, int] = {}
         self.store = None
+        self._rules: dict[tuple[str, str], tuple] = {}
 
     @hookimpl
     def tollway_config_check(self, config) -> None:
@@ -91,24 +92,34 @@ class Plugin:
             await release(gateway, "ratelimit")
 
     def checks_for(self, key: KeyRecord, call: Call) -> list[Check]:
+        rules = self._rules_of(key, call.model)
+        if not rules:
+            return []
+        estimate = tokens_estimate(call) if any(r[0] == "tokens" for r in rules) else 0
+        return [Check(kind, label, scope, value, period, estimate if kind == "tokens" else 1, state)
+                for kind, label, scope, value, period, state in rules]
+
+    def _rules_of(self, key: KeyRecord, model: str) -> tuple:
+        """The key's limits for this model, flattened once per key version (hot path)."""
+        cached = self._rules.get((key.id, model))
+        if cached is not None and cached[0] is key.limits:
+            return cached[1]
         limits = key.limits
-        checks = []
-        estimate = 0
         scopes = [("", limits)]
-        per_model = limits.models.get(call.model)
+        per_model = limits.models.get(model)
         if per_model is not None:
-            scopes.append((call.model, per_model))
+            scopes.append((model, per_model))
+        rules = []
         for scope, lim in scopes:
             for field, kind, label, period in PERIODS:
                 value = getattr(lim, field)
-                if value is None:
-                    continue
-                if kind == "tokens" and not estimate:
-                    estimate = tokens_estimate(call)
-                cost = estimate if kind == "tokens" else 1
-                label_s = f"{label} for {scope}" if scope else label
-                checks.append(Check(kind, label_s, scope, value, period, cost, (key.id, scope, field)))
-        return checks
+                if value is not None:
+                    rules.append((kind, f"{label} for {scope}" if scope else label, scope, value, period,
+                                  (key.id, scope, field)))
+        if len(self._rules) > 100_000:  # keys come and go: keep the memo bounded
+            self._rules.clear()
+        self._rules[(key.id, model)] = (limits, tuple(rules))
+        return tuple(rules)
 
     @hookimpl(tryfirst=True)
     async def tollway_admit(self, call: Call) -> None:

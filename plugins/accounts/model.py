@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 
@@ -47,8 +48,8 @@ class Limits:
                              for m, ml in self.models.items()}
         return out
 
-    @property
-    def empty(self) -> bool:
+    @cached_property
+    def empty(self) -> bool:  # asked on every request: computed once
         return not self.to_dict()
 
 
