@@ -76,10 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _importable(module: str) -> bool:
+    """Whether a built-in plugin loads; a broken one must not take every command down."""
     try:
         importlib.import_module(module)
         return True
-    except ImportError:
+    except Exception as exc:
+        log.warning("built-in plugin %s cannot be loaded: %s", module, exc)
         return False
 
 

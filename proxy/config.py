@@ -185,7 +185,10 @@ def build_config(raw: dict, *, schemas: dict[str, Any], provider_options: dict[s
                                   "(add 'auth' to plugins.enabled, or the keys are not enforced)")
             raise ConfigError(f"{key}: unknown section{suggest(str(key), (*_CORE_SECTIONS, *claimed_top))}")
 
-    server = build_dataclass(ServerConfig, raw.get("server"), "server")
+    server_raw = raw.get("server")
+    if isinstance(server_raw, dict) and server_raw.get("access_log") is False:
+        server_raw = {**server_raw, "access_log": "off"}  # YAML reads a bare `off` as false
+    server = build_dataclass(ServerConfig, server_raw, "server")
     storage = build_dataclass(StorageConfig, raw.get("storage"), "storage")
     providers = _build_providers(raw.get("providers"), provider_options)
     models = _build_models(raw.get("models"), providers)

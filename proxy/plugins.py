@@ -72,7 +72,12 @@ def make_plugin_manager(enabled: Iterable[str] = (), extra: Iterable[Any] = (),
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}: expected a plugin name or dotted path")
         if name in BUILTINS:
-            _register(pm, importlib.import_module(BUILTINS[name]), f"builtin:{name}")
+            try:
+                module = importlib.import_module(BUILTINS[name])
+            except ImportError as exc:
+                raise ConfigError(f"{where}: the built-in plugin {name!r} cannot be loaded: {exc} "
+                                  f"(is its extra installed? e.g. pip install 'tollway[{name}]')") from None
+            _register(pm, module, f"builtin:{name}")
             continue
         if "." not in name:
             raise ConfigError(f"{where}: unknown plugin {name!r}{suggest(name, BUILTINS)} "

@@ -140,3 +140,16 @@ def test_bad_cli_flags(args, fragment):
     assert result.returncode == 2
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bare_off_in_yaml_means_off(tmp_path):
+    path = write(tmp_path, "server: {access_log: off}\n")
+    assert load_gateway(path).config.server.access_log == "off"
+
+
+def test_a_builtin_plugin_that_cannot_load_is_one_line(monkeypatch):
+    import proxy.plugins as loading
+
+    monkeypatch.setitem(loading.BUILTINS, "cache", "plugins.no_such_module")
+    with pytest.raises(ConfigError, match=r"plugins.enabled\[0\]: the built-in plugin 'cache' cannot be loaded"):
+        build_gateway(broken(plugins={"enabled": ["cache"]}))
