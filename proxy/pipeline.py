@@ -17,7 +17,7 @@ from aiohttp import web
 from .call import CachedResponse, Call, Route
 from .errors import ProxyError, internal_error
 from .provider import loads_json
-from .streaming import TranslatingCodec, completion_to_chunks, pump, replay
+from .streaming import TranslatingCodec, completion_to_chunks, pump, replay, splice_usage_fields
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -210,8 +210,10 @@ async def forward_chat(gw: Gateway, request: web.Request, call: Call, route: Rou
         raw = None
     await on_usage(gw, call)
     if call.usage_extra:
-        dialect.add_usage_fields(body, call.usage_extra)
-        raw = None
+        # Add the gateway's fields (cost) to the upstream's bytes; re-serialise only if that cannot be done.
+        raw = splice_usage_fields(raw, call.usage_extra) if raw is not None else None
+        if raw is None:
+            dialect.add_usage_fields(body, call.usage_extra)
     return await _json_response(request, call, raw if raw is not None else orjson.dumps(body))
 
 

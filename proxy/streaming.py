@@ -42,6 +42,21 @@ log = logging.getLogger("tollway")
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
 
+def splice_usage_fields(raw: bytes, extra: dict) -> bytes | None:
+    """``raw`` (a JSON object with one ``usage`` object) with ``extra`` added
+    inside that object, without re-serialising the rest; None when the
+    document has no single usage object to splice into."""
+    matches = list(_USAGE_OBJECT.finditer(raw))
+    if len(matches) != 1:
+        return None
+    at = matches[0].end()  # just after the usage object's "{"
+    fields = orjson.dumps(extra)[1:-1]
+    if not fields:
+        return raw
+    closes_at_once = raw[at:at + 64].lstrip()[:1] == b"}"
+    return raw[:at] + fields + (b"" if closes_at_once else b",") + raw[at:]
+
+
 class StreamCodec(Protocol):
     usage: Usage | None
     done: bool
@@ -114,9 +129,13 @@ class OpenAIPassthrough:
             return DONE_EVENT
         if not call.usage_extra:
             return self._usage_event + DONE_EVENT
-        chunk = self._usage_chunk
-        chunk["usage"].update(call.usage_extra)
-        return data_event(orjson.dumps(chunk)) + DONE_EVENT
+        _, payload = parse_event(self._usage_event)
+        spliced = splice_usage_fields(payload, call.usage_extra)
+        if spliced is None:
+            chunk = self._usage_chunk
+            chunk["usage"].update(call.usage_extra)
+            spliced = orjson.dumps(chunk)
+        return data_event(spliced) + DONE_EVENT
 
     def fail(self, error: ProxyError) -> bytes:
         return error.sse_event("openai") + DONE_EVENT

@@ -116,8 +116,6 @@ class UpstreamPool:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect),
             auto_decompress=False,  # bytes pass through as the upstream sent them
-            skip_auto_headers=("User-Agent",),
-            json_serialize=None,
         )
 
     async def close(self) -> None:

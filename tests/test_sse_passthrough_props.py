@@ -4,13 +4,14 @@ receives exactly the upstream's bytes (less the usage event when unasked)."""
 from __future__ import annotations
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.call import Call
 from proxy.errors import ProxyError
 from proxy.sse import EventReader, split_events
-from proxy.streaming import OpenAIPassthrough
+from proxy.streaming import OpenAIPassthrough, splice_usage_fields
 
 
 def make_stream(n_chunks: int, crlf: bool, text: str) -> tuple[bytes, bytes]:
@@ -95,3 +96,21 @@ def test_event_reader_same_events_whatever_the_cuts(points, crlf):
     pieces = [ev for p in cut(stream, points) for ev in reader.feed(p)]
     assert pieces == whole
     assert len(whole) == 9  # role, 5 contents, finish, usage, [DONE]; the comment is not an event
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}',
+    b'{"id": "x", "usage" : { "prompt_tokens": 1 } , "z": [1]}',
+    b'{"usage":{}}',
+    b'{"usage":{ }, "note": "the text \\"usage\\":{ inside a string is not a key"}',
+])
+def test_usage_fields_spliced_into_json_bytes(raw):
+    out = splice_usage_fields(raw, {"cost": 0.5, "x": "y"})
+    body, original = orjson.loads(out), orjson.loads(raw)
+    assert body["usage"] == {**original["usage"], "cost": 0.5, "x": "y"}
+    assert {k: v for k, v in body.items() if k != "usage"} == {k: v for k, v in original.items() if k != "usage"}
+
+
+def test_splice_refuses_ambiguous_documents():
+    assert splice_usage_fields(b'{"a":{"usage":{"n":1}},"usage":{"n":2}}', {"cost": 1}) is None
+    assert splice_usage_fields(b'{"usage":null}', {"cost": 1}) is None

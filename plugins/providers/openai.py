@@ -24,8 +24,8 @@ class OpenAIProvider(Provider):
         base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
         self.chat_url = base + "/chat/completions"
         self.embeddings_url = base + "/embeddings"
-        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
-                   "Accept-Encoding": "identity"}
+        # identity: the gateway reads the bytes (usage) and passes them on as they are.
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         if config.api_key:
             headers["Authorization"] = f"Bearer {config.api_key}"
         headers.update(config.headers)
