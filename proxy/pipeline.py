@@ -133,6 +133,11 @@ async def _send(request: web.Request, resp: web.Response) -> None:
 async def forward(gw: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
     """Try the route, then its fallbacks, until one answers."""
     route = call.route
+    if not route.fallbacks:  # the usual case: one attempt, nothing to catch
+        call.upstream_attempts = 1
+        if call.endpoint == "embeddings":
+            return await forward_embeddings(gw, request, call, route)
+        return await forward_chat(gw, request, call, route)
     routes: tuple[Route, ...] = (route, *route.fallbacks)
     for i, attempt in enumerate(routes):
         call.route = attempt

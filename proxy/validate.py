@@ -7,6 +7,7 @@ pass through untouched (providers add parameters faster than gateways).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .errors import bad_request
@@ -73,24 +74,46 @@ def validate_chat(body: dict) -> None:
         content = m.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise bad_request(f"'{where}.content' must be a string or a list of content parts", f"{where}.content")
-    check_bool(body, "stream")
-    opts = body.get("stream_options")
-    if opts is not None:
-        if not isinstance(opts, dict):
-            raise bad_request("'stream_options' must be an object like {\"include_usage\": true}", "stream_options")
-        if "include_usage" in opts and not isinstance(opts["include_usage"], bool):
-            raise bad_request("'stream_options.include_usage' must be true or false", "stream_options.include_usage")
-    check_int(body, "max_tokens", 1)
-    check_int(body, "max_completion_tokens", 1)
-    check_int(body, "n", 1, 128)
-    check_number(body, "temperature", 0, 2)
-    check_number(body, "top_p", 0, 1)
-    tools = body.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise bad_request("'tools' must be a list of tool definitions", "tools")
-    stop = body.get("stop")
+    for name, check in _CHAT_OPTIONAL.items():  # most bodies have few of these: look only at those present
+        if name in body:
+            check(body, name)
+
+
+def _check_stream_options(body: dict, name: str) -> None:
+    opts = body[name]
+    if opts is None:
+        return
+    if not isinstance(opts, dict):
+        raise bad_request("'stream_options' must be an object like {\"include_usage\": true}", "stream_options")
+    if "include_usage" in opts and not isinstance(opts["include_usage"], bool):
+        raise bad_request("'stream_options.include_usage' must be true or false", "stream_options.include_usage")
+
+
+def _check_list(what: str) -> Callable[[dict, str], None]:
+    def check(body: dict, name: str) -> None:
+        if body[name] is not None and not isinstance(body[name], list):
+            raise bad_request(f"'{name}' must be {what}", name)
+    return check
+
+
+def _check_stop(body: dict, name: str) -> None:
+    stop = body[name]
     if stop is not None and not isinstance(stop, (str, list)):
         raise bad_request("'stop' must be a string or a list of strings", "stop")
+
+
+# Optional Chat Completions fields the gateway checks, in the order errors are reported.
+_CHAT_OPTIONAL: dict[str, Callable[[dict, str], None]] = {
+    "stream": check_bool,
+    "stream_options": _check_stream_options,
+    "max_tokens": lambda body, name: check_int(body, name, 1),
+    "max_completion_tokens": lambda body, name: check_int(body, name, 1),
+    "n": lambda body, name: check_int(body, name, 1, 128),
+    "temperature": lambda body, name: check_number(body, name, 0, 2),
+    "top_p": lambda body, name: check_number(body, name, 0, 1),
+    "tools": _check_list("a list of tool definitions"),
+    "stop": _check_stop,
+}
 
 
 def validate_embeddings(body: dict) -> None:
