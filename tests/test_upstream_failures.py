@@ -136,6 +136,23 @@ class Recorder:
         self.settled.append(call)
 
 
+async def hang_up_mid_stream(url: str, payload: dict) -> None:
+    """Read the first line of a streamed answer, then drop the connection."""
+    async with aiohttp.ClientSession() as s:
+        r = await s.post(url, json=payload)
+        await r.content.readline()
+        r.close()
+
+
+async def settled_call(recorder: Recorder):
+    """The call the gateway settles after the client left (it keeps draining meanwhile)."""
+    for _ in range(200):
+        if recorder.settled:
+            return recorder.settled[-1]
+        await asyncio.sleep(0.02)
+    raise AssertionError("the call was never settled")
+
+
 async def test_fallback_model_answers_when_the_first_fails(start_gateway, mock_upstream):
     config = base_config(mock_upstream.url)
     config["providers"]["dead"] = {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}
@@ -154,15 +171,8 @@ async def test_client_disconnect_mid_stream_still_reads_usage(start_gateway, moc
     running = await start_gateway(base_config(mock_upstream.url), plugins=[recorder])
     payload = {"model": "up", "messages": MESSAGES, "stream": True,
                "mock": {"chunks": 40, "chunk_delay": 0.02}}
-    async with aiohttp.ClientSession() as s:
-        r = await s.post(f"{running.url}/chat/completions", json=payload)
-        await r.content.readline()  # the first bytes arrived...
-        r.close()  # ...and the client hangs up
-    for _ in range(200):
-        if recorder.settled:
-            break
-        await asyncio.sleep(0.02)
-    call = recorder.settled[-1]
+    await hang_up_mid_stream(f"{running.url}/chat/completions", payload)
+    call = await settled_call(recorder)
     assert call.client_gone
     # The gateway kept reading to the end: the upstream's usage is known for billing.
     assert call.usage is not None and call.usage.completion_tokens == 40
@@ -178,16 +188,9 @@ async def test_disconnect_under_a_server_that_cancels_handlers(aiohttp_server, m
     gw = build_gateway(config, extra_plugins=[recorder])
     server = await aiohttp_server(make_app(gw))  # handler_cancellation=True
     payload = {"model": "up", "messages": MESSAGES, "stream": True, "mock": {"chunks": 30, "chunk_delay": 0.02}}
-    async with aiohttp.ClientSession() as s:
-        r = await s.post(server.make_url("/v1/chat/completions"), json=payload)
-        await r.content.readline()
-        r.close()
-    for _ in range(200):
-        if recorder.settled:
-            break
-        await asyncio.sleep(0.02)
-    assert recorder.settled[-1].client_gone
-    assert recorder.settled[-1].usage.completion_tokens == 30
+    await hang_up_mid_stream(str(server.make_url("/v1/chat/completions")), payload)
+    call = await settled_call(recorder)
+    assert call.client_gone and call.usage.completion_tokens == 30
 
 
 async def test_drain_is_bounded_after_the_client_left(start_gateway, mock_upstream):
@@ -196,15 +199,8 @@ async def test_drain_is_bounded_after_the_client_left(start_gateway, mock_upstre
     config["server"]["disconnect_drain"] = {"seconds": 0.2, "max_bytes": 1_000_000}
     running = await start_gateway(config, plugins=[recorder])
     payload = {"model": "up", "messages": MESSAGES, "stream": True, "mock": {"chunks": 200, "chunk_delay": 0.02}}
-    async with aiohttp.ClientSession() as s:
-        r = await s.post(f"{running.url}/chat/completions", json=payload)
-        await r.content.readline()
-        r.close()
-    for _ in range(200):
-        if recorder.settled:
-            break
-        await asyncio.sleep(0.02)
-    call = recorder.settled[-1]
+    await hang_up_mid_stream(f"{running.url}/chat/completions", payload)
+    call = await settled_call(recorder)
     assert call.client_gone and call.error_code == "client_gone_drain_bound"
     assert call.usage is None  # stopped before the upstream's usage: quotas must charge safely
 
