@@ -66,7 +66,7 @@ class ProviderConfig:
     base_url: str | None = None
     api_key: str | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
-    max_connections: int = 100
+    max_connections: int = 1000  # streams hold a connection each for their whole length
     headers: dict[str, str] = field(default_factory=dict)
     options: Any = None  # built from the adapter's Options dataclass
 
