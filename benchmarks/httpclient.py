@@ -32,6 +32,7 @@ class Result:
     events: int = 0  # SSE events ("\n\n"-terminated blocks) seen
     tail: bytes = b""  # the last bytes of the body
     error: str | None = None
+    cache: str | None = None  # the value of the watched response header (``Connection.watch``), if any
 
 
 def build_request(url: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
@@ -46,10 +47,22 @@ def build_request(url: str, body: bytes, headers: dict[str, str] | None = None) 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+def header_value(head: bytes, name: bytes) -> str | None:
+    """The value of the header ``name`` (``b"\\r\\nNAME:"``, lowercase) in the lowercased
+    response ``head``, upper-cased (``HIT``, ``SEMANTIC-HIT``...); None when absent."""
+    i = head.find(name)
+    if i < 0:
+        return None
+    j = head.find(b"\r\n", i + len(name))
+    return head[i + len(name):j if j >= 0 else None].strip().decode("latin-1").upper()
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection; ``request()`` sends and awaits a whole response."""
 
-    def __init__(self) -> None:
+    def __init__(self, watch: bytes | None = None) -> None:
+        # A header (lowercase name) whose value goes into Result.cache: ``x-tollway-cache``.
+        self.watch = b"\r\n" + watch.lower() + b":" if watch else None
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._buf = bytearray()
@@ -60,9 +73,9 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
 
     @classmethod
-    async def open(cls, host: str, port: int) -> Connection:
+    async def open(cls, host: str, port: int, watch: bytes | None = None) -> Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(cls, host, port)
+        _, conn = await loop.create_connection(lambda: cls(watch), host, port)
         return conn
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -99,6 +112,8 @@ class Connection(asyncio.Protocol):
                 self._abort()
                 return
             self._close_after = b"\r\nconnection: close" in head
+            if self.watch is not None:
+                res.cache = header_value(head, self.watch)
             if b"\r\ntransfer-encoding: chunked" in head:
                 self._state = _CHUNKED
             else:

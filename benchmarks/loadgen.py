@@ -18,12 +18,23 @@ A job (a dict) says:
   first; ``timeout`` per request; after the schedule, at most ``grace``
   seconds more for the stragglers;
 - ``warmup``: requests sent first and not counted;
-- ``rss_pid`` and ``rss_at``: read that process's RSS after those counts.
+- ``rss_pid`` and ``rss_at``: read that process's RSS after those counts;
+- what is asked (for the cache scenario; without these every request is the
+  same ``PROMPT``): ``texts``, user messages sent in turn (request i sends
+  ``texts[i % len]``); ``unique``: make every request's text new (a counter
+  and a per-process nonce in front, see ``user_text``); ``fresh``: the same
+  words, made new to the cache's embedding memo by an invisible tag (see
+  ``invisible_tag``); ``system``: another
+  system prompt; ``seed``: texts sent once each, one at a time, before the
+  warmup (e.g. the questions whose paraphrases the job then sends);
+  ``count_cache``: count the ``x-tollway-cache`` answers (``cache_status``
+  in the result, and ``cache_latency_ms`` per status).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections import Counter
@@ -39,11 +50,65 @@ PROMPT = [{"role": "system", "content": "You are a benchmark."},
           {"role": "user", "content": "Say hello to the benchmark in a few words, please."}]
 
 
-def request_bytes(job: dict, stream: bool) -> bytes:
-    body = {"model": job.get("model", "bench"), "messages": PROMPT, "max_tokens": 256, "stream": stream}
+def user_text(job: dict, i: int, nonce: int = 0) -> str:
+    """The user message of request number ``i`` (0-based, counted over the whole process:
+    warmup first). ``texts`` are taken in turn; with ``unique`` a number no other request
+    of any job carries goes in front (``nonce`` differs per load generator process), so
+    the text is new to an exact cache, and the cache's ``numbers`` guard keeps any near
+    neighbour from being served in its place: every such request is a miss. With
+    ``fresh``, an invisible tag of (nonce, i) goes at the end instead."""
+    texts = job.get("texts") or [PROMPT[1]["content"]]
+    text = texts[i % len(texts)]
+    if job.get("unique"):
+        text = f"Question {nonce}{i:07d}: {text}"
+    elif job.get("fresh"):
+        text += invisible_tag(((nonce & 0xFFFF) << 24) | (i & 0xFFFFFF))
+    return text
+
+
+def invisible_tag(n: int, bits: int = 40) -> str:
+    """``n`` in binary as zero-width characters (U+200B for 0, U+200C for 1). The
+    embedder's tokenizer drops them (format characters), so the embedding, the
+    similarity and the guards see the same words; but the text, its exact key and its
+    key in the cache's embedding memo are new: a semantic hit that pays for its
+    embedding, as a paraphrase never seen before does."""
+    return "".join("\u200c" if (n >> k) & 1 else "\u200b" for k in range(bits))
+
+
+def request_bytes(job: dict, stream: bool, text: str | None = None) -> bytes:
+    messages = PROMPT
+    if text is not None or job.get("system"):
+        messages = [{"role": "system", "content": job.get("system") or PROMPT[0]["content"]},
+                    {"role": "user", "content": PROMPT[1]["content"] if text is None else text}]
+    body = {"model": job.get("model", "bench"), "messages": messages, "max_tokens": 256, "stream": stream}
     if job.get("mock"):
         body["mock"] = job["mock"]
     return build_request(job["url"], orjson.dumps(body), job.get("headers"))
+
+
+class Payloads:
+    """The request bytes for request number i: built once when they never change
+    (the usual case: the load generator stays cheap), per request with ``unique``."""
+
+    def __init__(self, job: dict, nonce: int | None = None) -> None:
+        self.job = job
+        self.nonce = nonce if nonce is not None else int.from_bytes(os.urandom(4), "big") % 10**9
+        self.unique = bool(job.get("unique") or job.get("fresh"))
+        self.count = 0  # requests numbered so far (warmup and measured share the numbering)
+        texts = job.get("texts")
+        self.fixed = None
+        if not self.unique:
+            if texts:
+                self.fixed = [{s: request_bytes(job, s, t) for s in (False, True)} for t in texts]
+            else:
+                self.fixed = [{s: request_bytes(job, s) for s in (False, True)}]
+
+    def next(self, stream: bool) -> bytes:
+        i = self.count
+        self.count += 1
+        if self.fixed is not None:
+            return self.fixed[i % len(self.fixed)][stream]
+        return request_bytes(self.job, stream, user_text(self.job, i, self.nonce))
 
 
 class Recorder:
@@ -59,6 +124,7 @@ class Recorder:
         self.rss_pid = job.get("rss_pid")
         self.rss_at = sorted(job.get("rss_at") or ())
         self.rss: dict[str, float | None] = {}
+        self.cache: dict[str, list[float]] | None = {} if job.get("count_cache") else None
 
     def add(self, res: Result, stream: bool, start: float) -> None:
         self.done += 1
@@ -74,6 +140,8 @@ class Recorder:
             self.errors["stream without [DONE]"] += 1
             return
         self.latency.append(res.end_at - start)
+        if self.cache is not None:
+            self.cache.setdefault(res.cache or "none", []).append(res.end_at - start)
         if stream:
             self.ttfb.append(res.first_body_at - start)
             self.events.append(res.events)
@@ -91,13 +159,17 @@ class Recorder:
             out["events"] = median(self.events)
         if self.rss:
             out["rss_mb"] = self.rss
+        if self.cache is not None:
+            out["cache_status"] = {k: len(v) for k, v in sorted(self.cache.items())}
+            out["cache_latency_ms"] = {k: summarize(v, 1000.0) for k, v in sorted(self.cache.items())}
         return out
 
 
 class Pool:
     """Keep-alive connections to one host, opened on demand up to ``limit``."""
 
-    def __init__(self, url: str, limit: int) -> None:
+    def __init__(self, url: str, limit: int, watch: bytes | None = None) -> None:
+        self.watch = watch  # a response header whose value each Result carries
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.idle: list[Connection] = []
@@ -113,7 +185,7 @@ class Pool:
                     conn = None
             if conn is None:
                 try:
-                    conn = await asyncio.wait_for(Connection.open(self.host, self.port), timeout)
+                    conn = await asyncio.wait_for(Connection.open(self.host, self.port, self.watch), timeout)
                 except (OSError, TimeoutError) as exc:
                     return Result(error=f"connect: {type(exc).__name__}", sent=time.perf_counter())
                 self.all.append(conn)
@@ -132,9 +204,10 @@ def _is_stream(i: int, ratio: float) -> bool:
     return int((i + 1) * ratio) > int(i * ratio)
 
 
-async def closed_loop(job: dict, pool: Pool, rec: Recorder | None, count: int, deadline: float) -> None:
+async def closed_loop(job: dict, pool: Pool, rec: Recorder | None, count: int, deadline: float,
+                      payloads: Payloads | None = None) -> None:
     ratio = float(job.get("stream_ratio", 0.0))
-    payloads = {s: request_bytes(job, s) for s in (False, True)}
+    payloads = payloads or Payloads(job)
     timeout = float(job.get("timeout", 30.0))
     issued = 0
 
@@ -145,23 +218,24 @@ async def closed_loop(job: dict, pool: Pool, rec: Recorder | None, count: int, d
             issued += 1
             stream = _is_stream(i, ratio)
             start = time.perf_counter()
-            res = await pool.send(payloads[stream], timeout)
+            res = await pool.send(payloads.next(stream), timeout)
             if rec is not None:
                 rec.add(res, stream, start)
 
     await asyncio.gather(*(worker() for _ in range(max(1, int(job.get("concurrency", 1))))))
 
 
-async def open_loop(job: dict, pool: Pool, rec: Recorder, count: int, deadline: float) -> None:
+async def open_loop(job: dict, pool: Pool, rec: Recorder, count: int, deadline: float,
+                    payloads: Payloads | None = None) -> None:
     ratio = float(job.get("stream_ratio", 0.0))
-    payloads = {s: request_bytes(job, s) for s in (False, True)}
+    payloads = payloads or Payloads(job)
     timeout = float(job.get("timeout", 30.0))
     interval = 1.0 / float(job["rate"])
     tasks: set[asyncio.Task] = set()
 
     async def one(i: int, scheduled: float) -> None:
         stream = _is_stream(i, ratio)
-        res = await pool.send(payloads[stream], timeout)
+        res = await pool.send(payloads.next(stream), timeout)
         rec.add(res, stream, scheduled)
 
     t0 = time.perf_counter()
@@ -196,14 +270,20 @@ async def run_job(job: dict, progress=None) -> dict:
     else:
         count = int(job.get("requests") or 10**9)
     concurrency = int(job.get("concurrency", 1))
-    pool = Pool(job["url"], limit=int(job.get("max_connections", 512)) if mode == "open" else concurrency)
+    pool = Pool(job["url"], limit=int(job.get("max_connections", 512)) if mode == "open" else concurrency,
+                watch=b"x-tollway-cache" if job.get("count_cache") else None)
     rec = Recorder(job)
+    payloads = Payloads(job)
     ticker = None
     try:
+        seed = job.get("seed") or ()
+        if seed:  # one at a time, so each answer is stored before the next question
+            await closed_loop({**job, "texts": seed, "unique": False, "concurrency": 1}, pool, None, len(seed),
+                              time.perf_counter() + 30.0)
         warmup = int(job.get("warmup", 0))
         if warmup:
             warm = {**job, "concurrency": min(max(concurrency, 4), 32)}
-            await closed_loop(warm, pool, None, warmup, time.perf_counter() + 10.0)
+            await closed_loop(warm, pool, None, warmup, time.perf_counter() + 10.0, payloads)
         if progress is not None:
             async def tick() -> None:
                 while True:
@@ -212,16 +292,16 @@ async def run_job(job: dict, progress=None) -> dict:
             ticker = asyncio.get_running_loop().create_task(tick())
         start = time.perf_counter()
         if mode == "open":
-            await open_loop(job, pool, rec, count, start + duration)
+            await open_loop(job, pool, rec, count, start + duration, payloads)
         else:
-            await closed_loop(job, pool, rec, count, start + duration)
+            await closed_loop(job, pool, rec, count, start + duration, payloads)
         elapsed = time.perf_counter() - start
     finally:
         if ticker is not None:
             ticker.cancel()
         pool.close()
     out = rec.result(elapsed)
-    out["warmup"] = warmup
+    out["warmup"] = warmup + len(seed)
     if mode == "open":
         out["offered_rps"] = float(job["rate"])
     return out

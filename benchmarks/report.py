@@ -3,7 +3,10 @@
 Derived per job and target: latency added versus ``direct`` (the bare mock)
 and versus ``floor``, throughput as a ratio of the floor's. The budget check
 compares tollway-full (tollway-core when full did not run) with the floor of
-the same run.
+the same run. The cache scenario's jobs are compared with the same job on the
+target without a cache (``added_latency_ms.vs_no_cache_p50``), and summed up
+in ``data["cache"]``: per cache target, the exact-hit, semantic-hit and miss
+p50, what a miss adds and what a hit saves.
 """
 
 from __future__ import annotations
@@ -46,9 +49,49 @@ def derive(data: dict) -> dict:
                 ordered = [v for _, v in sorted(rss.items(), key=lambda kv: int(kv[0]))]
                 first, last = ordered[0], ordered[-1]
                 res["rss_growth"] = ratio(last, first) - 1.0 if first and last else math.nan
+    data["cache"] = cache_summary(data)
     data["budget"] = budget(data)
     return data
 
+
+CACHE_JOBS = {"cache_exact": "HIT", "cache_semantic": "SEMANTIC-HIT", "cache_miss": "MISS"}
+
+
+def cache_summary(data: dict) -> dict:
+    """Per target with the cache: p50 of each cache job, the share of requests that got the
+    expected ``x-tollway-cache`` answer, and the differences with the reference without a
+    cache (same jobs, same run). Also adds ``added_latency_ms.vs_no_cache_p50`` to those
+    results."""
+    results, targets = data["results"], data.get("targets", {})
+    labels = [label for label in CACHE_JOBS if label in results]
+    if not labels:
+        return {}
+    with_cache = [n for n, t in targets.items() if t.get("cache")]
+    names = list(dict.fromkeys(n for label in labels for n in results[label]))
+    reference = next((n for n in names if n not in with_cache), None)
+    out: dict = {"reference": reference, "targets": {}}
+    for label in labels:
+        by_target = results[label]
+        ref = by_target.get(reference)
+        for res in by_target.values():
+            res.setdefault("added_latency_ms", {})["vs_no_cache_p50"] = (
+                _get(res, "latency_ms", "p50") - _get(ref, "latency_ms", "p50"))
+    for name in with_cache:
+        if not any(name in results[label] for label in labels):
+            continue
+        row: dict = {}
+        for label in labels:
+            res = results[label].get(name)
+            if res is None:
+                continue
+            job = label.removeprefix("cache_")
+            want = CACHE_JOBS[label]
+            row[f"{job}_p50_ms"] = _get(res, "latency_ms", "p50")
+            row[f"{job}_p99_ms"] = _get(res, "latency_ms", "p99")
+            row[f"{job}_as_meant"] = f"{(res.get('cache_status') or {}).get(want, 0)}/{res.get('ok', 0)} {want}"
+            row[f"{job}_vs_no_cache_p50_ms"] = res["added_latency_ms"]["vs_no_cache_p50"]
+        out["targets"][name] = row
+    return out
 
 def budget(data: dict) -> dict:
     """The issue's budget, checked on this run's numbers."""
@@ -107,9 +150,15 @@ COLUMNS = {
     "rate": [("offered", ("offered_rps",)), ("req/s", ("rps",)), ("p50 ms", ("latency_ms", "p50")),
              ("p90 ms", ("latency_ms", "p90")), ("p99 ms", ("latency_ms", "p99")),
              ("+p50 vs direct", ("added_latency_ms", "vs_direct_p50"))],
+    "cache": [("p50 ms", ("latency_ms", "p50")), ("p90 ms", ("latency_ms", "p90")),
+              ("p99 ms", ("latency_ms", "p99")), ("+p50 vs no cache", ("added_latency_ms", "vs_no_cache_p50")),
+              ("x-tollway-cache", ("cache_status",)), ("CPU us/req", ("cpu_us_per_req",))],
     "soak": [("requests", ("requests",)), ("req/s", ("rps",)), ("RSS@N/10 MB", ("rss_first",)),
              ("RSS@N MB", ("rss_last",)), ("growth", ("rss_growth",))],
 }
+CACHE_TITLES = {"cache_exact": "the same question every time: hits after the first",
+                "cache_semantic": "paraphrases of cached questions: semantic hits",
+                "cache_miss": "every question new: misses"}
 INTEGER = {"req/s", "streams/s", "offered", "requests", "CPU us/req"}
 
 
@@ -130,6 +179,10 @@ def table(data: dict, reference_rate: float | None = None) -> str:
             res = {**res, "rss_first": ordered[0] if ordered else None, "rss_last": ordered[-1] if ordered else None}
             row = [name]
             for col, path in cols:
+                if col == "x-tollway-cache":
+                    counts = res.get("cache_status") or {}
+                    row.append(" ".join(f"{k}:{v}" for k, v in counts.items()) or "-")
+                    continue
                 value = _get(res, *path)
                 if col in INTEGER:
                     row.append(_f(value, "{:.0f}"))
@@ -145,10 +198,19 @@ def table(data: dict, reference_rate: float | None = None) -> str:
             row.append(_f(res.get("target_rss_mb"), "{:.1f}"))
             rows.append(row)
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        out.append(f"{label}")
+        out.append(f"{label}" + (f" ({CACHE_TITLES[label]})" if label in CACHE_TITLES else ""))
         for r in [header, *rows]:
             out.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                         for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        out.append("")
+    c = data.get("cache") or {}
+    for name, row in (c.get("targets") or {}).items():
+        out.append(f"cache ({name} vs {c.get('reference') or 'no reference without a cache'}, p50, same run)")
+        for job, what in (("exact", "an exact hit"), ("semantic", "a semantic hit"), ("miss", "a miss")):
+            if f"{job}_p50_ms" in row:
+                out.append(f"  {what}: {_f(row[f'{job}_p50_ms'])} ms "
+                           f"({_f(row[f'{job}_vs_no_cache_p50_ms'], signed=True)} ms vs no cache; "
+                           f"{row[f'{job}_as_meant']})")
         out.append("")
     b = data.get("budget") or {}
     if b.get("checks"):

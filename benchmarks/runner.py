@@ -24,7 +24,7 @@ from .procs import Children, StartError, cpu_plan
 from .progress import Progress
 from .scenarios import Profile, jobs_for
 from .stats import cpu_seconds, median_of_rounds, rss_mb
-from .targets import BENCH_KEY, Target, argv_for, env_for
+from .targets import BENCH_KEY, Target, argv_for, env_for, runs_on
 
 
 @dataclass
@@ -50,7 +50,11 @@ def run(plan: Plan) -> dict:
     per_round = [(s, label, job) for s in plan.scenarios if s != "soak" for label, job in jobs_for(s, plan.profile)]
     soak = jobs_for("soak", plan.profile) if "soak" in plan.scenarios else []
     live = [t for t in plan.targets if not t.skip]
-    progress = Progress(len(live) * (len(per_round) * plan.profile.rounds + len(soak)), quiet=plan.quiet)
+    on = {s: runs_on(s, live) for s in plan.scenarios}
+    idle = [t for t in live if not any(t in ts for ts in on.values())]
+    live = [t for t in live if t not in idle]
+    progress = Progress(sum(len(on[s]) for s, _, _ in per_round) * plan.profile.rounds
+                        + len(soak) * len(on.get("soak", [])), quiet=plan.quiet)
     results: dict[str, dict[str, list[dict]]] = {}
     started = time.time()
     try:
@@ -59,15 +63,19 @@ def run(plan: Plan) -> dict:
             if t.skip:
                 progress.note(f"{t.name}: skipped: {t.skip}")
                 continue
+            if t in idle:
+                t.skip = f"none of the scenarios {', '.join(plan.scenarios)} runs on it"
+                progress.note(f"{t.name}: not started: {t.skip}")
+                continue
             start_target(children, t, mock.url, logdir, cpus["target"])
             if t.failed:
                 progress.note(f"{t.name}: FAILED to start: {t.failed}")
         for _ in range(plan.profile.rounds):
             for scenario, label, job in per_round:
-                for t in live:
+                for t in on[scenario]:
                     run_one(plan, t, scenario, label, job, cpus, logdir, progress, children, results)
         for label, job in soak:
-            for t in live:
+            for t in on["soak"]:
                 run_one(plan, t, "soak", label, {**job, "rss_pid": t.pid}, cpus, logdir, progress, children,
                         results)
     finally:
@@ -75,7 +83,9 @@ def run(plan: Plan) -> dict:
     return {
         "meta": meta(plan, cpus, started),
         "targets": {t.name: {"kind": t.kind, "url": t.url, "config": str(t.config) if t.config else None,
-                             "skipped": t.skip, "failed": t.failed} for t in plan.targets},
+                             "skipped": t.skip, "failed": t.failed, "cache": t.cache,
+                             **({"scenarios": list(t.scenarios)} if t.scenarios is not None else {})}
+                    for t in plan.targets},
         "labels": {label: scenario for scenario, label, _ in per_round} | {label: "soak" for label, _ in soak},
         "runs": results,
         "results": {label: {name: median_of_rounds(rounds) for name, rounds in by_target.items()}

@@ -1,14 +1,36 @@
 """The scenarios and the three profiles (smoke, quick, full) that size them.
 
 Each scenario becomes one or more load generator jobs per target (``rate``
-becomes one job per offered rate: the latency-versus-load sweep).
+becomes one job per offered rate: the latency-versus-load sweep; ``cache``
+three: ``cache_exact``, ``cache_semantic``, ``cache_miss``).
+
+The cache scenario runs on the targets with the cache plugin (``tollway-cache``)
+and on one without (``tollway-full``), one request at a time:
+
+- ``cache_exact``: the same question over and over; on a cache every request
+  after the first is an exact ``HIT`` (the upstream is never asked);
+- ``cache_semantic``: the ``a`` questions of ``PARAPHRASES`` are sent once
+  each (``seed``, not counted), then their ``b`` paraphrases in turn: every
+  one is a ``SEMANTIC-HIT`` (one embedding, a search, the guards). Each
+  paraphrase carries an invisible counter (``fresh``, see
+  ``loadgen.invisible_tag``): the embedder sees the same words, but the
+  cache's memo of recent embeddings does not know the text, so every hit pays
+  for its embedding, like a paraphrase never seen before (a paraphrase
+  repeated verbatim is served from the memo: far cheaper, not measured here);
+- ``cache_miss``: every question new (``unique``: a counter in the text), in a
+  bucket of its own (another system prompt): each is a ``MISS`` that is
+  embedded, searched, forwarded and stored. What a miss adds is its p50 minus
+  the same job's p50 on the target without a cache.
+
+The load generator counts the ``x-tollway-cache`` answers, so the table says
+how many requests were what they were meant to be.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-SCENARIOS = ("latency", "throughput", "stream", "stream_paced", "rate", "soak")
+SCENARIOS = ("latency", "throughput", "stream", "stream_paced", "rate", "cache", "soak")
 
 DESCRIPTIONS = {
     "latency": "non-stream, one request at a time (latency)",
@@ -16,8 +38,25 @@ DESCRIPTIONS = {
     "stream": "streams, many connections (streams/s, time to first byte, whole stream)",
     "stream_paced": "paced streams (first token after ttft, chunks apart): time to first byte and gap added",
     "rate": "open loop at fixed rates (latency at a given load)",
+    "cache": "the cache plugin, one request at a time: exact-hit, semantic-hit and miss latency "
+             "(tollway-cache vs tollway-full)",
     "soak": "long run: the target's RSS after N/10 and N requests",
 }
+
+#: Pairs from ``tests/cache_eval/pairs.jsonl`` (their ids) that the local embedder hits at
+#: the default threshold with every guard passing: cosine 0.94-0.97 (b against a),
+#: real rewordings rather than "How do I" / "How can I".
+PARAPHRASES = (
+    ("How do I reverse a list in Python?", "What's the way to reverse a Python list?"),  # para-001
+    ("Who painted the Mona Lisa?", "Who was the painter of the Mona Lisa?"),  # para-046
+    ("What is the difference between TCP and UDP?", "How do TCP and UDP differ?"),  # para-063
+    ("How do I undo the last commit in git?", "How can I undo my last git commit?"),  # para-036
+    ("How do airplanes stay in the air?", "How do planes stay in the air?"),  # para-038
+    ("Why do cats purr?", "What makes cats purr?"),  # para-060
+    ("Who wrote Pride and Prejudice?", "Who is the author of Pride and Prejudice?"),  # para-005
+    ("How do I convert Celsius to Fahrenheit?", "What's the formula to convert Celsius to Fahrenheit?"),  # para-020
+)
+MISS_SYSTEM = "You are a benchmark. Every question here is new."
 
 
 @dataclass(frozen=True)
@@ -39,6 +78,8 @@ class Profile:
     soak_concurrency: int = 32
     soak_stream_ratio: float = 0.2
     warmup: int = 300
+    cache_requests: int = 500  # per cache job; a miss or a semantic hit costs an embedding (~5-15 ms)
+    cache_warmup: int = 20
     max_seconds: float = 600.0  # no job runs longer than this
 
 
@@ -47,9 +88,10 @@ PROFILES = {
                      stream_seconds=0.3, paced_requests=6, paced_concurrency=2,
                      paced_mock={"ttft": 0.002, "chunk_delay": 0.001, "chunks": 4}, rates=(200,),
                      reference_rate=200, rate_seconds=0.3, soak_requests=300, soak_concurrency=4, warmup=10,
-                     max_seconds=30.0),
+                     cache_requests=16, cache_warmup=4, max_seconds=30.0),
     "quick": Profile(rounds=1, latency_requests=1000, throughput_seconds=3.0, stream_seconds=3.0, paced_requests=100,
-                     rates=(500, 1000, 2000, 3000), rate_seconds=2.0, soak_requests=20_000, warmup=200),
+                     rates=(500, 1000, 2000, 3000), rate_seconds=2.0, soak_requests=20_000, warmup=200,
+                     cache_requests=300),
     "full": Profile(),
 }
 
@@ -79,6 +121,13 @@ def jobs_for(scenario: str, p: Profile) -> list[tuple[str, dict]]:
         return [(f"rate@{rate:g}", {**base, "mode": "open", "rate": rate, "duration": p.rate_seconds,
                                      "grace": max(2.0, p.rate_seconds), "timeout": 10.0, "warmup": p.warmup})
                 for rate in p.rates]
+    if scenario == "cache":
+        one = {**base, "mode": "closed", "concurrency": 1, "requests": p.cache_requests, "duration": p.max_seconds,
+               "warmup": p.cache_warmup, "count_cache": True}
+        return [("cache_exact", one),
+                ("cache_semantic", {**one, "seed": [a for a, _ in PARAPHRASES], "texts": [b for _, b in PARAPHRASES],
+                                    "fresh": True}),
+                ("cache_miss", {**one, "unique": True, "system": MISS_SYSTEM, "texts": [a for a, _ in PARAPHRASES]})]
     if scenario == "soak":
         first = max(1, p.soak_requests // 10)
         return [("soak", {**base, "mode": "closed", "concurrency": p.soak_concurrency,

