@@ -123,3 +123,48 @@ async def test_client_times_out_on_a_hang(aiohttp_server):
     res = await conn.request(payload, timeout=0.1)
     assert res.error == "timeout"
     assert conn.closed
+
+
+def test_user_text_takes_texts_in_turn_and_makes_them_new_when_asked():
+    from benchmarks.loadgen import PROMPT, user_text
+
+    assert user_text({}, 5) == PROMPT[1]["content"]
+    job = {"texts": ["a?", "b?"]}
+    assert [user_text(job, i) for i in range(3)] == ["a?", "b?", "a?"]
+    unique = [user_text({**job, "unique": True}, i, nonce=42) for i in range(1000)]
+    assert len(set(unique)) == 1000 and unique[1] == "Question 420000001: b?"
+    assert user_text({**job, "unique": True}, 1, nonce=43) not in unique  # another job, another number
+
+
+def test_fresh_texts_differ_only_by_invisible_characters():
+    from benchmarks.loadgen import invisible_tag, user_text
+
+    job = {"texts": ["Why do cats purr?"], "fresh": True}
+    texts = [user_text(job, i, nonce=7) for i in range(500)]
+    assert len(set(texts)) == 500
+    assert {t.rstrip("\u200b\u200c") for t in texts} == {"Why do cats purr?"}
+    assert invisible_tag(5, bits=4) == "\u200c\u200b\u200c\u200b"  # 5 = 0b0101, lowest bit first
+    assert user_text(job, 3, nonce=1) != user_text(job, 3, nonce=2)
+
+
+def test_payloads_are_built_once_unless_every_request_differs():
+    from benchmarks.loadgen import Payloads
+
+    job = {"url": "http://127.0.0.1:1/v1/chat/completions", "texts": ["a", "b"], "system": "S"}
+    p = Payloads(job)
+    first = [p.next(False) for _ in range(4)]
+    assert first[0] is first[2] and first[0] != first[1]
+    assert b'"content":"S"' in first[0] and b'"content":"a"' in first[0]
+    q = Payloads({**job, "unique": True}, nonce=9)
+    assert len({q.next(False) for _ in range(5)}) == 5
+    assert b'"stream":true' in q.next(True)
+
+
+def test_header_value_reads_the_watched_header():
+    from benchmarks.httpclient import header_value
+
+    head = b"http/1.1 200 ok\r\ncontent-type: application/json\r\nx-tollway-cache: semantic-hit\r\nx: y"
+    assert header_value(head, b"\r\nx-tollway-cache:") == "SEMANTIC-HIT"
+    assert header_value(head + b"\r\nx-tollway-cache-veto: numbers", b"\r\nx-tollway-cache:") == "SEMANTIC-HIT"
+    assert header_value(b"http/1.1 200 ok\r\nx-tollway-cache: hit", b"\r\nx-tollway-cache:") == "HIT"
+    assert header_value(b"http/1.1 200 ok\r\nx: y", b"\r\nx-tollway-cache:") is None

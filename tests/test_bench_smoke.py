@@ -13,7 +13,7 @@ import orjson
 from benchmarks.cli import main as bench_main
 from benchmarks.procs import Children
 from benchmarks.scenarios import SCENARIOS
-from benchmarks.targets import CONFIGS, missing_plugins
+from benchmarks.targets import CONFIGS, builtin, missing_plugins
 from proxy.cli import build_parser, cmd_bench
 
 
@@ -50,9 +50,15 @@ def test_smoke_run_of_every_scenario(tmp_path, capsys):
         assert "plugins not available yet" in data["targets"]["tollway-full"]["skipped"]
         assert "tollway-full: skipped" in out.err
     assert not any(t["failed"] for t in data["targets"].values())
+    cache_runs = builtin("tollway-cache").skip is None
+    # the cache scenario: the target with the cache and the one compared with it; nothing else
+    expected_cache = {"tollway-cache", "tollway-core" if full_missing else "tollway-full"} if cache_runs else set()
 
     assert set(data["labels"].values()) == set(SCENARIOS)
     for label, by_target in data["results"].items():
+        if data["labels"][label] == "cache":
+            assert set(by_target) == expected_cache, label
+            continue
         assert set(by_target) == expected, label
         for name, res in by_target.items():
             where = f"{label} / {name}: {res.get('error_kinds')}"
@@ -69,6 +75,22 @@ def test_smoke_run_of_every_scenario(tmp_path, capsys):
             assert all("ttfb_ms" in r and "gap_ms" in r for r in by_target.values())
         if data["labels"][label] == "soak":
             assert all(len(r["rss_mb"]) == 2 for r in by_target.values())
+
+    if cache_runs:
+        meant = {"cache_exact": "HIT", "cache_semantic": "SEMANTIC-HIT", "cache_miss": "MISS"}
+        for label, status in meant.items():
+            for name, res in data["results"][label].items():
+                assert res["errors"] == 0 and res["ok"] > 0, (label, name, res.get("error_kinds"))
+                if name == "tollway-cache":  # every measured request was what the job is about
+                    assert res["cache_status"] == {status: res["ok"]}, (label, res["cache_status"])
+                else:
+                    assert res["cache_status"] == {"none": res["ok"]}, (label, res["cache_status"])
+        summary = data["cache"]["targets"]["tollway-cache"]
+        assert data["cache"]["reference"] in expected_cache - {"tollway-cache"}
+        for job in ("exact", "semantic", "miss"):
+            assert summary[f"{job}_p50_ms"] > 0
+            assert isinstance(summary[f"{job}_vs_no_cache_p50_ms"], float)
+        assert "a miss:" in out.out
 
     for word in ("latency", "throughput", "stream_paced", "soak", "budget"):
         assert word in out.out

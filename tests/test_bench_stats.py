@@ -111,3 +111,58 @@ def test_table_has_every_target_and_the_budget():
     text = report.table(report.derive(_data()))
     for word in ("latency", "throughput", "soak", "direct", "floor", "tollway-full", "0.75x", "+10.0%", "MISS"):
         assert word in text
+
+
+def _cache_data():
+    def res(p50, status):
+        return {"rps": 100, "ok": 10, "errors": 0, "latency_ms": {"p50": p50, "p90": p50, "p99": p50 * 2},
+                "cache_status": status}
+    return {
+        "targets": {"tollway-full": {"cache": False}, "tollway-cache": {"cache": True}},
+        "labels": {"cache_exact": "cache", "cache_semantic": "cache", "cache_miss": "cache"},
+        "results": {
+            "cache_exact": {"tollway-full": res(1.0, {"none": 10}), "tollway-cache": res(0.3, {"HIT": 10})},
+            "cache_semantic": {"tollway-full": res(1.0, {"none": 10}),
+                               "tollway-cache": res(6.0, {"SEMANTIC-HIT": 9, "MISS": 1})},
+            "cache_miss": {"tollway-full": res(1.1, {"none": 10}), "tollway-cache": res(8.1, {"MISS": 10})},
+        },
+    }
+
+
+def test_cache_jobs_are_compared_with_the_target_without_a_cache():
+    data = report.derive(_cache_data())
+    assert data["cache"]["reference"] == "tollway-full"
+    row = data["cache"]["targets"]["tollway-cache"]
+    assert row["exact_vs_no_cache_p50_ms"] == pytest.approx(-0.7)
+    assert row["semantic_vs_no_cache_p50_ms"] == pytest.approx(5.0)
+    assert row["miss_vs_no_cache_p50_ms"] == pytest.approx(7.0)  # what a miss adds
+    assert row["semantic_as_meant"] == "9/10 SEMANTIC-HIT"
+    assert data["results"]["cache_miss"]["tollway-full"]["added_latency_ms"]["vs_no_cache_p50"] == 0.0
+    text = report.table(data)
+    for word in ("cache_miss", "+7.000", "MISS:10", "SEMANTIC-HIT:9", "a miss: 8.100 ms", "10/10 MISS"):
+        assert word in text
+
+
+def test_no_cache_summary_without_cache_jobs():
+    assert report.derive(_data())["cache"] == {}
+
+
+def test_the_cache_scenario_runs_on_cache_targets_and_one_reference():
+    from benchmarks.targets import Target, runs_on
+
+    direct, core = Target("direct", "direct"), Target("tollway-core", "tollway")
+    full = Target("tollway-full", "tollway")
+    cache = Target("tollway-cache", "tollway", cache=True, scenarios=("cache",))
+    everyone = [direct, core, full, cache]
+    assert runs_on("cache", everyone) == [full, cache]
+    assert runs_on("cache", [direct, core, cache]) == [core, cache]
+    assert runs_on("cache", [direct, core, full]) == []  # nothing to measure without a cache
+    assert runs_on("latency", everyone) == [direct, core, full]
+
+
+def test_a_cache_target_is_skipped_when_its_embedder_cannot_load():
+    from benchmarks.targets import missing_embedder_modules
+
+    assert missing_embedder_modules({"plugins": {"cache": {"semantic": False}}}) == []
+    assert missing_embedder_modules({"plugins": {"cache": {"embedder": "hashing"}}}) == []  # numpy: a test dep
+    assert set(missing_embedder_modules({"plugins": {"cache": {"embedder": "wordllama"}}})) <= {"wordllama"}
