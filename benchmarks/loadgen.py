@@ -21,10 +21,9 @@ A job (a dict) says:
 - ``rss_pid`` and ``rss_at``: read that process's RSS after those counts;
 - what is asked (for the cache scenario; without these every request is the
   same ``PROMPT``): ``texts``, user messages sent in turn (request i sends
-  ``texts[i % len]``); ``unique``: make every request's text new (a counter
-  and a per-process nonce in front, see ``user_text``); ``fresh``: the same
-  words, made new to the cache's embedding memo by an invisible tag (see
-  ``invisible_tag``); ``system``: another
+  ``texts[i % len]``); ``fresh``: the same words, made new to the cache's
+  embedding memo by an invisible tag; ``unique``: every request new to the
+  cache (see ``texts_for``); ``system``: another
   system prompt; ``seed``: texts sent once each, one at a time, before the
   warmup (e.g. the questions whose paraphrases the job then sends);
   ``count_cache``: count the ``x-tollway-cache`` answers (``cache_status``
@@ -50,20 +49,26 @@ PROMPT = [{"role": "system", "content": "You are a benchmark."},
           {"role": "user", "content": "Say hello to the benchmark in a few words, please."}]
 
 
-def user_text(job: dict, i: int, nonce: int = 0) -> str:
-    """The user message of request number ``i`` (0-based, counted over the whole process:
-    warmup first). ``texts`` are taken in turn; with ``unique`` a number no other request
-    of any job carries goes in front (``nonce`` differs per load generator process), so
-    the text is new to an exact cache, and the cache's ``numbers`` guard keeps any near
-    neighbour from being served in its place: every such request is a miss. With
-    ``fresh``, an invisible tag of (nonce, i) goes at the end instead."""
+def texts_for(job: dict, i: int, nonce: int = 0) -> tuple[str, str]:
+    """(system prompt, user message) of request number ``i`` (0-based, counted over the
+    whole process: warmup first). ``texts`` are taken in turn.
+
+    ``fresh``: the user message gets an invisible tag of (nonce, i) at its end: new text
+    to the cache's exact layer and to its memo of embeddings, the same words to the
+    embedder, the similarity and the guards.
+    ``unique`` (every request a miss): ``fresh``, and the system prompt carries a number
+    no other request of any job carries (``nonce`` differs per load generator process).
+    The system prompt is part of the cache's bucket, so the request has neither an exact
+    nor a semantic neighbour, while the question the embedder reads stays as long as the
+    others (a number in the question would add word pieces: ~1-2 ms more embedding)."""
     texts = job.get("texts") or [PROMPT[1]["content"]]
-    text = texts[i % len(texts)]
+    user = texts[i % len(texts)]
+    system = job.get("system") or PROMPT[0]["content"]
+    if job.get("unique") or job.get("fresh"):
+        user += invisible_tag(((nonce & 0xFFFF) << 24) | (i & 0xFFFFFF))
     if job.get("unique"):
-        text = f"Question {nonce}{i:07d}: {text}"
-    elif job.get("fresh"):
-        text += invisible_tag(((nonce & 0xFFFF) << 24) | (i & 0xFFFFFF))
-    return text
+        system = f"{system} Conversation {nonce}-{i}."
+    return system, user
 
 
 def invisible_tag(n: int, bits: int = 40) -> str:
@@ -75,11 +80,11 @@ def invisible_tag(n: int, bits: int = 40) -> str:
     return "".join("\u200c" if (n >> k) & 1 else "\u200b" for k in range(bits))
 
 
-def request_bytes(job: dict, stream: bool, text: str | None = None) -> bytes:
+def request_bytes(job: dict, stream: bool, texts: tuple[str, str] | None = None) -> bytes:
+    """The request bytes; ``texts`` = (system prompt, user message), else ``PROMPT``."""
     messages = PROMPT
-    if text is not None or job.get("system"):
-        messages = [{"role": "system", "content": job.get("system") or PROMPT[0]["content"]},
-                    {"role": "user", "content": PROMPT[1]["content"] if text is None else text}]
+    if texts is not None:
+        messages = [{"role": "system", "content": texts[0]}, {"role": "user", "content": texts[1]}]
     body = {"model": job.get("model", "bench"), "messages": messages, "max_tokens": 256, "stream": stream}
     if job.get("mock"):
         body["mock"] = job["mock"]
@@ -98,8 +103,9 @@ class Payloads:
         texts = job.get("texts")
         self.fixed = None
         if not self.unique:
-            if texts:
-                self.fixed = [{s: request_bytes(job, s, t) for s in (False, True)} for t in texts]
+            if texts or job.get("system"):
+                self.fixed = [{s: request_bytes(job, s, texts_for(job, i)) for s in (False, True)}
+                              for i in range(len(texts or [None]))]
             else:
                 self.fixed = [{s: request_bytes(job, s) for s in (False, True)}]
 
@@ -108,7 +114,7 @@ class Payloads:
         self.count += 1
         if self.fixed is not None:
             return self.fixed[i % len(self.fixed)][stream]
-        return request_bytes(self.job, stream, user_text(self.job, i, self.nonce))
+        return request_bytes(self.job, stream, texts_for(self.job, i, self.nonce))
 
 
 class Recorder:

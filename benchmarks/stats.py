@@ -49,10 +49,14 @@ def median(values: Iterable[float]) -> float:
     return percentile(data, 50) if data else math.nan
 
 
+COUNTERS = ("error_kinds", "cache_status")
+
+
 def median_of_rounds(rounds: Sequence[dict]) -> dict:
     """Merge per-round result dicts: numbers become their median over the
     rounds, nested dicts are merged the same way, anything else keeps the
-    first round's value. Error counts are summed, not medianed."""
+    first round's value. Counts are summed, not medianed: errors, requests,
+    and the tallies in ``COUNTERS`` (by kind of error, by cache answer)."""
     if not rounds:
         return {}
     if len(rounds) == 1:
@@ -60,7 +64,13 @@ def median_of_rounds(rounds: Sequence[dict]) -> dict:
     out: dict = {}
     for key, first in rounds[0].items():
         values = [r.get(key) for r in rounds]
-        if isinstance(first, dict):
+        if key in COUNTERS and isinstance(first, dict):
+            total: dict = {}
+            for v in values:
+                for k, n in (v or {}).items():
+                    total[k] = total.get(k, 0) + n
+            out[key] = dict(sorted(total.items()))
+        elif isinstance(first, dict):
             out[key] = median_of_rounds([v for v in values if isinstance(v, dict)])
         elif isinstance(first, bool) or not isinstance(first, int | float):
             out[key] = first

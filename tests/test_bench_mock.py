@@ -125,26 +125,29 @@ async def test_client_times_out_on_a_hang(aiohttp_server):
     assert conn.closed
 
 
-def test_user_text_takes_texts_in_turn_and_makes_them_new_when_asked():
-    from benchmarks.loadgen import PROMPT, user_text
+def test_texts_are_taken_in_turn_and_made_new_when_asked():
+    from benchmarks.loadgen import PROMPT, texts_for
 
-    assert user_text({}, 5) == PROMPT[1]["content"]
-    job = {"texts": ["a?", "b?"]}
-    assert [user_text(job, i) for i in range(3)] == ["a?", "b?", "a?"]
-    unique = [user_text({**job, "unique": True}, i, nonce=42) for i in range(1000)]
-    assert len(set(unique)) == 1000 and unique[1] == "Question 420000001: b?"
-    assert user_text({**job, "unique": True}, 1, nonce=43) not in unique  # another job, another number
+    assert texts_for({}, 5) == (PROMPT[0]["content"], PROMPT[1]["content"])
+    job = {"texts": ["a?", "b?"], "system": "S"}
+    assert [texts_for(job, i) for i in range(3)] == [("S", "a?"), ("S", "b?"), ("S", "a?")]
+    unique = [texts_for({**job, "unique": True}, i, nonce=42) for i in range(1000)]
+    assert len({system for system, _ in unique}) == 1000 and unique[1][0] == "S Conversation 42-1."
+    assert len({user for _, user in unique}) == 1000
+    assert {user.rstrip("\u200b\u200c") for _, user in unique} == {"a?", "b?"}  # words unchanged
+    assert texts_for({**job, "unique": True}, 1, nonce=43)[0] not in {s for s, _ in unique}  # another job
 
 
 def test_fresh_texts_differ_only_by_invisible_characters():
-    from benchmarks.loadgen import invisible_tag, user_text
+    from benchmarks.loadgen import PROMPT, invisible_tag, texts_for
 
     job = {"texts": ["Why do cats purr?"], "fresh": True}
-    texts = [user_text(job, i, nonce=7) for i in range(500)]
-    assert len(set(texts)) == 500
-    assert {t.rstrip("\u200b\u200c") for t in texts} == {"Why do cats purr?"}
+    texts = [texts_for(job, i, nonce=7) for i in range(500)]
+    assert {system for system, _ in texts} == {PROMPT[0]["content"]}
+    assert len({user for _, user in texts}) == 500
+    assert {user.rstrip("\u200b\u200c") for _, user in texts} == {"Why do cats purr?"}
     assert invisible_tag(5, bits=4) == "\u200c\u200b\u200c\u200b"  # 5 = 0b0101, lowest bit first
-    assert user_text(job, 3, nonce=1) != user_text(job, 3, nonce=2)
+    assert texts_for(job, 3, nonce=1) != texts_for(job, 3, nonce=2)
 
 
 def test_payloads_are_built_once_unless_every_request_differs():

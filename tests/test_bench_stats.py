@@ -61,6 +61,14 @@ def test_median_of_rounds_medians_numbers_sums_counts_keeps_the_rest():
     assert median_of_rounds(rounds[:1]) is rounds[0]
 
 
+def test_median_of_rounds_sums_the_tallies():
+    rounds = [{"ok": 5, "cache_status": {"HIT": 5}, "error_kinds": {"timeout": 1}},
+              {"ok": 5, "cache_status": {"HIT": 4, "MISS": 1}, "error_kinds": {}}]
+    merged = median_of_rounds(rounds)
+    assert merged["cache_status"] == {"HIT": 9, "MISS": 1}
+    assert merged["error_kinds"] == {"timeout": 1}
+
+
 def test_ratio():
     assert ratio(80, 100) == 0.8
     assert math.isnan(ratio(1, 0))
