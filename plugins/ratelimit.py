@@ -34,7 +34,7 @@ from proxy.gateway import Gateway
 from .accounts import KeyRecord, acquire, release
 from .accounts.book import check_config
 from .accounts.estimate import tokens_estimate
-from .accounts.gcra import Check, headers_for, plan
+from .accounts.gcra import EPS, Plan, Rule, put_headers
 
 PERIODS = (("rpm", "requests", "requests per minute", 60.0), ("rpd", "requests", "requests per day", 86400.0),
            ("tpm", "tokens", "tokens per minute", 60.0))
@@ -43,10 +43,13 @@ STATE_TABLE = "create table if not exists tollway_ratelimit (name text primary k
 
 @dataclass(slots=True)
 class Taken:
-    token_checks: list[Check]
+    token_rules: tuple[Rule, ...]
     estimate: int
     slot: str | None  # the key id whose concurrency slot this call holds
     reconciled: bool = False
+
+
+NO_PLAN = Plan.of([])
 
 
 class Plugin:
@@ -54,7 +57,7 @@ class Plugin:
         self.tats: dict[tuple, float] = {}
         self.in_flight: dict[str, int] = {}
         self.store = None
-        self._rules: dict[tuple[str, str], tuple] = {}
+        self._plans: dict[tuple[str, str], tuple] = {}
 
     @hookimpl
     def tollway_config_check(self, config) -> None:
@@ -91,17 +94,9 @@ class Plugin:
         finally:
             await release(gateway, "ratelimit")
 
-    def checks_for(self, key: KeyRecord, call: Call) -> list[Check]:
-        rules = self._rules_of(key, call.model)
-        if not rules:
-            return []
-        estimate = tokens_estimate(call) if any(r[0] == "tokens" for r in rules) else 0
-        return [Check(kind, label, scope, value, period, estimate if kind == "tokens" else 1, state)
-                for kind, label, scope, value, period, state in rules]
-
-    def _rules_of(self, key: KeyRecord, model: str) -> tuple:
-        """The key's limits for this model, flattened once per key version (hot path)."""
-        cached = self._rules.get((key.id, model))
+    def _plan_of(self, key: KeyRecord, model: str) -> Plan:
+        """The key's limits for this model, compiled once per key version (hot path)."""
+        cached = self._plans.get((key.id, model))
         if cached is not None and cached[0] is key.limits:
             return cached[1]
         limits = key.limits
@@ -114,12 +109,13 @@ class Plugin:
             for field, kind, label, period in PERIODS:
                 value = getattr(lim, field)
                 if value is not None:
-                    rules.append((kind, f"{label} for {scope}" if scope else label, scope, value, period,
-                                  (key.id, scope, field)))
-        if len(self._rules) > 100_000:  # keys come and go: keep the memo bounded
-            self._rules.clear()
-        self._rules[(key.id, model)] = (limits, tuple(rules))
-        return tuple(rules)
+                    rules.append(Rule(kind == "tokens", f"{label} for {scope}" if scope else label, scope, value,
+                                      period, period / value, (key.id, scope, field), str(value)))
+        plan = Plan.of(rules) if rules else NO_PLAN
+        if len(self._plans) > 100_000:  # keys come and go: keep the memo bounded
+            self._plans.clear()
+        self._plans[(key.id, model)] = (limits, plan)
+        return plan
 
     @hookimpl(tryfirst=True)
     async def tollway_admit(self, call: Call) -> None:
@@ -129,49 +125,60 @@ class Plugin:
         limits = key.limits
         if limits.empty:
             return
-        if limits.concurrency is not None and self.in_flight.get(key.id, 0) >= limits.concurrency:
-            raise ProxyError(429, f"rate limit exceeded: this key may have {limits.concurrency} requests in "
+        concurrency = limits.concurrency
+        if concurrency is not None and self.in_flight.get(key.id, 0) >= concurrency:
+            raise ProxyError(429, f"rate limit exceeded: this key may have {concurrency} requests in "
                                   "flight at once; retry when one has finished",
                              code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
-        checks = self.checks_for(key, call)
-        if checks:
+        plan = self._plan_of(key, call.model)
+        estimate = 0
+        if plan.rules:
+            if plan.token_rules:
+                estimate = tokens_estimate(call)
             now = time.time()
             tats = self.tats
-            worst: tuple[float, Check] | None = None
-            for check in checks:
-                wait = plan(check, tats.get(check.state), now)
-                if wait and (worst is None or wait > worst[0]):
-                    worst = (wait, check)
+            get = tats.get
+            new_tats = []
+            worst = None
+            worst_wait = EPS  # a wait counts when over EPS; the longest one is reported
+            for rule in plan.rules:
+                tat = get(rule.state)
+                base = now if tat is None or tat < now else tat
+                new_tat = base + (estimate if rule.tokens else 1) * rule.interval
+                over = new_tat - now - rule.period
+                if over > worst_wait:
+                    worst, worst_wait = rule, over
+                new_tats.append(new_tat)
             if worst is not None:
-                headers = headers_for(checks, tats, now)
+                headers: dict[str, str] = {}
+                put_headers(headers, plan, get, now)
                 call.response_headers.update(headers)
-                raise self._refusal(key, *worst, headers)
-            for check in checks:
-                tats[check.state] = check.new_tat
-            call.response_headers.update(headers_for(checks, tats, now))
+                raise self._refusal(key, worst_wait, worst, estimate if worst.tokens else 1, headers)
+            for rule, new_tat in zip(plan.rules, new_tats, strict=True):
+                tats[rule.state] = new_tat
+            put_headers(call.response_headers, plan, get, now)
         slot = None
-        if limits.concurrency is not None:
+        if concurrency is not None:
             self.in_flight[key.id] = self.in_flight.get(key.id, 0) + 1
             slot = key.id
-        tokens = [c for c in checks if c.kind == "tokens"]
-        if tokens or slot:
-            call.state["ratelimit"] = Taken(tokens, tokens[0].cost if tokens else 0, slot)
+        if plan.token_rules or slot:
+            call.state["ratelimit"] = Taken(plan.token_rules, estimate, slot)
 
     @staticmethod
-    def _refusal(key: KeyRecord, wait: float, check: Check, headers: dict) -> ProxyError:
+    def _refusal(key: KeyRecord, wait: float, rule: Rule, cost: int, headers: dict) -> ProxyError:
         retry = max(1, math.ceil(wait))
-        if check.kind == "tokens" and check.cost > check.limit:
-            msg = (f"rate limit exceeded: this request's estimated {check.cost} tokens exceed the key's "
-                   f"{check.label} limit of {check.limit} on their own; send a shorter request or a lower max_tokens")
+        if rule.tokens and cost > rule.limit:
+            msg = (f"rate limit exceeded: this request's estimated {cost} tokens exceed the key's "
+                   f"{rule.label} limit of {rule.limit} on their own; send a shorter request or a lower max_tokens")
         else:
-            msg = (f"rate limit exceeded: {check.label} (limit {check.limit}) for key {key.name!r}; "
+            msg = (f"rate limit exceeded: {rule.label} (limit {rule.limit}) for key {key.name!r}; "
                    f"retry in {retry}s")
         return ProxyError(429, msg, code="rate_limit_exceeded", headers={**headers, "Retry-After": str(retry)})
 
     @hookimpl
     async def tollway_settle(self, call: Call) -> None:
         taken: Taken | None = call.state.get("ratelimit")
-        if taken is None or taken.reconciled or not taken.token_checks:
+        if taken is None or taken.reconciled or not taken.token_rules:
             return
         taken.reconciled = True
         usage = call.usage
@@ -185,9 +192,10 @@ class Plugin:
             return  # an answer without usage: keep the estimate
         delta = actual - taken.estimate
         if delta:
-            for check in taken.token_checks:
-                if check.state in self.tats:
-                    self.tats[check.state] += delta * check.interval
+            tats = self.tats
+            for rule in taken.token_rules:
+                if rule.state in tats:
+                    tats[rule.state] += delta * rule.interval
 
     @hookimpl
     async def tollway_finish(self, call: Call) -> None:

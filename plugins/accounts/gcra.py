@@ -23,44 +23,7 @@ from datetime import UTC, datetime
 EPS = 1e-9
 
 
-@dataclass(slots=True)
-class Check:
-    """One limit applied to one request."""
-
-    kind: str  # "requests" or "tokens"
-    label: str  # for people: "requests per minute"
-    scope: str  # "" for the key, else the model name
-    limit: int
-    period: float  # seconds
-    cost: int
-    state: tuple  # the key of its TAT
-    new_tat: float = 0.0
-
-    @property
-    def interval(self) -> float:
-        return self.period / self.limit
-
-
-def plan(check: Check, tat: float | None, now: float) -> float:
-    """Seconds until this request would fit (0: it fits now); sets ``new_tat``."""
-    base = now if tat is None or tat < now else tat
-    check.new_tat = base + check.cost * check.interval
-    over = check.new_tat - now - check.period
-    return over if over > EPS else 0.0
-
-
-def remaining(check: Check, tat: float | None, now: float) -> int:
-    used = 0.0 if tat is None else max(tat - now, 0.0)
-    return max(int((check.period - used) / check.interval + EPS), 0)
-
-
-def reset_seconds(tat: float | None, now: float) -> float:
-    """Until the limit is whole again."""
-    return 0.0 if tat is None else max(tat - now, 0.0)
-
-
-def duration(seconds: float) -> str:
-    """OpenAI's reset format: ``12ms``, ``1s``, ``6m0s``, ``1h2m3s``."""
+def _duration(seconds: float) -> str:
     if seconds < 1:
         return f"{max(int(math.ceil(seconds * 1000)), 0)}ms"
     total = int(math.ceil(seconds - EPS))
@@ -71,6 +34,25 @@ def duration(seconds: float) -> str:
     if m:
         return f"{m}m{s}s"
     return f"{s}s"
+
+
+_MS_TEXT = tuple(f"{ms}ms" for ms in range(1001))
+_S_TEXT: dict[int, str] = {}
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: ``12ms``, ``1s``, ``6m0s``, ``1h2m3s``. The texts
+    are memoised (a limit's reset is at most its period; the cache is bounded)."""
+    if seconds < 1:
+        ms = math.ceil(seconds * 1000)
+        return _MS_TEXT[ms] if 0 <= ms <= 1000 else _duration(seconds)
+    total = math.ceil(seconds - EPS)
+    text = _S_TEXT.get(total)
+    if text is None:
+        if len(_S_TEXT) > 4096:
+            _S_TEXT.clear()
+        text = _S_TEXT[total] = _duration(seconds)
+    return text
 
 
 _ISO_CACHE: dict[int, str] = {}
@@ -88,29 +70,77 @@ def iso_at(ts: float) -> str:
     return text
 
 
-def headers_for(checks: list[Check], tats: dict, now: float) -> dict[str, str]:
-    """OpenAI's ``x-ratelimit-*-{requests,tokens}`` and the generic
-    ``X-RateLimit-*`` (of the requests limit, else the tokens limit); for each
-    kind the limit with the least left is shown."""
-    out: dict[str, str] = {}
-    tightest: dict[str, tuple[int, float, Check]] = {}
-    for check in checks:
-        if check.kind not in ("requests", "tokens"):
-            continue
-        tat = tats.get(check.state)
-        left = remaining(check, tat, now)
-        reset = reset_seconds(tat, now)
-        best = tightest.get(check.kind)
-        if best is None or (left / check.limit, -reset) < (best[0] / best[2].limit, -best[1]):
-            tightest[check.kind] = (left, reset, check)
-    for kind, (left, reset, check) in tightest.items():
-        out[f"x-ratelimit-limit-{kind}"] = str(check.limit)
-        out[f"x-ratelimit-remaining-{kind}"] = str(left)
-        out[f"x-ratelimit-reset-{kind}"] = duration(reset)
-    main = tightest.get("requests") or tightest.get("tokens")
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One limit of one key (for one model), compiled once per key version."""
+
+    tokens: bool  # a tokens limit (cost: the request's estimate), else requests (cost: 1)
+    label: str  # for people: "requests per minute"
+    scope: str  # "" for the key, else the model name
+    limit: int
+    period: float  # seconds
+    interval: float  # period / limit: the TAT advance per unit of cost
+    state: tuple  # the key of its TAT
+    limit_text: str  # str(limit), for the headers
+
+    @property
+    def kind(self) -> str:
+        return "tokens" if self.tokens else "requests"
+
+
+# Per kind: the OpenAI header names (limit, remaining, reset).
+HEADER_NAMES = {False: ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+                True: ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A key's limits for one model: the rules, and the rules grouped by kind
+    (in the order each kind first appears) for the headers."""
+
+    rules: tuple[Rule, ...]
+    token_rules: tuple[Rule, ...]
+    groups: tuple[tuple[tuple[str, str, str], tuple[Rule, ...]], ...]
+    main: int  # index in groups of the kind the generic X-RateLimit-* headers show
+
+    @classmethod
+    def of(cls, rules: list[Rule]) -> Plan:
+        kinds: dict[bool, list[Rule]] = {}
+        for rule in rules:
+            kinds.setdefault(rule.tokens, []).append(rule)
+        order = list(kinds)
+        main = order.index(False) if False in kinds else 0
+        groups = tuple((HEADER_NAMES[k], tuple(kinds[k])) for k in order)
+        return cls(tuple(rules), tuple(kinds.get(True, ())), groups, main)
+
+
+def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float) -> None:
+    """Add OpenAI's ``x-ratelimit-*-{requests,tokens}`` and the generic
+    ``X-RateLimit-*`` (of the requests limit, else the tokens limit) to
+    ``out``; for each kind the limit with the least left (ties: the one
+    furthest from its reset) is shown. ``tat_of(rule)`` is its TAT or None."""
+    main = None
+    for i, (names, group) in enumerate(plan.groups):
+        best = None
+        for rule in group:
+            tat = tat_of(rule.state)
+            reset = 0.0 if tat is None or tat <= now else tat - now
+            left = int((rule.period - reset) / rule.interval + EPS)
+            if left < 0:
+                left = 0
+            if best is None:
+                best, b_left, b_reset, b_frac = rule, left, reset, left / rule.limit
+            else:
+                frac = left / rule.limit
+                if frac < b_frac or (frac == b_frac and reset > b_reset):
+                    best, b_left, b_reset, b_frac = rule, left, reset, frac
+        left_text = str(b_left)
+        out[names[0]] = best.limit_text
+        out[names[1]] = left_text
+        out[names[2]] = duration(b_reset)
+        if i == plan.main:
+            main = (best.limit_text, left_text, b_reset)
     if main is not None:
-        left, reset, check = main
-        out["X-RateLimit-Limit"] = str(check.limit)
-        out["X-RateLimit-Remaining"] = str(left)
-        out["X-RateLimit-Reset"] = iso_at(now + reset)
-    return out
+        out["X-RateLimit-Limit"] = main[0]
+        out["X-RateLimit-Remaining"] = main[1]
+        out["X-RateLimit-Reset"] = iso_at(now + main[2])
