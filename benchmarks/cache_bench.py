@@ -2,6 +2,12 @@
 
     .venv/bin/python -m benchmarks.cache_bench [--embedder local] [--requests 200] [--json out.json]
 
+The per-step breakdown. The end-to-end numbers (exact hit, semantic hit, miss
+against the full stack without a cache, in separate pinned processes) are part
+of the harness: ``tollway bench --scenarios cache --targets tollway-full,tollway-cache``
+(``benchmarks/scenarios.py``, the ``cache`` scenario). Part 2 below is the quick
+in-process version of that, with no other plugin.
+
 Two parts:
 
 1. *Parts*: the time of each step of a lookup and a store -- canonical key,

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tollway bench", description="Measure tollway's added latency and throughput against a bare floor.",
         epilog="scenarios: " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))
     p.add_argument("--profile", choices=sorted(PROFILES), default="full",
-                   help="how long and how hard (default: full, ~10 minutes; quick: ~2; smoke: seconds)")
+                   help="how long and how hard (default: full, ~12 minutes; quick: ~2; smoke: seconds)")
     p.add_argument("--quick", action="store_const", const="quick", dest="profile", help="same as --profile quick")
     p.add_argument("--targets", default=",".join(BUILTIN_TARGETS),
                    help=f"comma-separated built-in targets (default: {','.join(BUILTIN_TARGETS)})")
