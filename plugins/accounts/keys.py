@@ -39,6 +39,10 @@ def key_from_request(request: web.Request) -> str | None:
     headers = request.headers
     auth = headers.get("Authorization")
     if auth:
+        if auth.startswith("Bearer "):  # the usual form, without the general parse below
+            value = auth[7:].strip()
+            if value:
+                return value
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
