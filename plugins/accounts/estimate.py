@@ -42,10 +42,13 @@ def prompt_bound(call: Call) -> int:
 
 def requested_output(call: Call) -> int | None:
     """The client's output cap (``max_completion_tokens`` or ``max_tokens``)."""
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = call.body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
+    body = call.body
+    value = body.get("max_completion_tokens")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    value = body.get("max_tokens")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
     return None
 
 

@@ -41,9 +41,13 @@ def micro_to_usd(micro: int) -> float:
 
 def format_usd(micro: int) -> str:
     """``1234567`` -> ``"1.234567"`` (exact, no float)."""
-    sign = "-" if micro < 0 else ""
-    whole, frac = divmod(abs(micro), MICRO)
-    return f"{sign}{whole}.{frac:06d}"
+    if micro >= MICRO:
+        text = str(micro)
+        return f"{text[:-6]}.{text[-6:]}"
+    if micro >= 0:
+        return "0." + str(micro).zfill(6)
+    whole, frac = divmod(-micro, MICRO)
+    return f"-{whole}.{frac:06d}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +70,15 @@ class PriceTable:
 
         ``multiplier_ppm`` scales the cost in parts per million (1_000_000 = x1).
         """
-        cached = min(max(cached, 0), max(prompt, 0))
-        femto = (max(prompt, 0) - cached) * self.input + cached * self.cached_input + max(completion, 0) * self.output
+        if prompt < 0:
+            prompt = 0
+        if completion < 0:
+            completion = 0
+        if cached < 0:
+            cached = 0
+        elif cached > prompt:
+            cached = prompt
+        femto = (prompt - cached) * self.input + cached * self.cached_input + completion * self.output
         if multiplier_ppm != MICRO:
             return -(-femto * multiplier_ppm // (FEMTO_PER_MICRO * MICRO))
         return -(-femto // FEMTO_PER_MICRO)
