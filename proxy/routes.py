@@ -66,6 +66,7 @@ class ModelRoutes:
         self.gw = gw
         self.limit = gw.config.server.max_body_bytes
         self.created = int(time.time())
+        self.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created))
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -114,6 +115,11 @@ class ModelRoutes:
             "object": "model",
             "created": self.created,
             "owned_by": m.provider,
+            # The Anthropic Models API's fields, so both SDKs read the same answer.
+            "type": "model",
+            "display_name": name,
+            "created_at": self.created_at,
+            "max_input_tokens": m.context_window,
             "pricing": {
                 "currency": "USD",
                 "unit": "1M tokens",
@@ -138,7 +144,9 @@ class ModelRoutes:
         try:
             names = await self._visible(request, call)
             call.status = 200
-            return json_response({"object": "list", "data": [self.describe(n) for n in names]},
+            data = [self.describe(n) for n in names]
+            return json_response({"object": "list", "data": data, "has_more": False,
+                                  "first_id": names[0] if names else None, "last_id": names[-1] if names else None},
                                  headers=call.response_headers)
         except ProxyError as err:
             return await send_error(request, call, err)

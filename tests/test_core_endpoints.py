@@ -135,3 +135,14 @@ async def test_each_provider_has_its_own_pool_with_the_configured_limit(running)
     connector = pool._session.connector
     assert connector.limit == 1000 and connector.limit_per_host == 1000  # not aiohttp's default of 100
     assert running.gw.providers["local"].pool._session is None  # the mock opens no connections
+
+
+async def test_models_read_by_the_anthropic_sdk(running):
+    import anthropic
+
+    async with anthropic.AsyncAnthropic(base_url=running.root, api_key="unused") as client:
+        page = await client.models.list()
+        assert [m.id for m in page.data] == ["echo", "up"]
+        up = await client.models.retrieve("up")
+    assert up.type == "model" and up.display_name == "up" and up.max_input_tokens == 1000
+    assert up.created_at is not None
