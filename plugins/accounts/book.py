@@ -38,8 +38,6 @@ class Accounts:
         self.store = gateway.store
         self.by_hash: dict[str, KeyRecord] = {}
         self.by_id: dict[str, KeyRecord] = {}
-        # Presented key -> its record, to skip the SHA-256 on repeat requests (see key_for).
-        self._seen: dict[str, KeyRecord] = {}
         self.accounts: dict[str, Account] = {}
         # account id -> [balance delta, spent delta] not yet written.
         self.dirty: dict[str, list[int]] = {}
@@ -89,22 +87,9 @@ class Accounts:
 
     # -- the hot path -----------------------------------------------------------------
     def key_for(self, key: str) -> KeyRecord | None:
-        """The record of a presented key. Valid keys are memoised by the key
-        itself (so this process's memory holds the plain keys of the keys in
-        use, as it briefly does for every request anyway; never the store).
-        An entry counts only while its record is still the current one for
-        its hash, so a changed, revoked or reloaded key is looked up afresh.
-        Unknown keys are not memoised: the memo holds at most one entry per
-        real key."""
-        record = self._seen.get(key)
-        if record is not None and self.by_hash.get(record.hash) is record:
-            return record
-        record = self.by_hash.get(hash_key(key))
-        if record is not None:
-            if len(self._seen) >= 100_000:
-                self._seen.clear()
-            self._seen[key] = record
-        return record
+        # No memo of presented keys: it would keep every active key's plain text in
+        # memory for the process's life to save ~2 us of SHA-256. Only hashes are kept.
+        return self.by_hash.get(hash_key(key))
 
     def account_of(self, key: KeyRecord) -> Account:
         acc = self.accounts.get(key.account_id)
