@@ -17,7 +17,7 @@ from __future__ import annotations
 from proxy import Call, hookimpl
 from proxy.gateway import Gateway
 
-from .accounts.money import MICRO, PriceBook, format_usd, multiplier_ppm
+from .accounts.money import PriceBook, format_usd
 
 
 class Plugin:
@@ -33,9 +33,7 @@ class Plugin:
         usage = call.usage
         if usage is None or call.route is None:
             return
-        multiplier = call.price_multiplier
-        cost = self.prices.of(call.route).cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
-                                               MICRO if multiplier == 1.0 else multiplier_ppm(multiplier))
+        cost = self.prices.cost_of(call)
         call.cost_micro = cost
         call.usage_extra["cost"] = cost / 1_000_000
         if not call.stream:

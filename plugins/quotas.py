@@ -112,9 +112,7 @@ class Plugin:
         if usage is not None:
             if call.cost_micro is not None:
                 return call.cost_micro
-            multiplier = call.price_multiplier
-            return self.prices.of(call.route).cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
-                                                   MICRO if multiplier == 1.0 else multiplier_ppm(multiplier))
+            return self.prices.cost_of(call)
         if call.status != 200 or call.error is not None:
             return 0
         ppm = multiplier_ppm(call.price_multiplier)

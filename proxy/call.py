@@ -26,14 +26,16 @@ if TYPE_CHECKING:
 class Usage:
     """Token counts of one request, normalised across providers.
 
-    ``prompt_tokens`` includes cached tokens; ``completion_tokens`` includes
-    reasoning tokens (the OpenAI convention).
+    ``prompt_tokens`` includes cached tokens (read from a prompt cache) and
+    cache-write tokens (written to one; Anthropic bills them above the input
+    price); ``completion_tokens`` includes reasoning tokens (the OpenAI convention).
     """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -73,11 +73,13 @@ class ProviderConfig:
 
 @dataclass(frozen=True)
 class Price:
-    """USD per 1M tokens. ``cached_input`` defaults to ``input``."""
+    """USD per 1M tokens. ``cached_input`` (prompt-cache reads) and
+    ``cache_write`` (prompt-cache writes, e.g. Anthropic's 1.25x) default to ``input``."""
 
     input: float
     output: float
     cached_input: float | None = None
+    cache_write: float | None = None
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,7 @@ def _build_models(raw: Any, providers: dict[str, ProviderConfig]) -> dict[str, M
         if model.provider not in providers:
             raise ConfigError(f"{where}.provider: unknown provider {model.provider!r}"
                               f"{suggest(model.provider, providers)}")
-        for k in ("input", "output", "cached_input"):
+        for k in ("input", "output", "cached_input", "cache_write"):
             v = getattr(model.price, k)
             if v is not None and v < 0:
                 raise ConfigError(f"{where}.price.{k}: must not be negative")

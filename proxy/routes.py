@@ -126,6 +126,7 @@ class ModelRoutes:
                 "input": price.input,
                 "output": price.output,
                 "cached_input": price.cached_input if price.cached_input is not None else price.input,
+                "cache_write": price.cache_write if price.cache_write is not None else price.input,
             },
             "context_window": m.context_window,
         }

@@ -6,6 +6,7 @@ and mid-stream errors as Anthropic events, tool round trips."""
 from __future__ import annotations
 
 import anthropic
+import openai
 import orjson
 import pytest
 from _translation import ANTHROPIC_TOOLS, config, post_raw
@@ -260,3 +261,29 @@ async def test_full_business_stack_bills_anthropic_clients(aiohttp_server, start
             await client.messages.create(model=f"{upstream}-text", max_tokens=5,
                                          messages=[{"role": "user", "content": "x"}])
     assert exc.value.body["type"] == "error" and exc.value.body["error"]["type"] == "authentication_error"
+
+
+async def test_prompt_cache_writes_are_billed_at_their_own_price(aiohttp_server, start_gateway):
+    """Anthropic bills cache writes above the input price: `price.cache_write` says by how much."""
+    from business import ALL, DEMO
+
+    mock = await aiohttp_server(make_fixture_app())
+    cfg = config(str(mock.make_url("")).rstrip("/"))
+    cfg["plugins"] = {"enabled": ALL}
+    cfg["keys"] = [{"name": "demo", "key": DEMO, "credits": 5.0}]
+    cfg["models"]["anthropic-text"]["price"] = {"input": 3.0, "output": 15.0, "cached_input": 0.3,
+                                                "cache_write": 3.75}
+    running = await start_gateway(cfg)
+    # The fixture: 10 plain input, 5 written to the cache, 20 read from it, 15 output tokens:
+    # 279.75 micro-USD, rounded up to 280 (at the input price the writes would make it 276).
+    assert 10 * 3.0 + 5 * 3.75 + 20 * 0.3 + 15 * 15.0 == 279.75
+    cost = 280 / 1_000_000
+    async with anthropic.AsyncAnthropic(base_url=running.root, api_key=DEMO, max_retries=0) as client:
+        answer = await client.messages.create(model="anthropic-text", max_tokens=50,
+                                              messages=[{"role": "user", "content": "x"}])
+    assert answer.usage.cache_creation_input_tokens == 5 and answer.usage.cache_read_input_tokens == 20
+    assert answer.usage.model_extra["cost"] == pytest.approx(cost)
+    async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="anthropic-text", messages=[{"role": "user", "content": "x"}], max_tokens=50)
+    assert float(raw.headers["x-tollway-cost"]) == pytest.approx(cost)

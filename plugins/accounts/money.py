@@ -57,16 +57,21 @@ class PriceTable:
     input: int
     output: int
     cached_input: int
+    cache_write: int
 
     @classmethod
     def from_config(cls, price, where: str) -> PriceTable:
         cached = price.cached_input if price.cached_input is not None else price.input
+        write = price.cache_write if price.cache_write is not None else price.input
         return cls(exact_scaled(price.input, FEMTO_PER_MICRO, f"{where}.input"),
                    exact_scaled(price.output, FEMTO_PER_MICRO, f"{where}.output"),
-                   exact_scaled(cached, FEMTO_PER_MICRO, f"{where}.cached_input"))
+                   exact_scaled(cached, FEMTO_PER_MICRO, f"{where}.cached_input"),
+                   exact_scaled(write, FEMTO_PER_MICRO, f"{where}.cache_write"))
 
-    def cost(self, prompt: int, completion: int, cached: int = 0, multiplier_ppm: int = MICRO) -> int:
-        """Micro-USD for these tokens (``prompt`` includes ``cached``), rounded up.
+    def cost(self, prompt: int, completion: int, cached: int = 0, multiplier_ppm: int = MICRO,
+             cache_write: int = 0) -> int:
+        """Micro-USD for these tokens (``prompt`` includes ``cached`` and
+        ``cache_write``), rounded up.
 
         ``multiplier_ppm`` scales the cost in parts per million (1_000_000 = x1).
         """
@@ -78,7 +83,12 @@ class PriceTable:
             cached = 0
         elif cached > prompt:
             cached = prompt
-        femto = (prompt - cached) * self.input + cached * self.cached_input + completion * self.output
+        if cache_write < 0:
+            cache_write = 0
+        elif cache_write > prompt - cached:
+            cache_write = prompt - cached
+        femto = ((prompt - cached - cache_write) * self.input + cached * self.cached_input
+                 + cache_write * self.cache_write + completion * self.output)
         if multiplier_ppm != MICRO:
             return -(-femto * multiplier_ppm // (FEMTO_PER_MICRO * MICRO))
         return -(-femto // FEMTO_PER_MICRO)
@@ -111,3 +121,12 @@ class PriceBook:
         if table is None:  # a route a plugin made up: price it from its config
             table = self.tables[route.model] = PriceTable.from_config(route.config.price, f"models.{route.model}")
         return table
+
+    def cost_of(self, call) -> int:
+        """Micro-USD for a call's usage (which must be known) at its route's prices,
+        times ``call.price_multiplier``."""
+        usage = call.usage
+        multiplier = call.price_multiplier
+        return self.of(call.route).cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                                        MICRO if multiplier == 1.0 else multiplier_ppm(multiplier),
+                                        usage.cache_write_tokens)

@@ -169,7 +169,8 @@ def _tools(body: dict, out: dict) -> None:
 
 def usage_to_anthropic(usage: Usage | None) -> dict:
     u = usage or Usage()
-    return {"input_tokens": u.prompt_tokens - u.cached_tokens, "cache_creation_input_tokens": 0,
+    return {"input_tokens": u.prompt_tokens - u.cached_tokens - u.cache_write_tokens,
+            "cache_creation_input_tokens": u.cache_write_tokens,
             "cache_read_input_tokens": u.cached_tokens, "output_tokens": u.completion_tokens}
 
 

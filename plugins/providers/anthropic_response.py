@@ -37,9 +37,10 @@ def usage_from_anthropic(usage: Any) -> Usage | None:
         return None
     try:
         read = int(usage.get("cache_read_input_tokens") or 0)
-        prompt = int(usage.get("input_tokens") or 0) + int(usage.get("cache_creation_input_tokens") or 0) + read
+        written = int(usage.get("cache_creation_input_tokens") or 0)
+        prompt = int(usage.get("input_tokens") or 0) + written + read
         return Usage(prompt_tokens=prompt, completion_tokens=int(usage.get("output_tokens") or 0),
-                     cached_tokens=read)
+                     cached_tokens=read, cache_write_tokens=written)
     except (TypeError, ValueError):
         return None
 
