@@ -104,7 +104,7 @@ async def test_models_list_and_get(client):
     up = await client.models.retrieve("up")
     extra = up.model_extra
     assert extra["pricing"] == {"currency": "USD", "unit": "1M tokens", "input": 1.0, "output": 2.0,
-                                "cached_input": 1.0}
+                                "cached_input": 1.0, "cache_write": 1.0}
     assert extra["context_window"] == 1000
     with pytest.raises(openai.NotFoundError):
         await client.models.retrieve("nope")

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from plugins.accounts.money import PriceTable, format_usd, multiplier_ppm
 from proxy import CachedResponse, Usage, hookimpl
+from proxy.config import Price
 
 
 async def settled(running, account_id: str = "cfg_demo") -> None:
@@ -209,21 +210,23 @@ async def test_embeddings_are_priced(start_gateway):
 
 
 def test_cost_rounds_up_to_the_micro_usd():
-    table = PriceTable.from_config(type("P", (), {"input": 0.15, "output": 0.6, "cached_input": None})(), "p")
+    table = PriceTable.from_config(Price(input=0.15, output=0.6), "p")
     assert table.cost(1, 0) == 1  # 0.15 micro-USD -> 1
     assert table.cost(20, 0) == 3  # 3.0 exactly
     assert table.cost(21, 0) == 4  # 3.15 -> 4
     assert table.cost(1_000_000, 1_000_000) == 750_000
 
 
-@given(st.integers(0, 10**7), st.integers(0, 10**7), st.integers(0, 10**7),
+@given(st.integers(0, 10**7), st.integers(0, 10**7), st.integers(0, 10**7), st.integers(0, 10**7),
        st.decimals(0, 1000, places=3), st.decimals(0, 1000, places=3), st.decimals(0, 1000, places=3),
-       st.sampled_from([1.0, 0.5, 0.1, 0.25, 0.0, 2.0]))
-def test_cost_is_exact(prompt, completion, cached, p_in, p_out, p_cached, multiplier):
+       st.decimals(0, 1000, places=3), st.sampled_from([1.0, 0.5, 0.1, 0.25, 0.0, 2.0]))
+def test_cost_is_exact(prompt, completion, cached, written, p_in, p_out, p_cached, p_write, multiplier):
     cached = min(cached, prompt)
-    price = type("P", (), {"input": float(p_in), "output": float(p_out), "cached_input": float(p_cached)})()
+    written = min(written, prompt - cached)
+    price = Price(input=float(p_in), output=float(p_out), cached_input=float(p_cached), cache_write=float(p_write))
     table = PriceTable.from_config(price, "p")
-    exact = (Fraction(prompt - cached) * Fraction(str(p_in)) + Fraction(cached) * Fraction(str(p_cached))
+    exact = (Fraction(prompt - cached - written) * Fraction(str(p_in)) + Fraction(cached) * Fraction(str(p_cached))
+             + Fraction(written) * Fraction(str(p_write))
              + Fraction(completion) * Fraction(str(p_out))) * Fraction(str(multiplier))
     want = -(-exact.numerator // exact.denominator)
-    assert table.cost(prompt, completion, cached, multiplier_ppm(multiplier)) == want
+    assert table.cost(prompt, completion, cached, multiplier_ppm(multiplier), written) == want

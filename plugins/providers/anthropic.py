@@ -32,7 +32,7 @@ from proxy import Call, Provider, Route, UpstreamRequest, Usage
 from proxy.provider import loads_json
 
 from .anthropic_request import to_anthropic
-from .anthropic_response import AnthropicStreamDecoder, message_to_completion
+from .anthropic_response import AnthropicStreamDecoder, message_to_completion, usage_from_anthropic
 
 STATE = "anthropic"  # call.state key: per-request translation facts
 
@@ -88,7 +88,8 @@ class AnthropicProvider(Provider):
     def chat_response(self, call: Call, body: bytes) -> tuple[dict, Usage | None]:
         msg = loads_json(body, self.name)
         completion = message_to_completion(msg, call.state.get(STATE))
-        return completion, Usage.from_openai(completion.get("usage"))
+        # From Anthropic's own counts: the OpenAI form has no place for cache writes.
+        return completion, usage_from_anthropic(msg.get("usage"))
 
     def chat_stream(self, call: Call) -> AnthropicStreamDecoder:
         return AnthropicStreamDecoder(self.name, call.state.get(STATE))
