@@ -153,3 +153,11 @@ def test_a_builtin_plugin_that_cannot_load_is_one_line(monkeypatch):
     monkeypatch.setitem(loading.BUILTINS, "cache", "plugins.no_such_module")
     with pytest.raises(ConfigError, match=r"plugins.enabled\[0\]: the built-in plugin 'cache' cannot be loaded"):
         build_gateway(broken(plugins={"enabled": ["cache"]}))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(path, monkeypatch):
+    for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "TOLLWAY_ADMIN_KEY"):
+        monkeypatch.setenv(var, "set-for-the-test")
+    gw = load_gateway(path)
+    assert gw.config.models
