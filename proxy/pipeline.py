@@ -179,15 +179,19 @@ async def forward_chat(gw: Gateway, request: web.Request, call: Call, route: Rou
     up = await open_upstream(call, route, provider.chat_request(call, route, canonical))
 
     if call.stream:
-        if native:
-            codec = dialect.passthrough(call)
-        else:
-            codec = TranslatingCodec(provider.chat_stream(call), dialect.encoder(call))
-        filters = []
-        for hook in gw.hooks.stream_filter:
-            f = await hook(call)
-            if f is not None:
-                filters.append(f)
+        try:
+            if native:
+                codec = dialect.passthrough(call)
+            else:
+                codec = TranslatingCodec(provider.chat_stream(call), dialect.encoder(call))
+            filters = []
+            for hook in gw.hooks.stream_filter:
+                f = await hook(call)
+                if f is not None:
+                    filters.append(f)
+        except BaseException:
+            up.release()  # pump has not taken the upstream over: give its connection back
+            raise
         resp = call.response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **call.response_headers})
         call.status = 200
         try:

@@ -187,3 +187,18 @@ async def test_a_usage_hook_bug_ends_a_stream_cleanly(start_gateway):
     assert events[-1] == b"data: [DONE]"
     assert b'"code":"internal_error"' in events[-2]
     assert b"pricing bug" not in raw
+
+
+class RefusingFilter:
+    @hookimpl
+    async def tollway_stream_filter(self, call):
+        raise ProxyError(403, "streams are not allowed for this tenant", code="no_streams")
+
+
+async def test_a_stream_filter_can_refuse_before_the_first_byte(start_gateway, mock_upstream):
+    running = await start_gateway(base_config(mock_upstream.url), plugins=[RefusingFilter()])
+    body = {"model": "up", "messages": MESSAGES, "stream": True}
+    for _ in range(3):  # and again: the refused upstream answers were given back
+        async with aiohttp.ClientSession() as s, s.post(f"{running.url}/chat/completions", json=body) as r:
+            assert r.status == 403
+            assert (await r.json())["error"]["code"] == "no_streams"
