@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import time
 from dataclasses import dataclass, replace
 
@@ -164,6 +165,8 @@ def make_app(settings: MockSettings | None = None) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Serve the mock; prints ``mock listening on http://HOST:PORT`` once bound
+    (``--port 0`` lets the OS choose, as the harness does via ``serve_mock``)."""
     p = argparse.ArgumentParser(description="tollway's mock OpenAI-compatible upstream")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9000)
@@ -171,15 +174,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunk-delay", type=float, default=0.0)
     p.add_argument("--chunks", type=int, default=8)
     p.add_argument("--chunk-size", type=int, default=8)
+    p.add_argument("--delay", type=float, default=0.0)
     args = p.parse_args(argv)
     settings = MockSettings(ttft=args.ttft, chunk_delay=args.chunk_delay, chunks=args.chunks,
-                            chunk_size=args.chunk_size)
+                            chunk_size=args.chunk_size, delay=args.delay)
+    sock = socket.create_server((args.host, args.port), backlog=2048)
+    print(f"mock listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
     try:
         import uvloop
         uvloop.install()
-    except ImportError:
+    except ImportError:  # pragma: no cover
         pass
-    web.run_app(make_app(settings), host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(make_app(settings), sock=sock, access_log=None, print=None)
 
 
 if __name__ == "__main__":
