@@ -185,3 +185,15 @@ async def test_serve_refuses_several_workers_with_in_memory_state(tmp_path):
         assert proc.returncode == 2, args
         assert err.decode().strip() == expected, args
         assert b"listening" not in out
+
+
+@pytest.mark.parametrize("argv", [["keys", "list"], ["keys", "show", "demo"], ["usage"]])
+def test_commands_say_when_the_config_has_no_auth(tmp_path, capsys, argv):
+    config = cli_config(tmp_path)
+    config.pop("keys")
+    config["plugins"] = {"enabled": []}
+    path = tmp_path / "noauth.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, _, err = run(capsys, *argv, "--config", str(path))
+    assert code == 2
+    assert "the auth plugin is not enabled" in err and "Traceback" not in err

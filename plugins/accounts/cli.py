@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 def add_keys_command(subparsers: argparse._SubParsersAction) -> None:
-    from proxy.cli import add_config_arg, gateway_command
+    from proxy.cli import add_config_arg
 
     keys = subparsers.add_parser("keys", help="manage API keys and their credits")
     sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -46,27 +46,27 @@ def add_keys_command(subparsers: argparse._SubParsersAction) -> None:
     for name in ("rpm", "tpm", "rpd", "concurrency"):
         create.add_argument(f"--{name}", type=positive_int)
     create.add_argument("--expires", help="expiry, ISO 8601 (e.g. 2030-01-31T00:00:00Z)")
-    create.set_defaults(func=gateway_command(cmd_create))
+    create.set_defaults(func=book_command(cmd_create))
 
     listing = sub.add_parser("list", help="list keys with their balances")
     add_config_arg(listing)
-    listing.set_defaults(func=gateway_command(cmd_list))
+    listing.set_defaults(func=book_command(cmd_list))
 
     for action, helptext, fn in (("show", "show one key", cmd_show), ("revoke", "revoke a key now", cmd_revoke)):
         p = sub.add_parser(action, help=helptext)
         add_config_arg(p)
         p.add_argument("key", help="key id (or its name, when unique)")
-        p.set_defaults(func=gateway_command(fn))
+        p.set_defaults(func=book_command(fn))
 
     topup = sub.add_parser("topup", help="add credits to a key's account")
     add_config_arg(topup)
     topup.add_argument("key", help="key id (or its name, when unique)")
     topup.add_argument("amount", type=positive_usd, help="USD to add")
-    topup.set_defaults(func=gateway_command(cmd_topup))
+    topup.set_defaults(func=book_command(cmd_topup))
 
 
 def add_usage_command(subparsers: argparse._SubParsersAction) -> None:
-    from proxy.cli import add_config_arg, gateway_command
+    from proxy.cli import add_config_arg
 
     usage = subparsers.add_parser("usage", help="usage per day, key and model, from the ledger")
     add_config_arg(usage)
@@ -74,7 +74,7 @@ def add_usage_command(subparsers: argparse._SubParsersAction) -> None:
     usage.add_argument("--model", help="only this model")
     usage.add_argument("--since", type=day_arg, help="first day, YYYY-MM-DD")
     usage.add_argument("--until", type=day_arg, help="last day, YYYY-MM-DD")
-    usage.set_defaults(func=gateway_command(cmd_usage))
+    usage.set_defaults(func=book_command(cmd_usage))
 
 
 # -- argument types (argparse turns their errors into a clean usage message) ----------
@@ -117,12 +117,20 @@ def day_arg(text: str) -> str:
 
 # -- commands -------------------------------------------------------------------------
 
-def _book(gw: Gateway) -> Accounts | None:
-    accounts = gw.services.get("accounts")
-    if accounts is None:
-        print("tollway: the auth plugin is not enabled in this config (plugins.enabled), so it has no keys",
-              file=sys.stderr)
-    return accounts
+def book_command(fn):
+    """A CLI command on the accounts book: ``async fn(accounts, args) -> int``,
+    run with the config's gateway started (no server)."""
+    from proxy.cli import gateway_command
+
+    async def run(gw: Gateway, args: argparse.Namespace) -> int:
+        accounts = gw.services.get("accounts")
+        if accounts is None:
+            print("tollway: the auth plugin is not enabled in this config (plugins.enabled), so it has no keys",
+                  file=sys.stderr)
+            return 2
+        return await fn(accounts, args)
+
+    return gateway_command(run)
 
 
 def _find(accounts: Accounts, ref: str) -> KeyRecord | None:
@@ -161,15 +169,12 @@ def _limits(limits: Limits) -> str:
     return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
 
 
-async def cmd_create(gw: Gateway, args: argparse.Namespace) -> int:
-    accounts = _book(gw)
-    if accounts is None:
-        return 2
+async def cmd_create(accounts: Accounts, args: argparse.Namespace) -> int:
     limits = Limits(rpm=args.rpm, tpm=args.tpm, rpd=args.rpd, concurrency=args.concurrency)
     spec = KeyCreate(name=args.name, credits=None if args.unlimited else args.credits, account=args.account,
                      models=args.models, limits=limits, expires_at=args.expires)
     try:
-        kwargs = create_args(spec, gw.config.models)
+        kwargs = create_args(spec, accounts.config.models)
     except SpecError as exc:
         print(f"tollway keys create: {exc}", file=sys.stderr)
         return 2
@@ -179,10 +184,7 @@ async def cmd_create(gw: Gateway, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_list(gw: Gateway, args: argparse.Namespace) -> int:
-    accounts = _book(gw)
-    if accounts is None:
-        return 2
+async def cmd_list(accounts: Accounts, args: argparse.Namespace) -> int:
     now = time.time()
     rows = []
     for k in accounts.by_id.values():
@@ -199,20 +201,18 @@ async def cmd_list(gw: Gateway, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_show(gw: Gateway, args: argparse.Namespace) -> int:
-    accounts = _book(gw)
-    record = accounts and _find(accounts, args.key)
+async def cmd_show(accounts: Accounts, args: argparse.Namespace) -> int:
+    record = _find(accounts, args.key)
     if record is None:
-        return 1 if accounts else 2
+        return 1
     print(_details(accounts, record))
     return 0
 
 
-async def cmd_revoke(gw: Gateway, args: argparse.Namespace) -> int:
-    accounts = _book(gw)
-    record = accounts and _find(accounts, args.key)
+async def cmd_revoke(accounts: Accounts, args: argparse.Namespace) -> int:
+    record = _find(accounts, args.key)
     if record is None:
-        return 1 if accounts else 2
+        return 1
     if record.source == "config":
         print(f"tollway: {record.id} is defined in the config file's keys: list; remove it there", file=sys.stderr)
         return 1
@@ -222,11 +222,10 @@ async def cmd_revoke(gw: Gateway, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_topup(gw: Gateway, args: argparse.Namespace) -> int:
-    accounts = _book(gw)
-    record = accounts and _find(accounts, args.key)
+async def cmd_topup(accounts: Accounts, args: argparse.Namespace) -> int:
+    record = _find(accounts, args.key)
     if record is None:
-        return 1 if accounts else 2
+        return 1
     if record.revoked_at is not None:
         print(f"tollway: {record.id} has been revoked", file=sys.stderr)
         return 1
@@ -236,10 +235,7 @@ async def cmd_topup(gw: Gateway, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_usage(gw: Gateway, args: argparse.Namespace) -> int:
-    accounts = _book(gw)
-    if accounts is None:
-        return 2
+async def cmd_usage(accounts: Accounts, args: argparse.Namespace) -> int:
     key_id = None
     if args.key:
         record = _find(accounts, args.key)
