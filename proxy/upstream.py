@@ -1,9 +1,9 @@
-"""Pooled upstream sessions with the four timeouts, and the response they give.
+"""Pooled upstream connections with the four timeouts, and the answer they give.
 
-One ``UpstreamPool`` per provider: one aiohttp session, one connector with an
-explicit connection limit. Timeouts:
+One ``UpstreamPool`` per provider, on the gateway's own HTTP/1.1 client
+(``http1.py``) with an explicit connection limit. Timeouts:
 
-- connect: TCP (and TLS) connect, enforced by aiohttp;
+- connect: TCP (and TLS) connect;
 - first_byte: from sending the request to the response headers;
 - idle: longest silence between two body reads;
 - total: the whole exchange, headers and body.
@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import aiohttp
-
+from . import http1
+from .deadline import Deadline
 from .errors import ProxyError
 
 if TYPE_CHECKING:
@@ -31,40 +31,12 @@ log = logging.getLogger("tollway.upstream")
 # Bodies of non-stream answers and error answers are read whole; cap them so a
 # broken upstream cannot exhaust memory.
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
-
-
-class Deadline:
-    """Cancel the current task at ``when`` (loop time); leaving the block by
-    that cancellation raises TimeoutError. ``asyncio.timeout_at`` with fewer
-    steps: it is armed once or twice per request on the hot path."""
-
-    __slots__ = ("_when", "_loop", "_task", "_handle", "_fired")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        self._loop = loop
-        self._when = when
-        self._fired = False
-
-    def __enter__(self) -> Deadline:
-        self._task = asyncio.current_task(self._loop)
-        self._handle = self._loop.call_at(self._when, self._fire)
-        return self
-
-    def _fire(self) -> None:
-        self._fired = True
-        self._task.cancel()
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        self._handle.cancel()
-        if self._fired and exc_type is asyncio.CancelledError:
-            self._task.uncancel()
-            raise TimeoutError
-        return False
+KEEPALIVE_S = 30.0  # an idle upstream connection older than this is closed, not reused
 
 
 @dataclass(slots=True)
 class UpstreamRequest:
-    """What a provider adapter wants sent: the core sends it on the pooled session."""
+    """What a provider adapter wants sent: the core sends it on the pooled connections."""
 
     url: str
     body: bytes
@@ -78,34 +50,46 @@ class UpstreamResponse:
     object with the same four members (status, headers, read_chunk, read_all)
     plus release()."""
 
-    __slots__ = ("status", "headers", "_resp", "_pool", "_deadline", "_loop")
+    __slots__ = ("status", "_head", "_headers", "_conn", "_pool", "_deadline")
 
-    def __init__(self, resp: aiohttp.ClientResponse, pool: UpstreamPool, deadline: float) -> None:
-        self.status = resp.status
-        self.headers: Mapping[str, str] = resp.headers
-        self._resp = resp
+    def __init__(self, conn: http1.Connection, pool: UpstreamPool, deadline: float) -> None:
+        self.status = conn.status
+        self._head = conn.raw_head
+        self._headers: Mapping[str, str] | None = None
+        self._conn: http1.Connection | None = conn
         self._pool = pool
         self._deadline = deadline
-        self._loop = asyncio.get_running_loop()
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The answer's headers (case-insensitive), parsed on first use."""
+        if self._headers is None:
+            self._headers = http1.parse_headers(self._head)
+        return self._headers
 
     async def read_chunk(self) -> bytes:
         """The next bytes of the body as they arrive; b"" at the end."""
-        content = self._resp.content
+        conn = self._conn
         try:
             # Bytes already here (or the end already seen): no waiting, so no timer to arm.
-            data = content.read_nowait()
-            if data or content.at_eof():
+            data = conn.read_nowait()
+            if data or conn.at_eof():
                 return data
-            deadline = min(self._loop.time() + self._pool.timeouts.idle, self._deadline)
-            with Deadline(self._loop, deadline):
-                return await content.readany()
+            pool = self._pool
+            deadline = min(pool.loop.time() + pool.timeouts.idle, self._deadline)
+            with Deadline(pool.loop, deadline):
+                await conn.wait()
+            return conn.read_nowait()
         except TimeoutError:
             raise self._pool.timeout_error("idle" if deadline < self._deadline else "total") from None
-        except (aiohttp.ClientError, ConnectionError) as exc:
+        except (http1.BadResponse, ConnectionError) as exc:
             raise self._pool.broken_error(exc) from None
 
     async def read_all(self, limit: int = MAX_UPSTREAM_BODY) -> bytes:
         """The whole body (non-stream answers and errors)."""
+        conn = self._conn
+        if conn.at_eof():  # the common case: the whole answer came with its head
+            return conn.read_nowait()
         parts = []
         size = 0
         while chunk := await self.read_chunk():
@@ -117,11 +101,10 @@ class UpstreamResponse:
         return b"".join(parts)
 
     def release(self) -> None:
-        """Give the connection back (or drop it when the body was not read to the end)."""
-        if self._resp.content.at_eof():
-            self._resp.release()
-        else:
-            self._resp.close()
+        """Give the connection back (closed instead when the body was not read to the end)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.client.release(conn)
 
 
 class UpstreamPool:
@@ -131,51 +114,55 @@ class UpstreamPool:
         self.name = name
         self.config = config
         self.timeouts = config.timeouts
-        self._session: aiohttp.ClientSession | None = None
+        self.client: http1.Pool | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._targets: dict[str, tuple[http1.Origin, str, str]] = {}
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.config.max_connections,
-            limit_per_host=self.config.max_connections,
-            ttl_dns_cache=300,
-            keepalive_timeout=30,
-            enable_cleanup_closed=False,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect),
-            auto_decompress=False,  # bytes pass through as the upstream sent them
-        )
+        self.loop = asyncio.get_running_loop()
+        self.client = http1.Pool(self.config.max_connections, self.timeouts.connect, KEEPALIVE_S)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    def encode(self, request: UpstreamRequest) -> tuple[http1.Origin, bytes]:
+        """(origin, request bytes); URLs are split once each (providers use a handful)."""
+        target = self._targets.get(request.url)
+        if target is None:
+            if len(self._targets) >= 1024:
+                self._targets.clear()
+            target = self._targets[request.url] = http1.split_url(request.url)
+        origin, host, path = target
+        try:
+            payload = http1.encode_request(request.method, host, path, request.headers, request.body)
+        except ValueError as exc:
+            raise ProxyError(400, f"cannot send the request upstream: {exc}", code="bad_header") from None
+        return origin, payload
 
     async def open(self, request: UpstreamRequest) -> UpstreamResponse:
         """Send the request; return once the response headers have arrived."""
-        assert self._session is not None, "UpstreamPool.start() was not awaited"
-        loop = asyncio.get_running_loop()
+        assert self.client is not None, "UpstreamPool.start() was not awaited"
+        origin, payload = self.encode(request)
+        loop = self.loop
         now = loop.time()
         deadline = now + self.timeouts.total
         first_byte = min(now + self.timeouts.first_byte, deadline)
         try:
             with Deadline(loop, first_byte):
-                resp = await self._session.request(
-                    request.method, request.url, data=request.body, headers=request.headers,
-                    allow_redirects=False,
-                )
-        except aiohttp.ConnectionTimeoutError:
+                conn = await self.client.request(origin, payload)
+        except http1.ConnectTimeout:
             raise self.timeout_error("connect") from None
         except TimeoutError:
             raise self.timeout_error("first_byte" if first_byte < deadline else "total") from None
-        except aiohttp.ClientConnectorError as exc:
+        except http1.CannotConnect as exc:
             log.warning("upstream %s: cannot connect: %s", self.name, exc)
             raise ProxyError(502, f"could not connect to upstream '{self.name}'",
                              code="upstream_unreachable") from None
-        except (aiohttp.ClientError, ConnectionError) as exc:
+        except (http1.BadResponse, ConnectionError) as exc:
             raise self.broken_error(exc) from None
-        return UpstreamResponse(resp, self, deadline)
+        return UpstreamResponse(conn, self, deadline)
 
     def timeout_error(self, which: str) -> ProxyError:
         seconds = getattr(self.timeouts, which)
