@@ -377,7 +377,8 @@ def _header(lowered_head: bytes, name: bytes) -> bytes | None:
 class Pool:
     """Keep-alive connections to any number of origins, at most ``limit`` open at once."""
 
-    def __init__(self, limit: int, connect_timeout: float, keepalive: float = 30.0) -> None:
+    def __init__(self, limit: int, connect_timeout: float, keepalive: float = 30.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.limit = limit
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
@@ -386,7 +387,7 @@ class Pool:
         self._idle: dict[Origin, list[Connection]] = {}
         self._all: set[Connection] = set()
         self._waiters: deque[asyncio.Future] = deque()
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context  # None: the system's trust store, made on the first https connect
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
 

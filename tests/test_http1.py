@@ -1,0 +1,317 @@
+"""The upstream HTTP/1.1 client (proxy/http1.py): framing, keep-alive, limits, TLS.
+
+Framing is checked on a connection fed by hand (every way of cutting the
+bytes must give the same body); the pool against real local servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+
+import pytest
+import trustme
+from aiohttp import web
+
+from proxy import http1
+
+ORIGIN = ("http", "127.0.0.1", 1)
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.paused = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def fed(pieces: list[bytes], limit: int = 10) -> tuple[http1.Connection, FakeTransport]:
+    """A connection that sent a request and received ``pieces``, one data_received each."""
+    pool = http1.Pool(limit, connect_timeout=1)
+    conn = http1.Connection(pool, ORIGIN)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    conn.send(b"GET / HTTP/1.1\r\n\r\n")
+    for piece in pieces:
+        conn.data_received(piece)
+    return conn, transport
+
+
+def cuts(data: bytes, rng: random.Random) -> list[bytes]:
+    out, i = [], 0
+    while i < len(data):
+        n = rng.randint(1, 9)
+        out.append(data[i:i + n])
+        i += n
+    return out
+
+
+CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"7\r\ndata: 1\r\n17;ext=x\r\n\n\ndata: {\"a\": \"\\r\\n\"}\n\n\r\n0\r\nX-Trailer: t\r\n\r\n")
+CHUNKED_BODY = b'data: 1\n\ndata: {"a": "\\r\\n"}\n\n'
+LENGTH = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nContent-Type: application/json\r\n\r\n{\"ok\":true}"
+
+
+@pytest.mark.parametrize("raw, body", [(CHUNKED, CHUNKED_BODY), (LENGTH, b'{"ok":true}')])
+async def test_every_cut_of_the_bytes_gives_the_same_body(raw, body):
+    rng = random.Random(7)
+    for _ in range(200):
+        conn, transport = await fed(cuts(raw, rng))
+        await conn.read_head()
+        assert conn.status == 200
+        assert conn.read_nowait() == body
+        assert conn.at_eof() and conn.reusable and not transport.aborted
+
+
+async def test_headers_are_parsed_on_demand_and_case_insensitive():
+    conn, _ = await fed([b"HTTP/1.1 429 Too Many\r\nretry-after: 7\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 0\r\n\r\n"])
+    await conn.read_head()
+    headers = http1.parse_headers(conn.raw_head)
+    assert conn.status == 429 and headers["Retry-After"] == "7" and headers.getall("X-A") == ["1", "2"]
+
+
+async def test_interim_answers_are_skipped():
+    conn, _ = await fed([b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n",
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"])
+    await conn.read_head()
+    assert conn.status == 200 and conn.read_nowait() == b"hi" and conn.at_eof()
+
+
+async def test_a_body_without_length_ends_at_the_close_and_is_not_reused():
+    conn, _ = await fed([b"HTTP/1.1 200 OK\r\n\r\npart one, ", b"part two"])
+    await conn.read_head()
+    assert conn.read_nowait() == b"part one, part two" and not conn.at_eof()
+    conn.connection_lost(None)
+    assert conn.at_eof() and not conn.reusable
+
+
+@pytest.mark.parametrize("head, reusable", [
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", False),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", False),
+    (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", True),
+    (b"HTTP/1.1 204 No Content\r\n\r\n", True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiEXTRA", False),  # bytes nobody asked for
+])
+async def test_keep_alive_follows_the_answer(head, reusable):
+    conn, _ = await fed([head])
+    await conn.read_head()
+    conn.read_nowait()
+    assert conn.reusable is reusable
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"SPDY/3 200 OK\r\n\r\n", "bad status line"),
+    (b"HTTP/1.1 2x0 OK\r\n\r\n", "bad status line"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", "bad Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhiXX", "chunk not followed by CRLF"),
+    (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "switched protocols"),
+    (b"HTTP/1.1 200 OK\r\nX: " + b"a" * (http1.MAX_HEAD + 10), "larger than"),
+])
+async def test_broken_answers_raise_and_close_the_connection(raw, message):
+    conn, transport = await fed([raw])
+    with pytest.raises(http1.BadResponse, match=message):
+        await conn.read_head()
+        while not conn.at_eof():
+            conn.read_nowait()
+    assert transport.aborted and not conn.reusable
+
+
+async def test_a_slow_reader_pauses_reading_until_it_catches_up():
+    size = http1.HIGH_WATER * 2
+    conn, transport = await fed([b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size])
+    await conn.read_head()
+    conn.data_received(b"x" * (http1.HIGH_WATER + 1))
+    assert transport.paused
+    assert len(conn.read_nowait()) == http1.HIGH_WATER + 1 and not transport.paused
+
+
+def test_request_bytes_and_header_injection():
+    origin, host, target = http1.split_url("https://api.example.com/v1beta/models/m:generate?alt=sse")
+    assert origin == ("https", "api.example.com", 443) and host == "api.example.com"
+    assert target == "/v1beta/models/m:generate?alt=sse"
+    assert http1.split_url("http://[::1]:8080/v1")[1] == "[::1]:8080"
+    raw = http1.encode_request("POST", "h:81", "/v1/x", {"Authorization": "Bearer k"}, b"{}")
+    assert raw == (b"POST /v1/x HTTP/1.1\r\nHost: h:81\r\nUser-Agent: tollway\r\nAuthorization: Bearer k\r\n"
+                   b"Content-Length: 2\r\n\r\n{}")
+    for bad in ({"X": "a\r\nEvil: 1"}, {"X\nY": "a"}, {"X: Y": "a"}):
+        with pytest.raises(ValueError, match="line break or a colon"):
+            http1.encode_request("POST", "h", "/", bad, b"")
+    with pytest.raises(ValueError, match="not an http"):
+        http1.split_url("ftp://example.com/")
+
+
+# -- the pool, against real local servers ----------------------------------------------
+
+class Counting:
+    """An aiohttp server that counts the connections it saw and answers /slow slowly."""
+
+    def __init__(self) -> None:
+        self.peers: set = set()
+        self.active = 0
+        self.max_active = 0
+
+    def app(self) -> web.Application:
+        async def answer(request: web.Request) -> web.Response:
+            self.peers.add(request.transport.get_extra_info("peername"))
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            try:
+                if request.path == "/slow":
+                    await asyncio.sleep(0.05)
+                return web.Response(body=await request.read())
+            finally:
+                self.active -= 1
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", answer)
+        return app
+
+
+async def call(pool: http1.Pool, url: str, body: bytes = b"ping") -> bytes:
+    origin, host, target = http1.split_url(url)
+    conn = await pool.request(origin, http1.encode_request("POST", host, target, {}, body))
+    try:
+        data = b""
+        while not conn.at_eof():
+            data += conn.read_nowait()
+            if not conn.at_eof():
+                await conn.wait()
+        return data + conn.read_nowait()
+    finally:
+        pool.release(conn)
+
+
+async def test_connections_are_reused_and_limited(aiohttp_server):
+    counting = Counting()
+    server = await aiohttp_server(counting.app())
+    pool = http1.Pool(limit=2, connect_timeout=2)
+    try:
+        for i in range(5):
+            assert await call(pool, str(server.make_url("/a")), b"n%d" % i) == b"n%d" % i
+        assert len(counting.peers) == 1  # one keep-alive connection served all five
+        answers = await asyncio.gather(*(call(pool, str(server.make_url("/slow")), b"%d" % i) for i in range(8)))
+        assert answers == [b"%d" % i for i in range(8)]
+        assert counting.max_active == 2 and len(counting.peers) == 2 and pool.open_count == 2
+    finally:
+        await pool.close()
+
+
+async def test_idle_connections_expire(aiohttp_server):
+    counting = Counting()
+    server = await aiohttp_server(counting.app())
+    pool = http1.Pool(limit=4, connect_timeout=2, keepalive=0.05)
+    try:
+        await call(pool, str(server.make_url("/")))
+        await asyncio.sleep(0.2)  # longer than keepalive: the sweep closed it
+        assert pool.open_count == 0
+        await call(pool, str(server.make_url("/")))
+        assert len(counting.peers) == 2
+    finally:
+        await pool.close()
+
+
+async def test_a_reused_connection_closed_before_answering_is_replaced_once():
+    """The keep-alive race: the upstream closes an idle connection as the request goes out."""
+    served = []
+
+    async def one_answer_then_close_on_the_next(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(4)
+        served.append(1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await reader.readuntil(b"\r\n\r\n")  # the next request on this connection: dropped unanswered
+        writer.close()
+
+    server = await asyncio.start_server(one_answer_then_close_on_the_next, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    pool = http1.Pool(limit=4, connect_timeout=2)
+    try:
+        assert await call(pool, url) == b"ok"
+        assert await call(pool, url) == b"ok"  # the dropped request went again on a new connection
+        assert len(served) == 2
+    finally:
+        await pool.close()
+        server.close()
+
+
+async def test_a_new_connection_closed_before_answering_is_an_error():
+    async def close_at_once(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
+    pool = http1.Pool(limit=4, connect_timeout=2)
+    try:
+        with pytest.raises(http1.UpstreamClosed):
+            await call(pool, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/")
+        assert pool.open_count == 0
+    finally:
+        await pool.close()
+        server.close()
+
+
+async def test_refused_connections_raise_cannot_connect_and_free_their_slot(unused_tcp_port):
+    pool = http1.Pool(limit=1, connect_timeout=2)
+    for _ in range(3):
+        with pytest.raises(http1.CannotConnect):
+            await call(pool, f"http://127.0.0.1:{unused_tcp_port}/")
+    assert pool.open_count == 0
+    await pool.close()
+
+
+async def test_https_with_a_verified_certificate(aiohttp_server):
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    counting = Counting()
+    server = await aiohttp_server(counting.app(), ssl=server_ctx)
+    url = f"https://localhost:{server.port}/v1/x"
+
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    pool = http1.Pool(limit=2, connect_timeout=2, ssl_context=trusted)
+    try:
+        assert await call(pool, url, b"secret") == b"secret"
+        assert await call(pool, url, b"again") == b"again"
+        assert len(counting.peers) == 1
+    finally:
+        await pool.close()
+
+    system_trust = http1.Pool(limit=2, connect_timeout=2)  # does not know the test CA
+    try:
+        with pytest.raises(http1.CannotConnect, match="CERTIFICATE_VERIFY_FAILED"):
+            await call(system_trust, url)
+    finally:
+        await system_trust.close()
+
+
+async def test_closing_the_pool_fails_waiters_and_aborts_connections(aiohttp_server):
+    counting = Counting()
+    server = await aiohttp_server(counting.app())
+    pool = http1.Pool(limit=1, connect_timeout=2)
+    slow = asyncio.ensure_future(call(pool, str(server.make_url("/slow"))))
+    await asyncio.sleep(0.01)
+    waiting = asyncio.ensure_future(call(pool, str(server.make_url("/"))))
+    await asyncio.sleep(0.01)
+    await pool.close()
+    with pytest.raises(http1.UpstreamClosed):
+        await slow
+    with pytest.raises(http1.CannotConnect, match="closed"):
+        await waiting
