@@ -71,8 +71,6 @@ LEDGER_COLUMNS = ("id", "time", "day", "key_id", "account_id", "endpoint", "mode
                   "status", "error_code", "stream", "cache_hit", "client_gone", "prompt_tokens",
                   "completion_tokens", "cached_tokens", "reasoning_tokens", "cost_micro_usd", "latency_ms",
                   "ttfb_ms")
-INSERT_LEDGER = (f"insert into tollway_ledger ({', '.join(LEDGER_COLUMNS)}) "
-                 f"values ({', '.join('?' for _ in LEDGER_COLUMNS)})")
 APPLY_DELTA = ("update tollway_accounts set balance_micro_usd = balance_micro_usd + ?, "
                "spent_micro_usd = spent_micro_usd + ? where id = ?")
 KEY_COLUMNS = ("id", "name", "key_hash", "prefix", "account_id", "models", "limits", "expires_at", "disabled",
@@ -137,9 +135,7 @@ async def load_accounts(store) -> list[Account]:
 
 
 async def write_batch(tx, rows: Iterable[tuple], deltas: dict[str, list[int]]) -> None:
-    rows = list(rows)
-    if rows:
-        await tx.executemany(INSERT_LEDGER, rows)
+    await tx.insert_rows("tollway_ledger", LEDGER_COLUMNS, list(rows))
     if deltas:
         await tx.executemany(APPLY_DELTA, [(d[0], d[1], aid) for aid, d in deltas.items()])
 

@@ -32,6 +32,13 @@ class Store:
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         raise NotImplementedError
 
+    async def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
+        """Insert many rows at once (write-behind batches). Stores override it
+        where one statement beats ``executemany``."""
+        if rows:
+            await self.executemany(f"insert into {table} ({', '.join(columns)}) "
+                                   f"values ({', '.join('?' for _ in columns)})", rows)
+
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
