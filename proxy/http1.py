@@ -345,6 +345,11 @@ class Connection(asyncio.Protocol):
         return self._state == _DONE and not self._body
 
     @property
+    def complete(self) -> bool:
+        """The whole body arrived (it may not have been read yet)."""
+        return self._state == _DONE
+
+    @property
     def reusable(self) -> bool:
         return self._state == _DONE and self._keep_alive and not self.closed and self._error is None
 

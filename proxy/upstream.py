@@ -88,17 +88,23 @@ class UpstreamResponse:
     async def read_all(self, limit: int = MAX_UPSTREAM_BODY) -> bytes:
         """The whole body (non-stream answers and errors)."""
         conn = self._conn
-        if conn.at_eof():  # the common case: the whole answer came with its head
-            return conn.read_nowait()
+        if conn.complete:  # the common case: the whole answer came with its head
+            body = conn.read_nowait()
+            if len(body) > limit:
+                raise self._too_large(limit)
+            return body
         parts = []
         size = 0
         while chunk := await self.read_chunk():
             size += len(chunk)
             if size > limit:
-                raise ProxyError(502, f"upstream '{self._pool.name}' answered more than {limit} bytes",
-                                 code="upstream_too_large")
+                raise self._too_large(limit)
             parts.append(chunk)
         return b"".join(parts)
+
+    def _too_large(self, limit: int) -> ProxyError:
+        return ProxyError(502, f"upstream '{self._pool.name}' answered more than {limit} bytes",
+                          code="upstream_too_large")
 
     def release(self) -> None:
         """Give the connection back (closed instead when the body was not read to the end)."""

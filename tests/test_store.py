@@ -1,8 +1,8 @@
 """The stores' batch insert (``insert_rows``): every value comes back as it went in.
 
-SQLite inserts a batch as one JSON array unpacked by SQLite (one statement,
-no per-row Python binding); PostgreSQL uses executemany. Both must store the
-same values with the same types.
+SQLite inserts a batch as multi-row statements (256 rows, then powers of
+two); PostgreSQL uses executemany. Both must store the same values with the
+same types, and every row of a batch of any size.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ async def check_round_trip(store, table: str) -> None:
         assert got == ROWS
         for row in got:
             assert [type(v) for v in row] == [type(v) for v in ROWS[[r[0] for r in ROWS].index(row[0])]]
+        many = [(f"r{i:05d}", i, i, i / 3, None, None) for i in range(700)]  # 256 + 256 + 128 + 32 + 16 + 8 + 4
+        await store.insert_rows(table, COLUMNS, many)
+        assert await store.fetchall(f"select {', '.join(COLUMNS)} from {table} where id like 'r%' order by id") == many
     finally:
         await store.execute(f"drop table if exists {table}")
 

