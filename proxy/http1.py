@@ -132,7 +132,7 @@ class Connection(asyncio.Protocol):
             self._state = _DONE  # the close is the end of this body
         elif self._state != _DONE and self._error is None:
             self._error = UpstreamClosed("the upstream closed the connection before its answer ended")
-        self._wake()
+        self.wake()
         self.pool.lost(self)
 
     def data_received(self, data: bytes) -> None:
@@ -273,16 +273,16 @@ class Connection(asyncio.Protocol):
         if self._buffered > HIGH_WATER and not self._paused:
             self._paused = True
             self.transport.pause_reading()
-        self._wake()
+        self.wake()
 
     def _finish(self) -> None:
         self._state = _DONE
-        self._wake()
+        self.wake()
 
     def _fail(self, exc: Exception) -> None:
         self._error = exc
         self._keep_alive = False
-        self._wake()
+        self.wake()
         self.abort()
 
     def _unsolicited(self) -> None:
@@ -292,7 +292,8 @@ class Connection(asyncio.Protocol):
         if self.idle:
             self.abort()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Wake the waiting reader (new bytes, the end, an error, or its own timer)."""
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None

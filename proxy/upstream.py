@@ -48,9 +48,15 @@ class UpstreamResponse:
     """An upstream answer whose headers have arrived; the body is read with
     the idle and total timeouts applied. The mock provider makes its own
     object with the same four members (status, headers, read_chunk, read_all)
-    plus release()."""
+    plus release().
 
-    __slots__ = ("status", "_head", "_headers", "_conn", "_pool", "_deadline")
+    The idle and total timeouts share one lazy timer per answer, armed at
+    the first wait and re-armed only when it fires early: a stream's reads
+    then cost no timer each (a stream waits once per chunk). When it expires
+    it wakes the waiting read, which raises; no task is cancelled."""
+
+    __slots__ = ("status", "_head", "_headers", "_conn", "_pool", "_deadline", "_timer", "_waiting_since",
+                 "_expired")
 
     def __init__(self, conn: http1.Connection, pool: UpstreamPool, deadline: float) -> None:
         self.status = conn.status
@@ -59,6 +65,9 @@ class UpstreamResponse:
         self._conn: http1.Connection | None = conn
         self._pool = pool
         self._deadline = deadline
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting_since = 0.0  # loop time the current wait began; 0 when not waiting
+        self._expired: str | None = None  # "idle" or "total" once a wait ran out
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -71,19 +80,36 @@ class UpstreamResponse:
         """The next bytes of the body as they arrive; b"" at the end."""
         conn = self._conn
         try:
-            # Bytes already here (or the end already seen): no waiting, so no timer to arm.
+            # Bytes already here (or the end already seen): no waiting.
             data = conn.read_nowait()
             if data or conn.at_eof():
                 return data
-            pool = self._pool
-            deadline = min(pool.loop.time() + pool.timeouts.idle, self._deadline)
-            with Deadline(pool.loop, deadline):
+            loop = self._pool.loop
+            self._waiting_since = now = loop.time()
+            if self._timer is None:
+                self._timer = loop.call_at(min(now + self._pool.timeouts.idle, self._deadline), self._on_timer)
+            try:
                 await conn.wait()
+            finally:
+                self._waiting_since = 0.0
+            if self._expired is not None:
+                raise self._pool.timeout_error(self._expired)
             return conn.read_nowait()
-        except TimeoutError:
-            raise self._pool.timeout_error("idle" if deadline < self._deadline else "total") from None
         except (http1.BadResponse, ConnectionError) as exc:
             raise self._pool.broken_error(exc) from None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        since = self._waiting_since
+        if not since or self._conn is None:
+            return  # not waiting now: the next wait arms it again
+        idle_due = since + self._pool.timeouts.idle
+        due = min(idle_due, self._deadline)
+        if self._pool.loop.time() >= due:
+            self._expired = "idle" if idle_due < self._deadline else "total"
+            self._conn.wake()
+        else:
+            self._timer = self._pool.loop.call_at(due, self._on_timer)
 
     async def read_all(self, limit: int = MAX_UPSTREAM_BODY) -> bytes:
         """The whole body (non-stream answers and errors)."""
@@ -109,6 +135,9 @@ class UpstreamResponse:
     def release(self) -> None:
         """Give the connection back (closed instead when the body was not read to the end)."""
         conn, self._conn = self._conn, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if conn is not None:
             self._pool.client.release(conn)
 

@@ -214,3 +214,15 @@ async def test_total_timeout_bounds_a_slow_but_steady_stream(start_gateway, mock
     payloads = sse_payloads(raw)
     assert payloads[-1] == b"[DONE]"
     assert orjson.loads(payloads[-2])["error"]["code"] == "upstream_timeout_total"
+
+
+async def test_a_stream_longer_than_the_idle_timeout_with_short_gaps_is_not_cut(start_gateway, mock_upstream):
+    """The idle timer is armed once and re-armed lazily: it must measure each gap, not the stream."""
+    config = base_config(mock_upstream.url)
+    config["providers"]["up"]["timeouts"] = {"connect": 2, "first_byte": 2, "idle": 0.25, "total": 10}
+    running = await start_gateway(config)
+    status, _, raw = await chat(running, {"stream": True, "mock": {"chunks": 12, "chunk_delay": 0.08}})
+    assert status == 200
+    payloads = sse_payloads(raw)
+    assert payloads[-1] == b"[DONE]" and all(b'"error"' not in p for p in payloads)
+    assert sum(1 for p in payloads if b'"content"' in p) >= 12
