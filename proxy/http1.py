@@ -311,7 +311,11 @@ class Connection(asyncio.Protocol):
         self._keep_alive = True
         self.received = False
         self.status = 0
-        self.transport.write(data)
+        try:
+            self.transport.write(data)
+        except (RuntimeError, OSError) as exc:  # closed under us since it was picked from the pool
+            self.closed = True
+            raise UpstreamClosed(f"the connection closed before the request went out: {exc}") from None
 
     async def read_head(self) -> None:
         """Wait for the answer's status line and headers."""

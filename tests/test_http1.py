@@ -315,3 +315,16 @@ async def test_closing_the_pool_fails_waiters_and_aborts_connections(aiohttp_ser
         await slow
     with pytest.raises(http1.CannotConnect, match="closed"):
         await waiting
+
+
+async def test_a_transport_closed_under_the_request_is_an_upstream_close():
+    class Closed(FakeTransport):
+        def write(self, data: bytes) -> None:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    pool = http1.Pool(2, connect_timeout=1)
+    conn = http1.Connection(pool, ORIGIN)
+    conn.connection_made(Closed())
+    with pytest.raises(http1.UpstreamClosed, match="before the request went out"):
+        conn.send(b"GET / HTTP/1.1\r\n\r\n")
+    assert not conn.reusable
