@@ -115,6 +115,16 @@ def test_budget_names_each_check():
     assert "soak" in checks["errors where the floor has none"]["want"]
 
 
+def test_budget_shows_the_ratio_of_each_round():
+    data = _data()
+    data["runs"] = {"throughput": {"floor": [{"rps": 4000}, {"rps": 2000}, {"rps": 4000}],
+                                   "tollway-full": [{"rps": 3000}, {"rps": 2100}, {"rps": 3600}]}}
+    derived = report.derive(data)
+    check = next(c for c in derived["budget"]["checks"] if c["check"] == "throughput vs floor")
+    assert check["rounds"] == pytest.approx([0.75, 1.05, 0.9])
+    assert "per round 0.75 1.05 0.90" in report.table(derived)
+
+
 def test_table_has_every_target_and_the_budget():
     text = report.table(report.derive(_data()))
     for word in ("latency", "throughput", "soak", "direct", "floor", "tollway-full", "0.75x", "+10.0%", "MISS"):
