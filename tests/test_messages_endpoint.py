@@ -191,10 +191,35 @@ async def test_tool_round_trip(env, upstream):
         roles = [m["role"] for m in sent["messages"]]
         assert roles == ["user", "assistant", "tool", "tool", "tool", "user"]
         assert [m["content"] for m in sent["messages"][2:5]] == ["ok", "Error: ok", "ok"]
-        assert sent["max_tokens"] == 500 and sent["tools"][0]["type"] == "function"
+        # OpenAI's current name for the cap: its reasoning models refuse max_tokens.
+        assert sent["max_completion_tokens"] == 500 and "max_tokens" not in sent
+        assert sent["tools"][0]["type"] == "function"
     else:
         responses = [p["functionResponse"]["name"] for p in sent["contents"][2]["parts"] if "functionResponse" in p]
         assert responses == ["get_weather", "get_time", "list_alerts"]
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+async def test_an_openai_provider_can_send_the_cap_under_the_old_name(aiohttp_server, start_gateway, field):
+    """For OpenAI-compatible servers that only know ``max_tokens``: ``max_tokens_field``."""
+    mock = await aiohttp_server(make_fixture_app())
+    cfg = config(str(mock.make_url("")).rstrip("/"))
+    cfg["providers"]["openai"]["max_tokens_field"] = field
+    running = await start_gateway(cfg)
+    async with anthropic.AsyncAnthropic(base_url=running.root, api_key="k", max_retries=0) as client:
+        await client.messages.create(model="openai-text", max_tokens=77, messages=[{"role": "user", "content": "x"}])
+    sent = mock.app[LAST_KEY]["openai"]["body"]
+    other = "max_completion_tokens" if field == "max_tokens" else "max_tokens"
+    assert sent[field] == 77 and other not in sent
+
+
+async def test_a_bad_max_tokens_field_stops_start_up(start_gateway):
+    from proxy.schema import ConfigError
+
+    cfg = config("http://127.0.0.1:9")
+    cfg["providers"]["openai"]["max_tokens_field"] = "max_output_tokens"
+    with pytest.raises(ConfigError, match="max_tokens_field"):
+        await start_gateway(cfg)
 
 
 async def test_server_tools_are_refused_for_other_upstreams(env):

@@ -47,7 +47,8 @@ def to_canonical(body: dict) -> dict:
             messages += _user(m["content"], f"messages.{i}")
         else:
             messages.append(_assistant(m["content"], f"messages.{i}"))
-    out: dict[str, Any] = {"model": body["model"], "messages": messages, "max_tokens": body["max_tokens"]}
+    # OpenAI's current name: reasoning models (o-series, gpt-5) refuse max_tokens.
+    out: dict[str, Any] = {"model": body["model"], "messages": messages, "max_completion_tokens": body["max_tokens"]}
     for name in ("temperature", "top_p", "top_k"):
         if body.get(name) is not None:
             out[name] = body[name]

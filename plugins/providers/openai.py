@@ -8,6 +8,9 @@ answer is decoded into canonical chunks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import orjson
 
 from proxy import Call, Provider, ProxyError, Route, UpstreamRequest, Usage
@@ -15,12 +18,23 @@ from proxy.provider import loads_json
 from proxy.sse import EventReader
 
 
+@dataclass(frozen=True)
+class OpenAIOptions:
+    # The name a translated request's output cap goes up under: OpenAI's current
+    # max_completion_tokens (its reasoning models refuse max_tokens), or
+    # max_tokens for OpenAI-compatible servers that only know the old name.
+    max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+
+
 class OpenAIProvider(Provider):
     kind = "openai"
     dialect = "openai"
+    Options = OpenAIOptions
 
-    def __init__(self, name, config, options=None) -> None:
-        super().__init__(name, config, options)
+    def __init__(self, name, config, options: OpenAIOptions | None = None) -> None:
+        super().__init__(name, config, options or OpenAIOptions())
+        # Subclasses (the mock) bring options of their own, without this field.
+        self.max_tokens_field = getattr(self.options, "max_tokens_field", "max_completion_tokens")
         base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
         self.chat_url = base + "/chat/completions"
         self.embeddings_url = base + "/embeddings"
@@ -46,6 +60,8 @@ class OpenAIProvider(Provider):
                 call.set_body(body)
             return UpstreamRequest(self.chat_url, call.body_bytes(), self.headers)
         body = {**body, "model": route.upstream_model}
+        if self.max_tokens_field == "max_tokens" and "max_completion_tokens" in body:
+            body["max_tokens"] = body.pop("max_completion_tokens")
         if body.get("stream"):
             body["stream_options"] = {"include_usage": True}
         return UpstreamRequest(self.chat_url, orjson.dumps(body), self.headers)
