@@ -1,7 +1,7 @@
 """Pooled upstream connections with the four timeouts, and the answer they give.
 
 One ``UpstreamPool`` per provider, on the gateway's own HTTP/1.1 client
-(``http1.py``) with an explicit connection limit. Timeouts:
+(``http1.py`` and ``pool.py``) with an explicit connection limit. Timeouts:
 
 - connect: TCP (and TLS) connect;
 - first_byte: from sending the request to the response headers;
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from . import http1
 from .deadline import Deadline
 from .errors import ProxyError
+from .pool import Pool
 
 if TYPE_CHECKING:
     from .config import ProviderConfig
@@ -149,13 +150,13 @@ class UpstreamPool:
         self.name = name
         self.config = config
         self.timeouts = config.timeouts
-        self.client: http1.Pool | None = None
+        self.client: Pool | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._targets: dict[str, tuple[http1.Origin, str, str]] = {}
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.client = http1.Pool(self.config.max_connections, self.timeouts.connect, KEEPALIVE_S)
+        self.client = Pool(self.config.max_connections, self.timeouts.connect, KEEPALIVE_S)
 
     async def close(self) -> None:
         if self.client is not None:

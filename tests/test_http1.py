@@ -1,4 +1,4 @@
-"""The upstream HTTP/1.1 client (proxy/http1.py): framing, keep-alive, limits, TLS.
+"""The upstream HTTP/1.1 client (proxy/http1.py, proxy/pool.py): framing, keep-alive, limits, TLS.
 
 Framing is checked on a connection fed by hand (every way of cutting the
 bytes must give the same body); the pool against real local servers.
@@ -15,6 +15,7 @@ import trustme
 from aiohttp import web
 
 from proxy import http1
+from proxy.pool import Pool
 
 ORIGIN = ("http", "127.0.0.1", 1)
 
@@ -43,7 +44,7 @@ class FakeTransport:
 
 async def fed(pieces: list[bytes], limit: int = 10) -> tuple[http1.Connection, FakeTransport]:
     """A connection that sent a request and received ``pieces``, one data_received each."""
-    pool = http1.Pool(limit, connect_timeout=1)
+    pool = Pool(limit, connect_timeout=1)
     conn = http1.Connection(pool, ORIGIN)
     transport = FakeTransport()
     conn.connection_made(transport)
@@ -184,7 +185,7 @@ class Counting:
         return app
 
 
-async def call(pool: http1.Pool, url: str, body: bytes = b"ping") -> bytes:
+async def call(pool: Pool, url: str, body: bytes = b"ping") -> bytes:
     origin, host, target = http1.split_url(url)
     conn = await pool.request(origin, http1.encode_request("POST", host, target, {}, body))
     try:
@@ -201,7 +202,7 @@ async def call(pool: http1.Pool, url: str, body: bytes = b"ping") -> bytes:
 async def test_connections_are_reused_and_limited(aiohttp_server):
     counting = Counting()
     server = await aiohttp_server(counting.app())
-    pool = http1.Pool(limit=2, connect_timeout=2)
+    pool = Pool(limit=2, connect_timeout=2)
     try:
         for i in range(5):
             assert await call(pool, str(server.make_url("/a")), b"n%d" % i) == b"n%d" % i
@@ -216,7 +217,7 @@ async def test_connections_are_reused_and_limited(aiohttp_server):
 async def test_idle_connections_expire(aiohttp_server):
     counting = Counting()
     server = await aiohttp_server(counting.app())
-    pool = http1.Pool(limit=4, connect_timeout=2, keepalive=0.05)
+    pool = Pool(limit=4, connect_timeout=2, keepalive=0.05)
     try:
         await call(pool, str(server.make_url("/")))
         await asyncio.sleep(0.2)  # longer than keepalive: the sweep closed it
@@ -241,7 +242,7 @@ async def test_a_reused_connection_closed_before_answering_is_replaced_once():
 
     server = await asyncio.start_server(one_answer_then_close_on_the_next, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
-    pool = http1.Pool(limit=4, connect_timeout=2)
+    pool = Pool(limit=4, connect_timeout=2)
     try:
         assert await call(pool, url) == b"ok"
         assert await call(pool, url) == b"ok"  # the dropped request went again on a new connection
@@ -257,7 +258,7 @@ async def test_a_new_connection_closed_before_answering_is_an_error():
         writer.close()
 
     server = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
-    pool = http1.Pool(limit=4, connect_timeout=2)
+    pool = Pool(limit=4, connect_timeout=2)
     try:
         with pytest.raises(http1.UpstreamClosed):
             await call(pool, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/")
@@ -268,7 +269,7 @@ async def test_a_new_connection_closed_before_answering_is_an_error():
 
 
 async def test_refused_connections_raise_cannot_connect_and_free_their_slot(unused_tcp_port):
-    pool = http1.Pool(limit=1, connect_timeout=2)
+    pool = Pool(limit=1, connect_timeout=2)
     for _ in range(3):
         with pytest.raises(http1.CannotConnect):
             await call(pool, f"http://127.0.0.1:{unused_tcp_port}/")
@@ -286,7 +287,7 @@ async def test_https_with_a_verified_certificate(aiohttp_server):
 
     trusted = ssl.create_default_context()
     ca.configure_trust(trusted)
-    pool = http1.Pool(limit=2, connect_timeout=2, ssl_context=trusted)
+    pool = Pool(limit=2, connect_timeout=2, ssl_context=trusted)
     try:
         assert await call(pool, url, b"secret") == b"secret"
         assert await call(pool, url, b"again") == b"again"
@@ -294,7 +295,7 @@ async def test_https_with_a_verified_certificate(aiohttp_server):
     finally:
         await pool.close()
 
-    system_trust = http1.Pool(limit=2, connect_timeout=2)  # does not know the test CA
+    system_trust = Pool(limit=2, connect_timeout=2)  # does not know the test CA
     try:
         with pytest.raises(http1.CannotConnect, match="CERTIFICATE_VERIFY_FAILED"):
             await call(system_trust, url)
@@ -305,7 +306,7 @@ async def test_https_with_a_verified_certificate(aiohttp_server):
 async def test_closing_the_pool_fails_waiters_and_aborts_connections(aiohttp_server):
     counting = Counting()
     server = await aiohttp_server(counting.app())
-    pool = http1.Pool(limit=1, connect_timeout=2)
+    pool = Pool(limit=1, connect_timeout=2)
     slow = asyncio.ensure_future(call(pool, str(server.make_url("/slow"))))
     await asyncio.sleep(0.01)
     waiting = asyncio.ensure_future(call(pool, str(server.make_url("/"))))
@@ -322,7 +323,7 @@ async def test_a_transport_closed_under_the_request_is_an_upstream_close():
         def write(self, data: bytes) -> None:
             raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
 
-    pool = http1.Pool(2, connect_timeout=1)
+    pool = Pool(2, connect_timeout=1)
     conn = http1.Connection(pool, ORIGIN)
     conn.connection_made(Closed())
     with pytest.raises(http1.UpstreamClosed, match="before the request went out"):

@@ -1,0 +1,190 @@
+"""The upstream connection pool: keep-alive ``http1.Connection``s to any number
+of origins, at most ``limit`` open at once, idle ones closed after ``keepalive``
+seconds. ``Pool.request`` is what ``upstream.py`` calls: send, and return once
+the answer's head is in."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+
+from .deadline import Deadline
+from .http1 import CannotConnect, Connection, ConnectTimeout, Origin, UpstreamClosed
+
+
+class Pool:
+    """Keep-alive connections to any number of origins, at most ``limit`` open at once."""
+
+    def __init__(self, limit: int, connect_timeout: float, keepalive: float = 30.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.limit = limit
+        self.connect_timeout = connect_timeout
+        self.keepalive = keepalive
+        self.loop = asyncio.get_running_loop()
+        self.open_count = 0
+        self._idle: dict[Origin, list[Connection]] = {}
+        self._all: set[Connection] = set()
+        self._waiters: deque[asyncio.Future] = deque()
+        self._ssl = ssl_context  # None: the system's trust store, made on the first https connect
+        self._sweep: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    async def request(self, origin: Origin, payload: bytes) -> Connection:
+        """Send ``payload`` on a pooled connection; return it once the answer's
+        head has arrived. A reused connection the upstream closed before
+        answering a byte (it closed it while idle: the keep-alive race) is
+        replaced by a new one, once."""
+        for attempt in (1, 2):
+            conn, reused = await self.acquire(origin)
+            try:
+                conn.send(payload)
+                await conn.read_head()
+                return conn
+            except UpstreamClosed:
+                self.release(conn)
+                if attempt == 1 and reused and not conn.received:
+                    continue
+                raise
+            except BaseException:
+                self.release(conn)
+                raise
+        raise AssertionError("unreachable")
+
+    async def acquire(self, origin: Origin) -> tuple[Connection, bool]:
+        """A connection to ``origin``: an idle one if any (reused=True), else a new one."""
+        while True:
+            if self._closed:
+                raise CannotConnect("the pool is closed")
+            conn = self._take_idle(origin)
+            if conn is not None:
+                return conn, True
+            if self.open_count < self.limit or self._close_idle_elsewhere():
+                break
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # we were woken but will not use it: pass it on
+                raise
+        self.open_count += 1
+        try:
+            return await self._connect(origin), False
+        except BaseException:
+            self.open_count -= 1
+            self._wake_one()
+            raise
+
+    def release(self, conn: Connection) -> None:
+        """Give a connection back: idle for reuse if its answer was read to the end, else closed."""
+        if conn.reusable and not self._closed:
+            conn.idle = True
+            conn.idle_since = self.loop.time()
+            self._idle.setdefault(conn.origin, []).append(conn)
+            if self._sweep is None:
+                self._sweep = self.loop.call_later(self.keepalive, self._sweep_idle)
+            self._wake_one()
+        else:
+            conn.abort()
+            self._forget(conn)
+
+    def lost(self, conn: Connection) -> None:
+        """The connection closed (called by the connection itself)."""
+        if conn.idle:
+            conn.idle = False
+            idle = self._idle.get(conn.origin)
+            if idle and conn in idle:
+                idle.remove(conn)
+            self._forget(conn)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+        for conn in list(self._all):
+            conn.abort()
+        self._idle.clear()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)  # they wake, see the pool closed, and fail
+        await asyncio.sleep(0)  # let the transports finish closing
+
+    # -- inside ---------------------------------------------------------------------------
+    async def _connect(self, origin: Origin) -> Connection:
+        scheme, host, port = origin
+        tls = None
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            tls = self._ssl
+        try:
+            with Deadline(self.loop, self.loop.time() + self.connect_timeout) as deadline:
+                _, conn = await self.loop.create_connection(
+                    lambda: Connection(self, origin), host, port, ssl=tls,
+                    server_hostname=host if tls else None)
+        except TimeoutError:
+            if deadline.fired:
+                raise ConnectTimeout(f"connect to {host}:{port}") from None
+            raise
+        except OSError as exc:
+            raise CannotConnect(f"{host}:{port}: {exc}") from exc
+        self._all.add(conn)
+        return conn
+
+    def _take_idle(self, origin: Origin) -> Connection | None:
+        idle = self._idle.get(origin)
+        if not idle:
+            return None
+        oldest_allowed = self.loop.time() - self.keepalive
+        while idle:
+            conn = idle.pop()  # the newest: the least likely to have been closed by the upstream
+            conn.idle = False
+            if not conn.closed and conn.idle_since >= oldest_allowed and not conn.transport.is_closing():
+                return conn
+            conn.abort()
+            self._forget(conn)
+        return None
+
+    def _close_idle_elsewhere(self) -> bool:
+        """At the limit: free a slot held by an idle connection to another origin."""
+        for idle in self._idle.values():
+            if idle:
+                conn = idle.pop(0)
+                conn.idle = False
+                conn.abort()
+                self._forget(conn)
+                return self.open_count < self.limit
+        return False
+
+    def _forget(self, conn: Connection) -> None:
+        if conn.counted:
+            conn.counted = False
+            self.open_count -= 1
+            self._all.discard(conn)
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _sweep_idle(self) -> None:
+        """Close connections idle longer than ``keepalive`` (runs while any are idle)."""
+        self._sweep = None
+        oldest_allowed = self.loop.time() - self.keepalive
+        left = 0
+        for idle in self._idle.values():
+            while idle and idle[0].idle_since < oldest_allowed:
+                conn = idle.pop(0)
+                conn.idle = False
+                conn.abort()
+                self._forget(conn)
+            left += len(idle)
+        if left and not self._closed:
+            self._sweep = self.loop.call_later(self.keepalive, self._sweep_idle)
