@@ -126,11 +126,9 @@ class Pool:
                 _, conn = await self.loop.create_connection(
                     lambda: Connection(self, origin), host, port, ssl=tls,
                     server_hostname=host if tls else None)
-        except TimeoutError:
+        except OSError as exc:  # TimeoutError is one: ours (the deadline) or the kernel's ETIMEDOUT
             if deadline.fired:
                 raise ConnectTimeout(f"connect to {host}:{port}") from None
-            raise
-        except OSError as exc:
             raise CannotConnect(f"{host}:{port}: {exc}") from exc
         self._all.add(conn)
         return conn

@@ -329,3 +329,85 @@ async def test_a_transport_closed_under_the_request_is_an_upstream_close():
     with pytest.raises(http1.UpstreamClosed, match="before the request went out"):
         conn.send(b"GET / HTTP/1.1\r\n\r\n")
     assert not conn.reusable
+
+
+# -- failures of the connect and of the body, as the gateway answers them -----------------
+
+def upstream_pool(connect: float = 2.0):
+    from types import SimpleNamespace
+
+    from proxy.upstream import UpstreamPool
+
+    timeouts = SimpleNamespace(connect=connect, first_byte=2.0, idle=2.0, total=5.0)
+    return UpstreamPool("up", SimpleNamespace(timeouts=timeouts, max_connections=4))
+
+
+async def test_a_connect_longer_than_the_connect_timeout_answers_504(monkeypatch):
+    from proxy import ProxyError
+    from proxy.upstream import UpstreamRequest
+
+    pool = upstream_pool(connect=0.05)
+    await pool.start()
+
+    async def never_connects(*args, **kwargs):
+        await asyncio.sleep(10)
+
+    monkeypatch.setattr(pool.loop, "create_connection", never_connects)
+    try:
+        with pytest.raises(ProxyError) as caught:
+            await pool.open(UpstreamRequest("http://10.255.255.1/v1/x", b"{}"))
+        assert caught.value.status == 504 and caught.value.code == "upstream_timeout_connect"
+        assert pool.client.open_count == 0
+    finally:
+        await pool.close()
+
+
+async def test_the_kernels_connect_timeout_is_unreachable_not_a_first_byte_timeout(monkeypatch):
+    from proxy import ProxyError
+    from proxy.upstream import UpstreamRequest
+
+    pool = upstream_pool()
+    await pool.start()
+
+    async def timed_out(*args, **kwargs):
+        raise TimeoutError(110, "Connection timed out")
+
+    monkeypatch.setattr(pool.loop, "create_connection", timed_out)
+    try:
+        with pytest.raises(ProxyError) as caught:
+            await pool.open(UpstreamRequest("http://10.255.255.1/v1/x", b"{}"))
+        assert caught.value.status == 502 and caught.value.code == "upstream_unreachable"
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("whole", [True, False])  # the whole answer arrived, or more is still to come
+async def test_an_answer_over_the_size_limit_is_refused(whole):
+    from proxy import ProxyError
+    from proxy.upstream import UpstreamRequest
+
+    sent = b"x" * 5000
+    length = len(sent) if whole else 10 * len(sent)
+
+    async def big_answer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length + sent)
+        await writer.drain()
+        await asyncio.sleep(1)  # the rest of a longer answer never comes
+
+    server = await asyncio.start_server(big_answer, "127.0.0.1", 0)
+    pool = upstream_pool()
+    await pool.start()
+    try:
+        up = await pool.open(UpstreamRequest(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/", b"{}"))
+        await asyncio.sleep(0.05)  # let the bytes arrive
+        with pytest.raises(ProxyError) as caught:
+            await up.read_all(limit=1000)
+        assert caught.value.status == 502 and caught.value.code == "upstream_too_large"
+        up.release()
+        # Read to its end, the connection is kept; cut short, it is closed.
+        assert pool.client.open_count == (1 if whole else 0)
+    finally:
+        await pool.close()
+        server.close()

@@ -205,24 +205,26 @@ async def test_drain_is_bounded_after_the_client_left(start_gateway, mock_upstre
     assert call.usage is None  # stopped before the upstream's usage: quotas must charge safely
 
 
-async def test_total_timeout_bounds_a_slow_but_steady_stream(start_gateway, mock_upstream):
+async def stream_with_timeouts(start_gateway, mock_upstream, idle: float, total: float,
+                               chunks: int, chunk_delay: float) -> list[bytes]:
+    """The SSE payloads of a paced stream through a gateway with these upstream timeouts."""
     config = base_config(mock_upstream.url)
-    config["providers"]["up"]["timeouts"] = {"connect": 2, "first_byte": 2, "idle": 2, "total": 0.5}
+    config["providers"]["up"]["timeouts"] = {"connect": 2, "first_byte": 2, "idle": idle, "total": total}
     running = await start_gateway(config)
-    status, _, raw = await chat(running, {"stream": True, "mock": {"chunks": 20, "chunk_delay": 0.1}})
+    status, _, raw = await chat(running, {"stream": True, "mock": {"chunks": chunks, "chunk_delay": chunk_delay}})
     assert status == 200
-    payloads = sse_payloads(raw)
+    return sse_payloads(raw)
+
+
+async def test_total_timeout_bounds_a_slow_but_steady_stream(start_gateway, mock_upstream):
+    payloads = await stream_with_timeouts(start_gateway, mock_upstream, idle=2, total=0.5, chunks=20, chunk_delay=0.1)
     assert payloads[-1] == b"[DONE]"
     assert orjson.loads(payloads[-2])["error"]["code"] == "upstream_timeout_total"
 
 
 async def test_a_stream_longer_than_the_idle_timeout_with_short_gaps_is_not_cut(start_gateway, mock_upstream):
     """The idle timer is armed once and re-armed lazily: it must measure each gap, not the stream."""
-    config = base_config(mock_upstream.url)
-    config["providers"]["up"]["timeouts"] = {"connect": 2, "first_byte": 2, "idle": 0.25, "total": 10}
-    running = await start_gateway(config)
-    status, _, raw = await chat(running, {"stream": True, "mock": {"chunks": 12, "chunk_delay": 0.08}})
-    assert status == 200
-    payloads = sse_payloads(raw)
+    payloads = await stream_with_timeouts(start_gateway, mock_upstream, idle=0.25, total=10, chunks=12,
+                                          chunk_delay=0.08)
     assert payloads[-1] == b"[DONE]" and all(b'"error"' not in p for p in payloads)
     assert sum(1 for p in payloads if b'"content"' in p) >= 12
