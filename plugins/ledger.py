@@ -33,7 +33,7 @@ from proxy import Call, hookimpl
 from proxy.gateway import Gateway
 from proxy.routes import json_response
 
-from .accounts import KeyRecord, acquire, release
+from .accounts import acquire, release
 from .accounts.http import authenticate, check_admin, guarded
 from .accounts.options import LedgerOptions
 from .accounts.usage import query_rollups
@@ -73,25 +73,25 @@ class Plugin:
 
     @hookimpl
     async def tollway_finish(self, call: Call) -> None:
-        if "ledger" not in call.state and call.endpoint in MODEL_ENDPOINTS and call.status != 401:
+        if "ledger" not in call.state and call.endpoint in MODEL_ENDPOINTS and call.response.status != 401:
             self.record(call)
 
     def record(self, call: Call) -> None:
-        key = call.principal if isinstance(call.principal, KeyRecord) else None
+        key = call.principal
         res = call.state.get("quotas")
-        cost = res.charged if res is not None else (call.cost_micro or 0)
-        usage = call.usage
-        started = time.time() - (time.perf_counter() - call.started)
-        error = call.error_code or (call.error.code if call.error is not None else None)
-        ttfb = call.ttfb_ms
+        cost = res.charged if res is not None else (call.billing.cost_micro or 0)
+        usage = call.billing.usage
+        started = time.time() - (time.perf_counter() - call.timing.started)
+        error = call.response.error_code or (call.response.error.code if call.response.error is not None else None)
+        ttfb = call.timing.ttfb_ms
         self.accounts.writer.append((
             f"{self._prefix}{next(self._counter):010x}", started, self._day(started),
             key.id if key else None, key.account_id if key else None, call.endpoint, call.model,
-            call.served_model, call.provider_name, call.status, error, int(call.stream),
-            int("hit" in (call.cache_status or "")), int(call.client_gone),
+            call.served_model, call.provider_name, call.response.status, error, int(call.stream),
+            int("hit" in (call.response.cache_status or "")), int(call.response.client_gone),
             usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
             usage.cached_tokens if usage else 0, usage.reasoning_tokens if usage else 0,
-            cost, round(call.latency_ms, 3), None if ttfb is None else round(ttfb, 3)))
+            cost, round(call.timing.latency_ms, 3), None if ttfb is None else round(ttfb, 3)))
 
     def _day(self, ts: float) -> str:
         n = int(ts // 86400)

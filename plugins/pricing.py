@@ -2,11 +2,11 @@
 
 Implements ``tollway_usage``: from the upstream's usage and the served
 model's ``price`` (USD per 1M input, output and cached-input tokens; cached
-input defaults to input) it sets ``call.cost_micro`` (integer micro-USD,
+input defaults to input) it sets ``call.billing.cost_micro`` (integer micro-USD,
 rounded UP to the micro-USD), adds ``cost`` (USD) to the usage object the
 client sees (JSON ``usage.cost``; on streams the final usage chunk, when the
 client asked for usage) and, on non-stream answers, the ``x-tollway-cost``
-header (USD, six decimals). ``call.price_multiplier`` (e.g. set by the cache
+header (USD, six decimals). ``call.billing.price_multiplier`` (e.g. set by the cache
 on a hit) scales the cost. Cost = uncached prompt x input + cached x
 cached_input + completion x output, computed in integers (see
 ``plugins/accounts/money.py``).
@@ -30,11 +30,11 @@ class Plugin:
 
     @hookimpl
     async def tollway_usage(self, call: Call) -> None:
-        usage = call.usage
+        usage = call.billing.usage
         if usage is None or call.route is None:
             return
         cost = self.prices.cost_of(call)
-        call.cost_micro = cost
-        call.usage_extra["cost"] = cost / 1_000_000
+        call.billing.cost_micro = cost
+        call.billing.usage_extra["cost"] = cost / 1_000_000
         if not call.stream:
-            call.response_headers["x-tollway-cost"] = format_usd(cost)
+            call.response.headers["x-tollway-cost"] = format_usd(cost)

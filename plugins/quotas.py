@@ -10,12 +10,12 @@ cover it: 402, saying what was needed and what is left.
 In ``tollway_settle`` the reservation is released and the cost charged:
 
 - usage known (also when the client hung up and the core drained the
-  upstream): the exact cost (``call.cost_micro`` from the pricing plugin);
+  upstream): the exact cost (``call.billing.cost_micro`` from the pricing plugin);
 - no usage and the request failed (an upstream error, a stream cut by the
   upstream, any refusal): nothing;
 - no usage though the answer went out (an upstream that never reports
   usage, or a client that hung up and the drain bound was hit): the
-  reservation itself, the worst case, scaled by ``call.price_multiplier``.
+  reservation itself, the worst case, scaled by ``call.billing.price_multiplier``.
   The upstream may have billed the whole answer, so this is the amount that
   can never leave the operator out of pocket.
 
@@ -108,14 +108,14 @@ class Plugin:
         res.charged = self.accounts.settle(res.account, res.amount, self._cost(call, res))
 
     def _cost(self, call: Call, res: Reservation) -> int:
-        usage = call.usage
+        usage = call.billing.usage
         if usage is not None:
-            if call.cost_micro is not None:
-                return call.cost_micro
+            if call.billing.cost_micro is not None:
+                return call.billing.cost_micro
             return self.prices.cost_of(call)
-        if call.status != 200 or call.error is not None:
+        if call.response.status != 200 or call.response.error is not None:
             return 0
-        ppm = multiplier_ppm(call.price_multiplier)
+        ppm = multiplier_ppm(call.billing.price_multiplier)
         return res.amount if ppm == MICRO else -(-res.amount * ppm // MICRO)
 
     @hookimpl

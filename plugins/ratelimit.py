@@ -7,7 +7,7 @@ doubling. Periods: rpm and tpm 60 s, rpd a rolling 24 h.
 
 Tokens are estimated at admission (about four body bytes a token plus the
 requested ``max_tokens``) and reconciled in ``tollway_settle`` with the real
-usage (none when the call failed, or when ``call.count_for_limits`` is
+usage (none when the call failed, or when ``call.billing.count_for_limits`` is
 False, e.g. on some cache hits). A refused request changes no state.
 
 Every response to a limited key carries ``X-RateLimit-Limit``,
@@ -152,11 +152,11 @@ class Plugin:
             if worst is not None:
                 headers: dict[str, str] = {}
                 put_headers(headers, plan, get, now)
-                call.response_headers.update(headers)
+                call.response.headers.update(headers)
                 raise self._refusal(key, worst_wait, worst, estimate if worst.tokens else 1, headers)
             for rule, new_tat in zip(plan.rules, new_tats, strict=True):
                 tats[rule.state] = new_tat
-            put_headers(call.response_headers, plan, get, now)
+            put_headers(call.response.headers, plan, get, now)
         slot = None
         if concurrency is not None:
             self.in_flight[key.id] = self.in_flight.get(key.id, 0) + 1
@@ -181,12 +181,12 @@ class Plugin:
         if taken is None or taken.reconciled or not taken.token_rules:
             return
         taken.reconciled = True
-        usage = call.usage
-        if not call.count_for_limits:
+        usage = call.billing.usage
+        if not call.billing.count_for_limits:
             actual = 0
         elif usage is not None:
             actual = usage.total_tokens
-        elif call.status != 200 or call.error is not None:
+        elif call.response.status != 200 or call.response.error is not None:
             actual = 0
         else:
             return  # an answer without usage: keep the estimate

@@ -8,7 +8,7 @@ adapters and ``proxy/dialects.py`` for client dialects.
 
 import pluggy
 
-from .call import CachedResponse, Call, Route, Usage
+from .call import Billing, CachedResponse, Call, Principal, ResponseState, Route, Timing, Usage
 from .dialects import Dialect
 from .errors import ProxyError
 from .provider import Provider, StreamDecoder
@@ -17,5 +17,5 @@ from .upstream import UpstreamRequest
 
 hookimpl = pluggy.HookimplMarker("tollway")
 
-__all__ = ["hookimpl", "Call", "CachedResponse", "ConfigError", "Dialect", "Provider", "ProxyError", "Route",
-           "StreamDecoder", "UpstreamRequest", "Usage"]
+__all__ = ["hookimpl", "Billing", "Call", "CachedResponse", "ConfigError", "Dialect", "Principal", "Provider",
+           "ProxyError", "ResponseState", "Route", "StreamDecoder", "Timing", "UpstreamRequest", "Usage"]

@@ -31,13 +31,15 @@ class AccessLog:
     def record(self, call: Call) -> None:
         req = call.request
         principal = call.principal
-        usage = call.usage
+        usage = call.billing.usage
+        response = call.response
         self._pending.append((
             time.time(), req.remote if req is not None else None, req.method if req is not None else "",
-            req.path if req is not None else "", call.status, call.model, call.provider_name, call.stream,
+            req.path if req is not None else "", response.status, call.model, call.provider_name, call.stream,
             getattr(principal, "name", None), usage.prompt_tokens if usage else None,
-            usage.completion_tokens if usage else None, call.cost_micro, call.latency_ms, call.ttfb_ms,
-            call.error_code or (call.error.code if call.error else None), call.cache_status, call.client_gone,
+            usage.completion_tokens if usage else None, call.billing.cost_micro, call.timing.latency_ms,
+            call.timing.ttfb_ms, response.error_code or (response.error.code if response.error else None),
+            response.cache_status, response.client_gone,
         ))
 
     def start(self) -> None:

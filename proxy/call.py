@@ -2,15 +2,26 @@
 
 One ``Call`` is made per request by the routes, after the body has been parsed
 (once, with orjson). Plugins read it and write to it; the core reads back what
-they wrote (``principal``, ``route``, ``response_headers``, ``cost_micro``...).
-Plugin-private per-request state goes in ``call.state[plugin_name]``.
+they wrote. What is there, by phase:
+
+- from the start: the request itself (``request``, ``endpoint``, ``dialect``,
+  ``body``, ``model``, ``stream``, ``include_usage``) and ``timing.started``;
+- after ``tollway_authenticate``: ``principal`` (a ``Principal``, or None);
+- after ``tollway_resolve``: ``route`` (and ``served_model``, ``provider_name``);
+- from ``tollway_admit`` on: ``response.headers`` to add to the answer;
+- from ``tollway_usage`` on: ``billing`` (usage, cost, what counts);
+- from ``tollway_settle`` on: ``response`` (status, error, client_gone...)
+  and ``timing`` (first byte, end).
+
+Plugin-private per-request state goes in ``call.state``, under a ``StateKey``
+(``proxy.keys``) defined next to the plugin that writes it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -68,6 +79,25 @@ class Usage:
         }
 
 
+class Principal(Protocol):
+    """Who is calling: what ``tollway_authenticate`` returns, in ``call.principal``.
+
+    Any object with these two attributes will do (the ``auth`` plugin's
+    ``KeyRecord`` is one). Plugins that keep per-caller state (limits, the
+    cache's scopes, the ledger) key it by these ids.
+    """
+
+    @property
+    def id(self) -> str:
+        """The credential's id (e.g. an API key's id, never the key itself)."""
+        ...
+
+    @property
+    def account_id(self) -> str:
+        """The tenant: who pays and whose data this is; keys may share one."""
+        ...
+
+
 @dataclass(slots=True)
 class Route:
     """Where a request goes: the public model, its config, and the provider adapter."""
@@ -92,20 +122,72 @@ class CachedResponse:
     headers: dict[str, str] | None = None
 
 
+@dataclass(slots=True)
+class Timing:
+    """When things happened, in ``time.perf_counter()`` seconds."""
+
+    started: float = field(default_factory=time.perf_counter)
+    first_byte_at: float | None = None  # the first byte of the answer went to the client
+    ended_at: float | None = None  # the answer was complete (or failed)
+
+    @property
+    def latency_ms(self) -> float:
+        end = self.ended_at or time.perf_counter()
+        return (end - self.started) * 1000.0
+
+    @property
+    def ttfb_ms(self) -> float | None:
+        if self.first_byte_at is None:
+            return None
+        return (self.first_byte_at - self.started) * 1000.0
+
+
+@dataclass(slots=True)
+class Billing:
+    """What the answer used and costs, and how it counts; filled from ``tollway_lookup``
+    (a cache hit's multiplier) and ``tollway_usage`` (usage, cost) on."""
+
+    usage: Usage | None = None  # set by the core before tollway_usage; None: the upstream sent none
+    cost_micro: int | None = None  # micro-USD, set by the pricing plugin
+    # Fields plugins add to the usage object the client sees (e.g. "cost").
+    usage_extra: dict[str, object] = field(default_factory=dict)
+    # Set by a plugin that answered without the upstream (the cache): the
+    # pricing plugin multiplies the cost by price_multiplier, and the rate
+    # limiter gives back the tokens of a call that does not count.
+    price_multiplier: float = 1.0
+    count_for_limits: bool = True
+
+
+@dataclass(slots=True)
+class ResponseState:
+    """What the client is answered. ``headers`` may be added to from ``tollway_admit``
+    on; the rest is set by the core (``cache_status`` by a lookup plugin) and
+    is final by ``tollway_settle``."""
+
+    headers: dict[str, str] = field(default_factory=dict)  # added to the answer, success or refusal
+    status: int = 0  # 0 until an answer's status is decided
+    error: ProxyError | None = None
+    error_code: str | None = None  # also set without an error (e.g. a drain bound hit after the client left)
+    client_gone: bool = False
+    cache_status: str | None = None  # e.g. "HIT", "MISS", set by a tollway_lookup plugin
+    # The canonical (OpenAI) chat.completion of a non-stream answer, set by
+    # the core before tollway_usage (None for streams and errors). Read-only:
+    # it may be the very dict written to the client. The cache stores it.
+    completion: dict | None = None
+    web_response: web.StreamResponse | None = None  # aiohttp's response, once a stream's headers are sent
+
+
 class Call:
     """Everything the gateway knows about one request, as it moves through the hooks."""
 
     __slots__ = (
-        "request", "endpoint", "dialect", "body", "raw_body", "body_changed",
-        "model", "stream", "include_usage", "principal", "route", "provider_name",
-        "response_headers", "usage", "cost_micro", "status", "error", "error_code",
-        "started", "first_byte_at", "ended_at", "client_gone", "cache_status",
-        "served_model", "state", "upstream_attempts", "usage_extra",
-        "price_multiplier", "count_for_limits", "response", "completion",
+        "request", "endpoint", "dialect", "body", "raw_body", "body_changed", "model", "stream", "include_usage",
+        "principal", "route", "upstream_attempts", "billing", "response", "timing", "state",
     )
 
     def __init__(self, request: web.Request | None, endpoint: str, body: dict, raw_body: bytes,
                  dialect: str = "openai") -> None:
+        # -- the request, as the client sent it ---------------------------------------
         self.request = request
         self.endpoint = endpoint  # "chat" | "embeddings" | "messages" | "models"
         self.dialect = dialect  # the client's protocol: "openai" | "anthropic"
@@ -118,35 +200,25 @@ class Call:
         # Anthropic clients always receive usage (it is part of their protocol).
         self.include_usage = dialect == "anthropic" or (
             isinstance(opts, dict) and opts.get("include_usage") is True)
-        self.principal: Any = None
-        self.route: Route | None = None
-        self.provider_name: str | None = None
-        self.response_headers: dict[str, str] = {}
-        self.usage: Usage | None = None
-        self.cost_micro: int | None = None
-        # Fields plugins add to the usage object the client sees (e.g. "cost").
-        self.usage_extra: dict[str, object] = {}
-        # Set by a plugin that answered without the upstream (the cache): the
-        # pricing plugin multiplies the cost by price_multiplier, and the rate
-        # limiter gives back the tokens of a call that does not count.
-        self.price_multiplier = 1.0
-        self.count_for_limits = True
-        self.response: web.StreamResponse | None = None  # set once a stream's headers are sent
-        self.status = 0
-        self.error: ProxyError | None = None
-        self.error_code: str | None = None
-        self.started = time.perf_counter()
-        self.first_byte_at: float | None = None
-        self.ended_at: float | None = None
-        self.client_gone = False
-        self.cache_status: str | None = None
-        self.served_model: str | None = None
-        self.state: dict[str, Any] = {}
-        self.upstream_attempts = 0
-        # The canonical (OpenAI) chat.completion of a non-stream answer, set by
-        # the core before tollway_usage (None for streams and errors). Read-only:
-        # it may be the very dict written to the client. The cache stores it.
-        self.completion: dict | None = None
+        # -- set by the hooks, phase by phase -----------------------------------------
+        self.principal: Principal | None = None  # tollway_authenticate
+        self.route: Route | None = None  # tollway_resolve; the attempt's own route on a fallback
+        self.upstream_attempts = 0  # routes tried upstream (fallbacks included)
+        self.billing = Billing()
+        self.response = ResponseState()
+        self.timing = Timing()
+        self.state: dict[Any, Any] = {}  # plugin-private, under StateKeys
+
+    @property
+    def served_model(self) -> str | None:
+        """The public name of the model that answers (a fallback's, after one)."""
+        route = self.route
+        return route.model if route is not None else None
+
+    @property
+    def provider_name(self) -> str | None:
+        route = self.route
+        return route.provider.name if route is not None else None
 
     def set_body(self, body: dict) -> None:
         """Replace the request body; the core re-serialises it before going upstream."""
@@ -159,14 +231,3 @@ class Call:
             self.raw_body = orjson.dumps(self.body)
             self.body_changed = False
         return self.raw_body
-
-    @property
-    def latency_ms(self) -> float:
-        end = self.ended_at or time.perf_counter()
-        return (end - self.started) * 1000.0
-
-    @property
-    def ttfb_ms(self) -> float | None:
-        if self.first_byte_at is None:
-            return None
-        return (self.first_byte_at - self.started) * 1000.0

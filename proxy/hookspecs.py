@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
-    from .call import CachedResponse, Call, Route
+    from .call import CachedResponse, Call, Principal, Route
     from .config import Config
     from .dialects import Dialect
     from .gateway import Gateway
@@ -140,8 +140,9 @@ def tollway_shutdown(gateway: Gateway) -> Awaitable[None] | None:
 # -- request time (async; dispatched by the core from tuples) ------------------------
 
 @hookspec
-async def tollway_authenticate(call: Call) -> Any | None:
-    """Who is calling? Return a principal (any object) or None.
+async def tollway_authenticate(call: Call) -> Principal | None:
+    """Who is calling? Return a ``proxy.Principal`` (any object with an ``id``
+    and an ``account_id``: the credential and the tenant) or None.
 
     First non-None wins, and is stored in ``call.principal``. Raise
     ProxyError(401) to reject. If no plugin implements this hook, every
@@ -164,7 +165,7 @@ async def tollway_admit(call: Call) -> None:
     """May this request go ahead? All implementations run, in order.
 
     ``call.principal`` and ``call.route`` are set. Raise ProxyError (403, 402,
-    429...) to refuse. Add response headers to ``call.response_headers``
+    429...) to refuse. Add response headers to ``call.response.headers``
     (they are sent on success and on refusal). Reserve what you must release
     in ``tollway_finish``, which always runs after admit was reached.
     """
@@ -177,7 +178,7 @@ async def tollway_lookup(call: Call) -> CachedResponse | None:
     A ``proxy.CachedResponse`` short-circuits the upstream call; the core
     renders it as JSON or replays it as a stream in the client's dialect,
     then ``tollway_usage``, ``tollway_settle`` and ``tollway_finish`` run as
-    usual (``call.cache_status`` tells them it was a hit).
+    usual (``call.response.cache_status`` tells them it was a hit).
     """
 
 
@@ -194,12 +195,12 @@ async def tollway_stream_filter(call: Call) -> Callable[[bytes], bytes] | None:
 
 @hookspec
 async def tollway_usage(call: Call) -> None:
-    """The upstream's usage is known (``call.usage``; None if it sent none).
+    """The upstream's usage is known (``call.billing.usage``; None if it sent none).
 
     Runs before the end of the answer is written, so plugins can price it
-    (set ``call.cost_micro``) and add fields to the usage the client sees
-    (``call.usage_extra``) and, for non-stream answers, response headers
-    (``call.response_headers``). All implementations run, in order.
+    (set ``call.billing.cost_micro``) and add fields to the usage the client sees
+    (``call.billing.usage_extra``) and, for non-stream answers, response headers
+    (``call.response.headers``). All implementations run, in order.
     """
 
 
@@ -208,8 +209,8 @@ async def tollway_settle(call: Call) -> None:
     """The answer has been written (or failed after admission).
 
     Account for it: settle reservations, write the ledger, store the cache
-    entry. ``call.usage``, ``call.cost_micro``, ``call.status``,
-    ``call.error`` and ``call.client_gone`` tell what happened. Runs for
+    entry. ``call.billing.usage``, ``call.billing.cost_micro``, ``call.response.status``,
+    ``call.response.error`` and ``call.response.client_gone`` tell what happened. Runs for
     every request that reached admit. All implementations run; one raising
     does not stop the others.
     """

@@ -58,7 +58,7 @@ async def run_model_call(gw: Gateway, request: web.Request, call: Call) -> web.S
         except Exception:
             log.exception("request failed: %s %s", request.method, request.path)
             resp = await send_error(request, call, internal_error())
-        call.ended_at = time.perf_counter()
+        call.timing.ended_at = time.perf_counter()
         if admitted:
             for settle in hooks.settle:
                 try:
@@ -66,7 +66,7 @@ async def run_model_call(gw: Gateway, request: web.Request, call: Call) -> web.S
                 except Exception:
                     log.exception("tollway_settle failed")
     finally:
-        call.ended_at = call.ended_at or time.perf_counter()
+        call.timing.ended_at = call.timing.ended_at or time.perf_counter()
         await finish(gw, call)
     return resp
 
@@ -84,8 +84,6 @@ async def resolve(gw: Gateway, call: Call) -> None:
         route = await res(call)
         if route is not None:
             call.route = route
-            call.provider_name = route.provider.name
-            call.served_model = route.model
             return
     raise ProxyError(404, f"model {call.model!r} does not exist; GET /v1/models lists the models you can use",
                      param="model", code="model_not_found")
@@ -107,13 +105,14 @@ async def on_usage(gw: Gateway, call: Call) -> None:
 
 
 async def send_error(request: web.Request, call: Call, err: ProxyError) -> web.StreamResponse:
-    call.error = err
-    if call.response is not None and call.response.prepared:
+    out = call.response
+    out.error = err
+    if out.web_response is not None and out.web_response.prepared:
         # The answer has started (a stream): it was ended in-band; nothing more to send.
-        return call.response
-    call.status = err.status
-    call.error_code = err.code
-    headers = {**call.response_headers, **err.headers, "Content-Type": JSON}
+        return out.web_response
+    out.status = err.status
+    out.error_code = err.code
+    headers = {**out.headers, **err.headers, "Content-Type": JSON}
     resp = web.Response(status=err.status, body=err.render(call.dialect), headers=headers)
     await _send(request, resp)
     return resp
@@ -141,15 +140,13 @@ async def forward(gw: Gateway, request: web.Request, call: Call) -> web.StreamRe
     routes: tuple[Route, ...] = (route, *route.fallbacks)
     for i, attempt in enumerate(routes):
         call.route = attempt
-        call.provider_name = attempt.provider.name
-        call.served_model = attempt.model
         call.upstream_attempts += 1
         try:
             if call.endpoint == "embeddings":
                 return await forward_embeddings(gw, request, call, attempt)
             return await forward_chat(gw, request, call, attempt)
         except ProxyError as err:
-            if i + 1 < len(routes) and err.status in RETRYABLE and not call.status:
+            if i + 1 < len(routes) and err.status in RETRYABLE and not call.response.status:
                 log.warning("route %s via %s failed (%s); trying %s", attempt.model, attempt.provider.name,
                             err.code, routes[i + 1].model)
                 continue
@@ -192,12 +189,11 @@ async def forward_chat(gw: Gateway, request: web.Request, call: Call, route: Rou
         except BaseException:
             up.release()  # pump has not taken the upstream over: give its connection back
             raise
-        resp = call.response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **call.response_headers})
-        call.status = 200
+        resp = _stream_response(call)
         try:
             await resp.prepare(request)
         except (ConnectionError, RuntimeError):
-            call.client_gone = True
+            call.response.client_gone = True
         await pump(call, resp, up, codec, lambda c: on_usage(gw, c), tuple(filters),
                    gw.config.server.disconnect_drain)
         return resp
@@ -206,23 +202,23 @@ async def forward_chat(gw: Gateway, request: web.Request, call: Call, route: Rou
         raw = await up.read_all()
     finally:
         up.release()
-    call.first_byte_at = time.perf_counter()
+    call.timing.first_byte_at = time.perf_counter()
     if native:
         body = loads_json(raw, provider.name)
-        call.usage = dialect.response_usage(body)
+        call.billing.usage = dialect.response_usage(body)
         if call.dialect == "openai":
-            call.completion = body
+            call.response.completion = body
     else:
-        completion, call.usage = provider.chat_response(call, raw)
-        call.completion = completion
+        completion, call.billing.usage = provider.chat_response(call, raw)
+        call.response.completion = completion
         body = dialect.render_completion(call, completion)
         raw = None
     await on_usage(gw, call)
-    if call.usage_extra:
+    if call.billing.usage_extra:
         # Add the gateway's fields (cost) to the upstream's bytes; re-serialise only if that cannot be done.
-        raw = splice_usage_fields(raw, call.usage_extra) if raw is not None else None
+        raw = splice_usage_fields(raw, call.billing.usage_extra) if raw is not None else None
         if raw is None:
-            dialect.add_usage_fields(body, call.usage_extra)
+            dialect.add_usage_fields(body, call.billing.usage_extra)
     return await _json_response(request, call, raw if raw is not None else orjson.dumps(body))
 
 
@@ -233,17 +229,25 @@ async def forward_embeddings(gw: Gateway, request: web.Request, call: Call, rout
         raw = await up.read_all()
     finally:
         up.release()
-    call.first_byte_at = time.perf_counter()
-    body, call.usage = provider.embeddings_response(call, raw)
+    call.timing.first_byte_at = time.perf_counter()
+    body, call.billing.usage = provider.embeddings_response(call, raw)
     await on_usage(gw, call)
-    if call.usage_extra and isinstance(body.get("usage"), dict):
-        body["usage"].update(call.usage_extra)
+    if call.billing.usage_extra and isinstance(body.get("usage"), dict):
+        body["usage"].update(call.billing.usage_extra)
     return await _json_response(request, call, orjson.dumps(body))
 
 
+def _stream_response(call: Call) -> web.StreamResponse:
+    """A streamed answer's response, kept on the call: from here on errors go in-band."""
+    out = call.response
+    resp = out.web_response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **out.headers})
+    out.status = 200
+    return resp
+
+
 async def _json_response(request: web.Request, call: Call, body: bytes) -> web.Response:
-    call.status = 200
-    resp = web.Response(status=200, body=body, headers={**call.response_headers, "Content-Type": JSON})
+    call.response.status = 200
+    resp = web.Response(status=200, body=body, headers={**call.response.headers, "Content-Type": JSON})
     await _send(request, resp)
     return resp
 
@@ -251,20 +255,19 @@ async def _json_response(request: web.Request, call: Call, body: bytes) -> web.R
 async def answer_cached(gw: Gateway, request: web.Request, call: Call, cached: CachedResponse) -> web.StreamResponse:
     """Render a lookup hit as the client asked: JSON or a replayed stream."""
     dialect = gw.dialects[call.dialect]
-    call.usage = cached.usage
+    call.billing.usage = cached.usage
     if cached.headers:
-        call.response_headers.update(cached.headers)
+        call.response.headers.update(cached.headers)
     await on_usage(gw, call)
     if call.endpoint == "chat" or call.endpoint == "messages":
         if call.stream:
-            resp = call.response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **call.response_headers})
-            call.status = 200
+            resp = _stream_response(call)
             await resp.prepare(request)
-            await replay(call, resp, dialect.encoder(call), completion_to_chunks(cached.body), call.usage)
+            await replay(call, resp, dialect.encoder(call), completion_to_chunks(cached.body), call.billing.usage)
             return resp
         body = dialect.render_completion(call, dict(cached.body))
     else:
         body = dict(cached.body)
-    if call.usage_extra:
-        dialect.add_usage_fields(body, call.usage_extra)
+    if call.billing.usage_extra:
+        dialect.add_usage_fields(body, call.billing.usage_extra)
     return await _json_response(request, call, orjson.dumps(body))

@@ -144,11 +144,11 @@ class ModelRoutes:
         call = Call(request, "models", {}, b"")
         try:
             names = await self._visible(request, call)
-            call.status = 200
+            call.response.status = 200
             data = [self.describe(n) for n in names]
             return json_response({"object": "list", "data": data, "has_more": False,
                                   "first_id": names[0] if names else None, "last_id": names[-1] if names else None},
-                                 headers=call.response_headers)
+                                 headers=call.response.headers)
         except ProxyError as err:
             return await send_error(request, call, err)
         finally:
@@ -162,8 +162,8 @@ class ModelRoutes:
             if model not in names:
                 raise ProxyError(404, f"model {model!r} does not exist; GET /v1/models lists the models "
                                       "you can use", param="model", code="model_not_found")
-            call.status = 200
-            return json_response(self.describe(model), headers=call.response_headers)
+            call.response.status = 200
+            return json_response(self.describe(model), headers=call.response.headers)
         except ProxyError as err:
             return await send_error(request, call, err)
         finally:

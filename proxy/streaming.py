@@ -127,13 +127,13 @@ class OpenAIPassthrough:
     def finish(self, call: Call) -> bytes:
         if self._usage_event is None or not call.include_usage:
             return DONE_EVENT
-        if not call.usage_extra:
+        if not call.billing.usage_extra:
             return self._usage_event + DONE_EVENT
         _, payload = parse_event(self._usage_event)
-        spliced = splice_usage_fields(payload, call.usage_extra)
+        spliced = splice_usage_fields(payload, call.billing.usage_extra)
         if spliced is None:
             chunk = self._usage_chunk
-            chunk["usage"].update(call.usage_extra)
+            chunk["usage"].update(call.billing.usage_extra)
             spliced = orjson.dumps(chunk)
         return data_event(spliced) + DONE_EVENT
 
@@ -172,7 +172,7 @@ class OpenAIEncoder:
             return DONE_EVENT
         chunk = dict(self._head or {"object": "chat.completion.chunk", "created": int(time.time())})
         body = usage.to_openai()
-        body.update(call.usage_extra)
+        body.update(call.billing.usage_extra)
         chunk["choices"] = []
         chunk["usage"] = body
         return data_event(orjson.dumps(chunk)) + DONE_EVENT
@@ -256,7 +256,7 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                 if not chunk:
                     break
                 out = codec.feed(chunk)
-                if call.client_gone:
+                if call.response.client_gone:
                     drained += len(chunk)
                     if drained > drain.max_bytes or time.monotonic() > drain_until:
                         raise _DrainBoundReached
@@ -264,36 +264,36 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                 if out:
                     for f in filters:
                         out = f(out)
-                    if call.first_byte_at is None:
-                        call.first_byte_at = time.perf_counter()
+                    if call.timing.first_byte_at is None:
+                        call.timing.first_byte_at = time.perf_counter()
                     await write(out)
             except (ConnectionError, asyncio.CancelledError) as exc:
                 # The client hung up (a failed write, or a server that cancels the
                 # handlers of lost connections): keep reading, bounded, so usage is known.
                 if isinstance(exc, asyncio.CancelledError):
-                    if call.client_gone:
+                    if call.response.client_gone:
                         raise  # cancelled again while draining: give up
                     asyncio.current_task().uncancel()
-                call.client_gone = True
+                call.response.client_gone = True
                 drain_until = time.monotonic() + drain.seconds
         tail = codec.end()
     except _DrainBoundReached:
-        call.error_code = "client_gone_drain_bound"
+        call.response.error_code = "client_gone_drain_bound"
     except ProxyError as err:
         error = err
     finally:
         upstream.release()
     # Usage hooks run once for every stream that started, however it ended.
-    call.usage = codec.usage
+    call.billing.usage = codec.usage
     try:
         await on_usage(call)
     except Exception as exc:  # a pricing bug must not leave the client's stream open
         log.exception("tollway_usage failed")
         error = error or (exc if isinstance(exc, ProxyError) else internal_error())
-    if call.client_gone:
+    if call.response.client_gone:
         return
     if error is not None:
-        call.error = error
+        call.response.error = error
         tail = codec.fail(error)
     else:
         tail += codec.finish(call)
@@ -303,7 +303,7 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
         await write(tail)
         await resp.write_eof()
     except ConnectionError:
-        call.client_gone = True
+        call.response.client_gone = True
 
 
 class _DrainBoundReached(Exception):
@@ -314,13 +314,13 @@ async def replay(call: Call, resp: web.StreamResponse, encoder: ChunkEncoder, ch
                  usage: Usage | None) -> None:
     """Write a complete answer (a cache hit) as a stream."""
     try:
-        call.first_byte_at = time.perf_counter()
+        call.timing.first_byte_at = time.perf_counter()
         await resp.write(encoder.encode(chunks))
         await asyncio.sleep(0)
         await resp.write(encoder.finish(call, usage))
         await resp.write_eof()
     except (ConnectionError, RuntimeError):
-        call.client_gone = True
+        call.response.client_gone = True
 
 
 def _events_before(blob: bytes, index: int) -> int:

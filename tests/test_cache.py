@@ -44,7 +44,9 @@ def cache_plugin(running):
 
 
 class KeyAuth:
-    """A stand-in auth plugin: the bearer token is the key; ``accounts`` maps keys to accounts."""
+    """A stand-in auth plugin: the bearer token is the key; ``accounts`` maps keys to accounts
+    (a key not in it is its own account). Its principals are plain objects with the two
+    attributes of ``proxy.Principal``."""
 
     def __init__(self, accounts: dict[str, str] | None = None) -> None:
         self.accounts = accounts or {}
@@ -52,7 +54,7 @@ class KeyAuth:
     @hookimpl
     async def tollway_authenticate(self, call):
         key = call.request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        return SimpleNamespace(id=f"key-{key}", account_id=self.accounts.get(key))
+        return SimpleNamespace(id=f"key-{key}", account_id=self.accounts.get(key, f"acct-{key}"))
 
 
 class Probe:
@@ -63,7 +65,9 @@ class Probe:
 
     @hookimpl
     async def tollway_settle(self, call):
-        self.seen.append((call.cache_status, call.price_multiplier, call.count_for_limits, call.usage))
+        billing = call.billing
+        self.seen.append((call.response.cache_status, billing.price_multiplier, billing.count_for_limits,
+                          billing.usage))
 
 
 # -- exact layer ----------------------------------------------------------------------

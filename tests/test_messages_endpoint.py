@@ -21,7 +21,7 @@ class CostPlugin:
 
     @hookimpl
     async def tollway_usage(self, call):
-        call.usage_extra["cost"] = 0.0012
+        call.billing.usage_extra["cost"] = 0.0012
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ class UsageRecorder:
 
     @hookimpl
     async def tollway_usage(self, call):
-        u = call.usage
+        u = call.billing.usage
         self.seen.append((u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens))
 
 

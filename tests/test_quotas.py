@@ -158,9 +158,9 @@ class FakeCache:
 
     @hookimpl
     async def tollway_lookup(self, call):
-        call.price_multiplier = self.multiplier
-        call.count_for_limits = False
-        call.cache_status = "hit"
+        call.billing.price_multiplier = self.multiplier
+        call.billing.count_for_limits = False
+        call.response.cache_status = "hit"
         return CachedResponse(body={"id": "c1", "object": "chat.completion", "created": 1, "model": call.model,
                                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "cached"},
                                                  "finish_reason": "stop"}], "usage": self.usage.to_openai()},

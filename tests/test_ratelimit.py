@@ -142,7 +142,7 @@ async def test_refusals_cost_nothing(start_gateway):
 class NoCount:
     @hookimpl
     async def tollway_admit(self, call):
-        call.count_for_limits = False
+        call.billing.count_for_limits = False
 
 
 async def test_calls_that_do_not_count_give_their_tokens_back(start_gateway):

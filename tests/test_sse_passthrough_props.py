@@ -67,7 +67,7 @@ def test_cut_anywhere_same_bytes_and_usage(n, crlf, text, points, include_usage)
 def test_usage_cost_added_to_the_usage_chunk(points):
     stream, _ = make_stream(3, False, "x")
     call = Call(None, "chat", {"stream": True, "stream_options": {"include_usage": True}}, b"")
-    call.usage_extra["cost"] = 0.000123
+    call.billing.usage_extra["cost"] = 0.000123
     codec = OpenAIPassthrough()
     out = b"".join(codec.feed(p) for p in cut(stream, points)) + codec.end() + codec.finish(call)
     events = [e for e in split_events(out)]

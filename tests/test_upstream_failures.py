@@ -173,9 +173,9 @@ async def test_client_disconnect_mid_stream_still_reads_usage(start_gateway, moc
                "mock": {"chunks": 40, "chunk_delay": 0.02}}
     await hang_up_mid_stream(f"{running.url}/chat/completions", payload)
     call = await settled_call(recorder)
-    assert call.client_gone
+    assert call.response.client_gone
     # The gateway kept reading to the end: the upstream's usage is known for billing.
-    assert call.usage is not None and call.usage.completion_tokens == 40
+    assert call.billing.usage is not None and call.billing.usage.completion_tokens == 40
 
 
 async def test_disconnect_under_a_server_that_cancels_handlers(aiohttp_server, mock_upstream, tmp_path):
@@ -190,7 +190,7 @@ async def test_disconnect_under_a_server_that_cancels_handlers(aiohttp_server, m
     payload = {"model": "up", "messages": MESSAGES, "stream": True, "mock": {"chunks": 30, "chunk_delay": 0.02}}
     await hang_up_mid_stream(str(server.make_url("/v1/chat/completions")), payload)
     call = await settled_call(recorder)
-    assert call.client_gone and call.usage.completion_tokens == 30
+    assert call.response.client_gone and call.billing.usage.completion_tokens == 30
 
 
 async def test_drain_is_bounded_after_the_client_left(start_gateway, mock_upstream):
@@ -201,8 +201,8 @@ async def test_drain_is_bounded_after_the_client_left(start_gateway, mock_upstre
     payload = {"model": "up", "messages": MESSAGES, "stream": True, "mock": {"chunks": 200, "chunk_delay": 0.02}}
     await hang_up_mid_stream(f"{running.url}/chat/completions", payload)
     call = await settled_call(recorder)
-    assert call.client_gone and call.error_code == "client_gone_drain_bound"
-    assert call.usage is None  # stopped before the upstream's usage: quotas must charge safely
+    assert call.response.client_gone and call.response.error_code == "client_gone_drain_bound"
+    assert call.billing.usage is None  # stopped before the upstream's usage: quotas must charge safely
 
 
 async def stream_with_timeouts(start_gateway, mock_upstream, idle: float, total: float,

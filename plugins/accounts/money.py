@@ -124,9 +124,9 @@ class PriceBook:
 
     def cost_of(self, call) -> int:
         """Micro-USD for a call's usage (which must be known) at its route's prices,
-        times ``call.price_multiplier``."""
-        usage = call.usage
-        multiplier = call.price_multiplier
+        times ``call.billing.price_multiplier``."""
+        usage = call.billing.usage
+        multiplier = call.billing.price_multiplier
         return self.of(call.route).cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
                                         MICRO if multiplier == 1.0 else multiplier_ppm(multiplier),
                                         usage.cache_write_tokens)

@@ -65,13 +65,6 @@ class CallState:
     capture: StreamCapture | None = None
 
 
-def _attr(obj: Any, name: str) -> Any:
-    value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-    if value is not None and not isinstance(value, (str, int)):
-        value = _attr(value, "id")  # e.g. an Account object
-    return value
-
-
 class Plugin:
     def __init__(self) -> None:
         self.options = CacheOptions()
@@ -118,25 +111,16 @@ class Plugin:
             self.embeddings.close()
 
     # -- request time ---------------------------------------------------------------
-    def scope_of(self, call: Call) -> str | None:
-        """The tenant whose entries this request may see; None: unidentifiable, do not cache."""
+    def scope_of(self, call: Call) -> str:
+        """The tenant whose entries this request may see."""
         if self.options.scope == "global":
             return "*"
-        p = call.principal
-        if p is None:
+        principal = call.principal
+        if principal is None:
             return "anon"
-        if isinstance(p, (str, int)):
-            return f"key:{p}"
         if self.options.scope == "account":
-            account = _attr(p, "account_id")
-            if account is None:
-                account = _attr(p, "account")
-            if account is not None:
-                return f"account:{account}"
-        key = _attr(p, "id")
-        if key is None:
-            key = _attr(p, "key_id")
-        return f"key:{key}" if key is not None else None
+            return f"account:{principal.account_id}"
+        return f"key:{principal.id}"
 
     def ineligible(self, body: dict) -> str | None:
         temperature = body.get("temperature")
@@ -150,8 +134,8 @@ class Plugin:
 
     @staticmethod
     def _status(call: Call, status: str) -> None:
-        call.cache_status = status
-        call.response_headers[HEADER] = status
+        call.response.cache_status = status
+        call.response.headers[HEADER] = status
 
     @hookimpl
     async def tollway_lookup(self, call: Call) -> CachedResponse | None:
@@ -162,7 +146,7 @@ class Plugin:
         if stripped is not None:
             call.set_body(stripped)
         scope = self.scope_of(call)
-        if call.dialect != "openai" or scope is None or self.ineligible(call.body) is not None:
+        if call.dialect != "openai" or self.ineligible(call.body) is not None:
             self._status(call, "BYPASS")
             return None
         opts = self.options
@@ -188,7 +172,7 @@ class Plugin:
                 if match.entry is not None:
                     return self._hit(call, st, match.entry, "SEMANTIC-HIT", match.similarity)
                 if match.vetoed_by:
-                    call.response_headers["x-tollway-cache-veto"] = match.vetoed_by
+                    call.response.headers["x-tollway-cache-veto"] = match.vetoed_by
         self._status(call, "MISS")
         return None
 
@@ -205,9 +189,9 @@ class Plugin:
         entry.hits += 1
         self._status(call, status)
         if similarity is not None:
-            call.response_headers[SIMILARITY_HEADER] = f"{similarity:.4f}"
-        call.price_multiplier = self.options.hit_price
-        call.count_for_limits = self.options.hits_count_for_limits
+            call.response.headers[SIMILARITY_HEADER] = f"{similarity:.4f}"
+        call.billing.price_multiplier = self.options.hit_price
+        call.billing.count_for_limits = self.options.hits_count_for_limits
         body = dict(entry.body)
         if entry.usage is not None:
             body["usage"] = entry.usage
@@ -226,10 +210,11 @@ class Plugin:
         st = call.state.get("cache")
         if not isinstance(st, CallState) or st.hit or st.controls.no_store:
             return
-        if call.error is not None or call.status != 200 or call.client_gone or call.error_code:
+        response = call.response
+        if response.error is not None or response.status != 200 or response.client_gone or response.error_code:
             return
         capture = st.capture.completion() if st.capture is not None else None
-        completion = capture if call.stream else call.completion
+        completion = capture if call.stream else response.completion
         if not isinstance(completion, dict) or not completion.get("choices"):
             return
         if any(c.get("finish_reason") not in STORABLE_FINISH for c in completion["choices"]):
@@ -237,7 +222,7 @@ class Plugin:
         raw = orjson.dumps({k: v for k, v in completion.items() if k != "usage"})
         if len(raw) > self.options.max_entry_bytes:
             return
-        await self.put(st, orjson.loads(raw), call.usage.to_openai() if call.usage else None)
+        await self.put(st, orjson.loads(raw), call.billing.usage.to_openai() if call.billing.usage else None)
 
     async def put(self, st: CallState, body: dict, usage: dict | None) -> Entry:
         """Store an answer for the request described by ``st``."""

@@ -4,7 +4,7 @@
 upstream's events byte for byte and sniffs usage from ``message_start`` and
 ``message_delta``. It holds the final ``message_delta`` (and what follows it,
 ``message_stop``) until the stream is priced: that event carries the final
-usage, so the gateway's usage fields (``call.usage_extra``, e.g. ``cost``) are
+usage, so the gateway's usage fields (``call.billing.usage_extra``, e.g. ``cost``) are
 merged into it there. Holding costs the client nothing: the held events are
 the last two of the stream and are written as soon as the upstream ends.
 Without usage fields the held bytes go out unchanged.
@@ -99,14 +99,14 @@ class AnthropicPassthrough:
         held = self._held or []
         if not self.done:
             held.append(event("message_stop", {}))
-        if not call.usage_extra:
+        if not call.billing.usage_extra:
             return b"".join(held)
         out = []
         for block in held:
             name, payload = parse_event(block)
             if name == "message_delta":
                 data = _loads(payload)
-                data["usage"] = {**(data.get("usage") or {}), **call.usage_extra}
+                data["usage"] = {**(data.get("usage") or {}), **call.billing.usage_extra}
                 block = named_event(b"message_delta", orjson.dumps(data))
             out.append(block)
         return b"".join(out)
@@ -197,7 +197,7 @@ class AnthropicEncoder:
     def finish(self, call: Call, usage: Usage | None) -> bytes:
         out = [] if self._started else [self._start(None)]
         self._close(out)
-        body = {**usage_to_anthropic(usage), **call.usage_extra}
+        body = {**usage_to_anthropic(usage), **call.billing.usage_extra}
         out.append(event("message_delta", {"delta": {"stop_reason": self._stop, "stop_sequence": None},
                                            "usage": body}))
         out.append(event("message_stop", {}))

@@ -10,7 +10,7 @@ async def tollway_lookup(call: Call) -> CachedResponse | None:
     text = str(call.body.get("messages", [{}])[-1].get("content", ""))
     if "weather" not in text:
         return None
-    call.cache_status = "CANNED"
+    call.response.cache_status = "CANNED"
     body = {"id": "canned-1", "object": "chat.completion", "created": 0, "model": call.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "It is always sunny here."},
                          "finish_reason": "stop"}],
