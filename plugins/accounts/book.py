@@ -5,10 +5,17 @@ a hash and a dict lookup; a reservation is integer arithmetic). Balance
 changes are remembered as per-account deltas and written behind by the
 ``Writer``, in the same transaction as the ledger rows they belong to.
 
-Changes made by another process on the same store (the ``tollway keys`` CLI
-while the server runs) bump a version counter in ``tollway_meta``; the
-writer polls it and reloads keys and balances, keeping the deltas it has not
-written yet, so a top-up from the CLI is never overwritten.
+How memory and the store agree (the one rule): an account's balance in
+memory is ALWAYS its stored balance plus this process's changes not written
+yet (``Writer.unwritten``), recomputed from a fresh read of the stored row
+(``_absorb``), never adjusted by hand after a write. A change made here
+(admin API, CLI) is written through in a transaction that also reads back
+the rows it touched, and memory is derived from that read. Changes made by
+another process on the same store (the ``tollway keys`` CLI while the server
+runs) bump a version counter in ``tollway_meta``; the writer polls it and
+re-derives everything; a write that finds the counter moved by someone else
+re-derives everything too. So no path applies a change twice (a reload that
+already holds it plus an increment) or loses one.
 """
 
 from __future__ import annotations
@@ -66,24 +73,29 @@ class Accounts:
             version = await db.version(self.store)
             keys = await db.load_keys(self.store)
             accounts = await db.load_accounts(self.store)
-            self._apply(keys, accounts)
+            self._set_keys(keys)
+            self._absorb(accounts)
             self.version = version
 
     async def poll(self) -> None:
         if await db.version(self.store) != self.version:
             await self.reload()
 
-    def _apply(self, keys: list[KeyRecord], accounts: list[Account]) -> None:
-        for fresh in accounts:
-            acc = self.accounts.get(fresh.id)
-            delta = self.dirty.get(fresh.id, (0, 0))
-            if acc is None:
-                self.accounts[fresh.id] = acc = fresh
-            acc.balance = fresh.balance + delta[0]
-            acc.spent = fresh.spent + delta[1]
-            acc.unlimited = fresh.unlimited
+    def _set_keys(self, keys: list[KeyRecord]) -> None:
         self.by_id = {k.id: k for k in keys}
         self.by_hash = {k.hash: k for k in keys}
+
+    def _absorb(self, stored: list[Account]) -> None:
+        """Memory from freshly read rows: stored + unwritten, for each of these accounts.
+        Account objects are kept (reservations in flight point at them)."""
+        for fresh in stored:
+            acc = self.accounts.get(fresh.id)
+            if acc is None:
+                self.accounts[fresh.id] = acc = fresh
+            dbal, dspent = self.writer.unwritten(fresh.id)
+            acc.balance = fresh.balance + dbal
+            acc.spent = fresh.spent + dspent
+            acc.unlimited = fresh.unlimited
 
     # -- the hot path -----------------------------------------------------------------
     def key_for(self, key: str) -> KeyRecord | None:
@@ -133,18 +145,22 @@ class Accounts:
         if not acc.unlimited:
             acc.reserved -= reserved
 
-    # -- changes (admin API, CLI): written through, then applied in memory --------------
-    async def _write(self, change) -> None:
-        """Run ``change(tx)`` in a transaction that bumps the version."""
+    # -- changes (admin API, CLI): written through, then memory derived from the store --
+    async def _write(self, change, account_ids: tuple[str, ...] = ()) -> None:
+        """Run ``change(tx)`` in a transaction that bumps the version and reads
+        back the accounts it touched; then derive memory from what was read.
+        Call with ``self.lock`` held."""
         async with self.store.transaction() as tx:
-            before = await db.version(tx)
             await change(tx)
-            after = await db.bump_version(tx)
-        # Another process changed something since we last looked: read it all.
-        stale = before != self.version
-        self.version = after
-        if stale:
-            self._apply(await db.load_keys(self.store), await db.load_accounts(self.store))
+            version = await db.bump_version(tx)
+            # Another process changed something since we last looked: read it all.
+            everything = version != self.version + 1
+            keys = await db.load_keys(tx) if everything else None
+            accounts = await db.load_accounts(tx, None if everything else account_ids)
+        self.version = version
+        if keys is not None:
+            self._set_keys(keys)
+        self._absorb(accounts)
 
     async def create_key(self, *, name: str, credits: int | None, account: str | None = None,
                          models: list[str] | None = None, limits: Limits | None = None,
@@ -160,25 +176,18 @@ class Accounts:
                            account_id=account or kid, models=None if models is None else frozenset(models),
                            limits=limits or Limits(), expires_at=expires_at, disabled=disabled,
                            metadata=metadata or {}, source="api", created_at=now)
+
+        async def change(tx) -> None:
+            await db.upsert_key(tx, record)
+            # A new account opens empty (unmetered when credits is None); an existing
+            # one, here or made by another process, keeps its balance and its kind.
+            await db.insert_account(tx, Account(record.account_id, 0, unlimited=credits is None), now)
+            if credits:
+                await tx.execute(db.APPLY_DELTA, (credits, 0, record.account_id))
+
         async with self.lock:
-            existing = self.accounts.get(record.account_id)
-
-            async def change(tx) -> None:
-                await db.upsert_key(tx, record)
-                if existing is None:
-                    await db.insert_account(tx, Account(record.account_id, credits or 0, unlimited=credits is None),
-                                            now)
-                elif credits:
-                    await tx.execute(db.APPLY_DELTA, (credits, 0, record.account_id))
-
-            await self._write(change)
-            if record.account_id not in self.accounts:
-                self.accounts[record.account_id] = Account(record.account_id, credits or 0,
-                                                           unlimited=credits is None)
-            elif existing is not None and credits:
-                existing.balance += credits
-            self.by_id[kid] = record
-            self.by_hash[record.hash] = record
+            await self._write(change, (record.account_id,))
+            self._put(record)
         return record, plain
 
     async def update_key(self, kid: str, changes: dict[str, Any]) -> KeyRecord:
@@ -202,15 +211,13 @@ class Accounts:
 
     async def topup(self, kid: str, micro: int) -> Account:
         async with self.lock:
-            record = self.by_id[kid]
-            acc = self.account_of(record)
+            aid = self.by_id[kid].account_id
 
             async def change(tx) -> None:
-                await tx.execute(db.APPLY_DELTA, (micro, 0, acc.id))
+                await db.add_credits(tx, aid, micro, time.time())
 
-            await self._write(change)
-            acc.balance += micro
-        return acc
+            await self._write(change, (aid,))
+            return self.accounts[aid]
 
     def _put(self, record: KeyRecord) -> None:
         old = self.by_id.get(record.id)

@@ -13,10 +13,13 @@ from typing import Any
 import orjson
 
 from proxy.schema import build
+from proxy.store.migrations import Migration, migrate
 
 from .model import Account, KeyRecord, Limits
 
-SCHEMA = (
+# Step 1 is the schema from before migrations existed (idempotent, so old
+# databases pass through it); later steps are appended, never edited.
+TABLES_V1 = (
     """create table if not exists tollway_meta (
         name text primary key,
         value bigint not null)""",
@@ -66,6 +69,9 @@ SCHEMA = (
     "create index if not exists tollway_ledger_day on tollway_ledger (day)",
     "insert into tollway_meta (name, value) values ('version', 0) on conflict (name) do nothing",
 )
+MIGRATIONS = (
+    Migration(1, "keys, accounts, ledger", TABLES_V1),
+)
 
 LEDGER_COLUMNS = ("id", "time", "day", "key_id", "account_id", "endpoint", "model", "served_model", "provider",
                   "status", "error_code", "stream", "cache_hit", "client_gone", "prompt_tokens",
@@ -78,8 +84,8 @@ KEY_COLUMNS = ("id", "name", "key_hash", "prefix", "account_id", "models", "limi
 
 
 async def create_tables(store) -> None:
-    for sql in SCHEMA:
-        await store.execute(sql)
+    """Create or upgrade the accounts' tables (see ``proxy/store/migrations.py``)."""
+    await migrate(store, "accounts", MIGRATIONS)
 
 
 async def version(store) -> int:
@@ -129,15 +135,40 @@ async def load_keys(store) -> list[KeyRecord]:
     return [key_from_row(r) for r in rows]
 
 
-async def load_accounts(store) -> list[Account]:
-    rows = await store.fetchall("select id, balance_micro_usd, spent_micro_usd, unlimited from tollway_accounts")
+async def load_accounts(store, ids: Sequence[str] | None = None) -> list[Account]:
+    """Every account, or those with these ids, as stored."""
+    sql = "select id, balance_micro_usd, spent_micro_usd, unlimited from tollway_accounts"
+    if ids is not None:
+        if not ids:
+            return []
+        sql += f" where id in ({', '.join('?' for _ in ids)})"
+    rows = await store.fetchall(sql, list(ids or ()))
     return [Account(id=r[0], balance=int(r[1]), spent=int(r[2]), unlimited=bool(r[3])) for r in rows]
 
 
-async def write_batch(tx, rows: Iterable[tuple], deltas: dict[str, list[int]]) -> None:
+async def add_credits(tx, account_id: str, micro: int, now: float) -> None:
+    """Add ``micro`` to an account's stored balance (the account is made if missing)."""
+    await insert_account(tx, Account(account_id, 0), now)
+    await tx.execute(APPLY_DELTA, (micro, 0, account_id))
+
+
+async def write_batch(tx, rows: Iterable[tuple], deltas: dict[str, list[int]], marker: str, seq: int) -> None:
+    """Ledger rows, balance changes and the writer's batch number, in one transaction."""
     await tx.insert_rows("tollway_ledger", LEDGER_COLUMNS, list(rows))
     if deltas:
         await tx.executemany(APPLY_DELTA, [(d[0], d[1], aid) for aid, d in deltas.items()])
+    await tx.execute("insert into tollway_meta (name, value) values (?, ?) "
+                     "on conflict (name) do update set value = excluded.value", (marker, seq))
+
+
+async def batch_committed(store, marker: str, seq: int) -> bool:
+    """Whether the writer's batch ``seq`` was committed (a commit can fail after it happened)."""
+    row = await store.fetchone("select value from tollway_meta where name = ?", (marker,))
+    return row is not None and int(row[0]) >= seq
+
+
+async def forget_marker(store, marker: str) -> None:
+    await store.execute("delete from tollway_meta where name = ?", (marker,))
 
 
 async def usage_rollups(store, *, key_id: str | None = None, model: str | None = None,

@@ -1,10 +1,35 @@
-"""The interface every store implements."""
+"""The interface every store implements, and the contract both engines keep.
+
+Transactions: ``async with store.transaction() as tx`` yields a NEW object,
+on SQLite and PostgreSQL alike, bound to that transaction. Statements run on
+``tx`` are atomic (all or none: an exception inside the block rolls them
+back) and see each other's changes. ``tx.transaction()`` nests (a savepoint).
+
+The store itself is not the transaction: a statement on ``store`` from the
+task that holds a transaction raises ``StoreMisuse`` on both engines (on
+SQLite it would wait for that very transaction forever; on PostgreSQL it
+would run outside it, on another connection). Other tasks' statements on
+``store`` run outside the transaction: on SQLite (one connection) they wait
+until it ends, on PostgreSQL they run beside it and see only committed rows.
+``tx`` must not be used after its block ends (``StoreMisuse``).
+
+Writers serialise: on SQLite a transaction takes the database's write lock
+at ``begin`` (``begin immediate``); on PostgreSQL rows a transaction updated
+stay locked until it ends. So ``update t set n = n + ?`` from two processes
+never loses one of them on either engine.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
+
+
+class StoreMisuse(RuntimeError):
+    """A statement on the store from inside one of its transactions (use the
+    transaction's object), or on a transaction that has ended."""
 
 
 class Store:
@@ -44,7 +69,13 @@ class Store:
         return rows[0] if rows else None
 
     def transaction(self) -> AbstractAsyncContextManager[Store]:
-        """Statements inside run atomically: all or none."""
+        """A new object whose statements run atomically: all or none (see the module's docstring)."""
+        raise NotImplementedError
+
+    async def claim(self, name: str) -> str | None:
+        """Take the store-wide exclusive claim ``name`` until ``close()`` (or the
+        process's death: the operating system or the database releases it, so a
+        crash never leaves it behind). None when taken; else what holds it."""
         raise NotImplementedError
 
     async def ping(self) -> bool:
@@ -54,3 +85,32 @@ class Store:
             return True
         except Exception:
             return False
+
+
+class TaskGuard:
+    """Which tasks hold a transaction on a store: a statement on the store
+    from one of them is a mistake that would deadlock (SQLite) or escape the
+    transaction (PostgreSQL), so both engines refuse it the same way."""
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task] = set()
+
+    def enter(self) -> asyncio.Task | None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        return task
+
+    def leave(self, task: asyncio.Task | None) -> None:
+        self._tasks.discard(task)
+
+    def check(self) -> None:
+        if self._tasks and asyncio.current_task() in self._tasks:
+            raise StoreMisuse("a statement on the store inside one of its transactions: "
+                              "run it on the transaction object (async with store.transaction() as tx)")
+
+
+def ended() -> StoreMisuse:
+    return StoreMisuse("this transaction has ended: its object cannot run statements any more")

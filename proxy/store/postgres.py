@@ -1,14 +1,21 @@
-"""PostgreSQL through asyncpg, for several gateway instances sharing state."""
+"""PostgreSQL through asyncpg, for several gateway instances sharing state.
+
+``?`` placeholders are rewritten to ``$1, $2...``. Query parameters of the
+URL that asyncpg does not know are server settings, so
+``postgresql://host/db?search_path=tenant_a`` puts the tables in a schema.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from ..schema import ConfigError
-from .base import Store
+from .base import Store, TaskGuard, ended
 
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -25,42 +32,115 @@ def to_dollar(sql: str) -> str:
     return _PLACEHOLDER.sub(sub, sql)
 
 
+def _asyncpg():
+    try:
+        import asyncpg
+    except ImportError:
+        raise ConfigError("storage.url: postgresql needs the asyncpg package "
+                          "(pip install 'tollway[postgres]')") from None
+    return asyncpg
+
+
 class PostgresStore(Store):
     kind = "postgres"
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._pool = None
-        self._conn = None  # set inside a transaction
+        self._guard = TaskGuard()
+        self._claims: dict[str, Any] = {}  # claim name -> the connection that holds its advisory lock
 
     async def connect(self) -> None:
-        try:
-            import asyncpg
-        except ImportError:
-            raise ConfigError("storage.url: postgresql needs the asyncpg package "
-                              "(pip install 'tollway[postgres]')") from None
+        asyncpg = _asyncpg()
         try:
             self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=10)
         except Exception as exc:
             raise ConfigError(f"storage.url: cannot connect to PostgreSQL: {exc}") from None
 
     async def close(self) -> None:
+        for conn in self._claims.values():
+            await conn.close()  # ends the session: its advisory lock goes with it
+        self._claims.clear()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        await (self._conn or self._pool).execute(to_dollar(sql), *params)
+        self._guard.check()
+        await self._pool.execute(to_dollar(sql), *params)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        await (self._conn or self._pool).executemany(to_dollar(sql), list(rows))
+        self._guard.check()
+        await self._pool.executemany(to_dollar(sql), list(rows))
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        return [tuple(r) for r in await (self._conn or self._pool).fetch(to_dollar(sql), *params)]
+        self._guard.check()
+        return [tuple(r) for r in await self._pool.fetch(to_dollar(sql), *params)]
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Store]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            tx = PostgresStore(self.url)
-            tx._pool, tx._conn = self._pool, conn
-            yield tx
+        self._guard.check()
+        async with self._pool.acquire() as conn:
+            task = self._guard.enter()
+            tx = PostgresTransaction(conn)
+            try:
+                async with conn.transaction():
+                    yield tx
+            finally:
+                tx.conn = None
+                self._guard.leave(task)
+
+    async def claim(self, name: str) -> str | None:
+        """A session advisory lock, on a connection of its own held until
+        ``close()``; PostgreSQL drops it when that session ends (a crash, a
+        killed process). Keyed by the name and the schema the tables are in."""
+        if name in self._claims:
+            return None
+        hostname = socket.gethostname()
+        conn = await _asyncpg().connect(self.url, server_settings={
+            "application_name": f"tollway {name}: process {os.getpid()} on {hostname}"[:63]})
+        key = await conn.fetchval("select hashtextextended('tollway:' || $1 || ':' || current_schema(), 0)", name)
+        if await conn.fetchval("select pg_try_advisory_lock($1)", key):
+            self._claims[name] = conn
+            return None
+        try:
+            holder = await conn.fetchval(
+                "select a.application_name from pg_locks l join pg_stat_activity a on a.pid = l.pid "
+                "where l.locktype = 'advisory' and l.granted and l.classid = $1::bigint::oid "
+                "and l.objid = $2::bigint::oid and l.objsubid = 1 limit 1",
+                (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)
+        finally:
+            await conn.close()
+        return holder or "another session"
+
+
+class PostgresTransaction(Store):
+    """The statements of one PostgreSQL transaction (one pooled connection)."""
+
+    kind = "postgres"
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def _live(self):
+        if self.conn is None:
+            raise ended()
+        return self.conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        await self._live().execute(to_dollar(sql), *params)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._live().executemany(to_dollar(sql), list(rows))
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return [tuple(r) for r in await self._live().fetch(to_dollar(sql), *params)]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Store]:
+        """A savepoint: rolled back alone when its block raises."""
+        async with self._live().transaction():
+            yield self
+
+    async def claim(self, name: str) -> str | None:
+        raise NotImplementedError("take claims on the store, not inside a transaction")

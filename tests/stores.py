@@ -1,0 +1,40 @@
+"""Both storage engines for tests: the same cases run on SQLite and on PostgreSQL.
+
+``engine_urls(kind, tmp_path)`` is an async context manager yielding a
+storage URL for a fresh database of that kind: a SQLite file in
+``tmp_path``, or a PostgreSQL schema of its own (dropped afterwards), so
+parallel runs never collide. PostgreSQL must be running at 127.0.0.1:5432
+(database ``test``, trust auth): without it the test fails, loudly.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+ENGINES = ("sqlite", "postgres")
+
+
+@asynccontextmanager
+async def fresh_database(kind: str, tmp_path: Path) -> AsyncIterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+        return
+    import asyncpg
+
+    schema = "tollway_t_" + secrets.token_hex(6)
+    try:
+        conn = await asyncpg.connect(PG)
+    except Exception as exc:  # say it loudly: a silent skip would hide a broken path
+        pytest.fail(f"this test needs PostgreSQL at 127.0.0.1:5432 (database 'test', trust auth): {exc}")
+    try:
+        await conn.execute(f"create schema {schema}")
+        yield f"{PG}?search_path={schema}"
+    finally:
+        await conn.execute(f"drop schema if exists {schema} cascade")
+        await conn.close()
