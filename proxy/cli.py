@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"tollway: config error: {exc}", file=sys.stderr)
+        print(f"tollway: {exc.label}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

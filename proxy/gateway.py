@@ -39,6 +39,7 @@ class Gateway:
         self.dialects = dialects
         self.store: Store = open_store(config.storage.url, config.base_dir)
         self.started = False
+        self.serving = False  # started to answer requests (not for a CLI command)
         self.ready = False
         self.access_log: AccessLog | None = None  # set by the server when logging is on
         # Objects plugins share with each other by name (e.g. the accounts book
@@ -49,6 +50,7 @@ class Gateway:
         """Open storage, start providers, run ``tollway_startup`` hooks."""
         await self.store.connect()
         self.started = True
+        self.serving = serving
         try:
             if serving:
                 for provider in self.providers.values():

@@ -18,6 +18,14 @@ from typing import Any, Literal, Union
 class ConfigError(Exception):
     """A mistake in the configuration; the message is one line naming the path."""
 
+    label = "config error"  # how the command line introduces the message
+
+
+class StartRefused(ConfigError):
+    """The configuration is valid, but starting now would be unsafe (e.g. the store is in use)."""
+
+    label = "cannot start"
+
 
 class EnvString(str):
     """A string that came from ${VAR} interpolation: may stand for a number or a bool."""

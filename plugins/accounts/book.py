@@ -25,7 +25,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from proxy.schema import ConfigError, suggest
+from proxy.schema import ConfigError, StartRefused, suggest
 
 from . import db
 from .keys import display_prefix, hash_key, new_id, new_key
@@ -59,6 +59,8 @@ class Accounts:
     # -- life cycle -------------------------------------------------------------------
     async def open(self) -> None:
         check_config(self.config)
+        if self.gateway.serving:
+            await claim_store(self.store)
         await db.create_tables(self.store)
         await self.sync_config_keys()
         await self.reload()
@@ -305,6 +307,20 @@ def config_record(config, i: int, kc: KeyConfig) -> KeyRecord:
                      account_id=kc.account or kid, models=None if kc.models is None else frozenset(kc.models),
                      limits=kc.limits, expires_at=expires, disabled=kc.disabled, metadata=dict(kc.metadata),
                      source="config", created_at=time.time())
+
+
+async def claim_store(store) -> None:
+    """One serving process per store: balances, reservations and rate-limit
+    counters live in its memory (storage.counters: memory), so a second one
+    would spend the same credits again. The claim is a lock the store holds
+    (released when the process ends, a crash included); the CLI takes none."""
+    holder = await store.claim("serve")
+    if holder is not None:
+        raise StartRefused(
+            f"storage.url: another tollway serve is already running on this store ({holder}); with "
+            "storage.counters: memory the balances and rate limits live in that process's memory, so a second "
+            "process would spend the same credits twice. Send the traffic to the running one (tollway keys and "
+            "tollway usage work beside it), stop it first, or give this one its own storage.url")
 
 
 def check_deployment(config) -> None:

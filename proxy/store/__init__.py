@@ -1,9 +1,11 @@
 """Storage primitives: a small SQL interface over SQLite (default) or PostgreSQL.
 
 The core opens the store named by ``storage.url`` and hands it to plugins via
-``gateway.store``. Plugins own their tables (``create table if not exists`` in
-their ``tollway_startup``). SQL is written with ``?`` placeholders; the
-PostgreSQL store rewrites them to ``$1, $2...``.
+``gateway.store``. Plugins own their tables: each creates and upgrades them
+with numbered steps through ``migrations.migrate`` in its ``tollway_startup``.
+``base.py`` states the contract both engines keep (transactions, claims).
+SQL is written with ``?`` placeholders; the PostgreSQL store rewrites them
+to ``$1, $2...``.
 """
 
 from __future__ import annotations
