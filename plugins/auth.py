@@ -20,7 +20,7 @@ import argparse
 from proxy import Call, ProxyError, hookimpl
 from proxy.gateway import Gateway
 
-from .accounts import KeyRecord, acquire, release
+from .accounts import ACCOUNTS, Accounts, KeyRecord
 from .accounts.admin import AdminKeys
 from .accounts.book import check_config
 from .accounts.http import authenticate
@@ -29,7 +29,7 @@ from .accounts.options import AuthOptions, KeyConfig
 
 class Plugin:
     def __init__(self) -> None:
-        self.accounts = None
+        self.accounts: Accounts | None = None
 
     @hookimpl
     def tollway_config_check(self, config) -> None:
@@ -44,11 +44,7 @@ class Plugin:
         return self._start(gateway)
 
     async def _start(self, gateway: Gateway) -> None:
-        self.accounts = await acquire(gateway, "auth")
-
-    @hookimpl
-    def tollway_shutdown(self, gateway: Gateway):
-        return release(gateway, "auth")
+        self.accounts = await gateway.services.open(ACCOUNTS)
 
     @hookimpl
     async def tollway_authenticate(self, call: Call) -> KeyRecord:

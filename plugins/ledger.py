@@ -29,22 +29,25 @@ import time
 
 from aiohttp import web
 
-from proxy import Call, hookimpl
+from proxy import Call, StateKey, hookimpl
 from proxy.gateway import Gateway
 from proxy.routes import json_response
 
-from .accounts import acquire, release
+from .accounts import ACCOUNTS, Accounts
 from .accounts.http import authenticate, check_admin, guarded
 from .accounts.options import LedgerOptions
 from .accounts.usage import query_rollups
+from .quotas import RESERVATION
 
 MODEL_ENDPOINTS = frozenset(("chat", "embeddings", "messages"))
+# Set once a request's row is queued in tollway_settle (so tollway_finish does not queue another).
+RECORDED: StateKey[bool] = StateKey("ledger.recorded")
 
 
 class Plugin:
     def __init__(self) -> None:
         self.gateway: Gateway | None = None
-        self.accounts = None
+        self.accounts: Accounts | None = None
         # Row ids: a random per-process prefix and a counter (unique without a syscall per row).
         self._prefix = secrets.token_hex(8)
         self._counter = itertools.count()
@@ -60,26 +63,22 @@ class Plugin:
 
     async def _start(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.accounts = await acquire(gateway, "ledger")
-
-    @hookimpl
-    def tollway_shutdown(self, gateway: Gateway):
-        return release(gateway, "ledger")
+        self.accounts = await gateway.services.open(ACCOUNTS)
 
     @hookimpl(trylast=True)
     async def tollway_settle(self, call: Call) -> None:
-        call.state["ledger"] = True
+        call.state[RECORDED] = True
         self.record(call)
 
     @hookimpl
     async def tollway_finish(self, call: Call) -> None:
-        if "ledger" not in call.state and call.endpoint in MODEL_ENDPOINTS and call.response.status != 401:
+        if RECORDED not in call.state and call.endpoint in MODEL_ENDPOINTS and call.response.status != 401:
             self.record(call)
 
     def record(self, call: Call) -> None:
         key = call.principal
-        res = call.state.get("quotas")
-        cost = res.charged if res is not None else (call.billing.cost_micro or 0)
+        hold = call.state.get(RESERVATION)
+        cost = hold.charged if hold is not None else (call.billing.cost_micro or 0)
         usage = call.billing.usage
         started = time.time() - (time.perf_counter() - call.timing.started)
         error = call.response.error_code or (call.response.error.code if call.response.error is not None else None)

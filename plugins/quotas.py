@@ -32,11 +32,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy import Call, ProxyError, hookimpl
+from proxy import Call, ProxyError, StateKey, hookimpl
 from proxy.gateway import Gateway
 from proxy.routes import json_response
 
-from .accounts import Account, KeyRecord, acquire, release
+from .accounts import ACCOUNTS, Account, Accounts, KeyRecord
 from .accounts.book import check_config
 from .accounts.estimate import output_bound, prompt_bound
 from .accounts.http import authenticate, guarded
@@ -47,16 +47,22 @@ from .accounts.views import account_view
 
 @dataclass(slots=True)
 class Reservation:
+    """A request's hold on its account, from admit to settle (or finish)."""
+
     account: Account
     amount: int  # micro-USD held
-    charged: int = 0  # micro-USD taken at settle
+    charged: int = 0  # micro-USD taken at settle (the ledger records it)
     open: bool = True
+
+
+# The request's reservation: set in tollway_admit, charged in tollway_settle, read by the ledger.
+RESERVATION: StateKey[Reservation] = StateKey("quotas.reservation")
 
 
 class Plugin:
     def __init__(self) -> None:
         self.gateway: Gateway | None = None
-        self.accounts = None
+        self.accounts: Accounts | None = None
         self.prices: PriceBook | None = None
         self.default_cap = 4096
 
@@ -76,11 +82,7 @@ class Plugin:
         self.gateway = gateway
         self.prices = PriceBook(gateway.config.models)
         self.default_cap = (gateway.config.section("plugins.quotas") or QuotasOptions()).default_max_tokens
-        self.accounts = await acquire(gateway, "quotas")
-
-    @hookimpl
-    def tollway_shutdown(self, gateway: Gateway):
-        return release(gateway, "quotas")
+        self.accounts = await gateway.services.open(ACCOUNTS)
 
     @hookimpl
     async def tollway_admit(self, call: Call) -> None:
@@ -97,11 +99,11 @@ class Plugin:
                      f"prompt and {output} completion tokens of {call.route.model}; lower max_tokens to need less) "
                      f"and the key's account has ${format_usd(max(acc.available, 0))} left{held}; "
                      "ask the operator to top it up", code="insufficient_credits")
-        call.state["quotas"] = Reservation(acc, amount)
+        call.state[RESERVATION] = Reservation(acc, amount)
 
     @hookimpl(tryfirst=True)
     async def tollway_settle(self, call: Call) -> None:
-        res: Reservation | None = call.state.get("quotas")
+        res = call.state.get(RESERVATION)
         if res is None or not res.open:
             return
         res.open = False
@@ -120,7 +122,7 @@ class Plugin:
 
     @hookimpl
     async def tollway_finish(self, call: Call) -> None:
-        res: Reservation | None = call.state.get("quotas")
+        res = call.state.get(RESERVATION)
         if res is not None and res.open:
             res.open = False
             self.accounts.release(res.account, res.amount)

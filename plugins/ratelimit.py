@@ -28,10 +28,10 @@ import math
 import time
 from dataclasses import dataclass
 
-from proxy import Call, ProxyError, hookimpl
+from proxy import Call, ProxyError, StateKey, hookimpl
 from proxy.gateway import Gateway
 
-from .accounts import KeyRecord, acquire, release
+from .accounts import ACCOUNTS, KeyRecord
 from .accounts.book import check_config
 from .accounts.estimate import tokens_estimate
 from .accounts.gcra import EPS, Plan, Rule, put_headers
@@ -43,10 +43,15 @@ STATE_TABLE = "create table if not exists tollway_ratelimit (name text primary k
 
 @dataclass(slots=True)
 class Taken:
+    """What a request took from its key's limits at admission, given back or reconciled later."""
+
     token_rules: tuple[Rule, ...]
     estimate: int
     slot: str | None  # the key id whose concurrency slot this call holds
     reconciled: bool = False
+
+
+TAKEN: StateKey[Taken] = StateKey("ratelimit.taken")
 
 
 NO_PLAN = Plan.of([])
@@ -68,7 +73,7 @@ class Plugin:
         return self._start(gateway)
 
     async def _start(self, gateway: Gateway) -> None:
-        await acquire(gateway, "ratelimit")  # the deployment check; keys come on the principal
+        await gateway.services.open(ACCOUNTS)  # the deployment check; keys come on the principal
         self.store = gateway.store
         await self.store.execute(STATE_TABLE)
         now = time.time()
@@ -84,15 +89,12 @@ class Plugin:
     async def _stop(self, gateway: Gateway) -> None:
         if self.store is None:  # start-up did not get this far
             return
-        try:
-            now = time.time()
-            rows = [("\x1f".join(k), tat) for k, tat in self.tats.items() if tat > now]
-            async with self.store.transaction() as tx:
-                await tx.execute("delete from tollway_ratelimit")
-                if rows:
-                    await tx.executemany("insert into tollway_ratelimit (name, tat) values (?, ?)", rows)
-        finally:
-            await release(gateway, "ratelimit")
+        now = time.time()
+        rows = [("\x1f".join(k), tat) for k, tat in self.tats.items() if tat > now]
+        async with self.store.transaction() as tx:
+            await tx.execute("delete from tollway_ratelimit")
+            if rows:
+                await tx.executemany("insert into tollway_ratelimit (name, tat) values (?, ?)", rows)
 
     def _plan_of(self, key: KeyRecord, model: str) -> Plan:
         """The key's limits for this model, compiled once per key version (hot path)."""
@@ -162,7 +164,7 @@ class Plugin:
             self.in_flight[key.id] = self.in_flight.get(key.id, 0) + 1
             slot = key.id
         if plan.token_rules or slot:
-            call.state["ratelimit"] = Taken(plan.token_rules, estimate, slot)
+            call.state[TAKEN] = Taken(plan.token_rules, estimate, slot)
 
     @staticmethod
     def _refusal(key: KeyRecord, wait: float, rule: Rule, cost: int, headers: dict) -> ProxyError:
@@ -177,7 +179,7 @@ class Plugin:
 
     @hookimpl
     async def tollway_settle(self, call: Call) -> None:
-        taken: Taken | None = call.state.get("ratelimit")
+        taken = call.state.get(TAKEN)
         if taken is None or taken.reconciled or not taken.token_rules:
             return
         taken.reconciled = True
@@ -199,7 +201,7 @@ class Plugin:
 
     @hookimpl
     async def tollway_finish(self, call: Call) -> None:
-        taken: Taken | None = call.state.get("ratelimit")
+        taken = call.state.get(TAKEN)
         if taken is not None and taken.slot is not None:
             kid, taken.slot = taken.slot, None
             self.in_flight[kid] -= 1

@@ -13,9 +13,11 @@ from .dialects import Dialect
 from .errors import ProxyError
 from .provider import Provider, StreamDecoder
 from .schema import ConfigError
+from .shared import ServiceKey, StateKey
 from .upstream import UpstreamRequest
 
 hookimpl = pluggy.HookimplMarker("tollway")
 
 __all__ = ["hookimpl", "Billing", "Call", "CachedResponse", "ConfigError", "Dialect", "Principal", "Provider",
-           "ProxyError", "ResponseState", "Route", "StreamDecoder", "Timing", "UpstreamRequest", "Usage"]
+           "ProxyError", "ResponseState", "Route", "ServiceKey", "StateKey", "StreamDecoder", "Timing",
+           "UpstreamRequest", "Usage"]

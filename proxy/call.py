@@ -14,16 +14,18 @@ they wrote. What is there, by phase:
   and ``timing`` (first byte, end).
 
 Plugin-private per-request state goes in ``call.state``, under a ``StateKey``
-(``proxy.keys``) defined next to the plugin that writes it.
+(``proxy.shared``) defined next to the plugin that writes it.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
+
+from .shared import State
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -207,7 +209,7 @@ class Call:
         self.billing = Billing()
         self.response = ResponseState()
         self.timing = Timing()
-        self.state: dict[Any, Any] = {}  # plugin-private, under StateKeys
+        self.state = State()  # plugin-private, under StateKeys (proxy.shared)
 
     @property
     def served_model(self) -> str | None:

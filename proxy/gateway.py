@@ -21,6 +21,7 @@ from .dialects import Dialect, OpenAIDialect
 from .plugins import Hooks, collect, compile_hooks, make_plugin_manager
 from .provider import Provider
 from .schema import ConfigError
+from .shared import Services
 from .store import Store, open_store
 
 log = logging.getLogger("tollway")
@@ -28,7 +29,8 @@ log = logging.getLogger("tollway")
 
 class Gateway:
     """What plugins receive at start-up: read ``config``, use ``store``,
-    find adapters in ``providers`` (by provider name)."""
+    find adapters in ``providers`` (by provider name), share objects in
+    ``services`` (``proxy.shared``)."""
 
     def __init__(self, config: Config, pm: pluggy.PluginManager, hooks: Hooks,
                  providers: dict[str, Provider], dialects: dict[str, Dialect]) -> None:
@@ -42,9 +44,9 @@ class Gateway:
         self.serving = False  # started to answer requests (not for a CLI command)
         self.ready = False
         self.access_log: AccessLog | None = None  # set by the server when logging is on
-        # Objects plugins share with each other by name (e.g. the accounts book
-        # that auth, quotas and the admin API all use). Set in tollway_startup.
-        self.services: dict[str, Any] = {}
+        # Objects plugins share (e.g. the accounts book that auth, quotas and the
+        # admin API all use), under typed keys; see proxy/shared.py.
+        self.services = Services(self)
 
     async def start(self, *, serving: bool = True) -> None:
         """Open storage, start providers, run ``tollway_startup`` hooks."""
@@ -79,6 +81,7 @@ class Gateway:
                     except Exception:
                         log.exception("a plugin failed during shutdown")
         finally:
+            await self.services.close()
             await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
             await self.store.close()
             self.started = False

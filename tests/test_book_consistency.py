@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cli_accounts import cli
 
-from plugins.accounts import db
+from plugins.accounts import ACCOUNTS, db
 from proxy.app import make_app
 from proxy.gateway import build_gateway
 
@@ -53,7 +53,7 @@ async def test_an_admin_top_up_right_after_a_cli_change_counts_once(start_gatewa
     path = tmp_path / "tollway.yaml"
     path.write_text(yaml.safe_dump(config))
     running = await start_gateway(config)
-    book = running.gw.services["accounts"]
+    book = running.gw.services[ACCOUNTS]
     async with aiohttp.ClientSession() as s:
         code, _, err = await cli(str(path), "keys", "topup", "a1", "1")
         assert code == 0, err
@@ -110,7 +110,7 @@ class World:
         self.root = str(self.server.make_url("")).rstrip("/")
         self.url = self.root + "/v1"
         self.session = aiohttp.ClientSession()
-        self.book = self.gw.services["accounts"]
+        self.book = self.gw.services[ACCOUNTS]
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -132,7 +132,7 @@ class World:
         elif kind in ("cli_topup", "cli_join"):
             gw = await self.cli()
             try:
-                other = gw.services["accounts"]
+                other = gw.services[ACCOUNTS]
                 if kind == "cli_topup":
                     await other.topup("cfg_a1" if account == "acct-a" else "cfg_b1", n)
                 else:
@@ -212,7 +212,7 @@ def test_a_known_bad_interleaving(tmp_path, kind):
 
 async def test_a_batch_whose_commit_raised_after_committing_is_not_written_twice(start_gateway, tmp_path):
     running = await start_gateway(book_config(tmp_path, poll_ms=3_600_000))
-    book, store = running.gw.services["accounts"], running.gw.store
+    book, store = running.gw.services[ACCOUNTS], running.gw.store
     async with aiohttp.ClientSession() as s:
         for _ in range(3):
             assert (await chat(s, running, A1, max_tokens=2))[0] == 200

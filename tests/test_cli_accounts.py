@@ -11,6 +11,7 @@ import pytest
 import yaml
 from business import bearer, biz_config, chat
 
+from plugins.accounts import ACCOUNTS
 from proxy.cli import main
 
 DEMO_KEY = "sk-cli-demo-00000"
@@ -148,7 +149,7 @@ async def test_a_running_server_picks_up_cli_changes(start_gateway, config_file,
             return (await chat(s, running, key))[0] == 401
         await eventually(revoked)
 
-        await running.gw.services["accounts"].writer.flush()
+        await running.gw.services[ACCOUNTS].writer.flush()
         code, out, err = await cli(config_file, "usage")
         assert code == 0, err
         lines = out.splitlines()
@@ -160,7 +161,7 @@ async def test_a_running_server_picks_up_cli_changes(start_gateway, config_file,
         bob_row = next(line.split() for line in out.splitlines() if " bob " in line)
         assert bob_row[2:5] == ["echo", "1", "0"]
         # The stored balance is exactly what the server holds: top-up + spend, nothing overwritten.
-        acc = running.gw.services["accounts"].accounts["cfg_demo"]
+        acc = running.gw.services[ACCOUNTS].accounts["cfg_demo"]
         row = await running.gw.store.fetchone(
             "select balance_micro_usd from tollway_accounts where id = 'cfg_demo'")
         assert row[0] == acc.balance == 3_000_000 - acc.spent

@@ -9,6 +9,7 @@ import openai
 from business import DEMO, admin, bearer, biz_config, chat, credits
 from conftest import Running
 
+from plugins.accounts import ACCOUNTS
 from proxy.app import make_app
 
 
@@ -22,7 +23,7 @@ def narrow_config(**extra) -> dict:
 
 
 async def rows(running, columns: str = "*") -> list[tuple]:
-    accounts = running.gw.services.get("accounts")
+    accounts = running.gw.services.get(ACCOUNTS)
     if accounts is not None:
         await accounts.writer.flush()
     return await running.gw.store.fetchall(f"select {columns} from tollway_ledger order by time, id")

@@ -11,6 +11,8 @@ import aiohttp
 import openai
 from business import bearer, biz_config
 
+from plugins.accounts import ACCOUNTS
+
 KEY = "sk-funded-for-few"
 PRICE = 8 * 1000  # 8 completion tokens (the mock upstream's 8 chunks) at $1000 per 1M tokens
 FUNDED_FOR = 40
@@ -60,7 +62,7 @@ async def test_balance_never_negative_and_ledger_equals_money_taken(start_gatewa
                 tasks.append(raw_call(s, i, cancel=i % 3 == 2))
         await asyncio.gather(*tasks)
 
-    accounts = running.gw.services["accounts"]
+    accounts = running.gw.services[ACCOUNTS]
     acc = accounts.accounts["cfg_few"]
     for _ in range(1000):  # cancelled streams are still being drained server-side
         if acc.reserved == 0:

@@ -10,7 +10,7 @@ import openai
 import pytest
 from conftest import base_config
 
-from proxy import ConfigError, ProxyError, hookimpl
+from proxy import ConfigError, ProxyError, ServiceKey, StateKey, hookimpl
 from proxy import plugins as plugin_loading
 from proxy.gateway import build_gateway
 
@@ -202,3 +202,70 @@ async def test_a_stream_filter_can_refuse_before_the_first_byte(start_gateway, m
         async with aiohttp.ClientSession() as s, s.post(f"{running.url}/chat/completions", json=body) as r:
             assert r.status == 403
             assert (await r.json())["error"]["code"] == "no_streams"
+
+
+# -- shared services and per-request state under typed keys -------------------------------
+
+class Counter:
+    """A service two plugins share; records its life in ``events``."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.events.append("opened")
+        self.count = 0
+
+    async def close(self) -> None:
+        self.events.append(f"closed after {self.count}")
+
+
+def counter_key(events: list[str]) -> ServiceKey[Counter]:
+    async def open_counter(gateway) -> Counter:
+        return Counter(events)
+    return ServiceKey("test.counter", open_counter)
+
+
+SEEN: StateKey[int] = StateKey("test.seen")
+
+
+class CountingPlugin:
+    """Opens the shared counter at start-up; counts requests in admit, reads its own state in settle."""
+
+    def __init__(self, key: ServiceKey[Counter], name: str, events: list[str]) -> None:
+        self.key, self.name, self.events = key, name, events
+        self.counter: Counter | None = None
+
+    @hookimpl
+    def tollway_startup(self, gateway):
+        async def start() -> None:
+            self.counter = await gateway.services.open(self.key)
+        return start()
+
+    @hookimpl
+    def tollway_shutdown(self, gateway):
+        async def stop() -> None:
+            # Still open during every plugin's shutdown: no plugin closes it under another.
+            self.events.append(f"{self.name} shutdown sees {gateway.services[self.key].count}")
+        return stop()
+
+    @hookimpl
+    async def tollway_admit(self, call):
+        self.counter.count += 1
+        call.state[SEEN] = self.counter.count
+
+    @hookimpl
+    async def tollway_settle(self, call):
+        self.events.append(f"{self.name} settled #{call.state[SEEN]}")
+
+
+async def test_a_service_is_opened_once_shared_and_closed_by_the_gateway_last(start_gateway):
+    events: list[str] = []
+    key = counter_key(events)
+    running = await start_gateway(with_plugins(None), plugins=[CountingPlugin(key, "a", events),
+                                                               CountingPlugin(key, "b", events)])
+    assert running.gw.services.get(key) is running.gw.services[key]
+    async with openai.AsyncOpenAI(base_url=running.url, api_key="k") as client:
+        await client.chat.completions.create(model="echo", messages=MESSAGES)
+    await running.gw.close()
+    assert events == ["opened", "b settled #2", "a settled #2", "b shutdown sees 2", "a shutdown sees 2",
+                      "closed after 2"]
+    assert running.gw.services.get(key) is None

@@ -13,6 +13,7 @@ from business import DEMO, bearer, biz_config, chat, credits
 from hypothesis import given
 from hypothesis import strategies as st
 
+from plugins.accounts import ACCOUNTS
 from plugins.accounts.money import PriceTable, format_usd, multiplier_ppm
 from proxy import CachedResponse, Usage, hookimpl
 from proxy.config import Price
@@ -20,7 +21,7 @@ from proxy.config import Price
 
 async def settled(running, account_id: str = "cfg_demo") -> None:
     """Wait until the account has no reservation in flight (handlers still draining)."""
-    acc = running.gw.services["accounts"].accounts[account_id]
+    acc = running.gw.services[ACCOUNTS].accounts[account_id]
     for _ in range(500):
         if acc.reserved == 0:
             return
@@ -29,7 +30,7 @@ async def settled(running, account_id: str = "cfg_demo") -> None:
 
 
 async def ledger(running) -> list[dict]:
-    await running.gw.services["accounts"].writer.flush()
+    await running.gw.services[ACCOUNTS].writer.flush()
     rows = await running.gw.store.fetchall(
         "select status, error_code, prompt_tokens, completion_tokens, cost_micro_usd, client_gone, stream "
         "from tollway_ledger order by time")

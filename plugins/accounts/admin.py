@@ -16,6 +16,7 @@ from aiohttp import web
 from proxy import ProxyError
 from proxy.routes import json_response, read_json
 
+from . import ACCOUNTS
 from .http import build_body, check_admin, field_error, guarded, read_body
 from .money import micro_to_usd
 from .specs import KeyCreate, KeyPatch, SpecError, TopUp, create_args, credits_micro, patch_changes
@@ -34,7 +35,7 @@ class AdminKeys:
 
     @property
     def accounts(self) -> Accounts:
-        accounts = self.gateway.services.get("accounts")
+        accounts = self.gateway.services.get(ACCOUNTS)
         if accounts is None:
             raise ProxyError(503, "the gateway is starting or stopping", code="not_ready")
         return accounts

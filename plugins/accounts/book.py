@@ -48,7 +48,6 @@ class Accounts:
         self.accounts: dict[str, Account] = {}
         # account id -> [balance delta, spent delta] not yet written.
         self.dirty: dict[str, list[int]] = {}
-        self.users: set[str] = set()
         self.version = 0
         # Serialises what must not interleave: the writer's flush, reloads and admin changes.
         self.lock = asyncio.Lock()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from proxy.cli import positive_int
 
+from . import ACCOUNTS
 from .model import Limits
 from .options import iso
 from .specs import KeyCreate, SpecError, create_args, credits_micro
@@ -123,7 +124,7 @@ def book_command(fn):
     from proxy.cli import gateway_command
 
     async def run(gw: Gateway, args: argparse.Namespace) -> int:
-        accounts = gw.services.get("accounts")
+        accounts = gw.services.get(ACCOUNTS)
         if accounts is None:
             print("tollway: the auth plugin is not enabled in this config (plugins.enabled), so it has no keys",
                   file=sys.stderr)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from proxy import CachedResponse, Call, ConfigError, Usage, hookimpl
+from proxy import CachedResponse, Call, ConfigError, StateKey, Usage, hookimpl
 
 from .capture import StreamCapture
 from .controls import Controls, parse_controls
@@ -64,6 +64,8 @@ class CallState:
     features: Features | None = None
     capture: StreamCapture | None = None
 
+
+CACHE_STATE: StateKey[CallState] = StateKey("cache.call")
 
 class Plugin:
     def __init__(self) -> None:
@@ -152,7 +154,7 @@ class Plugin:
         opts = self.options
         forms = request_forms(call.body, call.model, opts.max_context_chars, opts.max_query_chars,
                               opts.max_guard_chars)
-        st = call.state["cache"] = CallState(scope, forms, controls)
+        st = call.state[CACHE_STATE] = CallState(scope, forms, controls)
         if controls.no_cache:
             self._status(call, "BYPASS")
             return None
@@ -199,16 +201,16 @@ class Plugin:
 
     @hookimpl
     async def tollway_stream_filter(self, call: Call):
-        st = call.state.get("cache")
-        if not isinstance(st, CallState) or st.hit or st.controls.no_store:
+        st = call.state.get(CACHE_STATE)
+        if st is None or st.hit or st.controls.no_store:
             return None
         st.capture = StreamCapture(self.options.max_entry_bytes)
         return st.capture
 
     @hookimpl
     async def tollway_settle(self, call: Call) -> None:
-        st = call.state.get("cache")
-        if not isinstance(st, CallState) or st.hit or st.controls.no_store:
+        st = call.state.get(CACHE_STATE)
+        if st is None or st.hit or st.controls.no_store:
             return
         response = call.response
         if response.error is not None or response.status != 200 or response.client_gone or response.error_code:

@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from proxy import Call, Provider, Route, UpstreamRequest, Usage
+from proxy import Call, Provider, Route, StateKey, UpstreamRequest, Usage
 from proxy.provider import loads_json
 
 from .anthropic_request import to_anthropic
 from .anthropic_response import AnthropicStreamDecoder, message_to_completion, usage_from_anthropic
 
-STATE = "anthropic"  # call.state key: per-request translation facts
+# The tool whose input is the answer text (a translated response_format), for the answer's way back.
+JSON_TOOL: StateKey[str | None] = StateKey("anthropic.json_tool")
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class AnthropicProvider(Provider):
         options = self.options
         translation = to_anthropic(body, route.upstream_model, default_max_tokens=options.default_max_tokens,
                                    clamp_temperature=options.clamp_temperature)
-        call.state[STATE] = translation.json_tool
+        call.state[JSON_TOOL] = translation.json_tool
         return UpstreamRequest(self.url, orjson.dumps(translation.body), self.headers)
 
     def _headers_for(self, call: Call) -> dict[str, str]:
@@ -87,9 +88,9 @@ class AnthropicProvider(Provider):
 
     def chat_response(self, call: Call, body: bytes) -> tuple[dict, Usage | None]:
         msg = loads_json(body, self.name)
-        completion = message_to_completion(msg, call.state.get(STATE))
+        completion = message_to_completion(msg, call.state.get(JSON_TOOL))
         # From Anthropic's own counts: the OpenAI form has no place for cache writes.
         return completion, usage_from_anthropic(msg.get("usage"))
 
     def chat_stream(self, call: Call) -> AnthropicStreamDecoder:
-        return AnthropicStreamDecoder(self.name, call.state.get(STATE))
+        return AnthropicStreamDecoder(self.name, call.state.get(JSON_TOOL))

@@ -23,17 +23,21 @@ import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
-from proxy import Call, Provider, ProxyError, Route, UpstreamRequest, Usage
+from proxy import Call, Provider, ProxyError, Route, StateKey, UpstreamRequest, Usage
 from proxy.provider import error_message, loads_json, upstream_error
 
 from .gemini_request import to_gemini
 from .gemini_response import GeminiStreamDecoder, response_to_completion
 from .translate import refuse
 
-STATE = "gemini"
+# The upstream's model name of a chat call, for its answer (Gemini's answers do not carry it).
+UPSTREAM_MODEL: StateKey[str] = StateKey("gemini.upstream_model")
+# An embeddings call's facts for its answer: model, texts, format, batch.
+EMBEDDINGS: StateKey[dict[str, Any]] = StateKey("gemini.embeddings")
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class GeminiProvider(Provider):
             raise ProxyError(400, "Gemini's native API is not served; use /v1/chat/completions",
                              code="unsupported_dialect")
         request = to_gemini(body)
-        call.state[STATE] = route.upstream_model
+        call.state[UPSTREAM_MODEL] = route.upstream_model
         if body.get("stream"):
             url = self._url(route.upstream_model, "streamGenerateContent") + "?alt=sse"
         else:
@@ -76,11 +80,11 @@ class GeminiProvider(Provider):
 
     def chat_response(self, call: Call, body: bytes) -> tuple[dict, Usage | None]:
         data = loads_json(body, self.name)
-        completion = response_to_completion(data, call.state.get(STATE) or "")
+        completion = response_to_completion(data, call.state.get(UPSTREAM_MODEL) or "")
         return completion, Usage.from_openai(completion.get("usage"))
 
     def chat_stream(self, call: Call) -> GeminiStreamDecoder:
-        return GeminiStreamDecoder(self.name, call.state.get(STATE) or "")
+        return GeminiStreamDecoder(self.name, call.state.get(UPSTREAM_MODEL) or "")
 
     # -- embeddings -----------------------------------------------------------------
     def embeddings_request(self, call: Call, route: Route) -> UpstreamRequest:
@@ -100,7 +104,7 @@ class GeminiProvider(Provider):
                 req["outputDimensionality"] = body["dimensions"]
             return req
 
-        call.state[STATE] = {"model": route.upstream_model, "texts": items, "format": fmt,
+        call.state[EMBEDDINGS] = {"model": route.upstream_model, "texts": items, "format": fmt,
                              "batch": not isinstance(inputs, str)}
         if isinstance(inputs, str):
             return UpstreamRequest(self._url(route.upstream_model, "embedContent"), orjson.dumps(one(inputs)),
@@ -111,7 +115,7 @@ class GeminiProvider(Provider):
 
     def embeddings_response(self, call: Call, body: bytes) -> tuple[dict, Usage | None]:
         data = loads_json(body, self.name)
-        state = call.state.get(STATE) or {}
+        state = call.state.get(EMBEDDINGS) or {}
         vectors = data.get("embeddings") if state.get("batch") else [data.get("embedding")]
         if not isinstance(vectors, list) or not all(isinstance(v, dict) for v in vectors):
             raise ProxyError(502, f"upstream '{self.name}' answered embeddings in an unexpected shape",
