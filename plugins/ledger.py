@@ -29,11 +29,12 @@ import time
 
 from aiohttp import web
 
-from proxy import Call, StateKey, hookimpl
+from proxy import Call, StateKey, Usage, hookimpl
 from proxy.gateway import Gateway
 from proxy.routes import json_response
 
 from .accounts import ACCOUNTS, Accounts
+from .accounts.db import LedgerRow
 from .accounts.http import authenticate, check_admin, guarded
 from .accounts.options import LedgerOptions
 from .accounts.usage import query_rollups
@@ -42,6 +43,7 @@ from .quotas import RESERVATION
 MODEL_ENDPOINTS = frozenset(("chat", "embeddings", "messages"))
 # Set once a request's row is queued in tollway_settle (so tollway_finish does not queue another).
 RECORDED: StateKey[bool] = StateKey("ledger.recorded")
+NO_USAGE = Usage()  # zero tokens, for a request without usage
 
 
 class Plugin:
@@ -78,19 +80,22 @@ class Plugin:
     def record(self, call: Call) -> None:
         key = call.principal
         hold = call.state.get(RESERVATION)
-        cost = hold.charged if hold is not None else (call.billing.cost_micro or 0)
-        usage = call.billing.usage
+        response = call.response
+        usage = call.billing.usage or NO_USAGE
         started = time.time() - (time.perf_counter() - call.timing.started)
-        error = call.response.error_code or (call.response.error.code if call.response.error is not None else None)
         ttfb = call.timing.ttfb_ms
-        self.accounts.writer.append((
-            f"{self._prefix}{next(self._counter):010x}", started, self._day(started),
-            key.id if key else None, key.account_id if key else None, call.endpoint, call.model,
-            call.served_model, call.provider_name, call.response.status, error, int(call.stream),
-            int("hit" in (call.response.cache_status or "")), int(call.response.client_gone),
-            usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
-            usage.cached_tokens if usage else 0, usage.reasoning_tokens if usage else 0,
-            cost, round(call.timing.latency_ms, 3), None if ttfb is None else round(ttfb, 3)))
+        self.accounts.writer.append(LedgerRow(
+            id=f"{self._prefix}{next(self._counter):010x}", time=started, day=self._day(started),
+            key_id=key.id if key else None, account_id=key.account_id if key else None,
+            endpoint=call.endpoint, model=call.model, served_model=call.served_model,
+            provider=call.provider_name, status=response.status,
+            error_code=response.error_code or (response.error.code if response.error is not None else None),
+            stream=int(call.stream), cache_hit=int("hit" in (response.cache_status or "")),
+            client_gone=int(response.client_gone), prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost_micro_usd=hold.charged if hold is not None else (call.billing.cost_micro or 0),
+            latency_ms=round(call.timing.latency_ms, 3), ttfb_ms=None if ttfb is None else round(ttfb, 3)))
 
     def _day(self, ts: float) -> str:
         n = int(ts // 86400)

@@ -6,11 +6,14 @@ import sqlite3
 
 import aiohttp
 import openai
+import pytest
 from business import DEMO, admin, bearer, biz_config, chat, credits
 from conftest import Running
+from stores import ENGINES, fresh_database
 
-from plugins.accounts import ACCOUNTS
+from plugins.accounts import ACCOUNTS, db
 from proxy.app import make_app
+from proxy.store import open_store
 
 
 def narrow_config(**extra) -> dict:
@@ -175,3 +178,23 @@ async def test_usage_rollups(start_gateway):
             assert r.status == 401
         async with s.get(running.root + "/admin/usage", headers=bearer(DEMO)) as r:
             assert r.status == 403
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_the_migrated_ledger_table_is_the_ledger_row(engine, tmp_path):
+    """Exactly LedgerRow's fields, in order, after every migration: a field added without
+    its migration (or the other way round) fails here, on both engines."""
+    async with fresh_database(engine, tmp_path) as url:
+        store = open_store(url, tmp_path)
+        await store.connect()
+        try:
+            await db.create_tables(store)
+            row = db.LedgerRow(id="r1", time=1.5, day="2026-01-01", key_id="k", account_id="a", endpoint="chat",
+                               model="m", served_model="s", provider="p", status=200, error_code="e", stream=1,
+                               cache_hit=0, client_gone=0, prompt_tokens=2, completion_tokens=3, cached_tokens=4,
+                               reasoning_tokens=5, cost_micro_usd=6, latency_ms=7.5, ttfb_ms=8.5)
+            async with store.transaction() as tx:
+                await db.write_batch(tx, [row], {}, "writer:test", 1)
+            assert await store.fetchall("select * from tollway_ledger") == [tuple(row)]
+        finally:
+            await store.close()

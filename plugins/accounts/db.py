@@ -8,7 +8,7 @@ writes behind (see ``writer.py``); admin changes write through.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -73,10 +73,40 @@ MIGRATIONS = (
     Migration(1, "keys, accounts, ledger", TABLES_V1),
 )
 
-LEDGER_COLUMNS = ("id", "time", "day", "key_id", "account_id", "endpoint", "model", "served_model", "provider",
-                  "status", "error_code", "stream", "cache_hit", "client_gone", "prompt_tokens",
-                  "completion_tokens", "cached_tokens", "reasoning_tokens", "cost_micro_usd", "latency_ms",
-                  "ttfb_ms")
+
+
+class LedgerRow(NamedTuple):
+    """One row of ``tollway_ledger``: one model request. The fields are the
+    table's columns, in order (``LEDGER_COLUMNS``), and rows go to the store as
+    they are (a NamedTuple is a tuple). A new column is a new field here (at
+    the end, with a default if older code builds rows without it) and a
+    migration above that adds it; a test checks the migrated table has
+    exactly these columns."""
+
+    id: str
+    time: float  # unix seconds the request arrived
+    day: str  # YYYY-MM-DD (UTC) of time, for the rollups
+    key_id: str | None  # the principal's id
+    account_id: str | None  # the principal's account (tenant)
+    endpoint: str  # chat, embeddings, messages
+    model: str  # as asked
+    served_model: str | None  # the model that answered (a fallback's, after one)
+    provider: str | None
+    status: int
+    error_code: str | None
+    stream: int  # 0 / 1
+    cache_hit: int  # 0 / 1
+    client_gone: int  # 0 / 1
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    cost_micro_usd: int  # the money taken (see plugins/ledger.py)
+    latency_ms: float
+    ttfb_ms: float | None
+
+
+LEDGER_COLUMNS: tuple[str, ...] = LedgerRow._fields
 APPLY_DELTA = ("update tollway_accounts set balance_micro_usd = balance_micro_usd + ?, "
                "spent_micro_usd = spent_micro_usd + ? where id = ?")
 KEY_COLUMNS = ("id", "name", "key_hash", "prefix", "account_id", "models", "limits", "expires_at", "disabled",
@@ -152,7 +182,7 @@ async def add_credits(tx, account_id: str, micro: int, now: float) -> None:
     await tx.execute(APPLY_DELTA, (micro, 0, account_id))
 
 
-async def write_batch(tx, rows: Iterable[tuple], deltas: dict[str, list[int]], marker: str, seq: int) -> None:
+async def write_batch(tx, rows: Iterable[LedgerRow], deltas: dict[str, list[int]], marker: str, seq: int) -> None:
     """Ledger rows, balance changes and the writer's batch number, in one transaction."""
     await tx.insert_rows("tollway_ledger", LEDGER_COLUMNS, list(rows))
     if deltas:

@@ -1,6 +1,6 @@
 """The write-behind writer: one task that persists ledger rows and balance changes.
 
-A request only appends a tuple to a list (``append``) or adds to an
+A request only appends a ``LedgerRow`` to a list (``append``) or adds to an
 account's delta (``Accounts.settle``). The writer takes both and writes them
 in ONE transaction, so the stored balances and the stored ledger always
 agree. It also polls the store's version counter for changes made by other
@@ -37,13 +37,14 @@ from . import db
 
 if TYPE_CHECKING:
     from .book import Accounts
+    from .db import LedgerRow
 
 log = logging.getLogger("tollway.accounts")
 
 
 @dataclass(slots=True)
 class Batch:
-    rows: list[tuple]
+    rows: list[LedgerRow]
     deltas: dict[str, list[int]]  # account id -> [balance delta, spent delta]
     seq: int
 
@@ -54,7 +55,7 @@ class Writer:
         self.flush_s = max(flush_s, 0.001)
         self.batch_rows = max(batch_rows, 1)
         self.poll_s = poll_s
-        self.rows: list[tuple] = []
+        self.rows: list[LedgerRow] = []
         self.failed: Batch | None = None  # a batch whose commit raised: checked, then retried whole
         self.marker = "writer:" + secrets.token_hex(8)
         self._seq = 0
@@ -64,7 +65,7 @@ class Writer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.flushes = 0  # completed flushes that wrote something (tests, metrics)
 
-    def append(self, row: tuple) -> None:
+    def append(self, row: LedgerRow) -> None:
         """Queue one ledger row (the hot path: no I/O; one timer per flush, not per row)."""
         rows = self.rows
         rows.append(row)
