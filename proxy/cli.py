@@ -184,10 +184,11 @@ async def serve_one(gw, host: str, port: int, reuse_port: bool = False) -> int:
     from aiohttp import web
 
     from .app import make_app
+    from .connection import GatewayRunner
 
     app = make_app(gw)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=False,
-                           shutdown_timeout=gw.config.server.shutdown_timeout)
+    runner = GatewayRunner(app, timeouts=gw.config.server.timeouts, handle_signals=False, access_log=None,
+                           handler_cancellation=False, shutdown_timeout=gw.config.server.shutdown_timeout)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)

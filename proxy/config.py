@@ -17,7 +17,7 @@ import yaml
 
 from .schema import ConfigError, EnvString, build, build_dataclass, suggest
 
-__all__ = ["Config", "ConfigError", "ModelConfig", "Price", "ProviderConfig", "Timeouts",
+__all__ = ["ClientTimeouts", "Config", "ConfigError", "ModelConfig", "Price", "ProviderConfig", "Timeouts",
            "read_yaml", "build_config"]
 
 
@@ -41,6 +41,24 @@ class DisconnectDrain:
 
 
 @dataclass(frozen=True)
+class ClientTimeouts:
+    """Seconds a client connection may take; see ``proxy/connection.py``.
+
+    ``header_read``: to send a whole request head, from accept (or from the
+    first byte of a later request on a kept-alive connection); ``body_read``:
+    to send the whole body once the head is in (408 otherwise);
+    ``keepalive_idle``: an idle kept-alive connection is closed after it;
+    ``client_write``: a client that takes no bytes for this long is gone.
+    Defaults are nginx's and the config contract's.
+    """
+
+    header_read: float = 10.0
+    body_read: float = 60.0
+    keepalive_idle: float = 75.0
+    client_write: float = 30.0
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -50,6 +68,7 @@ class ServerConfig:
     access_log: Literal["text", "json", "off"] = "text"
     shutdown_timeout: float = 30.0
     disconnect_drain: DisconnectDrain = field(default_factory=DisconnectDrain)
+    timeouts: ClientTimeouts = field(default_factory=ClientTimeouts)
 
 
 @dataclass(frozen=True)
@@ -211,6 +230,9 @@ def build_config(raw: dict, *, schemas: dict[str, Any], provider_options: dict[s
                               f"{suggest(str(key), declared)}")
     if server.workers < 1:
         raise ConfigError("server.workers: must be at least 1")
+    for name, seconds in server.timeouts.__dict__.items():
+        if not 0 < seconds < 1e6:  # also refuses NaN and .inf, which the event loop's timers cannot hold
+            raise ConfigError(f"server.timeouts.{name}: must be a positive number of seconds")
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes: must be at least 1024")
     return Config(server, storage, providers, models, plugins, sections, path, unset_env)

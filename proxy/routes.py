@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from .call import Call
+from .connection import BodyReadTimeout
 from .errors import ProxyError, bad_request
+from .logs import throttled
 from .pipeline import JSON, authenticate, finish, run_model_call, send_error
 from .validate import validate_embeddings
 
@@ -17,6 +22,7 @@ if TYPE_CHECKING:
     from .gateway import Gateway
 
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
+log = logging.getLogger("tollway")
 
 # Paths served here, for a 405 (not 404) when the method is wrong.
 _KNOWN_PATHS = {"/v1/chat/completions": "POST", "/v1/embeddings": "POST", "/v1/messages": "POST",
@@ -31,6 +37,13 @@ async def read_json(request: web.Request, limit: int) -> tuple[dict, bytes]:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
+    except BodyReadTimeout as exc:
+        raise ProxyError(408, str(exc), code="body_read_timeout") from None
+    except RequestPayloadError as exc:  # a Content-Encoding that does not decode, broken chunked framing
+        cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else exc
+        raise bad_request(f"the request body cannot be read: {_reason(cause)}", code="invalid_body") from None
+    except ConnectionError:
+        raise client_gone() from None
     if len(raw) > limit:
         raise _too_large(limit)
     if not raw:
@@ -42,6 +55,21 @@ async def read_json(request: web.Request, limit: int) -> tuple[dict, bytes]:
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
     return body, raw
+
+
+def _reason(exc: BaseException) -> str:
+    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    return " ".join(str(text).split())[:200] or type(exc).__name__
+
+
+def client_gone() -> ProxyError:
+    """The client hung up before its request was read: nobody to answer. One
+    rate-limited line in the log, 499 (nginx's "client closed request") in the
+    access log."""
+    throttled(log, logging.INFO, "client_gone_body", "a client closed its connection before sending the whole "
+                                                      "request body")
+    return ProxyError(499, "the client closed the connection before sending the whole request body",
+                      code="client_closed_request")
 
 
 def _too_large(limit: int) -> ProxyError:

@@ -18,7 +18,9 @@ from aiohttp.test_utils import TestServer
 from benchmarks.mock_upstream import MockSettings
 from benchmarks.mock_upstream import make_app as make_mock_app
 from proxy.app import make_app
+from proxy.connection import GatewayRunner
 from proxy.gateway import Gateway, build_gateway
+from proxy.routes import GATEWAY_KEY
 
 
 @dataclass
@@ -64,11 +66,12 @@ async def mock_upstream(aiohttp_server):
 
 class GatewayServer(TestServer):
     """aiohttp's TestServer cancels handlers whose client hung up; ``tollway
-    serve`` does not (it keeps reading the upstream to bill it). Serve as production does."""
+    serve`` does not (it keeps reading the upstream to bill it). Serve as production
+    does: the same runner, connection class and client timeouts."""
 
     async def _make_runner(self, **kwargs):
         kwargs["handler_cancellation"] = False
-        return await super()._make_runner(**kwargs)
+        return GatewayRunner(self.app, timeouts=self.app[GATEWAY_KEY].config.server.timeouts, **kwargs)
 
 
 @pytest.fixture

@@ -1,0 +1,222 @@
+"""One client connection: aiohttp's RequestHandler with the bounds the edge needs.
+
+aiohttp's server bounds only keep-alive idleness: a client that dribbles its
+request head or body holds a socket, a file descriptor and a buffer for as
+long as it likes. ``ClientConnection`` arms one timer per connection state
+(never per byte) from ``server.timeouts``:
+
+- head (``header_read``): from accept, and from the first byte of each later
+  request on a kept-alive connection, until the head is complete. On expiry
+  the client gets a 408 in the OpenAI error shape (if it sent anything) and
+  the connection is closed.
+- body (``body_read``): from the end of the head until the body is complete.
+  On expiry the handler's read raises ``BodyReadTimeout`` (``read_json``
+  answers it 408 in the client's dialect) and the connection closes after the
+  answer.
+- idle between requests (``keepalive_idle``): aiohttp's own keep-alive timer.
+- while the handler answers: nothing here (the upstream's timeouts and
+  ``client_write`` apply).
+
+A head that arrives whole in one read, with its body, arms nothing: the
+first request's head timer is the one armed at accept.
+
+It also answers what aiohttp answers by itself (a malformed request, an
+exception that escaped a handler) in the OpenAI error shape instead of plain
+text, and logs it as one short, masked, rate-limited line instead of a
+traceback that quotes the raw request line and headers (keys included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+
+from .config import ClientTimeouts
+from .errors import ProxyError, internal_error
+from .logs import redact, throttled
+
+__all__ = ["BodyReadTimeout", "ClientConnection", "GatewayRunner"]
+
+log = logging.getLogger("tollway.server")
+
+_HEAD, _BODY = 1, 2
+
+
+class BodyReadTimeout(TimeoutError):
+    """The request body did not arrive within ``server.timeouts.body_read``.
+
+    A TimeoutError, so that aiohttp's lingering read of an unread body ends
+    quietly on it too."""
+
+
+def _head_timeout_answer(seconds: float) -> bytes:
+    body = ProxyError(408, f"the request head did not arrive within {seconds:g} seconds "
+                           "(server.timeouts.header_read)", code="header_read_timeout").render()
+    return (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
+
+
+class ClientConnection(RequestHandler):
+    """The protocol of one client connection (see the module docstring)."""
+
+    __slots__ = ("_limits", "_timer", "_timer_kind", "_head_bytes", "_body")
+
+    def __init__(self, manager: ClientServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits: ClientTimeouts = manager.timeouts
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_kind = 0
+        self._head_bytes = False  # bytes of a head that is not complete yet arrived
+        self._body: Any = None  # the payload the body timer is for
+
+    # -- the timers -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm(_HEAD, self._limits.header_read)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        self._body = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        timer = self._timer
+        count = self._request_count
+        super().data_received(data)
+        if self._request_count != count:
+            self._head_done()
+        elif timer is None:
+            # Nothing was pending: these are the first bytes of the next request's head.
+            if self._timer is None and data and not (self._close or self._force_close or self._upgraded):
+                self._arm(_HEAD, self._limits.header_read)
+                self._head_bytes = True
+        elif self._timer_kind == _HEAD:
+            self._head_bytes = True
+
+    def _head_done(self) -> None:
+        """One or more heads completed in this read: the newest may still have a body to come."""
+        self._disarm()
+        if not self._messages:
+            return
+        _, payload = self._messages[-1]
+        if not payload.is_eof():
+            self._body = payload
+            self._arm(_BODY, self._limits.body_read)
+            payload.on_eof(self._body_done)
+
+    def _body_done(self) -> None:
+        if self._timer_kind == _BODY:
+            self._disarm()
+        self._body = None
+
+    def _arm(self, kind: int, seconds: float) -> None:
+        self._timer = self._loop.call_at(self._loop.time() + seconds, self._expired)
+        self._timer_kind = kind
+        self._head_bytes = False
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_kind = 0
+
+    def _expired(self) -> None:
+        kind = self._timer_kind
+        self._timer = None
+        self._timer_kind = 0
+        if kind == _BODY:
+            payload, self._body = self._body, None
+            if payload is not None and not payload.is_eof():
+                seconds = self._limits.body_read
+                payload.set_exception(BodyReadTimeout(f"the request body did not arrive within {seconds:g} "
+                                                      "seconds (server.timeouts.body_read)"))
+                self.close()  # answer (408), then close: the rest of the body is not worth waiting for
+                throttled(log, logging.INFO, "body_read", "a client did not send its request body within "
+                          "server.timeouts.body_read (%gs); answered 408", seconds)
+            return
+        if self._request_in_progress or self._messages:
+            # Bytes of a next request arrived while this one is answered, and its head is late:
+            # finish the answer, then close instead of waiting for the rest.
+            self.close()
+            return
+        if self._head_bytes and self.transport is not None:
+            self.transport.write(self._manager.head_timeout_answer)  # type: ignore[union-attr]
+        throttled(log, logging.INFO, "header_read", "closed a client connection whose request head did not "
+                  "arrive within server.timeouts.header_read (%gs)", self._limits.header_read)
+        self.force_close()
+
+    # -- what aiohttp answers and logs by itself ------------------------------------
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A malformed request (400 from the parser) or an exception that escaped a
+        handler (500; 504 for a TimeoutError), answered in the OpenAI error shape."""
+        if request.writer.output_size > 0:  # as aiohttp's: the answer has started, the connection is broken
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        if status >= 500:
+            if status == 504:
+                err = ProxyError(504, "the gateway timed out answering this request", code="gateway_timeout")
+            else:
+                err = internal_error()
+            throttled(log, logging.ERROR, "handler_error", "error answering %s %s", request.method,
+                      redact(request.path), exc_info=exc)
+        else:
+            what = _first_line(message or (exc.message if isinstance(exc, HttpProcessingError) else "") or "")
+            err = ProxyError(status, f"malformed HTTP request: {what or 'cannot be parsed'}",
+                             code="bad_http_request")
+            if not (self._request_count == 1 and isinstance(exc, BadHttpMethod)):  # not HTTP at all: aiohttp's rule
+                throttled(log, logging.INFO, "bad_http", "malformed HTTP request from %s: %s", request.remote,
+                          what)
+        dialect = "anthropic" if request.path.startswith("/v1/messages") else "openai"
+        resp = web.Response(status=err.status, body=err.render(dialect), content_type="application/json")
+        resp.force_close()
+        return resp
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's own error lines: a client's broken connection or body in one
+        short line, anything else with its traceback; all rate-limited."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, (ConnectionError, HttpProcessingError, RequestPayloadError, asyncio.TimeoutError)):
+            throttled(log, logging.INFO, "client_io", "a client connection ended with an error: %s",
+                      redact(_first_line(str(exc)) or type(exc).__name__))
+            return
+        msg, *rest = args
+        throttled(log, logging.ERROR, f"aiohttp:{msg}", str(msg), *rest, exc_info=exc)
+
+
+def _first_line(text: str) -> str:
+    """The reason of a parser message, without the raw bytes aiohttp quotes under it."""
+    return redact(text.strip().split("\n", 1)[0].rstrip(":"), limit=120)
+
+
+class ClientServer(web.Server):
+    """aiohttp's connection factory, making ClientConnections."""
+
+    timeouts: ClientTimeouts
+    head_timeout_answer: bytes
+
+    def __call__(self) -> RequestHandler:
+        return ClientConnection(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """The runner ``tollway serve`` and the tests serve a gateway app with:
+    aiohttp's, with ClientConnection as the protocol and ``server.timeouts``."""
+
+    def __init__(self, app: web.Application, *, timeouts: ClientTimeouts, **kwargs: Any) -> None:
+        kwargs.setdefault("keepalive_timeout", timeouts.keepalive_idle)
+        super().__init__(app, **kwargs)
+        self._timeouts = timeouts
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp builds its Server inside Application._make_handler; the Server's
+        # __call__ is the one seam that chooses the connection class.
+        server.__class__ = ClientServer
+        server.timeouts = self._timeouts
+        server.head_timeout_answer = _head_timeout_answer(self._timeouts.header_read)
+        return server

@@ -1,0 +1,176 @@
+"""server.timeouts on client connections, over real sockets: a client that
+dribbles its head or body, or idles on a kept-alive connection, is closed;
+normal clients (also ones that send the body in a second packet) are not."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+
+from conftest import base_config
+
+TIMEOUTS = {"header_read": 0.5, "body_read": 0.5, "keepalive_idle": 1.5}
+CHAT = b'{"model": "echo", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+@pytest.fixture
+async def gw(start_gateway):
+    return await start_gateway(base_config(server={"access_log": "off", "timeouts": TIMEOUTS}))
+
+
+async def connect(gw):
+    return await asyncio.open_connection(gw.server.host, gw.server.port)
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]:
+    """One HTTP/1.1 answer with a Content-Length: status, headers, body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    body = await reader.readexactly(int(headers.get("content-length", 0)))
+    return status, headers, body
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    """Everything the server sends until it closes; fails if it has not closed in ``seconds``."""
+    return await asyncio.wait_for(reader.read(), seconds)
+
+
+def post(path: str = "/v1/chat/completions", body: bytes = CHAT, length: int | None = None) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\n\r\n").encode() + body
+
+
+async def closed_or_reset(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    """As ``closed_within``; a reset (the server closed with our dribble unread) counts as closed."""
+    try:
+        return await closed_within(reader, seconds)
+    except ConnectionResetError:
+        return b""
+
+
+async def dribble(writer: asyncio.StreamWriter, every: float, times: int) -> None:
+    for i in range(times):
+        await asyncio.sleep(every)
+        if writer.is_closing():
+            return
+        writer.write(b"X-Slow-%d: a\r\n" % i)
+
+
+async def test_a_dribbled_head_is_cut_at_header_read(gw):
+    """Bytes keep coming, a header line every 50 ms: the head timer is not reset by them."""
+    reader, writer = await connect(gw)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n")
+    started = time.monotonic()
+    task = asyncio.create_task(dribble(writer, 0.05, 200))
+    try:
+        await closed_or_reset(reader, 5)
+    finally:
+        task.cancel()
+    assert time.monotonic() - started >= TIMEOUTS["header_read"] * 0.8
+    writer.close()
+
+
+async def test_an_unfinished_head_is_answered_408(gw):
+    reader, writer = await connect(gw)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n")
+    await dribble(writer, 0.05, 4)
+    data = await closed_within(reader, 5)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    err = orjson.loads(body)["error"]
+    assert err["code"] == "header_read_timeout" and "header_read" in err["message"]
+    writer.close()
+
+
+async def test_a_silent_connection_is_closed_without_an_answer(gw):
+    reader, writer = await connect(gw)
+    assert await closed_within(reader, 5) == b""
+    writer.close()
+
+
+async def test_a_slow_body_is_answered_408_in_the_clients_dialect(gw):
+    for path, shape in (("/v1/chat/completions", "openai"), ("/v1/messages", "anthropic")):
+        reader, writer = await connect(gw)
+        writer.write(post(path, CHAT[:10], length=len(CHAT)))
+        status, headers, body = await asyncio.wait_for(read_answer(reader), 5)
+        assert status == 408
+        data = orjson.loads(body)
+        if shape == "openai":
+            assert data["error"]["code"] == "body_read_timeout"
+        else:
+            assert data["type"] == "error" and "body_read" in data["error"]["message"]
+        assert await closed_within(reader, 5) == b""  # and not kept alive for the rest of the body
+        writer.close()
+
+
+async def test_an_idle_kept_alive_connection_is_closed(gw):
+    reader, writer = await connect(gw)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, _, _ = await read_answer(reader)
+    assert status == 200
+    assert await closed_within(reader, 5) == b""
+    writer.close()
+
+
+async def test_the_next_head_on_a_kept_alive_connection_is_bounded_too(gw):
+    reader, writer = await connect(gw)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await read_answer(reader))[0] == 200
+    writer.write(b"GET /health HTTP/1.1\r\nHost")  # and never the rest
+    status, _, body = await asyncio.wait_for(read_answer(reader), 5)
+    assert status == 408 and orjson.loads(body)["error"]["code"] == "header_read_timeout"
+    writer.close()
+
+
+async def test_normal_clients_keep_their_connection(gw):
+    """A body sent in a second packet, pauses shorter than keepalive_idle but longer
+    than header_read between requests: all answered on one connection."""
+    reader, writer = await connect(gw)
+    for _ in range(2):
+        head, _, body = post().partition(b"\r\n\r\n")
+        writer.write(head + b"\r\n\r\n")
+        await asyncio.sleep(0.2)
+        writer.write(body)
+        status, _, answer = await read_answer(reader)
+        assert status == 200, answer
+        await asyncio.sleep(TIMEOUTS["header_read"] * 1.6)  # idle, under keepalive_idle
+    writer.write(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await read_answer(reader))[0] == 200
+    writer.close()
+
+
+async def test_many_slowloris_clients_do_not_starve_normal_ones(gw):
+    """200 connections dribbling heads: normal requests are answered meanwhile,
+    and every dribbling connection is closed after header_read."""
+    conns = [await connect(gw) for _ in range(200)]
+    for _, writer in conns:
+        writer.write(b"GET /v1/models HTTP/1.1\r\nHost: t\r\n")
+
+    dribblers = [asyncio.create_task(dribble(w, 0.1, 100)) for _, w in conns]
+    try:
+        for _ in range(5):
+            reader, writer = await connect(gw)
+            writer.write(post())
+            status, _, _ = await asyncio.wait_for(read_answer(reader), 5)
+            assert status == 200
+            writer.close()
+        answers = await asyncio.gather(*(closed_or_reset(r, 10) for r, _ in conns))
+    finally:
+        for t in dribblers:
+            t.cancel()
+    assert all(a == b"" or a.startswith(b"HTTP/1.1 408 ") for a in answers)
+    for _, writer in conns:
+        writer.close()
+
+
+async def test_timeouts_are_checked_at_start(start_gateway):
+    from proxy.schema import ConfigError
+
+    for bad in (0, -1, float("inf")):
+        with pytest.raises(ConfigError, match="server.timeouts.body_read: must be a positive"):
+            await start_gateway(base_config(server={"timeouts": {"body_read": bad}}))
