@@ -200,3 +200,16 @@ async def test_shared_account(start_gateway):
         assert status == 200
         spent = round(body["usage"]["cost"] * 1_000_000)
         assert (await credits(s, running, b["key"]))["balance_micro_usd"] == 3_000_000 - spent
+
+
+async def test_the_admin_key_is_read_from_headers_only(start_gateway):
+    """?api_key= carries client keys, never the admin key: a URL lands in logs."""
+    running = await start_gateway(biz_config())
+    async with aiohttp.ClientSession() as s:
+        for method in ("GET", "POST"):
+            async with s.request(method, running.root + "/admin/keys", params={"api_key": ADMIN},
+                                 json={"name": "via-query"}) as r:
+                assert r.status == 401
+                err = (await r.json())["error"]
+                assert err["code"] == "missing_admin_key" and "query string" in err["message"]
+        assert [k["name"] for k in await snapshot(s, running)] == ["demo"]

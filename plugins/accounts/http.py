@@ -17,7 +17,7 @@ from proxy.errors import bad_request, internal_error
 from proxy.routes import error_response, read_json
 from proxy.schema import ConfigError, build_dataclass
 
-from .keys import key_from_request
+from .keys import key_from_headers, key_from_request
 from .model import KeyRecord
 from .options import iso
 
@@ -69,9 +69,11 @@ def check_admin(gateway: Gateway, request: web.Request) -> None:
     if not admin:
         raise ProxyError(403, "the admin API is disabled: set server.admin_key (e.g. admin_key: "
                               "${TOLLWAY_ADMIN_KEY}) to use it", code="admin_disabled")
-    given = key_from_request(request)
+    given = key_from_headers(request)
     if given is None:
-        raise ProxyError(401, "missing admin key: send 'Authorization: Bearer ADMIN_KEY'", code="missing_admin_key")
+        where = " (the query string is not read for the admin key)" if "api_key" in request.query else ""
+        raise ProxyError(401, f"missing admin key: send 'Authorization: Bearer ADMIN_KEY' or 'X-API-Key: "
+                              f"ADMIN_KEY'{where}", code="missing_admin_key")
     if not hmac.compare_digest(given.encode(), admin.encode()):
         raise ProxyError(403, "invalid admin key", code="invalid_admin_key")
 

@@ -36,6 +36,16 @@ def display_prefix(key: str) -> str:
 def key_from_request(request: web.Request) -> str | None:
     """The key from ``Authorization: Bearer``, ``X-API-Key`` (Anthropic's
     ``x-api-key`` is the same header) or ``?api_key=``, in that order."""
+    value = key_from_headers(request)
+    if value is not None:
+        return value
+    return request.query.get("api_key") or None
+
+
+def key_from_headers(request: web.Request) -> str | None:
+    """The key from ``Authorization: Bearer`` or ``X-API-Key``: never the query
+    string (what the admin key must come in: a URL lands in access logs,
+    proxies' logs and browser history)."""
     headers = request.headers
     auth = headers.get("Authorization")
     if auth:
@@ -49,7 +59,4 @@ def key_from_request(request: web.Request) -> str | None:
     value = headers.get("X-API-Key")
     if value and value.strip():
         return value.strip()
-    value = request.query.get("api_key")
-    if value:
-        return value
     return None
