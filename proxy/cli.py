@@ -76,10 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _importable(module: str) -> bool:
-    """Whether a built-in plugin loads; a broken one must not take every command down."""
+    """Whether a built-in plugin loads (for its commands); a broken one must not
+    take every command down. A missing optional extra (the cache's numpy) is no
+    news unless the config enables the plugin: loading that config says so."""
     try:
         importlib.import_module(module)
         return True
+    except ImportError as exc:
+        log.debug("built-in plugin %s cannot be loaded: %s", module, exc)
+        return False
     except Exception as exc:
         log.warning("built-in plugin %s cannot be loaded: %s", module, exc)
         return False
@@ -151,6 +156,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = gw.config
     for name in cfg.unset_env:
         print(f"warning: ${{{name}}} is not set; it reads as empty text", file=sys.stderr)
+    for provider in gw.providers.values():
+        if (warning := provider.startup_warning()) is not None:
+            print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: ok ({len(cfg.providers)} providers, {len(cfg.models)} models, "
           f"plugins: {', '.join(cfg.plugins.enabled) or 'none'})")
     return 0

@@ -88,6 +88,8 @@ class ProviderConfig:
     max_connections: int = 1000  # streams hold a connection each for their whole length
     headers: dict[str, str] = field(default_factory=dict)
     options: Any = None  # built from the adapter's Options dataclass
+    #: The ${VAR} that ``api_key`` was read from, if any (for the start-up warning when it is empty).
+    api_key_env: str | None = field(default=None, metadata={"internal": True})
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,9 @@ def _interpolate(value: Any, unset: list[str]) -> Any:
                     unset.append(name)
                 return default or ""
             return got
-        return EnvString(_VAR.sub(sub, value))
+        text = EnvString(_VAR.sub(sub, value))
+        text.variables = tuple(m.group(1) for m in _VAR.finditer(value))
+        return text
     if isinstance(value, dict):
         return {k: _interpolate(v, unset) for k, v in value.items()}
     if isinstance(value, list):
@@ -243,7 +247,7 @@ def _build_providers(raw: Any, option_types: dict[str, Any]) -> dict[str, Provid
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("providers: expected a mapping of provider names")
-    common = set(ProviderConfig.__dataclass_fields__) - {"options"}
+    common = set(ProviderConfig.__dataclass_fields__) - {"options", "api_key_env"}
     out = {}
     for name, item in raw.items():
         where = f"providers.{name}"
@@ -274,7 +278,9 @@ def _build_providers(raw: Any, option_types: dict[str, Any]) -> dict[str, Provid
         config = build_dataclass(ProviderConfig, own, where)
         if config.max_connections < 1:
             raise ConfigError(f"{where}.max_connections: must be at least 1")
-        out[str(name)] = ProviderConfig(**{**config.__dict__, "options": options})
+        key_env = getattr(item.get("api_key"), "variables", ())
+        out[str(name)] = ProviderConfig(**{**config.__dict__, "options": options,
+                                           "api_key_env": key_env[0] if key_env else None})
     return out
 
 

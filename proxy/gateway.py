@@ -57,6 +57,8 @@ class Gateway:
             if serving:
                 for provider in self.providers.values():
                     await provider.start()
+                    if (warning := provider.startup_warning()) is not None:
+                        log.warning("%s", warning)
             for impl in self.pm.hook.tollway_startup.get_hookimpls():  # registration order
                 result = impl.function(*[self for _ in impl.argnames])
                 if inspect.isawaitable(result):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -46,6 +47,14 @@ class StreamDecoder(Protocol):
     def finish(self) -> list[dict]: ...
 
 
+# Cloud APIs that answer nothing without a key: an empty api_key in front of them is a mistake.
+# (An OpenAI-compatible server elsewhere, e.g. a local vLLM or Ollama, may well need none.)
+KEYED_HOSTS = ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com", ".openai.azure.com",
+               "api.groq.com", "api.mistral.ai", "api.together.xyz", "api.deepseek.com", "openrouter.ai",
+               "api.fireworks.ai", "api.x.ai", "api.perplexity.ai", "api.cohere.com", "api.cerebras.ai")
+_AUTH_HEADERS = frozenset(("authorization", "x-api-key", "api-key", "x-goog-api-key"))
+
+
 class Provider:
     """Base class for provider adapters; the defaults speak OpenAI over HTTP."""
 
@@ -54,12 +63,39 @@ class Provider:
     dialect: ClassVar[str] = "openai"
     #: A dataclass for ``providers.<name>.options``, validated at start-up.
     Options: ClassVar[type | None] = None
+    #: The upstream used when ``base_url`` is not set.
+    default_base_url: ClassVar[str | None] = None
+    #: False for kinds that never send a key (the mock).
+    needs_api_key: ClassVar[bool] = True
 
     def __init__(self, name: str, config: ProviderConfig, options: Any = None) -> None:
         self.name = name
         self.config = config
         self.options = options
         self.pool = UpstreamPool(name, config)
+        #: Why this provider cannot be called (no key where one is needed), or None.
+        self.missing_key: str | None = self._missing_key()
+
+    def _missing_key(self) -> str | None:
+        """An empty api_key is a mistake when the YAML read it from a ${VAR} (the
+        operator meant to give one) or the upstream is a cloud API that needs one;
+        an OpenAI-compatible server elsewhere with no key configured is taken as is."""
+        config = self.config
+        if not self.needs_api_key or config.api_key or _AUTH_HEADERS & {h.lower() for h in config.headers}:
+            return None
+        host = (urlsplit(config.base_url or self.default_base_url or "").hostname or "").lower()
+        if config.api_key_env is None and not any(host == h or (h[0] == "." and host.endswith(h))
+                                                  for h in KEYED_HOSTS):
+            return None
+        return f"provider {self.name!r} has no api_key configured"
+
+    def startup_warning(self) -> str | None:
+        """The line ``tollway serve`` and ``tollway check`` print about this provider, if any."""
+        if self.missing_key is None:
+            return None
+        env = self.config.api_key_env
+        fix = f"{env} is empty or unset" if env else "set providers." + self.name + ".api_key"
+        return f"{self.missing_key} ({fix}): its models answer 502 until it has one"
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -70,6 +106,8 @@ class Provider:
 
     async def send(self, call: Call, request: UpstreamRequest) -> UpstreamResponse:
         """Send on the pooled session; returns once headers arrived."""
+        if self.missing_key is not None:  # answered without a network round trip that cannot succeed
+            raise ProxyError(502, self.missing_key, code="upstream_no_api_key")
         return await self.pool.open(request)
 
     # -- requests -------------------------------------------------------------------

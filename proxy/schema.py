@@ -28,7 +28,10 @@ class StartRefused(ConfigError):
 
 
 class EnvString(str):
-    """A string that came from ${VAR} interpolation: may stand for a number or a bool."""
+    """A string that came from ${VAR} interpolation: may stand for a number or a bool.
+    ``variables`` names the environment variables it was read from."""
+
+    variables: tuple[str, ...] = ()
 
 
 def suggest(word: str, candidates: typing.Iterable[str]) -> str:
@@ -95,7 +98,8 @@ def build_dataclass(cls: type, value: Any, path: str, extra_ok: bool = False) ->
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: expected a mapping, got {_describe(value)}")
     hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    # Fields marked internal are filled in by the code that builds the section, never from YAML.
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")}
     kwargs = {}
     for key, item in value.items():
         key = str(key)

@@ -49,11 +49,12 @@ class AnthropicOptions:
 class AnthropicProvider(Provider):
     kind = "anthropic"
     dialect = "anthropic"
+    default_base_url = "https://api.anthropic.com"
     Options = AnthropicOptions
 
     def __init__(self, name, config, options: AnthropicOptions | None = None) -> None:
         super().__init__(name, config, options or AnthropicOptions())
-        base = (config.base_url or "https://api.anthropic.com").rstrip("/")
+        base = (config.base_url or self.default_base_url).rstrip("/")
         if base.endswith("/v1"):
             base = base[:-3]
         self.url = base + "/v1/messages"

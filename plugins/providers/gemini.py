@@ -48,11 +48,12 @@ class GeminiOptions:
 class GeminiProvider(Provider):
     kind = "gemini"
     dialect = "gemini"
+    default_base_url = "https://generativelanguage.googleapis.com"
     Options = GeminiOptions
 
     def __init__(self, name, config, options: GeminiOptions | None = None) -> None:
         super().__init__(name, config, options or GeminiOptions())
-        base = (config.base_url or "https://generativelanguage.googleapis.com").rstrip("/")
+        base = (config.base_url or self.default_base_url).rstrip("/")
         version = self.options.api_version
         self.base = base if base.endswith("/" + version) else f"{base}/{version}"
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}

@@ -35,6 +35,7 @@ class MockOptions:
 class MockProvider(OpenAIProvider):
     kind = "mock"
     Options = MockOptions
+    needs_api_key = False
 
     def __init__(self, name, config, options: MockOptions | None = None) -> None:
         super().__init__(name, config, options or MockOptions())

@@ -29,13 +29,14 @@ class OpenAIOptions:
 class OpenAIProvider(Provider):
     kind = "openai"
     dialect = "openai"
+    default_base_url = "https://api.openai.com/v1"
     Options = OpenAIOptions
 
     def __init__(self, name, config, options: OpenAIOptions | None = None) -> None:
         super().__init__(name, config, options or OpenAIOptions())
         # Subclasses (the mock) bring options of their own, without this field.
         self.max_tokens_field = getattr(self.options, "max_tokens_field", "max_completion_tokens")
-        base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
+        base = (config.base_url or self.default_base_url).rstrip("/")
         self.chat_url = base + "/chat/completions"
         self.embeddings_url = base + "/embeddings"
         # identity: the gateway reads the bytes (usage) and passes them on as they are.
