@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .logs import display_prefix
 from .plugins import BUILTINS, make_plugin_manager
 from .schema import ConfigError
 
@@ -231,12 +232,16 @@ def print_banner(gw, address: tuple[str, int]) -> None:
     base = f"http://{shown}:{port}"
     model = next(iter(gw.config.models), "MODEL")
     keys = gw.config.section("keys") or []
-    key = next((k.key for k in keys if getattr(k, "key", None)), None)
-    auth = f' -H "Authorization: Bearer {key}"' if key else ""
+    first = next((k for k in keys if getattr(k, "key", None)), None)
+    # Never the whole key: stdout is a log too. Its name and display prefix say which one to use.
+    auth = ' -H "Authorization: Bearer $KEY"' if first else ""
+    which = (f"\n       with KEY set to the key of {first.name!r} (keys: in the config; it starts "
+             f"{display_prefix(first.key)}...)") if first else ""
     print(f"tollway listening on {base} ({len(gw.config.models)} models: {', '.join(gw.config.models)})\n"
           f"  OpenAI base_url: {base}/v1\n"
           f"  try: curl {base}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
-          f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hello\"}}]}}'",
+          f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hello\"}}]}}'"
+          f"{which}",
           flush=True)
 
 

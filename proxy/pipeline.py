@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .call import CachedResponse, Call, Route
 from .errors import ProxyError, internal_error
+from .logs import throttled
 from .provider import loads_json
 from .streaming import TranslatingCodec, completion_to_chunks, pump, replay, splice_usage_fields
 
@@ -56,7 +57,8 @@ async def run_model_call(gw: Gateway, request: web.Request, call: Call) -> web.S
         except ProxyError as err:
             resp = await send_error(request, call, err)
         except Exception:
-            log.exception("request failed: %s %s", request.method, request.path)
+            throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", request.method, request.path,
+                      exc_info=True)
             resp = await send_error(request, call, internal_error())
         call.timing.ended_at = time.perf_counter()
         if admitted:
@@ -64,7 +66,7 @@ async def run_model_call(gw: Gateway, request: web.Request, call: Call) -> web.S
                 try:
                     await settle(call)
                 except Exception:
-                    log.exception("tollway_settle failed")
+                    throttled(log, logging.ERROR, "settle_failed", "tollway_settle failed", exc_info=True)
     finally:
         call.timing.ended_at = call.timing.ended_at or time.perf_counter()
         await finish(gw, call)
@@ -94,7 +96,7 @@ async def finish(gw: Gateway, call: Call) -> None:
         try:
             await fin(call)
         except Exception:
-            log.exception("tollway_finish failed")
+            throttled(log, logging.ERROR, "finish_failed", "tollway_finish failed", exc_info=True)
     if gw.access_log is not None:
         gw.access_log.record(call)
 
@@ -147,8 +149,8 @@ async def forward(gw: Gateway, request: web.Request, call: Call) -> web.StreamRe
             return await forward_chat(gw, request, call, attempt)
         except ProxyError as err:
             if i + 1 < len(routes) and err.status in RETRYABLE and not call.response.status:
-                log.warning("route %s via %s failed (%s); trying %s", attempt.model, attempt.provider.name,
-                            err.code, routes[i + 1].model)
+                throttled(log, logging.WARNING, f"failover:{attempt.model}", "route %s via %s failed (%s); trying %s",
+                          attempt.model, attempt.provider.name, err.code, routes[i + 1].model)
                 continue
             raise
     raise AssertionError("unreachable")

@@ -27,6 +27,7 @@ import orjson
 
 from .call import Usage
 from .errors import ProxyError, internal_error
+from .logs import throttled
 from .sse import DONE_EVENT, EventSplitter, data_event, parse_event, split_events
 
 if TYPE_CHECKING:
@@ -288,7 +289,7 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
     try:
         await on_usage(call)
     except Exception as exc:  # a pricing bug must not leave the client's stream open
-        log.exception("tollway_usage failed")
+        throttled(log, logging.ERROR, "usage_failed", "tollway_usage failed", exc_info=True)
         error = error or (exc if isinstance(exc, ProxyError) else internal_error())
     if call.response.client_gone:
         return

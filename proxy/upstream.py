@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from . import http1
 from .deadline import Deadline
 from .errors import ProxyError
+from .logs import throttled
 from .pool import Pool
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ class UpstreamPool:
         except TimeoutError:
             raise self.timeout_error("first_byte" if first_byte < deadline else "total") from None
         except http1.CannotConnect as exc:
-            log.warning("upstream %s: cannot connect: %s", self.name, exc)
+            throttled(log, logging.WARNING, f"connect:{self.name}", "upstream %s: cannot connect: %s", self.name, exc)
             raise ProxyError(502, f"could not connect to upstream '{self.name}'",
                              code="upstream_unreachable") from None
         except (http1.BadResponse, ConnectionError) as exc:
@@ -206,6 +207,6 @@ class UpstreamPool:
                           code=f"upstream_timeout_{which}")
 
     def broken_error(self, exc: BaseException) -> ProxyError:
-        log.warning("upstream %s: connection failed: %r", self.name, exc)
+        throttled(log, logging.WARNING, f"broken:{self.name}", "upstream %s: connection failed: %r", self.name, exc)
         return ProxyError(502, f"upstream '{self.name}' closed the connection unexpectedly",
                           code="upstream_disconnected")

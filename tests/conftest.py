@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 from aiohttp.test_utils import TestServer
 
+import proxy.logs
 from benchmarks.mock_upstream import MockSettings
 from benchmarks.mock_upstream import make_app as make_mock_app
 from proxy.app import make_app
@@ -54,6 +55,13 @@ def base_config(upstream: str | None = None, **overrides) -> dict:
     for key, value in overrides.items():
         config[key] = value
     return config
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_throttle(monkeypatch):
+    """Each test starts with no rate-limited log line in memory (one test's lines
+    must not silence the next one's)."""
+    monkeypatch.setattr(proxy.logs, "_default", proxy.logs.LogThrottle())
 
 
 @pytest.fixture

@@ -6,6 +6,10 @@ import hashlib
 import secrets
 from typing import TYPE_CHECKING
 
+from proxy.logs import display_prefix
+
+__all__ = ["KEY_PREFIX", "display_prefix", "hash_key", "key_from_headers", "key_from_request", "new_id", "new_key"]
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -26,11 +30,6 @@ def hash_key(key: str) -> str:
     operator's own, already in the YAML), so a fast unsalted hash is enough:
     the store never holds anything that could be replayed as a key."""
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def display_prefix(key: str) -> str:
-    """The start of a key, for people to recognise it (a third of it at most)."""
-    return key[:max(4, min(12, len(key) // 3))]
 
 
 def key_from_request(request: web.Request) -> str | None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from proxy.background import stop_task
+from proxy.logs import throttled
 
 from . import db
 
@@ -123,7 +124,8 @@ class Writer:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("accounts writer: flush failed; will retry")
+                throttled(log, logging.ERROR, "writer_flush", "accounts writer: flush failed; will retry",
+                          exc_info=True)
 
     async def flush(self) -> None:
         """Write every queued row and balance change now (and a failed batch first)."""

@@ -32,6 +32,7 @@ import numpy as np
 import orjson
 
 from proxy import CachedResponse, Call, ConfigError, StateKey, Usage, hookimpl
+from proxy.logs import throttled
 
 from .capture import StreamCapture
 from .controls import Controls, parse_controls
@@ -183,7 +184,7 @@ class Plugin:
         try:
             return await asyncio.wait_for(self.embeddings.embed(texts), self.options.embed_timeout)
         except Exception as exc:  # an embedder failure is a miss, never a failed request
-            log.warning("cache: embedding failed (%s); treating as a miss", exc)
+            throttled(log, logging.WARNING, "cache_embed", "cache: embedding failed (%s); treating as a miss", exc)
             return None
 
     def _hit(self, call: Call, st: CallState, entry: Entry, status: str, similarity: float | None) -> CachedResponse:
