@@ -9,7 +9,6 @@ import time
 
 import orjson
 import pytest
-
 from conftest import base_config
 
 TIMEOUTS = {"header_read": 0.5, "body_read": 0.5, "keepalive_idle": 1.5}

@@ -63,10 +63,9 @@ async def test_a_provider_without_its_key_warns_and_answers_502_at_once(
         running = await start_gateway(keyed_config(tmp_path, provider_yaml))
     lines = [r.getMessage() for r in caplog.records if "api_key" in r.getMessage()]
     assert len(lines) == 1 and "provider 'openai' has no api_key configured" in lines[0] and says in lines[0]
-    async with aiohttp.ClientSession() as s:
-        async with s.post(running.url + "/chat/completions", json=CHAT) as r:
-            assert r.status == 502
-            err = (await r.json())["error"]
+    async with aiohttp.ClientSession() as s, s.post(running.url + "/chat/completions", json=CHAT) as r:
+        assert r.status == 502
+        err = (await r.json())["error"]
     assert err["code"] == "upstream_no_api_key"
     assert err["message"] == "provider 'openai' has no api_key configured"
 
@@ -76,18 +75,16 @@ async def test_an_empty_env_key_is_refused_before_the_network(start_gateway, tmp
     monkeypatch.delenv("TOLLWAY_TEST_UNSET_KEY", raising=False)
     running = await start_gateway(keyed_config(
         tmp_path, f"{{kind: openai, base_url: '{mock_upstream.url}', api_key: '${{TOLLWAY_TEST_UNSET_KEY:-}}'}}"))
-    async with aiohttp.ClientSession() as s:
-        async with s.post(running.url + "/chat/completions", json=CHAT) as r:
-            assert r.status == 502 and (await r.json())["error"]["code"] == "upstream_no_api_key"
+    async with aiohttp.ClientSession() as s, s.post(running.url + "/chat/completions", json=CHAT) as r:
+        assert r.status == 502 and (await r.json())["error"]["code"] == "upstream_no_api_key"
 
 
 async def test_a_local_server_without_a_key_is_taken_as_is(start_gateway, tmp_path, mock_upstream, caplog):
     with caplog.at_level(logging.WARNING, logger="tollway"):
         running = await start_gateway(keyed_config(tmp_path, f"{{kind: openai, base_url: '{mock_upstream.url}'}}"))
     assert not [r for r in caplog.records if "api_key" in r.getMessage()]
-    async with aiohttp.ClientSession() as s:
-        async with s.post(running.url + "/chat/completions", json=CHAT) as r:
-            assert r.status == 200
+    async with aiohttp.ClientSession() as s, s.post(running.url + "/chat/completions", json=CHAT) as r:
+        assert r.status == 200
 
 
 def test_check_names_the_provider_and_the_variable(tmp_path):
