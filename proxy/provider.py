@@ -14,7 +14,9 @@ answer -> canonical completion or canonical chunks.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
@@ -172,6 +174,27 @@ def error_message(body: bytes) -> str | None:
     return None
 
 
+def retry_after(value: str | None, default: str = "1") -> str:
+    """An upstream's ``Retry-After`` if it is one (delay seconds or an HTTP date,
+    RFC 9110 10.2.3), else ``default``: anything else (a CR, a NUL, prose) never
+    reaches the client's headers."""
+    if value:
+        value = value.strip()
+        if _DELAY_SECONDS.fullmatch(value):
+            return value
+        if _HTTP_DATE_CHARS.fullmatch(value):
+            try:
+                parsedate_to_datetime(value)
+                return value
+            except (TypeError, ValueError):
+                pass
+    return default
+
+
+_DELAY_SECONDS = re.compile(r"[0-9]{1,9}")
+_HTTP_DATE_CHARS = re.compile(r"[A-Za-z0-9 ,:-]{1,40}")  # e.g. "Wed, 21 Oct 2015 07:28:00 GMT"
+
+
 def upstream_error(provider: str, status: int, headers: Mapping[str, str], message: str | None) -> ProxyError:
     """The common mapping of upstream statuses to gateway answers."""
     if status in (401, 403):
@@ -179,8 +202,9 @@ def upstream_error(provider: str, status: int, headers: Mapping[str, str], messa
                                "the operator must check the provider's api_key",
                           code="upstream_auth_failed")
     if status == 429:
-        retry = headers.get("Retry-After") or headers.get("retry-after") or "1"
-        return ProxyError(429, f"upstream '{provider}' is rate limiting; retry after {retry}s",
+        retry = retry_after(headers.get("Retry-After") or headers.get("retry-after"))
+        when = f"{retry}s" if retry.isdigit() else retry
+        return ProxyError(429, f"upstream '{provider}' is rate limiting; retry after {when}",
                           code="upstream_rate_limited", headers={"Retry-After": retry})
     if status in (400, 422):
         return ProxyError(400, f"upstream '{provider}' rejected the request: {message or 'bad request'}",

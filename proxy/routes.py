@@ -16,7 +16,7 @@ from .connection import BodyReadTimeout
 from .errors import ProxyError, bad_request
 from .logs import throttled
 from .pipeline import JSON, authenticate, finish, run_model_call, send_error
-from .validate import validate_embeddings
+from .validate import check_depth, validate_embeddings
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -54,6 +54,7 @@ async def read_json(request: web.Request, limit: int) -> tuple[dict, bytes]:
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
+    check_depth(body, raw)
     return body, raw
 
 

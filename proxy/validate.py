@@ -14,6 +14,31 @@ from .errors import bad_request
 
 CHAT_ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))
 
+#: How deep a request body's arrays and objects may nest. orjson reads 1024 levels but
+#: writes at most 254, and a body the gateway changes (a mapped model name, a translated
+#: request) is written again: 64 leaves room for the translators' own wrapping and is
+#: far beyond any real request (a JSON schema in ``tools`` is rarely 10 deep).
+MAX_JSON_DEPTH = 64
+
+
+def check_depth(body: dict | list, raw: bytes, limit: int = MAX_JSON_DEPTH) -> None:
+    """400 when ``body`` (parsed from ``raw``) nests deeper than ``limit``.
+
+    A body with at most ``limit`` brackets cannot be deeper: two byte counts
+    settle the usual request without looking at the parsed value."""
+    if raw.count(b"{") + raw.count(b"[") <= limit:
+        return
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        value, depth = pop()
+        if depth > limit:
+            raise bad_request(f"the request body nests arrays and objects {limit + 1} or more levels deep; the "
+                              f"gateway's limit is {limit}", code="json_too_deep")
+        for item in value.values() if type(value) is dict else value:
+            if type(item) is dict or type(item) is list:
+                push((item, depth + 1))
+
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
