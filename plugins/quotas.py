@@ -39,7 +39,7 @@ from proxy.routes import json_response
 from .accounts import ACCOUNTS, Account, Accounts, KeyRecord
 from .accounts.book import check_config
 from .accounts.estimate import output_bound, prompt_bound
-from .accounts.http import authenticate, guarded
+from .accounts.http import authenticate
 from .accounts.money import MICRO, PriceBook, format_usd, multiplier_ppm
 from .accounts.options import QuotasOptions
 from .accounts.views import account_view
@@ -129,7 +129,7 @@ class Plugin:
 
     @hookimpl
     def tollway_routes(self, gateway: Gateway) -> list:
-        return [web.get("/v1/credits", guarded(self.credits))]
+        return [web.get("/v1/credits", self.credits)]
 
     async def credits(self, request: web.Request) -> web.Response:
         """The calling key's credit account, in USD (and micro-USD)."""

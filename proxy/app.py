@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .accesslog import AccessLog
+from .errors import error_middleware
 from .gateway import Gateway
 from .routes import GATEWAY_KEY, ModelRoutes, fallback
 
@@ -12,7 +13,7 @@ from .routes import GATEWAY_KEY, ModelRoutes, fallback
 def make_app(gw: Gateway, *, access_log: bool = True) -> web.Application:
     """The app serving ``gw``; its start-up starts the gateway, its clean-up closes it."""
     server = gw.config.server
-    app = web.Application(client_max_size=server.max_body_bytes + 1)
+    app = web.Application(client_max_size=server.max_body_bytes + 1, middlewares=[error_middleware])
     app[GATEWAY_KEY] = gw
     routes = ModelRoutes(gw).routes()
     for extra in gw.pm.hook.tollway_routes(gateway=gw):

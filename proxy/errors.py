@@ -1,14 +1,25 @@
 """ProxyError: every failure the gateway answers with, and its rendering.
 
-Everything that goes wrong on a request ends as one ``ProxyError`` value; the
-routes render it once, in the client's dialect (OpenAI or Anthropic shape).
+Everything that goes wrong on a request ends as one ``ProxyError`` value,
+rendered in the client's dialect (OpenAI shape; Anthropic shape on
+``/v1/messages``). Model requests render theirs in the pipeline, where the
+call's hooks must see it; every other route (health, the models list's
+neighbours, plugin routes such as the admin API) just raises, and
+``error_middleware`` renders it. Any other exception is logged with its
+traceback (rate-limited) and answered with a bare 500.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
+from aiohttp import web
+
+from .logs import throttled
+
+log = logging.getLogger("tollway")
 
 # status -> (OpenAI error type, Anthropic error type)
 _TYPES: dict[int, tuple[str, str]] = {
@@ -99,3 +110,30 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_req
 def internal_error() -> ProxyError:
     """What a client sees when the gateway itself failed: no details, no traceback."""
     return ProxyError(500, "internal error in the gateway; the operator's log has details", code="internal_error")
+
+
+def dialect_of(request: web.BaseRequest) -> str:
+    """The error dialect of a route: Anthropic's on the Messages API, OpenAI's elsewhere."""
+    return "anthropic" if request.path.startswith("/v1/messages") else "openai"
+
+
+def error_response(err: ProxyError, dialect: str = "openai") -> web.Response:
+    """An error as a whole JSON response, with its headers (``Retry-After``, ``Allow``...)."""
+    return web.Response(status=err.status, body=err.render(dialect),
+                        headers={**err.headers, "Content-Type": "application/json"})
+
+
+@web.middleware
+async def error_middleware(request: web.Request,
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Render what any route raised: a ProxyError as itself, anything else as a bare
+    500 and one log line. aiohttp's own HTTP exceptions pass through unchanged."""
+    try:
+        return await handler(request)
+    except ProxyError as err:
+        return error_response(err, dialect_of(request))
+    except web.HTTPException:
+        raise
+    except Exception:
+        throttled(log, logging.ERROR, "route_failed", "%s %s failed", request.method, request.path, exc_info=True)
+        return error_response(internal_error(), dialect_of(request))

@@ -103,7 +103,9 @@ def tollway_routes(gateway: Gateway) -> list[web.AbstractRouteDef] | None:
     """Extra HTTP routes (aiohttp route definitions), e.g. an admin API.
 
     Called once while the app is built. Routes are plain aiohttp handlers;
-    they render errors with ``proxy.routes.error_response``.
+    to answer with an error, raise ``proxy.ProxyError``: the app's error
+    middleware renders it (OpenAI shape; Anthropic's under ``/v1/messages``),
+    and any other exception as a bare 500 with the traceback in the log.
     """
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -99,6 +100,31 @@ async def finish(gw: Gateway, call: Call) -> None:
             throttled(log, logging.ERROR, "finish_failed", "tollway_finish failed", exc_info=True)
     if gw.access_log is not None:
         gw.access_log.record(call)
+
+
+async def answer_here(gw: Gateway, request: web.Request, call: Call,
+                      respond: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Answer a call the gateway answers itself (e.g. the models list): ``respond()``'s
+    response, or the error it raised, recorded on the call; finish hooks run in every case."""
+    try:
+        try:
+            return await respond()
+        except ProxyError as err:
+            return await send_error(request, call, err)
+        except Exception:
+            throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", request.method, request.path,
+                      exc_info=True)
+            return await send_error(request, call, internal_error())
+    finally:
+        await finish(gw, call)
+
+
+async def refuse(gw: Gateway, request: web.Request, call: Call, err: ProxyError) -> web.StreamResponse:
+    """Answer a call refused before any hook ran (a malformed body): finish hooks still see it."""
+    try:
+        return await send_error(request, call, err)
+    finally:
+        await finish(gw, call)
 
 
 async def on_usage(gw: Gateway, call: Call) -> None:

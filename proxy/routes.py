@@ -13,13 +13,16 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from .call import Call
 from .connection import BodyReadTimeout
-from .errors import ProxyError, bad_request
+from .errors import ProxyError, bad_request, error_response
 from .logs import throttled
-from .pipeline import JSON, authenticate, finish, run_model_call, send_error
+from .pipeline import JSON, answer_here, authenticate, refuse, run_model_call
 from .validate import check_depth, validate_embeddings
 
 if TYPE_CHECKING:
     from .gateway import Gateway
+
+# error_response: kept here too, where plugins found it before the error middleware.
+__all__ = ["GATEWAY_KEY", "ModelRoutes", "error_response", "fallback", "json_response", "read_json"]
 
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 log = logging.getLogger("tollway")
@@ -78,12 +81,6 @@ def _too_large(limit: int) -> ProxyError:
                       code="body_too_large")
 
 
-def error_response(err: ProxyError, dialect: str = "openai") -> web.Response:
-    """An error as a response (for plugin routes, e.g. the admin API)."""
-    return web.Response(status=err.status, body=err.render(dialect),
-                        headers={**err.headers, "Content-Type": JSON})
-
-
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(data), headers={**(headers or {}), "Content-Type": JSON})
 
@@ -116,11 +113,7 @@ class ModelRoutes:
             else:
                 self.gw.dialects[dialect].validate(body)
         except ProxyError as err:
-            call = Call(request, endpoint, {}, b"", dialect)
-            try:
-                return await send_error(request, call, err)
-            finally:
-                await finish(self.gw, call)
+            return await refuse(self.gw, request, Call(request, endpoint, {}, b"", dialect), err)
         return await run_model_call(self.gw, request, Call(request, endpoint, body, raw, dialect))
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -131,8 +124,7 @@ class ModelRoutes:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         if "anthropic" not in self.gw.dialects:
-            return error_response(ProxyError(404, "the Anthropic Messages API is not enabled on this gateway",
-                                             code="unknown_endpoint"), "anthropic")
+            raise ProxyError(404, "the Anthropic Messages API is not enabled on this gateway", code="unknown_endpoint")
         return await self._model_call(request, "messages", "anthropic")
 
     # -- models -----------------------------------------------------------------------
@@ -160,7 +152,7 @@ class ModelRoutes:
             "context_window": m.context_window,
         }
 
-    async def _visible(self, request: web.Request, call: Call) -> list[str]:
+    async def _visible(self, call: Call) -> list[str]:
         await authenticate(self.gw, call)
         names = list(self.gw.config.models)
         for hook in self.gw.hooks.visible_models:
@@ -171,32 +163,29 @@ class ModelRoutes:
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         call = Call(request, "models", {}, b"")
-        try:
-            names = await self._visible(request, call)
+
+        async def respond() -> web.StreamResponse:
+            names = await self._visible(call)
             call.response.status = 200
             data = [self.describe(n) for n in names]
             return json_response({"object": "list", "data": data, "has_more": False,
                                   "first_id": names[0] if names else None, "last_id": names[-1] if names else None},
                                  headers=call.response.headers)
-        except ProxyError as err:
-            return await send_error(request, call, err)
-        finally:
-            await finish(self.gw, call)
+
+        return await answer_here(self.gw, request, call, respond)
 
     async def get_model(self, request: web.Request) -> web.StreamResponse:
         model = request.match_info["model"]
         call = Call(request, "models", {"model": model}, b"")
-        try:
-            names = await self._visible(request, call)
-            if model not in names:
+
+        async def respond() -> web.StreamResponse:
+            if model not in await self._visible(call):
                 raise ProxyError(404, f"model {model!r} does not exist; GET /v1/models lists the models "
                                       "you can use", param="model", code="model_not_found")
             call.response.status = 200
             return json_response(self.describe(model), headers=call.response.headers)
-        except ProxyError as err:
-            return await send_error(request, call, err)
-        finally:
-            await finish(self.gw, call)
+
+        return await answer_here(self.gw, request, call, respond)
 
     # -- health -----------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -210,12 +199,9 @@ class ModelRoutes:
 
 
 async def fallback(request: web.Request) -> web.Response:
-    """Unknown paths and wrong methods, answered in the OpenAI error shape."""
+    """Unknown paths (404) and wrong methods (405, with ``Allow``)."""
     allowed = _KNOWN_PATHS.get(request.path.rstrip("/") or "/")
     if allowed:
-        err = ProxyError(405, f"{request.method} is not allowed on {request.path}; use {allowed}",
-                         code="method_not_allowed")
-        err.headers["Allow"] = allowed
-    else:
-        err = ProxyError(404, f"unknown endpoint {request.method} {request.path}", code="unknown_endpoint")
-    return error_response(err, "anthropic" if request.path.startswith("/v1/messages") else "openai")
+        raise ProxyError(405, f"{request.method} is not allowed on {request.path}; use {allowed}",
+                         code="method_not_allowed", headers={"Allow": allowed})
+    raise ProxyError(404, f"unknown endpoint {request.method} {request.path}", code="unknown_endpoint")

@@ -269,3 +269,44 @@ async def test_a_service_is_opened_once_shared_and_closed_by_the_gateway_last(st
     assert events == ["opened", "b settled #2", "a settled #2", "b shutdown sees 2", "a shutdown sees 2",
                       "closed after 2"]
     assert running.gw.services.get(key) is None
+
+
+# -- routes: tollway_routes, and the one error middleware every route shares -------------
+
+class Routes:
+    """Plugin routes that answer, refuse and break."""
+
+    @hookimpl
+    def tollway_routes(self, gateway):
+        from aiohttp import web
+
+        async def hello(request):
+            return web.json_response({"models": len(gateway.config.models)})
+
+        async def refuse(request):
+            raise ProxyError(429, "slow down", code="slow_down", headers={"Retry-After": "3"})
+
+        async def broken(request):
+            raise RuntimeError("a route bug with a secret: sk-live-456")
+
+        return [web.get("/x/hello", hello), web.get("/x/refuse", refuse), web.get("/x/broken", broken),
+                web.get("/v1/messages/x/refuse", refuse)]
+
+
+async def test_plugin_routes_are_served_and_their_errors_rendered_in_one_place(start_gateway, caplog):
+    running = await start_gateway(base_config(), plugins=[Routes()])
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{running.root}/x/hello") as r:
+            assert (r.status, await r.json()) == (200, {"models": 1})
+        async with s.get(f"{running.root}/x/refuse") as r:
+            assert (r.status, r.headers["Retry-After"], r.content_type) == (429, "3", "application/json")
+            assert await r.json() == {"error": {"message": "slow down", "type": "rate_limit_error", "param": None,
+                                                "code": "slow_down"}}
+        async with s.get(f"{running.root}/v1/messages/x/refuse") as r:  # the Anthropic shape under its API
+            assert r.status == 429
+            assert await r.json() == {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+        async with s.get(f"{running.root}/x/broken") as r:
+            assert r.status == 500
+            body = await r.json()
+    assert body["error"]["code"] == "internal_error" and "sk-live-456" not in str(body)
+    assert "sk-live-456" in caplog.text and "GET /x/broken failed" in caplog.text

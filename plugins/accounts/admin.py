@@ -17,7 +17,7 @@ from proxy import ProxyError
 from proxy.routes import json_response, read_json
 
 from . import ACCOUNTS
-from .http import build_body, check_admin, field_error, guarded, read_body
+from .http import build_body, check_admin, field_error, read_body
 from .money import micro_to_usd
 from .specs import KeyCreate, KeyPatch, SpecError, TopUp, create_args, credits_micro, patch_changes
 from .views import account_view, key_view
@@ -42,12 +42,12 @@ class AdminKeys:
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/admin/keys", guarded(self.create)),
-            web.get("/admin/keys", guarded(self.list)),
-            web.get("/admin/keys/{id}", guarded(self.show)),
-            web.patch("/admin/keys/{id}", guarded(self.update)),
-            web.delete("/admin/keys/{id}", guarded(self.revoke)),
-            web.post("/admin/keys/{id}/credits", guarded(self.topup)),
+            web.post("/admin/keys", self.create),
+            web.get("/admin/keys", self.list),
+            web.get("/admin/keys/{id}", self.show),
+            web.patch("/admin/keys/{id}", self.update),
+            web.delete("/admin/keys/{id}", self.revoke),
+            web.post("/admin/keys/{id}/credits", self.topup),
         ]
 
     def _key(self, request: web.Request, *, writable: bool = False) -> KeyRecord:

@@ -1,20 +1,19 @@
-"""Helpers for the plugins' own HTTP routes: error handling, key and admin auth, bodies."""
+"""Helpers for the plugins' own HTTP routes: key and admin auth, bodies, query checks.
+
+Handlers raise ``ProxyError``; the app's error middleware renders it."""
 
 from __future__ import annotations
 
-import functools
 import hmac
-import logging
 import time
 import typing
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from proxy import ProxyError
-from proxy.errors import bad_request, internal_error
-from proxy.routes import error_response, read_json
+from proxy.errors import bad_request
+from proxy.routes import read_json
 from proxy.schema import ConfigError, build_dataclass
 
 from .keys import key_from_headers, key_from_request
@@ -25,25 +24,6 @@ if TYPE_CHECKING:
     from proxy.gateway import Gateway
 
     from .book import Accounts
-
-log = logging.getLogger("tollway.accounts")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def guarded(fn: Handler) -> Handler:
-    """Render ProxyError as an OpenAI-shaped error; anything else as a bare 500."""
-    @functools.wraps(fn)
-    async def run(request: web.Request) -> web.StreamResponse:
-        try:
-            return await fn(request)
-        except ProxyError as err:
-            return error_response(err)
-        except Exception:
-            log.exception("%s %s failed", request.method, request.path)
-            return error_response(internal_error())
-    return run
-
 
 def authenticate(accounts: Accounts | None, request: web.Request | None) -> KeyRecord:
     """The calling key, or a 401 that says what is wrong with it."""
