@@ -6,7 +6,8 @@ those refused as unauthenticated (401), so a key's every success, refusal
 cannot fill the table. With auth off every model request gets a row (key
 empty). Columns: see ``plugins/accounts/db.py`` (time, key, account, model
 asked and served, provider, status, error code, token counts, cost, latency,
-time to first byte, stream, cache hit, client gone).
+time to first byte, stream, cache hit, client gone, estimated: the tokens
+were counted by the gateway because the upstream never said).
 
 ``cost_micro_usd`` is the money actually taken from the account (what the
 quotas plugin charged), else the priced cost; so the ledger sums to the
@@ -95,7 +96,8 @@ class Plugin:
             completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             cost_micro_usd=hold.charged if hold is not None else (call.billing.cost_micro or 0),
-            latency_ms=round(call.timing.latency_ms, 3), ttfb_ms=None if ttfb is None else round(ttfb, 3)))
+            latency_ms=round(call.timing.latency_ms, 3), ttfb_ms=None if ttfb is None else round(ttfb, 3),
+            estimated=int(call.billing.usage_estimated)))
 
     def _day(self, ts: float) -> str:
         n = int(ts // 86400)

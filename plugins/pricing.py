@@ -10,6 +10,14 @@ header (USD, six decimals). ``call.billing.price_multiplier`` (e.g. set by the c
 on a hit) scales the cost. Cost = uncached prompt x input + cached x
 cached_input + completion x output, computed in integers (see
 ``plugins/accounts/money.py``).
+
+When the upstream never said what an answer used (a stream cut, timed
+out, or left by its client before the usage event; an upstream that sends
+no usage), the output that went out is counted (``counted_usage``: a
+tokenizer over the output actually produced, capped by what was reserved),
+priced the same way, told to the client the same way, and marked
+``billing.usage_estimated`` (the ledger's ``estimated`` column). Output that
+went to a client is never free.
 """
 
 from __future__ import annotations
@@ -17,24 +25,38 @@ from __future__ import annotations
 from proxy import Call, hookimpl
 from proxy.gateway import Gateway
 
+from .accounts.estimate import counted_usage
 from .accounts.money import PriceBook, format_usd
+from .accounts.options import QuotasOptions
+from .accounts.tokens import preload
 
 
 class Plugin:
     def __init__(self) -> None:
         self.prices: PriceBook | None = None
+        self.gateway: Gateway | None = None
+        self.default_cap = 4096
 
     @hookimpl
-    def tollway_startup(self, gateway: Gateway) -> None:
+    def tollway_startup(self, gateway: Gateway):
+        self.gateway = gateway
         self.prices = PriceBook(gateway.config.models)
+        self.default_cap = (gateway.config.section("plugins.quotas") or QuotasOptions()).default_max_tokens
+        return preload() if gateway.serving else None  # the tokenizer, in a thread: ready before it is needed
 
     @hookimpl
     async def tollway_usage(self, call: Call) -> None:
-        usage = call.billing.usage
-        if usage is None or call.route is None:
+        billing = call.billing
+        if call.route is None:
             return
+        if billing.usage is None:
+            billing.usage = await counted_usage(call, self.gateway.dialects[call.dialect], self.default_cap)
+            if billing.usage is None:
+                return
+            billing.usage_estimated = True
+            billing.usage_extra["estimated"] = True
         cost = self.prices.cost_of(call)
-        call.billing.cost_micro = cost
-        call.billing.usage_extra["cost"] = cost / 1_000_000
+        billing.cost_micro = cost
+        billing.usage_extra["cost"] = cost / 1_000_000
         if not call.stream:
             call.response.headers["x-tollway-cost"] = format_usd(cost)

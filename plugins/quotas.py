@@ -11,13 +11,16 @@ In ``tollway_settle`` the reservation is released and the cost charged:
 
 - usage known (also when the client hung up and the core drained the
   upstream): the exact cost (``call.billing.cost_micro`` from the pricing plugin);
-- no usage and the request failed (an upstream error, a stream cut by the
-  upstream, any refusal): nothing;
-- no usage though the answer went out (an upstream that never reports
-  usage, or a client that hung up and the drain bound was hit): the
-  reservation itself, the worst case, scaled by ``call.billing.price_multiplier``.
-  The upstream may have billed the whole answer, so this is the amount that
-  can never leave the operator out of pocket.
+- usage unknown but output went out (a stream cut, timed out, or left by
+  its client before its usage event; an upstream that sends none): the
+  pricing plugin counted that output (``billing.usage_estimated``), and its
+  cost is charged, capped by the reservation;
+- nothing went out (an upstream error, a refusal, a stream that ended
+  before any output): nothing;
+- a non-stream answer whose usage is unknown and could not be counted (no
+  canonical completion to read): the reservation, the worst case, scaled by
+  ``call.billing.price_multiplier``: the upstream may have billed the whole
+  answer, so this is the amount that can never leave the operator out of pocket.
 
 The charge is capped at what the account holds, so a balance never goes
 below zero, under any concurrency (everything happens on one event loop, with
@@ -112,11 +115,13 @@ class Plugin:
     def _cost(self, call: Call, res: Reservation) -> int:
         usage = call.billing.usage
         if usage is not None:
-            if call.billing.cost_micro is not None:
-                return call.billing.cost_micro
-            return self.prices.cost_of(call)
-        if call.response.status != 200 or call.response.error is not None:
-            return 0
+            cost = call.billing.cost_micro
+            if cost is None:
+                cost = self.prices.cost_of(call)
+            # A count of the output (the upstream said nothing) never costs more than was held.
+            return min(cost, res.amount) if call.billing.usage_estimated else cost
+        if call.stream or call.response.status != 200 or call.response.error is not None:
+            return 0  # nothing went out (a stream's output, had there been any, was counted)
         ppm = multiplier_ppm(call.billing.price_multiplier)
         return res.amount if ppm == MICRO else -(-res.amount * ppm // MICRO)
 

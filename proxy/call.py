@@ -158,6 +158,14 @@ class Billing:
     # limiter gives back the tokens of a call that does not count.
     price_multiplier: float = 1.0
     count_for_limits: bool = True
+    # A stream's output (in the client's dialect, what was sent or drained), kept by
+    # reference while it runs and parsed only if its usage turns out to be missing.
+    streamed: list[bytes] | None = None
+    streamed_dropped: int = 0  # output bytes past what is kept (counted, not kept)
+    # What the upstream had said of its usage when its stream ended early (e.g.
+    # Anthropic's input tokens at the start); ``usage`` stays None then.
+    partial_usage: Usage | None = None
+    usage_estimated: bool = False  # usage was counted by the gateway, not told by the upstream
 
 
 @dataclass(slots=True)

@@ -213,6 +213,10 @@ async def serve_one(gw, host: str, port: int, reuse_port: bool = False) -> int:
     if not reuse_port:
         print_banner(gw, site_address(site, host, port))
     await stop.wait()
+    # A second SIGTERM while finishing (a supervisor repeating itself) must not kill the
+    # process half-way: shutdown is bounded by server.shutdown_timeout anyway.
+    loop.remove_signal_handler(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("tollway: stopping: finishing in-flight requests", file=sys.stderr, flush=True)
     await runner.cleanup()
     return 0

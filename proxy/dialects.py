@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from .call import Usage
+from .outputtext import openai_stream_text
 from .streaming import ChunkEncoder, OpenAIEncoder, OpenAIPassthrough, StreamCodec
 from .validate import validate_chat
 
@@ -54,6 +55,13 @@ class Dialect:
         """A canonical chat.completion as this dialect's answer body."""
         raise NotImplementedError
 
+    def streamed_text(self, blob: bytes) -> str:
+        """The generated text in bytes of this dialect's stream, for a token
+        estimate when the upstream's usage is missing (parsed only then). The
+        default counts the raw bytes as text: too much, never nothing; dialects
+        override it."""
+        return blob.decode("utf-8", "replace")
+
 
 class OpenAIDialect(Dialect):
     name = "openai"
@@ -75,3 +83,6 @@ class OpenAIDialect(Dialect):
 
     def render_completion(self, call: Call, completion: dict) -> dict:
         return completion
+
+    def streamed_text(self, blob: bytes) -> str:
+        return openai_stream_text(blob)

@@ -126,8 +126,10 @@ class OpenAIPassthrough:
         return b""
 
     def finish(self, call: Call) -> bytes:
-        if self._usage_event is None or not call.include_usage:
+        if not call.include_usage:
             return DONE_EVENT
+        if self._usage_event is None:  # the upstream sent none: the gateway's count, if it made one
+            return OpenAIEncoder().finish(call, call.billing.usage)
         if not call.billing.usage_extra:
             return self._usage_event + DONE_EVENT
         _, payload = parse_event(self._usage_event)
@@ -241,15 +243,28 @@ class DrainLimits(Protocol):
     max_bytes: int
 
 
+# Output bytes of one stream kept for a token estimate; past it they are only counted.
+MAX_KEPT_BYTES = 16 * 1024 * 1024
+
+
 async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse, codec: StreamCodec,
                on_usage: Callable[[Call], Awaitable[None]], filters: tuple[Callable[[bytes], bytes], ...],
                drain: DrainLimits) -> None:
-    """Move one stream from upstream to client; always ends the client's stream."""
+    """Move one stream from upstream to client; always ends the client's stream.
+
+    What the codec produced (sent, or drained after the client left) is kept
+    by reference in ``call.billing.streamed``: when the stream does not end
+    complete, its usage is unknown (``billing.usage`` None, what the upstream
+    had said in ``billing.partial_usage``) and the pricing plugin counts that
+    output instead, so output that went out is never free."""
     write = resp.write
     drain_until = 0.0
     drained = 0
     error: ProxyError | None = None
     tail = b""
+    kept = call.billing.streamed = []
+    kept_bytes = 0
+    complete = False
     try:
         while not codec.done:
             try:
@@ -257,6 +272,12 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                 if not chunk:
                     break
                 out = codec.feed(chunk)
+                if out:
+                    if kept_bytes < MAX_KEPT_BYTES:
+                        kept.append(out)
+                        kept_bytes += len(out)
+                    else:
+                        call.billing.streamed_dropped += len(out)
                 if call.response.client_gone:
                     drained += len(chunk)
                     if drained > drain.max_bytes or time.monotonic() > drain_until:
@@ -278,6 +299,9 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                 call.response.client_gone = True
                 drain_until = time.monotonic() + drain.seconds
         tail = codec.end()
+        if tail:
+            kept.append(tail)
+        complete = True
     except _DrainBoundReached:
         call.response.error_code = "client_gone_drain_bound"
     except ProxyError as err:
@@ -285,7 +309,10 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
     finally:
         upstream.release()
     # Usage hooks run once for every stream that started, however it ended.
-    call.billing.usage = codec.usage
+    if complete:
+        call.billing.usage = codec.usage
+    else:
+        call.billing.partial_usage = codec.usage
     try:
         await on_usage(call)
     except Exception as exc:  # a pricing bug must not leave the client's stream open

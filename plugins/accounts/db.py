@@ -71,6 +71,8 @@ TABLES_V1 = (
 )
 MIGRATIONS = (
     Migration(1, "keys, accounts, ledger", TABLES_V1),
+    # 1 when the tokens were counted by the gateway (the upstream never said): see pricing.py.
+    Migration(2, "ledger.estimated", ("alter table tollway_ledger add column estimated integer not null default 0",)),
 )
 
 
@@ -104,6 +106,7 @@ class LedgerRow(NamedTuple):
     cost_micro_usd: int  # the money taken (see plugins/ledger.py)
     latency_ms: float
     ttfb_ms: float | None
+    estimated: int = 0  # 1: the tokens were counted by the gateway, the upstream never said (see pricing.py)
 
 
 LEDGER_COLUMNS: tuple[str, ...] = LedgerRow._fields

@@ -10,14 +10,27 @@ Two different needs:
 - ``tokens_estimate``: a fair guess for the tokens-per-minute limiter (about
   four bytes a token, plus the requested output), reconciled with the real
   usage afterwards.
+
+And one made after the answer went out, when the upstream never said what
+it used (a stream cut, timed out or abandoned before its usage event, an
+upstream that sends none): ``counted_usage`` counts the output that was
+produced (``Billing.streamed``, or the completion) and the prompt with a
+real tokenizer (``tokens.py``), each capped by the bound its reservation
+was made with, so the estimate never costs more than was reserved.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from proxy.call import Usage
+from proxy.outputtext import completion_text, prompt_text
+
+from .tokens import count_tokens
+
 if TYPE_CHECKING:
     from proxy import Call
+    from proxy.dialects import Dialect
 
 IMAGE_TOKENS = 2000
 
@@ -65,3 +78,32 @@ def output_bound(call: Call, default_cap: int) -> int:
 
 def tokens_estimate(call: Call) -> int:
     return max(1, len(call.body_bytes()) // 4) + (requested_output(call) or 0)
+
+
+async def counted_usage(call: Call, dialect: Dialect, default_cap: int) -> Usage | None:
+    """The gateway's own count of what a request used, when the upstream said
+    nothing (or, for a stream that ended early, only part): None when no
+    output went out (then nothing is billed)."""
+    billing = call.billing
+    if call.stream:
+        if not billing.streamed:
+            return None
+        blob = b"".join(billing.streamed)
+        completion = await count_tokens(dialect.streamed_text(blob))
+        if billing.streamed_dropped:  # past what was kept: the same tokens per byte
+            completion += -(-completion * billing.streamed_dropped // len(blob))
+    elif call.response.completion is not None:
+        completion = await count_tokens(completion_text(call.response.completion))
+    else:
+        return None
+    partial = billing.partial_usage
+    if partial is not None:
+        completion = max(completion, partial.completion_tokens)
+    completion = min(completion, output_bound(call, default_cap))
+    if completion <= 0:
+        return None
+    if partial is not None and partial.prompt_tokens:
+        prompt = partial.prompt_tokens  # the upstream's own count, sent before it stopped
+    else:
+        prompt = await count_tokens(prompt_text(call.body))
+    return Usage(prompt_tokens=min(prompt, prompt_bound(call)), completion_tokens=completion)

@@ -10,6 +10,7 @@ Anthropic's shape (the core renders ``ProxyError`` per dialect).
 from __future__ import annotations
 
 from proxy import Call, Dialect, Usage
+from proxy.outputtext import sse_payloads
 
 from .anthropic_canonical import completion_to_message, to_canonical
 from .anthropic_response import usage_from_anthropic
@@ -42,3 +43,20 @@ class AnthropicDialect(Dialect):
 
     def render_completion(self, call: Call, completion: dict) -> dict:
         return completion_to_message(completion, with_thinking=_wants_thinking(call))
+
+    def streamed_text(self, blob: bytes) -> str:
+        """Text, thinking and tool input of the content blocks (and tool names)."""
+        out: list[str] = []
+        for event in sse_payloads(blob):
+            kind = event.get("type")
+            if kind == "content_block_delta":
+                delta = event.get("delta") or {}
+                for field in ("text", "thinking", "partial_json"):
+                    value = delta.get(field) if isinstance(delta, dict) else None
+                    if isinstance(value, str):
+                        out.append(value)
+            elif kind == "content_block_start":
+                block = event.get("content_block") or {}
+                if isinstance(block, dict) and isinstance(block.get("name"), str):
+                    out.append(block["name"])
+        return "".join(out)

@@ -24,7 +24,7 @@ import aiosqlite
 from ..schema import ConfigError
 from .base import Store, TaskGuard, ended
 
-# Rows per insert statement: 256 x 21 ledger columns stays far below SQLite's
+# Rows per insert statement: 256 x 22 ledger columns stays far below SQLite's
 # limit of 32766 bound values.
 INSERT_CHUNK = 256
 

@@ -1,0 +1,95 @@
+"""The generated text inside answers the gateway already sent: what a token
+estimate counts when the upstream never said how many tokens it produced.
+
+Read only off the normal path (see ``Billing.streamed``): the stream's
+bytes are kept by reference while it runs and parsed here once, at the end,
+only when its usage turned out to be missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+
+from .sse import parse_event, split_events
+
+
+def sse_payloads(blob: bytes) -> Iterator[dict]:
+    """Every JSON object carried in the ``data:`` of the SSE events in ``blob``."""
+    for block in split_events(blob):
+        _, data = parse_event(block)
+        if not data or data == b"[DONE]":
+            continue
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            yield value
+
+
+def _function_text(function: object, out: list[str]) -> None:
+    if isinstance(function, dict):
+        for field in ("name", "arguments"):
+            value = function.get(field)
+            if isinstance(value, str):
+                out.append(value)
+
+
+def openai_stream_text(blob: bytes) -> str:
+    """Content, reasoning, refusals and tool calls of OpenAI chat chunks."""
+    out: list[str] = []
+    for chunk in sse_payloads(blob):
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            for field in ("content", "reasoning_content", "reasoning", "refusal"):
+                value = delta.get(field)
+                if isinstance(value, str):
+                    out.append(value)
+            for tool_call in delta.get("tool_calls") or ():
+                if isinstance(tool_call, dict):
+                    _function_text(tool_call.get("function"), out)
+    return "".join(out)
+
+
+def completion_text(completion: dict) -> str:
+    """Content, reasoning, refusals and tool calls of a whole OpenAI chat.completion."""
+    out: list[str] = []
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            continue
+        for field in ("content", "reasoning_content", "reasoning", "refusal"):
+            value = message.get(field)
+            if isinstance(value, str):
+                out.append(value)
+        for tool_call in message.get("tool_calls") or ():
+            if isinstance(tool_call, dict):
+                _function_text(tool_call.get("function"), out)
+    return "".join(out)
+
+
+def prompt_text(body: dict) -> str:
+    """The text a request sends to be read: every string in its messages,
+    system prompt and tools, except inline data (images, audio), which
+    tokenizers count differently and the reservation bounds anyway."""
+    out: list[str] = []
+    for field in ("messages", "system", "tools", "input", "prompt"):
+        _strings(body.get(field), out)
+    return "\n".join(out)
+
+
+def _strings(value: object, out: list[str]) -> None:
+    if isinstance(value, str):
+        if not value.startswith("data:") or len(value) < 256:
+            out.append(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in ("data", "image_url", "input_audio", "file_data", "source"):
+                _strings(item, out)
+    elif isinstance(value, list):
+        for item in value:
+            _strings(item, out)

@@ -1,0 +1,121 @@
+"""Output that went to a client is never free: when a stream ends without the
+upstream's usage (cut, a timeout, the client gone with the drain bound hit), the
+output that went out is counted with a tokenizer, billed (capped by what was
+reserved) and marked as estimated in the ledger; passthrough and translated
+streams alike. Through the real server, checked in the ledger and the balance."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+from aiohttp import web
+from business import DEMO, bearer, biz_config, credits
+
+from plugins.accounts import ACCOUNTS
+from plugins.accounts.tokens import count_tokens
+
+
+async def ledger(running) -> list[dict]:
+    await running.gw.services[ACCOUNTS].writer.flush()
+    rows = await running.gw.store.fetchall(
+        "select status, error_code, prompt_tokens, completion_tokens, cost_micro_usd, estimated from tollway_ledger")
+    return [dict(zip(("status", "error_code", "prompt", "completion", "cost", "estimated"), r, strict=True))
+            for r in rows]
+
+
+async def read_stream(s, running, payload) -> str:
+    async with s.post(running.url + "/chat/completions", json=payload, headers=bearer(DEMO)) as r:
+        assert r.status == 200
+        return await r.text()
+
+
+def streamed_content(text: str) -> str:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("data: {"):
+            chunk = orjson.loads(line[6:])
+            for choice in chunk.get("choices") or ():
+                out.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(out)
+
+
+async def test_a_stream_cut_by_the_total_timeout_pays_for_what_went_out(start_gateway, mock_upstream):
+    config = biz_config(mock_upstream.url)
+    config["providers"]["up"]["timeouts"] = {"connect": 2, "first_byte": 2, "idle": 2, "total": 1}
+    running = await start_gateway(config)
+    payload = {"model": "up", "stream": True, "max_tokens": 5000, "messages": [{"role": "user", "content": "go"}],
+               "stream_options": {"include_usage": True}, "mock": {"chunks": 400, "chunk_delay": 0.005}}
+    async with aiohttp.ClientSession() as s:
+        text = await read_stream(s, running, payload)
+        got = await credits(s, running, DEMO)
+    assert "upstream_timeout_total" in text
+    content = streamed_content(text)
+    assert content  # output went out before the timeout
+    [row] = await ledger(running)
+    # Counted from what was produced: the tokens of the text the client received.
+    assert row["estimated"] == 1 and row["error_code"] == "upstream_timeout_total"
+    assert row["completion"] == await count_tokens(content)
+    assert row["cost"] == row["prompt"] * 1 + row["completion"] * 2 > 0
+    assert got["spent_micro_usd"] == row["cost"] == 5_000_000 - got["balance_micro_usd"]
+    assert got["reserved_micro_usd"] == 0
+
+
+async def test_an_upstream_without_usage_is_billed_on_the_count_and_the_client_is_told(start_gateway,
+                                                                                       mock_upstream):
+    running = await start_gateway(biz_config(mock_upstream.url))
+    payload = {"model": "up", "stream": True, "max_tokens": 5000, "messages": [{"role": "user", "content": "go"}],
+               "stream_options": {"include_usage": True}, "mock": {"chunks": 20}}
+    async with aiohttp.ClientSession() as s:
+        # An upstream that ignores stream_options: a complete stream, [DONE], and no usage.
+        payload["mock"]["no_done"] = True
+        text = await read_stream(s, running, payload)
+    assert "upstream_stream_cut" in text  # no usage and no [DONE]: cut
+    [row] = await ledger(running)
+    assert row["estimated"] == 1 and row["completion"] == await count_tokens(streamed_content(text))
+
+
+ANTHROPIC_EVENTS = [
+    ("message_start", {"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": [],
+        "stop_reason": None, "usage": {"input_tokens": 25, "output_tokens": 1}}}),
+    ("content_block_start", {"type": "content_block_start", "index": 0,
+                             "content_block": {"type": "text", "text": ""}}),
+] + [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                              "delta": {"type": "text_delta", "text": f"word{i} and more "}}) for i in range(40)]
+
+
+async def cut_anthropic(request: web.Request) -> web.StreamResponse:
+    """An Anthropic upstream that streams 40 text deltas, then dies before message_delta."""
+    await request.read()
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for name, data in ANTHROPIC_EVENTS:
+        await resp.write(f"event: {name}\ndata: ".encode() + orjson.dumps(data) + b"\n\n")
+    await asyncio.sleep(0.05)
+    request.transport.abort()
+    return resp
+
+
+async def test_a_translated_stream_cut_mid_way_pays_for_what_went_out(start_gateway, aiohttp_server):
+    app = web.Application()
+    app.router.add_post("/v1/messages", cut_anthropic)
+    upstream = await aiohttp_server(app)
+    config = biz_config()
+    config["providers"]["claude"] = {"kind": "anthropic", "base_url": str(upstream.make_url("")).rstrip("/"),
+                                     "api_key": "sk-ant-test"}
+    config["models"]["claude"] = {"provider": "claude", "price": {"input": 3.0, "output": 15.0}}
+    running = await start_gateway(config)
+    payload = {"model": "claude", "stream": True, "max_tokens": 1000, "messages": [{"role": "user", "content": "go"}]}
+    async with aiohttp.ClientSession() as s:
+        text = await read_stream(s, running, payload)
+        got = await credits(s, running, DEMO)
+    content = streamed_content(text)
+    assert content.startswith("word0 and more ") and "word39" in content and '"error"' in text
+    [row] = await ledger(running)
+    # The prompt is the upstream's own count (message_start); the output is counted.
+    assert row["estimated"] == 1 and row["prompt"] == 25
+    assert row["completion"] == await count_tokens(content)
+    assert row["cost"] == -(-(25 * 3 + row["completion"] * 15) // 1) and row["cost"] > 0
+    assert got["spent_micro_usd"] == row["cost"]
