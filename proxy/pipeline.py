@@ -69,7 +69,6 @@ async def run_model_call(gw: Gateway, request: web.Request, call: Call) -> web.S
                 except Exception:
                     throttled(log, logging.ERROR, "settle_failed", "tollway_settle failed", exc_info=True)
     finally:
-        call.timing.ended_at = call.timing.ended_at or time.perf_counter()
         await finish(gw, call)
     return resp
 
@@ -93,6 +92,8 @@ async def resolve(gw: Gateway, call: Call) -> None:
 
 
 async def finish(gw: Gateway, call: Call) -> None:
+    """The last step of every call: its end time, tollway_finish hooks, the access log."""
+    call.timing.ended_at = call.timing.ended_at or time.perf_counter()
     for fin in gw.hooks.finish:
         try:
             await fin(call)
