@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from proxy import Call, ProxyError, hookimpl
-from proxy.gateway import Gateway
+from proxy import Call, Gateway, ProxyError, hookimpl
 
 from .accounts import ACCOUNTS, Accounts, KeyRecord
 from .accounts.admin import AdminKeys

@@ -30,9 +30,7 @@ import time
 
 from aiohttp import web
 
-from proxy import Call, StateKey, Usage, hookimpl
-from proxy.gateway import Gateway
-from proxy.routes import json_response
+from proxy import Call, Gateway, StateKey, Usage, hookimpl, json_response
 
 from .accounts import ACCOUNTS, Accounts
 from .accounts.db import LedgerRow

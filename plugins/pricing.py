@@ -22,8 +22,7 @@ went to a client is never free.
 
 from __future__ import annotations
 
-from proxy import Call, hookimpl
-from proxy.gateway import Gateway
+from proxy import Call, Gateway, hookimpl
 
 from .accounts.estimate import counted_usage
 from .accounts.money import PriceBook, format_usd

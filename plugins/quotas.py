@@ -35,9 +35,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy import Call, ProxyError, StateKey, hookimpl
-from proxy.gateway import Gateway
-from proxy.routes import json_response
+from proxy import Call, Gateway, ProxyError, StateKey, hookimpl, json_response
 
 from .accounts import ACCOUNTS, Account, Accounts, KeyRecord
 from .accounts.book import check_config

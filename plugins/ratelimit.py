@@ -28,8 +28,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from proxy import Call, ProxyError, StateKey, hookimpl
-from proxy.gateway import Gateway
+from proxy import Call, Gateway, ProxyError, StateKey, hookimpl
 
 from .accounts import ACCOUNTS, KeyRecord
 from .accounts.book import check_config

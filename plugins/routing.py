@@ -6,8 +6,7 @@ can route a model differently by answering first.
 
 from __future__ import annotations
 
-from proxy import Call, Route, hookimpl
-from proxy.gateway import Gateway
+from proxy import Call, Gateway, Route, hookimpl
 
 
 class Plugin:

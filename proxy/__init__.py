@@ -2,22 +2,49 @@
 
     from proxy import hookimpl, Call, ProxyError
 
-See ``proxy/hookspecs.py`` for the hooks, ``proxy/provider.py`` for provider
-adapters and ``proxy/dialects.py`` for client dialects.
+Everything a plugin needs is importable from ``proxy`` itself (the names in
+``__all__``), plus the helper modules in ``PUBLIC_MODULES``, which are public
+on purpose and keep their ``__all__`` names stable. Every other ``proxy.*``
+module is internal: it may change without notice, and the built-in plugins do
+not import it either (a test checks). ``docs/plugin-hooks.md`` lists it all,
+made from this module and ``proxy/hookspecs.py``.
 """
 
 import pluggy
 
 from .call import Billing, CachedResponse, Call, Principal, ResponseState, Route, Timing, Usage
 from .dialects import Dialect
-from .errors import ProxyError
+from .errors import ProxyError, bad_request
+from .gateway import Gateway
 from .provider import Provider, StreamDecoder
+from .routes import json_response, read_json
 from .schema import ConfigError
 from .shared import ServiceKey, StateKey
 from .upstream import UpstreamRequest
 
 hookimpl = pluggy.HookimplMarker("tollway")
 
-__all__ = ["hookimpl", "Billing", "Call", "CachedResponse", "ConfigError", "Dialect", "Principal", "Provider",
-           "ProxyError", "ResponseState", "Route", "ServiceKey", "StateKey", "StreamDecoder", "Timing",
-           "UpstreamRequest", "Usage"]
+__all__ = [
+    # hooks and the per-request context
+    "hookimpl", "Call", "Principal", "Route", "Billing", "ResponseState", "Timing", "Usage", "CachedResponse",
+    # failing: a request, or start-up
+    "ProxyError", "bad_request", "ConfigError",
+    # sharing between plugins
+    "Gateway", "StateKey", "ServiceKey",
+    # upstreams and client dialects
+    "Provider", "StreamDecoder", "UpstreamRequest", "Dialect",
+    # plugin routes
+    "json_response", "read_json",
+]
+
+#: Helper modules plugins may import too, public on purpose (their ``__all__``).
+PUBLIC_MODULES = {
+    "proxy.provider": "helpers for provider adapters: upstream errors, JSON answers",
+    "proxy.sse": "Server-Sent Events: split, parse and write events",
+    "proxy.outputtext": "the text of prompts and answers, for estimates when an upstream reports no usage",
+    "proxy.schema": "typed config sections: build dataclasses from YAML, name the path of a mistake",
+    "proxy.store": "the SQL store (gateway.store) and numbered migrations for a plugin's tables",
+    "proxy.cli": "CLI commands from tollway_commands: --config, a started gateway, argument types",
+    "proxy.logs": "log lines that are safe to write: keys masked, repeated errors rate-limited",
+    "proxy.background": "background tasks beside the requests",
+}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+__all__ = ["stop_task"]
+
 
 async def stop_task(task: asyncio.Task | None) -> None:
     """Cancel ``task`` and wait until it has ended (None: nothing to do)."""

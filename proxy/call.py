@@ -13,8 +13,8 @@ they wrote. What is there, by phase:
 - from ``tollway_settle`` on: ``response`` (status, error, client_gone...)
   and ``timing`` (first byte, end).
 
-Plugin-private per-request state goes in ``call.state``, under a ``StateKey``
-(``proxy.shared``) defined next to the plugin that writes it.
+Plugin-private per-request state goes in ``call.state``, under a key
+(``proxy.StateKey``) defined next to the plugin that writes it.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ class Call:
         self.billing = Billing()
         self.response = ResponseState()
         self.timing = Timing()
-        self.state = State()  # plugin-private, under StateKeys (proxy.shared)
+        self.state = State()  # plugin-private, under StateKeys (proxy/shared.py)
 
     @property
     def served_model(self) -> str | None:

@@ -18,6 +18,9 @@ from .logs import display_prefix
 from .plugins import BUILTINS, make_plugin_manager
 from .schema import ConfigError
 
+# For plugins' commands (tollway_commands): the rest is the command itself.
+__all__ = ["add_config_arg", "gateway_command", "positive_int", "port_number"]
+
 DEFAULT_CONFIG = "config/tollway.yaml"
 log = logging.getLogger("tollway")
 

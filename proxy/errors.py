@@ -104,6 +104,7 @@ class ProxyError(Exception):
 
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_request") -> ProxyError:
+    """A 400 that names what to fix (``param``: the offending request field)."""
     return ProxyError(400, message, param=param, code=code)
 
 

@@ -30,7 +30,7 @@ log = logging.getLogger("tollway")
 class Gateway:
     """What plugins receive at start-up: read ``config``, use ``store``,
     find adapters in ``providers`` (by provider name), share objects in
-    ``services`` (``proxy.shared``)."""
+    ``services`` (under a ``proxy.ServiceKey``)."""
 
     def __init__(self, config: Config, pm: pluggy.PluginManager, hooks: Hooks,
                  providers: dict[str, Provider], dialects: dict[str, Dialect]) -> None:

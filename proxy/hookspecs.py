@@ -28,6 +28,21 @@ quotas reserve credit (``ratelimit``'s ``tollway_admit`` is ``tryfirst``);
 plugin that needs the principal runs in ``tollway_admit`` or later; one that
 needs the final cost, in ``tollway_settle``.
 
+**What the call carries.** ``call`` (a ``proxy.Call``) groups what exists at
+each phase: the request as sent (``body``, ``model``, ``stream``, ``dialect``...)
+from the start, ``principal`` (a ``proxy.Principal``) after authenticate,
+``route`` after resolve, ``response.headers`` to add from admit on,
+``billing`` (usage, cost, ``usage_extra``) from usage on, and the outcome in
+``response`` (status, error, client_gone) and ``timing`` by settle.
+
+**Sharing.** Per-request state goes in ``call.state`` under a
+``proxy.StateKey`` defined next to the plugin that writes it; readers import
+the key (e.g. the ledger reads the quotas plugin's ``RESERVATION``). An object
+several plugins use (the accounts book) is a gateway service under a
+``proxy.ServiceKey``: ``await gateway.services.open(KEY)`` in
+``tollway_startup`` opens it once for all of them, and the gateway closes it
+after every ``tollway_shutdown`` has run.
+
 **Failing a request.** A request-time hook answers the client with an error
 by raising ``proxy.ProxyError(status, message, ...)``. Any other exception is
 a bug: it is logged with its traceback and the client gets a bare 500.
@@ -128,7 +143,7 @@ def tollway_startup(gateway: Gateway) -> Awaitable[None] | None:
     """The gateway is starting: config loaded, storage open, providers made.
 
     Return an awaitable (e.g. call an ``async def``) to do async set-up:
-    load state, start background tasks. Raise ``proxy.config.ConfigError`` to
+    load state, start background tasks. Raise ``proxy.ConfigError`` to
     stop start-up with a message. Runs in registration order (built-ins first).
     """
 

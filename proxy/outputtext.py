@@ -14,6 +14,8 @@ import orjson
 
 from .sse import parse_event, split_events
 
+__all__ = ["completion_text", "openai_stream_text", "prompt_text", "sse_payloads"]
+
 
 def sse_payloads(blob: bytes) -> Iterator[dict]:
     """Every JSON object carried in the ``data:`` of the SSE events in ``blob``."""

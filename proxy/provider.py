@@ -26,6 +26,8 @@ from .call import Usage
 from .errors import ProxyError
 from .upstream import UpstreamPool, UpstreamRequest, UpstreamResponse
 
+__all__ = ["Provider", "StreamDecoder", "error_message", "loads_json", "retry_after", "upstream_error"]
+
 if TYPE_CHECKING:
     from .call import Call, Route
     from .config import ProviderConfig

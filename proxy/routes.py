@@ -82,6 +82,7 @@ def _too_large(limit: int) -> ProxyError:
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response (serialised with orjson), for plugin routes."""
     return web.Response(status=status, body=orjson.dumps(data), headers={**(headers or {}), "Content-Type": JSON})
 
 

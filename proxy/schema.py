@@ -14,6 +14,8 @@ import types
 import typing
 from typing import Any, Literal, Union
 
+__all__ = ["ConfigError", "StartRefused", "build", "build_dataclass", "suggest"]
+
 
 class ConfigError(Exception):
     """A mistake in the configuration; the message is one line naming the path."""

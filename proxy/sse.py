@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import re
 
+__all__ = ["DONE", "DONE_EVENT", "EventReader", "EventSplitter", "data_event", "last_boundary", "named_event",
+           "parse_event", "split_events"]
+
 # An event ends at a blank line. Servers use \n or \r\n line endings.
 _BOUNDARY = re.compile(rb"\r?\n\r?\n")
 

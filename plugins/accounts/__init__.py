@@ -19,7 +19,7 @@ from .book import Accounts
 from .model import Account, KeyRecord, Limits, ModelLimits
 
 if TYPE_CHECKING:
-    from proxy.gateway import Gateway
+    from proxy import Gateway
 
 __all__ = ["ACCOUNTS", "Account", "Accounts", "KeyRecord", "Limits", "ModelLimits"]
 

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from proxy import ProxyError
-from proxy.routes import json_response, read_json
+from proxy import ProxyError, json_response, read_json
 
 from . import ACCOUNTS
 from .http import build_body, check_admin, field_error, read_body
@@ -23,7 +22,7 @@ from .specs import KeyCreate, KeyPatch, SpecError, TopUp, create_args, credits_m
 from .views import account_view, key_view
 
 if TYPE_CHECKING:
-    from proxy.gateway import Gateway
+    from proxy import Gateway
 
     from .book import Accounts
     from .model import KeyRecord

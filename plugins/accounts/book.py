@@ -35,7 +35,7 @@ from .options import NAME_RE, AuthOptions, KeyConfig, LedgerOptions, parse_time
 from .writer import Writer
 
 if TYPE_CHECKING:
-    from proxy.gateway import Gateway
+    from proxy import Gateway
 
 
 class Accounts:

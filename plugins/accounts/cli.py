@@ -25,7 +25,7 @@ from .usage import rollups
 from .views import table, usd
 
 if TYPE_CHECKING:
-    from proxy.gateway import Gateway
+    from proxy import Gateway
 
     from .book import Accounts
     from .model import KeyRecord

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from proxy.schema import build
-from proxy.store.migrations import Migration, migrate
+from proxy.store import Migration, migrate
 
 from .model import Account, KeyRecord, Limits
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.call import Usage
+from proxy import Usage
 from proxy.outputtext import completion_text, prompt_text
 
 from .tokens import count_tokens
 
 if TYPE_CHECKING:
-    from proxy import Call
-    from proxy.dialects import Dialect
+    from proxy import Call, Dialect
 
 IMAGE_TOKENS = 2000
 

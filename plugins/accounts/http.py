@@ -11,9 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from proxy import ProxyError
-from proxy.errors import bad_request
-from proxy.routes import read_json
+from proxy import ProxyError, bad_request, read_json
 from proxy.schema import ConfigError, build_dataclass
 
 from .keys import key_from_headers, key_from_request
@@ -21,7 +19,7 @@ from .model import KeyRecord
 from .options import iso
 
 if TYPE_CHECKING:
-    from proxy.gateway import Gateway
+    from proxy import Gateway
 
     from .book import Accounts
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from proxy.errors import bad_request
+from proxy import bad_request
 
 from . import db
 from .http import check_query

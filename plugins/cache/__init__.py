@@ -44,7 +44,7 @@ from .persist import Persistence
 from .store import CacheStore, Entry
 
 if TYPE_CHECKING:
-    from proxy.gateway import Gateway
+    from proxy import Gateway
 
 log = logging.getLogger("tollway.cache")
 

@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 
 if TYPE_CHECKING:
-    from proxy.gateway import Gateway
+    from proxy import Gateway
 
 DATA = Path(__file__).parent / "data"
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ..schema import ConfigError
 from .base import Store
+from .migrations import Migration, migrate, schema_version
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Migration", "Store", "migrate", "open_store", "schema_version"]
 
 
 def open_store(url: str, base_dir: Path) -> Store:
