@@ -24,6 +24,7 @@ import orjson
 
 from .call import Usage
 from .errors import ProxyError
+from .shared import StateKey
 from .upstream import UpstreamPool, UpstreamRequest, UpstreamResponse
 
 __all__ = ["Provider", "StreamDecoder", "error_message", "loads_json", "retry_after", "upstream_error"]
@@ -31,6 +32,12 @@ __all__ = ["Provider", "StreamDecoder", "error_message", "loads_json", "retry_af
 if TYPE_CHECKING:
     from .call import Call, Route
     from .config import ProviderConfig
+
+
+#: ``call.state`` key: the client asked for the upstream's prompt caching (AICredits' ``"cache": true``,
+#: read by the cache plugin). Adapters whose upstream supports it mark the prompt cacheable (Anthropic:
+#: ``cache_control``); the others ignore it.
+PROMPT_CACHE: StateKey[bool] = StateKey("tollway.prompt_cache")
 
 
 class StreamDecoder(Protocol):

@@ -33,12 +33,13 @@ import orjson
 
 from proxy import CachedResponse, Call, ConfigError, StateKey, Usage, hookimpl
 from proxy.logs import throttled
+from proxy.provider import PROMPT_CACHE
 
 from .capture import StreamCapture
 from .controls import Controls, parse_controls
 from .embedders import EmbedderUnavailable, EmbeddingService, make_embedder
-from .guards import Features, features
 from .keys import RequestForms, request_forms
+from .matcher import SecondStage
 from .options import CacheOptions
 from .persist import Persistence
 from .store import CacheStore, Entry
@@ -60,9 +61,10 @@ class CallState:
     scope: str
     forms: RequestForms
     controls: Controls
+    semantic: bool = False  # may this request be matched (and stored) by meaning?
     hit: bool = False
     vectors: list[np.ndarray] | None = None
-    features: Features | None = None
+    features: Any = None  # what the second stage compares (SecondStage.describe)
     capture: StreamCapture | None = None
 
 
@@ -75,6 +77,7 @@ class Plugin:
         self.embeddings: EmbeddingService | None = None
         self.persistence: Persistence | None = None
         self.embedder_name = ""
+        self.stage = SecondStage("none")
 
     # -- start-up -------------------------------------------------------------------
     @hookimpl
@@ -97,8 +100,10 @@ class Plugin:
                 await self.embeddings.start()
             except EmbedderUnavailable as exc:
                 raise ConfigError(f"plugins.cache.embedder: {exc}") from None
+            self.stage = SecondStage(opts.check, tuple(opts.guards), opts.synonym_min, embedder)
         if opts.persist:
-            self.persistence = Persistence(gateway.store, self.store, self.embedder_name)
+            self.persistence = Persistence(gateway.store, self.store, self.embedder_name,
+                                           describe=self.stage.describe)
             loaded = await self.persistence.start()
             log.info("cache: %d entries loaded from the store", loaded)
 
@@ -148,6 +153,8 @@ class Plugin:
         controls, stripped = parse_controls(call.body, headers, self.options.max_ttl)
         if stripped is not None:
             call.set_body(stripped)
+        if controls.prompt_cache:
+            call.state[PROMPT_CACHE] = True
         scope = self.scope_of(call)
         if call.dialect != "openai" or self.ineligible(call.body) is not None:
             self._status(call, "BYPASS")
@@ -155,7 +162,8 @@ class Plugin:
         opts = self.options
         forms = request_forms(call.body, call.model, opts.max_context_chars, opts.max_query_chars,
                               opts.max_guard_chars)
-        st = call.state[CACHE_STATE] = CallState(scope, forms, controls)
+        semantic = self.embeddings is not None and forms.semantic_ok and opts.semantic_for(call.model)
+        st = call.state[CACHE_STATE] = CallState(scope, forms, controls, semantic)
         if controls.no_cache:
             self._status(call, "BYPASS")
             return None
@@ -163,21 +171,29 @@ class Plugin:
             entry = self.store.get_exact(scope, forms.exact)
             if entry is not None:
                 return self._hit(call, st, entry, "HIT", None)
-        if self.embeddings is not None and forms.semantic_ok:
+        if semantic and controls.semantic:
             # Embedded now even when the bucket is empty: the vector is needed to store the answer,
             # and storing must not wait on the embedder (back-to-back requests would miss).
             vectors = await self._embed(forms)
             if vectors is not None:
                 st.vectors = vectors
-                st.features = features(forms.guard_text)
-                match = self.store.nearest(scope, forms.bucket, vectors[0], vectors[1] if forms.context else None,
-                                           opts.threshold, st.features, tuple(opts.guards))
-                if match.entry is not None:
-                    return self._hit(call, st, match.entry, "SEMANTIC-HIT", match.similarity)
-                if match.vetoed_by:
-                    call.response.headers["x-tollway-cache-veto"] = match.vetoed_by
+                st.features = self.stage.describe(forms.guard_text)
+                candidates, _ = self.store.candidates(scope, forms.bucket, vectors[0],
+                                                      vectors[1] if forms.context else None, opts.threshold)
+                if candidates:
+                    found, refusal = await self._judge(st.features, candidates)
+                    if found is not None and self.store.touch(found[0]):
+                        return self._hit(call, st, found[0], "SEMANTIC-HIT", found[1])
+                    if refusal:
+                        call.response.headers["x-tollway-cache-veto"] = refusal.split(":")[0]
         self._status(call, "MISS")
         return None
+
+    async def _judge(self, new, candidates):
+        """The second stage, in the embedder's thread when it may embed words (never on the loop)."""
+        if self.stage.needs_thread():
+            return await self.embeddings.run(self.stage.judge, new, candidates)
+        return self.stage.judge(new, candidates)
 
     async def _embed(self, forms: RequestForms) -> list[np.ndarray] | None:
         texts = [forms.query, forms.context] if forms.context else [forms.query]
@@ -235,16 +251,17 @@ class Plugin:
         entry = Entry(st.scope, forms.exact, forms.bucket, body, usage, now, now + ttl, forms.query,
                       forms.context, forms.guard_text)
         vectors = st.vectors
-        if self.embeddings is not None and forms.semantic_ok and vectors is None:
-            # Not embedded at lookup (no_cache): serve exact hits at once, join the bucket when embedded.
+        if st.semantic and vectors is None:
+            # Not embedded at lookup (no_cache, or exact-only asked): serve exact hits at once, join the
+            # bucket when embedded.
             self.store.put(entry)
             vectors = await self._embed(forms)
             if vectors is None or self.store.entries.get(entry.key) is not entry:
                 return entry
-        if self.embeddings is not None and forms.semantic_ok and vectors is not None:
+        if st.semantic and vectors is not None:
             entry.query_vec = vectors[0]
             entry.context_vec = vectors[1] if forms.context else None
-            entry.features = st.features or features(forms.guard_text)
+            entry.features = st.features if st.features is not None else self.stage.describe(forms.guard_text)
         self.store.put(entry)
         if self.persistence is not None:
             self.persistence.saved(entry)

@@ -1,6 +1,11 @@
 """Client controls: what a request may ask of the cache, read and stripped.
 
-- body ``"cache": {"no_cache": true, "no_store": true, "ttl": N}``;
+- body ``"cache": {"no_cache": true, "no_store": true, "ttl": N, "semantic": false}``
+  (``semantic: false``: answer from the exact layer only, never by meaning);
+- body ``"cache": true`` (AICredits' form): ask the upstream for prompt caching
+  -- on Anthropic upstreams, ``cache_control`` on the system prompt and the
+  stable prefix (``plugins/providers/anthropic_request.py``); ``"cache": false``
+  asks for nothing;
 - body ``"no_cache": true`` (top level);
 - headers ``Cache-Control: no-cache`` (do not answer from the cache) and
   ``no-store`` (do not keep this answer).
@@ -17,7 +22,7 @@ from typing import Any
 
 from proxy import ProxyError
 
-_BODY_KEYS = ("no_cache", "no_store", "ttl")
+_BODY_KEYS = ("no_cache", "no_store", "ttl", "semantic")
 
 
 @dataclass(slots=True)
@@ -25,6 +30,8 @@ class Controls:
     no_cache: bool = False  # do not serve from the cache
     no_store: bool = False  # do not keep the answer
     ttl: float | None = None  # seconds the stored entry lives (None: the configured ttl)
+    semantic: bool = True  # may a semantic (by meaning) hit answer?
+    prompt_cache: bool = False  # "cache": true -- ask the upstream for prompt caching
 
 
 def _bad(message: str, param: str) -> ProxyError:
@@ -47,10 +54,12 @@ def parse_controls(body: dict, headers: Mapping[str, str] | None, max_ttl: float
             raise _bad(f"'no_cache' must be true or false, got {top!r}", "no_cache")
         c.no_cache = top
     opts = body.get("cache")
-    if opts is not None:
+    if isinstance(opts, bool):
+        c.prompt_cache = opts
+    elif opts is not None:
         if not isinstance(opts, dict):
-            raise _bad("'cache' must be an object like {\"no_cache\": true, \"no_store\": true, \"ttl\": 60}",
-                       "cache")
+            raise _bad("'cache' must be true, false, or an object like {\"no_cache\": true, \"no_store\": true, "
+                       "\"ttl\": 60, \"semantic\": false}", "cache")
         for key, value in opts.items():
             if key not in _BODY_KEYS:
                 raise _bad(f"'cache.{key}' is not a cache control (known: {', '.join(_BODY_KEYS)})",
@@ -64,6 +73,8 @@ def parse_controls(body: dict, headers: Mapping[str, str] | None, max_ttl: float
                 raise _bad(f"'cache.{key}' must be true or false, got {value!r}", f"cache.{key}")
             elif key == "no_cache":
                 c.no_cache = c.no_cache or value
+            elif key == "semantic":
+                c.semantic = value
             else:
                 c.no_store = value
     if headers is not None:

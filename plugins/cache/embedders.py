@@ -26,6 +26,7 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -230,6 +231,12 @@ class EmbeddingService:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` in the embedder's worker thread (it may call the embedder), or here when there is none."""
+        if self._pool is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def embed(self, texts: list[str]) -> list[np.ndarray]:
         todo = [t for t in dict.fromkeys(texts) if t not in self.memo]

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Literal
 
 from proxy import ConfigError
 
 from .guards import ALL_GUARDS
+from .verify import SYNONYM_MIN
+
+#: The embedding threshold each second stage was measured with (README.md, "Measurements").
+DEFAULT_THRESHOLDS = {"verify": 0.5, "guards": 0.88, "none": 0.88}
 
 
 @dataclass(frozen=True)
@@ -18,12 +23,24 @@ class CacheOptions:
     #: account's, or anyone's. Anonymous requests (no auth plugin) share one scope.
     scope: Literal["key", "account", "global"] = "key"
     exact: bool = True
-    semantic: bool = True
+    #: Off by default: only the exact layer answers unless the operator turns meaning-matching on.
+    semantic: bool = False
+    #: With ``semantic: true``: the models (public names, shell patterns like ``gpt-4o*``) it applies to;
+    #: empty means every model.
+    semantic_models: list[str] = field(default_factory=list)
+    #: Models that stay exact-only even with ``semantic: true`` (code models, say). Wins over semantic_models.
+    exact_only_models: list[str] = field(default_factory=list)
     embedder: Literal["local", "upstream", "wordllama", "hashing"] = "local"
     #: For ``embedder: upstream``: a model name from ``models:`` that serves embeddings.
     embedding_model: str | None = None
-    #: Cosine similarity at or above which a semantic neighbour may be served.
-    threshold: float = 0.88
+    #: What a neighbour must pass before it is served: ``verify`` (every difference explained),
+    #: ``guards`` (the older word-list guards) or ``none`` (the threshold alone).
+    check: Literal["verify", "guards", "none"] = "verify"
+    #: Cosine similarity at or above which a neighbour is a candidate (default: 0.5 with verify, else 0.88).
+    threshold: float | None = None
+    #: ``verify``: cosine of two words' own embeddings at or above which they count as synonyms.
+    synonym_min: float = SYNONYM_MIN
+    #: ``check: guards``: which guards run.
     guards: list[str] = field(default_factory=lambda: list(ALL_GUARDS))
     #: Seconds an entry lives; a client may ask for less or more (up to max_ttl) with cache.ttl.
     ttl: float = 3600.0
@@ -50,10 +67,20 @@ class CacheOptions:
     #: Seconds an upstream embedding may take before the lookup gives up (a miss).
     embed_timeout: float = 2.0
 
+    def semantic_for(self, model: str) -> bool:
+        """Is the semantic layer on for requests to this (public) model name?"""
+        if not self.semantic or any(fnmatchcase(model, p) for p in self.exact_only_models):
+            return False
+        return not self.semantic_models or any(fnmatchcase(model, p) for p in self.semantic_models)
+
     def __post_init__(self) -> None:
         where = "plugins.cache"
+        if self.threshold is None:
+            object.__setattr__(self, "threshold", DEFAULT_THRESHOLDS[self.check])
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"{where}.threshold: expected a number in (0, 1], got {self.threshold}")
+        if not 0.0 < self.synonym_min <= 1.0:
+            raise ConfigError(f"{where}.synonym_min: expected a number in (0, 1], got {self.synonym_min}")
         for i, g in enumerate(self.guards):
             if g not in ALL_GUARDS:
                 raise ConfigError(f"{where}.guards[{i}]: unknown guard {g!r} (known: {', '.join(ALL_GUARDS)})")
@@ -64,5 +91,9 @@ class CacheOptions:
             raise ConfigError(f"{where}.max_entries: must be at least 1")
         if not 0.0 <= self.hit_price <= 1.0:
             raise ConfigError(f"{where}.hit_price: expected a fraction between 0 and 1, got {self.hit_price}")
+        for name in ("semantic_models", "exact_only_models"):
+            for i, pattern in enumerate(getattr(self, name)):
+                if not isinstance(pattern, str) or not pattern:
+                    raise ConfigError(f"{where}.{name}[{i}]: expected a model name or pattern")
         if self.embedder == "upstream" and not self.embedding_model:
             raise ConfigError(f"{where}.embedding_model: required when embedder is 'upstream'")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -20,7 +22,6 @@ import orjson
 from proxy.background import stop_task
 from proxy.store import Store
 
-from .guards import features
 from .store import CacheStore, Entry
 
 log = logging.getLogger("tollway.cache")
@@ -39,7 +40,9 @@ def _unvec(s: str | None) -> np.ndarray | None:
 
 
 class Persistence:
-    def __init__(self, db: Store, cache: CacheStore, embedder: str, interval: float = 1.0) -> None:
+    def __init__(self, db: Store, cache: CacheStore, embedder: str, interval: float = 1.0,
+                 describe: Callable[[str], Any] = lambda text: None) -> None:
+        self.describe = describe  # the second stage's view of an entry's text (recomputed, not stored)
         self.db = db
         self.cache = cache
         self.embedder = embedder
@@ -68,7 +71,7 @@ class Persistence:
                           _unvec(r["qvec"]) if same_space else None,
                           _unvec(r["cvec"]) if same_space else None)
             if entry.query_vec is not None:
-                entry.features = features(entry.guard_text)
+                entry.features = self.describe(entry.guard_text)
             self.cache.put(entry)
         self.cache.drain_removed()
         self._task = asyncio.create_task(self._run())

@@ -17,10 +17,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-
-from .guards import Features, check
 
 
 @dataclass(slots=True)
@@ -37,7 +36,7 @@ class Entry:
     guard_text: str = ""
     query_vec: np.ndarray | None = None
     context_vec: np.ndarray | None = None
-    features: Features | None = None
+    features: Any = None  # what the second stage compares (matcher.SecondStage.describe)
     hits: int = 0
 
     @property
@@ -88,13 +87,6 @@ class Bucket:
         return sims
 
 
-@dataclass(slots=True)
-class Match:
-    entry: Entry | None
-    similarity: float  # of the best candidate, served or not
-    vetoed_by: str | None = None
-
-
 class CacheStore:
     def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.time,
                  sweep_every: int = 256) -> None:
@@ -120,39 +112,38 @@ class CacheStore:
         self.entries.move_to_end(key)
         return entry
 
-    def nearest(self, scope: str, bucket: str, q: np.ndarray, c: np.ndarray | None, threshold: float,
-                feats: Features | None, guards: tuple[str, ...], candidates: int = 4) -> Match:
-        """The most similar live entry at or above ``threshold`` that no guard vetoes."""
+    def candidates(self, scope: str, bucket: str, q: np.ndarray, c: np.ndarray | None, threshold: float,
+                   limit: int = 4) -> tuple[list[tuple[Entry, float]], float]:
+        """Up to ``limit`` live entries at or above ``threshold``, most similar first; and the best similarity."""
         b = self.buckets.get((scope, bucket))
         if b is None or not b.keys or not b.compatible(c):
-            return Match(None, 0.0)
+            return [], 0.0
         sims = b.similarities(q, c)
-        top = int(np.argmax(sims))
-        best = float(sims[top])
+        best = float(sims.max())
         if best < threshold:
-            return Match(None, best)
-        if len(sims) > candidates:
-            part = np.argpartition(-sims, candidates)[:candidates]
+            return [], best
+        if len(sims) > limit:
+            part = np.argpartition(-sims, limit)[:limit]
             order = part[np.argsort(-sims[part])]
         else:
             order = np.argsort(-sims)
-        veto = None
         now = self.clock()
+        out = []
         for i in order:
             sim = float(sims[i])
             if sim < threshold:
                 break
             entry = self.entries[b.keys[i]]
-            if entry.expires <= now:
-                continue  # dropped by the next sweep; indices must stay valid during this loop
-            if feats is not None and entry.features is not None:
-                reason = check(feats, entry.features, guards)
-                if reason is not None:
-                    veto = veto or reason
-                    continue
-            self.entries.move_to_end(entry.key)
-            return Match(entry, sim)
-        return Match(None, best, veto)
+            if entry.expires > now:  # an expired one is dropped by the next sweep
+                out.append((entry, sim))
+        return out, best
+
+    def touch(self, entry: Entry) -> bool:
+        """Mark a served entry as recently used; False when it is gone (evicted or expired meanwhile)."""
+        if self.entries.get(entry.key) is not entry or entry.expires <= self.clock():
+            return False
+        self.entries.move_to_end(entry.key)
+        return True
 
     def put(self, entry: Entry) -> None:
         key = entry.key

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 
 from .wordlists import CONTRACTED_NOT, CONTRACTIONS
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-         "sixteen seventeen eighteen nineteen").split()
+_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
          "ninety": 90}
-_ORDINALS = ("zeroth first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
-             "thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth").split()
+_ORDINALS = ["zeroth", "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth",
+             "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth", "seventeenth",
+             "eighteenth", "nineteenth"]
 CARDINAL = {w: i for i, w in enumerate(_ONES)} | _TENS | {"hundred": 100, "thousand": 1000}
 ORDINAL = {w: i for i, w in enumerate(_ORDINALS)} | {w[:-1] + "ieth": v for w, v in _TENS.items()}
 FRACTIONS = {"half": 2, "third": 3, "quarter": 4, "fifth": 5, "tenth": 10}
@@ -79,12 +80,13 @@ _ROMAN = re.compile(r"(?<![\w'])(M{0,3}(?:CM|CD|D?C{0,3})(?:XC|XL|L?X{0,3})(?:IX
 _ROMAN_VALUES = {"M": 1000, "D": 500, "C": 100, "L": 50, "X": 10, "V": 5, "I": 1}
 
 #: Dropped: articles, the speaker and the addressee, "of" (table salt's formula = formula of table salt).
-DROP = frozenset("a an the i me my you your of 's it its".split())
+DROP = frozenset(["a", "an", "the", "i", "me", "my", "you", "your", "of", "'s", "it", "its"])
 #: Auxiliaries: dropped as words, kept as the tense they mark.
-TENSE = {**dict.fromkeys("is are am do does has have".split(), "present"),
-         **dict.fromkeys("was were did had".split(), "past"), **dict.fromkeys("will shall".split(), "future")}
+TENSE = {**dict.fromkeys(["is", "are", "am", "do", "does", "has", "have"], "present"),
+         **dict.fromkeys(["was", "were", "did", "had"], "past"), **dict.fromkeys(["will", "shall"], "future")}
 #: Words that frame an arithmetic question and nothing else ("what is 7 x 8", "calculate 7 x 8").
-_ARITH_FRAME = frozenset("what how much many is equals equal calculate compute work out does make give".split())
+_ARITH_FRAME = frozenset(["what", "how", "much", "many", "is", "equals", "equal", "calculate", "compute", "work",
+                          "out", "does", "make", "give"])
 
 _OPS = {"times": "*", "x": "*", "×": "*", "*": "*", "multiplied by": "*", "divided by": "/", "/": "/", "÷": "/",
         "over": "/", "plus": "+", "+": "+", "added to": "+", "minus": "-", "-": "-", "to the power of": "**",

@@ -228,8 +228,9 @@ def decide(a: Normalised, b: Normalised, al: Alignment, similarity: Callable[[st
             for i, j in mapping.items():
                 seq_a[i] = b.tokens[j]
         elif len(spans_a) == len(spans_b) <= 2 and all(
-                _phrase_synonym(a, b, sa, sb, similarity, synonym_min) for sa, sb in zip(spans_a, spans_b)):
-            for k, (sa, sb) in enumerate(zip(spans_a, spans_b)):
+                _phrase_synonym(a, b, sa, sb, similarity, synonym_min)
+                for sa, sb in zip(spans_a, spans_b, strict=True)):
+            for k, (sa, sb) in enumerate(zip(spans_a, spans_b, strict=True)):
                 seq_a[sa[0]] = seq_b[sb[0]] = f"§{k}"
                 for i in sa[1:]:
                     del seq_a[i]

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import orjson
 
 from proxy import Call, Provider, Route, StateKey, UpstreamRequest, Usage
-from proxy.provider import loads_json
+from proxy.provider import PROMPT_CACHE, loads_json
 
-from .anthropic_request import to_anthropic
+from .anthropic_request import mark_cacheable, to_anthropic
 from .anthropic_response import AnthropicStreamDecoder, message_to_completion, usage_from_anthropic
 
 # The tool whose input is the answer text (a translated response_format), for the answer's way back.
@@ -68,14 +68,18 @@ class AnthropicProvider(Provider):
         self.headers = headers
 
     def chat_request(self, call: Call, route: Route, body: dict | None) -> UpstreamRequest:
+        prompt_cache = call.state.get(PROMPT_CACHE) is True
         if body is None:  # an Anthropic client: its body goes up as sent
-            if call.body.get("model") != route.upstream_model:
+            if call.body.get("model") != route.upstream_model or prompt_cache:
                 call.body["model"] = route.upstream_model
+                if prompt_cache:
+                    mark_cacheable(call.body)
                 call.set_body(call.body)
             return UpstreamRequest(self.url, call.body_bytes(), self._headers_for(call))
         options = self.options
         translation = to_anthropic(body, route.upstream_model, default_max_tokens=options.default_max_tokens,
-                                   clamp_temperature=options.clamp_temperature)
+                                   clamp_temperature=options.clamp_temperature,
+                                   prompt_cache=prompt_cache or body.get("cache") is True)
         call.state[JSON_TOOL] = translation.json_tool
         return UpstreamRequest(self.url, orjson.dumps(translation.body), self.headers)
 

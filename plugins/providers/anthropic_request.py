@@ -39,7 +39,8 @@ class Translation:
     json_tool: str | None  # the tool whose input is the answer text (response_format)
 
 
-def to_anthropic(body: dict, model: str, *, default_max_tokens: int, clamp_temperature: bool) -> Translation:
+def to_anthropic(body: dict, model: str, *, default_max_tokens: int, clamp_temperature: bool,
+                 prompt_cache: bool = False) -> Translation:
     check_common_refusals(body, PROVIDER)
     system, messages = _messages(body.get("messages") or [])
     out: dict[str, Any] = {"model": model, "messages": messages}
@@ -55,7 +56,32 @@ def to_anthropic(body: dict, model: str, *, default_max_tokens: int, clamp_tempe
         out["metadata"] = {"user_id": user}
     if body.get("stream"):
         out["stream"] = True
+    if prompt_cache:
+        mark_cacheable(out)
     return Translation(out, json_tool)
+
+
+def mark_cacheable(body: dict) -> None:
+    """Ask Anthropic to cache the prompt's stable prefix: ``cache_control`` on the system prompt's
+    last block, and on the last block before the newest message (the conversation so far).
+
+    Anthropic caches everything up to a marked block (tools, then system, then messages), so two
+    breakpoints cover a repeated system prompt and a growing conversation; it allows four.
+    """
+    ephemeral = {"type": "ephemeral"}
+    system = body.get("system")
+    if isinstance(system, str) and system:
+        body["system"] = [{"type": "text", "text": system, "cache_control": ephemeral}]
+    elif isinstance(system, list) and system and isinstance(system[-1], dict):
+        system[-1]["cache_control"] = ephemeral
+    messages = body.get("messages")
+    if isinstance(messages, list) and len(messages) >= 2 and isinstance(messages[-2], dict):
+        prefix = messages[-2]
+        content = prefix.get("content")
+        if isinstance(content, str) and content:
+            prefix["content"] = [{"type": "text", "text": content, "cache_control": ephemeral}]
+        elif isinstance(content, list) and content and isinstance(content[-1], dict):
+            content[-1]["cache_control"] = ephemeral
 
 
 # -- messages -----------------------------------------------------------------------
