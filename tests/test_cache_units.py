@@ -177,11 +177,11 @@ def test_store_nearest_respects_threshold_scope_and_bucket():
     store.put(_entry("b", [0, 1, 0]))
     q = np.asarray([0.9, 0.1, 0], dtype=np.float32)
     q /= np.linalg.norm(q)
-    match = store.nearest("s", "b", q, None, 0.9, None, ())
-    assert match.entry.exact == "a" and match.similarity > 0.99
-    assert store.nearest("s", "b", q, None, 0.999, None, ()).entry is None
-    assert store.nearest("other-scope", "b", q, None, 0.5, None, ()).entry is None
-    assert store.nearest("s", "other-bucket", q, None, 0.5, None, ()).entry is None
+    found, best = store.candidates("s", "b", q, None, 0.9)
+    assert [e.exact for e, _ in found] == ["a"] and found[0][1] > 0.99 and best > 0.99
+    assert store.candidates("s", "b", q, None, 0.999)[0] == []
+    assert store.candidates("other-scope", "b", q, None, 0.5)[0] == []
+    assert store.candidates("s", "other-bucket", q, None, 0.5)[0] == []
 
 
 def test_store_removal_keeps_the_matrix_consistent():
@@ -193,10 +193,10 @@ def test_store_removal_keeps_the_matrix_consistent():
     assert len(store) == 50
     for k in list(store.entries)[::3]:
         store.remove(k)
-    for k in list(store.entries):  # nearest() moves hits to the LRU end
+    for k in list(store.entries):
         v = vecs[store.entries[k].exact]
-        match = store.nearest("s", "b", (v / np.linalg.norm(v)).astype(np.float32), None, 0.999, None, ())
-        assert match.entry is store.entries[k]
+        found, _ = store.candidates("s", "b", (v / np.linalg.norm(v)).astype(np.float32), None, 0.999)
+        assert found[0][0] is store.entries[k]
 
 
 def test_store_expiry_with_a_clock():
