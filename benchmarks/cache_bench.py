@@ -11,9 +11,10 @@ in-process version of that, with no other plugin.
 Two parts:
 
 1. *Parts*: the time of each step of a lookup and a store -- canonical key,
-   exact lookup, guard features, embedding (one short prompt; a follow-up with
-   context), nearest-neighbour search in buckets of 100 / 1,000 / 10,000
-   entries, and a store.
+   exact lookup, the verifier's description of a text (normalise), one verdict
+   (align + decide, synonym words memoised), embedding (one short prompt; a
+   follow-up with context), candidate search in buckets of 100 / 1,000 /
+   10,000 entries, and a store.
 2. *End to end*: a gateway on 127.0.0.1 in front of the HTTP mock upstream
    (both in this process), timed from the client: without the cache, cache
    misses (every question new), exact hits and semantic hits. A miss's extra
@@ -41,8 +42,8 @@ from aiohttp import web
 from benchmarks.mock_upstream import MockSettings
 from benchmarks.mock_upstream import make_app as make_mock_app
 from plugins.cache.embedders import make_embedder
-from plugins.cache.guards import features
 from plugins.cache.keys import request_forms
+from plugins.cache.matcher import SecondStage
 from plugins.cache.store import CacheStore, Entry
 from proxy.app import make_app
 from proxy.gateway import build_gateway
@@ -71,11 +72,18 @@ def parts(embedder_kind: str) -> dict:
     out: dict = {}
     forms = request_forms(body, "m")
     out["key_us"] = _time(lambda: request_forms(body, "m"), 2000)
-    out["features_us"] = _time(lambda: features(forms.guard_text), 2000)
     emb = make_embedder(embedder_kind)
     t0 = time.perf_counter()
     emb.load()
     out["embedder_load_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    stage = SecondStage("verify", embedder=emb)
+    out["verifier_load_s"] = time.perf_counter() - t0
+    out["describe_us"] = _time(lambda: stage.describe(forms.guard_text), 2000)
+    stored = stage.describe("Could you tell me the capital city of France, and what it is famous for?")
+    new = stage.describe(forms.guard_text)
+    stage.refusal(stored, new)  # word vectors memoised, as they are after the first lookups
+    out["verdict_us"] = _time(lambda: stage.refusal(stored, new), 2000)
     emb.embed_sync(["warm up"])
     out["embed_short_us"] = _time(lambda: emb.embed_sync([QUESTION]), 50)
     ff = request_forms(follow, "m")
@@ -90,7 +98,7 @@ def parts(embedder_kind: str) -> dict:
             store.put(Entry("s", f"e{i}", "b", {}, None, 0.0, float("inf"), query_vec=vecs[i]))
         q = vecs[0] * 0.5 + vecs[1] * 0.5
         q /= np.linalg.norm(q)
-        out[f"search_{size}_us"] = _time(lambda s=store, q=q: s.nearest("s", "b", q, None, 0.99, None, ()), 200)
+        out[f"search_{size}_us"] = _time(lambda s=store, q=q: s.candidates("s", "b", q, None, 0.99), 200)
     store = CacheStore(max_entries=1_000_000)
     out["exact_get_us"] = _time(lambda: store.get_exact("s", forms.exact), 5000)
     counter = iter(range(10**9))
@@ -127,7 +135,7 @@ async def end_to_end(embedder_kind: str, n: int) -> dict:
     mock_runner, mock_url = await _serve(make_mock_app(MockSettings()))
     results: dict = {}
     try:
-        for cache in (None, {"embedder": embedder_kind}):
+        for cache in (None, {"embedder": embedder_kind, "semantic": True}):
             tmp = tempfile.mkdtemp(prefix="tollway-cache-bench-")
             config = {
                 "server": {"access_log": "off"},

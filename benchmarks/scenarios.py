@@ -47,18 +47,17 @@ DESCRIPTIONS = {
     "soak": "long run: the target's RSS after N/10 and N requests",
 }
 
-#: Pairs from ``tests/cache_eval/pairs.jsonl`` (their ids) that the local embedder hits at
-#: the default threshold with every guard passing: cosine 0.94-0.97 (b against a),
-#: real rewordings rather than "How do I" / "How can I".
+#: Pairs from ``tests/cache_eval/dev.jsonl`` that the shipped semantic settings (check: verify) serve
+#: as hits: real rewordings (a clause moved, a constructions, arithmetic, spelling), not just "How can I".
 PARAPHRASES = (
-    ("How do I reverse a list in Python?", "What's the way to reverse a Python list?"),  # para-001
-    ("Who painted the Mona Lisa?", "Who was the painter of the Mona Lisa?"),  # para-046
-    ("What is the difference between TCP and UDP?", "How do TCP and UDP differ?"),  # para-063
-    ("How do I undo the last commit in git?", "How can I undo my last git commit?"),  # para-036
-    ("How do airplanes stay in the air?", "How do planes stay in the air?"),  # para-038
-    ("Why do cats purr?", "What makes cats purr?"),  # para-060
-    ("Who wrote Pride and Prejudice?", "Who is the author of Pride and Prejudice?"),  # para-005
-    ("How do I convert Celsius to Fahrenheit?", "What's the formula to convert Celsius to Fahrenheit?"),  # para-020
+    ("How do I read a CSV file in R?", "In R, how do I read a CSV file?"),
+    ("Who painted the Mona Lisa?", "Who was the painter of the Mona Lisa?"),
+    ("What is the difference between TCP and UDP?", "How do TCP and UDP differ?"),
+    ("What is 12 times 14?", "What is 12 multiplied by 14?"),
+    ("How do I apologise for being late?", "How do I apologize for being late?"),
+    ("Why do cats purr?", "What makes cats purr?"),
+    ("Who wrote Pride and Prejudice?", "Who is the author of Pride and Prejudice?"),
+    ("Describe the water cycle.", "Explain the water cycle."),
 )
 MISS_SYSTEM = "You are a benchmark. Every question here is new."
 

@@ -36,7 +36,9 @@ FRACTIONS = {"half": 2, "third": 3, "quarter": 4, "fifth": 5, "tenth": 10}
 #: Discourse and politeness wrapping: removed wherever it stands.
 _FILLER = re.compile(
     r"\b(?:hey|hi|hello|yo|ok(?:ay)?|um+|uh+|so|well|please|kindly|just wondering|quick (?:question|q)"
-    r"|thanks?(?: you)?(?: (?:so|very) much| a lot)?|i was wondering(?: if you could tell me)?"
+    r"|thanks?(?: you)?(?: (?:so|very) much| a lot)?(?: in advance)?"
+    r"|sorry if this is a (?:dumb|silly|stupid) question(?:,? but)?"
+    r"|(?:i am|i'm|just) curious|out of curiosity|i was wondering(?: if you could tell me)?"
     r"|i(?:'d| would) like to know|i (?:need|want) to know|(?:can|could|would|will) you(?: please)?(?: kindly)?"
     r"(?: help me)?(?: tell me| let me know)?|tell me|help me)\b[,:!.]?")
 _HOW_TO = re.compile(r"\bhow (?:do|can|could|should|would|might) (?:i|you|we|one)\b|\bwhat(?: is|'s) the way to\b")
@@ -49,6 +51,9 @@ _FRAMES = ((re.compile(r"\b(?:explain|describe)(?: to me)? (?=(?:what|how|why|wh
 #: Constructions that ask the same question in other words (run after the auxiliaries' "how do I" -> "how to").
 _CONSTRUCTIONS = (
     (re.compile(r"\bwhat makes\b"), "why"),
+    # "Apple's CEO?" / "the CEO of Apple?" (a one-word owner and a one-word thing, ending the question)
+    (re.compile(r"\b(?!(?:what|who|where|when|why|how|which|it|that|there|here|he|she|let)')(\w+)'s (\w+)"
+                r"(?=\s*[?.!,]|\s*$)"), r"\2 of \1"),
     # "how is X different from Y" / "how do X and Y differ" / "what is the difference between X and Y"
     (re.compile(r"\bwhat(?: is|'s| are) the differences? between\b"), "difference between"),
     (re.compile(r"\bhow (?:is|are|do|does|to) (.+?) (?:differ|different) from (.+?)(?=[?.!]|$)"),
@@ -63,6 +68,16 @@ _CONSTRUCTIONS = (
     (re.compile(r"\bwhat(?: is|'s) the meaning of(?: the word)?\b"), "what mean"),
     (re.compile(r"\bwhat (?:does|do) (.+?) mean\b"), r"what mean \1"),
     (re.compile(r"\bhow many people live in\b"), "what population"),
+    (re.compile(r"\bwhat(?: is| are)?(?: the)? number of\b"), "how many"),
+    # "how long is it" / "what is its length" (how long *does it take* is another question)
+    (re.compile(r"\bhow long (is|are|was|were)\b"), r"what length \1"),
+    # "where is X located" / "where is X"
+    (re.compile(r"\b(where (?:is|are|was|were) .+?) located\b"), r"\1"),
+    # "what is the function / purpose / job / role of X" / "what does X do"
+    (re.compile(r"\bwhat(?: is|'s| are) the (?:function|purpose|job|role)s? of (.+?)(?=[?.!]|$)"),
+     r"what does \1 do"),
+    # "how do I know if" / "how can I tell whether"
+    (re.compile(r"\b(?:know|tell) (?:if|whether)\b"), "know if"),
 )
 #: Chat spellings of closed-class words ("whats", "u", "dont").
 _CHAT = {"ur": "your", "pls": "please", "plz": "please", "thx": "thanks", "im": "i am",
