@@ -27,7 +27,8 @@ from .errors import ProxyError
 from .shared import StateKey
 from .upstream import UpstreamPool, UpstreamRequest, UpstreamResponse
 
-__all__ = ["Provider", "StreamDecoder", "error_message", "loads_json", "retry_after", "upstream_error"]
+__all__ = ["PROMPT_CACHE", "Provider", "StreamDecoder", "error_message", "loads_json", "retry_after",
+           "upstream_error"]
 
 if TYPE_CHECKING:
     from .call import Call, Route
