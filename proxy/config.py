@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .http1 import header_problem
 from .schema import ConfigError, EnvString, build, build_dataclass, suggest
 
 __all__ = ["ClientTimeouts", "Config", "ConfigError", "ModelConfig", "Price", "ProviderConfig", "Timeouts",
@@ -278,6 +279,10 @@ def _build_providers(raw: Any, option_types: dict[str, Any]) -> dict[str, Provid
         config = build_dataclass(ProviderConfig, own, where)
         if config.max_connections < 1:
             raise ConfigError(f"{where}.max_connections: must be at least 1")
+        for header, value in config.headers.items():
+            problem = header_problem(header, value)
+            if problem:
+                raise ConfigError(f"{where}.headers.{header}: {problem}")
         key_env = getattr(item.get("api_key"), "variables", ())
         out[str(name)] = ProviderConfig(**{**config.__dict__, "options": options,
                                            "api_key_env": key_env[0] if key_env else None})

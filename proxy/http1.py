@@ -1,6 +1,6 @@
 """The upstream HTTP/1.1 client's wire side: one keep-alive connection on
-``asyncio.Protocol``, the request's bytes and the answer's framing. The pool
-of these connections is ``pool.py``.
+``asyncio.Protocol``, the request's bytes, and the answer read through llhttp
+(``httptools``). The pool of these connections is ``pool.py``.
 
 Why not aiohttp's client (the gateway used it until the benchmark showed
 the cost): a POST and its answer cost about 60 µs of CPU through aiohttp's
@@ -24,16 +24,37 @@ arrives. So this client (this module and ``pool.py``) does:
 It does not do redirects, proxies, cookies, streamed request bodies or
 pipelining: no provider API needs them.
 
-Response headers are parsed only when asked for (``parse_headers``):
-the hot path reads the status and the body, never the headers of a 200.
+Framing is llhttp's, in its strict mode (no leniency flags), so an answer
+whose length two readers could disagree on is refused, not guessed:
+two Content-Length headers (equal or not), Content-Length together with
+Transfer-Encoding, a bare LF where CRLF belongs (status line, headers, chunk
+sizes and extensions), a NUL or a bare CR in a header, a malformed chunk size.
+This module adds what llhttp leaves to its caller: a Transfer-Encoding other
+than exactly ``chunked`` (llhttp would read ``xchunked`` or ``gzip`` until the
+close), a chunked HTTP/1.0 answer, a status outside 100-599, a version other
+than 1.0 and 1.1, a head larger than ``MAX_HEAD``, and a 101 are refused too.
+A refused answer raises ``BadResponse`` (the gateway answers 502) and its
+connection is closed, never reused. Bytes after the end of an answer (a
+second answer nobody asked for) mark the connection not reusable.
+
+Outgoing headers are checked the same way (``header_problem``): a name must
+be an HTTP token, a value holds no CR, LF or NUL, and the headers that frame
+the request (``FRAMING_HEADERS``) are this module's to write, nobody else's.
+
+Response headers are collected as raw ``(name, value)`` pairs and made into
+a case-insensitive mapping only when asked for (``parse_headers``): the hot
+path reads the status and the body, never the headers of a 200.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 if TYPE_CHECKING:
@@ -42,15 +63,24 @@ if TYPE_CHECKING:
 HIGH_WATER = 256 * 1024
 MAX_HEAD = 64 * 1024  # a response head larger than this is refused
 USER_AGENT = "tollway"
+#: Headers that say where a request ends or what the connection does: written
+#: by ``encode_request`` alone (Host, Content-Length) or never (the rest).
+FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive",
+                             "proxy-connection", "upgrade", "te", "trailer", "expect"})
 
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
-_HEX = b"0123456789abcdefABCDEF"
+_HEAD, _BODY, _DONE = range(3)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_KEEPALIVE_TIMEOUT = re.compile(rb"(?i)\btimeout\s*=\s*(\d{1,6})")
 
 Origin = tuple[str, str, int]  # (scheme, host, port)
 
 
 class UpstreamClosed(ConnectionError):
     """The upstream closed the connection before its answer ended."""
+
+
+class NotSent(UpstreamClosed):
+    """The connection was closed before any byte of the request was written."""
 
 
 class BadResponse(Exception):
@@ -81,16 +111,36 @@ def split_url(url: str) -> tuple[Origin, str, str]:
     return (scheme, host, port), host_header, target
 
 
-def encode_request(method: str, host: str, target: str, headers: dict[str, str], body: bytes) -> bytes:
-    """The request's bytes: head and body, ready for one write.
+def header_problem(name: str, value: str) -> str | None:
+    """What is wrong with sending header ``name: value`` upstream, or None."""
+    if not _TOKEN.fullmatch(name):
+        return f"header name {name!r} is not a valid HTTP token"
+    if name.lower() in FRAMING_HEADERS:
+        return f"header {name!r} frames the request and is set by the gateway only"
+    if "\r" in value or "\n" in value or "\0" in value:
+        return f"header {name!r} has a CR, LF or NUL in its value"
+    return None
 
-    Raises ValueError for a header name or value with a line break (it would
-    let a value inject headers of its own)."""
-    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"]
+
+def encode_request(method: str, host: str, target: str, headers: dict[str, str], body: bytes) -> bytes:
+    """The request's bytes: head and body, ready for one write. A ``User-Agent``
+    in ``headers`` replaces the gateway's.
+
+    Raises ValueError for a header ``header_problem`` refuses (a line break
+    would let a value inject headers of its own; a framing header would let
+    the upstream read a different request than the one sent)."""
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+    agent = True
     for name, value in headers.items():
-        if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
-            raise ValueError(f"header {name!r} has a line break or a colon in it")
+        lowered = name.lower()
+        if lowered in FRAMING_HEADERS or "\r" in value or "\n" in value or "\0" in value \
+                or not _TOKEN.fullmatch(name):
+            raise ValueError(header_problem(name, value))
+        if lowered == "user-agent":
+            agent = False
         lines.append(f"{name}: {value}\r\n")
+    if agent:
+        lines.insert(1, f"User-Agent: {USER_AGENT}\r\n")
     if body or method != "GET":
         lines.append(f"Content-Length: {len(body)}\r\n")
     lines.append("\r\n")
@@ -102,6 +152,8 @@ class Connection(asyncio.Protocol):
 
     The owner calls ``send`` then ``read_head``, then ``read_nowait``/``wait``
     until ``at_eof``, then gives the connection back with ``Pool.release``.
+    The bytes are framed by llhttp (``httptools``); this class adds what llhttp
+    leaves to its caller (see the module docstring) and hands the body over.
     """
 
     def __init__(self, pool: Pool, origin: Origin) -> None:
@@ -112,13 +164,17 @@ class Connection(asyncio.Protocol):
         self.idle = False  # waiting in the pool's idle list
         self.counted = True  # still counted in the pool's open connections
         self.idle_since = 0.0
+        self.keepalive = math.inf  # seconds it may stay idle, from the upstream's `Keep-Alive: timeout=N`
         self.received = False  # any byte of the current answer arrived
         self.status = 0
-        self.raw_head = b""
+        self.raw_headers: list[tuple[bytes, bytes]] = []  # the answer's headers, as received
+        self._parser = httptools.HttpResponseParser(self)
         self._keep_alive = True
         self._state = _DONE
-        self._remaining = 0
-        self._buf = bytearray()  # received bytes not parsed yet (head, chunk framing)
+        self._head_bytes = 0  # bytes received while the head was incomplete
+        self._until_close = False  # the body has no length: it ends when the connection closes
+        self._length = False  # a Content-Length header was seen
+        self._chunked = False  # a `Transfer-Encoding: chunked` header was seen
         self._body: list[bytes] = []  # body bytes the reader has not taken
         self._buffered = 0
         self._paused = False
@@ -131,7 +187,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._state == _UNTIL_CLOSE:
+        if self._state == _BODY and self._until_close:
             self._state = _DONE  # the close is the end of this body
         elif self._state != _DONE and self._error is None:
             self._error = UpstreamClosed("the upstream closed the connection before its answer ended")
@@ -141,147 +197,97 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received = True
         state = self._state
-        if state == _LENGTH and not self._buf:  # the common case: body bytes, nothing to parse
-            n = len(data)
-            if n < self._remaining:
-                self._remaining -= n
-                self._push(data)
-                return
-            if n == self._remaining:
-                self._remaining = 0
-                self._push(data)
-                self._finish()
-                return
-        elif state == _UNTIL_CLOSE:
-            self._push(data)
-            return
-        elif state == _DONE:
+        if state == _DONE:
             self._unsolicited()
             return
-        self._buf += data
+        if state == _HEAD and self._head_bytes < 5:  # llhttp also takes RTSP/ and ICE/ status lines
+            start = b"HTTP/"[self._head_bytes:]
+            if data[:len(start)] != start[:len(data)]:
+                self._fail(BadResponse(f"bad status line {data[:40]!r}"))
+                return
         try:
-            self._parse()
-        except BadResponse as exc:
-            self._fail(exc)
-
-    # -- parsing ------------------------------------------------------------------------
-    def _parse(self) -> None:
-        buf = self._buf
-        while buf:
-            state = self._state
-            if state == _HEAD:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buf) > MAX_HEAD:
-                        raise BadResponse(f"response head larger than {MAX_HEAD} bytes")
-                    return
-                head = bytes(buf[:end])
-                del buf[:end + 4]
-                self._read_head(head)
-            elif state in (_LENGTH, _CHUNK_DATA):
-                take = min(len(buf), self._remaining)
-                self._push(bytes(buf[:take]))
-                del buf[:take]
-                self._remaining -= take
-                if self._remaining == 0:
-                    if state == _LENGTH:
-                        self._finish()
-                    else:
-                        self._state = _CHUNK_END
-            elif state == _CHUNK_SIZE:
-                eol = buf.find(b"\r\n")
-                if eol < 0:
-                    if len(buf) > 1024:
-                        raise BadResponse("chunk size line too long")
-                    return
-                size = bytes(buf[:eol]).split(b";", 1)[0].strip()
-                del buf[:eol + 2]
-                if not size or size.strip(_HEX):
-                    raise BadResponse(f"bad chunk size {size[:20]!r}")
-                self._remaining = int(size, 16)
-                self._state = _CHUNK_DATA if self._remaining else _TRAILERS
-            elif state == _CHUNK_END:
-                if len(buf) < 2:
-                    return
-                if buf[:2] != b"\r\n":
-                    raise BadResponse("chunk not followed by CRLF")
-                del buf[:2]
-                self._state = _CHUNK_SIZE
-            elif state == _TRAILERS:
-                eol = buf.find(b"\r\n")
-                if eol < 0:
-                    if len(buf) > MAX_HEAD:
-                        raise BadResponse("trailers too long")
-                    return
-                del buf[:eol + 2]
-                if eol == 0:
-                    self._finish()
-            elif state == _UNTIL_CLOSE:
-                self._push(bytes(buf))
-                buf.clear()
-            else:  # _DONE with bytes left over: nothing asked for them
-                buf.clear()
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(BadResponse("the upstream switched protocols"))
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, BadResponse):
+                self._fail(cause)
+            elif self._state == _DONE:  # a second answer began after this one ended
                 self._unsolicited()
+            else:
+                raise
+            return
+        except httptools.HttpParserError as exc:
+            if self._state == _DONE:  # bytes after the end that are no answer at all
+                self._unsolicited()
+            elif isinstance(exc, httptools.HttpParserInvalidStatusError):
+                self._fail(BadResponse(f"bad status line ({exc})"))
+            else:
+                self._fail(BadResponse(f"malformed answer ({exc})"))
+            return
+        if self._state == _HEAD:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                self._fail(BadResponse(f"response head larger than {MAX_HEAD} bytes"))
 
-    def _read_head(self, head: bytes) -> None:
-        line_end = head.find(b"\r\n")
-        status_line = head if line_end < 0 else head[:line_end]
-        version, _, rest = status_line.partition(b" ")
-        code = rest[:3]
-        if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
-            raise BadResponse(f"bad status line {status_line[:40]!r}")
-        status = int(code)
-        if 100 <= status < 200:
+    # -- llhttp's callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._state == _DONE:
+            raise _Unsolicited  # stop llhttp: this answer ended, nothing asked for another
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._state != _HEAD:
+            return  # trailers of a chunked body: read, not kept
+        self.raw_headers.append((name, value))
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            # llhttp frames a response by the last coding; anything but a plain
+            # `chunked` is a body this client cannot frame or would pass on encoded.
+            if self._chunked or value.strip().lower() != b"chunked":
+                raise BadResponse(f"unsupported Transfer-Encoding {value[:40]!r}")
+            self._chunked = True
+        elif len(name) == 14 and name.lower() == b"content-length":
+            self._length = True  # llhttp refuses a second one, and one with Transfer-Encoding
+        elif len(name) == 10 and name.lower() == b"keep-alive":
+            found = _KEEPALIVE_TIMEOUT.search(value)
+            if found:  # reuse it a second short of the upstream's limit: a request in flight as it closes is lost
+                self.keepalive = max(0.0, int(found.group(1)) - 1.0)
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if not 100 <= status <= 599:
+            raise BadResponse(f"bad status {status}")
+        version = parser.get_http_version()
+        if version != "1.1" and (version != "1.0" or self._chunked):  # RFC 9112 6.1: no chunks in 1.0
+            raise BadResponse(f"unsupported version HTTP/{version}" + (" with chunks" if self._chunked else ""))
+        if status < 200:
             if status == 101:
                 raise BadResponse("the upstream switched protocols")
             return  # an interim answer (103 Early Hints...): the real one follows
         self.status = status
-        self.raw_head = head
-        lowered = head.lower()
-        if version == b"HTTP/1.0":
-            self._keep_alive = b"\r\nconnection: keep-alive" in lowered
-        elif b"\r\nconnection:" in lowered:
-            self._keep_alive = b"close" not in _header(lowered, b"\r\nconnection:")
-        if status in (204, 304):
-            self._finish()
-            return
-        encoding = _header(lowered, b"\r\ntransfer-encoding:")
-        if encoding is not None:
-            if not encoding.rstrip().endswith(b"chunked"):
-                self._keep_alive = False
-                self._state = _UNTIL_CLOSE
-                return
-            self._state = _CHUNK_SIZE
-            return
-        length = _header(lowered, b"\r\ncontent-length:")
-        if length is None:
-            self._keep_alive = False
-            self._state = _UNTIL_CLOSE
-            return
-        length = length.strip()
-        if not length.isdigit():
-            raise BadResponse(f"bad Content-Length {length[:20]!r}")
-        self._remaining = int(length)
-        if self._remaining == 0:
-            self._finish()
-        else:
-            self._state = _LENGTH
+        self._keep_alive = parser.should_keep_alive()
+        self._state = _BODY
+        self._until_close = not (self._length or self._chunked) and status not in (204, 304)
 
-    # -- the body, handed to the reader -------------------------------------------------
-    def _push(self, data: bytes) -> None:
-        if not data:
-            return
-        self._body.append(data)
-        self._buffered += len(data)
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+        self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._paused:
             self._paused = True
             self.transport.pause_reading()
         self.wake()
 
-    def _finish(self) -> None:
+    def on_message_complete(self) -> None:
+        if self._state == _HEAD:  # the end of an interim answer
+            self.raw_headers = []
+            self._length = self._chunked = False
+            return
         self._state = _DONE
         self.wake()
 
+    # -- inside -------------------------------------------------------------------------
     def _fail(self, exc: Exception) -> None:
         self._error = exc
         self._keep_alive = False
@@ -307,7 +313,9 @@ class Connection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         """Start a request: reset the answer's state and write ``data``."""
         self._state = _HEAD
-        self._buf.clear()
+        self._head_bytes = 0
+        self._length = self._chunked = self._until_close = False
+        self.raw_headers = []
         self._body.clear()
         self._buffered = 0
         self._error = None
@@ -318,7 +326,7 @@ class Connection(asyncio.Protocol):
             self.transport.write(data)
         except (RuntimeError, OSError) as exc:  # closed under us since it was picked from the pool
             self.closed = True
-            raise UpstreamClosed(f"the connection closed before the request went out: {exc}") from None
+            raise NotSent(f"the connection closed before the request went out: {exc}") from None
 
     async def read_head(self) -> None:
         """Wait for the answer's status line and headers."""
@@ -367,21 +375,13 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-def parse_headers(raw_head: bytes) -> CIMultiDictProxy[str]:
-    """The headers of a response head (status line first), case-insensitive."""
+class _Unsolicited(Exception):
+    """Raised inside llhttp's callback to stop it at a second answer."""
+
+
+def parse_headers(raw_headers: list[tuple[bytes, bytes]]) -> CIMultiDictProxy[str]:
+    """The headers of an answer (``Connection.raw_headers``), case-insensitive."""
     parsed: CIMultiDict[str] = CIMultiDict()
-    for line in raw_head.split(b"\r\n")[1:]:
-        name, sep, value = line.partition(b":")
-        if sep:
-            parsed.add(name.strip().decode("latin-1"), value.strip().decode("latin-1"))
+    for name, value in raw_headers:
+        parsed.add(name.decode("latin-1"), value.strip().decode("latin-1"))
     return CIMultiDictProxy(parsed)
-
-
-def _header(lowered_head: bytes, name: bytes) -> bytes | None:
-    """The value of header ``name`` (``b"\\r\\nname:"``) in a lowercased head; None if absent."""
-    i = lowered_head.find(name)
-    if i < 0:
-        return None
-    start = i + len(name)
-    end = lowered_head.find(b"\r\n", start)
-    return lowered_head[start:end if end >= 0 else None]

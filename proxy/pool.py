@@ -1,7 +1,26 @@
 """The upstream connection pool: keep-alive ``http1.Connection``s to any number
 of origins, at most ``limit`` open at once, idle ones closed after ``keepalive``
-seconds. ``Pool.request`` is what ``upstream.py`` calls: send, and return once
-the answer's head is in."""
+seconds (or sooner, when the upstream said so in ``Keep-Alive: timeout=N``).
+``Pool.request`` is what ``upstream.py`` calls: send, and return once the
+answer's head is in.
+
+When a request is sent again (at most once, on a new connection):
+
+- never after any byte of an answer arrived (a partial head, an interim 1xx,
+  a malformed answer), never after a timeout: the upstream saw the request;
+- always when no byte of it was written (the connection was found closed as
+  the request went out): the upstream cannot have seen it;
+- when it was written on a reused connection that then closed without a
+  byte of answer (the keep-alive race: the upstream closed the idle
+  connection as the request went out), only if the request is replayable:
+  a GET, HEAD or OPTIONS, or one that carries an ``Idempotency-Key``. From
+  the client's side that race cannot be told apart from an upstream that
+  read the request, began the work (and the bill) and then died, so a POST
+  to a model is not sent twice by the gateway: it is answered 502
+  ``upstream_disconnected``, and the client (whose SDK retries 5xx) or a
+  configured fallback decides. Honouring the upstream's ``Keep-Alive:
+  timeout`` makes that race rare.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +29,7 @@ import ssl
 from collections import deque
 
 from .deadline import Deadline
-from .http1 import CannotConnect, Connection, ConnectTimeout, Origin, UpstreamClosed
+from .http1 import CannotConnect, Connection, ConnectTimeout, NotSent, Origin, UpstreamClosed
 
 
 class Pool:
@@ -30,20 +49,24 @@ class Pool:
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
 
-    async def request(self, origin: Origin, payload: bytes) -> Connection:
+    async def request(self, origin: Origin, payload: bytes, replayable: bool = False) -> Connection:
         """Send ``payload`` on a pooled connection; return it once the answer's
-        head has arrived. A reused connection the upstream closed before
-        answering a byte (it closed it while idle: the keep-alive race) is
-        replaced by a new one, once."""
+        head has arrived. Sent again at most once, by the rule in the module
+        docstring (``replayable``: the request may be processed twice)."""
         for attempt in (1, 2):
             conn, reused = await self.acquire(origin)
             try:
                 conn.send(payload)
                 await conn.read_head()
                 return conn
+            except NotSent:
+                self.release(conn)
+                if attempt == 1:
+                    continue
+                raise
             except UpstreamClosed:
                 self.release(conn)
-                if attempt == 1 and reused and not conn.received:
+                if attempt == 1 and reused and replayable and not conn.received:
                     continue
                 raise
             except BaseException:
@@ -137,11 +160,12 @@ class Pool:
         idle = self._idle.get(origin)
         if not idle:
             return None
-        oldest_allowed = self.loop.time() - self.keepalive
+        now = self.loop.time()
         while idle:
             conn = idle.pop()  # the newest: the least likely to have been closed by the upstream
             conn.idle = False
-            if not conn.closed and conn.idle_since >= oldest_allowed and not conn.transport.is_closing():
+            if not conn.closed and now - conn.idle_since <= min(self.keepalive, conn.keepalive) \
+                    and not conn.transport.is_closing():
                 return conn
             conn.abort()
             self._forget(conn)

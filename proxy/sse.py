@@ -5,42 +5,76 @@ Upstream bytes arrive in TCP reads that can cut an event anywhere: inside a
 ``EventSplitter`` holds the unfinished tail and hands out complete events only.
 Event blocks are kept as the exact bytes received, so a passthrough can forward
 them unchanged.
+
+An event that does not end is bounded: past ``MAX_EVENT_BYTES`` of one
+unfinished event the stream fails with ``upstream_event_too_large`` (an
+in-band error once the answer has begun). Each read is searched for the end
+once, so an event cut into many reads costs linear time, not quadratic.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["DONE", "DONE_EVENT", "EventReader", "EventSplitter", "data_event", "last_boundary", "named_event",
-           "parse_event", "split_events"]
+from .errors import ProxyError
+
+__all__ = ["DONE", "DONE_EVENT", "MAX_EVENT_BYTES", "EventReader", "EventSplitter", "data_event", "last_boundary",
+           "named_event", "parse_event", "split_events"]
 
 # An event ends at a blank line. Servers use \n or \r\n line endings.
 _BOUNDARY = re.compile(rb"\r?\n\r?\n")
 
 DONE = b"[DONE]"
+#: The longest unfinished event held (an image sent as base64 in one event fits).
+MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
 class EventSplitter:
     """Cuts a byte stream into complete SSE event blocks."""
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_parts", "_size")
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._parts: list[bytes] = []  # the unfinished event, as received
+        self._size = 0
 
     def feed(self, data: bytes) -> bytes:
         """Add bytes; return every complete event received so far as one slice
         (possibly empty). The incomplete tail is kept for the next call."""
-        if self._pending:
-            data = self._pending + data
-        end = last_boundary(data)
-        self._pending = data[end:]
-        return data[:end]
+        parts = self._parts
+        if not parts:  # the usual case: nothing held over
+            end = last_boundary(data)
+            if end == len(data):
+                return data
+            self._hold(data[end:])
+            return data[:end]
+        # The end of an event may straddle the reads: look at the held tail's last bytes too.
+        carry = parts[-1][-3:] if len(parts[-1]) >= 3 else b"".join(parts[-3:])[-3:]
+        end = last_boundary(carry + data) - len(carry)
+        if end <= 0:
+            self._hold(data)
+            return b""
+        parts.append(data[:end])
+        complete = b"".join(parts)
+        self._parts = []
+        self._size = 0
+        if end < len(data):
+            self._hold(data[end:])
+        return complete
+
+    def _hold(self, data: bytes) -> None:
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size > MAX_EVENT_BYTES:
+            self._parts = []
+            self._size = 0
+            raise ProxyError(502, f"upstream sent a stream event longer than {MAX_EVENT_BYTES} bytes "
+                             "without its end", code="upstream_event_too_large")
 
     @property
     def pending(self) -> bytes:
         """Bytes of an event that has not been terminated yet."""
-        return self._pending
+        return b"".join(self._parts)
 
 
 def last_boundary(data: bytes) -> int:

@@ -34,6 +34,9 @@ log = logging.getLogger("tollway.upstream")
 # broken upstream cannot exhaust memory.
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
 KEEPALIVE_S = 30.0  # an idle upstream connection older than this is closed, not reused
+# Requests the pool may send a second time after the keep-alive race (pool.py's docstring).
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_IDEMPOTENCY_HEADERS = frozenset({"idempotency-key", "x-idempotency-key"})
 
 
 @dataclass(slots=True)
@@ -62,7 +65,7 @@ class UpstreamResponse:
 
     def __init__(self, conn: http1.Connection, pool: UpstreamPool, deadline: float) -> None:
         self.status = conn.status
-        self._head = conn.raw_head
+        self._head = conn.raw_headers
         self._headers: Mapping[str, str] | None = None
         self._conn: http1.Connection | None = conn
         self._pool = pool
@@ -186,9 +189,11 @@ class UpstreamPool:
         now = loop.time()
         deadline = now + self.timeouts.total
         first_byte = min(now + self.timeouts.first_byte, deadline)
+        replayable = request.method in _SAFE_METHODS or any(
+            name.lower() in _IDEMPOTENCY_HEADERS for name in request.headers)
         try:
             with Deadline(loop, first_byte):
-                conn = await self.client.request(origin, payload)
+                conn = await self.client.request(origin, payload, replayable)
         except http1.ConnectTimeout:
             raise self.timeout_error("connect") from None
         except TimeoutError:
@@ -207,6 +212,11 @@ class UpstreamPool:
                           code=f"upstream_timeout_{which}")
 
     def broken_error(self, exc: BaseException) -> ProxyError:
+        if isinstance(exc, http1.BadResponse):
+            throttled(log, logging.WARNING, f"bad-response:{self.name}", "upstream %s: refused its answer: %s",
+                      self.name, exc)
+            return ProxyError(502, f"upstream '{self.name}' sent an answer that is not valid HTTP/1.1: {exc}",
+                              code="upstream_bad_response")
         throttled(log, logging.WARNING, f"broken:{self.name}", "upstream %s: connection failed: %r", self.name, exc)
         return ProxyError(502, f"upstream '{self.name}' closed the connection unexpectedly",
                           code="upstream_disconnected")

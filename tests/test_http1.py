@@ -83,7 +83,7 @@ async def test_every_cut_of_the_bytes_gives_the_same_body(raw, body):
 async def test_headers_are_parsed_on_demand_and_case_insensitive():
     conn, _ = await fed([b"HTTP/1.1 429 Too Many\r\nretry-after: 7\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 0\r\n\r\n"])
     await conn.read_head()
-    headers = http1.parse_headers(conn.raw_head)
+    headers = http1.parse_headers(conn.raw_headers)
     assert conn.status == 429 and headers["Retry-After"] == "7" and headers.getall("X-A") == ["1", "2"]
 
 
@@ -119,9 +119,9 @@ async def test_keep_alive_follows_the_answer(head, reusable):
 @pytest.mark.parametrize("raw, message", [
     (b"SPDY/3 200 OK\r\n\r\n", "bad status line"),
     (b"HTTP/1.1 2x0 OK\r\n\r\n", "bad status line"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", "bad Content-Length"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhiXX", "chunk not followed by CRLF"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", "character in Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "character in chunk size"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhiXX", "LF after chunk data"),
     (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "switched protocols"),
     (b"HTTP/1.1 200 OK\r\nX: " + b"a" * (http1.MAX_HEAD + 10), "larger than"),
 ])
@@ -151,9 +151,16 @@ def test_request_bytes_and_header_injection():
     raw = http1.encode_request("POST", "h:81", "/v1/x", {"Authorization": "Bearer k"}, b"{}")
     assert raw == (b"POST /v1/x HTTP/1.1\r\nHost: h:81\r\nUser-Agent: tollway\r\nAuthorization: Bearer k\r\n"
                    b"Content-Length: 2\r\n\r\n{}")
-    for bad in ({"X": "a\r\nEvil: 1"}, {"X\nY": "a"}, {"X: Y": "a"}):
-        with pytest.raises(ValueError, match="line break or a colon"):
+    for bad, why in [({"X": "a\r\nEvil: 1"}, "CR, LF or NUL"), ({"X": "a\0b"}, "CR, LF or NUL"),
+                     ({"X\nY": "a"}, "not a valid HTTP token"), ({"X: Y": "a"}, "not a valid HTTP token"),
+                     ({"": "a"}, "not a valid HTTP token"), ({"content-LENGTH": "0"}, "frames the request"),
+                     ({"Transfer-Encoding": "chunked"}, "frames the request"), ({"Host": "evil"}, "frames the"),
+                     ({"Connection": "close"}, "frames the request")]:
+        with pytest.raises(ValueError, match=why):
             http1.encode_request("POST", "h", "/", bad, b"")
+    # An operator's User-Agent replaces the gateway's (one header, not two).
+    raw = http1.encode_request("POST", "h", "/", {"user-agent": "mine/1"}, b"")
+    assert raw.lower().count(b"user-agent") == 1 and b"user-agent: mine/1\r\n" in raw
     with pytest.raises(ValueError, match="not an http"):
         http1.split_url("ftp://example.com/")
 
@@ -185,9 +192,9 @@ class Counting:
         return app
 
 
-async def call(pool: Pool, url: str, body: bytes = b"ping") -> bytes:
+async def call(pool: Pool, url: str, body: bytes = b"ping", replayable: bool = False) -> bytes:
     origin, host, target = http1.split_url(url)
-    conn = await pool.request(origin, http1.encode_request("POST", host, target, {}, body))
+    conn = await pool.request(origin, http1.encode_request("POST", host, target, {}, body), replayable)
     try:
         data = b""
         while not conn.at_eof():
@@ -228,25 +235,112 @@ async def test_idle_connections_expire(aiohttp_server):
         await pool.close()
 
 
-async def test_a_reused_connection_closed_before_answering_is_replaced_once():
-    """The keep-alive race: the upstream closes an idle connection as the request goes out."""
-    served = []
+async def serve_then(after_first):
+    """A server whose connections answer one request ("ok"), then read the
+    next request and do ``after_first(writer)`` with it; returns (server, url, requests seen)."""
+    seen = []
 
-    async def one_answer_then_close_on_the_next(reader, writer):
+    async def handle(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
         await reader.readexactly(4)
-        served.append(1)
+        seen.append(1)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await reader.readuntil(b"\r\n\r\n")  # the next request on this connection: dropped unanswered
+        await reader.readuntil(b"\r\n\r\n")  # the next request on this connection
+        await reader.readexactly(4)
+        seen.append(2)
+        await after_first(writer)
         writer.close()
 
-    server = await asyncio.start_server(one_answer_then_close_on_the_next, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/", seen
+
+
+async def dropped(writer) -> None:
+    pass  # read, then closed unanswered
+
+
+async def half_a_head(writer) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-")
+    await writer.drain()
+
+
+@pytest.mark.parametrize("replayable", [True, False])
+async def test_the_keep_alive_race_resends_only_a_replayable_request(replayable):
+    """The upstream closes a reused connection without a byte of answer: it may
+    have closed it while idle (the request never read) or read the request and
+    died. Only a request that may run twice (GET, an Idempotency-Key) goes again."""
+    server, url, seen = await serve_then(dropped)
+    pool = Pool(limit=4, connect_timeout=2)
+    try:
+        assert await call(pool, url) == b"ok"
+        if replayable:
+            assert await call(pool, url, replayable=True) == b"ok"  # again, on a new connection
+            assert seen == [1, 2, 1]
+        else:
+            with pytest.raises(http1.UpstreamClosed):
+                await call(pool, url)
+            assert seen == [1, 2]  # the upstream saw it once, and only once
+        assert pool.open_count == (1 if replayable else 0)
+    finally:
+        await pool.close()
+        server.close()
+
+
+async def test_a_request_that_got_part_of_an_answer_is_never_resent():
+    server, url, seen = await serve_then(half_a_head)
+    pool = Pool(limit=4, connect_timeout=2)
+    try:
+        assert await call(pool, url) == b"ok"
+        with pytest.raises(http1.UpstreamClosed):
+            await call(pool, url, replayable=True)
+        assert seen == [1, 2]
+    finally:
+        await pool.close()
+        server.close()
+
+
+async def test_a_request_never_written_goes_on_a_new_connection(aiohttp_server):
+    """The connection closed under the request before a byte of it was written:
+    sent again, POST or not."""
+    counting = Counting()
+    server = await aiohttp_server(counting.app())
+    url = str(server.make_url("/"))
+    pool = Pool(limit=4, connect_timeout=2)
+    try:
+        assert await call(pool, url) == b"ping"
+        (idle,) = pool._idle[http1.split_url(url)[0]]
+
+        def closed(data: bytes) -> None:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+        idle.transport.write = closed
+        assert await call(pool, url, b"again") == b"again"
+        assert len(counting.peers) == 2
+    finally:
+        await pool.close()
+
+
+async def test_the_upstreams_keep_alive_timeout_is_honoured():
+    async def handle(reader, writer):
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            await reader.readexactly(4)
+            writer.write(b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1, max=100\r\nContent-Length: 2\r\n\r\nok")
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
     pool = Pool(limit=4, connect_timeout=2)
     try:
         assert await call(pool, url) == b"ok"
-        assert await call(pool, url) == b"ok"  # the dropped request went again on a new connection
-        assert len(served) == 2
+        (first,) = pool._idle[http1.split_url(url)[0]]
+        assert first.keepalive == 0.0  # a second short of the upstream's 1 s
+        await asyncio.sleep(0.01)
+        assert await call(pool, url) == b"ok"
+        (second,) = pool._idle[http1.split_url(url)[0]]
+        assert second is not first and first.closed  # idle past the upstream's limit: not reused
     finally:
         await pool.close()
         server.close()

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy import sse
 from proxy.call import Call
 from proxy.errors import ProxyError
-from proxy.sse import EventReader, split_events
+from proxy.sse import EventReader, EventSplitter, split_events
 from proxy.streaming import OpenAIPassthrough, splice_usage_fields
 
 
@@ -96,6 +97,27 @@ def test_event_reader_same_events_whatever_the_cuts(points, crlf):
     pieces = [ev for p in cut(stream, points) for ev in reader.feed(p)]
     assert pieces == whole
     assert len(whole) == 9  # role, 5 contents, finish, usage, [DONE]; the comment is not an event
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_event_splitter_small_reads_give_the_same_events(crlf, size):
+    """Reads shorter than an event's end (\\r\\n\\r\\n is 4 bytes) still find it."""
+    stream, _ = make_stream(3, crlf, "é")
+    splitter = EventSplitter()
+    out = b"".join(splitter.feed(stream[i:i + size]) for i in range(0, len(stream), size))
+    assert out == stream and splitter.pending == b""
+
+
+def test_an_event_without_an_end_is_refused_past_the_bound(monkeypatch):
+    monkeypatch.setattr(sse, "MAX_EVENT_BYTES", 1000)
+    splitter = EventSplitter()
+    assert splitter.feed(b"data: 1\n\n" + b"data: " + b"x" * 994) == b"data: 1\n\n"  # 1000 held: fine
+    assert splitter.feed(b"\n\n") == b"data: " + b"x" * 994 + b"\n\n"
+    with pytest.raises(ProxyError) as caught:
+        for _ in range(200):
+            splitter.feed(b"x" * 10)
+    assert caught.value.status == 502 and caught.value.code == "upstream_event_too_large"
 
 
 @pytest.mark.parametrize("raw", [
