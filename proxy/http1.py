@@ -129,22 +129,33 @@ def encode_request(method: str, host: str, target: str, headers: dict[str, str],
     Raises ValueError for a header ``header_problem`` refuses (a line break
     would let a value inject headers of its own; a framing header would let
     the upstream read a different request than the one sent)."""
-    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+    key = tuple(headers.items())
+    lines = _header_blocks.get(key)
+    if lines is None:
+        lines = _header_lines(headers)
+        if len(_header_blocks) >= 256:  # providers send a handful of header sets; bound the rest
+            _header_blocks.clear()
+        _header_blocks[key] = lines
+    length = f"Content-Length: {len(body)}\r\n" if body or method != "GET" else ""
+    return f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{lines}{length}\r\n".encode() + body
+
+
+_header_blocks: dict[tuple[tuple[str, str], ...], str] = {}  # checked header sets, as head lines
+
+
+def _header_lines(headers: dict[str, str]) -> str:
+    lines = []
     agent = True
     for name, value in headers.items():
-        lowered = name.lower()
-        if lowered in FRAMING_HEADERS or "\r" in value or "\n" in value or "\0" in value \
-                or not _TOKEN.fullmatch(name):
-            raise ValueError(header_problem(name, value))
-        if lowered == "user-agent":
+        problem = header_problem(name, value)
+        if problem:
+            raise ValueError(problem)
+        if name.lower() == "user-agent":
             agent = False
         lines.append(f"{name}: {value}\r\n")
     if agent:
-        lines.insert(1, f"User-Agent: {USER_AGENT}\r\n")
-    if body or method != "GET":
-        lines.append(f"Content-Length: {len(body)}\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("utf-8") + body
+        lines.insert(0, f"User-Agent: {USER_AGENT}\r\n")
+    return "".join(lines)
 
 
 class Connection(asyncio.Protocol):
