@@ -204,7 +204,8 @@ class Call:
         self.body = body
         self.raw_body = raw_body
         self.body_changed = False
-        self.model: str = body.get("model") if isinstance(body.get("model"), str) else ""
+        model = body.get("model")
+        self.model: str = model if isinstance(model, str) else ""
         self.stream = body.get("stream") is True
         opts = body.get("stream_options")
         # Anthropic clients always receive usage (it is part of their protocol).

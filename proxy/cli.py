@@ -11,12 +11,16 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .logs import display_prefix
 from .plugins import BUILTINS, make_plugin_manager
 from .schema import ConfigError
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
 
 # For plugins' commands (tollway_commands): the rest is the command itself.
 __all__ = ["add_config_arg", "gateway_command", "positive_int", "port_number"]
@@ -38,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        return code
     except ConfigError as exc:
         print(f"tollway: {exc.label}: {exc}", file=sys.stderr)
         return 2
@@ -119,7 +124,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def run_async(coro) -> int:
+def run_async(coro: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop when it is installed."""
     try:
         import uvloop
@@ -130,7 +135,8 @@ def run_async(coro) -> int:
         return runner.run(coro)
 
 
-def gateway_command(fn):
+def gateway_command(fn: Callable[[Gateway, argparse.Namespace], Awaitable[int]]
+                    ) -> Callable[[argparse.Namespace], int]:
     """Wrap ``async fn(gateway, args) -> int`` as a CLI command: the config
     (``--config``) is loaded and the gateway's storage and plugins started,
     without serving, for the command's duration."""
@@ -173,7 +179,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.cli import main as bench_main
 
-    return bench_main(args.bench_args)
+    code: int = bench_main(args.bench_args)
+    return code
 
 
 # -- serve ----------------------------------------------------------------------------
@@ -192,7 +199,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_async(serve_one(gw, host, port, reuse_port=args.reuse_port))
 
 
-async def serve_one(gw, host: str, port: int, reuse_port: bool = False) -> int:
+async def serve_one(gw: Gateway, host: str, port: int, reuse_port: bool = False) -> int:
     from aiohttp import web
 
     from .app import make_app
@@ -225,7 +232,7 @@ async def serve_one(gw, host: str, port: int, reuse_port: bool = False) -> int:
     return 0
 
 
-def site_address(site, host: str, port: int) -> tuple[str, int]:
+def site_address(site: object, host: str, port: int) -> tuple[str, int]:
     server = getattr(site, "_server", None)
     if server is not None and server.sockets:
         sockname = server.sockets[0].getsockname()
@@ -233,7 +240,7 @@ def site_address(site, host: str, port: int) -> tuple[str, int]:
     return host, port
 
 
-def print_banner(gw, address: tuple[str, int]) -> None:
+def print_banner(gw: Gateway, address: tuple[str, int]) -> None:
     host, port = address
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     base = f"http://{shown}:{port}"
@@ -264,7 +271,7 @@ def serve_workers(args: argparse.Namespace, host: str, port: int, workers: int) 
            "--port", str(port), "--workers", str(workers), "--reuse-port"] + (["--verbose"] if args.verbose else [])
     children = [subprocess.Popen(cmd) for _ in range(workers)]
 
-    def forward(sig: int, _frame) -> None:
+    def forward(sig: int, _frame: object) -> None:
         for child in children:
             if child.poll() is None:
                 child.send_signal(sig)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
@@ -217,6 +217,7 @@ class GatewayRunner(web.AppRunner):
         # aiohttp builds its Server inside Application._make_handler; the Server's
         # __call__ is the one seam that chooses the connection class.
         server.__class__ = ClientServer
-        server.timeouts = self._timeouts
-        server.head_timeout_answer = _head_timeout_answer(self._timeouts.header_read)
-        return server
+        client_server = cast(ClientServer, server)
+        client_server.timeouts = self._timeouts
+        client_server.head_timeout_answer = _head_timeout_answer(self._timeouts.header_read)
+        return client_server

@@ -12,13 +12,19 @@ class Deadline:
 
     __slots__ = ("_when", "_loop", "_task", "_handle", "fired")
 
+    _task: asyncio.Task
+    _handle: asyncio.TimerHandle
+
     def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         self._loop = loop
         self._when = when
         self.fired = False  # this deadline passed (not an outer one)
 
     def __enter__(self) -> Deadline:
-        self._task = asyncio.current_task(self._loop)
+        task = asyncio.current_task(self._loop)
+        if task is None:
+            raise RuntimeError("Deadline is for code running in a task")
+        self._task = task
         self._handle = self._loop.call_at(self._when, self._fire)
         return self
 
@@ -26,9 +32,8 @@ class Deadline:
         self.fired = True
         self._task.cancel()
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self._handle.cancel()
         if self.fired and exc_type is asyncio.CancelledError:
             self._task.uncancel()
             raise TimeoutError
-        return False

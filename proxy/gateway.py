@@ -101,7 +101,9 @@ def load_gateway(path: str | Path, extra_plugins: Iterable[Any] = (),
     """
     raw, unset = read_yaml(path)
     if server_overrides:
-        server = raw.get("server") if isinstance(raw.get("server"), dict) else {}
+        server = raw.get("server")
+        if not isinstance(server, dict):
+            server = {}
         raw["server"] = {**server, **{k: v for k, v in server_overrides.items() if v is not None}}
     return build_gateway(raw, Path(path).resolve(), extra_plugins, unset)
 

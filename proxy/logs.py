@@ -59,7 +59,7 @@ class LogThrottle:
             return False
         self._last[key] = now
         skipped = self._skipped.pop(key, 0)
-        if skipped:
+        if skipped and last is not None:
             msg += f" ({skipped} more like this in the last {now - last:.0f}s not shown)"
         logger.log(level, msg, *args, exc_info=exc_info)
         return True

@@ -23,7 +23,7 @@ from .streaming import TranslatingCodec, completion_to_chunks, pump, replay, spl
 
 if TYPE_CHECKING:
     from .gateway import Gateway
-    from .upstream import UpstreamResponse
+    from .upstream import UpstreamRequest, UpstreamResponse
 
 log = logging.getLogger("tollway")
 
@@ -161,6 +161,8 @@ async def _send(request: web.Request, resp: web.Response) -> None:
 async def forward(gw: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
     """Try the route, then its fallbacks, until one answers."""
     route = call.route
+    if route is None:
+        raise AssertionError("tollway_resolve set call.route; a later hook cleared it")
     if not route.fallbacks:  # the usual case: one attempt, nothing to catch
         call.upstream_attempts = 1
         if call.endpoint == "embeddings":
@@ -183,7 +185,7 @@ async def forward(gw: Gateway, request: web.Request, call: Call) -> web.StreamRe
     raise AssertionError("unreachable")
 
 
-async def open_upstream(call: Call, route: Route, request) -> UpstreamResponse:
+async def open_upstream(call: Call, route: Route, request: UpstreamRequest) -> UpstreamResponse:
     provider = route.provider
     up = await provider.send(call, request)
     if up.status >= 400:
@@ -232,23 +234,25 @@ async def forward_chat(gw: Gateway, request: web.Request, call: Call, route: Rou
     finally:
         up.release()
     call.timing.first_byte_at = time.perf_counter()
+    out: bytes | None  # the upstream's own bytes, when they can go to the client as they are
     if native:
         body = loads_json(raw, provider.name)
         call.billing.usage = dialect.response_usage(body)
         if call.dialect == "openai":
             call.response.completion = body
+        out = raw
     else:
         completion, call.billing.usage = provider.chat_response(call, raw)
         call.response.completion = completion
         body = dialect.render_completion(call, completion)
-        raw = None
+        out = None
     await on_usage(gw, call)
     if call.billing.usage_extra:
         # Add the gateway's fields (cost) to the upstream's bytes; re-serialise only if that cannot be done.
-        raw = splice_usage_fields(raw, call.billing.usage_extra) if raw is not None else None
-        if raw is None:
+        out = splice_usage_fields(out, call.billing.usage_extra) if out is not None else None
+        if out is None:
             dialect.add_usage_fields(body, call.billing.usage_extra)
-    return await _json_response(request, call, raw if raw is not None else orjson.dumps(body))
+    return await _json_response(request, call, out if out is not None else orjson.dumps(body))
 
 
 async def forward_embeddings(gw: Gateway, request: web.Request, call: Call, route: Route) -> web.StreamResponse:

@@ -65,8 +65,8 @@ def make_plugin_manager(enabled: Iterable[str] = (), extra: Iterable[Any] = (),
     """
     pm = pluggy.PluginManager("tollway")
     pm.add_hookspecs(hookspecs)
-    for name, module in ALWAYS_ON.items():
-        _register(pm, importlib.import_module(module), f"builtin:{name}")
+    for name, module_name in ALWAYS_ON.items():
+        _register(pm, importlib.import_module(module_name), f"builtin:{name}")
     for i, name in enumerate(enabled):
         where = f"plugins.enabled[{i}]"
         if not isinstance(name, str) or not name:

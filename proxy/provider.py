@@ -177,8 +177,9 @@ def error_message(body: bytes) -> str | None:
     except orjson.JSONDecodeError:
         return None
     err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict) and isinstance(err.get("message"), str):
-        return err["message"][:1000]
+    message = err.get("message") if isinstance(err, dict) else None
+    if isinstance(message, str):
+        return message[:1000]
     if isinstance(err, str):
         return err[:1000]
     return None

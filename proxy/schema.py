@@ -89,7 +89,7 @@ def build(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a mapping, got {_describe(value)}")
         _, item = typing.get_args(tp) or (str, Any)
         return {str(k): build(item, v, f"{path}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, path)
     return _scalar(tp, value, path)
 

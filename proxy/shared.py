@@ -54,9 +54,9 @@ class State(dict[Any, Any]):
     __slots__ = ()
 
     if TYPE_CHECKING:
-        def __getitem__(self, key: StateKey[T]) -> T: ...  # type: ignore[override]
+        def __getitem__(self, key: StateKey[T]) -> T: ...
 
-        def __setitem__(self, key: StateKey[T], value: T) -> None: ...  # type: ignore[override]
+        def __setitem__(self, key: StateKey[T], value: T) -> None: ...
 
         def get(self, key: StateKey[T], default: None = None) -> T | None: ...  # type: ignore[override]
 
@@ -96,7 +96,7 @@ class Services:
 
     async def open(self, key: ServiceKey[S]) -> S:
         """The service, opened now if no one has asked for it yet."""
-        service = self._open.get(key)
+        service: S | None = self._open.get(key)
         if service is None:
             async with self._lock:
                 service = self._open.get(key)
@@ -106,10 +106,12 @@ class Services:
 
     def get(self, key: ServiceKey[S]) -> S | None:
         """The service when it is open (None before start-up or after shutdown)."""
-        return self._open.get(key)
+        service: S | None = self._open.get(key)
+        return service
 
     def __getitem__(self, key: ServiceKey[S]) -> S:
-        return self._open[key]
+        service: S = self._open[key]
+        return service
 
     def __contains__(self, key: object) -> bool:
         return key in self._open

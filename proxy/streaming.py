@@ -59,8 +59,13 @@ def splice_usage_fields(raw: bytes, extra: dict) -> bytes | None:
 
 
 class StreamCodec(Protocol):
-    usage: Usage | None
-    done: bool
+    @property
+    def usage(self) -> Usage | None:
+        """The usage seen so far (None: none yet)."""
+
+    @property
+    def done(self) -> bool:
+        """The upstream signalled the end of its stream: stop reading."""
 
     def feed(self, data: bytes) -> bytes:
         """Upstream bytes in, client bytes out (possibly empty)."""
@@ -136,6 +141,7 @@ class OpenAIPassthrough:
         spliced = splice_usage_fields(payload, call.billing.usage_extra)
         if spliced is None:
             chunk = self._usage_chunk
+            assert chunk is not None  # held together with the event
             chunk["usage"].update(call.billing.usage_extra)
             spliced = orjson.dumps(chunk)
         return data_event(spliced) + DONE_EVENT
@@ -239,8 +245,11 @@ def completion_to_chunks(completion: dict) -> list[dict]:
 
 
 class DrainLimits(Protocol):
-    seconds: float
-    max_bytes: int
+    @property
+    def seconds(self) -> float: ...
+
+    @property
+    def max_bytes(self) -> int: ...
 
 
 # Output bytes of one stream kept for a token estimate; past it they are only counted.
@@ -295,7 +304,9 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                 if isinstance(exc, asyncio.CancelledError):
                     if call.response.client_gone:
                         raise  # cancelled again while draining: give up
-                    asyncio.current_task().uncancel()
+                    task = asyncio.current_task()
+                    if task is not None:
+                        task.uncancel()
                 call.response.client_gone = True
                 drain_until = time.monotonic() + drain.seconds
         tail = codec.end()

@@ -32,7 +32,7 @@ def to_dollar(sql: str) -> str:
     return _PLACEHOLDER.sub(sub, sql)
 
 
-def _asyncpg():
+def _asyncpg() -> Any:
     try:
         import asyncpg
     except ImportError:
@@ -46,7 +46,7 @@ class PostgresStore(Store):
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._pool = None
+        self._pool: Any = None  # an asyncpg pool once connected (asyncpg ships no types)
         self._guard = TaskGuard()
         self._claims: dict[str, Any] = {}  # claim name -> the connection that holds its advisory lock
 
@@ -119,10 +119,10 @@ class PostgresTransaction(Store):
 
     kind = "postgres"
 
-    def __init__(self, conn) -> None:
-        self.conn = conn
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn  # an asyncpg connection (None once the transaction ended)
 
-    def _live(self):
+    def _live(self) -> Any:
         if self.conn is None:
             raise ended()
         return self.conn
