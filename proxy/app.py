@@ -34,6 +34,11 @@ def make_app(gw: Gateway, *, access_log: bool = True) -> web.Application:
             await gw.access_log.stop()
         await gw.close()
 
+    async def wind_down(app: web.Application) -> None:
+        # After the listener closed: in-flight calls get shutdown_timeout, then are stopped and billed.
+        await gw.inflight.wind_down(server.shutdown_timeout)
+
     app.on_startup.append(start)
+    app.on_shutdown.append(wind_down)
     app.on_cleanup.append(stop)
     return app

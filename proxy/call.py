@@ -179,6 +179,7 @@ class ResponseState:
     error: ProxyError | None = None
     error_code: str | None = None  # also set without an error (e.g. a drain bound hit after the client left)
     client_gone: bool = False
+    shutdown: bool = False  # stopped by the gateway's shutdown_timeout (see proxy/inflight.py)
     cache_status: str | None = None  # e.g. "HIT", "MISS", set by a tollway_lookup plugin
     # The canonical (OpenAI) chat.completion of a non-stream answer, set by
     # the core before tollway_usage (None for streams and errors). Read-only:

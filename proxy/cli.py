@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .inflight import GRACE_S
 from .logs import display_prefix
 from .plugins import BUILTINS, make_plugin_manager
 from .schema import ConfigError
@@ -206,8 +207,10 @@ async def serve_one(gw: Gateway, host: str, port: int, reuse_port: bool = False)
     from .connection import GatewayRunner
 
     app = make_app(gw)
+    # shutdown_timeout is applied by the app's on_shutdown (proxy/inflight.py), which stops and
+    # bills what is still in flight; aiohttp's own wait after it is only a short backstop.
     runner = GatewayRunner(app, timeouts=gw.config.server.timeouts, handle_signals=False, access_log=None,
-                           handler_cancellation=False, shutdown_timeout=gw.config.server.shutdown_timeout)
+                           handler_cancellation=False, shutdown_timeout=GRACE_S)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)

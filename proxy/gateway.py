@@ -18,6 +18,7 @@ import pluggy
 from .accesslog import AccessLog
 from .config import Config, build_config, read_yaml
 from .dialects import Dialect, OpenAIDialect
+from .inflight import InFlight
 from .plugins import Hooks, collect, compile_hooks, make_plugin_manager
 from .provider import Provider
 from .schema import ConfigError
@@ -43,6 +44,7 @@ class Gateway:
         self.started = False
         self.serving = False  # started to answer requests (not for a CLI command)
         self.ready = False
+        self.inflight = InFlight()  # model calls being answered (bounded shutdown)
         self.access_log: AccessLog | None = None  # set by the server when logging is on
         # Objects plugins share (e.g. the accounts book that auth, quotas and the
         # admin API all use), under typed keys; see proxy/shared.py.

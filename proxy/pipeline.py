@@ -7,6 +7,7 @@ runs for every request that reached admit, finish for every request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from .call import CachedResponse, Call, Route
 from .errors import ProxyError, internal_error
+from .inflight import shutdown_error
 from .logs import throttled
 from .provider import loads_json
 from .streaming import TranslatingCodec, completion_to_chunks, pump, replay, splice_usage_fields
@@ -39,6 +41,7 @@ async def run_model_call(gw: Gateway, request: web.Request, call: Call) -> web.S
     hooks = gw.hooks
     admitted = False
     resp: web.StreamResponse | None = None
+    task = gw.inflight.enter(call)
     try:
         try:
             await authenticate(gw, call)
@@ -57,6 +60,11 @@ async def run_model_call(gw: Gateway, request: web.Request, call: Call) -> web.S
                 resp = await forward(gw, request, call)
         except ProxyError as err:
             resp = await send_error(request, call, err)
+        except asyncio.CancelledError:
+            if not call.response.shutdown:
+                raise
+            asyncio.current_task().uncancel()  # stopped at shutdown_timeout: answer it, bill it
+            resp = await send_error(request, call, shutdown_error())
         except Exception:
             throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", request.method, request.path,
                       exc_info=True)
@@ -70,6 +78,7 @@ async def run_model_call(gw: Gateway, request: web.Request, call: Call) -> web.S
                     throttled(log, logging.ERROR, "settle_failed", "tollway_settle failed", exc_info=True)
     finally:
         await finish(gw, call)
+        gw.inflight.leave(task)
     return resp
 
 
