@@ -87,7 +87,7 @@ async def test_kill_9_loses_at_most_the_last_flush_interval_and_never_half(tmp_p
     # The stored balance moved exactly by the ledger: a crash never keeps one without the other.
     assert OPENING - balance == sum(ledger.values()) and balance >= 0
     # Told more than flush_ms before the kill: in the ledger. Missing: told within the last flush_ms.
-    for words, (cost, at) in told.items():
+    for words, (_cost, at) in told.items():
         if at < killed - FLUSH_MS / 1000:
             assert words in ledger, f"told {killed - at:.3f}s before the kill, not in the ledger"
     lost = [killed - at for w, (_, at) in told.items() if w not in ledger]
