@@ -26,6 +26,13 @@ log = logging.getLogger("tollway")
 GRACE_S = 2.0  # after the cancel: for the in-band error to be written and the call billed
 
 
+def uncancel() -> None:
+    """Take back the cancellation the shutdown sent to the current task (it answers instead)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
 def shutdown_error() -> ProxyError:
     return ProxyError(503, "the gateway is shutting down (server.shutdown_timeout passed); retry the request",
                       code="gateway_shutting_down")
@@ -47,7 +54,8 @@ class InFlight:
         return task
 
     def leave(self, task: asyncio.Task | None) -> None:
-        self.calls.pop(task, None)
+        if task is not None:
+            self.calls.pop(task, None)
         if self._idle is not None and not self.calls:
             self._idle.set()
 

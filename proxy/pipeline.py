@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .call import CachedResponse, Call, Route
 from .errors import ProxyError, internal_error
-from .inflight import shutdown_error
+from .inflight import shutdown_error, uncancel
 from .logs import throttled
 from .provider import loads_json
 from .streaming import TranslatingCodec, completion_to_chunks, pump, replay, splice_usage_fields
@@ -63,7 +63,7 @@ async def run_model_call(gw: Gateway, request: web.Request, call: Call) -> web.S
         except asyncio.CancelledError:
             if not call.response.shutdown:
                 raise
-            asyncio.current_task().uncancel()  # stopped at shutdown_timeout: answer it, bill it
+            uncancel()  # stopped at shutdown_timeout: answer it, bill it
             resp = await send_error(request, call, shutdown_error())
         except Exception:
             throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", request.method, request.path,

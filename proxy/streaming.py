@@ -28,6 +28,7 @@ import orjson
 from .call import Usage
 from .errors import ProxyError, internal_error
 from .inflight import shutdown_error
+from .inflight import uncancel as _uncancel
 from .logs import throttled
 from .sse import DONE_EVENT, EventSplitter, data_event, parse_event, split_events
 
@@ -304,7 +305,7 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                 # handlers of lost connections): keep reading, bounded, so usage is known.
                 if isinstance(exc, asyncio.CancelledError):
                     if call.response.shutdown:  # shutdown_timeout passed: end it as a cut, billed
-                        asyncio.current_task().uncancel()
+                        _uncancel()
                         raise shutdown_error() from None
                     if call.response.client_gone:
                         raise  # cancelled again while draining: give up
