@@ -99,3 +99,14 @@ async def test_a_bad_cache_value_is_still_a_400_naming_it(env):
         await client.chat.completions.create(model="anthropic-text", messages=CONVERSATION,
                                              extra_body={"cache": "yes"})
     assert err.value.body["param"] == "cache"
+
+
+async def test_without_the_cache_plugin_an_anthropic_upstream_still_honours_cache_true(aiohttp_server,
+                                                                                         start_gateway):
+    mock = await aiohttp_server(make_fixture_app())
+    running = await start_gateway(config(str(mock.make_url("")).rstrip("/")))  # no plugins at all
+    async with openai.AsyncOpenAI(base_url=running.url, api_key="sk-client", max_retries=0) as client:
+        await client.chat.completions.create(model="anthropic-text", messages=CONVERSATION,
+                                             extra_body={"cache": True})
+    body = sent(mock)
+    assert "cache" not in body and marked_blocks(body) == ["system", "messages[1]"]
