@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
+from aiohttp import web
 
 from .accesslog import AccessLog
 from .config import Config, build_config, read_yaml
@@ -92,6 +93,10 @@ class Gateway:
 
     async def is_ready(self) -> bool:
         return self.ready and await self.store.ping()
+
+
+# The gateway an aiohttp app serves (``make_app`` sets it): how a handler finds it.
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 
 
 def load_gateway(path: str | Path, extra_plugins: Iterable[Any] = (),

@@ -17,7 +17,9 @@ import orjson
 from aiohttp import web
 
 from .call import CachedResponse, Call, Route
+from .clientwrite import CLIENT_WRITE_TIMEOUT, ClientStalled, send_whole
 from .errors import ProxyError, internal_error
+from .gateway import GATEWAY_KEY
 from .inflight import shutdown_error, uncancel
 from .logs import throttled
 from .provider import loads_json
@@ -152,17 +154,20 @@ async def send_error(request: web.Request, call: Call, err: ProxyError) -> web.S
     out.error_code = err.code
     headers = {**out.headers, **err.headers, "Content-Type": JSON}
     resp = web.Response(status=err.status, body=err.render(call.dialect), headers=headers)
-    await _send(request, resp)
+    await _send(request, call, resp)
     return resp
 
 
-async def _send(request: web.Request, resp: web.Response) -> None:
-    """Write a whole response now, so settle runs after the client has it."""
+async def _send(request: web.Request, call: Call, resp: web.Response) -> None:
+    """Write a whole response now, so settle runs after the client has it (or
+    after ``server.timeouts.client_write`` when the client does not take it)."""
     try:
-        await resp.prepare(request)
-        await resp.write_eof()
+        await send_whole(resp, request, request.app[GATEWAY_KEY].config.server.timeouts.client_write)
+    except ClientStalled:
+        call.response.client_gone = True
+        call.response.error_code = CLIENT_WRITE_TIMEOUT
     except (ConnectionError, RuntimeError):
-        pass
+        call.response.client_gone = True
 
 
 # -- upstream -------------------------------------------------------------------------
@@ -234,8 +239,9 @@ async def forward_chat(gw: Gateway, request: web.Request, call: Call, route: Rou
             await resp.prepare(request)
         except (ConnectionError, RuntimeError):
             call.response.client_gone = True
+        server = gw.config.server
         await pump(call, resp, up, codec, lambda c: on_usage(gw, c), tuple(filters),
-                   gw.config.server.disconnect_drain)
+                   server.disconnect_drain, server.timeouts.client_write)
         return resp
 
     try:
@@ -290,7 +296,7 @@ def _stream_response(call: Call) -> web.StreamResponse:
 async def _json_response(request: web.Request, call: Call, body: bytes) -> web.Response:
     call.response.status = 200
     resp = web.Response(status=200, body=body, headers={**call.response.headers, "Content-Type": JSON})
-    await _send(request, resp)
+    await _send(request, call, resp)
     return resp
 
 

@@ -14,6 +14,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from .call import Call
 from .connection import BodyReadTimeout
 from .errors import ProxyError, bad_request, error_response
+from .gateway import GATEWAY_KEY
 from .logs import throttled
 from .pipeline import JSON, answer_here, authenticate, refuse, run_model_call
 from .validate import check_depth, validate_embeddings
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 # error_response: kept here too, where plugins found it before the error middleware.
 __all__ = ["GATEWAY_KEY", "ModelRoutes", "error_response", "fallback", "json_response", "read_json"]
 
-GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 log = logging.getLogger("tollway")
 
 # Paths served here, for a 405 (not 404) when the method is wrong.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ import orjson
 
 from .call import Usage
 from .errors import ProxyError, internal_error
+from .clientwrite import CLIENT_WRITE_TIMEOUT, ClientStalled, ClientWriter
 from .inflight import shutdown_error
 from .inflight import uncancel as _uncancel
 from .logs import throttled
@@ -260,15 +262,19 @@ MAX_KEPT_BYTES = 16 * 1024 * 1024
 
 async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse, codec: StreamCodec,
                on_usage: Callable[[Call], Awaitable[None]], filters: tuple[Callable[[bytes], bytes], ...],
-               drain: DrainLimits) -> None:
+               drain: DrainLimits, client_write: float = math.inf) -> None:
     """Move one stream from upstream to client; always ends the client's stream.
+
+    A client that takes no bytes for ``client_write`` seconds (or until the
+    upstream's total deadline) is treated as gone (see ``clientwrite.py``).
 
     What the codec produced (sent, or drained after the client left) is kept
     by reference in ``call.billing.streamed``: when the stream does not end
     complete, its usage is unknown (``billing.usage`` None, what the upstream
     had said in ``billing.partial_usage``) and the pricing plugin counts that
     output instead, so output that went out is never free."""
-    write = resp.write
+    writer = ClientWriter(resp, call.request, client_write)
+    due = upstream.deadline
     drain_until = 0.0
     drained = 0
     error: ProxyError | None = None
@@ -299,7 +305,7 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                         out = f(out)
                     if call.timing.first_byte_at is None:
                         call.timing.first_byte_at = time.perf_counter()
-                    await write(out)
+                    await writer.write(out, due)
             except (ConnectionError, asyncio.CancelledError) as exc:
                 # The client hung up (a failed write, or a server that cancels the
                 # handlers of lost connections): keep reading, bounded, so usage is known.
@@ -312,6 +318,8 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                     task = asyncio.current_task()
                     if task is not None:
                         task.uncancel()
+                if isinstance(exc, ClientStalled):
+                    call.response.error_code = CLIENT_WRITE_TIMEOUT
                 call.response.client_gone = True
                 drain_until = time.monotonic() + drain.seconds
         tail = codec.end()
@@ -344,9 +352,11 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
     try:
         for f in filters:
             tail = f(tail)
-        await write(tail)
-        await resp.write_eof()
-    except ConnectionError:
+        await writer.write(tail)
+        await writer.write_eof()
+    except ConnectionError as exc:
+        if isinstance(exc, ClientStalled):
+            call.response.error_code = CLIENT_WRITE_TIMEOUT
         call.response.client_gone = True
 
 

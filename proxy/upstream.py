@@ -75,6 +75,11 @@ class UpstreamResponse:
         self._expired: str | None = None  # "idle" or "total" once a wait ran out
 
     @property
+    def deadline(self) -> float:
+        """Loop time at which ``timeouts.total`` ends this answer."""
+        return self._deadline
+
+    @property
     def headers(self) -> Mapping[str, str]:
         """The answer's headers (case-insensitive), parsed on first use."""
         if self._headers is None:

@@ -110,7 +110,9 @@ class MockProvider(OpenAIProvider):
 
 
 class MockResponse:
-    """Looks like an UpstreamResponse: status, headers, read_chunk, read_all, release."""
+    """Looks like an UpstreamResponse: status, headers, deadline, read_chunk, read_all, release."""
+
+    deadline = math.inf  # no timeouts.total: the answer is in memory
 
     def __init__(self, parts: list[bytes], options: MockOptions | None = None) -> None:
         self.status = 200

@@ -1,0 +1,95 @@
+"""Writing to a client that may stop reading: ``server.timeouts.client_write``.
+
+A client that stops taking bytes fills the socket, then the transport's
+buffer; past its high-water mark aiohttp's ``write`` waits for the buffer to
+drain, and without a bound it waits for ever, holding the upstream
+connection and the credit reservation with it. ``ClientWriter`` bounds that
+wait: a write that cannot finish within ``client_write`` seconds (or by the
+upstream's total deadline, whichever is first) aborts the connection and
+raises ``ClientStalled``, a ``ConnectionError``, so callers treat the client
+as gone (a stream then drains its upstream for billing, as for a hang-up).
+
+No timer on the usual path: asyncio and uvloop pause a protocol only when
+the transport's buffer passes its high-water mark, and resume it once the
+buffer is back under the low-water mark, so a write can only wait when bytes
+are already buffered (the client is behind) or when it alone is larger than
+the high-water mark. Only such writes are timed; a client that keeps up
+leaves the buffer empty and costs one size check per write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING
+
+from .deadline import Deadline
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+CLIENT_WRITE_TIMEOUT = "client_write_timeout"  # the error code the ledger records
+
+
+class ClientStalled(ConnectionError):
+    """The client took no bytes for ``server.timeouts.client_write`` seconds."""
+
+
+class ClientWriter:
+    """``write``/``write_eof`` of one response, with the client write timeout."""
+
+    __slots__ = ("_resp", "_transport", "_loop", "_timeout", "_high")
+
+    def __init__(self, resp: web.StreamResponse, request: web.BaseRequest | None, timeout: float) -> None:
+        self._resp = resp
+        self._transport = request.transport if request is not None else None
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._high = self._transport.get_write_buffer_limits()[1] if self._transport is not None else 0
+
+    def _may_wait(self, size: int) -> bool:
+        transport = self._transport
+        return transport is not None and (size > self._high or transport.get_write_buffer_size() > 0)
+
+    async def write(self, data: bytes, due: float = math.inf) -> None:
+        """Write ``data``; ``due`` (loop time) is another deadline to honour while waiting."""
+        if not self._may_wait(len(data)):
+            await self._resp.write(data)
+            return
+        await self._bounded(self._resp.write(data), due)
+
+    async def write_eof(self, due: float = math.inf) -> None:
+        if not self._may_wait(0):
+            await self._resp.write_eof()
+            return
+        await self._bounded(self._resp.write_eof(), due)
+
+    async def _bounded(self, waiting, due: float) -> None:
+        try:
+            with Deadline(self._loop, min(self._loop.time() + self._timeout, due)):
+                await waiting
+        except TimeoutError:
+            if self._transport is not None:
+                self._transport.abort()  # frees the buffered bytes; the client is gone
+            raise ClientStalled(f"the client took no bytes for {self._timeout:g}s") from None
+
+
+async def send_whole(resp: web.Response, request: web.BaseRequest, timeout: float) -> None:
+    """Write a whole (non-stream) response, bounded by the client write timeout
+    when its body is large enough to wait on; ``ClientStalled`` when it was."""
+    transport = request.transport
+    body = resp.body
+    size = len(body) if isinstance(body, bytes | bytearray) else 0
+    if transport is None or (size <= transport.get_write_buffer_limits()[1]
+                             and transport.get_write_buffer_size() == 0):
+        await resp.prepare(request)
+        await resp.write_eof()
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        with Deadline(loop, loop.time() + timeout):
+            await resp.prepare(request)
+            await resp.write_eof()
+    except TimeoutError:
+        transport.abort()
+        raise ClientStalled(f"the client took no bytes for {timeout:g}s") from None
