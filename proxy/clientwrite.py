@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from .deadline import Deadline
@@ -64,7 +65,7 @@ class ClientWriter:
             return
         await self._bounded(self._resp.write_eof(), due)
 
-    async def _bounded(self, waiting, due: float) -> None:
+    async def _bounded(self, waiting: Awaitable[None], due: float) -> None:
         try:
             with Deadline(self._loop, min(self._loop.time() + self._timeout, due)):
                 await waiting

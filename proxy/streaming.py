@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Protocol
 import orjson
 
 from .call import Usage
-from .errors import ProxyError, internal_error
 from .clientwrite import CLIENT_WRITE_TIMEOUT, ClientStalled, ClientWriter
+from .errors import ProxyError, internal_error
 from .inflight import shutdown_error
 from .inflight import uncancel as _uncancel
 from .logs import throttled
