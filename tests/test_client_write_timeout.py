@@ -36,6 +36,16 @@ async def ledger_rows(running) -> list[tuple]:
                                            "from tollway_ledger order by time")
 
 
+async def rows_when(running, ready, seconds: float = 30.0) -> list[tuple]:
+    """The ledger's rows once ``ready(rows)`` (polled: a loaded machine is slow)."""
+    for _ in range(int(seconds * 10)):
+        rows = await ledger_rows(running)
+        if ready(rows):
+            return rows
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the ledger never got there: {rows}")
+
+
 def config_with(upstream: str) -> dict:
     config = biz_config(upstream)
     config["server"]["timeouts"] = {"client_write": 0.5}
@@ -61,7 +71,7 @@ async def test_clients_that_never_read_do_not_starve_the_upstream_pool(start_gat
                               json={"model": "up", "messages": [{"role": "user", "content": "hi"}]},
                               timeout=aiohttp.ClientTimeout(total=15)) as r:
                 assert r.status == 200, await r.text()
-            rows = await ledger_rows(running)
+            rows = await rows_when(running, lambda rows: sum(r[1] == "client_write_timeout" for r in rows) == 2)
             got = await credits(s, running, DEMO)
     finally:
         for w in stalled:
@@ -80,10 +90,7 @@ async def test_a_large_answer_nobody_reads_releases_its_reservation(start_gatewa
     stalled = await stalled_request(running.root, whole)
     try:
         async with aiohttp.ClientSession() as s:
-            for _ in range(100):  # settle runs once the answer is written, or given up on
-                if await ledger_rows(running):
-                    break
-                await asyncio.sleep(0.1)
+            await rows_when(running, bool)  # settle runs once the answer is written, or given up on
             got = await credits(s, running, DEMO)
     finally:
         stalled.close()
