@@ -93,7 +93,7 @@ class Plugin:
         acc = self.accounts.account_of(key)
         prompt, output = prompt_bound(call), output_bound(call, self.default_cap)
         amount = self.prices.of(call.route).cost(prompt, output)
-        if not self.accounts.reserve(acc, amount):
+        if not await self.accounts.hold(acc, amount):
             held = f", ${format_usd(acc.reserved)} of it held by requests in flight" if acc.reserved else ""
             raise ProxyError(
                 402, f"insufficient credits: this request needs up to ${format_usd(amount)} (at most {prompt} "

@@ -18,8 +18,10 @@ left is shown. Over a limit: 429 with ``Retry-After`` (seconds) and a
 message naming the limit. ``concurrency`` caps requests in flight (429,
 ``Retry-After: 1``); the slot is freed in ``tollway_finish``.
 
-State lives in memory; it is saved at shutdown and loaded at start-up (a
-crash forgets it: at worst a key gets one more burst).
+The state lives in the counters service (``accounts/counters.py``): in this
+process with ``storage.counters: memory``, where it is saved at shutdown and
+loaded at start-up (a crash forgets it: at worst a key gets one more burst),
+or in Redis, shared by every instance, with ``storage.counters: redis://``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from proxy import Call, Gateway, ProxyError, StateKey, hookimpl
 
 from .accounts import ACCOUNTS, KeyRecord
 from .accounts.book import check_config
+from .accounts.counters import COUNTERS, Counters, MemoryCounters
 from .accounts.estimate import tokens_estimate
-from .accounts.gcra import EPS, Plan, Rule, put_headers
+from .accounts.gcra import Plan, Rule, put_headers
 
 PERIODS = (("rpm", "requests", "requests per minute", 60.0), ("rpd", "requests", "requests per day", 86400.0),
            ("tpm", "tokens", "tokens per minute", 60.0))
@@ -58,8 +61,7 @@ NO_PLAN = Plan.of([])
 
 class Plugin:
     def __init__(self) -> None:
-        self.tats: dict[tuple, float] = {}
-        self.in_flight: dict[str, int] = {}
+        self.counters: Counters | None = None
         self.store = None
         self._plans: dict[tuple[str, str], tuple] = {}
 
@@ -73,23 +75,27 @@ class Plugin:
 
     async def _start(self, gateway: Gateway) -> None:
         await gateway.services.open(ACCOUNTS)  # the deployment check; keys come on the principal
+        self.counters = counters = await gateway.services.open(COUNTERS)
+        if not isinstance(counters, MemoryCounters):
+            return  # shared counters keep their own state
         self.store = gateway.store
         await self.store.execute(STATE_TABLE)
         now = time.time()
         for name, tat in await self.store.fetchall("select name, tat from tollway_ratelimit"):
             if tat > now:
                 kid, scope, label = name.split("\x1f")
-                self.tats[(kid, scope, label)] = tat
+                counters.tats[(kid, scope, label)] = tat
 
     @hookimpl
     def tollway_shutdown(self, gateway: Gateway):
         return self._stop(gateway)
 
     async def _stop(self, gateway: Gateway) -> None:
-        if self.store is None:  # start-up did not get this far
+        counters = self.counters
+        if self.store is None or not isinstance(counters, MemoryCounters):  # not started, or shared counters
             return
         now = time.time()
-        rows = [("\x1f".join(k), tat) for k, tat in self.tats.items() if tat > now]
+        rows = [("\x1f".join(k), tat) for k, tat in counters.tats.items() if tat > now]
         async with self.store.transaction() as tx:
             await tx.execute("delete from tollway_ratelimit")
             if rows:
@@ -126,42 +132,35 @@ class Plugin:
         limits = key.limits
         if limits.empty:
             return
+        counters = self.counters
+        slot = None
         concurrency = limits.concurrency
-        if concurrency is not None and self.in_flight.get(key.id, 0) >= concurrency:
-            raise ProxyError(429, f"rate limit exceeded: this key may have {concurrency} requests in "
-                                  "flight at once; retry when one has finished",
-                             code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
+        if concurrency is not None:
+            if not await counters.enter(key.id, concurrency):
+                raise ProxyError(429, f"rate limit exceeded: this key may have {concurrency} requests in "
+                                      "flight at once; retry when one has finished",
+                                 code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
+            slot = key.id
         plan = self._plan_of(key, call.model)
         estimate = 0
         if plan.rules:
             if plan.token_rules:
                 estimate = tokens_estimate(call)
             now = time.time()
-            tats = self.tats
-            get = tats.get
-            new_tats = []
-            worst = None
-            worst_wait = EPS  # a wait counts when over EPS; the longest one is reported
-            for rule in plan.rules:
-                tat = get(rule.state)
-                base = now if tat is None or tat < now else tat
-                new_tat = base + (estimate if rule.tokens else 1) * rule.interval
-                over = new_tat - now - rule.period
-                if over > worst_wait:
-                    worst, worst_wait = rule, over
-                new_tats.append(new_tat)
-            if worst is not None:
-                headers: dict[str, str] = {}
-                put_headers(headers, plan, get, now)
+            try:
+                refused = await counters.take(plan.rules, estimate, now)
+            except BaseException:
+                if slot is not None:
+                    counters.leave(slot)
+                raise
+            headers = call.response.headers if refused is None else {}
+            put_headers(headers, plan, counters.tat, now)
+            if refused is not None:
+                if slot is not None:
+                    counters.leave(slot)
                 call.response.headers.update(headers)
-                raise self._refusal(key, worst_wait, worst, estimate if worst.tokens else 1, headers)
-            for rule, new_tat in zip(plan.rules, new_tats, strict=True):
-                tats[rule.state] = new_tat
-            put_headers(call.response.headers, plan, get, now)
-        slot = None
-        if concurrency is not None:
-            self.in_flight[key.id] = self.in_flight.get(key.id, 0) + 1
-            slot = key.id
+                rule = refused.rule
+                raise self._refusal(key, refused.wait, rule, estimate if rule.tokens else 1, headers)
         if plan.token_rules or slot:
             call.state[TAKEN] = Taken(plan.token_rules, estimate, slot)
 
@@ -193,16 +192,11 @@ class Plugin:
             return  # an answer without usage: keep the estimate
         delta = actual - taken.estimate
         if delta:
-            tats = self.tats
-            for rule in taken.token_rules:
-                if rule.state in tats:
-                    tats[rule.state] += delta * rule.interval
+            self.counters.adjust(taken.token_rules, delta)
 
     @hookimpl
     async def tollway_finish(self, call: Call) -> None:
         taken = call.state.get(TAKEN)
         if taken is not None and taken.slot is not None:
-            kid, taken.slot = taken.slot, None
-            self.in_flight[kid] -= 1
-            if not self.in_flight[kid]:
-                del self.in_flight[kid]
+            scope, taken.slot = taken.slot, None
+            self.counters.leave(scope)

@@ -110,8 +110,13 @@ class Accounts:
             acc = self.accounts[key.account_id] = Account(key.account_id, 0)
         return acc
 
+    async def hold(self, acc: Account, amount: int) -> bool:
+        """Hold ``amount`` against the balance (the request path); False when it is
+        not there. Release it with ``settle`` or ``release``."""
+        return self.reserve(acc, amount)
+
     def reserve(self, acc: Account, amount: int) -> bool:
-        """Hold ``amount`` against the balance; False when it is not there."""
+        """Hold ``amount`` against the balance in this process; False when it is not there."""
         if acc.unlimited:
             return True
         if amount > acc.balance - acc.reserved:
