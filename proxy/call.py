@@ -50,6 +50,13 @@ class Usage:
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
 
+    def __post_init__(self) -> None:
+        # A negative count (an upstream's, read as it came) would make output free:
+        # the parsers of upstream usage catch this ValueError and call the usage unknown.
+        if min(self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.reasoning_tokens,
+               self.cache_write_tokens) < 0:
+            raise ValueError("a token count is negative")
+
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens

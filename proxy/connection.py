@@ -89,7 +89,14 @@ class ClientConnection(RequestHandler):
         count = self._request_count
         super().data_received(data)
         if self._request_count != count:
-            self._head_done()
+            # One or more heads completed in this read; only the newest may still have a body to come.
+            if self._timer is not None:
+                self._disarm()
+            payload = self._messages[-1][1] if self._messages else None
+            if payload is not None and not payload.is_eof():
+                self._body = payload
+                self._arm(_BODY, self._limits.body_read)
+                payload.on_eof(self._body_done)
         elif timer is None:
             # Nothing was pending: these are the first bytes of the next request's head.
             if self._timer is None and data and not (self._close or self._force_close or self._upgraded):
@@ -97,17 +104,6 @@ class ClientConnection(RequestHandler):
                 self._head_bytes = True
         elif self._timer_kind == _HEAD:
             self._head_bytes = True
-
-    def _head_done(self) -> None:
-        """One or more heads completed in this read: the newest may still have a body to come."""
-        self._disarm()
-        if not self._messages:
-            return
-        _, payload = self._messages[-1]
-        if not payload.is_eof():
-            self._body = payload
-            self._arm(_BODY, self._limits.body_read)
-            payload.on_eof(self._body_done)
 
     def _body_done(self) -> None:
         if self._timer_kind == _BODY:
@@ -176,6 +172,15 @@ class ClientConnection(RequestHandler):
         resp.force_close()
         return resp
 
+    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        """aiohttp's own error answers are plain text (an unroutable target such as
+        CONNECT's ``host:port``, an Expect it does not know, a body over the size
+        limit): answered here in the OpenAI error shape instead, headers kept."""
+        if isinstance(resp, web.HTTPException) and resp.status >= 400:
+            resp = _json_answer(request, resp)
+        return await super().finish_response(request, resp, start_time)
+
     def log_exception(self, *args: Any, **kw: Any) -> None:
         """aiohttp's own error lines: a client's broken connection or body in one
         short line, anything else with its traceback; all rate-limited."""
@@ -186,6 +191,25 @@ class ClientConnection(RequestHandler):
             return
         msg, *rest = args
         throttled(log, logging.ERROR, f"aiohttp:{msg}", str(msg), *rest, exc_info=exc)
+
+
+def _json_answer(request: web.BaseRequest, exc: web.HTTPException) -> web.Response:
+    status, target = exc.status, redact(request.raw_path, limit=100)
+    if status == 404:
+        err = ProxyError(404, f"unknown endpoint {request.method} {target}", code="unknown_endpoint")
+    elif status == 405:
+        err = ProxyError(405, f"{request.method} is not allowed on {target}", code="method_not_allowed")
+    else:
+        text = exc.text or ""
+        default = f"{status}: {exc.reason}"
+        err = ProxyError(status, text if text and text != default else exc.reason or "error",
+                         code=(exc.reason or "error").lower().replace(" ", "_").replace("-", "_"))
+    err.headers.update((k, v) for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length"))
+    dialect = "anthropic" if request.path.startswith("/v1/messages") else "openai"
+    resp = web.Response(status=status, body=err.render(dialect), headers=err.headers, content_type="application/json")
+    if not exc.keep_alive:
+        resp.force_close()
+    return resp
 
 
 def _first_line(text: str) -> str:

@@ -39,6 +39,8 @@ _TYPES: dict[int, tuple[str, str]] = {
     503: ("service_unavailable", "overloaded_error"),
     504: ("timeout_error", "timeout_error"),
 }
+_CLIENT_ERROR = ("invalid_request_error", "invalid_request_error")  # a 4xx not listed above
+_SERVER_ERROR = ("api_error", "api_error")
 
 
 class ProxyError(Exception):
@@ -73,10 +75,10 @@ class ProxyError(Exception):
         return f"ProxyError({self.status}, {self.message!r}, code={self.code!r})"
 
     def openai_type(self) -> str:
-        return self.type or _TYPES.get(self.status, ("api_error", "api_error"))[0]
+        return self.type or _TYPES.get(self.status, _CLIENT_ERROR if self.status < 500 else _SERVER_ERROR)[0]
 
     def anthropic_type(self) -> str:
-        return _TYPES.get(self.status, ("api_error", "api_error"))[1]
+        return _TYPES.get(self.status, _CLIENT_ERROR if self.status < 500 else _SERVER_ERROR)[1]
 
     def openai_body(self) -> dict:
         return {

@@ -31,6 +31,11 @@ def sse_payloads(blob: bytes) -> Iterator[dict]:
             yield value
 
 
+def _list(value: object) -> list:
+    """``value`` if it is a list, else nothing to iterate (an upstream may send anything)."""
+    return value if isinstance(value, list) else []
+
+
 def _function_text(function: object, out: list[str]) -> None:
     if isinstance(function, dict):
         for field in ("name", "arguments"):
@@ -43,7 +48,7 @@ def openai_stream_text(blob: bytes) -> str:
     """Content, reasoning, refusals and tool calls of OpenAI chat chunks."""
     out: list[str] = []
     for chunk in sse_payloads(blob):
-        for choice in chunk.get("choices") or ():
+        for choice in _list(chunk.get("choices")):
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if not isinstance(delta, dict):
                 continue
@@ -51,7 +56,7 @@ def openai_stream_text(blob: bytes) -> str:
                 value = delta.get(field)
                 if isinstance(value, str):
                     out.append(value)
-            for tool_call in delta.get("tool_calls") or ():
+            for tool_call in _list(delta.get("tool_calls")):
                 if isinstance(tool_call, dict):
                     _function_text(tool_call.get("function"), out)
     return "".join(out)
@@ -60,7 +65,7 @@ def openai_stream_text(blob: bytes) -> str:
 def completion_text(completion: dict) -> str:
     """Content, reasoning, refusals and tool calls of a whole OpenAI chat.completion."""
     out: list[str] = []
-    for choice in completion.get("choices") or ():
+    for choice in _list(completion.get("choices")):
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
             continue
@@ -68,7 +73,7 @@ def completion_text(completion: dict) -> str:
             value = message.get(field)
             if isinstance(value, str):
                 out.append(value)
-        for tool_call in message.get("tool_calls") or ():
+        for tool_call in _list(message.get("tool_calls")):
             if isinstance(tool_call, dict):
                 _function_text(tool_call.get("function"), out)
     return "".join(out)

@@ -22,7 +22,7 @@ from .errors import ProxyError, internal_error
 from .gateway import GATEWAY_KEY
 from .inflight import shutdown_error, uncancel
 from .logs import throttled
-from .provider import loads_json
+from .provider import UNREADABLE, loads_json, unreadable_answer
 from .streaming import TranslatingCodec, completion_to_chunks, pump, replay, splice_usage_fields
 
 if TYPE_CHECKING:
@@ -250,17 +250,20 @@ async def forward_chat(gw: Gateway, request: web.Request, call: Call, route: Rou
         up.release()
     call.timing.first_byte_at = time.perf_counter()
     out: bytes | None  # the upstream's own bytes, when they can go to the client as they are
-    if native:
-        body = loads_json(raw, provider.name)
-        call.billing.usage = dialect.response_usage(body)
-        if call.dialect == "openai":
-            call.response.completion = body
-        out = raw
-    else:
-        completion, call.billing.usage = provider.chat_response(call, raw)
-        call.response.completion = completion
-        body = dialect.render_completion(call, completion)
-        out = None
+    try:
+        if native:
+            body = loads_json(raw, provider.name)
+            call.billing.usage = dialect.response_usage(body)
+            if call.dialect == "openai":
+                call.response.completion = body
+            out = raw
+        else:
+            completion, call.billing.usage = provider.chat_response(call, raw)
+            call.response.completion = completion
+            body = dialect.render_completion(call, completion)
+            out = None
+    except UNREADABLE as exc:
+        raise unreadable_answer(provider.name, exc) from None
     await on_usage(gw, call)
     if call.billing.usage_extra:
         # Add the gateway's fields (cost) to the upstream's bytes; re-serialise only if that cannot be done.
@@ -278,7 +281,10 @@ async def forward_embeddings(gw: Gateway, request: web.Request, call: Call, rout
     finally:
         up.release()
     call.timing.first_byte_at = time.perf_counter()
-    body, call.billing.usage = provider.embeddings_response(call, raw)
+    try:
+        body, call.billing.usage = provider.embeddings_response(call, raw)
+    except UNREADABLE as exc:
+        raise unreadable_answer(provider.name, exc) from None
     await on_usage(gw, call)
     if call.billing.usage_extra and isinstance(body.get("usage"), dict):
         body["usage"].update(call.billing.usage_extra)

@@ -14,6 +14,7 @@ answer -> canonical completion or canonical chunks.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
@@ -24,11 +25,12 @@ import orjson
 
 from .call import Usage
 from .errors import ProxyError
+from .logs import throttled
 from .shared import StateKey
 from .upstream import UpstreamPool, UpstreamRequest, UpstreamResponse
 
-__all__ = ["PROMPT_CACHE", "Provider", "StreamDecoder", "error_message", "loads_json", "retry_after",
-           "upstream_error"]
+__all__ = ["PROMPT_CACHE", "UNREADABLE", "Provider", "StreamDecoder", "error_message", "loads_json", "retry_after",
+           "unreadable_answer", "upstream_error"]
 
 if TYPE_CHECKING:
     from .call import Call, Route
@@ -168,6 +170,22 @@ def loads_json(body: bytes, provider: str) -> dict:
         raise ProxyError(502, f"upstream '{provider}' answered with unexpected JSON",
                          code="upstream_bad_response")
     return data
+
+
+#: What reading a well-formed JSON answer of an unexpected shape raises in the translators
+#: (a string where an object was due, a missing key...).
+UNREADABLE = (TypeError, AttributeError, KeyError, IndexError, ValueError)
+log = logging.getLogger("tollway.upstream")
+
+
+def unreadable_answer(provider: str, exc: BaseException) -> ProxyError:
+    """A 502 for an upstream answer the gateway could not read (valid JSON or SSE of
+    a shape the translation does not know); the traceback goes to the log, rate-limited,
+    in case the shape was right and the translation wrong."""
+    throttled(log, logging.WARNING, f"unreadable:{provider}", "upstream %s: its answer could not be read "
+              "(%s: %s)", provider, type(exc).__name__, exc, exc_info=exc)
+    return ProxyError(502, f"upstream '{provider}' answered with a body of an unexpected shape",
+                      code="upstream_bad_response")
 
 
 def error_message(body: bytes) -> str | None:

@@ -32,6 +32,7 @@ from .errors import ProxyError, internal_error
 from .inflight import shutdown_error
 from .inflight import uncancel as _uncancel
 from .logs import throttled
+from .provider import UNREADABLE, unreadable_answer
 from .sse import DONE_EVENT, EventSplitter, data_event, parse_event, split_events
 
 if TYPE_CHECKING:
@@ -288,7 +289,10 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                 chunk = await upstream.read_chunk()
                 if not chunk:
                     break
-                out = codec.feed(chunk)
+                try:
+                    out = codec.feed(chunk)
+                except UNREADABLE as exc:  # an event of a shape the codec cannot read
+                    raise unreadable_answer(call.provider_name or "upstream", exc) from None
                 if out:
                     if kept_bytes < MAX_KEPT_BYTES:
                         kept.append(out)
@@ -322,7 +326,10 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                     call.response.error_code = CLIENT_WRITE_TIMEOUT
                 call.response.client_gone = True
                 drain_until = time.monotonic() + drain.seconds
-        tail = codec.end()
+        try:
+            tail = codec.end()
+        except UNREADABLE as exc:
+            raise unreadable_answer(call.provider_name or "upstream", exc) from None
         if tail:
             kept.append(tail)
         complete = True
@@ -348,7 +355,11 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
         call.response.error = error
         tail = codec.fail(error)
     else:
-        tail += codec.finish(call)
+        try:
+            tail += codec.finish(call)
+        except UNREADABLE as exc:  # the codec's state came from events it could not read
+            call.response.error = unreadable_answer(call.provider_name or "upstream", exc)
+            tail += codec.fail(call.response.error)
     try:
         for f in filters:
             tail = f(tail)

@@ -93,15 +93,71 @@ def validate_chat(body: dict) -> None:
         if not isinstance(m, dict):
             raise bad_request(f"'{where}' must be an object with 'role' and 'content'", where)
         role = m.get("role")
-        if role not in CHAT_ROLES:
+        if not isinstance(role, str) or role not in CHAT_ROLES:
             raise bad_request(f"'{where}.role' must be one of {', '.join(sorted(CHAT_ROLES))}, got {role!r}",
                               f"{where}.role")
         content = m.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise bad_request(f"'{where}.content' must be a string or a list of content parts", f"{where}.content")
+        if content is not None and type(content) is not str:
+            _check_parts(content, f"{where}.content")
+        if "tool_calls" in m or "tool_call_id" in m or "name" in m:
+            _check_message_extras(m, where)
     for name, check in _CHAT_OPTIONAL.items():  # most bodies have few of these: look only at those present
         if name in body:
             check(body, name)
+
+
+def _check_parts(content: Any, where: str) -> None:
+    """A list of content parts: objects with a string ``type``; a text part's ``text``
+    is a string, an image's ``image_url`` a URL string or ``{"url": ...}``."""
+    if not isinstance(content, list):
+        raise bad_request(f"'{where}' must be a string or a list of content parts", where)
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise bad_request(f"'{where}[{j}]' must be a content part object with a string 'type'", f"{where}[{j}]")
+        kind = part["type"]
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise bad_request(f"'{where}[{j}].text' must be a string", f"{where}[{j}].text")
+        if kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str):
+                raise bad_request(f"'{where}[{j}].image_url' must be {{\"url\": \"...\"}}", f"{where}[{j}].image_url")
+
+
+def _check_message_extras(m: dict, where: str) -> None:
+    calls = m.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise bad_request(f"'{where}.tool_calls' must be a list", f"{where}.tool_calls")
+        for k, call in enumerate(calls):
+            here = f"{where}.tool_calls[{k}]"
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(call.get("id"), str):
+                raise bad_request(f"'{here}' must be {{\"id\", \"type\": \"function\", \"function\": {{\"name\", "
+                                  f"\"arguments\"}}}} with string id and name", here)
+            if not isinstance(fn.get("arguments", ""), str):
+                raise bad_request(f"'{here}.function.arguments' must be a string (JSON text)",
+                                  f"{here}.function.arguments")
+    for name in ("tool_call_id", "name"):
+        if m.get(name) is not None and not isinstance(m[name], str):
+            raise bad_request(f"'{where}.{name}' must be a string", f"{where}.{name}")
+
+
+def _check_tools(body: dict, name: str) -> None:
+    tools = body[name]
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise bad_request("'tools' must be a list of tool definitions", "tools")
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or (tool.get("type", "function") == "function" and (
+                not isinstance(fn, dict) or not isinstance(fn.get("name"), str))):
+            raise bad_request(f"'tools[{i}]' must be {{\"type\": \"function\", \"function\": {{\"name\", "
+                              f"\"parameters\"}}}}", f"tools[{i}]")
+        if isinstance(fn, dict) and fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+            raise bad_request(f"'tools[{i}].function.parameters' must be a JSON schema object",
+                              f"tools[{i}].function.parameters")
 
 
 def _check_stream_options(body: dict, name: str) -> None:
@@ -114,16 +170,10 @@ def _check_stream_options(body: dict, name: str) -> None:
         raise bad_request("'stream_options.include_usage' must be true or false", "stream_options.include_usage")
 
 
-def _check_list(what: str) -> Callable[[dict, str], None]:
-    def check(body: dict, name: str) -> None:
-        if body[name] is not None and not isinstance(body[name], list):
-            raise bad_request(f"'{name}' must be {what}", name)
-    return check
-
-
 def _check_stop(body: dict, name: str) -> None:
     stop = body[name]
-    if stop is not None and not isinstance(stop, (str, list)):
+    if stop is not None and not isinstance(stop, str) and (
+            not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
         raise bad_request("'stop' must be a string or a list of strings", "stop")
 
 
@@ -136,7 +186,7 @@ _CHAT_OPTIONAL: dict[str, Callable[[dict, str], None]] = {
     "n": lambda body, name: check_int(body, name, 1, 128),
     "temperature": lambda body, name: check_number(body, name, 0, 2),
     "top_p": lambda body, name: check_number(body, name, 0, 1),
-    "tools": _check_list("a list of tool definitions"),
+    "tools": _check_tools,
     "stop": _check_stop,
 }
 

@@ -114,3 +114,179 @@ async def test_an_upstream_retry_after_passes_only_when_it_is_one(start_gateway,
                 assert answer["error"]["code"] == "upstream_rate_limited"
     finally:
         server.close()
+
+
+async def raw_exchange(running, data: bytes) -> tuple[int, dict, bytes]:
+    """Send ``data`` as it is (Connection: close added); the answer's status, headers and body."""
+    data = data.replace(b"\r\n", b"\r\nConnection: close\r\n", 1)
+    reader, writer = await asyncio.open_connection(running.server.host, running.server.port)
+    writer.write(data)
+    try:
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize("request_line, status", [
+    (b"CONNECT example.com:443 HTTP/1.1", 404),  # authority form: no route can match it
+    (b"OPTIONS * HTTP/1.1", 404),
+    (b"TRACE /v1/models HTTP/1.1", 405),
+    (b"PROPFIND /v1/chat/completions HTTP/1.1", 405),
+    (b"GET /nowhere HTTP/1.1", 404),
+    (b"GET http://elsewhere.example/nowhere HTTP/1.1", 404),  # absolute form
+])
+async def test_odd_methods_and_targets_answer_json(running, request_line, status):
+    got, headers, body = await raw_exchange(running, request_line + b"\r\nHost: t\r\n\r\n")
+    assert got == status and headers["content-type"] == "application/json"
+    assert orjson.loads(body)["error"]["code"] in ("unknown_endpoint", "method_not_allowed")
+
+
+async def test_an_unknown_expect_answers_json(running):
+    got, headers, body = await raw_exchange(
+        running, b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n{}")
+    assert got == 417 and headers["content-type"] == "application/json"
+    assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+async def test_keys_that_are_not_utf8_are_refused_not_a_500(start_gateway):
+    from business import ADMIN, biz_config
+
+    running = await start_gateway(biz_config())
+    for path, header in ((b"/v1/models", b"Authorization: Bearer \xff\xfe"), (b"/v1/models", b"X-API-Key: \xc3\x28"),
+                         (b"/admin/keys", b"Authorization: Bearer \xff" + ADMIN.encode())):
+        got, headers, body = await raw_exchange(running, b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n" + header
+                                                + b"\r\n\r\n")
+        assert got in (401, 403) and headers["content-type"] == "application/json", body
+
+
+@pytest.mark.parametrize("messages, param", [
+    ([{"role": ["user"], "content": "hi"}], "messages[0].role"),
+    ([{"role": "user", "content": [{"type": "text", "text": 5}]}], "messages[0].content[0].text"),
+    ([{"role": "user", "content": [7]}], "messages[0].content[0]"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": None}}]}],
+     "messages[0].content[0].image_url"),
+    ([{"role": "assistant", "content": None, "tool_calls": [True]}], "messages[0].tool_calls[0]"),
+    ([{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {}}}]}],
+     "messages[0].tool_calls[0].function.arguments"),
+    ([{"role": "tool", "tool_call_id": 5, "content": "x"}], "messages[0].tool_call_id"),
+])
+async def test_malformed_messages_are_400_naming_the_field(running, messages, param):
+    """These reached the mock and the translators and were bare 500s."""
+    for model in ("echo", "up"):
+        status, _, body = await post(running, "/v1/chat/completions",
+                                     orjson.dumps({"model": model, "messages": messages}))
+        assert status == 400 and body["error"]["param"] == param, body
+
+
+@pytest.mark.parametrize("tools, stop", [
+    ([True], None), ([{"type": "function", "function": {"name": "f", "parameters": [1]}}], None),
+    (None, ["ok", 5]),
+])
+async def test_malformed_tools_and_stop_are_400(running, tools, stop):
+    body = {**chat_body("echo"), **({"tools": tools} if tools else {}), **({"stop": stop} if stop else {})}
+    status, _, answer = await post(running, "/v1/chat/completions", orjson.dumps(body))
+    assert status == 400, answer
+
+
+def shaped_upstream(answer: dict | bytes, *, sse: bool = False):
+    """An OpenAI, Anthropic and Gemini upstream at once, answering ``answer`` to everything."""
+    from aiohttp import web
+
+    async def handle(request):
+        await request.read()
+        if sse:
+            return web.Response(body=answer, content_type="text/event-stream")
+        return web.json_response(answer)
+
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", handle)
+    return app
+
+
+def kinds_config(root: str) -> dict:
+    config = base_config()
+    for kind, base in (("openai", root + "/v1"), ("anthropic", root), ("gemini", root)):
+        config["providers"][kind] = {"kind": kind, "base_url": base, "api_key": "k"}
+        config["models"][kind] = {"provider": kind, "price": {"input": 1, "output": 1}}
+    return config
+
+
+@pytest.mark.parametrize("answer", [
+    {"choices": "nope", "content": 5, "candidates": [1], "usage": []},
+    {"choices": [{"message": 3}], "content": [{"type": "text", "text": None}], "candidates": "x"},
+    {"choices": [None], "content": {"a": 1}, "candidates": [{"content": {"parts": 5}}], "usageMetadata": 7},
+])
+async def test_an_upstream_answer_of_an_unexpected_shape_is_502(start_gateway, aiohttp_server, answer):
+    upstream = await aiohttp_server(shaped_upstream(answer))
+    running = await start_gateway(kinds_config(str(upstream.make_url("")).rstrip("/")))
+    for kind in ("openai", "anthropic", "gemini"):
+        for path, body in (("/v1/chat/completions", chat_body(kind)),
+                           ("/v1/messages", {**chat_body(kind), "max_tokens": 10})):
+            status, ctype, got = await post(running, path, orjson.dumps(body))
+            assert status in (200, 502) and ctype == "application/json", (kind, path, got)
+            if status == 502:
+                assert "unexpected shape" in str(got) or "upstream" in str(got)
+
+
+@pytest.mark.parametrize("events", [
+    b'data: {"choices": 5}\n\ndata: {"choices": [{"delta": [1]}]}\n\ndata: [DONE]\n\n',
+    b'event: message_start\ndata: {"type": "message_start", "message": 3}\n\n'
+    b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": "x"}\n\n',
+    b'data: {"candidates": [{"content": {"parts": "x"}}], "usageMetadata": []}\n\n',
+])
+async def test_an_unreadable_stream_event_ends_the_stream_in_band(start_gateway, aiohttp_server, events):
+    upstream = await aiohttp_server(shaped_upstream(events, sse=True))
+    running = await start_gateway(kinds_config(str(upstream.make_url("")).rstrip("/")))
+    for kind in ("openai", "anthropic", "gemini"):
+        for path, body in (("/v1/chat/completions", chat_body(kind)),
+                           ("/v1/messages", {**chat_body(kind), "max_tokens": 10})):
+            async with aiohttp.ClientSession() as s, s.post(running.root + path, json={**body, "stream": True}) as r:
+                raw = await r.read()
+            assert r.status in (200, 502), (kind, path, raw)
+            assert b"internal" not in raw, (kind, path, raw)
+            if r.status == 200 and path == "/v1/chat/completions":
+                assert raw.endswith(b"data: [DONE]\n\n"), (kind, raw)
+
+
+async def billed(running) -> list[tuple]:
+    from plugins.accounts import ACCOUNTS
+
+    await running.gw.services[ACCOUNTS].writer.flush()
+    return await running.gw.store.fetchall("select status, cost_micro_usd, estimated from tollway_ledger")
+
+
+async def test_negative_upstream_usage_is_unknown_usage_not_free_output(start_gateway, aiohttp_server):
+    from business import DEMO, bearer, biz_config
+
+    answer = {"id": "x", "object": "chat.completion", "model": "m",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "some words"},
+                           "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": -10**8, "completion_tokens": -10**8, "total_tokens": -2 * 10**8}}
+    upstream = await aiohttp_server(shaped_upstream(answer))
+    running = await start_gateway(biz_config(str(upstream.make_url("/v1"))))
+    async with aiohttp.ClientSession() as s, s.post(running.url + "/chat/completions", json=chat_body(),
+                                                    headers=bearer(DEMO)) as r:
+        assert r.status == 200
+        usage = (await r.json())["usage"]
+    assert usage["estimated"] is True and usage["cost"] > 0
+    [(status, cost, estimated)] = await billed(running)
+    assert (status, estimated) == (200, 1) and cost > 0
+
+
+async def test_a_malformed_chunk_in_a_stream_without_usage_is_still_billed(start_gateway, aiohttp_server):
+    from business import DEMO, bearer, biz_config
+
+    events = (b'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "some words"}}]}\n\n'
+              b'data: {"choices": 5}\n\ndata: {"choices": [{"delta": {"tool_calls": 3}}]}\n\ndata: [DONE]\n\n')
+    upstream = await aiohttp_server(shaped_upstream(events, sse=True))
+    running = await start_gateway(biz_config(str(upstream.make_url("/v1"))))
+    async with aiohttp.ClientSession() as s, s.post(running.url + "/chat/completions",
+                                                    json={**chat_body(), "stream": True}, headers=bearer(DEMO)) as r:
+        raw = await r.read()
+    assert raw.endswith(b"data: [DONE]\n\n") and b"internal" not in raw
+    [(status, cost, estimated)] = await billed(running)
+    assert status == 200 and estimated == 1 and cost > 0

@@ -52,7 +52,7 @@ def check_admin(gateway: Gateway, request: web.Request) -> None:
         where = " (the query string is not read for the admin key)" if "api_key" in request.query else ""
         raise ProxyError(401, f"missing admin key: send 'Authorization: Bearer ADMIN_KEY' or 'X-API-Key: "
                               f"ADMIN_KEY'{where}", code="missing_admin_key")
-    if not hmac.compare_digest(given.encode(), admin.encode()):
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), admin.encode()):
         raise ProxyError(403, "invalid admin key", code="invalid_admin_key")
 
 

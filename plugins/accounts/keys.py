@@ -28,8 +28,10 @@ def new_id() -> str:
 def hash_key(key: str) -> str:
     """SHA-256 hex of the key. Keys carry 256 random bits (or are the
     operator's own, already in the YAML), so a fast unsalted hash is enough:
-    the store never holds anything that could be replayed as a key."""
-    return hashlib.sha256(key.encode()).hexdigest()
+    the store never holds anything that could be replayed as a key.
+    A header's non-UTF-8 bytes (aiohttp keeps them as surrogates) hash too:
+    such a key matches nothing and is refused, never an error."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def key_from_request(request: web.Request) -> str | None:

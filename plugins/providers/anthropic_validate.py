@@ -100,8 +100,18 @@ def _message(m: Any, path: str) -> None:
             raise _bad(where, "a tool_use block needs string 'id' and 'name'")
         if kind == "tool_use" and not isinstance(block.get("input", {}), dict):
             raise _bad(f"{where}.input", "must be an object")
-        if kind == "tool_result" and not isinstance(block.get("tool_use_id"), str):
-            raise _bad(f"{where}.tool_use_id", "Field required (a string)")
+        if kind == "tool_result":
+            if not isinstance(block.get("tool_use_id"), str):
+                raise _bad(f"{where}.tool_use_id", "Field required (a string)")
+            inner = block.get("content")
+            if inner is not None and not isinstance(inner, str):
+                if not isinstance(inner, list):
+                    raise _bad(f"{where}.content", "must be a string or a list of content blocks")
+                for k, part in enumerate(inner):
+                    if not isinstance(part, dict) or not isinstance(part.get("type"), str) or (
+                            part["type"] == "text" and not isinstance(part.get("text"), str)):
+                        raise _bad(f"{where}.content.{k}", "must be a content block like {\"type\": \"text\", "
+                                                           "\"text\": \"...\"}")
         if kind == "image" and not isinstance(block.get("source"), dict):
             raise _bad(f"{where}.source", "Field required (an object)")
 

@@ -25,7 +25,10 @@ def clean_schema(schema: Any) -> dict:
     """A copy of ``schema`` Gemini will accept."""
     if not isinstance(schema, dict):
         return {"type": "object"}
-    defs = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
+    defs = {}
+    for key in ("definitions", "$defs"):  # a client's schema: anything may be anything
+        if isinstance(schema.get(key), dict):
+            defs.update(schema[key])
     return _clean(schema, defs, 0)
 
 
@@ -78,5 +81,5 @@ def _clean(node: Any, defs: dict, depth: int) -> dict:
         allowed = "allowed values: " + ", ".join(map(str, enum))
         out["description"] = f"{out['description']} ({allowed})" if out.get("description") else allowed
     if isinstance(out.get("required"), list) and isinstance(out.get("properties"), dict):
-        out["required"] = [r for r in out["required"] if r in out["properties"]]
+        out["required"] = [r for r in out["required"] if isinstance(r, str) and r in out["properties"]]
     return out
