@@ -29,8 +29,8 @@ from .logs import throttled
 from .shared import StateKey
 from .upstream import UpstreamPool, UpstreamRequest, UpstreamResponse
 
-__all__ = ["PROMPT_CACHE", "UNREADABLE", "Provider", "StreamDecoder", "error_message", "loads_json", "retry_after",
-           "unreadable_answer", "upstream_error"]
+__all__ = ["PROMPT_CACHE", "Provider", "StreamDecoder", "error_message", "loads_json", "retry_after",
+           "upstream_error"]
 
 if TYPE_CHECKING:
     from .call import Call, Route
