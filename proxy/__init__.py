@@ -42,6 +42,7 @@ PUBLIC_MODULES = {
     "proxy.provider": "helpers for provider adapters: upstream errors, JSON answers",
     "proxy.sse": "Server-Sent Events: split, parse and write events",
     "proxy.outputtext": "the text of prompts and answers, for estimates when an upstream reports no usage",
+    "proxy.validate": "request body checks (the OpenAI ones, and pieces for a dialect's own)",
     "proxy.schema": "typed config sections: build dataclasses from YAML, name the path of a mistake",
     "proxy.store": "the SQL store (gateway.store) and numbered migrations for a plugin's tables",
     "proxy.cli": "CLI commands from tollway_commands: --config, a started gateway, argument types",

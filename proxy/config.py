@@ -1,8 +1,10 @@
 """The YAML config: read, interpolate ${VAR}, validate into frozen dataclasses.
 
-Nothing here runs at import time; ``load_config`` is called by the CLI (or a
-test) and returns a ``Config``. The section names follow
-``shared/config-shape.yaml``: they are a contract.
+Nothing here runs at import time: ``read_yaml`` reads a file (``${VAR}``
+interpolated) and ``build_config`` validates the result into a ``Config``;
+``proxy.gateway.load_gateway`` does both for the CLI, ``build_gateway`` the
+second for tests. The section names are a contract (the shipped
+``config/tollway.yaml`` and the README show them).
 """
 
 from __future__ import annotations

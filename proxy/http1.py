@@ -51,14 +51,14 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 if TYPE_CHECKING:
-    from .pool import Pool
+    from .pool import ConnectionPool
 
 HIGH_WATER = 256 * 1024
 MAX_HEAD = 64 * 1024  # a response head larger than this is refused
@@ -162,15 +162,17 @@ class Connection(asyncio.Protocol):
     """One keep-alive connection and the answer being read on it.
 
     The owner calls ``send`` then ``read_head``, then ``read_nowait``/``wait``
-    until ``at_eof``, then gives the connection back with ``Pool.release``.
+    until ``at_eof``, then gives the connection back with ``ConnectionPool.release``.
     The bytes are framed by llhttp (``httptools``); this class adds what llhttp
     leaves to its caller (see the module docstring) and hands the body over.
     """
 
-    def __init__(self, pool: Pool, origin: Origin) -> None:
+    #: Set by ``connection_made``, which asyncio runs before the pool is handed the connection.
+    transport: asyncio.Transport
+
+    def __init__(self, pool: ConnectionPool, origin: Origin) -> None:
         self.pool = pool
         self.origin = origin
-        self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle = False  # waiting in the pool's idle list
         self.counted = True  # still counted in the pool's open connections
@@ -194,7 +196,7 @@ class Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -382,8 +384,9 @@ class Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
+        transport = getattr(self, "transport", None)  # None: never connected
+        if transport is not None:
+            transport.abort()
 
 
 class _Unsolicited(Exception):

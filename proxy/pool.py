@@ -1,7 +1,7 @@
 """The upstream connection pool: keep-alive ``http1.Connection``s to any number
 of origins, at most ``limit`` open at once, idle ones closed after ``keepalive``
 seconds (or sooner, when the upstream said so in ``Keep-Alive: timeout=N``).
-``Pool.request`` is what ``upstream.py`` calls: send, and return once the
+``ConnectionPool.request`` is what ``upstream.py`` calls: send, and return once the
 answer's head is in.
 
 When a request is sent again (at most once, on a new connection):
@@ -32,7 +32,7 @@ from .deadline import Deadline
 from .http1 import CannotConnect, Connection, ConnectTimeout, NotSent, Origin, UpstreamClosed
 
 
-class Pool:
+class ConnectionPool:
     """Keep-alive connections to any number of origins, at most ``limit`` open at once."""
 
     def __init__(self, limit: int, connect_timeout: float, keepalive: float = 30.0,

@@ -27,7 +27,7 @@ from .call import Usage
 from .errors import ProxyError
 from .logs import throttled
 from .shared import StateKey
-from .upstream import UpstreamPool, UpstreamRequest, UpstreamResponse
+from .upstream import UpstreamClient, UpstreamRequest, UpstreamResponse
 
 __all__ = ["PROMPT_CACHE", "Provider", "StreamDecoder", "error_message", "loads_json", "retry_after",
            "upstream_error"]
@@ -81,14 +81,28 @@ class Provider:
     default_base_url: ClassVar[str | None] = None
     #: False for kinds that never send a key (the mock).
     needs_api_key: ClassVar[bool] = True
+    #: Where ``api_key`` goes: the header's name and the text before the key.
+    api_key_header: ClassVar[tuple[str, str]] = ("Authorization", "Bearer ")
 
     def __init__(self, name: str, config: ProviderConfig, options: Any = None) -> None:
         self.name = name
         self.config = config
         self.options = options
-        self.pool = UpstreamPool(name, config)
+        self.upstream = UpstreamClient(name, config)
         #: Why this provider cannot be called (no key where one is needed), or None.
         self.missing_key: str | None = self._missing_key()
+
+    def upstream_headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The headers of every request to this upstream: JSON, no compression
+        (the gateway reads the bytes for usage and passes them on as they are),
+        the kind's own ``extra``, the ``api_key`` (in ``api_key_header``), and
+        last the YAML ``headers``, which win."""
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", **(extra or {})}
+        if self.config.api_key:
+            name, prefix = self.api_key_header
+            headers[name] = prefix + self.config.api_key
+        headers.update(self.config.headers)
+        return headers
 
     def _missing_key(self) -> str | None:
         """An empty api_key is a mistake when the YAML read it from a ${VAR} (the
@@ -113,16 +127,16 @@ class Provider:
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
-        await self.pool.start()
+        await self.upstream.start()
 
     async def close(self) -> None:
-        await self.pool.close()
+        await self.upstream.close()
 
     async def send(self, call: Call, request: UpstreamRequest) -> UpstreamResponse:
-        """Send on the pooled session; returns once headers arrived."""
+        """Send the request upstream; returns once the answer's headers arrived."""
         if self.missing_key is not None:  # answered without a network round trip that cannot succeed
             raise ProxyError(502, self.missing_key, code="upstream_no_api_key")
-        return await self.pool.open(request)
+        return await self.upstream.open(request)
 
     # -- requests -------------------------------------------------------------------
     def chat_request(self, call: Call, route: Route, body: dict | None) -> UpstreamRequest:

@@ -1,7 +1,9 @@
-"""Pooled upstream connections with the four timeouts, and the answer they give.
+"""One provider's upstream client: requests encoded and sent with the four
+timeouts, and the answer they give.
 
-One ``UpstreamPool`` per provider, on the gateway's own HTTP/1.1 client
-(``http1.py`` and ``pool.py``) with an explicit connection limit. Timeouts:
+One ``UpstreamClient`` per provider, on the gateway's own HTTP/1.1 client
+(``http1.py`` frames a connection; ``pool.py``'s ``ConnectionPool`` keeps
+them alive, with an explicit connection limit). Timeouts:
 
 - connect: TCP (and TLS) connect;
 - first_byte: from sending the request to the response headers;
@@ -23,7 +25,7 @@ from . import http1
 from .deadline import Deadline
 from .errors import ProxyError
 from .logs import throttled
-from .pool import Pool
+from .pool import ConnectionPool
 
 if TYPE_CHECKING:
     from .config import ProviderConfig
@@ -60,15 +62,18 @@ class UpstreamResponse:
     then cost no timer each (a stream waits once per chunk). When it expires
     it wakes the waiting read, which raises; no task is cancelled."""
 
-    __slots__ = ("status", "_head", "_headers", "_conn", "_pool", "_deadline", "_timer", "_waiting_since",
-                 "_expired")
+    __slots__ = ("status", "_head", "_headers", "_conn", "_client", "_connections", "_loop", "_deadline", "_timer",
+                 "_waiting_since", "_expired")
 
-    def __init__(self, conn: http1.Connection, pool: UpstreamPool, deadline: float) -> None:
+    def __init__(self, conn: http1.Connection, client: UpstreamClient, connections: ConnectionPool,
+                 loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         self.status = conn.status
         self._head = conn.raw_headers
         self._headers: Mapping[str, str] | None = None
-        self._conn: http1.Connection | None = conn
-        self._pool = pool
+        self._conn: http1.Connection | None = conn  # None once released
+        self._client = client
+        self._connections = connections
+        self._loop = loop
         self._deadline = deadline
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_since = 0.0  # loop time the current wait began; 0 when not waiting
@@ -89,42 +94,44 @@ class UpstreamResponse:
     async def read_chunk(self) -> bytes:
         """The next bytes of the body as they arrive; b"" at the end."""
         conn = self._conn
+        if conn is None:
+            raise RuntimeError("read after release()")
         try:
             # Bytes already here (or the end already seen): no waiting.
             data = conn.read_nowait()
             if data or conn.at_eof():
                 return data
-            loop = self._pool.loop
+            loop = self._loop
             self._waiting_since = now = loop.time()
             if self._timer is None:
-                self._timer = loop.call_at(min(now + self._pool.timeouts.idle, self._deadline), self._on_timer)
+                self._timer = loop.call_at(min(now + self._client.timeouts.idle, self._deadline), self._on_timer)
             try:
                 await conn.wait()
             finally:
                 self._waiting_since = 0.0
             if self._expired is not None:
-                raise self._pool.timeout_error(self._expired)
+                raise self._client.timeout_error(self._expired)
             return conn.read_nowait()
         except (http1.BadResponse, ConnectionError) as exc:
-            raise self._pool.broken_error(exc) from None
+            raise self._client.broken_error(exc) from None
 
     def _on_timer(self) -> None:
         self._timer = None
         since = self._waiting_since
         if not since or self._conn is None:
             return  # not waiting now: the next wait arms it again
-        idle_due = since + self._pool.timeouts.idle
+        idle_due = since + self._client.timeouts.idle
         due = min(idle_due, self._deadline)
-        if self._pool.loop.time() >= due:
+        if self._loop.time() >= due:
             self._expired = "idle" if idle_due < self._deadline else "total"
             self._conn.wake()
         else:
-            self._timer = self._pool.loop.call_at(due, self._on_timer)
+            self._timer = self._loop.call_at(due, self._on_timer)
 
     async def read_all(self, limit: int = MAX_UPSTREAM_BODY) -> bytes:
         """The whole body (non-stream answers and errors)."""
         conn = self._conn
-        if conn.complete:  # the common case: the whole answer came with its head
+        if conn is not None and conn.complete:  # the common case: the whole answer came with its head
             body = conn.read_nowait()
             if len(body) > limit:
                 raise self._too_large(limit)
@@ -139,7 +146,7 @@ class UpstreamResponse:
         return b"".join(parts)
 
     def _too_large(self, limit: int) -> ProxyError:
-        return ProxyError(502, f"upstream '{self._pool.name}' answered more than {limit} bytes",
+        return ProxyError(502, f"upstream '{self._client.name}' answered more than {limit} bytes",
                           code="upstream_too_large")
 
     def release(self) -> None:
@@ -149,28 +156,29 @@ class UpstreamResponse:
             self._timer.cancel()
             self._timer = None
         if conn is not None:
-            self._pool.client.release(conn)
+            self._connections.release(conn)
 
 
-class UpstreamPool:
-    """One provider's connection pool and timeouts."""
+class UpstreamClient:
+    """One provider's way upstream: its requests encoded, sent on its
+    ``ConnectionPool`` (made in ``start``), and answered within its timeouts."""
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
         self.config = config
         self.timeouts = config.timeouts
-        self.client: Pool | None = None
+        self.connections: ConnectionPool | None = None  # from start() to close()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._targets: dict[str, tuple[http1.Origin, str, str]] = {}
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.client = Pool(self.config.max_connections, self.timeouts.connect, KEEPALIVE_S)
+        self.connections = ConnectionPool(self.config.max_connections, self.timeouts.connect, KEEPALIVE_S)
 
     async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-            self.client = None
+        if self.connections is not None:
+            await self.connections.close()
+            self.connections = None
 
     def encode(self, request: UpstreamRequest) -> tuple[http1.Origin, bytes]:
         """(origin, request bytes); URLs are split once each (providers use a handful)."""
@@ -188,9 +196,10 @@ class UpstreamPool:
 
     async def open(self, request: UpstreamRequest) -> UpstreamResponse:
         """Send the request; return once the response headers have arrived."""
-        assert self.client is not None, "UpstreamPool.start() was not awaited"
+        connections, loop = self.connections, self.loop
+        if connections is None or loop is None:
+            raise RuntimeError(f"upstream {self.name!r}: UpstreamClient.start() was not awaited")
         origin, payload = self.encode(request)
-        loop = self.loop
         now = loop.time()
         deadline = now + self.timeouts.total
         first_byte = min(now + self.timeouts.first_byte, deadline)
@@ -198,7 +207,7 @@ class UpstreamPool:
             name.lower() in _IDEMPOTENCY_HEADERS for name in request.headers)
         try:
             with Deadline(loop, first_byte):
-                conn = await self.client.request(origin, payload, replayable)
+                conn = await connections.request(origin, payload, replayable)
         except http1.ConnectTimeout:
             raise self.timeout_error("connect") from None
         except TimeoutError:
@@ -209,7 +218,7 @@ class UpstreamPool:
                              code="upstream_unreachable") from None
         except (http1.BadResponse, ConnectionError) as exc:
             raise self.broken_error(exc) from None
-        return UpstreamResponse(conn, self, deadline)
+        return UpstreamResponse(conn, self, connections, loop, deadline)
 
     def timeout_error(self, which: str) -> ProxyError:
         seconds = getattr(self.timeouts, which)

@@ -12,6 +12,10 @@ from typing import Any
 
 from .errors import bad_request
 
+# For client dialects' own validators (tollway_dialects): the OpenAI checks and their pieces.
+__all__ = ["MAX_JSON_DEPTH", "check_bool", "check_depth", "check_int", "check_model", "check_number", "is_int",
+           "is_number", "validate_chat", "validate_embeddings"]
+
 CHAT_ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))
 
 #: How deep a request body's arrays and objects may nest. orjson reads 1024 levels but
@@ -40,11 +44,13 @@ def check_depth(body: dict | list, raw: bytes, limit: int = MAX_JSON_DEPTH) -> N
                 push((item, depth + 1))
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """A JSON integer (``true`` is not one, though Python's bool is an int)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A JSON number (not a bool)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -60,7 +66,7 @@ def check_int(body: dict, name: str, low: int, high: int | None = None) -> None:
     v = body.get(name)
     if v is None:
         return
-    if not _is_int(v) or v < low or (high is not None and v > high):
+    if not is_int(v) or v < low or (high is not None and v > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise bad_request(f"'{name}' must be an integer {bound}, got {v!r}", name)
 
@@ -69,7 +75,7 @@ def check_number(body: dict, name: str, low: float, high: float) -> None:
     v = body.get(name)
     if v is None:
         return
-    if not _is_number(v) or not (low <= v <= high):
+    if not is_number(v) or not (low <= v <= high):
         raise bad_request(f"'{name}' must be a number between {low:g} and {high:g}, got {v!r}", name)
 
 
@@ -204,6 +210,6 @@ def validate_embeddings(body: dict) -> None:
     if not isinstance(inp, list) or not inp:
         raise bad_request("'input' must be a string or a non-empty list of strings", "input")
     for i, item in enumerate(inp):
-        if not (isinstance(item, str) or _is_int(item) or (isinstance(item, list) and all(map(_is_int, item)))):
+        if not (isinstance(item, str) or is_int(item) or (isinstance(item, list) and all(map(is_int, item)))):
             raise bad_request(f"'input[{i}]' must be a string (or token ids)", f"input[{i}]")
     check_int(body, "dimensions", 1)

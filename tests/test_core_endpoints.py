@@ -131,9 +131,9 @@ async def test_health_and_ready(running):
 
 
 async def test_each_provider_has_its_own_pool_with_the_configured_limit(running):
-    pool = running.gw.providers["up"].pool
-    assert pool.client.limit == 1000  # not aiohttp's default of 100
-    assert running.gw.providers["local"].pool.client is None  # the mock opens no connections
+    upstream = running.gw.providers["up"].upstream
+    assert upstream.connections.limit == 1000  # not aiohttp's default of 100
+    assert running.gw.providers["local"].upstream.connections is None  # the mock opens no connections
 
 
 async def test_models_read_by_the_anthropic_sdk(running):

@@ -15,7 +15,7 @@ import trustme
 from aiohttp import web
 
 from proxy import http1
-from proxy.pool import Pool
+from proxy.pool import ConnectionPool
 
 ORIGIN = ("http", "127.0.0.1", 1)
 
@@ -44,7 +44,7 @@ class FakeTransport:
 
 async def fed(pieces: list[bytes], limit: int = 10) -> tuple[http1.Connection, FakeTransport]:
     """A connection that sent a request and received ``pieces``, one data_received each."""
-    pool = Pool(limit, connect_timeout=1)
+    pool = ConnectionPool(limit, connect_timeout=1)
     conn = http1.Connection(pool, ORIGIN)
     transport = FakeTransport()
     conn.connection_made(transport)
@@ -192,7 +192,7 @@ class Counting:
         return app
 
 
-async def call(pool: Pool, url: str, body: bytes = b"ping", replayable: bool = False) -> bytes:
+async def call(pool: ConnectionPool, url: str, body: bytes = b"ping", replayable: bool = False) -> bytes:
     origin, host, target = http1.split_url(url)
     conn = await pool.request(origin, http1.encode_request("POST", host, target, {}, body), replayable)
     try:
@@ -209,7 +209,7 @@ async def call(pool: Pool, url: str, body: bytes = b"ping", replayable: bool = F
 async def test_connections_are_reused_and_limited(aiohttp_server):
     counting = Counting()
     server = await aiohttp_server(counting.app())
-    pool = Pool(limit=2, connect_timeout=2)
+    pool = ConnectionPool(limit=2, connect_timeout=2)
     try:
         for i in range(5):
             assert await call(pool, str(server.make_url("/a")), b"n%d" % i) == b"n%d" % i
@@ -224,7 +224,7 @@ async def test_connections_are_reused_and_limited(aiohttp_server):
 async def test_idle_connections_expire(aiohttp_server):
     counting = Counting()
     server = await aiohttp_server(counting.app())
-    pool = Pool(limit=4, connect_timeout=2, keepalive=0.05)
+    pool = ConnectionPool(limit=4, connect_timeout=2, keepalive=0.05)
     try:
         await call(pool, str(server.make_url("/")))
         await asyncio.sleep(0.2)  # longer than keepalive: the sweep closed it
@@ -270,7 +270,7 @@ async def test_the_keep_alive_race_resends_only_a_replayable_request(replayable)
     have closed it while idle (the request never read) or read the request and
     died. Only a request that may run twice (GET, an Idempotency-Key) goes again."""
     server, url, seen = await serve_then(dropped)
-    pool = Pool(limit=4, connect_timeout=2)
+    pool = ConnectionPool(limit=4, connect_timeout=2)
     try:
         assert await call(pool, url) == b"ok"
         if replayable:
@@ -288,7 +288,7 @@ async def test_the_keep_alive_race_resends_only_a_replayable_request(replayable)
 
 async def test_a_request_that_got_part_of_an_answer_is_never_resent():
     server, url, seen = await serve_then(half_a_head)
-    pool = Pool(limit=4, connect_timeout=2)
+    pool = ConnectionPool(limit=4, connect_timeout=2)
     try:
         assert await call(pool, url) == b"ok"
         with pytest.raises(http1.UpstreamClosed):
@@ -305,7 +305,7 @@ async def test_a_request_never_written_goes_on_a_new_connection(aiohttp_server):
     counting = Counting()
     server = await aiohttp_server(counting.app())
     url = str(server.make_url("/"))
-    pool = Pool(limit=4, connect_timeout=2)
+    pool = ConnectionPool(limit=4, connect_timeout=2)
     try:
         assert await call(pool, url) == b"ping"
         (idle,) = pool._idle[http1.split_url(url)[0]]
@@ -332,7 +332,7 @@ async def test_the_upstreams_keep_alive_timeout_is_honoured():
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
-    pool = Pool(limit=4, connect_timeout=2)
+    pool = ConnectionPool(limit=4, connect_timeout=2)
     try:
         assert await call(pool, url) == b"ok"
         (first,) = pool._idle[http1.split_url(url)[0]]
@@ -352,7 +352,7 @@ async def test_a_new_connection_closed_before_answering_is_an_error():
         writer.close()
 
     server = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
-    pool = Pool(limit=4, connect_timeout=2)
+    pool = ConnectionPool(limit=4, connect_timeout=2)
     try:
         with pytest.raises(http1.UpstreamClosed):
             await call(pool, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/")
@@ -363,7 +363,7 @@ async def test_a_new_connection_closed_before_answering_is_an_error():
 
 
 async def test_refused_connections_raise_cannot_connect_and_free_their_slot(unused_tcp_port):
-    pool = Pool(limit=1, connect_timeout=2)
+    pool = ConnectionPool(limit=1, connect_timeout=2)
     for _ in range(3):
         with pytest.raises(http1.CannotConnect):
             await call(pool, f"http://127.0.0.1:{unused_tcp_port}/")
@@ -381,7 +381,7 @@ async def test_https_with_a_verified_certificate(aiohttp_server):
 
     trusted = ssl.create_default_context()
     ca.configure_trust(trusted)
-    pool = Pool(limit=2, connect_timeout=2, ssl_context=trusted)
+    pool = ConnectionPool(limit=2, connect_timeout=2, ssl_context=trusted)
     try:
         assert await call(pool, url, b"secret") == b"secret"
         assert await call(pool, url, b"again") == b"again"
@@ -389,7 +389,7 @@ async def test_https_with_a_verified_certificate(aiohttp_server):
     finally:
         await pool.close()
 
-    system_trust = Pool(limit=2, connect_timeout=2)  # does not know the test CA
+    system_trust = ConnectionPool(limit=2, connect_timeout=2)  # does not know the test CA
     try:
         with pytest.raises(http1.CannotConnect, match="CERTIFICATE_VERIFY_FAILED"):
             await call(system_trust, url)
@@ -400,7 +400,7 @@ async def test_https_with_a_verified_certificate(aiohttp_server):
 async def test_closing_the_pool_fails_waiters_and_aborts_connections(aiohttp_server):
     counting = Counting()
     server = await aiohttp_server(counting.app())
-    pool = Pool(limit=1, connect_timeout=2)
+    pool = ConnectionPool(limit=1, connect_timeout=2)
     slow = asyncio.ensure_future(call(pool, str(server.make_url("/slow"))))
     await asyncio.sleep(0.01)
     waiting = asyncio.ensure_future(call(pool, str(server.make_url("/"))))
@@ -417,7 +417,7 @@ async def test_a_transport_closed_under_the_request_is_an_upstream_close():
         def write(self, data: bytes) -> None:
             raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
 
-    pool = Pool(2, connect_timeout=1)
+    pool = ConnectionPool(2, connect_timeout=1)
     conn = http1.Connection(pool, ORIGIN)
     conn.connection_made(Closed())
     with pytest.raises(http1.UpstreamClosed, match="before the request went out"):
@@ -427,52 +427,52 @@ async def test_a_transport_closed_under_the_request_is_an_upstream_close():
 
 # -- failures of the connect and of the body, as the gateway answers them -----------------
 
-def upstream_pool(connect: float = 2.0):
+def upstream_client(connect: float = 2.0):
     from types import SimpleNamespace
 
-    from proxy.upstream import UpstreamPool
+    from proxy.upstream import UpstreamClient
 
     timeouts = SimpleNamespace(connect=connect, first_byte=2.0, idle=2.0, total=5.0)
-    return UpstreamPool("up", SimpleNamespace(timeouts=timeouts, max_connections=4))
+    return UpstreamClient("up", SimpleNamespace(timeouts=timeouts, max_connections=4))
 
 
 async def test_a_connect_longer_than_the_connect_timeout_answers_504(monkeypatch):
     from proxy import ProxyError
     from proxy.upstream import UpstreamRequest
 
-    pool = upstream_pool(connect=0.05)
-    await pool.start()
+    client = upstream_client(connect=0.05)
+    await client.start()
 
     async def never_connects(*args, **kwargs):
         await asyncio.sleep(10)
 
-    monkeypatch.setattr(pool.loop, "create_connection", never_connects)
+    monkeypatch.setattr(client.loop, "create_connection", never_connects)
     try:
         with pytest.raises(ProxyError) as caught:
-            await pool.open(UpstreamRequest("http://10.255.255.1/v1/x", b"{}"))
+            await client.open(UpstreamRequest("http://10.255.255.1/v1/x", b"{}"))
         assert caught.value.status == 504 and caught.value.code == "upstream_timeout_connect"
-        assert pool.client.open_count == 0
+        assert client.connections.open_count == 0
     finally:
-        await pool.close()
+        await client.close()
 
 
 async def test_the_kernels_connect_timeout_is_unreachable_not_a_first_byte_timeout(monkeypatch):
     from proxy import ProxyError
     from proxy.upstream import UpstreamRequest
 
-    pool = upstream_pool()
-    await pool.start()
+    client = upstream_client()
+    await client.start()
 
     async def timed_out(*args, **kwargs):
         raise TimeoutError(110, "Connection timed out")
 
-    monkeypatch.setattr(pool.loop, "create_connection", timed_out)
+    monkeypatch.setattr(client.loop, "create_connection", timed_out)
     try:
         with pytest.raises(ProxyError) as caught:
-            await pool.open(UpstreamRequest("http://10.255.255.1/v1/x", b"{}"))
+            await client.open(UpstreamRequest("http://10.255.255.1/v1/x", b"{}"))
         assert caught.value.status == 502 and caught.value.code == "upstream_unreachable"
     finally:
-        await pool.close()
+        await client.close()
 
 
 @pytest.mark.parametrize("whole", [True, False])  # the whole answer arrived, or more is still to come
@@ -491,17 +491,17 @@ async def test_an_answer_over_the_size_limit_is_refused(whole):
         await asyncio.sleep(1)  # the rest of a longer answer never comes
 
     server = await asyncio.start_server(big_answer, "127.0.0.1", 0)
-    pool = upstream_pool()
-    await pool.start()
+    client = upstream_client()
+    await client.start()
     try:
-        up = await pool.open(UpstreamRequest(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/", b"{}"))
+        answer = await client.open(UpstreamRequest(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/", b"{}"))
         await asyncio.sleep(0.05)  # let the bytes arrive
         with pytest.raises(ProxyError) as caught:
-            await up.read_all(limit=1000)
+            await answer.read_all(limit=1000)
         assert caught.value.status == 502 and caught.value.code == "upstream_too_large"
-        up.release()
+        answer.release()
         # Read to its end, the connection is kept; cut short, it is closed.
-        assert pool.client.open_count == (1 if whole else 0)
+        assert client.connections.open_count == (1 if whole else 0)
     finally:
-        await pool.close()
+        await client.close()
         server.close()

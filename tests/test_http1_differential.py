@@ -28,7 +28,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpResponseParserPy
 
 from proxy import http1
-from proxy.pool import Pool
+from proxy.pool import ConnectionPool
 
 NAMES = [b"Content-Type", b"X-Request-Id", b"openai-processing-ms", b"Retry-After", b"Set-Cookie", b"Via",
          b"x-ratelimit-remaining-requests", b"Cache-Control", b"Date", b"Server"]
@@ -131,7 +131,7 @@ class Transport:
         pass
 
 
-def client(pool: Pool, pieces: list[bytes]) -> Verdict:
+def client(pool: ConnectionPool, pieces: list[bytes]) -> Verdict:
     """The gateway's client fed ``pieces`` one read each, then the close."""
     conn = http1.Connection(pool, ("http", "127.0.0.1", 1))
     conn.connection_made(Transport())
@@ -226,7 +226,7 @@ def aiohttp_py(raw: bytes, loop: asyncio.AbstractEventLoop) -> Verdict:
 async def test_the_client_agrees_with_llhttp_and_aiohttp(seed):
     rng = random.Random(seed)
     loop = asyncio.get_running_loop()
-    pool = Pool(4, connect_timeout=1)
+    pool = ConnectionPool(4, connect_timeout=1)
     accepted_mutants = 0
     for case in range(600):
         raw, keep = generate(rng)
@@ -275,7 +275,7 @@ def test_every_refusal_of_the_client_is_llhttps_or_listed():
 
 def _refusal(raw: bytes) -> str | None:
     async def run() -> str | None:
-        pool = Pool(4, connect_timeout=1)
+        pool = ConnectionPool(4, connect_timeout=1)
         conn = http1.Connection(pool, ("http", "127.0.0.1", 1))
         conn.connection_made(Transport())
         conn.send(b"")

@@ -51,6 +51,7 @@ class AnthropicProvider(Provider):
     dialect = "anthropic"
     default_base_url = "https://api.anthropic.com"
     Options = AnthropicOptions
+    api_key_header = ("x-api-key", "")
 
     def __init__(self, name, config, options: AnthropicOptions | None = None) -> None:
         super().__init__(name, config, options or AnthropicOptions())
@@ -58,14 +59,10 @@ class AnthropicProvider(Provider):
         if base.endswith("/v1"):
             base = base[:-3]
         self.url = base + "/v1/messages"
-        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
-                   "Accept-Encoding": "identity", "anthropic-version": self.options.anthropic_version}
-        if config.api_key:
-            headers["x-api-key"] = config.api_key
+        extra = {"Accept": "application/json, text/event-stream", "anthropic-version": self.options.anthropic_version}
         if self.options.beta:
-            headers["anthropic-beta"] = ",".join(self.options.beta)
-        headers.update(config.headers)
-        self.headers = headers
+            extra["anthropic-beta"] = ",".join(self.options.beta)
+        self.headers = self.upstream_headers(extra)
 
     def chat_request(self, call: Call, route: Route, body: dict | None) -> UpstreamRequest:
         prompt_cache = call.state.get(PROMPT_CACHE) is True

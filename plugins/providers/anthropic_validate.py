@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy import ProxyError
+from proxy.validate import is_int, is_number
 
 ROLES = ("user", "assistant")
 TOOL_CHOICES = ("auto", "any", "tool", "none")
@@ -18,14 +19,6 @@ TOOL_CHOICES = ("auto", "any", "tool", "none")
 
 def _bad(path: str, why: str) -> ProxyError:
     return ProxyError(400, f"{path}: {why}", param=path, code="invalid_request")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def validate_messages(body: dict) -> None:
@@ -37,7 +30,7 @@ def validate_messages(body: dict) -> None:
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         raise _bad("max_tokens", "Field required (the most tokens the answer may have)")
-    if not _is_int(max_tokens) or max_tokens < 1:
+    if not is_int(max_tokens) or max_tokens < 1:
         raise _bad("max_tokens", f"must be an integer of at least 1, got {max_tokens!r}")
     messages = body.get("messages")
     if messages is None:
@@ -53,7 +46,7 @@ def validate_messages(body: dict) -> None:
     _range(body, "temperature", 0, 1)
     _range(body, "top_p", 0, 1)
     top_k = body.get("top_k")
-    if top_k is not None and (not _is_int(top_k) or top_k < 0):
+    if top_k is not None and (not is_int(top_k) or top_k < 0):
         raise _bad("top_k", f"must be a non-negative integer, got {top_k!r}")
     stops = body.get("stop_sequences")
     if stops is not None and (not isinstance(stops, list) or not all(isinstance(s, str) for s in stops)):
@@ -67,13 +60,13 @@ def validate_messages(body: dict) -> None:
         if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled", "adaptive"):
             raise _bad("thinking", "must be {\"type\": \"enabled\", \"budget_tokens\": N} or {\"type\": \"disabled\"}")
         budget = thinking.get("budget_tokens")
-        if thinking["type"] == "enabled" and (not _is_int(budget) or budget < 1024):
+        if thinking["type"] == "enabled" and (not is_int(budget) or budget < 1024):
             raise _bad("thinking.budget_tokens", "must be an integer of at least 1024")
 
 
 def _range(body: dict, name: str, low: float, high: float) -> None:
     v = body.get(name)
-    if v is not None and (not _is_number(v) or not low <= v <= high):
+    if v is not None and (not is_number(v) or not low <= v <= high):
         raise _bad(name, f"must be a number between {low:g} and {high:g}, got {v!r}")
 
 

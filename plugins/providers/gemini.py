@@ -50,17 +50,14 @@ class GeminiProvider(Provider):
     dialect = "gemini"
     default_base_url = "https://generativelanguage.googleapis.com"
     Options = GeminiOptions
+    api_key_header = ("x-goog-api-key", "")
 
     def __init__(self, name, config, options: GeminiOptions | None = None) -> None:
         super().__init__(name, config, options or GeminiOptions())
         base = (config.base_url or self.default_base_url).rstrip("/")
         version = self.options.api_version
         self.base = base if base.endswith("/" + version) else f"{base}/{version}"
-        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-        if config.api_key:
-            headers["x-goog-api-key"] = config.api_key
-        headers.update(config.headers)
-        self.headers = headers
+        self.headers = self.upstream_headers()
 
     def _url(self, model: str, method: str) -> str:
         model = model.removeprefix("models/")

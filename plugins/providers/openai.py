@@ -39,12 +39,7 @@ class OpenAIProvider(Provider):
         base = (config.base_url or self.default_base_url).rstrip("/")
         self.chat_url = base + "/chat/completions"
         self.embeddings_url = base + "/embeddings"
-        # identity: the gateway reads the bytes (usage) and passes them on as they are.
-        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-        if config.api_key:
-            headers["Authorization"] = f"Bearer {config.api_key}"
-        headers.update(config.headers)
-        self.headers = headers
+        self.headers = self.upstream_headers()
 
     def chat_request(self, call: Call, route: Route, body: dict | None) -> UpstreamRequest:
         if body is None:  # passthrough: change the client's body only where needed
