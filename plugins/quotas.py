@@ -104,31 +104,31 @@ class Plugin:
 
     @hookimpl(tryfirst=True)
     async def tollway_settle(self, call: Call) -> None:
-        res = call.state.get(RESERVATION)
-        if res is None or not res.open:
+        hold = call.state.get(RESERVATION)
+        if hold is None or not hold.open:
             return
-        res.open = False
-        res.charged = self.accounts.settle(res.account, res.amount, self._cost(call, res))
+        hold.open = False
+        hold.charged = self.accounts.settle(hold.account, hold.amount, self._cost(call, hold))
 
-    def _cost(self, call: Call, res: Reservation) -> int:
+    def _cost(self, call: Call, hold: Reservation) -> int:
         usage = call.billing.usage
         if usage is not None:
             cost = call.billing.cost_micro
             if cost is None:
                 cost = self.prices.cost_of(call)
             # A count of the output (the upstream said nothing) never costs more than was held.
-            return min(cost, res.amount) if call.billing.usage_estimated else cost
+            return min(cost, hold.amount) if call.billing.usage_estimated else cost
         if call.stream or call.response.status != 200 or call.response.error is not None:
             return 0  # nothing went out (a stream's output, had there been any, was counted)
         ppm = multiplier_ppm(call.billing.price_multiplier)
-        return res.amount if ppm == MICRO else -(-res.amount * ppm // MICRO)
+        return hold.amount if ppm == MICRO else -(-hold.amount * ppm // MICRO)
 
     @hookimpl
     async def tollway_finish(self, call: Call) -> None:
-        res = call.state.get(RESERVATION)
-        if res is not None and res.open:
-            res.open = False
-            self.accounts.release(res.account, res.amount)
+        hold = call.state.get(RESERVATION)
+        if hold is not None and hold.open:
+            hold.open = False
+            self.accounts.release(hold.account, hold.amount)
 
     @hookimpl
     def tollway_routes(self, gateway: Gateway) -> list:

@@ -112,12 +112,13 @@ class Plugin:
         if per_model is not None:
             scopes.append((model, per_model))
         rules = []
-        for scope, lim in scopes:
+        for scope, scope_limits in scopes:
             for field, kind, label, period in PERIODS:
-                value = getattr(lim, field)
+                value = getattr(scope_limits, field)
                 if value is not None:
-                    rules.append(Rule(kind == "tokens", f"{label} for {scope}" if scope else label, scope, value,
-                                      period, period / value, (key.id, scope, field), str(value)))
+                    rules.append(Rule(tokens=kind == "tokens", label=f"{label} for {scope}" if scope else label,
+                                      scope=scope, limit=value, period=period, interval=period / value,
+                                      state=(key.id, scope, field), limit_text=str(value)))
         plan = Plan.of(rules) if rules else NO_PLAN
         if len(self._plans) > 100_000:  # keys come and go: keep the memo bounded
             self._plans.clear()

@@ -144,14 +144,14 @@ def gateway_command(fn: Callable[[Gateway, argparse.Namespace], Awaitable[int]]
     def run(args: argparse.Namespace) -> int:
         from .gateway import load_gateway
 
-        gw = load_gateway(args.config)
+        gateway = load_gateway(args.config)
 
         async def go() -> int:
-            await gw.start(serving=False)
+            await gateway.start(serving=False)
             try:
-                return await fn(gw, args)
+                return await fn(gateway, args)
             finally:
-                await gw.close()
+                await gateway.close()
 
         return run_async(go())
 
@@ -163,11 +163,11 @@ def gateway_command(fn: Callable[[Gateway, argparse.Namespace], Awaitable[int]]
 def cmd_check(args: argparse.Namespace) -> int:
     from .gateway import load_gateway
 
-    gw = load_gateway(args.config)
-    cfg = gw.config
+    gateway = load_gateway(args.config)
+    cfg = gateway.config
     for name in cfg.unset_env:
         print(f"warning: ${{{name}}} is not set; it reads as empty text", file=sys.stderr)
-    for provider in gw.providers.values():
+    for provider in gateway.providers.values():
         if (warning := provider.startup_warning()) is not None:
             print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: ok ({len(cfg.providers)} providers, {len(cfg.models)} models, "
@@ -190,26 +190,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .gateway import load_gateway
 
     overrides = {"host": args.host, "port": args.port, "workers": args.workers}
-    gw = load_gateway(args.config, server_overrides=overrides)  # validate before forking workers
-    server = gw.config.server
+    gateway = load_gateway(args.config, server_overrides=overrides)  # validate before forking workers
+    server = gateway.config.server
     host, port, workers = server.host, server.port, server.workers
-    for name in gw.config.unset_env:
+    for name in gateway.config.unset_env:
         log.warning("${%s} is not set; it reads as empty text", name)
     if workers > 1 and not args.reuse_port:
         return serve_workers(args, host, port, workers)
-    return run_async(serve_one(gw, host, port, reuse_port=args.reuse_port))
+    return run_async(serve_one(gateway, host, port, reuse_port=args.reuse_port))
 
 
-async def serve_one(gw: Gateway, host: str, port: int, reuse_port: bool = False) -> int:
+async def serve_one(gateway: Gateway, host: str, port: int, reuse_port: bool = False) -> int:
     from aiohttp import web
 
     from .app import make_app
     from .connection import GatewayRunner
 
-    app = make_app(gw)
+    app = make_app(gateway)
     # shutdown_timeout is applied by the app's on_shutdown (proxy/inflight.py), which stops and
     # bills what is still in flight; aiohttp's own wait after it is only a short backstop.
-    runner = GatewayRunner(app, timeouts=gw.config.server.timeouts, handle_signals=False, access_log=None,
+    runner = GatewayRunner(app, timeouts=gateway.config.server.timeouts, handle_signals=False, access_log=None,
                            handler_cancellation=False, shutdown_timeout=GRACE_S)
     await runner.setup()
     try:
@@ -224,7 +224,7 @@ async def serve_one(gw: Gateway, host: str, port: int, reuse_port: bool = False)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if not reuse_port:
-        print_banner(gw, site_address(site, host, port))
+        print_banner(gateway, site_address(site, host, port))
     await stop.wait()
     # A second SIGTERM while finishing (a supervisor repeating itself) must not kill the
     # process half-way: shutdown is bounded by server.shutdown_timeout anyway.
@@ -243,18 +243,18 @@ def site_address(site: object, host: str, port: int) -> tuple[str, int]:
     return host, port
 
 
-def print_banner(gw: Gateway, address: tuple[str, int]) -> None:
+def print_banner(gateway: Gateway, address: tuple[str, int]) -> None:
     host, port = address
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     base = f"http://{shown}:{port}"
-    model = next(iter(gw.config.models), "MODEL")
-    keys = gw.config.section("keys") or []
+    model = next(iter(gateway.config.models), "MODEL")
+    keys = gateway.config.section("keys") or []
     first = next((k for k in keys if getattr(k, "key", None)), None)
     # Never the whole key: stdout is a log too. Its name and display prefix say which one to use.
     auth = ' -H "Authorization: Bearer $KEY"' if first else ""
     which = (f"\n       with KEY set to the key of {first.name!r} (keys: in the config; it starts "
              f"{display_prefix(first.key)}...)") if first else ""
-    print(f"tollway listening on {base} ({len(gw.config.models)} models: {', '.join(gw.config.models)})\n"
+    print(f"tollway listening on {base} ({len(gateway.config.models)} models: {', '.join(gateway.config.models)})\n"
           f"  OpenAI base_url: {base}/v1\n"
           f"  try: curl {base}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
           f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hello\"}}]}}'"

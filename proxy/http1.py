@@ -3,9 +3,9 @@
 (``httptools``). The pool of these connections is ``pool.py``.
 
 Why not aiohttp's client (the gateway used it until the benchmark showed
-the cost): a POST and its answer cost about 60 µs of CPU through aiohttp's
-client on the benchmark machine, and about 17 µs through this one
-(``benchmarks/RESULTS.md``). The gateway needs little of HTTP: one request
+the cost): a POST and its answer cost several times more CPU through
+aiohttp's client than through this one (``benchmarks/RESULTS.md`` has the
+measurements). The gateway needs little of HTTP: one request
 at a time per connection, a body that is already bytes, an answer read as it
 arrives. So this client (this module and ``pool.py``) does:
 

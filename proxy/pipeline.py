@@ -38,16 +38,16 @@ MAX_ERROR_BODY = 1024 * 1024
 RETRYABLE = frozenset((429, 502, 503, 504))
 
 
-async def run_model_call(gw: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
+async def run_model_call(gateway: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
     """Answer one chat / embeddings / messages request."""
-    hooks = gw.hooks
+    hooks = gateway.hooks
     admitted = False
     resp: web.StreamResponse | None = None
-    task = gw.inflight.enter(call)
+    task = gateway.inflight.enter(call)
     try:
         try:
-            await authenticate(gw, call)
-            await resolve(gw, call)
+            await authenticate(gateway, call)
+            await resolve(gateway, call)
             admitted = True
             for admit in hooks.admit:
                 await admit(call)
@@ -57,9 +57,9 @@ async def run_model_call(gw: Gateway, request: web.Request, call: Call) -> web.S
                 if cached is not None:
                     break
             if cached is not None:
-                resp = await answer_cached(gw, request, call, cached)
+                resp = await answer_cached(gateway, request, call, cached)
             else:
-                resp = await forward(gw, request, call)
+                resp = await forward(gateway, request, call)
         except ProxyError as err:
             resp = await send_error(request, call, err)
         except asyncio.CancelledError:
@@ -79,22 +79,22 @@ async def run_model_call(gw: Gateway, request: web.Request, call: Call) -> web.S
                 except Exception:
                     throttled(log, logging.ERROR, "settle_failed", "tollway_settle failed", exc_info=True)
     finally:
-        await finish(gw, call)
-        gw.inflight.leave(task)
+        await finish(gateway, call)
+        gateway.inflight.leave(task)
     return resp
 
 
-async def authenticate(gw: Gateway, call: Call) -> None:
-    for auth in gw.hooks.authenticate:
+async def authenticate(gateway: Gateway, call: Call) -> None:
+    for auth in gateway.hooks.authenticate:
         principal = await auth(call)
         if principal is not None:
             call.principal = principal
             return
 
 
-async def resolve(gw: Gateway, call: Call) -> None:
-    for res in gw.hooks.resolve:
-        route = await res(call)
+async def resolve(gateway: Gateway, call: Call) -> None:
+    for resolve_hook in gateway.hooks.resolve:
+        route = await resolve_hook(call)
         if route is not None:
             call.route = route
             return
@@ -102,19 +102,19 @@ async def resolve(gw: Gateway, call: Call) -> None:
                      param="model", code="model_not_found")
 
 
-async def finish(gw: Gateway, call: Call) -> None:
+async def finish(gateway: Gateway, call: Call) -> None:
     """The last step of every call: its end time, tollway_finish hooks, the access log."""
     call.timing.ended_at = call.timing.ended_at or time.perf_counter()
-    for fin in gw.hooks.finish:
+    for finish_hook in gateway.hooks.finish:
         try:
-            await fin(call)
+            await finish_hook(call)
         except Exception:
             throttled(log, logging.ERROR, "finish_failed", "tollway_finish failed", exc_info=True)
-    if gw.access_log is not None:
-        gw.access_log.record(call)
+    if gateway.access_log is not None:
+        gateway.access_log.record(call)
 
 
-async def answer_here(gw: Gateway, request: web.Request, call: Call,
+async def answer_here(gateway: Gateway, request: web.Request, call: Call,
                       respond: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Answer a call the gateway answers itself (e.g. the models list): ``respond()``'s
     response, or the error it raised, recorded on the call; finish hooks run in every case."""
@@ -128,19 +128,19 @@ async def answer_here(gw: Gateway, request: web.Request, call: Call,
                       exc_info=True)
             return await send_error(request, call, internal_error())
     finally:
-        await finish(gw, call)
+        await finish(gateway, call)
 
 
-async def refuse(gw: Gateway, request: web.Request, call: Call, err: ProxyError) -> web.StreamResponse:
+async def refuse(gateway: Gateway, request: web.Request, call: Call, err: ProxyError) -> web.StreamResponse:
     """Answer a call refused before any hook ran (a malformed body): finish hooks still see it."""
     try:
         return await send_error(request, call, err)
     finally:
-        await finish(gw, call)
+        await finish(gateway, call)
 
 
-async def on_usage(gw: Gateway, call: Call) -> None:
-    for hook in gw.hooks.usage:
+async def on_usage(gateway: Gateway, call: Call) -> None:
+    for hook in gateway.hooks.usage:
         await hook(call)
 
 
@@ -172,7 +172,7 @@ async def _send(request: web.Request, call: Call, resp: web.Response) -> None:
 
 # -- upstream -------------------------------------------------------------------------
 
-async def forward(gw: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
+async def forward(gateway: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
     """Try the route, then its fallbacks, until one answers."""
     route = call.route
     if route is None:
@@ -180,16 +180,16 @@ async def forward(gw: Gateway, request: web.Request, call: Call) -> web.StreamRe
     if not route.fallbacks:  # the usual case: one attempt, nothing to catch
         call.upstream_attempts = 1
         if call.endpoint == "embeddings":
-            return await forward_embeddings(gw, request, call, route)
-        return await forward_chat(gw, request, call, route)
+            return await forward_embeddings(gateway, request, call, route)
+        return await forward_chat(gateway, request, call, route)
     routes: tuple[Route, ...] = (route, *route.fallbacks)
     for i, attempt in enumerate(routes):
         call.route = attempt
         call.upstream_attempts += 1
         try:
             if call.endpoint == "embeddings":
-                return await forward_embeddings(gw, request, call, attempt)
-            return await forward_chat(gw, request, call, attempt)
+                return await forward_embeddings(gateway, request, call, attempt)
+            return await forward_chat(gateway, request, call, attempt)
         except ProxyError as err:
             if i + 1 < len(routes) and err.status in RETRYABLE and not call.response.status:
                 throttled(log, logging.WARNING, f"failover:{attempt.model}", "route %s via %s failed (%s); trying %s",
@@ -201,24 +201,24 @@ async def forward(gw: Gateway, request: web.Request, call: Call) -> web.StreamRe
 
 async def open_upstream(call: Call, route: Route, request: UpstreamRequest) -> UpstreamResponse:
     provider = route.provider
-    up = await provider.send(call, request)
-    if up.status >= 400:
+    upstream = await provider.send(call, request)
+    if upstream.status >= 400:
         try:
-            body = await up.read_all(MAX_ERROR_BODY)
+            body = await upstream.read_all(MAX_ERROR_BODY)
         except ProxyError:
             body = b""
         finally:
-            up.release()
-        raise provider.error_for(call, up.status, up.headers, body)
-    return up
+            upstream.release()
+        raise provider.error_for(call, upstream.status, upstream.headers, body)
+    return upstream
 
 
-async def forward_chat(gw: Gateway, request: web.Request, call: Call, route: Route) -> web.StreamResponse:
+async def forward_chat(gateway: Gateway, request: web.Request, call: Call, route: Route) -> web.StreamResponse:
     provider = route.provider
-    dialect = gw.dialects[call.dialect]
+    dialect = gateway.dialects[call.dialect]
     native = provider.dialect == call.dialect
     canonical = None if native else dialect.canonical_request(call)
-    up = await open_upstream(call, route, provider.chat_request(call, route, canonical))
+    upstream = await open_upstream(call, route, provider.chat_request(call, route, canonical))
 
     if call.stream:
         try:
@@ -227,27 +227,27 @@ async def forward_chat(gw: Gateway, request: web.Request, call: Call, route: Rou
             else:
                 codec = TranslatingCodec(provider.chat_stream(call), dialect.encoder(call))
             filters = []
-            for hook in gw.hooks.stream_filter:
+            for hook in gateway.hooks.stream_filter:
                 f = await hook(call)
                 if f is not None:
                     filters.append(f)
         except BaseException:
-            up.release()  # pump has not taken the upstream over: give its connection back
+            upstream.release()  # pump has not taken the upstream over: give its connection back
             raise
         resp = _stream_response(call)
         try:
             await resp.prepare(request)
         except (ConnectionError, RuntimeError):
             call.response.client_gone = True
-        server = gw.config.server
-        await pump(call, resp, up, codec, lambda c: on_usage(gw, c), tuple(filters),
+        server = gateway.config.server
+        await pump(call, resp, upstream, codec, lambda c: on_usage(gateway, c), tuple(filters),
                    server.disconnect_drain, server.timeouts.client_write)
         return resp
 
     try:
-        raw = await up.read_all()
+        raw = await upstream.read_all()
     finally:
-        up.release()
+        upstream.release()
     call.timing.first_byte_at = time.perf_counter()
     out: bytes | None  # the upstream's own bytes, when they can go to the client as they are
     try:
@@ -264,7 +264,7 @@ async def forward_chat(gw: Gateway, request: web.Request, call: Call, route: Rou
             out = None
     except UNREADABLE as exc:
         raise unreadable_answer(provider.name, exc) from None
-    await on_usage(gw, call)
+    await on_usage(gateway, call)
     if call.billing.usage_extra:
         # Add the gateway's fields (cost) to the upstream's bytes; re-serialise only if that cannot be done.
         out = splice_usage_fields(out, call.billing.usage_extra) if out is not None else None
@@ -273,19 +273,19 @@ async def forward_chat(gw: Gateway, request: web.Request, call: Call, route: Rou
     return await _json_response(request, call, out if out is not None else orjson.dumps(body))
 
 
-async def forward_embeddings(gw: Gateway, request: web.Request, call: Call, route: Route) -> web.StreamResponse:
+async def forward_embeddings(gateway: Gateway, request: web.Request, call: Call, route: Route) -> web.StreamResponse:
     provider = route.provider
-    up = await open_upstream(call, route, provider.embeddings_request(call, route))
+    upstream = await open_upstream(call, route, provider.embeddings_request(call, route))
     try:
-        raw = await up.read_all()
+        raw = await upstream.read_all()
     finally:
-        up.release()
+        upstream.release()
     call.timing.first_byte_at = time.perf_counter()
     try:
         body, call.billing.usage = provider.embeddings_response(call, raw)
     except UNREADABLE as exc:
         raise unreadable_answer(provider.name, exc) from None
-    await on_usage(gw, call)
+    await on_usage(gateway, call)
     if call.billing.usage_extra and isinstance(body.get("usage"), dict):
         body["usage"].update(call.billing.usage_extra)
     return await _json_response(request, call, orjson.dumps(body))
@@ -306,13 +306,14 @@ async def _json_response(request: web.Request, call: Call, body: bytes) -> web.R
     return resp
 
 
-async def answer_cached(gw: Gateway, request: web.Request, call: Call, cached: CachedResponse) -> web.StreamResponse:
+async def answer_cached(gateway: Gateway, request: web.Request, call: Call,
+                        cached: CachedResponse) -> web.StreamResponse:
     """Render a lookup hit as the client asked: JSON or a replayed stream."""
-    dialect = gw.dialects[call.dialect]
+    dialect = gateway.dialects[call.dialect]
     call.billing.usage = cached.usage
     if cached.headers:
         call.response.headers.update(cached.headers)
-    await on_usage(gw, call)
+    await on_usage(gateway, call)
     if call.endpoint == "chat" or call.endpoint == "messages":
         if call.stream:
             resp = _stream_response(call)

@@ -89,9 +89,9 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 class ModelRoutes:
     """The model-facing endpoints of one gateway."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self.limit = gw.config.server.max_body_bytes
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.limit = gateway.config.server.max_body_bytes
         self.created = int(time.time())
         self.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created))
 
@@ -112,10 +112,10 @@ class ModelRoutes:
             if endpoint == "embeddings":
                 validate_embeddings(body)
             else:
-                self.gw.dialects[dialect].validate(body)
+                self.gateway.dialects[dialect].validate(body)
         except ProxyError as err:
-            return await refuse(self.gw, request, Call(request, endpoint, {}, b"", dialect), err)
-        return await run_model_call(self.gw, request, Call(request, endpoint, body, raw, dialect))
+            return await refuse(self.gateway, request, Call(request, endpoint, {}, b"", dialect), err)
+        return await run_model_call(self.gateway, request, Call(request, endpoint, body, raw, dialect))
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._model_call(request, "chat", "openai")
@@ -124,13 +124,13 @@ class ModelRoutes:
         return await self._model_call(request, "embeddings", "openai")
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
-        if "anthropic" not in self.gw.dialects:
+        if "anthropic" not in self.gateway.dialects:
             raise ProxyError(404, "the Anthropic Messages API is not enabled on this gateway", code="unknown_endpoint")
         return await self._model_call(request, "messages", "anthropic")
 
     # -- models -----------------------------------------------------------------------
     def describe(self, name: str) -> dict:
-        m = self.gw.config.models[name]
+        m = self.gateway.config.models[name]
         price = m.price
         return {
             "id": name,
@@ -154,9 +154,9 @@ class ModelRoutes:
         }
 
     async def _visible(self, call: Call) -> list[str]:
-        await authenticate(self.gw, call)
-        names = list(self.gw.config.models)
-        for hook in self.gw.hooks.visible_models:
+        await authenticate(self.gateway, call)
+        names = list(self.gateway.config.models)
+        for hook in self.gateway.hooks.visible_models:
             filtered = await hook(call, names)
             if filtered is not None:
                 names = filtered
@@ -173,7 +173,7 @@ class ModelRoutes:
                                   "first_id": names[0] if names else None, "last_id": names[-1] if names else None},
                                  headers=call.response.headers)
 
-        return await answer_here(self.gw, request, call, respond)
+        return await answer_here(self.gateway, request, call, respond)
 
     async def get_model(self, request: web.Request) -> web.StreamResponse:
         model = request.match_info["model"]
@@ -186,14 +186,14 @@ class ModelRoutes:
             call.response.status = 200
             return json_response(self.describe(model), headers=call.response.headers)
 
-        return await answer_here(self.gw, request, call, respond)
+        return await answer_here(self.gateway, request, call, respond)
 
     # -- health -----------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok"})
 
     async def ready(self, request: web.Request) -> web.Response:
-        if await self.gw.is_ready():
+        if await self.gateway.is_ready():
             return json_response({"status": "ready"})
         return json_response({"status": "not ready", "reason": "storage is not reachable or start-up "
                                                                 "has not finished"}, status=503)

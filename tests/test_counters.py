@@ -14,7 +14,8 @@ from plugins.accounts.gcra import Rule
 
 
 def rule(name: str, limit: int, period: float = 60.0, tokens: bool = False) -> Rule:
-    return Rule(tokens, name, "", limit, period, period / limit, ("k", "", name), str(limit))
+    return Rule(tokens=tokens, label=name, scope="", limit=limit, period=period, interval=period / limit,
+                state=("k", "", name), limit_text=str(limit))
 
 
 @pytest.fixture(params=COUNTER_KINDS)

@@ -101,7 +101,7 @@ class Accounts:
     # -- the hot path -----------------------------------------------------------------
     def key_for(self, key: str) -> KeyRecord | None:
         # No memo of presented keys: it would keep every active key's plain text in
-        # memory for the process's life to save ~2 us of SHA-256. Only hashes are kept.
+        # memory for the process's life to save one SHA-256 per request. Only hashes are kept.
         return self.by_hash.get(hash_key(key))
 
     def account_of(self, key: KeyRecord) -> Account:

@@ -70,7 +70,7 @@ def iso_at(ts: float) -> str:
     return text
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Rule:
     """One limit of one key (for one model), compiled once per key version."""
 
