@@ -78,11 +78,29 @@ class ClientConnection(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._arm(_HEAD, self._limits.header_read)
+        server = cast(ClientServer, self._manager)
+        server.open_count += 1
+        if server.open_count > server.evict_above:
+            server.make_room(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
         self._body = None
+        if self._manager is not None:
+            cast(ClientServer, self._manager).open_count -= 1
         super().connection_lost(exc)
+
+    @property
+    def waiting(self) -> bool:
+        """Open, and not answering a request: a head still arriving, or idle between requests."""
+        return (self.transport is not None and not self._request_in_progress and not self._force_close
+                and (self._timer_kind == _HEAD or (self._waiter is not None and not self._messages)))
+
+    def evict(self) -> None:
+        """Close this waiting connection to make room (a 408 if part of a head had come)."""
+        if self._head_bytes and self._timer_kind == _HEAD and self.transport is not None:
+            self.transport.write(cast(ClientServer, self._manager).head_timeout_answer)
+        self.force_close()
 
     def data_received(self, data: bytes) -> None:
         timer = self._timer
@@ -218,13 +236,31 @@ def _first_line(text: str) -> str:
 
 
 class ClientServer(web.Server):
-    """aiohttp's connection factory, making ClientConnections."""
+    """aiohttp's connection factory, making ClientConnections.
+
+    Over ``evict_above`` open client connections (half the process's file
+    descriptor limit), each new one closes the oldest connection that is not
+    answering a request: an idle kept-alive one, or one whose head is still
+    dribbling in. nginx reuses idle keep-alive connections the same way when
+    it runs out; without it, a few hundred slow clients hold every descriptor
+    and new connections are refused until their timeouts run out.
+    """
 
     timeouts: ClientTimeouts
     head_timeout_answer: bytes
+    open_count: int
+    evict_above: int
 
     def __call__(self) -> RequestHandler:
         return ClientConnection(self, loop=self._loop, **self._kwargs)
+
+    def make_room(self, newcomer: ClientConnection) -> None:
+        for conn in self._connections:  # in accept order: the oldest first
+            if conn is not newcomer and isinstance(conn, ClientConnection) and conn.waiting:
+                conn.evict()
+                throttled(log, logging.WARNING, "evicted", "more than %d client connections are open (half the "
+                          "file descriptor limit): closed the oldest that was not in a request", self.evict_above)
+                return
 
 
 class GatewayRunner(web.AppRunner):
@@ -244,4 +280,20 @@ class GatewayRunner(web.AppRunner):
         client_server = cast(ClientServer, server)
         client_server.timeouts = self._timeouts
         client_server.head_timeout_answer = _head_timeout_answer(self._timeouts.header_read)
+        client_server.open_count = 0
+        client_server.evict_above = _half_the_fd_limit()
         return client_server
+
+
+def _half_the_fd_limit() -> int:
+    """Half the process's soft RLIMIT_NOFILE (the other half for upstream
+    connections, storage and files); at least 64."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 1 << 30
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 1 << 30
+    return max(64, soft // 2)

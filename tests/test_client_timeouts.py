@@ -173,3 +173,46 @@ async def test_timeouts_are_checked_at_start(start_gateway):
     for bad in (0, -1, float("inf")):
         with pytest.raises(ConfigError, match="server.timeouts.body_read: must be a positive"):
             await start_gateway(base_config(server={"timeouts": {"body_read": bad}}))
+
+
+def test_slow_clients_beyond_half_the_fd_limit_do_not_lock_others_out(tmp_path):
+    """``tollway serve`` with 256 file descriptors and 300 connections dribbling
+    heads (header_read at its default 10 s): a normal request is answered at
+    once, because each connection over 128 closes the oldest waiting one
+    (without that, the kernel's accept fails and the request is reset)."""
+    import re
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(f"server: {{port: 0, access_log: 'off'}}\nstorage: {{url: 'sqlite:///{tmp_path}/t.db'}}\n"
+                   "providers: {local: {kind: mock}}\nmodels: {echo: {provider: local, price: {input: 0, output: 0}}}\n"
+                   "plugins: {enabled: []}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--config", str(cfg)],
+                            cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+
+    async def attack_then_ask(port: int) -> int:
+        slow = []
+        for _ in range(300):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: t\r\n")
+            slow.append(writer)
+        await asyncio.sleep(0.3)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        for w in slow:
+            w.close()
+        return int(answer.split()[1])
+
+    try:
+        port = int(re.search(r":(\d+) ", proc.stdout.readline()).group(1))
+        assert asyncio.run(attack_then_ask(port)) == 200
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "closed the oldest that was not in a request" in err
