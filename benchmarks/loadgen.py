@@ -171,7 +171,7 @@ class Recorder:
         return out
 
 
-class Pool:
+class ClientPool:
     """Keep-alive connections to one host, opened on demand up to ``limit``."""
 
     def __init__(self, url: str, limit: int, watch: bytes | None = None) -> None:
@@ -210,7 +210,7 @@ def _is_stream(i: int, ratio: float) -> bool:
     return int((i + 1) * ratio) > int(i * ratio)
 
 
-async def closed_loop(job: dict, pool: Pool, rec: Recorder | None, count: int, deadline: float,
+async def closed_loop(job: dict, pool: ClientPool, rec: Recorder | None, count: int, deadline: float,
                       payloads: Payloads | None = None) -> None:
     ratio = float(job.get("stream_ratio", 0.0))
     payloads = payloads or Payloads(job)
@@ -231,7 +231,7 @@ async def closed_loop(job: dict, pool: Pool, rec: Recorder | None, count: int, d
     await asyncio.gather(*(worker() for _ in range(max(1, int(job.get("concurrency", 1))))))
 
 
-async def open_loop(job: dict, pool: Pool, rec: Recorder, count: int, deadline: float,
+async def open_loop(job: dict, pool: ClientPool, rec: Recorder, count: int, deadline: float,
                     payloads: Payloads | None = None) -> None:
     ratio = float(job.get("stream_ratio", 0.0))
     payloads = payloads or Payloads(job)
@@ -276,7 +276,7 @@ async def run_job(job: dict, progress=None) -> dict:
     else:
         count = int(job.get("requests") or 10**9)
     concurrency = int(job.get("concurrency", 1))
-    pool = Pool(job["url"], limit=int(job.get("max_connections", 512)) if mode == "open" else concurrency,
+    pool = ClientPool(job["url"], limit=int(job.get("max_connections", 512)) if mode == "open" else concurrency,
                 watch=b"x-tollway-cache" if job.get("count_cache") else None)
     rec = Recorder(job)
     payloads = Payloads(job)

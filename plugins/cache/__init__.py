@@ -163,27 +163,27 @@ class Plugin:
         forms = request_forms(call.body, call.model, opts.max_context_chars, opts.max_query_chars,
                               opts.max_guard_chars)
         semantic = self.embeddings is not None and forms.semantic_ok and opts.semantic_for(call.model)
-        st = call.state[CACHE_STATE] = CallState(scope, forms, controls, semantic)
+        state = call.state[CACHE_STATE] = CallState(scope, forms, controls, semantic)
         if controls.no_cache:
             self._status(call, "BYPASS")
             return None
         if opts.exact:
             entry = self.store.get_exact(scope, forms.exact)
             if entry is not None:
-                return self._hit(call, st, entry, "HIT", None)
+                return self._hit(call, state, entry, "HIT", None)
         if semantic and controls.semantic:
             # Embedded now even when the bucket is empty: the vector is needed to store the answer,
             # and storing must not wait on the embedder (back-to-back requests would miss).
             vectors = await self._embed(forms)
             if vectors is not None:
-                st.vectors = vectors
-                st.features = self.stage.describe(forms.guard_text)
+                state.vectors = vectors
+                state.features = self.stage.describe(forms.guard_text)
                 candidates, _ = self.store.candidates(scope, forms.bucket, vectors[0],
                                                       vectors[1] if forms.context else None, opts.threshold)
                 if candidates:
-                    found, refusal = await self._judge(st.features, candidates)
+                    found, refusal = await self._judge(state.features, candidates)
                     if found is not None and self.store.touch(found[0]):
-                        return self._hit(call, st, found[0], "SEMANTIC-HIT", found[1])
+                        return self._hit(call, state, found[0], "SEMANTIC-HIT", found[1])
                     if refusal:
                         call.response.headers["x-tollway-cache-veto"] = refusal.split(":")[0]
         self._status(call, "MISS")
@@ -203,8 +203,8 @@ class Plugin:
             throttled(log, logging.WARNING, "cache_embed", "cache: embedding failed (%s); treating as a miss", exc)
             return None
 
-    def _hit(self, call: Call, st: CallState, entry: Entry, status: str, similarity: float | None) -> CachedResponse:
-        st.hit = True
+    def _hit(self, call: Call, state: CallState, entry: Entry, status: str, similarity: float | None) -> CachedResponse:
+        state.hit = True
         entry.hits += 1
         self._status(call, status)
         if similarity is not None:
@@ -218,21 +218,21 @@ class Plugin:
 
     @hookimpl
     async def tollway_stream_filter(self, call: Call):
-        st = call.state.get(CACHE_STATE)
-        if st is None or st.hit or st.controls.no_store:
+        state = call.state.get(CACHE_STATE)
+        if state is None or state.hit or state.controls.no_store:
             return None
-        st.capture = StreamCapture(self.options.max_entry_bytes)
-        return st.capture
+        state.capture = StreamCapture(self.options.max_entry_bytes)
+        return state.capture
 
     @hookimpl
     async def tollway_settle(self, call: Call) -> None:
-        st = call.state.get(CACHE_STATE)
-        if st is None or st.hit or st.controls.no_store:
+        state = call.state.get(CACHE_STATE)
+        if state is None or state.hit or state.controls.no_store:
             return
         response = call.response
         if response.error is not None or response.status != 200 or response.client_gone or response.error_code:
             return
-        capture = st.capture.completion() if st.capture is not None else None
+        capture = state.capture.completion() if state.capture is not None else None
         completion = capture if call.stream else response.completion
         if not isinstance(completion, dict) or not completion.get("choices"):
             return
@@ -241,27 +241,27 @@ class Plugin:
         raw = orjson.dumps({k: v for k, v in completion.items() if k != "usage"})
         if len(raw) > self.options.max_entry_bytes:
             return
-        await self.put(st, orjson.loads(raw), call.billing.usage.to_openai() if call.billing.usage else None)
+        await self.put(state, orjson.loads(raw), call.billing.usage.to_openai() if call.billing.usage else None)
 
-    async def put(self, st: CallState, body: dict, usage: dict | None) -> Entry:
-        """Store an answer for the request described by ``st``."""
-        forms = st.forms
+    async def put(self, state: CallState, body: dict, usage: dict | None) -> Entry:
+        """Store an answer for the request described by ``state``."""
+        forms = state.forms
         now = self.store.clock()
-        ttl = st.controls.ttl if st.controls.ttl is not None else self.options.ttl
-        entry = Entry(st.scope, forms.exact, forms.bucket, body, usage, now, now + ttl, forms.query,
+        ttl = state.controls.ttl if state.controls.ttl is not None else self.options.ttl
+        entry = Entry(state.scope, forms.exact, forms.bucket, body, usage, now, now + ttl, forms.query,
                       forms.context, forms.guard_text)
-        vectors = st.vectors
-        if st.semantic and vectors is None:
+        vectors = state.vectors
+        if state.semantic and vectors is None:
             # Not embedded at lookup (no_cache, or exact-only asked): serve exact hits at once, join the
             # bucket when embedded.
             self.store.put(entry)
             vectors = await self._embed(forms)
             if vectors is None or self.store.entries.get(entry.key) is not entry:
                 return entry
-        if st.semantic and vectors is not None:
+        if state.semantic and vectors is not None:
             entry.query_vec = vectors[0]
             entry.context_vec = vectors[1] if forms.context else None
-            entry.features = st.features if st.features is not None else self.stage.describe(forms.guard_text)
+            entry.features = state.features if state.features is not None else self.stage.describe(forms.guard_text)
         self.store.put(entry)
         if self.persistence is not None:
             self.persistence.saved(entry)

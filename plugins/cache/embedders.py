@@ -171,20 +171,20 @@ class UpstreamEmbedder(Embedder):
     async def embed_async(self, texts: list[str]) -> np.ndarray:
         from proxy import Call, Route
 
-        gw = self.gateway
-        mc = gw.config.models[self.model]
-        provider = gw.providers[mc.provider]
+        gateway = self.gateway
+        mc = gateway.config.models[self.model]
+        provider = gateway.providers[mc.provider]
         body = {"model": mc.upstream_model, "input": texts}
         raw = orjson.dumps(body)
         call = Call(None, "embeddings", body, raw)
         route = Route(self.model, mc.upstream_model, provider, mc)
-        up = await provider.send(call, provider.embeddings_request(call, route))
+        answer = await provider.send(call, provider.embeddings_request(call, route))
         try:
-            data = await up.read_all()
+            data = await answer.read_all()
         finally:
-            up.release()
-        if up.status >= 400:
-            raise EmbedderUnavailable(f"embeddings model {self.model!r} answered {up.status}")
+            answer.release()
+        if answer.status >= 400:
+            raise EmbedderUnavailable(f"embeddings model {self.model!r} answered {answer.status}")
         result, _ = provider.embeddings_response(call, data)
         rows = sorted(result.get("data") or [], key=lambda d: d.get("index", 0))
         if len(rows) != len(texts):
