@@ -18,7 +18,9 @@ refused before admission are queued in ``tollway_finish``.
 
 Routes: ``GET /v1/usage`` (the calling key's rollups per day per model) and
 ``GET /admin/usage`` (all keys; filters key, model, since, until).
-CLI: ``tollway usage [--key] [--model] [--since] [--until]``.
+CLI: ``tollway usage [--key] [--model] [--since] [--until]``, ``tollway rollups
+rebuild``. The writer keeps the hourly and daily rollups (``accounts/rollups.py``)
+in the same transaction as the rows.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ class Plugin:
 
     @hookimpl
     def tollway_commands(self, subparsers: argparse._SubParsersAction) -> None:
-        from .accounts.cli import add_usage_command
+        from .accounts.cli import add_rollups_command, add_usage_command
 
         add_usage_command(subparsers)
+        add_rollups_command(subparsers)

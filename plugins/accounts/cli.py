@@ -78,6 +78,16 @@ def add_usage_command(subparsers: argparse._SubParsersAction) -> None:
     usage.set_defaults(func=book_command(cmd_usage))
 
 
+def add_rollups_command(subparsers: argparse._SubParsersAction) -> None:
+    from proxy.cli import add_config_arg
+
+    rollups_cmd = subparsers.add_parser("rollups", help="the hourly and daily usage rollups charts read")
+    sub = rollups_cmd.add_subparsers(dest="rollups_command", metavar="ACTION", required=True)
+    rebuild = sub.add_parser("rebuild", help="recompute them from the ledger (safe while a server runs)")
+    add_config_arg(rebuild)
+    rebuild.set_defaults(func=book_command(cmd_rollups_rebuild))
+
+
 # -- argument types (argparse turns their errors into a clean usage message) ----------
 
 def usd_amount(text: str) -> float:
@@ -258,4 +268,15 @@ async def cmd_usage(accounts: Accounts, args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_keys_command", "add_usage_command"]
+async def cmd_rollups_rebuild(accounts: Accounts, args: argparse.Namespace) -> int:
+    from . import db
+    from . import rollups as rollup_tables
+
+    await accounts.writer.flush()
+    started = time.monotonic()
+    n = await rollup_tables.rebuild(accounts.store, db.LEDGER_COLUMNS)
+    print(f"rebuilt the rollups from {n} ledger rows in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+__all__ = ["add_keys_command", "add_rollups_command", "add_usage_command"]

@@ -8,6 +8,7 @@ writes behind (see ``writer.py``); admin changes write through.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -15,6 +16,7 @@ import orjson
 from proxy.schema import build
 from proxy.store import Migration, migrate
 
+from . import rollups
 from .model import Account, KeyRecord, Limits
 
 # Step 1 is the schema from before migrations existed (idempotent, so old
@@ -69,12 +71,22 @@ TABLES_V1 = (
     "create index if not exists tollway_ledger_day on tollway_ledger (day)",
     "insert into tollway_meta (name, value) values ('version', 0) on conflict (name) do nothing",
 )
+
+
+async def _build_rollups(tx) -> None:
+    await rollups.rebuild_in(tx, LEDGER_COLUMNS)
+
+
 MIGRATIONS = (
     Migration(1, "keys, accounts, ledger", TABLES_V1),
     # 1 when the tokens were counted by the gateway (the upstream never said): see pricing.py.
     Migration(2, "ledger.estimated", ("alter table tollway_ledger add column estimated integer not null default 0",)),
+    # The request log pages by (time, id), for all keys or one; rollup rebuilds read in time order.
+    Migration(3, "ledger time indexes; hourly and daily rollups", (
+        "create index if not exists tollway_ledger_time on tollway_ledger (time, id)",
+        "create index if not exists tollway_ledger_key_time on tollway_ledger (key_id, time, id)",
+        *rollups.SCHEMA), run=_build_rollups),
 )
-
 
 
 class LedgerRow(NamedTuple):
@@ -186,8 +198,10 @@ async def add_credits(tx, account_id: str, micro: int, now: float) -> None:
 
 
 async def write_batch(tx, rows: Iterable[LedgerRow], deltas: dict[str, list[int]], marker: str, seq: int) -> None:
-    """Ledger rows, balance changes and the writer's batch number, in one transaction."""
-    await tx.insert_rows("tollway_ledger", LEDGER_COLUMNS, list(rows))
+    """Ledger rows, the rollups they change, balance changes and the writer's batch number, in one transaction."""
+    rows = list(rows)
+    await tx.insert_rows("tollway_ledger", LEDGER_COLUMNS, rows)
+    await rollups.add_batch(tx, LEDGER_COLUMNS, rows)
     if deltas:
         await tx.executemany(APPLY_DELTA, [(d[0], d[1], aid) for aid, d in deltas.items()])
     await tx.execute("insert into tollway_meta (name, value) values (?, ?) "
@@ -206,19 +220,31 @@ async def forget_marker(store, marker: str) -> None:
 
 async def usage_rollups(store, *, key_id: str | None = None, model: str | None = None,
                         since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
-    """Per day, key and model: requests, errors, tokens and cost, from the ledger."""
+    """Per day, key and model: requests, errors, tokens and cost, from the daily rollups."""
     where, params = [], []
-    for clause, value in (("key_id = ?", key_id), ("model = ?", model), ("day >= ?", since), ("day <= ?", until)):
+    for clause, value in (("key_id = ?", key_id), ("model = ?", model), ("bucket >= ?", _day_start(since)),
+                          ("bucket <= ?", _day_start(until))):
         if value is not None:
             where.append(clause)
             params.append(value)
-    sql = ("select day, key_id, model, count(*), sum(case when status >= 400 then 1 else 0 end), "
-           "sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), sum(cost_micro_usd) "
-           "from tollway_ledger" + (" where " + " and ".join(where) if where else "")
-           + " group by day, key_id, model order by day, key_id, model")
+    sql = ("select bucket, key_id, model, sum(requests), sum(errors), sum(prompt_tokens), sum(completion_tokens), "
+           f"sum(cached_tokens), sum(cost_micro_usd) from {rollups.DAY}"
+           + (" where " + " and ".join(where) if where else "")
+           + " group by bucket, key_id, model order by bucket, key_id, model")
     out = []
-    for day, kid, mdl, n, errors, prompt, completion, cached, cost in await store.fetchall(sql, params):
-        out.append({"day": day, "key_id": kid, "model": mdl, "requests": int(n), "errors": int(errors or 0),
-                    "prompt_tokens": int(prompt or 0), "completion_tokens": int(completion or 0),
-                    "cached_tokens": int(cached or 0), "cost_micro_usd": int(cost or 0)})
+    for bucket, kid, mdl, n, errors, prompt, completion, cached, cost in await store.fetchall(sql, params):
+        out.append({"day": _day_text(bucket), "key_id": kid or None, "model": mdl, "requests": int(n),
+                    "errors": int(errors or 0), "prompt_tokens": int(prompt or 0),
+                    "completion_tokens": int(completion or 0), "cached_tokens": int(cached or 0),
+                    "cost_micro_usd": int(cost or 0)})
     return out
+
+
+def _day_start(day: str | None) -> int | None:
+    if day is None:
+        return None
+    return int(datetime.combine(date.fromisoformat(day), datetime.min.time(), UTC).timestamp())
+
+
+def _day_text(bucket: int) -> str:
+    return datetime.fromtimestamp(int(bucket), UTC).strftime("%Y-%m-%d")

@@ -1,0 +1,248 @@
+"""Rollups: the ledger pre-aggregated per hour and per day, for charts and usage answers.
+
+Two tables, ``tollway_rollup_hour`` and ``tollway_rollup_day``, one row per
+time bucket and (key, account, model, provider, status, error code), holding
+sums: requests, errors, cache hits, streams, four token counts, cost, the
+latency and time-to-first-byte totals, rows whose tokens were estimated, and a fixed log-bucket histogram of
+each (``lat_0..lat_41``, ``ttfb_0..ttfb_41``), so any set of rows can be
+summed in SQL and still answer p50/p95/p99 (to within the bucket width: the
+bounds grow by a factor of sqrt(2), so an estimate is within ~19% of the
+true value, usually much closer).
+
+They are kept by the ledger writer, in the same transaction as the ledger
+rows they count (``add_batch``): a rollup never disagrees with the ledger,
+and nothing is done on the request path. ``rebuild`` recomputes them from the
+ledger (``tollway rollups rebuild``; the accounts' migration 3 made them and
+ran it once). A change of their shape is a new migration that drops, makes
+and rebuilds them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+log = logging.getLogger("tollway.accounts")
+
+HOUR = "tollway_rollup_hour"
+DAY = "tollway_rollup_day"
+TABLES = ((HOUR, 3600), (DAY, 86400))
+
+# Histogram bucket i (1 <= i < 41) holds latencies in [BOUNDS[i-1], BOUNDS[i]) ms;
+# bucket 0 is under 1 ms, bucket 41 at least 2^20 ms (17.5 minutes).
+BOUNDS: tuple[float, ...] = tuple(2 ** (i / 2) for i in range(41))
+NBUCKETS = len(BOUNDS) + 1
+
+DIMENSIONS = ("bucket", "key_id", "account_id", "model", "provider", "status", "error_code")
+SUMS = ("requests", "errors", "cache_hits", "streams", "prompt_tokens", "completion_tokens", "cached_tokens",
+        "reasoning_tokens", "cost_micro_usd", "latency_ms_sum", "ttfb_count", "ttfb_ms_sum", "estimated")
+LAT = tuple(f"lat_{i}" for i in range(NBUCKETS))
+TTFB = tuple(f"ttfb_{i}" for i in range(NBUCKETS))
+MEASURES = SUMS + LAT + TTFB
+COLUMNS = DIMENSIONS + MEASURES
+_FIRST_LAT = len(SUMS)
+_FIRST_TTFB = len(SUMS) + NBUCKETS
+
+
+def _schema(table: str) -> tuple[str, ...]:
+    sums = ",\n".join(f"{c} {'double precision' if c.endswith('_ms_sum') else 'bigint'} not null default 0"
+                      for c in SUMS)
+    hist = ",\n".join(f"{c} integer not null default 0" for c in LAT + TTFB)
+    return (
+        f"""create table if not exists {table} (
+            bucket bigint not null, key_id text not null, account_id text not null, model text not null,
+            provider text not null, status integer not null, error_code text not null,
+            {sums},
+            {hist},
+            primary key (bucket, key_id, account_id, model, provider, status, error_code))""",
+        f"create index if not exists {table}_key on {table} (key_id, bucket)",
+        f"create index if not exists {table}_account on {table} (account_id, bucket)",
+    )
+
+
+SCHEMA = _schema(HOUR) + _schema(DAY)
+
+
+def _upsert_sql(table: str) -> str:
+    updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in MEASURES)
+    return (f"insert into {table} ({', '.join(COLUMNS)}) values ({', '.join('?' for _ in COLUMNS)}) "
+            f"on conflict ({', '.join(DIMENSIONS)}) do update set {updates}")
+
+
+UPSERT = {table: _upsert_sql(table) for table, _ in TABLES}
+
+
+def bucket_of(ms: float) -> int:
+    """The histogram bucket of a latency in milliseconds."""
+    return bisect_right(BOUNDS, ms)
+
+
+class Aggregator:
+    """Sums ledger rows into hourly (and from those, daily) rollup rows."""
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        ix = {c: i for i, c in enumerate(columns)}
+        self._ix = tuple(ix[c] for c in ("time", "key_id", "account_id", "model", "provider", "status",
+                                         "error_code", "cache_hit", "stream", "prompt_tokens", "completion_tokens",
+                                         "cached_tokens", "reasoning_tokens", "cost_micro_usd", "latency_ms",
+                                         "ttfb_ms", "estimated"))
+        self.hours: dict[tuple, list] = {}
+
+    def add(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Add ledger rows (tuples in the ledger's column order). Written for
+        speed: it runs in the server's process, once per row written."""
+        (i_time, i_key, i_acc, i_model, i_prov, i_status, i_err, i_hit, i_stream, i_pt, i_ct, i_cached, i_reason,
+         i_cost, i_lat, i_ttfb, i_est) = self._ix
+        hours = self.hours
+        zero = [0] * len(MEASURES)
+        for r in rows:
+            status = r[i_status]
+            dims = (int(r[i_time] // 3600) * 3600, r[i_key] or "", r[i_acc] or "", r[i_model] or "",
+                    r[i_prov] or "", status, r[i_err] or "")
+            acc = hours.get(dims)
+            if acc is None:
+                acc = hours[dims] = zero.copy()
+            lat = r[i_lat] or 0.0
+            acc[0] += 1
+            if status >= 400:
+                acc[1] += 1
+            acc[2] += r[i_hit]
+            acc[3] += r[i_stream]
+            acc[4] += r[i_pt]
+            acc[5] += r[i_ct]
+            acc[6] += r[i_cached]
+            acc[7] += r[i_reason]
+            acc[8] += r[i_cost]
+            acc[9] += lat
+            acc[12] += r[i_est]
+            acc[_FIRST_LAT + bisect_right(BOUNDS, lat)] += 1
+            ttfb = r[i_ttfb]
+            if ttfb is not None:
+                acc[10] += 1
+                acc[11] += ttfb
+                acc[_FIRST_TTFB + bisect_right(BOUNDS, ttfb)] += 1
+
+    def rows(self, before: int | None = None) -> tuple[list[tuple], list[tuple]]:
+        """(hour rows, day rows) for every hour before ``before`` (all when None),
+        removed from the aggregator."""
+        done = [d for d in self.hours if before is None or d[0] < before]
+        hour_rows = []
+        days: dict[tuple, list] = {}
+        for dims in done:
+            acc = self.hours.pop(dims)
+            hour_rows.append(dims + tuple(acc))
+            day_dims = (dims[0] // 86400 * 86400,) + dims[1:]
+            day = days.get(day_dims)
+            if day is None:
+                days[day_dims] = acc
+            else:
+                for i, v in enumerate(acc):
+                    day[i] += v
+        return hour_rows, [d + tuple(acc) for d, acc in days.items()]
+
+
+async def add_batch(tx, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Count ledger rows into the rollups (inside the transaction that writes them)."""
+    if not rows:
+        return
+    agg = Aggregator(columns)
+    agg.add(rows)
+    hour_rows, day_rows = agg.rows()
+    await tx.executemany(UPSERT[HOUR], hour_rows)
+    await tx.executemany(UPSERT[DAY], day_rows)
+
+
+async def rebuild(store, columns: Sequence[str], chunk: int = 20000) -> int:
+    """Recompute both tables from the whole ledger, in one transaction; the
+    number of ledger rows read. On PostgreSQL the rollup tables are locked for
+    the duration: a writer's flush waits and then adds only its own rows on top."""
+    async with store.transaction() as tx:
+        return await rebuild_in(tx, columns, chunk)
+
+
+async def rebuild_in(tx, columns: Sequence[str], chunk: int = 20000) -> int:
+    """``rebuild`` inside the caller's transaction. Reads the ledger in time
+    order by its (time, id) index, so memory stays bounded by one day's rows."""
+    cols = ", ".join(columns)
+    total = 0
+    if tx.kind == "postgres":
+        await tx.execute(f"lock table {HOUR}, {DAY} in exclusive mode")
+    await tx.execute(f"delete from {HOUR}")
+    await tx.execute(f"delete from {DAY}")
+    agg = Aggregator(columns)
+    i_time, i_id = columns.index("time"), columns.index("id")
+    after: tuple | None = None
+    days_open: dict[tuple, list] = {}
+    while True:
+        if after is None:
+            batch = await tx.fetchall(f"select {cols} from tollway_ledger order by time, id limit {chunk}")
+        else:
+            batch = await tx.fetchall(f"select {cols} from tollway_ledger where time > ? or (time = ? and id > ?) "
+                                      f"order by time, id limit {chunk}", (after[0], after[0], after[1]))
+        if not batch:
+            break
+        total += len(batch)
+        agg.add(batch)
+        last = batch[-1]
+        after = (last[i_time], last[i_id])
+        # Hours before the last row's hour are complete (rows come in time order).
+        hour_rows, day_rows = agg.rows(before=int(after[0] // 3600) * 3600)
+        await tx.insert_rows(HOUR, COLUMNS, hour_rows)
+        _merge_days(days_open, day_rows)
+        done_before = int(after[0] // 86400) * 86400
+        finished = [d for d in days_open if d[0] < done_before]
+        await tx.insert_rows(DAY, COLUMNS, [d + tuple(days_open.pop(d)) for d in finished])
+        if len(batch) < chunk:
+            break
+    hour_rows, day_rows = agg.rows()
+    await tx.insert_rows(HOUR, COLUMNS, hour_rows)
+    _merge_days(days_open, day_rows)
+    await tx.insert_rows(DAY, COLUMNS, [d + tuple(acc) for d, acc in days_open.items()])
+    if total:
+        log.info("rollups: built from %d ledger rows", total)
+    return total
+
+
+def _merge_days(days: dict[tuple, list], rows: list[tuple]) -> None:
+    n = len(DIMENSIONS)
+    for r in rows:
+        acc = days.get(r[:n])
+        if acc is None:
+            days[r[:n]] = list(r[n:])
+        else:
+            for i, v in enumerate(r[n:]):
+                acc[i] += v
+
+
+# -- reading ------------------------------------------------------------------------------
+
+def percentile(counts: Sequence[int], q: float) -> float | None:
+    """The q-quantile (0..1) of a histogram, in ms; None when it is empty.
+    Inside a bucket the value is interpolated geometrically (linearly in bucket 0)."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(counts):
+        if not n:
+            continue
+        if seen + n >= rank:
+            frac = (rank - seen) / n
+            if i == 0:
+                return BOUNDS[0] * frac
+            low = BOUNDS[i - 1]
+            if i >= len(BOUNDS):
+                return low
+            return low * math.pow(BOUNDS[i] / low, frac)
+        seen += n
+    return BOUNDS[-1]
+
+
+def hist_sums(prefix: str) -> str:
+    """``sum(lat_0), sum(lat_1), ...`` for a select list."""
+    names = LAT if prefix == "lat" else TTFB
+    return ", ".join(f"sum({c})" for c in names)

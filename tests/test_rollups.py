@@ -1,0 +1,154 @@
+"""The hourly and daily rollups agree with the ledger they count, on SQLite and PostgreSQL;
+a rebuild from the ledger gives the same tables; the latency histogram answers percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import aiohttp
+import pytest
+import yaml
+from business import bearer, biz_config, chat
+from pgschema import pg_schema
+
+from plugins.accounts import db, rollups
+from proxy.cli import main
+
+NARROW = "sk-test-narrow-0001"
+
+
+def traffic_config(url: str) -> dict:
+    config = biz_config(keys=[{"name": "demo", "key": "sk-test-demo-key-0001", "credits": 5.0},
+                              {"name": "narrow", "key": NARROW, "credits": 5.0, "models": ["echo"],
+                               "limits": {"rpm": 3}}], ledger={"flush_ms": 20})
+    config["models"]["other"] = {"provider": "local", "price": {"input": 3.0, "output": 1.0}}
+    config["storage"] = {"url": url}
+    return config
+
+
+async def make_traffic(running) -> None:
+    async with aiohttp.ClientSession() as s:
+        for i in range(6):
+            await chat(s, running, "sk-test-demo-key-0001", content="hello " * (i + 1))
+        await chat(s, running, "sk-test-demo-key-0001", model="other", stream=True)
+        await chat(s, running, "sk-test-demo-key-0001", model="nope")  # 404
+        for _ in range(5):
+            await chat(s, running, NARROW)  # 3 pass, then 429
+        await chat(s, running, NARROW, model="other")  # 403
+        async with s.post(running.url + "/chat/completions", headers=bearer(NARROW), json={"model": "echo"}) as r:
+            assert r.status == 400  # no messages
+    await running.gw.services["accounts"].writer.flush()
+
+
+LEDGER_SUMS = ("count(*), sum(case when status >= 400 then 1 else 0 end), sum(cache_hit), sum(stream), "
+               "sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), sum(reasoning_tokens), "
+               "sum(cost_micro_usd), count(ttfb_ms)")
+ROLLUP_SUMS = ("sum(requests), sum(errors), sum(cache_hits), sum(streams), sum(prompt_tokens), "
+               "sum(completion_tokens), sum(cached_tokens), sum(reasoning_tokens), sum(cost_micro_usd), "
+               "sum(ttfb_count)")
+
+
+async def ledger_groups(store, seconds: int) -> dict:
+    rows = await store.fetchall(
+        "select time, coalesce(key_id, ''), model, coalesce(provider, ''), status, coalesce(error_code, ''), "
+        "latency_ms from tollway_ledger")
+    groups: dict = {}
+    for t, key, model, provider, status, error, _lat in rows:
+        dims = (int(t // seconds) * seconds, key, model, provider, status, error)
+        groups[dims] = groups.get(dims, 0) + 1
+    return groups
+
+
+async def rollup_groups(store, table: str) -> dict:
+    rows = await store.fetchall(f"select bucket, key_id, model, provider, status, error_code, requests from {table}")
+    return {tuple(r[:6]): int(r[6]) for r in rows}
+
+
+async def snapshot(store) -> dict:
+    out = {}
+    for table, _ in rollups.TABLES:
+        rows = await store.fetchall(f"select {', '.join(rollups.COLUMNS)} from {table}")
+        out[table] = sorted(tuple(round(v, 6) if isinstance(v, float) else v for v in r) for r in rows)
+    return out
+
+
+async def check_store(running) -> None:
+    store = running.gw.store
+    ledger_total = await store.fetchone(f"select {LEDGER_SUMS} from tollway_ledger")
+    assert ledger_total[0] >= 14 and ledger_total[1] >= 5  # the traffic reached the ledger, errors too
+    for table, seconds in rollups.TABLES:
+        total = await store.fetchone(f"select {ROLLUP_SUMS} from {table}")
+        assert tuple(int(v or 0) for v in total) == tuple(int(v or 0) for v in ledger_total), table
+        assert await rollup_groups(store, table) == await ledger_groups(store, seconds)
+        hist = await store.fetchone(f"select {rollups.hist_sums('lat')} from {table}")
+        assert sum(hist) == ledger_total[0]
+    before = await snapshot(store)
+    assert await rollups.rebuild(store, db.LEDGER_COLUMNS, chunk=4) == ledger_total[0]
+    assert await snapshot(store) == before
+
+
+async def test_rollups_match_the_ledger_on_sqlite(start_gateway, tmp_path):
+    running = await start_gateway(traffic_config(f"sqlite:///{tmp_path}/r.db"))
+    await make_traffic(running)
+    await check_store(running)
+
+
+async def test_rollups_match_the_ledger_on_postgres(start_gateway):
+    async with pg_schema("rollups") as url:
+        running = await start_gateway(traffic_config(url))
+        await make_traffic(running)
+        await check_store(running)
+        await running.server.close()
+
+
+def test_aggregator_spreads_rows_over_hours_and_days():
+    cols = db.LEDGER_COLUMNS
+    rng = random.Random(7)
+    rows = []
+    for i in range(500):
+        t = 1_700_000_000 + rng.random() * 3 * 86400
+        row = dict.fromkeys(cols, 0)
+        row.update(id=f"r{i}", time=t, key_id=rng.choice(["a", "b", None]), account_id="acc", model="m",
+                   provider="p", status=rng.choice([200, 200, 429]), error_code=None, latency_ms=rng.random() * 900,
+                   ttfb_ms=None if i % 2 else 5.0, cost_micro_usd=i)
+        rows.append(tuple(row[c] for c in cols))
+    agg = rollups.Aggregator(cols)
+    agg.add(rows)
+    hours, days = agg.rows()
+    n = len(rollups.DIMENSIONS)
+    for out in (hours, days):
+        assert sum(r[n] for r in out) == 500
+        assert sum(r[n + rollups.SUMS.index("cost_micro_usd")] for r in out) == sum(range(500))
+        assert sum(r[n + rollups.SUMS.index("ttfb_count")] for r in out) == 250
+    assert len({r[0] for r in days}) in (3, 4) and all(r[0] % 86400 == 0 for r in days)
+    assert not agg.hours
+
+
+@pytest.mark.parametrize("dist", ["uniform", "lognormal"])
+def test_percentiles_from_the_histogram_are_close(dist):
+    rng = random.Random(3)
+    values = [rng.uniform(5, 2000) if dist == "uniform" else rng.lognormvariate(4, 1) for _ in range(20000)]
+    counts = [0] * rollups.NBUCKETS
+    for v in values:
+        counts[rollups.bucket_of(v)] += 1
+    values.sort()
+    for q in (0.5, 0.95, 0.99):
+        true = values[int(q * len(values)) - 1]
+        assert abs(rollups.percentile(counts, q) - true) / true < 0.2
+    assert rollups.percentile([0] * rollups.NBUCKETS, 0.5) is None
+
+
+async def test_rollups_rebuild_command(start_gateway, tmp_path, capsys):
+    config = traffic_config(f"sqlite:///{tmp_path}/tollway.db")
+    running = await start_gateway(config)
+    await make_traffic(running)
+    expected = await snapshot(running.gw.store)
+    await running.gw.store.execute(f"delete from {rollups.DAY}")
+    await running.server.close()
+    path = tmp_path / "tollway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert await asyncio.to_thread(main, ["rollups", "rebuild", "--config", str(path)]) == 0
+    assert "rebuilt the rollups from" in capsys.readouterr().out
+    again = await start_gateway(config)
+    assert await snapshot(again.gw.store) == expected
