@@ -165,6 +165,26 @@ class Plugin:
         if plan.token_rules or slot:
             call.state[TAKEN] = Taken(plan.token_rules, estimate, slot)
 
+    def status(self, key: KeyRecord, now: float | None = None) -> list[dict]:
+        """Each of the key's limits with what is left and when it is full again
+        (for the dashboard; not on the request path)."""
+        now = time.time() if now is None else now
+        out = []
+        for model in ("", *sorted(key.limits.models)):
+            for rule in self._plan_of(key, model).rules:
+                if model and not rule.scope:
+                    continue  # the key's own limits are listed once, under ""
+                tat = self.tats.get(rule.state)
+                reset = 0.0 if tat is None or tat <= now else tat - now
+                left = max(int((rule.period - reset) / rule.interval + EPS), 0)
+                out.append({"label": rule.label, "model": rule.scope or None, "limit": rule.limit,
+                            "remaining": min(left, rule.limit), "full_at": now + reset, "period": rule.period})
+        if key.limits.concurrency is not None:
+            out.append({"label": "requests in flight", "model": None, "limit": key.limits.concurrency,
+                        "remaining": key.limits.concurrency - self.in_flight.get(key.id, 0), "full_at": None,
+                        "period": None})
+        return out
+
     @staticmethod
     def _refusal(key: KeyRecord, wait: float, rule: Rule, cost: int, headers: dict) -> ProxyError:
         retry = max(1, math.ceil(wait))

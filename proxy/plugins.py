@@ -5,7 +5,7 @@ Plugins load in this order (later ones run first at request time):
 1. the always-on built-ins: ``routing`` (the YAML models table) and
    ``providers`` (the openai, mock, anthropic and gemini adapters);
 2. the names in ``plugins.enabled``: a built-in name (``auth``, ``ratelimit``,
-   ``quotas``, ``pricing``, ``ledger``, ``cache``) or a dotted module path;
+   ``quotas``, ``pricing``, ``ledger``, ``cache``, ``dashboard``) or a dotted module path;
 3. setuptools entry points in the group ``tollway``.
 
 A module that defines a class named ``Plugin`` is registered as an instance of
@@ -35,6 +35,7 @@ BUILTINS = {
     "pricing": "plugins.pricing",
     "ledger": "plugins.ledger",
     "cache": "plugins.cache",
+    "dashboard": "plugins.dashboard",
 }
 ENTRY_POINT_GROUP = "tollway"
 

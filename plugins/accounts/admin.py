@@ -9,6 +9,7 @@ changed and removed in the YAML (409 otherwise).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -29,8 +30,13 @@ if TYPE_CHECKING:
 
 
 class AdminKeys:
-    def __init__(self, gateway: Gateway) -> None:
+    """The key handlers. ``check`` authorises a request (default: the admin
+    key header); the dashboard mounts the same handlers behind its session
+    and CSRF guard, so both change keys the same way."""
+
+    def __init__(self, gateway: Gateway, check: Callable[[Gateway, web.Request], None] = check_admin) -> None:
         self.gateway = gateway
+        self.check = check
 
     @property
     def accounts(self) -> Accounts:
@@ -50,7 +56,7 @@ class AdminKeys:
         ]
 
     def _key(self, request: web.Request, *, writable: bool = False) -> KeyRecord:
-        check_admin(self.gateway, request)
+        self.check(self.gateway, request)
         kid = request.match_info["id"]
         record = self.accounts.by_id.get(kid)
         if record is None:
@@ -66,7 +72,7 @@ class AdminKeys:
         return key_view(record, self.accounts.account_of(record))
 
     async def create(self, request: web.Request) -> web.Response:
-        check_admin(self.gateway, request)
+        self.check(self.gateway, request)
         spec, _ = await read_body(request, KeyCreate)
         try:
             args = create_args(spec, self.gateway.config.models)
@@ -76,7 +82,7 @@ class AdminKeys:
         return json_response({**self._view(record), "key": plain}, status=201)
 
     async def list(self, request: web.Request) -> web.Response:
-        check_admin(self.gateway, request)
+        self.check(self.gateway, request)
         now = time.time()
         accounts = self.accounts
         data = [key_view(k, accounts.account_of(k), now) for k in accounts.by_id.values()]
