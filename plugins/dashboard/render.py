@@ -115,9 +115,6 @@ class Renderer:
         """Render a template; with ``fragment`` only its ``main`` block (what polling swaps in)."""
         template = self.env.get_template(name)
         ctx = {"root": self.root, "v": self.static_version, **context}
-        if fragment:
-            body = "".join(template.blocks["main"](template.new_context(ctx)))
-        else:
-            body = template.render(ctx)
+        body = "".join(template.blocks["main"](template.new_context(ctx))) if fragment else template.render(ctx)
         return web.Response(status=status, text=body, content_type="text/html", charset="utf-8",
                             headers={**SECURITY_HEADERS, **(headers or {})})
