@@ -57,6 +57,7 @@
       const hover = card ? card.querySelector(".hover") : null;
       const accent = cssVar("--accent"), grid = cssVar("--grid"), muted = cssVar("--muted");
       const width = Math.max(el.clientWidth, 120);
+      const filled = values.filter(function (v) { return v != null; }).length;
       const opts = {
         width: width, height: big ? 220 : 64,
         legend: {show: false},
@@ -68,7 +69,7 @@
           {stroke: muted, grid: {stroke: grid, width: 1}, ticks: {show: false}, font: "11px system-ui", size: 64,
            values: function (u, splits) { return splits.map(format); }},
         ] : [{show: false}, {show: false}],
-        series: [{}, {stroke: accent, width: 2, fill: cssVar("--accent-fill"), points: {show: values.length < 3},
+        series: [{}, {stroke: accent, width: 2, fill: cssVar("--accent-fill"), points: {show: filled < 3, size: 6, fill: accent},
                       spanGaps: true, value: function (u, v) { return format(v); }}],
         hooks: {
           setCursor: [function (u) {
