@@ -32,6 +32,7 @@ MODELS = (  # name, provider, USD per 1M input, output, median latency ms
 OUTCOMES = ((200, None, 0.94), (429, "rate_limit_exceeded", 0.03), (402, "insufficient_credits", 0.01),
             (502, "upstream_error", 0.01), (504, "upstream_timeout", 0.005), (400, "invalid_request", 0.005))
 BATCH = 5000
+MARKER = "dashboard_data_batch"  # the writer's batch-number row, for this script's batches
 
 
 def make_keys(n: int) -> list[KeyRecord]:
@@ -87,19 +88,21 @@ async def generate(url: str, n: int, days: int, nkeys: int) -> None:
             await db.bump_version(tx)
         started = time.monotonic()
         batch: list[tuple] = []
-        done = 0
+        done = seq = 0
         for row in rows(n, keys, days):
             batch.append(row)
             if len(batch) == BATCH:
+                seq += 1
                 async with store.transaction() as tx:
-                    await db.write_batch(tx, batch, {})
+                    await db.write_batch(tx, batch, {}, MARKER, seq)
                 done += len(batch)
                 batch = []
                 if done % 100_000 == 0:
                     print(f"{done:,} rows, {time.monotonic() - started:.0f}s", flush=True)
         if batch:
             async with store.transaction() as tx:
-                await db.write_batch(tx, batch, {})
+                await db.write_batch(tx, batch, {}, MARKER, seq + 1)
+        await db.forget_marker(store, MARKER)
         print(f"{n:,} ledger rows in {time.monotonic() - started:.0f}s")
     finally:
         await store.close()

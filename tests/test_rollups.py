@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 import yaml
 from business import bearer, biz_config, chat
-from pgschema import pg_schema
+from stores import ENGINES, fresh_database
 
 from plugins.accounts import db, rollups
 from proxy.cli import main
@@ -88,14 +88,9 @@ async def check_store(running) -> None:
     assert await snapshot(store) == before
 
 
-async def test_rollups_match_the_ledger_on_sqlite(start_gateway, tmp_path):
-    running = await start_gateway(traffic_config(f"sqlite:///{tmp_path}/r.db"))
-    await make_traffic(running)
-    await check_store(running)
-
-
-async def test_rollups_match_the_ledger_on_postgres(start_gateway):
-    async with pg_schema("rollups") as url:
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_rollups_match_the_ledger(start_gateway, tmp_path, engine):
+    async with fresh_database(engine, tmp_path) as url:
         running = await start_gateway(traffic_config(url))
         await make_traffic(running)
         await check_store(running)

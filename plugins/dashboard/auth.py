@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .console import Dashboard
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SESSION_KEY = "tollway_dashboard_session"
+SESSION_KEY: web.RequestKey[Session] = web.RequestKey("tollway_dashboard_session", Session)
 
 
 class Guard:
