@@ -99,28 +99,3 @@ async def start_gateway(tmp_path):
     for server in reversed(servers):
         await server.close()
 
-
-# -- the browser tests' Chromium: Debian's, one per test session ------------------------------
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"]
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    """A headless Chromium driven by Playwright. It fails loudly (never skips)
-    when the browser cannot start: install it with `apt-get install -y chromium`."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        pytest.fail(f"the browser tests need playwright (pip install -e '.[test]'): {exc}")
-    manager = sync_playwright().start()
-    try:
-        browser = manager.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    except Exception as exc:
-        manager.stop()
-        pytest.fail(f"cannot start {CHROMIUM} (apt-get install -y chromium; .ci/run does it): {exc}")
-    yield browser
-    browser.close()
-    manager.stop()

@@ -32,6 +32,37 @@ ADMIN = "admin-browser-secret-1"
 DEMO = "sk-browser-demo-000001"
 
 
+# -- Debian's Chromium, one per test run -----------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """A headless Chromium driven by Playwright. It fails loudly (never skips)
+    when the browser cannot start: install it with `apt-get install -y chromium`.
+
+    Module scope, and every browser test lives in this module, so it is one
+    browser per test run; it must stop before other modules run, because the
+    sync Playwright API keeps an event loop running in this thread while it
+    lives, and pytest-asyncio cannot start a test's loop beside it."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        pytest.fail(f"the browser tests need playwright (pip install -e '.[test]'): {exc}")
+    manager = sync_playwright().start()
+    try:
+        browser = manager.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    except Exception as exc:
+        manager.stop()
+        pytest.fail(f"cannot start {CHROMIUM} (apt-get install -y chromium; .ci/run does it): {exc}")
+    yield browser
+    browser.close()
+    manager.stop()
+
+
 class Answer:
     def __init__(self, status: int, body: bytes) -> None:
         self.status_code, self.text = status, body.decode()
