@@ -3,6 +3,8 @@ sessions, what each kind of session may reach, headers, config checks, the reque
 
 from __future__ import annotations
 
+import time
+
 import aiohttp
 import pytest
 from business import ADMIN, DEMO, biz_config, chat
@@ -116,3 +118,23 @@ async def test_request_log_pages_and_filters(start_gateway):
             assert (await r.text()).count("<time ") == 1
         async with s.get(running.root + "/dashboard/log?status=nope") as r:
             assert "status: give a status like 429" in await r.text()
+
+
+async def test_the_customer_page_shows_limits_left_and_when_they_refill(start_gateway):
+    config = dash_config()
+    config["keys"].append({"name": "limited", "key": "sk-test-limited-0001", "credits": 1.0,
+                           "limits": {"rpm": 3, "models": {"echo": {"rpd": 10}}}})
+    running = await start_gateway(config)
+    async with client() as s:
+        for _ in range(2):
+            assert (await chat(s, running, "sk-test-limited-0001"))[0] == 200
+        await sign_in(s, running, "sk-test-limited-0001")
+        async with s.get(running.root + "/dashboard/api/usage") as r:
+            limits = (await r.json())["limits"]
+        by_label = {(x["label"], x["model"]): x for x in limits}
+        rpm = by_label[("requests per minute", None)]
+        assert (rpm["limit"], rpm["remaining"]) == (3, 1) and 0 < rpm["full_at"] - time.time() <= 40
+        assert by_label[("requests per day for echo", "echo")]["remaining"] == 8
+        async with s.get(running.root + "/dashboard/usage") as r:
+            page = await r.text()
+        assert "requests per minute" in page and "<time datetime=" in page
