@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from business import ADMIN, DEMO, biz_config, chat
 
+from plugins.accounts import ACCOUNTS
 from proxy.gateway import build_gateway
 from proxy.schema import ConfigError
 
@@ -105,7 +106,7 @@ async def test_request_log_pages_and_filters(start_gateway):
         for i in range(55):
             await chat(s, running, DEMO, content=f"n{i}")
         await chat(s, running, DEMO, model="missing")
-        await running.gw.services["accounts"].writer.flush()
+        await running.gw.services[ACCOUNTS].writer.flush()
         await sign_in(s, running, ADMIN)
         async with s.get(running.root + "/dashboard/log") as r:
             first = await r.text()

@@ -12,7 +12,7 @@ import yaml
 from business import bearer, biz_config, chat
 from stores import ENGINES, fresh_database
 
-from plugins.accounts import db, rollups
+from plugins.accounts import ACCOUNTS, db, rollups
 from proxy.cli import main
 
 NARROW = "sk-test-narrow-0001"
@@ -38,7 +38,7 @@ async def make_traffic(running) -> None:
         await chat(s, running, NARROW, model="other")  # 403
         async with s.post(running.url + "/chat/completions", headers=bearer(NARROW), json={"model": "echo"}) as r:
             assert r.status == 400  # no messages
-    await running.gw.services["accounts"].writer.flush()
+    await running.gw.services[ACCOUNTS].writer.flush()
 
 
 LEDGER_SUMS = ("count(*), sum(case when status >= 400 then 1 else 0 end), sum(cache_hit), sum(stream), "

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from plugins.accounts import ACCOUNTS
 from proxy.routes import json_response
 
 from . import queries, requestlog
@@ -54,7 +55,7 @@ class Dashboard:
 
     @property
     def accounts(self):
-        return self.gateway.services.get("accounts")
+        return self.gateway.services.get(ACCOUNTS)
 
     @property
     def store(self):
