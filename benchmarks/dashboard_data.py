@@ -70,9 +70,10 @@ def rows(n: int, keys: list[KeyRecord], days: int, seed: int = 1):
         cost = -(-(prompt * pin + completion * pout) * 1_000_000 // 1_000_000) if status == 200 else 0
         latency = rng.lognormvariate(0, 0.5) * lat_median if status == 200 else rng.random() * 50
         ttfb = latency * rng.uniform(0.05, 0.3) if status == 200 else None
-        yield (f"bench{i:09d}", t, time.strftime("%Y-%m-%d", time.gmtime(t)), key.id, key.account_id, "chat",
-               name, name if status == 200 else None, provider, status, code, int(stream), 0, 0, prompt,
-               completion, 0, 0, int(cost), round(latency, 3), None if ttfb is None else round(ttfb, 3))
+        yield db.LedgerRow(f"bench{i:09d}", t, time.strftime("%Y-%m-%d", time.gmtime(t)), key.id, key.account_id,
+                           "chat", name, name if status == 200 else None, provider, status, code, int(stream), 0, 0,
+                           prompt, completion, 0, 0, int(cost), round(latency, 3),
+                           None if ttfb is None else round(ttfb, 3))
 
 
 async def generate(url: str, n: int, days: int, nkeys: int) -> None:

@@ -2,11 +2,10 @@
 
 One sign-in form takes either key: the admin key opens the operator's
 console, a customer's API key opens their usage page. Guards:
-``admin_page`` / ``customer_page`` (HTML: no session -> the sign-in page,
-the other kind of session -> 403), ``admin_api`` / ``customer_api`` (JSON
-errors), and ``change`` on top of them for anything that writes (the CSRF
-token, sent as ``X-CSRF-Token`` or a ``csrf`` form field, must match the
-session's).
+``page(kind)`` (HTML: no session -> the sign-in page, the other kind of
+session -> 403) and ``api(kind, change=...)`` (JSON errors; with ``change``,
+for anything that writes, the CSRF token sent as ``X-CSRF-Token`` must match
+the session's and the request must come from this origin).
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from proxy import ProxyError
-from proxy.routes import error_response
 
 from .sessions import COOKIE, Session, Sessions, SignInLimiter, admin_mark, csrf_ok
 
@@ -112,7 +110,7 @@ class Guard:
         if session is not None:
             form = await request.post()
             if not csrf_ok(session, request.headers.get("X-CSRF-Token") or str(form.get("csrf", ""))):
-                return error_response(csrf_error())
+                raise csrf_error()
             self.sessions.end(request.cookies.get(COOKIE))
         response = redirect(self.dash.root + "/login")
         self.clear_cookie(response)
@@ -139,19 +137,16 @@ class Guard:
         def wrap(fn: Handler) -> Handler:
             @functools.wraps(fn)
             async def run(request: web.Request) -> web.StreamResponse:
-                try:
-                    session = self.session(request)
-                    if session is None:
-                        raise ProxyError(401, "sign in to the dashboard first", code="not_signed_in")
-                    if session.kind != kind:
-                        raise ProxyError(403, "this session may not use this call", code="forbidden")
-                    if change and not (same_origin(request)
-                                       and csrf_ok(session, request.headers.get("X-CSRF-Token"))):
-                        raise csrf_error()
-                    request[SESSION_KEY] = session
-                    return await fn(request)
-                except ProxyError as err:
-                    return error_response(err)
+                # A ProxyError raised here or by fn is rendered (as JSON) by the app's error middleware.
+                session = self.session(request)
+                if session is None:
+                    raise ProxyError(401, "sign in to the dashboard first", code="not_signed_in")
+                if session.kind != kind:
+                    raise ProxyError(403, "this session may not use this call", code="forbidden")
+                if change and not (same_origin(request) and csrf_ok(session, request.headers.get("X-CSRF-Token"))):
+                    raise csrf_error()
+                request[SESSION_KEY] = session
+                return await fn(request)
             return run
         return wrap
 
