@@ -10,6 +10,7 @@ photographed, light and dark, into ``screenshots/`` (kept out of git).
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -82,14 +83,6 @@ def http(method: str, url: str, headers: dict | None = None, json_body=None) -> 
         return Answer(err.code, err.read())
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Gateway:
     """`tollway serve` in its own process on a free port, with the dashboard on."""
 
@@ -108,20 +101,23 @@ class Gateway:
                         "dashboard": {"poll_seconds": 1, **(dashboard or {})}},
         }
         (folder / "tollway.yaml").write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(folder / "server.log", "w")  # noqa: SIM115 (closed in stop)
+        # Port 0: the kernel picks a free port and the banner says which (a port picked
+        # here and passed on could be taken by another process in between).
+        self.log_path = folder / "server.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--config",
-                                      str(folder / "tollway.yaml"), "--port", str(self.port)],
-                                     cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+                                      str(folder / "tollway.yaml"), "--port", "0"],
+                                     cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (folder / "server.log").read_text()
-            try:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.log_path.read_text())
+            if found:
+                self.port = int(found.group(1))
+                self.url = f"http://127.0.0.1:{self.port}"
                 if http("GET", self.url + "/health/ready").status_code == 200:
                     return
-            except OSError:
-                pass
             time.sleep(0.1)
         raise AssertionError("the gateway did not become ready")
 

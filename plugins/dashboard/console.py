@@ -18,7 +18,7 @@ from plugins.accounts import ACCOUNTS
 from proxy.routes import json_response
 
 from . import queries, requestlog
-from .auth import SESSION_KEY, Guard
+from .auth import SESSION_KEY, Guard, redirect
 from .ranges import RANGES, label, parse_range, steps_for
 from .render import STATIC, Renderer
 
@@ -109,8 +109,6 @@ class Dashboard:
     async def login(self, request: web.Request) -> web.StreamResponse:
         session = self.guard.session(request)
         if session is not None:
-            from .auth import redirect
-
             return redirect(self.root if session.kind == "admin" else self.root + "/usage")
         return self.login_page(request)
 
