@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy import hookimpl
-from proxy.gateway import Gateway
+from proxy import Gateway, hookimpl
 from proxy.schema import ConfigError
 
 from .console import Dashboard

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from plugins.accounts import ACCOUNTS
-from proxy.routes import json_response
+from proxy import json_response
 
 from . import queries, requestlog
 from .auth import SESSION_KEY, Guard, redirect
@@ -23,7 +23,7 @@ from .ranges import RANGES, label, parse_range, steps_for
 from .render import STATIC, Renderer
 
 if TYPE_CHECKING:
-    from proxy.gateway import Gateway
+    from proxy import Gateway
 
     from .options import DashboardOptions
     from .sessions import Session

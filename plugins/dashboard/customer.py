@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from plugins.accounts.views import account_view
-from proxy.routes import json_response
+from proxy import json_response
 
 from . import queries, requestlog
 from .auth import SESSION_KEY
