@@ -1,8 +1,16 @@
 """Rollups: the ledger pre-aggregated per hour and per day, for charts and usage answers.
 
-Two tables, ``tollway_rollup_hour`` and ``tollway_rollup_day``, one row per
-time bucket and (key, account, model, provider, status, error code), holding
-sums: requests, errors, cache hits, streams, four token counts, cost, the
+Per grain (``hour``, ``day``) three tables of the same columns, at three
+levels of detail, so that each question reads few rows:
+
+- ``tollway_rollup_{grain}``: one row per time bucket and (key, account,
+  model, provider, status, error code): one key's usage (customer pages).
+- ``tollway_rollup_{grain}_model``: per (model, provider, status, error
+  code), keys summed away: totals, trends, errors, latency, cache.
+- ``tollway_rollup_{grain}_key``: per (key, account): spend by key or account.
+
+A dimension a table does not keep is stored as '' (0 for the status). Each
+row holds sums: requests, errors, cache hits, streams, four token counts, cost, the
 latency and time-to-first-byte totals, rows whose tokens were estimated, and a fixed log-bucket histogram of
 each (``lat_0..lat_41``, ``ttfb_0..ttfb_41``), so any set of rows can be
 summed in SQL and still answer p50/p95/p99 (to within the bucket width: the
@@ -29,7 +37,18 @@ log = logging.getLogger("tollway.accounts")
 
 HOUR = "tollway_rollup_hour"
 DAY = "tollway_rollup_day"
-TABLES = ((HOUR, 3600), (DAY, 86400))
+GRAINS = ((HOUR, 3600), (DAY, 86400))
+# view suffix -> the dimensions it keeps (besides the bucket)
+VIEWS = {"": ("key_id", "account_id", "model", "provider", "status", "error_code"),
+         "_model": ("model", "provider", "status", "error_code"),
+         "_key": ("key_id", "account_id")}
+TABLES = tuple((base + suffix, seconds) for base, seconds in GRAINS for suffix in VIEWS)
+
+
+def table(grain: str, view: str = "") -> str:
+    """``table("day", "_model")`` -> ``tollway_rollup_day_model``."""
+    return f"tollway_rollup_{grain}{view}"
+
 
 # Histogram bucket i (1 <= i < 41) holds latencies in [BOUNDS[i-1], BOUNDS[i]) ms;
 # bucket 0 is under 1 ms, bucket 41 at least 2^20 ms (17.5 minutes).
@@ -58,12 +77,10 @@ def _schema(table: str) -> tuple[str, ...]:
             {sums},
             {hist},
             primary key (bucket, key_id, account_id, model, provider, status, error_code))""",
-        f"create index if not exists {table}_key on {table} (key_id, bucket)",
-        f"create index if not exists {table}_account on {table} (account_id, bucket)",
-    )
+    ) + ((f"create index if not exists {table}_by_key on {table} (key_id, bucket)",) if table in (HOUR, DAY) else ())
 
 
-SCHEMA = _schema(HOUR) + _schema(DAY)
+SCHEMA = tuple(sql for name, _ in TABLES for sql in _schema(name))
 
 
 def _upsert_sql(table: str) -> str:
@@ -144,15 +161,38 @@ class Aggregator:
         return hour_rows, [d + tuple(acc) for d, acc in days.items()]
 
 
+def project(rows: Iterable[tuple], view: str) -> list[tuple]:
+    """Full-detail rollup rows summed down to a view's dimensions."""
+    if not view:
+        return list(rows)
+    keep = VIEWS[view]
+    blanks = tuple((i, 0 if name == "status" else "") for i, name in enumerate(DIMENSIONS)
+                   if name != "bucket" and name not in keep)
+    n = len(DIMENSIONS)
+    out: dict[tuple, list] = {}
+    for r in rows:
+        dims = list(r[:n])
+        for i, blank in blanks:
+            dims[i] = blank
+        key = tuple(dims)
+        acc = out.get(key)
+        if acc is None:
+            out[key] = list(r[n:])
+        else:
+            for i, v in enumerate(r[n:]):
+                acc[i] += v
+    return [d + tuple(acc) for d, acc in out.items()]
+
+
 async def add_batch(tx, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Count ledger rows into the rollups (inside the transaction that writes them)."""
     if not rows:
         return
     agg = Aggregator(columns)
     agg.add(rows)
-    hour_rows, day_rows = agg.rows()
-    await tx.executemany(UPSERT[HOUR], hour_rows)
-    await tx.executemany(UPSERT[DAY], day_rows)
+    for (base, _), grain_rows in zip(GRAINS, agg.rows(), strict=True):
+        for view in VIEWS:
+            await tx.executemany(UPSERT[base + view], project(grain_rows, view))
 
 
 async def rebuild(store, columns: Sequence[str], chunk: int = 20000) -> int:
@@ -169,9 +209,9 @@ async def rebuild_in(tx, columns: Sequence[str], chunk: int = 20000) -> int:
     cols = ", ".join(columns)
     total = 0
     if tx.kind == "postgres":
-        await tx.execute(f"lock table {HOUR}, {DAY} in exclusive mode")
-    await tx.execute(f"delete from {HOUR}")
-    await tx.execute(f"delete from {DAY}")
+        await tx.execute(f"lock table {', '.join(name for name, _ in TABLES)} in exclusive mode")
+    for name, _ in TABLES:
+        await tx.execute(f"delete from {name}")
     agg = Aggregator(columns)
     i_time, i_id = columns.index("time"), columns.index("id")
     after: tuple | None = None
@@ -201,9 +241,22 @@ async def rebuild_in(tx, columns: Sequence[str], chunk: int = 20000) -> int:
     await tx.insert_rows(HOUR, COLUMNS, hour_rows)
     _merge_days(days_open, day_rows)
     await tx.insert_rows(DAY, COLUMNS, [d + tuple(acc) for d, acc in days_open.items()])
+    for base, _ in GRAINS:
+        for view, keep in VIEWS.items():
+            if view:
+                await tx.execute(_derive_sql(base, view, keep))
     if total:
         log.info("rollups: built from %d ledger rows", total)
     return total
+
+
+def _derive_sql(base: str, view: str, keep: tuple[str, ...]) -> str:
+    """Fill a view's table from the full-detail one, in SQL."""
+    dims = ", ".join(c if c == "bucket" or c in keep else ("0" if c == "status" else "''") for c in DIMENSIONS)
+    group = ", ".join(c for c in DIMENSIONS if c == "bucket" or c in keep)
+    sums = ", ".join(f"sum({c})" for c in MEASURES)
+    return (f"insert into {base}{view} ({', '.join(COLUMNS)}) select {dims}, {sums} from {base} "
+            f"group by {group}")
 
 
 def _merge_days(days: dict[tuple, list], rows: list[tuple]) -> None:

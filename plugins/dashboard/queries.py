@@ -1,8 +1,11 @@
 """What the dashboard reads: sums over the rollups, never a scan of the ledger.
 
-Every function here is ONE query over a rollup table (hourly or daily,
-chosen by the range), narrowed by the range's bucket bounds and, for a
-customer, by their key. Percentiles come from the summed histograms.
+Every function here is ONE query over a rollup table: hourly or daily (by
+the range), and of the least detail that answers it (``rollups.VIEWS``):
+keys summed away for totals, trends, errors and latency; models summed away
+for spend by key or account; full detail only for one key (a customer, a
+key's page), through its (key_id, bucket) index. Percentiles come from the
+summed histograms.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ class Scope:
     """Whose rows: everyone's (the operator) or one key's (a customer)."""
 
     key_id: str | None = None
+
+    def table(self, rng: Range, view: str) -> str:
+        """The rollup table for this range: ``view``, or full detail for one key."""
+        return rollups.table(rng.grain, "" if self.key_id is not None else view)
 
     def where(self, rng: Range) -> tuple[str, list[Any]]:
         clauses, params = ["bucket >= ?", "bucket < ?"], [rng.start, rng.end]
@@ -67,7 +74,7 @@ def _with_latency(out: dict[str, Any], lat: Sequence[Any], ttfb: Sequence[Any] |
 
 async def totals(store, rng: Range, scope: Scope = EVERYONE) -> dict[str, Any]:
     where, params = scope.where(rng)
-    row = await store.fetchone(f"select {_SUMS}, {_LAT} from {rng.table}{where}", params)
+    row = await store.fetchone(f"select {_SUMS}, {_LAT} from {scope.table(rng, '_model')}{where}", params)
     n = len(FIGURES)
     return _with_latency(_figures(row[:n]), row[n:])
 
@@ -75,7 +82,8 @@ async def totals(store, rng: Range, scope: Scope = EVERYONE) -> dict[str, Any]:
 async def series(store, rng: Range, scope: Scope = EVERYONE) -> list[dict[str, Any]]:
     """One point per step of the range (zero-filled): the figures and p50/p95."""
     where, params = scope.where(rng)
-    rows = await store.fetchall(f"select bucket, {_SUMS}, {_LAT} from {rng.table}{where} group by bucket", params)
+    rows = await store.fetchall(f"select bucket, {_SUMS}, {_LAT} from {scope.table(rng, '_model')}{where} "
+                                "group by bucket", params)
     n = len(FIGURES)
     merged: dict[int, list] = {}
     for r in rows:
@@ -106,7 +114,8 @@ async def breakdown(store, rng: Range, by: str, sort: str = "cost", descending: 
         order, python_sort = "sum(requests)", sort
     else:
         python_sort = None
-    sql = (f"select {column}, {_SUMS}, {_LAT} from {rng.table}{where} group by {column} "
+    table = scope.table(rng, "_key" if by in ("key", "account") else "_model")
+    sql = (f"select {column}, {_SUMS}, {_LAT} from {table}{where} group by {column} "
            f"order by {order} {'desc' if descending else 'asc'}, {column} limit {int(limit)}")
     n = len(FIGURES)
     out = [{"name": r[0], **_with_latency(_figures(r[1:n + 1]), r[n + 1:])} for r in await store.fetchall(sql, params)]
@@ -118,7 +127,8 @@ async def breakdown(store, rng: Range, by: str, sort: str = "cost", descending: 
 async def errors_by(store, rng: Range, scope: Scope = EVERYONE) -> dict[str, list[dict[str, Any]]]:
     """Errors by (status, code) and by provider."""
     where, params = scope.where(rng)
-    rows = await store.fetchall(f"select status, error_code, provider, sum(requests) from {rng.table}{where} "
+    table = scope.table(rng, "_model")
+    rows = await store.fetchall(f"select status, error_code, provider, sum(requests) from {table}{where} "
                                 "and status >= 400 group by status, error_code, provider", params)
     by_code: dict[tuple, int] = {}
     by_provider: dict[str, int] = {}
@@ -135,7 +145,8 @@ async def errors_by(store, rng: Range, scope: Scope = EVERYONE) -> dict[str, lis
 async def latency_by_model(store, rng: Range, scope: Scope = EVERYONE) -> list[dict[str, Any]]:
     """Latency and time-to-first-token percentiles per model."""
     where, params = scope.where(rng)
-    rows = await store.fetchall(f"select model, sum(requests), {_LAT}, {_TTFB} from {rng.table}{where} "
+    table = scope.table(rng, "_model")
+    rows = await store.fetchall(f"select model, sum(requests), {_LAT}, {_TTFB} from {table}{where} "
                                 "group by model order by sum(requests) desc", params)
     out = []
     for r in rows:
@@ -147,6 +158,7 @@ async def latency_by_model(store, rng: Range, scope: Scope = EVERYONE) -> list[d
 async def cache_by_model(store, rng: Range, scope: Scope = EVERYONE) -> list[dict[str, Any]]:
     where, params = scope.where(rng)
     rows = await store.fetchall(f"select model, sum(requests), sum(cache_hits), sum(cost_micro_usd) "
-                                f"from {rng.table}{where} group by model order by sum(requests) desc", params)
+                                f"from {scope.table(rng, '_model')}{where} group by model order by sum(requests) desc",
+                                params)
     return [{"model": m, "requests": int(n or 0), "hits": int(h or 0),
              "hit_rate": int(h or 0) / int(n) if n else 0.0, "cost_micro_usd": int(c or 0)} for m, n, h, c in rows]

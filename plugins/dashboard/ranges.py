@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from plugins.accounts import rollups
-
 RANGES = {"24h": 1, "7d": 7, "30d": 30, "90d": 90, "365d": 365}
 STEPS = ("hour", "day", "week", "month")
 DEFAULT_STEP = {"24h": "hour", "7d": "day", "30d": "day", "90d": "week", "365d": "month"}
@@ -25,7 +23,7 @@ class Range:
     step: str
     start: int  # unix seconds, inclusive
     end: int  # unix seconds, exclusive (the end of the current hour or day)
-    table: str
+    grain: str  # "hour" or "day": which rollup tables answer it
 
     @property
     def seconds(self) -> int:
@@ -48,10 +46,10 @@ def parse_range(name: str | None, step: str | None, now: float | None = None) ->
     step = step if step in allowed else DEFAULT_STEP[name]
     if name == "24h":
         hour = int(now // 3600) * 3600
-        return Range(name, step, hour - 23 * 3600, hour + 3600, rollups.HOUR)
+        return Range(name, step, hour - 23 * 3600, hour + 3600, "hour")
     today = int(now // 86400) * 86400
     start = today - (RANGES[name] - 1) * 86400
-    return Range(name, step, start, today + 86400, rollups.HOUR if step == "hour" else rollups.DAY)
+    return Range(name, step, start, today + 86400, "hour" if step == "hour" else "day")
 
 
 def step_start(ts: int, step: str) -> int:
