@@ -36,7 +36,7 @@ from .accounts import ACCOUNTS, KeyRecord
 from .accounts.book import check_config
 from .accounts.counters import COUNTERS, Counters, MemoryCounters
 from .accounts.estimate import tokens_estimate
-from .accounts.gcra import Plan, Rule, put_headers
+from .accounts.gcra import EPS, Plan, Rule, put_headers
 
 PERIODS = (("rpm", "requests", "requests per minute", 60.0), ("rpd", "requests", "requests per day", 86400.0),
            ("tpm", "tokens", "tokens per minute", 60.0))
@@ -169,20 +169,22 @@ class Plugin:
         """Each of the key's limits with what is left and when it is full again
         (for the dashboard; not on the request path)."""
         now = time.time() if now is None else now
-        out = []
+        out: list[dict] = []
+        counters = self.counters
+        if counters is None:
+            return out
         for model in ("", *sorted(key.limits.models)):
             for rule in self._plan_of(key, model).rules:
                 if model and not rule.scope:
                     continue  # the key's own limits are listed once, under ""
-                tat = self.tats.get(rule.state)
+                tat = counters.tat(rule.state)
                 reset = 0.0 if tat is None or tat <= now else tat - now
                 left = max(int((rule.period - reset) / rule.interval + EPS), 0)
                 out.append({"label": rule.label, "model": rule.scope or None, "limit": rule.limit,
                             "remaining": min(left, rule.limit), "full_at": now + reset, "period": rule.period})
         if key.limits.concurrency is not None:
             out.append({"label": "requests in flight", "model": None, "limit": key.limits.concurrency,
-                        "remaining": key.limits.concurrency - self.in_flight.get(key.id, 0), "full_at": None,
-                        "period": None})
+                        "remaining": None, "full_at": None, "period": None})
         return out
 
     @staticmethod
