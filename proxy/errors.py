@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
-from .logs import throttled
+from .logs import redact, throttled
 
 log = logging.getLogger("tollway")
 
@@ -138,5 +138,6 @@ async def error_middleware(request: web.Request,
     except web.HTTPException:
         raise
     except Exception:
-        throttled(log, logging.ERROR, "route_failed", "%s %s failed", request.method, request.path, exc_info=True)
+        throttled(log, logging.ERROR, "route_failed", "%s %s failed", request.method, redact(request.path),
+                  exc_info=True)
         return error_response(internal_error(), dialect_of(request))

@@ -21,7 +21,7 @@ from .clientwrite import CLIENT_WRITE_TIMEOUT, ClientStalled, send_whole
 from .errors import ProxyError, internal_error
 from .gateway import GATEWAY_KEY
 from .inflight import shutdown_error, uncancel
-from .logs import throttled
+from .logs import redact, throttled
 from .provider import UNREADABLE, loads_json, unreadable_answer
 from .streaming import TranslatingCodec, completion_to_chunks, pump, replay, splice_usage_fields
 
@@ -68,8 +68,8 @@ async def run_model_call(gateway: Gateway, request: web.Request, call: Call) -> 
             uncancel()  # stopped at shutdown_timeout: answer it, bill it
             resp = await send_error(request, call, shutdown_error())
         except Exception:
-            throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", request.method, request.path,
-                      exc_info=True)
+            throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", request.method,
+                      redact(request.path), exc_info=True)
             resp = await send_error(request, call, internal_error())
         call.timing.ended_at = time.perf_counter()
         if admitted:
@@ -124,8 +124,8 @@ async def answer_here(gateway: Gateway, request: web.Request, call: Call,
         except ProxyError as err:
             return await send_error(request, call, err)
         except Exception:
-            throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", request.method, request.path,
-                      exc_info=True)
+            throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", request.method,
+                      redact(request.path), exc_info=True)
             return await send_error(request, call, internal_error())
     finally:
         await finish(gateway, call)
