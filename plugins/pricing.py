@@ -16,18 +16,25 @@ out, or left by its client before the usage event; an upstream that sends
 no usage), the output that went out is counted (``counted_usage``: a
 tokenizer over the output actually produced, capped by what was reserved),
 priced the same way, told to the client the same way, and marked
-``billing.usage_estimated`` (the ledger's ``estimated`` column). Output that
-went to a client is never free.
+``billing.usage_estimated`` (the ledger's ``estimated`` column). If counting
+fails (a tokenizer error, text it cannot read), the bytes are counted instead
+(``byte_usage``: four a token, capped the same way), still marked estimated.
+Output that went to a client is never free.
 """
 
 from __future__ import annotations
 
-from proxy import Call, Gateway, hookimpl
+import logging
 
-from .accounts.estimate import counted_usage
+from proxy import Call, Gateway, hookimpl
+from proxy.logs import throttled
+
+from .accounts.estimate import byte_usage, counted_usage
 from .accounts.money import PriceBook, format_usd
 from .accounts.options import QuotasOptions
 from .accounts.tokens import preload
+
+log = logging.getLogger("tollway.pricing")
 
 
 class Plugin:
@@ -49,7 +56,12 @@ class Plugin:
         if call.route is None:
             return
         if billing.usage is None:
-            billing.usage = await counted_usage(call, self.gateway.dialects[call.dialect], self.default_cap)
+            try:
+                billing.usage = await counted_usage(call, self.gateway.dialects[call.dialect], self.default_cap)
+            except Exception:  # a count that fails must not make output free
+                throttled(log, logging.ERROR, "counted_usage_failed", "counting usage failed; billed on bytes",
+                          exc_info=True)
+                billing.usage = byte_usage(call, self.default_cap)
             if billing.usage is None:
                 return
             billing.usage_estimated = True

@@ -119,3 +119,45 @@ async def test_a_translated_stream_cut_mid_way_pays_for_what_went_out(start_gate
     assert row["completion"] == await count_tokens(content)
     assert row["cost"] == -(-(25 * 3 + row["completion"] * 15) // 1) and row["cost"] > 0
     assert got["spent_micro_usd"] == row["cost"]
+
+
+def failing_count(*args, **kwargs):
+    raise RuntimeError("tokenizer broke")
+
+
+async def test_a_count_that_fails_still_bills_what_went_out(start_gateway, mock_upstream, monkeypatch):
+    """The tokenizer raises (then, the whole count): the output that went out is
+    billed on its bytes (four a token), capped by the reservation, marked estimated."""
+    import plugins.accounts.estimate
+    import plugins.pricing
+
+    running = await start_gateway(biz_config(mock_upstream.url))
+    rows_before = 0
+    for target, max_tokens in ((plugins.accounts.estimate, 5000), (plugins.accounts.estimate, 40),
+                               (plugins.pricing, 5000), (plugins.pricing, 40)):
+        name = "count_tokens" if target is plugins.accounts.estimate else "counted_usage"
+        monkeypatch.setattr(target, name, failing_count)
+        payload = {"model": "up", "stream": True, "max_tokens": max_tokens,
+                   "messages": [{"role": "user", "content": "go"}], "stream_options": {"include_usage": True},
+                   "mock": {"chunks": 20, "no_done": True}}
+        async with aiohttp.ClientSession() as s:
+            text = await read_stream(s, running, payload)
+            got = await credits(s, running, DEMO)
+        monkeypatch.undo()
+        assert "upstream_stream_cut" in text and streamed_content(text)
+        rows = await ledger(running)
+        assert len(rows) == rows_before + 1
+        rows_before += 1
+        row = rows[-1]
+        body_size = len(orjson.dumps(payload))
+        reservation = min(body_size, 1000) * 1 + max_tokens * 2  # prompt bound x input + output bound x output
+        assert row["estimated"] == 1 and row["error_code"] == "upstream_stream_cut"
+        assert 0 < row["completion"] <= max_tokens and 0 < row["prompt"] <= body_size
+        assert 0 < row["cost"] == row["prompt"] * 1 + row["completion"] * 2 <= reservation
+        if max_tokens == 40:  # 20 chunks are far more than 160 bytes: the cap applies
+            assert row["completion"] == 40
+        else:  # a byte count: more than the real tokens, never more than the bytes sent
+            assert await count_tokens(streamed_content(text)) < row["completion"] <= len(text) // 4 + 1
+        assert got["reserved_micro_usd"] == 0
+    spent = sum(r["cost"] for r in await ledger(running))
+    assert got["spent_micro_usd"] == spent == 5_000_000 - got["balance_micro_usd"]

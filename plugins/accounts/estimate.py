@@ -16,22 +16,57 @@ it used (a stream cut, timed out or abandoned before its usage event, an
 upstream that sends none): ``counted_usage`` counts the output that was
 produced (``Billing.streamed``, or the completion) and the prompt with a
 real tokenizer (``tokens.py``), each capped by the bound its reservation
-was made with, so the estimate never costs more than was reserved.
+was made with, so the estimate never costs more than was reserved. When the
+tokenizer (or reading the text out of the stream) fails, the count falls
+back to about four bytes a token of the raw bytes (``byte_count``), capped the
+same way: a count that fails never makes output free.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
+import orjson
+
 from proxy import Usage
+from proxy.logs import throttled
 from proxy.outputtext import completion_text, prompt_text
 
 from .tokens import count_tokens
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from proxy import Call, Dialect
 
 IMAGE_TOKENS = 2000
+BYTES_PER_TOKEN = 4
+
+log = logging.getLogger("tollway.estimate")
+
+
+def byte_count(size: int) -> int:
+    """The fallback count: about four bytes a token, rounded up."""
+    return -(-size // BYTES_PER_TOKEN)
+
+
+def _size_of(completion: dict) -> int:
+    """The bytes of a completion object, as the client got it (its repr if it will not serialise)."""
+    try:
+        return len(orjson.dumps(completion))
+    except (TypeError, orjson.JSONEncodeError):
+        return len(repr(completion))
+
+
+async def _count(text_of: Callable[[], str], size: int) -> int:
+    """Tokens of ``text_of()``; when counting fails, ``byte_count(size)``."""
+    try:
+        return await count_tokens(text_of())
+    except Exception:
+        throttled(log, logging.WARNING, "count_failed", "token count failed; billed on byte length / 4",
+                  exc_info=True)
+        return byte_count(size)
 
 
 def _image_parts(body: dict) -> int:
@@ -88,11 +123,12 @@ async def counted_usage(call: Call, dialect: Dialect, default_cap: int) -> Usage
         if not billing.streamed:
             return None
         blob = b"".join(billing.streamed)
-        completion = await count_tokens(dialect.streamed_text(blob))
+        completion = await _count(lambda: dialect.streamed_text(blob), len(blob))
         if billing.streamed_dropped:  # past what was kept: the same tokens per byte
             completion += -(-completion * billing.streamed_dropped // len(blob))
     elif call.response.completion is not None:
-        completion = await count_tokens(completion_text(call.response.completion))
+        completion = await _count(lambda: completion_text(call.response.completion),
+                                  _size_of(call.response.completion))
     else:
         return None
     partial = billing.partial_usage
@@ -104,5 +140,21 @@ async def counted_usage(call: Call, dialect: Dialect, default_cap: int) -> Usage
     if partial is not None and partial.prompt_tokens:
         prompt = partial.prompt_tokens  # the upstream's own count, sent before it stopped
     else:
-        prompt = await count_tokens(prompt_text(call.body))
+        prompt = await _count(lambda: prompt_text(call.body), len(call.body_bytes()))
     return Usage(prompt_tokens=min(prompt, prompt_bound(call)), completion_tokens=completion)
+
+
+def byte_usage(call: Call, default_cap: int) -> Usage | None:
+    """The last resort when ``counted_usage`` itself fails: the bytes that went
+    out and the request's bytes, four a token, capped like the count."""
+    billing = call.billing
+    if call.stream:
+        size = sum(len(part) for part in billing.streamed) + billing.streamed_dropped
+    else:
+        completion_obj = call.response.completion
+        size = _size_of(completion_obj) if completion_obj is not None else 0
+    completion = min(byte_count(size), output_bound(call, default_cap))
+    if completion <= 0:
+        return None
+    return Usage(prompt_tokens=min(byte_count(len(call.body_bytes())), prompt_bound(call)),
+                 completion_tokens=completion)
