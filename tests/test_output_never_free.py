@@ -132,9 +132,9 @@ async def test_a_count_that_fails_still_bills_what_went_out(start_gateway, mock_
     import plugins.pricing
 
     running = await start_gateway(biz_config(mock_upstream.url))
-    rows_before = 0
-    for target, max_tokens in ((plugins.accounts.estimate, 5000), (plugins.accounts.estimate, 40),
-                               (plugins.pricing, 5000), (plugins.pricing, 40)):
+    cases = ((plugins.accounts.estimate, 5000), (plugins.accounts.estimate, 40),
+             (plugins.pricing, 5000), (plugins.pricing, 40))
+    for done, (target, max_tokens) in enumerate(cases):
         name = "count_tokens" if target is plugins.accounts.estimate else "counted_usage"
         monkeypatch.setattr(target, name, failing_count)
         payload = {"model": "up", "stream": True, "max_tokens": max_tokens,
@@ -146,8 +146,7 @@ async def test_a_count_that_fails_still_bills_what_went_out(start_gateway, mock_
         monkeypatch.undo()
         assert "upstream_stream_cut" in text and streamed_content(text)
         rows = await ledger(running)
-        assert len(rows) == rows_before + 1
-        rows_before += 1
+        assert len(rows) == done + 1
         row = rows[-1]
         body_size = len(orjson.dumps(payload))
         reservation = min(body_size, 1000) * 1 + max_tokens * 2  # prompt bound x input + output bound x output
