@@ -8,8 +8,9 @@ OpenAI SDK's ``extra_body={"mock": {...}}``; the gateway passes unknown body
 fields through):
 
 - ``status``: answer this HTTP status with an OpenAI-shaped error
-  (429 carries ``Retry-After: 7``);
+  (429 carries ``Retry-After: 7``, or ``retry_after``'s value);
 - ``delay``: seconds before the response headers;
+- ``key_status``: ``{api key: status}``, the status to answer requests sent with that key;
 - ``hang``: never answer;
 - ``ttft``: seconds before the first stream chunk; ``chunk_delay``: between chunks;
 - ``chunks``: content chunks in the answer; ``chunk_size``: characters per chunk;
@@ -18,6 +19,8 @@ fields through):
 - ``no_done``: end the stream without usage and without ``[DONE]``.
 
 ``GET /_mock/stats`` answers how many requests it has seen and the last body.
+Tests make one upstream fail (or recover) on command with knobs that apply to
+every request: ``app[FORCE_KEY].update(status=503)`` (``.clear()`` to recover).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class MockSettings:
 
 SETTINGS_KEY: web.AppKey[MockSettings] = web.AppKey("mock_settings")
 STATS_KEY: web.AppKey[dict] = web.AppKey("mock_stats")
+FORCE_KEY: web.AppKey[dict] = web.AppKey("mock_force")  # knobs for every request (a request's own win)
 
 
 def _content_piece(i: int, size: int) -> str:
@@ -95,15 +99,17 @@ async def chat(request: web.Request) -> web.StreamResponse:
     stats["last_headers"] = dict(request.headers)
     if settings.api_key and request.headers.get("Authorization") != f"Bearer {settings.api_key}":
         return web.Response(status=401, body=error_body(401), content_type="application/json")
-    knobs = body.get("mock") or {}
+    knobs = {**request.app[FORCE_KEY], **(body.get("mock") or {})}
+    auth = request.headers.get("Authorization", "")
+    stats["keys"][auth] = stats["keys"].get(auth, 0) + 1
     s = replace(settings, **{k: v for k, v in knobs.items() if k in MockSettings.__dataclass_fields__})
     if knobs.get("hang"):
         await asyncio.sleep(3600)
     if s.delay:
         await asyncio.sleep(s.delay)
-    status = knobs.get("status")
+    status = knobs.get("status") or (knobs.get("key_status") or {}).get(auth.removeprefix("Bearer "))
     if status:
-        headers = {"Retry-After": "7"} if status == 429 else {}
+        headers = {"Retry-After": str(knobs.get("retry_after", 7))} if status == 429 else {}
         return web.Response(status=status, body=error_body(status), content_type="application/json",
                             headers=headers)
     prompt_tokens = max(1, len(orjson.dumps(body.get("messages"))) // 16)  # depends on the messages only
@@ -153,7 +159,8 @@ async def stats(request: web.Request) -> web.Response:
 def make_app(settings: MockSettings | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[SETTINGS_KEY] = settings or MockSettings()
-    app[STATS_KEY] = {"requests": 0, "last_body": None, "last_headers": None}
+    app[STATS_KEY] = {"requests": 0, "last_body": None, "last_headers": None, "keys": {}}
+    app[FORCE_KEY] = {}
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/_mock/stats", stats)

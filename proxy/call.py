@@ -115,7 +115,8 @@ class Route:
     upstream_model: str  # the provider's name for it
     provider: Provider
     config: ModelConfig
-    fallbacks: tuple[Route, ...] = ()
+    #: Which of the model's upstreams this is (``routing``'s name for it, e.g. ``openai/gpt-4o``), if any.
+    deployment: str | None = None
 
 
 @dataclass(slots=True)
@@ -137,6 +138,7 @@ class Timing:
 
     started: float = field(default_factory=time.perf_counter)
     first_byte_at: float | None = None  # the first byte of the answer went to the client
+    attempt_started: float | None = None  # the current upstream attempt's request was sent
     ended_at: float | None = None  # the answer was complete (or failed)
 
     @property
@@ -222,7 +224,7 @@ class Call:
         # -- set by the hooks, phase by phase -----------------------------------------
         self.principal: Principal | None = None  # tollway_authenticate
         self.route: Route | None = None  # tollway_resolve; the attempt's own route on a fallback
-        self.upstream_attempts = 0  # routes tried upstream (fallbacks included)
+        self.upstream_attempts = 0  # upstream attempts made (retries and fallbacks included)
         self.billing = Billing()
         self.response = ResponseState()
         self.timing = Timing()

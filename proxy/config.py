@@ -20,8 +20,8 @@ import yaml
 from .http1 import header_problem
 from .schema import ConfigError, EnvString, build, build_dataclass, suggest
 
-__all__ = ["ClientTimeouts", "Config", "ConfigError", "ModelConfig", "Price", "ProviderConfig", "Timeouts",
-           "read_yaml", "build_config"]
+__all__ = ["ClientTimeouts", "Config", "ConfigError", "DeploymentConfig", "ModelConfig", "Price", "ProviderConfig",
+           "Timeouts", "read_yaml", "build_config"]
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,16 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class ProviderConfig:
-    """Options every provider kind has; kind-specific ones go in ``options``."""
+    """Options every provider kind has; kind-specific ones go in ``options``.
+
+    ``api_keys`` is a key pool: the keys are used in turn, and one that answered
+    429 rests until its ``Retry-After`` (``proxy/keypool.py``); ``api_key`` is then
+    the pool's first key."""
 
     kind: str
     base_url: str | None = None
     api_key: str | None = None
+    api_keys: list[str] = field(default_factory=list)
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_connections: int = 1000  # streams hold a connection each for their whole length
     headers: dict[str, str] = field(default_factory=dict)
@@ -107,13 +112,35 @@ class Price:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class DeploymentConfig:
+    """One upstream serving a model: its provider, the upstream's name for the model,
+    a weight (0 drains it: no new requests) and the limits the upstream grants
+    (requests and tokens per minute); ``price`` (USD per 1M tokens, what this
+    upstream costs) only orders the ``cheapest`` strategy: clients pay the model's price."""
+
     provider: str
+    model: str | None = None
+    weight: float = 1.0
+    rpm: int | None = None
+    tpm: int | None = None
+    price: Price | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A public model. Either ``provider`` (+ ``model``) or ``deployments``; after
+    validation ``deployments`` always lists the upstreams (one for the short form) and
+    ``provider`` names the first one's provider."""
+
     price: Price
+    provider: str | None = None
     model: str | None = None  # the upstream's name; defaults to the public name
+    deployments: list[DeploymentConfig] = field(default_factory=list)
+    strategy: Literal["weighted", "least_busy", "latency", "cheapest"] | None = None  # default: routing.strategy
     context_window: int | None = None
     max_output_tokens: int | None = None
     fallbacks: list[str] = field(default_factory=list)
+    capabilities: list[str] | None = None  # what the model supports (tools, vision, json, stream)
     name: str = ""  # filled in from the key under models:
 
     @property
@@ -279,16 +306,58 @@ def _build_providers(raw: Any, option_types: dict[str, Any]) -> dict[str, Provid
                     msg += suggest(key, common | set(options_type.__dataclass_fields__))
                 raise ConfigError(msg) from None
         config = build_dataclass(ProviderConfig, own, where)
+        key_env = getattr(item.get("api_key"), "variables", ())
+        if config.api_keys:
+            if config.api_key:
+                raise ConfigError(f"{where}: give either api_key (one key) or api_keys (a pool), not both")
+            # Keys read from unset ${VAR}s are left out; none left: the provider warns as for an empty api_key.
+            keys = [k for k in config.api_keys if k]
+            key_env = tuple(v for k in item["api_keys"] for v in getattr(k, "variables", ()))
+            config = ProviderConfig(**{**config.__dict__, "api_keys": keys, "api_key": keys[0] if keys else ""})
         if config.max_connections < 1:
             raise ConfigError(f"{where}.max_connections: must be at least 1")
         for header, value in config.headers.items():
             problem = header_problem(header, value)
             if problem:
                 raise ConfigError(f"{where}.headers.{header}: {problem}")
-        key_env = getattr(item.get("api_key"), "variables", ())
         out[str(name)] = ProviderConfig(**{**config.__dict__, "options": options,
                                            "api_key_env": key_env[0] if key_env else None})
     return out
+
+
+def _deployments(model: ModelConfig, providers: dict[str, ProviderConfig], where: str) -> list[DeploymentConfig]:
+    """The model's upstreams: its ``deployments``, or the one its ``provider``/``model`` name."""
+    if model.provider is not None and model.deployments:
+        raise ConfigError(f"{where}: give either provider (one upstream) or deployments (several), not both")
+    if model.provider is None and not model.deployments:
+        raise ConfigError(f"{where}.provider: required (or list the model's upstreams under deployments)")
+    if model.provider is not None:
+        if model.provider not in providers:
+            raise ConfigError(f"{where}.provider: unknown provider {model.provider!r}"
+                              f"{suggest(model.provider, providers)}")
+        return [DeploymentConfig(provider=model.provider, model=model.model)]
+    out = []
+    for i, dep in enumerate(model.deployments):
+        here = f"{where}.deployments[{i}]"
+        if dep.provider not in providers:
+            raise ConfigError(f"{here}.provider: unknown provider {dep.provider!r}{suggest(dep.provider, providers)}")
+        if not 0 <= dep.weight < 1e9:
+            raise ConfigError(f"{here}.weight: must be a number from 0 (drained) up")
+        for limit in ("rpm", "tpm"):
+            value = getattr(dep, limit)
+            if value is not None and value < 1:
+                raise ConfigError(f"{here}.{limit}: must be at least 1 (leave it out for no limit)")
+        if dep.price is not None:
+            _check_price(dep.price, f"{here}.price")
+        out.append(DeploymentConfig(**{**dep.__dict__, "model": dep.model or model.model}))
+    return out
+
+
+def _check_price(price: Price, where: str) -> None:
+    for k in ("input", "output", "cached_input", "cache_write"):
+        v = getattr(price, k)
+        if v is not None and v < 0:
+            raise ConfigError(f"{where}.{k}: must not be negative")
 
 
 def _build_models(raw: Any, providers: dict[str, ProviderConfig]) -> dict[str, ModelConfig]:
@@ -300,14 +369,10 @@ def _build_models(raw: Any, providers: dict[str, ProviderConfig]) -> dict[str, M
     for name, item in raw.items():
         where = f"models.{name}"
         model = build_dataclass(ModelConfig, item, where)
-        if model.provider not in providers:
-            raise ConfigError(f"{where}.provider: unknown provider {model.provider!r}"
-                              f"{suggest(model.provider, providers)}")
-        for k in ("input", "output", "cached_input", "cache_write"):
-            v = getattr(model.price, k)
-            if v is not None and v < 0:
-                raise ConfigError(f"{where}.price.{k}: must not be negative")
-        out[str(name)] = ModelConfig(**{**model.__dict__, "name": str(name)})
+        deployments = _deployments(model, providers, where)
+        _check_price(model.price, f"{where}.price")
+        out[str(name)] = ModelConfig(**{**model.__dict__, "name": str(name), "deployments": deployments,
+                                        "provider": deployments[0].provider})
     for name, model in out.items():
         for i, fb in enumerate(model.fallbacks):
             if fb not in out:

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from .call import CachedResponse, Call, Principal, Route
     from .config import Config
     from .dialects import Dialect
+    from .errors import ProxyError
     from .gateway import Gateway
     from .provider import Provider
 
@@ -237,6 +238,30 @@ async def tollway_settle(call: Call) -> None:
 async def tollway_finish(call: Call) -> None:
     """Always runs last, for every request (in a ``finally``): release what
     admit took, write access logs. Must not raise."""
+
+
+@hookspec
+async def tollway_attempt(call: Call, route: Route, error: ProxyError | None) -> None:
+    """One upstream attempt has its answer: ``error`` is None when the upstream
+    answered with a success status (its head arrived; a stream's body follows),
+    else what the client would be told (an error status, a timeout, a refused
+    connection). ``call.timing.attempt_started`` is when the request was sent
+    (``time.perf_counter()``). All implementations run, in order; for
+    bookkeeping (health, latency), so keep it short and never raise.
+    """
+
+
+@hookspec
+async def tollway_retry(call: Call, error: ProxyError) -> Route | None:
+    """The attempt on ``call.route`` failed with ``error`` and nothing has
+    reached the client yet: return the ``proxy.Route`` to try next, or None
+    to answer the error. First non-None wins. ``call.upstream_attempts``
+    counts the attempts made so far. Only return a route for failures the
+    upstream did not bill (a 429, an overloaded answer, a refused connection):
+    the request is billed once, for the attempt that answers. The built-in
+    ``routing`` plugin answers with the model's other deployments, then its
+    ``fallbacks`` (bounded by ``routing.retries``, with backoff).
+    """
 
 
 @hookspec

@@ -34,8 +34,6 @@ log = logging.getLogger("tollway")
 JSON = "application/json"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MAX_ERROR_BODY = 1024 * 1024
-# Upstream failures worth trying the next fallback for (nothing was sent yet).
-RETRYABLE = frozenset((429, 502, 503, 504))
 
 
 async def run_model_call(gateway: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
@@ -173,35 +171,45 @@ async def _send(request: web.Request, call: Call, resp: web.Response) -> None:
 # -- upstream -------------------------------------------------------------------------
 
 async def forward(gateway: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
-    """Try the route, then its fallbacks, until one answers."""
+    """Try the route; while nothing has reached the client, a ``tollway_retry`` hook
+    may name another route to try after a failure."""
     route = call.route
     if route is None:
         raise AssertionError("tollway_resolve set call.route; a later hook cleared it")
-    if not route.fallbacks:  # the usual case: one attempt, nothing to catch
-        call.upstream_attempts = 1
-        if call.endpoint == "embeddings":
-            return await forward_embeddings(gateway, request, call, route)
-        return await forward_chat(gateway, request, call, route)
-    routes: tuple[Route, ...] = (route, *route.fallbacks)
-    for i, attempt in enumerate(routes):
-        call.route = attempt
+    retry_hooks = gateway.hooks.retry
+    while True:
         call.upstream_attempts += 1
         try:
             if call.endpoint == "embeddings":
-                return await forward_embeddings(gateway, request, call, attempt)
-            return await forward_chat(gateway, request, call, attempt)
+                return await forward_embeddings(gateway, request, call, route)
+            return await forward_chat(gateway, request, call, route)
         except ProxyError as err:
-            if i + 1 < len(routes) and err.status in RETRYABLE and not call.response.status:
-                throttled(log, logging.WARNING, f"failover:{attempt.model}", "route %s via %s failed (%s); trying %s",
-                          attempt.model, attempt.provider.name, err.code, routes[i + 1].model)
-                continue
-            raise
-    raise AssertionError("unreachable")
+            if call.response.status or not retry_hooks:
+                raise
+            following = None
+            for retry in retry_hooks:
+                following = await retry(call, err)
+                if following is not None:
+                    break
+            if following is None:
+                raise
+            throttled(log, logging.WARNING, f"failover:{route.model}", "route %s via %s failed (%s); trying %s via %s",
+                      route.model, route.provider.name, err.code, following.model, following.provider.name)
+            call.route = route = following
 
 
-async def open_upstream(call: Call, route: Route, request: UpstreamRequest) -> UpstreamResponse:
+async def open_upstream(gateway: Gateway, call: Call, route: Route, request: UpstreamRequest) -> UpstreamResponse:
+    """Send the request; an error status becomes the ProxyError to answer. ``tollway_attempt``
+    hooks hear of every outcome."""
     provider = route.provider
-    upstream = await provider.send(call, request)
+    attempt_hooks = gateway.hooks.attempt
+    call.timing.attempt_started = time.perf_counter()
+    try:
+        upstream = await provider.send(call, request)
+    except ProxyError as failed:
+        for hook in attempt_hooks:
+            await hook(call, route, failed)
+        raise
     if upstream.status >= 400:
         try:
             body = await upstream.read_all(MAX_ERROR_BODY)
@@ -209,7 +217,12 @@ async def open_upstream(call: Call, route: Route, request: UpstreamRequest) -> U
             body = b""
         finally:
             upstream.release()
-        raise provider.error_for(call, upstream.status, upstream.headers, body)
+        err = provider.error_for(call, upstream.status, upstream.headers, body)
+        for hook in attempt_hooks:
+            await hook(call, route, err)
+        raise err
+    for hook in attempt_hooks:
+        await hook(call, route, None)
     return upstream
 
 
@@ -218,7 +231,7 @@ async def forward_chat(gateway: Gateway, request: web.Request, call: Call, route
     dialect = gateway.dialects[call.dialect]
     native = provider.dialect == call.dialect
     canonical = None if native else dialect.canonical_request(call)
-    upstream = await open_upstream(call, route, provider.chat_request(call, route, canonical))
+    upstream = await open_upstream(gateway, call, route, provider.chat_request(call, route, canonical))
 
     if call.stream:
         try:
@@ -275,7 +288,7 @@ async def forward_chat(gateway: Gateway, request: web.Request, call: Call, route
 
 async def forward_embeddings(gateway: Gateway, request: web.Request, call: Call, route: Route) -> web.StreamResponse:
     provider = route.provider
-    upstream = await open_upstream(call, route, provider.embeddings_request(call, route))
+    upstream = await open_upstream(gateway, call, route, provider.embeddings_request(call, route))
     try:
         raw = await upstream.read_all()
     finally:

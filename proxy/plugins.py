@@ -40,7 +40,9 @@ BUILTINS = {
 ENTRY_POINT_GROUP = "tollway"
 
 REQUEST_HOOKS = ("authenticate", "resolve", "admit", "lookup", "stream_filter", "usage", "settle",
-                 "finish", "visible_models")
+                 "finish", "visible_models", "attempt", "retry")
+# The arguments of request-time hooks that take more than the call, in the order the core passes them.
+_HOOK_ARGS = {"visible_models": ("call", "models"), "attempt": ("call", "route", "error"), "retry": ("call", "error")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,8 @@ class Hooks:
     settle: tuple[Callable, ...]
     finish: tuple[Callable, ...]
     visible_models: tuple[Callable, ...]
+    attempt: tuple[Callable, ...]
+    retry: tuple[Callable, ...]
 
 
 def make_plugin_manager(enabled: Iterable[str] = (), extra: Iterable[Any] = (),
@@ -131,12 +135,10 @@ def compile_hooks(pm: pluggy.PluginManager) -> Hooks:
 
 def _adapt(fn: Callable, argnames: tuple[str, ...], short: str) -> Callable:
     """Let an implementation take fewer arguments than the spec (pluggy's rule)."""
-    full = ("call", "models") if short == "visible_models" else ("call",)
+    full = _HOOK_ARGS.get(short, ("call",))
     if argnames == full:
         return fn
-    if short == "visible_models":
-        return lambda call, models: fn(**{k: v for k, v in (("call", call), ("models", models)) if k in argnames})
-    return lambda call: fn()
+    return lambda *args: fn(**{k: v for k, v in zip(full, args, strict=True) if k in argnames})
 
 
 def collect(results: Iterable[Any]) -> dict:

@@ -25,6 +25,7 @@ import orjson
 
 from .call import Usage
 from .errors import ProxyError
+from .keypool import KeyPool
 from .logs import throttled
 from .shared import StateKey
 from .upstream import UpstreamClient, UpstreamRequest, UpstreamResponse
@@ -89,6 +90,8 @@ class Provider:
         self.config = config
         self.options = options
         self.upstream = UpstreamClient(name, config)
+        #: The provider's ``api_keys`` when it has several, used in turn (``proxy/keypool.py``).
+        self.key_pool: KeyPool | None = KeyPool(config.api_keys) if len(config.api_keys) > 1 else None
         #: Why this provider cannot be called (no key where one is needed), or None.
         self.missing_key: str | None = self._missing_key()
 
@@ -136,7 +139,25 @@ class Provider:
         """Send the request upstream; returns once the answer's headers arrived."""
         if self.missing_key is not None:  # answered without a network round trip that cannot succeed
             raise ProxyError(502, self.missing_key, code="upstream_no_api_key")
-        return await self.upstream.open(request)
+        if self.key_pool is None:
+            return await self.upstream.open(request)
+        return await self._send_with_pool(self.key_pool, request)
+
+    async def _send_with_pool(self, pool: KeyPool, request: UpstreamRequest) -> UpstreamResponse:
+        """Send with the pool's keys in turn; a 429 rests that key and moves to the next one."""
+        header, prefix = self.api_key_header
+        order = pool.order()
+        for n, index in enumerate(order):
+            request.headers = {**request.headers, header: prefix + pool.keys[index]}  # adapters share theirs
+            upstream = await self.upstream.open(request)
+            if upstream.status != 429:
+                pool.used(index)
+                return upstream
+            pool.rest(index, upstream.headers.get("Retry-After"))
+            if n + 1 == len(order):
+                return upstream
+            upstream.release()
+        raise AssertionError("unreachable: a pool has at least one key")
 
     # -- requests -------------------------------------------------------------------
     def chat_request(self, call: Call, route: Route, body: dict | None) -> UpstreamRequest:
