@@ -95,5 +95,22 @@ async def messages(request: web.Request) -> web.StreamResponse:
     return await send_stream(request, fixture.stream or b"")
 
 
+async def count_tokens(request: web.Request) -> web.Response:
+    """``POST /v1/messages/count_tokens``: a deterministic count (one per four bytes of the
+    messages, system and tools); refuses ``max_tokens`` as Anthropic does."""
+    body = await request.json(loads=orjson.loads)
+    record(request, "anthropic", body)
+    key = request.headers.get("x-api-key")
+    if not key or key == "bad-key":
+        return error(401, "authentication_error", "invalid x-api-key")
+    if "max_tokens" in body:
+        return error(400, "invalid_request_error", "max_tokens: Extra inputs are not permitted")
+    if not isinstance(body.get("messages"), list):
+        return error(400, "invalid_request_error", "messages: Field required")
+    counted = orjson.dumps([body.get("system"), body["messages"], body.get("tools")])
+    return web.Response(body=orjson.dumps({"input_tokens": len(counted) // 4}), content_type="application/json")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)

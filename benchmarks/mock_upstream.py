@@ -165,9 +165,10 @@ def make_app(settings: MockSettings | None = None) -> web.Application:
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/_mock/stats", stats)
     # Anthropic (/v1/messages) and Gemini (/v1beta/models/...) from fixtures.
-    from . import mock_anthropic, mock_gemini
+    from . import mock_anthropic, mock_gemini, mock_responses
     mock_anthropic.add_routes(app)
     mock_gemini.add_routes(app)
+    mock_responses.add_routes(app)
     return app
 
 

@@ -41,7 +41,7 @@ from .accounts.options import LedgerOptions
 from .accounts.usage import query_rollups
 from .quotas import RESERVATION
 
-MODEL_ENDPOINTS = frozenset(("chat", "embeddings", "messages"))
+MODEL_ENDPOINTS = frozenset(("chat", "embeddings", "messages", "responses", "completions"))
 # Set once a request's row is queued in tollway_settle (so tollway_finish does not queue another).
 RECORDED: StateKey[bool] = StateKey("ledger.recorded")
 NO_USAGE = Usage()  # zero tokens, for a request without usage

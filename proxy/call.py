@@ -209,8 +209,9 @@ class Call:
                  dialect: str = "openai") -> None:
         # -- the request, as the client sent it ---------------------------------------
         self.request = request
-        self.endpoint = endpoint  # "chat" | "embeddings" | "messages" | "models"
-        self.dialect = dialect  # the client's protocol: "openai" | "anthropic"
+        # "chat" | "embeddings" | "messages" | "responses" | "completions" | "models" | "count_tokens"
+        self.endpoint = endpoint
+        self.dialect = dialect  # the client's protocol: "openai" | "anthropic" | "responses" | "completions"
         self.body = body
         self.raw_body = raw_body
         self.body_changed = False
@@ -218,8 +219,8 @@ class Call:
         self.model: str = model if isinstance(model, str) else ""
         self.stream = body.get("stream") is True
         opts = body.get("stream_options")
-        # Anthropic clients always receive usage (it is part of their protocol).
-        self.include_usage = dialect == "anthropic" or (
+        # Anthropic and Responses clients always receive usage (it is part of their protocol).
+        self.include_usage = dialect == "anthropic" or dialect == "responses" or (
             isinstance(opts, dict) and opts.get("include_usage") is True)
         # -- set by the hooks, phase by phase -----------------------------------------
         self.principal: Principal | None = None  # tollway_authenticate

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from .call import Usage
-from .outputtext import openai_stream_text
+from .errors import ProxyError
+from .outputtext import openai_stream_text, prompt_text, sse_payloads
 from .streaming import ChunkEncoder, OpenAIEncoder, OpenAIPassthrough, StreamCodec
-from .validate import validate_chat
+from .validate import validate_chat, validate_completions
 
 if TYPE_CHECKING:
     from .call import Call
@@ -37,6 +38,11 @@ class Dialect:
         """Usage of a native (passthrough) non-stream answer in this dialect."""
         raise NotImplementedError
 
+    def answer_usage(self, call: Call, body: dict) -> Usage | None:
+        """Usage of a native non-stream answer, with the call at hand (a dialect may
+        note what else it needs from the answer); by default ``response_usage``."""
+        return self.response_usage(body)
+
     def add_usage_fields(self, body: dict, extra: dict) -> None:
         """Add the gateway's usage fields (e.g. ``cost``) to a native answer."""
         usage = body.get("usage")
@@ -54,6 +60,12 @@ class Dialect:
     def render_completion(self, call: Call, completion: dict) -> dict:
         """A canonical chat.completion as this dialect's answer body."""
         raise NotImplementedError
+
+    async def estimate_input_tokens(self, call: Call) -> int:
+        """The input tokens of a request in this dialect, counted by the gateway (for an
+        upstream that cannot count them): about four characters a token by default."""
+        text = prompt_text(self.canonical_request(call))
+        return -(-len(text) // 4)
 
     def streamed_text(self, blob: bytes) -> str:
         """The generated text in bytes of this dialect's stream, for a token
@@ -86,3 +98,30 @@ class OpenAIDialect(Dialect):
 
     def streamed_text(self, blob: bytes) -> str:
         return openai_stream_text(blob)
+
+
+class CompletionsDialect(OpenAIDialect):
+    """Legacy completions (``POST /v1/completions``: ``prompt``, ``suffix`` for fill-in-the-middle):
+    passed through to OpenAI-compatible upstreams only, stream and not, usage like chat."""
+
+    name = "completions"
+
+    def validate(self, body: dict) -> None:
+        validate_completions(body)
+
+    def canonical_request(self, call: Call) -> dict:
+        provider = call.route.provider if call.route is not None else None
+        raise ProxyError(400, f"model {call.model!r} is served by provider "
+                              f"'{provider.name if provider else '?'}' ({provider.kind if provider else '?'}); "
+                              "legacy completions (/v1/completions) go only to OpenAI-compatible providers: "
+                              "use /v1/chat/completions", param="model", code="completions_not_supported")
+
+    def streamed_text(self, blob: bytes) -> str:
+        out = []
+        for chunk in sse_payloads(blob):
+            choices = chunk.get("choices")
+            for choice in choices if isinstance(choices, list) else ():
+                text = choice.get("text") if isinstance(choice, dict) else None
+                if isinstance(text, str):
+                    out.append(text)
+        return "".join(out)

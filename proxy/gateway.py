@@ -18,13 +18,14 @@ from aiohttp import web
 
 from .accesslog import AccessLog
 from .config import Config, build_config, read_yaml
-from .dialects import Dialect, OpenAIDialect
+from .dialects import CompletionsDialect, Dialect, OpenAIDialect
 from .inflight import InFlight
 from .plugins import Hooks, collect, compile_hooks, make_plugin_manager
 from .provider import Provider
 from .schema import ConfigError
 from .shared import Services
 from .store import Store, open_store
+from .stored_responses import StoredResponses
 
 log = logging.getLogger("tollway")
 
@@ -46,6 +47,7 @@ class Gateway:
         self.serving = False  # started to answer requests (not for a CLI command)
         self.ready = False
         self.inflight = InFlight()  # model calls being answered (bounded shutdown)
+        self.stored_responses = StoredResponses()  # Responses API objects created through the gateway
         self.access_log: AccessLog | None = None  # set by the server when logging is on
         # Objects plugins share (e.g. the accounts book that auth, quotas and the
         # admin API all use), under typed keys; see proxy/shared.py.
@@ -127,6 +129,7 @@ def build_gateway(raw: dict, path: Path | None = None, extra_plugins: Iterable[A
     config = build_config(raw, schemas=schemas, provider_options={k: c.Options for k, c in kinds.items()},
                           path=path, unset_env=unset_env)
     pm.hook.tollway_config_check(config=config)
-    dialects: dict[str, Dialect] = {"openai": OpenAIDialect(), **collect(pm.hook.tollway_dialects())}
+    dialects: dict[str, Dialect] = {"openai": OpenAIDialect(), "completions": CompletionsDialect(),
+                                     **collect(pm.hook.tollway_dialects())}
     providers = {name: kinds[pc.kind](name, pc, pc.options) for name, pc in config.providers.items()}
     return Gateway(config, pm, compile_hooks(pm), providers, dialects)

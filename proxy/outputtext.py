@@ -84,7 +84,7 @@ def prompt_text(body: dict) -> str:
     system prompt and tools, except inline data (images, audio), which
     tokenizers count differently and the reservation bounds anyway."""
     out: list[str] = []
-    for field in ("messages", "system", "tools", "input", "prompt"):
+    for field in ("messages", "system", "instructions", "tools", "input", "prompt", "suffix"):
         _strings(body.get(field), out)
     return "\n".join(out)
 

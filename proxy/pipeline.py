@@ -229,7 +229,7 @@ async def open_upstream(gateway: Gateway, call: Call, route: Route, request: Ups
 async def forward_chat(gateway: Gateway, request: web.Request, call: Call, route: Route) -> web.StreamResponse:
     provider = route.provider
     dialect = gateway.dialects[call.dialect]
-    native = provider.dialect == call.dialect
+    native = provider.speaks(call.dialect)
     canonical = None if native else dialect.canonical_request(call)
     upstream = await open_upstream(gateway, call, route, provider.chat_request(call, route, canonical))
 
@@ -266,7 +266,7 @@ async def forward_chat(gateway: Gateway, request: web.Request, call: Call, route
     try:
         if native:
             body = loads_json(raw, provider.name)
-            call.billing.usage = dialect.response_usage(body)
+            call.billing.usage = dialect.answer_usage(call, body)
             if call.dialect == "openai":
                 call.response.completion = body
             out = raw

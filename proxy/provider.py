@@ -30,7 +30,7 @@ from .logs import throttled
 from .shared import StateKey
 from .upstream import UpstreamClient, UpstreamRequest, UpstreamResponse
 
-__all__ = ["PROMPT_CACHE", "Provider", "StreamDecoder", "error_message", "loads_json", "retry_after",
+__all__ = ["PROMPT_CACHE", "RESPONSE_ID", "Provider", "StreamDecoder", "error_message", "loads_json", "retry_after",
            "upstream_error"]
 
 if TYPE_CHECKING:
@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 #: read by the cache plugin). Adapters whose upstream supports it mark the prompt cacheable (Anthropic:
 #: ``cache_control``); the others ignore it.
 PROMPT_CACHE: StateKey[bool] = StateKey("tollway.prompt_cache")
+
+#: ``call.state`` key: the id of the stored response a Responses API answer created upstream
+#: (set by the Responses dialect), so ``GET``/``DELETE /v1/responses/{id}`` reach the same upstream.
+RESPONSE_ID: StateKey[str] = StateKey("tollway.response_id")
 
 
 class StreamDecoder(Protocol):
@@ -127,6 +131,21 @@ class Provider:
         env = self.config.api_key_env
         fix = f"{env} is empty or unset" if env else "set providers." + self.name + ".api_key"
         return f"{self.missing_key} ({fix}): its models answer 502 until it has one"
+
+    def speaks(self, dialect: str) -> bool:
+        """True when a client of ``dialect`` is passed through to this upstream as it is
+        (its own protocol); otherwise the call is translated through the canonical form."""
+        return dialect == self.dialect
+
+    def count_tokens_request(self, call: Call, route: Route) -> UpstreamRequest | None:
+        """The upstream request that counts an Anthropic Messages body's input tokens
+        (``POST /v1/messages/count_tokens``), or None: the gateway estimates them."""
+        return None
+
+    def stored_response_request(self, method: str, response_id: str, query: str) -> UpstreamRequest | None:
+        """The upstream request that reads (``GET``) or deletes (``DELETE``) a stored
+        Responses API object, or None when this upstream keeps none."""
+        return None
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:

@@ -17,6 +17,8 @@ from .errors import ProxyError, bad_request, error_response
 from .gateway import GATEWAY_KEY
 from .logs import throttled
 from .pipeline import JSON, answer_here, authenticate, refuse, run_model_call
+from .provider import RESPONSE_ID
+from .upstream_items import count_tokens, stored_response
 from .validate import check_depth, validate_embeddings
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ log = logging.getLogger("tollway")
 
 # Paths served here, for a 405 (not 404) when the method is wrong.
 _KNOWN_PATHS = {"/v1/chat/completions": "POST", "/v1/embeddings": "POST", "/v1/messages": "POST",
+                "/v1/responses": "POST", "/v1/completions": "POST", "/v1/messages/count_tokens": "POST",
                 "/v1/models": "GET", "/health": "GET", "/health/ready": "GET"}
 
 
@@ -100,6 +103,11 @@ class ModelRoutes:
             web.post("/v1/chat/completions", self.chat),
             web.post("/v1/embeddings", self.embeddings),
             web.post("/v1/messages", self.messages),
+            web.post("/v1/messages/count_tokens", self.count_tokens),
+            web.post("/v1/responses", self.responses),
+            web.get("/v1/responses/{response_id}", self.stored_response),
+            web.delete("/v1/responses/{response_id}", self.stored_response),
+            web.post("/v1/completions", self.completions),
             web.get("/v1/models", self.list_models),
             web.get("/v1/models/{model:.+}", self.get_model),
             web.get("/health", self.health),
@@ -115,7 +123,12 @@ class ModelRoutes:
                 self.gateway.dialects[dialect].validate(body)
         except ProxyError as err:
             return await refuse(self.gateway, request, Call(request, endpoint, {}, b"", dialect), err)
-        return await run_model_call(self.gateway, request, Call(request, endpoint, body, raw, dialect))
+        call = Call(request, endpoint, body, raw, dialect)
+        resp = await run_model_call(self.gateway, request, call)
+        response_id = call.state.get(RESPONSE_ID)
+        if response_id is not None and call.route is not None:
+            self.gateway.stored_responses.remember(response_id, call.route, call.principal)
+        return resp
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._model_call(request, "chat", "openai")
@@ -127,6 +140,31 @@ class ModelRoutes:
         if "anthropic" not in self.gateway.dialects:
             raise ProxyError(404, "the Anthropic Messages API is not enabled on this gateway", code="unknown_endpoint")
         return await self._model_call(request, "messages", "anthropic")
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        if "responses" not in self.gateway.dialects:
+            raise ProxyError(404, "the Responses API is not enabled on this gateway", code="unknown_endpoint")
+        return await self._model_call(request, "responses", "responses")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._model_call(request, "completions", "completions")
+
+    async def stored_response(self, request: web.Request) -> web.StreamResponse:
+        """``GET``/``DELETE /v1/responses/{id}``: to the upstream that created it, for the key that did."""
+        return await stored_response(self.gateway, request)
+
+    async def count_tokens(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/messages/count_tokens``: the Anthropic upstream's count, or the gateway's estimate."""
+        if "anthropic" not in self.gateway.dialects:
+            raise ProxyError(404, "the Anthropic Messages API is not enabled on this gateway", code="unknown_endpoint")
+        dialect = self.gateway.dialects["anthropic"]
+        try:
+            body, raw = await read_json(request, self.limit)
+            # The Messages checks, without max_tokens (counting has no output).
+            dialect.validate({**body, "max_tokens": 1} if "max_tokens" not in body else body)
+        except ProxyError as err:
+            return await refuse(self.gateway, request, Call(request, "count_tokens", {}, b"", "anthropic"), err)
+        return await count_tokens(self.gateway, request, Call(request, "count_tokens", body, raw, "anthropic"))
 
     # -- models -----------------------------------------------------------------------
     def describe(self, name: str) -> dict:

@@ -14,7 +14,7 @@ from .errors import bad_request
 
 # For client dialects' own validators (tollway_dialects): the OpenAI checks and their pieces.
 __all__ = ["MAX_JSON_DEPTH", "check_bool", "check_depth", "check_int", "check_model", "check_number", "is_int",
-           "is_number", "validate_chat", "validate_embeddings"]
+           "is_number", "validate_chat", "validate_completions", "validate_embeddings"]
 
 CHAT_ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))
 
@@ -213,3 +213,26 @@ def validate_embeddings(body: dict) -> None:
         if not (isinstance(item, str) or is_int(item) or (isinstance(item, list) and all(map(is_int, item)))):
             raise bad_request(f"'input[{i}]' must be a string (or token ids)", f"input[{i}]")
     check_int(body, "dimensions", 1)
+
+
+def validate_completions(body: dict) -> None:
+    """A legacy Completions body (``prompt``, optional ``suffix``)."""
+    check_model(body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise bad_request("'prompt' is required: a string or a list of strings", "prompt", "missing_prompt")
+    if not isinstance(prompt, str):
+        if not isinstance(prompt, list) or not prompt:
+            raise bad_request("'prompt' must be a string or a non-empty list of strings (or token ids)", "prompt")
+        for i, item in enumerate(prompt):
+            if not (isinstance(item, str) or is_int(item) or (isinstance(item, list) and all(map(is_int, item)))):
+                raise bad_request(f"'prompt[{i}]' must be a string (or token ids)", f"prompt[{i}]")
+    if body.get("suffix") is not None and not isinstance(body["suffix"], str):
+        raise bad_request("'suffix' must be a string (the text after the completion, for fill-in-the-middle)",
+                          "suffix")
+    check_bool(body, "echo")
+    check_int(body, "max_tokens", 0)
+    check_int(body, "logprobs", 0, 5)
+    for name in ("stream", "stream_options", "n", "temperature", "top_p", "stop"):
+        if name in body:
+            _CHAT_OPTIONAL[name](body, name)

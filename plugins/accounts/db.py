@@ -102,7 +102,7 @@ class LedgerRow(NamedTuple):
     day: str  # YYYY-MM-DD (UTC) of time, for the rollups
     key_id: str | None  # the principal's id
     account_id: str | None  # the principal's account (tenant)
-    endpoint: str  # chat, embeddings, messages
+    endpoint: str  # chat, embeddings, messages, responses, completions
     model: str  # as asked
     served_model: str | None  # the model that answered (a fallback's, after one)
     provider: str | None

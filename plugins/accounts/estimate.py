@@ -71,7 +71,8 @@ async def _count(text_of: Callable[[], str], size: int) -> int:
 
 def _image_parts(body: dict) -> int:
     n = 0
-    for message in body.get("messages") or ():
+    items = body.get("input") if call_input_is_items(body) else None
+    for message in (body.get("messages") or ()) if items is None else items:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
             for part in content:
@@ -81,6 +82,11 @@ def _image_parts(body: dict) -> int:
     return n
 
 
+def call_input_is_items(body: dict) -> bool:
+    """A Responses API body, whose messages are its ``input`` items."""
+    return isinstance(body.get("input"), list) and "messages" not in body
+
+
 def prompt_bound(call: Call) -> int:
     bound = len(call.body_bytes()) + IMAGE_TOKENS * _image_parts(call.body)
     window = call.route.config.context_window if call.route is not None else None
@@ -88,14 +94,14 @@ def prompt_bound(call: Call) -> int:
 
 
 def requested_output(call: Call) -> int | None:
-    """The client's output cap (``max_completion_tokens`` or ``max_tokens``)."""
+    """The client's output cap (``max_completion_tokens``, ``max_tokens``, or the Responses
+    API's ``max_output_tokens``), times ``n`` where one request asks for several answers."""
     body = call.body
-    value = body.get("max_completion_tokens")
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    value = body.get("max_tokens")
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            n = body.get("n")
+            return value * n if isinstance(n, int) and not isinstance(n, bool) and 1 < n <= 128 else value
     return None
 
 

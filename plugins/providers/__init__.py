@@ -10,6 +10,7 @@ from .anthropic_dialect import AnthropicDialect
 from .gemini import GeminiProvider
 from .mock import MockProvider
 from .openai import OpenAIProvider
+from .responses_dialect import ResponsesDialect
 
 
 @hookimpl
@@ -20,4 +21,4 @@ def tollway_providers():
 
 @hookimpl
 def tollway_dialects():
-    return {"anthropic": AnthropicDialect()}
+    return {"anthropic": AnthropicDialect(), "responses": ResponsesDialect()}

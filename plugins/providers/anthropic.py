@@ -80,6 +80,14 @@ class AnthropicProvider(Provider):
         call.state[JSON_TOOL] = translation.json_tool
         return UpstreamRequest(self.url, orjson.dumps(translation.body), self.headers)
 
+    def count_tokens_request(self, call: Call, route: Route) -> UpstreamRequest:
+        """Anthropic counts it itself (``/v1/messages/count_tokens``), for free."""
+        body = call.body
+        if body.get("model") != route.upstream_model:
+            body["model"] = route.upstream_model
+            call.set_body(body)
+        return UpstreamRequest(self.url + "/count_tokens", call.body_bytes(), self._headers_for(call))
+
     def _headers_for(self, call: Call) -> dict[str, str]:
         # A native client may ask for beta features itself; its flags go along.
         beta = call.request.headers.get("anthropic-beta") if call.request is not None else None

@@ -10,8 +10,10 @@ Anthropic's shape (the core renders ``ProxyError`` per dialect).
 from __future__ import annotations
 
 from proxy import Call, Dialect, Usage
-from proxy.outputtext import sse_payloads
+from proxy.outputtext import prompt_text, sse_payloads
 
+from ..accounts.estimate import IMAGE_TOKENS
+from ..accounts.tokens import count_tokens
 from .anthropic_canonical import completion_to_message, to_canonical
 from .anthropic_response import usage_from_anthropic
 from .anthropic_stream import AnthropicEncoder, AnthropicPassthrough
@@ -43,6 +45,17 @@ class AnthropicDialect(Dialect):
 
     def render_completion(self, call: Call, completion: dict) -> dict:
         return completion_to_message(completion, with_thinking=_wants_thinking(call))
+
+    async def estimate_input_tokens(self, call: Call) -> int:
+        """cl100k tokens of the prompt's text (system, messages, tools), plus a few per
+        message for the framing, as Anthropic's own count adds; images at their bound."""
+        body = call.body
+        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        contents = [m.get("content") for m in messages if isinstance(m, dict)]  # the role is in the framing
+        text = prompt_text({"system": body.get("system"), "messages": contents, "tools": body.get("tools")})
+        images = sum(1 for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list)
+                     for part in m["content"] if isinstance(part, dict) and part.get("type") in ("image", "document"))
+        return await count_tokens(text) + 4 * len(messages) + IMAGE_TOKENS * images
 
     def streamed_text(self, blob: bytes) -> str:
         """Text, thinking and tool input of the content blocks (and tool names)."""

@@ -41,6 +41,9 @@ class MockProvider(OpenAIProvider):
         super().__init__(name, config, options or MockOptions())
         self.chat_url = "mock://chat"
         self.embeddings_url = "mock://embeddings"
+        self.completions_url = "mock://completions"
+        # Chat and legacy completions natively; Responses API calls are translated to chat.
+        self.native = frozenset(("openai", "completions"))
 
     async def start(self) -> None:  # no connection pool: nothing leaves the process
         pass
@@ -52,6 +55,8 @@ class MockProvider(OpenAIProvider):
         body = orjson.loads(request.body)
         if request.url == self.embeddings_url:
             return MockResponse([orjson.dumps(self.embeddings(body))])
+        if request.url == self.completions_url:
+            return MockResponse(self.completions(body), self.options)
         return MockResponse(self.chat(body), self.options)
 
     # -- answers ----------------------------------------------------------------------
@@ -94,6 +99,32 @@ class MockProvider(OpenAIProvider):
         events.append(chunk({}, "stop"))
         opts = body.get("stream_options") or {}
         if opts.get("include_usage"):
+            events.append(data_event(orjson.dumps({**head, "choices": [], "usage": usage})))
+        events.append(DONE_EVENT)
+        return events
+
+    def completions(self, body: dict) -> list[bytes]:
+        """Legacy completions: the prompt (and suffix) echoed, a word per stream chunk."""
+        prompt = body.get("prompt")
+        prompt_text = prompt if isinstance(prompt, str) else " ".join(p for p in prompt or () if isinstance(p, str))
+        text = self.options.reply if self.options.reply is not None else prompt_text or "Hello"
+        words = text.split(" ")
+        prompt_tokens = count_tokens(prompt_text) + count_tokens(body.get("suffix") or "")
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
+                 "total_tokens": prompt_tokens + len(words)}
+        head = {"id": "cmpl-mock-" + hashlib.sha1(text.encode()).hexdigest()[:12], "object": "text_completion",
+                "created": int(time.time()), "model": body.get("model", "mock")}
+        if not body.get("stream"):
+            return [orjson.dumps({**head, "choices": [{"index": 0, "text": text, "logprobs": None,
+                                                       "finish_reason": "stop"}], "usage": usage})]
+
+        def chunk(piece: str, finish: str | None = None) -> bytes:
+            return data_event(orjson.dumps({**head, "choices": [{"index": 0, "text": piece, "logprobs": None,
+                                                                  "finish_reason": finish}]}))
+
+        events = [chunk(w if i == 0 else " " + w) for i, w in enumerate(words)]
+        events.append(chunk("", "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
             events.append(data_event(orjson.dumps({**head, "choices": [], "usage": usage})))
         events.append(DONE_EVENT)
         return events

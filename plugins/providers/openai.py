@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import quote
 
 import orjson
 
@@ -24,6 +25,9 @@ class OpenAIOptions:
     # max_completion_tokens (its reasoning models refuse max_tokens), or
     # max_tokens for OpenAI-compatible servers that only know the old name.
     max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    # False for an OpenAI-compatible server that knows only Chat Completions: Responses API
+    # requests to it are translated (through the canonical form) instead of passed through.
+    responses_api: bool = True
 
 
 class OpenAIProvider(Provider):
@@ -37,9 +41,17 @@ class OpenAIProvider(Provider):
         # Subclasses (the mock) bring options of their own, without this field.
         self.max_tokens_field = getattr(self.options, "max_tokens_field", "max_completion_tokens")
         base = (config.base_url or self.default_base_url).rstrip("/")
+        self.base_url = base
         self.chat_url = base + "/chat/completions"
         self.embeddings_url = base + "/embeddings"
+        self.completions_url = base + "/completions"
+        self.responses_url = base + "/responses"
+        self.native = frozenset(("openai", "completions", "responses") if getattr(self.options, "responses_api", True)
+                                else ("openai", "completions"))
         self.headers = self.upstream_headers()
+
+    def speaks(self, dialect: str) -> bool:
+        return dialect in self.native
 
     def chat_request(self, call: Call, route: Route, body: dict | None) -> UpstreamRequest:
         if body is None:  # passthrough: change the client's body only where needed
@@ -48,19 +60,32 @@ class OpenAIProvider(Provider):
             if body.get("model") != route.upstream_model:
                 body["model"] = route.upstream_model
                 changed = True
-            if call.stream and not call.include_usage:
+            url = self.chat_url
+            if call.dialect == "responses":
+                url = self.responses_url
+            elif call.dialect == "completions":
+                url = self.completions_url
+            if call.stream and not call.include_usage:  # (Responses streams always end with usage)
                 # Always ask for usage (billing); the codec strips it for the client.
                 body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
                 changed = True
-            if changed:
-                call.set_body(body)
-            return UpstreamRequest(self.chat_url, call.body_bytes(), self.headers)
+            return self._sent(call, body, url) if changed else UpstreamRequest(url, call.body_bytes(), self.headers)
         body = {**body, "model": route.upstream_model}
         if self.max_tokens_field == "max_tokens" and "max_completion_tokens" in body:
             body["max_tokens"] = body.pop("max_completion_tokens")
         if body.get("stream"):
             body["stream_options"] = {"include_usage": True}
         return UpstreamRequest(self.chat_url, orjson.dumps(body), self.headers)
+
+    def stored_response_request(self, method: str, response_id: str, query: str) -> UpstreamRequest | None:
+        if "responses" not in self.native:
+            return None
+        url = f"{self.responses_url}/{quote(response_id, safe='')}" + (f"?{query}" if query else "")
+        return UpstreamRequest(url, b"", self.headers, method=method)
+
+    def _sent(self, call: Call, body: dict, url: str) -> UpstreamRequest:
+        call.set_body(body)
+        return UpstreamRequest(url, call.body_bytes(), self.headers)
 
     def embeddings_request(self, call: Call, route: Route) -> UpstreamRequest:
         if call.body.get("model") != route.upstream_model:

@@ -1,0 +1,284 @@
+"""POST /v1/responses to an OpenAI upstream (passthrough), GET/DELETE of stored
+responses, legacy /v1/completions and Anthropic's count_tokens: through the real
+server with the official SDKs, each answer's money checked in the ledger and the
+balance (ledger == money taken == what the client was told)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import anthropic
+import openai
+import orjson
+import pytest
+from business import DEMO, bearer, biz_config, credits
+
+from plugins.accounts import ACCOUNTS
+from plugins.accounts.tokens import count_tokens
+from plugins.providers.responses_stream import stream_text
+
+OTHER = "sk-test-other-key-0002"
+TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather in a city",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+
+
+@pytest.fixture
+async def running(start_gateway, mock_upstream):
+    config = biz_config(mock_upstream.url, keys=[{"name": "demo", "key": DEMO, "credits": 5.0},
+                                                 {"name": "other", "key": OTHER, "credits": 5.0}])
+    config["providers"]["claude"] = {"kind": "anthropic", "base_url": mock_upstream.url.removesuffix("/v1"),
+                                     "api_key": "sk-ant-upstream"}
+    config["models"]["claude"] = {"provider": "claude", "model": "text", "price": {"input": 3.0, "output": 15.0}}
+    config["models"]["up"]["context_window"] = 100_000
+    return await start_gateway(config)
+
+
+@pytest.fixture
+async def client(running):
+    async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as c:
+        yield c
+
+
+async def ledger(running) -> list[dict]:
+    await running.gw.services[ACCOUNTS].writer.flush()
+    names = ("endpoint", "status", "error_code", "prompt", "completion", "cost", "estimated", "client_gone", "key")
+    rows = await running.gw.store.fetchall(
+        "select endpoint, status, error_code, prompt_tokens, completion_tokens, cost_micro_usd, estimated, "
+        "client_gone, key_id from tollway_ledger order by time")
+    return [dict(zip(names, r, strict=True)) for r in rows]
+
+
+async def spent(running, key: str = DEMO) -> int:
+    async with aiohttp.ClientSession() as s:
+        got = await credits(s, running, key)
+    assert got["reserved_micro_usd"] == 0
+    assert got["balance_micro_usd"] == 5_000_000 - got["spent_micro_usd"] >= 0
+    return got["spent_micro_usd"]
+
+
+def micro(usd: float) -> int:
+    return round(usd * 1_000_000)
+
+
+async def test_create_non_stream_passes_through_and_bills_the_usage(running, client, mock_upstream):
+    raw = await client.responses.with_raw_response.create(model="up", input="hello there", instructions="be brief",
+                                                          max_output_tokens=200)
+    r = raw.parse()
+    assert r.status == "completed" and r.output_text.startswith("tok0")
+    assert r.model == "upstream-model"  # the upstream's answer, as sent
+    async with aiohttp.ClientSession() as s, s.get(mock_upstream.make_url("/_mock/stats")) as resp:
+        body = (await resp.json())["last_body"]
+    assert body["model"] == "upstream-model" and body["instructions"] == "be brief" and "stream_options" not in body
+    [row] = await ledger(running)
+    assert row["endpoint"] == "responses" and row["status"] == 200
+    assert (row["prompt"], row["completion"]) == (r.usage.input_tokens, r.usage.output_tokens) == (row["prompt"], 8)
+    assert row["cost"] == row["prompt"] * 1 + 8 * 2
+    assert micro(r.usage.model_extra["cost"]) == row["cost"] == micro(float(raw.headers["x-tollway-cost"]))
+    assert await spent(running) == row["cost"]
+
+
+async def test_stream_with_the_sdk_helper_bills_the_terminal_events_usage(running, client):
+    async with client.responses.stream(model="up", input="hello there") as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert kinds.count("response.output_text.delta") == 8
+    assert final.output_text == "".join(f"tok{i} tok"[:8] for i in range(8))
+    [row] = await ledger(running)
+    assert row["completion"] == final.usage.output_tokens == 8 and row["estimated"] == 0
+    assert micro(final.usage.model_extra["cost"]) == row["cost"] == row["prompt"] + 16
+    assert await spent(running) == row["cost"]
+
+
+async def test_stream_bytes_pass_through_unchanged_but_the_terminal_usage_gains_cost(running, mock_upstream):
+    body = {"model": "upstream-model", "input": "hi", "stream": True}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{mock_upstream.url}/responses", json=body) as r:
+            direct = await r.read()
+        async with s.post(f"{running.url}/responses", json={**body, "model": "up"}, headers=bearer(DEMO)) as r:
+            assert r.headers["Content-Type"] == "text/event-stream"
+            via = await r.read()
+    head, _, _ = direct.rpartition(b"event: response.completed")
+    assert _zero(via).startswith(_zero(head)) and len(head) > 1000
+    last = orjson.loads(via.rstrip().rpartition(b"\ndata: ")[2])
+    assert last["type"] == "response.completed" and last["response"]["usage"]["cost"] > 0
+
+
+def _zero(data: bytes) -> bytes:
+    import re
+    return re.sub(rb'"created_at":\d+', b'"created_at":0', data)
+
+
+@pytest.mark.parametrize("terminal", ["incomplete", "failed"])
+async def test_incomplete_and_failed_answers_are_billed_from_their_terminal_event(running, client, terminal):
+    stream = await client.responses.create(model="up", input="hello", stream=True,
+                                           extra_body={"mock": {"terminal": terminal}})
+    events = [e async for e in stream]
+    assert events[-1].type == f"response.{terminal}"
+    usage = events[-1].response.usage
+    [row] = await ledger(running)
+    assert row["completion"] == usage.output_tokens == 8 and row["estimated"] == 0
+    assert row["cost"] == micro(usage.model_extra["cost"]) == row["prompt"] + 16 > 16
+    assert await spent(running) == row["cost"]
+    # Non-stream too: an incomplete answer's usage is billed.
+    r = await client.responses.create(model="up", input="hello", extra_body={"mock": {"terminal": terminal}})
+    assert r.status == terminal and micro(r.usage.model_extra["cost"]) == row["cost"]
+
+
+async def test_a_cut_stream_bills_what_went_out_and_ends_with_an_error_event(running, client):
+    stream = await client.responses.create(model="up", input="hello", stream=True, max_output_tokens=500,
+                                           extra_body={"mock": {"drop_after": 7}})
+    events = [e async for e in stream]
+    assert events[-1].type == "error" and events[-1].code == "upstream_disconnected"
+    assert events[-1].sequence_number == events[-2].sequence_number + 1
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text
+    [row] = await ledger(running)
+    assert row["estimated"] == 1 and row["completion"] == await count_tokens(text)
+    assert row["cost"] == row["prompt"] + 2 * row["completion"] and await spent(running) == row["cost"]
+
+
+async def test_a_client_that_hangs_up_is_billed_the_upstreams_usage(running):
+    payload = {"model": "up", "input": "hello", "stream": True, "mock": {"chunks": 40, "chunk_delay": 0.01}}
+    async with aiohttp.ClientSession() as s, s.post(running.url + "/responses", json=payload,
+                                                    headers=bearer(DEMO)) as r:
+        await r.content.readuntil(b"response.output_text.delta")
+    for _ in range(100):
+        rows = await ledger(running)
+        if rows:
+            break
+        await asyncio.sleep(0.02)
+    [row] = rows
+    assert row["client_gone"] == 1 and row["estimated"] == 0 and row["completion"] == 40
+    assert row["cost"] == row["prompt"] + 80 and await spent(running) == row["cost"]
+
+
+async def test_tools_pass_through(client):
+    r = await client.responses.create(model="up", input="weather?", tools=TOOLS, extra_body={"mock": {"tool": True}})
+    [call] = r.output
+    assert call.type == "function_call" and call.name == "get_weather" and orjson.loads(call.arguments)
+
+
+async def test_stored_responses_are_read_and_deleted_by_their_own_account_only(running, client):
+    r = await client.responses.create(model="up", input="remember me")
+    got = await client.responses.retrieve(r.id)
+    assert got.id == r.id and got.output_text == r.output_text
+    async with openai.AsyncOpenAI(base_url=running.url, api_key=OTHER, max_retries=0) as other:
+        with pytest.raises(openai.NotFoundError) as exc:
+            await other.responses.retrieve(r.id)
+        assert exc.value.body["code"] == "response_not_found"
+        with pytest.raises(openai.NotFoundError):
+            await other.responses.delete(r.id)
+    await client.responses.delete(r.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(r.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve("resp_never_made")
+    async with aiohttp.ClientSession() as s, s.get(running.url + "/responses/" + r.id) as resp:
+        assert resp.status == 401
+    # Reading and deleting cost nothing: one ledger row, the creation's.
+    assert [row["endpoint"] for row in await ledger(running)] == ["responses"]
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": "up"}, "input"),
+    ({"model": "up", "input": 5}, "input"),
+    ({"model": "up", "input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
+    ({"model": "up", "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+    ({"model": "up", "input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
+    ({"model": "up", "input": "x", "stream": "yes"}, "stream"),
+    ({"input": "x"}, "model"),
+])
+async def test_bad_responses_bodies_name_the_field(running, body, param):
+    async with aiohttp.ClientSession() as s, s.post(running.url + "/responses", json=body,
+                                                    headers=bearer(DEMO)) as r:
+        assert r.status == 400
+        assert (await r.json())["error"]["param"] == param
+
+
+async def test_a_refused_responses_call_is_in_the_ledger_and_costs_nothing(running):
+    async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as c:
+        with pytest.raises(openai.BadRequestError):
+            await c.responses.create(model="up", input="x", extra_body={"mock": {"status": 400}})
+    [row] = await ledger(running)
+    assert row["status"] == 400 and row["cost"] == 0 and await spent(running) == 0
+
+
+# -- legacy completions ---------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["up", "echo"])
+async def test_completions_non_stream_and_stream_are_billed(running, client, model):
+    r = await client.completions.create(model=model, prompt="def add(a, b):", suffix="\n    return c", max_tokens=50)
+    assert r.object == "text_completion" and r.choices[0].text and r.usage.completion_tokens > 0
+    told = [micro(r.usage.model_extra["cost"])]
+    stream = await client.completions.create(model=model, prompt="def add(a, b):", max_tokens=50, stream=True,
+                                             stream_options={"include_usage": True})
+    chunks = [c async for c in stream]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    told.append(micro(chunks[-1].usage.model_extra["cost"]))
+    stream = await client.completions.create(model=model, prompt="def add(a, b):", max_tokens=50, stream=True)
+    chunks = [c async for c in stream]
+    assert all(c.choices for c in chunks)  # no usage chunk unasked
+    rows = await ledger(running)
+    assert [row["endpoint"] for row in rows] == ["completions"] * 3
+    assert [row["cost"] for row in rows][:2] == told and all(row["cost"] > 0 for row in rows)
+    assert all(row["estimated"] == 0 for row in rows)
+    assert await spent(running) == sum(row["cost"] for row in rows)
+
+
+async def test_completions_to_a_non_openai_provider_is_a_clear_400(client):
+    with pytest.raises(openai.BadRequestError) as exc:
+        await client.completions.create(model="claude", prompt="x")
+    assert exc.value.body["code"] == "completions_not_supported" and "/v1/chat/completions" in exc.value.message
+
+
+async def test_bad_completions_bodies_name_the_field(running):
+    async with aiohttp.ClientSession() as s:
+        for body, param in (({"model": "up"}, "prompt"), ({"model": "up", "prompt": "x", "suffix": 3}, "suffix"),
+                            ({"model": "up", "prompt": [{}]}, "prompt[0]")):
+            async with s.post(running.url + "/completions", json=body, headers=bearer(DEMO)) as r:
+                assert r.status == 400 and (await r.json())["error"]["param"] == param
+
+
+# -- count_tokens ---------------------------------------------------------------------
+
+async def test_count_tokens_passes_through_to_anthropic(running, mock_upstream):
+    async with anthropic.AsyncAnthropic(base_url=running.root, api_key=DEMO, max_retries=0) as c:
+        raw = await c.messages.with_raw_response.count_tokens(
+            model="claude", system="be brief", messages=[{"role": "user", "content": "hello there"}])
+    counted = await raw.parse()
+    sent = orjson.dumps(["be brief", [{"role": "user", "content": "hello there"}], None])
+    assert counted.input_tokens == len(sent) // 4
+    assert "x-tollway-estimated" not in raw.headers
+    assert await spent(running) == 0 and await ledger(running) == []  # counting is free
+
+
+@pytest.mark.parametrize("model", ["up", "echo"])
+async def test_count_tokens_elsewhere_is_an_estimate_and_says_so(running, model):
+    async with anthropic.AsyncAnthropic(base_url=running.root, api_key=DEMO, max_retries=0) as c:
+        raw = await c.messages.with_raw_response.count_tokens(
+            model=model, messages=[{"role": "user", "content": "hello there, how are you today?"}])
+    assert raw.headers["x-tollway-estimated"] == "true"
+    assert (await raw.parse()).input_tokens == await count_tokens("hello there, how are you today?") + 4
+
+
+async def test_count_tokens_refusals(running):
+    async with anthropic.AsyncAnthropic(base_url=running.root, api_key=DEMO, max_retries=0) as c:
+        with pytest.raises(anthropic.NotFoundError):
+            await c.messages.count_tokens(model="nope", messages=[{"role": "user", "content": "x"}])
+        with pytest.raises(anthropic.BadRequestError) as exc:
+            await c.messages.count_tokens(model="claude", messages=[{"role": "robot", "content": "x"}])
+        assert "messages" in exc.value.message
+    async with anthropic.AsyncAnthropic(base_url=running.root, api_key="sk-wrong", max_retries=0) as c:
+        with pytest.raises(anthropic.AuthenticationError):
+            await c.messages.count_tokens(model="claude", messages=[{"role": "user", "content": "x"}])
+
+
+def test_stream_text_reads_deltas_and_tool_names():
+    blob = (b'event: response.output_item.added\ndata: {"type":"response.output_item.added","item":'
+            b'{"type":"function_call","name":"f"}}\n\n'
+            b'event: response.function_call_arguments.delta\ndata: {"type":"response.function_call_arguments.delta",'
+            b'"delta":"{}"}\n\nevent: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+            b'"delta":"hi"}\n\n')
+    assert stream_text(blob) == "f{}hi"
