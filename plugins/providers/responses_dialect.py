@@ -12,9 +12,11 @@ translated through the canonical (Chat Completions) form both ways
 
 from __future__ import annotations
 
-from proxy import Call, Dialect, ProxyError, Usage
+from proxy import Call, Dialect, Usage
 from proxy.provider import RESPONSE_ID
 
+from .responses_canonical import completion_to_response, to_canonical
+from .responses_encoder import ResponsesEncoder
 from .responses_stream import ResponsesPassthrough, stream_text, usage_from_responses
 from .responses_validate import validate_responses
 
@@ -26,11 +28,7 @@ class ResponsesDialect(Dialect):
         validate_responses(body)
 
     def canonical_request(self, call: Call) -> dict:
-        provider = call.route.provider if call.route is not None else None
-        raise ProxyError(400, f"model {call.model!r} is served by provider "
-                              f"'{provider.name if provider else '?'}' ({provider.kind if provider else '?'}), "
-                              "which does not serve the Responses API", param="model",
-                         code="responses_not_supported")
+        return to_canonical(call)
 
     def response_usage(self, body: dict) -> Usage | None:
         return usage_from_responses(body.get("usage"))
@@ -42,6 +40,12 @@ class ResponsesDialect(Dialect):
 
     def passthrough(self, call: Call) -> ResponsesPassthrough:
         return ResponsesPassthrough(call)
+
+    def encoder(self, call: Call) -> ResponsesEncoder:
+        return ResponsesEncoder(call)
+
+    def render_completion(self, call: Call, completion: dict) -> dict:
+        return completion_to_response(call, completion, call.billing.usage)
 
     def streamed_text(self, blob: bytes) -> str:
         return stream_text(blob)
