@@ -166,7 +166,35 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def media(request: web.Request) -> web.StreamResponse:
+    """Images and audio, answered as the built-in mock provider answers them."""
+    from plugins.providers.mock_media import mock_media
+    from proxy import UpstreamRequest
+    from proxy.uploads import parse_upload
+
+    from .mock_upstream import STATS_KEY
+
+    raw = await request.read()
+    content_type = request.headers.get("Content-Type", "")
+    stats = request.app[STATS_KEY]
+    stats["requests"] += 1
+    stats["last_body"] = (parse_upload(raw, content_type).fields if content_type.startswith("multipart/")
+                          else orjson.loads(raw))
+    stats["last_headers"] = dict(request.headers)
+    parts, answer_type = mock_media(request.path.removeprefix("/v1"), UpstreamRequest(str(request.url), raw,
+                                                                                      {"Content-Type": content_type}))
+    resp = web.StreamResponse(headers={"Content-Type": answer_type})
+    await resp.prepare(request)
+    for part in parts:
+        await resp.write(part)
+    await resp.write_eof()
+    return resp
+
+
 def add_routes(app: web.Application) -> None:
+    for path in ("/v1/images/generations", "/v1/images/edits", "/v1/audio/speech", "/v1/audio/transcriptions",
+                 "/v1/audio/translations"):
+        app.router.add_post(path, media)
     app[STORE_KEY] = {}
     app.router.add_post("/v1/responses", responses)
     app.router.add_get("/v1/responses/{rid}", stored)

@@ -20,6 +20,10 @@ priced the same way, told to the client the same way, and marked
 fails (a tokenizer error, text it cannot read), the bytes are counted instead
 (``byte_usage``: four a token, capped the same way), still marked estimated.
 Output that went to a client is never free.
+
+Images, speech and transcriptions are priced by the unit where the model's
+``price`` names it (``images``, ``characters``, ``audio_minute``: see
+``accounts/units.py``), else by the tokens the upstream reports.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from proxy import Call, Gateway, hookimpl
 from proxy.logs import throttled
 
 from .accounts.estimate import byte_usage, counted_usage
-from .accounts.money import PriceBook, format_usd
+from .accounts.money import MICRO, PriceBook, format_usd, multiplier_ppm
 from .accounts.options import QuotasOptions
 from .accounts.tokens import preload
+from .accounts.units import unit_cost
 
 log = logging.getLogger("tollway.pricing")
 
@@ -55,18 +60,24 @@ class Plugin:
         billing = call.billing
         if call.route is None:
             return
-        if billing.usage is None:
-            try:
-                billing.usage = await counted_usage(call, self.gateway.dialects[call.dialect], self.default_cap)
-            except Exception:  # a count that fails must not make output free
-                throttled(log, logging.ERROR, "counted_usage_failed", "counting usage failed; billed on bytes",
-                          exc_info=True)
-                billing.usage = byte_usage(call, self.default_cap)
+        cost = None
+        if billing.units is not None:  # images, speech, transcriptions: by the unit where the model says so
+            ppm = MICRO if billing.price_multiplier == 1.0 else multiplier_ppm(billing.price_multiplier)
+            cost = unit_cost(call, self.prices.of(call.route), ppm)
+        if cost is None:
             if billing.usage is None:
-                return
-            billing.usage_estimated = True
-            billing.usage_extra["estimated"] = True
-        cost = self.prices.cost_of(call)
+                try:
+                    billing.usage = await counted_usage(call, self.gateway.dialects[call.dialect],
+                                                        self.default_cap)
+                except Exception:  # a count that fails must not make output free
+                    throttled(log, logging.ERROR, "counted_usage_failed", "counting usage failed; billed on bytes",
+                              exc_info=True)
+                    billing.usage = byte_usage(call, self.default_cap)
+                if billing.usage is None:
+                    return
+                billing.usage_estimated = True
+                billing.usage_extra["estimated"] = True
+            cost = self.prices.cost_of(call)
         billing.cost_micro = cost
         billing.usage_extra["cost"] = cost / 1_000_000
         if not call.stream:

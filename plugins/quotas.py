@@ -43,6 +43,7 @@ from .accounts.estimate import output_bound, prompt_bound
 from .accounts.http import authenticate
 from .accounts.money import MICRO, PriceBook, format_usd, multiplier_ppm
 from .accounts.options import QuotasOptions
+from .accounts.units import check_units, unit_bound
 from .accounts.views import account_view
 
 
@@ -92,12 +93,19 @@ class Plugin:
             return
         acc = self.accounts.account_of(key)
         prompt, output = prompt_bound(call), output_bound(call, self.default_cap)
-        amount = self.prices.of(call.route).cost(prompt, output)
+        table = self.prices.of(call.route)
+        amount = None
+        if call.billing.units is not None:  # images, speech, transcriptions
+            check_units(call, table)
+            amount = unit_bound(call, table)
+        what = (f"at most {prompt} prompt and {output} completion tokens of {call.route.model}; lower max_tokens "
+                "to need less") if amount is None else f"{call.endpoint} of {call.route.model} at its unit price"
+        if amount is None:
+            amount = table.cost(prompt, output)
         if not await self.accounts.hold(acc, amount):
             held = f", ${format_usd(acc.reserved)} of it held by requests in flight" if acc.reserved else ""
             raise ProxyError(
-                402, f"insufficient credits: this request needs up to ${format_usd(amount)} (at most {prompt} "
-                     f"prompt and {output} completion tokens of {call.route.model}; lower max_tokens to need less) "
+                402, f"insufficient credits: this request needs up to ${format_usd(amount)} ({what}) "
                      f"and the key's account has ${format_usd(max(acc.available, 0))} left{held}; "
                      "ask the operator to top it up", code="insufficient_credits")
         call.state[RESERVATION] = Reservation(acc, amount)
@@ -112,7 +120,7 @@ class Plugin:
 
     def _cost(self, call: Call, hold: Reservation) -> int:
         usage = call.billing.usage
-        if usage is not None:
+        if usage is not None or call.billing.cost_micro is not None:  # (a unit price needs no usage)
             cost = call.billing.cost_micro
             if cost is None:
                 cost = self.prices.cost_of(call)

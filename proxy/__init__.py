@@ -12,7 +12,7 @@ made from this module and ``proxy/hookspecs.py``.
 
 import pluggy
 
-from .call import Billing, CachedResponse, Call, Principal, ResponseState, Route, Timing, Usage
+from .call import Billing, CachedResponse, Call, Principal, ResponseState, Route, Timing, Units, Usage
 from .dialects import Dialect
 from .errors import ProxyError, bad_request
 from .gateway import Gateway
@@ -26,7 +26,7 @@ hookimpl = pluggy.HookimplMarker("tollway")
 
 __all__ = [
     # hooks and the per-request context
-    "hookimpl", "Call", "Principal", "Route", "Billing", "ResponseState", "Timing", "Usage", "CachedResponse",
+    "hookimpl", "Call", "Principal", "Route", "Billing", "ResponseState", "Timing", "Usage", "Units", "CachedResponse",
     # failing: a request, or start-up
     "ProxyError", "bad_request", "ConfigError",
     # sharing between plugins
@@ -48,4 +48,6 @@ PUBLIC_MODULES = {
     "proxy.cli": "CLI commands from tollway_commands: --config, a started gateway, argument types",
     "proxy.logs": "log lines that are safe to write: keys masked, repeated errors rate-limited",
     "proxy.background": "background tasks beside the requests",
+    "proxy.uploads": "multipart uploads read once and parsed in place (files as offsets)",
+    "proxy.media": "images and audio: checks, the audio length of an upload",
 }

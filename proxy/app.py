@@ -13,7 +13,8 @@ from .routes import GATEWAY_KEY, ModelRoutes, fallback
 def make_app(gateway: Gateway, *, access_log: bool = True) -> web.Application:
     """The app serving ``gateway``; its start-up starts the gateway, its clean-up closes it."""
     server = gateway.config.server
-    app = web.Application(client_max_size=server.max_body_bytes + 1, middlewares=[error_middleware])
+    app = web.Application(client_max_size=max(server.max_body_bytes, server.max_upload_bytes) + 1,
+                          middlewares=[error_middleware])
     app[GATEWAY_KEY] = gateway
     routes = ModelRoutes(gateway).routes()
     for extra in gateway.pm.hook.tollway_routes(gateway=gateway):

@@ -154,6 +154,18 @@ class Timing:
 
 
 @dataclass(slots=True)
+class Units:
+    """What an answer priced by the unit used (images, speech, transcriptions), as the
+    core read it from the request and the upstream's answer."""
+
+    images: int = 0  # images delivered (requested, before the answer)
+    image_tier: str = ""  # "SIZE/QUALITY" as asked (e.g. "1024x1024/standard"), "" when not said
+    characters: int = 0  # speech: characters of the input
+    audio_seconds: float | None = None  # transcriptions: the audio's length (reported, else measured)
+    audio_measured: bool = False  # the length was measured by the gateway, not reported upstream
+
+
+@dataclass(slots=True)
 class Billing:
     """What the answer used and costs, and how it counts; filled from ``tollway_lookup``
     (a cache hit's multiplier) and ``tollway_usage`` (usage, cost) on."""
@@ -175,6 +187,7 @@ class Billing:
     # Anthropic's input tokens at the start); ``usage`` stays None then.
     partial_usage: Usage | None = None
     usage_estimated: bool = False  # usage was counted by the gateway, not told by the upstream
+    units: Units | None = None  # images, characters or audio seconds (unit-priced endpoints)
 
 
 @dataclass(slots=True)

@@ -68,6 +68,7 @@ class ServerConfig:
     workers: int = 1
     admin_key: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
+    max_upload_bytes: int = 25 * 1024 * 1024  # multipart uploads (audio, image edits, batch files)
     access_log: Literal["text", "json", "off"] = "text"
     shutdown_timeout: float = 30.0
     disconnect_drain: DisconnectDrain = field(default_factory=DisconnectDrain)
@@ -109,6 +110,12 @@ class Price:
     output: float
     cached_input: float | None = None
     cache_write: float | None = None
+    #: USD per image, by ``"SIZE/QUALITY"`` (e.g. ``"1024x1024/standard"``) or ``"SIZE"``; unset:
+    #: priced by the tokens the upstream reports.
+    images: dict[str, float] | None = None
+    audio_minute: float | None = None  # transcriptions and translations, USD per minute of audio
+    characters: float | None = None  # speech, USD per 1M input characters
+    batch_multiplier: float = 0.5  # batches, of the interactive price
 
 
 @dataclass(frozen=True)
@@ -269,6 +276,8 @@ def build_config(raw: dict, *, schemas: dict[str, Any], provider_options: dict[s
             raise ConfigError(f"server.timeouts.{name}: must be a positive number of seconds")
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes: must be at least 1024")
+    if server.max_upload_bytes < 1024:
+        raise ConfigError("server.max_upload_bytes: must be at least 1024")
     return Config(server, storage, providers, models, plugins, sections, path, unset_env)
 
 
@@ -354,10 +363,15 @@ def _deployments(model: ModelConfig, providers: dict[str, ProviderConfig], where
 
 
 def _check_price(price: Price, where: str) -> None:
-    for k in ("input", "output", "cached_input", "cache_write"):
+    for k in ("input", "output", "cached_input", "cache_write", "audio_minute", "characters"):
         v = getattr(price, k)
         if v is not None and v < 0:
             raise ConfigError(f"{where}.{k}: must not be negative")
+    for tier, v in (price.images or {}).items():
+        if v < 0:
+            raise ConfigError(f"{where}.images.{tier}: must not be negative")
+    if not 0 <= price.batch_multiplier <= 1:
+        raise ConfigError(f"{where}.batch_multiplier: must be between 0 and 1 (0.5: half price)")
 
 
 def _build_models(raw: Any, providers: dict[str, ProviderConfig]) -> dict[str, ModelConfig]:

@@ -22,6 +22,7 @@ from .errors import ProxyError, internal_error
 from .gateway import GATEWAY_KEY
 from .inflight import shutdown_error, uncancel
 from .logs import redact, throttled
+from .media import MEDIA_PATHS, forward_media
 from .provider import UNREADABLE, loads_json, unreadable_answer
 from .streaming import TranslatingCodec, completion_to_chunks, pump, replay, splice_usage_fields
 
@@ -182,6 +183,8 @@ async def forward(gateway: Gateway, request: web.Request, call: Call) -> web.Str
         try:
             if call.endpoint == "embeddings":
                 return await forward_embeddings(gateway, request, call, route)
+            if call.endpoint in MEDIA_PATHS:
+                return await forward_media(gateway, request, call, route)
             return await forward_chat(gateway, request, call, route)
         except ProxyError as err:
             if call.response.status or not retry_hooks:

@@ -30,12 +30,13 @@ from .logs import throttled
 from .shared import StateKey
 from .upstream import UpstreamClient, UpstreamRequest, UpstreamResponse
 
-__all__ = ["PROMPT_CACHE", "RESPONSE_ID", "Provider", "StreamDecoder", "error_message", "loads_json", "retry_after",
-           "upstream_error"]
+__all__ = ["PROMPT_CACHE", "RESPONSE_ID", "UPLOAD", "Provider", "StreamDecoder", "error_message", "loads_json",
+           "retry_after", "upstream_error"]
 
 if TYPE_CHECKING:
     from .call import Call, Route
     from .config import ProviderConfig
+    from .uploads import Upload
 
 
 #: ``call.state`` key: the client asked for the upstream's prompt caching (AICredits' ``"cache": true``,
@@ -46,6 +47,10 @@ PROMPT_CACHE: StateKey[bool] = StateKey("tollway.prompt_cache")
 #: ``call.state`` key: the id of the stored response a Responses API answer created upstream
 #: (set by the Responses dialect), so ``GET``/``DELETE /v1/responses/{id}`` reach the same upstream.
 RESPONSE_ID: StateKey[str] = StateKey("tollway.response_id")
+
+#: ``call.state`` key: a multipart upload's parts (``call.raw_body`` is the body as received;
+#: ``call.body`` its text fields), for adapters that pass it upstream.
+UPLOAD: StateKey[Upload] = StateKey("tollway.upload")
 
 
 class StreamDecoder(Protocol):
@@ -187,6 +192,12 @@ class Provider:
         dialect and goes up as it is (``call.body_bytes()``).
         """
         raise NotImplementedError
+
+    def media_request(self, call: Call, route: Route, path: str) -> UpstreamRequest:
+        """The upstream request for an images or audio call (``path``: e.g. ``/images/generations``):
+        a JSON body, or the client's multipart upload, with the model's upstream name."""
+        raise ProxyError(400, f"provider '{self.name}' ({self.kind}) does not serve {path}", param="model",
+                         code="endpoint_not_supported")
 
     def embeddings_request(self, call: Call, route: Route) -> UpstreamRequest:
         raise ProxyError(400, f"provider '{self.name}' ({self.kind}) does not serve embeddings",

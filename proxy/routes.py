@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -16,8 +17,10 @@ from .connection import BodyReadTimeout
 from .errors import ProxyError, bad_request, error_response
 from .gateway import GATEWAY_KEY
 from .logs import throttled
+from .media import UPLOAD_ENDPOINTS, measured_seconds, validate_media
 from .pipeline import JSON, answer_here, authenticate, refuse, run_model_call
-from .provider import RESPONSE_ID
+from .provider import RESPONSE_ID, UPLOAD
+from .uploads import read_upload
 from .upstream_items import count_tokens, stored_response
 from .validate import check_depth, validate_embeddings
 
@@ -32,6 +35,8 @@ log = logging.getLogger("tollway")
 # Paths served here, for a 405 (not 404) when the method is wrong.
 _KNOWN_PATHS = {"/v1/chat/completions": "POST", "/v1/embeddings": "POST", "/v1/messages": "POST",
                 "/v1/responses": "POST", "/v1/completions": "POST", "/v1/messages/count_tokens": "POST",
+                "/v1/images/generations": "POST", "/v1/images/edits": "POST", "/v1/audio/speech": "POST",
+                "/v1/audio/transcriptions": "POST", "/v1/audio/translations": "POST",
                 "/v1/models": "GET", "/health": "GET", "/health/ready": "GET"}
 
 
@@ -89,12 +94,18 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(status=status, body=orjson.dumps(data), headers={**(headers or {}), "Content-Type": JSON})
 
 
+# The last two path segments of the images and audio routes -> the call's endpoint.
+_MEDIA_ENDPOINTS = {"images/generations": "images", "images/edits": "image_edits", "audio/speech": "speech",
+                    "audio/transcriptions": "transcriptions", "audio/translations": "translations"}
+
+
 class ModelRoutes:
     """The model-facing endpoints of one gateway."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.limit = gateway.config.server.max_body_bytes
+        self.upload_limit = gateway.config.server.max_upload_bytes
         self.created = int(time.time())
         self.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created))
 
@@ -108,6 +119,11 @@ class ModelRoutes:
             web.get("/v1/responses/{response_id}", self.stored_response),
             web.delete("/v1/responses/{response_id}", self.stored_response),
             web.post("/v1/completions", self.completions),
+            web.post("/v1/images/generations", self.media),
+            web.post("/v1/images/edits", self.media),
+            web.post("/v1/audio/speech", self.media),
+            web.post("/v1/audio/transcriptions", self.media),
+            web.post("/v1/audio/translations", self.media),
             web.get("/v1/models", self.list_models),
             web.get("/v1/models/{model:.+}", self.get_model),
             web.get("/health", self.health),
@@ -148,6 +164,35 @@ class ModelRoutes:
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._model_call(request, "completions", "completions")
+
+    async def media(self, request: web.Request) -> web.StreamResponse:
+        """Images and audio (``proxy/media.py``): JSON or a multipart upload, priced by the unit."""
+        endpoint = _MEDIA_ENDPOINTS["/".join(request.path.rstrip("/").split("/")[-2:])]
+        upload = None
+        try:
+            if endpoint in UPLOAD_ENDPOINTS:
+                upload, raw = await read_upload(request, self.upload_limit)
+                body: dict = dict(upload.fields)
+            else:
+                body, raw = await read_json(request, self.limit)
+            units = validate_media(endpoint, body, upload)
+            audio = upload.file("file") if upload is not None and endpoint not in ("image_edits",) else None
+            if audio is not None:
+                seconds = await asyncio.to_thread(measured_seconds, raw[audio.start:audio.end])
+                if seconds is not None:
+                    units.audio_seconds, units.audio_measured = seconds, True
+                elif body.get("response_format") in ("text", "srt", "vtt"):
+                    raise bad_request(f"the gateway cannot read the length of {audio.filename!r} (it reads mp3, "
+                                      "mp4/m4a, wav, ogg and flac), and a response_format of text, srt or vtt "
+                                      "reports none: send one of those formats, or ask for json or verbose_json",
+                                      "response_format", "unmeasurable_audio")
+        except ProxyError as err:
+            return await refuse(self.gateway, request, Call(request, endpoint, {}, b""), err)
+        call = Call(request, endpoint, body, raw)
+        call.billing.units = units
+        if upload is not None:
+            call.state[UPLOAD] = upload
+        return await run_model_call(self.gateway, request, call)
 
     async def stored_response(self, request: web.Request) -> web.StreamResponse:
         """``GET``/``DELETE /v1/responses/{id}``: to the upstream that created it, for the key that did."""

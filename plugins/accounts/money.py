@@ -50,23 +50,39 @@ def format_usd(micro: int) -> str:
     return f"-{whole}.{frac:06d}"
 
 
+FEMTO_PER_USD = MICRO * FEMTO_PER_MICRO
+
+
 @dataclass(frozen=True, slots=True)
 class PriceTable:
-    """One model's prices in femto-USD per token."""
+    """One model's prices in femto-USD per token (and per image, per character, per
+    minute of audio where set; ``batch_ppm``: a batch line's share of the price, in ppm)."""
 
     input: int
     output: int
     cached_input: int
     cache_write: int
+    images: dict[str, int] | None = None  # femto-USD per image, by "SIZE/QUALITY" or "SIZE"
+    characters: int | None = None  # femto-USD per input character (speech)
+    audio_minute: int | None = None  # femto-USD per minute of audio (transcriptions)
+    batch_ppm: int = MICRO // 2
 
     @classmethod
     def from_config(cls, price, where: str) -> PriceTable:
         cached = price.cached_input if price.cached_input is not None else price.input
         write = price.cache_write if price.cache_write is not None else price.input
+        images = getattr(price, "images", None)
+        characters = getattr(price, "characters", None)
+        minute = getattr(price, "audio_minute", None)
         return cls(exact_scaled(price.input, FEMTO_PER_MICRO, f"{where}.input"),
                    exact_scaled(price.output, FEMTO_PER_MICRO, f"{where}.output"),
                    exact_scaled(cached, FEMTO_PER_MICRO, f"{where}.cached_input"),
-                   exact_scaled(write, FEMTO_PER_MICRO, f"{where}.cache_write"))
+                   exact_scaled(write, FEMTO_PER_MICRO, f"{where}.cache_write"),
+                   {tier: exact_scaled(v, FEMTO_PER_USD, f"{where}.images.{tier}") for tier, v in images.items()}
+                   if images else None,
+                   exact_scaled(characters, FEMTO_PER_MICRO, f"{where}.characters") if characters is not None else None,
+                   exact_scaled(minute, FEMTO_PER_USD, f"{where}.audio_minute") if minute is not None else None,
+                   multiplier_ppm(getattr(price, "batch_multiplier", 0.5)))
 
     def cost(self, prompt: int, completion: int, cached: int = 0, multiplier_ppm: int = MICRO,
              cache_write: int = 0) -> int:

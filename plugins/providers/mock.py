@@ -21,6 +21,7 @@ import orjson
 from proxy import Call, UpstreamRequest
 from proxy.sse import DONE_EVENT, data_event
 
+from .mock_media import mock_media
 from .openai import OpenAIProvider
 
 
@@ -42,6 +43,7 @@ class MockProvider(OpenAIProvider):
         self.chat_url = "mock://chat"
         self.embeddings_url = "mock://embeddings"
         self.completions_url = "mock://completions"
+        self.base_url = "mock://"  # images and audio: mock:///images/generations...
         # Chat and legacy completions natively; Responses API calls are translated to chat.
         self.native = frozenset(("openai", "completions"))
 
@@ -52,6 +54,9 @@ class MockProvider(OpenAIProvider):
         pass
 
     async def send(self, call: Call, request: UpstreamRequest) -> MockResponse:
+        if request.url.startswith("mock:///"):
+            parts, content_type = mock_media(request.url[7:], request)
+            return MockResponse(parts, None, content_type)
         body = orjson.loads(request.body)
         if request.url == self.embeddings_url:
             return MockResponse([orjson.dumps(self.embeddings(body))])
@@ -145,9 +150,10 @@ class MockResponse:
 
     deadline = math.inf  # no timeouts.total: the answer is in memory
 
-    def __init__(self, parts: list[bytes], options: MockOptions | None = None) -> None:
+    def __init__(self, parts: list[bytes], options: MockOptions | None = None,
+                 content_type: str = "application/json") -> None:
         self.status = 200
-        self.headers: dict[str, str] = {"Content-Type": "application/json"}
+        self.headers: dict[str, str] = {"Content-Type": content_type}
         self._parts = parts
         self._i = 0
         self._options = options

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import orjson
 
 from proxy import Call, Provider, ProxyError, Route, UpstreamRequest, Usage
-from proxy.provider import loads_json
+from proxy.provider import UPLOAD, loads_json
 from proxy.sse import EventReader
 
 
@@ -86,6 +86,18 @@ class OpenAIProvider(Provider):
     def _sent(self, call: Call, body: dict, url: str) -> UpstreamRequest:
         call.set_body(body)
         return UpstreamRequest(url, call.body_bytes(), self.headers)
+
+    def media_request(self, call: Call, route: Route, path: str) -> UpstreamRequest:
+        upload = call.state.get(UPLOAD)
+        if upload is None:  # JSON (images, speech)
+            if call.body.get("model") != route.upstream_model:
+                call.body["model"] = route.upstream_model
+                call.set_body(call.body)
+            return UpstreamRequest(self.base_url + path, call.body_bytes(), self.headers)
+        body = call.raw_body
+        if call.body.get("model") != route.upstream_model:
+            body = upload.with_field(body, "model", route.upstream_model)
+        return UpstreamRequest(self.base_url + path, body, {**self.headers, "Content-Type": upload.content_type})
 
     def embeddings_request(self, call: Call, route: Route) -> UpstreamRequest:
         if call.body.get("model") != route.upstream_model:

@@ -1,0 +1,100 @@
+"""Prices by the unit: images (per image, by size and quality), speech (per input
+character), transcriptions and translations (per minute of audio).
+
+A model whose ``price`` names the unit is billed by it; otherwise by the tokens
+the upstream reports (``price.input``/``output``), as chat is. Costs are computed
+in integers (femto-USD) and rounded up to the micro-USD, like token costs.
+
+Image tiers: ``price.images`` maps ``"SIZE/QUALITY"`` (or just ``"SIZE"``) to USD.
+A request that says its size and quality is priced at that tier; one that says
+only its size, at the dearest tier of that size; one that says neither, at the
+dearest tier of all (the upstream picks, the gateway cannot know which). A size
+or quality with no price is refused before the upstream is called (400 naming
+the priced tiers), never billed at a guess.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proxy import ProxyError
+
+from .money import FEMTO_PER_MICRO, MICRO, PriceTable
+
+if TYPE_CHECKING:
+    from proxy import Call
+
+UNIT_ENDPOINTS = frozenset(("images", "image_edits", "speech", "transcriptions", "translations"))
+AUDIO_ENDPOINTS = frozenset(("transcriptions", "translations"))
+#: Seconds of audio an unreadable upload may hold, per byte: 8 kbit/s, below any speech codec in use.
+SECONDS_PER_BYTE = 1 / 1000
+
+
+def image_price(table: PriceTable, tier: str) -> int | None:
+    """Femto-USD per image of ``tier`` ("SIZE/QUALITY", "SIZE" or ""), None when unpriced."""
+    images = table.images
+    if not images:
+        return None
+    if not tier:
+        return max(images.values())
+    if tier in images:
+        return images[tier]
+    size, _, quality = tier.partition("/")
+    if quality and size in images:
+        return images[size]
+    if not quality:
+        same_size = [v for k, v in images.items() if k.partition("/")[0] == size]
+        if same_size:
+            return max(same_size)
+    return None
+
+
+def check_units(call: Call, table: PriceTable) -> None:
+    """400 before the upstream is called when an image tier has no price."""
+    units = call.billing.units
+    if units is None or call.endpoint not in ("images", "image_edits") or not table.images:
+        return
+    if image_price(table, units.image_tier) is None:
+        raise ProxyError(400, f"model {call.model!r} has no price for images of {units.image_tier!r}; its priced "
+                              f"sizes/qualities: {', '.join(sorted(table.images))}", param="size",
+                         code="unpriced_image_size")
+
+
+def _micro(femto: int, ppm: int) -> int:
+    return -(-femto * ppm // (FEMTO_PER_MICRO * MICRO))
+
+
+def unit_cost(call: Call, table: PriceTable, ppm: int = MICRO) -> int | None:
+    """Micro-USD for a unit-priced answer, None when its model is priced by tokens."""
+    units = call.billing.units
+    if units is None:
+        return None
+    if call.endpoint in ("images", "image_edits"):
+        price = image_price(table, units.image_tier)
+        return None if price is None else _micro(units.images * price, ppm)
+    if call.endpoint == "speech":
+        return None if table.characters is None else _micro(units.characters * table.characters, ppm)
+    if call.endpoint in AUDIO_ENDPOINTS and table.audio_minute is not None and units.audio_seconds is not None:
+        millis = -(-round(units.audio_seconds * 1_000_000) // 1000)  # whole milliseconds, rounded up
+        return _micro(-(-millis * table.audio_minute // 60_000), ppm)
+    return None
+
+
+def unit_bound(call: Call, table: PriceTable) -> int | None:
+    """The most a unit-priced request can cost (its reservation), None when priced by tokens."""
+    units = call.billing.units
+    if units is None:
+        return None
+    if call.endpoint in ("images", "image_edits"):
+        price = image_price(table, units.image_tier)
+        return None if price is None else _micro(units.images * price, MICRO)
+    if call.endpoint == "speech":
+        return unit_cost(call, table)
+    if call.endpoint in AUDIO_ENDPOINTS and table.audio_minute is not None:
+        seconds = units.audio_seconds
+        if seconds is None or not units.audio_measured:
+            seconds = len(call.raw_body) * SECONDS_PER_BYTE
+        # The upstream's own measure may differ a little from the gateway's: hold 10% more.
+        millis = -(-round(seconds * 1_100_000) // 1000)
+        return _micro(-(-millis * table.audio_minute // 60_000), MICRO)
+    return None

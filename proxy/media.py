@@ -1,0 +1,227 @@
+"""Images and audio: requests priced by the unit, passed to OpenAI-kind upstreams.
+
+- ``images`` (``POST /v1/images/generations``, JSON) and ``image_edits``
+  (``/v1/images/edits``, multipart): the answer's ``data`` are the images
+  delivered; ``usage`` (image tokens), when the upstream reports it, is kept.
+- ``speech`` (``/v1/audio/speech``, JSON in, audio bytes out): priced on the
+  input's characters, known before the upstream is called; the audio is
+  streamed to the client as it arrives.
+- ``transcriptions`` and ``translations`` (multipart audio): priced on the
+  audio's length, as the upstream reports it (``verbose_json``'s ``duration``,
+  ``usage.seconds``) or else as measured from the upload (``text``, ``srt`` and
+  ``vtt`` answers report nothing); token usage is kept when reported.
+
+What each unit costs is the pricing plugin's business (``call.billing.units``).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import web
+
+from .call import Units, Usage
+from .errors import ProxyError, bad_request
+from .validate import check_int, check_model, check_number
+
+__all__ = ["MEDIA_PATHS", "UPLOAD_ENDPOINTS", "forward_media", "measured_seconds", "validate_media"]
+
+if TYPE_CHECKING:
+    from .call import Call, Route
+    from .gateway import Gateway
+    from .uploads import Upload
+    from .upstream import UpstreamResponse
+
+#: endpoint -> the upstream path under the provider's base URL
+MEDIA_PATHS = {"images": "/images/generations", "image_edits": "/images/edits", "speech": "/audio/speech",
+               "transcriptions": "/audio/transcriptions", "translations": "/audio/translations"}
+UPLOAD_ENDPOINTS = frozenset(("image_edits", "transcriptions", "translations"))
+SPEECH_FORMATS = frozenset(("mp3", "opus", "aac", "flac", "wav", "pcm"))
+TRANSCRIPT_FORMATS = frozenset(("json", "text", "srt", "verbose_json", "vtt", "diarized_json"))
+MAX_SPEECH_CHARACTERS = 4096
+
+
+def validate_media(endpoint: str, body: dict, upload: Upload | None = None) -> Units:
+    """400 naming the field when the request is malformed; the units it asks for."""
+    check_model(body)
+    if endpoint in ("images", "image_edits"):
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise bad_request("'prompt' is required: the text describing the image", "prompt", "missing_prompt")
+        n = _int_field(body, "n", 1, 10)
+        for name in ("size", "quality"):
+            if body.get(name) is not None and not isinstance(body[name], str):
+                raise bad_request(f"'{name}' must be a string (e.g. \"1024x1024\", \"standard\")", name)
+        if upload is not None and upload.file("image", "image[]") is None:
+            raise bad_request("'image' is required: the image file to edit", "image", "missing_image")
+        tier = "/".join(str(body[k]) for k in ("size", "quality") if body.get(k))
+        return Units(images=n, image_tier=tier)
+    if endpoint == "speech":
+        text = body.get("input")
+        if not isinstance(text, str) or not text:
+            raise bad_request("'input' is required: the text to speak", "input", "missing_input")
+        if len(text) > MAX_SPEECH_CHARACTERS:
+            raise bad_request(f"'input' is longer than {MAX_SPEECH_CHARACTERS} characters", "input")
+        if not isinstance(body.get("voice"), str):
+            raise bad_request("'voice' is required: a voice name such as \"alloy\"", "voice", "missing_voice")
+        fmt = body.get("response_format")
+        if fmt is not None and fmt not in SPEECH_FORMATS:
+            raise bad_request(f"'response_format' must be one of {', '.join(sorted(SPEECH_FORMATS))}, got {fmt!r}",
+                              "response_format")
+        check_number(body, "speed", 0.25, 4.0)
+        return Units(characters=len(text))
+    # transcriptions, translations
+    assert upload is not None
+    if upload.file("file") is None:
+        raise bad_request("'file' is required: the audio file (mp3, mp4, m4a, wav, ogg, flac, webm)", "file",
+                          "missing_file")
+    fmt = body.get("response_format", "json")
+    if fmt not in TRANSCRIPT_FORMATS:
+        raise bad_request(f"'response_format' must be one of {', '.join(sorted(TRANSCRIPT_FORMATS))}, got {fmt!r}",
+                          "response_format")
+    _number_field(body, "temperature", 0, 1)
+    return Units()
+
+
+def _int_field(body: dict, name: str, low: int, high: int) -> int:
+    value = body.get(name)
+    if isinstance(value, str):  # a multipart field
+        try:
+            value = body[name] = int(value)
+        except ValueError:
+            raise bad_request(f"'{name}' must be an integer between {low} and {high}, got {value!r}", name) from None
+    check_int(body, name, low, high)
+    return value if isinstance(value, int) else 1
+
+
+def _number_field(body: dict, name: str, low: float, high: float) -> None:
+    value = body.get(name)
+    if isinstance(value, str):
+        try:
+            body[name] = float(value)
+        except ValueError:
+            raise bad_request(f"'{name}' must be a number between {low:g} and {high:g}, got {value!r}",
+                              name) from None
+    check_number(body, name, low, high)
+
+
+def measured_seconds(data: bytes) -> float | None:
+    """The audio's length in seconds, read from its headers (mutagen), or None."""
+    import mutagen
+
+    try:
+        audio = mutagen.File(io.BytesIO(data))
+    except Exception:
+        return None
+    length = getattr(getattr(audio, "info", None), "length", None)
+    return float(length) if isinstance(length, (int, float)) and math.isfinite(length) and length > 0 else None
+
+
+async def forward_media(gateway: Gateway, request: web.Request, call: Call, route: Route) -> web.StreamResponse:
+    from .pipeline import _json_response, _send, on_usage, open_upstream
+
+    provider = route.provider
+    units = call.billing.units or Units()
+    upstream_request = provider.media_request(call, route, MEDIA_PATHS[call.endpoint])
+    upstream = await open_upstream(gateway, call, route, upstream_request)
+    if call.endpoint == "speech":
+        return await _stream_audio(gateway, request, call, upstream)
+    try:
+        raw = await upstream.read_all()
+    finally:
+        upstream.release()
+    call.timing.first_byte_at = time.perf_counter()
+    content_type = upstream.headers.get("Content-Type") or "application/json"
+    body: dict | None = None
+    if content_type.startswith("application/json"):
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ProxyError(502, f"upstream '{provider.name}' answered with invalid JSON",
+                             code="upstream_bad_response") from None
+        body = parsed if isinstance(parsed, dict) else None
+    usage = _usage_of(body)
+    if call.endpoint in ("images", "image_edits"):
+        data = body.get("data") if body is not None else None
+        if not isinstance(data, list):
+            raise ProxyError(502, f"upstream '{provider.name}' answered without images (no 'data' list)",
+                             code="upstream_bad_response")
+        units.images = len(data)
+    else:
+        reported = _reported_seconds(body)
+        if reported is not None:
+            units.audio_seconds, units.audio_measured = reported, False
+    call.billing.units = units
+    call.billing.usage = usage  # None: not reported (a unit price needs none; else the worst case is billed)
+    await on_usage(gateway, call)
+    if body is not None and isinstance(body.get("usage"), dict) and call.billing.usage_extra:
+        body["usage"] = {**body["usage"], **call.billing.usage_extra}
+        raw = orjson.dumps(body)
+    if content_type.startswith("application/json"):
+        return await _json_response(request, call, raw)
+    call.response.status = 200
+    resp = web.Response(status=200, body=raw, headers={**call.response.headers, "Content-Type": content_type})
+    await _send(request, call, resp)
+    return resp
+
+
+def _usage_of(body: dict | None) -> Usage | None:
+    """Token usage an images or audio answer reports (``input_tokens``/``output_tokens``)."""
+    usage = body.get("usage") if body is not None else None
+    if not isinstance(usage, dict) or "input_tokens" not in usage:
+        return None
+    try:
+        return Usage(prompt_tokens=int(usage.get("input_tokens") or 0),
+                     completion_tokens=int(usage.get("output_tokens") or 0))
+    except (TypeError, ValueError):
+        return None
+
+
+def _reported_seconds(body: dict | None) -> float | None:
+    if body is None:
+        return None
+    usage = body.get("usage")
+    candidates = [body.get("duration"), usage.get("seconds") if isinstance(usage, dict) else None]
+    for value in candidates:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            return float(value)
+    return None
+
+
+async def _stream_audio(gateway: Gateway, request: web.Request, call: Call,
+                        upstream: UpstreamResponse) -> web.StreamResponse:
+    """Speech: priced before a byte goes out (its input is its measure), then the audio
+    streamed through as the upstream sends it."""
+    from .clientwrite import ClientWriter
+    from .pipeline import on_usage
+
+    try:
+        await on_usage(gateway, call)
+        headers = {**call.response.headers,
+                   "Content-Type": upstream.headers.get("Content-Type") or "application/octet-stream"}
+        resp = call.response.web_response = web.StreamResponse(status=200, headers=headers)
+        call.response.status = 200
+        try:
+            await resp.prepare(request)
+        except (ConnectionError, RuntimeError):
+            call.response.client_gone = True
+            return resp
+        writer = ClientWriter(resp, request, gateway.config.server.timeouts.client_write)
+        try:
+            while chunk := await upstream.read_chunk():
+                if call.timing.first_byte_at is None:
+                    call.timing.first_byte_at = time.perf_counter()
+                await writer.write(chunk, upstream.deadline)
+            await writer.write_eof()
+        except ConnectionError:
+            call.response.client_gone = True
+        except ProxyError as err:  # the upstream broke off: the audio is cut, the request still billed
+            call.response.error = err
+            call.response.error_code = err.code
+        return resp
+    finally:
+        upstream.release()
