@@ -41,9 +41,12 @@ from .accounts.options import LedgerOptions
 from .accounts.usage import query_rollups
 from .quotas import RESERVATION
 
-MODEL_ENDPOINTS = frozenset(("chat", "embeddings", "messages", "responses", "completions"))
+MODEL_ENDPOINTS = frozenset(("chat", "embeddings", "messages", "responses", "completions", "images", "image_edits",
+                             "speech", "transcriptions", "translations"))
 # Set once a request's row is queued in tollway_settle (so tollway_finish does not queue another).
 RECORDED: StateKey[bool] = StateKey("ledger.recorded")
+# A row id chosen by the caller (a batch line's, so a restart can tell whether it was written).
+LEDGER_ID: StateKey[str] = StateKey("ledger.id")
 NO_USAGE = Usage()  # zero tokens, for a request without usage
 
 
@@ -86,7 +89,8 @@ class Plugin:
         started = time.time() - (time.perf_counter() - call.timing.started)
         ttfb = call.timing.ttfb_ms
         self.accounts.writer.append(LedgerRow(
-            id=f"{self._prefix}{next(self._counter):010x}", time=started, day=self._day(started),
+            id=call.state.get(LEDGER_ID) or f"{self._prefix}{next(self._counter):010x}", time=started,
+            day=self._day(started),
             key_id=key.id if key else None, account_id=key.account_id if key else None,
             endpoint=call.endpoint, model=call.model, served_model=call.served_model,
             provider=call.provider_name, status=response.status,

@@ -101,7 +101,10 @@ class Plugin:
         what = (f"at most {prompt} prompt and {output} completion tokens of {call.route.model}; lower max_tokens "
                 "to need less") if amount is None else f"{call.endpoint} of {call.route.model} at its unit price"
         if amount is None:
-            amount = table.cost(prompt, output)
+            # A batch line's price multiplier is known now (a cache hit's comes later and only lowers it).
+            multiplier = call.billing.price_multiplier
+            amount = table.cost(prompt, output, multiplier_ppm=MICRO if multiplier == 1.0 else
+                                multiplier_ppm(multiplier))
         if not await self.accounts.hold(acc, amount):
             held = f", ${format_usd(acc.reserved)} of it held by requests in flight" if acc.reserved else ""
             raise ProxyError(

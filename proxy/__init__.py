@@ -16,6 +16,7 @@ from .call import Billing, CachedResponse, Call, Principal, ResponseState, Route
 from .dialects import Dialect
 from .errors import ProxyError, bad_request
 from .gateway import Gateway
+from .pipeline import run_detached
 from .provider import Provider, StreamDecoder
 from .routes import json_response, read_json
 from .schema import ConfigError
@@ -33,8 +34,8 @@ __all__ = [
     "Gateway", "StateKey", "ServiceKey",
     # upstreams and client dialects
     "Provider", "StreamDecoder", "UpstreamRequest", "Dialect",
-    # plugin routes
-    "json_response", "read_json",
+    # plugin routes; model calls without an HTTP client (batches)
+    "json_response", "read_json", "run_detached",
 ]
 
 #: Helper modules plugins may import too, public on purpose (their ``__all__``).

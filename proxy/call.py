@@ -208,6 +208,7 @@ class ResponseState:
     # it may be the very dict written to the client. The cache stores it.
     completion: dict | None = None
     web_response: web.StreamResponse | None = None  # aiohttp's response, once a stream's headers are sent
+    body: bytes | None = None  # a detached call's whole answer (it has no client to be sent to)
 
 
 class Call:

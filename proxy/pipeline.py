@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import orjson
 from aiohttp import web
@@ -37,15 +37,27 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
 MAX_ERROR_BODY = 1024 * 1024
 
 
-async def run_model_call(gateway: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
-    """Answer one chat / embeddings / messages request."""
+async def run_detached(gateway: Gateway, call: Call) -> tuple[int, bytes]:
+    """Run a model call that no HTTP client waits for (a batch line): ``call.principal``
+    is set by the caller (no authentication), the call must not stream, and every
+    other hook runs as for a request. Returns the answer's status and body (an error's
+    JSON body included)."""
+    await run_model_call(gateway, None, call)
+    return call.response.status, call.response.body or b""
+
+
+async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call) -> web.StreamResponse:
+    """Answer one chat / embeddings / messages request (``http`` None: a detached call)."""
+    # A detached call never streams: the only use of the request it reaches is _send, which takes None.
+    request = cast(web.Request, http)
     hooks = gateway.hooks
     admitted = False
     resp: web.StreamResponse | None = None
     task = gateway.inflight.enter(call)
     try:
         try:
-            await authenticate(gateway, call)
+            if call.principal is None:  # (a detached call comes with its principal)
+                await authenticate(gateway, call)
             await resolve(gateway, call)
             admitted = True
             for admit in hooks.admit:
@@ -67,8 +79,8 @@ async def run_model_call(gateway: Gateway, request: web.Request, call: Call) -> 
             uncancel()  # stopped at shutdown_timeout: answer it, bill it
             resp = await send_error(request, call, shutdown_error())
         except Exception:
-            throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", request.method,
-                      redact(request.path), exc_info=True)
+            throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", call.endpoint,
+                      redact(http.path) if http is not None else "(detached)", exc_info=True)
             resp = await send_error(request, call, internal_error())
         call.timing.ended_at = time.perf_counter()
         if admitted:
@@ -157,9 +169,14 @@ async def send_error(request: web.Request, call: Call, err: ProxyError) -> web.S
     return resp
 
 
-async def _send(request: web.Request, call: Call, resp: web.Response) -> None:
+async def _send(request: web.Request | None, call: Call, resp: web.Response) -> None:
     """Write a whole response now, so settle runs after the client has it (or
-    after ``server.timeouts.client_write`` when the client does not take it)."""
+    after ``server.timeouts.client_write`` when the client does not take it).
+    A detached call (no client: a batch line) keeps it in ``call.response.body``."""
+    if request is None:
+        body = resp.body
+        call.response.body = body if isinstance(body, bytes) else b""
+        return
     try:
         await send_whole(resp, request, request.app[GATEWAY_KEY].config.server.timeouts.client_write)
     except ClientStalled:

@@ -36,6 +36,7 @@ BUILTINS = {
     "ledger": "plugins.ledger",
     "cache": "plugins.cache",
     "dashboard": "plugins.dashboard",
+    "batches": "plugins.batches",
 }
 ENTRY_POINT_GROUP = "tollway"
 

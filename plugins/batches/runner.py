@@ -1,0 +1,195 @@
+"""Running batches: each line is a detached model call through the whole pipeline
+(rate limits, the credit reservation, pricing at ``price.batch_multiplier``, the
+ledger), paced behind interactive traffic.
+
+Exactly once, across crashes: a line's answer is written to the store in
+``tollway_settle`` *before* the quotas plugin charges it (the batches plugin's
+settle runs first), and its ledger row has a fixed id (``batch-<batch>-<line>``).
+So after a crash:
+
+- a line whose answer was not stored was not charged either (the charge and its
+  ledger row come after, and are written together): it runs again;
+- a line whose answer was stored but whose charge was not written yet (the
+  ledger writes behind) is charged at start-up from the stored cost
+  (``recover``): never twice, never free.
+
+A line refused by a rate limit (429, the gateway's or the upstream's) is not an
+answer: it stays pending and runs again after ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from proxy import Call, Gateway, StateKey
+from proxy.logs import throttled
+
+from ..ledger import LEDGER_ID
+from .lines import ENDPOINTS
+
+if TYPE_CHECKING:
+    from plugins.accounts import Accounts
+
+    from . import BatchesOptions
+
+log = logging.getLogger("tollway.batches")
+
+#: ``call.state``: (batch id, line number) of a batch line's call.
+BATCH_LINE: StateKey[tuple[str, int]] = StateKey("batches.line")
+#: ``call.state``: the line's answer is stored (set by the settle hook).
+STORED: StateKey[bool] = StateKey("batches.stored")
+CHUNK = 64
+
+
+def ledger_id(batch_id: str, line: int) -> str:
+    return f"batch-{batch_id}-{line}"
+
+
+async def store_answer(gateway: Gateway, call: Call, charged: bool = True) -> None:
+    """Write a line's answer (success or error) and its cost; the line is then done."""
+    batch_id, line = call.state[BATCH_LINE]
+    status = call.response.status
+    body = call.response.body or b""
+    code = message = None
+    if status != 200:
+        err = call.response.error
+        code, message = (err.code, err.message) if err is not None else ("error", f"status {status}")
+    cost = (call.billing.cost_micro or 0) if status == 200 and charged else 0
+    await gateway.store.execute(
+        "update tollway_batch_lines set status = ?, status_code = ?, response = ?, error_code = ?, "
+        "error_message = ?, cost_micro_usd = ? where batch_id = ? and line = ? and status = 'pending'",
+        ("done" if status == 200 else "failed", status, body.decode("utf-8", "replace"), code, message,
+         cost, batch_id, line))
+    call.state[STORED] = True
+
+
+class Runner:
+    def __init__(self, gateway: Gateway, accounts: Accounts | None, options: BatchesOptions) -> None:
+        self.gateway = gateway
+        self.accounts = accounts
+        self.options = options
+        self.wake = asyncio.Event()
+        self.running = 0  # batch lines in flight (counted in gateway.inflight too)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                worked = await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                throttled(log, logging.ERROR, "batch_step", "a batch step failed; retrying", exc_info=True)
+                worked = False
+            if not worked:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), self.options.poll_seconds)
+                except TimeoutError:
+                    pass
+
+    async def step(self) -> bool:
+        store = self.gateway.store
+        row = await store.fetchone("select id, key_id, endpoint, status from tollway_batches "
+                                   "where status in ('in_progress', 'cancelling') order by created_at limit 1")
+        if row is None:
+            return False
+        batch_id, key_id, endpoint, status = row
+        now = time.time()
+        if status == "cancelling":
+            await store.execute("update tollway_batches set status = 'cancelled', cancelled_at = ? where id = ?",
+                                (now, batch_id))
+            return True
+        lines = await store.fetchall("select line, body from tollway_batch_lines where batch_id = ? and "
+                                     "status = 'pending' order by line limit ?", (batch_id, CHUNK))
+        if not lines:
+            await store.execute("update tollway_batches set status = 'completed', completed_at = ? where id = ? "
+                                "and status = 'in_progress'", (now, batch_id))
+            return True
+        key = self.accounts.by_id.get(key_id) if self.accounts is not None and key_id else None
+        if self.accounts is not None and key_id and (key is None or key.status(now) != "active"):
+            await store.execute("update tollway_batch_lines set status = 'failed', status_code = 401, "
+                                "error_code = 'key_inactive', error_message = 'the batch''s API key is no longer "
+                                "active' where batch_id = ? and status = 'pending'", (batch_id,))
+            return True
+        slots = asyncio.Semaphore(self.options.concurrency)
+
+        async def one(line: int, body: str) -> None:
+            async with slots:
+                await self.run_line(batch_id, key, endpoint, line, body)
+
+        await asyncio.gather(*(one(line, body) for line, body in lines))
+        return True
+
+    async def run_line(self, batch_id: str, key: Any, endpoint: str, line: int, body: str) -> None:
+        from proxy import run_detached
+
+        gateway = self.gateway
+        # Interactive calls first: wait while more of them are in flight than the options allow.
+        while len(gateway.inflight.calls) - self.running >= self.options.interactive_priority:
+            await asyncio.sleep(0.05)
+        kind, dialect = ENDPOINTS[endpoint]
+        raw = body.encode()
+        request_body = orjson.loads(raw)
+        call = Call(None, kind, request_body, raw, dialect)
+        call.principal = key
+        model = gateway.config.models.get(request_body.get("model"))
+        if model is not None:
+            call.billing.price_multiplier = model.price.batch_multiplier
+        call.state[BATCH_LINE] = (batch_id, line)
+        call.state[LEDGER_ID] = ledger_id(batch_id, line)
+        self.running += 1
+        try:
+            status, _ = await run_detached(gateway, call)
+        finally:
+            self.running -= 1
+        if status == 429:  # not an answer: the line runs again after the limit's Retry-After
+            err = call.response.error
+            retry = err.headers.get("Retry-After", "1") if err is not None else "1"
+            await asyncio.sleep(min(float(retry) if retry.isdigit() else 1.0, 30.0))
+            return
+        if not call.state.get(STORED):  # refused before it was admitted (settle did not run): nothing charged
+            await store_answer(gateway, call, charged=False)
+
+    async def recover(self) -> int:
+        """Charge the lines whose answer was stored but whose charge was lost in a crash;
+        returns how many were charged now."""
+        store = self.gateway.store
+        accounts = self.accounts
+        rows = await store.fetchall(
+            "select l.batch_id, l.line, l.cost_micro_usd, l.status_code, b.key_id, b.endpoint, l.body "
+            "from tollway_batch_lines l join tollway_batches b on b.id = l.batch_id "
+            "where l.charged = 0 and l.status in ('done', 'failed')")
+        if not rows:
+            return 0
+        recovered = 0
+        if accounts is not None:
+            from plugins.accounts.db import LedgerRow
+
+            for batch_id, line, cost, status, key_id, endpoint, body in rows:
+                lid = ledger_id(batch_id, line)
+                if not cost or await store.fetchone("select 1 from tollway_ledger where id = ?", (lid,)):
+                    continue
+                key = accounts.by_id.get(key_id)
+                if key is None:
+                    continue
+                taken = accounts.settle(accounts.account_of(key), 0, cost)
+                now = time.time()
+                model = orjson.loads(body).get("model", "") if body else ""
+                accounts.writer.append(LedgerRow(
+                    id=lid, time=now, day=time.strftime("%Y-%m-%d", time.gmtime(now)), key_id=key.id,
+                    account_id=key.account_id, endpoint=ENDPOINTS[endpoint][0], model=model, served_model=model,
+                    provider=None, status=status or 200, error_code="batch_recovered", stream=0, cache_hit=0,
+                    client_gone=0, prompt_tokens=0, completion_tokens=0, cached_tokens=0, reasoning_tokens=0,
+                    cost_micro_usd=taken, latency_ms=0.0, ttfb_ms=None))
+                recovered += 1
+            await accounts.writer.flush()
+        async with store.transaction() as tx:
+            await tx.executemany("update tollway_batch_lines set charged = 1 where batch_id = ? and line = ?",
+                                 [(r[0], r[1]) for r in rows])
+        return recovered
+
