@@ -145,6 +145,10 @@ async def embeddings(request: web.Request) -> web.Response:
     inputs = body.get("input")
     items = [inputs] if isinstance(inputs, str) else list(inputs or [])
     data = [{"object": "embedding", "index": i, "embedding": [0.1 * (i + 1)] * 8} for i in range(len(items))]
+    if body.get("encoding_format") == "base64":  # little-endian float32, as OpenAI sends it
+        from plugins.providers.mock import base64_floats
+        for item in data:
+            item["embedding"] = base64_floats(item["embedding"])
     return web.Response(body=orjson.dumps({"object": "list", "data": data, "model": body.get("model"),
                                            "usage": {"prompt_tokens": len(items), "total_tokens": len(items)}}),
                         content_type="application/json")

@@ -189,3 +189,22 @@ async def test_an_unfunded_key_is_refused_before_the_upstream(start_gateway, moc
         assert exc.value.status_code == 402 and "$0.080000" in exc.value.message
         r = await client.images.generate(model="img", prompt="x", size="1024x1024", quality="standard")
         assert len(r.data) == 1
+
+
+@pytest.mark.parametrize("model", ["echo", "up"])
+async def test_embeddings_honour_base64_encoding(running, model):
+    import base64
+    import struct
+
+    async with aiohttp.ClientSession() as s:
+        payloads = []
+        for fmt in ("float", "base64"):
+            async with s.post(running.url + "/embeddings", headers=bearer(DEMO),
+                              json={"model": model, "input": ["a", "b"], "encoding_format": fmt}) as r:
+                assert r.status == 200
+                payloads.append((await r.json())["data"])
+    floats, encoded = payloads
+    for plain, packed in zip(floats, encoded, strict=True):
+        raw = base64.b64decode(packed["embedding"])
+        decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
+        assert decoded == pytest.approx(plain["embedding"], rel=1e-6) and any(decoded)

@@ -9,6 +9,7 @@ OpenAI, so OpenAI clients get a byte passthrough of its stream.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import math
 import struct
@@ -138,8 +139,10 @@ class MockProvider(OpenAIProvider):
         inputs = body.get("input")
         items = [inputs] if isinstance(inputs, str) else list(inputs or [])
         dims = body.get("dimensions") or self.options.embedding_dimensions
-        data = [{"object": "embedding", "index": i, "embedding": fake_embedding(str(item), dims)}
-                for i, item in enumerate(items)]
+        as_base64 = body.get("encoding_format") == "base64"  # the Node SDK's default: float32 LE, base64
+        data = [{"object": "embedding", "index": i,
+                 "embedding": base64_floats(vector) if as_base64 else vector}
+                for i, item in enumerate(items) for vector in (fake_embedding(str(item), dims),)]
         tokens = sum(count_tokens(str(item)) for item in items)
         return {"object": "list", "data": data, "model": body.get("model", "mock"),
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
@@ -188,6 +191,11 @@ def _text_of(content: Any) -> str:
 def count_tokens(text: str) -> int:
     """A deterministic stand-in for a tokenizer: about four characters a token."""
     return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def base64_floats(vector: list[float]) -> str:
+    """An embedding as OpenAI sends it for ``encoding_format: base64``: little-endian float32."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def fake_embedding(text: str, dims: int) -> list[float]:
