@@ -161,6 +161,11 @@ class PluginsConfig:
 
 
 @dataclass(frozen=True)
+class CatalogConfig:
+    public: bool = False  # GET /api/models answers without a key
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     storage: StorageConfig
@@ -170,6 +175,7 @@ class Config:
     sections: dict[str, Any]  # plugin-declared sections, by dotted path
     path: Path | None = None
     unset_env: tuple[str, ...] = ()
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
 
     @property
     def base_dir(self) -> Path:
@@ -179,7 +185,7 @@ class Config:
         return self.sections.get(dotted, default)
 
 
-_CORE_SECTIONS = ("server", "storage", "providers", "models", "plugins")
+_CORE_SECTIONS = ("server", "storage", "providers", "models", "plugins", "catalog")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -278,7 +284,8 @@ def build_config(raw: dict, *, schemas: dict[str, Any], provider_options: dict[s
         raise ConfigError("server.max_body_bytes: must be at least 1024")
     if server.max_upload_bytes < 1024:
         raise ConfigError("server.max_upload_bytes: must be at least 1024")
-    return Config(server, storage, providers, models, plugins, sections, path, unset_env)
+    catalog = build_dataclass(CatalogConfig, raw.get("catalog"), "catalog")
+    return Config(server, storage, providers, models, plugins, sections, path, unset_env, catalog=catalog)
 
 
 def _build_providers(raw: Any, option_types: dict[str, Any]) -> dict[str, ProviderConfig]:

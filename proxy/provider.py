@@ -137,6 +137,11 @@ class Provider:
         fix = f"{env} is empty or unset" if env else "set providers." + self.name + ".api_key"
         return f"{self.missing_key} ({fix}): its models answer 502 until it has one"
 
+    def family(self, upstream_model: str) -> str:
+        """Who makes the model (``openai``, ``anthropic``, ``google``...), for catalogs:
+        never the operator's own name for the provider."""
+        return self.kind
+
     def speaks(self, dialect: str) -> bool:
         """True when a client of ``dialect`` is passed through to this upstream as it is
         (its own protocol); otherwise the call is translated through the canonical form."""

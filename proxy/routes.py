@@ -126,6 +126,7 @@ class ModelRoutes:
             web.post("/v1/audio/translations", self.media),
             web.get("/v1/models", self.list_models),
             web.get("/v1/models/{model:.+}", self.get_model),
+            web.get("/api/models", self.catalog),
             web.get("/health", self.health),
             web.get("/health/ready", self.ready),
         ]
@@ -215,11 +216,13 @@ class ModelRoutes:
     def describe(self, name: str) -> dict:
         m = self.gateway.config.models[name]
         price = m.price
-        return {
+        provider = self.gateway.providers.get(m.provider or "")
+        family = provider.family(m.upstream_model) if provider is not None else "unknown"
+        out = {
             "id": name,
             "object": "model",
             "created": self.created,
-            "owned_by": m.provider,
+            "owned_by": family,  # the model's family, never the operator's own provider name
             # The Anthropic Models API's fields, so both SDKs read the same answer.
             "type": "model",
             "display_name": name,
@@ -234,7 +237,27 @@ class ModelRoutes:
                 "cache_write": price.cache_write if price.cache_write is not None else price.input,
             },
             "context_window": m.context_window,
+            # AICredits' catalog fields (GET /api/models shows the same).
+            "name": name,
+            "provider": family,
+            "input_cost_per_1m": price.input,
+            "output_cost_per_1m": price.output,
         }
+        if price.images:
+            out["image_cost_per_image"] = dict(price.images)
+        if price.audio_minute is not None:
+            out["audio_cost_per_minute"] = price.audio_minute
+        if price.characters is not None:
+            out["tts_cost_per_1m_characters"] = price.characters
+        return out
+
+    async def catalog(self, request: web.Request) -> web.Response:
+        """``GET /api/models``: every model, no key needed, when ``catalog.public`` is on."""
+        if not self.gateway.config.catalog.public:
+            raise ProxyError(404, "the public model catalog is off on this gateway (catalog: {public: true} turns "
+                                  "it on); GET /v1/models with a key lists the models it may use",
+                             code="unknown_endpoint")
+        return json_response({"object": "list", "data": [self.describe(n) for n in self.gateway.config.models]})
 
     async def _visible(self, call: Call) -> list[str]:
         await authenticate(self.gateway, call)

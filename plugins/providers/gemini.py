@@ -52,6 +52,9 @@ class GeminiProvider(Provider):
     Options = GeminiOptions
     api_key_header = ("x-goog-api-key", "")
 
+    def family(self, upstream_model: str) -> str:
+        return "google"
+
     def __init__(self, name, config, options: GeminiOptions | None = None) -> None:
         super().__init__(name, config, options or GeminiOptions())
         base = (config.base_url or self.default_base_url).rstrip("/")

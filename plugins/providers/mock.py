@@ -39,6 +39,9 @@ class MockProvider(OpenAIProvider):
     Options = MockOptions
     needs_api_key = False
 
+    def family(self, upstream_model: str) -> str:
+        return "tollway-mock"
+
     def __init__(self, name, config, options: MockOptions | None = None) -> None:
         super().__init__(name, config, options or MockOptions())
         self.chat_url = "mock://chat"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 
@@ -28,6 +28,16 @@ class OpenAIOptions:
     # False for an OpenAI-compatible server that knows only Chat Completions: Responses API
     # requests to it are translated (through the canonical form) instead of passed through.
     responses_api: bool = True
+
+
+# The family of a model behind an OpenAI-compatible API: by its name, else by the API's host.
+MODEL_FAMILIES = ((("gpt-", "o1", "o3", "o4", "chatgpt", "dall-e", "whisper", "tts-", "text-embedding", "davinci",
+                    "babbage", "gpt-image", "codex"), "openai"), (("claude",), "anthropic"),
+                  (("gemini", "gemma"), "google"), (("llama", "meta-llama"), "meta"),
+                  (("mistral", "mixtral", "codestral"), "mistral"), (("deepseek",), "deepseek"),
+                  (("qwen",), "alibaba"), (("grok",), "xai"), (("command",), "cohere"))
+HOST_FAMILIES = (("openai.com", "openai"), ("openai.azure.com", "openai"), ("deepseek.com", "deepseek"),
+                 ("mistral.ai", "mistral"), ("x.ai", "xai"), ("cohere.com", "cohere"))
 
 
 class OpenAIProvider(Provider):
@@ -49,6 +59,17 @@ class OpenAIProvider(Provider):
         self.native = frozenset(("openai", "completions", "responses") if getattr(self.options, "responses_api", True)
                                 else ("openai", "completions"))
         self.headers = self.upstream_headers()
+
+    def family(self, upstream_model: str) -> str:
+        name = upstream_model.lower().rsplit("/", 1)[-1]
+        for prefixes, family in MODEL_FAMILIES:
+            if name.startswith(prefixes):
+                return family
+        host = (urlsplit(self.base_url).hostname or "").lower()
+        for suffix, family in HOST_FAMILIES:
+            if host == suffix or host.endswith("." + suffix):
+                return family
+        return "openai-compatible"
 
     def speaks(self, dialect: str) -> bool:
         return dialect in self.native
