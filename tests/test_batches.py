@@ -15,6 +15,7 @@ import orjson
 import pytest
 import yaml
 from business import DEMO, bearer, biz_config, credits
+from stores import ENGINES, fresh_database
 from test_lifecycle import Server
 
 from benchmarks.mock_upstream import MockSettings
@@ -45,10 +46,12 @@ async def wait_done(client: openai.AsyncOpenAI, batch_id: str, timeout: float = 
     raise AssertionError(f"batch {batch_id} did not finish: {batch}")
 
 
-@pytest.fixture
-async def running(start_gateway):
+@pytest.fixture(params=ENGINES)
+async def running(request, start_gateway, tmp_path):
     config = biz_config(enabled=["auth", "ratelimit", "quotas", "pricing", "ledger", "batches"])
-    return await start_gateway(config)
+    async with fresh_database(request.param, tmp_path) as url:
+        config["storage"] = {"url": url}
+        yield await start_gateway(config)
 
 
 async def test_a_batch_runs_every_line_once_at_half_price(running):

@@ -245,8 +245,11 @@ class BatchRoutes:
         except ValueError:
             raise bad_request("'limit' must be an integer between 1 and 100", "limit") from None
         after = request.query.get("after")
-        sql = "select id, created_at from tollway_batches where (? is null or account_id = ?)"
-        params: list[Any] = [key.account_id if key else None, key.account_id if key else None]
+        sql = "select id, created_at from tollway_batches where 1 = 1"
+        params: list[Any] = []
+        if key is not None:
+            sql += " and account_id = ?"
+            params.append(key.account_id)
         if after:
             row = await self.gateway.store.fetchone("select created_at from tollway_batches where id = ?", (after,))
             if row is not None:
