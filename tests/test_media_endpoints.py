@@ -208,3 +208,14 @@ async def test_embeddings_honour_base64_encoding(running, model):
         raw = base64.b64decode(packed["embedding"])
         decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
         assert decoded == pytest.approx(plain["embedding"], rel=1e-6) and any(decoded)
+
+
+async def test_an_upload_is_not_counted_as_tokens_by_the_rate_limiter(start_gateway, mock_upstream):
+    config = biz_config(mock_upstream.url, keys=[{"name": "demo", "key": DEMO, "credits": 5.0,
+                                                  "limits": {"tpm": 1000}}])
+    config["models"]["whisper"] = {"provider": "up", "price": {"input": 0, "output": 0, "audio_minute": 0.006}}
+    running = await start_gateway(config)
+    async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as client:
+        for _ in range(3):  # 3 x 160 kB of audio: far above 1000 tokens a minute if its bytes were tokens
+            r = await client.audio.transcriptions.create(model="whisper", file=("a.wav", wav(10.0)))
+            assert r.text == "mock transcript of a.wav"

@@ -117,6 +117,8 @@ def output_bound(call: Call, default_cap: int) -> int:
 
 
 def tokens_estimate(call: Call) -> int:
+    if call.billing.units is not None:  # images and audio: an upload's bytes are not tokens; its text fields may be
+        return max(1, sum(len(v) for v in call.body.values() if isinstance(v, str)) // 4)
     return max(1, len(call.body_bytes()) // 4) + (requested_output(call) or 0)
 
 
