@@ -58,7 +58,9 @@ def validate_media(endpoint: str, body: dict, upload: Upload | None = None) -> U
                 raise bad_request(f"'{name}' must be a string (e.g. \"1024x1024\", \"standard\")", name)
         if upload is not None and upload.file("image", "image[]") is None:
             raise bad_request("'image' is required: the image file to edit", "image", "missing_image")
-        tier = "/".join(str(body[k]) for k in ("size", "quality") if body.get(k))
+        # "auto" (the upstream picks) says nothing the gateway can price: as if not given.
+        size, quality = (body.get(k) if body.get(k) != "auto" else None for k in ("size", "quality"))
+        tier = f"{size}/{quality}" if size and quality else (size or (f"/{quality}" if quality else ""))
         return Units(images=n, image_tier=tier)
     if endpoint == "speech":
         text = body.get("input")

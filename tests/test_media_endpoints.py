@@ -78,10 +78,13 @@ async def test_images_are_priced_per_image_by_size_and_quality(running, client, 
     assert raw.headers["x-tollway-cost"] == "0.160000"
     await client.images.generate(model=model, prompt="a cat", size="1792x1024", quality="hd")  # 0.12
     await client.images.generate(model=model, prompt="a cat", size="1024x1024")  # the dearest of its size: 0.08
+    await client.images.generate(model=model, prompt="a cat", size="auto", quality="standard")  # of standard: 0.04
+    await client.images.generate(model=model, prompt="a cat")  # nothing said: the dearest of all, 0.12
     rows = await ledger(running)
     assert [(row["endpoint"], row["cost"]) for row in rows] == [("images", 160_000), ("images", 120_000),
-                                                                ("images", 80_000)]
-    assert await spent(running) == 360_000
+                                                                ("images", 80_000), ("images", 40_000),
+                                                                ("images", 120_000)]
+    assert await spent(running) == 520_000
     if model == "img":
         assert (await last_upstream_body(mock_upstream))["model"] == "dall-e-3"
 

@@ -40,6 +40,9 @@ def image_price(table: PriceTable, tier: str) -> int | None:
     if tier in images:
         return images[tier]
     size, _, quality = tier.partition("/")
+    if not size:  # only the quality was said: the dearest tier of that quality
+        same_quality = [v for k, v in images.items() if k.partition("/")[2] == quality]
+        return max(same_quality) if same_quality else None
     if quality and size in images:
         return images[size]
     if not quality:
