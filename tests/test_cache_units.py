@@ -199,6 +199,32 @@ def test_store_removal_keeps_the_matrix_consistent():
         assert found[0][0] is store.entries[k]
 
 
+def test_an_entry_stored_again_once_embedded_joins_its_bucket():
+    # The plugin stores a miss at once for exact hits, then again, the same Entry, once embedded.
+    store = CacheStore()
+    store.put(_entry("other", [0, 1, 0]))  # the bucket exists already
+    late = Entry("s", "late", "b", {"id": "late"}, None, 0.0, float("inf"))
+    store.put(late)
+    assert store.get_exact("s", "late") is late
+    late.query_vec = np.asarray([1, 0, 0], dtype=np.float32)
+    store.put(late)
+    q = np.asarray([1, 0, 0], dtype=np.float32)
+    found, _ = store.candidates("s", "b", q, None, 0.9)
+    assert [e.exact for e, _ in found] == ["late"]
+    assert store.get_exact("s", "late") is late and len(store) == 2
+    store.remove(late.key)
+    assert store.candidates("s", "b", q, None, 0.9)[0] == [] and len(store) == 1
+
+
+def test_bucket_remove_tolerates_a_key_it_does_not_hold():
+    from plugins.cache.store import Bucket
+
+    bucket = Bucket()
+    bucket.add("a", np.asarray([1, 0], dtype=np.float32), None)
+    bucket.remove("missing")
+    assert bucket.keys == ["a"]
+
+
 def test_store_expiry_with_a_clock():
     now = [0.0]
     store = CacheStore(clock=lambda: now[0])

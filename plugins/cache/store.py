@@ -70,7 +70,12 @@ class Bucket:
         return self.q is None or (self.c is None) == (c is None)
 
     def remove(self, key: str) -> None:
-        i = self.keys.index(key)
+        """Drop ``key``'s row; a key the bucket does not hold is a no-op (an entry stored first
+        without vectors, then again once embedded, is removed before it joins)."""
+        try:
+            i = self.keys.index(key)
+        except ValueError:
+            return
         last = len(self.keys) - 1
         if i != last:
             self.keys[i] = self.keys[last]
