@@ -2,7 +2,7 @@
 
 - ``test_frozen.jsonl`` (426 pairs, written before this round's tuning, never tuned on):
   precision >= 0.99 and recall >= 0.60 with the shipped semantic settings (check: verify).
-- ``dev.jsonl`` (418 pairs, tuned on): the same bars, so a regression shows on both.
+- ``dev.jsonl`` (tuned on): precision >= 0.99 and recall >= 0.65, so a regression shows on both.
 
 Both sets are scored once per session (module fixture): one embedding per text, memoised.
 ``pytest -s`` prints the figures; ``python -m tests.cache_eval.evaluate --set test`` prints more.
@@ -69,24 +69,19 @@ def _report(name: str, m: dict, scored) -> str:
             f"fn {m['fn']} tn {m['tn']}); false hits {m['false_hits']}; by kind {by_kind(scored, m['threshold'])}")
 
 
-def test_precision_on_the_frozen_test_set(scored):
+def test_precision_and_recall_on_the_frozen_test_set(scored):
+    """The gate of issue 17: precision >= 0.99 and recall >= 0.60 on pairs nobody tuned on."""
     m = metrics(scored["test"], SHIPPED.threshold)
     print("\n" + _report("test", m, scored["test"]))
     assert m["precision"] >= 0.99, m["false_hits"]
-
-
-def test_recall_floor_on_the_frozen_test_set(scored):
-    """Issue 17 asks for recall >= 0.60 on the frozen set; 0.564 is what was reached
-    (precision 1.000). This holds that floor: a change may not lose recall
-    without a reason. Raise it when recall improves."""
-    assert metrics(scored["test"], SHIPPED.threshold)["recall"] >= 0.56
+    assert m["recall"] >= 0.60, f"recall {m['recall']:.3f} on the frozen test set"
 
 
 def test_precision_and_recall_on_the_dev_set(scored):
     m = metrics(scored["dev"], SHIPPED.threshold)
     print("\n" + _report("dev", m, scored["dev"]))
     assert m["precision"] >= 0.99, m["false_hits"]
-    assert m["recall"] >= 0.55
+    assert m["recall"] >= 0.65
 
 
 def test_the_second_stage_is_what_makes_it_precise(scored):

@@ -34,6 +34,19 @@ def refusal(stage: SecondStage, a: str, b: str) -> str | None:
     ("Describe the water cycle.", "Explain the water cycle."),  # same kind of request
     ("How tall is Mount Everest?", "What is the height of Mount Everest?"),  # a dimension
     ("Who painted the Mona Lisa?", "Who was the painter of the Mona Lisa?"),  # agent noun
+    ("Multiply 6 by 7.", "What is 6 times 7?"),  # arithmetic said as an instruction
+    ("Take 17 away from 50.", "What is 50 minus 17?"),
+    ("How much is 1,200 divided by 4?", "What's 1200/4?"),
+    ("Double 37.", "Work out 37 x 2."),
+    ("Would you mind explaining what inflation is?", "What is inflation?"),  # register
+    ("Any idea how long it takes to fly from London to Paris?", "How long does it take to fly from London to Paris?"),
+    ("How do I cook an aubergine?", "How do I cook an eggplant?"),  # British / American
+    ("How do I pay at a car park?", "How do I pay at a parking lot?"),
+    ("What causes earthquakes?", "Why do earthquakes happen?"),  # constructions
+    ("What does NASA stand for?", "What is NASA short for?"),
+    ("What is the boiling point of ethanol?", "At what temperature does ethanol boil?"),
+    ("How do I turn on Bluetooth?", "How do I enable Bluetooth?"),
+    ("Write a haiku about autumn.", "Compose a haiku about autumn."),
 ])
 def test_paraphrases_are_explained(stage, a, b):
     assert refusal(stage, a, b) is None
@@ -56,6 +69,12 @@ def test_paraphrases_are_explained(stage, a, b):
     ("Give me 5 ideas for a date night.", "Give me 15 ideas for a date night.", "words"),
     ("Translate into French: 'See you soon.'", "Translate into German: 'See you soon.'", "words"),
     ("Summarize: 'The bridge will close.'", "Translate: 'The bridge will close.'", "words"),  # instruction
+    ("Multiply 6 by 7.", "Divide 6 by 7.", "words"),  # another operation
+    ("Take 17 away from 50.", "Take 50 away from 17.", "words"),
+    ("How do I turn on dark mode?", "How do I turn off dark mode?", "words"),
+    ("What causes migraines?", "What cures migraines?", "words"),
+    ("Explain quantum computing in simple terms.", "Explain quantum computing in technical terms.", "words"),
+    ("How do I clean a toilet?", "How do I clean a bathroom?", "words"),  # not in the vocabulary table
     ("What does `git reset --soft HEAD~1` do?", "What does `git reset --hard HEAD~1` do?", "words"),  # code
     ("Explain gravity to a child.", "Explain gravity to a physicist.", "words"),  # audience
 ])
@@ -65,10 +84,15 @@ def test_near_misses_are_refused(stage, a, b, reason):
     assert refusal(stage, b, a) is not None
 
 
-def test_without_an_in_process_embedder_no_synonym_is_accepted():
+def test_without_an_in_process_embedder_only_known_equivalences_are_accepted():
     strict = SecondStage("verify", embedder=None)
-    a, b = "Where can I buy a cheap sofa?", "Where can I buy a cheap couch?"
+    a, b = "How do I keep cheese fresh in the fridge?", "How do I keep cheese fresh in the refrigerator?"
     assert strict.refusal(strict.describe(a), strict.describe(b)).startswith("words")
+    # British / American vocabulary is a table, not the embedder's judgement
+    assert strict.refusal(strict.describe("How do I cook an aubergine?"),
+                          strict.describe("How do I cook an eggplant?")) is None
+    assert strict.refusal(strict.describe("How do I pay at a car park?"),
+                          strict.describe("How do I pay at a parking lot?")) is None
     assert strict.refusal(strict.describe("What is the captial of Peru?"),
                           strict.describe("What is the capital of Peru?")) is None
 

@@ -35,7 +35,11 @@ FRACTIONS = {"half": 2, "third": 3, "quarter": 4, "fifth": 5, "tenth": 10}
 
 #: Discourse and politeness wrapping: removed wherever it stands.
 _FILLER = re.compile(
-    r"\b(?:hey|hi|hello|yo|ok(?:ay)?|um+|uh+|so|well|please|kindly|just wondering|quick (?:question|q)"
+    r"\b(?:(?:hey|hi|hello) there|excuse me|i have a (?:quick )?question|(?:i )?need (?:some )?help(?: with this)?"
+    r"|would you mind(?: explaining| telling me)?|do you (?:happen to )?know|(?:any|got any) idea"
+    r"|i(?:'d| would) (?:really )?appreciate it if you could(?: tell me)?"
+    r"|(?:can|could) (?:someone|anyone|somebody)(?: please)?(?: tell me)?"
+    r"|hey|hi|hello|yo|ok(?:ay)?|um+|uh+|so|well|please|kindly|just wondering|quick (?:question|q)"
     r"|thanks?(?: you)?(?: (?:so|very) much| a lot)?(?: in advance)?"
     r"|sorry if this is a (?:dumb|silly|stupid) question(?:,? but)?"
     r"|(?:i am|i'm|just) curious|out of curiosity|i was wondering(?: if you could tell me)?"
@@ -78,9 +82,33 @@ _CONSTRUCTIONS = (
      r"what does \1 do"),
     # "how do I know if" / "how can I tell whether"
     (re.compile(r"\b(?:know|tell) (?:if|whether)\b"), "know if"),
+    # "what is the best way to X" / "how should I X" / "how do I X"
+    (re.compile(r"\bwhat(?: is|'s) the (?:best|right|proper|correct) (?:way|method) to\b"), "how to"),
+    # "what causes X" / "why does X happen"
+    (re.compile(r"\bwhat causes? (.+?)(?=\s*[?.!]|\s*$)"), r"why \1 happen"),
+    (re.compile(r"\bwhy (?:do|does) (.+?) happen\b"), r"why \1 happen"),
+    # "what does X stand for" / "what is X short for"
+    (re.compile(r"\bwhat(?: is|'s) (.+?) short for\b"), r"what does \1 stand for"),
+    # "what are the symptoms of X" / "what symptoms does X cause"; "what features does X have"
+    (re.compile(r"\bwhat (\w+) (?:does|do|can) (.+?) (?:cause|have)(?=\s*[?.!]|\s*$)"), r"what are the \1 of \2"),
+    # "explain X in simple terms" / "explain X simply"
+    (re.compile(r"\bin (?:simple|plain|layman'?s?|easy) (?:terms|words|english)\b|\bin a simple way\b"), "simply"),
+    # "what is the boiling point of X" / "at what temperature does X boil"
+    (re.compile(r"\b(?:at )?what temperature (?:does|do) (.+?) (boil|freeze|melt)(?: at)?\b"),
+     lambda m: f"what {_POINTS[m.group(2)]} point of {m.group(1)}"),
+    # "what is the origin of X" / "where does X come from"
+    (re.compile(r"\bwhere (?:does|do|did) (.+?) come from\b"), r"what origin of \1"),
+    (re.compile(r"\bwhat(?: is|'s) the origin of\b"), "what origin of"),
+    # "give me a summary of X" / "summarize X"
+    (re.compile(r"\b(?:give|write|provide)(?: me)? (?:a )?summary of\b|\bsum up\b"), "summarize"),
+    # "turn on X" / "enable X"
+    (re.compile(r"\b(?:turn|switch) on\b"), "enable"),
+    (re.compile(r"\b(?:turn|switch) off\b"), "disable"),
 )
+_POINTS = {"boil": "boiling", "freeze": "freezing", "melt": "melting"}
 #: Chat spellings of closed-class words ("whats", "u", "dont").
-_CHAT = {"ur": "your", "pls": "please", "plz": "please", "thx": "thanks", "im": "i am",
+_CHAT = {"ur": "your", "u": "you", "gimme": "give me", "lemme": "let me",
+         "pls": "please", "plz": "please", "thx": "thanks", "im": "i am",
          "whats": "what is", "hows": "how is", "wheres": "where is", "whos": "who is", "whens": "when is",
          "dont": "do not", "doesnt": "does not", "didnt": "did not", "cant": "can not", "isnt": "is not",
          "arent": "are not", "wont": "will not", "wasnt": "was not", "cannot": "can not"}
@@ -101,17 +129,28 @@ TENSE = {**dict.fromkeys(["is", "are", "am", "do", "does", "has", "have"], "pres
          **dict.fromkeys(["was", "were", "did", "had"], "past"), **dict.fromkeys(["will", "shall"], "future")}
 #: Words that frame an arithmetic question and nothing else ("what is 7 x 8", "calculate 7 x 8").
 _ARITH_FRAME = frozenset(["what", "how", "much", "many", "is", "equals", "equal", "calculate", "compute", "work",
-                          "out", "does", "make", "give"])
+                          "out", "does", "make", "give", "get", "if", "when", "result", "answer", "solve"])
 
 _OPS = {"times": "*", "x": "*", "×": "*", "*": "*", "multiplied by": "*", "divided by": "/", "/": "/", "÷": "/",
         "over": "/", "plus": "+", "+": "+", "added to": "+", "minus": "-", "-": "-", "to the power of": "**",
         "^": "**"}
 _OP_RE = "|".join(sorted((re.escape(k) for k in _OPS), key=len, reverse=True))
 _NUM = r"\d+(?:\.\d+)?"
-_CHAIN = re.compile(rf"(?<![\w.])({_NUM})((?:\s*(?:{_OP_RE})\s*{_NUM})+)(?![\w.])")
+_CHAIN = re.compile(rf"(?<![\w.])({_NUM})((?:\s*(?:{_OP_RE})\s*{_NUM})+)(?!\w|\.\d)")
 _CHAIN_PART = re.compile(rf"\s*({_OP_RE})\s*({_NUM})")
 _PHRASES = (  # (pattern, function of the numbers found) -- checked before the operator chains
     (re.compile(rf"\bsubtract ({_NUM}) from ({_NUM})"), lambda a, b: (f"{b}-{a}", (a, b))),
+    (re.compile(rf"\btake (?:away )?({_NUM}) (?:away )?from ({_NUM})"), lambda a, b: (f"{b}-{a}", (a, b))),
+    (re.compile(rf"\b({_NUM}) (?:take away|less) ({_NUM})"), lambda a, b: (f"{a}-{b}", (a, b))),
+    (re.compile(rf"\bmultiply ({_NUM}) (?:by|and|with) ({_NUM})"), lambda a, b: (f"{a}*{b}", (a, b))),
+    (re.compile(rf"\bdivide ({_NUM}) by ({_NUM})"), lambda a, b: (f"{a}/{b}", (a, b))),
+    (re.compile(rf"\badd ({_NUM}) to ({_NUM})"), lambda a, b: (f"{b}+{a}", (a, b))),
+    (re.compile(rf"\b(double|triple|halve) ({_NUM})"), lambda w, a: (f"{a}{_SCALE[w]}", (a,))),
+    (re.compile(rf"\b(?:the )?(square|cube) of ({_NUM})"), lambda w, a: (f"{a}**{2 if w == 'square' else 3}", (a,))),
+    (re.compile(rf"\b(?:the )?cube root of ({_NUM})"), lambda a: (f"{a}**(1/3)", (a,))),
+    (re.compile(rf"({_NUM}) (?:raised )?to the ({_NUM}) power"), lambda a, b: (f"{a}**{b}", (a, b))),
+    (re.compile(rf"({_NUM}) raised to(?: the power of)? ({_NUM})"), lambda a, b: (f"{a}**{b}", (a, b))),
+    (re.compile(rf"\b(?:the )?total of ({_NUM})((?:,? (?:and )?{_NUM})+)"), None),
     (re.compile(rf"\b(?:the )?(sum|product) of ({_NUM})((?:,? (?:and )?{_NUM})+)"), None),
     (re.compile(rf"\badd ({_NUM})((?:,? (?:and )?{_NUM})+)(?: together)?"), None),
     (re.compile(rf"({_NUM}) ?(?:%|percent|per cent) of ({_NUM})"), lambda a, b: (f"{a}*{b}/100", (a, b))),
@@ -119,6 +158,7 @@ _PHRASES = (  # (pattern, function of the numbers found) -- checked before the o
     (re.compile(rf"({_NUM}) (squared|cubed)"), None),
     (re.compile(rf"\bsquare root of ({_NUM})"), lambda a: (f"{a}**0.5", (a,))),
 )
+_SCALE = {"double": "*2", "triple": "*3", "halve": "/2"}
 _SAFE_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
              ast.Pow: operator.pow}
 
@@ -239,7 +279,7 @@ def normalise(text: str) -> Normalised:
     text = _FENCE.sub(lambda m: keep("`", m.group(1)), text.replace("’", "'"))
     text = _INLINE.sub(lambda m: keep("`", m.group(1)), text)
     text = _QUOTED.sub(lambda m: keep('"', next(g for g in m.groups() if g).lower()), text)
-    text = _numbers_as_digits(text)
+    text = _numbers_as_digits(re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text))  # 1,200 -> 1200
     text = _CHAT_RE.sub(lambda m: _CHAT[m.group(1)], text)
     text = _FILLER.sub(" ", text)
     text = _HOW_TO.sub(" how to ", text)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .textnorm import Normalised
+from .wordlists import EQUIVALENT
 
 NEGATING_PREFIXES = ("un", "dis", "non", "in", "im", "il", "ir", "de", "anti", "mis")
 SYNONYM_MIN = 0.9
@@ -44,7 +45,8 @@ LINKING = frozenset(("in", "for", "on", "about"))
 #: Ways to ask for the same kind of answer: words from one group may stand for each other and nothing else
 #: ("what is X" / "explain X" / "describe X"; "list X" / "give X" / "suggest X" / "what are X").
 FRAMES = (frozenset(("what", "explain", "describe", "define", "about")),
-          frozenset(("what", "give", "list", "suggest", "recommend", "name", "show", "provide", "share")))
+          frozenset(("what", "give", "list", "suggest", "recommend", "name", "show", "provide", "share")),
+          frozenset(("write", "compose", "draft")))
 
 
 @dataclass(slots=True)
@@ -221,8 +223,9 @@ def decide(a: Normalised, b: Normalised, al: Alignment, similarity: Callable[[st
     for i, j in mapping.items():
         seq_a[i] = b.tokens[j]
     if left_a or left_b:
-        if similarity is None or not left_a or not left_b:
+        if not left_a or not left_b:
             return _words(a, b, left_a, left_b)
+        similarity = _with_equivalences(similarity)
         spans_a, spans_b = _spans(left_a), _spans(left_b)
         if len(left_a) == len(left_b) and _synonyms(a, b, left_a, left_b, similarity, synonym_min, mapping):
             for i, j in mapping.items():
@@ -245,6 +248,16 @@ def decide(a: Normalised, b: Normalised, al: Alignment, similarity: Callable[[st
     if order_a != order_b and not _one_block_moved(order_a, order_b):
         return "order"
     return None
+
+
+def _with_equivalences(similarity: Callable[[str, str], float] | None) -> Callable[[str, str], float]:
+    """Known equivalences (British / American vocabulary, a few plain synonyms) score 1; the rest
+    what the embedder says (0 without one: then only the known equivalences pass)."""
+    def judged(x: str, y: str) -> float:
+        if (x, y) in EQUIVALENT:
+            return 1.0
+        return similarity(x, y) if similarity is not None else 0.0
+    return judged
 
 
 def _squeeze(seq: dict[int, str]) -> dict[int, str]:

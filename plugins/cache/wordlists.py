@@ -178,3 +178,58 @@ for _line in _SYNONYM_GROUPS.strip().splitlines():
     _group = set(_line.split())
     for _w in _group:
         SYNONYMS.setdefault(_w, set()).update(_group)
+
+
+
+# -- equivalences for the verifier (verify.py): pairs that say the same thing ----------------
+# A missing pair only makes a miss (the verifier refuses what it cannot explain), never a wrong hit.
+# Words as the verifier sees them: lower case, plural "s" dropped (textnorm._singular).
+
+#: British = American vocabulary (several American words separated by "|").
+_BRITISH_AMERICAN = """
+aubergine = eggplant; courgette = zucchini; lift = elevator; flat = apartment; petrol = gasoline | gas;
+nappy = diaper; trainer = sneaker; tap = faucet; biscuit = cookie; holiday = vacation; jumper = sweater;
+windscreen = windshield; film = movie; pavement = sidewalk; lorry = truck; rubbish = trash | garbage;
+dustbin = trashcan | garbage can | trash can; bin = trashcan | trash can | garbage can; queue = line;
+mobile = cellphone; mobile phone = cellphone | cell phone; postcode = zip code | zipcode;
+post code = zip code | zipcode; postman = mailman | mail carrier; crisp = chip | potato chip; chip = fry | french fry;
+sweet = candy; motorway = highway | freeway; boot = trunk; bonnet = hood; dummy = pacifier; pram = stroller;
+pushchair = stroller; cot = crib; math = maths; autumn = fall; torch = flashlight;
+wardrobe = closet; cooker = stove; hob = stovetop; mince = ground beef; minced beef = ground beef;
+coriander = cilantro; rocket = arugula; spring onion = scallion | green onion; candyfloss = cotton candy;
+ice lolly = popsicle; high street = main street;
+car park = parking lot | parking garage; petrol station = gas station; underground = subway; tube = subway;
+railway = railroad; timetable = schedule; headteacher = principal; headmaster = principal; cv = resume;
+cheque = check; estate agent = realtor | real estate agent;
+washing up liquid = dish soap; kitchen roll = paper towel; cling film = plastic wrap; clingfilm = plastic wrap;
+tin = can; hoover = vacuum; trouser = pant; waistcoat = vest; dressing gown = bathrobe | robe;
+flannel = washcloth; zip = zipper; sellotape = scotch tape; drawing pin = thumbtack;
+indicator = turn signal; number plate = license plate; roundabout = traffic circle; zebra crossing = crosswalk;
+aerial = antenna; takeaway = takeout; starter = appetizer; fizzy drink = soda; aeroplane = airplane; jug = pitcher;
+plait = braid; caster sugar = superfine sugar; icing sugar = powdered sugar;
+bicarbonate soda = baking soda; porridge = oatmeal; jacket potato = baked potato
+"""
+
+#: Words that mean the same in any question they stand in.
+_SAME = """
+sofa = couch; big = large; bigger = larger; biggest = largest; quick = fast; quicker = faster;
+quickest = fastest; begin = start; purchase = buy; kid = child; automobile = car; plane = airplane;
+made = created; maker = creator
+"""
+
+
+def _equivalences(*tables: str) -> frozenset[tuple[str, str]]:
+    out: set[tuple[str, str]] = set()
+    for table in tables:
+        for item in table.split(";"):
+            if not item.strip():
+                continue
+            left, _, right = item.partition("=")
+            x = " ".join(left.split())
+            for alt in right.split("|"):
+                y = " ".join(alt.split())
+                out.update(((x, y), (y, x)))
+    return frozenset(out)
+
+
+EQUIVALENT = _equivalences(_BRITISH_AMERICAN, _SAME)
