@@ -1,6 +1,6 @@
 """The cache's own costs, measured in-process: what a hit saves and what a miss adds.
 
-    .venv/bin/python -m benchmarks.cache_bench [--embedder local] [--requests 200] [--json out.json]
+    .venv/bin/python -m benchmarks.cache_bench [--embedder lexical|local] [--requests 200] [--json out.json]
 
 The per-step breakdown. The end-to-end numbers (exact hit, semantic hit, miss
 against the full stack without a cache, in separate pinned processes) are part
@@ -77,7 +77,9 @@ def parts(embedder_kind: str) -> dict:
     emb.load()
     out["embedder_load_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    stage = SecondStage("verify", embedder=emb)
+    words = emb if embedder_kind == "local" else make_embedder("local")  # the synonym judge, as in the plugin
+    words.load()
+    stage = SecondStage("verify", embedder=words)
     out["verifier_load_s"] = time.perf_counter() - t0
     out["describe_us"] = _time(lambda: stage.describe(forms.guard_text), 2000)
     stored = stage.describe("Could you tell me the capital city of France, and what it is famous for?")
@@ -183,7 +185,7 @@ async def _main(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--embedder", default="local", choices=["local", "wordllama", "hashing"])
+    p.add_argument("--embedder", default="lexical", choices=["lexical", "local", "wordllama", "hashing"])
     p.add_argument("--requests", type=int, default=100)
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)

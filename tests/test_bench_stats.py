@@ -184,3 +184,5 @@ def test_a_cache_target_is_skipped_when_its_embedder_cannot_load():
     assert missing_embedder_modules({"plugins": {"cache": {"semantic": False}}}) == []
     assert missing_embedder_modules({"plugins": {"cache": {"embedder": "hashing"}}}) == []  # numpy: a test dep
     assert set(missing_embedder_modules({"plugins": {"cache": {"embedder": "wordllama"}}})) <= {"wordllama"}
+    # the default retrieval needs no model; its synonym judge needs MiniLM (the 'cache' extra)
+    assert missing_embedder_modules({"plugins": {"cache": {"semantic": True, "synonyms": False}}}) == []

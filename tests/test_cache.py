@@ -6,6 +6,7 @@ meaning use the default ``local`` MiniLM embedder.
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import aiohttp
@@ -20,14 +21,30 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 def cache_config(upstream: str, **options) -> dict:
     config = base_config(upstream)
-    config["plugins"] = {"enabled": ["cache"], "cache": {"embedder": "hashing", "semantic": True, **options}}
+    config["plugins"] = {"enabled": ["cache"], "cache": {"embedder": "hashing", "semantic": True,
+                                                         "synonyms": options.get("embedder") == "local", **options}}
     return config
 
 
 async def post(running, body: dict, headers: dict | None = None, key: str = "k") -> tuple[int, dict, dict]:
+    """One request; then wait until its answer, if stored, has joined its bucket (a model embeds it in
+    the background, after the client has the answer)."""
     async with aiohttp.ClientSession() as s, s.post(f"{running.url}/chat/completions", json=body,
                                                     headers={"Authorization": f"Bearer {key}", **(headers or {})}) as r:
-        return r.status, dict(r.headers), await r.json()
+        answer = r.status, dict(r.headers), await r.json()
+    await settled(running)
+    return answer
+
+
+async def settled(running) -> None:
+    """Wait until the calls in flight have settled (the cache stores in ``tollway_settle``, after the
+    client has the answer) and every stored answer has joined its bucket."""
+    handlers = list(running.gw.inflight.calls)
+    if handlers:
+        await asyncio.wait(handlers)
+    plugin = cache_plugin(running)
+    if plugin is not None:
+        await plugin.joined()
 
 
 async def upstream_stats(mock_upstream) -> dict:
@@ -182,6 +199,43 @@ async def test_upstream_embedder_goes_through_the_providers(start_gateway, mock_
     assert headers["x-tollway-cache"] == "MISS" and headers["x-tollway-cache-veto"] == "words"
     stats = await upstream_stats(mock_upstream)
     assert stats["requests"] == 2 + 3  # two chat completions, three embeddings
+
+
+async def test_a_miss_into_an_empty_bucket_goes_upstream_before_anything_is_embedded(start_gateway, mock_upstream):
+    config = cache_config(mock_upstream.url, embedder="upstream", embedding_model="emb")
+    config["models"]["emb"] = {"provider": "up", "model": "text-embedding-mock", "price": {"input": 0, "output": 0}}
+    running = await start_gateway(config)
+    plugin = cache_plugin(running)
+    upstream_requests_when_embedding = []  # chat completions and embeddings the mock had seen
+    embed = plugin._embed
+
+    async def spy(forms):
+        upstream_requests_when_embedding.append((await upstream_stats(mock_upstream))["requests"])
+        return await embed(forms)
+
+    plugin._embed = spy
+    _, headers, _ = await post(running, ask("Why is the sky blue?"))
+    assert headers["x-tollway-cache"] == "MISS"
+    assert upstream_requests_when_embedding == [1]  # embedded to be stored, after the upstream answered
+    _, headers, _ = await post(running, ask("Hey, why is the sky blue?"))  # now the bucket has a neighbour
+    assert headers["x-tollway-cache"] == "SEMANTIC-HIT"
+    assert upstream_requests_when_embedding == [1, 2]  # the lookup embeds it: one chat, one embedding before
+
+
+async def test_the_default_retrieval_needs_no_model(start_gateway, mock_upstream):
+    config = cache_config(mock_upstream.url, synonyms=False)
+    del config["plugins"]["cache"]["embedder"]  # the default: lexical
+    running = await start_gateway(config)
+    plugin = cache_plugin(running)
+    assert plugin.options.embedder == "lexical" and plugin.words is None
+    await post(running, {"model": "up", "messages": QUESTION})
+    paraphrase = [{"role": "user", "content": "hey, what's the captial of France please?"}]
+    _, headers, _ = await post(running, {"model": "up", "messages": paraphrase})
+    assert headers["x-tollway-cache"] == "SEMANTIC-HIT"
+    _, headers, _ = await post(running, {"model": "up", "messages": [{"role": "user", "content":
+                                                                      "What is the capital of Spain?"}]})
+    assert headers["x-tollway-cache"] == "MISS" and headers["x-tollway-cache-veto"] == "words"
+    assert (await upstream_stats(mock_upstream))["requests"] == 2
 
 
 # -- client controls ------------------------------------------------------------------

@@ -275,3 +275,20 @@ def test_long_prompts_are_matched_exactly_only():
     assert request_forms(body("A short question?"), "m").semantic_ok
     huge_history = [m for i in range(400) for m in ("question " * 10, {"role": "assistant", "content": "answer " * 10})]
     assert not request_forms(body(*huge_history, "and then?"), "m").semantic_ok
+
+
+# -- the lexical retrieval ----------------------------------------------------------------
+
+def test_lexical_vectors_find_what_the_verifier_can_explain():
+    from plugins.cache.embedders import LexicalEmbedder
+
+    emb = LexicalEmbedder()
+    texts = ["What is the capital of France?", "hey whats the captial of france please",
+             "What is the capital of Spain?", "How do I bake sourdough bread?", ""]
+    v = emb.embed_sync(texts)
+    assert v.shape == (5, emb.dim) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v[:4], axis=1), 1.0, atol=1e-5) and not v[4].any()
+    sims = v[1] @ v[:4].T
+    assert sims[0] > sims[2] > sims[3]  # the typo'd paraphrase is nearest its original
+    assert np.array_equal(v, LexicalEmbedder().embed_sync(texts))  # stable (crc32): persisted vectors stay valid
+

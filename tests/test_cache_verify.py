@@ -105,3 +105,16 @@ def test_normalised_forms():
     assert normalise('Fix this: "x  = 1"').tokens == ("fix", "this", '"x = 1"')
     assert normalise("Who won in 2016?").tenses == frozenset()
     assert normalise("Who will win in 2016?").tenses == {"future"}
+
+
+def test_on_the_loop_only_memoised_words_are_used():
+    from plugins.cache.matcher import NeedsWords
+
+    stage = SecondStage("verify", embedder=make_embedder("local"))
+    a, b = stage.describe("How do I keep cheese fresh in the fridge?"), \
+        stage.describe("How do I keep cheese fresh in the refrigerator?")
+    with pytest.raises(NeedsWords):
+        stage.refusal(a, b, may_embed=False)
+    assert stage.refusal(a, b) is None  # in the worker thread: embeds and memoises the two words
+    assert stage.refusal(a, b, may_embed=False) is None
+

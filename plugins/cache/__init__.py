@@ -37,9 +37,9 @@ from proxy.provider import PROMPT_CACHE
 
 from .capture import StreamCapture
 from .controls import Controls, parse_controls
-from .embedders import EmbedderUnavailable, EmbeddingService, make_embedder
+from .embedders import EmbedderUnavailable, EmbeddingService, LexicalEmbedder, MiniLMEmbedder, make_embedder
 from .keys import RequestForms, request_forms
-from .matcher import SecondStage
+from .matcher import NeedsWords, SecondStage
 from .options import CacheOptions
 from .persist import Persistence
 from .store import CacheStore, Entry
@@ -75,6 +75,8 @@ class Plugin:
         self.options = CacheOptions()
         self.store = CacheStore()
         self.embeddings: EmbeddingService | None = None
+        self.words: EmbeddingService | None = None  # the synonym judge's model and thread (verify)
+        self._joining: set[asyncio.Task] = set()  # stored answers being embedded to join their bucket
         self.persistence: Persistence | None = None
         self.embedder_name = ""
         self.stage = SecondStage("none")
@@ -100,7 +102,20 @@ class Plugin:
                 await self.embeddings.start()
             except EmbedderUnavailable as exc:
                 raise ConfigError(f"plugins.cache.embedder: {exc}") from None
-            self.stage = SecondStage(opts.check, tuple(opts.guards), opts.synonym_min, embedder)
+            words = None
+            if opts.check == "verify" and opts.synonyms:
+                if isinstance(embedder, MiniLMEmbedder):  # one model, one thread for both
+                    words, self.words = embedder, self.embeddings
+                else:
+                    words = MiniLMEmbedder()
+                    self.words = EmbeddingService(words)
+                    try:
+                        await self.words.start()
+                    except EmbedderUnavailable as exc:
+                        raise ConfigError(f"plugins.cache.synonyms: {exc} (or synonyms: false)") from None
+            self.stage = SecondStage(opts.check, tuple(opts.guards), opts.synonym_min, words)
+            if isinstance(embedder, LexicalEmbedder):
+                self.stage.normalise = embedder.normalised
         if opts.persist:
             self.persistence = Persistence(gateway.store, self.store, self.embedder_name,
                                            describe=self.stage.describe)
@@ -112,9 +127,14 @@ class Plugin:
         return self.stop()
 
     async def stop(self) -> None:
+        for task in list(self._joining):
+            task.cancel()
+        await asyncio.gather(*list(self._joining), return_exceptions=True)
         if self.persistence is not None:
             await self.persistence.close()
             self.persistence = None
+        if self.words is not None and self.words is not self.embeddings:
+            self.words.close()
         if self.embeddings is not None:
             self.embeddings.close()
 
@@ -171,9 +191,9 @@ class Plugin:
             entry = self.store.get_exact(scope, forms.exact)
             if entry is not None:
                 return self._hit(call, state, entry, "HIT", None)
-        if semantic and controls.semantic:
-            # Embedded now even when the bucket is empty: the vector is needed to store the answer,
-            # and storing must not wait on the embedder (back-to-back requests would miss).
+        if semantic and controls.semantic and self.store.has_neighbours(scope, forms.bucket):
+            # An empty bucket has nothing to find: the miss goes upstream at once, and the answer is
+            # embedded when it is stored (tollway_settle, after the client has it).
             vectors = await self._embed(forms)
             if vectors is not None:
                 state.vectors = vectors
@@ -189,10 +209,14 @@ class Plugin:
         self._status(call, "MISS")
         return None
 
-    async def _judge(self, new, candidates):
-        """The second stage, in the embedder's thread when it may embed words (never on the loop)."""
-        if self.stage.needs_thread():
-            return await self.embeddings.run(self.stage.judge, new, candidates)
+    async def _judge(self, new: Any, candidates: list) -> tuple[Any, str | None]:
+        """The second stage: here with the memoised word vectors; in the word model's thread (never on
+        the loop) when a verdict needs a word it has not embedded yet."""
+        if self.stage.needs_thread() and self.words is not None:
+            try:
+                return self.stage.judge(new, candidates, may_embed=False)
+            except NeedsWords:
+                return await self.words.run(self.stage.judge, new, candidates)
         return self.stage.judge(new, candidates)
 
     async def _embed(self, forms: RequestForms) -> list[np.ndarray] | None:
@@ -250,19 +274,40 @@ class Plugin:
         ttl = state.controls.ttl if state.controls.ttl is not None else self.options.ttl
         entry = Entry(state.scope, forms.exact, forms.bucket, body, usage, now, now + ttl, forms.query,
                       forms.context, forms.guard_text)
-        vectors = state.vectors
-        if state.semantic and vectors is None:
-            # Not embedded at lookup (no_cache, or exact-only asked): serve exact hits at once, join the
-            # bucket when embedded.
+        if state.semantic and state.vectors is None:
+            # Not embedded at lookup (an empty bucket, no_cache, or exact-only asked): serve exact hits at
+            # once, join the bucket when embedded -- in the background when the embedder is a model, so
+            # the request's handler (and the next request on its connection) never waits for it.
             self.store.put(entry)
-            vectors = await self._embed(forms)
-            if vectors is None or self.store.entries.get(entry.key) is not entry:
+            if self.embeddings is not None and self.embeddings.embedder.in_thread:
+                task = asyncio.get_running_loop().create_task(self._join_bucket(entry, state))
+                self._joining.add(task)
+                task.add_done_callback(self._joining.discard)
                 return entry
-        if state.semantic and vectors is not None:
-            entry.query_vec = vectors[0]
-            entry.context_vec = vectors[1] if forms.context else None
-            entry.features = state.features if state.features is not None else self.stage.describe(forms.guard_text)
+            await self._join_bucket(entry, state)
+            return entry
+        if state.semantic and state.vectors is not None:
+            self._with_vectors(entry, state, state.vectors)
         self.store.put(entry)
         if self.persistence is not None:
             self.persistence.saved(entry)
         return entry
+
+    async def _join_bucket(self, entry: Entry, state: CallState) -> None:
+        vectors = await self._embed(state.forms)
+        if vectors is None or self.store.entries.get(entry.key) is not entry:
+            return  # no vectors: it stays exact-only; gone (evicted, replaced) meanwhile: nothing to do
+        self._with_vectors(entry, state, vectors)
+        self.store.put(entry)
+        if self.persistence is not None:
+            self.persistence.saved(entry)
+
+    def _with_vectors(self, entry: Entry, state: CallState, vectors: list[np.ndarray]) -> None:
+        entry.query_vec = vectors[0]
+        entry.context_vec = vectors[1] if state.forms.context else None
+        entry.features = state.features if state.features is not None else self.stage.describe(state.forms.guard_text)
+
+    async def joined(self) -> None:
+        """Wait until every answer stored so far has joined its bucket (tests, shutdown)."""
+        while self._joining:
+            await asyncio.gather(*list(self._joining), return_exceptions=True)

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,10 @@ def load_vocabulary(path: Path = VOCABULARY) -> frozenset[str]:
         return frozenset(w for w in (line.strip() for line in f) if w.isalpha())
 
 
+class NeedsWords(Exception):
+    """A verdict needs a word vector that is not memoised (judge it in the embedder's thread)."""
+
+
 class SecondStage:
     def __init__(self, kind: str = "verify", guards: tuple[str, ...] = ALL_GUARDS,
                  synonym_min: float = SYNONYM_MIN, embedder: Embedder | None = None,
@@ -48,11 +53,13 @@ class SecondStage:
         self.vocabulary = load_vocabulary() if kind == "verify" else frozenset()
         self._words: OrderedDict[str, np.ndarray] = OrderedDict()
         self._word_memo = word_memo
+        #: text -> Normalised; the plugin hands in the lexical retrieval's memoised one (same texts)
+        self.normalise: Callable[[str], Normalised] = normalise
 
     def describe(self, text: str) -> Any:
         """What this stage compares of one conversation (computed once, kept on the entry)."""
         if self.kind == "verify":
-            return normalise(text)
+            return self.normalise(text)
         if self.kind == "guards":
             return features(text)
         return None
@@ -61,17 +68,21 @@ class SecondStage:
         """True when judging may run the embedder (so it belongs in the embedder's worker thread)."""
         return self.kind == "verify" and self.embedder is not None
 
-    def judge(self, new: Any, candidates: list[Candidate]) -> tuple[Candidate | None, str | None]:
-        """The first candidate that may be served, or None and the first refusal's reason."""
+    def judge(self, new: Any, candidates: list[Candidate],
+              may_embed: bool = True) -> tuple[Candidate | None, str | None]:
+        """The first candidate that may be served, or None and the first refusal's reason.
+
+        ``may_embed=False`` (on the event loop): only memoised word vectors are used; a verdict
+        that needs a new one raises ``NeedsWords`` (judge again in the embedder's thread)."""
         refusal = None
         for entry, sim in candidates:
-            reason = self.refusal(entry.features, new)
+            reason = self.refusal(entry.features, new, may_embed)
             if reason is None:
                 return (entry, sim), None
             refusal = refusal or reason
         return None, refusal
 
-    def refusal(self, stored: Any, new: Any) -> str | None:
+    def refusal(self, stored: Any, new: Any, may_embed: bool = True) -> str | None:
         """Why the answer stored for ``stored`` may not answer ``new`` (None: it may)."""
         if self.kind == "none":
             return None
@@ -82,11 +93,19 @@ class SecondStage:
         if not (isinstance(stored, Normalised) and isinstance(new, Normalised)):
             return "unchecked"
         al = align(stored, new, self.vocabulary)
-        similarity = self._similarity if self.embedder is not None else None
+        similarity = None
+        if self.embedder is not None:
+            similarity = self._similarity if may_embed else self._memoised_similarity
         return decide(stored, new, al, similarity, self.synonym_min)
 
     def _similarity(self, x: str, y: str) -> float:
         vx, vy = self._vector(x), self._vector(y)
+        return float(vx @ vy)
+
+    def _memoised_similarity(self, x: str, y: str) -> float:
+        vx, vy = self._words.get(x), self._words.get(y)  # read-only: the worker thread may be writing
+        if vx is None or vy is None:
+            raise NeedsWords(x if vx is None else y)
         return float(vx @ vy)
 
     def _vector(self, word: str) -> np.ndarray:

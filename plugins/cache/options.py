@@ -13,6 +13,14 @@ from .verify import SYNONYM_MIN
 
 #: The embedding threshold each second stage was measured with (README.md, "Measurements").
 DEFAULT_THRESHOLDS = {"verify": 0.5, "guards": 0.88, "none": 0.88}
+#: ... and with the lexical retrieval (the default embedder), which only finds candidates for ``verify``.
+LEXICAL_THRESHOLD = 0.3
+
+
+def default_threshold(check: str, embedder: str) -> float:
+    if embedder == "lexical" and check == "verify":
+        return LEXICAL_THRESHOLD
+    return DEFAULT_THRESHOLDS[check]
 
 
 @dataclass(frozen=True)
@@ -30,14 +38,20 @@ class CacheOptions:
     semantic_models: list[str] = field(default_factory=list)
     #: Models that stay exact-only even with ``semantic: true`` (code models, say). Wins over semantic_models.
     exact_only_models: list[str] = field(default_factory=list)
-    embedder: Literal["local", "upstream", "wordllama", "hashing"] = "local"
+    #: How candidates are found: ``lexical`` (the verifier's normalised tokens, hashed: no model),
+    #: ``local`` (MiniLM sentence embeddings), ``upstream``, ``wordllama``, ``hashing``.
+    embedder: Literal["lexical", "local", "upstream", "wordllama", "hashing"] = "lexical"
     #: For ``embedder: upstream``: a model name from ``models:`` that serves embeddings.
     embedding_model: str | None = None
     #: What a neighbour must pass before it is served: ``verify`` (every difference explained),
     #: ``guards`` (the older word-list guards) or ``none`` (the threshold alone).
     check: Literal["verify", "guards", "none"] = "verify"
-    #: Cosine similarity at or above which a neighbour is a candidate (default: 0.5 with verify, else 0.88).
+    #: Cosine similarity at or above which a neighbour is a candidate (default: 0.3 with verify and the
+    #: lexical embedder, 0.5 with verify and another, else 0.88).
     threshold: float | None = None
+    #: ``verify``: judge leftover words as synonyms with MiniLM (loaded at start-up, run in a worker
+    #: thread, memoised); false: only the equivalence table (no model at all with ``embedder: lexical``).
+    synonyms: bool = True
     #: ``verify``: cosine of two words' own embeddings at or above which they count as synonyms.
     synonym_min: float = SYNONYM_MIN
     #: ``check: guards``: which guards run.
@@ -76,7 +90,7 @@ class CacheOptions:
     def __post_init__(self) -> None:
         where = "plugins.cache"
         if self.threshold is None:
-            object.__setattr__(self, "threshold", DEFAULT_THRESHOLDS[self.check])
+            object.__setattr__(self, "threshold", default_threshold(self.check, self.embedder))
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"{where}.threshold: expected a number in (0, 1], got {self.threshold}")
         if not 0.0 < self.synonym_min <= 1.0:

@@ -117,6 +117,11 @@ class CacheStore:
         self.entries.move_to_end(key)
         return entry
 
+    def has_neighbours(self, scope: str, bucket: str) -> bool:
+        """Does the (scope, bucket) hold any entry with vectors (anything a semantic lookup could find)?"""
+        b = self.buckets.get((scope, bucket))
+        return b is not None and bool(b.keys)
+
     def candidates(self, scope: str, bucket: str, q: np.ndarray, c: np.ndarray | None, threshold: float,
                    limit: int = 4) -> tuple[list[tuple[Entry, float]], float]:
         """Up to ``limit`` live entries at or above ``threshold``, most similar first; and the best similarity."""
