@@ -47,6 +47,9 @@ def refusal(stage: SecondStage, a: str, b: str) -> str | None:
     ("What is the boiling point of ethanol?", "At what temperature does ethanol boil?"),
     ("How do I turn on Bluetooth?", "How do I enable Bluetooth?"),
     ("Write a haiku about autumn.", "Compose a haiku about autumn."),
+    ("I would appreciate it if you could tell me the boiling point of water.", "What is the boiling point of water?"),
+    ("When is the best time to visit Kyoto?", "What is the best time to visit Kyoto?"),
+    ("Does the iRobot Roomba work on carpet?", "Does the Roomba work on carpet?"),  # a maker with a capital inside
 ])
 def test_paraphrases_are_explained(stage, a, b):
     assert refusal(stage, a, b) is None
@@ -75,6 +78,10 @@ def test_paraphrases_are_explained(stage, a, b):
     ("What causes migraines?", "What cures migraines?", "words"),
     ("Explain quantum computing in simple terms.", "Explain quantum computing in technical terms.", "words"),
     ("How do I clean a toilet?", "How do I clean a bathroom?", "words"),  # not in the vocabulary table
+    ("What is the capital of Italy?", "Describe the capital of Italy.", "words"),  # a name, not a description
+    ("What is the capital of France?", "Tell me about the capital of France.", "words"),
+    ("Tell me the population of Japan.", "Tell me about the population of Japan.", "words"),
+    ("What is the population of New York?", "What is the population of York?", "words"),
     ("What does `git reset --soft HEAD~1` do?", "What does `git reset --hard HEAD~1` do?", "words"),  # code
     ("Explain gravity to a child.", "Explain gravity to a physicist.", "words"),  # audience
 ])

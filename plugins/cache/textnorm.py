@@ -45,6 +45,8 @@ _FILLER = re.compile(
     r"|(?:i am|i'm|just) curious|out of curiosity|i was wondering(?: if you could tell me)?"
     r"|i(?:'d| would) like to know|i (?:need|want) to know|(?:can|could|would|will) you(?: please)?(?: kindly)?"
     r"(?: help me)?(?: tell me| let me know)?|tell me|help me)\b[,:!.]?")
+_TELL_ME_THE = re.compile(r"\btell me the\b")
+_WHAT_IS_THE = re.compile(r"\b(what(?: is|'s| are| was| were)) the\b")
 _HOW_TO = re.compile(r"\bhow (?:do|can|could|should|would|might) (?:i|you|we|one)\b|\bwhat(?: is|'s) the way to\b")
 #: Same question, other words: "explain how X works" asks "how does X work"; "which" is "what"; "what year" "when".
 _FRAMES = ((re.compile(r"\b(?:explain|describe)(?: to me)? (?=(?:what|how|why|when|where|who|which)\b)"), ""),
@@ -71,7 +73,13 @@ _CONSTRUCTIONS = (
     # "what is the meaning of (the word) X" / "what does X mean"
     (re.compile(r"\bwhat(?: is|'s) the meaning of(?: the word)?\b"), "what mean"),
     (re.compile(r"\bwhat (?:does|do) (.+?) mean\b"), r"what mean \1"),
+    (re.compile(r"\bhow many people live there\b"), "what population"),
     (re.compile(r"\bhow many people live in\b"), "what population"),
+    # "what is she famous for" / "what is she best known for"; "the capital city of X" / "the capital of X"
+    (re.compile(r"\b(?:best |most |well |mainly )?known for\b"), "famous for"),
+    (re.compile(r"\bcapital city\b"), "capital"),
+    # "when is the best time to X" / "what is the best time to X"
+    (re.compile(r"\bwhen(?: is|'s) the (best|worst|right|ideal) time\b"), r"what is the \1 time"),
     (re.compile(r"\bwhat(?: is| are)?(?: the)? number of\b"), "how many"),
     # "how long is it" / "what is its length" (how long *does it take* is another question)
     (re.compile(r"\bhow long (is|are|was|were)\b"), r"what length \1"),
@@ -172,6 +180,7 @@ class Normalised:
     operands: frozenset[str]  # the numbers of the arithmetic, if any
     names: frozenset[str] = frozenset()  # words written capitalised inside a sentence (Samsung, Galaxy)
     brands: frozenset[str] = frozenset()  # words with a capital inside (AirPods, iPad, MacBook)
+    definite: bool = False  # asks "what is the ...": a name or a value, not a description
 
 
 def _evaluate(expr: str) -> float | None:
@@ -281,10 +290,14 @@ def normalise(text: str) -> Normalised:
     text = _QUOTED.sub(lambda m: keep('"', next(g for g in m.groups() if g).lower()), text)
     text = _numbers_as_digits(re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text))  # 1,200 -> 1200
     text = _CHAT_RE.sub(lambda m: _CHAT[m.group(1)], text)
+    text = _TELL_ME_THE.sub("what is the", text)  # "tell me the capital of X" asks "what is the capital of X"
     text = _FILLER.sub(" ", text)
     text = _HOW_TO.sub(" how to ", text)
     for pattern, repl in _FRAMES + _CONSTRUCTIONS:
         text = pattern.sub(repl, text)
+    # "what is the capital of Italy" asks for a name, "describe the capital of Italy" for a description:
+    # a definite question is marked, and never passes for "explain / describe" (the verifier's frames)
+    definite = bool(_WHAT_IS_THE.search(text))
     text, operands = _arithmetic(text)
     text = re.sub(r"%|\bper cent\b", " percent ", text)
     tokens: list[str] = []
@@ -313,7 +326,7 @@ def normalise(text: str) -> Normalised:
         framed = [t for t in tokens if t not in _ARITH_FRAME]
         if all(t.startswith("=") for t in framed):
             tokens = framed
-    return Normalised(tuple(tokens), frozenset(tenses), frozenset(operands), *_names(original))
+    return Normalised(tuple(tokens), frozenset(tenses), frozenset(operands), *_names(original), definite=definite)
 
 
 _NAME = re.compile(r"(?<![.?!:\n]\s)(?<!^)(?<![\w'])([A-Z][A-Za-z]*|[a-z]+[A-Z][A-Za-z]*)(?![a-z])(\d?)")

@@ -44,7 +44,7 @@ SPELLING_BONUS = 0.1
 LINKING = frozenset(("in", "for", "on", "about"))
 #: Ways to ask for the same kind of answer: words from one group may stand for each other and nothing else
 #: ("what is X" / "explain X" / "describe X"; "list X" / "give X" / "suggest X" / "what are X").
-FRAMES = (frozenset(("what", "explain", "describe", "define", "about")),
+FRAMES = (frozenset(("what", "explain", "describe", "define")),
           frozenset(("what", "give", "list", "suggest", "recommend", "name", "show", "provide", "share")),
           frozenset(("write", "compose", "draft")))
 
@@ -161,8 +161,8 @@ def _maker_named(n: Normalised, left: list[int], matched: set[int]) -> bool:
         while k < len(toks) and k in matched and (toks[k] in n.names or toks[k].startswith("#")):
             run.append(toks[k])
             k += 1
-        if not run or not (len(run) >= 2 or run[0] in n.brands):
-            return False
+        if not run or not (len(run) >= 2 or run[0] in n.brands or toks[i] in n.brands):
+            return False  # one plain capitalised word after it: "New York" / "York" is not a maker's name
     return True
 
 
@@ -204,7 +204,8 @@ def decide(a: Normalised, b: Normalised, al: Alignment, similarity: Callable[[st
             del seq_b[j]
         left_a, left_b = [], []
     words_a, words_b = {a.tokens[i] for i in left_a}, {b.tokens[j] for j in left_b}
-    if left_a and left_b and any(words_a | words_b <= f for f in FRAMES) and words_a != words_b:
+    if left_a and left_b and words_a != words_b and any(
+            words_a | words_b <= f and not (f is FRAMES[0] and (a.definite or b.definite)) for f in FRAMES):
         for i in left_a:
             seq_a[i] = "§frame"
         for j in left_b:
