@@ -21,7 +21,7 @@ from proxy import Call, Gateway, ProxyError, hookimpl
 
 from .accounts import ACCOUNTS, Accounts, KeyRecord
 from .accounts.admin import AdminKeys
-from .accounts.book import check_config
+from .accounts.checks import check_config
 from .accounts.http import authenticate
 from .accounts.options import AuthOptions, KeyConfig
 

@@ -38,11 +38,15 @@ from aiohttp import web
 from proxy import Call, Gateway, ProxyError, StateKey, hookimpl, json_response
 
 from .accounts import ACCOUNTS, Account, Accounts, KeyRecord
-from .accounts.book import check_config
+from .accounts.admin_accounts import AdminAccounts
+from .accounts.budgets import BudgetHold, BudgetKeeper
+from .accounts.checks import check_config
+from .accounts.counters import COUNTERS
 from .accounts.estimate import output_bound, prompt_bound
 from .accounts.http import authenticate
 from .accounts.money import MICRO, PriceBook, format_usd, multiplier_ppm
-from .accounts.options import QuotasOptions
+from .accounts.options import AccountConfig, BillingOptions, QuotasOptions
+from .accounts.periods import Calendar, zone
 from .accounts.units import check_units, unit_bound
 from .accounts.views import account_view
 
@@ -53,6 +57,7 @@ class Reservation:
 
     account: Account
     amount: int  # micro-USD held
+    budget: BudgetHold | None = None  # what it holds against budgets (the same amount)
     charged: int = 0  # micro-USD taken at settle (the ledger records it)
     open: bool = True
 
@@ -66,6 +71,7 @@ class Plugin:
         self.gateway: Gateway | None = None
         self.accounts: Accounts | None = None
         self.prices: PriceBook | None = None
+        self.budgets: BudgetKeeper | None = None
         self.default_cap = 4096
 
     @hookimpl
@@ -74,7 +80,8 @@ class Plugin:
 
     @hookimpl
     def tollway_config_schema(self) -> dict:
-        return {"plugins.quotas": QuotasOptions}
+        return {"plugins.quotas": QuotasOptions, "accounts": dict[str, AccountConfig] | None,
+                "billing": BillingOptions | None}
 
     @hookimpl
     def tollway_startup(self, gateway: Gateway):
@@ -84,7 +91,11 @@ class Plugin:
         self.gateway = gateway
         self.prices = PriceBook(gateway.config.models)
         self.default_cap = (gateway.config.section("plugins.quotas") or QuotasOptions()).default_max_tokens
-        self.accounts = await gateway.services.open(ACCOUNTS)
+        self.accounts = accounts = await gateway.services.open(ACCOUNTS)
+        billing = gateway.config.section("billing") or BillingOptions()
+        counters = await gateway.services.open(COUNTERS)
+        self.budgets = accounts.budgets = BudgetKeeper(accounts, counters, Calendar(zone(billing.timezone)))
+        await self.budgets.load_seeds()
 
     @hookimpl
     async def tollway_admit(self, call: Call) -> None:
@@ -92,6 +103,9 @@ class Plugin:
         if not isinstance(key, KeyRecord) or call.route is None:
             return
         acc = self.accounts.account_of(key)
+        if acc.policy.suspended:
+            raise ProxyError(402, f"the account {acc.id!r} of this key is suspended; ask the operator to "
+                                  "reinstate it", code="account_suspended")
         prompt, output = prompt_bound(call), output_bound(call, self.default_cap)
         table = self.prices.of(call.route)
         amount = None
@@ -111,7 +125,12 @@ class Plugin:
                 402, f"insufficient credits: this request needs up to ${format_usd(amount)} ({what}) "
                      f"and the key's account has ${format_usd(max(acc.available, 0))} left{held}; "
                      "ask the operator to top it up", code="insufficient_credits")
-        call.state[RESERVATION] = Reservation(acc, amount)
+        try:
+            budget = await self.budgets.hold(key, acc, amount)
+        except BaseException:
+            self.accounts.release(acc, amount)
+            raise
+        call.state[RESERVATION] = Reservation(acc, amount, budget)
 
     @hookimpl(tryfirst=True)
     async def tollway_settle(self, call: Call) -> None:
@@ -119,7 +138,12 @@ class Plugin:
         if hold is None or not hold.open:
             return
         hold.open = False
-        hold.charged = self.accounts.settle(hold.account, hold.amount, self._cost(call, hold))
+        cost = self._cost(call, hold)
+        if hold.budget is None:
+            hold.charged = self.accounts.settle(hold.account, hold.amount, cost)
+        else:  # a budget is a hard cap: never take more than was held against it
+            hold.charged = self.accounts.settle(hold.account, hold.amount, min(cost, hold.amount))
+            self.budgets.settle(hold.budget, hold.charged)
 
     def _cost(self, call: Call, hold: Reservation) -> int:
         usage = call.billing.usage
@@ -140,14 +164,16 @@ class Plugin:
         if hold is not None and hold.open:
             hold.open = False
             self.accounts.release(hold.account, hold.amount)
+            if hold.budget is not None:
+                self.budgets.release(hold.budget)
 
     @hookimpl
     def tollway_routes(self, gateway: Gateway) -> list:
-        return [web.get("/v1/credits", self.credits)]
+        return [web.get("/v1/credits", self.credits), *AdminAccounts(gateway).routes()]
 
     async def credits(self, request: web.Request) -> web.Response:
         """The calling key's credit account, in USD (and micro-USD)."""
         key = authenticate(self.accounts, request)
         acc = self.accounts.account_of(key)
         return json_response({"object": "credits", "key": {"id": key.id, "name": key.name, "prefix": key.prefix},
-                              **account_view(acc)})
+                              **account_view(acc), "budgets": self.accounts.budget_status(key)})

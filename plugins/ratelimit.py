@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from proxy import Call, Gateway, ProxyError, StateKey, hookimpl
 
 from .accounts import ACCOUNTS, KeyRecord
-from .accounts.book import check_config
+from .accounts.checks import check_config
 from .accounts.counters import COUNTERS, Counters, MemoryCounters
 from .accounts.estimate import tokens_estimate
 from .accounts.gcra import EPS, Plan, Rule, put_headers

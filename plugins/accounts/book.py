@@ -25,17 +25,22 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from proxy.schema import ConfigError, StartRefused, suggest
-
 from . import db
+from .checks import check_config, claim_store, config_record
 from .keys import display_prefix, hash_key, new_id, new_key
-from .model import Account, KeyRecord, Limits
-from .money import MoneyError, usd_to_micro
-from .options import NAME_RE, AuthOptions, KeyConfig, LedgerOptions, parse_time
+from .model import NO_BUDGETS, NO_POLICY, Account, AccountPolicy, Budgets, KeyRecord, Limits
+from .money import usd_to_micro
+from .options import AuthOptions, LedgerOptions
 from .writer import Writer
 
 if TYPE_CHECKING:
     from proxy import Gateway
+
+    from .budgets import BudgetKeeper
+
+
+class AccountExists(ValueError):
+    pass
 
 
 class Accounts:
@@ -51,6 +56,8 @@ class Accounts:
         self.version = 0
         # Serialises what must not interleave: the writer's flush, reloads and admin changes.
         self.lock = asyncio.Lock()
+        # The budget keeper (budgets.py), attached by the quotas plugin when it starts.
+        self.budgets: BudgetKeeper | None = None
         ledger = self.config.section("plugins.ledger") or LedgerOptions()
         auth = self.config.section("plugins.auth") or AuthOptions()
         self.writer = Writer(self, ledger.flush_ms / 1000, ledger.batch_rows, auth.poll_ms / 1000)
@@ -61,6 +68,7 @@ class Accounts:
         if self.gateway.serving:
             await claim_store(self.store)
         await db.create_tables(self.store)
+        await self.sync_config_accounts()
         await self.sync_config_keys()
         await self.reload()
         self.writer.start()
@@ -97,6 +105,8 @@ class Accounts:
             acc.balance = fresh.balance + dbal
             acc.spent = fresh.spent + dspent
             acc.unlimited = fresh.unlimited
+            acc.policy = fresh.policy
+            acc.source = fresh.source
 
     # -- the hot path -----------------------------------------------------------------
     def key_for(self, key: str) -> KeyRecord | None:
@@ -171,7 +181,8 @@ class Accounts:
     async def create_key(self, *, name: str, credits: int | None, account: str | None = None,
                          models: list[str] | None = None, limits: Limits | None = None,
                          expires_at: float | None = None, disabled: bool = False,
-                         metadata: dict[str, Any] | None = None) -> tuple[KeyRecord, str]:
+                         metadata: dict[str, Any] | None = None,
+                         budgets: Budgets = NO_BUDGETS) -> tuple[KeyRecord, str]:
         """A new key (and its account, unless it joins an existing one); the
         plain key is returned here and never again. ``credits`` is micro-USD
         (None: unmetered); joining an existing account tops it up by it."""
@@ -181,7 +192,7 @@ class Accounts:
         record = KeyRecord(id=kid, name=name, hash=hash_key(plain), prefix=display_prefix(plain),
                            account_id=account or kid, models=None if models is None else frozenset(models),
                            limits=limits or Limits(), expires_at=expires_at, disabled=disabled,
-                           metadata=metadata or {}, source="api", created_at=now)
+                           metadata=metadata or {}, source="api", created_at=now, budgets=budgets)
 
         async def change(tx) -> None:
             await db.upsert_key(tx, record)
@@ -197,7 +208,7 @@ class Accounts:
         return record, plain
 
     async def update_key(self, kid: str, changes: dict[str, Any]) -> KeyRecord:
-        """Change some of: name, models, limits, expires_at, disabled, metadata."""
+        """Change some of: name, models, limits, expires_at, disabled, metadata, budgets."""
         async with self.lock:
             old = self.by_id[kid]
             if "models" in changes and changes["models"] is not None:
@@ -209,6 +220,8 @@ class Accounts:
 
             await self._write(change)
             self._put(record)
+        if "budgets" in changes and self.budgets is not None:
+            await self.budgets.policy_changed()
         return self.by_id[kid]
 
     async def revoke_key(self, kid: str) -> KeyRecord:
@@ -225,6 +238,43 @@ class Accounts:
             await self._write(change, (aid,))
             return self.accounts[aid]
 
+    async def create_account(self, aid: str, *, credits: int | None, policy: AccountPolicy) -> Account:
+        """A new account (409 when ``aid`` exists); ``credits`` micro-units, None: unmetered."""
+        async with self.lock:
+            if aid in self.accounts:
+                raise AccountExists(aid)
+
+            async def change(tx) -> None:
+                await db.insert_account(tx, Account(aid, credits or 0, unlimited=credits is None, policy=policy),
+                                        time.time())
+
+            await self._write(change, (aid,))
+            return self.accounts[aid]
+
+    async def set_policy(self, aid: str, policy: AccountPolicy) -> Account:
+        async with self.lock:
+            acc = self.accounts[aid]
+
+            async def change(tx) -> None:
+                await db.set_policy(tx, aid, policy, acc.source)
+
+            await self._write(change, (aid,))
+        if self.budgets is not None:
+            await self.budgets.policy_changed()
+        return self.accounts[aid]
+
+    async def add_credits(self, aid: str, micro: int) -> Account:
+        async with self.lock:
+            async def change(tx) -> None:
+                await db.add_credits(tx, aid, micro, time.time())
+
+            await self._write(change, (aid,))
+            return self.accounts[aid]
+
+    def budget_status(self, key: KeyRecord, now: float | None = None) -> list[dict[str, Any]]:
+        """The key's and its account's budgets: cap, what is left, when each resets (the dashboard)."""
+        return self.budgets.status(key, now) if self.budgets is not None else []
+
     def _put(self, record: KeyRecord) -> None:
         old = self.by_id.get(record.id)
         if old is not None and old.hash != record.hash:
@@ -232,7 +282,38 @@ class Accounts:
         self.by_id[record.id] = record
         self.by_hash[record.hash] = record
 
-    # -- the YAML keys: ---------------------------------------------------------------
+    # -- the YAML accounts: and keys: -------------------------------------------------
+    async def sync_config_accounts(self) -> None:
+        """Make the store's accounts match the YAML ``accounts:`` mapping: budgets,
+        limits, refill and suspension follow the YAML on every start; ``credits``
+        opens the balance the first time only. An account removed from the YAML
+        keeps its balance and loses its policy."""
+        configured = self.config.section("accounts")
+        if configured is None:
+            return
+        now = time.time()
+        async with self.lock, self.store.transaction() as tx:
+            stored = {a.id: a for a in await db.load_accounts(tx)}
+            changed = False
+            for aid, ac in configured.items():
+                policy = AccountPolicy(budgets=ac.budgets, limits=ac.limits, refill=ac.refill,
+                                       suspended=ac.suspended)
+                old = stored.get(aid)
+                if old is None:
+                    credits = None if ac.credits is None else usd_to_micro(ac.credits)
+                    await db.insert_account(tx, Account(aid, credits or 0, unlimited=credits is None,
+                                                        policy=policy, source="config"), now)
+                    changed = True
+                elif old.policy != policy or old.source != "config" or old.unlimited != (ac.credits is None):
+                    await db.set_policy(tx, aid, policy, "config", unlimited=ac.credits is None)
+                    changed = True
+            for gone in stored.values():
+                if gone.source == "config" and gone.id not in configured:
+                    await db.set_policy(tx, gone.id, NO_POLICY, "api")
+                    changed = True
+            if changed:
+                await db.bump_version(tx)
+
     async def sync_config_keys(self) -> None:
         """Make the store's config keys match the YAML ``keys:`` list.
 
@@ -263,75 +344,3 @@ class Accounts:
                     changed = True
             if changed:
                 await db.bump_version(tx)
-
-
-
-def check_config(config) -> None:
-    """What ``tollway check`` must catch: the deployment, and every YAML key."""
-    check_deployment(config)
-    for i, kc in enumerate(config.section("keys") or []):
-        config_record(config, i, kc)
-
-
-def config_record(config, i: int, kc: KeyConfig) -> KeyRecord:
-    """The KeyRecord of the i-th YAML key, or a ConfigError naming what is wrong."""
-    where = f"keys[{i}]"
-    seen = {k.name for k in (config.section("keys") or [])[:i]}
-    if not NAME_RE.match(kc.name):
-        raise ConfigError(f"{where}.name: use 1-64 letters, digits, '_', '.' or '-', got {kc.name!r}")
-    if kc.name in seen:
-        raise ConfigError(f"{where}.name: duplicate key name {kc.name!r}")
-    if not kc.key.strip():
-        raise ConfigError(f"{where}.key: empty (is its ${{VAR}} set?)")
-    if kc.account is not None and not NAME_RE.match(kc.account):
-        raise ConfigError(f"{where}.account: use 1-64 letters, digits, '_', '.' or '-'")
-    if kc.credits is not None:
-        if kc.credits < 0:
-            raise ConfigError(f"{where}.credits: must not be negative")
-        try:
-            usd_to_micro(kc.credits, f"{where}.credits")
-        except MoneyError as exc:
-            raise ConfigError(str(exc)) from None
-    models = config.models
-    for j, m in enumerate(kc.models or ()):
-        if m not in models:
-            raise ConfigError(f"{where}.models[{j}]: unknown model {m!r}{suggest(m, models)}")
-    for m in kc.limits.models:
-        if m not in models:
-            raise ConfigError(f"{where}.limits.models.{m}: unknown model{suggest(m, models)}")
-    for path, problem in kc.limits.problems():
-        raise ConfigError(f"{where}.{path}: {problem}")
-    try:
-        expires = parse_time(kc.expires_at, f"{where}.expires_at")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    kid = "cfg_" + kc.name
-    key = kc.key.strip()
-    return KeyRecord(id=kid, name=kc.name, hash=hash_key(key), prefix=display_prefix(key),
-                     account_id=kc.account or kid, models=None if kc.models is None else frozenset(kc.models),
-                     limits=kc.limits, expires_at=expires, disabled=kc.disabled, metadata=dict(kc.metadata),
-                     source="config", created_at=time.time())
-
-
-async def claim_store(store) -> None:
-    """One serving process per store: balances, reservations and rate-limit
-    counters live in its memory (storage.counters: memory), so a second one
-    would spend the same credits again. The claim is a lock the store holds
-    (released when the process ends, a crash included); the CLI takes none."""
-    holder = await store.claim("serve")
-    if holder is not None:
-        raise StartRefused(
-            f"storage.url: another tollway serve is already running on this store ({holder}); with "
-            "storage.counters: memory the balances and rate limits live in that process's memory, so a second "
-            "process would spend the same credits twice. Send the traffic to the running one (tollway keys and "
-            "tollway usage work beside it), stop it first, or give this one its own storage.url")
-
-
-def check_deployment(config) -> None:
-    """Balances, reservations and counters live in this process's memory."""
-    if config.storage.counters != "memory":
-        raise ConfigError(f"storage.counters: {config.storage.counters!r} is not supported by the auth, quotas "
-                          "and ratelimit plugins yet; use 'memory' (one process)")
-    if config.server.workers > 1:
-        raise ConfigError(f"server.workers: {config.server.workers} workers cannot share the in-memory balances "
-                          "and rate-limit counters of storage.counters: memory; run 1 worker")

@@ -17,7 +17,7 @@ from proxy.schema import build
 from proxy.store import Migration, migrate
 
 from . import rollups
-from .model import Account, KeyRecord, Limits
+from .model import NO_BUDGETS, NO_POLICY, Account, AccountPolicy, Budgets, KeyRecord, Limits
 
 # Step 1 is the schema from before migrations existed (idempotent, so old
 # databases pass through it); later steps are appended, never edited.
@@ -86,6 +86,11 @@ MIGRATIONS = (
         "create index if not exists tollway_ledger_time on tollway_ledger (time, id)",
         "create index if not exists tollway_ledger_key_time on tollway_ledger (key_id, time, id)",
         *rollups.SCHEMA), run=_build_rollups),
+    # Budgets (keys and accounts), accounts' shared limits, refills and suspension (JSON, see model.py).
+    Migration(4, "key budgets; account policy and source", (
+        "alter table tollway_keys add column budgets text",
+        "alter table tollway_accounts add column policy text",
+        "alter table tollway_accounts add column source text not null default 'api'")),
 )
 
 
@@ -125,7 +130,7 @@ LEDGER_COLUMNS: tuple[str, ...] = LedgerRow._fields
 APPLY_DELTA = ("update tollway_accounts set balance_micro_usd = balance_micro_usd + ?, "
                "spent_micro_usd = spent_micro_usd + ? where id = ?")
 KEY_COLUMNS = ("id", "name", "key_hash", "prefix", "account_id", "models", "limits", "expires_at", "disabled",
-               "metadata", "source", "created_at", "revoked_at")
+               "metadata", "source", "created_at", "revoked_at", "budgets")
 
 
 async def create_tables(store) -> None:
@@ -148,17 +153,20 @@ def key_row(k: KeyRecord) -> tuple:
     return (k.id, k.name, k.hash, k.prefix, k.account_id,
             None if k.models is None else orjson.dumps(sorted(k.models)).decode(),
             orjson.dumps(k.limits.to_dict()).decode(), k.expires_at, int(k.disabled),
-            orjson.dumps(k.metadata).decode(), k.source, k.created_at, k.revoked_at)
+            orjson.dumps(k.metadata).decode(), k.source, k.created_at, k.revoked_at,
+            orjson.dumps(k.budgets.to_dict()).decode() if k.budgets.to_dict() else None)
 
 
 def key_from_row(row: Sequence[Any]) -> KeyRecord:
     (kid, name, khash, prefix, account_id, models, limits, expires_at, disabled, metadata, source, created_at,
-     revoked_at) = row
+     revoked_at, budgets) = row
     return KeyRecord(id=kid, name=name, hash=khash, prefix=prefix, account_id=account_id,
                      models=None if models is None else frozenset(orjson.loads(models)),
                      limits=build(Limits, orjson.loads(limits), f"tollway_keys[{kid}].limits"),
                      expires_at=expires_at, disabled=bool(disabled), metadata=orjson.loads(metadata),
-                     source=source, created_at=created_at, revoked_at=revoked_at)
+                     source=source, created_at=created_at, revoked_at=revoked_at,
+                     budgets=build(Budgets, orjson.loads(budgets), f"tollway_keys[{kid}].budgets")
+                     if budgets else NO_BUDGETS)
 
 
 async def upsert_key(tx, k: KeyRecord) -> None:
@@ -170,9 +178,32 @@ async def upsert_key(tx, k: KeyRecord) -> None:
 
 async def insert_account(tx, account: Account, now: float) -> None:
     """Create the account if it does not exist yet (an existing one keeps its balance)."""
-    await tx.execute("insert into tollway_accounts (id, balance_micro_usd, spent_micro_usd, unlimited, created_at) "
-                     "values (?, ?, 0, ?, ?) on conflict (id) do nothing",
-                     (account.id, account.balance, int(account.unlimited), now))
+    await tx.execute("insert into tollway_accounts (id, balance_micro_usd, spent_micro_usd, unlimited, created_at, "
+                     "policy, source) values (?, ?, 0, ?, ?, ?, ?) on conflict (id) do nothing",
+                     (account.id, account.balance, int(account.unlimited), now, policy_text(account.policy),
+                      account.source))
+
+
+async def set_policy(tx, account_id: str, policy: AccountPolicy, source: str, unlimited: bool | None = None) -> None:
+    """Replace an account's policy (budgets, limits, refill, suspension) and source;
+    ``unlimited`` changes its kind too when given."""
+    if unlimited is None:
+        await tx.execute("update tollway_accounts set policy = ?, source = ? where id = ?",
+                         (policy_text(policy), source, account_id))
+    else:
+        await tx.execute("update tollway_accounts set policy = ?, source = ?, unlimited = ? where id = ?",
+                         (policy_text(policy), source, int(unlimited), account_id))
+
+
+def policy_text(policy: AccountPolicy) -> str | None:
+    data = policy.to_dict()
+    return orjson.dumps(data).decode() if data else None
+
+
+def policy_from_text(text: str | None, account_id: str) -> AccountPolicy:
+    if not text:
+        return NO_POLICY
+    return build(AccountPolicy, orjson.loads(text), f"tollway_accounts[{account_id}].policy")
 
 
 async def load_keys(store) -> list[KeyRecord]:
@@ -182,13 +213,14 @@ async def load_keys(store) -> list[KeyRecord]:
 
 async def load_accounts(store, ids: Sequence[str] | None = None) -> list[Account]:
     """Every account, or those with these ids, as stored."""
-    sql = "select id, balance_micro_usd, spent_micro_usd, unlimited from tollway_accounts"
+    sql = "select id, balance_micro_usd, spent_micro_usd, unlimited, policy, source from tollway_accounts"
     if ids is not None:
         if not ids:
             return []
         sql += f" where id in ({', '.join('?' for _ in ids)})"
     rows = await store.fetchall(sql, list(ids or ()))
-    return [Account(id=r[0], balance=int(r[1]), spent=int(r[2]), unlimited=bool(r[3])) for r in rows]
+    return [Account(id=r[0], balance=int(r[1]), spent=int(r[2]), unlimited=bool(r[3]),
+                    policy=policy_from_text(r[4], r[0]), source=r[5]) for r in rows]
 
 
 async def add_credits(tx, account_id: str, micro: int, now: float) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
+
+from .money import MoneyError, usd_to_micro
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,47 @@ class Limits:
         return not self.to_dict()
 
 
+PERIODS = ("daily", "weekly", "monthly")
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Spend caps per calendar period, in the billing currency (None: no cap).
+    Periods reset at midnight, on Mondays and on the 1st, in ``billing.timezone``."""
+
+    daily: float | None = None
+    weekly: float | None = None
+    monthly: float | None = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field path, message) for each cap that is not a non-negative amount."""
+        out = []
+        for name in PERIODS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if value < 0:
+                out.append((f"budgets.{name}", f"must be at least 0, got {value:g}"))
+                continue
+            try:
+                usd_to_micro(value, f"budgets.{name}")
+            except MoneyError as exc:
+                out.append((f"budgets.{name}", str(exc).split(": ", 1)[1]))
+        return out
+
+    @cached_property
+    def caps(self) -> tuple[tuple[str, int], ...]:
+        """(period, cap in micro-units) for each cap set; asked per request, computed once."""
+        return tuple((name, usd_to_micro(getattr(self, name))) for name in PERIODS
+                     if getattr(self, name) is not None)
+
+    def to_dict(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in PERIODS if getattr(self, name) is not None}
+
+
+NO_BUDGETS = Budgets()
+
+
 @dataclass(slots=True)
 class KeyRecord:
     """One API key: the principal of the requests made with it."""
@@ -70,6 +113,7 @@ class KeyRecord:
     source: str  # "config" (from the YAML keys:) or "api" (admin API / CLI)
     created_at: float
     revoked_at: float | None = None
+    budgets: Budgets = NO_BUDGETS
 
     def status(self, now: float) -> str:
         if self.revoked_at is not None:
@@ -79,6 +123,44 @@ class KeyRecord:
         if self.expires_at is not None and now >= self.expires_at:
             return "expired"
         return "active"
+
+
+@dataclass(frozen=True)
+class Refill:
+    """A grant of ``amount`` credits at the start of every ``every`` (a subscription).
+    ``rollover: false`` tops the balance up to ``amount`` (what was left does not carry
+    over); ``true`` adds ``amount`` to what is left."""
+
+    every: Literal["day", "week", "month"]
+    amount: float
+    rollover: bool = False
+
+
+@dataclass(frozen=True)
+class AccountPolicy:
+    """What an account's keys share besides its credits: budgets, rate limits, a
+    refill, and whether it is suspended (every request answered 402)."""
+
+    budgets: Budgets = NO_BUDGETS
+    limits: Limits = field(default_factory=Limits)
+    refill: Refill | None = None
+    suspended: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.budgets.to_dict():
+            out["budgets"] = self.budgets.to_dict()
+        if not self.limits.empty:
+            out["limits"] = self.limits.to_dict()
+        if self.refill is not None:
+            out["refill"] = {"every": self.refill.every, "amount": self.refill.amount,
+                             "rollover": self.refill.rollover}
+        if self.suspended:
+            out["suspended"] = True
+        return out
+
+
+NO_POLICY = AccountPolicy()
 
 
 @dataclass(slots=True)
@@ -95,6 +177,8 @@ class Account:
     spent: int = 0
     unlimited: bool = False
     reserved: int = 0
+    policy: AccountPolicy = NO_POLICY
+    source: str = "api"  # "config": defined in the YAML accounts: section (changed there)
 
     @property
     def available(self) -> int:

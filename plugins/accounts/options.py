@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .model import Limits
+from .model import NO_BUDGETS, Budgets, Limits, Refill
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -31,6 +31,27 @@ class KeyConfig:
     expires_at: str | None = None  # ISO 8601 (UTC when no offset)
     disabled: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    budgets: Budgets = NO_BUDGETS  # this key's own spend caps (its account may have more)
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    """One entry of the YAML ``accounts:`` mapping (its name is the account id);
+    keys join it with ``account: NAME``. ``credits`` opens the balance the first
+    time only, like a key's; ``null`` makes it unmetered (budgets still apply)."""
+
+    credits: float | None = 0.0
+    limits: Limits = field(default_factory=Limits)  # rpm, tpm, rpd shared by every key of the account
+    budgets: Budgets = NO_BUDGETS
+    refill: Refill | None = None
+    suspended: bool = False  # every request answers 402 account_suspended
+
+
+@dataclass(frozen=True)
+class BillingOptions:
+    """``billing:``: the money the operator sells in, and its calendar."""
+
+    timezone: str = "UTC"  # IANA name: where budget and refill periods begin (midnight, Monday, the 1st)
 
 
 @dataclass(frozen=True)

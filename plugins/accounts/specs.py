@@ -7,17 +7,17 @@ API answers it as a 400 naming the field, the CLI prints it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proxy.schema import suggest
 
-from .model import Limits
+from .model import NO_BUDGETS, AccountPolicy, Budgets, Limits, Refill
 from .money import MoneyError, usd_to_micro
 from .options import NAME_RE, parse_time
 
 MAX_CREDITS_USD = 1_000_000_000
-PATCHABLE = ("name", "models", "limits", "expires_at", "disabled", "metadata")
+PATCHABLE = ("name", "models", "limits", "expires_at", "disabled", "metadata", "budgets")
 
 
 class SpecError(ValueError):
@@ -34,6 +34,7 @@ class KeyCreate:
     expires_at: str | None = None  # ISO 8601 or unix seconds
     disabled: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    budgets: Budgets = NO_BUDGETS  # spend caps per day, week, month
     NUMBER_OK = ("expires_at",)
 
 
@@ -45,7 +46,26 @@ class KeyPatch:
     expires_at: str | None = None
     disabled: bool | None = None
     metadata: dict[str, Any] | None = None
+    budgets: Budgets | None = None
     NUMBER_OK = ("expires_at",)
+
+
+@dataclass(frozen=True)
+class AccountCreate:
+    id: str
+    credits: float | None = 0.0  # opening balance; null: unmetered
+    budgets: Budgets = NO_BUDGETS
+    limits: Limits = field(default_factory=Limits)
+    refill: Refill | None = None
+    suspended: bool = False
+
+
+@dataclass(frozen=True)
+class AccountPatch:
+    budgets: Budgets | None = None
+    limits: Limits | None = None
+    refill: Refill | None = None
+    suspended: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,48 @@ def check_limits(limits: Limits, known) -> Limits:
     return limits
 
 
+def check_budgets(budgets: Budgets) -> Budgets:
+    for path, problem in budgets.problems():
+        raise SpecError(f"{path}: {problem}")
+    return budgets
+
+
+def check_account_limits(limits: Limits) -> Limits:
+    for path, problem in limits.problems():
+        raise SpecError(f"{path}: {problem}")
+    if limits.concurrency is not None or limits.models:
+        raise SpecError("limits: an account shares rpm, tpm and rpd; set concurrency and per-model limits "
+                        "on its keys")
+    return limits
+
+
+def check_refill(refill: Refill | None) -> Refill | None:
+    if refill is not None:
+        credits_micro(refill.amount, "refill.amount", positive=True)
+    return refill
+
+
+def account_policy(spec: AccountCreate | AccountPatch, present: dict[str, Any] | None = None,
+                   old: AccountPolicy | None = None) -> AccountPolicy:
+    """The checked policy of a new account, or ``old`` with the fields the body had."""
+    policy = old or AccountPolicy()
+    changes: dict[str, Any] = {}
+    for name in ("budgets", "limits", "refill", "suspended"):
+        if present is not None and name not in present:
+            continue
+        value = getattr(spec, name)
+        if value is None and name != "refill":
+            raise SpecError(f"{name}: must not be null")
+        if name == "budgets":
+            value = check_budgets(value)
+        elif name == "limits":
+            value = check_account_limits(value)
+        elif name == "refill":
+            value = check_refill(value)
+        changes[name] = value
+    return replace(policy, **changes)
+
+
 def check_expiry(value: str | None) -> float | None:
     try:
         ts = parse_time(value, "expires_at")
@@ -108,7 +170,7 @@ def create_args(spec: KeyCreate, known_models) -> dict[str, Any]:
     return {"name": check_name(spec.name), "credits": credits_micro(spec.credits, "credits"),
             "account": spec.account, "models": check_models(spec.models, known_models),
             "limits": check_limits(spec.limits, known_models), "expires_at": check_expiry(spec.expires_at),
-            "disabled": spec.disabled, "metadata": spec.metadata}
+            "disabled": spec.disabled, "metadata": spec.metadata, "budgets": check_budgets(spec.budgets)}
 
 
 def patch_changes(spec: KeyPatch, present: dict[str, Any], known_models) -> dict[str, Any]:
@@ -120,7 +182,7 @@ def patch_changes(spec: KeyPatch, present: dict[str, Any], known_models) -> dict
         if name not in present:
             continue
         value = getattr(spec, name)
-        if value is None and name in ("name", "limits", "disabled", "metadata"):
+        if value is None and name in ("name", "limits", "disabled", "metadata", "budgets"):
             raise SpecError(f"{name}: must not be null")
         if name == "name":
             value = check_name(value)
@@ -130,5 +192,7 @@ def patch_changes(spec: KeyPatch, present: dict[str, Any], known_models) -> dict
             value = check_limits(value, known_models)
         elif name == "expires_at":
             value = check_expiry(value)
+        elif name == "budgets":
+            value = check_budgets(value)
         changes[name] = value
     return changes

@@ -23,7 +23,8 @@ def key_view(k: KeyRecord, acc: Account, now: float | None = None) -> dict[str, 
             "status": k.status(time.time() if now is None else now), "source": k.source,
             "models": None if k.models is None else sorted(k.models), "limits": k.limits.to_dict(),
             "expires_at": iso(k.expires_at), "disabled": k.disabled, "metadata": k.metadata,
-            "created_at": iso(k.created_at), "revoked_at": iso(k.revoked_at), "account": account_view(acc)}
+            "created_at": iso(k.created_at), "revoked_at": iso(k.revoked_at), "budgets": k.budgets.to_dict(),
+            "account": account_view(acc)}
 
 
 def usage_view(row: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,206 @@
+"""Budgets: spend caps per key and per account, per calendar day, week and month.
+
+A budget is a capped total in the counters service (``counters.py``): one
+total per scope (a key or an account) and period, named
+``budget:k:<key id>:2026-12-02`` or ``budget:a:<account>:2026-W49``. A request
+holds its worst-case cost against every budget that applies, all or none, in
+the same admission step as its credit reservation (``plugins/quotas.py``),
+so a burst of concurrent requests cannot spend past a cap: what is held
+counts as used until the request settles. Settling turns the hold into the
+money actually taken (never more than was held: see quotas), a failure gives
+it back.
+
+Periods begin at the calendar boundaries of ``billing.timezone``
+(``periods.py``); a budget's reset time is its period's end, which is what
+``Retry-After`` and ``X-RateLimit-Reset`` say when it refuses. What was spent
+in the current periods before this process started (or before a budget was
+added) is read from the ledger: the hourly rollups for whole hours, the raw
+ledger for the part of an hour the period begins in (``seed``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from proxy import ProxyError
+
+from . import rollups
+from .gcra import iso_at
+from .model import PERIODS
+from .money import format_usd
+from .periods import Calendar
+
+if TYPE_CHECKING:
+    from .book import Accounts
+    from .counters import Counters
+    from .model import Account, KeyRecord
+
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    """One budget that applies to a request: its scope, period and cap (micro-units)."""
+
+    scope: str  # "k" (a key) or "a" (an account)
+    owner: str  # the key id or account id
+    period: str  # daily, weekly, monthly
+    cap: int
+    who: str  # for people: "key 'demo'", "account 'acme'"
+
+
+@dataclass(slots=True)
+class BudgetHold:
+    """What a request holds against its budgets (the totals' names), from admit to settle."""
+
+    names: tuple[str, ...]
+    amount: int
+
+
+class BudgetKeeper:
+    def __init__(self, book: Accounts, counters: Counters, calendar: Calendar,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.book = book
+        self.counters = counters
+        self.calendar = calendar
+        self.clock = clock
+        self.seeds: dict[str, int] = {}  # total name -> spent before the counter held it
+        self._plans: dict[tuple[str, str], tuple[Any, Any, tuple[Cap, ...]]] = {}
+
+    # -- what applies ------------------------------------------------------------------
+    def caps(self, key: KeyRecord, acc: Account) -> tuple[Cap, ...]:
+        """The budgets of this key and its account, compiled once per version of each."""
+        memo = self._plans.get((key.id, acc.id))
+        if memo is not None and memo[0] is key.budgets and memo[1] is acc.policy.budgets:
+            return memo[2]
+        caps = tuple([Cap("k", key.id, period, cap, f"key {key.name!r}") for period, cap in key.budgets.caps]
+                     + [Cap("a", acc.id, period, cap, f"account {acc.id!r}")
+                        for period, cap in acc.policy.budgets.caps])
+        if len(self._plans) > 100_000:
+            self._plans.clear()
+        self._plans[(key.id, acc.id)] = (key.budgets, acc.policy.budgets, caps)
+        return caps
+
+    def name(self, cap: Cap, label: str) -> str:
+        return f"budget:{cap.scope}:{cap.owner}:{label}"
+
+    # -- the request path ----------------------------------------------------------------
+    async def hold(self, key: KeyRecord, acc: Account, amount: int) -> BudgetHold | None:
+        """Hold ``amount`` against every budget of the key and its account, or none:
+        None when there are no budgets, else the hold; a ProxyError when one refuses."""
+        caps = self.caps(key, acc)
+        if not caps:
+            return None
+        now = self.clock()
+        counters = self.counters
+        held: list[str] = []
+        for cap in caps:
+            period = self.calendar.current(cap.period, now)
+            name = self.name(cap, period.label)
+            if amount > cap.cap:
+                self._give_back(held, amount)
+                raise self._never_fits(cap, amount)
+            try:
+                ok = await counters.hold_total(name, cap.cap, amount, seed=self.seeds.get(name, 0),
+                                               until=period.end + 86400)
+            except BaseException:
+                self._give_back(held, amount)
+                raise
+            if not ok:
+                self._give_back(held, amount)
+                raise self._exceeded(cap, name, period.end, now, amount)
+            held.append(name)
+        return BudgetHold(tuple(held), amount)
+
+    def settle(self, hold: BudgetHold, spent: int) -> None:
+        for name in hold.names:
+            self.counters.settle_total(name, hold.amount, spent)
+
+    def release(self, hold: BudgetHold) -> None:
+        self._give_back(hold.names, hold.amount)
+
+    def _give_back(self, names, amount: int) -> None:
+        for name in names:
+            self.counters.release_total(name, amount)
+
+    def _exceeded(self, cap: Cap, name: str, reset: float, now: float, amount: int) -> ProxyError:
+        used = self.counters.used_total(name)
+        wait = max(1, math.ceil(reset - now))
+        when = self.calendar.local_iso(reset)
+        return ProxyError(
+            429, f"budget exceeded: the {cap.period} budget of {cap.who} is ${format_usd(cap.cap)}, "
+                 f"${format_usd(used)} of it is spent and this request may cost up to ${format_usd(amount)} "
+                 f"(requests in flight hold the rest); it resets at {when} (in {wait}s)",
+            code="budget_exceeded",
+            headers={"Retry-After": str(wait), "X-RateLimit-Reset": iso_at(reset)})
+
+    @staticmethod
+    def _never_fits(cap: Cap, amount: int) -> ProxyError:
+        return ProxyError(
+            400, f"this request may cost up to ${format_usd(amount)}, more than the whole "
+                 f"{cap.period} budget of {cap.who} (${format_usd(cap.cap)}), so it can never be "
+                 "served; lower max_tokens or send a shorter prompt", param="max_tokens",
+            code="budget_too_small")
+
+    # -- what was spent before -------------------------------------------------------------
+    async def policy_changed(self) -> None:
+        """A budget was set or changed: read what each scope spent in its current periods."""
+        await self.book.writer.flush()
+        await self.load_seeds()
+
+    async def load_seeds(self) -> None:
+        """Per key and per account, what the ledger says was spent in each current period."""
+        now = self.clock()
+        seeds: dict[str, int] = {}
+        store = self.book.store
+        for period in PERIODS:
+            current = self.calendar.current(period, now)
+            for key_id, account_id, spent in await spent_since(store, current.start):
+                spent = int(spent or 0)
+                if key_id:
+                    name = f"budget:k:{key_id}:{current.label}"
+                    seeds[name] = seeds.get(name, 0) + spent
+                if account_id:
+                    name = f"budget:a:{account_id}:{current.label}"
+                    seeds[name] = seeds.get(name, 0) + spent
+        self.seeds = seeds
+
+    # -- for people ------------------------------------------------------------------------
+    def status(self, key: KeyRecord, now: float | None = None) -> list[dict[str, Any]]:
+        """Each budget of the key and its account: cap, spent, left, reset time."""
+        return self._status(self.caps(key, self.book.account_of(key)), now)
+
+    def account_status(self, acc: Account, now: float | None = None) -> list[dict[str, Any]]:
+        return self._status(tuple(Cap("a", acc.id, period, cap, f"account {acc.id!r}")
+                                  for period, cap in acc.policy.budgets.caps), now)
+
+    def _status(self, caps: tuple[Cap, ...], now: float | None) -> list[dict[str, Any]]:
+        now = self.clock() if now is None else now
+        out = []
+        for cap in caps:
+            period = self.calendar.current(cap.period, now)
+            name = self.name(cap, period.label)
+            used = max(self.counters.used_total(name), self.seeds.get(name, 0))
+            scope = "key" if cap.scope == "k" else "account"
+            out.append({"label": f"{cap.period} budget of the {scope}", "scope": scope, "period": cap.period,
+                        "limit_micro_usd": cap.cap, "spent_micro_usd": used,
+                        "remaining_micro_usd": max(cap.cap - used, 0), "resets_at": period.end,
+                        "period_start": period.start, "resets_at_local": self.calendar.local_iso(period.end)})
+        return out
+
+
+async def spent_since(store, start: float) -> list[tuple[str, str, int]]:
+    """(key id, account id, money taken) since ``start``: the hourly rollups for the
+    whole hours, the ledger itself for the part of the hour ``start`` falls in."""
+    first_hour = math.ceil(start / 3600) * 3600
+    rows = list(await store.fetchall(
+        f"select key_id, account_id, sum(cost_micro_usd) from {rollups.table('hour', '_key')} "
+        "where bucket >= ? group by key_id, account_id", (first_hour,)))
+    if first_hour > start:
+        rows += await store.fetchall(
+            "select key_id, account_id, sum(cost_micro_usd) from tollway_ledger where time >= ? and time < ? "
+            "group by key_id, account_id", (start, first_hour))
+    return rows

@@ -1,0 +1,114 @@
+"""What ``tollway check`` and start-up verify of the business sections (``keys:``,
+``accounts:``, ``billing:``, the deployment), each mistake a ConfigError naming its path."""
+
+from __future__ import annotations
+
+import time
+
+from proxy.schema import ConfigError, StartRefused, suggest
+
+from .keys import display_prefix, hash_key
+from .model import KeyRecord
+from .money import MoneyError, usd_to_micro
+from .options import NAME_RE, KeyConfig, parse_time
+from .periods import zone
+
+__all__ = ["check_config", "claim_store", "config_record"]
+
+
+def check_config(config) -> None:
+    """What ``tollway check`` must catch: the deployment, and every YAML key."""
+    check_deployment(config)
+    check_accounts(config)
+    for i, kc in enumerate(config.section("keys") or []):
+        config_record(config, i, kc)
+
+
+def check_accounts(config) -> None:
+    """The YAML ``accounts:`` and ``billing:`` sections."""
+    billing = config.section("billing")
+    if billing is not None:
+        try:
+            zone(billing.timezone)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    for aid, ac in (config.section("accounts") or {}).items():
+        where = f"accounts.{aid}"
+        if not NAME_RE.match(aid):
+            raise ConfigError(f"{where}: an account name uses 1-64 letters, digits, '_', '.' or '-'")
+        if ac.credits is not None:
+            if ac.credits < 0:
+                raise ConfigError(f"{where}.credits: must not be negative")
+            try:
+                usd_to_micro(ac.credits, f"{where}.credits")
+            except MoneyError as exc:
+                raise ConfigError(str(exc)) from None
+        for path, problem in ac.limits.problems() + ac.budgets.problems():
+            raise ConfigError(f"{where}.{path}: {problem}")
+        if ac.limits.concurrency is not None or ac.limits.models:
+            raise ConfigError(f"{where}.limits: an account shares rpm, tpm and rpd; set concurrency and "
+                              "per-model limits on its keys")
+
+
+def config_record(config, i: int, kc: KeyConfig) -> KeyRecord:
+    """The KeyRecord of the i-th YAML key, or a ConfigError naming what is wrong."""
+    where = f"keys[{i}]"
+    seen = {k.name for k in (config.section("keys") or [])[:i]}
+    if not NAME_RE.match(kc.name):
+        raise ConfigError(f"{where}.name: use 1-64 letters, digits, '_', '.' or '-', got {kc.name!r}")
+    if kc.name in seen:
+        raise ConfigError(f"{where}.name: duplicate key name {kc.name!r}")
+    if not kc.key.strip():
+        raise ConfigError(f"{where}.key: empty (is its ${{VAR}} set?)")
+    if kc.account is not None and not NAME_RE.match(kc.account):
+        raise ConfigError(f"{where}.account: use 1-64 letters, digits, '_', '.' or '-'")
+    if kc.credits is not None:
+        if kc.credits < 0:
+            raise ConfigError(f"{where}.credits: must not be negative")
+        try:
+            usd_to_micro(kc.credits, f"{where}.credits")
+        except MoneyError as exc:
+            raise ConfigError(str(exc)) from None
+    models = config.models
+    for j, m in enumerate(kc.models or ()):
+        if m not in models:
+            raise ConfigError(f"{where}.models[{j}]: unknown model {m!r}{suggest(m, models)}")
+    for m in kc.limits.models:
+        if m not in models:
+            raise ConfigError(f"{where}.limits.models.{m}: unknown model{suggest(m, models)}")
+    for path, problem in kc.limits.problems() + kc.budgets.problems():
+        raise ConfigError(f"{where}.{path}: {problem}")
+    try:
+        expires = parse_time(kc.expires_at, f"{where}.expires_at")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    kid = "cfg_" + kc.name
+    key = kc.key.strip()
+    return KeyRecord(id=kid, name=kc.name, hash=hash_key(key), prefix=display_prefix(key),
+                     account_id=kc.account or kid, models=None if kc.models is None else frozenset(kc.models),
+                     limits=kc.limits, expires_at=expires, disabled=kc.disabled, metadata=dict(kc.metadata),
+                     source="config", created_at=time.time(), budgets=kc.budgets)
+
+
+async def claim_store(store) -> None:
+    """One serving process per store: balances, reservations and rate-limit
+    counters live in its memory (storage.counters: memory), so a second one
+    would spend the same credits again. The claim is a lock the store holds
+    (released when the process ends, a crash included); the CLI takes none."""
+    holder = await store.claim("serve")
+    if holder is not None:
+        raise StartRefused(
+            f"storage.url: another tollway serve is already running on this store ({holder}); with "
+            "storage.counters: memory the balances and rate limits live in that process's memory, so a second "
+            "process would spend the same credits twice. Send the traffic to the running one (tollway keys and "
+            "tollway usage work beside it), stop it first, or give this one its own storage.url")
+
+
+def check_deployment(config) -> None:
+    """Balances, reservations and counters live in this process's memory."""
+    if config.storage.counters != "memory":
+        raise ConfigError(f"storage.counters: {config.storage.counters!r} is not supported by the auth, quotas "
+                          "and ratelimit plugins yet; use 'memory' (one process)")
+    if config.server.workers > 1:
+        raise ConfigError(f"server.workers: {config.server.workers} workers cannot share the in-memory balances "
+                          "and rate-limit counters of storage.counters: memory; run 1 worker")
