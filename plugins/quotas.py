@@ -47,6 +47,7 @@ from .accounts.http import authenticate
 from .accounts.money import MICRO, PriceBook, format_usd, multiplier_ppm
 from .accounts.options import AccountConfig, BillingOptions, QuotasOptions
 from .accounts.periods import Calendar, zone
+from .accounts.refills import Refills
 from .accounts.units import check_units, unit_bound
 from .accounts.views import account_view
 
@@ -72,6 +73,7 @@ class Plugin:
         self.accounts: Accounts | None = None
         self.prices: PriceBook | None = None
         self.budgets: BudgetKeeper | None = None
+        self.refills: Refills | None = None
         self.default_cap = 4096
 
     @hookimpl
@@ -94,8 +96,20 @@ class Plugin:
         self.accounts = accounts = await gateway.services.open(ACCOUNTS)
         billing = gateway.config.section("billing") or BillingOptions()
         counters = await gateway.services.open(COUNTERS)
-        self.budgets = accounts.budgets = BudgetKeeper(accounts, counters, Calendar(zone(billing.timezone)))
+        calendar = Calendar(zone(billing.timezone))
+        self.budgets = accounts.budgets = BudgetKeeper(accounts, counters, calendar)
         await self.budgets.load_seeds()
+        self.refills = accounts.refills = Refills(accounts, calendar)
+        await self.refills.apply_due()
+        self.refills.start()
+
+    @hookimpl
+    def tollway_shutdown(self, gateway: Gateway):
+        return self._stop()
+
+    async def _stop(self) -> None:
+        if self.refills is not None:
+            await self.refills.stop()
 
     @hookimpl
     async def tollway_admit(self, call: Call) -> None:

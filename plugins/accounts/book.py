@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from proxy import Gateway
 
     from .budgets import BudgetKeeper
+    from .refills import Refills
 
 
 class AccountExists(ValueError):
@@ -58,6 +59,7 @@ class Accounts:
         self.lock = asyncio.Lock()
         # The budget keeper (budgets.py), attached by the quotas plugin when it starts.
         self.budgets: BudgetKeeper | None = None
+        self.refills: Refills | None = None  # the refill task (refills.py), likewise
         ledger = self.config.section("plugins.ledger") or LedgerOptions()
         auth = self.config.section("plugins.auth") or AuthOptions()
         self.writer = Writer(self, ledger.flush_ms / 1000, ledger.batch_rows, auth.poll_ms / 1000)
@@ -162,7 +164,7 @@ class Accounts:
             acc.reserved -= reserved
 
     # -- changes (admin API, CLI): written through, then memory derived from the store --
-    async def _write(self, change, account_ids: tuple[str, ...] = ()) -> None:
+    async def write(self, change, account_ids: tuple[str, ...] = ()) -> None:
         """Run ``change(tx)`` in a transaction that bumps the version and reads
         back the accounts it touched; then derive memory from what was read.
         Call with ``self.lock`` held."""
@@ -203,7 +205,7 @@ class Accounts:
                 await tx.execute(db.APPLY_DELTA, (credits, 0, record.account_id))
 
         async with self.lock:
-            await self._write(change, (record.account_id,))
+            await self.write(change, (record.account_id,))
             self._put(record)
         return record, plain
 
@@ -218,10 +220,10 @@ class Accounts:
             async def change(tx) -> None:
                 await db.upsert_key(tx, record)
 
-            await self._write(change)
+            await self.write(change)
             self._put(record)
-        if "budgets" in changes and self.budgets is not None:
-            await self.budgets.policy_changed()
+        if "budgets" in changes:
+            await self.policy_changed()
         return self.by_id[kid]
 
     async def revoke_key(self, kid: str) -> KeyRecord:
@@ -235,7 +237,7 @@ class Accounts:
             async def change(tx) -> None:
                 await db.add_credits(tx, aid, micro, time.time())
 
-            await self._write(change, (aid,))
+            await self.write(change, (aid,))
             return self.accounts[aid]
 
     async def create_account(self, aid: str, *, credits: int | None, policy: AccountPolicy) -> Account:
@@ -248,8 +250,9 @@ class Accounts:
                 await db.insert_account(tx, Account(aid, credits or 0, unlimited=credits is None, policy=policy),
                                         time.time())
 
-            await self._write(change, (aid,))
-            return self.accounts[aid]
+            await self.write(change, (aid,))
+        await self.policy_changed()
+        return self.accounts[aid]
 
     async def set_policy(self, aid: str, policy: AccountPolicy) -> Account:
         async with self.lock:
@@ -258,17 +261,23 @@ class Accounts:
             async def change(tx) -> None:
                 await db.set_policy(tx, aid, policy, acc.source)
 
-            await self._write(change, (aid,))
+            await self.write(change, (aid,))
+        await self.policy_changed()
+        return self.accounts[aid]
+
+    async def policy_changed(self) -> None:
+        """A budget or refill was set: read the spend it counts, make the grant it owes."""
         if self.budgets is not None:
             await self.budgets.policy_changed()
-        return self.accounts[aid]
+        if self.refills is not None:
+            await self.refills.apply_due()
 
     async def add_credits(self, aid: str, micro: int) -> Account:
         async with self.lock:
             async def change(tx) -> None:
                 await db.add_credits(tx, aid, micro, time.time())
 
-            await self._write(change, (aid,))
+            await self.write(change, (aid,))
             return self.accounts[aid]
 
     def budget_status(self, key: KeyRecord, now: float | None = None) -> list[dict[str, Any]]:

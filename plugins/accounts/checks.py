@@ -43,6 +43,15 @@ def check_accounts(config) -> None:
                 usd_to_micro(ac.credits, f"{where}.credits")
             except MoneyError as exc:
                 raise ConfigError(str(exc)) from None
+        if ac.refill is not None:
+            if ac.refill.amount <= 0:
+                raise ConfigError(f"{where}.refill.amount: must be greater than 0")
+            if ac.credits is None:
+                raise ConfigError(f"{where}.refill: an unmetered account (credits: null) has nothing to refill")
+            try:
+                usd_to_micro(ac.refill.amount, f"{where}.refill.amount")
+            except MoneyError as exc:
+                raise ConfigError(str(exc)) from None
         for path, problem in ac.limits.problems() + ac.budgets.problems():
             raise ConfigError(f"{where}.{path}: {problem}")
         if ac.limits.concurrency is not None or ac.limits.models:

@@ -17,6 +17,7 @@ from proxy.schema import build
 from proxy.store import Migration, migrate
 
 from . import rollups
+from .grants import GRANTS_TABLE
 from .model import NO_BUDGETS, NO_POLICY, Account, AccountPolicy, Budgets, KeyRecord, Limits
 
 # Step 1 is the schema from before migrations existed (idempotent, so old
@@ -91,6 +92,8 @@ MIGRATIONS = (
         "alter table tollway_keys add column budgets text",
         "alter table tollway_accounts add column policy text",
         "alter table tollway_accounts add column source text not null default 'api'")),
+    # One row per refill grant: (account, period) is the key that makes a grant happen once.
+    Migration(5, "refill grants", GRANTS_TABLE),
 )
 
 

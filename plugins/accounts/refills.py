@@ -1,0 +1,116 @@
+"""Refills: a grant of credits at the start of every day, week or month (a subscription).
+
+An account with ``refill: {every: month, amount: 50.00, rollover: false}``
+receives its grant once per period, at the period's start in
+``billing.timezone`` (and at once for the current period when the refill is
+first configured). ``rollover: true`` adds ``amount`` to the balance;
+``rollover: false`` brings the balance up to ``amount`` (what is left counts
+toward it, so unused credit does not pile up; a refill never takes money
+away, which could leave less than requests in flight hold).
+
+Exactly once per account and period, across restarts and processes: each
+grant is a row of ``tollway_grants`` whose primary key is (account,
+period), inserted in the same transaction as the balance change it makes.
+A grant already there is never applied again; a second process racing for
+the same grant fails on the key and finds it done on its next pass.
+
+Grants are applied off the request path, by a task that looks once a second
+(``due`` is a dict lookup per refilled account), and on demand (``apply_due``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from proxy.background import stop_task
+from proxy.logs import throttled
+
+from .money import usd_to_micro
+from .periods import Calendar
+
+if TYPE_CHECKING:
+    from .book import Accounts
+    from .model import Account
+
+log = logging.getLogger("tollway.accounts")
+
+class Refills:
+    def __init__(self, book: Accounts, calendar: Calendar, clock: Callable[[], float] = time.time,
+                 interval: float = 1.0) -> None:
+        self.book = book
+        self.calendar = calendar
+        self.clock = clock
+        self.interval = interval
+        self.done: dict[str, str] = {}  # account id -> the last period granted (as this process knows)
+        self._task: asyncio.Task | None = None
+
+    def due(self, now: float) -> list[tuple[Account, str]]:
+        """(account, period name) for each refill whose current period has not been granted."""
+        out = []
+        for acc in self.book.accounts.values():
+            refill = acc.policy.refill
+            if refill is None:
+                continue
+            period = f"{refill.every}:{self.calendar.current(refill.every, now).label}"
+            if self.done.get(acc.id) != period:
+                out.append((acc, period))
+        return out
+
+    async def apply_due(self) -> int:
+        """Grant every refill that is due; returns how many grants this call made."""
+        made = 0
+        for acc, period in self.due(self.clock()):
+            if await self.grant(acc, period):
+                made += 1
+        return made
+
+    async def grant(self, acc: Account, period: str) -> bool:
+        """Grant ``acc``'s refill for ``period`` unless a grant for it is recorded."""
+        book = self.book
+        refill = acc.policy.refill
+        if refill is None or acc.unlimited:  # an unmetered account has nothing to refill
+            self.done[acc.id] = period
+            return False
+        amount = usd_to_micro(refill.amount)
+        made = False
+
+        async def change(tx) -> None:
+            nonlocal made
+            row = await tx.fetchone("select 1 from tollway_grants where account_id = ? and period = ?",
+                                    (acc.id, period))
+            if row is not None:
+                return
+            # Memory is the stored balance plus what is not written yet: the balance as of now.
+            add = amount if refill.rollover else max(amount - acc.balance, 0)
+            await tx.execute("insert into tollway_grants (account_id, period, amount_micro_usd, rollover, time) "
+                             "values (?, ?, ?, ?, ?)", (acc.id, period, add, int(refill.rollover), time.time()))
+            if add:
+                await tx.execute("update tollway_accounts set balance_micro_usd = balance_micro_usd + ? "
+                                 "where id = ?", (add, acc.id))
+            made = True
+
+        async with book.lock:
+            await book.write(change, (acc.id,))
+        self.done[acc.id] = period
+        return made
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="tollway-refills")
+
+    async def stop(self) -> None:
+        await stop_task(self._task)
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.apply_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                throttled(log, logging.ERROR, "refills", "refills: a grant failed; will retry", exc_info=True)
+            await asyncio.sleep(self.interval)
