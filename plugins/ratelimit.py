@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from proxy import Call, Gateway, ProxyError, StateKey, hookimpl
 
-from .accounts import ACCOUNTS, KeyRecord
+from .accounts import ACCOUNTS, Accounts, KeyRecord, Limits, ModelLimits
 from .accounts.checks import check_config
 from .accounts.counters import COUNTERS, Counters, MemoryCounters
 from .accounts.estimate import tokens_estimate
@@ -57,11 +57,14 @@ TAKEN: StateKey[Taken] = StateKey("ratelimit.taken")
 
 
 NO_PLAN = Plan.of([])
+NO_LIMITS = Limits()
+ACCOUNT_STATE = "acct:"  # an account's rules are keyed ("acct:<id>", "", "rpm"): no key id starts so
 
 
 class Plugin:
     def __init__(self) -> None:
         self.counters: Counters | None = None
+        self.accounts: Accounts | None = None
         self.store = None
         self._plans: dict[tuple[str, str], tuple] = {}
 
@@ -74,7 +77,7 @@ class Plugin:
         return self._start(gateway)
 
     async def _start(self, gateway: Gateway) -> None:
-        await gateway.services.open(ACCOUNTS)  # the deployment check; keys come on the principal
+        self.accounts = await gateway.services.open(ACCOUNTS)  # keys come on the principal; accounts here
         self.counters = counters = await gateway.services.open(COUNTERS)
         if not isinstance(counters, MemoryCounters):
             return  # shared counters keep their own state
@@ -101,28 +104,32 @@ class Plugin:
             if rows:
                 await tx.executemany("insert into tollway_ratelimit (name, tat) values (?, ?)", rows)
 
-    def _plan_of(self, key: KeyRecord, model: str) -> Plan:
-        """The key's limits for this model, compiled once per key version (hot path)."""
+    def _plan_of(self, key: KeyRecord, model: str, shared: Limits = NO_LIMITS, account: str = "") -> Plan:
+        """The key's limits for this model, and its account's (``shared``), compiled
+        once per version of each (hot path)."""
         cached = self._plans.get((key.id, model))
-        if cached is not None and cached[0] is key.limits:
-            return cached[1]
+        if cached is not None and cached[0] is key.limits and cached[1] is shared:
+            return cached[2]
         limits = key.limits
-        scopes = [("", limits)]
+        # (what the rule limits, its scope, its limits, the label's suffix)
+        scopes: list[tuple[str, str, Limits | ModelLimits, str]] = [(key.id, "", limits, "")]
         per_model = limits.models.get(model)
         if per_model is not None:
-            scopes.append((model, per_model))
+            scopes.append((key.id, model, per_model, f" for {model}"))
+        if not shared.empty:
+            scopes.append((ACCOUNT_STATE + account, "", shared, f" of account {account!r} (shared by its keys)"))
         rules = []
-        for scope, scope_limits in scopes:
+        for owner, scope, scope_limits, suffix in scopes:
             for field, kind, label, period in PERIODS:
                 value = getattr(scope_limits, field)
                 if value is not None:
-                    rules.append(Rule(tokens=kind == "tokens", label=f"{label} for {scope}" if scope else label,
-                                      scope=scope, limit=value, period=period, interval=period / value,
-                                      state=(key.id, scope, field), limit_text=str(value)))
+                    rules.append(Rule(tokens=kind == "tokens", label=label + suffix, scope=scope, limit=value,
+                                      period=period, interval=period / value, state=(owner, scope, field),
+                                      limit_text=str(value)))
         plan = Plan.of(rules) if rules else NO_PLAN
         if len(self._plans) > 100_000:  # keys come and go: keep the memo bounded
             self._plans.clear()
-        self._plans[(key.id, model)] = (limits, plan)
+        self._plans[(key.id, model)] = (limits, shared, plan)
         return plan
 
     @hookimpl(tryfirst=True)
@@ -131,7 +138,9 @@ class Plugin:
         if not isinstance(key, KeyRecord):
             return
         limits = key.limits
-        if limits.empty:
+        acc = self.accounts.account_of(key)
+        shared = acc.policy.limits
+        if limits.empty and shared.empty:
             return
         counters = self.counters
         slot = None
@@ -142,7 +151,7 @@ class Plugin:
                                       "flight at once; retry when one has finished",
                                  code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
             slot = key.id
-        plan = self._plan_of(key, call.model)
+        plan = self._plan_of(key, call.model, shared, acc.id)
         estimate = 0
         if plan.rules:
             if plan.token_rules:
@@ -173,10 +182,12 @@ class Plugin:
         counters = self.counters
         if counters is None:
             return out
+        acc = self.accounts.account_of(key) if self.accounts is not None else None
+        shared = acc.policy.limits if acc is not None else NO_LIMITS
         for model in ("", *sorted(key.limits.models)):
-            for rule in self._plan_of(key, model).rules:
+            for rule in self._plan_of(key, model, shared, acc.id if acc is not None else "").rules:
                 if model and not rule.scope:
-                    continue  # the key's own limits are listed once, under ""
+                    continue  # the key's own (and its account's) limits are listed once, under ""
                 tat = counters.tat(rule.state)
                 reset = 0.0 if tat is None or tat <= now else tat - now
                 left = max(int((rule.period - reset) / rule.interval + EPS), 0)
@@ -190,12 +201,14 @@ class Plugin:
     @staticmethod
     def _refusal(key: KeyRecord, wait: float, rule: Rule, cost: int, headers: dict) -> ProxyError:
         retry = max(1, math.ceil(wait))
+        whose = "" if rule.state[0].startswith(ACCOUNT_STATE) else f" for key {key.name!r}"
         if rule.tokens and cost > rule.limit:
-            msg = (f"rate limit exceeded: this request's estimated {cost} tokens exceed the key's "
-                   f"{rule.label} limit of {rule.limit} on their own; send a shorter request or a lower max_tokens")
-        else:
-            msg = (f"rate limit exceeded: {rule.label} (limit {rule.limit}) for key {key.name!r}; "
-                   f"retry in {retry}s")
+            # Waiting would not help: the request is bigger than the whole allowance.
+            return ProxyError(413, f"this request's estimated {cost} tokens exceed the {rule.label} limit of "
+                                   f"{rule.limit}{whose} on their own, so it can never be served; send a shorter "
+                                   "request or a lower max_tokens", param="max_tokens", code="request_exceeds_limit",
+                              headers=headers)
+        msg = f"rate limit exceeded: {rule.label} (limit {rule.limit}){whose}; retry in {retry}s"
         return ProxyError(429, msg, code="rate_limit_exceeded", headers={**headers, "Retry-After": str(retry)})
 
     @hookimpl
