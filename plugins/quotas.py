@@ -44,7 +44,7 @@ from .accounts.checks import check_config
 from .accounts.counters import COUNTERS
 from .accounts.estimate import output_bound, prompt_bound
 from .accounts.http import authenticate
-from .accounts.money import MICRO, PriceBook, format_usd, multiplier_ppm
+from .accounts.money import MICRO, PriceBook, format_usd, micro_to_usd, multiplier_ppm
 from .accounts.options import AccountConfig, BillingOptions, QuotasOptions
 from .accounts.periods import Calendar, zone
 from .accounts.refills import Refills
@@ -74,6 +74,7 @@ class Plugin:
         self.prices: PriceBook | None = None
         self.budgets: BudgetKeeper | None = None
         self.refills: Refills | None = None
+        self.top_up = ""  # appended to 402 messages: where to top up (billing.billing_url)
         self.default_cap = 4096
 
     @hookimpl
@@ -96,6 +97,7 @@ class Plugin:
         self.accounts = accounts = await gateway.services.open(ACCOUNTS)
         billing = gateway.config.section("billing") or BillingOptions()
         counters = await gateway.services.open(COUNTERS)
+        self.top_up = f". Top up at {billing.billing_url}" if billing.billing_url else ""
         calendar = Calendar(zone(billing.timezone))
         self.budgets = accounts.budgets = BudgetKeeper(accounts, counters, calendar)
         await self.budgets.load_seeds()
@@ -119,7 +121,7 @@ class Plugin:
         acc = self.accounts.account_of(key)
         if acc.policy.suspended:
             raise ProxyError(402, f"the account {acc.id!r} of this key is suspended; ask the operator to "
-                                  "reinstate it", code="account_suspended")
+                                  f"reinstate it{self.top_up}", code="account_suspended")
         prompt, output = prompt_bound(call), output_bound(call, self.default_cap)
         table = self.prices.of(call.route)
         amount = None
@@ -138,7 +140,8 @@ class Plugin:
             raise ProxyError(
                 402, f"insufficient credits: this request needs up to ${format_usd(amount)} ({what}) "
                      f"and the key's account has ${format_usd(max(acc.available, 0))} left{held}; "
-                     "ask the operator to top it up", code="insufficient_credits")
+                     f"ask the operator to top it up{self.top_up}", code="insufficient_credits",
+                extra={"balance": micro_to_usd(max(acc.available, 0)), "required": micro_to_usd(amount)})
         try:
             budget = await self.budgets.hold(key, acc, amount)
         except BaseException:

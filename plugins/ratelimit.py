@@ -36,7 +36,7 @@ from .accounts import ACCOUNTS, Accounts, KeyRecord, Limits, ModelLimits
 from .accounts.checks import check_config
 from .accounts.counters import COUNTERS, Counters, MemoryCounters
 from .accounts.estimate import tokens_estimate
-from .accounts.gcra import EPS, Plan, Rule, put_headers
+from .accounts.gcra import EPS, Plan, Rule, iso_at, put_headers
 
 PERIODS = (("rpm", "requests", "requests per minute", 60.0), ("rpd", "requests", "requests per day", 86400.0),
            ("tpm", "tokens", "tokens per minute", 60.0))
@@ -149,7 +149,8 @@ class Plugin:
             if not await counters.enter(key.id, concurrency):
                 raise ProxyError(429, f"rate limit exceeded: this key may have {concurrency} requests in "
                                       "flight at once; retry when one has finished",
-                                 code="concurrency_limit_exceeded", headers={"Retry-After": "1"})
+                                 code="concurrency_limit_exceeded", headers={"Retry-After": "1"},
+                                 extra={"limit": concurrency, "used": concurrency})
             slot = key.id
         plan = self._plan_of(key, call.model, shared, acc.id)
         estimate = 0
@@ -170,7 +171,8 @@ class Plugin:
                     counters.leave(slot)
                 call.response.headers.update(headers)
                 rule = refused.rule
-                raise self._refusal(key, refused.wait, rule, estimate if rule.tokens else 1, headers)
+                raise self._refusal(key, refused.wait, rule, estimate if rule.tokens else 1, headers,
+                                    self._used(rule, now))
         if plan.token_rules or slot:
             call.state[TAKEN] = Taken(plan.token_rules, estimate, slot)
 
@@ -198,8 +200,14 @@ class Plugin:
                         "remaining": None, "full_at": None, "period": None})
         return out
 
+    def _used(self, rule: Rule, now: float) -> int:
+        """How much of ``rule`` is taken now (the limit minus what is left)."""
+        tat = self.counters.tat(rule.state)
+        reset = 0.0 if tat is None or tat <= now else tat - now
+        return rule.limit - min(max(int((rule.period - reset) / rule.interval + EPS), 0), rule.limit)
+
     @staticmethod
-    def _refusal(key: KeyRecord, wait: float, rule: Rule, cost: int, headers: dict) -> ProxyError:
+    def _refusal(key: KeyRecord, wait: float, rule: Rule, cost: int, headers: dict, used: int) -> ProxyError:
         retry = max(1, math.ceil(wait))
         whose = "" if rule.state[0].startswith(ACCOUNT_STATE) else f" for key {key.name!r}"
         if rule.tokens and cost > rule.limit:
@@ -207,9 +215,11 @@ class Plugin:
             return ProxyError(413, f"this request's estimated {cost} tokens exceed the {rule.label} limit of "
                                    f"{rule.limit}{whose} on their own, so it can never be served; send a shorter "
                                    "request or a lower max_tokens", param="max_tokens", code="request_exceeds_limit",
-                              headers=headers)
+                              headers=headers, extra={"limit": rule.limit, "used": used, "requested": cost})
         msg = f"rate limit exceeded: {rule.label} (limit {rule.limit}){whose}; retry in {retry}s"
-        return ProxyError(429, msg, code="rate_limit_exceeded", headers={**headers, "Retry-After": str(retry)})
+        # resetAt: when this request fits again, the moment Retry-After points at.
+        return ProxyError(429, msg, code="rate_limit_exceeded", headers={**headers, "Retry-After": str(retry)},
+                          extra={"limit": rule.limit, "used": used, "resetAt": iso_at(time.time() + retry)})
 
     @hookimpl
     async def tollway_settle(self, call: Call) -> None:

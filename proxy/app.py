@@ -19,7 +19,7 @@ def make_app(gateway: Gateway, *, access_log: bool = True) -> web.Application:
     routes = ModelRoutes(gateway).routes()
     for extra in gateway.pm.hook.tollway_routes(gateway=gateway):
         routes.extend(extra or ())
-    app.add_routes(routes)
+    app.add_routes(under_base_path(routes, server.base_path, server.keep_v1))
     app.router.add_route("*", "/{tail:.*}", fallback)
 
     if access_log and server.access_log != "off":
@@ -43,3 +43,20 @@ def make_app(gateway: Gateway, *, access_log: bool = True) -> web.Application:
     app.on_shutdown.append(wind_down)
     app.on_cleanup.append(stop)
     return app
+
+
+def under_base_path(routes: list, base: str | None, keep_v1: bool) -> list:
+    """The routes, with every ``/v1`` one also (or, without ``keep_v1``, only) served
+    under ``server.base_path``: ``/v1/chat/completions`` -> ``/api/v1/chat/completions``."""
+    if not base:
+        return routes
+    out = []
+    for route in routes:
+        path = getattr(route, "path", None)
+        if isinstance(route, web.RouteDef) and path is not None and (path == "/v1" or path.startswith("/v1/")):
+            out.append(web.RouteDef(route.method, base + path[3:], route.handler, route.kwargs))
+            if keep_v1:
+                out.append(route)
+        else:
+            out.append(route)
+    return out

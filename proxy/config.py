@@ -73,6 +73,16 @@ class ServerConfig:
     shutdown_timeout: float = 30.0
     disconnect_drain: DisconnectDrain = field(default_factory=DisconnectDrain)
     timeouts: ClientTimeouts = field(default_factory=ClientTimeouts)
+    base_path: str | None = None  # the API under the operator's own prefix (e.g. /api/v1), as well as /v1
+    keep_v1: bool = True  # false: the API only under base_path
+
+
+@dataclass(frozen=True)
+class ErrorsConfig:
+    """``errors:``: the fields an operator's error contract promises."""
+
+    extra_fields: bool = False  # limit, used and resetAt on limit and budget errors
+    numeric_code: bool = False  # "code" is the HTTP status; the named code moves to "reason"
 
 
 @dataclass(frozen=True)
@@ -176,6 +186,7 @@ class Config:
     path: Path | None = None
     unset_env: tuple[str, ...] = ()
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    errors: ErrorsConfig = field(default_factory=ErrorsConfig)
 
     @property
     def base_dir(self) -> Path:
@@ -185,7 +196,7 @@ class Config:
         return self.sections.get(dotted, default)
 
 
-_CORE_SECTIONS = ("server", "storage", "providers", "models", "plugins", "catalog")
+_CORE_SECTIONS = ("server", "storage", "providers", "models", "plugins", "catalog", "errors")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -285,7 +296,23 @@ def build_config(raw: dict, *, schemas: dict[str, Any], provider_options: dict[s
     if server.max_upload_bytes < 1024:
         raise ConfigError("server.max_upload_bytes: must be at least 1024")
     catalog = build_dataclass(CatalogConfig, raw.get("catalog"), "catalog")
-    return Config(server, storage, providers, models, plugins, sections, path, unset_env, catalog=catalog)
+    check_base_path(server.base_path, server.keep_v1)
+    errors = build_dataclass(ErrorsConfig, raw.get("errors"), "errors")
+    return Config(server, storage, providers, models, plugins, sections, path, unset_env, catalog=catalog,
+                  errors=errors)
+
+
+def check_base_path(base: str | None, keep_v1: bool) -> None:
+    if base is None:
+        if not keep_v1:
+            raise ConfigError("server.keep_v1: false needs a server.base_path to serve the API under")
+        return
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", base):
+        raise ConfigError(f"server.base_path: {base!r} is not a path like /api/v1 (a leading '/', no trailing "
+                          "'/', letters, digits, '.', '_', '~' and '-')")
+    if base == "/v1" or base.split("/")[1] in ("v1", "admin", "health", "dashboard", "metrics"):
+        raise ConfigError(f"server.base_path: {base!r} would overlap the gateway's own paths (/v1, /admin, "
+                          "/health, /dashboard, /metrics); use a prefix of your own such as /api/v1")
 
 
 def _build_providers(raw: Any, option_types: dict[str, Any]) -> dict[str, ProviderConfig]:

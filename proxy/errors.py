@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 import orjson
 from aiohttp import web
@@ -43,15 +44,29 @@ _CLIENT_ERROR = ("invalid_request_error", "invalid_request_error")  # a 4xx not 
 _SERVER_ERROR = ("api_error", "api_error")
 
 
+class ErrorStyle(Protocol):
+    """What of an error body the operator chose (``errors:`` in the config)."""
+
+    @property
+    def extra_fields(self) -> bool:
+        """Render ``ProxyError.extra`` (limit, used, resetAt...) into the error object."""
+
+    @property
+    def numeric_code(self) -> bool:
+        """``code`` is the HTTP status; the named code is ``reason``."""
+
+
 class ProxyError(Exception):
     """An error answered to the client.
 
     ``status`` is the HTTP status, ``message`` says what to fix, ``code`` is a
     short machine-readable reason, ``param`` names the offending request field.
     ``headers`` are added to the response (``Retry-After``, rate-limit headers).
+    ``extra`` holds fields an operator may add to the body (``errors.extra_fields``:
+    ``limit``, ``used``, ``resetAt`` of the limit or budget that refused).
     """
 
-    __slots__ = ("status", "message", "code", "param", "headers", "type")
+    __slots__ = ("status", "message", "code", "param", "headers", "type", "extra")
 
     def __init__(
         self,
@@ -62,6 +77,7 @@ class ProxyError(Exception):
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
         type: str | None = None,
+        extra: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -70,6 +86,7 @@ class ProxyError(Exception):
         self.param = param
         self.headers = dict(headers) if headers else {}
         self.type = type
+        self.extra = extra
 
     def __repr__(self) -> str:
         return f"ProxyError({self.status}, {self.message!r}, code={self.code!r})"
@@ -80,22 +97,26 @@ class ProxyError(Exception):
     def anthropic_type(self) -> str:
         return _TYPES.get(self.status, _CLIENT_ERROR if self.status < 500 else _SERVER_ERROR)[1]
 
-    def openai_body(self) -> dict:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.openai_type(),
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+    def openai_body(self, style: ErrorStyle | None = None) -> dict:
+        error: dict[str, object] = {"message": self.message, "type": self.openai_type(), "param": self.param,
+                                    "code": self.code}
+        if style is not None:
+            if style.numeric_code:
+                error["code"] = self.status
+                error["reason"] = self.code
+            if style.extra_fields and self.extra:
+                error.update(self.extra)
+        return {"error": error}
 
-    def anthropic_body(self) -> dict:
-        return {"type": "error", "error": {"type": self.anthropic_type(), "message": self.message}}
+    def anthropic_body(self, style: ErrorStyle | None = None) -> dict:
+        error: dict[str, object] = {"type": self.anthropic_type(), "message": self.message}
+        if style is not None and style.extra_fields and self.extra:
+            error.update(self.extra)
+        return {"type": "error", "error": error}
 
-    def render(self, dialect: str = "openai") -> bytes:
-        """The JSON error body in the client's dialect."""
-        body = self.anthropic_body() if dialect == "anthropic" else self.openai_body()
+    def render(self, dialect: str = "openai", style: ErrorStyle | None = None) -> bytes:
+        """The JSON error body in the client's dialect, in the operator's ``errors:`` style."""
+        body = self.anthropic_body(style) if dialect == "anthropic" else self.openai_body(style)
         return orjson.dumps(body)
 
     def sse_event(self, dialect: str = "openai") -> bytes:
@@ -116,14 +137,35 @@ def internal_error() -> ProxyError:
 
 
 def dialect_of(request: web.BaseRequest) -> str:
-    """The error dialect of a route: Anthropic's on the Messages API, OpenAI's elsewhere."""
-    return "anthropic" if request.path.startswith("/v1/messages") else "openai"
+    """The error dialect of a route: Anthropic's on the Messages API (under /v1 or
+    ``server.base_path``), OpenAI's elsewhere."""
+    path = request.path
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    if path.endswith("/messages") or "/messages/" in path:
+        from .gateway import GATEWAY_KEY
+
+        app = getattr(request, "app", None)
+        gateway = app.get(GATEWAY_KEY) if app is not None else None
+        base = gateway.config.server.base_path if gateway is not None else None
+        if base and path.startswith(base + "/messages"):
+            return "anthropic"
+    return "openai"
 
 
-def error_response(err: ProxyError, dialect: str = "openai") -> web.Response:
+def error_response(err: ProxyError, dialect: str = "openai", style: ErrorStyle | None = None) -> web.Response:
     """An error as a whole JSON response, with its headers (``Retry-After``, ``Allow``...)."""
-    return web.Response(status=err.status, body=err.render(dialect),
+    return web.Response(status=err.status, body=err.render(dialect, style),
                         headers={**err.headers, "Content-Type": "application/json"})
+
+
+def style_of(request: web.BaseRequest) -> ErrorStyle | None:
+    """The serving gateway's ``errors:`` style (None outside a gateway's app)."""
+    from .gateway import GATEWAY_KEY
+
+    app = getattr(request, "app", None)
+    gateway = app.get(GATEWAY_KEY) if app is not None else None
+    return gateway.config.errors if gateway is not None else None
 
 
 @web.middleware
@@ -134,10 +176,10 @@ async def error_middleware(request: web.Request,
     try:
         return await handler(request)
     except ProxyError as err:
-        return error_response(err, dialect_of(request))
+        return error_response(err, dialect_of(request), style_of(request))
     except web.HTTPException:
         raise
     except Exception:
         throttled(log, logging.ERROR, "route_failed", "%s %s failed", request.method, redact(request.path),
                   exc_info=True)
-        return error_response(internal_error(), dialect_of(request))
+        return error_response(internal_error(), dialect_of(request), style_of(request))

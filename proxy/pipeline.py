@@ -164,7 +164,8 @@ async def send_error(request: web.Request, call: Call, err: ProxyError) -> web.S
     out.status = err.status
     out.error_code = err.code
     headers = {**out.headers, **err.headers, "Content-Type": JSON}
-    resp = web.Response(status=err.status, body=err.render(call.dialect), headers=headers)
+    style = request.app[GATEWAY_KEY].config.errors
+    resp = web.Response(status=err.status, body=err.render(call.dialect, style), headers=headers)
     await _send(request, call, resp)
     return resp
 

@@ -307,7 +307,13 @@ class ModelRoutes:
 
 async def fallback(request: web.Request) -> web.Response:
     """Unknown paths (404) and wrong methods (405, with ``Allow``)."""
-    allowed = _KNOWN_PATHS.get(request.path.rstrip("/") or "/")
+    path = request.path.rstrip("/") or "/"
+    server = request.app[GATEWAY_KEY].config.server
+    if server.base_path and path.startswith(server.base_path + "/"):
+        path = "/v1" + path[len(server.base_path):]  # the same endpoints under the operator's prefix
+    elif not server.keep_v1 and (path == "/v1" or path.startswith("/v1/")):
+        path = ""  # /v1 is not served
+    allowed = _KNOWN_PATHS.get(path)
     if allowed:
         raise ProxyError(405, f"{request.method} is not allowed on {request.path}; use {allowed}",
                          code="method_not_allowed", headers={"Allow": allowed})

@@ -31,7 +31,7 @@ from proxy import ProxyError
 from . import rollups
 from .gcra import iso_at
 from .model import PERIODS
-from .money import format_usd
+from .money import format_usd, micro_to_usd
 from .periods import Calendar
 
 if TYPE_CHECKING:
@@ -135,7 +135,9 @@ class BudgetKeeper:
                  f"${format_usd(used)} of it is spent and this request may cost up to ${format_usd(amount)} "
                  f"(requests in flight hold the rest); it resets at {when} (in {wait}s)",
             code="budget_exceeded",
-            headers={"Retry-After": str(wait), "X-RateLimit-Reset": iso_at(reset)})
+            headers={"Retry-After": str(wait), "X-RateLimit-Reset": iso_at(reset)},
+            extra={"limit": micro_to_usd(cap.cap), "used": micro_to_usd(used), "resetAt": iso_at(reset),
+                   "period": cap.period, "scope": "key" if cap.scope == "k" else "account"})
 
     @staticmethod
     def _never_fits(cap: Cap, amount: int) -> ProxyError:
@@ -143,7 +145,8 @@ class BudgetKeeper:
             400, f"this request may cost up to ${format_usd(amount)}, more than the whole "
                  f"{cap.period} budget of {cap.who} (${format_usd(cap.cap)}), so it can never be "
                  "served; lower max_tokens or send a shorter prompt", param="max_tokens",
-            code="budget_too_small")
+            code="budget_too_small", extra={"limit": micro_to_usd(cap.cap), "requested": micro_to_usd(amount),
+                                            "period": cap.period})
 
     # -- what was spent before -------------------------------------------------------------
     async def policy_changed(self) -> None:

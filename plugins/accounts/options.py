@@ -52,6 +52,7 @@ class BillingOptions:
     """``billing:``: the money the operator sells in, and its calendar."""
 
     timezone: str = "UTC"  # IANA name: where budget and refill periods begin (midnight, Monday, the 1st)
+    billing_url: str | None = None  # appended to 402 messages: "Top up at <billing_url>"
 
 
 @dataclass(frozen=True)
