@@ -23,12 +23,14 @@ from .accounts import ACCOUNTS, Accounts, KeyRecord
 from .accounts.admin import AdminKeys
 from .accounts.checks import check_config
 from .accounts.http import authenticate
-from .accounts.options import AuthOptions, KeyConfig
+from .accounts.keys import key_from_request
+from .accounts.options import AuthOptions, CatalogOptions, KeyConfig
 
 
 class Plugin:
     def __init__(self) -> None:
         self.accounts: Accounts | None = None
+        self.public_catalog = False
 
     @hookimpl
     def tollway_config_check(self, config) -> None:
@@ -36,7 +38,7 @@ class Plugin:
 
     @hookimpl
     def tollway_config_schema(self) -> dict:
-        return {"keys": list[KeyConfig] | None, "plugins.auth": AuthOptions}
+        return {"keys": list[KeyConfig] | None, "plugins.auth": AuthOptions, "catalog": CatalogOptions | None}
 
     @hookimpl
     def tollway_startup(self, gateway: Gateway):
@@ -44,9 +46,12 @@ class Plugin:
 
     async def _start(self, gateway: Gateway) -> None:
         self.accounts = await gateway.services.open(ACCOUNTS)
+        self.public_catalog = (gateway.config.section("catalog") or CatalogOptions()).public
 
     @hookimpl
-    async def tollway_authenticate(self, call: Call) -> KeyRecord:
+    async def tollway_authenticate(self, call: Call) -> KeyRecord | None:
+        if self.public_catalog and call.endpoint == "models" and key_from_request(call.request) is None:
+            return None  # catalog.public: the model list answers without a key (every model)
         return authenticate(self.accounts, call.request)
 
     @hookimpl(tryfirst=True)

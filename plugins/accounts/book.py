@@ -62,6 +62,7 @@ class Accounts:
         self.refills: Refills | None = None  # the refill task (refills.py), likewise
         ledger = self.config.section("plugins.ledger") or LedgerOptions()
         auth = self.config.section("plugins.auth") or AuthOptions()
+        self.key_format = auth.key_format
         self.writer = Writer(self, ledger.flush_ms / 1000, ledger.batch_rows, auth.poll_ms / 1000)
 
     # -- life cycle -------------------------------------------------------------------
@@ -188,7 +189,8 @@ class Accounts:
         """A new key (and its account, unless it joins an existing one); the
         plain key is returned here and never again. ``credits`` is micro-USD
         (None: unmetered); joining an existing account tops it up by it."""
-        plain = new_key()
+        fmt = self.key_format
+        plain = new_key(fmt.prefix, fmt.length, fmt.alphabet)
         now = time.time()
         kid = new_id()
         record = KeyRecord(id=kid, name=name, hash=hash_key(plain), prefix=display_prefix(plain),

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import math
+import re
 import time
 
 from proxy.schema import ConfigError, StartRefused, suggest
 
-from .keys import display_prefix, hash_key
+from .keys import ALPHABETS, MIN_BITS, display_prefix, hash_key, key_bits
 from .model import KeyRecord
 from .money import MoneyError, usd_to_micro
 from .options import NAME_RE, KeyConfig, parse_time
@@ -19,9 +21,27 @@ __all__ = ["check_config", "claim_store", "config_record"]
 def check_config(config) -> None:
     """What ``tollway check`` must catch: the deployment, and every YAML key."""
     check_deployment(config)
+    check_key_format(config)
     check_accounts(config)
     for i, kc in enumerate(config.section("keys") or []):
         config_record(config, i, kc)
+
+
+def check_key_format(config) -> None:
+    auth = config.section("plugins.auth")
+    if auth is None:
+        return
+    fmt = auth.key_format
+    where = "plugins.auth.key_format"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{0,32}", fmt.prefix):
+        raise ConfigError(f"{where}.prefix: use at most 32 letters, digits, '_', '.' or '-', got {fmt.prefix!r}")
+    if not 1 <= fmt.length <= 256:
+        raise ConfigError(f"{where}.length: must be 1 to 256 characters, got {fmt.length}")
+    bits = key_bits(fmt.length, fmt.alphabet)
+    if bits < MIN_BITS:
+        need = math.ceil(MIN_BITS / math.log2(len(ALPHABETS[fmt.alphabet])))
+        raise ConfigError(f"{where}.length: {fmt.length} {fmt.alphabet} characters carry {bits:.0f} random bits; "
+                          f"a key needs at least {MIN_BITS} (use {need} or more)")
 
 
 def check_accounts(config) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
+import string
 from typing import TYPE_CHECKING
 
 from proxy.logs import display_prefix
 
-__all__ = ["KEY_PREFIX", "display_prefix", "hash_key", "key_from_headers", "key_from_request", "new_id", "new_key"]
+__all__ = ["ALPHABETS", "KEY_PREFIX", "MIN_BITS", "key_bits",
+           "display_prefix", "hash_key", "key_from_headers", "key_from_request", "new_id", "new_key"]
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -16,9 +19,21 @@ if TYPE_CHECKING:
 KEY_PREFIX = "sk-tw-"
 
 
-def new_key() -> str:
-    """A fresh key: 'sk-tw-' and 43 URL-safe characters (256 random bits)."""
-    return KEY_PREFIX + secrets.token_urlsafe(32)
+ALPHABETS = {"urlsafe": string.ascii_letters + string.digits + "-_", "hex": "0123456789abcdef",
+             "alphanumeric": string.ascii_letters + string.digits}
+MIN_BITS = 128
+
+
+def new_key(prefix: str = KEY_PREFIX, length: int = 43, alphabet: str = "urlsafe") -> str:
+    """A fresh key: ``prefix`` and ``length`` random characters of ``alphabet``
+    (default: 'sk-tw-' and 43 URL-safe characters, 256 random bits)."""
+    chars = ALPHABETS[alphabet]
+    return prefix + "".join(secrets.choice(chars) for _ in range(length))
+
+
+def key_bits(length: int, alphabet: str) -> float:
+    """The randomness of a key of this format, in bits."""
+    return length * math.log2(len(ALPHABETS[alphabet]))
 
 
 def new_id() -> str:

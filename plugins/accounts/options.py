@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from .model import NO_BUDGETS, Budgets, Limits, Refill
 
@@ -56,10 +56,27 @@ class BillingOptions:
 
 
 @dataclass(frozen=True)
+class KeyFormat:
+    """What keys made by the admin API, the CLI and the dashboard look like:
+    ``prefix`` then ``length`` random characters of ``alphabet`` (``sk-{64 hex}``:
+    prefix ``sk-``, length 64, alphabet hex). At least 128 random bits."""
+
+    prefix: str = "sk-tw-"
+    length: int = 43
+    alphabet: Literal["urlsafe", "hex", "alphanumeric"] = "urlsafe"
+
+
+@dataclass(frozen=True)
+class CatalogOptions:
+    public: bool = False  # GET /v1/models (and /v1/models/{id}) answer without a key: every model
+
+
+@dataclass(frozen=True)
 class AuthOptions:
     # How often the server looks for key/balance changes made by another
     # process on the same store (the CLI), in milliseconds.
     poll_ms: int = 1000
+    key_format: KeyFormat = field(default_factory=KeyFormat)
 
 
 @dataclass(frozen=True)
