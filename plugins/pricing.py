@@ -51,7 +51,8 @@ class Plugin:
     @hookimpl
     def tollway_startup(self, gateway: Gateway):
         self.gateway = gateway
-        self.prices = PriceBook(gateway.config.models)
+        billing = gateway.config.section("billing")  # declared by quotas; absent: USD
+        self.prices = PriceBook(gateway.config.models, billing.usd_rate if billing is not None else 1.0)
         self.default_cap = (gateway.config.section("plugins.quotas") or QuotasOptions()).default_max_tokens
         return preload() if gateway.serving else None  # the tokenizer, in a thread: ready before it is needed
 

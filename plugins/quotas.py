@@ -44,7 +44,7 @@ from .accounts.checks import check_config
 from .accounts.counters import COUNTERS
 from .accounts.estimate import output_bound, prompt_bound
 from .accounts.http import authenticate
-from .accounts.money import MICRO, PriceBook, format_usd, micro_to_usd, multiplier_ppm
+from .accounts.money import MICRO, PriceBook, micro_to_usd, money_text, multiplier_ppm
 from .accounts.options import AccountConfig, BillingOptions, QuotasOptions
 from .accounts.periods import Calendar, zone
 from .accounts.refills import Refills
@@ -92,7 +92,8 @@ class Plugin:
 
     async def _start(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.prices = PriceBook(gateway.config.models)
+        billing = gateway.config.section("billing") or BillingOptions()
+        self.prices = PriceBook(gateway.config.models, billing.usd_rate)
         self.default_cap = (gateway.config.section("plugins.quotas") or QuotasOptions()).default_max_tokens
         self.accounts = accounts = await gateway.services.open(ACCOUNTS)
         billing = gateway.config.section("billing") or BillingOptions()
@@ -136,10 +137,11 @@ class Plugin:
             amount = table.cost(prompt, output, multiplier_ppm=MICRO if multiplier == 1.0 else
                                 multiplier_ppm(multiplier))
         if not await self.accounts.hold(acc, amount):
-            held = f", ${format_usd(acc.reserved)} of it held by requests in flight" if acc.reserved else ""
+            cur = self.accounts.currency
+            held = f", {money_text(acc.reserved, cur)} of it held by requests in flight" if acc.reserved else ""
             raise ProxyError(
-                402, f"insufficient credits: this request needs up to ${format_usd(amount)} ({what}) "
-                     f"and the key's account has ${format_usd(max(acc.available, 0))} left{held}; "
+                402, f"insufficient credits: this request needs up to {money_text(amount, cur)} ({what}) "
+                     f"and the key's account has {money_text(max(acc.available, 0), cur)} left{held}; "
                      f"ask the operator to top it up{self.top_up}", code="insufficient_credits",
                 extra={"balance": micro_to_usd(max(acc.available, 0)), "required": micro_to_usd(amount)})
         try:
@@ -193,4 +195,4 @@ class Plugin:
         key = authenticate(self.accounts, request)
         acc = self.accounts.account_of(key)
         return json_response({"object": "credits", "key": {"id": key.id, "name": key.name, "prefix": key.prefix},
-                              **account_view(acc), "budgets": self.accounts.budget_status(key)})
+                              **account_view(acc, self.accounts.currency), "budgets": self.accounts.budget_status(key)})

@@ -43,9 +43,8 @@ async def test_the_model_list_may_be_public(start_gateway):
     config["models"]["other"] = {"provider": "local", "price": {"input": 1, "output": 1}}
     config["server"]["base_path"] = "/api"
     closed = await start_gateway(config)
-    async with aiohttp.ClientSession() as s:
-        async with s.get(closed.url + "/models") as r:
-            assert r.status == 401
+    async with aiohttp.ClientSession() as s, s.get(closed.url + "/models") as r:
+        assert r.status == 401
     config["catalog"] = {"public": True}
     config["storage"] = {"url": "sqlite:///" + str(closed.gw.config.base_dir / "public.db")}
     running = await start_gateway(config)
@@ -68,6 +67,5 @@ async def test_the_dashboard_follows_the_base_path(start_gateway):
     config = biz_config(enabled=["auth", "ratelimit", "quotas", "pricing", "ledger", "dashboard"])
     config["server"]["base_path"] = "/api/v1"
     running = await start_gateway(config)
-    async with aiohttp.ClientSession() as s:
-        async with s.get(running.root + "/api/v1/dashboard/login") as r:
-            assert r.status == 200 and 'action="/api/v1/dashboard/login"' in await r.text()
+    async with aiohttp.ClientSession() as s, s.get(running.root + "/api/v1/dashboard/login") as r:
+        assert r.status == 200 and 'action="/api/v1/dashboard/login"' in await r.text()

@@ -69,7 +69,7 @@ class AdminKeys:
         return record
 
     def _view(self, record: KeyRecord) -> dict:
-        return key_view(record, self.accounts.account_of(record))
+        return key_view(record, self.accounts.account_of(record), currency=self.accounts.currency)
 
     async def create(self, request: web.Request) -> web.Response:
         self.check(self.gateway, request)
@@ -85,7 +85,7 @@ class AdminKeys:
         self.check(self.gateway, request)
         now = time.time()
         accounts = self.accounts
-        data = [key_view(k, accounts.account_of(k), now) for k in accounts.by_id.values()]
+        data = [key_view(k, accounts.account_of(k), now, accounts.currency) for k in accounts.by_id.values()]
         return json_response({"object": "list", "data": data})
 
     async def show(self, request: web.Request) -> web.Response:
@@ -119,4 +119,4 @@ class AdminKeys:
             raise field_error(str(exc)) from None
         acc = await self.accounts.topup(record.id, micro)
         return json_response({"id": record.id, "added": micro_to_usd(micro), "added_micro_usd": micro,
-                              "account": account_view(acc)})
+                              "account": account_view(acc, self.accounts.currency)})

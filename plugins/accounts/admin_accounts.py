@@ -61,7 +61,7 @@ class AdminAccounts:
         book = self.accounts
         keys = sorted(k.id for k in book.by_id.values() if k.account_id == acc.id)
         budgets = book.budgets.account_status(acc) if book.budgets is not None else []
-        return {"object": "account", **account_view(acc), **acc.policy.to_dict(), "source": acc.source,
+        return {"object": "account", **account_view(acc, book.currency), **acc.policy.to_dict(), "source": acc.source,
                 "suspended": acc.policy.suspended, "keys": keys, "budget_status": budgets}
 
     async def list(self, request: web.Request) -> web.Response:

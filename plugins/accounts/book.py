@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import db
-from .checks import check_config, claim_store, config_record
+from .checks import check_config, claim_currency, claim_store, config_record
 from .keys import display_prefix, hash_key, new_id, new_key
 from .model import NO_BUDGETS, NO_POLICY, Account, AccountPolicy, Budgets, KeyRecord, Limits
 from .money import usd_to_micro
@@ -63,6 +63,8 @@ class Accounts:
         ledger = self.config.section("plugins.ledger") or LedgerOptions()
         auth = self.config.section("plugins.auth") or AuthOptions()
         self.key_format = auth.key_format
+        billing = self.config.section("billing")
+        self.currency: str = billing.currency if billing is not None else "USD"
         self.writer = Writer(self, ledger.flush_ms / 1000, ledger.batch_rows, auth.poll_ms / 1000)
 
     # -- life cycle -------------------------------------------------------------------
@@ -71,6 +73,7 @@ class Accounts:
         if self.gateway.serving:
             await claim_store(self.store)
         await db.create_tables(self.store)
+        await claim_currency(self.store, self.currency)
         await self.sync_config_accounts()
         await self.sync_config_keys()
         await self.reload()

@@ -31,7 +31,7 @@ from proxy import ProxyError
 from . import rollups
 from .gcra import iso_at
 from .model import PERIODS
-from .money import format_usd, micro_to_usd
+from .money import micro_to_usd, money_text
 from .periods import Calendar
 
 if TYPE_CHECKING:
@@ -128,22 +128,23 @@ class BudgetKeeper:
 
     def _exceeded(self, cap: Cap, name: str, reset: float, now: float, amount: int) -> ProxyError:
         used = self.counters.used_total(name)
+        cur = self.book.currency
         wait = max(1, math.ceil(reset - now))
         when = self.calendar.local_iso(reset)
         return ProxyError(
-            429, f"budget exceeded: the {cap.period} budget of {cap.who} is ${format_usd(cap.cap)}, "
-                 f"${format_usd(used)} of it is spent and this request may cost up to ${format_usd(amount)} "
+            429, f"budget exceeded: the {cap.period} budget of {cap.who} is {money_text(cap.cap, cur)}, "
+                 f"{money_text(used, cur)} of it is spent and this request may cost up to {money_text(amount, cur)} "
                  f"(requests in flight hold the rest); it resets at {when} (in {wait}s)",
             code="budget_exceeded",
             headers={"Retry-After": str(wait), "X-RateLimit-Reset": iso_at(reset)},
             extra={"limit": micro_to_usd(cap.cap), "used": micro_to_usd(used), "resetAt": iso_at(reset),
                    "period": cap.period, "scope": "key" if cap.scope == "k" else "account"})
 
-    @staticmethod
-    def _never_fits(cap: Cap, amount: int) -> ProxyError:
+    def _never_fits(self, cap: Cap, amount: int) -> ProxyError:
+        cur = self.book.currency
         return ProxyError(
-            400, f"this request may cost up to ${format_usd(amount)}, more than the whole "
-                 f"{cap.period} budget of {cap.who} (${format_usd(cap.cap)}), so it can never be "
+            400, f"this request may cost up to {money_text(amount, cur)}, more than the whole "
+                 f"{cap.period} budget of {cap.who} ({money_text(cap.cap, cur)}), so it can never be "
                  "served; lower max_tokens or send a shorter prompt", param="max_tokens",
             code="budget_too_small", extra={"limit": micro_to_usd(cap.cap), "requested": micro_to_usd(amount),
                                             "period": cap.period})

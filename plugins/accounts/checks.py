@@ -52,6 +52,17 @@ def check_accounts(config) -> None:
             zone(billing.timezone)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if not re.fullmatch(r"[A-Z]{3}", billing.currency):
+            raise ConfigError(f"billing.currency: use a 3-letter ISO 4217 code like USD, EUR or INR, "
+                              f"got {billing.currency!r}")
+        if not billing.usd_rate > 0:
+            raise ConfigError("billing.usd_rate: must be more than 0 (units of billing.currency per USD)")
+        if billing.currency == "USD" and billing.usd_rate != 1:
+            raise ConfigError("billing.usd_rate: must be 1 when billing.currency is USD")
+        try:
+            usd_to_micro(billing.usd_rate, "billing.usd_rate")
+        except MoneyError as exc:
+            raise ConfigError(str(exc)) from None
     for aid, ac in (config.section("accounts") or {}).items():
         where = f"accounts.{aid}"
         if not NAME_RE.match(aid):
@@ -141,3 +152,18 @@ def check_deployment(config) -> None:
     if config.server.workers > 1:
         raise ConfigError(f"server.workers: {config.server.workers} workers cannot share the in-memory balances "
                           "and rate-limit counters of storage.counters: memory; run 1 worker")
+
+
+async def claim_currency(store, currency: str) -> None:
+    """Balances are stored in micro-units of ``billing.currency``: the currency is
+    recorded at the first start and a different one is refused (it would reinterpret
+    every balance and ledger row)."""
+    rows = await store.fetchall("select name from tollway_meta where name like 'currency:%'")
+    stored = [r[0].split(":", 1)[1] for r in rows]
+    if not stored:
+        await store.execute("insert into tollway_meta (name, value) values (?, 1) on conflict (name) do nothing",
+                            (f"currency:{currency}",))
+    elif currency not in stored:
+        raise StartRefused(f"billing.currency: this store's balances and ledger are in {stored[0]}, not {currency}; "
+                           f"set billing.currency: {stored[0]} (a change of currency needs the stored amounts "
+                           "converted first)")

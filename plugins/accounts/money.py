@@ -1,4 +1,9 @@
-"""Money: integers in micro-USD, exact prices, cost rounded up to the micro-USD.
+"""Money: integers in micro-units, exact prices, cost rounded up to the micro-unit.
+
+The unit is a millionth of ``billing.currency`` (USD unless the operator
+sells in another currency; the ``*_micro_usd`` names of columns and fields
+are kept for compatibility and hold micro-units of that currency). Model
+prices are USD and are converted at the fixed ``billing.usd_rate``, exactly.
 
 A price in USD per 1M tokens is, numerically, micro-USD per token. Prices are
 held as integers in femto-USD per token (``price * 10**9``), so a cost is
@@ -53,6 +58,11 @@ def format_usd(micro: int) -> str:
 FEMTO_PER_USD = MICRO * FEMTO_PER_MICRO
 
 
+def money_text(micro: int, currency: str = "USD") -> str:
+    """``1500000`` -> ``$1.500000`` (USD) or ``1.500000 INR``: exact, for messages."""
+    return "$" + format_usd(micro) if currency == "USD" else f"{format_usd(micro)} {currency}"
+
+
 @dataclass(frozen=True, slots=True)
 class PriceTable:
     """One model's prices in femto-USD per token (and per image, per character, per
@@ -66,9 +76,12 @@ class PriceTable:
     characters: int | None = None  # femto-USD per input character (speech)
     audio_minute: int | None = None  # femto-USD per minute of audio (transcriptions)
     batch_ppm: int = MICRO // 2
+    divisor: int = FEMTO_PER_MICRO  # price units per micro-unit of money
 
     @classmethod
-    def from_config(cls, price, where: str) -> PriceTable:
+    def from_config(cls, price, where: str, rate_ppm: int = MICRO) -> PriceTable:
+        """The prices of ``price`` (USD per 1M tokens), in the billing currency at
+        ``rate_ppm`` (currency units per USD, in parts per million; exact)."""
         cached = price.cached_input if price.cached_input is not None else price.input
         write = price.cache_write if price.cache_write is not None else price.input
         images = getattr(price, "images", None)
@@ -83,6 +96,14 @@ class PriceTable:
                    exact_scaled(characters, FEMTO_PER_MICRO, f"{where}.characters") if characters is not None else None,
                    exact_scaled(minute, FEMTO_PER_USD, f"{where}.audio_minute") if minute is not None else None,
                    multiplier_ppm(getattr(price, "batch_multiplier", 0.5)))
+
+
+        scaled = [exact_scaled(v, FEMTO_PER_MICRO, f"{where}.{n}") for n, v in
+                  (("input", price.input), ("output", price.output), ("cached_input", cached),
+                   ("cache_write", write))]
+        if rate_ppm == MICRO:
+            return cls(*scaled)
+        return cls(*(v * rate_ppm for v in scaled), divisor=FEMTO_PER_MICRO * MICRO)
 
     def cost(self, prompt: int, completion: int, cached: int = 0, multiplier_ppm: int = MICRO,
              cache_write: int = 0) -> int:
@@ -106,8 +127,8 @@ class PriceTable:
         femto = ((prompt - cached - cache_write) * self.input + cached * self.cached_input
                  + cache_write * self.cache_write + completion * self.output)
         if multiplier_ppm != MICRO:
-            return -(-femto * multiplier_ppm // (FEMTO_PER_MICRO * MICRO))
-        return -(-femto // FEMTO_PER_MICRO)
+            return -(-femto * multiplier_ppm // (self.divisor * MICRO))
+        return -(-femto // self.divisor)
 
 
 def multiplier_ppm(multiplier: float) -> int:
@@ -121,13 +142,17 @@ def multiplier_ppm(multiplier: float) -> int:
 class PriceBook:
     """Every configured model's ``PriceTable``; checked once, at start-up."""
 
-    def __init__(self, models: dict) -> None:
+    def __init__(self, models: dict, usd_rate: float = 1.0) -> None:
         from proxy.schema import ConfigError
 
+        try:
+            self.rate_ppm = exact_scaled(usd_rate, MICRO, "billing.usd_rate")
+        except MoneyError as exc:
+            raise ConfigError(str(exc)) from None
         self.tables: dict[str, PriceTable] = {}
         for name, m in models.items():
             try:
-                self.tables[name] = PriceTable.from_config(m.price, f"models.{name}.price")
+                self.tables[name] = PriceTable.from_config(m.price, f"models.{name}.price", self.rate_ppm)
             except MoneyError as exc:
                 raise ConfigError(str(exc)) from None
 
@@ -135,7 +160,8 @@ class PriceBook:
         """The prices of the model a route serves (its public name)."""
         table = self.tables.get(route.model)
         if table is None:  # a route a plugin made up: price it from its config
-            table = self.tables[route.model] = PriceTable.from_config(route.config.price, f"models.{route.model}")
+            table = self.tables[route.model] = PriceTable.from_config(route.config.price, f"models.{route.model}",
+                                                                      self.rate_ppm)
         return table
 
     def cost_of(self, call) -> int:

@@ -51,6 +51,8 @@ class AccountConfig:
 class BillingOptions:
     """``billing:``: the money the operator sells in, and its calendar."""
 
+    currency: str = "USD"  # what credits, balances, budgets, refills and costs are counted in
+    usd_rate: float = 1.0  # units of currency per USD: model prices (USD) are converted at this fixed rate
     timezone: str = "UTC"  # IANA name: where budget and refill periods begin (midnight, Monday, the 1st)
     billing_url: str | None = None  # appended to 402 messages: "Top up at <billing_url>"
 

@@ -63,8 +63,10 @@ def check_units(call: Call, table: PriceTable) -> None:
                          code="unpriced_image_size")
 
 
-def _micro(femto: int, ppm: int) -> int:
-    return -(-femto * ppm // (FEMTO_PER_MICRO * MICRO))
+def _micro(femto: int, ppm: int, divisor: int = FEMTO_PER_MICRO) -> int:
+    """Micro-units (rounded up) of ``femto`` price units times ``ppm``; ``divisor``:
+    the table's price units per micro-unit (another currency makes it larger)."""
+    return -(-femto * ppm // (divisor * MICRO))
 
 
 def unit_cost(call: Call, table: PriceTable, ppm: int = MICRO) -> int | None:
@@ -74,12 +76,12 @@ def unit_cost(call: Call, table: PriceTable, ppm: int = MICRO) -> int | None:
         return None
     if call.endpoint in ("images", "image_edits"):
         price = image_price(table, units.image_tier)
-        return None if price is None else _micro(units.images * price, ppm)
+        return None if price is None else _micro(units.images * price, ppm, table.divisor)
     if call.endpoint == "speech":
-        return None if table.characters is None else _micro(units.characters * table.characters, ppm)
+        return None if table.characters is None else _micro(units.characters * table.characters, ppm, table.divisor)
     if call.endpoint in AUDIO_ENDPOINTS and table.audio_minute is not None and units.audio_seconds is not None:
         millis = -(-round(units.audio_seconds * 1_000_000) // 1000)  # whole milliseconds, rounded up
-        return _micro(-(-millis * table.audio_minute // 60_000), ppm)
+        return _micro(-(-millis * table.audio_minute // 60_000), ppm, table.divisor)
     return None
 
 
@@ -90,7 +92,7 @@ def unit_bound(call: Call, table: PriceTable) -> int | None:
         return None
     if call.endpoint in ("images", "image_edits"):
         price = image_price(table, units.image_tier)
-        return None if price is None else _micro(units.images * price, MICRO)
+        return None if price is None else _micro(units.images * price, MICRO, table.divisor)
     if call.endpoint == "speech":
         return unit_cost(call, table)
     if call.endpoint in AUDIO_ENDPOINTS and table.audio_minute is not None:
@@ -99,5 +101,5 @@ def unit_bound(call: Call, table: PriceTable) -> int | None:
             seconds = len(call.raw_body) * SECONDS_PER_BYTE
         # The upstream's own measure may differ a little from the gateway's: hold 10% more.
         millis = -(-round(seconds * 1_100_000) // 1000)
-        return _micro(-(-millis * table.audio_minute // 60_000), MICRO)
+        return _micro(-(-millis * table.audio_minute // 60_000), MICRO, table.divisor)
     return None

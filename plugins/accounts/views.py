@@ -11,20 +11,22 @@ from .money import format_usd, micro_to_usd
 from .options import iso
 
 
-def account_view(acc: Account) -> dict[str, Any]:
+def account_view(acc: Account, currency: str = "USD") -> dict[str, Any]:
+    """An account in JSON: amounts in ``currency`` units and micro-units (the
+    ``*_micro_usd`` names hold micro-units of the billing currency)."""
     return {"id": acc.id, "balance": micro_to_usd(acc.balance), "reserved": micro_to_usd(acc.reserved),
             "available": micro_to_usd(acc.available), "spent": micro_to_usd(acc.spent),
             "balance_micro_usd": acc.balance, "reserved_micro_usd": acc.reserved, "spent_micro_usd": acc.spent,
-            "unlimited": acc.unlimited, "currency": "USD"}
+            "unlimited": acc.unlimited, "currency": currency}
 
 
-def key_view(k: KeyRecord, acc: Account, now: float | None = None) -> dict[str, Any]:
+def key_view(k: KeyRecord, acc: Account, now: float | None = None, currency: str = "USD") -> dict[str, Any]:
     return {"id": k.id, "object": "api_key", "name": k.name, "prefix": k.prefix,
             "status": k.status(time.time() if now is None else now), "source": k.source,
             "models": None if k.models is None else sorted(k.models), "limits": k.limits.to_dict(),
             "expires_at": iso(k.expires_at), "disabled": k.disabled, "metadata": k.metadata,
             "created_at": iso(k.created_at), "revoked_at": iso(k.revoked_at), "budgets": k.budgets.to_dict(),
-            "account": account_view(acc)}
+            "account": account_view(acc, currency)}
 
 
 def usage_view(row: dict[str, Any]) -> dict[str, Any]:

@@ -71,7 +71,7 @@ class CustomerPages:
         return {"key": {"id": key.id, "name": key.name, "prefix": key.prefix,
                         "models": None if key.models is None else sorted(key.models),
                         "expires_at": key.expires_at},
-                "account": account_view(accounts.account_of(key)), "limits": self.limits(key),
+                "account": account_view(accounts.account_of(key), accounts.currency), "limits": self.limits(key),
                 "budgets": self.budgets(key), "range": rng, "ranges": list(RANGES), "steps": steps_for(rng.name),
                 "totals": totals, "series": series, "by_model": by_model, "recent": recent, "next_cursor": nxt,
                 "first_page": cursor is None}

@@ -55,7 +55,7 @@ class KeyPages:
         if accounts is None:
             return []
         now = time.time()
-        return [key_view(k, accounts.account_of(k), now) for k in accounts.by_id.values()]
+        return [key_view(k, accounts.account_of(k), now, accounts.currency) for k in accounts.by_id.values()]
 
     async def keys(self, request: web.Request) -> web.StreamResponse:
         q = request.query.get("q", "").strip().lower()
@@ -81,7 +81,7 @@ class KeyPages:
         record = accounts.by_id.get(request.match_info["id"]) if accounts is not None else None
         if record is None:
             return self.dash.renderer.page("notfound.html", {"what": "key"}, status=404)
-        view = key_view(record, accounts.account_of(record))
+        view = key_view(record, accounts.account_of(record), currency=accounts.currency)
         rng = parse_range("30d", "day")
         scope = queries.Scope(key_id=record.id)
         series = await queries.series(self.dash.store, rng, scope)
