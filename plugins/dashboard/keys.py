@@ -102,6 +102,9 @@ class KeyPages:
             for k in accounts.by_id.values():
                 members.setdefault(k.account_id, []).append(k.name)
             for acc in sorted(accounts.accounts.values(), key=lambda a: a.id):
+                budgets = accounts.budgets.account_status(acc) if accounts.budgets is not None else []
                 rows.append({"id": acc.id, "balance": acc.balance, "reserved": acc.reserved, "spent": acc.spent,
-                             "unlimited": acc.unlimited, "keys": sorted(members.get(acc.id, ()))})
+                             "unlimited": acc.unlimited, "keys": sorted(members.get(acc.id, ())),
+                             "suspended": acc.policy.suspended, "budgets": budgets, "refill": acc.policy.refill,
+                             "limits": acc.policy.limits.to_dict()})
         return self.dash.render(request, "accounts.html", self.dash.context(request, "keys", accounts=rows))
