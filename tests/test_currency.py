@@ -32,9 +32,8 @@ async def test_an_inr_gateway_bills_in_micro_rupees(start_gateway, mock_upstream
                                                               messages=[{"role": "user", "content": "hi"}])
     assert raw.headers["x-tollway-cost"] == "0.668000"
     assert raw.parse().usage.model_extra["cost"] == pytest.approx(0.668)
-    async with aiohttp.ClientSession() as s:
-        async with s.get(running.url + "/credits", headers=bearer(KEY_A)) as r:
-            mine = await r.json()
+    async with aiohttp.ClientSession() as s, s.get(running.url + "/credits", headers=bearer(KEY_A)) as r:
+        mine = await r.json()
     assert mine["currency"] == "INR" and mine["balance_micro_usd"] == 10_000_000 - COST
     await running.gw.services[ACCOUNTS].writer.flush()
     [(cost,)] = await running.gw.store.fetchall("select cost_micro_usd from tollway_ledger")
