@@ -76,3 +76,16 @@ def test_billing_mistakes(tmp_path, billing, message):
     config["storage"] = {"url": f"sqlite:///{tmp_path}/t.db"}
     with pytest.raises(ConfigError, match=message):
         build_gateway(config, path=tmp_path / "tollway.yaml")
+
+
+async def test_the_dashboard_shows_the_currency(start_gateway, mock_upstream):
+    from test_dashboard import client, sign_in
+
+    config = inr_config(mock_upstream.url)
+    config["plugins"]["enabled"].append("dashboard")
+    running = await start_gateway(config)
+    async with client() as s:
+        await sign_in(s, running, KEY_A)
+        async with s.get(running.root + "/dashboard/usage") as r:
+            page = await r.text()
+    assert 'data-currency="INR"' in page and "10.00 INR" in page and "$" not in page.split("<main")[1]

@@ -46,7 +46,8 @@ class Dashboard:
         self.options = options
         base = (getattr(gateway.config.server, "base_path", "") or "").rstrip("/")
         self.root = base + "/dashboard"
-        self.renderer = Renderer(self.root, static_version())
+        billing = gateway.config.section("billing")  # the quotas plugin's section, when it is on
+        self.renderer = Renderer(self.root, static_version(), billing.currency if billing is not None else "USD")
         self.guard = Guard(self)
 
     @property

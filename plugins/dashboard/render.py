@@ -28,7 +28,7 @@ SECURITY_HEADERS = {
 }
 
 
-def usd(micro: int | None, digits: int | None = None) -> str:
+def usd(micro: int | None, digits: int | None = None, currency: str = "USD") -> str:
     """Micro-USD as dollars: cents for amounts of a dollar and more, else up to
     six decimals (so small spends do not read as $0.00)."""
     if micro is None:
@@ -45,7 +45,7 @@ def usd(micro: int | None, digits: int | None = None) -> str:
             text += "00"
         elif len(text.split(".")[1]) == 1:
             text += "0"
-    return f"{sign}${text}"
+    return f"{sign}${text}" if currency == "USD" else f"{sign}{text} {currency}"
 
 
 def num(value: Any) -> str:
@@ -105,16 +105,19 @@ def make_env() -> jinja2.Environment:
 
 
 class Renderer:
-    def __init__(self, root: str, static_version: str) -> None:
+    def __init__(self, root: str, static_version: str, currency: str = "USD") -> None:
         self.env = make_env()
         self.root = root
         self.static_version = static_version
+        self.currency = currency  # billing.currency: every amount is micro-units of it
+        if currency != "USD":
+            self.env.filters["usd"] = lambda micro, digits=None: usd(micro, digits, currency)
 
     def page(self, name: str, context: dict[str, Any], status: int = 200,
              headers: dict[str, str] | None = None, fragment: bool = False) -> web.Response:
         """Render a template; with ``fragment`` only its ``main`` block (what polling swaps in)."""
         template = self.env.get_template(name)
-        ctx = {"root": self.root, "v": self.static_version, **context}
+        ctx = {"root": self.root, "v": self.static_version, "currency": self.currency, **context}
         body = "".join(template.blocks["main"](template.new_context(ctx))) if fragment else template.render(ctx)
         return web.Response(status=status, text=body, content_type="text/html", charset="utf-8",
                             headers={**SECURITY_HEADERS, **(headers or {})})

@@ -24,8 +24,10 @@
     usd: function (micro) {
       if (micro == null) return "-";
       const d = micro / 1e6;
-      return "$" + (Math.abs(d) >= 1 ? d.toLocaleString("en-US", {minimumFractionDigits: 2, maximumFractionDigits: 2})
-        : d.toFixed(6).replace(/0+$/, "").replace(/\.$/, ".00").replace(/\.(\d)$/, ".$10"));
+      const text = Math.abs(d) >= 1 ? d.toLocaleString("en-US", {minimumFractionDigits: 2, maximumFractionDigits: 2})
+        : d.toFixed(6).replace(/0+$/, "").replace(/\.$/, ".00").replace(/\.(\d)$/, ".$10");
+      const currency = document.body.dataset.currency || "USD";
+      return currency === "USD" ? "$" + text : text + " " + currency;
     },
     num: function (v) { return v == null ? "-" : Math.round(v).toLocaleString("en-US"); },
     pct: function (v) { return v == null ? "-" : (v * 100).toFixed(1) + "%"; },
