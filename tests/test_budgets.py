@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import openai
+import orjson
 import pytest
 from business import ADMIN_HEADERS, admin, bearer, biz_config, chat, credits
 
@@ -142,10 +143,18 @@ async def test_a_burst_cannot_spend_past_a_budget(start_gateway, mock_upstream):
     running = await start_gateway(config)
     mock = {"chunk_delay": 0.002, "delay": 0.01}
     outcomes: list[int] = []
+    told: list[int] = []  # the costs the clients were told
 
     async def one(s, i: int) -> None:
-        status, _, body = await paid(s, running, KEY_A, stream=i % 2 == 0, mock=mock, content=f"q{i}")
+        stream = i % 2 == 0
+        extra = {"stream_options": {"include_usage": True}} if stream else {}
+        status, headers, body = await paid(s, running, KEY_A, stream=stream, mock=mock, content=f"q{i}", **extra)
         outcomes.append(status)
+        if status == 200 and stream:
+            usage = [orjson.loads(line[6:]) for line in body.splitlines() if line.startswith('data: {"')][-1]
+            told.append(round(usage["usage"]["cost"] * 1e6))
+        elif status == 200:
+            told.append(round(float(headers["x-tollway-cost"]) * 1e6))
 
     async with aiohttp.ClientSession() as s:
         await asyncio.gather(*(one(s, i) for i in range(80)))
@@ -153,9 +162,45 @@ async def test_a_burst_cannot_spend_past_a_budget(start_gateway, mock_upstream):
     book = running.gw.services[ACCOUNTS]
     await book.writer.flush()
     [(spent,)] = await running.gw.store.fetchall("select sum(cost_micro_usd) from tollway_ledger")
-    assert spent == 10 * PRICE == book.accounts["cfg_a"].spent
+    assert spent == 10 * PRICE == book.accounts["cfg_a"].spent == sum(told)
+    assert book.accounts["cfg_a"].balance == 10_000_000 - spent and book.accounts["cfg_a"].reserved == 0
     [status] = book.budget_status(book.by_id["cfg_a"])
     assert status["spent_micro_usd"] == 10 * PRICE and status["remaining_micro_usd"] == 0
+
+
+async def test_an_account_budget_holds_under_a_burst_from_two_keys_with_hang_ups(start_gateway, mock_upstream):
+    keys = [{"name": "a", "key": KEY_A, "account": "acme"}, {"name": "b", "key": KEY_B, "account": "acme"}]
+    config = paid_config(mock_upstream.url, keys, accounts={"acme": {"credits": 1.0,
+                                                                     "budgets": {"daily": 7.5 * PRICE / 1e6}}})
+    config["providers"]["up"]["max_connections"] = 200
+    running = await start_gateway(config)
+    mock = {"chunk_delay": 0.003, "delay": 0.005}
+
+    async def one(s, i: int) -> None:
+        payload = {"model": "up", "stream": True, "max_tokens": 8, "mock": mock,
+                   "messages": [{"role": "user", "content": f"q{i}"}]}
+        async with s.post(running.url + "/chat/completions", json=payload,
+                          headers=bearer(KEY_A if i % 2 else KEY_B)) as r:
+            if r.status == 200 and i % 3 == 0:
+                await r.content.readline()
+                r.close()  # hangs up mid-stream: billed for what went out
+                return
+            await r.read()
+
+    async with aiohttp.ClientSession() as s:
+        await asyncio.gather(*(one(s, i) for i in range(60)))
+    book = running.gw.services[ACCOUNTS]
+    acc = book.accounts["acme"]
+    for _ in range(300):  # handlers draining the upstreams of the hung-up streams
+        if acc.reserved == 0:
+            break
+        await asyncio.sleep(0.01)
+    await book.writer.flush()
+    [(spent,)] = await running.gw.store.fetchall("select sum(cost_micro_usd) from tollway_ledger")
+    assert 0 < spent <= 7.5 * PRICE
+    assert spent == acc.spent and acc.balance == 1_000_000 - spent >= 0 and acc.reserved == 0
+    [status] = book.budget_status(book.by_id["cfg_a"])
+    assert status["spent_micro_usd"] == spent
 
 
 async def test_spend_before_a_restart_or_before_the_budget_was_set_counts(start_gateway, mock_upstream):
