@@ -37,7 +37,7 @@ from .periods import Calendar
 if TYPE_CHECKING:
     from .book import Accounts
     from .counters import Counters
-    from .model import Account, KeyRecord
+    from .model import Account, Budgets, KeyRecord
 
 
 
@@ -60,6 +60,19 @@ class BudgetHold:
     amount: int
 
 
+@dataclass(slots=True)
+class Plan:
+    """The budgets of one key and its account, and the totals they name in the
+    periods holding ``start <= now < end`` (recomputed when a period ends)."""
+
+    key_budgets: Budgets
+    account_budgets: Budgets
+    caps: tuple[Cap, ...]
+    start: float = math.inf
+    end: float = -math.inf
+    entries: tuple[tuple[Cap, str, float], ...] = ()  # (cap, total name, period end)
+
+
 class BudgetKeeper:
     def __init__(self, book: Accounts, counters: Counters, calendar: Calendar,
                  clock: Callable[[], float] = time.time) -> None:
@@ -68,21 +81,36 @@ class BudgetKeeper:
         self.calendar = calendar
         self.clock = clock
         self.seeds: dict[str, int] = {}  # total name -> spent before the counter held it
-        self._plans: dict[tuple[str, str], tuple[Any, Any, tuple[Cap, ...]]] = {}
+        self._plans: dict[tuple[str, str], Plan] = {}
 
     # -- what applies ------------------------------------------------------------------
-    def caps(self, key: KeyRecord, acc: Account) -> tuple[Cap, ...]:
+    def plan(self, key: KeyRecord, acc: Account) -> Plan:
         """The budgets of this key and its account, compiled once per version of each."""
-        memo = self._plans.get((key.id, acc.id))
-        if memo is not None and memo[0] is key.budgets and memo[1] is acc.policy.budgets:
-            return memo[2]
+        plan = self._plans.get((key.id, acc.id))
+        if plan is not None and plan.key_budgets is key.budgets and plan.account_budgets is acc.policy.budgets:
+            return plan
         caps = tuple([Cap("k", key.id, period, cap, f"key {key.name!r}") for period, cap in key.budgets.caps]
                      + [Cap("a", acc.id, period, cap, f"account {acc.id!r}")
                         for period, cap in acc.policy.budgets.caps])
         if len(self._plans) > 100_000:
             self._plans.clear()
-        self._plans[(key.id, acc.id)] = (key.budgets, acc.policy.budgets, caps)
-        return caps
+        plan = self._plans[(key.id, acc.id)] = Plan(key.budgets, acc.policy.budgets, caps)
+        return plan
+
+    def caps(self, key: KeyRecord, acc: Account) -> tuple[Cap, ...]:
+        return self.plan(key, acc).caps
+
+    def entries(self, plan: Plan, now: float) -> tuple[tuple[Cap, str, float], ...]:
+        """(cap, total name, period end) of each budget at ``now``; names are made once per period."""
+        if plan.start <= now < plan.end:
+            return plan.entries
+        entries, start, end = [], -math.inf, math.inf
+        for cap in plan.caps:
+            period = self.calendar.current(cap.period, now)
+            entries.append((cap, self.name(cap, period.label), period.end))
+            start, end = max(start, period.start), min(end, period.end)
+        plan.entries, plan.start, plan.end = tuple(entries), start, end
+        return plan.entries
 
     def name(self, cap: Cap, label: str) -> str:
         return f"budget:{cap.scope}:{cap.owner}:{label}"
@@ -93,25 +121,23 @@ class BudgetKeeper:
         None when there are no budgets, else the hold; a ProxyError when one refuses."""
         if not key.budgets.caps and not acc.policy.budgets.caps:  # the usual case: two cached attributes
             return None
-        caps = self.caps(key, acc)
         now = self.clock()
+        entries = self.entries(self.plan(key, acc), now)
         counters = self.counters
+        seeds = self.seeds
         held: list[str] = []
-        for cap in caps:
-            period = self.calendar.current(cap.period, now)
-            name = self.name(cap, period.label)
+        for cap, name, end in entries:
             if amount > cap.cap:
                 self._give_back(held, amount)
                 raise self._never_fits(cap, amount)
             try:
-                ok = await counters.hold_total(name, cap.cap, amount, seed=self.seeds.get(name, 0),
-                                               until=period.end + 86400)
+                ok = await counters.hold_total(name, cap.cap, amount, seed=seeds.get(name, 0), until=end + 86400)
             except BaseException:
                 self._give_back(held, amount)
                 raise
             if not ok:
                 self._give_back(held, amount)
-                raise self._exceeded(cap, name, period.end, now, amount)
+                raise self._exceeded(cap, name, end, now, amount)
             held.append(name)
         return BudgetHold(tuple(held), amount)
 
