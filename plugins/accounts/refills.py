@@ -14,14 +14,16 @@ period), inserted in the same transaction as the balance change it makes.
 A grant already there is never applied again; a second process racing for
 the same grant fails on the key and finds it done on its next pass.
 
-Grants are applied off the request path, by a task that looks once a second
-(``due`` is a dict lookup per refilled account), and on demand (``apply_due``).
+Grants are applied off the request path, by a task that wakes once a second
+and scans the accounts only when a refill period has ended or an account has
+changed (the book's version moved), and on demand (``apply_due``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -46,26 +48,41 @@ class Refills:
         self.clock = clock
         self.interval = interval
         self.done: dict[str, str] = {}  # account id -> the last period granted (as this process knows)
+        self._next = 0.0  # when the next period of any refill begins (the task scans then)
+        self._version = -1  # the book's version at the last scan (a change: scan again)
         self._task: asyncio.Task | None = None
 
     def due(self, now: float) -> list[tuple[Account, str]]:
         """(account, period name) for each refill whose current period has not been granted."""
         out = []
+        self._next = math.inf
         for acc in self.book.accounts.values():
             refill = acc.policy.refill
             if refill is None:
                 continue
-            period = f"{refill.every}:{self.calendar.current(refill.every, now).label}"
+            current = self.calendar.current(refill.every, now)
+            self._next = min(self._next, current.end)
+            period = f"{refill.every}:{current.label}"
             if self.done.get(acc.id) != period:
                 out.append((acc, period))
         return out
 
-    async def apply_due(self) -> int:
-        """Grant every refill that is due; returns how many grants this call made."""
+    async def apply_due(self, *, always: bool = True) -> int:
+        """Grant every refill that is due; returns how many grants this call made.
+        ``always=False`` (the task's passes) skips the scan of the accounts until a
+        period ends or an account changes."""
+        now = self.clock()
+        if not always and now < self._next and self.book.version == self._version:
+            return 0
         made = 0
-        for acc, period in self.due(self.clock()):
-            if await self.grant(acc, period):
-                made += 1
+        try:
+            for acc, period in self.due(now):
+                if await self.grant(acc, period):
+                    made += 1
+        except BaseException:
+            self._next = 0.0  # look again on the next pass
+            raise
+        self._version = self.book.version
         return made
 
     async def grant(self, acc: Account, period: str) -> bool:
@@ -108,7 +125,7 @@ class Refills:
     async def _run(self) -> None:
         while True:
             try:
-                await self.apply_due()
+                await self.apply_due(always=False)
             except asyncio.CancelledError:
                 raise
             except Exception:
