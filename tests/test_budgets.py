@@ -223,6 +223,9 @@ async def test_spend_before_a_restart_or_before_the_budget_was_set_counts(start_
         status, patched = await admin(s, second, "PATCH", f"/admin/keys/{made['id']}",
                                       json={"budgets": {"monthly": 3 * PRICE / 1e6}})
         assert status == 200 and patched["budgets"] == {"monthly": 3 * PRICE / 1e6}
+        status, shown = await admin(s, second, "GET", f"/admin/keys/{made['id']}")
+        [budget] = shown["budget_status"]
+        assert (budget["spent_micro_usd"], budget["remaining_micro_usd"]) == (2 * PRICE, PRICE)
         assert [(await paid(s, second, made["key"]))[0] for _ in range(2)] == [200, 429]
 
 

@@ -89,7 +89,8 @@ class AdminKeys:
         return json_response({"object": "list", "data": data})
 
     async def show(self, request: web.Request) -> web.Response:
-        return json_response(self._view(self._key(request)))
+        record = self._key(request)
+        return json_response({**self._view(record), "budget_status": self.accounts.budget_status(record)})
 
     async def update(self, request: web.Request) -> web.Response:
         record = self._key(request, writable=True)
