@@ -24,7 +24,7 @@ from .accounts.admin import AdminKeys
 from .accounts.checks import check_config
 from .accounts.http import authenticate
 from .accounts.keys import key_from_request
-from .accounts.options import AuthOptions, CatalogOptions, KeyConfig
+from .accounts.options import AuthOptions, KeyConfig
 
 
 class Plugin:
@@ -38,7 +38,7 @@ class Plugin:
 
     @hookimpl
     def tollway_config_schema(self) -> dict:
-        return {"keys": list[KeyConfig] | None, "plugins.auth": AuthOptions, "catalog": CatalogOptions | None}
+        return {"keys": list[KeyConfig] | None, "plugins.auth": AuthOptions}
 
     @hookimpl
     def tollway_startup(self, gateway: Gateway):
@@ -46,7 +46,7 @@ class Plugin:
 
     async def _start(self, gateway: Gateway) -> None:
         self.accounts = await gateway.services.open(ACCOUNTS)
-        self.public_catalog = (gateway.config.section("catalog") or CatalogOptions()).public
+        self.public_catalog = gateway.config.catalog.public
 
     @hookimpl
     async def tollway_authenticate(self, call: Call) -> KeyRecord | None:

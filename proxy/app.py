@@ -50,11 +50,13 @@ def under_base_path(routes: list, base: str | None, keep_v1: bool) -> list:
     under ``server.base_path``: ``/v1/chat/completions`` -> ``/api/v1/chat/completions``."""
     if not base:
         return routes
+    taken = {(r.method, r.path) for r in routes if isinstance(r, web.RouteDef)}
     out = []
     for route in routes:
         path = getattr(route, "path", None)
         if isinstance(route, web.RouteDef) and path is not None and (path == "/v1" or path.startswith("/v1/")):
-            out.append(web.RouteDef(route.method, base + path[3:], route.handler, route.kwargs))
+            if (route.method, base + path[3:]) not in taken:  # a route of the gateway's own wins (/api/models)
+                out.append(web.RouteDef(route.method, base + path[3:], route.handler, route.kwargs))
             if keep_v1:
                 out.append(route)
         else:

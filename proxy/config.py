@@ -172,7 +172,7 @@ class PluginsConfig:
 
 @dataclass(frozen=True)
 class CatalogConfig:
-    public: bool = False  # GET /api/models answers without a key
+    public: bool = False  # GET /api/models, and /v1/models with the auth plugin, answer without a key
 
 
 @dataclass(frozen=True)

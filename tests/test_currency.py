@@ -62,6 +62,13 @@ def test_prices_convert_exactly():
     # 1M input tokens at $0.15 = 12.46851855 INR -> rounded up to the micro-rupee.
     assert table.cost(1_000_000, 0) == 12_468_519
     assert table.cost(0, 3) == 150  # 3 * 0.6 * 83.123457 = 149.6222226 micro-INR, rounded up
+    # Unit prices convert too: an image at $0.04, a minute of audio at $0.006, at 83.5 INR per USD.
+    from plugins.accounts.units import _micro
+
+    price = Price(input=0, output=0, images={"1024x1024": 0.04}, audio_minute=0.006)
+    inr = PriceTable.from_config(price, "p", 83_500_000)
+    assert _micro(inr.images["1024x1024"], 1_000_000, inr.divisor) == 3_340_000
+    assert _micro(inr.audio_minute, 1_000_000, inr.divisor) == 501_000
 
 
 @pytest.mark.parametrize(("billing", "message"), [

@@ -87,23 +87,22 @@ class PriceTable:
         images = getattr(price, "images", None)
         characters = getattr(price, "characters", None)
         minute = getattr(price, "audio_minute", None)
-        return cls(exact_scaled(price.input, FEMTO_PER_MICRO, f"{where}.input"),
-                   exact_scaled(price.output, FEMTO_PER_MICRO, f"{where}.output"),
-                   exact_scaled(cached, FEMTO_PER_MICRO, f"{where}.cached_input"),
-                   exact_scaled(write, FEMTO_PER_MICRO, f"{where}.cache_write"),
-                   {tier: exact_scaled(v, FEMTO_PER_USD, f"{where}.images.{tier}") for tier, v in images.items()}
-                   if images else None,
-                   exact_scaled(characters, FEMTO_PER_MICRO, f"{where}.characters") if characters is not None else None,
-                   exact_scaled(minute, FEMTO_PER_USD, f"{where}.audio_minute") if minute is not None else None,
-                   multiplier_ppm(getattr(price, "batch_multiplier", 0.5)))
-
-
         scaled = [exact_scaled(v, FEMTO_PER_MICRO, f"{where}.{n}") for n, v in
                   (("input", price.input), ("output", price.output), ("cached_input", cached),
                    ("cache_write", write))]
+        tiers = ({tier: exact_scaled(v, FEMTO_PER_USD, f"{where}.images.{tier}") for tier, v in images.items()}
+                 if images else None)
+        per_char = exact_scaled(characters, FEMTO_PER_MICRO, f"{where}.characters") if characters is not None else None
+        per_minute = exact_scaled(minute, FEMTO_PER_USD, f"{where}.audio_minute") if minute is not None else None
+        batch = multiplier_ppm(getattr(price, "batch_multiplier", 0.5))
         if rate_ppm == MICRO:
-            return cls(*scaled)
-        return cls(*(v * rate_ppm for v in scaled), divisor=FEMTO_PER_MICRO * MICRO)
+            return cls(*scaled, tiers, per_char, per_minute, batch)
+        # Another currency: every price times the rate (in ppm), and a divisor a million times larger.
+        return cls(*(v * rate_ppm for v in scaled),
+                   {t: v * rate_ppm for t, v in tiers.items()} if tiers else None,
+                   None if per_char is None else per_char * rate_ppm,
+                   None if per_minute is None else per_minute * rate_ppm, batch,
+                   divisor=FEMTO_PER_MICRO * MICRO)
 
     def cost(self, prompt: int, completion: int, cached: int = 0, multiplier_ppm: int = MICRO,
              cache_write: int = 0) -> int:

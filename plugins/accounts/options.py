@@ -69,11 +69,6 @@ class KeyFormat:
 
 
 @dataclass(frozen=True)
-class CatalogOptions:
-    public: bool = False  # GET /v1/models (and /v1/models/{id}) answer without a key: every model
-
-
-@dataclass(frozen=True)
 class AuthOptions:
     # How often the server looks for key/balance changes made by another
     # process on the same store (the CLI), in milliseconds.
