@@ -139,3 +139,31 @@ async def test_the_customer_page_shows_limits_left_and_when_they_refill(start_ga
         async with s.get(running.root + "/dashboard/usage") as r:
             page = await r.text()
         assert "requests per minute" in page and "<time datetime=" in page
+
+
+async def test_sessions_and_sign_in_failures_live_in_the_store_not_in_one_process(start_gateway):
+    """What a second worker (or a restarted gateway) on the same store sees: the
+    session made elsewhere, its sign-out, and the failed sign-ins already counted."""
+    first = await start_gateway(dash_config(sign_in_attempts=2, sign_in_window=600))
+    async with client() as s:
+        assert (await sign_in(s, first, ADMIN)).status == 303
+        cookie = s.cookie_jar.filter_cookies(first.server.make_url("/dashboard"))["tollway_session"].value
+        for _ in range(2):
+            assert (await sign_in(s, first, "sk-wrong-key")).status == 401
+        await first.server.close()
+        second = await start_gateway(dash_config(sign_in_attempts=2, sign_in_window=600))
+        headers = {"Cookie": f"tollway_session={cookie}"}
+        async with aiohttp.ClientSession() as other:
+            async with other.get(second.root + "/dashboard/api/overview", headers=headers) as r:
+                assert r.status == 200, "a session made on one process is known to another"
+            async with other.post(second.root + "/dashboard/login", data={"key": ADMIN},
+                                  allow_redirects=False) as r:
+                assert r.status == 429 and int(r.headers["Retry-After"]) > 0
+    (csrf,) = await second.gw.store.fetchone("select csrf from dashboard_sessions")
+    async with aiohttp.ClientSession() as other:
+        async with other.post(second.root + "/dashboard/logout", headers={**headers, "X-CSRF-Token": csrf},
+                              allow_redirects=False) as r:
+            assert r.status == 303
+        async with other.get(second.root + "/dashboard/api/overview", headers=headers) as r:
+            assert r.status == 401, "signed out on one process: the cookie is dead everywhere"
+    assert await second.gw.store.fetchall("select digest from dashboard_sessions") == []

@@ -10,7 +10,8 @@ API's request path.
 Modules: ``console`` (the Dashboard and the operator's pages), ``keys`` (key
 and account pages; changes through the admin API's handlers), ``customer``
 (the usage page), ``auth`` + ``sessions`` (sign-in, cookies, CSRF, the
-sign-in rate limit), ``queries`` + ``ranges`` (rollup reads), ``requestlog``,
+sign-in rate limit; sessions live in the store, so every worker and
+instance shares them), ``queries`` + ``ranges`` (rollup reads), ``requestlog``,
 ``render`` (Jinja2, formats, security headers), ``options`` (YAML).
 """
 
@@ -25,6 +26,7 @@ from .console import Dashboard
 from .customer import CustomerPages
 from .keys import KeyPages
 from .options import DashboardOptions
+from .sessions import migrate_sessions
 
 
 class Plugin:
@@ -43,6 +45,10 @@ class Plugin:
         if "ledger" not in config.plugins.enabled:
             raise ConfigError("plugins.enabled: the dashboard reads what the ledger plugin records; "
                               "add 'ledger' (and 'auth' for keys) to plugins.enabled")
+
+    @hookimpl
+    def tollway_startup(self, gateway: Gateway):
+        return migrate_sessions(gateway.store)
 
     @hookimpl
     def tollway_routes(self, gateway: Gateway) -> list[web.AbstractRouteDef]:

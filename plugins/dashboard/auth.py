@@ -34,27 +34,27 @@ class Guard:
     def __init__(self, dash: Dashboard) -> None:
         self.dash = dash
         opts = dash.options
-        self.sessions = Sessions(opts.session_hours * 3600)
-        self.limiter = SignInLimiter(opts.sign_in_attempts, opts.sign_in_window)
+        self.sessions = Sessions(dash.store, opts.session_hours * 3600)
+        self.limiter = SignInLimiter(dash.store, opts.sign_in_attempts, opts.sign_in_window)
 
     # -- sessions ------------------------------------------------------------------------
-    def session(self, request: web.Request) -> Session | None:
+    async def session(self, request: web.Request) -> Session | None:
         """The request's live session: expired ones, admin sessions of another
         admin key, and customer sessions of a key no longer active are ended."""
         token = request.cookies.get(COOKIE)
-        session = self.sessions.get(token)
+        session = await self.sessions.get(token)
         if session is None:
             return None
         if session.kind == "admin":
             admin = self.dash.admin_key
             if not admin or not hmac.compare_digest(session.admin_mark, admin_mark(admin)):
-                self.sessions.end(token)
+                await self.sessions.end(token)
                 return None
         else:
             accounts = self.dash.accounts
             record = accounts.by_id.get(session.key_id) if accounts is not None else None
             if record is None or record.status(time.time()) != "active":
-                self.sessions.end(token)
+                await self.sessions.end(token)
                 return None
         return session
 
@@ -72,7 +72,7 @@ class Guard:
         if not same_origin(request):
             return dash.login_page(request, "This sign-in came from another site and was refused.", status=403)
         client = request.remote or "?"
-        wait = self.limiter.retry_after(client)
+        wait = await self.limiter.retry_after(client)
         if wait:
             return dash.login_page(request, f"Too many failed sign-ins from your address. Try again in {wait} s.",
                                    status=429, headers={"Retry-After": str(wait)})
@@ -80,24 +80,24 @@ class Guard:
         given = str(form.get("key", "")).strip()
         admin = dash.admin_key
         if admin and given and hmac.compare_digest(given.encode(), admin.encode()):
-            self.limiter.succeeded(client)
-            token, _ = self.sessions.create("admin", mark=admin_mark(admin))
-            return self._enter(request, token, dash.root)
+            await self.limiter.succeeded(client)
+            token, _ = await self.sessions.create("admin", mark=admin_mark(admin))
+            return await self._enter(request, token, dash.root)
         accounts = dash.accounts
         record = accounts.key_for(given) if (accounts is not None and given) else None
         if record is not None and record.status(time.time()) == "active":
-            self.limiter.succeeded(client)
-            token, _ = self.sessions.create("customer", key_id=record.id)
-            return self._enter(request, token, dash.root + "/usage")
-        self.limiter.failed(client)
+            await self.limiter.succeeded(client)
+            token, _ = await self.sessions.create("customer", key_id=record.id)
+            return await self._enter(request, token, dash.root + "/usage")
+        await self.limiter.failed(client)
         message = "That key was not recognised." if given else "Enter a key."
         if record is not None:
             message = f"That key is {record.status(time.time())}."
         return dash.login_page(request, message, status=401)
 
-    def _enter(self, request: web.Request, token: str, default: str) -> web.StreamResponse:
+    async def _enter(self, request: web.Request, token: str, default: str) -> web.StreamResponse:
         old = request.cookies.get(COOKIE)
-        self.sessions.end(old)  # a fresh id on every sign-in (no session fixation)
+        await self.sessions.end(old)  # a fresh id on every sign-in (no session fixation)
         target = request.query.get("next", "")
         if not (target.startswith(self.dash.root + "/") or target == self.dash.root) or "//" in target:
             target = default
@@ -106,12 +106,12 @@ class Guard:
         return response
 
     async def sign_out(self, request: web.Request) -> web.StreamResponse:
-        session = self.session(request)
+        session = await self.session(request)
         if session is not None:
             form = await request.post()
             if not csrf_ok(session, request.headers.get("X-CSRF-Token") or str(form.get("csrf", ""))):
                 raise csrf_error()
-            self.sessions.end(request.cookies.get(COOKIE))
+            await self.sessions.end(request.cookies.get(COOKIE))
         response = redirect(self.dash.root + "/login")
         self.clear_cookie(response)
         return response
@@ -121,7 +121,7 @@ class Guard:
         def wrap(fn: Handler) -> Handler:
             @functools.wraps(fn)
             async def run(request: web.Request) -> web.StreamResponse:
-                session = self.session(request)
+                session = await self.session(request)
                 if session is None:
                     return redirect(f"{self.dash.root}/login?next={quote(request.path_qs)}")
                 if session.kind != kind:
@@ -138,7 +138,7 @@ class Guard:
             @functools.wraps(fn)
             async def run(request: web.Request) -> web.StreamResponse:
                 # A ProxyError raised here or by fn is rendered (as JSON) by the app's error middleware.
-                session = self.session(request)
+                session = await self.session(request)
                 if session is None:
                     raise ProxyError(401, "sign in to the dashboard first", code="not_signed_in")
                 if session.kind != kind:

@@ -108,7 +108,7 @@ class Dashboard:
         ]
 
     async def login(self, request: web.Request) -> web.StreamResponse:
-        session = self.guard.session(request)
+        session = await self.guard.session(request)
         if session is not None:
             return redirect(self.root if session.kind == "admin" else self.root + "/usage")
         return self.login_page(request)

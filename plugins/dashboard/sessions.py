@@ -1,10 +1,15 @@
-"""Dashboard sessions, CSRF tokens and the sign-in rate limit.
+"""Dashboard sessions, CSRF tokens and the sign-in rate limit, kept in the gateway's store.
 
 A session is a random id the browser holds in an HttpOnly, SameSite=Strict
-cookie; the server keeps what it means (who signed in, the CSRF token, when
-it expires) in memory, under the SHA-256 of the id. The admin key and API
-keys are never stored in the browser. Sessions live as long as the process
-(a restart signs everyone out) and expire after ``session_hours``.
+cookie; the store keeps what it means (who signed in, the CSRF token, when
+it expires) under the SHA-256 of the id, so a stolen database holds no
+usable cookie. Being in the store (not in a process's memory) is what lets
+a session work on every worker and every instance of a fleet, survive a
+restart, and end everywhere at once on sign-out or revocation. The admin key
+and API keys are never stored in the browser.
+
+The sign-in rate limit counts failures per client address in the store too,
+so N workers do not allow N times the attempts.
 """
 
 from __future__ import annotations
@@ -13,22 +18,39 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from proxy.store import Store
+from proxy.store.migrations import Migration, migrate
 
 COOKIE = "tollway_session"
-MAX_SESSIONS = 10_000
-MAX_TRACKED_CLIENTS = 10_000
+MAX_TOKEN_LENGTH = 128  # a cookie longer than any id we hand out is not looked up
+
+MIGRATIONS = (
+    Migration(1, "sessions and sign-in failures", (
+        "create table if not exists dashboard_sessions (digest text primary key, kind text not null, "
+        "key_id text, csrf text not null, expires double precision not null, "
+        "admin_mark text not null default '', created double precision not null)",
+        "create index if not exists dashboard_sessions_expires on dashboard_sessions (expires)",
+        "create index if not exists dashboard_sessions_key on dashboard_sessions (key_id)",
+        "create table if not exists dashboard_sign_in_failures (client text not null, "
+        "at double precision not null)",
+        "create index if not exists dashboard_sign_in_failures_client on dashboard_sign_in_failures (client, at)",
+    )),
+)
 
 
-@dataclass(slots=True)
+async def migrate_sessions(store: Store) -> None:
+    await migrate(store, "dashboard", MIGRATIONS)
+
+
+@dataclass(slots=True, frozen=True)
 class Session:
     kind: str  # "admin" or "customer"
     key_id: str | None  # the customer's key
     csrf: str
     expires: float
     admin_mark: str = ""  # which admin key signed in (a change of admin_key ends the session)
-    created: float = field(default_factory=time.time)
 
 
 def _digest(token: str) -> str:
@@ -41,50 +63,37 @@ def admin_mark(admin_key: str) -> str:
 
 
 class Sessions:
-    def __init__(self, ttl_seconds: float) -> None:
+    def __init__(self, store: Store, ttl_seconds: float) -> None:
+        self.store = store
         self.ttl = ttl_seconds
-        self._by_digest: dict[str, Session] = {}
 
-    def create(self, kind: str, key_id: str | None = None, mark: str = "") -> tuple[str, Session]:
-        """A new session; returns (the id for the cookie, the session)."""
+    async def create(self, kind: str, key_id: str | None = None, mark: str = "") -> tuple[str, Session]:
+        """A new session; returns (the id for the cookie, the session). Expired
+        sessions are swept here, so the table holds only live ones."""
         now = time.time()
-        if len(self._by_digest) >= MAX_SESSIONS:
-            self._purge(now)
-        if len(self._by_digest) >= MAX_SESSIONS:  # still full: the oldest goes
-            oldest = min(self._by_digest, key=lambda d: self._by_digest[d].created)
-            del self._by_digest[oldest]
         token = secrets.token_urlsafe(32)
         session = Session(kind, key_id, secrets.token_urlsafe(32), now + self.ttl, mark)
-        self._by_digest[_digest(token)] = session
+        async with self.store.transaction() as tx:
+            await tx.execute("delete from dashboard_sessions where expires <= ?", (now,))
+            await tx.execute("insert into dashboard_sessions (digest, kind, key_id, csrf, expires, admin_mark, "
+                             "created) values (?, ?, ?, ?, ?, ?, ?)",
+                             (_digest(token), kind, key_id, session.csrf, session.expires, mark, now))
         return token, session
 
-    def get(self, token: str | None) -> Session | None:
-        if not token or len(token) > 128:
+    async def get(self, token: str | None) -> Session | None:
+        if not token or len(token) > MAX_TOKEN_LENGTH:
             return None
-        digest = _digest(token)
-        session = self._by_digest.get(digest)
-        if session is None:
-            return None
-        if session.expires <= time.time():
-            del self._by_digest[digest]
-            return None
-        return session
+        row = await self.store.fetchone("select kind, key_id, csrf, expires, admin_mark from dashboard_sessions "
+                                        "where digest = ? and expires > ?", (_digest(token), time.time()))
+        return Session(row[0], row[1], row[2], float(row[3]), row[4]) if row else None
 
-    def end(self, token: str | None) -> None:
-        if token:
-            self._by_digest.pop(_digest(token), None)
+    async def end(self, token: str | None) -> None:
+        if token and len(token) <= MAX_TOKEN_LENGTH:
+            await self.store.execute("delete from dashboard_sessions where digest = ?", (_digest(token),))
 
-    def end_for_key(self, key_id: str) -> None:
-        """Sign out every customer session of a key (revoked, disabled)."""
-        for digest in [d for d, s in self._by_digest.items() if s.key_id == key_id]:
-            del self._by_digest[digest]
-
-    def _purge(self, now: float) -> None:
-        for digest in [d for d, s in self._by_digest.items() if s.expires <= now]:
-            del self._by_digest[digest]
-
-    def __len__(self) -> int:
-        return len(self._by_digest)
+    async def count(self) -> int:
+        row = await self.store.fetchone("select count(*) from dashboard_sessions where expires > ?", (time.time(),))
+        return int(row[0]) if row else 0
 
 
 def csrf_ok(session: Session, given: str | None) -> bool:
@@ -96,27 +105,25 @@ class SignInLimiter:
     seconds; over it, every attempt (even a right key) is refused until the
     oldest failure ages out, so guessing cannot continue at any speed."""
 
-    def __init__(self, attempts: int, window: float) -> None:
+    def __init__(self, store: Store, attempts: int, window: float) -> None:
+        self.store = store
         self.attempts = attempts
         self.window = window
-        self._failures: dict[str, deque[float]] = {}
 
-    def retry_after(self, client: str) -> int:
+    async def retry_after(self, client: str) -> int:
         """Seconds until ``client`` may try again (0: now)."""
-        failures = self._failures.get(client)
-        if not failures:
+        now = time.time()
+        row = await self.store.fetchone("select count(*), min(at) from dashboard_sign_in_failures "
+                                        "where client = ? and at > ?", (client, now - self.window))
+        if not row or int(row[0]) < self.attempts:
             return 0
-        now = time.monotonic()
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        if len(failures) < self.attempts:
-            return 0
-        return max(1, int(failures[0] + self.window - now + 0.999))
+        return max(1, int(float(row[1]) + self.window - now + 0.999))
 
-    def failed(self, client: str) -> None:
-        if client not in self._failures and len(self._failures) >= MAX_TRACKED_CLIENTS:
-            self._failures.pop(next(iter(self._failures)))
-        self._failures.setdefault(client, deque()).append(time.monotonic())
+    async def failed(self, client: str) -> None:
+        now = time.time()
+        async with self.store.transaction() as tx:
+            await tx.execute("delete from dashboard_sign_in_failures where at <= ?", (now - self.window,))
+            await tx.execute("insert into dashboard_sign_in_failures (client, at) values (?, ?)", (client, now))
 
-    def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
+    async def succeeded(self, client: str) -> None:
+        await self.store.execute("delete from dashboard_sign_in_failures where client = ?", (client,))
