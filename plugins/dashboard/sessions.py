@@ -20,8 +20,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from proxy.store import Store
-from proxy.store.migrations import Migration, migrate
+from proxy.store import Migration, Store, migrate
 
 COOKIE = "tollway_session"
 MAX_TOKEN_LENGTH = 128  # a cookie longer than any id we hand out is not looked up
