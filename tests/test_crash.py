@@ -23,7 +23,7 @@ from business import DEMO, bearer, biz_config
 from test_lifecycle import Server
 
 FLUSH_MS = 200
-SCHEDULING_S = 2.0  # how long a loaded machine may starve the server (see the last check; 0.5 s failed at load 7 on 2 cores)
+SCHEDULING_S = 2.0  # how long a loaded machine may starve the server (0.5 s failed at load 7 on 2 cores)
 OPENING = 5_000_000
 
 
