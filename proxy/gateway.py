@@ -60,6 +60,7 @@ class Gateway:
         self.serving = serving
         try:
             if serving:
+                await self.stored_responses.open(self.store)
                 for provider in self.providers.values():
                     await provider.start()
                     if (warning := provider.startup_warning()) is not None:
@@ -90,6 +91,7 @@ class Gateway:
         finally:
             await self.services.close()
             await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
+            await self.stored_responses.close()
             await self.store.close()
             self.started = False
 

@@ -2,22 +2,35 @@
 
 A stored response lives in the upstream that created it, under the operator's
 upstream key: ``GET``/``DELETE /v1/responses/{id}`` must go to that provider, and
-only for the account that created it. Kept in memory, bounded (the oldest are
-forgotten first); a restarted gateway answers 404 for older ids.
+only for the account that created it. Kept in memory (bounded: the newest are
+kept) and in the store (table ``tollway_responses``, written behind, off the
+request's path), so a restarted gateway, or another instance on the same
+PostgreSQL, still finds them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .logs import throttled
+from .store import Migration, migrate
+
 if TYPE_CHECKING:
     from .call import Principal, Route
+    from .store import Store
 
-#: How many created responses the gateway remembers (the oldest are forgotten first).
+log = logging.getLogger("tollway")
+
+#: How many created responses the gateway keeps in memory (the oldest are forgotten first).
 MAX_REMEMBERED = 100_000
+MIGRATIONS = (Migration(1, "stored responses: their provider and account", (
+    "create table if not exists tollway_responses (id text primary key, provider text not null, "
+    "account_id text, created_at double precision not null)",)),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,17 +46,40 @@ class StoredResponses:
     def __init__(self, limit: int = MAX_REMEMBERED) -> None:
         self._items: OrderedDict[str, StoredResponse] = OrderedDict()
         self._limit = limit
+        self._store: Store | None = None
+        self._writes: set[asyncio.Task] = set()
 
-    def remember(self, response_id: str, route: Route, principal: Principal | None) -> None:
-        self._items[response_id] = StoredResponse(route.provider.name,
-                                                  principal.account_id if principal is not None else None,
-                                                  time.time())
+    async def open(self, store: Store) -> None:
+        await migrate(store, "responses", MIGRATIONS)
+        self._store = store
+
+    async def close(self) -> None:
+        """Wait for the writes in flight (the store closes next)."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        self._store = None
+
+    def _keep(self, response_id: str, item: StoredResponse) -> None:
+        self._items[response_id] = item
         self._items.move_to_end(response_id)
         while len(self._items) > self._limit:
             self._items.popitem(last=False)
 
-    def owned(self, response_id: str, principal: Principal | None) -> StoredResponse | None:
+    def remember(self, response_id: str, route: Route, principal: Principal | None) -> None:
+        item = StoredResponse(route.provider.name, principal.account_id if principal is not None else None,
+                              time.time())
+        self._keep(response_id, item)
+        self._write("insert into tollway_responses (id, provider, account_id, created_at) values (?, ?, ?, ?) "
+                    "on conflict (id) do nothing", (response_id, item.provider, item.account_id, item.created))
+
+    async def owned(self, response_id: str, principal: Principal | None) -> StoredResponse | None:
         item = self._items.get(response_id)
+        if item is None and self._store is not None:
+            row = await self._store.fetchone("select provider, account_id, created_at from tollway_responses "
+                                             "where id = ?", (response_id,))
+            if row is not None:
+                item = StoredResponse(row[0], row[1], row[2])
+                self._keep(response_id, item)
         if item is None:
             return None
         if item.account_id is not None and (principal is None or principal.account_id != item.account_id):
@@ -52,3 +88,19 @@ class StoredResponses:
 
     def forget(self, response_id: str) -> None:
         self._items.pop(response_id, None)
+        self._write("delete from tollway_responses where id = ?", (response_id,))
+
+    def _write(self, sql: str, params: tuple) -> None:
+        if self._store is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._run(self._store, sql, params))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    @staticmethod
+    async def _run(store: Store, sql: str, params: tuple) -> None:
+        try:
+            await store.execute(sql, params)
+        except Exception:  # memory still has it; only a restart would forget it
+            throttled(log, logging.WARNING, "stored_responses", "could not write a stored response's owner",
+                      exc_info=True)

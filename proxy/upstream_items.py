@@ -33,7 +33,7 @@ async def stored_response(gateway: Gateway, request: web.Request) -> web.StreamR
 
     async def respond() -> web.StreamResponse:
         await authenticate(gateway, call)
-        item = gateway.stored_responses.owned(response_id, call.principal)
+        item = await gateway.stored_responses.owned(response_id, call.principal)
         provider = gateway.providers.get(item.provider) if item is not None else None
         upstream_request = (provider.stored_response_request(request.method, response_id, request.query_string)
                             if provider is not None else None)

@@ -282,3 +282,18 @@ def test_stream_text_reads_deltas_and_tool_names():
             b'"delta":"{}"}\n\nevent: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
             b'"delta":"hi"}\n\n')
     assert stream_text(blob) == "f{}hi"
+
+
+async def test_stored_responses_are_found_after_a_restart(start_gateway, mock_upstream, tmp_path):
+    config = biz_config(mock_upstream.url, keys=[{"name": "demo", "key": DEMO, "credits": 5.0},
+                                                 {"name": "other", "key": OTHER, "credits": 5.0}])
+    first = await start_gateway(config)
+    async with openai.AsyncOpenAI(base_url=first.url, api_key=DEMO, max_retries=0) as client:
+        made = await client.responses.create(model="up", input="remember me across a restart")
+    await first.server.close()
+    second = await start_gateway(config)
+    async with openai.AsyncOpenAI(base_url=second.url, api_key=DEMO, max_retries=0) as client:
+        assert (await client.responses.retrieve(made.id)).output_text == made.output_text
+    async with openai.AsyncOpenAI(base_url=second.url, api_key=OTHER, max_retries=0) as other:
+        with pytest.raises(openai.NotFoundError):
+            await other.responses.retrieve(made.id)
