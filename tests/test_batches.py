@@ -178,3 +178,24 @@ async def test_batches_listed_before_quotas_is_a_config_error(start_gateway):
 
     with pytest.raises(ConfigError, match="batches after quotas"):
         await start_gateway(biz_config(enabled=["auth", "batches", "quotas", "pricing", "ledger"]))
+
+
+async def test_a_batch_past_its_24_hours_expires_its_pending_lines(running):
+    from proxy.background import stop_task
+
+    plugin = running.gw.pm.get_plugin("builtin:batches")
+    await stop_task(plugin.task)  # the lines must not run before the clock is moved
+    lines = [chat_line(i) for i in range(3)]
+    async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as client:
+        f = await client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                            completion_window="24h")
+        await running.gw.store.execute("update tollway_batches set created_at = created_at - 86401 where id = ?",
+                                       (batch.id,))
+        assert await plugin.runner.step()
+        done = await client.batches.retrieve(batch.id)
+        errors = [orjson.loads(e) for e in (await client.files.content(done.error_file_id)).text.splitlines()]
+    assert done.status == "expired" and done.expired_at is not None and done.output_file_id is None
+    assert done.request_counts.failed == 3 and [e["error"]["code"] for e in errors] == ["batch_expired"] * 3
+    async with aiohttp.ClientSession() as s:
+        assert (await credits(s, running, DEMO))["spent_micro_usd"] == 0

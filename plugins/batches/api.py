@@ -202,7 +202,7 @@ class BatchRoutes:
         counts = dict(await store.fetchall("select status, count(*) from tollway_batch_lines where batch_id = ? "
                                            "group by status", (batch_id,)))
         done, failed = counts.get("done", 0), counts.get("failed", 0)
-        finished = batch["status"] in ("completed", "cancelled")
+        finished = batch["status"] in ("completed", "cancelled", "expired")
         return {
             "id": batch_id, "object": "batch", "endpoint": batch["endpoint"], "errors": None,
             "input_file_id": batch["input_file_id"], "completion_window": batch["completion_window"],
@@ -210,7 +210,8 @@ class BatchRoutes:
             "error_file_id": ERR + batch_id if finished and failed else None,
             "created_at": int(batch["created_at"]), "in_progress_at": _int(batch["in_progress_at"]),
             "expires_at": int(batch["created_at"]) + 86400, "finalizing_at": None,
-            "completed_at": _int(batch["completed_at"]), "failed_at": None, "expired_at": None,
+            "completed_at": _int(batch["completed_at"]) if batch["status"] != "expired" else None,
+            "failed_at": None, "expired_at": _int(batch["completed_at"]) if batch["status"] == "expired" else None,
             "cancelling_at": _int(batch["cancelling_at"]), "cancelled_at": _int(batch["cancelled_at"]),
             "request_counts": {"total": batch["total"], "completed": done, "failed": failed},
             "metadata": orjson.loads(batch["metadata"]) if batch["metadata"] else None,

@@ -44,6 +44,7 @@ BATCH_LINE: StateKey[tuple[str, int]] = StateKey("batches.line")
 #: ``call.state``: the line's answer is stored (set by the settle hook).
 STORED: StateKey[bool] = StateKey("batches.stored")
 CHUNK = 64
+COMPLETION_WINDOW = 24 * 3600  # seconds: "24h", the only window offered
 
 
 def ledger_id(batch_id: str, line: int) -> str:
@@ -94,12 +95,20 @@ class Runner:
 
     async def step(self) -> bool:
         store = self.gateway.store
-        row = await store.fetchone("select id, key_id, endpoint, status from tollway_batches "
+        row = await store.fetchone("select id, key_id, endpoint, status, created_at from tollway_batches "
                                    "where status in ('in_progress', 'cancelling') order by created_at limit 1")
         if row is None:
             return False
-        batch_id, key_id, endpoint, status = row
+        batch_id, key_id, endpoint, status, created_at = row
         now = time.time()
+        if status == "in_progress" and now > created_at + COMPLETION_WINDOW:  # its 24 hours are over
+            async with store.transaction() as tx:
+                await tx.execute("update tollway_batch_lines set status = 'failed', error_code = 'batch_expired', "
+                                 "error_message = 'the batch''s 24h completion window ended before this line ran', "
+                                 "charged = 1 where batch_id = ? and status = 'pending'", (batch_id,))
+                await tx.execute("update tollway_batches set status = 'expired', completed_at = ? where id = ?",
+                                 (now, batch_id))
+            return True
         if status == "cancelling":
             await store.execute("update tollway_batches set status = 'cancelled', cancelled_at = ? where id = ?",
                                 (now, batch_id))

@@ -233,7 +233,7 @@ class Plugin:
         self._status(call, status)
         if similarity is not None:
             call.response.headers[SIMILARITY_HEADER] = f"{similarity:.4f}"
-        call.billing.price_multiplier = self.options.hit_price
+        call.billing.price_multiplier *= self.options.hit_price  # of what the call already pays (a batch line: half)
         call.billing.count_for_limits = self.options.hits_count_for_limits
         body = dict(entry.body)
         if entry.usage is not None:
