@@ -5,7 +5,8 @@ Knobs in the body's ``"mock"`` object (as for chat): ``chunks``, ``chunk_size``,
 ``chunk_delay``, ``status``; for responses also ``terminal`` (``completed``,
 ``incomplete`` or ``failed``: the terminal event and status), ``tool`` (answer
 with a call of the first function tool), ``drop_after`` (events, then the
-connection drops), ``no_usage`` (a terminal event whose usage is null).
+connection drops), ``error_after`` (events, then the upstream's own ``error`` event and
+the end), ``no_usage`` (a terminal event whose usage is null).
 Stored responses can be read back (``GET``) and deleted (``DELETE``).
 """
 
@@ -109,7 +110,14 @@ async def responses(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     drop_after, delay = knobs.get("drop_after"), float(knobs.get("chunk_delay", 0))
+    error_after = knobs.get("error_after")
     for seq, (name, data) in enumerate(events):
+        if error_after is not None and seq >= error_after:  # the upstream's own in-band error, then the end
+            await resp.write(named_event(b"error", orjson.dumps({
+                "type": "error", "code": "server_error", "message": "mock upstream failed mid-stream",
+                "param": None, "sequence_number": seq})))
+            await resp.write_eof()
+            return resp
         if drop_after is not None and seq >= drop_after:
             await asyncio.sleep(0.02)
             request.transport.abort()

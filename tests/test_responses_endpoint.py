@@ -297,3 +297,22 @@ async def test_stored_responses_are_found_after_a_restart(start_gateway, mock_up
     async with openai.AsyncOpenAI(base_url=second.url, api_key=OTHER, max_retries=0) as other:
         with pytest.raises(openai.NotFoundError):
             await other.responses.retrieve(made.id)
+
+
+@pytest.mark.parametrize("knobs", [{"error_after": 7}, {"terminal": "failed", "no_usage": True}])
+async def test_an_upstream_error_or_a_failure_without_usage_bills_what_went_out(running, client, knobs):
+    stream = await client.responses.create(model="up", input="hello", stream=True, max_output_tokens=500,
+                                           extra_body={"mock": knobs})
+    events = [e async for e in stream]
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    if "error_after" in knobs:  # the upstream's error, forwarded once, nothing added after it
+        assert [e.type for e in events].count("error") == 1 and events[-1].type == "error"
+        assert events[-1].code == "server_error"
+    else:  # the terminal event, with the gateway's count of what went out
+        assert events[-1].type == "response.failed" and events[-1].response.usage.model_extra["estimated"] is True
+    [row] = await ledger(running)
+    assert row["estimated"] == 1 and row["completion"] == await count_tokens(text) > 0
+    assert row["cost"] == row["prompt"] + 2 * row["completion"] and await spent(running) == row["cost"]
+    assert row["error_code"] == ("upstream_stream_error" if "error_after" in knobs else None)
+    if "error_after" not in knobs:
+        assert micro(events[-1].response.usage.model_extra["cost"]) == row["cost"]

@@ -76,7 +76,7 @@ def stream_text(blob: bytes) -> str:
 class ResponsesPassthrough:
     """OpenAI Responses upstream -> Responses client, byte for byte."""
 
-    __slots__ = ("usage", "done", "_call", "_splitter", "_held", "_last")
+    __slots__ = ("usage", "done", "_call", "_splitter", "_held", "_last", "_error")
 
     def __init__(self, call: Call) -> None:
         self.usage: Usage | None = None
@@ -85,6 +85,9 @@ class ResponsesPassthrough:
         self._splitter = EventSplitter()
         self._held: tuple[bytes, str, dict] | None = None  # the terminal event: bytes, name, parsed
         self._last = b""  # the last events passed (for the next sequence number)
+        # The upstream's own in-band error: forwarded as sent, and reported to the core
+        # (end() raises it) so the call is recorded as failed; fail() then adds nothing.
+        self._error: ProxyError | None = None
 
     def feed(self, data: bytes) -> bytes:
         complete = self._splitter.feed(data)
@@ -111,6 +114,9 @@ class ResponsesPassthrough:
                     continue
                 if kind == "error":  # the upstream's own error: forwarded; it ends the stream
                     self.done = True
+                    message = event.get("message") if event is not None else None
+                    self._error = ProxyError(502, f"upstream error mid-stream: {message or 'unknown'}",
+                                             code="upstream_stream_error")
             out.append(block)
         sent = b"".join(out)
         if sent:
@@ -118,6 +124,8 @@ class ResponsesPassthrough:
         return sent
 
     def end(self) -> bytes:
+        if self._error is not None:
+            raise self._error
         if not self.done:
             raise ProxyError(502, "upstream stream ended before its terminal event (response.completed)",
                              code="upstream_stream_cut")
@@ -144,6 +152,8 @@ class ResponsesPassthrough:
         return named_event(name.encode(), payload)
 
     def fail(self, error: ProxyError) -> bytes:
+        if error is self._error:  # the client has the upstream's own error event already
+            return b""
         numbers = _SEQUENCE.findall(self._last)
         return error_event(error, int(numbers[-1]) + 1 if numbers else 0)
 
