@@ -67,8 +67,9 @@ def test_paraphrases_are_explained(stage, a, b):
     ("How do I make text uppercase in JavaScript?", "How do I make text lowercase in JavaScript?", "words"),
     ("What is the capital of Slovakia?", "What is the capital of Slovenia?", "words"),  # names: never synonyms
     ("What happens on Monday?", "What happens on Tuesday?", "words"),  # co-hyponyms are not synonyms
-    ("What is 18% of 250?", "What is 18% of 205?", "words"),  # another value
+    ("What is 18% of 250?", "What is 18% of 205?", "arithmetic"),  # other numbers
     ("What is 2 + 2?", "What is 3 + 1?", "arithmetic"),  # same value, other operands: another question
+    ("What is 144 divided by 12?", "What is the square root of 144?", "arithmetic"),  # same value, one shared
     ("Give me 5 ideas for a date night.", "Give me 15 ideas for a date night.", "words"),
     ("Translate into French: 'See you soon.'", "Translate into German: 'See you soon.'", "words"),
     ("Summarize: 'The bridge will close.'", "Translate: 'The bridge will close.'", "words"),  # instruction
@@ -125,3 +126,11 @@ def test_on_the_loop_only_memoised_words_are_used():
     assert stage.refusal(a, b) is None  # in the worker thread: embeds and memoises the two words
     assert stage.refusal(a, b, may_embed=False) is None
 
+
+
+def test_the_same_value_from_other_numbers_is_another_question():
+    """Found in review: "the square root of 144" was served the answer to "144 divided by 12"
+    (both 12, a shared operand). Arithmetic must use the same numbers, words included."""
+    assert normalise("What is the square root of 144?").operands == {"144", "0.5"}
+    assert normalise("Double 37").operands == normalise("What is 37 times 2?").operands
+    assert normalise("What's half of 86?").operands == normalise("What is 86 divided by 2?").operands

@@ -153,9 +153,10 @@ _PHRASES = (  # (pattern, function of the numbers found) -- checked before the o
     (re.compile(rf"\bmultiply ({_NUM}) (?:by|and|with) ({_NUM})"), lambda a, b: (f"{a}*{b}", (a, b))),
     (re.compile(rf"\bdivide ({_NUM}) by ({_NUM})"), lambda a, b: (f"{a}/{b}", (a, b))),
     (re.compile(rf"\badd ({_NUM}) to ({_NUM})"), lambda a, b: (f"{b}+{a}", (a, b))),
-    (re.compile(rf"\b(double|triple|halve) ({_NUM})"), lambda w, a: (f"{a}{_SCALE[w]}", (a,))),
-    (re.compile(rf"\b(?:the )?(square|cube) of ({_NUM})"), lambda w, a: (f"{a}**{2 if w == 'square' else 3}", (a,))),
-    (re.compile(rf"\b(?:the )?cube root of ({_NUM})"), lambda a: (f"{a}**(1/3)", (a,))),
+    (re.compile(rf"\b(double|triple|halve) ({_NUM})"), lambda w, a: (f"{a}{_SCALE[w]}", (a, _SCALE[w][1:]))),
+    (re.compile(rf"\b(?:the )?(square|cube) of ({_NUM})"),
+     lambda w, a: (f"{a}**{2 if w == 'square' else 3}", (a, "2" if w == "square" else "3"))),
+    (re.compile(rf"\b(?:the )?cube root of ({_NUM})"), lambda a: (f"{a}**(1/3)", (a, "0.333333"))),
     (re.compile(rf"({_NUM}) (?:raised )?to the ({_NUM}) power"), lambda a, b: (f"{a}**{b}", (a, b))),
     (re.compile(rf"({_NUM}) raised to(?: the power of)? ({_NUM})"), lambda a, b: (f"{a}**{b}", (a, b))),
     (re.compile(rf"\b(?:the )?total of ({_NUM})((?:,? (?:and )?{_NUM})+)"), None),
@@ -164,7 +165,7 @@ _PHRASES = (  # (pattern, function of the numbers found) -- checked before the o
     (re.compile(rf"({_NUM}) ?(?:%|percent|per cent) of ({_NUM})"), lambda a, b: (f"{a}*{b}/100", (a, b))),
     (re.compile(rf"\b(?:a |one )?(half|third|quarter|fifth|tenth) of ({_NUM})"), None),
     (re.compile(rf"({_NUM}) (squared|cubed)"), None),
-    (re.compile(rf"\bsquare root of ({_NUM})"), lambda a: (f"{a}**0.5", (a,))),
+    (re.compile(rf"\bsquare root of ({_NUM})"), lambda a: (f"{a}**0.5", (a, "0.5"))),
 )
 _SCALE = {"double": "*2", "triple": "*3", "halve": "/2"}
 _SAFE_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -177,7 +178,7 @@ class Normalised:
 
     tokens: tuple[str, ...]  # words; "#n" numbers; "=v" computed arithmetic; '"..."' quotes; "`...`" code
     tenses: frozenset[str]
-    operands: frozenset[str]  # the numbers of the arithmetic, if any
+    operands: frozenset[str]  # the numbers of the arithmetic, if any, with the ones a word implies ("double" 2)
     names: frozenset[str] = frozenset()  # words written capitalised inside a sentence (Samsung, Galaxy)
     brands: frozenset[str] = frozenset()  # words with a capital inside (AirPods, iPad, MacBook)
     definite: bool = False  # asks "what is the ...": a name or a value, not a description
@@ -256,10 +257,10 @@ def _arithmetic(text: str) -> tuple[str, set[str]]:
                 nums = (g[1], *re.findall(_NUM, g[2]))
                 expr = ("+" if g[0] == "sum" else "*").join(nums)
             elif g[0] in FRACTIONS:
-                nums = (g[1],)
+                nums = (g[1], str(FRACTIONS[g[0]]))
                 expr = f"{g[1]}/{FRACTIONS[g[0]]}"
             elif g[1] in ("squared", "cubed"):
-                nums = (g[0],)
+                nums = (g[0], "2" if g[1] == "squared" else "3")
                 expr = f"{g[0]}**{2 if g[1] == 'squared' else 3}"
             else:
                 nums = (g[0], *re.findall(_NUM, g[1]))

@@ -186,7 +186,9 @@ def decide(a: Normalised, b: Normalised, al: Alignment, similarity: Callable[[st
     """None when b may be answered with a's answer; else the reason it may not."""
     if a.tenses and b.tenses and a.tenses != b.tenses:
         return "tense"
-    if (a.operands or b.operands) and not (a.operands & b.operands):
+    # The same numbers, not just the same value: "144 / 12" and "the square root of 144" are both
+    # 12, but the answer to one says how it got there in terms the other did not ask about.
+    if (a.operands or b.operands) and a.operands != b.operands:
         return "arithmetic"
     mapping = dict(al.mapping)
     left_a, left_b = list(al.left_a), list(al.left_b)
