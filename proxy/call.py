@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import orjson
 
@@ -49,13 +49,21 @@ class Usage:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
+    #: More tokens than any one request can use (context windows are millions, not
+    #: billions): a count above it is an upstream's nonsense, not usage.
+    MAX_TOKENS: ClassVar[int] = 1_000_000_000
 
     def __post_init__(self) -> None:
-        # A negative count (an upstream's, read as it came) would make output free:
-        # the parsers of upstream usage catch this ValueError and call the usage unknown.
-        if min(self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.reasoning_tokens,
-               self.cache_write_tokens) < 0:
+        # A negative count (an upstream's, read as it came) would make output free, and an
+        # absurd one (1e300 tokens, read with int()) would not fit a ledger column and stop
+        # every later ledger write: the parsers of upstream usage catch this ValueError and
+        # call the usage unknown.
+        counts = (self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.reasoning_tokens,
+                  self.cache_write_tokens)
+        if min(counts) < 0:
             raise ValueError("a token count is negative")
+        if max(counts) > self.MAX_TOKENS:
+            raise ValueError(f"a token count is above {self.MAX_TOKENS}")
 
     @property
     def total_tokens(self) -> int:

@@ -164,8 +164,9 @@ def _embedding_tokens(data: dict, texts: list[str]) -> int:
     ``usageMetadata.promptTokenCount`` is absent the count is estimated at four
     characters a token (documented in docs/providers.md)."""
     meta = data.get("usageMetadata")
-    if isinstance(meta, dict) and isinstance(meta.get("promptTokenCount"), int):
-        return meta["promptTokenCount"]
+    count = meta.get("promptTokenCount") if isinstance(meta, dict) else None
+    if isinstance(count, int) and 0 <= count <= Usage.MAX_TOKENS:
+        return count
     return sum(math.ceil(len(t) / 4) for t in texts)
 
 
