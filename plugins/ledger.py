@@ -39,7 +39,7 @@ from .accounts.db import LedgerRow
 from .accounts.http import authenticate, check_admin
 from .accounts.options import LedgerOptions
 from .accounts.usage import query_rollups
-from .quotas import RESERVATION
+from .quotas import money_taken
 
 MODEL_ENDPOINTS = frozenset(("chat", "embeddings", "messages", "responses", "completions", "images", "image_edits",
                              "speech", "transcriptions", "translations"))
@@ -83,7 +83,6 @@ class Plugin:
 
     def record(self, call: Call) -> None:
         key = call.principal
-        hold = call.state.get(RESERVATION)
         response = call.response
         usage = call.billing.usage or NO_USAGE
         started = time.time() - (time.perf_counter() - call.timing.started)
@@ -99,7 +98,7 @@ class Plugin:
             client_gone=int(response.client_gone), prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
             reasoning_tokens=usage.reasoning_tokens,
-            cost_micro_usd=hold.charged if hold is not None else (call.billing.cost_micro or 0),
+            cost_micro_usd=money_taken(call),
             latency_ms=round(call.timing.latency_ms, 3), ttfb_ms=None if ttfb is None else round(ttfb, 3),
             estimated=int(call.billing.usage_estimated)))
 

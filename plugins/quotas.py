@@ -48,6 +48,7 @@ from .accounts.money import MICRO, PriceBook, micro_to_usd, money_text, multipli
 from .accounts.options import AccountConfig, BillingOptions, QuotasOptions
 from .accounts.periods import Calendar, zone
 from .accounts.refills import Refills
+from .accounts.refusals import REFUSAL, Refusal
 from .accounts.units import check_units, unit_bound
 from .accounts.views import account_view
 
@@ -65,6 +66,16 @@ class Reservation:
 
 # The request's reservation: set in tollway_admit, charged in tollway_settle, read by the ledger.
 RESERVATION: StateKey[Reservation] = StateKey("quotas.reservation")
+
+
+def money_taken(call: Call) -> int:
+    """Micro-USD this request cost its account, final from ``tollway_finish`` on: what
+    quotas charged, else (quotas off) the priced cost. The ledger records it."""
+    hold = call.state.get(RESERVATION)
+    return hold.charged if hold is not None else (call.billing.cost_micro or 0)
+
+
+CREDITS_REFUSAL = Refusal(scope="account", limit="credits")
 
 
 class Plugin:
@@ -137,6 +148,7 @@ class Plugin:
             amount = table.cost(prompt, output, multiplier_ppm=MICRO if multiplier == 1.0 else
                                 multiplier_ppm(multiplier))
         if not await self.accounts.hold(acc, amount):
+            call.state[REFUSAL] = CREDITS_REFUSAL
             cur = self.accounts.currency
             held = f", {money_text(acc.reserved, cur)} of it held by requests in flight" if acc.reserved else ""
             raise ProxyError(
@@ -146,8 +158,10 @@ class Plugin:
                 extra={"balance": micro_to_usd(max(acc.available, 0)), "required": micro_to_usd(amount)})
         try:
             budget = await self.budgets.hold(key, acc, amount)
-        except BaseException:
+        except BaseException as exc:
             self.accounts.release(acc, amount)
+            if isinstance(exc, ProxyError) and exc.code == "budget_exceeded" and exc.extra:
+                call.state[REFUSAL] = Refusal(scope=str(exc.extra.get("scope")), limit=str(exc.extra.get("period")))
             raise
         call.state[RESERVATION] = Reservation(acc, amount, budget)
 

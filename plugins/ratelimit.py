@@ -37,6 +37,7 @@ from .accounts.checks import check_config
 from .accounts.counters import COUNTERS, Counters, MemoryCounters
 from .accounts.estimate import tokens_estimate
 from .accounts.gcra import EPS, Plan, Rule, iso_at, put_headers
+from .accounts.refusals import REFUSAL, Refusal
 
 PERIODS = (("rpm", "requests", "requests per minute", 60.0), ("rpd", "requests", "requests per day", 86400.0),
            ("tpm", "tokens", "tokens per minute", 60.0))
@@ -59,6 +60,7 @@ TAKEN: StateKey[Taken] = StateKey("ratelimit.taken")
 NO_PLAN = Plan.of([])
 NO_LIMITS = Limits()
 ACCOUNT_STATE = "acct:"  # an account's rules are keyed ("acct:<id>", "", "rpm"): no key id starts so
+CONCURRENCY_REFUSAL = Refusal(scope="key", limit="concurrency")
 
 
 class Plugin:
@@ -147,6 +149,7 @@ class Plugin:
         concurrency = limits.concurrency
         if concurrency is not None:
             if not await counters.enter(key.id, concurrency):
+                call.state[REFUSAL] = CONCURRENCY_REFUSAL
                 raise ProxyError(429, f"rate limit exceeded: this key may have {concurrency} requests in "
                                       "flight at once; retry when one has finished",
                                  code="concurrency_limit_exceeded", headers={"Retry-After": "1"},
@@ -171,6 +174,9 @@ class Plugin:
                     counters.leave(slot)
                 call.response.headers.update(headers)
                 rule = refused.rule
+                call.state[REFUSAL] = Refusal(
+                    scope="account" if rule.state[0].startswith(ACCOUNT_STATE) else "model" if rule.scope else "key",
+                    limit=rule.state[2])
                 raise self._refusal(key, refused.wait, rule, estimate if rule.tokens else 1, headers,
                                     self._used(rule, now))
         if plan.token_rules or slot:

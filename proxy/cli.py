@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,9 +25,10 @@ if TYPE_CHECKING:
     from .gateway import Gateway
 
 # For plugins' commands (tollway_commands): the rest is the command itself.
-__all__ = ["add_config_arg", "gateway_command", "positive_int", "port_number"]
+__all__ = ["add_config_arg", "gateway_command", "positive_int", "port_number", "workers_dir"]
 
 DEFAULT_CONFIG = "config/tollway.yaml"
+WORKERS_DIR_ENV = "TOLLWAY_WORKERS_DIR"
 log = logging.getLogger("tollway")
 
 
@@ -98,6 +100,13 @@ def _importable(module: str) -> bool:
     except Exception as exc:
         log.warning("built-in plugin %s cannot be loaded: %s", module, exc)
         return False
+
+
+def workers_dir() -> Path | None:
+    """In a worker of ``tollway serve --workers N`` (N > 1): the directory the N workers
+    share for this run (new at start, removed when it ends); None in a lone process."""
+    shared = os.environ.get(WORKERS_DIR_ENV)
+    return Path(shared) if shared else None
 
 
 def add_config_arg(p: argparse.ArgumentParser) -> None:
@@ -272,8 +281,14 @@ def serve_workers(args: argparse.Namespace, host: str, port: int, workers: int) 
         return 2
     cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(Path(args.config)), "--host", host,
            "--port", str(port), "--workers", str(workers), "--reuse-port"] + (["--verbose"] if args.verbose else [])
-    children = [subprocess.Popen(cmd) for _ in range(workers)]
+    # A directory the workers share for this run only (plugins keep files there that every
+    # worker reads, e.g. the metrics of all workers): new and empty now, removed at the end.
+    with tempfile.TemporaryDirectory(prefix="tollway-workers-") as shared:
+        env = {**os.environ, WORKERS_DIR_ENV: shared}
+        return _run_workers([subprocess.Popen(cmd, env=env) for _ in range(workers)], host, port)
 
+
+def _run_workers(children: list[subprocess.Popen], host: str, port: int) -> int:
     def forward(sig: int, _frame: object) -> None:
         for child in children:
             if child.poll() is None:
@@ -281,7 +296,7 @@ def serve_workers(args: argparse.Namespace, host: str, port: int, workers: int) 
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    print(f"tollway listening on http://{host}:{port} with {workers} workers", flush=True)
+    print(f"tollway listening on http://{host}:{port} with {len(children)} workers", flush=True)
     codes = [child.wait() for child in children]
     return max(codes)
 

@@ -20,7 +20,7 @@ from .accesslog import AccessLog
 from .config import Config, build_config, read_yaml
 from .dialects import CompletionsDialect, Dialect, OpenAIDialect
 from .inflight import InFlight
-from .plugins import Hooks, collect, compile_hooks, make_plugin_manager
+from .plugins import Hooks, collect, compile_hooks, make_plugin_manager, section_plugins
 from .provider import Provider
 from .schema import ConfigError
 from .shared import Services
@@ -125,7 +125,7 @@ def build_gateway(raw: dict, path: Path | None = None, extra_plugins: Iterable[A
     enabled = plugins_raw.get("enabled", []) if isinstance(plugins_raw, dict) else []
     if not isinstance(enabled, list):
         raise ConfigError("plugins.enabled: expected a list of plugin names")
-    pm = make_plugin_manager(enabled, extra_plugins)
+    pm = make_plugin_manager([*enabled, *section_plugins(raw, enabled)], extra_plugins)
     schemas = collect(pm.hook.tollway_config_schema())
     kinds: dict[str, type[Provider]] = collect(pm.hook.tollway_providers())
     config = build_config(raw, schemas=schemas, provider_options={k: c.Options for k, c in kinds.items()},

@@ -5,7 +5,9 @@ Plugins load in this order (later ones run first at request time):
 1. the always-on built-ins: ``routing`` (the YAML models table) and
    ``providers`` (the openai, mock, anthropic and gemini adapters);
 2. the names in ``plugins.enabled``: a built-in name (``auth``, ``ratelimit``,
-   ``quotas``, ``pricing``, ``ledger``, ``cache``, ``dashboard``) or a dotted module path;
+   ``quotas``, ``pricing``, ``ledger``, ``cache``, ``dashboard``, ``metrics``) or a dotted
+   module path; and the built-ins that a top-level section of their own turns on
+   (``metrics:``), whether listed or not (see ``section_plugins``);
 3. setuptools entry points in the group ``tollway``.
 
 A module that defines a class named ``Plugin`` is registered as an instance of
@@ -37,7 +39,11 @@ BUILTINS = {
     "cache": "plugins.cache",
     "dashboard": "plugins.dashboard",
     "batches": "plugins.batches",
+    "metrics": "plugins.metrics",
 }
+# Built-ins that their own top-level YAML section turns on (``metrics: {enabled: true}``):
+# the section is theirs to validate, so they load whenever it is present.
+SECTION_PLUGINS = ("metrics",)
 ENTRY_POINT_GROUP = "tollway"
 
 REQUEST_HOOKS = ("authenticate", "resolve", "admit", "lookup", "stream_filter", "usage", "settle",
@@ -61,6 +67,12 @@ class Hooks:
     visible_models: tuple[Callable, ...]
     attempt: tuple[Callable, ...]
     retry: tuple[Callable, ...]
+
+
+def section_plugins(raw: dict, enabled: Iterable[str]) -> list[str]:
+    """The built-ins a top-level section of the config turns on, beyond ``enabled``."""
+    listed = {name for name in enabled if isinstance(name, str)}
+    return [name for name in SECTION_PLUGINS if name in raw and name not in listed]
 
 
 def make_plugin_manager(enabled: Iterable[str] = (), extra: Iterable[Any] = (),

@@ -49,6 +49,11 @@ class ConnectionPool:
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
 
+    def counts(self) -> tuple[int, int]:
+        """(in use, idle) connections now open (for metrics; not on the request path)."""
+        idle = sum(len(conns) for conns in self._idle.values())
+        return self.open_count - idle, idle
+
     async def request(self, origin: Origin, payload: bytes, replayable: bool = False) -> Connection:
         """Send ``payload`` on a pooled connection; return it once the answer's
         head has arrived. Sent again at most once, by the rule in the module

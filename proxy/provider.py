@@ -157,6 +157,11 @@ class Provider:
         Responses API object, or None when this upstream keeps none."""
         return None
 
+    def connections(self) -> tuple[int, int]:
+        """(in use, idle) upstream connections of this provider's pool (0, 0 before start)."""
+        pool = self.upstream.connections
+        return pool.counts() if pool is not None else (0, 0)
+
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
         await self.upstream.start()

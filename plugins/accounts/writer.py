@@ -65,16 +65,28 @@ class Writer:
         self._due: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.flushes = 0  # completed flushes that wrote something (tests, metrics)
+        self.oldest_at = 0.0  # time.monotonic() when the oldest row in ``rows`` was queued
 
     def append(self, row: LedgerRow) -> None:
         """Queue one ledger row (the hot path: no I/O; one timer per flush, not per row)."""
         rows = self.rows
+        if not rows:
+            self.oldest_at = time.monotonic()
         rows.append(row)
         if len(rows) >= self.batch_rows:
             self._wake.set()
         elif self._due is None and self._loop is not None:
             # The oldest row waiting: its flush is due half an interval from now.
             self._due = self._loop.call_later(self.flush_s / 2, self._wake.set)
+
+    def backlog(self) -> tuple[int, float]:
+        """(rows not yet in the store, seconds the oldest of them has waited), for metrics."""
+        failed = self.failed.rows if self.failed is not None else []
+        if failed:
+            return len(failed) + len(self.rows), time.time() - failed[0].time
+        if self.rows:
+            return len(self.rows), time.monotonic() - self.oldest_at
+        return 0, 0.0
 
     def unwritten(self, account_id: str) -> tuple[int, int]:
         """(balance, spent) changes of this account not yet in the store."""
