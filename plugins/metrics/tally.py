@@ -92,7 +92,8 @@ class Tally:
         usage = call.billing.usage
         if usage is not None:
             series.input_tokens.observe(usage.prompt_tokens)
-            series.output_tokens.observe(usage.completion_tokens)
+            if call.endpoint != "embeddings":  # embeddings have no output tokens (not 0 of them)
+                series.output_tokens.observe(usage.completion_tokens)
         first = timing.first_byte_at
         if call.stream and first is not None:
             series.ttft.observe(first - timing.started)
