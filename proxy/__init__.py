@@ -15,6 +15,7 @@ import pluggy
 from .call import Billing, CachedResponse, Call, Principal, ResponseState, Route, Timing, Units, Usage
 from .dialects import Dialect
 from .errors import ProxyError, bad_request
+from .events import Event
 from .gateway import Gateway
 from .pipeline import run_detached
 from .provider import Provider, StreamDecoder
@@ -31,7 +32,7 @@ __all__ = [
     # failing: a request, or start-up
     "ProxyError", "bad_request", "ConfigError",
     # sharing between plugins
-    "Gateway", "StateKey", "ServiceKey",
+    "Gateway", "StateKey", "ServiceKey", "Event",
     # upstreams and client dialects
     "Provider", "StreamDecoder", "UpstreamRequest", "Dialect",
     # plugin routes; model calls without an HTTP client (batches)

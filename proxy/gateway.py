@@ -19,6 +19,7 @@ from aiohttp import web
 from .accesslog import AccessLog
 from .config import Config, build_config, read_yaml
 from .dialects import CompletionsDialect, Dialect, OpenAIDialect
+from .events import Event
 from .inflight import InFlight
 from .plugins import Hooks, collect, compile_hooks, make_plugin_manager, section_plugins
 from .provider import Provider
@@ -94,6 +95,14 @@ class Gateway:
             await self.stored_responses.close()
             await self.store.close()
             self.started = False
+
+    def emit(self, event: Event) -> None:
+        """Tell every plugin about ``event`` (``tollway_event``); returns at once.
+        A failing listener is logged, never raised to the emitter."""
+        try:
+            self.pm.hook.tollway_event(gateway=self, event=event)
+        except Exception:
+            log.exception("a plugin failed on event %s", event.name)
 
     async def is_ready(self) -> bool:
         return self.ready and await self.store.ping()

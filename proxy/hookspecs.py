@@ -9,7 +9,8 @@ only the arguments you need (pluggy passes arguments by name).
 *Start-up hooks* (``tollway_config_schema``, ``tollway_config_check``, ``tollway_providers``,
 ``tollway_dialects``, ``tollway_routes``, ``tollway_commands``,
 ``tollway_startup``, ``tollway_shutdown``) are called through pluggy as usual,
-once per process.
+once per process. ``tollway_event`` also goes through pluggy, whenever a plugin
+emits an event (rarely; see there).
 
 *Request-time hooks* (``tollway_authenticate`` ... ``tollway_finish``) must be
 ``async def`` and take the ``call`` (a ``proxy.Call``). pluggy cannot await,
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .dialects import Dialect
     from .errors import ProxyError
+    from .events import Event
     from .gateway import Gateway
     from .provider import Provider
 
@@ -153,6 +155,28 @@ def tollway_startup(gateway: Gateway) -> Awaitable[None] | None:
 def tollway_shutdown(gateway: Gateway) -> Awaitable[None] | None:
     """The gateway is stopping, after in-flight requests finished (or the
     shutdown timeout passed) and before storage closes: flush what you hold."""
+
+
+@hookspec
+def tollway_event(gateway: Gateway, event: Event) -> None:
+    """Something an operator may want to hear about happened (a ``proxy.Event``:
+    ``balance_low``, ``budget``, ``key_expiring``, ``deployment_opened``,
+    ``deployment_closed``, or a plugin's own ``plugin.event``).
+
+    A plugin that sees one calls ``gateway.emit(Event(name, data, key=...))``; every
+    implementation of this hook is called with it, at once, in the emitter's task,
+    possibly on a request's path: return at once and do any I/O elsewhere (the
+    ``alerts`` plugin appends it to a list its sender task empties). Give the event a
+    ``key`` when the same thing may be seen twice (by two workers, again after a
+    restart, at every check): events with the same name and key share an id, and
+    the alerts outbox sends each id once. Exceptions are logged, not raised to the emitter.
+
+    The names the alerts plugin knows, and their ``data``: ``budget`` (``scope``, ``id``,
+    ``period``, ``percent`` 50/80/100, ``spent``, ``limit``, ``currency``, ``resets_at``;
+    key ``scope:id:period:period start:percent``), ``deployment_opened`` /
+    ``deployment_closed`` (``deployment``, ``reason``), ``balance_low`` and
+    ``key_expiring`` (the alerts plugin's own checks).
+    """
 
 
 # -- request time (async; dispatched by the core from tuples) ------------------------

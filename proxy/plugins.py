@@ -5,9 +5,9 @@ Plugins load in this order (later ones run first at request time):
 1. the always-on built-ins: ``routing`` (the YAML models table) and
    ``providers`` (the openai, mock, anthropic and gemini adapters);
 2. the names in ``plugins.enabled``: a built-in name (``auth``, ``ratelimit``,
-   ``quotas``, ``pricing``, ``ledger``, ``cache``, ``dashboard``, ``metrics``) or a dotted
-   module path; and the built-ins that a top-level section of their own turns on
-   (``metrics:``), whether listed or not (see ``section_plugins``);
+   ``quotas``, ``pricing``, ``ledger``, ``cache``, ``dashboard``, ``metrics``, ``alerts``) or a
+   dotted module path; and the built-ins that a top-level section of their own turns
+   on (``metrics:``, ``alerts:``), whether listed or not (see ``section_plugins``);
 3. setuptools entry points in the group ``tollway``.
 
 A module that defines a class named ``Plugin`` is registered as an instance of
@@ -40,10 +40,11 @@ BUILTINS = {
     "dashboard": "plugins.dashboard",
     "batches": "plugins.batches",
     "metrics": "plugins.metrics",
+    "alerts": "plugins.alerts",
 }
 # Built-ins that their own top-level YAML section turns on (``metrics: {enabled: true}``):
 # the section is theirs to validate, so they load whenever it is present.
-SECTION_PLUGINS = ("metrics",)
+SECTION_PLUGINS = ("metrics", "alerts")
 ENTRY_POINT_GROUP = "tollway"
 
 REQUEST_HOOKS = ("authenticate", "resolve", "admit", "lookup", "stream_filter", "usage", "settle",

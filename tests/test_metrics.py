@@ -193,3 +193,19 @@ async def test_several_workers_report_every_worker_s_requests(tmp_path, servers)
     assert seen[-3:] == [40, 40, 40], seen
     code, _, err = server.stop()
     assert code == 0, err
+
+
+async def test_a_failed_attempt_that_a_fallback_answers_is_counted_once(start_gateway):
+    config = metrics_config()
+    config["providers"]["dead"] = {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "x",
+                                   "timeouts": {"connect": 1}}
+    config["models"]["shaky"] = {"provider": "dead", "price": {"input": 1, "output": 1}, "fallbacks": ["echo"]}
+    running = await start_gateway(config)
+    async with aiohttp.ClientSession() as s:
+        status, headers, _ = await chat(s, running, DEMO, model="shaky")
+        assert status == 200
+        assert (await chat(s, running, DEMO, model="echo"))[0] == 200
+        after = await scrape(s, running.root)
+    assert total(after, "tollway_upstream_errors_total", provider="dead", reason="unreachable") == 1
+    assert total(after, "tollway_upstream_errors_total") == 1
+    assert total(after, "tollway_requests_total", model="echo", status="200") == 2

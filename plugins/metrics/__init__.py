@@ -3,7 +3,8 @@
 Turned on by its own YAML section (``metrics: {enabled: true, token: ...}``), guarded
 by its own bearer token (``Authorization: Bearer TOKEN``, header only; not the admin
 key). Each request is counted once, in ``tollway_finish``, into a plain-Python
-``Tally`` (``tally.py``: a few additions, no lock); the counts reach the
+``Tally`` (``tally.py``: a few additions, no lock), and each failed upstream attempt
+when it fails (``tollway_attempt``); the counts reach the
 prometheus-client metrics (``families.py``) at a scrape. With ``server.workers > 1``
 prometheus-client runs in its multi-process mode (values in mmap files in the
 directory the workers share, ``proxy.cli.workers_dir()``): each worker adds its
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from proxy import Call, ConfigError, Gateway, ProxyError, hookimpl
+from proxy import Call, ConfigError, Gateway, ProxyError, Route, hookimpl
 from proxy.background import stop_task
 from proxy.cli import workers_dir
 from proxy.logs import throttled
@@ -112,6 +113,12 @@ class Plugin:
         tally = self.tally
         if tally is not None:
             tally.record(call)
+
+    @hookimpl
+    async def tollway_attempt(self, call: Call, route: Route, error: ProxyError | None) -> None:
+        tally = self.tally
+        if error is not None and tally is not None:
+            tally.failed_attempt(call, route.provider.name, error)
 
     def export(self) -> None:
         """Add what was counted since the last export to the metrics; read the gauges."""

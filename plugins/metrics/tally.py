@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from proxy import Call
+from proxy import Call, ProxyError, StateKey
 
 from ..accounts.refusals import REFUSAL
 from ..quotas import money_taken
@@ -60,6 +60,8 @@ class Series:
 
 
 SeriesKey = tuple[str, str, str, int, str]
+# The last upstream failure counted by ``failed_attempt`` (so the request's end does not count it again).
+COUNTED: StateKey[ProxyError] = StateKey("metrics.counted")
 
 
 class Tally:
@@ -105,10 +107,22 @@ class Tally:
         if cache is not None:
             self.cache[cache] = self.cache.get(cache, 0) + 1
 
-    def _failure(self, call: Call, code: str, status: int, provider: str) -> None:
+    def failed_attempt(self, call: Call, provider: str, error: ProxyError) -> None:
+        """One upstream attempt failed (``tollway_attempt``): counted now, by the attempt's
+        provider, whether or not a retry or fallback then answered the request."""
+        code = error.code or ""
         if code.startswith("upstream_"):
             key = (provider, code[9:])
             self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
+            call.state[COUNTED] = error
+
+    def _failure(self, call: Call, code: str, status: int, provider: str) -> None:
+        if code.startswith("upstream_"):
+            # An attempt's failure was counted when it happened; what failed later (a
+            # stream cut, a body that timed out) is counted here.
+            if call.state.get(COUNTED) is not call.response.error:
+                key = (provider, code[9:])
+                self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
             return
         refusal = call.state.get(REFUSAL)
         if refusal is not None or status in (402, 429):

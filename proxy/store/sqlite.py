@@ -123,8 +123,11 @@ class SQLiteStore(Store):
             task = self._guard.enter()
             tx = SQLiteTransaction(self)
             try:
-                await self.db.execute("begin immediate")
+                # The begin inside _ending: a task cancelled while waiting for it (the begin
+                # runs anyway, on aiosqlite's thread) rolls it back instead of leaving the
+                # one connection inside a transaction nobody ends.
                 async with _ending(self.db, "commit", "rollback"):
+                    await self.db.execute("begin immediate")
                     yield tx
             finally:
                 tx.store = None

@@ -1,0 +1,61 @@
+"""What the alerts plugin looks for itself, every ``check_seconds`` (never on a request's path):
+accounts whose spendable balance fell below ``balance_below``, and keys that expire
+within ``key_expiring_days``.
+
+Each event's key makes it one event however often it is seen: a low balance is
+one event until the account is topped up (its key holds the total ever granted,
+balance + spent, which only a top-up changes), a key's expiry one event per
+expiry time. So a restart, or a second worker, finds the same events and the
+outbox delivers each once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from proxy import Event
+
+from ..accounts import Accounts
+from ..accounts.money import MICRO, format_usd
+from .options import AlertsOptions
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def low_balances(accounts: Accounts, threshold_usd: float) -> Iterator[Event]:
+    threshold = round(threshold_usd * MICRO)
+    keys_of: dict[str, list[str]] = {}
+    for key in accounts.by_id.values():
+        keys_of.setdefault(key.account_id, []).append(key.name)
+    for acc in accounts.accounts.values():
+        if acc.unlimited or acc.available >= threshold:
+            continue
+        yield Event("balance_low", {
+            "account": acc.id, "keys": sorted(keys_of.get(acc.id, [])), "balance_usd": format_usd(acc.available),
+            "balance_micro_usd": acc.available, "threshold_usd": format_usd(threshold)},
+            key=f"{acc.id}:{acc.balance + acc.spent}")
+
+
+def expiring_keys(accounts: Accounts, days: float, now: float) -> Iterator[Event]:
+    horizon = now + days * 86400
+    for key in accounts.by_id.values():
+        expires = key.expires_at
+        if expires is None or key.revoked_at is not None or key.disabled or not now < expires <= horizon:
+            continue
+        yield Event("key_expiring", {"key_id": key.id, "name": key.name, "prefix": key.prefix,
+                                     "account": key.account_id, "expires_at": iso(expires),
+                                     "days_left": round((expires - now) / 86400, 2)},
+                    key=f"{key.id}:{expires}")
+
+
+def look(accounts: Accounts, options: AlertsOptions) -> list[Event]:
+    events: list[Event] = []
+    if options.balance_below is not None:
+        events.extend(low_balances(accounts, options.balance_below))
+    if options.key_expiring_days is not None:
+        events.extend(expiring_keys(accounts, options.key_expiring_days, time.time()))
+    return events
