@@ -171,11 +171,12 @@ def tollway_event(gateway: Gateway, event: Event) -> None:
     restart, at every check): events with the same name and key share an id, and
     the alerts outbox sends each id once. Exceptions are logged, not raised to the emitter.
 
-    The names the alerts plugin knows, and their ``data``: ``budget`` (``scope``, ``id``,
+    The names the alerts plugin knows, and their ``data``: ``budget`` (``scope``, ``id``, ``name``,
     ``period``, ``percent`` 50/80/100, ``spent``, ``limit``, ``currency``, ``resets_at``;
-    key ``scope:id:period:period start:percent``), ``deployment_opened`` /
-    ``deployment_closed`` (``deployment``, ``reason``), ``balance_low`` and
-    ``key_expiring`` (the alerts plugin's own checks).
+    key ``scope:id:period:period start:percent``), ``balance_low`` and ``key_expiring``
+    (the alerts plugin's own checks), ``deployment_opened`` / ``deployment_closed``
+    (``deployment``, ``reason``: for a plugin that keeps upstream health to send
+    when a deployment leaves rotation and when it comes back).
     """
 
 

@@ -198,3 +198,28 @@ def test_bad_alert_config_names_the_path(alerts, message):
     config["alerts"] = alerts
     with pytest.raises(ConfigError, match=message):
         build_gateway(config)
+
+
+async def test_a_budget_at_half_its_cap_is_announced_once(start_gateway, receiver):
+    """A key's daily budget of $1: a request that costs $0.50 reaches 50 % (one alert);
+    the next one, which could cost $0.75, is refused."""
+    rec, url = await receiver()
+    config = alerts_config(url, key_expiring_days=None)
+    config["alerts"]["webhooks"][0]["events"] = ["budget"]
+    config["models"]["echo"]["price"] = {"input": 0, "output": 250_000}  # $0.25 per output token
+    config["keys"] = [{"name": "capped", "key": "sk-test-capped-01", "credits": 5.0, "budgets": {"daily": 1.0}}]
+    running = await start_gateway(config)
+    async with aiohttp.ClientSession() as s:
+        status, headers, _ = await chat(s, running, "sk-test-capped-01", max_tokens=3)  # "hello there": 2 tokens
+        assert status == 200 and headers["x-tollway-cost"] == "0.500000"
+        await rec.until(1)
+        assert (await chat(s, running, "sk-test-capped-01", max_tokens=3))[0] == 429
+    await asyncio.sleep(0.3)  # several more looks: still one alert
+    assert len(rec.got) == 1
+    event = verified(*rec.got[0])
+    assert event["type"] == "budget"
+    fields = ("scope", "id", "name", "period", "percent", "spent", "limit", "currency")
+    assert {k: event["data"][k] for k in fields} == {
+        "scope": "key", "id": "cfg_capped", "name": "capped", "period": "daily", "percent": 50,
+        "spent": "0.500000", "limit": "1.000000", "currency": "USD"}
+    assert event["data"]["resets_at"].endswith("T00:00:00Z")

@@ -209,3 +209,15 @@ async def test_a_failed_attempt_that_a_fallback_answers_is_counted_once(start_ga
     assert total(after, "tollway_upstream_errors_total", provider="dead", reason="unreachable") == 1
     assert total(after, "tollway_upstream_errors_total") == 1
     assert total(after, "tollway_requests_total", model="echo", status="200") == 2
+
+
+async def test_a_budget_refusal_is_counted_by_its_scope_and_period(start_gateway):
+    config = metrics_config()
+    config["models"]["echo"]["price"] = {"input": 0, "output": 250_000}  # $0.25 per output token
+    config["keys"].append({"name": "capped", "key": "sk-test-capped-01", "credits": 5.0, "budgets": {"daily": 1.0}})
+    running = await start_gateway(config)
+    async with aiohttp.ClientSession() as s:
+        assert (await chat(s, running, "sk-test-capped-01", max_tokens=3))[0] == 200
+        assert (await chat(s, running, "sk-test-capped-01", max_tokens=3))[0] == 429
+        after = await scrape(s, running.root)
+    assert total(after, "tollway_limit_refusals_total", code="budget_exceeded", scope="key", limit="daily") == 1

@@ -1,10 +1,9 @@
 """Alerts: signed webhooks for what an operator must hear about before customers do.
 
 Events (``proxy.Event``) come from any plugin through ``tollway_event``
-(``gateway.emit``): ``budget`` (the business plugins, at 50/80/100 % of a
-budget), ``deployment_opened`` / ``deployment_closed`` (routing's breakers), and
-from this plugin's own look every ``check_seconds``: ``balance_low`` and
-``key_expiring`` (``watch.py``). ``tollway_event`` only queues the event in memory
+(``gateway.emit``): e.g. ``deployment_opened`` / ``deployment_closed`` from a
+plugin that keeps upstream health, and from this plugin's own look every ``check_seconds`` at the accounts
+book: ``balance_low``, ``key_expiring`` and ``budget`` (``watch.py``). ``tollway_event`` only queues the event in memory
 and wakes the sender: no I/O, so it may be called on a request's path.
 
 The sender task writes queued events to the outbox in the store (``outbox.py``:

@@ -1,12 +1,13 @@
 """What the alerts plugin looks for itself, every ``check_seconds`` (never on a request's path):
-accounts whose spendable balance fell below ``balance_below``, and keys that expire
-within ``key_expiring_days``.
+accounts whose spendable balance fell below ``balance_below``, keys that expire
+within ``key_expiring_days``, and budgets (of keys and accounts) at 50, 80 and 100 %
+of their cap in the current period.
 
 Each event's key makes it one event however often it is seen: a low balance is
 one event until the account is topped up (its key holds the total ever granted,
 balance + spent, which only a top-up changes), a key's expiry one event per
-expiry time. So a restart, or a second worker, finds the same events and the
-outbox delivers each once.
+expiry time, a budget's share once per period. So a restart, or a second worker,
+finds the same events and the outbox delivers each once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from proxy import Event
 from ..accounts import Accounts
 from ..accounts.money import MICRO, format_usd
 from .options import AlertsOptions
+
+BUDGET_SHARES = (100, 80, 50)  # percent of a budget's cap, the highest reached first
 
 
 def iso(ts: float) -> str:
@@ -52,8 +55,39 @@ def expiring_keys(accounts: Accounts, days: float, now: float) -> Iterator[Event
                     key=f"{key.id}:{expires}")
 
 
+def budget_events(accounts: Accounts, now: float) -> Iterator[Event]:
+    """``budget`` at 50, 80 and 100 % of a key's or an account's cap in its current period:
+    the highest share reached, once per share and period (money held by requests in flight
+    counts as spent, as it does when a budget refuses)."""
+    keeper = accounts.budgets
+    if keeper is None:
+        return
+    currency = accounts.currency
+    for key in accounts.by_id.values():
+        if key.budgets.caps and key.revoked_at is None:
+            for status in keeper.status(key, now):
+                if status["scope"] == "key":
+                    yield from _crossed(status, "key", key.id, key.name, currency)
+    for acc in accounts.accounts.values():
+        if acc.policy.budgets.caps:
+            for status in keeper.account_status(acc, now):
+                yield from _crossed(status, "account", acc.id, acc.id, currency)
+
+
+def _crossed(status: dict, scope: str, owner: str, name: str, currency: str) -> Iterator[Event]:
+    cap, spent = status["limit_micro_usd"], status["spent_micro_usd"]
+    for percent in BUDGET_SHARES:
+        if cap > 0 and spent * 100 >= cap * percent:
+            yield Event("budget", {
+                "scope": scope, "id": owner, "name": name, "period": status["period"], "percent": percent,
+                "spent": format_usd(spent), "limit": format_usd(cap), "currency": currency,
+                "resets_at": iso(status["resets_at"])},
+                key=f"{scope}:{owner}:{status['period']}:{status['period_start']}:{percent}")
+            return
+
+
 def look(accounts: Accounts, options: AlertsOptions) -> list[Event]:
-    events: list[Event] = []
+    events: list[Event] = list(budget_events(accounts, time.time()))
     if options.balance_below is not None:
         events.extend(low_balances(accounts, options.balance_below))
     if options.key_expiring_days is not None:
