@@ -69,6 +69,7 @@ class ServerConfig:
     admin_key: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     max_upload_bytes: int = 25 * 1024 * 1024  # multipart uploads (audio, image edits, batch files)
+    default_model: str | None = None  # a model request without "model" uses it
     access_log: Literal["text", "json", "off"] = "text"
     shutdown_timeout: float = 30.0
     disconnect_drain: DisconnectDrain = field(default_factory=DisconnectDrain)
@@ -147,9 +148,11 @@ class DeploymentConfig:
 class ModelConfig:
     """A public model. Either ``provider`` (+ ``model``) or ``deployments``; after
     validation ``deployments`` always lists the upstreams (one for the short form) and
-    ``provider`` names the first one's provider."""
+    ``provider`` names the first one's provider. Or, with no upstream of its own, a
+    ``group`` of other models, or ``auto`` (per request, the cheapest model that fits);
+    these have no ``price``: each request pays the price of the model that served it."""
 
-    price: Price
+    price: Price | None = None
     provider: str | None = None
     model: str | None = None  # the upstream's name; defaults to the public name
     deployments: list[DeploymentConfig] = field(default_factory=list)
@@ -158,11 +161,18 @@ class ModelConfig:
     max_output_tokens: int | None = None
     fallbacks: list[str] = field(default_factory=list)
     capabilities: list[str] | None = None  # what the model supports (tools, vision, json, stream)
+    group: list[str] | None = None  # a public name for other models, tried in turn
+    auto: Literal["cheapest"] | None = None  # per request, the cheapest model that fits
     name: str = ""  # filled in from the key under models:
 
     @property
     def upstream_model(self) -> str:
         return self.model or self.name
+
+    @property
+    def virtual(self) -> bool:
+        """A group or ``auto``: a name for other models, with no upstream of its own."""
+        return self.group is not None or self.auto is not None
 
 
 @dataclass(frozen=True)
@@ -291,6 +301,9 @@ def build_config(raw: dict, *, schemas: dict[str, Any], provider_options: dict[s
     for name, seconds in server.timeouts.__dict__.items():
         if not 0 < seconds < 1e6:  # also refuses NaN and .inf, which the event loop's timers cannot hold
             raise ConfigError(f"server.timeouts.{name}: must be a positive number of seconds")
+    if server.default_model is not None and server.default_model not in models:
+        raise ConfigError(f"server.default_model: unknown model {server.default_model!r}"
+                          f"{suggest(server.default_model, models)}")
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes: must be at least 1024")
     if server.max_upload_bytes < 1024:
@@ -417,12 +430,48 @@ def _build_models(raw: Any, providers: dict[str, ProviderConfig]) -> dict[str, M
     for name, item in raw.items():
         where = f"models.{name}"
         model = build_dataclass(ModelConfig, item, where)
+        if model.virtual:
+            _check_virtual(model, where)
+            out[str(name)] = ModelConfig(**{**model.__dict__, "name": str(name)})
+            continue
         deployments = _deployments(model, providers, where)
+        if model.price is None:
+            raise ConfigError(f"{where}.price: required (USD per 1M tokens: input, output)")
         _check_price(model.price, f"{where}.price")
+        for i, cap in enumerate(model.capabilities or ()):
+            if cap not in CAPABILITIES:
+                raise ConfigError(f"{where}.capabilities[{i}]: unknown capability {cap!r}{suggest(cap, CAPABILITIES)} "
+                                  f"(known: {', '.join(CAPABILITIES)})")
         out[str(name)] = ModelConfig(**{**model.__dict__, "name": str(name), "deployments": deployments,
                                         "provider": deployments[0].provider})
     for name, model in out.items():
         for i, fb in enumerate(model.fallbacks):
             if fb not in out:
                 raise ConfigError(f"models.{name}.fallbacks[{i}]: unknown model {fb!r}{suggest(fb, out)}")
+            if out[fb].virtual:
+                raise ConfigError(f"models.{name}.fallbacks[{i}]: {fb!r} is a group or auto; name models with "
+                                  "an upstream")
+        for i, member in enumerate(model.group or ()):
+            if member not in out:
+                raise ConfigError(f"models.{name}.group[{i}]: unknown model {member!r}{suggest(member, out)}")
+            if out[member].virtual:
+                raise ConfigError(f"models.{name}.group[{i}]: {member!r} is a group or auto itself; "
+                                  "list models with an upstream")
     return out
+
+
+CAPABILITIES = ("tools", "vision", "json", "stream")
+
+
+def _check_virtual(model: ModelConfig, where: str) -> None:
+    if model.group is not None and model.auto is not None:
+        raise ConfigError(f"{where}: give either group or auto, not both")
+    kind = "group" if model.group is not None else "auto"
+    for own in ("provider", "model", "price", "context_window", "max_output_tokens", "capabilities"):
+        if getattr(model, own) is not None:
+            raise ConfigError(f"{where}.{own}: a {kind} has none of its own (its models' apply)")
+    if model.deployments or model.fallbacks:
+        what = "deployments" if model.deployments else "fallbacks"
+        raise ConfigError(f"{where}.{what}: a {kind} has none of its own (its models' apply)")
+    if model.group is not None and not model.group:
+        raise ConfigError(f"{where}.group: list at least one model")

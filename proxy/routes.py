@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -25,6 +26,7 @@ from .upstream_items import count_tokens, stored_response
 from .validate import check_depth, validate_embeddings
 
 if TYPE_CHECKING:
+    from .config import Price
     from .gateway import Gateway
 
 # error_response: kept here too, where plugins found it before the error middleware.
@@ -99,6 +101,25 @@ _MEDIA_ENDPOINTS = {"images/generations": "images", "images/edits": "image_edits
                     "audio/transcriptions": "transcriptions", "audio/translations": "translations"}
 
 
+def _price_range(prices: list[Price]) -> dict:
+    """USD per 1M tokens: the lowest of each price, and the highest under ``max`` when they differ."""
+    def lows_and_highs(pick: Callable[[Price], float]) -> tuple[float, float]:
+        values = [pick(p) for p in prices] or [0.0]
+        return min(values), max(values)
+
+    out: dict[str, Any] = {"currency": "USD", "unit": "1M tokens"}
+    highs = {}
+    for field, pick in (("input", lambda p: p.input), ("output", lambda p: p.output),
+                        ("cached_input", lambda p: p.input if p.cached_input is None else p.cached_input),
+                        ("cache_write", lambda p: p.input if p.cache_write is None else p.cache_write)):
+        low, high = lows_and_highs(pick)
+        out[field] = low
+        highs[field] = high
+    if any(highs[f] != out[f] for f in highs):
+        out["max"] = highs
+    return out
+
+
 class ModelRoutes:
     """The model-facing endpoints of one gateway."""
 
@@ -134,6 +155,10 @@ class ModelRoutes:
     async def _model_call(self, request: web.Request, endpoint: str, dialect: str) -> web.StreamResponse:
         try:
             body, raw = await read_json(request, self.limit)
+            default_model = self.gateway.config.server.default_model
+            defaulted = default_model is not None and "model" not in body
+            if defaulted:
+                body["model"] = default_model
             if endpoint == "embeddings":
                 validate_embeddings(body)
             else:
@@ -141,6 +166,8 @@ class ModelRoutes:
         except ProxyError as err:
             return await refuse(self.gateway, request, Call(request, endpoint, {}, b"", dialect), err)
         call = Call(request, endpoint, body, raw, dialect)
+        if defaulted:
+            call.set_body(body)  # the bytes sent upstream name the model too
         resp = await run_model_call(self.gateway, request, call)
         response_id = call.state.get(RESPONSE_ID)
         if response_id is not None and call.route is not None:
@@ -214,10 +241,18 @@ class ModelRoutes:
 
     # -- models -----------------------------------------------------------------------
     def describe(self, name: str) -> dict:
-        m = self.gateway.config.models[name]
-        price = m.price
-        provider = self.gateway.providers.get(m.provider or "")
-        family = provider.family(m.upstream_model) if provider is not None else "unknown"
+        models = self.gateway.config.models
+        m = models[name]
+        if m.virtual:  # a group or auto: the range of the models it may answer with, no provider named
+            members = [models[n] for n in m.group] if m.group is not None else [
+                x for x in models.values() if not x.virtual]
+            family, window = "tollway", max((x.context_window or 0 for x in members), default=0) or None
+            prices = [x.price for x in members if x.price is not None]
+        else:
+            provider = self.gateway.providers.get(m.provider or "")
+            family = provider.family(m.upstream_model) if provider is not None else "unknown"
+            window, prices = m.context_window, [m.price] if m.price is not None else []
+        pricing = _price_range(prices)
         out = {
             "id": name,
             "object": "model",
@@ -227,28 +262,23 @@ class ModelRoutes:
             "type": "model",
             "display_name": name,
             "created_at": self.created_at,
-            "max_input_tokens": m.context_window,
-            "pricing": {
-                "currency": "USD",
-                "unit": "1M tokens",
-                "input": price.input,
-                "output": price.output,
-                "cached_input": price.cached_input if price.cached_input is not None else price.input,
-                "cache_write": price.cache_write if price.cache_write is not None else price.input,
-            },
-            "context_window": m.context_window,
+            "max_input_tokens": window,
+            "pricing": pricing,
+            "context_window": window,
             # AICredits' catalog fields (GET /api/models shows the same).
             "name": name,
             "provider": family,
-            "input_cost_per_1m": price.input,
-            "output_cost_per_1m": price.output,
+            "input_cost_per_1m": pricing["input"],
+            "output_cost_per_1m": pricing["output"],
         }
-        if price.images:
-            out["image_cost_per_image"] = dict(price.images)
-        if price.audio_minute is not None:
-            out["audio_cost_per_minute"] = price.audio_minute
-        if price.characters is not None:
-            out["tts_cost_per_1m_characters"] = price.characters
+        price = m.price
+        if price is not None:
+            if price.images:
+                out["image_cost_per_image"] = dict(price.images)
+            if price.audio_minute is not None:
+                out["audio_cost_per_minute"] = price.audio_minute
+            if price.characters is not None:
+                out["tts_cost_per_1m_characters"] = price.characters
         return out
 
     async def catalog(self, request: web.Request) -> web.Response:

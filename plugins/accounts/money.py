@@ -150,6 +150,8 @@ class PriceBook:
             raise ConfigError(str(exc)) from None
         self.tables: dict[str, PriceTable] = {}
         for name, m in models.items():
+            if m.price is None:
+                continue  # a group or auto: each request is priced as the model that served it
             try:
                 self.tables[name] = PriceTable.from_config(m.price, f"models.{name}.price", self.rate_ppm)
             except MoneyError as exc:

@@ -9,6 +9,11 @@ A deployment whose breaker is open (``health.py``) or whose minute is full
 (``rpm``/``tpm``) is skipped; when a model has none left, its ``fallbacks``
 are tried; when nothing is left, 503 with ``Retry-After``.
 
+A ``group`` (other models, tried in turn) and ``auto`` (per request, the
+cheapest model that fits, see ``auto.py``) resolve to a chain of models whose
+deployments are tried in the same way; so does a client's own ``models``
+list (OpenRouter's: fallbacks among models it may use, after ``model``).
+
 Hooks: ``tollway_resolve`` (``trylast``, so a plugin can route a model
 differently by answering first) picks the first deployment;
 ``tollway_attempt`` tells the breakers and the latency average, and sets
@@ -28,6 +33,7 @@ from typing import Any
 
 from proxy import Call, Gateway, ProxyError, Route, StateKey, hookimpl
 
+from .auto import fit_of, order_group
 from .deployments import Deployment, Entry, ModelTable, choose
 from .health import HealthBoard
 from .options import RoutingOptions
@@ -55,7 +61,9 @@ ROUTING: StateKey[RoutingState] = StateKey("routing.state")
 class Plugin:
     def __init__(self) -> None:
         self.options = RoutingOptions()
-        self.tables: dict[str, ModelTable] = {}
+        self.tables: dict[str, ModelTable] = {}  # models with upstreams
+        self.virtual: dict[str, Any] = {}  # groups and auto, by name (their ModelConfig)
+        self.gateway: Gateway | None = None
         self.deployments: dict[str, Deployment] = {}
         self.health = HealthBoard(self.options.health)
         #: Seconds, for breakers and per-minute limits; tests replace it to move time.
@@ -72,12 +80,16 @@ class Plugin:
 
     @hookimpl
     def tollway_startup(self, gateway: Gateway) -> None:
+        self.gateway = gateway
         self.options = gateway.config.section("routing") or RoutingOptions()
         self.health = HealthBoard(self.options.health)
         models = gateway.config.models
         deployments: dict[str, Deployment] = {}
         tables = {}
+        self.virtual = {name: m for name, m in models.items() if m.virtual}
         for name, m in models.items():
+            if m.virtual:
+                continue
             entries = []
             for d in m.deployments:
                 upstream_model = d.model or name
@@ -89,7 +101,7 @@ class Plugin:
                 route = Route(model=name, upstream_model=upstream_model, provider=gateway.providers[d.provider],
                               config=m, deployment=key)
                 entries.append(Entry(dep, route, d.weight, price.input + price.output))
-            tables[name] = ModelTable(name, entries, m.strategy or self.options.strategy, tuple(m.fallbacks))
+            tables[name] = ModelTable(name, entries, m.strategy or self.options.strategy, tuple(m.fallbacks), m)
         self.deployments = deployments
         self.tables = tables
 
@@ -97,13 +109,18 @@ class Plugin:
     @hookimpl(trylast=True)
     async def tollway_resolve(self, call: Call) -> Route | None:
         table = self.tables.get(call.model)
-        if table is None:
+        if table is not None:
+            chain = (table, *(self.tables[f] for f in table.fallbacks)) if table.fallbacks else (table,)
+        elif call.model in self.virtual:
+            chain = await self._virtual_chain(call, self.virtual[call.model])
+        else:
             return None
-        chain = (table, *(self.tables[f] for f in table.fallbacks)) if table.fallbacks else (table,)
+        if "models" in call.body and call.endpoint != "embeddings":
+            chain = await self._clients_fallbacks(call, chain)
         state = RoutingState(chain)
         route = self._pick(state)
         if route is None:
-            raise self._unavailable(state)
+            raise self._unavailable(call, state)
         call.state[ROUTING] = state
         return route
 
@@ -193,13 +210,65 @@ class Plugin:
             state.probe = False
             self.health.release(dep.name)
 
-    def _unavailable(self, state: RoutingState) -> ProxyError:
+    # -- groups, auto and the client's own list ---------------------------------------
+    async def _visible(self, call: Call, names: list[str]) -> list[str]:
+        """The models of ``names`` the caller may use (the ``tollway_visible_models`` hooks)."""
+        if self.gateway is not None:
+            for hook in self.gateway.hooks.visible_models:
+                filtered = await hook(call, names)
+                if filtered is not None:
+                    names = filtered
+        return names
+
+    async def _virtual_chain(self, call: Call, config: Any) -> tuple[ModelTable, ...]:
+        if config.group is not None:
+            return tuple(order_group(config.strategy, (self.tables[m] for m in config.group)))
+        allowed = await self._visible(call, list(self.tables))
+        if not allowed:
+            raise ProxyError(403, f"{call.model!r} chooses among the models this API key may use, and it may use "
+                                  "none; ask the operator to allow some", param="model", code="model_not_allowed")
+        fit = fit_of(call.body)
+        fitting, refused = [], []
+        for i, name in enumerate(allowed):
+            model = self.tables[name].config
+            why = fit.why_not(model)
+            if why is None:
+                fitting.append((fit.cost(model), i, name))
+            else:
+                refused.append(f"{name} {why}")
+        if not fitting:
+            raise ProxyError(400, f"no model {call.model!r} may choose fits this request: " + "; ".join(refused[:8]),
+                             param="model", code="no_model_fits")
+        return tuple(self.tables[name] for _, _, name in sorted(fitting))
+
+    async def _clients_fallbacks(self, call: Call, chain: tuple[ModelTable, ...]) -> tuple[ModelTable, ...]:
+        """OpenRouter's ``models``: the client's own fallbacks, after ``model``, among models it may use."""
+        body = call.body
+        names = body.pop("models")
+        call.set_body(body)  # not an upstream field
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) > 16:
+            raise ProxyError(400, "'models' must be a list of at most 16 model names (tried in order after "
+                                  "'model')", param="models", code="invalid_models")
+        unknown = [n for n in names if n not in self.tables]
+        if unknown:
+            raise ProxyError(400, f"'models' names {unknown[0]!r}, which is not a model with an upstream here "
+                                  "(groups and auto cannot be listed)", param="models", code="model_not_found")
+        allowed = set(await self._visible(call, names))
+        refused = [n for n in names if n not in allowed]
+        if refused:
+            raise ProxyError(403, f"this API key may not use model {refused[0]!r} (listed in 'models')",
+                             param="models", code="model_not_allowed")
+        seen = {t.name for t in chain}
+        extra = [self.tables[n] for n in dict.fromkeys(names) if n not in seen]
+        return (*chain, *extra)
+
+    def _unavailable(self, call: Call, state: RoutingState) -> ProxyError:
         now = self.clock()
         waits = [max(self.health.retry_in(e.deployment.name, now), e.deployment.limits_reset_in(now))
                  for table in state.chain for e in table.entries if e.weight > 0]
         wait = min(waits) if waits else self.options.health.cooldown
         retry = str(max(1, math.ceil(wait)))
-        model = state.chain[0].name
+        model = call.model
         why = "every upstream is unhealthy or at its limit" if waits else "every upstream is drained (weight 0)"
         return ProxyError(503, f"model {model!r} has no upstream available now ({why}); retry after {retry}s",
                           code="no_upstream_available", headers={"Retry-After": retry})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from proxy import Route
 
@@ -81,6 +82,7 @@ class ModelTable:
     entries: list[Entry]
     strategy: Strategy
     fallbacks: tuple[str, ...]
+    config: Any  # the model's ModelConfig (context window, capabilities, price)
 
 
 def _weighted(entries: list[Entry]) -> Entry:
