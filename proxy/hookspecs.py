@@ -152,6 +152,19 @@ def tollway_startup(gateway: Gateway) -> Awaitable[None] | None:
 
 
 @hookspec
+def tollway_upstream_health(event: Any) -> None:
+    """An upstream deployment's breaker changed state (the built-in ``routing``
+    plugin's ``HealthEvent``: ``deployment`` (``provider/model``), ``previous``
+    and ``state`` (``closed``, ``open``, ``half_open``), ``reason``, and
+    ``retry_in``: seconds until an open breaker lets probes through).
+
+    Called synchronously, in the request that caused the change: record or
+    queue what you need (an alert, a metric) and return; never block. With
+    several instances, each one tells of the changes it sees.
+    """
+
+
+@hookspec
 def tollway_shutdown(gateway: Gateway) -> Awaitable[None] | None:
     """The gateway is stopping, after in-flight requests finished (or the
     shutdown timeout passed) and before storage closes: flush what you hold."""

@@ -76,7 +76,10 @@ class Clock:
 
 
 def routing_plugin(running):
-    return running.gw.pm.get_plugin("builtin:routing")
+    """The gateway's router (tables, deployments, breakers, clock)."""
+    from plugins.routing import ROUTER
+
+    return running.gw.services.get(ROUTER)
 
 
 def use_clock(running) -> Clock:

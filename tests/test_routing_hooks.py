@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from routing_helpers import ask, make_upstreams, routing_config
 
+from plugins.routing import ROUTER
 from proxy import hookimpl
 
 PRICE = {"input": 1.0, "output": 2.0}
@@ -43,8 +44,7 @@ async def test_a_plugin_hears_every_attempt_and_can_choose_the_retry(start_gatew
     config = routing_config(ups, {"m": {"provider": "a", "price": PRICE}, "spare": {"provider": "b", "price": PRICE}},
                             {"retries": 0})  # the built-in would not retry: the plugin's hook does
     running = await start_gateway(config, plugins=[log, retry])
-    routing = running.gw.pm.get_plugin("builtin:routing")
-    holder["spare"] = routing.tables["spare"].entries[0].route
+    holder["spare"] = running.gw.services.get(ROUTER).tables["spare"].entries[0].route
     async with aiohttp.ClientSession() as s:
         status, headers, _ = await ask(s, running)
     assert status == 200

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from plugins.accounts import ACCOUNTS
+from plugins.routing import ROUTER
 from proxy import json_response
 
 from . import queries, requestlog
@@ -154,7 +155,10 @@ class Dashboard:
         series = await queries.series(self.store, rng)
         for point in series:
             point["label"] = label(point["t"], rng.step)
-        return self.render(request, "errors.html", self.context(request, "errors", **picker, series=series, **errs))
+        router = self.gateway.services.get(ROUTER)
+        upstreams = router.snapshot() if router is not None else []
+        return self.render(request, "errors.html", self.context(request, "errors", **picker, series=series,
+                                                                upstreams=upstreams, **errs))
 
     async def latency(self, request: web.Request) -> web.StreamResponse:
         rng, picker = self.range_of(request)

@@ -1,0 +1,171 @@
+"""The router: every model's deployments, their live numbers and their breakers.
+
+One ``Router`` per gateway, a gateway service (``ROUTER``): the routing plugin
+routes with it, and the admin API, the dashboard and other plugins read it
+(``gateway.services.get(ROUTER).snapshot()``). Breaker changes are told to
+every plugin's ``tollway_upstream_health(event)`` and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy import Gateway, ProxyError, Route, ServiceKey
+
+from .deployments import Deployment, Entry, ModelTable, choose
+from .health import HealthBoard, HealthEvent
+from .options import RoutingOptions
+
+__all__ = ["ROUTER", "Router", "RoutingState"]
+
+log = logging.getLogger("tollway.routing")
+
+
+@dataclass(slots=True)
+class RoutingState:
+    """One request's way through the deployments (``call.state[ROUTING]``)."""
+
+    chain: tuple[ModelTable, ...]  # the model, then its fallbacks (or a group's members, auto's choices)
+    position: int = 0  # the model of ``chain`` being tried
+    tried: list[str] = field(default_factory=list)  # deployments tried, in order
+    holding: Deployment | None = None  # counted in flight for this request
+    probe: bool = False  # ``holding`` is a half-open probe whose outcome is not in yet
+    served: Deployment | None = None  # the deployment that answered
+
+
+class Router:
+    def __init__(self, gateway: Gateway, options: RoutingOptions) -> None:
+        self.gateway = gateway
+        self.options = options
+        #: Seconds, for breakers and per-minute limits; tests replace it to move time.
+        self.clock: Callable[[], float] = time.monotonic
+        self.health = HealthBoard(options.health)
+        self.health.listeners.append(self._announce)
+        self.tables: dict[str, ModelTable] = {}  # models with upstreams
+        self.virtual: dict[str, Any] = {}  # groups and auto, by name (their ModelConfig)
+        self.deployments: dict[str, Deployment] = {}
+        self._build()
+
+    def _build(self) -> None:
+        gateway, models = self.gateway, self.gateway.config.models
+        self.virtual = {name: m for name, m in models.items() if m.virtual}
+        for name, m in models.items():
+            if m.virtual:
+                continue
+            entries = []
+            for d in m.deployments:
+                upstream_model = d.model or name
+                key = f"{d.provider}/{upstream_model}"
+                dep = self.deployments.get(key)
+                if dep is None:
+                    dep = self.deployments[key] = Deployment(key, d.rpm, d.tpm)
+                price = d.price or m.price
+                route = Route(model=name, upstream_model=upstream_model, provider=gateway.providers[d.provider],
+                              config=m, deployment=key)
+                entries.append(Entry(dep, route, d.weight, price.input + price.output))
+            self.tables[name] = ModelTable(name, entries, m.strategy or self.options.strategy, tuple(m.fallbacks), m)
+
+    async def close(self) -> None:
+        self.health.listeners.clear()
+
+    # -- choosing -------------------------------------------------------------------
+    def pick(self, state: RoutingState) -> Route | None:
+        """The next deployment to try (not tried yet, healthy, within its limits), from the
+        chain's models in turn; it is counted in flight until let go."""
+        self.let_go(state)
+        now = self.clock()
+        health = self.health
+        chain = state.chain
+        while state.position < len(chain):
+            table = chain[state.position]
+            eligible = [e for e in table.entries if e.weight > 0 and e.deployment.name not in state.tried
+                        and health.available(e.deployment.name, now) and e.deployment.within_limits(now)]
+            if eligible:
+                entry = choose(table.strategy, eligible)
+                dep = entry.deployment
+                state.tried.append(dep.name)
+                state.holding = dep
+                state.probe = health.acquire(dep.name, now)
+                dep.in_flight += 1
+                dep.count_request(now)
+                return entry.route
+            state.position += 1
+        return None
+
+    def let_go(self, state: RoutingState) -> None:
+        dep = state.holding
+        if dep is None:
+            return
+        state.holding = None
+        dep.in_flight -= 1
+        if state.probe:  # never reached the upstream
+            state.probe = False
+            self.health.release(dep.name)
+
+    def unavailable(self, model: str, state: RoutingState) -> ProxyError:
+        now = self.clock()
+        waits = [max(self.health.retry_in(e.deployment.name, now), e.deployment.limits_reset_in(now))
+                 for table in state.chain for e in table.entries if e.weight > 0]
+        wait = min(waits) if waits else self.options.health.cooldown
+        retry = str(max(1, math.ceil(wait)))
+        why = "every upstream is unhealthy or at its limit" if waits else "every upstream is drained (weight 0)"
+        return ProxyError(503, f"model {model!r} has no upstream available now ({why}); retry after {retry}s",
+                          code="no_upstream_available", headers={"Retry-After": retry})
+
+    # -- what operators and plugins see -----------------------------------------------
+    def _announce(self, event: HealthEvent) -> None:
+        if event.state == "open":
+            log.warning("upstream %s: breaker open for %.0fs: %s", event.deployment, event.retry_in, event.reason)
+        elif event.state == "closed":
+            log.info("upstream %s: breaker closed: %s", event.deployment, event.reason)
+        try:
+            self.gateway.pm.hook.tollway_upstream_health(event=event)
+        except Exception:
+            log.exception("a tollway_upstream_health hook failed")
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every deployment: breaker state, counts over the window, load, latency, this minute's use."""
+        now = self.clock()
+        breakers = self.health.snapshot(now)
+        used_by: dict[str, list[dict[str, Any]]] = {}
+        for table in self.tables.values():
+            for e in table.entries:
+                used_by.setdefault(e.deployment.name, []).append({"model": table.name, "weight": e.weight})
+        out = []
+        for name, dep in self.deployments.items():
+            provider, _, upstream_model = name.partition("/")
+            breaker = breakers.get(name) or {"state": "closed", "retry_in": 0.0, "requests": 0, "failures": 0,
+                                             "reopens": 0, "probes_in_flight": 0, "last_error": None}
+            this_minute = int(now // 60) == dep.minute
+            out.append({
+                "deployment": name, "provider": provider, "upstream_model": upstream_model,
+                "models": used_by.get(name, []), **breaker, "in_flight": dep.in_flight,
+                "latency_ms": None if dep.latency_s is None else round(dep.latency_s * 1000, 1),
+                "rpm": {"limit": dep.rpm, "used": dep.requests if this_minute else 0},
+                "tpm": {"limit": dep.tpm, "used": dep.tokens if this_minute else 0},
+            })
+        return out
+
+    def key_pools(self) -> dict[str, list[dict[str, Any]]]:
+        """Each key pool: per key (by position, never the key), how long it still rests."""
+        out = {}
+        for name, provider in self.gateway.providers.items():
+            pool = provider.key_pool
+            if pool is not None:
+                now = pool.clock()
+                out[name] = [{"key": i + 1, "resting_for": round(max(0.0, until - now), 1)}
+                             for i, until in enumerate(pool.resting_until)]
+        return out
+
+
+async def open_router(gateway: Gateway) -> Router:
+    return Router(gateway, gateway.config.section("routing") or RoutingOptions())
+
+
+#: The gateway's router (opened by the routing plugin at start-up).
+ROUTER: ServiceKey[Router] = ServiceKey("routing.router", open_router)
