@@ -119,7 +119,7 @@ async def test_the_models_list_shows_groups_and_auto_with_a_price_range_and_no_p
     assert smart["pricing"]["input"] == 1 and smart["pricing"]["max"]["input"] == 10
     assert auto["pricing"]["output"] == 0.2 and auto["pricing"]["max"]["output"] == 20
     assert smart["context_window"] == 200000
-    assert listed["mid"]["owned_by"] == "b" and "max" not in listed["mid"]["pricing"]
+    assert listed["mid"]["owned_by"] == "openai-compatible" and "max" not in listed["mid"]["pricing"]
 
 
 async def test_the_clients_own_models_list_is_its_fallback_order(start_gateway, aiohttp_server):
