@@ -50,6 +50,16 @@ LEDGER_ID: StateKey[str] = StateKey("ledger.id")
 NO_USAGE = Usage()  # zero tokens, for a request without usage
 
 
+def _units(call: Call) -> dict[str, int]:
+    """The units a unit-priced answer delivered (none for a refusal or a failure)."""
+    units = call.billing.units
+    if units is None or call.response.status != 200:
+        return {}
+    seconds = units.audio_seconds
+    return {"images": units.images, "characters": units.characters,
+            "audio_ms": round(seconds * 1000) if seconds is not None else 0}
+
+
 class Plugin:
     def __init__(self) -> None:
         self.gateway: Gateway | None = None
@@ -100,7 +110,7 @@ class Plugin:
             reasoning_tokens=usage.reasoning_tokens,
             cost_micro_usd=money_taken(call),
             latency_ms=round(call.timing.latency_ms, 3), ttfb_ms=None if ttfb is None else round(ttfb, 3),
-            estimated=int(call.billing.usage_estimated)))
+            estimated=int(call.billing.usage_estimated), **_units(call)))
 
     def _day(self, ts: float) -> str:
         n = int(ts // 86400)

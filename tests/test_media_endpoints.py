@@ -52,9 +52,11 @@ async def client(running):
 
 async def ledger(running) -> list[dict]:
     await running.gw.services[ACCOUNTS].writer.flush()
+    names = ("endpoint", "status", "error_code", "cost", "images", "characters", "audio_ms")
     rows = await running.gw.store.fetchall(
-        "select endpoint, status, error_code, cost_micro_usd from tollway_ledger order by time")
-    return [dict(zip(("endpoint", "status", "error_code", "cost"), r, strict=True)) for r in rows]
+        f"select endpoint, status, error_code, cost_micro_usd, {', '.join(names[4:])} from tollway_ledger "
+        "order by time")
+    return [dict(zip(names, r, strict=True)) for r in rows]
 
 
 async def spent(running) -> int:
@@ -85,6 +87,7 @@ async def test_images_are_priced_per_image_by_size_and_quality(running, client, 
                                                                 ("images", 80_000), ("images", 40_000),
                                                                 ("images", 120_000)]
     assert await spent(running) == 520_000
+    assert [row["images"] for row in rows] == [2, 1, 1, 1, 1]
     if model == "img":
         assert (await last_upstream_body(mock_upstream))["model"] == "dall-e-3"
 
@@ -119,6 +122,7 @@ async def test_speech_is_streamed_and_priced_per_character(running, client, mode
     assert len(audio) == 1100 and audio.startswith(b"ID3")
     [row] = await ledger(running)
     assert (row["endpoint"], row["cost"]) == ("speech", 165) and await spent(running) == 165
+    assert row["characters"] == 11
 
 
 @pytest.mark.parametrize("model", ["whisper", "whisper-local"])
@@ -132,6 +136,7 @@ async def test_every_transcription_format_is_billed_by_the_minute(running, clien
     await client.audio.translations.create(model=model, file=("talk.wav", audio))
     rows = await ledger(running)
     assert [row["cost"] for row in rows] == [300] * 6
+    assert [row["audio_ms"] for row in rows] == [3000] * 6
     assert [row["endpoint"] for row in rows] == ["transcriptions"] * 5 + ["translations"]
     assert await spent(running) == 1800
     if model == "whisper":

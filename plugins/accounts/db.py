@@ -75,7 +75,8 @@ TABLES_V1 = (
 
 
 async def _build_rollups(tx) -> None:
-    await rollups.rebuild_in(tx, LEDGER_COLUMNS)
+    # The ledger's columns as they were at this step (later steps add more).
+    await rollups.rebuild_in(tx, LEDGER_COLUMNS[:LEDGER_COLUMNS.index("estimated") + 1])
 
 
 MIGRATIONS = (
@@ -94,6 +95,11 @@ MIGRATIONS = (
         "alter table tollway_accounts add column source text not null default 'api'")),
     # One row per refill grant: (account, period) is the key that makes a grant happen once.
     Migration(5, "refill grants", GRANTS_TABLE),
+    # What a unit-priced answer delivered (images, speech, transcriptions): see plugins/accounts/units.py.
+    Migration(6, "ledger units: images, characters, audio milliseconds", (
+        "alter table tollway_ledger add column images integer not null default 0",
+        "alter table tollway_ledger add column characters integer not null default 0",
+        "alter table tollway_ledger add column audio_ms integer not null default 0")),
 )
 
 
@@ -127,6 +133,9 @@ class LedgerRow(NamedTuple):
     latency_ms: float
     ttfb_ms: float | None
     estimated: int = 0  # 1: the tokens were counted by the gateway, the upstream never said (see pricing.py)
+    images: int = 0  # images delivered (images, image_edits)
+    characters: int = 0  # input characters spoken (speech)
+    audio_ms: int = 0  # milliseconds of audio transcribed or translated
 
 
 LEDGER_COLUMNS: tuple[str, ...] = LedgerRow._fields
