@@ -71,8 +71,9 @@ class Usage:
 
     @classmethod
     def from_openai(cls, usage: dict | None) -> Usage | None:
-        """Read an OpenAI ``usage`` object; None when absent or malformed."""
-        if not isinstance(usage, dict):
+        """Read an OpenAI ``usage`` object; None when absent or malformed (one that
+        names neither count is not a usage of zero: that would make output free)."""
+        if not isinstance(usage, dict) or ("prompt_tokens" not in usage and "completion_tokens" not in usage):
             return None
         prompt_details = usage.get("prompt_tokens_details") or {}
         completion_details = usage.get("completion_tokens_details") or {}
@@ -171,6 +172,7 @@ class Units:
     characters: int = 0  # speech: characters of the input
     audio_seconds: float | None = None  # transcriptions: the audio's length (reported, else measured)
     audio_measured: bool = False  # the length was measured by the gateway, not reported upstream
+    measured_seconds: float | None = None  # the gateway's own measure, kept when the upstream reports one
 
 
 @dataclass(slots=True)
@@ -215,6 +217,9 @@ class ResponseState:
     # the core before tollway_usage (None for streams and errors). Read-only:
     # it may be the very dict written to the client. The cache stores it.
     completion: dict | None = None
+    # A native (passthrough) non-stream answer as parsed, in the client's dialect (any
+    # dialect): what ``Dialect.answer_text`` reads when the upstream sent no usage.
+    answer: dict | None = None
     web_response: web.StreamResponse | None = None  # aiohttp's response, once a stream's headers are sent
     body: bytes | None = None  # a detached call's whole answer (it has no client to be sent to)
 

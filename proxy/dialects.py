@@ -8,11 +8,14 @@ and the canonical OpenAI form, and knows how to pass its own streams through.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
+
+import orjson
 
 from .call import Usage
 from .errors import ProxyError
-from .outputtext import openai_stream_text, prompt_text, sse_payloads
+from .outputtext import completion_text, openai_stream_text, prompt_text, sse_payloads
 from .streaming import ChunkEncoder, OpenAIEncoder, OpenAIPassthrough, StreamCodec
 from .validate import validate_chat, validate_completions
 
@@ -67,6 +70,12 @@ class Dialect:
         text = prompt_text(self.canonical_request(call))
         return -(-len(text) // 4)
 
+    def answer_text(self, body: dict) -> str:
+        """The generated text of a native non-stream answer, for a token estimate when
+        the upstream's usage is missing. The default counts the whole answer as text:
+        too much, never nothing; dialects override it."""
+        return orjson.dumps(body).decode()
+
     def streamed_text(self, blob: bytes) -> str:
         """The generated text in bytes of this dialect's stream, for a token
         estimate when the upstream's usage is missing (parsed only then). The
@@ -96,6 +105,9 @@ class OpenAIDialect(Dialect):
     def render_completion(self, call: Call, completion: dict) -> dict:
         return completion
 
+    def answer_text(self, body: dict) -> str:
+        return completion_text(body)
+
     def streamed_text(self, blob: bytes) -> str:
         return openai_stream_text(blob)
 
@@ -116,12 +128,20 @@ class CompletionsDialect(OpenAIDialect):
                               "legacy completions (/v1/completions) go only to OpenAI-compatible providers: "
                               "use /v1/chat/completions", param="model", code="completions_not_supported")
 
+    def answer_text(self, body: dict) -> str:
+        return choices_text([body])
+
     def streamed_text(self, blob: bytes) -> str:
-        out = []
-        for chunk in sse_payloads(blob):
-            choices = chunk.get("choices")
-            for choice in choices if isinstance(choices, list) else ():
-                text = choice.get("text") if isinstance(choice, dict) else None
-                if isinstance(text, str):
-                    out.append(text)
-        return "".join(out)
+        return choices_text(sse_payloads(blob))
+
+
+def choices_text(chunks: Iterable[dict]) -> str:
+    """The ``text`` of every choice of legacy completions (whole answers or stream chunks)."""
+    out = []
+    for chunk in chunks:
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            text = choice.get("text") if isinstance(choice, dict) else None
+            if isinstance(text, str):
+                out.append(text)
+    return "".join(out)

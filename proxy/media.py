@@ -152,7 +152,7 @@ async def forward_media(gateway: Gateway, request: web.Request, call: Call, rout
         if not isinstance(data, list):
             raise ProxyError(502, f"upstream '{provider.name}' answered without images (no 'data' list)",
                              code="upstream_bad_response")
-        units.images = len(data)
+        units.images = min(len(data), units.images)  # as delivered; never more than the n asked (and held)
     else:
         reported = _reported_seconds(body)
         if reported is not None:

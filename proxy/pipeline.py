@@ -288,6 +288,7 @@ async def forward_chat(gateway: Gateway, request: web.Request, call: Call, route
         if native:
             body = loads_json(raw, provider.name)
             call.billing.usage = dialect.answer_usage(call, body)
+            call.response.answer = body
             if call.dialect == "openai":
                 call.response.completion = body
             out = raw

@@ -208,7 +208,7 @@ class ModelRoutes:
             if audio is not None:
                 seconds = await asyncio.to_thread(measured_seconds, raw[audio.start:audio.end])
                 if seconds is not None:
-                    units.audio_seconds, units.audio_measured = seconds, True
+                    units.audio_seconds, units.audio_measured, units.measured_seconds = seconds, True, seconds
                 elif body.get("response_format") in ("text", "srt", "vtt"):
                     raise bad_request(f"the gateway cannot read the length of {audio.filename!r} (it reads mp3, "
                                       "mp4/m4a, wav, ogg and flac), and a response_format of text, srt or vtt "

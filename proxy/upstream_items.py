@@ -14,6 +14,7 @@ created which id for which account, so one tenant never reads another's.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import unquote_plus
 
 import orjson
 from aiohttp import web
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
     from .call import Call
     from .gateway import Gateway
 
+def upstream_query(query: str) -> str:
+    """The client's query string without the gateway key a client may authenticate
+    with (``?api_key=``): the customer's secret never goes to the upstream."""
+    return "&".join(p for p in query.split("&") if p and unquote_plus(p.partition("=")[0]) != "api_key")
+
+
 async def stored_response(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     from .call import Call
 
@@ -35,7 +42,8 @@ async def stored_response(gateway: Gateway, request: web.Request) -> web.StreamR
         await authenticate(gateway, call)
         item = await gateway.stored_responses.owned(response_id, call.principal)
         provider = gateway.providers.get(item.provider) if item is not None else None
-        upstream_request = (provider.stored_response_request(request.method, response_id, request.query_string)
+        upstream_request = (provider.stored_response_request(request.method, response_id,
+                                                             upstream_query(request.query_string))
                             if provider is not None else None)
         if upstream_request is None:
             raise ProxyError(404, f"no response {response_id!r} was created through this gateway for this key's "

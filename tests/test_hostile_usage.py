@@ -15,6 +15,7 @@ from aiohttp import web
 from business import DEMO, bearer, biz_config, credits
 
 from plugins.accounts import ACCOUNTS
+from plugins.accounts.tokens import count_tokens
 
 ANSWER: web.AppKey[dict] = web.AppKey("answer")
 TEXT = "the answer that went out " * 4
@@ -73,13 +74,7 @@ ABSURD = [pytest.param(1e300, id="1e300"), pytest.param(2**70, id="2^70"), pytes
 
 
 @pytest.mark.parametrize("count", ABSURD)
-@pytest.mark.parametrize("shape", [
-    pytest.param("responses", marks=pytest.mark.xfail(strict=True, reason=(
-        "a passthrough (native) non-stream answer whose usage is unusable is not counted (only the openai "
-        "dialect keeps call.response.completion): it is charged the whole reservation, with 0 tokens, "
-        "estimated 0, and the client is told no cost (no x-tollway-cost, no usage.cost); same on "
-        "/v1/completions and /v1/messages passthrough. Fix: a Dialect.answer_text(body) for counted_usage"))),
-    "responses-stream", "chat"])
+@pytest.mark.parametrize("shape", ["responses", "responses-stream", "chat"])
 async def test_absurd_usage_is_unknown_usage_and_the_ledger_keeps_writing(running, upstream, shape, count):
     if shape == "chat":
         upstream.app[ANSWER]["usage"] = {"prompt_tokens": 3, "completion_tokens": count}
@@ -107,3 +102,44 @@ async def test_absurd_usage_is_unknown_usage_and_the_ledger_keeps_writing(runnin
     assert normal[1:3] == (3, 4) and normal[4] == 0
     assert [r[3] for r in rows] == told  # what the client was told == what the ledger holds
     assert got["spent_micro_usd"] == sum(told) and got["balance_micro_usd"] == 5_000_000 - sum(told) >= 0
+
+
+COMPLETION = {"id": "c", "object": "text_completion", "created": 1, "model": "m",
+              "choices": [{"index": 0, "text": TEXT, "finish_reason": "stop"}]}
+MESSAGE = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "stop_reason": "end_turn",
+           "content": [{"type": "text", "text": TEXT}]}
+
+
+@pytest.mark.parametrize("usage", [None, {"prompt_tokens": "many"}, {"input_tokens": -1, "output_tokens": 1e300}])
+@pytest.mark.parametrize("path", ["/completions", "/messages"])
+async def test_a_passthrough_answer_without_usable_usage_is_counted_and_told(start_gateway, aiohttp_server,
+                                                                            path, usage):
+    """/v1/completions and /v1/messages passed through as they came: with no usage (many
+    self-hosted servers send none) the output is counted, billed, marked estimated and told,
+    never the whole reservation in silence."""
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        body = dict(COMPLETION if request.path.endswith("/completions") else MESSAGE)
+        if usage is not None:
+            body["usage"] = usage
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", answer)
+    app.router.add_post("/v1/messages", answer)
+    server = await aiohttp_server(app)
+    config = biz_config(str(server.make_url("/v1")))
+    config["providers"]["claude"] = {"kind": "anthropic", "base_url": str(server.make_url("")).rstrip("/"),
+                                     "api_key": "sk-ant"}
+    config["models"]["claude"] = {"provider": "claude", "model": "m", "price": {"input": 1.0, "output": 2.0}}
+    running = await start_gateway(config)
+    body = {"model": "up", "prompt": "hi", "max_tokens": 1000} if path == "/completions" else {
+        "model": "claude", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(running.url + path, json=body, headers={**bearer(DEMO), "x-api-key": DEMO}) as r:
+            assert r.status == 200
+            told = round(float(r.headers["x-tollway-cost"]) * 1_000_000)
+        got = await credits(s, running, DEMO)
+    [(status, prompt, completion, cost, estimated)] = await ledger(running)
+    assert estimated == 1 and completion == await count_tokens(TEXT)
+    assert told == cost == got["spent_micro_usd"] == prompt + 2 * completion

@@ -137,6 +137,9 @@ async def counted_usage(call: Call, dialect: Dialect, default_cap: int) -> Usage
     elif call.response.completion is not None:
         completion = await _count(lambda: completion_text(call.response.completion),
                                   _size_of(call.response.completion))
+    elif call.response.answer is not None:  # a native answer of another dialect (responses, completions)
+        answer = call.response.answer
+        completion = await _count(lambda: dialect.answer_text(answer), _size_of(answer))
     else:
         return None
     partial = billing.partial_usage

@@ -80,7 +80,7 @@ def unit_cost(call: Call, table: PriceTable, ppm: int = MICRO) -> int | None:
     if call.endpoint == "speech":
         return None if table.characters is None else _micro(units.characters * table.characters, ppm, table.divisor)
     if call.endpoint in AUDIO_ENDPOINTS and table.audio_minute is not None and units.audio_seconds is not None:
-        millis = -(-round(units.audio_seconds * 1_000_000) // 1000)  # whole milliseconds, rounded up
+        millis = -(-round(_billed_seconds(call) * 1_000_000) // 1000)  # whole milliseconds, rounded up
         return _micro(-(-millis * table.audio_minute // 60_000), ppm, table.divisor)
     return None
 
@@ -96,10 +96,24 @@ def unit_bound(call: Call, table: PriceTable) -> int | None:
     if call.endpoint == "speech":
         return unit_cost(call, table)
     if call.endpoint in AUDIO_ENDPOINTS and table.audio_minute is not None:
-        seconds = units.audio_seconds
-        if seconds is None or not units.audio_measured:
+        seconds = units.measured_seconds
+        if seconds is None:
             seconds = len(call.raw_body) * SECONDS_PER_BYTE
         # The upstream's own measure may differ a little from the gateway's: hold 10% more.
         millis = -(-round(seconds * 1_100_000) // 1000)
         return _micro(-(-millis * table.audio_minute // 60_000), MICRO, table.divisor)
     return None
+
+
+def _billed_seconds(call: Call) -> float:
+    """The audio length billed: the upstream's report (else the gateway's measure), but
+    never more than the upload can hold. A report above that (a length in milliseconds
+    sent as seconds, a broken server) is not believed: the gateway's own measure is
+    billed instead, so it cannot take an account's whole balance. (Not capped at the
+    measure itself: a client could write a short length into its file's header.)"""
+    units = call.billing.units
+    assert units is not None and units.audio_seconds is not None
+    most = len(call.raw_body) * SECONDS_PER_BYTE
+    if units.audio_seconds <= most:
+        return units.audio_seconds
+    return min(units.measured_seconds, most) if units.measured_seconds is not None else most

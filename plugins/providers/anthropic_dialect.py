@@ -9,6 +9,8 @@ Anthropic's shape (the core renders ``ProxyError`` per dialect).
 
 from __future__ import annotations
 
+import orjson
+
 from proxy import Call, Dialect, Usage
 from proxy.outputtext import prompt_text, sse_payloads
 
@@ -56,6 +58,20 @@ class AnthropicDialect(Dialect):
         images = sum(1 for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list)
                      for part in m["content"] if isinstance(part, dict) and part.get("type") in ("image", "document"))
         return await count_tokens(text) + 4 * len(messages) + IMAGE_TOKENS * images
+
+    def answer_text(self, body: dict) -> str:
+        """Text, thinking, tool names and tool input of a whole message's content blocks."""
+        out: list[str] = []
+        content = body.get("content")
+        for block in content if isinstance(content, list) else ():
+            if not isinstance(block, dict):
+                continue
+            for field in ("text", "thinking", "name"):
+                if isinstance(block.get(field), str):
+                    out.append(block[field])
+            if block.get("input") is not None:
+                out.append(orjson.dumps(block["input"]).decode())
+        return "".join(out)
 
     def streamed_text(self, blob: bytes) -> str:
         """Text, thinking and tool input of the content blocks (and tool names)."""

@@ -33,8 +33,8 @@ ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 5
 
 def usage_from_anthropic(usage: Any) -> Usage | None:
     """An Anthropic usage object as canonical Usage; None when absent or malformed."""
-    if not isinstance(usage, dict):
-        return None
+    if not isinstance(usage, dict) or ("input_tokens" not in usage and "output_tokens" not in usage):
+        return None  # naming neither count is not a usage of zero (that would make output free)
     try:
         read = int(usage.get("cache_read_input_tokens") or 0)
         written = int(usage.get("cache_creation_input_tokens") or 0)

@@ -17,7 +17,7 @@ from proxy.provider import RESPONSE_ID
 
 from .responses_canonical import completion_to_response, to_canonical
 from .responses_encoder import ResponsesEncoder
-from .responses_stream import ResponsesPassthrough, stream_text, usage_from_responses
+from .responses_stream import ResponsesPassthrough, answer_text, stream_text, usage_from_responses
 from .responses_validate import validate_responses
 
 
@@ -46,6 +46,9 @@ class ResponsesDialect(Dialect):
 
     def render_completion(self, call: Call, completion: dict) -> dict:
         return completion_to_response(call, completion, call.billing.usage)
+
+    def answer_text(self, body: dict) -> str:
+        return answer_text(body)
 
     def streamed_text(self, blob: bytes) -> str:
         return stream_text(blob)

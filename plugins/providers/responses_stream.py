@@ -30,8 +30,9 @@ _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
 
 def usage_from_responses(usage: Any) -> Usage | None:
-    """A Responses ``usage`` object (input/output tokens and their details) as Usage."""
-    if not isinstance(usage, dict):
+    """A Responses ``usage`` object (input/output tokens and their details) as Usage;
+    None when it names neither count."""
+    if not isinstance(usage, dict) or ("input_tokens" not in usage and "output_tokens" not in usage):
         return None
     input_details = usage.get("input_tokens_details") or {}
     output_details = usage.get("output_tokens_details") or {}
@@ -70,6 +71,26 @@ def stream_text(blob: bytes) -> str:
             item = event.get("item")
             if isinstance(item, dict) and isinstance(item.get("name"), str):
                 out.append(item["name"])
+    return "".join(out)
+
+
+def answer_text(response: dict) -> str:
+    """The text, refusals, reasoning summaries and function calls of a whole ``response``."""
+    out: list[str] = []
+    output = response.get("output")
+    for item in output if isinstance(output, list) else ():
+        if not isinstance(item, dict):
+            continue
+        for name in ("name", "arguments"):
+            if isinstance(item.get(name), str):
+                out.append(item[name])
+        for key in ("content", "summary"):
+            parts = item.get(key)
+            for part in parts if isinstance(parts, list) else ():
+                if isinstance(part, dict):
+                    text = part.get("text", part.get("refusal"))
+                    if isinstance(text, str):
+                        out.append(text)
     return "".join(out)
 
 
