@@ -72,7 +72,7 @@ class Guard:
         if not same_origin(request):
             return dash.login_page(request, "This sign-in came from another site and was refused.", status=403)
         client = request.remote or "?"
-        wait = await self.limiter.retry_after(client)
+        wait = await self.limiter.attempt(client)  # counted as failed until the key is right
         if wait:
             return dash.login_page(request, f"Too many failed sign-ins from your address. Try again in {wait} s.",
                                    status=429, headers={"Retry-After": str(wait)})
@@ -89,7 +89,6 @@ class Guard:
             await self.limiter.succeeded(client)
             token, _ = await self.sessions.create("customer", key_id=record.id)
             return await self._enter(request, token, dash.root + "/usage")
-        await self.limiter.failed(client)
         message = "That key was not recognised." if given else "Enter a key."
         if record is not None:
             message = f"That key is {record.status(time.time())}."

@@ -102,27 +102,32 @@ def csrf_ok(session: Session, given: str | None) -> bool:
 class SignInLimiter:
     """At most ``attempts`` failed sign-ins per client address in ``window``
     seconds; over it, every attempt (even a right key) is refused until the
-    oldest failure ages out, so guessing cannot continue at any speed."""
+    oldest failure ages out, so guessing cannot continue at any speed.
+
+    An attempt is counted *before* its key is checked (``attempt``; a right key
+    then clears the count): checking first and counting after let a burst of
+    guesses sent at once all through, none of them seeing another's failure."""
 
     def __init__(self, store: Store, attempts: int, window: float) -> None:
         self.store = store
         self.attempts = attempts
         self.window = window
 
-    async def retry_after(self, client: str) -> int:
-        """Seconds until ``client`` may try again (0: now)."""
-        now = time.time()
-        row = await self.store.fetchone("select count(*), min(at) from dashboard_sign_in_failures "
-                                        "where client = ? and at > ?", (client, now - self.window))
-        if not row or int(row[0]) < self.attempts:
-            return 0
-        return max(1, int(float(row[1]) + self.window - now + 0.999))
-
-    async def failed(self, client: str) -> None:
+    async def attempt(self, client: str) -> int:
+        """Count one attempt of ``client`` as a failure until it succeeds; the seconds it
+        must wait first (0: it may go on to the key check). Written, then counted: of any
+        number of attempts at once, at most ``attempts`` see a count within the limit."""
         now = time.time()
         async with self.store.transaction() as tx:
             await tx.execute("delete from dashboard_sign_in_failures where at <= ?", (now - self.window,))
             await tx.execute("insert into dashboard_sign_in_failures (client, at) values (?, ?)", (client, now))
+        row = await self.store.fetchone("select count(*), min(at) from dashboard_sign_in_failures "
+                                        "where client = ? and at > ?", (client, now - self.window))
+        if not row or int(row[0]) <= self.attempts:
+            return 0
+        # Refused without a check: not a guess, so not counted (the wait is the oldest guess's).
+        await self.store.execute("delete from dashboard_sign_in_failures where client = ? and at = ?", (client, now))
+        return max(1, int(float(row[1]) + self.window - now + 0.999))
 
     async def succeeded(self, client: str) -> None:
         await self.store.execute("delete from dashboard_sign_in_failures where client = ?", (client,))
