@@ -21,6 +21,7 @@ from aiohttp import web
 
 from .errors import ProxyError
 from .pipeline import JSON, MAX_ERROR_BODY, _send, answer_here, authenticate, resolve
+from .provider import loads_json
 
 if TYPE_CHECKING:
     from .call import Call
@@ -60,9 +61,11 @@ async def stored_response(gateway: Gateway, request: web.Request) -> web.StreamR
                              param="response_id", code="response_not_found")
         if upstream.status >= 400:
             raise provider.error_for(call, upstream.status, upstream.headers, body)  # type: ignore[union-attr]
+        # A 200 that is not a JSON object (HTML, junk) is a 502, not passed on.
+        loads_json(body, item.provider if item is not None else "?")
         if request.method == "DELETE":
             gateway.stored_responses.forget(response_id)
-        return await _answer(request, call, body, upstream.headers.get("Content-Type") or JSON)
+        return await _answer(request, call, body, JSON)
 
     return await answer_here(gateway, request, call, respond)
 
@@ -85,6 +88,10 @@ async def count_tokens(gateway: Gateway, request: web.Request, call: Call) -> we
             upstream.release()
         if upstream.status >= 400:
             raise route.provider.error_for(call, upstream.status, upstream.headers, body)
+        counted = loads_json(body, route.provider.name).get("input_tokens")
+        if not isinstance(counted, int) or isinstance(counted, bool) or counted < 0:
+            raise ProxyError(502, f"upstream '{route.provider.name}' answered count_tokens without a token count",
+                             code="upstream_bad_response")
         return await _answer(request, call, body, JSON)
 
     return await answer_here(gateway, request, call, respond)
