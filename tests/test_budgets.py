@@ -13,6 +13,7 @@ import openai
 import orjson
 import pytest
 from business import ADMIN_HEADERS, admin, bearer, biz_config, chat, credits
+from stores import ENGINES, fresh_database
 
 from plugins.accounts import ACCOUNTS
 from plugins.accounts.periods import period_at
@@ -203,10 +204,18 @@ async def test_an_account_budget_holds_under_a_burst_from_two_keys_with_hang_ups
     assert status["spent_micro_usd"] == spent
 
 
-async def test_spend_before_a_restart_or_before_the_budget_was_set_counts(start_gateway, mock_upstream):
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_spend_before_a_restart_or_before_the_budget_was_set_counts(start_gateway, mock_upstream, engine,
+                                                                         tmp_path):
+    async with fresh_database(engine, tmp_path) as url:
+        await restart_case(start_gateway, mock_upstream, url)
+
+
+async def restart_case(start_gateway, mock_upstream, url: str) -> None:
     config = paid_config(mock_upstream.url, [{"name": "a", "key": KEY_A, "credits": 1.0,
                                               "budgets": {"monthly": 5 * PRICE / 1e6}}])
     config["billing"] = {"timezone": "UTC"}
+    config["storage"] = {"url": url}
     first = await start_gateway(config)
     async with aiohttp.ClientSession() as s:
         for _ in range(3):

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 from business import admin, biz_config, chat
+from stores import ENGINES, fresh_database
 from test_budgets import KEY_A, PRICE, Clock, next_year, paid_config
 
 from plugins.accounts import ACCOUNTS
@@ -83,8 +84,16 @@ async def test_with_rollover_what_is_left_carries_over(start_gateway, mock_upstr
     assert acc.balance == 6 * PRICE
 
 
-async def test_a_grant_happens_once_per_period_across_restarts_and_races(start_gateway, mock_upstream):
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_grant_happens_once_per_period_across_restarts_and_races(start_gateway, mock_upstream, engine,
+                                                                        tmp_path):
+    async with fresh_database(engine, tmp_path) as url:
+        await once_case(start_gateway, mock_upstream, url)
+
+
+async def once_case(start_gateway, mock_upstream, url: str) -> None:
     config = refilled(mock_upstream.url, {"every": "week", "amount": 4 * PRICE / 1e6, "rollover": True})
+    config["storage"] = {"url": url}
     first = await start_gateway(config)
     assert first.gw.services[ACCOUNTS].accounts["sub"].balance == 4 * PRICE
     async with aiohttp.ClientSession() as s:
