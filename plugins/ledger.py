@@ -39,7 +39,7 @@ from .accounts.db import LedgerRow
 from .accounts.http import authenticate, check_admin
 from .accounts.options import LedgerOptions
 from .accounts.usage import query_rollups
-from .quotas import money_taken
+from .quotas import RESERVATION, money_taken
 
 MODEL_ENDPOINTS = frozenset(("chat", "embeddings", "messages", "responses", "completions", "images", "image_edits",
                              "speech", "transcriptions", "translations"))
@@ -84,6 +84,13 @@ class Plugin:
     @hookimpl(trylast=True)
     async def tollway_settle(self, call: Call) -> None:
         call.state[RECORDED] = True
+        hold = call.state.get(RESERVATION)
+        if hold is not None and hold.open and hold.cost is not None:
+            # Shared counters: the charge and its row go to Redis in one script.
+            row = self.row(call)
+            hold.charged = await self.accounts.settle_shared(hold.account, hold.hold, hold.amount, hold.cost, row)
+            hold.open = False
+            return
         self.record(call)
 
     @hookimpl
@@ -92,12 +99,15 @@ class Plugin:
             self.record(call)
 
     def record(self, call: Call) -> None:
+        self.accounts.writer.append(self.row(call))
+
+    def row(self, call: Call) -> LedgerRow:
         key = call.principal
         response = call.response
         usage = call.billing.usage or NO_USAGE
         started = time.time() - (time.perf_counter() - call.timing.started)
         ttfb = call.timing.ttfb_ms
-        self.accounts.writer.append(LedgerRow(
+        return LedgerRow(
             id=call.state.get(LEDGER_ID) or f"{self._prefix}{next(self._counter):010x}", time=started,
             day=self._day(started),
             key_id=key.id if key else None, account_id=key.account_id if key else None,
@@ -110,7 +120,7 @@ class Plugin:
             reasoning_tokens=usage.reasoning_tokens,
             cost_micro_usd=money_taken(call),
             latency_ms=round(call.timing.latency_ms, 3), ttfb_ms=None if ttfb is None else round(ttfb, 3),
-            estimated=int(call.billing.usage_estimated), **_units(call)))
+            estimated=int(call.billing.usage_estimated), **_units(call))
 
     def _day(self, ts: float) -> str:
         n = int(ts // 86400)

@@ -39,6 +39,7 @@ from proxy import Call, Gateway, ProxyError, StateKey, hookimpl, json_response
 
 from .accounts import ACCOUNTS, Account, Accounts, KeyRecord
 from .accounts.admin_accounts import AdminAccounts
+from .accounts.book import LOCAL_HOLD
 from .accounts.budgets import BudgetHold, BudgetKeeper
 from .accounts.checks import check_config
 from .accounts.counters import COUNTERS
@@ -60,8 +61,13 @@ class Reservation:
     account: Account
     amount: int  # micro-USD held
     budget: BudgetHold | None = None  # what it holds against budgets (the same amount)
+    hold: str = LOCAL_HOLD  # the book's id of the hold (in Redis with shared counters)
     charged: int = 0  # micro-USD taken at settle (the ledger records it)
     open: bool = True
+    #: With shared counters: the cost to charge, set in settle; the ledger plugin charges it
+    #: together with the request's row (one Redis script), so neither exists without the other.
+    cost: int | None = None
+    budget_settled: bool = False
 
 
 # The request's reservation: set in tollway_admit, charged in tollway_settle, read by the ledger.
@@ -147,28 +153,34 @@ class Plugin:
             multiplier = call.billing.price_multiplier
             amount = table.cost(prompt, output, multiplier_ppm=MICRO if multiplier == 1.0 else
                                 multiplier_ppm(multiplier))
-        if not await self.accounts.hold(acc, amount):
+        ticket = await self.accounts.hold(acc, amount)
+        if ticket is None:
             call.state[REFUSAL] = CREDITS_REFUSAL
             cur = self.accounts.currency
-            held = f", {money_text(acc.reserved, cur)} of it held by requests in flight" if acc.reserved else ""
+            available, reserved = self.accounts.left(acc)
+            held = f", {money_text(reserved, cur)} of it held by requests in flight" if reserved else ""
             raise ProxyError(
                 402, f"insufficient credits: this request needs up to {money_text(amount, cur)} ({what}) "
-                     f"and the key's account has {money_text(max(acc.available, 0), cur)} left{held}; "
+                     f"and the key's account has {money_text(max(available, 0), cur)} left{held}; "
                      f"ask the operator to top it up{self.top_up}", code="insufficient_credits",
-                extra={"balance": micro_to_usd(max(acc.available, 0)), "required": micro_to_usd(amount)})
+                extra={"balance": micro_to_usd(max(available, 0)), "required": micro_to_usd(amount)})
         try:
             budget = await self.budgets.hold(key, acc, amount)
         except BaseException as exc:
-            self.accounts.release(acc, amount)
+            self.accounts.release(acc, amount, ticket)
             if isinstance(exc, ProxyError) and exc.code == "budget_exceeded" and exc.extra:
                 call.state[REFUSAL] = Refusal(scope=str(exc.extra.get("scope")), limit=str(exc.extra.get("period")))
             raise
-        call.state[RESERVATION] = Reservation(acc, amount, budget)
+        call.state[RESERVATION] = Reservation(acc, amount, budget=budget, hold=ticket)
 
     @hookimpl(tryfirst=True)
     async def tollway_settle(self, call: Call) -> None:
         hold = call.state.get(RESERVATION)
-        if hold is None or not hold.open:
+        if hold is None or not hold.open or hold.cost is not None:
+            return
+        if hold.hold != LOCAL_HOLD:  # charged by the ledger plugin, with the row (budgets: capped)
+            cost = self._cost(call, hold)
+            hold.cost = cost if hold.budget is None else min(cost, hold.amount)
             return
         hold.open = False
         cost = self._cost(call, hold)
@@ -196,9 +208,17 @@ class Plugin:
         hold = call.state.get(RESERVATION)
         if hold is not None and hold.open:
             hold.open = False
-            self.accounts.release(hold.account, hold.amount)
-            if hold.budget is not None:
-                self.budgets.release(hold.budget)
+            if hold.cost is not None:  # settled, but no ledger plugin charged it: charge it without a row
+                hold.charged = await self.accounts.settle_shared(hold.account, hold.hold, hold.amount, hold.cost,
+                                                                 None)
+            else:
+                self.accounts.release(hold.account, hold.amount, hold.hold)
+                if hold.budget is not None:
+                    self.budgets.release(hold.budget)
+                return
+        if hold is not None and hold.cost is not None and hold.budget is not None and not hold.budget_settled:
+            hold.budget_settled = True  # charged in Redis by the ledger plugin (or just above)
+            self.budgets.settle(hold.budget, hold.charged)
 
     @hookimpl
     def tollway_routes(self, gateway: Gateway) -> list:
@@ -207,6 +227,6 @@ class Plugin:
     async def credits(self, request: web.Request) -> web.Response:
         """The calling key's credit account, in USD (and micro-USD)."""
         key = authenticate(self.accounts, request)
-        acc = self.accounts.account_of(key)
+        acc = await self.accounts.current(self.accounts.account_of(key))
         return json_response({"object": "credits", "key": {"id": key.id, "name": key.name, "prefix": key.prefix},
                               **account_view(acc, self.accounts.currency), "budgets": self.accounts.budget_status(key)})

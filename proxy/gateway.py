@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,9 @@ class Gateway:
         # Objects plugins share (e.g. the accounts book that auth, quotas and the
         # admin API all use), under typed keys; see proxy/shared.py.
         self.services = Services(self)
+        # What /health/ready reports besides storage: name -> an async check (True: ok).
+        # A service that the gateway cannot answer without (shared counters) adds itself.
+        self.dependencies: dict[str, Callable[[], Awaitable[bool]]] = {}
 
     async def start(self, *, serving: bool = True) -> None:
         """Open storage, start providers, run ``tollway_startup`` hooks."""
@@ -106,6 +109,16 @@ class Gateway:
 
     async def is_ready(self) -> bool:
         return self.ready and await self.store.ping()
+
+    async def readiness(self) -> dict[str, str]:
+        """Each dependency: "ok" or "down" (storage first; then what services added)."""
+        out = {"storage": "ok" if await self.store.ping() else "down"}
+        for name, check in list(self.dependencies.items()):
+            try:
+                out[name] = "ok" if await check() else "down"
+            except Exception:
+                out[name] = "down"
+        return out
 
 
 # The gateway an aiohttp app serves (``make_app`` sets it): how a handler finds it.

@@ -329,10 +329,13 @@ class ModelRoutes:
         return json_response({"status": "ok"})
 
     async def ready(self, request: web.Request) -> web.Response:
-        if await self.gateway.is_ready():
-            return json_response({"status": "ready"})
-        return json_response({"status": "not ready", "reason": "storage is not reachable or start-up "
-                                                                "has not finished"}, status=503)
+        """``{"status": "ready", "storage": "ok", ...}``: each dependency; 503 when one is down."""
+        deps = await self.gateway.readiness()
+        if self.gateway.ready and all(v == "ok" for v in deps.values()):
+            return json_response({"status": "ready", **deps})
+        down = [name for name, v in deps.items() if v != "ok"]
+        reason = (f"{' and '.join(down)} not reachable" if down else "start-up has not finished")
+        return json_response({"status": "not ready", **deps, "reason": reason}, status=503)
 
 
 async def fallback(request: web.Request) -> web.Response:

@@ -92,13 +92,16 @@ class Services:
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self._open: dict[ServiceKey[Any], Any] = {}
-        self._lock = asyncio.Lock()
+        self._locks: dict[ServiceKey[Any], asyncio.Lock] = {}
 
     async def open(self, key: ServiceKey[S]) -> S:
-        """The service, opened now if no one has asked for it yet."""
+        """The service, opened now if no one has asked for it yet. An opener may open
+        other services (one lock per service); a service opened by another's opener
+        is closed after it (the newest first)."""
         service: S | None = self._open.get(key)
         if service is None:
-            async with self._lock:
+            lock = self._locks.setdefault(key, asyncio.Lock())
+            async with lock:
                 service = self._open.get(key)
                 if service is None:
                     service = self._open[key] = await key.opener(self._gateway)

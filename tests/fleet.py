@@ -1,21 +1,99 @@
 """Helpers for the tests of shared counters and fleets: every kind of counters
-(memory, Redis), each test with its own Redis key prefix."""
+(memory, Redis), each test with its own Redis key prefix.
+
+Redis must be running at 127.0.0.1:6379: without it these tests fail, loudly.
+``private_redis()`` starts a redis-server of the test's own on a free port (for
+the tests that stop it)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import pytest
 
 from plugins.accounts.counters import Counters, MemoryCounters
 
-COUNTER_KINDS = ("memory",)
+COUNTER_KINDS = ("memory", "redis")
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def redis_url(base: str = REDIS) -> str:
+    """A counters URL with a key prefix of its own (runs never collide)."""
+    return f"{base}?prefix=t{secrets.token_hex(5)}:"
 
 
 @asynccontextmanager
 async def counters_of(kind: str) -> AsyncIterator[Counters]:
     """Fresh counters of this kind."""
-    counters = MemoryCounters()
+    if kind == "memory":
+        counters: Counters = MemoryCounters()
+    else:
+        from plugins.accounts.redis_counters import RedisCounters, RedisLink
+
+        link = RedisLink(redis_url())
+        try:
+            await link.redis.ping()
+        except Exception as exc:
+            await link.close()
+            pytest.fail(f"this test needs Redis at 127.0.0.1:6379: {exc}")
+        await link.connect_pipe()
+        counters = RedisCounters(link)
+        counters.start()
     try:
         yield counters
     finally:
         await counters.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def private_redis(tmp_path: Path, port: int | None = None) -> Iterator[subprocess.Popen]:
+    """A redis-server of this test's own (no persistence) on a free port (or ``port``);
+    ``.port`` on the result."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("this test needs redis-server on the PATH")
+    port = port or free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc.port = port  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.05)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+async def until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait until ``predicate()`` (sync or async) is true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)

@@ -157,7 +157,11 @@ async def test_duplicate_key_names_are_refused(tmp_path):
 
 @pytest.mark.parametrize("storage,server,message", [
     ({"counters": "memory"}, {"workers": 2}, "server.workers: 2 workers cannot share the in-memory balances"),
-    ({"counters": "redis://127.0.0.1:6379/0"}, {}, "storage.counters: 'redis://127.0.0.1:6379/0' is not supported"),
+    ({"counters": "redis://127.0.0.1:6379/0"}, {"workers": 2}, "server.workers: 2 workers need a store several "
+                                                                 "processes can write at once; set storage.url: "
+                                                                 "postgresql://"),
+    ({"counters": "memcached://127.0.0.1"}, {}, "storage.counters: 'memcached://127.0.0.1' is not a counters URL"),
+    ({"counters": "redis://127.0.0.1:6379/0?timeout=x"}, {}, "storage.counters: timeout= must be a number"),
 ])
 async def test_in_memory_state_refuses_several_processes(tmp_path, storage, server, message):
     config = biz_config()

@@ -173,7 +173,8 @@ async def test_serve_refuses_several_workers_with_in_memory_state(tmp_path):
     path = tmp_path / "workers.yaml"
     path.write_text(yaml.safe_dump(config))
     expected = ("tollway: config error: server.workers: 2 workers cannot share the in-memory "
-                "balances and rate-limit counters of storage.counters: memory; run 1 worker")
+                "balances and rate-limit counters of storage.counters: memory; set storage.counters: "
+                "redis://127.0.0.1:6379/0 and storage.url: postgresql://..., or run 1 worker")
     # From the YAML, from the command line, and in `tollway check`: one line, before any worker starts.
     one_worker = tmp_path / "one.yaml"
     one_worker.write_text(yaml.safe_dump({**config, "server": {**config["server"], "workers": 1}}))

@@ -21,9 +21,12 @@ already holds it plus an increment) or loses one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+
+from proxy.logs import throttled
 
 from . import db
 from .checks import check_config, claim_currency, claim_store, config_record
@@ -37,7 +40,14 @@ if TYPE_CHECKING:
     from proxy import Gateway
 
     from .budgets import BudgetKeeper
+    from .redis_credit import SharedCredit
     from .refills import Refills
+
+
+log = logging.getLogger("tollway.accounts")
+
+#: What ``Accounts.hold`` returns for a hold kept in this process's memory.
+LOCAL_HOLD = "local"
 
 
 class AccountExists(ValueError):
@@ -55,6 +65,12 @@ class Accounts:
         # account id -> [balance delta, spent delta] not yet written.
         self.dirty: dict[str, list[int]] = {}
         self.version = 0
+        # With storage.counters: redis://, metered accounts are held and charged in Redis.
+        self.shared: SharedCredit | None = None
+        # Top-ups stored but not yet added in Redis (it was down): retried by the writer.
+        self.pending_topups: list[tuple[str, int, int, int]] = []
+        self.pending_settles: list[tuple] = []  # charges made while Redis was down (see settle_shared)
+        self.live: dict[str, tuple[int, int]] = {}  # account id -> (bal, res) as Redis last said
         # Serialises what must not interleave: the writer's flush, reloads and admin changes.
         self.lock = asyncio.Lock()
         # The budget keeper (budgets.py), attached by the quotas plugin when it starts.
@@ -70,7 +86,14 @@ class Accounts:
     # -- life cycle -------------------------------------------------------------------
     async def open(self) -> None:
         check_config(self.config)
-        if self.gateway.serving:
+        if self.config.storage.counters != "memory":
+            from .counters import COUNTERS
+            from .redis_credit import SharedCredit
+
+            counters = await self.gateway.services.open(COUNTERS)
+            self.shared = SharedCredit(counters, self._seed)  # type: ignore[arg-type]
+            counters.on("keys", self.poll)
+        if self.gateway.serving and (self.shared is None or not self.store.shared):
             await claim_store(self.store)
         await db.create_tables(self.store)
         await claim_currency(self.store, self.currency)
@@ -113,6 +136,7 @@ class Accounts:
             acc.unlimited = fresh.unlimited
             acc.policy = fresh.policy
             acc.source = fresh.source
+            acc.version = fresh.version
 
     # -- the hot path -----------------------------------------------------------------
     def key_for(self, key: str) -> KeyRecord | None:
@@ -126,10 +150,80 @@ class Accounts:
             acc = self.accounts[key.account_id] = Account(key.account_id, 0)
         return acc
 
-    async def hold(self, acc: Account, amount: int) -> bool:
-        """Hold ``amount`` against the balance (the request path); False when it is
-        not there. Release it with ``settle`` or ``release``."""
-        return self.reserve(acc, amount)
+    async def hold(self, acc: Account, amount: int) -> str | None:
+        """Hold ``amount`` against the balance (the request path): the hold's id, or
+        None when the money is not there. Release it with ``settle`` (``settle_shared``
+        for a hold that is not ``LOCAL_HOLD``) or ``release``. With shared counters a
+        metered account is held in Redis (and ``acc.balance``/``reserved`` show what
+        Redis said)."""
+        shared = self.shared
+        if shared is None or acc.unlimited:
+            return LOCAL_HOLD if self.reserve(acc, amount) else None
+        member, bal, res = await shared.reserve(acc, amount)
+        self.live[acc.id] = (bal, res)
+        return member
+
+    async def _seed(self, account_id: str) -> tuple[int, int]:
+        """An account's stored balance and the version it was read at, fresh from the store
+        (shared counters seed an account they do not have yet from it: rare, once per
+        account per Redis life)."""
+        from proxy import ProxyError
+
+        try:
+            found = await db.load_accounts(self.store, [account_id])
+        except Exception:
+            raise ProxyError(503, "the gateway's store (storage.url) cannot be reached to read this key's balance; "
+                                  "retry shortly", code="storage_unavailable", headers={"Retry-After": "1"}) from None
+        return (found[0].balance, found[0].version) if found else (0, 0)
+
+    def left(self, acc: Account) -> tuple[int, int]:
+        """(available, reserved) as last seen: for the messages of a refusal."""
+        live = self.live.get(acc.id)
+        if live is None:
+            return acc.available, acc.reserved
+        return live[0] - live[1], live[1]
+
+    async def settle_shared(self, acc: Account, hold: str, reserved: int, cost: int, row) -> int:
+        """Charge a Redis hold and queue its ledger row (``row``, whose cost is replaced
+        by the charge) in one step; returns what was taken."""
+        assert self.shared is not None
+        from proxy import ProxyError
+
+        try:
+            done = await self.shared.settle(acc, hold, reserved, cost, row)
+        except ProxyError:
+            # Redis is down: the answer went out, so its charge is kept and sent when Redis is
+            # back (the writer retries; the script's done marker makes a retry change nothing).
+            self.pending_settles.append((acc, hold, reserved, cost, row))
+            throttled(log, logging.WARNING, "settle_deferred", "storage.counters: Redis is down; %d charge(s) "
+                      "wait in this process until it is back", len(self.pending_settles))
+            return min(cost, reserved)
+        self.live[acc.id] = (done.balance, done.reserved)
+        return done.charge
+
+    async def push_settles(self) -> None:
+        """Send the charges that waited for Redis (oldest first)."""
+        from proxy import ProxyError
+
+        while self.pending_settles and self.shared is not None:
+            acc, hold, reserved, cost, row = self.pending_settles[0]
+            try:
+                await self.shared.settle(acc, hold, reserved, cost, row)
+            except ProxyError:
+                return
+            self.pending_settles.pop(0)
+
+    async def current(self, acc: Account) -> Account:
+        """The account as the whole fleet sees it now (with shared counters, Redis's
+        balance and holds; the store's lags by the write-behind interval)."""
+        if self.shared is None or acc.unlimited:
+            return acc
+        live = await self.shared.live(acc.id)
+        if live is None:
+            return acc
+        balance, reserved = live
+        # Charged in Redis, not stored yet: spent too.
+        return replace(acc, balance=balance, reserved=reserved, spent=acc.spent + max(acc.balance - balance, 0))
 
     def reserve(self, acc: Account, amount: int) -> bool:
         """Hold ``amount`` against the balance in this process; False when it is not there."""
@@ -163,8 +257,11 @@ class Accounts:
                 d[1] += charge
         return charge
 
-    def release(self, acc: Account, reserved: int) -> None:
-        if not acc.unlimited:
+    def release(self, acc: Account, reserved: int, hold: str = LOCAL_HOLD) -> None:
+        if hold != LOCAL_HOLD:
+            assert self.shared is not None
+            self.shared.release(acc, hold, reserved)
+        elif not acc.unlimited:
             acc.reserved -= reserved
 
     # -- changes (admin API, CLI): written through, then memory derived from the store --
@@ -212,6 +309,9 @@ class Accounts:
         async with self.lock:
             await self.write(change, (record.account_id,))
             self._put(record)
+        if credits:
+            await self._shared_topup(record.account_id, credits)
+        self._changed()
         return record, plain
 
     async def update_key(self, kid: str, changes: dict[str, Any]) -> KeyRecord:
@@ -229,6 +329,7 @@ class Accounts:
             self._put(record)
         if "budgets" in changes:
             await self.policy_changed()
+        self._changed()
         return self.by_id[kid]
 
     async def revoke_key(self, kid: str) -> KeyRecord:
@@ -243,7 +344,34 @@ class Accounts:
                 await db.add_credits(tx, aid, micro, time.time())
 
             await self.write(change, (aid,))
-            return self.accounts[aid]
+        await self._shared_topup(aid, micro)
+        self._changed()
+        return self.accounts[aid]
+
+    async def _shared_topup(self, aid: str, micro: int) -> None:
+        """Add a stored top-up to the account's balance in Redis (once: see redis_credit.py)."""
+        if self.shared is None:
+            return
+        acc = self.accounts[aid]
+        self.pending_topups.append((aid, micro, acc.version, acc.balance))
+        await self.push_topups()
+
+    async def push_topups(self) -> None:
+        """Send the top-ups Redis has not got yet (the writer retries while it is down)."""
+        from proxy import ProxyError
+
+        while self.pending_topups and self.shared is not None:
+            aid, micro, version, balance = self.pending_topups[0]
+            try:
+                await self.shared.topup(aid, micro, version, balance)
+            except ProxyError:
+                return  # counters down: the money is stored; Redis gets it when it is back
+            self.pending_topups.pop(0)
+
+    def _changed(self) -> None:
+        """Tell the other instances to read the keys and balances again (they poll too)."""
+        if self.shared is not None:
+            self.shared.counters.notify("keys")
 
     async def create_account(self, aid: str, *, credits: int | None, policy: AccountPolicy) -> Account:
         """A new account (409 when ``aid`` exists); ``credits`` micro-units, None: unmetered."""
@@ -283,7 +411,9 @@ class Accounts:
                 await db.add_credits(tx, aid, micro, time.time())
 
             await self.write(change, (aid,))
-            return self.accounts[aid]
+        await self._shared_topup(aid, micro)
+        self._changed()
+        return self.accounts[aid]
 
     def budget_status(self, key: KeyRecord, now: float | None = None) -> list[dict[str, Any]]:
         """The key's and its account's budgets: cap, what is left, when each resets (the dashboard)."""

@@ -145,13 +145,32 @@ async def claim_store(store) -> None:
 
 
 def check_deployment(config) -> None:
-    """Balances, reservations and counters live in this process's memory."""
-    if config.storage.counters != "memory":
-        raise ConfigError(f"storage.counters: {config.storage.counters!r} is not supported by the auth, quotas "
-                          "and ratelimit plugins yet; use 'memory' (one process)")
-    if config.server.workers > 1:
+    """Several processes need their balances and counters shared: Redis for the
+    counters, PostgreSQL for the store."""
+    counters = config.storage.counters
+    if counters != "memory" and not counters.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"storage.counters: {counters!r} is not a counters URL; use 'memory' (one process) or "
+                          "redis://host:port/db (several workers or instances)")
+    if counters != "memory":
+        try:
+            import hiredis  # noqa: F401
+            import redis  # noqa: F401
+        except ImportError:
+            raise ConfigError("storage.counters: Redis needs redis-py and hiredis; pip install 'tollway[scale]'") \
+                from None
+        from .redis_counters import parse_counters_url
+
+        try:
+            parse_counters_url(counters)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if config.server.workers > 1 and counters == "memory":
         raise ConfigError(f"server.workers: {config.server.workers} workers cannot share the in-memory balances "
-                          "and rate-limit counters of storage.counters: memory; run 1 worker")
+                          "and rate-limit counters of storage.counters: memory; set storage.counters: "
+                          "redis://127.0.0.1:6379/0 and storage.url: postgresql://..., or run 1 worker")
+    if config.server.workers > 1 and not config.storage.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"server.workers: {config.server.workers} workers need a store several processes can "
+                          "write at once; set storage.url: postgresql://... (or run 1 worker)")
 
 
 async def claim_currency(store, currency: str) -> None:

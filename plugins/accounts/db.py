@@ -225,14 +225,17 @@ async def load_keys(store) -> list[KeyRecord]:
 
 async def load_accounts(store, ids: Sequence[str] | None = None) -> list[Account]:
     """Every account, or those with these ids, as stored."""
-    sql = "select id, balance_micro_usd, spent_micro_usd, unlimited, policy, source from tollway_accounts"
+    # The version in the same statement: one snapshot, so a balance and the version it
+    # was read at agree (a top-up changes both in one transaction).
+    sql = ("select id, balance_micro_usd, spent_micro_usd, unlimited, policy, source, "
+           "(select value from tollway_meta where name = 'version') from tollway_accounts")
     if ids is not None:
         if not ids:
             return []
         sql += f" where id in ({', '.join('?' for _ in ids)})"
     rows = await store.fetchall(sql, list(ids or ()))
     return [Account(id=r[0], balance=int(r[1]), spent=int(r[2]), unlimited=bool(r[3]),
-                    policy=policy_from_text(r[4], r[0]), source=r[5]) for r in rows]
+                    policy=policy_from_text(r[4], r[0]), source=r[5], version=int(r[6] or 0)) for r in rows]
 
 
 async def add_credits(tx, account_id: str, micro: int, now: float) -> None:
@@ -250,6 +253,26 @@ async def write_batch(tx, rows: Iterable[LedgerRow], deltas: dict[str, list[int]
         await tx.executemany(APPLY_DELTA, [(d[0], d[1], aid) for aid, d in deltas.items()])
     await tx.execute("insert into tollway_meta (name, value) values (?, ?) "
                      "on conflict (name) do update set value = excluded.value", (marker, seq))
+
+
+async def write_rows(tx, rows: list[LedgerRow], deltas: dict[str, list[int]]) -> None:
+    """Ledger rows, their rollups and balance changes (no batch number: rows taken from
+    the shared ledger stream are made idempotent by ``existing_rows``)."""
+    if rows:
+        await tx.insert_rows("tollway_ledger", LEDGER_COLUMNS, rows)
+        await rollups.add_batch(tx, LEDGER_COLUMNS, rows)
+    if deltas:
+        await tx.executemany(APPLY_DELTA, [(d[0], d[1], aid) for aid, d in deltas.items()])
+
+
+async def existing_rows(tx, ids: Sequence[str]) -> set[str]:
+    """Which of these ledger row ids are stored already."""
+    found: set[str] = set()
+    for i in range(0, len(ids), 500):
+        part = list(ids[i:i + 500])
+        sql = f"select id from tollway_ledger where id in ({', '.join('?' for _ in part)})"
+        found.update(r[0] for r in await tx.fetchall(sql, part))
+    return found
 
 
 async def batch_committed(store, marker: str, seq: int) -> bool:

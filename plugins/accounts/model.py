@@ -179,6 +179,9 @@ class Account:
     reserved: int = 0
     policy: AccountPolicy = NO_POLICY
     source: str = "api"  # "config": defined in the YAML accounts: section (changed there)
+    #: The store's version (``tollway_meta``) when ``balance`` was read: shared counters
+    #: use it to tell which top-ups a balance already includes (``redis_credit.py``).
+    version: int = 0
 
     @property
     def available(self) -> int:

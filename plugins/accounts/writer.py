@@ -66,6 +66,9 @@ class Writer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.flushes = 0  # completed flushes that wrote something (tests, metrics)
         self.oldest_at = 0.0  # time.monotonic() when the oldest row in ``rows`` was queued
+        self.taken: list | None = None  # stream entries taken and not yet stored (shared counters)
+        self._last_claim = 0.0
+        self._shared_lock = asyncio.Lock()
 
     def append(self, row: LedgerRow) -> None:
         """Queue one ledger row (the hot path: no I/O; one timer per flush, not per row)."""
@@ -107,6 +110,15 @@ class Writer:
         self._task = None
         self._disarm()
         await self.flush()
+        await self.drain_shared()  # what the fleet queued in Redis, while it answers
+        if self.book.shared is not None and self.taken is None:
+            try:
+                await self.book.shared.leave()
+            except Exception:  # only tidiness
+                log.warning("accounts writer: could not leave the ledger stream's consumer group")
+        if self.book.pending_settles:
+            log.error("accounts writer: stopping with %d charge(s) Redis never got (it was down); they are "
+                      "not billed", len(self.book.pending_settles))
         try:
             await db.forget_marker(self.book.store, self.marker)
         except Exception:  # only tidiness: the row is one small line per process
@@ -130,6 +142,7 @@ class Writer:
             self._disarm()
             try:
                 await self.flush()
+                await self.flush_shared()
                 if time.monotonic() - last_poll >= self.poll_s:
                     last_poll = time.monotonic()
                     await self.book.poll()
@@ -156,6 +169,63 @@ class Writer:
                 raise
             self.failed = None
             self.flushes += 1
+
+    async def flush_shared(self) -> None:
+        """With shared counters: store the ledger stream's entries this writer takes
+        (see ``redis_credit.py``), each once, with its charge, in one transaction."""
+        if self.book.shared is None:
+            return
+        async with self._shared_lock:
+            await self._flush_shared()
+
+    async def drain_shared(self) -> None:
+        """Store every entry the stream has for this writer now (shutdown, tests)."""
+        for _ in range(10_000):
+            done = self.flushes
+            await self.flush_shared()
+            if self.flushes == done:
+                return
+
+    async def _flush_shared(self) -> None:
+        book = self.book
+        shared = book.shared
+        assert shared is not None
+        from proxy import ProxyError
+
+        await book.push_topups()
+        await book.push_settles()
+        now = time.monotonic()
+        claim = now - self._last_claim >= shared.counters.ttl_ms / 1000
+        try:
+            if self.taken is None:
+                entries = await shared.take(self.batch_rows, claim)
+                if claim:
+                    self._last_claim = now
+                if not entries:
+                    return
+                self.taken = entries
+            entries = self.taken
+            async with book.lock, book.store.transaction() as tx:
+                ids = [e.row.id for e in entries if e.row is not None]
+                stored = await db.existing_rows(tx, ids)
+                rows, deltas = [], {}
+                for e in entries:
+                    if e.row is not None:
+                        if e.row.id in stored:
+                            continue
+                        stored.add(e.row.id)
+                        rows.append(e.row._replace(cost_micro_usd=e.charge))
+                    if e.charge:
+                        d = deltas.setdefault(e.account_id, [0, 0])
+                        d[0] -= e.charge
+                        d[1] += e.charge
+                if rows or deltas:
+                    await db.write_rows(tx, rows, deltas)
+            self.taken = None
+            self.flushes += 1
+            await shared.done(entries)
+        except ProxyError:
+            return  # the counters are down: the entries wait in Redis
 
     def _take(self) -> Batch:
         """Everything unwritten as one batch: the failed one's rows first, in order."""

@@ -41,6 +41,8 @@ class Store:
 
     #: "sqlite" or "postgres": plugins use it where SQL differs (rarely).
     kind: str = ""
+    #: True when several processes (workers, instances) may serve from it at once.
+    shared: bool = False
 
     async def connect(self) -> None:
         raise NotImplementedError

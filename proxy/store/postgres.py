@@ -43,6 +43,7 @@ def _asyncpg() -> Any:
 
 class PostgresStore(Store):
     kind = "postgres"
+    shared = True
 
     def __init__(self, url: str) -> None:
         self.url = url

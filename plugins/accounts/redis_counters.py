@@ -1,0 +1,408 @@
+"""``storage.counters: redis://host:port/db``: the counters shared by every worker and instance.
+
+Each check-and-change is one Lua script (``redis_scripts.py``), one round trip,
+atomic across the fleet: a GCRA ``take`` over all of a request's rules, a
+concurrency slot, a capped total. What gives back (``adjust``, ``leave``,
+``release_total``, ``settle_total``) returns at once and is sent behind.
+
+Slots (and the credit holds of ``redis_credit.py``) are members of sorted sets
+scored by their expiry on Redis's clock: this instance refreshes its own every
+``ttl / 3``, so the slots and holds of an instance that died (kill -9) expire
+within ``HOLD_TTL_S`` and what they held comes back.
+
+Failures: every call has a timeout (``?timeout=`` in the URL, default 2 s;
+no retries: a retry would double the wait). A call that fails marks the
+counters ``down``; while down, nothing is sent (callers answer 503
+``counters_unavailable`` at once instead of waiting on a dead server) and a
+probe PINGs every 0.25 s; the first answer brings them back. Nothing ever
+falls back to per-process limits.
+
+URL options (query string, removed before connecting): ``prefix`` (default
+``tollway:``; one Redis may serve several fleets or tests), ``timeout``
+(seconds, default 2), ``hold_ttl`` (seconds a hold or slot outlives its
+instance, default 30).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import itertools
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import hiredis
+
+from proxy.logs import throttled
+
+from . import redis_scripts as lua
+from .counters import Counters, Refusal, unavailable
+from .gcra import Rule
+from .redis_pipe import RedisPipe
+
+if TYPE_CHECKING:
+    from proxy import Gateway
+
+log = logging.getLogger("tollway.counters")
+
+HOLD_TTL_S = 30.0  # a dead instance's holds and slots come back within this
+PROBE_S = 0.25
+POOL_SIZE = 64
+
+
+def parse_counters_url(url: str) -> tuple[str, str, float, float]:
+    """(the URL redis-py connects to, key prefix, timeout seconds, hold TTL seconds)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    prefix = query.pop("prefix", "tollway:")
+    try:
+        timeout = float(query.pop("timeout", "2.0"))
+    except ValueError:
+        raise ValueError("storage.counters: timeout= must be a number of seconds") from None
+    try:
+        hold_ttl = float(query.pop("hold_ttl", str(HOLD_TTL_S)))
+    except ValueError:
+        raise ValueError("storage.counters: hold_ttl= must be a number of seconds") from None
+    if timeout <= 0 or not 1 <= hold_ttl <= 600:
+        raise ValueError("storage.counters: timeout= must be above 0 and hold_ttl= between 1 and 600 seconds")
+    return urlunsplit(parts._replace(query=urlencode(query))), prefix, timeout, hold_ttl
+
+
+class RedisLink:
+    """One Redis client with a down flag: a failed call marks it down, a probe brings it back."""
+
+    def __init__(self, url: str) -> None:
+        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        conn_url, self.prefix, self.timeout, self.hold_ttl = parse_counters_url(url)
+        # A bounded pool: a burst waits (at most the timeout) for a connection instead of
+        # opening hundreds; scripts take microseconds, so a few dozen connections carry it.
+        pool = BlockingConnectionPool.from_url(conn_url, max_connections=POOL_SIZE, timeout=self.timeout,
+                                               socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+                                               retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        self.redis = Redis(connection_pool=pool)
+        self.conn_url = conn_url
+        self.pipe: RedisPipe | None = None  # the scripts' pipelined connection (see redis_pipe.py)
+        self._shas: dict[str, str] = {}
+        self.down = False
+        self._probe: asyncio.Task | None = None
+        self._scripts: dict[str, Any] = {}
+        self.on_up: list[Callable[[], object]] = []
+
+    def script(self, source: str) -> Any:
+        s = self._scripts.get(source)
+        if s is None:
+            s = self._scripts[source] = self.redis.register_script(source)
+        return s
+
+    async def connect_pipe(self) -> None:
+        """Open the scripts' pipelined connection (not for TLS: those go through redis-py)."""
+        from redis.asyncio.connection import SSLConnection, parse_url
+
+        options = parse_url(self.conn_url)
+        if options.get("connection_class") is SSLConnection:
+            return
+        if self.pipe is not None:
+            self.pipe.close()
+        self.pipe = await RedisPipe.connect(options, self.timeout)
+
+    async def run(self, source: str, keys: list[str], args: list) -> Any:
+        """Run a script; when Redis cannot be reached, mark the link down and raise
+        ``counters_unavailable`` (an error Redis answered is raised as it is)."""
+        pipe = self.pipe
+        if pipe is None or self.down:
+            return await self.call(lambda: self.script(source)(keys=keys, args=args))
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
+        packed = hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
+        for _ in range(2):
+            try:
+                reply = await pipe.send(packed)
+            except (OSError, TimeoutError) as exc:
+                self.failed(exc)
+                raise unavailable() from None
+            if not isinstance(reply, hiredis.ReplyError):
+                return reply
+            if not str(reply).startswith("NOSCRIPT"):
+                from redis.exceptions import ResponseError
+
+                raise ResponseError(str(reply))
+            await self.call(lambda: self.redis.script_load(source))  # Redis restarted or flushed its scripts
+        raise unavailable()
+
+    async def call(self, command: Callable[[], Awaitable]) -> Any:
+        """``await command()`` unless Redis is down (then nothing is sent)."""
+        if self.down:
+            raise unavailable()
+        from redis.exceptions import ResponseError
+
+        try:
+            return await command()
+        except (asyncio.CancelledError, ResponseError):
+            raise
+        except Exception as exc:
+            self.failed(exc)
+            raise unavailable() from None
+
+    def failed(self, exc: BaseException) -> None:
+        if "No connection available" in str(exc):  # every pooled connection busy for the timeout: load
+            throttled(log, logging.WARNING, "redis_pool", "storage.counters: all %d Redis connections were busy "
+                      "for %.1fs; requests were refused (503)", POOL_SIZE, self.timeout)
+            return
+        if not self.down:
+            self.down = True
+            log.error("storage.counters: Redis cannot be reached (%s: %s); money and limits are refused (503 "
+                      "counters_unavailable) until it answers again", type(exc).__name__, exc)
+            self._probe = asyncio.get_running_loop().create_task(self._wait_up(), name="tollway-redis-probe")
+
+    async def _wait_up(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_S)
+            try:
+                await self.redis.ping()
+                await self.connect_pipe()
+            except Exception:
+                continue
+            self.down = False
+            log.warning("storage.counters: Redis answers again")
+            for callback in self.on_up:
+                result = callback()
+                if inspect.isawaitable(result):
+                    await result
+            return
+
+    async def close(self) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+        if self._probe is not None:
+            self._probe.cancel()
+        await self.redis.aclose()
+        await self.redis.connection_pool.disconnect()
+
+
+class RedisCounters(Counters):
+    kind = "redis"
+
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
+        self.prefix = link.prefix
+        self.instance = secrets.token_hex(6)
+        self._ids = itertools.count()
+        self.tats: dict[tuple, float] = {}  # what this instance last saw (for the headers)
+        self.slots: dict[str, list[str]] = {}  # scope -> this instance's slot ids in it
+        self.totals: dict[str, int] = {}  # name -> used, as last seen
+        self.live: dict[str, set[str]] = {}  # sorted-set key -> members this instance keeps alive
+        self._behind: set[asyncio.Task] = set()
+        self._listeners: dict[str, list[Callable[[], object]]] = {}
+        self._tasks: list[asyncio.Task] = []
+        self.ttl_ms = int(link.hold_ttl * 1000)
+
+    @property
+    def down(self) -> bool:  # type: ignore[override]
+        return self.link.down
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def new_id(self) -> str:
+        return f"{self.instance}.{next(self._ids):x}"
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._keep_alive(), name="tollway-redis-keepalive"))
+        self._tasks.append(loop.create_task(self._listen(), name="tollway-redis-notices"))
+
+    # -- rate limits ----------------------------------------------------------------------------
+    def _tat_key(self, state: tuple) -> str:
+        return self.prefix + "rl:" + "\x1f".join(state)
+
+    async def take(self, rules: tuple[Rule, ...], tokens: int, now: float) -> Refusal | None:
+        args: list = [repr(now), tokens]
+        for rule in rules:
+            args += [repr(rule.interval), repr(rule.period), "1" if rule.tokens else "0"]
+        reply = await self.link.run(lua.TAKE, [self._tat_key(r.state) for r in rules], args)
+        tats = self.tats
+        for rule, tat in zip(rules, reply[3:], strict=True):
+            if tat:
+                tats[rule.state] = float(tat)
+            else:
+                tats.pop(rule.state, None)
+        if reply[0] == b"1":
+            return None
+        return Refusal(rules[int(reply[1]) - 1], float(reply[2]))
+
+    def tat(self, state: tuple) -> float | None:
+        return self.tats.get(state)
+
+    def adjust(self, rules: tuple[Rule, ...], tokens: int) -> None:
+        for rule in rules:
+            if rule.state in self.tats:
+                self.tats[rule.state] += tokens * rule.interval
+        self.behind(self.link.run(lua.ADJUST, [self._tat_key(r.state) for r in rules],
+                                  [tokens, *(repr(r.interval) for r in rules)]))
+
+    # -- concurrency ----------------------------------------------------------------------------
+    async def enter(self, scope: str, limit: int) -> bool:
+        slot = self.new_id()
+        zkey = self.key("cc", scope)
+        if not await self.link.run(lua.ENTER, [zkey], [limit, slot, self.ttl_ms]):
+            return False
+        self.slots.setdefault(scope, []).append(slot)
+        self.live.setdefault(zkey, set()).add(slot)
+        return True
+
+    def leave(self, scope: str) -> None:
+        mine = self.slots.get(scope)
+        if not mine:
+            return
+        slot = mine.pop()
+        if not mine:
+            del self.slots[scope]
+        zkey = self.key("cc", scope)
+        self.forget_live(zkey, slot)
+        self.behind(self.link.call(lambda: self.link.redis.zrem(zkey, slot)))
+
+    # -- capped totals --------------------------------------------------------------------------
+    async def hold_total(self, name: str, cap: int, amount: int, *, seed: int = 0, until: float = 0.0) -> bool:
+        ok, used = await self.link.run(lua.HOLD_TOTAL, [self.key("total", name)], [cap, amount, seed, repr(until)])
+        self.totals[name] = int(used)
+        return bool(ok)
+
+    def settle_total(self, name: str, held: int, spent: int) -> None:
+        self.totals[name] = self.totals.get(name, 0) + spent
+        self.behind(self._settle_total(name, held, spent))
+
+    async def _settle_total(self, name: str, held: int, spent: int) -> None:
+        used = await self.link.run(lua.SETTLE_TOTAL, [self.key("total", name)], [held, spent])
+        if used >= 0:
+            self.totals[name] = int(used)
+
+    def release_total(self, name: str, held: int) -> None:
+        self.behind(self.link.call(lambda: self.link.redis.hincrby(self.key("total", name), "held", -held)))
+
+    def used_total(self, name: str) -> int:
+        return self.totals.get(name, 0)
+
+    # -- what is sent behind, and kept alive ----------------------------------------------------
+    def behind(self, work: Awaitable) -> None:
+        task = asyncio.ensure_future(work)
+        self._behind.add(task)
+        task.add_done_callback(self._done_behind)
+
+    def _done_behind(self, task: asyncio.Task) -> None:
+        self._behind.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            pass  # the link logged the outage; what it held expires with its TTL
+
+    async def settled(self) -> None:
+        while self._behind:
+            await asyncio.gather(*list(self._behind), return_exceptions=True)
+
+    def forget_live(self, zkey: str, member: str) -> None:
+        members = self.live.get(zkey)
+        if members is not None:
+            members.discard(member)
+            if not members:
+                del self.live[zkey]
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            if self.link.down or not self.live:
+                continue
+            keys, args = [], [self.ttl_ms]
+            for zkey, members in list(self.live.items()):
+                keys.append(zkey)
+                args += [len(members), *members]
+            try:
+                await self.link.run(lua.REFRESH, keys, args)
+            except Exception:
+                continue
+
+    async def healthy(self) -> bool:
+        """For /health/ready: Redis answers (never waits longer than the timeout)."""
+        if self.link.down:
+            return False
+        try:
+            await self.link.call(lambda: self.link.redis.ping())
+        except Exception:
+            return False
+        return True
+
+    # -- change notices -------------------------------------------------------------------------
+    def instances(self) -> int:
+        return 1
+
+    def notify(self, topic: str) -> None:
+        message = f"{self.instance} {topic}"
+        self.behind(self.link.call(lambda: self.link.redis.publish(self.prefix + "notices", message)))
+
+    def on(self, topic: str, callback: Callable[[], object]) -> None:
+        self._listeners.setdefault(topic, []).append(callback)
+
+    async def _listen(self) -> None:
+        channel = self.prefix + "notices"
+        while True:
+            pubsub = self.link.redis.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is None:
+                        continue
+                    sender, _, topic = msg["data"].decode().partition(" ")
+                    if sender != self.instance:
+                        await self._fire(topic)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(PROBE_S)
+                # Notices may have been missed while away: every listener looks again.
+                for topic in list(self._listeners):
+                    await self._fire(topic)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
+
+    async def _fire(self, topic: str) -> None:
+        for callback in self._listeners.get(topic, ()):
+            try:
+                result = callback()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                throttled(log, logging.ERROR, "notice_failed", "a change notice (%s) failed", topic, exc_info=True)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.settled()
+        await self.link.close()
+
+
+async def open_redis_counters(gateway: Gateway) -> RedisCounters:
+    link = RedisLink(gateway.config.storage.counters)
+    counters = RedisCounters(link)
+    try:
+        await asyncio.wait_for(link.redis.ping(), link.timeout * 4)
+        await link.connect_pipe()
+    except Exception as exc:
+        await link.close()
+        from proxy.schema import StartRefused
+
+        where = urlsplit(gateway.config.storage.counters)
+        raise StartRefused(f"storage.counters: cannot reach Redis at {where.hostname}:{where.port or 6379} "
+                           f"({type(exc).__name__}: {exc}); start Redis or fix the URL") from None
+    counters.start()
+    gateway.dependencies["counters"] = counters.healthy
+    return counters

@@ -1,0 +1,194 @@
+"""Credit shared by a fleet: balances and holds in Redis, the ledger queue in a Redis stream.
+
+With ``storage.counters: redis://...`` every instance reserves and charges a
+metered account through Redis, one Lua script each (``redis_scripts.py``):
+
+- ``reserve``: drop the account's expired holds, then hold ``amount`` if
+  ``bal - res >= amount``; else refuse (402). So the fleet's holds never
+  exceed the balance: it can never go below zero.
+- ``settle``: free the hold, charge ``min(cost, bal - res)`` and append the
+  request's ledger row (with that charge) to the stream ``<prefix>ledger``, in
+  the same script. The row is in Redis the moment the charge is, so a crash
+  of this process afterwards loses neither (any instance's writer stores it).
+- ``release``: free a hold that was not charged (sent behind).
+
+A hold lives ``HOLD_TTL_S`` unless its instance refreshes it (every third of
+that): the holds of an instance killed with -9 expire and the money comes back.
+
+The balance in Redis (``bal``) is what the fleet may still spend: the stored
+balance minus the charges queued in the stream and not yet written. An
+account enters Redis with its stored balance and the store version that
+balance was read at (``ver``); a top-up made at version ``v`` is added once,
+only if ``v > ver`` (the seed did not include it). Redis must keep its keys
+(no ``maxmemory`` eviction policy other than ``noeviction``).
+
+The writers (one per instance, ``writer.py``) read the stream as one consumer
+group: each entry is written to the store once (rows already there are
+skipped, so an entry written by an instance that died before acknowledging it
+is not written twice), with its charge as the balance change, in the same
+transaction as the row. Entries another instance took and never acknowledged
+for ``hold_ttl`` (the time after which an instance that stopped refreshing its holds
+counts as dead) are claimed by the next writer that looks (each looks every
+``hold_ttl``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, NamedTuple
+
+import orjson
+
+from proxy.logs import throttled
+
+from . import redis_scripts as lua
+from .db import LedgerRow
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from .model import Account
+    from .redis_counters import RedisCounters
+
+log = logging.getLogger("tollway.accounts")
+
+GROUP = "writers"
+
+
+class Settled(NamedTuple):
+    charge: int
+    balance: int
+    reserved: int
+
+
+class StreamEntry(NamedTuple):
+    entry_id: bytes
+    row: LedgerRow | None
+    account_id: str
+    charge: int
+
+
+class SharedCredit:
+    def __init__(self, counters: RedisCounters, seed: Callable[[str], Awaitable[tuple[int, int]]]) -> None:
+        #: ``await seed(account id)``: (stored balance, store version) read fresh from the store.
+        self.seed = seed
+        self.counters = counters
+        self.link = counters.link
+        self.prefix = counters.prefix
+        self.stream = self.prefix + "ledger"
+        self._group_ready = False
+
+    def _keys(self, account_id: str) -> list[str]:
+        return [self.prefix + "acct:" + account_id, self.prefix + "holds:" + account_id]
+
+    async def reserve(self, acc: Account, amount: int) -> tuple[str | None, int, int]:
+        """(the hold's member, or None when the balance cannot cover ``amount``; bal; res)."""
+        member = f"{self.counters.new_id()}|{amount}"
+        keys = self._keys(acc.id)
+        args = ["", "", amount, member, self.counters.ttl_ms]
+        ok, bal, res = await self.link.run(lua.RESERVE, keys, args)
+        if ok == -1:
+            args[0:2] = await self.seed(acc.id)
+            ok, bal, res = await self.link.run(lua.RESERVE, keys, args)
+        if ok != 1:
+            return None, int(bal), int(res)
+        self.counters.live.setdefault(keys[1], set()).add(member)
+        return member, int(bal), int(res)
+
+    async def settle(self, acc: Account, member: str, held: int, cost: int, row: LedgerRow | None) -> Settled:
+        keys = self._keys(acc.id)
+        self.counters.forget_live(keys[1], member)
+        payload = b"" if row is None else orjson.dumps(tuple(row))
+        done = self.prefix + "done:" + member
+        args = ["", "", member, held, cost, payload, acc.id]
+        reply = await self.link.run(lua.SETTLE, [*keys, self.stream, done], args)
+        if reply[0] == -1:  # Redis lost the account since the hold (restarted empty): seed it again
+            args[0:2] = await self.seed(acc.id)
+            reply = await self.link.run(lua.SETTLE, [*keys, self.stream, done], args)
+        charge, bal, res = int(reply[0]), int(reply[1]), int(reply[2])
+        if len(reply) > 3 and not reply[3] and charge < cost:
+            throttled(log, logging.WARNING, "hold_expired", "a credit hold expired before its request settled "
+                      "(the process was stalled longer than storage.counters hold_ttl=%gs); it was charged "
+                      "%d of %d micro-USD, what the account had free", self.link.hold_ttl, charge, cost)
+        return Settled(charge, bal, res)
+
+    def release(self, acc: Account, member: str, held: int) -> None:
+        keys = self._keys(acc.id)
+        self.counters.forget_live(keys[1], member)
+        self.counters.behind(self.link.run(lua.RELEASE, keys, [member, held]))
+
+    async def topup(self, account_id: str, amount: int, version: int, balance_after: int) -> None:
+        await self.link.run(lua.TOPUP, [self.prefix + "acct:" + account_id, self.prefix + "topups:" + account_id],
+                            [amount, version, balance_after])
+
+    async def live(self, account_id: str) -> tuple[int, int] | None:
+        """(bal, res) as Redis has them, or None when the account is not in Redis yet."""
+        reply = await self.link.run(lua.LIVE, self._keys(account_id), [])
+        return (int(reply[0]), int(reply[1])) if reply else None
+
+    # -- the ledger stream (the writers' side) ------------------------------------------------------
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        from redis.exceptions import ResponseError
+
+        try:
+            await self.link.call(lambda: self.link.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True))
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def take(self, count: int, claim: bool) -> list[StreamEntry]:
+        """Up to ``count`` entries for this writer: new ones, and (``claim``) those another
+        writer took and left unacknowledged for ``hold_ttl``."""
+        from redis.exceptions import ResponseError
+
+        try:
+            return await self._take(count, claim)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._group_ready = False  # Redis lost its data (a restart without persistence): make it again
+            return await self._take(count, claim)
+
+    async def _take(self, count: int, claim: bool) -> list[StreamEntry]:
+        await self._ensure_group()
+        redis = self.link.redis
+        consumer = self.counters.instance
+        raw: list = []
+        if claim:
+            reply = await self.link.call(lambda: redis.xautoclaim(self.stream, GROUP, consumer, self.counters.ttl_ms,
+                                                          start_id="0-0", count=count))
+            raw += reply[1]
+        reply = await self.link.call(lambda: redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count))
+        for _stream, entries in reply or ():
+            raw += entries
+        out = []
+        for entry_id, fields in raw:
+            if not fields:
+                continue  # deleted meanwhile
+            data = fields[b"row"]
+            row = None
+            if data:
+                row = LedgerRow(*orjson.loads(data))
+            out.append(StreamEntry(entry_id, row, fields[b"acct"].decode(), int(fields[b"charge"])))
+        return out
+
+    async def leave(self) -> None:
+        """Remove this writer from the group when it holds nothing (shutdown): consumers
+        would pile up otherwise, one per process ever started (CLI commands too)."""
+        if not self._group_ready:
+            return
+        redis, consumer = self.link.redis, self.counters.instance
+        pending = await self.link.call(lambda: redis.xpending_range(self.stream, GROUP, "-", "+", 1,
+                                                                    consumername=consumer))
+        if not pending:
+            await self.link.call(lambda: redis.xgroup_delconsumer(self.stream, GROUP, consumer))
+
+    async def done(self, entries: list[StreamEntry]) -> None:
+        ids = [e.entry_id for e in entries]
+        pipe = self.link.redis.pipeline(transaction=False)
+        pipe.xack(self.stream, GROUP, *ids)
+        pipe.xdel(self.stream, *ids)
+        await self.link.call(pipe.execute)

@@ -1,0 +1,132 @@
+"""The request path's Redis connection: one pipelined connection, hiredis framing.
+
+Why not redis-py for these calls: measured on this project's machine, one
+``EVALSHA`` through redis-py's asyncio client (connection pool, retry wrapper,
+command layers) costs about 4 times the CPU of the same bytes on one
+connection (``benchmarks/RESULTS.md``, "Shared counters"), and the scripts run
+on every metered or limited request. So the scripts go over one connection
+that every request shares: commands are packed by hiredis
+(``hiredis.pack_command``), written together once per event-loop turn (what
+many requests send in one turn is one ``write``), and replies, parsed by
+``hiredis.Reader``, answer the waiting requests in order. Everything else
+(pub/sub, the ledger stream, the probe) stays on redis-py.
+
+Timeouts without a timer per call: a watchdog looks every ``timeout / 4``;
+when the oldest call has waited longer than ``timeout``, the connection is
+closed and every call waiting fails (the link is then marked down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+import hiredis
+
+
+class PipeClosed(ConnectionError):
+    pass
+
+
+class RedisPipe(asyncio.Protocol):
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.reader = hiredis.Reader()
+        self.waiting: deque[tuple[asyncio.Future, float]] = deque()
+        self.out: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._loop = asyncio.get_running_loop()
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    @classmethod
+    async def connect(cls, options: dict[str, Any], timeout: float) -> RedisPipe:
+        """Connect (TCP or unix socket), authenticate and select the database, within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        pipe = cls(timeout)
+        if options.get("path"):
+            coro = loop.create_unix_connection(lambda: pipe, options["path"])
+        else:
+            coro = loop.create_connection(lambda: pipe, options.get("host", "localhost"), options.get("port", 6379))
+        await asyncio.wait_for(coro, timeout)
+        hello = []
+        if options.get("password"):
+            user = options.get("username")
+            hello.append(("AUTH", user, options["password"]) if user else ("AUTH", options["password"]))
+        if options.get("db"):
+            hello.append(("SELECT", int(options["db"])))
+        for command in hello:
+            reply = await asyncio.wait_for(pipe.send(hiredis.pack_command(command)), timeout)
+            if isinstance(reply, hiredis.ReplyError):
+                pipe.close()
+                raise PipeClosed(f"Redis refused {command[0]}: {reply}")
+        return pipe
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        waiting = self.waiting
+        while True:
+            reply = reader.gets()
+            if reply is False:
+                return
+            future, _ = waiting.popleft()
+            if not future.done():
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(PipeClosed("the connection to Redis was lost" if exc is None else str(exc)))
+
+    # -- calls -----------------------------------------------------------------------------
+    def send(self, packed: bytes) -> asyncio.Future:
+        """Queue one packed command; its reply (a ``hiredis.ReplyError`` for an error) is the future's."""
+        if self.closed:
+            raise PipeClosed("the connection to Redis is closed")
+        future = self._loop.create_future()
+        self.waiting.append((future, time.monotonic()))
+        out = self.out
+        if not out:
+            self._loop.call_soon(self._flush)
+        out.append(packed)
+        return future
+
+    def _flush(self) -> None:
+        if self.out and self.transport is not None and not self.closed:
+            data = b"".join(self.out)
+            self.out.clear()
+            self.transport.write(data)
+
+    # -- the watchdog ----------------------------------------------------------------------
+    def _arm(self) -> None:
+        self._watchdog = self._loop.call_later(self.timeout / 4, self._check)
+
+    def _check(self) -> None:
+        if self.closed:
+            return
+        if self.waiting and time.monotonic() - self.waiting[0][1] > self.timeout:
+            self._fail(TimeoutError(f"Redis did not answer within {self.timeout:g}s"))
+            return
+        self._arm()
+
+    def _fail(self, exc: Exception) -> None:
+        self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+        waiting, self.waiting = self.waiting, deque()
+        for future, _ in waiting:
+            if not future.done():
+                future.set_exception(exc)
+        self.out.clear()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._fail(PipeClosed("closed"))

@@ -1,0 +1,218 @@
+"""The Lua scripts of the Redis counters: each one check-and-change, atomic, one round trip.
+
+Numbers cross the Lua boundary as strings where they may be fractional (Redis
+turns a Lua number reply into an integer). Money is integers (micro-USD; a
+Lua number holds integers exactly up to 2**53, i.e. $9 billion). Times of
+holds and slots are Redis's own clock (``TIME``), so instances on machines
+whose clocks differ agree on when a hold has expired; GCRA times are the
+caller's (``time.time()``, NTP-synchronised machines).
+"""
+
+from __future__ import annotations
+
+# GCRA over every rule at once. KEYS: one TAT key per rule. ARGV: now, tokens, then per
+# rule: interval, period, is_tokens (1/0). Reply: {admitted, worst rule index (1-based) or 0,
+# wait, tat per rule...} (strings); a refusal changes nothing.
+TAKE = """
+local now = tonumber(ARGV[1])
+local tokens = tonumber(ARGV[2])
+local n = #KEYS
+local new = {}
+local worst, worst_wait = 0, 1e-9
+for i = 1, n do
+  local interval = tonumber(ARGV[3 * i])
+  local period = tonumber(ARGV[3 * i + 1])
+  local cost = 1
+  if ARGV[3 * i + 2] == '1' then cost = tokens end
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local base = tat
+  if tat < now then base = now end
+  local nt = base + cost * interval
+  local over = nt - now - period
+  if over > worst_wait then worst, worst_wait = i, over end
+  new[i] = nt
+end
+local out = {}
+if worst ~= 0 then
+  out[1] = '0'; out[2] = tostring(worst); out[3] = string.format('%.17g', worst_wait)
+  for i = 1, n do out[3 + i] = redis.call('GET', KEYS[i]) or '' end
+  return out
+end
+out[1] = '1'; out[2] = '0'; out[3] = '0'
+for i = 1, n do
+  local ttl = math.ceil((new[i] - now) * 1000) + 1000
+  redis.call('SET', KEYS[i], string.format('%.17g', new[i]), 'PX', ttl)
+  out[3 + i] = string.format('%.17g', new[i])
+end
+return out
+"""
+
+# Correct tokens rules by ARGV[1] tokens. KEYS: TAT keys; ARGV: tokens, interval per key.
+# The key's time to live moves with its TAT (no clock needed).
+ADJUST = """
+local tokens = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local tat = redis.call('GET', KEYS[i])
+  if tat then
+    local shift = tokens * tonumber(ARGV[1 + i])
+    local ttl = redis.call('PTTL', KEYS[i]) + math.floor(shift * 1000)
+    if ttl > 0 then
+      redis.call('SET', KEYS[i], string.format('%.17g', tonumber(tat) + shift), 'PX', ttl)
+    else
+      redis.call('DEL', KEYS[i])
+    end
+  end
+end
+return 1
+"""
+
+# Server time in milliseconds (shared prelude).
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# A slot in a scope's set of requests in flight. KEYS: the scope's sorted set (member: slot
+# id, score: expiry in ms). ARGV: limit, slot id, ttl ms. Reply: 1 taken, 0 full.
+ENTER = _NOW_MS + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
+return 1
+"""
+
+# Keep this instance's slots and holds alive. KEYS: sorted sets; ARGV: ttl ms, then per key
+# the number of members, then the members. Only members still there are refreshed (XX).
+REFRESH = _NOW_MS + """
+local ttl = tonumber(ARGV[1])
+local at = 2
+for i = 1, #KEYS do
+  local count = tonumber(ARGV[at]); at = at + 1
+  for j = 1, count do
+    redis.call('ZADD', KEYS[i], 'XX', now + ttl, ARGV[at]); at = at + 1
+  end
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ttl * 2) end
+end
+return 1
+"""
+
+# Capped totals. KEYS: the total's hash (used, held). ARGV: cap, amount, seed, expire-at (unix s, 0 never).
+HOLD_TOTAL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'used', ARGV[3], 'held', 0)
+  if tonumber(ARGV[4]) > 0 then redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[4]))) end
+end
+local used = tonumber(redis.call('HGET', KEYS[1], 'used'))
+local held = tonumber(redis.call('HGET', KEYS[1], 'held'))
+if used + held + tonumber(ARGV[2]) > tonumber(ARGV[1]) then return {0, used} end
+redis.call('HINCRBY', KEYS[1], 'held', ARGV[2])
+return {1, used}
+"""
+
+# KEYS: the total's hash; ARGV: held, spent. Reply: used after.
+SETTLE_TOTAL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HINCRBY', KEYS[1], 'held', -tonumber(ARGV[1]))
+return redis.call('HINCRBY', KEYS[1], 'used', ARGV[2])
+"""
+
+# -- credit ---------------------------------------------------------------------------------
+# An account: hash {bal (what the fleet may still spend), res (sum of live holds), ver (the
+# store version its balance was read at), unl}. Its holds: a sorted set, member
+# "<hold id>|<amount>", score its expiry (ms). Expired holds are dropped, and their amount
+# freed, by whichever script next touches the account. An account not in Redis is seeded
+# from a fresh read of the store (ARGV 1 and 2: its balance and the version it was read
+# at), never from an instance's memory, which may be older than charges stored since.
+_ACCOUNT = _NOW_MS + """
+local acct, holds = KEYS[1], KEYS[2]
+if redis.call('EXISTS', acct) == 0 then
+  if ARGV[1] == '' then return {-1, 0, 0} end  -- not in Redis: the caller reads the store and seeds it
+  redis.call('HSET', acct, 'bal', ARGV[1], 'res', 0, 'ver', ARGV[2])
+end
+local dead = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+if #dead > 0 then
+  local freed = 0
+  for _, m in ipairs(dead) do freed = freed + tonumber(string.match(m, '|(%d+)$')) end
+  redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
+  redis.call('HINCRBY', acct, 'res', -freed)
+end
+"""
+
+# Read an account (dropping its expired holds first). KEYS: account, holds. Reply: {bal, res} or {}.
+LIVE = _NOW_MS + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+if #dead > 0 then
+  local freed = 0
+  for _, m in ipairs(dead) do freed = freed + tonumber(string.match(m, '|(%d+)$')) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  redis.call('HINCRBY', KEYS[1], 'res', -freed)
+end
+return redis.call('HMGET', KEYS[1], 'bal', 'res')
+"""
+
+# Reserve. KEYS: account, holds. ARGV: seed balance, seed version, amount, member, ttl ms.
+# Reply: {1 held / 0 not enough, bal, res}.
+RESERVE = _ACCOUNT + """
+local bal = tonumber(redis.call('HGET', acct, 'bal'))
+local res = tonumber(redis.call('HGET', acct, 'res'))
+local amount = tonumber(ARGV[3])
+if bal - res < amount then return {0, bal, res} end
+redis.call('ZADD', holds, now + tonumber(ARGV[5]), ARGV[4])
+return {1, bal, redis.call('HINCRBY', acct, 'res', amount)}
+"""
+
+# Settle: free the hold, charge min(cost, what the account has), and queue the ledger row,
+# all at once (so a charge is never without its row, and the row survives this process).
+# KEYS: account, holds, ledger stream, the hold's done marker. ARGV: seed balance, seed
+# version, member, held, cost, row (JSON), account id. Reply: {charge, bal, res, 1 if the
+# hold was still there (0: it had expired, and the charge took what was free)}. A retry
+# (the reply of the first try was lost) finds the marker and changes nothing.
+SETTLE = _ACCOUNT + """
+local before = redis.call('GET', KEYS[4])
+if before then
+  return {tonumber(before), tonumber(redis.call('HGET', acct, 'bal')), tonumber(redis.call('HGET', acct, 'res'))}
+end
+local held = tonumber(ARGV[4])
+local found = redis.call('ZREM', holds, ARGV[3])
+if found == 1 then redis.call('HINCRBY', acct, 'res', -held) end
+local bal = tonumber(redis.call('HGET', acct, 'bal'))
+local res = tonumber(redis.call('HGET', acct, 'res'))
+local charge = tonumber(ARGV[5])
+if charge > bal - res then charge = bal - res end
+if charge < 0 then charge = 0 end
+if charge > 0 then bal = redis.call('HINCRBY', acct, 'bal', -charge) end
+redis.call('XADD', KEYS[3], '*', 'row', ARGV[6], 'acct', ARGV[7], 'charge', charge, 'unl', '0')
+redis.call('SET', KEYS[4], charge, 'EX', 600)
+return {charge, bal, res, found}
+"""
+
+# An unmetered account's charge (spent only) with its row. KEYS: stream. ARGV: row, account, charge.
+LOG_UNLIMITED = """
+redis.call('XADD', KEYS[1], '*', 'row', ARGV[1], 'acct', ARGV[2], 'charge', ARGV[3], 'unl', '1')
+return 1
+"""
+
+# Release a hold. KEYS: account, holds. ARGV: member, amount.
+RELEASE = """
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'res', -tonumber(ARGV[2])) end
+return 1
+"""
+
+# A top-up (or any credit added in the store at version ver). KEYS: account, applied set.
+# ARGV: amount, ver, the balance read back in the top-up's transaction. An account not in
+# Redis yet is seeded with that balance (it includes the top-up); one seeded at or after
+# ver already has it; else the amount is added, once per version.
+TOPUP = """
+local ver = tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'bal', ARGV[3], 'res', 0, 'ver', ver)
+  return 1
+end
+if tonumber(redis.call('HGET', KEYS[1], 'ver')) >= ver then return 0 end
+if redis.call('SADD', KEYS[2], ver) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[2], 86400)
+redis.call('HINCRBY', KEYS[1], 'bal', ARGV[1])
+return 1
+"""

@@ -1,0 +1,293 @@
+"""Three real ``tollway serve`` processes on one Redis and one PostgreSQL: money and limits hold fleet-wide.
+
+One fleet for the module (starting processes is the slow part): a small
+balance hammered through all three at once, stream and not; a key with
+``rpm: 30`` hammered through all three; a key revoked on one instance and used
+on another; and last, kill -9 of an instance while it holds reservations (the
+holds expire after ``hold_ttl`` and the money comes back; nothing is charged
+twice or lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+import yaml
+from business import ADMIN_HEADERS, bearer, biz_config
+from fleet import redis_url
+from stores import PG
+from test_lifecycle import Server
+
+pytestmark = pytest.mark.fleet
+
+SMALL = "sk-fleet-small-0001"  # $0.002: a fraction of a burst
+LIMITED = "sk-fleet-limited-01"  # rpm 30, unmetered
+RICH = "sk-fleet-rich-000001"  # $5, for the slow streams of the kill test
+OPENING = 2000
+HOLD_TTL = 5  # short, for the kill test; long enough for a loaded machine's slowest request
+
+
+async def _schema(sql: str) -> None:
+    conn = await asyncpg.connect(PG)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fleet")
+    schema = f"tollway_fleet_{int(time.time() * 1000) % 10**9}"
+    asyncio.run(_schema(f"create schema {schema}"))
+    config = biz_config(keys=[{"name": "small", "key": SMALL, "credits": OPENING / 1e6},
+                              {"name": "limited", "key": LIMITED, "credits": None, "limits": {"rpm": 30}},
+                              {"name": "rich", "key": RICH, "credits": 5.0}])
+    config["server"].update(host="127.0.0.1", access_log="off")
+    config["storage"] = {"url": f"{PG}?search_path={schema}", "counters": redis_url() + f"&hold_ttl={HOLD_TTL}"}
+    config["providers"]["slowp"] = {"kind": "mock", "first_token_delay": 3.0}
+    config["models"]["slow"] = {"provider": "slowp", "price": {"input": 1.0, "output": 2.0}}
+    config["providers"]["dribble"] = {"kind": "mock", "chunk_delay": 0.05}
+    config["models"]["dribble"] = {"provider": "dribble", "price": {"input": 1.0, "output": 2.0}}
+    path = tmp / "tollway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    # The first one creates the tables; then two more beside it.
+    servers = [Server(path)]
+    asyncio.run(servers[0].wait_ready())
+    servers += [Server(path), Server(path)]
+
+    async def ready() -> None:
+        await asyncio.gather(*(s.wait_ready() for s in servers[1:]))
+
+    asyncio.run(ready())
+    yield servers, schema, path
+    for s in servers:
+        if s.proc.poll() is None:
+            s.proc.kill()
+        s.proc.communicate()
+    asyncio.run(_schema(f"drop schema if exists {schema} cascade"))
+
+
+async def stop_all(servers: list[Server]) -> None:
+    """Stop gracefully (each writes what it queued), as an operator would."""
+    for s in servers:
+        if s.proc.poll() is None:
+            s.proc.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(lambda: [s.proc.communicate(timeout=30) for s in servers])
+
+
+async def stored(schema: str, account: str) -> tuple[int, int, int]:
+    """(ledger sum, ledger rows, stored balance) of an account."""
+    conn = await asyncpg.connect(PG, server_settings={"search_path": schema})
+    try:
+        total, rows = await conn.fetchrow("select coalesce(sum(cost_micro_usd), 0), count(*) from tollway_ledger "
+                                          "where account_id = $1", account)
+        balance = await conn.fetchval("select balance_micro_usd from tollway_accounts where id = $1", account)
+        return int(total), int(rows), int(balance)
+    finally:
+        await conn.close()
+
+
+async def stored_by_gone(schema: str, account: str) -> tuple[int, int]:
+    """(ledger sum of requests whose client stayed, of those whose client left)."""
+    conn = await asyncpg.connect(PG, server_settings={"search_path": schema})
+    try:
+        rows = dict(await conn.fetch("select client_gone, coalesce(sum(cost_micro_usd), 0) from tollway_ledger "
+                                     "where account_id = $1 group by client_gone", account))
+        return int(rows.get(0, 0)), int(rows.get(1, 0))
+    finally:
+        await conn.close()
+
+
+async def ask(s: aiohttp.ClientSession, server: Server, key: str, stream: bool, model: str = "echo",
+              words: int = 3) -> tuple[int, int | None]:
+    """(status, cost told in micro-USD or None)."""
+    payload = {"model": model, "stream": stream, "max_tokens": 10, "stream_options": {"include_usage": True},
+               "messages": [{"role": "user", "content": " ".join("w" for _ in range(words))}]}
+    async with s.post(server.url + "/v1/chat/completions", json=payload, headers=bearer(key)) as r:
+        body = await r.read()
+        if r.status != 200:
+            return r.status, None
+        if stream:
+            last = [line for line in body.split(b"\n") if line.startswith(b"data: {")][-1]
+            assert body.endswith(b"data: [DONE]\n\n")
+            return 200, round(orjson.loads(last[6:])["usage"]["cost"] * 1e6)
+        return 200, round(float(r.headers["x-tollway-cost"]) * 1e6)
+
+
+async def leave_mid_stream(s: aiohttp.ClientSession, server: Server, key: str) -> tuple[int, None]:
+    """A stream its client leaves after the first chunk (told nothing of its cost)."""
+    payload = {"model": "dribble", "stream": True, "max_tokens": 10,
+               "messages": [{"role": "user", "content": " ".join("w" for _ in range(8))}]}
+    async with s.post(server.url + "/v1/chat/completions", json=payload, headers=bearer(key)) as r:
+        if r.status == 200:
+            await r.content.readany()
+            r.close()  # gone, mid-stream
+        return r.status, None
+
+
+async def test_a_burst_over_three_instances_never_overspends(fleet):
+    servers, schema, _ = fleet
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=150)) as s:
+        answers = await asyncio.gather(*(leave_mid_stream(s, servers[i % 3], SMALL) if i % 10 == 5 else
+                                         ask(s, servers[i % 3], SMALL, stream=i % 2 == 0) for i in range(300)))
+        statuses = [a[0] for a in answers]
+        told = [a[1] for a in answers if a[1] is not None]
+        assert set(statuses) <= {200, 402}, statuses
+        assert 20 < len(told) < 300  # a real overspend attempt, cut at the balance
+        # A request settles just after its last byte went out: wait until nothing is held.
+        deadline = time.monotonic() + 10
+        while True:
+            async with s.get(servers[1].url + "/v1/credits", headers=bearer(SMALL)) as r:
+                view = await r.json()
+            if view["reserved_micro_usd"] == 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.6)  # the writers' flush interval (200 ms) and then some
+    total, rows, balance = await stored(schema, "cfg_small")
+    # The ledger is the money taken, and the balance every instance shows.
+    assert total == OPENING - balance == OPENING - view["balance_micro_usd"] and balance >= 0
+    assert view["reserved_micro_usd"] == 0 and rows == 300
+    # What the clients who stayed were told is exactly their rows; the streams left mid-way
+    # paid for what they had been sent (counted, capped by their hold).
+    told_rows, gone = await stored_by_gone(schema, "cfg_small")
+    assert told_rows == sum(told) and told_rows + gone == total and gone > 0
+
+
+async def test_rpm_is_global_across_instances_with_exact_headers(fleet):
+    servers, _, _ = fleet
+    payload = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+
+    async def one(s: aiohttp.ClientSession, server: Server) -> tuple[int, dict]:
+        async with s.post(server.url + "/v1/chat/completions", json=payload, headers=bearer(LIMITED)) as r:
+            await r.read()
+            return r.status, dict(r.headers)
+
+    async with aiohttp.ClientSession() as s:
+        started = time.monotonic()
+        answers = await asyncio.gather(*(one(s, servers[i % 3]) for i in range(60)))
+        elapsed = time.monotonic() - started
+    admitted = [h for status, h in answers if status == 200]
+    refused = [h for status, h in answers if status == 429]
+    assert len(admitted) + len(refused) == 60
+    # rpm 30 is a burst of 30, then one every 2 s: not 30 per instance.
+    assert 30 <= len(admitted) <= 30 + int(elapsed / 2), (len(admitted), elapsed)
+    if len(admitted) == 30:  # the usual case: each admitted request was told its own exact place
+        assert sorted(int(h["x-ratelimit-remaining-requests"]) for h in admitted) == list(range(30))
+    assert all(h["Retry-After"] in ("1", "2") and h["x-ratelimit-remaining-requests"] == "0" for h in refused)
+
+
+async def test_a_key_revoked_on_one_instance_is_refused_on_the_others_within_a_second(fleet):
+    servers, _, _ = fleet
+    async with aiohttp.ClientSession() as s:
+        async with s.post(servers[0].url + "/admin/keys",
+                          json={"name": "fleeting", "credits": 1.0}, headers=ADMIN_HEADERS) as r:
+            assert r.status in (200, 201), await r.text()
+            made = await r.json()
+        plain = made["key"]
+        deadline = time.monotonic() + 1.0
+        while (await ask(s, servers[2], plain, stream=False))[0] != 200:  # created on A: usable on C
+            assert time.monotonic() < deadline, "a key made on one instance was unknown to another after 1 s"
+            await asyncio.sleep(0.05)
+        async with s.delete(servers[0].url + f"/admin/keys/{made['id']}", headers=ADMIN_HEADERS) as r:
+            assert r.status == 200, await r.text()
+        revoked = time.monotonic()
+        while (await ask(s, servers[1], plain, stream=False))[0] != 401:
+            assert time.monotonic() - revoked < 1.0, "a key revoked on one instance still worked on another"
+            await asyncio.sleep(0.05)
+
+
+async def test_a_cli_top_up_applies_on_every_instance_at_once(fleet):
+    servers, _, path = fleet
+    async with aiohttp.ClientSession() as s:
+        async def balances() -> list[int]:
+            out = []
+            for server in servers:
+                async with s.get(server.url + "/v1/credits", headers=bearer(RICH)) as r:
+                    out.append((await r.json())["balance_micro_usd"])
+            return out
+
+        before = await balances()
+        assert len(set(before)) == 1
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy.cli", "keys", "topup", "--config", str(path), "rich", "0.25",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err
+        # The CLI adds it in Redis itself: every instance sees it on the next request.
+        assert await balances() == [before[0] + 250_000] * 3
+
+
+async def test_kill_9_with_holds_in_flight_gives_the_money_back_and_charges_nothing_twice(fleet):
+    servers, schema, _ = fleet
+    victim, others = servers[0], servers[1:]
+    async with aiohttp.ClientSession() as s:
+        async with s.get(others[0].url + "/v1/credits", headers=bearer(RICH)) as r:
+            before = (await r.json())["balance_micro_usd"]
+        slow = [asyncio.ensure_future(ask(s, victim, RICH, stream=True, model="slow")) for _ in range(10)]
+        done = [await ask(s, others[i % 2], RICH, stream=i % 2 == 0) for i in range(10)]
+        # Answered by the victim just before it dies: settled in Redis, not stored by it yet.
+        done += await asyncio.gather(*(ask(s, victim, RICH, stream=i % 2 == 0) for i in range(10)))
+        await asyncio.sleep(0.5)  # the slow streams hold their reservations on the victim
+
+        async def held() -> int:
+            async with s.get(others[1].url + "/v1/credits", headers=bearer(RICH)) as r:
+                return (await r.json())["reserved_micro_usd"]
+
+        assert await held() > 0
+        victim.proc.send_signal(signal.SIGKILL)
+        cut = await asyncio.gather(*slow, return_exceptions=True)
+        assert all(isinstance(c, aiohttp.ClientError) for c in cut), cut
+        killed = time.monotonic()
+        while await held():
+            assert time.monotonic() - killed < HOLD_TTL + 2, "a dead instance's holds did not expire"
+            await asyncio.sleep(0.1)
+        async with s.get(others[0].url + "/v1/credits", headers=bearer(RICH)) as r:
+            view = await r.json()
+    told = [cost for status, cost in done if status == 200]
+    assert len(told) == 20 and view["balance_micro_usd"] == before - sum(told)
+    # The others' writers store what the victim had settled (claiming what it had taken
+    # from the stream and not stored, once it has been idle for hold_ttl), once.
+    deadline = time.monotonic() + 3 * HOLD_TTL + 5
+    while (await stored(schema, "cfg_rich"))[2] != view["balance_micro_usd"]:
+        assert time.monotonic() < deadline, "what the dead instance had settled was not stored"
+        await asyncio.sleep(0.2)
+    await stop_all(others)
+    total, _, balance = await stored(schema, "cfg_rich")
+    assert balance == view["balance_micro_usd"] and total == 5_250_000 - balance  # opening + the CLI top-up
+
+
+async def test_two_workers_with_the_business_plugins_share_one_balance(tmp_path):
+    schema = f"tollway_workers_{int(time.time() * 1000) % 10**9}"
+    await _schema(f"create schema {schema}")
+    config = biz_config(keys=[{"name": "small", "key": SMALL, "credits": OPENING / 1e6}])
+    config["server"].update(host="127.0.0.1", access_log="off", workers=2)
+    config["storage"] = {"url": f"{PG}?search_path={schema}", "counters": redis_url()}
+    path = tmp_path / "tollway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    server = Server(path)
+    try:
+        await server.wait_ready()
+        children = (Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split())
+        assert len(children) == 2  # two processes on one port (SO_REUSEPORT)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100, force_close=True)) as s:
+            answers = await asyncio.gather(*(ask(s, server, SMALL, stream=i % 2 == 0) for i in range(120)))
+        told = [cost for status, cost in answers if status == 200]
+        assert {status for status, _ in answers} == {200, 402} and told
+        code, _, err = await asyncio.to_thread(server.stop)
+        assert code == 0, err
+        total, rows, balance = await stored(schema, "cfg_small")
+        assert total == sum(told) == OPENING - balance and balance >= 0 and rows == 120
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.communicate()
+        await _schema(f"drop schema if exists {schema} cascade")

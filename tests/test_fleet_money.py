@@ -1,0 +1,70 @@
+"""Money on shared counters (Redis) and a shared store (PostgreSQL), through the real server.
+
+Every case here runs on Redis at 127.0.0.1:6379 (its own key prefix) and a
+PostgreSQL schema of its own; see ``tests/test_fleet.py`` for several real
+``tollway serve`` processes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import asyncpg
+import pytest
+from business import DEMO, biz_config, chat, credits
+from fleet import redis_url
+from stores import fresh_database
+
+from plugins.accounts import ACCOUNTS
+
+pytestmark = pytest.mark.fleet
+
+
+@pytest.fixture
+async def pg_url(tmp_path):
+    async with fresh_database("postgres", tmp_path) as url:
+        yield url
+
+
+def shared_config(pg: str, credits_usd: float = 5.0, **plugin_options) -> dict:
+    config = biz_config(keys=[{"name": "demo", "key": DEMO, "credits": credits_usd}], **plugin_options)
+    config["storage"] = {"url": pg, "counters": redis_url()}
+    return config
+
+
+async def ledger_and_balance(pg: str) -> tuple[int, int, int]:
+    """(ledger sum, stored balance, ledger rows) of the demo key's account."""
+    dsn, _, schema = pg.partition("?search_path=")
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        total, rows = await conn.fetchrow("select coalesce(sum(cost_micro_usd), 0), count(*) from tollway_ledger "
+                                          "where account_id = 'cfg_demo'")
+        balance = await conn.fetchval("select balance_micro_usd from tollway_accounts where id = 'cfg_demo'")
+        return int(total), int(balance), int(rows)
+    finally:
+        await conn.close()
+
+
+async def test_a_burst_cannot_overspend_and_the_ledger_is_the_money_taken(pg_url, start_gateway):
+    # $0.001 = 1000 micro-USD; each request holds ~ (prompt + max_tokens 10 x 2) and costs less.
+    running = await start_gateway(shared_config(pg_url, 0.001))
+    told = []
+
+    async def one(s: aiohttp.ClientSession) -> None:
+        status, headers, body = await chat(s, running, DEMO, max_tokens=10, content="hello there friend")
+        if status == 200:
+            told.append(round(float(headers["x-tollway-cost"]) * 1e6))
+        else:
+            assert status == 402, body
+
+    async with aiohttp.ClientSession() as s:
+        await asyncio.gather(*(one(s) for _ in range(120)))
+        writer = running.gw.services[ACCOUNTS].writer
+        await writer.flush()
+        await writer.drain_shared()
+        view = await credits(s, running, DEMO)
+    total, balance, rows = await ledger_and_balance(pg_url)
+    assert told and len(told) < 120
+    assert balance >= 0 and total == sum(told) == 1000 - balance
+    assert rows == 120  # refusals are in the ledger too, at no cost
+    assert view["balance_micro_usd"] == balance
