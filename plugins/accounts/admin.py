@@ -16,8 +16,7 @@ from aiohttp import web
 
 from proxy import ProxyError, json_response, read_json
 
-from . import ACCOUNTS
-from .http import build_body, check_admin, field_error, read_body
+from .http import build_body, check_admin, field_error, read_body, running_accounts
 from .money import micro_to_usd
 from .specs import KeyCreate, KeyPatch, SpecError, TopUp, create_args, credits_micro, patch_changes
 from .views import account_view, key_view
@@ -40,10 +39,7 @@ class AdminKeys:
 
     @property
     def accounts(self) -> Accounts:
-        accounts = self.gateway.services.get(ACCOUNTS)
-        if accounts is None:
-            raise ProxyError(503, "the gateway is starting or stopping", code="not_ready")
-        return accounts
+        return running_accounts(self.gateway)
 
     def routes(self) -> list[web.RouteDef]:
         return [

@@ -15,9 +15,8 @@ from aiohttp import web
 
 from proxy import ProxyError, json_response, read_json
 
-from . import ACCOUNTS
 from .book import AccountExists
-from .http import build_body, check_admin, field_error, read_body
+from .http import build_body, check_admin, field_error, read_body, running_accounts
 from .money import micro_to_usd
 from .options import NAME_RE
 from .specs import AccountCreate, AccountPatch, SpecError, TopUp, account_policy, credits_micro
@@ -36,10 +35,7 @@ class AdminAccounts:
 
     @property
     def accounts(self) -> Accounts:
-        accounts = self.gateway.services.get(ACCOUNTS)
-        if accounts is None:
-            raise ProxyError(503, "the gateway is starting or stopping", code="not_ready")
-        return accounts
+        return running_accounts(self.gateway)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/admin/accounts", self.list), web.post("/admin/accounts", self.create),

@@ -41,6 +41,16 @@ def authenticate(accounts: Accounts | None, request: web.Request | None) -> KeyR
     return record
 
 
+def running_accounts(gateway: Gateway) -> Accounts:
+    """The accounts service, or 503 while the gateway starts or stops (an admin call can come then)."""
+    from . import ACCOUNTS  # the package imports this module
+
+    accounts = gateway.services.get(ACCOUNTS)
+    if accounts is None:
+        raise ProxyError(503, "the gateway is starting or stopping", code="not_ready")
+    return accounts
+
+
 def check_admin(gateway: Gateway, request: web.Request) -> None:
     """``server.admin_key`` guards /admin/*: 401 without a key, 403 with a wrong one."""
     admin = gateway.config.server.admin_key or ""
