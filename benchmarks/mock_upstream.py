@@ -16,7 +16,10 @@ fields through):
 - ``chunks``: content chunks in the answer; ``chunk_size``: characters per chunk;
 - ``drop_after``: stream this many chunks, then drop the connection;
 - ``hang_after``: stream this many chunks, then go silent;
-- ``no_done``: end the stream without usage and without ``[DONE]``.
+- ``no_done``: end the stream without usage and without ``[DONE]``;
+- ``one_write``: the whole stream in one write, framed by ``Content-Length``
+  (as a static server such as nginx sends a file of SSE events): many events
+  arrive in one read.
 
 ``GET /_mock/stats`` answers how many requests it has seen and the last body.
 Tests make one upstream fail (or recover) on command with knobs that apply to
@@ -121,6 +124,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
     events = render_stream(model, s.chunks, s.chunk_size, prompt_tokens, usage)
     if knobs.get("no_done"):
         events = events[:-1]
+    if knobs.get("one_write"):
+        if s.ttft:
+            await asyncio.sleep(s.ttft)
+        return web.Response(body=b"".join(events), headers={"Cache-Control": "no-cache"},
+                            content_type="text/event-stream")
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     if s.ttft:

@@ -34,12 +34,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-SCENARIOS = ("latency", "throughput", "stream", "stream_paced", "rate", "cache", "soak")
+SCENARIOS = ("latency", "throughput", "stream", "stream_whole", "stream_whole_c1", "stream_paced", "rate", "cache",
+             "soak")
 
 DESCRIPTIONS = {
     "latency": "non-stream, one request at a time (latency)",
     "throughput": "non-stream, many connections (throughput)",
     "stream": "streams, many connections (streams/s, time to first byte, whole stream)",
+    "stream_whole": "streams whose whole answer (52 events) the upstream sends in one write, as a static "
+                    "server does, many connections (streams/s)",
+    "stream_whole_c1": "the same one-write streams, one at a time (p50/p99 latency)",
     "stream_paced": "paced streams (first token after ttft, chunks apart): time to first byte and gap added",
     "rate": "open loop at fixed rates (latency at a given load)",
     "cache": "the cache plugin, one request at a time: exact-hit, semantic-hit and miss latency "
@@ -71,6 +75,9 @@ class Profile:
     stream_concurrency: int = 32
     stream_seconds: float = 6.0
     stream_mock: dict = field(default_factory=lambda: {"chunks": 16, "chunk_size": 16})
+    # The upstream shape of issue 10 item 12: the whole 52-event answer (role, 50 pieces,
+    # stop) in one write with a Content-Length, so many events arrive in one read.
+    whole_mock: dict = field(default_factory=lambda: {"chunks": 50, "chunk_size": 16, "one_write": True})
     paced_requests: int = 200
     paced_concurrency: int = 4
     paced_mock: dict = field(default_factory=lambda: {"ttft": 0.010, "chunk_delay": 0.002, "chunks": 20})
@@ -116,6 +123,13 @@ def jobs_for(scenario: str, p: Profile) -> list[tuple[str, dict]]:
     if scenario == "stream":
         return [("stream", {**base, "mode": "closed", "concurrency": p.stream_concurrency, "stream_ratio": 1.0,
                             "duration": p.stream_seconds, "mock": p.stream_mock, "warmup": p.warmup})]
+    if scenario == "stream_whole":
+        return [("stream_whole", {**base, "mode": "closed", "concurrency": p.concurrency, "stream_ratio": 1.0,
+                                  "duration": p.stream_seconds, "mock": p.whole_mock, "warmup": p.warmup})]
+    if scenario == "stream_whole_c1":
+        return [("stream_whole_c1", {**base, "mode": "closed", "concurrency": 1, "stream_ratio": 1.0,
+                                     "requests": p.latency_requests, "duration": p.max_seconds,
+                                     "mock": p.whole_mock, "warmup": p.warmup})]
     if scenario == "stream_paced":
         return [("stream_paced", {**base, "mode": "closed", "concurrency": p.paced_concurrency, "stream_ratio": 1.0,
                                   "requests": p.paced_requests, "duration": p.max_seconds, "mock": p.paced_mock,

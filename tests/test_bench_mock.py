@@ -171,3 +171,20 @@ def test_header_value_reads_the_watched_header():
     assert header_value(head + b"\r\nx-tollway-cache-veto: numbers", b"\r\nx-tollway-cache:") == "SEMANTIC-HIT"
     assert header_value(b"http/1.1 200 ok\r\nx-tollway-cache: hit", b"\r\nx-tollway-cache:") == "HIT"
     assert header_value(b"http/1.1 200 ok\r\nx: y", b"\r\nx-tollway-cache:") is None
+
+
+async def test_one_write_sends_the_whole_stream_framed_by_its_length(aiohttp_client):
+    """The static-server shape: the same events as a paced stream, in one write with a Content-Length."""
+    client = await aiohttp_client(make_app(MockSettings()))
+    body = {"model": "m", "messages": MESSAGES, "stream": True, "mock": {"chunks": 50, "one_write": True}}
+    r = await client.post("/v1/chat/completions", json=body)
+    raw = await r.read()
+    assert r.headers["Content-Type"].startswith("text/event-stream")
+    assert int(r.headers["Content-Length"]) == len(raw) and "Transfer-Encoding" not in r.headers
+    payloads = sse_payloads(raw)
+    assert len(payloads) == 52 + 1 and payloads[-1] == b"[DONE]"  # role, 50 pieces, stop; then [DONE]
+    body["mock"] = {"chunks": 50}
+    r = await client.post("/v1/chat/completions", json=body)
+    paced = sse_payloads(await r.read())
+    strip = [orjson.loads(p) | {"created": 0} for p in payloads[:-1]]
+    assert strip == [orjson.loads(p) | {"created": 0} for p in paced[:-1]]

@@ -71,7 +71,7 @@ def test_smoke_run_of_every_scenario(tmp_path, capsys):
             if name != "direct":
                 assert "vs_direct_p50" in res["added_latency_ms"]
             assert res["target_rss_mb"] is None or res["target_rss_mb"] > 1
-        if data["labels"][label] in ("stream", "stream_paced"):
+        if data["labels"][label] in ("stream", "stream_paced", "stream_whole", "stream_whole_c1"):
             assert all("ttfb_ms" in r and "gap_ms" in r for r in by_target.values())
         if data["labels"][label] == "soak":
             assert all(len(r["rss_mb"]) == 2 for r in by_target.values())

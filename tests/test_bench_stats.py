@@ -186,3 +186,17 @@ def test_a_cache_target_is_skipped_when_its_embedder_cannot_load():
     assert set(missing_embedder_modules({"plugins": {"cache": {"embedder": "wordllama"}}})) <= {"wordllama"}
     # the default retrieval needs no model; its synonym judge needs MiniLM (the 'cache' extra)
     assert missing_embedder_modules({"plugins": {"cache": {"semantic": True, "synonyms": False}}}) == []
+
+
+def test_budget_holds_p99_at_concurrency_1_within_a_tenth_of_a_millisecond_of_the_floor():
+    data = _data()
+    data["labels"]["stream_whole_c1"] = "stream_whole_c1"
+    data["results"]["stream_whole_c1"] = {
+        "floor": {"rps": 900, "ok": 100, "errors": 0, "latency_ms": {"p50": 1.0, "p90": 1.1, "p99": 1.50}},
+        "tollway-full": {"rps": 950, "ok": 100, "errors": 0, "latency_ms": {"p50": 0.9, "p90": 1.0, "p99": 1.58}}}
+    derived = report.derive(data)
+    checks = {c["check"]: c for c in derived["budget"]["checks"]}
+    assert checks["stream_whole_c1: added p99 at c=1 vs floor (ms)"]["ok"] is True
+    assert checks["stream_whole_c1: added p99 at c=1 vs floor (ms)"]["value"] == pytest.approx(0.08)
+    assert checks["latency: added p99 at c=1 vs floor (ms)"]["ok"] is False  # 1.2 vs 1.0
+    assert "+p99 vs floor" in report.table(derived)
