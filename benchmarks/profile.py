@@ -58,7 +58,8 @@ def _short(frame: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", default="tollway-full")
-    p.add_argument("--scenario", default="throughput", choices=("throughput", "stream", "latency"))
+    p.add_argument("--scenario", default="throughput",
+                   choices=("throughput", "stream", "latency", "stream_whole", "stream_whole_c1"))
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")

@@ -93,12 +93,14 @@ def run(plan: Plan) -> dict:
     }
 
 
-def start_target(children: Children, t: Target, upstream: str, logdir: Path, cpus: set[int] | None) -> None:
+def start_target(children: Children, t: Target, upstream: str, logdir: Path, cpus: set[int] | None,
+                 wrap: tuple[str, ...] = (), timeout: float = 30.0) -> None:
+    """Start ``t`` (its command after ``wrap``, e.g. valgrind's) and wait until it listens."""
     if t.kind == "url":
         return
     try:
-        child = children.start_server(t.name, argv_for(t, upstream), cpus=cpus, env=env_for(t, upstream, logdir),
-                                      cwd=t.src)
+        child = children.start_server(t.name, [*wrap, *argv_for(t, upstream)], cpus=cpus,
+                                      env=env_for(t, upstream, logdir), cwd=t.src, timeout=timeout)
     except StartError as exc:
         t.failed = str(exc)
         return

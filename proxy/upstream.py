@@ -203,8 +203,8 @@ class UpstreamClient:
         now = loop.time()
         deadline = now + self.timeouts.total
         first_byte = min(now + self.timeouts.first_byte, deadline)
-        replayable = request.method in _SAFE_METHODS or any(
-            name.lower() in _IDEMPOTENCY_HEADERS for name in request.headers)
+        replayable = request.method in _SAFE_METHODS or not _IDEMPOTENCY_HEADERS.isdisjoint(
+            map(str.lower, request.headers))
         try:
             with Deadline(loop, first_byte):
                 conn = await connections.request(origin, payload, replayable)

@@ -198,3 +198,26 @@ async def test_the_migrated_ledger_table_is_the_ledger_row(engine, tmp_path):
             assert await store.fetchall("select * from tollway_ledger") == [tuple(row)]
         finally:
             await store.close()
+
+
+async def test_every_column_of_a_row_holds_its_own_value(start_gateway):
+    """Rows are built positionally (the hot path): each value lands in its named column."""
+    import time
+
+    running = await start_gateway(narrow_config())
+    before = time.time()
+    async with aiohttp.ClientSession() as s:
+        status, _, _ = await chat(s, running, DEMO, stream=True, content="one two three")
+    assert status == 200
+    [row] = await rows(running)
+    got = dict(zip(db.LEDGER_COLUMNS, row, strict=True))
+    assert got["id"] and before - 1 < got["time"] <= time.time()
+    assert got["day"] == time.strftime("%Y-%m-%d", time.gmtime(got["time"]))
+    assert (got["key_id"], got["account_id"], got["endpoint"], got["model"], got["served_model"],
+            got["provider"], got["status"], got["error_code"]) == (
+        "cfg_demo", "cfg_demo", "chat", "echo", "echo", "local", 200, None)
+    assert (got["stream"], got["cache_hit"], got["client_gone"], got["cached_tokens"], got["reasoning_tokens"],
+            got["estimated"]) == (1, 0, 0, 0, 0, 0)
+    assert got["prompt_tokens"] > 0 and got["completion_tokens"] == 3
+    assert got["cost_micro_usd"] == got["prompt_tokens"] + 2 * got["completion_tokens"]
+    assert 0 < got["ttfb_ms"] <= got["latency_ms"]

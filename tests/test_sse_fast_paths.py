@@ -1,0 +1,64 @@
+"""The SSE helpers' fast paths (C-level split and searches for the usual \\n-only
+streams) cut exactly where the reference definitions do, on every input."""
+
+from __future__ import annotations
+
+import random
+import re
+
+from benchmarks.mock_upstream import render_stream
+from proxy.sse import last_boundary, split_events
+from proxy.streaming import _USAGE_OBJECT, OpenAIPassthrough, _usage_object_at
+
+BOUNDARY = re.compile(rb"\r?\n\r?\n")
+
+
+def reference_split(blob: bytes) -> list[bytes]:
+    out, start = [], 0
+    for m in BOUNDARY.finditer(blob):
+        out.append(blob[start:m.end()])
+        start = m.end()
+    if start < len(blob):
+        out.append(blob[start:])
+    return out
+
+
+def reference_boundary(data: bytes) -> int:
+    idx, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+    if crlf >= 0 and crlf + 4 > idx + 2:
+        return crlf + 4
+    return idx + 2 if idx >= 0 else 0
+
+
+def blobs(alphabet: bytes, n: int = 20_000):
+    rng = random.Random(7)
+    for _ in range(n):
+        yield bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
+
+
+def test_split_events_cuts_where_the_boundary_pattern_does():
+    for blob in blobs(b"\n\n\rab"):
+        assert split_events(blob) == reference_split(blob), blob
+    for blob in blobs(b"\n\nab"):
+        assert split_events(blob) == reference_split(blob), blob
+
+
+def test_last_boundary_is_the_end_of_the_last_blank_line():
+    for blob in blobs(b"\r\n\r\nab"):
+        assert last_boundary(blob) == reference_boundary(blob), blob
+
+
+def test_the_usage_object_is_found_where_the_pattern_finds_it():
+    for blob in blobs(b'"usage": {n', 20_000):
+        m = _USAGE_OBJECT.search(blob)
+        assert _usage_object_at(blob) == (m.start() if m else -1), blob
+    null_everywhere = b'data: {"usage":null}\n\n' * 40 + b'data: {"choices":[],"usage" : {"a":1}}\n\n'
+    assert _usage_object_at(null_everywhere) == null_everywhere.index(b'"usage" :')
+
+
+def test_a_whole_answer_in_one_read_passes_byte_for_byte_with_usage_held():
+    events = render_stream("m", 50, 16, 7, True)
+    codec = OpenAIPassthrough()
+    out = codec.feed(b"".join(events))
+    assert out == b"".join(events[:-2])  # everything but the usage event (held) and [DONE]
+    assert codec.done and codec.usage is not None and codec.usage.completion_tokens == 50
