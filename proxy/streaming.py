@@ -49,14 +49,14 @@ _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _USAGE_KEY = b'"usage"'
 
 
-def _usage_object_at(blob: bytes) -> int:
-    """Where the first usage object (``_USAGE_OBJECT``) starts in ``blob``, or -1.
+def _usage_object_at(blob: bytes, start: int = 0) -> int:
+    """Where the first usage object (``_USAGE_OBJECT``) at or after ``start`` begins in ``blob``, or -1.
 
     ``bytes.find`` skips through the bytes several times faster than the regex
     engine's search; the regex then only checks each ``"usage"`` it lands on
     (one per event when an upstream sends ``"usage":null`` in every chunk)."""
     find, match = blob.find, _USAGE_OBJECT.match
-    at = find(_USAGE_KEY)
+    at = find(_USAGE_KEY, start)
     while at >= 0:
         if match(blob, at) is not None:
             return at
@@ -68,10 +68,10 @@ def splice_usage_fields(raw: bytes, extra: dict) -> bytes | None:
     """``raw`` (a JSON object with one ``usage`` object) with ``extra`` added
     inside that object, without re-serialising the rest; None when the
     document has no single usage object to splice into."""
-    matches = list(_USAGE_OBJECT.finditer(raw))
-    if len(matches) != 1:
+    start = _usage_object_at(raw)
+    if start < 0 or _usage_object_at(raw, start + 7) >= 0:
         return None
-    at = matches[0].end()  # just after the usage object's "{"
+    at = _USAGE_OBJECT.match(raw, start).end()  # just after the usage object's "{"
     fields = orjson.dumps(extra)[1:-1]
     if not fields:
         return raw

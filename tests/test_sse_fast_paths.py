@@ -62,3 +62,25 @@ def test_a_whole_answer_in_one_read_passes_byte_for_byte_with_usage_held():
     out = codec.feed(b"".join(events))
     assert out == b"".join(events[:-2])  # everything but the usage event (held) and [DONE]
     assert codec.done and codec.usage is not None and codec.usage.completion_tokens == 50
+
+
+def reference_splice(raw: bytes, extra: dict) -> bytes | None:
+    import orjson
+
+    matches = list(_USAGE_OBJECT.finditer(raw))
+    if len(matches) != 1:
+        return None
+    at = matches[0].end()
+    fields = orjson.dumps(extra)[1:-1]
+    closes_at_once = raw[at:at + 64].lstrip()[:1] == b"}"
+    return raw[:at] + fields + (b"" if closes_at_once else b",") + raw[at:]
+
+
+def test_usage_fields_are_spliced_where_the_pattern_says():
+    from proxy.streaming import splice_usage_fields
+
+    for blob in blobs(b'"usage": {}n', 20_000):
+        assert splice_usage_fields(blob, {"cost": 0.5}) == reference_splice(blob, {"cost": 0.5}), blob
+    whole = b'{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2},"choices":[]}'
+    assert splice_usage_fields(whole, {"cost": 1.5}) == (
+        b'{"id":"x","usage":{"cost":1.5,"prompt_tokens":1,"completion_tokens":2},"choices":[]}')
