@@ -69,9 +69,10 @@ def splice_usage_fields(raw: bytes, extra: dict) -> bytes | None:
     inside that object, without re-serialising the rest; None when the
     document has no single usage object to splice into."""
     start = _usage_object_at(raw)
-    if start < 0 or _usage_object_at(raw, start + 7) >= 0:
+    found = _USAGE_OBJECT.match(raw, start) if start >= 0 else None
+    if found is None or _usage_object_at(raw, start + 7) >= 0:
         return None
-    at = _USAGE_OBJECT.match(raw, start).end()  # just after the usage object's "{"
+    at = found.end()  # just after the usage object's "{"
     fields = orjson.dumps(extra)[1:-1]
     if not fields:
         return raw
