@@ -218,6 +218,7 @@ async def test_every_column_of_a_row_holds_its_own_value(start_gateway):
         "cfg_demo", "cfg_demo", "chat", "echo", "echo", "local", 200, None)
     assert (got["stream"], got["cache_hit"], got["client_gone"], got["cached_tokens"], got["reasoning_tokens"],
             got["estimated"]) == (1, 0, 0, 0, 0, 0)
+    assert (got["images"], got["characters"], got["audio_ms"]) == (0, 0, 0)
     assert got["prompt_tokens"] > 0 and got["completion_tokens"] == 3
     assert got["cost_micro_usd"] == got["prompt_tokens"] + 2 * got["completion_tokens"]
     assert 0 < got["ttfb_ms"] <= got["latency_ms"]
