@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from proxy import Call, Gateway, ProxyError, hookimpl
+from proxy import Call, Gateway, ProxyError, Snapshot, hookimpl
 
 from .accounts import ACCOUNTS, Accounts, KeyRecord
 from .accounts.admin import AdminKeys
@@ -47,6 +47,19 @@ class Plugin:
     async def _start(self, gateway: Gateway) -> None:
         self.accounts = await gateway.services.open(ACCOUNTS)
         self.public_catalog = gateway.config.catalog.public
+
+    @hookimpl
+    def tollway_reload(self, snapshot: Snapshot):
+        """The YAML ``keys:`` (already checked with the config) and ``plugins.auth``: written to
+        the store and loaded once the new config is in place; until then the old keys answer."""
+        accounts = self.accounts
+        public = snapshot.config.catalog.public
+
+        def apply():
+            self.public_catalog = public
+            return accounts.config_reloaded() if accounts is not None else None
+
+        return apply
 
     @hookimpl
     async def tollway_authenticate(self, call: Call) -> KeyRecord | None:

@@ -32,7 +32,7 @@ import time
 
 from aiohttp import web
 
-from proxy import Call, Gateway, StateKey, Usage, hookimpl, json_response
+from proxy import Call, Gateway, Snapshot, StateKey, Usage, hookimpl, json_response
 
 from .accounts import ACCOUNTS, Accounts
 from .accounts.db import LedgerRow
@@ -84,6 +84,12 @@ class Plugin:
     async def _start(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.accounts = await gateway.services.open(ACCOUNTS)
+
+    @hookimpl
+    def tollway_reload(self, snapshot: Snapshot):
+        """``plugins.ledger`` (flush_ms, batch_rows): the writer takes them at once."""
+        accounts = self.accounts
+        return (lambda: accounts.set_options(snapshot.config)) if accounts is not None else None
 
     @hookimpl(trylast=True)
     async def tollway_settle(self, call: Call) -> None:

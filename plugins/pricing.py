@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 
-from proxy import Call, Gateway, hookimpl
+from proxy import Call, Gateway, Snapshot, hookimpl
 from proxy.logs import throttled
 
 from .accounts.estimate import byte_usage, counted_usage
@@ -55,6 +55,17 @@ class Plugin:
         self.prices = PriceBook(gateway.config.models, billing.usd_rate if billing is not None else 1.0)
         self.default_cap = (gateway.config.section("plugins.quotas") or QuotasOptions()).default_max_tokens
         return preload() if gateway.serving else None  # the tokenizer, in a thread: ready before it is needed
+
+    @hookimpl
+    def tollway_reload(self, snapshot: Snapshot):
+        billing = snapshot.config.section("billing")  # declared by quotas; absent: USD
+        prices = PriceBook(snapshot.config.models, billing.usd_rate if billing is not None else 1.0)
+        default_cap = (snapshot.config.section("plugins.quotas") or QuotasOptions()).default_max_tokens
+
+        def apply() -> None:
+            self.prices, self.default_cap = prices, default_cap
+
+        return apply
 
     @hookimpl
     async def tollway_usage(self, call: Call) -> None:

@@ -35,7 +35,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy import Call, Gateway, ProxyError, StateKey, hookimpl, json_response
+from proxy import Call, Gateway, ProxyError, Snapshot, StateKey, hookimpl, json_response
+from proxy.provider import CALLER_KEYS
+from proxy.schema import RestartRequired
 
 from .accounts import ACCOUNTS, Account, Accounts, KeyRecord
 from .accounts.admin_accounts import AdminAccounts
@@ -132,6 +134,24 @@ class Plugin:
             await self.refills.stop()
 
     @hookimpl
+    def tollway_reload(self, snapshot: Snapshot):
+        """Prices and ``plugins.quotas``; ``accounts:`` and ``billing`` (balances, budgets, refills,
+        the currency) are read at start-up only: a change to them is refused as needing a restart."""
+        old, new = self.gateway.config, snapshot.config
+        fixed = [name for name in ("accounts", "billing") if old.section(name) != new.section(name)]
+        if fixed:
+            raise RestartRequired(f"{', '.join(fixed)}: changing {'this needs' if len(fixed) == 1 else 'these need'} "
+                                  "a restart of tollway serve (nothing was reloaded; the running config stays)")
+        billing = new.section("billing") or BillingOptions()
+        prices = PriceBook(new.models, billing.usd_rate)
+        default_cap = (snapshot.config.section("plugins.quotas") or QuotasOptions()).default_max_tokens
+
+        def apply() -> None:
+            self.prices, self.default_cap = prices, default_cap
+
+        return apply
+
+    @hookimpl
     async def tollway_admit(self, call: Call) -> None:
         key = call.principal
         if not isinstance(key, KeyRecord) or call.route is None:
@@ -141,7 +161,8 @@ class Plugin:
             raise ProxyError(402, f"the account {acc.id!r} of this key is suspended; ask the operator to "
                                   f"reinstate it{self.top_up}", code="account_suspended")
         prompt, output = prompt_bound(call), output_bound(call, self.default_cap)
-        table = self.prices.of(call.route)
+        own = call.state.get(CALLER_KEYS)  # the caller's own upstream key (byok): its price
+        table = self.prices.of(call.route, own is not None and call.route.provider.name in own)
         amount = None
         if call.billing.units is not None:  # images, speech, transcriptions
             check_units(call, table)

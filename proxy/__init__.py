@@ -12,6 +12,7 @@ made from this module and ``proxy/hookspecs.py``.
 
 import pluggy
 
+from .adminauth import check_admin
 from .call import Billing, CachedResponse, Call, Principal, ResponseState, Route, Timing, Units, Usage
 from .dialects import Dialect
 from .errors import ProxyError, bad_request
@@ -22,6 +23,7 @@ from .provider import Provider, StreamDecoder
 from .routes import json_response, read_json
 from .schema import ConfigError
 from .shared import ServiceKey, StateKey
+from .snapshot import Snapshot
 from .upstream import UpstreamRequest
 
 hookimpl = pluggy.HookimplMarker("tollway")
@@ -32,11 +34,11 @@ __all__ = [
     # failing: a request, or start-up
     "ProxyError", "bad_request", "ConfigError",
     # sharing between plugins
-    "Gateway", "StateKey", "ServiceKey", "Event",
+    "Gateway", "Snapshot", "StateKey", "ServiceKey", "Event",
     # upstreams and client dialects
     "Provider", "StreamDecoder", "UpstreamRequest", "Dialect",
     # plugin routes; model calls without an HTTP client (batches)
-    "json_response", "read_json", "run_detached",
+    "json_response", "read_json", "run_detached", "check_admin",
 ]
 
 #: Helper modules plugins may import too, public on purpose (their ``__all__``).

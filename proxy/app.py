@@ -7,16 +7,19 @@ from aiohttp import web
 from .accesslog import AccessLog
 from .errors import error_middleware
 from .gateway import Gateway
+from .reload import RELOADER_KEY, Reloader
 from .routes import GATEWAY_KEY, ModelRoutes, fallback
 
 
-def make_app(gateway: Gateway, *, access_log: bool = True) -> web.Application:
-    """The app serving ``gateway``; its start-up starts the gateway, its clean-up closes it."""
+def make_app(gateway: Gateway, *, access_log: bool = True, workers_parent: int | None = None) -> web.Application:
+    """The app serving ``gateway``; its start-up starts the gateway, its clean-up closes it.
+    ``workers_parent``: the pid of the ``--workers`` parent, told when this worker reloads."""
     server = gateway.config.server
     app = web.Application(client_max_size=max(server.max_body_bytes, server.max_upload_bytes) + 1,
                           middlewares=[error_middleware])
     app[GATEWAY_KEY] = gateway
-    routes = ModelRoutes(gateway).routes()
+    app[RELOADER_KEY] = reloader = Reloader(gateway, workers_parent)
+    routes = ModelRoutes(gateway).routes() + reloader.routes()
     for extra in gateway.pm.hook.tollway_routes(gateway=gateway):
         routes.extend(extra or ())
     app.add_routes(under_base_path(routes, server.base_path, server.keep_v1))
@@ -37,7 +40,7 @@ def make_app(gateway: Gateway, *, access_log: bool = True) -> web.Application:
 
     async def wind_down(app: web.Application) -> None:
         # After the listener closed: in-flight calls get shutdown_timeout, then are stopped and billed.
-        await gateway.inflight.wind_down(server.shutdown_timeout)
+        await gateway.inflight.wind_down(gateway.config.server.shutdown_timeout)  # the reloaded value
 
     app.on_startup.append(start)
     app.on_shutdown.append(wind_down)

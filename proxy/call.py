@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .config import ModelConfig
     from .errors import ProxyError
     from .provider import Provider
+    from .snapshot import Snapshot
 
 
 @dataclass(slots=True)
@@ -181,6 +182,9 @@ class Billing:
     (a cache hit's multiplier) and ``tollway_usage`` (usage, cost) on."""
 
     usage: Usage | None = None  # set by the core before tollway_usage; None: the upstream sent none
+    # The upstream was called with the caller's own API key (``proxy.provider.CALLER_KEYS``,
+    # set per attempt by the core): pricing bills the model's ``price.byok``.
+    caller_key: bool = False
     cost_micro: int | None = None  # micro-USD, set by the pricing plugin
     # Fields plugins add to the usage object the client sees (e.g. "cost").
     usage_extra: dict[str, object] = field(default_factory=dict)
@@ -229,13 +233,15 @@ class Call:
 
     __slots__ = (
         "request", "endpoint", "dialect", "body", "raw_body", "body_changed", "model", "stream", "include_usage",
-        "principal", "route", "upstream_attempts", "billing", "response", "timing", "state",
+        "principal", "route", "upstream_attempts", "billing", "response", "timing", "state", "snapshot",
     )
 
     def __init__(self, request: web.Request | None, endpoint: str, body: dict, raw_body: bytes,
-                 dialect: str = "openai") -> None:
+                 dialect: str = "openai", snapshot: Snapshot | None = None) -> None:
         # -- the request, as the client sent it ---------------------------------------
         self.request = request
+        # The config this request runs under from start to end (a reload makes a new one).
+        self.snapshot = snapshot
         # "chat" | "embeddings" | "messages" | "responses" | "completions" | "models" | "count_tokens"
         self.endpoint = endpoint
         self.dialect = dialect  # the client's protocol: "openai" | "anthropic" | "responses" | "completions"

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arg(check)
     check.set_defaults(func=cmd_check)
 
+    reload = sub.add_parser("reload", help="make a running tollway serve read its config file again")
+    add_config_arg(reload)
+    reload.add_argument("--url", help="the running server (default: http://server.host:server.port of the config)")
+    reload.set_defaults(func=cmd_reload)
+
     # The benchmark harness (benchmarks/) parses its own options; imported only when run.
     bench = sub.add_parser("bench", help="benchmark tollway against a bare floor (tollway bench -h)",
                            add_help=False, prefix_chars="\0")
@@ -184,6 +189,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- reload ---------------------------------------------------------------------------
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """POST /admin/reload to the server the config file describes (its host, port and admin key)."""
+    from .reload import ask_to_reload
+
+    return ask_to_reload(args.config, args.url)
+
+
 # -- bench ----------------------------------------------------------------------------
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -197,6 +211,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .gateway import load_gateway
+
+    # Until the server listens for it (a reload), a SIGHUP must not end the process (its default).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     overrides = {"host": args.host, "port": args.port, "workers": args.workers}
     gateway = load_gateway(args.config, server_overrides=overrides)  # validate before forking workers
@@ -214,8 +231,9 @@ async def serve_one(gateway: Gateway, host: str, port: int, reuse_port: bool = F
 
     from .app import make_app
     from .connection import GatewayRunner
+    from .reload import RELOADER_KEY, listen_for_sighup
 
-    app = make_app(gateway)
+    app = make_app(gateway, workers_parent=os.getppid() if reuse_port else None)
     # shutdown_timeout is applied by the app's on_shutdown (proxy/inflight.py), which stops and
     # bills what is still in flight; aiohttp's own wait after it is only a short backstop.
     runner = GatewayRunner(app, timeouts=gateway.config.server.timeouts, handle_signals=False, access_log=None,
@@ -232,9 +250,12 @@ async def serve_one(gateway: Gateway, host: str, port: int, reuse_port: bool = F
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stop_listening = listen_for_sighup(app[RELOADER_KEY])
     if not reuse_port:
         print_banner(gateway, site_address(site, host, port))
     await stop.wait()
+    stop_listening()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no reload while stopping
     # A second SIGTERM while finishing (a supervisor repeating itself) must not kill the
     # process half-way: shutdown is bounded by server.shutdown_timeout anyway.
     loop.remove_signal_handler(signal.SIGTERM)
@@ -296,6 +317,7 @@ def _run_workers(children: list[subprocess.Popen], host: str, port: int) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # reload: every worker reads the file again
     print(f"tollway listening on http://{host}:{port} with {len(children)} workers", flush=True)
     codes = [child.wait() for child in children]
     return max(codes)

@@ -127,6 +127,16 @@ class Price:
     audio_minute: float | None = None  # transcriptions and translations, USD per minute of audio
     characters: float | None = None  # speech, USD per 1M input characters
     batch_multiplier: float = 0.5  # batches, of the interactive price
+    #: When the caller brings its own upstream key (the ``byok`` plugin): USD per 1M tokens of
+    #: every kind, or ``{multiplier: M}`` of the prices above. Unset: such requests cost nothing.
+    byok: ByokPrice | float | None = None
+
+
+@dataclass(frozen=True)
+class ByokPrice:
+    """``price.byok: {multiplier: M}``: the list price times M, when the caller brings its own upstream key."""
+
+    multiplier: float
 
 
 @dataclass(frozen=True)
@@ -419,6 +429,9 @@ def _check_price(price: Price, where: str) -> None:
             raise ConfigError(f"{where}.images.{tier}: must not be negative")
     if not 0 <= price.batch_multiplier <= 1:
         raise ConfigError(f"{where}.batch_multiplier: must be between 0 and 1 (0.5: half price)")
+    byok = price.byok
+    if isinstance(byok, ByokPrice) and byok.multiplier < 0 or isinstance(byok, float) and byok < 0:
+        raise ConfigError(f"{where}.byok{'.multiplier' if isinstance(byok, ByokPrice) else ''}: must not be negative")
 
 
 def _build_models(raw: Any, providers: dict[str, ProviderConfig]) -> dict[str, ModelConfig]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from .plugins import Hooks, collect, compile_hooks, make_plugin_manager, section
 from .provider import Provider
 from .schema import ConfigError
 from .shared import Services
+from .snapshot import Snapshot
 from .store import Store, open_store
 from .stored_responses import StoredResponses
 
@@ -34,16 +36,22 @@ log = logging.getLogger("tollway")
 class Gateway:
     """What plugins receive at start-up: read ``config``, use ``store``,
     find adapters in ``providers`` (by provider name), share objects in
-    ``services`` (under a ``proxy.ServiceKey``)."""
+    ``services`` (under a ``proxy.ServiceKey``).
+
+    ``config`` and ``providers`` are those of the current ``snapshot``
+    (``proxy/snapshot.py``), which a reload replaces whole; a request keeps
+    the snapshot it started with in ``call.snapshot``."""
 
     def __init__(self, config: Config, pm: pluggy.PluginManager, hooks: Hooks,
                  providers: dict[str, Provider], dialects: dict[str, Dialect]) -> None:
-        self.config = config
+        self.snapshot = Snapshot.make(config, providers)
         self.pm = pm
         self.hooks = hooks
-        self.providers = providers
         self.dialects = dialects
         self.store: Store = open_store(config.storage.url, config.base_dir)
+        # How the config was read, so a reload reads it the same way (proxy/reload.py).
+        self.source: ConfigSource | None = None
+        self.retired: list[Provider] = []  # replaced by a reload, closed once no request holds them
         self.started = False
         self.serving = False  # started to answer requests (not for a CLI command)
         self.ready = False
@@ -56,6 +64,14 @@ class Gateway:
         # What /health/ready reports besides storage: name -> an async check (True: ok).
         # A service that the gateway cannot answer without (shared counters) adds itself.
         self.dependencies: dict[str, Callable[[], Awaitable[bool]]] = {}
+
+    @property
+    def config(self) -> Config:
+        return self.snapshot.config
+
+    @property
+    def providers(self) -> Mapping[str, Provider]:
+        return self.snapshot.providers
 
     async def start(self, *, serving: bool = True) -> None:
         """Open storage, start providers, run ``tollway_startup`` hooks."""
@@ -94,7 +110,8 @@ class Gateway:
                         log.exception("a plugin failed during shutdown")
         finally:
             await self.services.close()
-            await asyncio.gather(*(p.close() for p in self.providers.values()), return_exceptions=True)
+            providers, self.retired = [*self.providers.values(), *self.retired], []
+            await asyncio.gather(*(p.close() for p in providers), return_exceptions=True)
             await self.stored_responses.close()
             await self.store.close()
             self.started = False
@@ -125,6 +142,25 @@ class Gateway:
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 
 
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where a gateway's config came from: the file and the command line's ``server.*`` overrides."""
+
+    path: Path
+    server_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def read(self) -> tuple[dict, tuple[str, ...]]:
+        """The file, parsed and interpolated, with the overrides applied; ConfigError on any mistake."""
+        raw, unset = read_yaml(self.path)
+        overrides = {k: v for k, v in self.server_overrides.items() if v is not None}
+        if overrides:
+            server = raw.get("server")
+            if not isinstance(server, dict):
+                server = {}
+            raw["server"] = {**server, **overrides}
+        return raw, unset
+
+
 def load_gateway(path: str | Path, extra_plugins: Iterable[Any] = (),
                  server_overrides: dict[str, Any] | None = None) -> Gateway:
     """Read, validate and wire the config file; raises ConfigError on any mistake.
@@ -132,13 +168,11 @@ def load_gateway(path: str | Path, extra_plugins: Iterable[Any] = (),
     ``server_overrides`` (from command-line flags) replace ``server.*`` values
     before validation, so plugins check the values that will really be used.
     """
-    raw, unset = read_yaml(path)
-    if server_overrides:
-        server = raw.get("server")
-        if not isinstance(server, dict):
-            server = {}
-        raw["server"] = {**server, **{k: v for k, v in server_overrides.items() if v is not None}}
-    return build_gateway(raw, Path(path).resolve(), extra_plugins, unset)
+    source = ConfigSource(Path(path).resolve(), dict(server_overrides or {}))
+    raw, unset = source.read()
+    gateway = build_gateway(raw, source.path, extra_plugins, unset)
+    gateway.source = source
+    return gateway
 
 
 def build_gateway(raw: dict, path: Path | None = None, extra_plugins: Iterable[Any] = (),
@@ -148,12 +182,36 @@ def build_gateway(raw: dict, path: Path | None = None, extra_plugins: Iterable[A
     if not isinstance(enabled, list):
         raise ConfigError("plugins.enabled: expected a list of plugin names")
     pm = make_plugin_manager([*enabled, *section_plugins(raw, enabled)], extra_plugins)
+    config = configure(pm, raw, path, unset_env)
+    dialects: dict[str, Dialect] = {"openai": OpenAIDialect(), "completions": CompletionsDialect(),
+                                     **collect(pm.hook.tollway_dialects())}
+    return Gateway(config, pm, compile_hooks(pm), make_providers(pm, config), dialects)
+
+
+def configure(pm: pluggy.PluginManager, raw: dict, path: Path | None = None,
+              unset_env: tuple[str, ...] = ()) -> Config:
+    """Validate ``raw`` (parsed YAML) into a Config for the plugins of ``pm``: the
+    core's checks, the plugins' sections and their ``tollway_config_check``."""
     schemas = collect(pm.hook.tollway_config_schema())
-    kinds: dict[str, type[Provider]] = collect(pm.hook.tollway_providers())
+    kinds = provider_kinds(pm)
     config = build_config(raw, schemas=schemas, provider_options={k: c.Options for k, c in kinds.items()},
                           path=path, unset_env=unset_env)
     pm.hook.tollway_config_check(config=config)
-    dialects: dict[str, Dialect] = {"openai": OpenAIDialect(), "completions": CompletionsDialect(),
-                                     **collect(pm.hook.tollway_dialects())}
-    providers = {name: kinds[pc.kind](name, pc, pc.options) for name, pc in config.providers.items()}
-    return Gateway(config, pm, compile_hooks(pm), providers, dialects)
+    return config
+
+
+def provider_kinds(pm: pluggy.PluginManager) -> dict[str, type[Provider]]:
+    kinds: dict[str, type[Provider]] = collect(pm.hook.tollway_providers())
+    return kinds
+
+
+def make_providers(pm: pluggy.PluginManager, config: Config, keep: Mapping[str, Provider] | None = None
+                   ) -> dict[str, Provider]:
+    """An adapter per configured provider; one in ``keep`` whose config is unchanged is used again
+    (with its open connections)."""
+    kinds = provider_kinds(pm)
+    out: dict[str, Provider] = {}
+    for name, pc in config.providers.items():
+        old = (keep or {}).get(name)
+        out[name] = old if old is not None and old.config == pc else kinds[pc.kind](name, pc, pc.options)
+    return out

@@ -10,7 +10,8 @@ only the arguments you need (pluggy passes arguments by name).
 ``tollway_dialects``, ``tollway_routes``, ``tollway_commands``,
 ``tollway_startup``, ``tollway_shutdown``) are called through pluggy as usual,
 once per process. ``tollway_event`` also goes through pluggy, whenever a plugin
-emits an event (rarely; see there).
+emits an event (rarely; see there); ``tollway_reload`` (and ``tollway_config_check``
+again) on each reload of the config.
 
 *Request-time hooks* (``tollway_authenticate`` ... ``tollway_finish``) must be
 ``async def`` and take the ``call`` (a ``proxy.Call``). pluggy cannot await,
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
     from .events import Event
     from .gateway import Gateway
     from .provider import Provider
+    from .snapshot import Snapshot
 
 hookspec = pluggy.HookspecMarker("tollway")
 
@@ -161,6 +163,32 @@ def tollway_upstream_health(event: Any) -> None:
     Called synchronously, in the request that caused the change: record or
     queue what you need (an alert, a metric) and return; never block. With
     several instances, each one tells of the changes it sees.
+    """
+
+
+@hookspec
+def tollway_reload(gateway: Gateway, snapshot: Snapshot) -> Callable[[], Awaitable[None] | None] | None:
+    """A new config is about to take effect (SIGHUP, ``POST /admin/reload``,
+    ``tollway reload``): prepare what you derive from it, and return the
+    function that puts it in place.
+
+    ``snapshot.config`` has passed every check ``tollway check`` makes, and
+    ``snapshot.providers`` holds its adapters (an unchanged provider keeps its
+    object). Build here what you built from ``gateway.config`` in
+    ``tollway_startup`` (routes, price tables, options), without changing
+    what requests see yet; raise ``proxy.ConfigError("path: what is wrong")``
+    to refuse the reload (the running config stays). Return ``apply``, a
+    function of no arguments: the core swaps in the snapshot and calls every
+    plugin's ``apply`` in one step of the event loop, so no request sees half
+    a reload. ``apply`` may return an awaitable for follow-up work (e.g.
+    writing keys to the store), awaited after every ``apply`` has run.
+
+    A request keeps the snapshot it started with (``call.snapshot``): derive
+    per-request values from ``call.route`` / ``call.snapshot``, not from
+    state a reload replaced, where it matters (a stream in flight is billed
+    at the prices it started with). A plugin that does not implement this
+    hook keeps what it read at start-up: a change to a section it declared
+    (``tollway_config_schema``) is refused as needing a restart.
     """
 
 

@@ -23,7 +23,7 @@ from .gateway import GATEWAY_KEY
 from .inflight import shutdown_error, uncancel
 from .logs import redact, throttled
 from .media import MEDIA_PATHS, forward_media
-from .provider import UNREADABLE, loads_json, unreadable_answer
+from .provider import UNREADABLE, caller_key_refused, loads_json, unreadable_answer
 from .streaming import TranslatingCodec, completion_to_chunks, pump, replay, splice_usage_fields
 
 if TYPE_CHECKING:
@@ -238,7 +238,10 @@ async def open_upstream(gateway: Gateway, call: Call, route: Route, request: Ups
             body = b""
         finally:
             upstream.release()
-        err = provider.error_for(call, upstream.status, upstream.headers, body)
+        if call.billing.caller_key and upstream.status in (401, 403):
+            err = caller_key_refused(provider.name, upstream.status)
+        else:
+            err = provider.error_for(call, upstream.status, upstream.headers, body)
         for hook in attempt_hooks:
             await hook(call, route, err)
         raise err

@@ -41,6 +41,7 @@ BUILTINS = {
     "batches": "plugins.batches",
     "metrics": "plugins.metrics",
     "alerts": "plugins.alerts",
+    "byok": "plugins.byok",
 }
 # Built-ins that their own top-level YAML section turns on (``metrics: {enabled: true}``):
 # the section is theirs to validate, so they load whenever it is present.

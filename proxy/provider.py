@@ -30,8 +30,8 @@ from .logs import throttled
 from .shared import StateKey
 from .upstream import UpstreamClient, UpstreamRequest, UpstreamResponse
 
-__all__ = ["PROMPT_CACHE", "RESPONSE_ID", "UPLOAD", "Provider", "StreamDecoder", "error_message", "loads_json",
-           "retry_after", "upstream_error"]
+__all__ = ["CALLER_KEYS", "PROMPT_CACHE", "RESPONSE_ID", "UPLOAD", "Provider", "caller_key_refused",
+           "StreamDecoder", "error_message", "loads_json", "retry_after", "upstream_error"]
 
 if TYPE_CHECKING:
     from .call import Call, Route
@@ -51,6 +51,11 @@ RESPONSE_ID: StateKey[str] = StateKey("tollway.response_id")
 #: ``call.state`` key: a multipart upload's parts (``call.raw_body`` is the body as received;
 #: ``call.body`` its text fields), for adapters that pass it upstream.
 UPLOAD: StateKey[Upload] = StateKey("tollway.upload")
+
+#: ``call.state`` key: the caller's own upstream API keys, by provider name (set by a plugin such as
+#: ``byok`` before the upstream call). A provider named here is called with that key instead of the
+#: operator's (no key pool), and ``call.billing.caller_key`` says so.
+CALLER_KEYS: StateKey[Mapping[str, str]] = StateKey("tollway.caller_keys")
 
 
 class StreamDecoder(Protocol):
@@ -171,6 +176,13 @@ class Provider:
 
     async def send(self, call: Call, request: UpstreamRequest) -> UpstreamResponse:
         """Send the request upstream; returns once the answer's headers arrived."""
+        own = call.state.get(CALLER_KEYS)
+        key = own.get(self.name) if own is not None else None
+        call.billing.caller_key = key is not None
+        if key is not None:  # the caller's own key (BYOK): neither the operator's key nor its pool
+            header, prefix = self.api_key_header
+            request.headers = {**request.headers, header: prefix + key}  # adapters share theirs
+            return await self.upstream.open(request)
         if self.missing_key is not None:  # answered without a network round trip that cannot succeed
             raise ProxyError(502, self.missing_key, code="upstream_no_api_key")
         if self.key_pool is None:
@@ -297,6 +309,14 @@ def retry_after(value: str | None, default: str = "1") -> str:
 
 _DELAY_SECONDS = re.compile(r"[0-9]{1,9}")
 _HTTP_DATE_CHARS = re.compile(r"[A-Za-z0-9 ,:-]{1,40}")  # e.g. "Wed, 21 Oct 2015 07:28:00 GMT"
+
+
+def caller_key_refused(provider: str, status: int) -> ProxyError:
+    """An upstream refused the caller's own key (BYOK): theirs to fix, said without the key or
+    the upstream's words (which often repeat part of it)."""
+    return ProxyError(401, f"upstream '{provider}' refused your own API key for provider '{provider}' (status "
+                           f"{status}; the key you registered with the gateway, not the gateway's): replace or "
+                           "remove it", code="upstream_key_rejected")
 
 
 def upstream_error(provider: str, status: int, headers: Mapping[str, str], message: str | None) -> ProxyError:

@@ -164,8 +164,9 @@ class ModelRoutes:
             else:
                 self.gateway.dialects[dialect].validate(body)
         except ProxyError as err:
-            return await refuse(self.gateway, request, Call(request, endpoint, {}, b"", dialect), err)
-        call = Call(request, endpoint, body, raw, dialect)
+            return await refuse(self.gateway, request, Call(request, endpoint, {}, b"", dialect,
+                                                                self.gateway.snapshot), err)
+        call = Call(request, endpoint, body, raw, dialect, self.gateway.snapshot)
         if defaulted:
             call.set_body(body)  # the bytes sent upstream name the model too
         resp = await run_model_call(self.gateway, request, call)
@@ -236,8 +237,10 @@ class ModelRoutes:
             # The Messages checks, without max_tokens (counting has no output).
             dialect.validate({**body, "max_tokens": 1} if "max_tokens" not in body else body)
         except ProxyError as err:
-            return await refuse(self.gateway, request, Call(request, "count_tokens", {}, b"", "anthropic"), err)
-        return await count_tokens(self.gateway, request, Call(request, "count_tokens", body, raw, "anthropic"))
+            return await refuse(self.gateway, request, Call(request, "count_tokens", {}, b"", "anthropic",
+                                                                self.gateway.snapshot), err)
+        return await count_tokens(self.gateway, request, Call(request, "count_tokens", body, raw, "anthropic",
+                                                                      self.gateway.snapshot))
 
     # -- models -----------------------------------------------------------------------
     def describe(self, name: str) -> dict:
@@ -253,6 +256,9 @@ class ModelRoutes:
             family = provider.family(m.upstream_model) if provider is not None else "unknown"
             window, prices = m.context_window, [m.price] if m.price is not None else []
         pricing = _price_range(prices)
+        byok = m.price.byok if not m.virtual and m.price is not None else None
+        if byok is not None:  # with the caller's own upstream key (the byok plugin)
+            pricing = {**pricing, "byok": byok if isinstance(byok, float) else {"multiplier": byok.multiplier}}
         out = {
             "id": name,
             "object": "model",
@@ -299,7 +305,7 @@ class ModelRoutes:
         return names
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
-        call = Call(request, "models", {}, b"")
+        call = Call(request, "models", {}, b"", snapshot=self.gateway.snapshot)
 
         async def respond() -> web.StreamResponse:
             names = await self._visible(call)
@@ -313,7 +319,7 @@ class ModelRoutes:
 
     async def get_model(self, request: web.Request) -> web.StreamResponse:
         model = request.match_info["model"]
-        call = Call(request, "models", {"model": model}, b"")
+        call = Call(request, "models", {"model": model}, b"", snapshot=self.gateway.snapshot)
 
         async def respond() -> web.StreamResponse:
             if model not in await self._visible(call):

@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-__all__ = ["ConfigError", "StartRefused", "build", "build_dataclass", "suggest"]
+__all__ = ["ConfigError", "RestartRequired", "StartRefused", "build", "build_dataclass", "suggest"]
 
 
 class ConfigError(Exception):
@@ -27,6 +27,13 @@ class StartRefused(ConfigError):
     """The configuration is valid, but starting now would be unsafe (e.g. the store is in use)."""
 
     label = "cannot start"
+
+
+class RestartRequired(ConfigError):
+    """A valid config that a running gateway cannot take by reloading (a ``tollway_reload`` hook
+    raises it naming the path); the running config stays."""
+
+    label = "restart required"
 
 
 class EnvString(str):

@@ -37,7 +37,7 @@ async def stored_response(gateway: Gateway, request: web.Request) -> web.StreamR
     from .call import Call
 
     response_id = request.match_info["response_id"]
-    call = Call(request, "responses_item", {}, b"", "responses")
+    call = Call(request, "responses_item", {}, b"", "responses", gateway.snapshot)
 
     async def respond() -> web.StreamResponse:
         await authenticate(gateway, call)

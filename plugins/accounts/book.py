@@ -57,7 +57,6 @@ class AccountExists(ValueError):
 class Accounts:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.config = gateway.config
         self.store = gateway.store
         self.by_hash: dict[str, KeyRecord] = {}
         self.by_id: dict[str, KeyRecord] = {}
@@ -82,6 +81,25 @@ class Accounts:
         billing = self.config.section("billing")
         self.currency: str = billing.currency if billing is not None else "USD"
         self.writer = Writer(self, ledger.flush_ms / 1000, ledger.batch_rows, auth.poll_ms / 1000)
+
+    @property
+    def config(self):
+        """The gateway's current config (a reload replaces it)."""
+        return self.gateway.config
+
+    def set_options(self, config) -> None:
+        """Take the writer's timings from a reloaded config (``plugins.ledger``, ``plugins.auth``)."""
+        ledger = config.section("plugins.ledger") or LedgerOptions()
+        auth = config.section("plugins.auth") or AuthOptions()
+        self.writer.flush_s = max(ledger.flush_ms / 1000, 0.001)
+        self.writer.batch_rows = max(ledger.batch_rows, 1)
+        self.writer.poll_s = auth.poll_ms / 1000
+
+    async def config_reloaded(self) -> None:
+        """A reload swapped in a new config: its options, and its ``keys:`` into the store and memory."""
+        self.set_options(self.config)
+        await self.sync_config_keys()
+        await self.reload()
 
     # -- life cycle -------------------------------------------------------------------
     async def open(self) -> None:

@@ -4,17 +4,16 @@ Handlers raise ``ProxyError``; the app's error middleware renders it."""
 
 from __future__ import annotations
 
-import hmac
 import time
 import typing
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from proxy import ProxyError, bad_request, read_json
+from proxy import ProxyError, bad_request, check_admin, read_json
 from proxy.schema import ConfigError, build_dataclass
 
-from .keys import key_from_headers, key_from_request
+from .keys import key_from_request
 from .model import KeyRecord
 from .options import iso
 
@@ -22,6 +21,8 @@ if TYPE_CHECKING:
     from proxy import Gateway
 
     from .book import Accounts
+
+__all__ = ["authenticate", "build_body", "check_admin", "read_body", "running_accounts"]  # check_admin: the core's, used here
 
 def authenticate(accounts: Accounts | None, request: web.Request | None) -> KeyRecord:
     """The calling key, or a 401 that says what is wrong with it."""
@@ -49,21 +50,6 @@ def running_accounts(gateway: Gateway) -> Accounts:
     if accounts is None:
         raise ProxyError(503, "the gateway is starting or stopping", code="not_ready")
     return accounts
-
-
-def check_admin(gateway: Gateway, request: web.Request) -> None:
-    """``server.admin_key`` guards /admin/*: 401 without a key, 403 with a wrong one."""
-    admin = gateway.config.server.admin_key or ""
-    if not admin:
-        raise ProxyError(403, "the admin API is disabled: set server.admin_key (e.g. admin_key: "
-                              "${TOLLWAY_ADMIN_KEY}) to use it", code="admin_disabled")
-    given = key_from_headers(request)
-    if given is None:
-        where = " (the query string is not read for the admin key)" if "api_key" in request.query else ""
-        raise ProxyError(401, f"missing admin key: send 'Authorization: Bearer ADMIN_KEY' or 'X-API-Key: "
-                              f"ADMIN_KEY'{where}", code="missing_admin_key")
-    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), admin.encode()):
-        raise ProxyError(403, "invalid admin key", code="invalid_admin_key")
 
 
 async def read_body(request: web.Request, cls: type, limit: int = 1024 * 1024) -> tuple[Any, dict]:

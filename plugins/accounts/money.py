@@ -13,8 +13,8 @@ float ever touches a balance. Prices may have up to 9 decimal places.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from dataclasses import dataclass, replace
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
 
 MICRO = 1_000_000
 FEMTO_PER_MICRO = 10**9
@@ -139,7 +139,14 @@ def multiplier_ppm(multiplier: float) -> int:
 
 
 class PriceBook:
-    """Every configured model's ``PriceTable``; checked once, at start-up."""
+    """Every configured model's ``PriceTable``; checked once, when the config is loaded.
+
+    A route is priced from its own ``config`` (the ``ModelConfig`` it was made
+    from): a request that started before a reload keeps its old Route, so it
+    is billed at the prices it started with, not at the table's new ones.
+    """
+
+    MAX_OTHERS = 1024  # tables kept for routes from older configs or made up by plugins
 
     def __init__(self, models: dict, usd_rate: float = 1.0) -> None:
         from proxy.schema import ConfigError
@@ -148,28 +155,64 @@ class PriceBook:
             self.rate_ppm = exact_scaled(usd_rate, MICRO, "billing.usd_rate")
         except MoneyError as exc:
             raise ConfigError(str(exc)) from None
-        self.tables: dict[str, PriceTable] = {}
+        # name -> (config, list prices, prices with the caller's own key (price.byok))
+        self.tables: dict[str, tuple[object, PriceTable, PriceTable]] = {}
         for name, m in models.items():
             if m.price is None:
                 continue  # a group or auto: each request is priced as the model that served it
             try:
-                self.tables[name] = PriceTable.from_config(m.price, f"models.{name}.price", self.rate_ppm)
+                self.tables[name] = _entry(m, f"models.{name}.price", self.rate_ppm)
             except MoneyError as exc:
                 raise ConfigError(str(exc)) from None
+        # id(config) -> entry; the config is kept so that its id cannot be reused.
+        self.others: dict[int, tuple[object, PriceTable, PriceTable]] = {}
 
-    def of(self, route) -> PriceTable:
-        """The prices of the model a route serves (its public name)."""
-        table = self.tables.get(route.model)
-        if table is None:  # a route a plugin made up: price it from its config
-            table = self.tables[route.model] = PriceTable.from_config(route.config.price, f"models.{route.model}",
-                                                                      self.rate_ppm)
-        return table
+    def of(self, route, byok: bool = False) -> PriceTable:
+        """The prices of the model a route serves, from the config the route was made from;
+        ``byok``: those of a request sent with the caller's own upstream key."""
+        entry = self.tables.get(route.model)
+        if entry is None or entry[0] is not route.config:
+            entry = self.others.get(id(route.config))
+            if entry is None or entry[0] is not route.config:
+                if len(self.others) >= self.MAX_OTHERS:
+                    self.others.clear()
+                entry = self.others[id(route.config)] = _entry(route.config, f"models.{route.model}.price",
+                                                               self.rate_ppm)
+        return entry[2] if byok else entry[1]
 
     def cost_of(self, call) -> int:
         """Micro-USD for a call's usage (which must be known) at its route's prices,
         times ``call.billing.price_multiplier``."""
         usage = call.billing.usage
         multiplier = call.billing.price_multiplier
-        return self.of(call.route).cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
-                                        MICRO if multiplier == 1.0 else multiplier_ppm(multiplier),
-                                        usage.cache_write_tokens)
+        table = self.of(call.route, call.billing.caller_key)
+        return table.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                          MICRO if multiplier == 1.0 else multiplier_ppm(multiplier), usage.cache_write_tokens)
+
+
+def _entry(config, where: str, rate_ppm: int) -> tuple[object, PriceTable, PriceTable]:
+    listed = PriceTable.from_config(config.price, where, rate_ppm)
+    return config, listed, byok_table(config.price, listed, where, rate_ppm)
+
+
+def byok_table(price, listed: PriceTable, where: str, rate_ppm: int = MICRO) -> PriceTable:
+    """The prices of a request sent with the caller's own upstream key: ``price.byok`` USD per 1M
+    tokens of every kind, or ``{multiplier: M}`` of the list prices (rounded up); unset: free.
+    (The upstream bills the caller for what it serves, so unit prices (images, audio) go too.)"""
+    byok = getattr(price, "byok", None)
+    if byok is None or isinstance(byok, (int, float)):
+        flat = 0 if byok is None else exact_scaled(byok, FEMTO_PER_MICRO, f"{where}.byok")
+        if rate_ppm != MICRO:
+            flat *= rate_ppm  # in the billing currency, as from_config does (listed.divisor matches)
+        return replace(listed, input=flat, output=flat, cached_input=flat, cache_write=flat, images=None,
+                       characters=None, audio_minute=None)
+    factor = Decimal(str(byok.multiplier))
+
+    def scaled(femto: int) -> int:
+        return int((femto * factor).to_integral_value(rounding=ROUND_CEILING))
+
+    return replace(listed, input=scaled(listed.input), output=scaled(listed.output),
+                   cached_input=scaled(listed.cached_input), cache_write=scaled(listed.cache_write),
+                   images={t: scaled(v) for t, v in listed.images.items()} if listed.images else None,
+                   characters=None if listed.characters is None else scaled(listed.characters),
+                   audio_minute=None if listed.audio_minute is None else scaled(listed.audio_minute))

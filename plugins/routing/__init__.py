@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
-from proxy import Call, Gateway, ProxyError, Route, StateKey, hookimpl
+from proxy import Call, Gateway, ProxyError, Route, Snapshot, StateKey, hookimpl
 
 from .admin import upstreams_routes
 from .chains import clients_fallbacks, virtual_chain
@@ -68,6 +69,11 @@ class Plugin:
     @hookimpl
     def tollway_routes(self, gateway: Gateway) -> list:
         return upstreams_routes(gateway)
+
+    @hookimpl
+    def tollway_reload(self, snapshot: Snapshot) -> Callable[[], None] | None:
+        """New tables from the new snapshot (``Router.rebuild``); a request keeps the Route it was given."""
+        return self.router.rebuild(snapshot) if self.router is not None else None
 
     # -- request time ---------------------------------------------------------------
     @hookimpl(trylast=True)

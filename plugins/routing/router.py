@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy import Gateway, ProxyError, Route, ServiceKey
+from proxy import Gateway, ProxyError, Route, ServiceKey, Snapshot
 
 from .deployments import Deployment, Entry, ModelTable, choose
 from .health import HealthBoard, HealthEvent
@@ -52,8 +52,17 @@ class Router:
         self._build()
 
     def _build(self) -> None:
-        gateway, models = self.gateway, self.gateway.config.models
-        self.virtual = {name: m for name, m in models.items() if m.virtual}
+        self.virtual, self.tables = self._tables(self.gateway.snapshot, self.options, self.deployments)
+
+    def _tables(self, snapshot: Snapshot, options: RoutingOptions, deployments: dict[str, Deployment],
+                keep: dict[str, Deployment] | None = None,
+                limits: list[tuple[Deployment, int | None, int | None]] | None = None
+                ) -> tuple[dict[str, Any], dict[str, ModelTable]]:
+        """The virtual models and the tables of ``snapshot``; deployments go in ``deployments`` (one in
+        ``keep`` is used again, its new limits noted in ``limits``)."""
+        models = snapshot.config.models
+        virtual = {name: m for name, m in models.items() if m.virtual}
+        tables = {}
         for name, m in models.items():
             if m.virtual:
                 continue
@@ -61,14 +70,39 @@ class Router:
             for d in m.deployments:
                 upstream_model = d.model or name
                 key = f"{d.provider}/{upstream_model}"
-                dep = self.deployments.get(key)
+                dep = deployments.get(key)
                 if dep is None:
-                    dep = self.deployments[key] = Deployment(key, d.rpm, d.tpm)
+                    dep = (keep or {}).get(key)
+                    if dep is None:
+                        dep = Deployment(key, d.rpm, d.tpm)
+                    elif limits is not None:
+                        limits.append((dep, d.rpm, d.tpm))
+                    deployments[key] = dep
                 price = d.price or m.price
-                route = Route(model=name, upstream_model=upstream_model, provider=gateway.providers[d.provider],
+                route = Route(model=name, upstream_model=upstream_model, provider=snapshot.providers[d.provider],
                               config=m, deployment=key)
                 entries.append(Entry(dep, route, d.weight, price.input + price.output))
-            self.tables[name] = ModelTable(name, entries, m.strategy or self.options.strategy, tuple(m.fallbacks), m)
+            tables[name] = ModelTable(name, entries, m.strategy or options.strategy, tuple(m.fallbacks), m)
+        return virtual, tables
+
+    def rebuild(self, snapshot: Snapshot) -> Callable[[], None]:
+        """A reload: the new tables, made now; returned, what puts them in place. A deployment still
+        configured keeps its live numbers (in flight, latency, this minute's counts) under its new
+        limits, and the breakers their state unless ``routing.health`` changed."""
+        options = snapshot.config.section("routing") or RoutingOptions()
+        deployments: dict[str, Deployment] = {}
+        limits: list[tuple[Deployment, int | None, int | None]] = []
+        virtual, tables = self._tables(snapshot, options, deployments, keep=self.deployments, limits=limits)
+
+        def apply() -> None:
+            for dep, rpm, tpm in limits:
+                dep.rpm, dep.tpm = rpm, tpm
+            if options.health != self.options.health:
+                self.health = HealthBoard(options.health)
+                self.health.listeners.append(self._announce)
+            self.options, self.virtual, self.tables, self.deployments = options, virtual, tables, deployments
+
+        return apply
 
     async def close(self) -> None:
         self.health.listeners.clear()
