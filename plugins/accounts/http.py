@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
     from .book import Accounts
 
-__all__ = ["authenticate", "build_body", "check_admin", "read_body", "running_accounts"]  # check_admin: the core's, used here
+# check_admin: the core's (proxy.check_admin), used here by the plugins.
+__all__ = ["authenticate", "build_body", "check_admin", "read_body", "running_accounts"]
 
 def authenticate(accounts: Accounts | None, request: web.Request | None) -> KeyRecord:
     """The calling key, or a 401 that says what is wrong with it."""
