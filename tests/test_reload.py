@@ -6,7 +6,6 @@ old config keeps serving; what needs a restart is named."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 import subprocess
@@ -289,7 +288,6 @@ async def test_tollway_reload_command(tmp_path, held, serve):
     assert server.stop()[0] == 0
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGHUP") or not hasattr(os, "sched_getaffinity"), reason="POSIX only")
 async def test_every_worker_follows_a_reload(tmp_path):
     """workers: 2 (no business plugins: they need shared counters for several workers)."""
     port = free_port()
