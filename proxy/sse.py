@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import re
 
+import orjson
+
 from .errors import ProxyError
 
 __all__ = ["DONE", "DONE_EVENT", "MAX_EVENT_BYTES", "EventReader", "EventSplitter", "data_event", "last_boundary",
-           "named_event", "parse_event", "split_events"]
+           "load_event_json", "named_event", "parse_event", "split_events"]
 
 # An event ends at a blank line. Servers use \n or \r\n line endings.
 _BOUNDARY = re.compile(rb"\r?\n\r?\n")
@@ -163,3 +165,13 @@ def named_event(name: bytes, payload: bytes) -> bytes:
 
 
 DONE_EVENT = data_event(DONE)
+
+
+def load_event_json(payload: bytes) -> dict | None:
+    """An event's ``data`` as a JSON object; None when it is not JSON or not an object
+    (a stream parser skips such an event rather than failing the stream)."""
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -33,7 +33,7 @@ from .inflight import shutdown_error
 from .inflight import uncancel as _uncancel
 from .logs import throttled
 from .provider import UNREADABLE, unreadable_answer
-from .sse import DONE_EVENT, EventSplitter, data_event, parse_event, split_events
+from .sse import DONE_EVENT, EventSplitter, data_event, load_event_json, parse_event, split_events
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -136,7 +136,7 @@ class OpenAIPassthrough:
                 break
             if _USAGE_OBJECT.search(block) is not None:
                 _, payload = parse_event(block)
-                chunk = _loads(payload)
+                chunk = load_event_json(payload)
                 if chunk is not None:
                     usage = Usage.from_openai(chunk.get("usage"))
                     if usage is not None:
@@ -414,10 +414,3 @@ def _events_before(blob: bytes, index: int) -> int:
         return 0
     return i + 2
 
-
-def _loads(payload: bytes) -> dict | None:
-    try:
-        value = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None

@@ -16,9 +16,8 @@ from aiohttp import web
 
 from proxy import ProxyError, json_response, read_json
 
-from .http import build_body, check_admin, field_error, read_body, running_accounts
-from .money import micro_to_usd
-from .specs import KeyCreate, KeyPatch, SpecError, TopUp, create_args, credits_micro, patch_changes
+from .http import build_body, check_admin, field_error, read_body, read_topup, running_accounts, topup_answer
+from .specs import KeyCreate, KeyPatch, SpecError, create_args, patch_changes
 from .views import account_view, key_view
 
 if TYPE_CHECKING:
@@ -109,11 +108,6 @@ class AdminKeys:
         record = self._key(request)
         if record.revoked_at is not None:
             raise ProxyError(409, f"key {record.id!r} has been revoked", code="key_revoked")
-        spec, _ = await read_body(request, TopUp)
-        try:
-            micro = credits_micro(spec.amount, "amount", positive=True)
-        except SpecError as exc:
-            raise field_error(str(exc)) from None
+        micro = await read_topup(request)
         acc = await self.accounts.topup(record.id, micro)
-        return json_response({"id": record.id, "added": micro_to_usd(micro), "added_micro_usd": micro,
-                              "account": account_view(acc, self.accounts.currency)})
+        return json_response(topup_answer(record.id, micro, account_view(acc, self.accounts.currency)))

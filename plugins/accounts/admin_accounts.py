@@ -16,10 +16,9 @@ from aiohttp import web
 from proxy import ProxyError, json_response, read_json
 
 from .book import AccountExists
-from .http import build_body, check_admin, field_error, read_body, running_accounts
-from .money import micro_to_usd
+from .http import build_body, check_admin, field_error, read_body, read_topup, running_accounts, topup_answer
 from .options import NAME_RE
-from .specs import AccountCreate, AccountPatch, SpecError, TopUp, account_policy, credits_micro
+from .specs import AccountCreate, AccountPatch, SpecError, account_policy, credits_micro
 from .views import account_view
 
 if TYPE_CHECKING:
@@ -99,11 +98,6 @@ class AdminAccounts:
 
     async def topup(self, request: web.Request) -> web.Response:
         acc = self._account(request)
-        spec, _ = await read_body(request, TopUp)
-        try:
-            micro = credits_micro(spec.amount, "amount", positive=True)
-        except SpecError as exc:
-            raise field_error(str(exc)) from None
+        micro = await read_topup(request)
         acc = await self.accounts.add_credits(acc.id, micro)
-        return json_response({"id": acc.id, "added": micro_to_usd(micro), "added_micro_usd": micro,
-                              "account": self.view(acc)})
+        return json_response(topup_answer(acc.id, micro, self.view(acc)))

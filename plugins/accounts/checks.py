@@ -68,26 +68,29 @@ def check_accounts(config) -> None:
         if not NAME_RE.match(aid):
             raise ConfigError(f"{where}: an account name uses 1-64 letters, digits, '_', '.' or '-'")
         if ac.credits is not None:
-            if ac.credits < 0:
-                raise ConfigError(f"{where}.credits: must not be negative")
-            try:
-                usd_to_micro(ac.credits, f"{where}.credits")
-            except MoneyError as exc:
-                raise ConfigError(str(exc)) from None
+            check_usd(ac.credits, f"{where}.credits")
         if ac.refill is not None:
-            if ac.refill.amount <= 0:
-                raise ConfigError(f"{where}.refill.amount: must be greater than 0")
+            check_usd(ac.refill.amount, f"{where}.refill.amount", positive=True)
             if ac.credits is None:
                 raise ConfigError(f"{where}.refill: an unmetered account (credits: null) has nothing to refill")
-            try:
-                usd_to_micro(ac.refill.amount, f"{where}.refill.amount")
-            except MoneyError as exc:
-                raise ConfigError(str(exc)) from None
         for path, problem in ac.limits.problems() + ac.budgets.problems():
             raise ConfigError(f"{where}.{path}: {problem}")
         if ac.limits.concurrency is not None or ac.limits.models:
             raise ConfigError(f"{where}.limits: an account shares rpm, tpm and rpd; set concurrency and "
                               "per-model limits on its keys")
+
+
+def check_usd(amount: float, path: str, positive: bool = False) -> None:
+    """A ConfigError naming ``path`` unless ``amount`` is USD that micro-units can hold
+    and not negative (with ``positive``: greater than 0)."""
+    if positive and amount <= 0:
+        raise ConfigError(f"{path}: must be greater than 0")
+    if amount < 0:
+        raise ConfigError(f"{path}: must not be negative")
+    try:
+        usd_to_micro(amount, path)
+    except MoneyError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def config_record(config, i: int, kc: KeyConfig) -> KeyRecord:
@@ -103,12 +106,7 @@ def config_record(config, i: int, kc: KeyConfig) -> KeyRecord:
     if kc.account is not None and not NAME_RE.match(kc.account):
         raise ConfigError(f"{where}.account: use 1-64 letters, digits, '_', '.' or '-'")
     if kc.credits is not None:
-        if kc.credits < 0:
-            raise ConfigError(f"{where}.credits: must not be negative")
-        try:
-            usd_to_micro(kc.credits, f"{where}.credits")
-        except MoneyError as exc:
-            raise ConfigError(str(exc)) from None
+        check_usd(kc.credits, f"{where}.credits")
     models = config.models
     for j, m in enumerate(kc.models or ()):
         if m not in models:

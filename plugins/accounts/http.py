@@ -15,7 +15,9 @@ from proxy.schema import ConfigError, build_dataclass
 
 from .keys import key_from_request
 from .model import KeyRecord
+from .money import micro_to_usd
 from .options import iso
+from .specs import SpecError, TopUp, credits_micro
 
 if TYPE_CHECKING:
     from proxy import Gateway
@@ -23,7 +25,8 @@ if TYPE_CHECKING:
     from .book import Accounts
 
 # check_admin: the core's (proxy.check_admin), used here by the plugins.
-__all__ = ["authenticate", "build_body", "check_admin", "read_body", "running_accounts"]
+__all__ = ["authenticate", "build_body", "check_admin", "read_body", "read_topup", "running_accounts",
+           "topup_answer"]
 
 def authenticate(accounts: Accounts | None, request: web.Request | None) -> KeyRecord:
     """The calling key, or a 401 that says what is wrong with it."""
@@ -57,6 +60,20 @@ async def read_body(request: web.Request, cls: type, limit: int = 1024 * 1024) -
     """The JSON body built into dataclass ``cls``; a 400 naming the field otherwise."""
     body, _ = await read_json(request, limit)
     return build_body(cls, body), body
+
+
+async def read_topup(request: web.Request) -> int:
+    """A top-up body ``{"amount": USD}`` -> micro-units (> 0); a 400 naming the field otherwise."""
+    spec, _ = await read_body(request, TopUp)
+    try:
+        return credits_micro(spec.amount, "amount", positive=True)
+    except SpecError as exc:
+        raise field_error(str(exc)) from None
+
+
+def topup_answer(owner_id: str, micro: int, account: dict) -> dict:
+    """What a top-up answers: who, the amount added, and the account after it."""
+    return {"id": owner_id, "added": micro_to_usd(micro), "added_micro_usd": micro, "account": account}
 
 
 def build_body(cls: type, body: dict) -> Any:

@@ -69,6 +69,14 @@ def _micro(femto: int, ppm: int, divisor: int = FEMTO_PER_MICRO) -> int:
     return -(-femto * ppm // (divisor * MICRO))
 
 
+def _audio_micro(microseconds: int, table: PriceTable, ppm: int) -> int:
+    """Micro-units for that much audio at the table's per-minute price, counted in
+    whole milliseconds rounded up."""
+    assert table.audio_minute is not None
+    millis = -(-microseconds // 1000)
+    return _micro(-(-millis * table.audio_minute // 60_000), ppm, table.divisor)
+
+
 def unit_cost(call: Call, table: PriceTable, ppm: int = MICRO) -> int | None:
     """Micro-USD for a unit-priced answer, None when its model is priced by tokens."""
     units = call.billing.units
@@ -80,8 +88,7 @@ def unit_cost(call: Call, table: PriceTable, ppm: int = MICRO) -> int | None:
     if call.endpoint == "speech":
         return None if table.characters is None else _micro(units.characters * table.characters, ppm, table.divisor)
     if call.endpoint in AUDIO_ENDPOINTS and table.audio_minute is not None and units.audio_seconds is not None:
-        millis = -(-round(_billed_seconds(call) * 1_000_000) // 1000)  # whole milliseconds, rounded up
-        return _micro(-(-millis * table.audio_minute // 60_000), ppm, table.divisor)
+        return _audio_micro(round(_billed_seconds(call) * 1_000_000), table, ppm)
     return None
 
 
@@ -90,18 +97,14 @@ def unit_bound(call: Call, table: PriceTable) -> int | None:
     units = call.billing.units
     if units is None:
         return None
-    if call.endpoint in ("images", "image_edits"):
-        price = image_price(table, units.image_tier)
-        return None if price is None else _micro(units.images * price, MICRO, table.divisor)
-    if call.endpoint == "speech":
-        return unit_cost(call, table)
+    if call.endpoint in ("images", "image_edits", "speech"):
+        return unit_cost(call, table)  # known from the request: the bound is the cost
     if call.endpoint in AUDIO_ENDPOINTS and table.audio_minute is not None:
         seconds = units.measured_seconds
         if seconds is None:
             seconds = len(call.raw_body) * SECONDS_PER_BYTE
         # The upstream's own measure may differ a little from the gateway's: hold 10% more.
-        millis = -(-round(seconds * 1_100_000) // 1000)
-        return _micro(-(-millis * table.audio_minute // 60_000), MICRO, table.divisor)
+        return _audio_micro(round(seconds * 1_100_000), table, MICRO)
     return None
 
 

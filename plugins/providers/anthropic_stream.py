@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from proxy import Call, ProxyError, Usage
-from proxy.sse import EventSplitter, named_event, parse_event, split_events
+from proxy.sse import EventSplitter, load_event_json, named_event, parse_event, split_events
 
 from .anthropic_canonical import STOP_REASONS, message_id, usage_to_anthropic
 from .anthropic_response import stream_error, usage_from_anthropic
@@ -208,8 +208,4 @@ class AnthropicEncoder:
 
 
 def _loads(payload: bytes) -> dict:
-    try:
-        value = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
+    return load_event_json(payload) or {}

@@ -20,7 +20,7 @@ import orjson
 from proxy import Call, ProxyError, Usage
 from proxy.outputtext import sse_payloads
 from proxy.provider import RESPONSE_ID
-from proxy.sse import EventSplitter, named_event, parse_event, split_events
+from proxy.sse import EventSplitter, load_event_json, named_event, parse_event, split_events
 
 TERMINAL = frozenset(("response.completed", "response.incomplete", "response.failed"))
 # An event whose type the passthrough must read: a terminal one, or the upstream's own error.
@@ -123,7 +123,7 @@ class ResponsesPassthrough:
                 break
             if _LIFECYCLE.search(block) is not None:
                 name, payload = parse_event(block)
-                event = _loads(payload)
+                event = load_event_json(payload)
                 kind = event.get("type") if event is not None else None
                 if kind in TERMINAL:
                     response = event.get("response") if isinstance(event.get("response"), dict) else {}
@@ -178,10 +178,3 @@ class ResponsesPassthrough:
         numbers = _SEQUENCE.findall(self._last)
         return error_event(error, int(numbers[-1]) + 1 if numbers else 0)
 
-
-def _loads(payload: bytes) -> dict | None:
-    try:
-        value = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
