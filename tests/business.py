@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import wave
+
 import aiohttp
 from conftest import base_config
 
@@ -18,6 +21,42 @@ def biz_config(upstream: str | None = None, keys: list[dict] | None = None, enab
     config["plugins"] = {"enabled": list(ALL if enabled is None else enabled), **plugin_options}
     config["keys"] = keys if keys is not None else [{"name": "demo", "key": DEMO, "credits": 5.0}]
     return config
+
+
+def add_claude(config: dict, root: str, model: str | None = None, price: dict | None = None) -> dict:
+    """Add the Anthropic provider ``claude`` at ``root`` (an origin, no /v1) and the model
+    ``claude`` served by it (as ``model`` upstream; default price $3/$15 per 1M)."""
+    config["providers"]["claude"] = {"kind": "anthropic", "base_url": root, "api_key": "sk-ant-test"}
+    config["models"]["claude"] = {"provider": "claude", **({"model": model} if model else {}),
+                                  "price": price or {"input": 3.0, "output": 15.0}}
+    return config
+
+
+def wav(seconds: float, rate: int = 8000) -> bytes:
+    """A silent mono 16-bit WAV file that lasts ``seconds``."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x00" * int(seconds * rate))
+    return out.getvalue()
+
+
+#: Short names the tests use for the ledger's columns (others are used as named).
+LEDGER_COLUMNS = {"prompt": "prompt_tokens", "completion": "completion_tokens", "cost": "cost_micro_usd",
+                  "key": "key_id"}
+
+
+async def ledger_rows(running, *names: str) -> list[dict]:
+    """The ledger's rows in time order once the writer has flushed, as dicts of ``names``
+    (``cost`` is ``cost_micro_usd``, see ``LEDGER_COLUMNS``)."""
+    from plugins.accounts import ACCOUNTS
+
+    await running.gw.services[ACCOUNTS].writer.flush()
+    columns = ", ".join(LEDGER_COLUMNS.get(n, n) for n in names)
+    rows = await running.gw.store.fetchall(f"select {columns} from tollway_ledger order by time")
+    return [dict(zip(names, r, strict=True)) for r in rows]
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -13,6 +13,7 @@ import copy
 from dataclasses import dataclass
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 import proxy.logs
@@ -70,6 +71,25 @@ async def mock_upstream(aiohttp_server):
     server = await aiohttp_server(make_mock_app(MockSettings()))
     server.url = str(server.make_url("/v1"))
     return server
+
+
+@pytest.fixture
+def serve_upstream(aiohttp_server):
+    """A test's own upstream: ``await serve_upstream({"POST /v1/x": handler, ...})``
+    (or an ``app=`` that holds state); the server's ``.url`` is its OpenAI base_url
+    (``/v1``), ``.root`` its origin (an Anthropic or Gemini base_url)."""
+
+    async def serve(routes: dict, app: web.Application | None = None) -> TestServer:
+        app = web.Application() if app is None else app
+        for spec, handler in routes.items():
+            method, path = spec.split(" ", 1)
+            app.router.add_route(method, path, handler)
+        server = await aiohttp_server(app)
+        server.url = str(server.make_url("/v1"))
+        server.root = str(server.make_url("")).rstrip("/")
+        return server
+
+    return serve
 
 
 class GatewayServer(TestServer):

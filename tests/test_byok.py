@@ -63,12 +63,9 @@ class RecordingUpstream:
 
 
 @pytest.fixture
-async def upstream(aiohttp_server):
+async def upstream(serve_upstream):
     recorder = RecordingUpstream()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", recorder.chat)
-    server = await aiohttp_server(app)
-    recorder.url = str(server.make_url("/v1"))
+    recorder.url = (await serve_upstream({"POST /v1/chat/completions": recorder.chat})).url
     return recorder
 
 

@@ -7,27 +7,14 @@ delivered); what the client is told == the ledger == the money taken."""
 
 from __future__ import annotations
 
-import io
-import wave
-
 import aiohttp
 import pytest
 from aiohttp import web
-from business import DEMO, bearer, biz_config, credits
+from business import DEMO, bearer, biz_config, credits, wav
 
 from plugins.accounts import ACCOUNTS
 
 DURATION: web.AppKey[dict] = web.AppKey("duration")
-
-
-def wav(seconds: float, rate: int = 8000) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x00\x00" * int(seconds * rate))
-    return out.getvalue()
 
 
 async def images(request: web.Request) -> web.Response:
@@ -41,14 +28,11 @@ async def transcribe(request: web.Request) -> web.Response:
 
 
 @pytest.fixture
-async def upstream(aiohttp_server):
+async def upstream(serve_upstream):
     app = web.Application()
     app[DURATION] = {}
-    app.router.add_post("/v1/audio/transcriptions", transcribe)
-    app.router.add_post("/v1/images/generations", images)
-    server = await aiohttp_server(app)
-    server.url = str(server.make_url("/v1"))
-    return server
+    return await serve_upstream({"POST /v1/audio/transcriptions": transcribe, "POST /v1/images/generations": images},
+                                app)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from business import DEMO, bearer, biz_config, credits
+from business import DEMO, add_claude, bearer, biz_config, credits
 
 from plugins.accounts import ACCOUNTS
 from plugins.accounts.tokens import count_tokens
@@ -49,14 +49,10 @@ async def answer(request: web.Request) -> web.StreamResponse:
 
 
 @pytest.fixture
-async def upstream(aiohttp_server):
+async def upstream(serve_upstream):
     app = web.Application()
     app[ANSWER] = {}
-    app.router.add_post("/v1/responses", answer)
-    app.router.add_post("/v1/chat/completions", answer)
-    server = await aiohttp_server(app)
-    server.url = str(server.make_url("/v1"))
-    return server
+    return await serve_upstream({"POST /v1/responses": answer, "POST /v1/chat/completions": answer}, app)
 
 
 @pytest.fixture
@@ -112,7 +108,7 @@ MESSAGE = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", 
 
 @pytest.mark.parametrize("usage", [None, {"prompt_tokens": "many"}, {"input_tokens": -1, "output_tokens": 1e300}])
 @pytest.mark.parametrize("path", ["/completions", "/messages"])
-async def test_a_passthrough_answer_without_usable_usage_is_counted_and_told(start_gateway, aiohttp_server,
+async def test_a_passthrough_answer_without_usable_usage_is_counted_and_told(start_gateway, serve_upstream,
                                                                             path, usage):
     """/v1/completions and /v1/messages passed through as they came: with no usage (many
     self-hosted servers send none) the output is counted, billed, marked estimated and told,
@@ -124,14 +120,8 @@ async def test_a_passthrough_answer_without_usable_usage_is_counted_and_told(sta
             body["usage"] = usage
         return web.json_response(body)
 
-    app = web.Application()
-    app.router.add_post("/v1/completions", answer)
-    app.router.add_post("/v1/messages", answer)
-    server = await aiohttp_server(app)
-    config = biz_config(str(server.make_url("/v1")))
-    config["providers"]["claude"] = {"kind": "anthropic", "base_url": str(server.make_url("")).rstrip("/"),
-                                     "api_key": "sk-ant"}
-    config["models"]["claude"] = {"provider": "claude", "model": "m", "price": {"input": 1.0, "output": 2.0}}
+    server = await serve_upstream({"POST /v1/completions": answer, "POST /v1/messages": answer})
+    config = add_claude(biz_config(server.url), server.root, model="m", price={"input": 1.0, "output": 2.0})
     running = await start_gateway(config)
     body = {"model": "up", "prompt": "hi", "max_tokens": 1000} if path == "/completions" else {
         "model": "claude", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}

@@ -5,27 +5,12 @@ taken == what the client was told; uploads bounded; bad input named."""
 
 from __future__ import annotations
 
-import io
-import wave
-
 import aiohttp
 import openai
 import pytest
-from business import DEMO, bearer, biz_config, credits
-
-from plugins.accounts import ACCOUNTS
+from business import DEMO, bearer, biz_config, credits, ledger_rows, wav
 
 IMAGE_PRICES = {"1024x1024/standard": 0.04, "1024x1024/hd": 0.08, "1792x1024/hd": 0.12}
-
-
-def wav(seconds: float, rate: int = 8000) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x00\x00" * int(seconds * rate))
-    return out.getvalue()
 
 
 @pytest.fixture
@@ -51,12 +36,7 @@ async def client(running):
 
 
 async def ledger(running) -> list[dict]:
-    await running.gw.services[ACCOUNTS].writer.flush()
-    names = ("endpoint", "status", "error_code", "cost", "images", "characters", "audio_ms")
-    rows = await running.gw.store.fetchall(
-        f"select endpoint, status, error_code, cost_micro_usd, {', '.join(names[4:])} from tollway_ledger "
-        "order by time")
-    return [dict(zip(names, r, strict=True)) for r in rows]
+    return await ledger_rows(running, "endpoint", "status", "error_code", "cost", "images", "characters", "audio_ms")
 
 
 async def spent(running) -> int:

@@ -11,18 +11,13 @@ import asyncio
 import aiohttp
 import orjson
 from aiohttp import web
-from business import DEMO, bearer, biz_config, credits
+from business import DEMO, add_claude, bearer, biz_config, credits, ledger_rows
 
-from plugins.accounts import ACCOUNTS
 from plugins.accounts.tokens import count_tokens
 
 
 async def ledger(running) -> list[dict]:
-    await running.gw.services[ACCOUNTS].writer.flush()
-    rows = await running.gw.store.fetchall(
-        "select status, error_code, prompt_tokens, completion_tokens, cost_micro_usd, estimated from tollway_ledger")
-    return [dict(zip(("status", "error_code", "prompt", "completion", "cost", "estimated"), r, strict=True))
-            for r in rows]
+    return await ledger_rows(running, "status", "error_code", "prompt", "completion", "cost", "estimated")
 
 
 async def read_stream(s, running, payload) -> str:
@@ -98,15 +93,9 @@ async def cut_anthropic(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def test_a_translated_stream_cut_mid_way_pays_for_what_went_out(start_gateway, aiohttp_server):
-    app = web.Application()
-    app.router.add_post("/v1/messages", cut_anthropic)
-    upstream = await aiohttp_server(app)
-    config = biz_config()
-    config["providers"]["claude"] = {"kind": "anthropic", "base_url": str(upstream.make_url("")).rstrip("/"),
-                                     "api_key": "sk-ant-test"}
-    config["models"]["claude"] = {"provider": "claude", "price": {"input": 3.0, "output": 15.0}}
-    running = await start_gateway(config)
+async def test_a_translated_stream_cut_mid_way_pays_for_what_went_out(start_gateway, serve_upstream):
+    upstream = await serve_upstream({"POST /v1/messages": cut_anthropic})
+    running = await start_gateway(add_claude(biz_config(), upstream.root))
     payload = {"model": "claude", "stream": True, "max_tokens": 1000, "messages": [{"role": "user", "content": "go"}]}
     async with aiohttp.ClientSession() as s:
         text = await read_stream(s, running, payload)

@@ -9,7 +9,7 @@ import aiohttp
 import openai
 import orjson
 import pytest
-from business import DEMO, bearer, biz_config, chat, credits
+from business import DEMO, bearer, biz_config, chat, credits, ledger_rows
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -30,12 +30,8 @@ async def settled(running, account_id: str = "cfg_demo") -> None:
 
 
 async def ledger(running) -> list[dict]:
-    await running.gw.services[ACCOUNTS].writer.flush()
-    rows = await running.gw.store.fetchall(
-        "select status, error_code, prompt_tokens, completion_tokens, cost_micro_usd, client_gone, stream, estimated "
-        "from tollway_ledger order by time")
-    keys = ("status", "error_code", "prompt", "completion", "cost", "client_gone", "stream", "estimated")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+    return await ledger_rows(running, "status", "error_code", "prompt", "completion", "cost", "client_gone", "stream",
+                             "estimated")
 
 
 async def test_cost_in_body_header_and_stream(start_gateway):

@@ -65,12 +65,9 @@ class HeldUpstream:
 
 
 @pytest.fixture
-async def held(aiohttp_server):
+async def held(serve_upstream):
     upstream = HeldUpstream()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", upstream.chat)
-    server = await aiohttp_server(app)
-    upstream.url = str(server.make_url("/v1"))
+    upstream.url = (await serve_upstream({"POST /v1/chat/completions": upstream.chat})).url
     return upstream
 
 

@@ -12,9 +12,8 @@ import anthropic
 import openai
 import orjson
 import pytest
-from business import DEMO, bearer, biz_config, credits
+from business import DEMO, add_claude, bearer, biz_config, credits, ledger_rows
 
-from plugins.accounts import ACCOUNTS
 from plugins.accounts.tokens import count_tokens
 from plugins.providers.responses_stream import stream_text
 
@@ -27,9 +26,7 @@ TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather in 
 async def running(start_gateway, mock_upstream):
     config = biz_config(mock_upstream.url, keys=[{"name": "demo", "key": DEMO, "credits": 5.0},
                                                  {"name": "other", "key": OTHER, "credits": 5.0}])
-    config["providers"]["claude"] = {"kind": "anthropic", "base_url": mock_upstream.url.removesuffix("/v1"),
-                                     "api_key": "sk-ant-upstream"}
-    config["models"]["claude"] = {"provider": "claude", "model": "text", "price": {"input": 3.0, "output": 15.0}}
+    add_claude(config, mock_upstream.url.removesuffix("/v1"), model="text")
     config["models"]["up"]["context_window"] = 100_000
     return await start_gateway(config)
 
@@ -41,12 +38,8 @@ async def client(running):
 
 
 async def ledger(running) -> list[dict]:
-    await running.gw.services[ACCOUNTS].writer.flush()
-    names = ("endpoint", "status", "error_code", "prompt", "completion", "cost", "estimated", "client_gone", "key")
-    rows = await running.gw.store.fetchall(
-        "select endpoint, status, error_code, prompt_tokens, completion_tokens, cost_micro_usd, estimated, "
-        "client_gone, key_id from tollway_ledger order by time")
-    return [dict(zip(names, r, strict=True)) for r in rows]
+    return await ledger_rows(running, "endpoint", "status", "error_code", "prompt", "completion", "cost", "estimated",
+                             "client_gone", "key")
 
 
 async def spent(running, key: str = DEMO) -> int:

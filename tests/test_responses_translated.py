@@ -12,7 +12,7 @@ import aiohttp
 import openai
 import pytest
 from _translation import OPENAI_TOOLS, UPSTREAMS, config, expected
-from business import DEMO, bearer, biz_config, credits
+from business import DEMO, add_claude, bearer, biz_config, credits
 from test_output_never_free import cut_anthropic, ledger
 
 from benchmarks.mock_fixtures import LAST_KEY
@@ -118,17 +118,9 @@ async def test_the_built_in_mock_answers_the_responses_api(start_gateway):
     assert got["spent_micro_usd"] == sum(told) and got["reserved_micro_usd"] == 0
 
 
-async def test_a_translated_stream_cut_midway_bills_what_went_out(start_gateway, aiohttp_server):
-    from aiohttp import web
-
-    app = web.Application()
-    app.router.add_post("/v1/messages", cut_anthropic)
-    upstream = await aiohttp_server(app)
-    cfg = biz_config()
-    cfg["providers"]["claude"] = {"kind": "anthropic", "base_url": str(upstream.make_url("")).rstrip("/"),
-                                  "api_key": "sk-ant-test"}
-    cfg["models"]["claude"] = {"provider": "claude", "price": {"input": 3.0, "output": 15.0}}
-    running = await start_gateway(cfg)
+async def test_a_translated_stream_cut_midway_bills_what_went_out(start_gateway, serve_upstream):
+    upstream = await serve_upstream({"POST /v1/messages": cut_anthropic})
+    running = await start_gateway(add_claude(biz_config(), upstream.root))
     async with aiohttp.ClientSession() as http:
         async with http.post(running.url + "/responses", headers=bearer(DEMO),
                              json={"model": "claude", "input": "go", "stream": True, "max_output_tokens": 1000}) as r:

@@ -28,14 +28,10 @@ async def stored(request: web.Request) -> web.Response:
 
 
 @pytest.fixture
-async def upstream(aiohttp_server):
+async def upstream(serve_upstream):
     app = web.Application()
     app[SEEN] = []
-    app.router.add_post("/v1/responses", create)
-    app.router.add_route("*", "/v1/responses/{rid}", stored)
-    server = await aiohttp_server(app)
-    server.url = str(server.make_url("/v1"))
-    return server
+    return await serve_upstream({"POST /v1/responses": create, "* /v1/responses/{rid}": stored}, app)
 
 
 @pytest.mark.parametrize("name", ["api_key", "api%5Fkey"])

@@ -9,7 +9,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from business import DEMO, bearer, biz_config
+from business import DEMO, add_claude, bearer, biz_config
 
 JUNK: web.AppKey[dict] = web.AppKey("junk")
 ANSWERS = {
@@ -34,18 +34,12 @@ async def create(request: web.Request) -> web.Response:
 
 
 @pytest.fixture
-async def running(start_gateway, aiohttp_server):
+async def running(start_gateway, serve_upstream):
     app = web.Application()
     app[JUNK] = {}
-    app.router.add_post("/v1/messages/count_tokens", junk)
-    app.router.add_post("/v1/responses", create)
-    app.router.add_route("*", "/v1/responses/{rid}", junk)
-    server = await aiohttp_server(app)
-    config = biz_config(str(server.make_url("/v1")))
-    config["providers"]["claude"] = {"kind": "anthropic", "base_url": str(server.make_url("")).rstrip("/"),
-                                     "api_key": "sk-ant"}
-    config["models"]["claude"] = {"provider": "claude", "model": "c", "price": {"input": 3.0, "output": 15.0}}
-    running = await start_gateway(config)
+    server = await serve_upstream({"POST /v1/messages/count_tokens": junk, "POST /v1/responses": create,
+                                   "* /v1/responses/{rid}": junk}, app)
+    running = await start_gateway(add_claude(biz_config(server.url), server.root, model="c"))
     running.app = app
     return running
 
