@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy import Call, Gateway, ProxyError, Snapshot, StateKey, hookimpl, json_response
+from proxy import Call, Gateway, ProxyError, Route, Snapshot, StateKey, hookimpl, json_response
 from proxy.provider import CALLER_KEYS
 from proxy.schema import RestartRequired
 
@@ -160,31 +160,10 @@ class Plugin:
         if acc.policy.suspended:
             raise ProxyError(402, f"the account {acc.id!r} of this key is suspended; ask the operator to "
                                   f"reinstate it{self.top_up}", code="account_suspended")
-        prompt, output = prompt_bound(call), output_bound(call, self.default_cap)
-        own = call.state.get(CALLER_KEYS)  # the caller's own upstream key (byok): its price
-        table = self.prices.of(call.route, own is not None and call.route.provider.name in own)
-        amount = None
-        if call.billing.units is not None:  # images, speech, transcriptions
-            check_units(call, table)
-            amount = unit_bound(call, table)
-        what = (f"at most {prompt} prompt and {output} completion tokens of {call.route.model}; lower max_tokens "
-                "to need less") if amount is None else f"{call.endpoint} of {call.route.model} at its unit price"
-        if amount is None:
-            # A batch line's price multiplier is known now (a cache hit's comes later and only lowers it).
-            multiplier = call.billing.price_multiplier
-            amount = table.cost(prompt, output, multiplier_ppm=MICRO if multiplier == 1.0 else
-                                multiplier_ppm(multiplier))
+        amount, what = self._worst_case(call, call.route)
         ticket = await self.accounts.hold(acc, amount)
         if ticket is None:
-            call.state[REFUSAL] = CREDITS_REFUSAL
-            cur = self.accounts.currency
-            available, reserved = self.accounts.left(acc)
-            held = f", {money_text(reserved, cur)} of it held by requests in flight" if reserved else ""
-            raise ProxyError(
-                402, f"insufficient credits: this request needs up to {money_text(amount, cur)} ({what}) "
-                     f"and the key's account has {money_text(max(available, 0), cur)} left{held}; "
-                     f"ask the operator to top it up{self.top_up}", code="insufficient_credits",
-                extra={"balance": micro_to_usd(max(available, 0)), "required": micro_to_usd(amount)})
+            raise self._insufficient(call, acc, amount, what)
         try:
             budget = await self.budgets.hold(key, acc, amount)
         except BaseException as exc:
@@ -193,6 +172,56 @@ class Plugin:
                 call.state[REFUSAL] = Refusal(scope=str(exc.extra.get("scope")), limit=str(exc.extra.get("period")))
             raise
         call.state[RESERVATION] = Reservation(acc, amount, budget=budget, hold=ticket)
+
+    def _worst_case(self, call: Call, route: Route) -> tuple[int, str]:
+        """The most ``call`` can cost on ``route`` (micro-USD), and what that is, for a refusal."""
+        prompt, output = prompt_bound(call), output_bound(call, self.default_cap)
+        own = call.state.get(CALLER_KEYS)  # the caller's own upstream key (byok): its price
+        table = self.prices.of(route, own is not None and route.provider.name in own)
+        if call.billing.units is not None:  # images, speech, transcriptions
+            check_units(call, table)
+            return unit_bound(call, table), f"{call.endpoint} of {route.model} at its unit price"
+        # A batch line's price multiplier is known now (a cache hit's comes later and only lowers it).
+        multiplier = call.billing.price_multiplier
+        amount = table.cost(prompt, output, multiplier_ppm=MICRO if multiplier == 1.0 else multiplier_ppm(multiplier))
+        return amount, (f"at most {prompt} prompt and {output} completion tokens of {route.model}; lower max_tokens "
+                        "to need less")
+
+    def _insufficient(self, call: Call, acc: Account, amount: int, what: str) -> ProxyError:
+        call.state[REFUSAL] = CREDITS_REFUSAL
+        cur = self.accounts.currency
+        available, reserved = self.accounts.left(acc)
+        held = f", {money_text(reserved, cur)} of it held by requests in flight" if reserved else ""
+        return ProxyError(
+            402, f"insufficient credits: this request needs up to {money_text(amount, cur)} ({what}) "
+                 f"and the key's account has {money_text(max(available, 0), cur)} left{held}; "
+                 f"ask the operator to top it up{self.top_up}", code="insufficient_credits",
+            extra={"balance": micro_to_usd(max(available, 0)), "required": micro_to_usd(amount)})
+
+    @hookimpl
+    async def tollway_reroute(self, call: Call, previous: Route) -> None:
+        """A retry on another route (a fallback may be dearer): the hold grows to that route's
+        worst case before it is tried, or the route is refused; it never shrinks (settle charges
+        the real cost)."""
+        hold = call.state.get(RESERVATION)
+        route = call.route
+        if hold is None or not hold.open or route is None:
+            return
+        amount, what = self._worst_case(call, route)
+        if amount <= hold.amount:
+            return
+        why = f"{previous.model} failed and its fallback {route.model} costs more; "
+        ticket = await self.accounts.grow(hold.account, hold.hold, hold.amount, amount)
+        if ticket is None:
+            err = self._insufficient(call, hold.account, amount, what)
+            err.message = why + err.message
+            raise err
+        hold.hold, hold.amount = ticket, amount  # (settle and finish release all of it)
+        try:
+            hold.budget = await self.budgets.grow(call.principal, hold.account, hold.budget, amount)
+        except ProxyError as err:
+            err.message = why + err.message
+            raise
 
     @hookimpl(tryfirst=True)
     async def tollway_settle(self, call: Call) -> None:

@@ -331,6 +331,17 @@ async def tollway_retry(call: Call, error: ProxyError) -> Route | None:
 
 
 @hookspec
+async def tollway_reroute(call: Call, previous: Route) -> None:
+    """The call moves to ``call.route`` after its attempt on ``previous`` failed
+    (a ``tollway_retry`` hook named it). Plugins that hold amounts sized by the
+    route (credit, budgets: a fallback may be dearer) adjust them here; raise
+    ProxyError to refuse this route: the retry hooks are asked for another,
+    and when none is left the refusal is the answer. All implementations run,
+    in order.
+    """
+
+
+@hookspec
 async def tollway_visible_models(call: Call, models: list[str]) -> list[str] | None:
     """Filter ``GET /v1/models`` for this caller: return the subset of
     ``models`` (public names) the caller may use, or None for no change.

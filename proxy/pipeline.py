@@ -207,16 +207,36 @@ async def forward(gateway: Gateway, request: web.Request, call: Call) -> web.Str
         except ProxyError as err:
             if call.response.status or not retry_hooks:
                 raise
-            following = None
-            for retry in retry_hooks:
-                following = await retry(call, err)
-                if following is not None:
-                    break
-            if following is None:
-                raise
-            throttled(log, logging.WARNING, f"failover:{route.model}", "route %s via %s failed (%s); trying %s via %s",
-                      route.model, route.provider.name, err.code, following.model, following.provider.name)
-            call.route = route = following
+            route = await next_route(gateway, call, err)
+
+
+async def next_route(gateway: Gateway, call: Call, err: ProxyError) -> Route:
+    """The route to try after ``err`` (an attempt on ``call.route`` failed), set as
+    ``call.route``; raises ``err`` when the retry hooks name none. A route a
+    ``tollway_reroute`` hook refuses (the money it needs is not there) is passed over;
+    when nothing else is left, that refusal is raised."""
+    failed = call.route
+    assert failed is not None
+    answer = err
+    while True:
+        following: Route | None = None
+        for retry in gateway.hooks.retry:
+            following = await retry(call, err)
+            if following is not None:
+                break
+        if following is None:
+            call.route = failed  # the last route tried, for the ledger and the logs
+            raise answer
+        throttled(log, logging.WARNING, f"failover:{failed.model}", "route %s via %s failed (%s); trying %s via %s",
+                  failed.model, failed.provider.name, err.code, following.model, following.provider.name)
+        call.route = following
+        try:
+            for reroute in gateway.hooks.reroute:
+                await reroute(call, failed)
+        except ProxyError as refused:
+            answer = refused
+            continue
+        return following
 
 
 async def open_upstream(gateway: Gateway, call: Call, route: Route, request: UpstreamRequest) -> UpstreamResponse:

@@ -49,9 +49,10 @@ SECTION_PLUGINS = ("metrics", "alerts")
 ENTRY_POINT_GROUP = "tollway"
 
 REQUEST_HOOKS = ("authenticate", "resolve", "admit", "lookup", "stream_filter", "usage", "settle",
-                 "finish", "visible_models", "attempt", "retry")
+                 "finish", "visible_models", "attempt", "retry", "reroute")
 # The arguments of request-time hooks that take more than the call, in the order the core passes them.
-_HOOK_ARGS = {"visible_models": ("call", "models"), "attempt": ("call", "route", "error"), "retry": ("call", "error")}
+_HOOK_ARGS = {"visible_models": ("call", "models"), "attempt": ("call", "route", "error"), "retry": ("call", "error"),
+             "reroute": ("call", "previous")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class Hooks:
     visible_models: tuple[Callable, ...]
     attempt: tuple[Callable, ...]
     retry: tuple[Callable, ...]
+    reroute: tuple[Callable, ...]
 
 
 def section_plugins(raw: dict, enabled: Iterable[str]) -> list[str]:

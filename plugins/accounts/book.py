@@ -181,6 +181,14 @@ class Accounts:
         self.live[acc.id] = (bal, res)
         return member
 
+    async def grow(self, acc: Account, hold: str, held: int, amount: int) -> str | None:
+        """Raise the hold ``hold`` of ``held`` to ``amount`` (more): its id from now on, or
+        None when the account does not have the difference (the hold stays as it was)."""
+        if hold == LOCAL_HOLD:
+            return LOCAL_HOLD if self.reserve(acc, amount - held) else None
+        assert self.shared is not None
+        return await self.shared.grow(acc, hold, held, amount)
+
     async def _seed(self, account_id: str) -> tuple[int, int]:
         """An account's stored balance and the version it was read at, fresh from the store
         (shared counters seed an account they do not have yet from it: rare, once per

@@ -116,9 +116,10 @@ class BudgetKeeper:
         return f"budget:{cap.scope}:{cap.owner}:{label}"
 
     # -- the request path ----------------------------------------------------------------
-    async def hold(self, key: KeyRecord, acc: Account, amount: int) -> BudgetHold | None:
+    async def hold(self, key: KeyRecord, acc: Account, amount: int, shown: int | None = None) -> BudgetHold | None:
         """Hold ``amount`` against every budget of the key and its account, or none:
-        None when there are no budgets, else the hold; a ProxyError when one refuses."""
+        None when there are no budgets, else the hold; a ProxyError when one refuses
+        (naming ``shown``, the request's whole worst case, when ``amount`` is a part)."""
         if not key.budgets.caps and not acc.policy.budgets.caps:  # the usual case: two cached attributes
             return None
         now = self.clock()
@@ -137,9 +138,27 @@ class BudgetKeeper:
                 raise
             if not ok:
                 self._give_back(held, amount)
-                raise self._exceeded(cap, name, end, now, amount)
+                raise self._exceeded(cap, name, end, now, amount if shown is None else shown)
             held.append(name)
         return BudgetHold(tuple(held), amount)
+
+    async def grow(self, key: KeyRecord, acc: Account, hold: BudgetHold | None, amount: int) -> BudgetHold | None:
+        """Raise ``hold`` to ``amount`` (a retry on a dearer route): the hold from now on; a
+        ProxyError when a budget refuses (``hold`` stays as it was)."""
+        if hold is None:
+            return await self.hold(key, acc, amount)
+        for cap in self.caps(key, acc):
+            if amount > cap.cap:
+                raise self._never_fits(cap, amount)
+        extra = await self.hold(key, acc, amount - hold.amount, shown=amount)
+        if extra is None:  # no budgets any more
+            return hold
+        if extra.names == hold.names:
+            return BudgetHold(hold.names, amount)
+        self.release(extra)  # a period ended since admit: hold it all in the new one
+        grown = await self.hold(key, acc, amount)
+        self.release(hold)
+        return grown
 
     def settle(self, hold: BudgetHold, spent: int) -> None:
         for name in hold.names:

@@ -95,6 +95,22 @@ class SharedCredit:
         self.counters.live.setdefault(keys[1], set()).add(member)
         return member, int(bal), int(res)
 
+    async def grow(self, acc: Account, member: str, held: int, amount: int) -> str | None:
+        """Make the hold ``member`` (of ``held``) one of ``amount``: its new member, or None
+        when the account does not have the difference free (the old hold stays)."""
+        new = f"{self.counters.new_id()}|{amount}"
+        keys = self._keys(acc.id)
+        args = ["", "", member, held, new, amount, self.counters.ttl_ms]
+        ok, bal, res = await self.link.run(lua.GROW, keys, args)
+        if ok == -1:
+            args[0:2] = await self.seed(acc.id)
+            ok, bal, res = await self.link.run(lua.GROW, keys, args)
+        if ok != 1:
+            return None
+        self.counters.forget_live(keys[1], member)
+        self.counters.live.setdefault(keys[1], set()).add(new)
+        return new
+
     async def settle(self, acc: Account, member: str, held: int, cost: int, row: LedgerRow | None) -> Settled:
         keys = self._keys(acc.id)
         self.counters.forget_live(keys[1], member)

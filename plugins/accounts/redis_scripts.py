@@ -163,6 +163,22 @@ redis.call('ZADD', holds, now + tonumber(ARGV[5]), ARGV[4])
 return {1, bal, redis.call('HINCRBY', acct, 'res', amount)}
 """
 
+# Grow a hold (a retry on a dearer route): swap the member for one of the bigger amount if
+# the account has the difference free; a hold that expired meanwhile needs the whole amount.
+# KEYS: account, holds. ARGV: seed balance, seed version, old member, old amount, new member,
+# new amount, ttl ms. Reply: {1 grown / 0 not enough (the old hold stays), bal, res}.
+GROW = _ACCOUNT + """
+local bal = tonumber(redis.call('HGET', acct, 'bal'))
+local res = tonumber(redis.call('HGET', acct, 'res'))
+local still = redis.call('ZSCORE', holds, ARGV[3])
+local need = tonumber(ARGV[6])
+if still then need = need - tonumber(ARGV[4]) end
+if bal - res < need then return {0, bal, res} end
+if still then redis.call('ZREM', holds, ARGV[3]) end
+redis.call('ZADD', holds, now + tonumber(ARGV[7]), ARGV[5])
+return {1, bal, redis.call('HINCRBY', acct, 'res', need)}
+"""
+
 # Settle: free the hold, charge min(cost, what the account has), and queue the ledger row,
 # all at once (so a charge is never without its row, and the row survives this process).
 # KEYS: account, holds, ledger stream, the hold's done marker. ARGV: seed balance, seed
