@@ -16,6 +16,12 @@ right after quotas charged it, with no await in between) so the writer
 always stores a row and its balance change in the same transaction; requests
 refused before admission are queued in ``tollway_finish``.
 
+The queue is bounded (``plugins.ledger.max_queue_rows``, rows not yet in the
+store, the fleet's Redis stream included): while the store is away requests
+go on and their rows wait; at the bound new requests are refused with 503
+``storage_unavailable`` (counted in a log line, not queued), so no row of an
+answered request is ever dropped.
+
 Routes: ``GET /v1/usage`` (the calling key's rollups per day per model) and
 ``GET /admin/usage`` (all keys; filters key, model, since, until).
 CLI: ``tollway usage [--key] [--model] [--since] [--until]``, ``tollway rollups
@@ -32,7 +38,7 @@ import time
 
 from aiohttp import web
 
-from proxy import Call, Gateway, Snapshot, StateKey, Usage, hookimpl, json_response
+from proxy import Call, Gateway, ProxyError, Snapshot, StateKey, Usage, hookimpl, json_response
 
 from .accounts import ACCOUNTS, Accounts
 from .accounts.db import LedgerRow
@@ -91,8 +97,23 @@ class Plugin:
         accounts = self.accounts
         return (lambda: accounts.set_options(snapshot.config)) if accounts is not None else None
 
+    @hookimpl(tryfirst=True)
+    async def tollway_admit(self, call: Call) -> None:
+        """At the queue's bound (the store has been away long enough): refuse, rather than
+        answer and queue a row that could not be kept. The refusal is counted in the logs,
+        not queued."""
+        writer = self.accounts.writer
+        if writer.full():
+            call.state[RECORDED] = True
+            writer.refuse_one()
+            raise ProxyError(503, "the gateway's store (storage.url) has not taken ledger rows for a while and its "
+                                  "queue is full, so no new request can be recorded; retry shortly",
+                             code="storage_unavailable", headers={"Retry-After": "1"})
+
     @hookimpl(trylast=True)
     async def tollway_settle(self, call: Call) -> None:
+        if call.state.get(RECORDED):
+            return  # refused at the queue's bound: not queued
         call.state[RECORDED] = True
         hold = call.state.get(RESERVATION)
         if hold is not None and hold.open and hold.cost is not None:

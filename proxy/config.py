@@ -90,6 +90,10 @@ class ErrorsConfig:
 class StorageConfig:
     url: str = "sqlite:///tollway.db"
     counters: str = "memory"
+    #: While Redis (``counters``) cannot be reached: ``refuse`` what needs it (503
+    #: counters_unavailable), or ``local``: unmetered keys' limits are enforced by each
+    #: instance at limit / instances (metered requests are refused either way).
+    on_counters_down: Literal["refuse", "local"] = "refuse"
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,8 @@ def broken(**changes) -> dict:
     (broken(server__prot=80), "server.prot: unknown key (did you mean 'port'?)"),
     (broken(server__access_log="yaml"), "server.access_log: expected one of 'text', 'json', 'off'"),
     (broken(server__workers=0), "server.workers: must be at least 1"),
+    (broken(storage__on_counters_down="locl"),
+     "storage.on_counters_down: expected one of 'refuse', 'local', got 'locl' (did you mean 'local'?)"),
     (broken(providers__up__kind="openia"), "providers.up.kind: unknown kind 'openia' (did you mean 'openai'?)"),
     (broken(providers__up__kind=None), "providers.up.kind: required"),
     (broken(providers__up__timeouts={"conect": 1}),

@@ -48,6 +48,7 @@ log = logging.getLogger("tollway.accounts")
 
 #: What ``Accounts.hold`` returns for a hold kept in this process's memory.
 LOCAL_HOLD = "local"
+SEED_TIMEOUT_S = 5.0  # reading a balance the shared counters do not have yet (the request waits on it)
 
 
 class AccountExists(ValueError):
@@ -81,6 +82,7 @@ class Accounts:
         billing = self.config.section("billing")
         self.currency: str = billing.currency if billing is not None else "USD"
         self.writer = Writer(self, ledger.flush_ms / 1000, ledger.batch_rows, auth.poll_ms / 1000)
+        self.writer.max_rows = max(ledger.max_queue_rows, 1)
 
     @property
     def config(self):
@@ -93,6 +95,7 @@ class Accounts:
         auth = config.section("plugins.auth") or AuthOptions()
         self.writer.flush_s = max(ledger.flush_ms / 1000, 0.001)
         self.writer.batch_rows = max(ledger.batch_rows, 1)
+        self.writer.max_rows = max(ledger.max_queue_rows, 1)
         self.writer.poll_s = auth.poll_ms / 1000
 
     async def config_reloaded(self) -> None:
@@ -196,7 +199,7 @@ class Accounts:
         from proxy import ProxyError
 
         try:
-            found = await db.load_accounts(self.store, [account_id])
+            found = await asyncio.wait_for(db.load_accounts(self.store, [account_id]), SEED_TIMEOUT_S)
         except Exception:
             raise ProxyError(503, "the gateway's store (storage.url) cannot be reached to read this key's balance; "
                                   "retry shortly", code="storage_unavailable", headers={"Retry-After": "1"}) from None

@@ -87,6 +87,10 @@ class QuotasOptions:
 class LedgerOptions:
     flush_ms: int = 200  # the write-behind interval (ledger rows and balances)
     batch_rows: int = 2000  # flush early when this many rows wait
+    #: The ledger queue's bound (rows not yet in the store: this process's, and the fleet's
+    #: Redis stream): at it, new requests are refused (503 storage_unavailable) until the
+    #: store takes rows again; nothing queued is ever dropped.
+    max_queue_rows: int = 100_000
 
 
 def parse_time(value: Any, where: str) -> float | None:

@@ -14,8 +14,9 @@ Failures: every call has a timeout (``?timeout=`` in the URL, default 2 s;
 no retries: a retry would double the wait). A call that fails marks the
 counters ``down``; while down, nothing is sent (callers answer 503
 ``counters_unavailable`` at once instead of waiting on a dead server) and a
-probe PINGs every 0.25 s; the first answer brings them back. Nothing ever
-falls back to per-process limits.
+probe PINGs every 0.25 s; the first answer brings them back. Nothing falls
+back to per-process limits unless ``storage.on_counters_down: local`` says so
+(``redis_local.py``: unmetered keys only).
 
 URL options (query string, removed before connecting): ``prefix`` (default
 ``tollway:``; one Redis may serve several fleets or tests), ``timeout``
@@ -94,6 +95,10 @@ class RedisLink:
         self._probe: asyncio.Task | None = None
         self._scripts: dict[str, Any] = {}
         self.on_up: list[Callable[[], object]] = []
+        # What the outage log lines add (storage.on_counters_down: local says what it does instead).
+        self.down_note: Callable[[], str] = lambda: ("money and limits are refused (503 counters_unavailable) "
+                                                     "until it answers again")
+        self.up_note = ""
 
     def script(self, source: str) -> Any:
         s = self._scripts.get(source)
@@ -158,20 +163,23 @@ class RedisLink:
             return
         if not self.down:
             self.down = True
-            log.error("storage.counters: Redis cannot be reached (%s: %s); money and limits are refused (503 "
-                      "counters_unavailable) until it answers again", type(exc).__name__, exc)
+            log.error("storage.counters: Redis cannot be reached (%s: %s); %s", type(exc).__name__, exc,
+                      self.down_note())
             self._probe = asyncio.get_running_loop().create_task(self._wait_up(), name="tollway-redis-probe")
 
     async def _wait_up(self) -> None:
         while True:
             await asyncio.sleep(PROBE_S)
             try:
+                # The pool's connections were to the server that went away: each would fail
+                # once more (and mark the link down again) if it were reused after the probe.
+                await self.redis.connection_pool.disconnect()
                 await self.redis.ping()
                 await self.connect_pipe()
             except Exception:
                 continue
             self.down = False
-            log.warning("storage.counters: Redis answers again")
+            log.warning("storage.counters: Redis answers again%s", f"; {self.up_note}" if self.up_note else "")
             for callback in self.on_up:
                 result = callback()
                 if inspect.isawaitable(result):
@@ -392,7 +400,12 @@ class RedisCounters(Counters):
 
 async def open_redis_counters(gateway: Gateway) -> RedisCounters:
     link = RedisLink(gateway.config.storage.counters)
-    counters = RedisCounters(link)
+    if gateway.config.storage.on_counters_down == "local":
+        from .redis_local import LocalWhenDownCounters
+
+        counters: RedisCounters = LocalWhenDownCounters(link)
+    else:
+        counters = RedisCounters(link)
     try:
         await asyncio.wait_for(link.redis.ping(), link.timeout * 4)
         await link.connect_pipe()

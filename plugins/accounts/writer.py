@@ -69,6 +69,10 @@ class Writer:
         self.taken: list | None = None  # stream entries taken and not yet stored (shared counters)
         self._last_claim = 0.0
         self._shared_lock = asyncio.Lock()
+        self.max_rows = 100_000  # the queue's bound (plugins.ledger.max_queue_rows)
+        self.stream_rows = 0  # the shared ledger stream's entries not yet stored, as last counted
+        self.store_down = False  # the last flush could not reach the store
+        self.refused = 0  # requests refused at the bound during this outage (said in the logs)
 
     def append(self, row: LedgerRow) -> None:
         """Queue one ledger row (the hot path: no I/O; one timer per flush, not per row)."""
@@ -81,6 +85,23 @@ class Writer:
         elif self._due is None and self._loop is not None:
             # The oldest row waiting: its flush is due half an interval from now.
             self._due = self._loop.call_later(self.flush_s / 2, self._wake.set)
+
+    def queued(self) -> int:
+        """Ledger rows not yet in the store: this process's, and the fleet's stream (as last counted)."""
+        failed = self.failed
+        return len(self.rows) + (len(failed.rows) if failed is not None else 0) + self.stream_rows
+
+    def full(self) -> bool:
+        """The queue is at its bound: new requests are refused (``plugins/ledger.py``) rather than
+        queue rows that might be lost."""
+        return self.queued() >= self.max_rows
+
+    def refuse_one(self) -> None:
+        """Count (and say, at most every 10 s) a request refused at the bound."""
+        self.refused += 1
+        throttled(log, logging.ERROR, "ledger_full", "ledger queue full: %d rows wait for the store "
+                  "(plugins.ledger.max_queue_rows=%d); new requests are refused (503 storage_unavailable) until "
+                  "it takes rows again (%d refused so far)", self.queued(), self.max_rows, self.refused)
 
     def backlog(self) -> tuple[int, float]:
         """(rows not yet in the store, seconds the oldest of them has waited), for metrics."""
@@ -140,17 +161,39 @@ class Writer:
                 pass
             self._wake.clear()
             self._disarm()
-            try:
-                await self.flush()
-                await self.flush_shared()
-                if time.monotonic() - last_poll >= self.poll_s:
-                    last_poll = time.monotonic()
-                    await self.book.poll()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                throttled(log, logging.ERROR, "writer_flush", "accounts writer: flush failed; will retry",
-                          exc_info=True)
+            steps = [self.flush, self.flush_shared]  # each tried even when another fails
+            if time.monotonic() - last_poll >= self.poll_s:
+                last_poll = time.monotonic()
+                steps.append(self.book.poll)
+            failure = None
+            for step in steps:
+                try:
+                    await step()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failure = failure or exc
+            if failure is not None:
+                self._store_failed(failure)
+            elif self.store_down:
+                self.store_down = False
+                log.warning("storage: the store answers again; the queued ledger rows are written (%d "
+                            "request(s) were refused at the queue's bound)", self.refused)
+                self.refused = 0
+
+    def _store_failed(self, exc: Exception) -> None:
+        """One line when the store stops answering (not one per retry); a traceback only for
+        what is not an outage."""
+        if not unreachable(exc):
+            throttled(log, logging.ERROR, "writer_flush", "accounts writer: flush failed; will retry",
+                      exc_info=True)
+            return
+        if not self.store_down:
+            self.store_down = True
+            log.error("storage: the store cannot be reached (%s: %s); requests go on, their ledger rows wait "
+                      "(%d now; at plugins.ledger.max_queue_rows=%d new requests are refused with 503 "
+                      "storage_unavailable) and are written when it answers", type(exc).__name__, exc,
+                      self.queued(), self.max_rows)
 
     async def flush(self) -> None:
         """Write every queued row and balance change now (and a failed batch first)."""
@@ -194,6 +237,11 @@ class Writer:
 
         await book.push_topups()
         await book.push_settles()
+        link = shared.link
+        try:
+            self.stream_rows = int(await link.call(lambda: link.redis.xlen(shared.stream)))
+        except ProxyError:
+            pass  # the counters are down: keep the last count
         now = time.monotonic()
         claim = now - self._last_claim >= shared.counters.ttl_ms / 1000
         try:
@@ -224,6 +272,7 @@ class Writer:
             self.taken = None
             self.flushes += 1
             await shared.done(entries)
+            self.stream_rows = max(self.stream_rows - len(entries), 0)
         except ProxyError:
             return  # the counters are down: the entries wait in Redis
 
@@ -241,3 +290,13 @@ class Writer:
                 d[1] += dspent
         self._seq += 1
         return Batch(rows, deltas, self._seq)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store cannot be reached (a connection refused, closed or timed
+    out), rather than a statement it refused."""
+    if isinstance(exc, (OSError, TimeoutError)):
+        return True
+    name = type(exc).__name__
+    return type(exc).__module__.startswith("asyncpg") and (
+        "Connection" in name or "CannotConnect" in name or name == "InterfaceError")

@@ -3,10 +3,15 @@
 ``?`` placeholders are rewritten to ``$1, $2...``. Query parameters of the
 URL that asyncpg does not know are server settings, so
 ``postgresql://host/db?search_path=tenant_a`` puts the tables in a schema.
+
+Every statement has a timeout (``COMMAND_TIMEOUT_S``), opening a connection
+too (``CONNECT_TIMEOUT_S``): a PostgreSQL that went away is an error, never a
+hang; the pool opens new connections when it is back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -18,6 +23,9 @@ from ..schema import ConfigError
 from .base import Store, TaskGuard, ended
 
 _PLACEHOLDER = re.compile(r"\?")
+CONNECT_TIMEOUT_S = 5.0  # opening a connection (the pool reopens them after an outage)
+COMMAND_TIMEOUT_S = 60.0  # any statement; nothing on the request path waits on one (see docs/fleet.md)
+PING_TIMEOUT_S = 2.0  # /health/ready
 
 
 def to_dollar(sql: str) -> str:
@@ -54,8 +62,15 @@ class PostgresStore(Store):
     async def connect(self) -> None:
         asyncpg = _asyncpg()
         try:
-            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=10)
+            # min_size 0: no connection kept open for its own sake (asyncpg would log a traceback
+            # each time it failed to reopen it during an outage); each opens when first needed.
+            self._pool = await asyncpg.create_pool(self.url, min_size=0, max_size=10, timeout=CONNECT_TIMEOUT_S,
+                                                   command_timeout=COMMAND_TIMEOUT_S)
+            await self._pool.fetchval("select 1")  # say now, in one line, when it cannot be reached
         except Exception as exc:
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None
             raise ConfigError(f"storage.url: cannot connect to PostgreSQL: {exc}") from None
 
     async def close(self) -> None:
@@ -65,6 +80,15 @@ class PostgresStore(Store):
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    async def ping(self) -> bool:
+        """True when PostgreSQL answers within ``PING_TIMEOUT_S``."""
+        try:
+            self._guard.check()
+            await asyncio.wait_for(self._pool.fetchval("select 1"), PING_TIMEOUT_S)
+            return True
+        except Exception:
+            return False
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._guard.check()
