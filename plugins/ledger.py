@@ -7,7 +7,8 @@ cannot fill the table. With auth off every model request gets a row (key
 empty). Columns: see ``plugins/accounts/db.py`` (time, key, account, model
 asked and served, provider, status, error code, token counts, cost, latency,
 time to first byte, stream, cache hit, client gone, estimated: the tokens
-were counted by the gateway because the upstream never said).
+were counted by the gateway because the upstream never said; byok: sent with the
+caller's own upstream key).
 
 ``cost_micro_usd`` is the money actually taken from the account (what the
 quotas plugin charged), else the priced cost; so the ledger sums to the
@@ -153,7 +154,8 @@ class Plugin:
             money_taken(call),  # cost_micro_usd
             round(call.timing.latency_ms, 3), None if ttfb is None else round(ttfb, 3),  # latency_ms, ttfb_ms
             int(call.billing.usage_estimated),  # estimated
-            *_units(call)))  # images, characters, audio_ms
+            *_units(call),  # images, characters, audio_ms
+            int(call.billing.caller_key)))  # byok
 
     def _day(self, ts: float) -> str:
         n = int(ts // 86400)

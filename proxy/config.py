@@ -132,7 +132,7 @@ class Price:
     characters: float | None = None  # speech, USD per 1M input characters
     batch_multiplier: float = 0.5  # batches, of the interactive price
     #: When the caller brings its own upstream key (the ``byok`` plugin): USD per 1M tokens of
-    #: every kind, or ``{multiplier: M}`` of the prices above. Unset: such requests cost nothing.
+    #: every kind, or ``{multiplier: M}`` of the prices above. Unset: the prices above (never free).
     byok: ByokPrice | float | None = None
 
 

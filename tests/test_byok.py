@@ -36,10 +36,15 @@ class RecordingUpstream:
 
     def __init__(self) -> None:
         self.keys: list[str] = []
+        self.limited = False  # the customer's own key answers 429 (its own upstream quota is spent)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")
         self.keys.append(key)
+        if self.limited and key == CUSTOMER:
+            return web.json_response({"error": {"message": "You exceeded your current quota",
+                                                "type": "insufficient_quota", "code": "rate_limit_exceeded"}},
+                                     status=429, headers={"Retry-After": "1"})
         if key == REFUSED:
             return web.json_response({"error": {"message": f"Incorrect API key provided: {key[:12]}****{key[-4:]}",
                                                 "type": "invalid_request_error", "code": "invalid_api_key"}},
@@ -107,11 +112,11 @@ async def test_own_key_goes_upstream_billed_at_byok_price_and_is_never_shown_aga
     running = await start_gateway(byok_config(upstream.url))
     async with aiohttp.ClientSession() as s:
         status, stored = await put_key(s, running, "keys/cfg_demo", "up", CUSTOMER)
-        assert (status, stored["hint"], stored["provider"]) == (200, "sk-...abcd", "up")
+        assert (status, stored["hint"], stored["provider"]) == (200, "...abcd", "up")
         assert CUSTOMER not in str(stored)
         async with s.get(f"{running.root}/admin/keys/cfg_demo/upstream_keys", headers=ADMIN_HEADERS) as r:
             listed = await r.json()
-        assert [k["hint"] for k in listed["data"]] == ["sk-...abcd"] and CUSTOMER not in str(listed)
+        assert [k["hint"] for k in listed["data"]] == ["...abcd"] and CUSTOMER not in str(listed)
 
     async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as own, \
             openai.AsyncOpenAI(base_url=running.url, api_key="sk-test-solo-key-0003", max_retries=0) as solo:
@@ -133,7 +138,7 @@ async def test_own_key_goes_upstream_billed_at_byok_price_and_is_never_shown_aga
     # The account opens once, with its first key's credits.
     assert balances["acme"] == 5_000_000 - 22 and balances["cfg_solo"] == 5_000_000 - 120
     [(sealed, hint)] = await db_rows(running, "select sealed, hint from tollway_byok")
-    assert CUSTOMER not in sealed and hint == "sk-...abcd"
+    assert CUSTOMER not in sealed and hint == "...abcd"
     for path in tmp_path.glob("tollway.db*"):  # the database and its WAL: the key is nowhere in plain text
         assert CUSTOMER.encode() not in path.read_bytes()
     assert CUSTOMER not in caplog.text
@@ -173,7 +178,7 @@ async def test_an_upstream_401_on_the_customers_key_is_theirs_to_fix_and_not_ech
     assert "your own API key for provider 'up'" in error["message"]
     for part in (REFUSED, REFUSED[:12], REFUSED[-4:], "Incorrect API key"):
         assert part not in error["message"]
-    for part in (REFUSED, REFUSED[:12], "Incorrect API key"):  # (its hint, sk-...wxyz, is what may be shown)
+    for part in (REFUSED, REFUSED[:12], "Incorrect API key"):  # (its hint, ...wxyz, is what may be shown)
         assert part not in caplog.text
     [(status, code, cost)] = await db_rows(running, "select status, error_code, cost_micro_usd from tollway_ledger")
     assert (status, code, cost) == (401, "upstream_key_rejected", 0)
@@ -190,13 +195,89 @@ async def test_multiplier_price_and_models_list(start_gateway, upstream):
             assert (await r.json())["pricing"]["byok"] == {"multiplier": 0.5}
 
 
-async def test_without_price_byok_the_relay_is_free(start_gateway, upstream):
+async def test_without_price_byok_the_list_price_is_billed_and_the_ledger_says_byok(start_gateway, upstream):
+    """No price.byok: the operator set no BYOK rate, so a request with the caller's own key pays the
+    list price (a relay is never free by omission); the ledger row says it went with the own key."""
     running = await start_gateway(byok_config(upstream.url, byok=None))
     async with aiohttp.ClientSession() as s:
         assert (await put_key(s, running, "keys/cfg_demo", "up", CUSTOMER))[0] == 200
         async with s.post(running.url + "/chat/completions", headers=bearer(DEMO),
                           json={"model": "up", "messages": [{"role": "user", "content": "x"}]}) as r:
-            assert (r.status, r.headers["x-tollway-cost"]) == (200, "0.000000")
+            assert (r.status, r.headers["x-tollway-cost"]) == (200, "0.000120")  # 100 x $1 + 10 x $2 per 1M
+        async with s.post(running.url + "/chat/completions", headers=bearer(DEMO),
+                          json={"model": "up", "messages": [{"role": "user", "content": "x"}], "stream": True,
+                                "stream_options": {"include_usage": True}}) as r:
+            assert r.status == 200 and b'"cost":0.00012' in await r.read()
+        async with s.post(running.url + "/chat/completions", headers=bearer("sk-test-solo-key-0003"),
+                          json={"model": "up", "messages": [{"role": "user", "content": "x"}]}) as r:
+            assert (r.status, r.headers["x-tollway-cost"]) == (200, "0.000120")
+    assert upstream.keys == [CUSTOMER, CUSTOMER, OPERATOR]
+    rows = await db_rows(running, "select key_id, cost_micro_usd, byok from tollway_ledger order by rowid")
+    assert rows == [("cfg_demo", 120, 1), ("cfg_demo", 120, 1), ("cfg_solo", 120, 0)]
+    balances = dict(await db_rows(running, "select id, balance_micro_usd from tollway_accounts"))
+    assert balances["acme"] == 5_000_000 - 240
+
+
+async def test_rotation_replaces_the_key_removal_falls_back_and_lists_show_only_the_last_four(
+        start_gateway, upstream):
+    running = await start_gateway(byok_config(upstream.url))
+    rotated = "sk-customer-rotated-key-2222222zz99"
+
+    async def ask(s) -> None:
+        async with s.post(running.url + "/chat/completions", headers=bearer(DEMO),
+                          json={"model": "up", "messages": [{"role": "user", "content": "x"}]}) as r:
+            assert r.status == 200
+
+    async with aiohttp.ClientSession() as s:
+        status, first = await put_key(s, running, "keys/cfg_demo", "up", CUSTOMER)
+        assert (status, first["hint"], first["replaced"], first["replaced_hint"]) == (200, "...abcd", False, None)
+        await ask(s)
+        status, second = await put_key(s, running, "keys/cfg_demo", "up", rotated)
+        assert (status, second["hint"], second["replaced"], second["replaced_hint"]) == (200, "...zz99", True,
+                                                                                          "...abcd")
+        assert second["created_at"] == first["created_at"] and second["updated_at"] >= first["updated_at"]
+        await ask(s)
+        async with s.get(f"{running.root}/admin/keys/cfg_demo/upstream_keys", headers=ADMIN_HEADERS) as r:
+            listed = (await r.json())["data"]
+        assert [(k["provider"], k["hint"]) for k in listed] == [("up", "...zz99")]
+        for secret in (CUSTOMER, rotated):
+            assert secret[:-4] not in str(listed) and secret[:3] not in str(listed)
+        async with s.delete(f"{running.root}/admin/keys/cfg_demo/upstream_keys/up", headers=ADMIN_HEADERS) as r:
+            assert r.status == 200
+        await ask(s)
+        async with s.delete(f"{running.root}/admin/keys/cfg_demo/upstream_keys/up", headers=ADMIN_HEADERS) as r:
+            assert (r.status, (await r.json())["error"]["code"]) == (404, "upstream_key_not_found")
+    assert upstream.keys == [CUSTOMER, rotated, OPERATOR]
+    rows = await db_rows(running, "select cost_micro_usd, byok from tollway_ledger order by rowid")
+    assert rows == [(11, 1), (11, 1), (120, 0)]  # price.byok $0.1/1M twice, then the list price
+
+
+async def test_a_refused_or_rate_limited_own_key_does_not_open_the_providers_breaker(start_gateway, upstream):
+    """The customer's key being wrong (401) or out of its own quota (429) says nothing about the
+    provider: other customers keep being served."""
+    config = byok_config(upstream.url)
+    config["routing"] = {"retries": 0, "health": {"window": 30, "min_requests": 2, "error_rate": 0.5,
+                                                   "cooldown": 60}}
+    running = await start_gateway(config)
+    async with aiohttp.ClientSession() as s:
+        assert (await put_key(s, running, "keys/cfg_demo", "up", REFUSED))[0] == 200
+        for _ in range(4):
+            async with s.post(running.url + "/chat/completions", headers=bearer(DEMO),
+                              json={"model": "up", "messages": [{"role": "user", "content": "x"}]}) as r:
+                body = await r.json()
+                assert (r.status, body["error"]["code"]) == (401, "upstream_key_rejected")
+                assert REFUSED[-8:] not in body["error"]["message"]
+        upstream.limited = True  # the customer's own key is out of its upstream quota
+        assert (await put_key(s, running, "keys/cfg_demo", "up", CUSTOMER))[0] == 200
+        for _ in range(4):
+            async with s.post(running.url + "/chat/completions", headers=bearer(DEMO),
+                              json={"model": "up", "messages": [{"role": "user", "content": "x"}]}) as r:
+                assert r.status == 429
+        upstream.limited = False
+        async with s.post(running.url + "/chat/completions", headers=bearer("sk-test-solo-key-0003"),
+                          json={"model": "up", "messages": [{"role": "user", "content": "x"}]}) as r:
+            assert r.status == 200  # the operator's key: the deployment is not open
+    assert upstream.keys[-1] == OPERATOR and upstream.keys.count(REFUSED) == 4
 
 
 async def test_bad_registrations_are_refused_without_echoing_the_key(start_gateway, upstream):
@@ -248,9 +329,9 @@ async def test_the_cli_sets_lists_and_removes_and_a_running_server_follows(start
                               env={**__import__("os").environ, "TOLLWAY_BYOK_SECRET": SECRET})
 
     done = await asyncio.to_thread(cli, "set", "--key", "cfg_demo", "up", stdin=CUSTOMER + "\n")
-    assert (done.returncode, done.stdout.strip()) == (0, "stored key cfg_demo's key for up: sk-...abcd"), done.stderr
+    assert (done.returncode, done.stdout.strip()) == (0, "stored key cfg_demo's key for up: ...abcd"), done.stderr
     listed = await asyncio.to_thread(cli, "list")
-    assert listed.stdout.strip() == "key:cfg_demo\tup\tsk-...abcd" and CUSTOMER not in listed.stdout
+    assert listed.stdout.strip() == "key:cfg_demo\tup\t...abcd" and CUSTOMER not in listed.stdout
 
     async def ask() -> str:
         async with aiohttp.ClientSession() as s, s.post(running.url + "/chat/completions", headers=bearer(DEMO),

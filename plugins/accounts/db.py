@@ -100,6 +100,8 @@ MIGRATIONS = (
         "alter table tollway_ledger add column images integer not null default 0",
         "alter table tollway_ledger add column characters integer not null default 0",
         "alter table tollway_ledger add column audio_ms integer not null default 0")),
+    # 1 when the upstream was called with the caller's own key (plugins/byok): see plugins/accounts/money.py.
+    Migration(7, "ledger.byok", ("alter table tollway_ledger add column byok integer not null default 0",)),
 )
 
 
@@ -136,6 +138,7 @@ class LedgerRow(NamedTuple):
     images: int = 0  # images delivered (images, image_edits)
     characters: int = 0  # input characters spoken (speech)
     audio_ms: int = 0  # milliseconds of audio transcribed or translated
+    byok: int = 0  # 1: sent with the caller's own upstream key (plugins/byok), billed at price.byok
 
 
 LEDGER_COLUMNS: tuple[str, ...] = LedgerRow._fields

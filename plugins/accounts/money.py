@@ -197,11 +197,14 @@ def _entry(config, where: str, rate_ppm: int) -> tuple[object, PriceTable, Price
 
 def byok_table(price, listed: PriceTable, where: str, rate_ppm: int = MICRO) -> PriceTable:
     """The prices of a request sent with the caller's own upstream key: ``price.byok`` USD per 1M
-    tokens of every kind, or ``{multiplier: M}`` of the list prices (rounded up); unset: free.
+    tokens of every kind, or ``{multiplier: M}`` of the list prices (rounded up); unset: the list
+    prices (an operator who wants BYOK cheaper says by how much; a relay is never free by omission).
     (The upstream bills the caller for what it serves, so unit prices (images, audio) go too.)"""
     byok = getattr(price, "byok", None)
-    if byok is None or isinstance(byok, (int, float)):
-        flat = 0 if byok is None else exact_scaled(byok, FEMTO_PER_MICRO, f"{where}.byok")
+    if byok is None:
+        return listed
+    if isinstance(byok, (int, float)):
+        flat = exact_scaled(byok, FEMTO_PER_MICRO, f"{where}.byok")
         if rate_ppm != MICRO:
             flat *= rate_ppm  # in the billing currency, as from_config does (listed.divisor matches)
         return replace(listed, input=flat, output=flat, cached_input=flat, cache_write=flat, images=None,

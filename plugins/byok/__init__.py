@@ -1,7 +1,7 @@
 """BYOK: a key or a credit account brings its own upstream API keys, per provider.
 
 Stored sealed (AES-256-GCM, ``sealing.py``) with a master secret from the
-environment, shown never again (only a hint like ``sk-...abcd``), never logged.
+environment, shown never again (only a hint like ``...abcd``, its last 4 characters), never logged.
 Registered through the admin API (``admin.py``) or ``tollway byok`` (``cli.py``).
 
 At request time (``tollway_admit``, first) the caller's own keys go in
@@ -9,7 +9,8 @@ At request time (``tollway_admit``, first) the caller's own keys go in
 provider the caller has a key for with that key instead of the operator's, and
 marks ``call.billing.caller_key``, so the pricing and quotas plugins bill the
 model's ``price.byok`` (USD per 1M tokens, or ``{multiplier: M}`` of the list
-price; no ``price.byok``: nothing) instead of its list price. An upstream that
+price) instead of its list price; a model without ``price.byok`` bills its list price (a
+relay is never free by omission). The ledger row says so (``byok`` = 1). An upstream that
 refuses the caller's key answers 401 ``upstream_key_rejected`` to that caller
 (their key, not the operator's, is wrong), without the key or the upstream's words.
 """

@@ -1,8 +1,9 @@
 """The admin API for customers' own upstream keys, guarded by ``server.admin_key``.
 
 ``PUT /admin/keys/{id}/upstream_keys/{provider}`` with ``{"api_key": "..."}``
-stores (or replaces) a key's own key for a provider; the answer shows its hint,
-never the key. ``GET /admin/keys/{id}/upstream_keys`` lists them (hints),
+stores (or replaces: key rotation) a key's own key for a provider; the answer shows
+its hint (last 4 characters), never the key, and ``replaced``/``replaced_hint``.
+``GET /admin/keys/{id}/upstream_keys`` lists them (hints),
 ``DELETE /admin/keys/{id}/upstream_keys/{provider}`` removes one. The same
 under ``/admin/accounts/{id}/...`` for a key shared by every key of an account.
 """
@@ -108,8 +109,12 @@ class AdminUpstreamKeys:
         unknown = sorted(set(body) - {"api_key"})
         if unknown:
             raise bad_request(f"{unknown[0]}: unknown field (send only api_key)", param=unknown[0])
-        stored = await self.vault.put(owner, provider, check_upstream_key(body.get("api_key")))
-        return json_response(stored.view())
+        key = check_upstream_key(body.get("api_key"))
+        before = self.vault.listed.get((str(owner), provider))
+        stored = await self.vault.put(owner, provider, key)
+        # Rotation is a PUT over the old key: the answer says it replaced one, and whose hint it had.
+        return json_response({**stored.view(), "replaced": before is not None,
+                              "replaced_hint": None if before is None else before.hint})
 
     async def remove(self, request: web.Request, owner: Owner) -> web.Response:
         provider = request.match_info["provider"]

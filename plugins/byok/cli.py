@@ -74,8 +74,12 @@ async def cmd_set(gateway: Gateway, args: argparse.Namespace) -> int:
     except ProxyError as exc:
         print(f"tollway: {exc.message}", file=sys.stderr)
         return 2
+    before = vault.listed.get((str(owner), args.provider))
     stored = await vault.put(owner, args.provider, key)
-    print(f"stored {owner.kind} {owner.id}'s key for {args.provider}: {stored.hint}")
+    if before is None:
+        print(f"stored {owner.kind} {owner.id}'s key for {args.provider}: {stored.hint}")
+    else:
+        print(f"replaced {owner.kind} {owner.id}'s key for {args.provider}: {stored.hint} (was {before.hint})")
     return 0
 
 

@@ -58,8 +58,9 @@ class StoredKey:
 
 
 def hint_of(key: str) -> str:
-    """Enough to tell two keys apart, far too little to use: ``sk-...abcd``."""
-    return f"{key[:3]}...{key[-4:]}" if len(key) >= 20 else "..."
+    """Enough to tell two keys apart, far too little to use: its last 4 characters, ``...abcd``
+    (none of a key shorter than 20)."""
+    return f"...{key[-4:]}" if len(key) >= 20 else "..."
 
 
 class Vault:

@@ -13,7 +13,7 @@ from plugins.accounts.options import parse_time
 
 PAGE = 50
 COLUMNS = ("id", "time", "key_id", "model", "served_model", "provider", "status", "error_code", "stream",
-           "cache_hit", "prompt_tokens", "completion_tokens", "cost_micro_usd", "latency_ms", "ttfb_ms")
+           "cache_hit", "prompt_tokens", "completion_tokens", "cost_micro_usd", "latency_ms", "ttfb_ms", "byok")
 STATUS_CLASSES = {"ok": ("status < 400", ()), "errors": ("status >= 400", ()),
                   "4xx": ("status >= 400 and status < 500", ()), "5xx": ("status >= 500", ())}
 

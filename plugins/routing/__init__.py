@@ -117,7 +117,9 @@ class Plugin:
             state.probe = False
             state.served = dep  # still in flight until the answer ends (finish)
             return
-        router.health.record(dep.name, now, counts_against(error), state.probe, error.code, retry_after_of(error))
+        # A 429 on the caller's own upstream key (byok) is that key's quota, not the deployment's health.
+        against = counts_against(error) and not (call.billing.caller_key and error.status == 429)
+        router.health.record(dep.name, now, against, state.probe, error.code, retry_after_of(error))
         state.probe = False
         router.let_go(state)
 
