@@ -89,6 +89,8 @@ class Plugin:
 
     @hookimpl
     def tollway_commands(self, subparsers: argparse._SubParsersAction) -> None:
+        from .accounts.accounts_cli import add_accounts_command
         from .accounts.cli import add_keys_command
 
         add_keys_command(subparsers)
+        add_accounts_command(subparsers)

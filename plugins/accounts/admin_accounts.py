@@ -4,7 +4,8 @@
 ``budgets``, ``limits``, ``refill``, ``suspended``), ``GET|PATCH
 /admin/accounts/{id}`` and ``POST /admin/accounts/{id}/credits``. Accounts
 from the YAML ``accounts:`` section can be read and topped up here, but are
-changed in the YAML (409 otherwise), as keys are.
+changed in the YAML (409 otherwise), as keys are. The checks and changes are
+``account_ops.py``'s, shared with ``tollway accounts``.
 """
 
 from __future__ import annotations
@@ -15,17 +16,38 @@ from aiohttp import web
 
 from proxy import ProxyError, json_response, read_json
 
-from .book import AccountExists
-from .http import build_body, check_admin, field_error, read_body, read_topup, running_accounts, topup_answer
-from .options import NAME_RE
-from .specs import AccountCreate, AccountPatch, SpecError, account_policy, credits_micro
-from .views import account_view
+from .account_ops import (
+    AccountExists,
+    AccountNotFound,
+    ConfigAccount,
+    account_document,
+    change_account,
+    create_account,
+    find_account,
+    top_up_account,
+)
+from .http import check_admin, field_error, running_accounts, topup_answer
+from .specs import SpecError
 
 if TYPE_CHECKING:
     from proxy import Gateway
 
     from .book import Accounts
     from .model import Account
+
+
+def _answer(exc: Exception) -> ProxyError:
+    """The admin API's answer to what an account operation raised."""
+    if isinstance(exc, SpecError):
+        return field_error(str(exc))
+    if isinstance(exc, AccountNotFound):
+        return ProxyError(404, str(exc), code="account_not_found")
+    if isinstance(exc, ConfigAccount):
+        return ProxyError(409, str(exc), code="config_account")
+    return ProxyError(409, f"account {exc.args[0]!r} exists already", code="account_exists")
+
+
+ACCOUNT_ERRORS = (SpecError, AccountNotFound, ConfigAccount, AccountExists)
 
 
 class AdminAccounts:
@@ -41,23 +63,8 @@ class AdminAccounts:
                 web.get("/admin/accounts/{id}", self.show), web.patch("/admin/accounts/{id}", self.update),
                 web.post("/admin/accounts/{id}/credits", self.topup)]
 
-    def _account(self, request: web.Request, *, writable: bool = False) -> Account:
-        check_admin(self.gateway, request)
-        aid = request.match_info["id"]
-        acc = self.accounts.accounts.get(aid)
-        if acc is None:
-            raise ProxyError(404, f"no account with id {aid!r}", code="account_not_found")
-        if writable and acc.source == "config":
-            raise ProxyError(409, f"account {aid!r} is defined in the config file's accounts: section; "
-                                  "change it there", code="config_account")
-        return acc
-
     def view(self, acc: Account) -> dict[str, Any]:
-        book = self.accounts
-        keys = sorted(k.id for k in book.by_id.values() if k.account_id == acc.id)
-        budgets = book.budgets.account_status(acc) if book.budgets is not None else []
-        return {"object": "account", **account_view(acc, book.currency), **acc.policy.to_dict(), "source": acc.source,
-                "suspended": acc.policy.suspended, "keys": keys, "budget_status": budgets}
+        return account_document(self.accounts, acc)
 
     async def list(self, request: web.Request) -> web.Response:
         check_admin(self.gateway, request)
@@ -65,39 +72,45 @@ class AdminAccounts:
         return json_response({"object": "list", "data": data})
 
     async def show(self, request: web.Request) -> web.Response:
-        return json_response(self.view(self._account(request)))
+        check_admin(self.gateway, request)
+        try:
+            return json_response(self.view(find_account(self.accounts, request.match_info["id"])))
+        except ACCOUNT_ERRORS as exc:
+            raise _answer(exc) from None
 
     async def create(self, request: web.Request) -> web.Response:
         check_admin(self.gateway, request)
-        spec, _ = await read_body(request, AccountCreate)
-        if not NAME_RE.match(spec.id):
-            raise field_error("id: use 1-64 letters, digits, '_', '.' or '-'")
+        body, _ = await read_json(request, 1024 * 1024)
         try:
-            credits = credits_micro(spec.credits, "credits")
-            policy = account_policy(spec)
-        except SpecError as exc:
-            raise field_error(str(exc)) from None
-        try:
-            acc = await self.accounts.create_account(spec.id, credits=credits, policy=policy)
-        except AccountExists:
-            raise ProxyError(409, f"account {spec.id!r} exists already", code="account_exists") from None
+            acc = await create_account(self.accounts, body)
+        except ACCOUNT_ERRORS as exc:
+            raise _answer(exc) from None
         return json_response(self.view(acc), status=201)
 
     async def update(self, request: web.Request) -> web.Response:
-        acc = self._account(request, writable=True)
+        check_admin(self.gateway, request)
+        aid = request.match_info["id"]
+        try:
+            find_account(self.accounts, aid, writable=True)  # 404 / 409 before the body is read
+        except ACCOUNT_ERRORS as exc:
+            raise _answer(exc) from None
         body, _ = await read_json(request, 1024 * 1024)
         try:
-            if "credits" in body:
-                raise SpecError("credits: add credits with POST /admin/accounts/{id}/credits")
-            policy = account_policy(build_body(AccountPatch, body), body, acc.policy)
-        except SpecError as exc:
-            raise field_error(str(exc)) from None
-        if policy != acc.policy:
-            acc = await self.accounts.set_policy(acc.id, policy)
+            acc = await change_account(self.accounts, aid, body)
+        except ACCOUNT_ERRORS as exc:
+            raise _answer(exc) from None
         return json_response(self.view(acc))
 
     async def topup(self, request: web.Request) -> web.Response:
-        acc = self._account(request)
-        micro = await read_topup(request)
-        acc = await self.accounts.add_credits(acc.id, micro)
+        check_admin(self.gateway, request)
+        aid = request.match_info["id"]
+        try:
+            find_account(self.accounts, aid)  # 404 before the body is read
+        except ACCOUNT_ERRORS as exc:
+            raise _answer(exc) from None
+        body, _ = await read_json(request, 1024 * 1024)
+        try:
+            acc, micro = await top_up_account(self.accounts, aid, body)
+        except ACCOUNT_ERRORS as exc:
+            raise _answer(exc) from None
         return json_response(topup_answer(acc.id, micro, self.view(acc)))

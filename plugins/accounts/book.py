@@ -132,9 +132,18 @@ class Accounts:
             version = await db.version(self.store)
             keys = await db.load_keys(self.store)
             accounts = await db.load_accounts(self.store)
+            budgets_before = self._budgets_and_refills()
             self._set_keys(keys)
             self._absorb(accounts)
             self.version = version
+        if self._budgets_and_refills() != budgets_before:
+            # Set by another process (the CLI, another worker): count the spend of the current
+            # periods before the new caps (as a change made here does), and make a grant now due.
+            await self.policy_changed()
+
+    def _budgets_and_refills(self) -> tuple:
+        return (tuple(sorted((a.id, a.policy.budgets, a.policy.refill) for a in self.accounts.values())),
+                tuple(sorted((k.id, k.budgets) for k in self.by_id.values())))
 
     async def poll(self) -> None:
         if await db.version(self.store) != self.version:
