@@ -126,6 +126,52 @@ async def test_redis_emptied_mid_burst_reseeds_from_the_store_without_overdraft(
     assert total == sum(told) == opening - balance and balance >= 0
 
 
+async def test_redis_emptied_mid_burst_keeps_the_budgets_spent_no_overspend(tmp_path, pg_url, start_gateway):
+    # A daily budget of 1000 micro-USD on a key funded for more: Redis forgets the budget's
+    # total half way; it is seeded again from the store (what was spent today), not from what
+    # this process read at start (nothing), so the day's spend still stops at the budget.
+    opening, budget = 5000, 1000
+    with private_redis(tmp_path) as redis:
+        config = biz_config(keys=[{"name": "demo", "key": DEMO, "credits": opening / 1e6,
+                                   "budgets": {"daily": budget / 1e6}}])
+        config["storage"] = {"url": pg_url, "counters": f"redis://127.0.0.1:{redis.port}/0"}
+        running = await start_gateway(config)
+        writer = running.gw.services[ACCOUNTS].writer
+        told: list[int] = []
+
+        async def wave(s: aiohttp.ClientSession) -> int:
+            answers = await asyncio.gather(*(chat(s, running, DEMO, max_tokens=10) for _ in range(10)))
+            for status, headers, body in answers:
+                assert status in (200, 429), body
+                if status == 200:
+                    told.append(round(float(headers["x-tollway-cost"]) * 1e6))
+                else:
+                    assert body["error"]["code"] == "budget_exceeded", body
+            return sum(1 for status, _, _ in answers if status == 200)
+
+        async with aiohttp.ClientSession() as s:
+            while sum(told) < budget / 2:
+                assert await wave(s)
+            first = sum(told)
+            await writer.drain_shared()  # what was charged is stored...
+            import redis.asyncio as aioredis
+
+            client = aioredis.Redis(port=redis.port)
+            await client.flushall()  # ...and Redis forgets the budget's total, the balance, everything
+            await client.aclose()
+            for _ in range(100):
+                if not await wave(s):
+                    break
+        await writer.flush()
+        await writer.drain_shared()
+        total = (await running.gw.store.fetchone(
+            "select coalesce(sum(cost_micro_usd), 0) from tollway_ledger where account_id = 'cfg_demo'"))[0]
+        balance = (await running.gw.store.fetchone(
+            "select balance_micro_usd from tollway_accounts where id = 'cfg_demo'"))[0]
+    assert first < sum(told) <= budget  # not a second budget's worth after the flush
+    assert total == sum(told) == opening - balance and balance >= 0
+
+
 async def test_a_redis_that_stops_answering_is_a_503_within_the_timeout_not_a_hang(tmp_path, pg_url, start_gateway):
     with private_redis(tmp_path) as redis:
         config = biz_config()

@@ -348,7 +348,7 @@ class Accounts:
             await self.write(change, (record.account_id,))
             self._put(record)
         if credits:
-            await self._shared_topup(record.account_id, credits)
+            await self.shared_topup(record.account_id, credits)
         self._changed()
         return record, plain
 
@@ -382,11 +382,11 @@ class Accounts:
                 await db.add_credits(tx, aid, micro, time.time())
 
             await self.write(change, (aid,))
-        await self._shared_topup(aid, micro)
+        await self.shared_topup(aid, micro)
         self._changed()
         return self.accounts[aid]
 
-    async def _shared_topup(self, aid: str, micro: int) -> None:
+    async def shared_topup(self, aid: str, micro: int) -> None:
         """Add a stored top-up to the account's balance in Redis (once: see redis_credit.py)."""
         if self.shared is None:
             return
@@ -449,7 +449,7 @@ class Accounts:
                 await db.add_credits(tx, aid, micro, time.time())
 
             await self.write(change, (aid,))
-        await self._shared_topup(aid, micro)
+        await self.shared_topup(aid, micro)
         self._changed()
         return self.accounts[aid]
 

@@ -20,10 +20,12 @@ ledger for the part of an hour the period begins in (``seed``).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from proxy import ProxyError
@@ -33,6 +35,8 @@ from .gcra import iso_at
 from .model import PERIODS
 from .money import micro_to_usd, money_text
 from .periods import Calendar
+
+SEED_TIMEOUT_S = 5.0  # the store read that seeds a total Redis does not have (the request waits on it)
 
 if TYPE_CHECKING:
     from .book import Accounts
@@ -132,7 +136,8 @@ class BudgetKeeper:
                 self._give_back(held, amount)
                 raise self._never_fits(cap, amount)
             try:
-                ok = await counters.hold_total(name, cap.cap, amount, seed=seeds.get(name, 0), until=end + 86400)
+                ok = await counters.hold_total(name, cap.cap, amount, seed=seeds.get(name, 0), until=end + 86400,
+                                               fresh=partial(self.fresh_seed, cap, now))
             except BaseException:
                 self._give_back(held, amount)
                 raise
@@ -217,6 +222,18 @@ class BudgetKeeper:
                     seeds[name] = seeds.get(name, 0) + spent
         self.seeds = seeds
 
+    async def fresh_seed(self, cap: Cap, now: float) -> int:
+        """What the store says ``cap``'s scope spent in its current period (shared counters
+        that do not have the total: a new period, or Redis restarted empty; not what this
+        process read at start, which other instances' spending has made old)."""
+        start = self.calendar.current(cap.period, now).start
+        try:
+            return await asyncio.wait_for(spent_by(self.book.store, cap.scope, cap.owner, start), SEED_TIMEOUT_S)
+        except Exception:
+            raise ProxyError(503, f"the gateway's store (storage.url) cannot be reached to read what {cap.who} "
+                                  f"spent this {cap.period} period; retry shortly", code="storage_unavailable",
+                             headers={"Retry-After": "1"}) from None
+
     # -- for people ------------------------------------------------------------------------
     def status(self, key: KeyRecord, now: float | None = None) -> list[dict[str, Any]]:
         """Each budget of the key and its account: cap, spent, left, reset time."""
@@ -253,3 +270,17 @@ async def spent_since(store, start: float) -> list[tuple[str, str, int]]:
             "select key_id, account_id, sum(cost_micro_usd) from tollway_ledger where time >= ? and time < ? "
             "group by key_id, account_id", (start, first_hour))
     return rows
+
+
+async def spent_by(store, scope: str, owner: str, start: float) -> int:
+    """What one key (``scope`` "k") or account ("a") spent since ``start`` (as ``spent_since``)."""
+    column = "key_id" if scope == "k" else "account_id"
+    first_hour = math.ceil(start / 3600) * 3600
+    row = await store.fetchone(f"select coalesce(sum(cost_micro_usd), 0) from {rollups.table('hour', '_key')} "
+                               f"where bucket >= ? and {column} = ?", (first_hour, owner))
+    spent = int(row[0] or 0)
+    if first_hour > start:
+        row = await store.fetchone("select coalesce(sum(cost_micro_usd), 0) from tollway_ledger "
+                                   f"where time >= ? and time < ? and {column} = ?", (start, first_hour, owner))
+        spent += int(row[0] or 0)
+    return spent

@@ -35,7 +35,7 @@ the shared counters cannot be reached: callers refuse what they cannot decide
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from proxy import ProxyError, ServiceKey
@@ -82,10 +82,13 @@ class Counters:
         """One request of ``scope`` has finished (after a successful ``enter``)."""
         raise NotImplementedError
 
-    async def hold_total(self, name: str, cap: int, amount: int, *, seed: int = 0, until: float = 0.0) -> bool:
+    async def hold_total(self, name: str, cap: int, amount: int, *, seed: int = 0, until: float = 0.0,
+                         fresh: Callable[[], Awaitable[int]] | None = None) -> bool:
         """Hold ``amount`` of the total ``name`` if used + held + amount <= cap.
         ``seed``: the used amount when the total does not exist yet; ``until``:
-        unix time after which it may be forgotten (0: never)."""
+        unix time after which it may be forgotten (0: never). ``fresh``: shared
+        counters that do not have the total (any more: Redis restarted empty) seed
+        it with ``await fresh()`` (a fresh read of the store) instead of ``seed``."""
         raise NotImplementedError
 
     def settle_total(self, name: str, held: int, spent: int) -> None:
@@ -174,7 +177,8 @@ class MemoryCounters(Counters):
         for name in [n for n, e in self.totals.items() if e[2] and e[2] <= now and not e[1]]:
             del self.totals[name]
 
-    async def hold_total(self, name: str, cap: int, amount: int, *, seed: int = 0, until: float = 0.0) -> bool:
+    async def hold_total(self, name: str, cap: int, amount: int, *, seed: int = 0, until: float = 0.0,
+                         fresh: Callable[[], Awaitable[int]] | None = None) -> bool:
         entry = self._total(name, seed, until)
         if entry[0] + entry[1] + amount > cap:
             return False

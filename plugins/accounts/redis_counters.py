@@ -278,8 +278,14 @@ class RedisCounters(Counters):
         self.behind(self.link.call(lambda: self.link.redis.zrem(zkey, slot)))
 
     # -- capped totals --------------------------------------------------------------------------
-    async def hold_total(self, name: str, cap: int, amount: int, *, seed: int = 0, until: float = 0.0) -> bool:
-        ok, used = await self.link.run(lua.HOLD_TOTAL, [self.key("total", name)], [cap, amount, seed, repr(until)])
+    async def hold_total(self, name: str, cap: int, amount: int, *, seed: int = 0, until: float = 0.0,
+                         fresh: Callable[[], Awaitable[int]] | None = None) -> bool:
+        key = self.key("total", name)
+        ok, used = await self.link.run(lua.HOLD_TOTAL, [key], [cap, amount, "" if fresh is not None else seed,
+                                                               repr(until)])
+        if ok == -1:  # not in Redis (a new period, or Redis lost it): seeded from the store, not memory
+            assert fresh is not None
+            ok, used = await self.link.run(lua.HOLD_TOTAL, [key], [cap, amount, await fresh(), repr(until)])
         self.totals[name] = int(used)
         return bool(ok)
 
@@ -293,7 +299,7 @@ class RedisCounters(Counters):
             self.totals[name] = int(used)
 
     def release_total(self, name: str, held: int) -> None:
-        self.behind(self.link.call(lambda: self.link.redis.hincrby(self.key("total", name), "held", -held)))
+        self.behind(self.link.run(lua.RELEASE_TOTAL, [self.key("total", name)], [held]))
 
     def used_total(self, name: str) -> int:
         return self.totals.get(name, 0)

@@ -98,8 +98,11 @@ return 1
 """
 
 # Capped totals. KEYS: the total's hash (used, held). ARGV: cap, amount, seed, expire-at (unix s, 0 never).
+# A seed of '' makes nothing: a total that does not exist is answered {-1, 0}, and the caller
+# reads a fresh seed from the store and asks again.
 HOLD_TOTAL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[3] == '' then return {-1, 0} end
   redis.call('HSET', KEYS[1], 'used', ARGV[3], 'held', 0)
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[4]))) end
 end
@@ -113,8 +116,16 @@ return {1, used}
 # KEYS: the total's hash; ARGV: held, spent. Reply: used after.
 SETTLE_TOTAL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-redis.call('HINCRBY', KEYS[1], 'held', -tonumber(ARGV[1]))
+if redis.call('HINCRBY', KEYS[1], 'held', -tonumber(ARGV[1])) < 0 then redis.call('HSET', KEYS[1], 'held', 0) end
 return redis.call('HINCRBY', KEYS[1], 'used', ARGV[2])
+"""
+
+# KEYS: the total's hash; ARGV: held. A total Redis lost (FLUSHALL) is not made again here,
+# and a hold it lost never takes ``held`` below zero (that would free room nobody held).
+RELEASE_TOTAL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HINCRBY', KEYS[1], 'held', -tonumber(ARGV[1])) < 0 then redis.call('HSET', KEYS[1], 'held', 0) end
+return 1
 """
 
 # -- credit ---------------------------------------------------------------------------------

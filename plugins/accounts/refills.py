@@ -12,7 +12,10 @@ Exactly once per account and period, across restarts and processes: each
 grant is a row of ``tollway_grants`` whose primary key is (account,
 period), inserted in the same transaction as the balance change it makes.
 A grant already there is never applied again; a second process racing for
-the same grant fails on the key and finds it done on its next pass.
+the same grant inserts nothing (``on conflict do nothing``) and adds nothing.
+With shared counters the grant is added in Redis too (``TOPUP``, once, by the
+process that made it), and ``rollover: false`` tops up from the balance the
+fleet sees there (charges not yet stored included).
 
 Grants are applied off the request path, by a task that wakes once a second
 and scans the accounts only when a refill period has ended or an account has
@@ -28,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from proxy import ProxyError
 from proxy.background import stop_task
 from proxy.logs import throttled
 
@@ -93,27 +97,37 @@ class Refills:
             self.done[acc.id] = period
             return False
         amount = usd_to_micro(refill.amount)
-        made = False
+        shared = book.shared
+        live = None
+        if shared is not None and not refill.rollover:
+            # The balance as the fleet sees it (charges may wait in the stream, not yet stored).
+            got = await shared.live(acc.id)
+            live = got[0] if got is not None else None
+        added: int | None = None
 
         async def change(tx) -> None:
-            nonlocal made
-            row = await tx.fetchone("select 1 from tollway_grants where account_id = ? and period = ?",
-                                    (acc.id, period))
-            if row is not None:
-                return
+            nonlocal added
             # Memory is the stored balance plus what is not written yet: the balance as of now.
-            add = amount if refill.rollover else max(amount - acc.balance, 0)
-            await tx.execute("insert into tollway_grants (account_id, period, amount_micro_usd, rollover, time) "
-                             "values (?, ?, ?, ?, ?)", (acc.id, period, add, int(refill.rollover), time.time()))
+            balance = acc.balance if live is None else live
+            add = amount if refill.rollover else max(amount - balance, 0)
+            # One grant per account and period, whichever process gets there first (the others
+            # wait for its commit and insert nothing).
+            row = await tx.fetchone("insert into tollway_grants (account_id, period, amount_micro_usd, rollover, time) "
+                                    "values (?, ?, ?, ?, ?) on conflict do nothing returning 1",
+                                    (acc.id, period, add, int(refill.rollover), time.time()))
+            if row is None:
+                return
             if add:
                 await tx.execute("update tollway_accounts set balance_micro_usd = balance_micro_usd + ? "
                                  "where id = ?", (add, acc.id))
-            made = True
+            added = add
 
         async with book.lock:
             await book.write(change, (acc.id,))
         self.done[acc.id] = period
-        return made
+        if added:
+            await book.shared_topup(acc.id, added)  # and in Redis, once, for every instance
+        return added is not None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tollway-refills")
@@ -128,6 +142,8 @@ class Refills:
                 await self.apply_due(always=False)
             except asyncio.CancelledError:
                 raise
+            except ProxyError:
+                pass  # the shared counters (or the store) are down, and said so: the next pass retries
             except Exception:
                 throttled(log, logging.ERROR, "refills", "refills: a grant failed; will retry", exc_info=True)
             await asyncio.sleep(self.interval)
