@@ -64,9 +64,13 @@ class ProxyError(Exception):
     ``headers`` are added to the response (``Retry-After``, rate-limit headers).
     ``extra`` holds fields an operator may add to the body (``errors.extra_fields``:
     ``limit``, ``used``, ``resetAt`` of the limit or budget that refused).
+    ``style`` is the operator's ``errors:`` choice for an error rendered in-band (one
+    that ends a stream): the core sets it (``styled``) before a stream encoder renders
+    it, so an error chunk has the same numeric ``code`` and extra fields as the body
+    the same error gets before a stream starts.
     """
 
-    __slots__ = ("status", "message", "code", "param", "headers", "type", "extra")
+    __slots__ = ("status", "message", "code", "param", "headers", "type", "extra", "style")
 
     def __init__(
         self,
@@ -87,6 +91,12 @@ class ProxyError(Exception):
         self.headers = dict(headers) if headers else {}
         self.type = type
         self.extra = extra
+        self.style: ErrorStyle | None = None
+
+    def styled(self, style: ErrorStyle | None) -> ProxyError:
+        """This error, to be rendered in-band in the operator's ``errors:`` style."""
+        self.style = style
+        return self
 
     def __repr__(self) -> str:
         return f"ProxyError({self.status}, {self.message!r}, code={self.code!r})"
@@ -100,13 +110,19 @@ class ProxyError(Exception):
     def openai_body(self, style: ErrorStyle | None = None) -> dict:
         error: dict[str, object] = {"message": self.message, "type": self.openai_type(), "param": self.param,
                                     "code": self.code}
+        return {"error": self.add_styled_fields(error, style)}
+
+    def add_styled_fields(self, error: dict[str, object], style: ErrorStyle | None) -> dict[str, object]:
+        """``error`` (an OpenAI-shaped error object, or a Responses stream's error event) with
+        what the operator's ``errors:`` style adds: ``code`` as the HTTP status and the name
+        as ``reason`` (``numeric_code``), and ``limit``/``used``/``resetAt``... (``extra_fields``)."""
         if style is not None:
             if style.numeric_code:
                 error["code"] = self.status
                 error["reason"] = self.code
             if style.extra_fields and self.extra:
                 error.update(self.extra)
-        return {"error": error}
+        return error
 
     def anthropic_body(self, style: ErrorStyle | None = None) -> dict:
         error: dict[str, object] = {"type": self.anthropic_type(), "message": self.message}
@@ -120,10 +136,10 @@ class ProxyError(Exception):
         return orjson.dumps(body)
 
     def sse_event(self, dialect: str = "openai") -> bytes:
-        """The in-band error for a stream that already answered 200."""
+        """The in-band error for a stream that already answered 200 (in ``self.style``)."""
         if dialect == "anthropic":
-            return b"event: error\ndata: " + self.render("anthropic") + b"\n\n"
-        return b"data: " + self.render("openai") + b"\n\n"
+            return b"event: error\ndata: " + self.render("anthropic", self.style) + b"\n\n"
+        return b"data: " + self.render("openai", self.style) + b"\n\n"
 
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_request") -> ProxyError:
@@ -159,8 +175,8 @@ def error_response(err: ProxyError, dialect: str = "openai", style: ErrorStyle |
                         headers={**err.headers, "Content-Type": "application/json"})
 
 
-def style_of(request: web.BaseRequest) -> ErrorStyle | None:
-    """The serving gateway's ``errors:`` style (None outside a gateway's app)."""
+def style_of(request: web.BaseRequest | None) -> ErrorStyle | None:
+    """The serving gateway's ``errors:`` style (None outside a gateway's app, or without a request)."""
     from .gateway import GATEWAY_KEY
 
     app = getattr(request, "app", None)

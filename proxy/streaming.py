@@ -28,7 +28,7 @@ import orjson
 
 from .call import Usage
 from .clientwrite import CLIENT_WRITE_TIMEOUT, ClientStalled, ClientWriter
-from .errors import ProxyError, internal_error
+from .errors import ProxyError, internal_error, style_of
 from .inflight import shutdown_error
 from .inflight import uncancel as _uncancel
 from .logs import throttled
@@ -370,16 +370,20 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
         return
     if error is not None:
         call.response.error = error
-        tail = codec.fail(error)
+        tail = codec.fail(error.styled(style_of(call.request)))
     else:
         try:
             tail += codec.finish(call)
         except UNREADABLE as exc:  # the codec's state came from events it could not read
             call.response.error = unreadable_answer(call.provider_name or "upstream", exc)
-            tail += codec.fail(call.response.error)
+            tail += codec.fail(call.response.error.styled(style_of(call.request)))
     try:
-        for f in filters:
-            tail = f(tail)
+        try:
+            for f in filters:
+                tail = f(tail)
+        except ProxyError as err:  # a plugin ended the stream at its end: in-band too, unfiltered
+            call.response.error = err
+            tail = codec.fail(err.styled(style_of(call.request)))
         await writer.write(tail)
         await writer.write_eof()
     except ConnectionError as exc:

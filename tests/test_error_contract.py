@@ -13,6 +13,7 @@ import pytest
 from business import ADMIN_HEADERS, DEMO, bearer, biz_config, chat
 from test_budgets import KEY_A, PRICE, paid_config
 
+from proxy import ProxyError, hookimpl
 from proxy.gateway import build_gateway
 from proxy.schema import ConfigError
 
@@ -125,3 +126,89 @@ def test_base_path_mistakes(tmp_path, server, message):
     config["storage"] = {"url": f"sqlite:///{tmp_path}/t.db"}
     with pytest.raises(ConfigError, match=message):
         build_gateway(config, path=tmp_path / "tollway.yaml")
+
+
+def sse_data(raw: bytes) -> list[dict | str]:
+    """A stream's ``data:`` payloads, parsed (``[DONE]`` as the text)."""
+    import orjson
+
+    out: list[dict | str] = []
+    for line in raw.decode().splitlines():
+        if line.startswith("data: "):
+            payload = line[6:]
+            out.append(payload if payload == "[DONE]" else orjson.loads(payload))
+    return out
+
+
+class EndsStreamsWithALimit:
+    """A plugin that ends a stream (of a request from ``user: "cut-me"``) at its first write
+    with a limit error, as a plugin that meters output as it streams would."""
+
+    @hookimpl
+    async def tollway_stream_filter(self, call):
+        body = call.body
+        if "cut-me" not in (body.get("user"), (body.get("metadata") or {}).get("user_id")):
+            return None
+        seen = []
+
+        def cut(data: bytes) -> bytes:
+            seen.append(data)
+            if len(seen) == 1:
+                raise ProxyError(429, "output limit reached for this minute", code="output_limit",
+                                 extra={"limit": 5, "used": 5, "resetAt": "2030-01-01T00:00:00Z"})
+            return data
+
+        return cut
+
+
+@pytest.mark.parametrize("style", [{"extra_fields": True, "numeric_code": True}, {}])
+async def test_an_error_that_ends_a_stream_has_the_codes_and_fields_of_the_same_error_before_it(
+        start_gateway, mock_upstream, style):
+    keys = [{"name": "a", "key": KEY_A, "credits": 1.0}]
+    running = await start_gateway(paid_config(mock_upstream.url, keys, errors=style),
+                                  plugins=[EndsStreamsWithALimit()])
+    messages = [{"role": "user", "content": "hello"}]
+    async with aiohttp.ClientSession() as s:
+        # The upstream cuts the stream: the in-band error chunk, then [DONE].
+        async with s.post(running.url + "/chat/completions", headers=bearer(KEY_A),
+                          json={"model": "up", "messages": messages, "stream": True, "max_tokens": 8,
+                                "mock": {"drop_after": 2}}) as r:
+            events = sse_data(await r.read())
+        assert r.status == 200 and events[-1] == "[DONE]"
+        error = events[-2]["error"]
+        if style:
+            assert (error["code"], error["reason"]) == (502, "upstream_disconnected")
+        else:
+            assert error["code"] == "upstream_disconnected" and "reason" not in error
+        # A plugin's limit error mid-stream: the fields it has, as a refusal before the stream would.
+        async with s.post(running.url + "/chat/completions", headers=bearer(KEY_A),
+                          json={"model": "up", "messages": messages, "stream": True, "max_tokens": 8,
+                                "user": "cut-me"}) as r:
+            events = sse_data(await r.read())
+        error = events[-2]["error"]
+        if style:
+            assert {k: error[k] for k in ("code", "reason", "limit", "used", "resetAt")} == {
+                "code": 429, "reason": "output_limit", "limit": 5, "used": 5, "resetAt": "2030-01-01T00:00:00Z"}
+        else:
+            assert set(error) == {"message", "type", "param", "code"} and error["code"] == "output_limit"
+        # The Anthropic Messages stream: its own error event, with the extra fields when switched on.
+        async with s.post(running.url + "/messages", headers={"x-api-key": KEY_A, "anthropic-version": "2023-06-01"},
+                          json={"model": "up", "messages": messages, "stream": True, "max_tokens": 8,
+                                "metadata": {"user_id": "cut-me"}}) as r:
+            raw = (await r.read()).decode()
+        assert r.status == 200 and "event: error" in raw
+        error = [e for e in sse_data(raw.encode()) if isinstance(e, dict) and e.get("type") == "error"][-1]["error"]
+        assert error["type"] == "rate_limit_error"
+        assert (error.get("limit"), error.get("resetAt")) == ((5, "2030-01-01T00:00:00Z") if style else (None, None))
+        # The Responses API stream: its `error` event, likewise.
+        async with s.post(running.url + "/responses", headers=bearer(KEY_A),
+                          json={"model": "up", "input": "hello", "stream": True, "max_output_tokens": 8,
+                                "user": "cut-me"}) as r:
+            raw = (await r.read()).decode()
+        assert r.status == 200
+        error = [e for e in sse_data(raw.encode()) if isinstance(e, dict) and e.get("type") == "error"][-1]
+        if style:
+            assert {k: error[k] for k in ("code", "reason", "limit", "used", "resetAt")} == {
+                "code": 429, "reason": "output_limit", "limit": 5, "used": 5, "resetAt": "2030-01-01T00:00:00Z"}
+        else:
+            assert error["code"] == "output_limit" and "limit" not in error

@@ -54,8 +54,10 @@ def usage_to_responses(usage: Usage) -> dict:
 
 def error_event(error: ProxyError, sequence_number: int) -> bytes:
     """A Responses stream ``error`` event (the shape the official SDKs read)."""
-    return named_event(b"error", orjson.dumps({"type": "error", "code": error.code, "message": error.message,
-                                               "param": error.param, "sequence_number": sequence_number}))
+    body = error.add_styled_fields({"type": "error", "code": error.code, "message": error.message,
+                                    "param": error.param}, error.style)
+    body["sequence_number"] = sequence_number
+    return named_event(b"error", orjson.dumps(body))
 
 
 def stream_text(blob: bytes) -> str:
