@@ -37,7 +37,6 @@ from aiohttp import web
 
 from proxy import Call, Gateway, ProxyError, Route, Snapshot, StateKey, hookimpl, json_response
 from proxy.provider import CALLER_KEYS
-from proxy.schema import RestartRequired
 
 from .accounts import ACCOUNTS, Account, Accounts, KeyRecord
 from .accounts.admin_accounts import AdminAccounts
@@ -48,6 +47,7 @@ from .accounts.counters import COUNTERS
 from .accounts.estimate import output_bound, prompt_bound
 from .accounts.http import authenticate
 from .accounts.money import MICRO, PriceBook, micro_to_usd, money_text, multiplier_ppm
+from .accounts.money_reload import prepare_money_reload, top_up_text
 from .accounts.options import AccountConfig, BillingOptions, QuotasOptions
 from .accounts.periods import Calendar, zone
 from .accounts.refills import Refills
@@ -117,7 +117,7 @@ class Plugin:
         self.accounts = accounts = await gateway.services.open(ACCOUNTS)
         billing = gateway.config.section("billing") or BillingOptions()
         counters = await gateway.services.open(COUNTERS)
-        self.top_up = f". Top up at {billing.billing_url}" if billing.billing_url else ""
+        self.top_up = top_up_text(billing)
         calendar = Calendar(zone(billing.timezone))
         self.budgets = accounts.budgets = BudgetKeeper(accounts, counters, calendar)
         await self.budgets.load_seeds()
@@ -135,21 +135,10 @@ class Plugin:
 
     @hookimpl
     def tollway_reload(self, snapshot: Snapshot):
-        """Prices and ``plugins.quotas``; ``accounts:`` and ``billing`` (balances, budgets, refills,
-        the currency) are read at start-up only: a change to them is refused as needing a restart."""
-        old, new = self.gateway.config, snapshot.config
-        fixed = [name for name in ("accounts", "billing") if old.section(name) != new.section(name)]
-        if fixed:
-            raise RestartRequired(f"{', '.join(fixed)}: changing {'this needs' if len(fixed) == 1 else 'these need'} "
-                                  "a restart of tollway serve (nothing was reloaded; the running config stays)")
-        billing = new.section("billing") or BillingOptions()
-        prices = PriceBook(new.models, billing.usd_rate)
-        default_cap = (snapshot.config.section("plugins.quotas") or QuotasOptions()).default_max_tokens
-
-        def apply() -> None:
-            self.prices, self.default_cap = prices, default_cap
-
-        return apply
+        """Prices, ``plugins.quotas``, ``billing`` (but its currency) and the YAML ``accounts:``
+        (budgets, limits, refills, suspension): see ``accounts/money_reload.py``."""
+        changes = prepare_money_reload(self.gateway.config, snapshot.config)
+        return lambda: changes.apply(self, self.accounts, self.budgets, self.refills)
 
     @hookimpl
     async def tollway_admit(self, call: Call) -> None:

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tollway")
 
-__all__ = ["RELOADER_KEY", "ReloadRefused", "ReloadResult", "Reloader", "listen_for_sighup", "restart_needed"]
+__all__ = ["RELOADER_KEY", "ReloadRefused", "ReloadResult", "Reloader", "listen_for_sighup", "plugins_turned_on",
+           "restart_needed"]
 
 RETIRE_POLL_S = 0.5  # how often a retired adapter looks for the last request that may use it
 
@@ -85,6 +86,17 @@ def restart_needed(gateway: Gateway, changes: list[str]) -> list[str]:
     return out
 
 
+def plugins_turned_on(gateway: Gateway, raw: dict) -> list[str]:
+    """The sections of a new file that would turn on a built-in plugin not loaded now
+    (``metrics:``, ``alerts:``): the plugin manager is made at start-up."""
+    from .plugins import section_plugins
+
+    plugins = raw.get("plugins")
+    enabled = plugins.get("enabled") if isinstance(plugins, dict) else None
+    listed = enabled if isinstance(enabled, list) else []
+    return [name for name in section_plugins(raw, listed) if not gateway.pm.has_plugin(f"builtin:{name}")]
+
+
 class Reloader:
     """One per gateway: reloads one at a time; the current version is ``gateway.snapshot``."""
 
@@ -108,6 +120,10 @@ class Reloader:
 
         gateway = self.gateway
         old = gateway.snapshot
+        if added := plugins_turned_on(gateway, raw):
+            raise ReloadRefused(f"{', '.join(added)}: a new section that turns on its plugin; loading "
+                                f"{'it needs' if len(added) == 1 else 'they need'} a restart of tollway serve "
+                                "(nothing was reloaded; the running config stays)")
         config = configure(gateway.pm, raw, old.config.path, unset_env)
         changes = config_changes(old.config, config)
         if not changes:

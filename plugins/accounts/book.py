@@ -99,8 +99,11 @@ class Accounts:
         self.writer.poll_s = auth.poll_ms / 1000
 
     async def config_reloaded(self) -> None:
-        """A reload swapped in a new config: its options, and its ``keys:`` into the store and memory."""
+        """A reload swapped in a new config: its options, and its ``accounts:`` and ``keys:`` into
+        the store and memory (accounts first, as at start-up: a new key's account opens with the
+        YAML account's credits)."""
         self.set_options(self.config)
+        await self.sync_config_accounts()
         await self.sync_config_keys()
         await self.reload()
 

@@ -21,7 +21,7 @@ import time
 
 import aiohttp
 
-from proxy import ConfigError, Event, Gateway, hookimpl
+from proxy import ConfigError, Event, Gateway, Snapshot, hookimpl
 from proxy.background import stop_task
 from proxy.logs import throttled
 from proxy.schema import suggest
@@ -96,6 +96,26 @@ class Plugin:
                        loop.create_task(self._watch_loop(), name="tollway-alerts-watch")]
 
     @hookimpl
+    def tollway_reload(self, snapshot: Snapshot):
+        """``alerts:`` takes effect at once: the webhooks (a delivery still due to a URL no longer
+        listed is given up, saying so), the events each wants, thresholds and timings. Turning
+        ``enabled`` on or off starts or stops the sender (what is queued stays in the outbox)."""
+        options: AlertsOptions = snapshot.config.section("alerts") or AlertsOptions()
+        running = self._wake is not None
+
+        def apply():
+            self.options = options
+            if self.gateway is None or not self.gateway.serving:
+                return None
+            if options.enabled and not running:
+                return self._start(self.gateway)
+            if not options.enabled and running:
+                return self._stop()
+            return None
+
+        return apply
+
+    @hookimpl
     def tollway_shutdown(self, gateway: Gateway):
         return self._stop()
 
@@ -118,6 +138,7 @@ class Plugin:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self._wake = None
 
     @hookimpl
     def tollway_event(self, gateway: Gateway, event: Event) -> None:
