@@ -221,3 +221,15 @@ async def test_a_budget_refusal_is_counted_by_its_scope_and_period(start_gateway
         assert (await chat(s, running, "sk-test-capped-01", max_tokens=3))[0] == 429
         after = await scrape(s, running.root)
     assert total(after, "tollway_limit_refusals_total", code="budget_exceeded", scope="key", limit="daily") == 1
+
+
+async def test_a_suspended_account_s_402_is_counted_as_a_refusal(start_gateway):
+    config = metrics_config()
+    config["accounts"] = {"frozen": {"credits": 1.0, "suspended": True}}
+    config["keys"].append({"name": "frozen", "key": "sk-test-frozen-01", "credits": 1.0, "account": "frozen"})
+    running = await start_gateway(config)
+    async with aiohttp.ClientSession() as s:
+        status, _, body = await chat(s, running, "sk-test-frozen-01")
+        assert (status, body["error"]["code"]) == (402, "account_suspended")
+        after = await scrape(s, running.root)
+    assert total(after, "tollway_limit_refusals_total", code="account_suspended", scope="", limit="") == 1

@@ -9,8 +9,10 @@ prometheus-client metrics (``families.py``) at a scrape. With ``server.workers >
 prometheus-client runs in its multi-process mode (values in mmap files in the
 directory the workers share, ``proxy.cli.workers_dir()``): each worker adds its
 counts every ``flush_seconds`` and at exit, and a scrape, whichever worker answers
-it, reads every worker's files. Gauges (ledger backlog, upstream connections,
-opt-in account credits) are read from the gateway's state at the same moments.
+it, reads every worker's files. A worker that ended without stopping (kill -9) is
+marked dead by the others (``sweep_dead_workers``), so its live gauges do not linger.
+Gauges (ledger backlog, upstream connections, opt-in account credits) are read from
+the gateway's state at the same moments.
 """
 
 from __future__ import annotations
@@ -127,6 +129,10 @@ class Plugin:
             return
         tally, self.tally = self.tally, Tally()
         families.add(tally)
+        if self.multiprocess_dir is not None:
+            for pid in sweep_dead_workers(self.multiprocess_dir):
+                log.warning("metrics: worker %d ended without stopping (killed?); its live gauges are dropped, "
+                            "its counts kept", pid)
         gateway = self.gateway
         for name, provider in gateway.providers.items():
             in_use, idle = provider.connections()
@@ -174,6 +180,40 @@ class Plugin:
         if not hmac.compare_digest(sent.strip().encode(), token.encode()):
             raise ProxyError(401, "invalid metrics token", code="invalid_metrics_token",
                              headers={"WWW-Authenticate": "Bearer"})
+
+
+def sweep_dead_workers(directory: str) -> list[int]:
+    """Workers that ended without ``mark_process_dead`` (kill -9, a crash) leave their live
+    gauges' files (``gauge_live*_PID.db``), which every scrape would go on adding: mark each
+    such worker dead (its counters and histograms stay: what it counted happened). Returns
+    the pids marked. A worker's files are looked at by the others every ``flush_seconds``."""
+    from prometheus_client import multiprocess
+
+    dead: set[int] = set()
+    for name in os.listdir(directory):
+        if name.startswith("gauge_live") and name.endswith(".db"):
+            pid = name[:-3].rpartition("_")[2]
+            if pid.isdigit() and not _running(int(pid)):
+                dead.add(int(pid))
+    for pid in sorted(dead):
+        multiprocess.mark_process_dead(pid, directory)
+    return sorted(dead)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc: alive as far as we can tell
+    return state not in (b"Z", b"X")
 
 
 def _start_flusher(plugin: Plugin, every: float) -> asyncio.Task:
