@@ -20,6 +20,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: How long a SIGTERM'd server may take to exit: its shutdown_timeout (the tests set 10 s or
+#: less) plus the flush, on a loaded machine.
+STOP_DEADLINE = 120
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -60,10 +65,18 @@ class Server:
                 await asyncio.sleep(0.1)
         raise AssertionError("server did not become ready")
 
-    def stop(self) -> tuple[int, str, str]:
+    def stop(self, timeout: float = STOP_DEADLINE) -> tuple[int, str, str]:
+        """SIGTERM, then the exit (within ``timeout``: generous, a loaded machine is slow;
+        past it the process is killed and the test fails with what it printed)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=30)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            raise AssertionError(f"tollway serve did not stop within {timeout} s of SIGTERM; it printed:\n"
+                                 f"{err[-4000:]}") from None
         return self.proc.returncode, out, err
 
 
