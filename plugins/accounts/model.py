@@ -6,7 +6,19 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from .money import MoneyError, usd_to_micro
+from .money import MAX_AMOUNT, MoneyError, usd_to_micro
+
+#: The largest rate or concurrency limit: far above any real one, and exact in the
+#: stores, JSON and Redis (whose numbers are doubles).
+MAX_LIMIT = 10**12
+
+
+def _limit_problem(value: int) -> str | None:
+    if value < 1:
+        return f"must be at least 1, got {value}"
+    if value > MAX_LIMIT:
+        return f"must be at most {MAX_LIMIT} (leave it out for no limit), got {value}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -29,17 +41,19 @@ class Limits:
     models: dict[str, ModelLimits] = field(default_factory=dict)
 
     def problems(self) -> list[tuple[str, str]]:
-        """(field path, message) for each value that is not a positive integer."""
+        """(field path, message) for each value that is not an integer from 1 to MAX_LIMIT."""
         out = []
         for name in ("rpm", "tpm", "rpd", "concurrency"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                out.append((f"limits.{name}", f"must be at least 1, got {value}"))
+            problem = None if value is None else _limit_problem(value)
+            if problem is not None:
+                out.append((f"limits.{name}", problem))
         for model, ml in self.models.items():
             for name in ("rpm", "tpm", "rpd"):
                 value = getattr(ml, name)
-                if value is not None and value < 1:
-                    out.append((f"limits.models.{model}.{name}", f"must be at least 1, got {value}"))
+                problem = None if value is None else _limit_problem(value)
+                if problem is not None:
+                    out.append((f"limits.models.{model}.{name}", problem))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,6 +90,10 @@ class Budgets:
                 continue
             if value < 0:
                 out.append((f"budgets.{name}", f"must be at least 0, got {value:g}"))
+                continue
+            if value > MAX_AMOUNT:
+                out.append((f"budgets.{name}", f"must be at most {MAX_AMOUNT} (leave it out for no budget), "
+                                               f"got {value:g}"))
                 continue
             try:
                 usd_to_micro(value, f"budgets.{name}")

@@ -18,6 +18,9 @@ from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
 
 MICRO = 1_000_000
 FEMTO_PER_MICRO = 10**9
+#: The largest amount (in the billing currency) one number may hold: a balance, a top-up,
+#: a budget. Its micro-units fit 64-bit integers (the stores, JSON, Redis) many times over.
+MAX_AMOUNT = 1_000_000_000
 
 
 class MoneyError(ValueError):

@@ -13,10 +13,10 @@ from typing import Any
 from proxy.schema import suggest
 
 from .model import NO_BUDGETS, AccountPolicy, Budgets, Limits, Refill
-from .money import MoneyError, usd_to_micro
+from .money import MAX_AMOUNT, MoneyError, usd_to_micro
 from .options import NAME_RE, parse_time
 
-MAX_CREDITS_USD = 1_000_000_000
+MAX_CREDITS_USD = MAX_AMOUNT
 PATCHABLE = ("name", "models", "limits", "expires_at", "disabled", "metadata", "budgets")
 
 
