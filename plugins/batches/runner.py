@@ -129,6 +129,10 @@ class Runner:
 
         async def one(line: int, body: str) -> None:
             async with slots:
+                # A cancel stops the lines that have not started (those running finish, and are billed).
+                row = await store.fetchone("select status from tollway_batches where id = ?", (batch_id,))
+                if row is None or row[0] != "in_progress":
+                    return
                 await self.run_line(batch_id, key, endpoint, line, body)
 
         await asyncio.gather(*(one(line, body) for line, body in lines))

@@ -1,0 +1,148 @@
+"""Money at the edges of wave 2, through the real server: requests in flight across
+a budget's midnight, a budget and the credits both limiting, a batch cancelled
+mid-way. After each: the balance is >= 0 and the ledger == the money taken ==
+what the clients were told."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import openai
+import orjson
+from business import DEMO, admin, bearer, biz_config, credits, ledger_rows
+from test_budgets import KEY_A, KEY_B, PRICE, Clock, next_year, paid_config, use_clock
+
+from plugins.accounts import ACCOUNTS
+
+
+async def told_cost(r: aiohttp.ClientResponse, stream: bool) -> tuple[int, int | None]:
+    """(status, the cost the client was told in micro-units, or None)."""
+    body = await r.read()
+    if r.status != 200:
+        return r.status, None
+    if stream:
+        usage = [orjson.loads(line[6:]) for line in body.splitlines() if line.startswith(b'data: {"')][-1]
+        return 200, round(usage["usage"]["cost"] * 1e6)
+    return 200, round(float(r.headers["x-tollway-cost"]) * 1e6)
+
+
+async def ask(s, running, key: str, i: int, stream: bool, mock: dict | None = None) -> tuple[int, int | None]:
+    payload = {"model": "up", "max_tokens": 8, "stream": stream, "messages": [{"role": "user", "content": f"q{i}"}],
+               **({"stream_options": {"include_usage": True}} if stream else {}), **({"mock": mock} if mock else {})}
+    async with s.post(running.url + "/chat/completions", json=payload, headers=bearer(key)) as r:
+        return await told_cost(r, stream)
+
+
+async def settled(running, account: str) -> None:
+    acc = running.gw.services[ACCOUNTS].accounts[account]
+    for _ in range(600):
+        if acc.reserved == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"account {account} still holds {acc.reserved}")
+
+
+async def books_balance(running, account: str, opening: int, told: list[int]) -> None:
+    """balance >= 0; ledger sum == money taken == the sum told to clients."""
+    await settled(running, account)
+    book = running.gw.services[ACCOUNTS]
+    acc = book.accounts[account]
+    rows = await ledger_rows(running, "cost", "status")
+    ledger = sum(r["cost"] for r in rows)
+    assert acc.balance >= 0 and acc.reserved == 0
+    assert ledger == opening - acc.balance == acc.spent == sum(told), (ledger, opening - acc.balance, sum(told))
+
+
+async def test_requests_in_flight_across_midnight_count_in_the_day_they_were_admitted(start_gateway, mock_upstream):
+    """A daily budget of 3 requests, in Paris. At 23:59:59 a burst of streams is admitted
+    (3 of them) and still running when midnight passes; then the new day's burst. The
+    old day's streams settle into the old day: the new day has its own 3, no more."""
+    config = paid_config(mock_upstream.url, [{"name": "a", "key": KEY_A, "credits": 1.0,
+                                              "budgets": {"daily": 3 * PRICE / 1e6}}])
+    config["providers"]["up"]["max_connections"] = 100
+    running = await start_gateway(config)
+    clock = Clock(next_year(3, 10, 23, 59, 59))
+    use_clock(running, clock)
+    slow = {"chunk_delay": 0.2}  # each stream runs well past the clock's move
+    async with aiohttp.ClientSession() as s:
+        old_day = [asyncio.ensure_future(ask(s, running, KEY_A, i, True, slow)) for i in range(10)]
+        book = running.gw.services[ACCOUNTS]
+        for _ in range(600):  # the burst is admitted (3) or refused (7)
+            if book.accounts["cfg_a"].reserved == 3 * PRICE:
+                break
+            await asyncio.sleep(0.01)
+        assert book.accounts["cfg_a"].reserved == 3 * PRICE
+        clock.now += 2  # midnight passes while 3 streams hold the old day's budget
+        new_day = await asyncio.gather(*(ask(s, running, KEY_A, 100 + i, i % 2 == 0) for i in range(10)))
+        old = await asyncio.gather(*old_day)
+        late = [await ask(s, running, KEY_A, 200 + i, False) for i in range(2)]  # after the old day settled
+    assert [st for st, _ in old].count(200) == 3 and [st for st, _ in old].count(429) == 7
+    assert [st for st, _ in new_day].count(200) == 3 and [st for st, _ in new_day].count(429) == 7
+    assert [st for st, _ in late] == [429, 429]  # the old day's settling gave the new day nothing
+    told = [c for _, c in old + new_day if c is not None]
+    await books_balance(running, "cfg_a", 1_000_000, told)
+    [status] = book.budget_status(book.by_id["cfg_a"])
+    assert status["spent_micro_usd"] == 3 * PRICE and status["remaining_micro_usd"] == 0
+
+
+async def test_a_budget_and_the_credits_both_limiting(start_gateway, mock_upstream):
+    """Credits for 2.5 requests under a daily budget of 4 (shared by two keys): a burst
+    takes 2 (402 for the rest: the wallet, not the budget); a top-up then lets the
+    budget speak (429) after 2 more. Never a request past either."""
+    keys = [{"name": "a", "key": KEY_A, "account": "acme"}, {"name": "b", "key": KEY_B, "account": "acme"}]
+    config = paid_config(mock_upstream.url, keys, accounts={"acme": {"credits": 2.5 * PRICE / 1e6,
+                                                                     "budgets": {"daily": 4 * PRICE / 1e6}}})
+    config["providers"]["up"]["max_connections"] = 100
+    running = await start_gateway(config)
+    use_clock(running, Clock(next_year(5, 5, 12, 0)))
+    mock = {"chunk_delay": 0.01}
+    async with aiohttp.ClientSession() as s:
+        first = await asyncio.gather(*(ask(s, running, (KEY_A, KEY_B)[i % 2], i, i % 3 == 0, mock)
+                                       for i in range(20)))
+        assert sorted(st for st, _ in first) == [200] * 2 + [402] * 18
+        await settled(running, "acme")
+        # The budget's 2 left; the wallet gets 10 requests' worth.
+        status, _ = await admin(s, running, "POST", "/admin/accounts/acme/credits", {"amount": 10 * PRICE / 1e6})
+        assert status == 200
+        second = await asyncio.gather(*(ask(s, running, (KEY_A, KEY_B)[i % 2], i, i % 3 == 0, mock)
+                                        for i in range(20)))
+        assert sorted(st for st, _ in second) == [200] * 2 + [429] * 18
+    told = [c for _, c in first + second if c is not None]
+    await books_balance(running, "acme", round(12.5 * PRICE), told)
+
+
+async def test_a_batch_cancelled_mid_way_charges_what_ran_and_nothing_else(start_gateway, mock_upstream):
+    config = biz_config(mock_upstream.url, enabled=["auth", "ratelimit", "quotas", "pricing", "ledger", "batches"])
+    config["plugins"]["batches"] = {"concurrency": 2}
+    running = await start_gateway(config)
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "up", "max_tokens": 20, "messages": [{"role": "user", "content": f"hello {i}"}],
+                       "mock": {"delay": 0.2}}} for i in range(200)]
+    data = b"".join(orjson.dumps(x) + b"\n" for x in lines)
+    async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as client:
+        f = await client.files.create(file=("in.jsonl", data), purpose="batch")
+        batch = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                            completion_window="24h")
+        for _ in range(600):
+            got = await client.batches.retrieve(batch.id)
+            if got.request_counts.completed >= 3:
+                break
+            await asyncio.sleep(0.05)
+        await client.batches.cancel(batch.id)
+        for _ in range(600):
+            got = await client.batches.retrieve(batch.id)
+            if got.status == "cancelled":
+                break
+            await asyncio.sleep(0.05)
+        assert got.status == "cancelled"  # said once the lines that were running have finished
+        out = (await client.files.content(got.output_file_id)).text.splitlines() if got.output_file_id else []
+    answered = [orjson.loads(x) for x in out]
+    assert 3 <= len(answered) < 200
+    told = [round(a["response"]["body"]["usage"]["cost"] * 1e6) for a in answered]
+    async with aiohttp.ClientSession() as s:
+        view = await credits(s, running, DEMO)
+    rows = await ledger_rows(running, "cost", "status")
+    assert view["reserved_micro_usd"] == 0 and view["balance_micro_usd"] >= 0
+    assert len(rows) == len(answered) == got.request_counts.completed
+    assert sum(r["cost"] for r in rows) == view["spent_micro_usd"] == sum(told)
