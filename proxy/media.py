@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
+from .audiolength import counted_seconds
 from .call import Units, Usage
 from .errors import ProxyError, bad_request
 from .validate import check_int, check_model, check_number
@@ -112,7 +113,9 @@ def _number_field(body: dict, name: str, low: float, high: float) -> None:
 
 
 def measured_seconds(data: bytes) -> float | None:
-    """The audio's length in seconds, read from its headers (mutagen), or None."""
+    """The audio's length in seconds, read from its headers (mutagen), or None; for MP3
+    and WAV at least what the file holds (a header that claims less is not believed:
+    ``audiolength.py``)."""
     import mutagen
 
     try:
@@ -120,7 +123,10 @@ def measured_seconds(data: bytes) -> float | None:
     except Exception:
         return None
     length = getattr(getattr(audio, "info", None), "length", None)
-    return float(length) if isinstance(length, (int, float)) and math.isfinite(length) and length > 0 else None
+    if not (isinstance(length, (int, float)) and math.isfinite(length) and length > 0):
+        return None
+    counted = counted_seconds(data)
+    return max(float(length), counted) if counted is not None else float(length)
 
 
 async def forward_media(gateway: Gateway, request: web.Request, call: Call, route: Route) -> web.StreamResponse:
