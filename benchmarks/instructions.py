@@ -27,13 +27,14 @@ from .procs import Children
 from .progress import Progress
 from .runner import run_loadgen, start_target
 from .scenarios import PROFILES, jobs_for, with_overrides
-from .targets import BENCH_KEY, baseline_targets, builtin
+from .targets import BENCH_KEY, Target, baseline_targets, builtin, tollway_target
 
 TOTALS = re.compile(rb"^(?:totals|summary):\s+(\d+)", re.MULTILINE)
 
 
-def callgrind_argv(out: Path, name: str) -> tuple[str, ...]:
+def callgrind_argv(out: Path, name: str, threads: bool = False) -> tuple[str, ...]:
     return ("valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=no",
+            *(("--separate-threads=yes",) if threads else ()),
             f"--callgrind-out-file={out / f'callgrind-{name}.out'}",
             f"--log-file={out / f'valgrind-{name}.log'}")  # its banner quotes the upstream's URL: not in the log read
 
@@ -51,21 +52,38 @@ def instructions(path: Path) -> int:
     return total
 
 
+def per_thread(path: Path) -> list[int]:
+    """Instructions per thread (with ``--threads``: one file per thread), the event loop's first."""
+    counts = [sum(int(m) for m in TOTALS.findall(part.read_bytes()))
+              for part in sorted(path.parent.glob(path.name + "*"))]
+    return [c for c in counts if c]
+
+
+def target_named(name: str) -> Target:
+    """A built-in target, or tollway serving a config file (``path/to/NAME.yaml``: target NAME)."""
+    if name.endswith((".yaml", ".yml")):
+        return tollway_target(Path(name).stem, Path(name).resolve())
+    return builtin(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--targets", default="floor,tollway-core,tollway-full")
+    p.add_argument("--targets", default="floor,tollway-core,tollway-full",
+                   help="built-in target names or tollway config files (NAME.yaml)")
     p.add_argument("--scenarios", default="latency,stream_whole_c1",
                    help="one-at-a-time jobs of the benchmark (latency: non-stream; stream_whole_c1: one-write streams)")
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--baseline", type=Path, help="also run each tollway target from this source tree (NAME@base)")
+    p.add_argument("--threads", action="store_true",
+                   help="count each thread apart (the event loop, the ledger's SQLite thread, ...)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/callgrind"))
     args = p.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("instructions: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    targets = [builtin(n.strip()) for n in args.targets.split(",") if n.strip()]
+    targets = [target_named(n.strip()) for n in args.targets.split(",") if n.strip()]
     if args.baseline is not None:
         targets += baseline_targets(targets, args.baseline)
     profile = with_overrides(PROFILES["full"], latency_requests=args.requests, warmup=args.warmup, max_seconds=3600)
@@ -80,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"{target.name}-{label}"
                 for old in args.out.glob(f"callgrind-{name}.out*"):
                     old.unlink()
-                start_target(kids, target, mock.url, args.out, None, wrap=callgrind_argv(args.out, name),
+                start_target(kids, target, mock.url, args.out, None, wrap=callgrind_argv(args.out, name, args.threads),
                              timeout=600.0)
                 if target.failed:
                     print(f"instructions: {target.name} did not start: {target.failed}", file=sys.stderr)
@@ -99,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                 counts.setdefault(label, {})[target.name] = ir / ok if ok else float("nan")
                 print(f"{label:16} {target.name:22} {ir / max(ok, 1):12,.0f} instructions/request "
                       f"({ok} ok, {res.get('errors', 0)} errors)", flush=True)
+                if args.threads:
+                    parts = per_thread(args.out / f"callgrind-{name}.out")
+                    print(f"{'':16} {'':22} per thread: " + ", ".join(f"{c / max(ok, 1):,.0f}" for c in parts))
     finally:
         kids.stop_all()
     print()

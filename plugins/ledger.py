@@ -152,7 +152,8 @@ class Plugin:
             int(response.client_gone),
             usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens,
             money_taken(call),  # cost_micro_usd
-            round(call.timing.latency_ms, 3), None if ttfb is None else round(ttfb, 3),  # latency_ms, ttfb_ms
+            # latency_ms, ttfb_ms to the microsecond (round(x, 3) costs twice as much: it goes through decimal digits)
+            round(call.timing.latency_ms * 1000) / 1000, None if ttfb is None else round(ttfb * 1000) / 1000,
             int(call.billing.usage_estimated),  # estimated
             *_units(call),  # images, characters, audio_ms
             int(call.billing.caller_key)))  # byok

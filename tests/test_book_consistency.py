@@ -216,23 +216,16 @@ async def test_a_batch_whose_commit_raised_after_committing_is_not_written_twice
     async with aiohttp.ClientSession() as s:
         for _ in range(3):
             assert (await chat(s, running, A1, max_tokens=2))[0] == 200
-    real = store.transaction
+    real = store.run_atomically  # how the writer's flush writes a batch (one transaction)
 
-    def committed_then_lost():  # the commit went through, then the connection died
-        class Lost:
-            async def __aenter__(self):
-                self.cm = real()
-                return await self.cm.__aenter__()
+    async def committed_then_lost(steps):  # the commit went through, then the connection died
+        await real(steps)
+        raise ConnectionResetError("connection lost after COMMIT")
 
-            async def __aexit__(self, *exc):
-                await self.cm.__aexit__(*exc)
-                raise ConnectionResetError("connection lost after COMMIT")
-        return Lost()
-
-    store.transaction = committed_then_lost
+    store.run_atomically = committed_then_lost
     with pytest.raises(ConnectionResetError):
         await book.writer.flush()
-    store.transaction = real
+    store.run_atomically = real
     assert book.writer.failed is not None
     await book.writer.flush()  # finds its batch number in the store: nothing written twice
     rows = await store.fetchall("select count(*), sum(cost_micro_usd) from tollway_ledger")

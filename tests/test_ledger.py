@@ -200,6 +200,27 @@ async def test_the_migrated_ledger_table_is_the_ledger_row(engine, tmp_path):
             await store.close()
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_the_ledger_keeps_only_the_indexes_something_reads(engine, tmp_path):
+    """Each index costs every row written: by id (replays, batch lines), by time (the
+    request log, budgets, rollup rebuilds) and by key and time (one key's log). The day
+    indexes (nothing reads the ledger by day since the rollups) are gone after migration 8."""
+    async with fresh_database(engine, tmp_path) as url:
+        store = open_store(url, tmp_path)
+        await store.connect()
+        try:
+            await db.create_tables(store)
+            if engine == "sqlite":
+                found = await store.fetchall("select name from sqlite_master where type = 'index' "
+                                             "and tbl_name = 'tollway_ledger' and sql is not null")
+            else:
+                found = await store.fetchall("select indexname from pg_indexes where tablename = 'tollway_ledger' "
+                                             "and schemaname = current_schema() and indexname not like '%pkey'")
+            assert sorted(r[0] for r in found) == ["tollway_ledger_key_time", "tollway_ledger_time"]
+        finally:
+            await store.close()
+
+
 async def test_every_column_of_a_row_holds_its_own_value(start_gateway):
     """Rows are built positionally (the hot path): each value lands in its named column."""
     import time

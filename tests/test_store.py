@@ -72,6 +72,32 @@ async def test_insert_rows_round_trip(opener):
     assert await store.fetchall(f"select {', '.join(COLUMNS)} from t_rows where id like 'r%' order by id") == many
 
 
+async def test_run_steps_runs_every_write_in_order_and_all_or_none(opener):
+    """A write-behind batch's statements (one trip to SQLite's thread): in order, each
+    row of a many-step once, the multi-row insert's values where they belong; a step
+    that fails leaves nothing of the batch behind."""
+    store = await opener()
+    await store.execute(TABLE_SQL.format(t="t_steps"))
+    await counter_table(store)
+    many = [(f"s{i:03d}", i, i, i / 3, None, None) for i in range(300)]
+    async with store.transaction() as tx:
+        await tx.run_steps([*tx.insert_steps("t_steps", COLUMNS, ROWS + many),
+                            ("update counters set n = n + ? where name = ?", [(2, "a"), (3, "a")], True),
+                            ("update counters set n = n * ? where name = 'a'", (10,), False)])
+    got = await store.fetchall(f"select {', '.join(COLUMNS)} from t_steps order by id")
+    assert got == sorted(ROWS + many)
+    assert await count(store) == 50  # (0 + 2 + 3) * 10: in order
+    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+        async with store.transaction() as tx:
+            await tx.run_steps([("update counters set n = n + 1", (), False),
+                                *tx.insert_steps("t_steps", COLUMNS, [("new", 1, 1, None, None, None)]),
+                                *tx.insert_steps("t_steps", COLUMNS, ROWS[:1])])  # "a" is stored already
+    assert await count(store) == 50
+    assert await store.fetchone("select id from t_steps where id = 'new'") is None
+    await store.run_steps([("update counters set n = n + ?", (1,), False)])  # outside a transaction too
+    assert await count(store) == 51
+
+
 async def test_a_transaction_is_its_own_object_and_all_or_none(opener):
     store = await opener()
     await counter_table(store)

@@ -18,7 +18,7 @@ bounds grow by a factor of sqrt(2), so an estimate is within ~19% of the
 true value, usually much closer).
 
 They are kept by the ledger writer, in the same transaction as the ledger
-rows they count (``add_batch``): a rollup never disagrees with the ledger,
+rows they count (``batch_steps``): a rollup never disagrees with the ledger,
 and nothing is done on the request path. ``rebuild`` recomputes them from the
 ledger (``tollway rollups rebuild``; the accounts' migration 3 made them and
 ran it once). A change of their shape is a new migration that drops, makes
@@ -31,6 +31,7 @@ import logging
 import math
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Any
 
 log = logging.getLogger("tollway.accounts")
@@ -97,15 +98,20 @@ def bucket_of(ms: float) -> int:
     return bisect_right(BOUNDS, ms)
 
 
+@lru_cache(maxsize=8)
+def _positions(columns: tuple[str, ...]) -> tuple[int, ...]:
+    """Where the columns the aggregator reads are in a ledger row of these columns."""
+    ix = {c: i for i, c in enumerate(columns)}
+    return tuple(ix[c] for c in ("time", "key_id", "account_id", "model", "provider", "status", "error_code",
+                                 "cache_hit", "stream", "prompt_tokens", "completion_tokens", "cached_tokens",
+                                 "reasoning_tokens", "cost_micro_usd", "latency_ms", "ttfb_ms", "estimated"))
+
+
 class Aggregator:
     """Sums ledger rows into hourly (and from those, daily) rollup rows."""
 
     def __init__(self, columns: Sequence[str]) -> None:
-        ix = {c: i for i, c in enumerate(columns)}
-        self._ix = tuple(ix[c] for c in ("time", "key_id", "account_id", "model", "provider", "status",
-                                         "error_code", "cache_hit", "stream", "prompt_tokens", "completion_tokens",
-                                         "cached_tokens", "reasoning_tokens", "cost_micro_usd", "latency_ms",
-                                         "ttfb_ms", "estimated"))
+        self._ix = _positions(tuple(columns))  # once per column list, not once per flush
         self.hours: dict[tuple, list] = {}
 
     def add(self, rows: Iterable[Sequence[Any]]) -> None:
@@ -184,15 +190,14 @@ def project(rows: Iterable[tuple], view: str) -> list[tuple]:
     return [d + tuple(acc) for d, acc in out.items()]
 
 
-async def add_batch(tx, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Count ledger rows into the rollups (inside the transaction that writes them)."""
+def batch_steps(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[tuple[str, list[tuple], bool]]:
+    """The upserts that count ledger rows into the rollups, as ``Store.run_steps`` steps."""
     if not rows:
-        return
+        return []
     agg = Aggregator(columns)
     agg.add(rows)
-    for (base, _), grain_rows in zip(GRAINS, agg.rows(), strict=True):
-        for view in VIEWS:
-            await tx.executemany(UPSERT[base + view], project(grain_rows, view))
+    return [(UPSERT[base + view], project(grain_rows, view), True)
+            for (base, _), grain_rows in zip(GRAINS, agg.rows(), strict=True) for view in VIEWS]
 
 
 async def rebuild(store, columns: Sequence[str], chunk: int = 20000) -> int:

@@ -205,8 +205,7 @@ class Writer:
                 return
             batch = self._take()
             try:
-                async with book.store.transaction() as tx:
-                    await db.write_batch(tx, batch.rows, batch.deltas, self.marker, batch.seq)
+                await db.store_batch(book.store, batch.rows, batch.deltas, self.marker, batch.seq)
             except BaseException:
                 self.failed = batch
                 raise

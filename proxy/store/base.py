@@ -26,6 +26,9 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+# One write statement for ``Store.run_steps``: (sql, params, False) or (sql, rows, True).
+Step = tuple[str, Any, bool]
+
 
 class StoreMisuse(RuntimeError):
     """A statement on the store from inside one of its transactions (use the
@@ -65,6 +68,30 @@ class Store:
         if rows:
             await self.executemany(f"insert into {table} ({', '.join(columns)}) "
                                    f"values ({', '.join('?' for _ in columns)})", rows)
+
+    def insert_steps(self, table: str, columns: Sequence[str], rows: list[tuple]) -> list[Step]:
+        """``insert_rows`` as steps for ``run_steps``."""
+        if not rows:
+            return []
+        return [(f"insert into {table} ({', '.join(columns)}) values ({', '.join('?' for _ in columns)})",
+                 rows, True)]
+
+    async def run_steps(self, steps: Sequence[Step]) -> None:
+        """Run write statements in order: ``(sql, params, False)`` once, ``(sql, rows,
+        True)`` once per row. A write-behind batch's statements: SQLite runs them all
+        in one trip to its thread (each statement its own trip costs the event loop
+        a wake-up and a future per statement); PostgreSQL one at a time."""
+        for sql, params, many in steps:
+            if many:
+                await self.executemany(sql, params)
+            else:
+                await self.execute(sql, params)
+
+    async def run_atomically(self, steps: Sequence[Step]) -> None:
+        """``run_steps`` in a transaction of their own: all or none. SQLite runs the
+        begin, the steps and the commit in one trip to its thread."""
+        async with self.transaction() as tx:
+            await tx.run_steps(steps)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
         rows = await self.fetchall(sql, params)
