@@ -195,7 +195,29 @@ async def error_middleware(request: web.Request,
         return error_response(err, dialect_of(request), style_of(request))
     except web.HTTPException:
         raise
-    except Exception:
+    except Exception as exc:
+        if await _store_down(request, exc):
+            throttled(log, logging.ERROR, "route_store_down", "%s %s: the store cannot be reached (%s: %s)",
+                      request.method, redact(request.path), type(exc).__name__, exc)
+            return error_response(storage_unavailable(), dialect_of(request), style_of(request))
         throttled(log, logging.ERROR, "route_failed", "%s %s failed", request.method, redact(request.path),
                   exc_info=True)
         return error_response(internal_error(), dialect_of(request), style_of(request))
+
+
+def storage_unavailable() -> ProxyError:
+    """What a route that needs the store (the admin API, usage) answers while it cannot be reached."""
+    return ProxyError(503, "the gateway's store (storage.url) cannot be reached; retry shortly",
+                      code="storage_unavailable", headers={"Retry-After": "1"})
+
+
+async def _store_down(request: web.Request, exc: Exception) -> bool:
+    """``exc`` looks like the store's connection failing, and the store does not answer now."""
+    from .gateway import GATEWAY_KEY
+    from .store import unreachable
+
+    if not unreachable(exc):
+        return False
+    app = getattr(request, "app", None)
+    gateway = app.get(GATEWAY_KEY) if app is not None else None
+    return gateway is not None and not await gateway.store.ping()

@@ -20,7 +20,7 @@ import aiohttp
 import asyncpg
 import pytest
 import yaml
-from business import bearer, biz_config
+from business import ADMIN_HEADERS, bearer, biz_config
 from fleet import TcpProxy, redis_url, until
 from stores import PG
 from test_lifecycle import Server
@@ -103,6 +103,16 @@ async def test_postgres_down_requests_go_on_the_queue_is_bounded_and_every_row_i
                     assert r.status == 503 and body["storage"] == "down" and body["counters"] == "ok", body
                 assert time.monotonic() - started < 3  # bounded by the ping's timeout, never a hang
 
+            # What needs the store itself says so: an admin write, a usage query.
+            async with s.post(a.url + "/admin/keys", json={"name": "late", "credits": 1.0},
+                              headers=ADMIN_HEADERS) as r:
+                body = await r.json()
+                assert r.status == 503 and body["error"]["code"] == "storage_unavailable", body
+                assert "storage.url" in body["error"]["message"] and r.headers["Retry-After"] == "1"
+            async with s.get(b.url + "/v1/usage", headers=bearer(PAID)) as r:
+                body = await r.json()
+                assert r.status == 503 and body["error"]["code"] == "storage_unavailable", body
+
             # Up to the bound: then 503 storage_unavailable, for every key, on every instance.
             refused_at = None
             for i in range(3 * BOUND):
@@ -144,6 +154,7 @@ async def test_postgres_down_requests_go_on_the_queue_is_bounded_and_every_row_i
             assert code == 0, err
             assert err.count("storage: the store cannot be reached") == 1, err
             assert err.count("storage: the store answers again") == 1, err
+            assert "Traceback" not in err, err  # an outage is one line each way, not a traceback per retry
         assert "ledger queue full" in code_errs[0][2]
     finally:
         for server in servers:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from proxy.background import stop_task
 from proxy.logs import throttled
+from proxy.store import unreachable
 
 from . import db
 
@@ -290,12 +291,3 @@ class Writer:
         self._seq += 1
         return Batch(rows, deltas, self._seq)
 
-
-def unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the store cannot be reached (a connection refused, closed or timed
-    out), rather than a statement it refused."""
-    if isinstance(exc, (OSError, TimeoutError)):
-        return True
-    name = type(exc).__name__
-    return type(exc).__module__.startswith("asyncpg") and (
-        "Connection" in name or "CannotConnect" in name or name == "InterfaceError")

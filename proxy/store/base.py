@@ -143,3 +143,13 @@ class TaskGuard:
 
 def ended() -> StoreMisuse:
     return StoreMisuse("this transaction has ended: its object cannot run statements any more")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store cannot be reached (a connection refused, closed or timed
+    out), rather than a statement it refused."""
+    if isinstance(exc, (OSError, TimeoutError)):
+        return True
+    name = type(exc).__name__
+    return type(exc).__module__.startswith("asyncpg") and (
+        "Connection" in name or "CannotConnect" in name or name == "InterfaceError")
