@@ -351,6 +351,15 @@ async def test_the_cli_sets_lists_and_removes_and_a_running_server_follows(start
         await asyncio.sleep(0.05)
     bad = await asyncio.to_thread(cli, "set", "--key", "cfg_demo", "nope", stdin=CUSTOMER + "\n")
     assert bad.returncode == 2 and "no provider named 'nope'" in bad.stderr
+    # Rotation: a set over a stored key replaces it and says so (hints only).
+    assert (await asyncio.to_thread(cli, "set", "--key", "cfg_demo", "up", stdin=CUSTOMER + "\n")).returncode == 0
+    done = await asyncio.to_thread(cli, "set", "--key", "cfg_demo", "up", stdin="sk-rotated-own-key-3333333zz99\n")
+    assert (done.returncode, done.stdout.strip()) == (0, "replaced key cfg_demo's key for up: ...zz99 (was ...abcd)")
+    listed = await asyncio.to_thread(cli, "list", "--key", "cfg_demo")
+    assert listed.stdout.strip() == "key:cfg_demo\tup\t...zz99"
+    while await ask() != "sk-rotated-own-key-3333333zz99":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize(("byok", "message"), [
@@ -362,3 +371,23 @@ def test_price_byok_mistakes_name_their_path(byok, message):
     with pytest.raises(ConfigError) as caught:
         build_gateway(byok_config("http://127.0.0.1:9/v1", byok=byok))
     assert str(caught.value) == message
+
+
+async def test_the_dashboard_request_log_tags_requests_sent_with_the_customer_s_own_key(start_gateway, upstream):
+    config = byok_config(upstream.url)
+    config["plugins"]["enabled"].append("dashboard")
+    running = await start_gateway(config)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+        assert (await put_key(s, running, "keys/cfg_demo", "up", CUSTOMER))[0] == 200
+        for key in (DEMO, "sk-test-solo-key-0003"):
+            async with s.post(running.url + "/chat/completions", headers=bearer(key),
+                              json={"model": "up", "messages": [{"role": "user", "content": "x"}]}) as r:
+                assert r.status == 200
+        await running.gw.services[ACCOUNTS].writer.flush()
+        async with s.post(running.root + "/dashboard/login", data={"key": ADMIN_HEADERS["Authorization"][7:]},
+                          allow_redirects=False) as r:
+            assert r.status == 303
+        async with s.get(running.root + "/dashboard/log") as r:
+            page = await r.text()
+    assert page.count("<time ") == 2 and page.count(">own key</span>") == 1
+    assert CUSTOMER not in page

@@ -136,3 +136,29 @@ async def test_a_new_yaml_account_opens_with_its_credits_and_a_balance_is_never_
         status, _, body = await chat(s, api, "sk-test-fresh-account-03")
         assert status == 429  # the account's rpm of 1, from the reloaded YAML
     assert server.stop()[0] == 0
+
+
+async def test_usd_rate_and_timezone_reload_for_the_next_request(tmp_path, held, serve, receiver):
+    _, url = await receiver()
+    config = business_config(held.url, url)
+    config["billing"] = {"currency": "INR", "usd_rate": 80.0, "timezone": "UTC"}
+    server = await serve(config)
+    ask = {"model": "held", "messages": [{"role": "user", "content": "x"}]}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(server.url + "/v1/chat/completions", headers=bearer(DEMO), json=ask) as r:
+            assert (r.status, r.headers["x-tollway-cost"]) == (200, "0.009600")  # 120 micro-USD x 80
+        async with s.get(server.url + "/admin/accounts/acme", headers=ADMIN_HEADERS) as r:
+            assert (await r.json())["budget_status"][0]["resets_at_local"].endswith("Z")
+        config["billing"] = {"currency": "INR", "usd_rate": 160.0, "timezone": "Asia/Tokyo"}
+        write(server.path, config)
+        async with s.post(server.url + "/admin/reload", headers=ADMIN_HEADERS) as r:
+            assert r.status == 200
+            assert set((await r.json())["changed"]) == {"billing.usd_rate", "billing.timezone"}
+        async with s.post(server.url + "/v1/chat/completions", headers=bearer(DEMO), json=ask) as r:
+            assert (r.status, r.headers["x-tollway-cost"]) == (200, "0.019200")
+        async with s.get(server.url + "/admin/accounts/acme", headers=ADMIN_HEADERS) as r:
+            status = (await r.json())["budget_status"][0]
+        assert status["resets_at_local"].endswith("+09:00")  # the next midnight in Tokyo
+        # Today's (Tokyo) spend, read again: both requests, unless Tokyo's midnight fell between them.
+        assert status["spent_micro_usd"] in (19200, 9600 + 19200)
+    assert server.stop()[0] == 0
