@@ -22,7 +22,7 @@ import orjson
 import pytest
 import yaml
 from business import ADMIN_HEADERS, bearer, biz_config
-from fleet import redis_url
+from fleet import redis_url, until
 from stores import PG
 from test_lifecycle import Server
 
@@ -55,7 +55,8 @@ def fleet(tmp_path_factory):
     # stream must not hold the exit for the default 30 s.
     config["server"].update(host="127.0.0.1", access_log="off", shutdown_timeout=5)
     config["storage"] = {"url": f"{PG}?search_path={schema}", "counters": redis_url() + f"&hold_ttl={HOLD_TTL}"}
-    config["providers"]["slowp"] = {"kind": "mock", "first_token_delay": 3.0}
+    # Slower than any loaded machine: the kill test's slow streams are still waiting when it kills.
+    config["providers"]["slowp"] = {"kind": "mock", "first_token_delay": 600.0}
     config["models"]["slow"] = {"provider": "slowp", "price": {"input": 1.0, "output": 2.0}}
     config["providers"]["dribble"] = {"kind": "mock", "chunk_delay": 0.05}
     config["models"]["dribble"] = {"provider": "dribble", "price": {"input": 1.0, "output": 2.0}}
@@ -240,13 +241,12 @@ async def test_kill_9_with_holds_in_flight_gives_the_money_back_and_charges_noth
         done = [await ask(s, others[i % 2], RICH, stream=i % 2 == 0) for i in range(10)]
         # Answered by the victim just before it dies: settled in Redis, not stored by it yet.
         done += await asyncio.gather(*(ask(s, victim, RICH, stream=i % 2 == 0) for i in range(10)))
-        await asyncio.sleep(0.5)  # the slow streams hold their reservations on the victim
 
         async def held() -> int:
             async with s.get(others[1].url + "/v1/credits", headers=bearer(RICH)) as r:
                 return (await r.json())["reserved_micro_usd"]
 
-        assert await held() > 0
+        await until(held, timeout=60, what="the slow streams' holds on the victim")
         victim.proc.send_signal(signal.SIGKILL)
         cut = await asyncio.gather(*slow, return_exceptions=True)
         assert all(isinstance(c, aiohttp.ClientError) for c in cut), cut
