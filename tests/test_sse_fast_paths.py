@@ -84,3 +84,17 @@ def test_usage_fields_are_spliced_where_the_pattern_says():
     whole = b'{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2},"choices":[]}'
     assert splice_usage_fields(whole, {"cost": 1.5}) == (
         b'{"id":"x","usage":{"cost":1.5,"prompt_tokens":1,"completion_tokens":2},"choices":[]}')
+
+
+def test_usage_fields_are_spliced_where_the_pattern_says_for_token_soups():
+    """Inputs made of the pattern's pieces (so one, two or no ``"usage"`` keys, compact or
+    spaced, closing at once or not): the fast path for one compact key and the general
+    path both splice exactly where the reference does."""
+    from proxy.streaming import splice_usage_fields
+
+    pieces = [b'"usage"', b'"usage":{', b":", b" ", b"\n", b"{", b"}", b'"', b"x", b'"a":1', b","]
+    rng = random.Random(11)
+    for _ in range(20_000):
+        blob = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        assert splice_usage_fields(blob, {"cost": 0.5}) == reference_splice(blob, {"cost": 0.5}), blob
+
