@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                        f"{','.join(SCENARIOS)})")
     p.add_argument("--config", action="append", default=[], metavar="[NAME=]FILE",
                    help="an extra tollway config to measure (its provider can use ${TOLLWAY_BENCH_UPSTREAM})")
+    p.add_argument("--workers", action="append", default=[], metavar="NAME=N",
+                   help="serve the tollway target NAME with N worker processes (tollway serve --workers N, on a "
+                        "free port the harness picks); its CPU per request counts every worker")
     p.add_argument("--url", action="append", default=[], metavar="[NAME=]URL",
                    help="an external gateway's OpenAI base URL (…/v1) on 127.0.0.1, already running in front "
                         "of nothing the harness knows: give it an upstream of your own")
@@ -72,6 +75,12 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
     for spec in args.config:
         name, path = parse_named(spec, "tollway-")
         targets.append(tollway_target(name, Path(path).resolve()))
+    for spec in args.workers:
+        name, _, count = spec.partition("=")
+        target = next((t for t in targets if t.name == name.strip() and t.kind == "tollway"), None)
+        if target is None or not count.strip().isdigit() or int(count) < 1:
+            raise ValueError(f"--workers {spec}: expected NAME=N with NAME a tollway target of this run")
+        target.workers = int(count)
     for i, spec in enumerate(args.url):
         name, url = parse_named(spec, f"external{i + 1 if len(args.url) > 1 else ''}")
         if not url.startswith("http://127.0.0.1"):
@@ -81,6 +90,8 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
         if not (args.baseline / "proxy").is_dir():
             raise ValueError(f"--baseline {args.baseline}: no proxy/ package there")
         targets += baseline_targets(targets, args.baseline)
+    for slot, t in enumerate(targets, 1):
+        t.slot = slot
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise ValueError(f"target names must differ: {', '.join(names)}")

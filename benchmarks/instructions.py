@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = [target_named(n.strip()) for n in args.targets.split(",") if n.strip()]
     if args.baseline is not None:
         targets += baseline_targets(targets, args.baseline)
+    for slot, target in enumerate(targets, 1):
+        target.slot = slot
     profile = with_overrides(PROFILES["full"], latency_requests=args.requests, warmup=args.warmup, max_seconds=3600)
     jobs = [job for s in args.scenarios.split(",") for _, job in jobs_for(s.strip(), profile)]
     labels = [s.strip() for s in args.scenarios.split(",")]

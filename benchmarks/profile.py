@@ -24,7 +24,7 @@ from .procs import Children, cpu_plan
 from .progress import Progress
 from .runner import run_loadgen, start_target
 from .scenarios import PROFILES, jobs_for, with_overrides
-from .targets import BENCH_KEY, builtin
+from .targets import BENCH_KEY, builtin, tollway_target
 
 
 def rank(collapsed: str) -> tuple[int, Counter, Counter]:
@@ -58,6 +58,7 @@ def _short(frame: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", default="tollway-full")
+    p.add_argument("--config", type=Path, help="profile this tollway config (named --target) instead of a built-in")
     p.add_argument("--scenario", default="throughput",
                    choices=("throughput", "stream", "latency", "stream_whole", "stream_whole_c1"))
     p.add_argument("--seconds", type=float, default=15.0)
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print("profile: py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    target = builtin(args.target)
+    target = tollway_target(args.target, args.config.resolve()) if args.config else builtin(args.target)
     if target.skip:
         print(f"profile: {target.name} skipped: {target.skip}", file=sys.stderr)
         return 2

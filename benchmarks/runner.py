@@ -106,6 +106,33 @@ def start_target(children: Children, t: Target, upstream: str, logdir: Path, cpu
         return
     t.pid = child.pid
     t.url = child.url + "/v1"
+    if t.workers > 1:
+        _wait_for_workers(children, child, t, timeout)
+
+
+def _wait_for_workers(children: Children, child, t: Target, timeout: float) -> None:
+    """``tollway serve --workers N`` says it listens before its workers do: wait until N
+    sockets listen on its port (each worker has its own, SO_REUSEPORT)."""
+    port = int(child.url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if listening_sockets(port) >= t.workers:
+            return
+        if child.popen.poll() is not None:
+            break
+        time.sleep(0.05)
+    t.failed = f"{t.workers} workers did not all listen on port {port} within {timeout:g}s: {child.log_tail()}"
+    children.stop(child)
+
+
+def listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on ``port`` (Linux /proc/net/tcp; state 0A is LISTEN)."""
+    suffix = f":{port:04X}"
+    try:
+        with open("/proc/net/tcp", encoding="ascii") as fh:
+            return sum(1 for line in fh if (f := line.split()) and f[1].endswith(suffix) and f[3] == "0A")
+    except OSError:
+        return 0
 
 
 def run_one(plan: Plan, t: Target, scenario: str, label: str, job: dict, cpus: dict, logdir: Path,

@@ -101,11 +101,44 @@ def rss_mb(pid: int) -> float | None:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of process ``pid`` (all its threads) so far; None when unknown.
-    Per request, this is the measure least disturbed by other load on a shared machine."""
+    """User + system CPU time of process ``pid`` and of every process it started (all
+    their threads; e.g. the workers of ``tollway serve --workers N``) so far; None when
+    unknown. Per request, this is the measure least disturbed by other load on a shared
+    machine."""
+    own = _cpu_of(pid)
+    if own is None:
+        return None
+    return own + sum(_cpu_of(child) or 0.0 for child in descendants(pid))
+
+
+def _cpu_of(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (Linux /proc)."""
+    parents: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), ()):
+            out.append(child)
+            todo.append(child)
+    return out

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import importlib.util
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ class Target:
     src: Path | None = None  # run tollway from this source tree (an A/B baseline), not the installed one
     cache: bool = False  # the cache plugin is enabled (the cache scenario runs on it)
     scenarios: tuple[str, ...] | None = None  # only these scenarios (None: every one)
+    workers: int = 1  # tollway serve --workers N (N > 1 needs a fixed port: the harness picks a free one)
+    slot: int = 0  # its number in the run (TOLLWAY_BENCH_SLOT: configs that share a server keep apart by it)
 
     @property
     def chat_url(self) -> str:
@@ -159,15 +162,25 @@ def argv_for(target: Target, upstream_root: str) -> list[str]:
     if target.kind == "floor":
         return [sys.executable, "-m", "benchmarks.floor", "--upstream", upstream_root]
     if target.kind == "tollway":
-        return [sys.executable, "-m", "proxy.cli", "serve", "--config", str(target.config), "--host", "127.0.0.1",
-                "--port", "0"]
+        argv = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(target.config), "--host", "127.0.0.1"]
+        if target.workers > 1:  # the workers share one port (SO_REUSEPORT): it cannot be 0
+            return [*argv, "--port", str(free_port()), "--workers", str(target.workers)]
+        return [*argv, "--port", "0"]
     raise ValueError(f"target {target.name} ({target.kind}) is not started by the harness")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a target that cannot listen on port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def env_for(target: Target, upstream_root: str, rundir: Path) -> dict[str, str]:
     env = {"TOLLWAY_BENCH_UPSTREAM": upstream_root + "/v1",
            "TOLLWAY_BENCH_DB": f"sqlite:///{rundir.resolve() / (target.name + '.db')}",
            "TOLLWAY_BENCH_KEY": BENCH_KEY,
+           "TOLLWAY_BENCH_SLOT": str(target.slot),
            "PYTHONUNBUFFERED": "1"}
     if target.src is not None:
         env["PYTHONPATH"] = str(target.src)
@@ -181,5 +194,5 @@ def baseline_targets(targets: list[Target], src: Path) -> list[Target]:
     for t in targets:
         if t.kind == "tollway":
             out.append(Target(f"{t.name}@base", "tollway", config=t.config, skip=t.skip, src=src.resolve(),
-                              cache=t.cache, scenarios=t.scenarios))
+                              cache=t.cache, scenarios=t.scenarios, workers=t.workers))
     return out

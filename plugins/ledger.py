@@ -118,9 +118,15 @@ class Plugin:
         call.state[RECORDED] = True
         hold = call.state.get(RESERVATION)
         if hold is not None and hold.open and hold.cost is not None:
-            # Shared counters: the charge and its row go to Redis in one script.
+            # Shared counters: the charge and its row go to Redis in one script. Within the
+            # hold the charge is the cost (what the client was told), so nobody waits for it.
             row = self.row(call)
-            hold.charged = await self.accounts.settle_shared(hold.account, hold.hold, hold.amount, hold.cost, row)
+            if 0 <= hold.cost <= hold.amount:
+                hold.charged = self.accounts.settle_shared_behind(hold.account, hold.hold, hold.amount, hold.cost,
+                                                                  row)
+            else:
+                hold.charged = await self.accounts.settle_shared(hold.account, hold.hold, hold.amount, hold.cost,
+                                                                 row)
             hold.open = False
             return
         self.record(call)

@@ -1,6 +1,8 @@
 """Quotas: prepaid credits. Reserve the worst case, settle the exact cost.
 
-In ``tollway_admit`` a request reserves its worst-case cost: an upper bound
+In ``tollway_admit`` a request claims its worst-case cost (with its budgets;
+checked and taken together with the other plugins' claims, all or none, in one
+step: ``accounts/claims.py``): an upper bound
 of its prompt tokens (see ``plugins/accounts/estimate.py``) x input price +
 its output cap (``max_completion_tokens``/``max_tokens``, else the model's
 ``max_output_tokens``, else ``plugins.quotas.default_max_tokens``) x output
@@ -41,9 +43,10 @@ from proxy.provider import CALLER_KEYS
 from .accounts import ACCOUNTS, Account, Accounts, KeyRecord
 from .accounts.admin_accounts import AdminAccounts
 from .accounts.book import LOCAL_HOLD
-from .accounts.budgets import BudgetHold, BudgetKeeper
+from .accounts.budgets import BudgetClaims, BudgetHold, BudgetKeeper
 from .accounts.checks import check_config
-from .accounts.counters import COUNTERS
+from .accounts.claims import Admission, CreditClaim, admission_of, run_admission
+from .accounts.counters import COUNTERS, Counters
 from .accounts.estimate import output_bound, prompt_bound
 from .accounts.http import authenticate
 from .accounts.money import MICRO, PriceBook, micro_to_usd, money_text, multiplier_ppm
@@ -92,6 +95,7 @@ class Plugin:
         self.accounts: Accounts | None = None
         self.prices: PriceBook | None = None
         self.budgets: BudgetKeeper | None = None
+        self.counters: Counters | None = None
         self.refills: Refills | None = None
         self.top_up = ""  # appended to 402 messages: where to top up (billing.billing_url)
         self.default_cap = 4096
@@ -116,7 +120,7 @@ class Plugin:
         self.default_cap = (gateway.config.section("plugins.quotas") or QuotasOptions()).default_max_tokens
         self.accounts = accounts = await gateway.services.open(ACCOUNTS)
         billing = gateway.config.section("billing") or BillingOptions()
-        counters = await gateway.services.open(COUNTERS)
+        self.counters = counters = await gateway.services.open(COUNTERS)
         self.top_up = top_up_text(billing)
         calendar = Calendar(zone(billing.timezone))
         self.budgets = accounts.budgets = BudgetKeeper(accounts, counters, calendar)
@@ -150,17 +154,35 @@ class Plugin:
             raise ProxyError(402, f"the account {acc.id!r} of this key is suspended; ask the operator to "
                                   f"reinstate it{self.top_up}", code="account_suspended")
         amount, what = self._worst_case(call, call.route)
-        ticket = await self.accounts.hold(acc, amount)
-        if ticket is None:
+        admission = admission_of(call)
+        credit = admission.add(self.accounts.credit_claim(acc, amount))
+        budgets = self.budgets.claim(key, acc, amount, admission)  # (400 at once when it can never fit)
+        admission.then(lambda: self._admitted(call, admission, credit, budgets, what))
+
+    @hookimpl(specname="tollway_admit", trylast=True)
+    async def admit_claims(self, call: Call) -> None:
+        """Every plugin's claims at once, one step (``accounts/claims.py``), after every admit added its own."""
+        await run_admission(self.counters, call)
+
+    def _admitted(self, call: Call, admission: Admission, credit: CreditClaim, budgets: BudgetClaims | None,
+                  what: str) -> None:
+        """The admission ran: keep the reservation, or say which of our scopes refused."""
+        acc, amount = credit.account, credit.amount
+        self.accounts.claimed(credit)
+        refused = admission.refused
+        if refused is credit:
             raise self._insufficient(call, acc, amount, what)
-        try:
-            budget = await self.budgets.hold(key, acc, amount)
-        except BaseException as exc:
-            self.accounts.release(acc, amount, ticket)
-            if isinstance(exc, ProxyError) and exc.code == "budget_exceeded" and exc.extra:
-                call.state[REFUSAL] = Refusal(scope=str(exc.extra.get("scope")), limit=str(exc.extra.get("period")))
-            raise
-        call.state[RESERVATION] = Reservation(acc, amount, budget=budget, hold=ticket)
+        budget = None
+        if budgets is not None:
+            try:
+                budget = self.budgets.admitted(budgets, refused)
+            except ProxyError as exc:
+                if exc.code == "budget_exceeded" and exc.extra:
+                    call.state[REFUSAL] = Refusal(scope=str(exc.extra.get("scope")),
+                                                  limit=str(exc.extra.get("period")))
+                raise
+        if refused is None:
+            call.state[RESERVATION] = Reservation(acc, amount, budget=budget, hold=credit.hold)
 
     def _worst_case(self, call: Call, route: Route) -> tuple[int, str]:
         """The most ``call`` can cost on ``route`` (micro-USD), and what that is, for a refusal."""

@@ -34,6 +34,7 @@ from proxy import Call, Gateway, ProxyError, StateKey, hookimpl
 
 from .accounts import ACCOUNTS, Accounts, KeyRecord, Limits, ModelLimits
 from .accounts.checks import check_config
+from .accounts.claims import Admission, RateClaim, SlotClaim, admission_of, run_admission
 from .accounts.counters import COUNTERS, Counters, MemoryCounters
 from .accounts.estimate import tokens_estimate
 from .accounts.gcra import EPS, Plan, Rule, iso_at, put_headers
@@ -144,43 +145,47 @@ class Plugin:
         shared = acc.policy.limits
         if limits.empty and shared.empty:
             return
-        counters = self.counters
-        slot = None
+        admission = admission_of(call)
         concurrency = limits.concurrency
-        if concurrency is not None:
-            if not await counters.enter(key.id, concurrency):
-                call.state[REFUSAL] = CONCURRENCY_REFUSAL
-                raise ProxyError(429, f"rate limit exceeded: this key may have {concurrency} requests in "
-                                      "flight at once; retry when one has finished",
-                                 code="concurrency_limit_exceeded", headers={"Retry-After": "1"},
-                                 extra={"limit": concurrency, "used": concurrency})
-            slot = key.id
+        slot = admission.add(SlotClaim(key.id, concurrency)) if concurrency is not None else None
         plan = self._plan_of(key, call.model, shared, acc.id)
+        rate = None
         estimate = 0
         if plan.rules:
             if plan.token_rules:
                 estimate = tokens_estimate(call)
-            now = time.time()
-            try:
-                refused = await counters.take(plan.rules, estimate, now)
-            except BaseException:
-                if slot is not None:
-                    counters.leave(slot)
-                raise
-            headers = call.response.headers if refused is None else {}
-            put_headers(headers, plan, counters.tat, now)
-            if refused is not None:
-                if slot is not None:
-                    counters.leave(slot)
-                call.response.headers.update(headers)
-                rule = refused.rule
+            rate = admission.add(RateClaim(plan.rules, estimate, time.time()))
+        admission.then(lambda: self._admitted(call, key, admission, slot, rate, plan, estimate))
+
+    @hookimpl(specname="tollway_admit", trylast=True)
+    async def admit_claims(self, call: Call) -> None:
+        """Every plugin's claims at once, one step (``accounts/claims.py``), after every admit added its own."""
+        await run_admission(self.counters, call)
+
+    def _admitted(self, call: Call, key: KeyRecord, admission: Admission, slot: SlotClaim | None,
+                  rate: RateClaim | None, plan: Plan, estimate: int) -> None:
+        """The admission ran: the headers, what was taken (for settle and finish), or our refusal."""
+        refused = admission.refused
+        if refused is not None and refused is slot:
+            limit = slot.limit
+            call.state[REFUSAL] = CONCURRENCY_REFUSAL
+            raise ProxyError(429, f"rate limit exceeded: this key may have {limit} requests in "
+                                  "flight at once; retry when one has finished",
+                             code="concurrency_limit_exceeded", headers={"Retry-After": "1"},
+                             extra={"limit": limit, "used": limit})
+        if rate is not None:
+            now = rate.now
+            headers = call.response.headers
+            put_headers(headers, plan, self.counters.tat, now)
+            if refused is rate and rate.refusal is not None:
+                rule = rate.refusal.rule
                 call.state[REFUSAL] = Refusal(
                     scope="account" if rule.state[0].startswith(ACCOUNT_STATE) else "model" if rule.scope else "key",
                     limit=rule.state[2])
-                raise self._refusal(key, refused.wait, rule, estimate if rule.tokens else 1, headers,
+                raise self._refusal(key, rate.refusal.wait, rule, estimate if rule.tokens else 1, dict(headers),
                                     self._used(rule, now))
-        if plan.token_rules or slot:
-            call.state[TAKEN] = Taken(plan.token_rules, estimate, slot)
+        if refused is None and (plan.token_rules or slot is not None):
+            call.state[TAKEN] = Taken(plan.token_rules, estimate, key.id if slot is not None else None)
 
     def status(self, key: KeyRecord, now: float | None = None) -> list[dict]:
         """Each of the key's limits with what is left and when it is full again

@@ -23,8 +23,10 @@ later run first (user plugins before built-ins); ``tryfirst=True`` /
 Order matters where plugins depend on each other; the built-ins pin theirs
 so that the order of ``plugins.enabled`` does not: ``auth`` refuses a model
 outside the key's allowlist in ``tollway_resolve`` (``tryfirst``) and
-``routing`` resolves last (``trylast``); the rate limiter admits before
-quotas reserve credit (``ratelimit``'s ``tollway_admit`` is ``tryfirst``);
+``routing`` resolves last (``trylast``); the rate limiter claims before
+quotas claim credit (``ratelimit``'s ``tollway_admit`` is ``tryfirst``), and
+what both claimed of the shared counters is checked and taken in one step by
+a ``trylast`` admit (``plugins/accounts/claims.py``: one Redis round trip);
 ``quotas`` takes the money in ``tollway_settle`` (``tryfirst``) and
 ``ledger`` records it after everyone else (``trylast``). A third-party
 plugin that needs the principal runs in ``tollway_admit`` or later; one that

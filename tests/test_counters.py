@@ -10,7 +10,9 @@ from __future__ import annotations
 import pytest
 from fleet import COUNTER_KINDS, counters_of
 
+from plugins.accounts.claims import Admission, CreditClaim, RateClaim, SlotClaim, TotalClaim
 from plugins.accounts.gcra import Rule
+from plugins.accounts.model import Account
 
 
 def rule(name: str, limit: int, period: float = 60.0, tokens: bool = False) -> Rule:
@@ -69,3 +71,46 @@ async def test_capped_totals_hold_settle_release(counters):
     await counters.settled()
     assert await counters.hold_total("budget:a:2026-12", 100, 40)
     assert not await counters.hold_total("budget:a:2026-12", 100, 1)
+
+
+async def test_admit_takes_every_claim_at_once_or_none_and_names_the_one_that_refused(counters):
+    """A request's whole admission (claims.py): a concurrency slot, its rate limits, the
+    credit hold and a budget, checked together; a refusal takes nothing."""
+    shared = counters.kind == "redis"
+    acc = Account("acme", 100)
+    if shared:
+        async def seed(account_id: str) -> tuple[int, int]:
+            assert account_id == "acme"
+            return 100, 0
+        counters.seed_account = seed  # the account is not in Redis yet: read from the "store"
+    rpm = rule("rpm", 2)
+    now = 1_000_000.0
+
+    async def admit(amount: int, slots: int = 5) -> tuple[Admission, SlotClaim, RateClaim, CreditClaim, TotalClaim]:
+        admission = Admission()
+        slot = admission.add(SlotClaim("key-a", slots))
+        rate = admission.add(RateClaim((rpm,), 0, now))
+        credit = admission.add(CreditClaim(acc, amount, shared=shared))
+        total = admission.add(TotalClaim("budget:k:key-a:2026-12", 90, amount))
+        await counters.admit(admission)
+        return admission, slot, rate, credit, total
+
+    admission, _, _, credit, _ = await admit(60)
+    assert admission.refused is None and credit.hold and (credit.balance, credit.reserved) == (100, 60)
+    # The credit cannot cover 60 more: refused there, and nothing else was taken...
+    admission, _, rate, credit, _ = await admit(60)
+    assert admission.refused is credit and rate.refusal is None
+    assert (credit.balance, credit.reserved) == (100, 60) and not credit.hold
+    # ...so the budget (90) has 30 left, not -30, and rpm 2 still admits one more.
+    admission, _, _, _, total = await admit(31)
+    assert admission.refused is total and counters.used_total("budget:k:key-a:2026-12") == 0
+    admission, slot, _, _, _ = await admit(10, slots=1)
+    assert admission.refused is slot  # one request in flight already
+    admission, _, _, credit, _ = await admit(10)
+    assert admission.refused is None and credit.reserved == 70
+    admission, _, rate, _, _ = await admit(0)
+    assert admission.refused is rate and rate.refusal.rule is rpm and rate.refusal.wait > 0
+    for _ in range(2):
+        counters.leave("key-a")
+    await counters.settled()
+    assert await counters.enter("key-a", 1)  # both slots were freed: the refused admissions took none

@@ -68,3 +68,35 @@ async def test_a_burst_cannot_overspend_and_the_ledger_is_the_money_taken(pg_url
     assert balance >= 0 and total == sum(told) == 1000 - balance
     assert rows == 120  # refusals are in the ledger too, at no cost
     assert view["balance_micro_usd"] == balance
+
+
+async def test_every_charge_is_the_cost_its_client_was_told(pg_url, start_gateway):
+    """Within its hold a charge is sent behind the answer (nobody waits for it): each ledger
+    row must still carry exactly the x-tollway-cost its client read, and the balance move by
+    their sum. Prompts of different lengths tell the rows apart."""
+    running = await start_gateway(shared_config(pg_url, 5.0))
+    told: dict[int, int] = {}  # prompt tokens -> micro-USD the client was told
+
+    async def one(s: aiohttp.ClientSession, words: int) -> None:
+        status, headers, body = await chat(s, running, DEMO, max_tokens=5 + words % 7,
+                                           content=" ".join(["money"] * words))
+        assert status == 200, body
+        told[body["usage"]["prompt_tokens"]] = round(float(headers["x-tollway-cost"]) * 1e6)
+
+    async with aiohttp.ClientSession() as s:
+        for words in range(1, 11):  # one at a time: each settle races the next request
+            await one(s, words)
+        await asyncio.gather(*(one(s, words) for words in range(11, 61)))
+        writer = running.gw.services[ACCOUNTS].writer
+        await writer.drain_shared()
+    assert len(told) == 60 and all(told.values())
+    dsn, _, schema = pg_url.partition("?search_path=")
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        charged = {r["prompt_tokens"]: r["cost_micro_usd"] for r in await conn.fetch(
+            "select prompt_tokens, cost_micro_usd from tollway_ledger where account_id = 'cfg_demo'")}
+    finally:
+        await conn.close()
+    assert charged == told
+    total, balance, rows = await ledger_and_balance(pg_url)
+    assert rows == 60 and total == sum(told.values()) == 5_000_000 - balance

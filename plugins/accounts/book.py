@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.logs import throttled
 
-from . import db
+from . import claims, db
 from .checks import check_config, claim_currency, claim_store, config_record
+from .claims import CreditClaim
 from .keys import display_prefix, hash_key, new_id, new_key
 from .model import NO_BUDGETS, NO_POLICY, Account, AccountPolicy, Budgets, KeyRecord, Limits
 from .money import usd_to_micro
@@ -46,8 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tollway.accounts")
 
-#: What ``Accounts.hold`` returns for a hold kept in this process's memory.
-LOCAL_HOLD = "local"
+#: What ``Accounts.hold`` returns for a hold kept in this process's memory (``claims.LOCAL_HOLD``).
+LOCAL_HOLD = claims.LOCAL_HOLD
 SEED_TIMEOUT_S = 5.0  # reading a balance the shared counters do not have yet (the request waits on it)
 
 
@@ -71,6 +72,7 @@ class Accounts:
         self.pending_topups: list[tuple[str, int, int, int]] = []
         self.pending_settles: list[tuple] = []  # charges made while Redis was down (see settle_shared)
         self.live: dict[str, tuple[int, int]] = {}  # account id -> (bal, res) as Redis last said
+        self.settling: set[asyncio.Task] = set()  # charges sent behind (settle_shared_behind)
         # Serialises what must not interleave: the writer's flush, reloads and admin changes.
         self.lock = asyncio.Lock()
         # The budget keeper (budgets.py), attached by the quotas plugin when it starts.
@@ -204,6 +206,17 @@ class Accounts:
         assert self.shared is not None
         return await self.shared.grow(acc, hold, held, amount)
 
+    def credit_claim(self, acc: Account, amount: int) -> CreditClaim:
+        """A claim on ``amount`` of the account's balance, for a request's admission
+        (``claims.py``): held in Redis for a metered account with shared counters, else
+        in this process. Once taken, ``claim.hold`` is the hold's id (as ``hold`` returns)."""
+        return CreditClaim(acc, amount, shared=self.shared is not None and not acc.unlimited)
+
+    def claimed(self, claim: CreditClaim) -> None:
+        """Remember what the counters said of the account (a refusal's message reads it)."""
+        if claim.shared:
+            self.live[claim.account.id] = (claim.balance, claim.reserved)
+
     async def _seed(self, account_id: str) -> tuple[int, int]:
         """An account's stored balance and the version it was read at, fresh from the store
         (shared counters seed an account they do not have yet from it: rare, once per
@@ -241,6 +254,27 @@ class Accounts:
             return min(cost, reserved)
         self.live[acc.id] = (done.balance, done.reserved)
         return done.charge
+
+    def settle_shared_behind(self, acc: Account, hold: str, reserved: int, cost: int, row) -> int:
+        """``settle_shared`` for a cost within its hold (``cost <= reserved``), without waiting:
+        the hold is still there and covers it, so the charge IS the cost, known now. The
+        script (the charge with its row) is sent behind, exactly once; shutdown waits for it
+        (``settles_done``) before the writer drains the stream."""
+        task = asyncio.ensure_future(self.settle_shared(acc, hold, reserved, cost, row))
+        self.settling.add(task)
+        task.add_done_callback(self._settle_done)
+        return cost
+
+    def _settle_done(self, task: asyncio.Task) -> None:
+        self.settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            throttled(log, logging.ERROR, "settle_failed", "storage.counters: a charge sent behind failed",
+                      exc_info=task.exception())
+
+    async def settles_done(self) -> None:
+        """Wait for the charges sent behind (shutdown, tests)."""
+        while self.settling:
+            await asyncio.gather(*list(self.settling), return_exceptions=True)
 
     async def push_settles(self) -> None:
         """Send the charges that waited for Redis (oldest first)."""

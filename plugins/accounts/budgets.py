@@ -4,7 +4,8 @@ A budget is a capped total in the counters service (``counters.py``): one
 total per scope (a key or an account) and period, named
 ``budget:k:<key id>:2026-12-02`` or ``budget:a:<account>:2026-W49``. A request
 holds its worst-case cost against every budget that applies, all or none, in
-the same admission step as its credit reservation (``plugins/quotas.py``),
+the same admission step as its credit reservation and its rate limits (one
+``Admission``, see ``claims.py``; ``plugins/quotas.py``),
 so a burst of concurrent requests cannot spend past a cap: what is held
 counts as used until the request settles. Settling turns the hold into the
 money actually taken (never more than was held: see quotas), a failure gives
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from proxy import ProxyError
 
 from . import rollups
+from .claims import Admission, TotalClaim
 from .gcra import iso_at
 from .model import PERIODS
 from .money import micro_to_usd, money_text
@@ -62,6 +64,15 @@ class BudgetHold:
 
     names: tuple[str, ...]
     amount: int
+
+
+@dataclass(slots=True)
+class BudgetClaims:
+    """A request's claims on its budgets (cap, total name, period end, the claim), until admitted."""
+
+    claims: tuple[tuple[Cap, str, float, TotalClaim], ...]
+    amount: int
+    now: float
 
 
 @dataclass(slots=True)
@@ -121,31 +132,41 @@ class BudgetKeeper:
 
     # -- the request path ----------------------------------------------------------------
     async def hold(self, key: KeyRecord, acc: Account, amount: int, shown: int | None = None) -> BudgetHold | None:
-        """Hold ``amount`` against every budget of the key and its account, or none:
-        None when there are no budgets, else the hold; a ProxyError when one refuses
-        (naming ``shown``, the request's whole worst case, when ``amount`` is a part)."""
+        """Hold ``amount`` against every budget of the key and its account, or none (an
+        admission of its own, e.g. a retry's ``grow``): None when there are no budgets, else
+        the hold; a ProxyError when one refuses (naming ``shown``, the request's whole worst
+        case, when ``amount`` is a part)."""
+        admission = Admission()
+        claims = self.claim(key, acc, amount, admission)
+        if claims is None:
+            return None
+        await self.counters.admit(admission)
+        return self.admitted(claims, admission.refused, shown)
+
+    def claim(self, key: KeyRecord, acc: Account, amount: int, admission: Admission) -> BudgetClaims | None:
+        """Claim ``amount`` of every budget of the key and its account in the request's
+        admission (``claims.py``: all or none, with its other claims): None when there are
+        no budgets. Raises at once (400) when ``amount`` exceeds a whole budget."""
         if not key.budgets.caps and not acc.policy.budgets.caps:  # the usual case: two cached attributes
             return None
         now = self.clock()
         entries = self.entries(self.plan(key, acc), now)
-        counters = self.counters
         seeds = self.seeds
-        held: list[str] = []
-        for cap, name, end in entries:
+        for cap, _name, _end in entries:
             if amount > cap.cap:
-                self._give_back(held, amount)
                 raise self._never_fits(cap, amount)
-            try:
-                ok = await counters.hold_total(name, cap.cap, amount, seed=seeds.get(name, 0), until=end + 86400,
-                                               fresh=partial(self.fresh_seed, cap, now))
-            except BaseException:
-                self._give_back(held, amount)
-                raise
-            if not ok:
-                self._give_back(held, amount)
-                raise self._exceeded(cap, name, end, now, amount if shown is None else shown)
-            held.append(name)
-        return BudgetHold(tuple(held), amount)
+        claimed = tuple((cap, name, end, admission.add(TotalClaim(name, cap.cap, amount, seeds.get(name, 0),
+                                                                  end + 86400, partial(self.fresh_seed, cap, now))))
+                        for cap, name, end in entries)
+        return BudgetClaims(claimed, amount, now)
+
+    def admitted(self, claims: BudgetClaims, refused: object, shown: int | None = None) -> BudgetHold:
+        """After the admission ran: the hold (nothing refused), or raise the refusal of the
+        budget that refused (``refused``, the admission's refused claim, is one of ours)."""
+        for cap, name, end, claim in claims.claims:
+            if claim is refused:
+                raise self._exceeded(cap, name, end, claims.now, claims.amount if shown is None else shown)
+        return BudgetHold(tuple(name for _cap, name, _end, _claim in claims.claims), claims.amount)
 
     async def grow(self, key: KeyRecord, acc: Account, hold: BudgetHold | None, amount: int) -> BudgetHold | None:
         """Raise ``hold`` to ``amount`` (a retry on a dearer route): the hold from now on; a

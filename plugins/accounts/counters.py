@@ -36,21 +36,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from proxy import ProxyError, ServiceKey
 
-from .gcra import EPS, Rule
+from .claims import Admission, TotalClaim, admit_local
+from .gcra import Refusal, Rule, gcra_check
 
 if TYPE_CHECKING:
     from proxy import Gateway
-
-
-class Refusal(NamedTuple):
-    """Why ``take`` refused: the rule furthest over, and seconds until the request fits it."""
-
-    rule: Rule
-    wait: float
 
 
 class Counters:
@@ -60,6 +54,11 @@ class Counters:
     kind = ""
     #: True while the shared counters cannot be reached (never in memory).
     down = False
+
+    async def admit(self, admission: Admission) -> None:
+        """Check every claim of ``admission`` (``claims.py``) and take them all, or none:
+        ``admission.refused`` is then the first claim that did not fit (None: all taken)."""
+        raise NotImplementedError
 
     async def take(self, rules: tuple[Rule, ...], tokens: int, now: float) -> Refusal | None:
         """Take from every rule at once (1, or ``tokens`` for a tokens rule), or
@@ -138,6 +137,12 @@ class MemoryCounters(Counters):
         self.in_flight: dict[str, int] = {}
         self.totals: dict[str, list] = {}  # name -> [used, held, until]
 
+    async def admit(self, admission: Admission) -> None:
+        admit_local(self.tats, self.in_flight, self._claimed_total, admission)
+
+    def _claimed_total(self, claim: TotalClaim) -> list:
+        return self._total(claim.name, claim.seed, claim.until)
+
     async def take(self, rules: tuple[Rule, ...], tokens: int, now: float) -> Refusal | None:
         return take_local(self.tats, rules, tokens, now)
 
@@ -203,20 +208,9 @@ class MemoryCounters(Counters):
 
 def take_local(tats: dict[tuple, float], rules: tuple[Rule, ...], tokens: int, now: float) -> Refusal | None:
     """GCRA over ``tats`` (state -> TAT): every rule advances, or none does."""
-    get = tats.get
-    new_tats = []
-    worst = None
-    worst_wait = EPS  # a wait counts when over EPS; the longest one is reported
-    for rule in rules:
-        tat = get(rule.state)
-        base = now if tat is None or tat < now else tat
-        new_tat = base + (tokens if rule.tokens else 1) * rule.interval
-        over = new_tat - now - rule.period
-        if over > worst_wait:
-            worst, worst_wait = rule, over
-        new_tats.append(new_tat)
-    if worst is not None:
-        return Refusal(worst, worst_wait)
+    refusal, new_tats = gcra_check(tats, rules, tokens, now)
+    if refusal is not None:
+        return refusal
     for rule, new_tat in zip(rules, new_tats, strict=True):
         tats[rule.state] = new_tat
     return None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 EPS = 1e-9
 
@@ -144,3 +145,29 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float) -> None:
         out["X-RateLimit-Limit"] = main[0]
         out["X-RateLimit-Remaining"] = main[1]
         out["X-RateLimit-Reset"] = iso_at(now + main[2])
+
+
+class Refusal(NamedTuple):
+    """Why ``take`` refused: the rule furthest over, and seconds until the request fits it."""
+
+    rule: Rule
+    wait: float
+
+
+def gcra_check(tats: dict[tuple, float], rules: tuple[Rule, ...], tokens: int,
+               now: float) -> tuple[Refusal | None, list[float]]:
+    """GCRA over ``tats`` (state -> TAT), changing nothing: (the refusal, or None and
+    every rule's new TAT)."""
+    get = tats.get
+    new_tats = []
+    worst = None
+    worst_wait = EPS  # a wait counts when over EPS; the longest one is reported
+    for rule in rules:
+        tat = get(rule.state)
+        base = now if tat is None or tat < now else tat
+        new_tat = base + (tokens if rule.tokens else 1) * rule.interval
+        over = new_tat - now - rule.period
+        if over > worst_wait:
+            worst, worst_wait = rule, over
+        new_tats.append(new_tat)
+    return (Refusal(worst, worst_wait) if worst is not None else None), new_tats

@@ -41,8 +41,10 @@ import hiredis
 from proxy.logs import throttled
 
 from . import redis_scripts as lua
+from .claims import Admission, RateClaim, SlotClaim, TotalClaim
 from .counters import Counters, Refusal, unavailable
 from .gcra import Rule
+from .redis_admit import admit_in_redis
 from .redis_pipe import RedisPipe
 
 if TYPE_CHECKING:
@@ -117,16 +119,19 @@ class RedisLink:
             self.pipe.close()
         self.pipe = await RedisPipe.connect(options, self.timeout)
 
+    def _sha(self, source: str) -> str:
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
+        return sha
+
     async def run(self, source: str, keys: list[str], args: list) -> Any:
         """Run a script; when Redis cannot be reached, mark the link down and raise
         ``counters_unavailable`` (an error Redis answered is raised as it is)."""
         pipe = self.pipe
         if pipe is None or self.down:
             return await self.call(lambda: self.script(source)(keys=keys, args=args))
-        sha = self._shas.get(source)
-        if sha is None:
-            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
-        packed = hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
+        packed = hiredis.pack_command(("EVALSHA", self._sha(source), len(keys), *keys, *args))
         for _ in range(2):
             try:
                 reply = await pipe.send(packed)
@@ -195,6 +200,10 @@ class RedisLink:
         await self.redis.connection_pool.disconnect()
 
 
+async def _no_seed(account_id: str) -> tuple[int, int]:
+    return 0, 0
+
+
 class RedisCounters(Counters):
     kind = "redis"
 
@@ -208,9 +217,13 @@ class RedisCounters(Counters):
         self.totals: dict[str, int] = {}  # name -> used, as last seen
         self.live: dict[str, set[str]] = {}  # sorted-set key -> members this instance keeps alive
         self._behind: set[asyncio.Task] = set()
+        self._adjusts: list[tuple[str, float]] = []  # (TAT key, seconds) to send at the end of this turn
         self._listeners: dict[str, list[Callable[[], object]]] = {}
         self._tasks: list[asyncio.Task] = []
         self.ttl_ms = int(link.hold_ttl * 1000)
+        #: ``await seed_account(account id)``: (stored balance, store version), read fresh from the
+        #: store, for an account Redis does not have yet (set by the accounts book).
+        self.seed_account: Callable[[str], Awaitable[tuple[int, int]]] = _no_seed
 
     @property
     def down(self) -> bool:  # type: ignore[override]
@@ -228,43 +241,46 @@ class RedisCounters(Counters):
         self._tasks.append(loop.create_task(self._listen(), name="tollway-redis-notices"))
 
     # -- rate limits ----------------------------------------------------------------------------
-    def _tat_key(self, state: tuple) -> str:
+    def tat_key(self, state: tuple) -> str:
         return self.prefix + "rl:" + "\x1f".join(state)
 
+    async def admit(self, admission: Admission) -> None:
+        """Every claim in ONE script (``ADMIT``): one round trip for the whole admission."""
+        await admit_in_redis(self, admission)
+
     async def take(self, rules: tuple[Rule, ...], tokens: int, now: float) -> Refusal | None:
-        args: list = [repr(now), tokens]
-        for rule in rules:
-            args += [repr(rule.interval), repr(rule.period), "1" if rule.tokens else "0"]
-        reply = await self.link.run(lua.TAKE, [self._tat_key(r.state) for r in rules], args)
-        tats = self.tats
-        for rule, tat in zip(rules, reply[3:], strict=True):
-            if tat:
-                tats[rule.state] = float(tat)
-            else:
-                tats.pop(rule.state, None)
-        if reply[0] == b"1":
-            return None
-        return Refusal(rules[int(reply[1]) - 1], float(reply[2]))
+        admission = Admission()
+        claim = admission.add(RateClaim(rules, tokens, now))
+        await self.admit(admission)
+        return claim.refusal
 
     def tat(self, state: tuple) -> float | None:
         return self.tats.get(state)
 
     def adjust(self, rules: tuple[Rule, ...], tokens: int) -> None:
+        """Corrections are gathered for one event-loop turn and sent as ONE ``ADJUST`` (under
+        load, many requests settle in the same turn: one script for all of them)."""
+        tats = self.tats
+        pending = self._adjusts
+        if not pending:
+            asyncio.get_running_loop().call_soon(self._send_adjusts)
         for rule in rules:
-            if rule.state in self.tats:
-                self.tats[rule.state] += tokens * rule.interval
-        self.behind(self.link.run(lua.ADJUST, [self._tat_key(r.state) for r in rules],
-                                  [tokens, *(repr(r.interval) for r in rules)]))
+            shift = tokens * rule.interval
+            if rule.state in tats:
+                tats[rule.state] += shift
+            pending.append((self.tat_key(rule.state), shift))
+
+    def _send_adjusts(self) -> None:
+        pending, self._adjusts = self._adjusts, []
+        if pending:
+            self.behind(self.link.run(lua.ADJUST, [key for key, _ in pending], [repr(shift) for _, shift in pending]))
 
     # -- concurrency ----------------------------------------------------------------------------
     async def enter(self, scope: str, limit: int) -> bool:
-        slot = self.new_id()
-        zkey = self.key("cc", scope)
-        if not await self.link.run(lua.ENTER, [zkey], [limit, slot, self.ttl_ms]):
-            return False
-        self.slots.setdefault(scope, []).append(slot)
-        self.live.setdefault(zkey, set()).add(slot)
-        return True
+        admission = Admission()
+        admission.add(SlotClaim(scope, limit))
+        await self.admit(admission)
+        return admission.refused is None
 
     def leave(self, scope: str) -> None:
         mine = self.slots.get(scope)
@@ -280,14 +296,10 @@ class RedisCounters(Counters):
     # -- capped totals --------------------------------------------------------------------------
     async def hold_total(self, name: str, cap: int, amount: int, *, seed: int = 0, until: float = 0.0,
                          fresh: Callable[[], Awaitable[int]] | None = None) -> bool:
-        key = self.key("total", name)
-        ok, used = await self.link.run(lua.HOLD_TOTAL, [key], [cap, amount, "" if fresh is not None else seed,
-                                                               repr(until)])
-        if ok == -1:  # not in Redis (a new period, or Redis lost it): seeded from the store, not memory
-            assert fresh is not None
-            ok, used = await self.link.run(lua.HOLD_TOTAL, [key], [cap, amount, await fresh(), repr(until)])
-        self.totals[name] = int(used)
-        return bool(ok)
+        admission = Admission()
+        admission.add(TotalClaim(name, cap, amount, seed, until, fresh=fresh))
+        await self.admit(admission)
+        return admission.refused is None
 
     def settle_total(self, name: str, held: int, spent: int) -> None:
         self.totals[name] = self.totals.get(name, 0) + spent
@@ -316,6 +328,7 @@ class RedisCounters(Counters):
             pass  # the link logged the outage; what it held expires with its TTL
 
     async def settled(self) -> None:
+        self._send_adjusts()
         while self._behind:
             await asyncio.gather(*list(self._behind), return_exceptions=True)
 

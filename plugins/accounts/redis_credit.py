@@ -3,8 +3,9 @@
 With ``storage.counters: redis://...`` every instance reserves and charges a
 metered account through Redis, one Lua script each (``redis_scripts.py``):
 
-- ``reserve``: drop the account's expired holds, then hold ``amount`` if
-  ``bal - res >= amount``; else refuse (402). So the fleet's holds never
+- ``reserve`` (a credit claim of the request's admission, ``claims.py``, in
+  the one ``ADMIT`` script with its other claims): drop the account's expired
+  holds, then hold ``amount`` if ``bal - res >= amount``; else refuse (402). So the fleet's holds never
   exceed the balance: it can never go below zero.
 - ``settle``: free the hold, charge ``min(cost, bal - res)`` and append the
   request's ledger row (with that charge) to the stream ``<prefix>ledger``, in
@@ -42,6 +43,7 @@ import orjson
 from proxy.logs import throttled
 
 from . import redis_scripts as lua
+from .claims import Admission, CreditClaim
 from .db import LedgerRow
 
 if TYPE_CHECKING:
@@ -73,6 +75,7 @@ class SharedCredit:
         #: ``await seed(account id)``: (stored balance, store version) read fresh from the store.
         self.seed = seed
         self.counters = counters
+        counters.seed_account = seed
         self.link = counters.link
         self.prefix = counters.prefix
         self.stream = self.prefix + "ledger"
@@ -82,18 +85,12 @@ class SharedCredit:
         return [self.prefix + "acct:" + account_id, self.prefix + "holds:" + account_id]
 
     async def reserve(self, acc: Account, amount: int) -> tuple[str | None, int, int]:
-        """(the hold's member, or None when the balance cannot cover ``amount``; bal; res)."""
-        member = f"{self.counters.new_id()}|{amount}"
-        keys = self._keys(acc.id)
-        args = ["", "", amount, member, self.counters.ttl_ms]
-        ok, bal, res = await self.link.run(lua.RESERVE, keys, args)
-        if ok == -1:
-            args[0:2] = await self.seed(acc.id)
-            ok, bal, res = await self.link.run(lua.RESERVE, keys, args)
-        if ok != 1:
-            return None, int(bal), int(res)
-        self.counters.live.setdefault(keys[1], set()).add(member)
-        return member, int(bal), int(res)
+        """(the hold's member, or None when the balance cannot cover ``amount``; bal; res):
+        one credit claim on its own (a request's admission claims it with the rest)."""
+        admission = Admission()
+        claim = admission.add(CreditClaim(acc, amount, shared=True))
+        await self.counters.admit(admission)
+        return (claim.hold or None), claim.balance, claim.reserved
 
     async def grow(self, acc: Account, member: str, held: int, amount: int) -> str | None:
         """Make the hold ``member`` (of ``held``) one of ``amount``: its new member, or None
@@ -111,16 +108,29 @@ class SharedCredit:
         self.counters.live.setdefault(keys[1], set()).add(new)
         return new
 
-    async def settle(self, acc: Account, member: str, held: int, cost: int, row: LedgerRow | None) -> Settled:
+    def _settle_script(self, acc: Account, member: str, held: int, cost: int,
+                       row: LedgerRow | None) -> tuple[list[str], list]:
         keys = self._keys(acc.id)
         self.counters.forget_live(keys[1], member)
         payload = b"" if row is None else orjson.dumps(tuple(row))
-        done = self.prefix + "done:" + member
-        args = ["", "", member, held, cost, payload, acc.id]
-        reply = await self.link.run(lua.SETTLE, [*keys, self.stream, done], args)
+        return [*keys, self.stream, self.prefix + "done:" + member], ["", "", member, held, cost, payload, acc.id]
+
+    async def settle(self, acc: Account, member: str, held: int, cost: int, row: LedgerRow | None) -> Settled:
+        keys, args = self._settle_script(acc, member, held, cost, row)
+        reply = await self.link.run(lua.SETTLE, keys, args)
         if reply[0] == -1:  # Redis lost the account since the hold (restarted empty): seed it again
             args[0:2] = await self.seed(acc.id)
-            reply = await self.link.run(lua.SETTLE, [*keys, self.stream, done], args)
+            reply = await self.link.run(lua.SETTLE, keys, args)
+        settled = self.answered(cost, reply)
+        assert settled is not None
+        return settled
+
+    def answered(self, cost: int, reply: object) -> Settled | None:
+        """What a ``SETTLE`` reply says was charged; None when the script must run again the
+        awaited way (an error Redis answered, e.g. NOSCRIPT, or an account Redis lost: its
+        done marker makes a second run change nothing)."""
+        if not isinstance(reply, list) or reply[0] == -1:
+            return None
         charge, bal, res = int(reply[0]), int(reply[1]), int(reply[2])
         if len(reply) > 3 and not reply[3] and charge < cost:
             throttled(log, logging.WARNING, "hold_expired", "a credit hold expired before its request settled "

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from proxy import ProxyError
 
-from .counters import MemoryCounters, Refusal, take_local
+from .claims import Admission, Claim, CreditClaim, RateClaim, SlotClaim, TotalClaim
+from .counters import MemoryCounters, Refusal, take_local, unavailable
 from .redis_counters import RedisCounters, RedisLink
 
 if TYPE_CHECKING:
@@ -84,6 +85,40 @@ class LocalWhenDownCounters(RedisCounters):
                 except Exception:  # the link marked itself down (and logged it)
                     pass
             await asyncio.sleep(self.ttl_ms / 3000)
+
+    # -- a whole admission (claims.py) ----------------------------------------------------------
+    async def admit(self, admission: Admission) -> None:
+        if not self.link.down:
+            try:
+                await super().admit(admission)
+                return
+            except ProxyError:
+                if not self.link.down:
+                    raise
+        if any(isinstance(c, TotalClaim) or (isinstance(c, CreditClaim) and c.shared) for c in admission.claims):
+            raise unavailable()  # money (credit, budgets) is never decided locally
+        share = self.seen
+        local = Admission()
+        original: dict[int, Claim] = {}
+        for claim in admission.claims:
+            mine: Claim = claim  # an unmetered account's credit: nothing to hold
+            if isinstance(claim, RateClaim):
+                mine = RateClaim(tuple(replace(rule, interval=rule.interval * share) for rule in claim.rules),
+                                 claim.tokens, claim.now)
+            elif isinstance(claim, SlotClaim):
+                mine = SlotClaim(claim.scope, max(1, claim.limit // share))
+            original[id(local.add(mine))] = claim
+        await self.local.admit(local)
+        refused = local.refused
+        if refused is not None:
+            claim = original[id(refused)]
+            if isinstance(claim, RateClaim) and isinstance(refused, RateClaim) and refused.refusal is not None:
+                claim.refusal = Refusal(claim.rules[refused.rules.index(refused.refusal.rule)], refused.refusal.wait)
+            admission.refused = claim
+            return
+        for claim in admission.claims:
+            if isinstance(claim, SlotClaim):
+                self.local_slots[claim.scope] = self.local_slots.get(claim.scope, 0) + 1
 
     # -- rate limits ----------------------------------------------------------------------------
     async def take(self, rules: tuple[Rule, ...], tokens: int, now: float) -> Refusal | None:

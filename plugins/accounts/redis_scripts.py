@@ -10,51 +10,14 @@ caller's (``time.time()``, NTP-synchronised machines).
 
 from __future__ import annotations
 
-# GCRA over every rule at once. KEYS: one TAT key per rule. ARGV: now, tokens, then per
-# rule: interval, period, is_tokens (1/0). Reply: {admitted, worst rule index (1-based) or 0,
-# wait, tat per rule...} (strings); a refusal changes nothing.
-TAKE = """
-local now = tonumber(ARGV[1])
-local tokens = tonumber(ARGV[2])
-local n = #KEYS
-local new = {}
-local worst, worst_wait = 0, 1e-9
-for i = 1, n do
-  local interval = tonumber(ARGV[3 * i])
-  local period = tonumber(ARGV[3 * i + 1])
-  local cost = 1
-  if ARGV[3 * i + 2] == '1' then cost = tokens end
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  local base = tat
-  if tat < now then base = now end
-  local nt = base + cost * interval
-  local over = nt - now - period
-  if over > worst_wait then worst, worst_wait = i, over end
-  new[i] = nt
-end
-local out = {}
-if worst ~= 0 then
-  out[1] = '0'; out[2] = tostring(worst); out[3] = string.format('%.17g', worst_wait)
-  for i = 1, n do out[3 + i] = redis.call('GET', KEYS[i]) or '' end
-  return out
-end
-out[1] = '1'; out[2] = '0'; out[3] = '0'
-for i = 1, n do
-  local ttl = math.ceil((new[i] - now) * 1000) + 1000
-  redis.call('SET', KEYS[i], string.format('%.17g', new[i]), 'PX', ttl)
-  out[3 + i] = string.format('%.17g', new[i])
-end
-return out
-"""
-
-# Correct tokens rules by ARGV[1] tokens. KEYS: TAT keys; ARGV: tokens, interval per key.
-# The key's time to live moves with its TAT (no clock needed).
+# Correct tokens rules (the real usage minus the estimate taken). KEYS: TAT keys (one may
+# come several times: several requests' corrections in one call); ARGV: per key, the shift
+# in seconds. The key's time to live moves with its TAT (no clock needed).
 ADJUST = """
-local tokens = tonumber(ARGV[1])
 for i = 1, #KEYS do
   local tat = redis.call('GET', KEYS[i])
   if tat then
-    local shift = tokens * tonumber(ARGV[1 + i])
+    local shift = tonumber(ARGV[i])
     local ttl = redis.call('PTTL', KEYS[i]) + math.floor(shift * 1000)
     if ttl > 0 then
       redis.call('SET', KEYS[i], string.format('%.17g', tonumber(tat) + shift), 'PX', ttl)
@@ -72,14 +35,123 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# A slot in a scope's set of requests in flight. KEYS: the scope's sorted set (member: slot
-# id, score: expiry in ms). ARGV: limit, slot id, ttl ms. Reply: 1 taken, 0 full.
-ENTER = _NOW_MS + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
-return 1
+# One request's whole admission (``claims.py``): every claim checked in order, then all
+# taken, or none. ARGV: ttl ms (slots and holds), the number of claims, then per claim its
+# kind and arguments; KEYS: per claim its keys, in the same order.
+#   S  slot         KEYS: the scope's sorted set (member: slot id, score: expiry ms); ARGV: limit, slot id
+#   R  rate limits  KEYS: one TAT key per rule; ARGV: now (caller's clock), tokens, rules, then per rule:
+#                   interval, period, is_tokens (1/0)
+#   C  credit       KEYS: account, holds (see _ACCOUNT); ARGV: seed balance, seed version, amount, member
+#   T  capped total KEYS: its hash (used, held); ARGV: cap, amount, seed (used when new; '' for
+#                   "ask me": a fresh read of the store), expire-at (unix s)
+# Reply: {status, claim index, results}: status 1 all taken (index 0), 0 the claim at index
+# refused and nothing was taken, -1 the claim at index (credit, or a total sent without a
+# seed) names something Redis does not have (the caller reads the store and runs it again
+# with the seed; nothing was taken). results, one per claim
+# up to the refused one: S {}; R {worst rule (1-based) or 0, wait, the TAT of each rule
+# (after the take, or as it is when refused; '' for none)} (strings); C {bal, res}; T {used}.
+ADMIT = _NOW_MS + """
+local ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local a, k = 3, 1
+local todo, out = {}, {}
+for c = 1, n do
+  local kind = ARGV[a]
+  if kind == 'S' then
+    local z = KEYS[k]
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
+    out[c] = {}
+    if redis.call('ZCARD', z) >= tonumber(ARGV[a + 1]) then return {0, c, out} end
+    todo[c] = {z, ARGV[a + 2]}
+    a, k = a + 3, k + 1
+  elseif kind == 'R' then
+    local at, tokens, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    local new, r = {}, {'0', '0'}
+    local worst, worst_wait = 0, 1e-9
+    for i = 1, m do
+      local b = a + 1 + 3 * i
+      local cost = 1
+      if ARGV[b + 2] == '1' then cost = tokens end
+      local raw = redis.call('GET', KEYS[k + i - 1])
+      r[2 + i] = raw or ''
+      local tat = tonumber(raw or '0')
+      if tat < at then tat = at end
+      local nt = tat + cost * tonumber(ARGV[b])
+      local over = nt - at - tonumber(ARGV[b + 1])
+      if over > worst_wait then worst, worst_wait = i, over end
+      new[i] = nt
+    end
+    out[c] = r
+    if worst ~= 0 then
+      r[1] = tostring(worst); r[2] = string.format('%.17g', worst_wait)
+      return {0, c, out}
+    end
+    todo[c] = {k, m, new, at}
+    a, k = a + 4 + 3 * m, k + m
+  elseif kind == 'C' then
+    local acct, holds = KEYS[k], KEYS[k + 1]
+    if redis.call('EXISTS', acct) == 0 then
+      out[c] = {}
+      if ARGV[a + 1] == '' then return {-1, c, out} end
+      redis.call('HSET', acct, 'bal', ARGV[a + 1], 'res', 0, 'ver', ARGV[a + 2])
+    end
+    local dead = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+    if #dead > 0 then
+      local freed = 0
+      for _, member in ipairs(dead) do freed = freed + tonumber(string.match(member, '|(%d+)$')) end
+      redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
+      redis.call('HINCRBY', acct, 'res', -freed)
+    end
+    local bal = tonumber(redis.call('HGET', acct, 'bal'))
+    local res = tonumber(redis.call('HGET', acct, 'res'))
+    local amount = tonumber(ARGV[a + 3])
+    out[c] = {bal, res}
+    if bal - res < amount then return {0, c, out} end
+    todo[c] = {acct, holds, ARGV[a + 3], ARGV[a + 4], bal}
+    a, k = a + 5, k + 2
+  elseif kind == 'T' then
+    local h = KEYS[k]
+    if redis.call('EXISTS', h) == 0 then
+      if ARGV[a + 3] == '' then out[c] = {0}; return {-1, c, out} end
+      redis.call('HSET', h, 'used', ARGV[a + 3], 'held', 0)
+      if tonumber(ARGV[a + 4]) > 0 then redis.call('EXPIREAT', h, math.ceil(tonumber(ARGV[a + 4]))) end
+    end
+    local used = tonumber(redis.call('HGET', h, 'used'))
+    out[c] = {used}
+    if used + tonumber(redis.call('HGET', h, 'held')) + tonumber(ARGV[a + 2]) > tonumber(ARGV[a + 1]) then
+      return {0, c, out}
+    end
+    todo[c] = {h, ARGV[a + 2]}
+    a, k = a + 5, k + 1
+  else
+    return redis.error_reply('ADMIT: unknown claim kind ' .. tostring(kind))
+  end
+end
+a = 3
+for c = 1, n do
+  local kind, d = ARGV[a], todo[c]
+  if kind == 'S' then
+    redis.call('ZADD', d[1], now + ttl, d[2])
+    redis.call('PEXPIRE', d[1], ttl * 2)
+    a = a + 3
+  elseif kind == 'R' then
+    local r = out[c]
+    for i = 1, d[2] do
+      local nt = d[3][i]
+      local text = string.format('%.17g', nt)
+      redis.call('SET', KEYS[d[1] + i - 1], text, 'PX', math.ceil((nt - d[4]) * 1000) + 1000)
+      r[2 + i] = text
+    end
+    a = a + 4 + 3 * d[2]
+  elseif kind == 'C' then
+    redis.call('ZADD', d[2], now + ttl, d[4])
+    out[c] = {d[5], redis.call('HINCRBY', d[1], 'res', d[3])}
+    a = a + 5
+  else
+    redis.call('HINCRBY', d[1], 'held', d[2])
+    a = a + 5
+  end
+end
+return {1, 0, out}
 """
 
 # Keep this instance's slots and holds alive. KEYS: sorted sets; ARGV: ttl ms, then per key
@@ -95,22 +167,6 @@ for i = 1, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ttl * 2) end
 end
 return 1
-"""
-
-# Capped totals. KEYS: the total's hash (used, held). ARGV: cap, amount, seed, expire-at (unix s, 0 never).
-# A seed of '' makes nothing: a total that does not exist is answered {-1, 0}, and the caller
-# reads a fresh seed from the store and asks again.
-HOLD_TOTAL = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if ARGV[3] == '' then return {-1, 0} end
-  redis.call('HSET', KEYS[1], 'used', ARGV[3], 'held', 0)
-  if tonumber(ARGV[4]) > 0 then redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[4]))) end
-end
-local used = tonumber(redis.call('HGET', KEYS[1], 'used'))
-local held = tonumber(redis.call('HGET', KEYS[1], 'held'))
-if used + held + tonumber(ARGV[2]) > tonumber(ARGV[1]) then return {0, used} end
-redis.call('HINCRBY', KEYS[1], 'held', ARGV[2])
-return {1, used}
 """
 
 # KEYS: the total's hash; ARGV: held, spent. Reply: used after.
@@ -161,17 +217,6 @@ if #dead > 0 then
   redis.call('HINCRBY', KEYS[1], 'res', -freed)
 end
 return redis.call('HMGET', KEYS[1], 'bal', 'res')
-"""
-
-# Reserve. KEYS: account, holds. ARGV: seed balance, seed version, amount, member, ttl ms.
-# Reply: {1 held / 0 not enough, bal, res}.
-RESERVE = _ACCOUNT + """
-local bal = tonumber(redis.call('HGET', acct, 'bal'))
-local res = tonumber(redis.call('HGET', acct, 'res'))
-local amount = tonumber(ARGV[3])
-if bal - res < amount then return {0, bal, res} end
-redis.call('ZADD', holds, now + tonumber(ARGV[5]), ARGV[4])
-return {1, bal, redis.call('HINCRBY', acct, 'res', amount)}
 """
 
 # Grow a hold (a retry on a dearer route): swap the member for one of the bigger amount if

@@ -222,7 +222,9 @@ class Writer:
             await self._flush_shared()
 
     async def drain_shared(self) -> None:
-        """Store every entry the stream has for this writer now (shutdown, tests)."""
+        """Store every entry the stream has for this writer now (shutdown, tests), the
+        charges this process is still sending behind included."""
+        await self.book.settles_done()
         for _ in range(10_000):
             done = self.flushes
             await self.flush_shared()

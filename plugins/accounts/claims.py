@@ -1,0 +1,187 @@
+"""Admission in one step: what every plugin claims of the counters, checked and taken together.
+
+A request that is rate limited, metered and budgeted needs several scopes at
+admission: a concurrency slot, its rate-limit rules (the key's, per model, its
+account's), the credit hold, its budgets' capped totals. Each plugin knows its
+own scopes and its own refusal; none should pay a round trip of its own. So in
+``tollway_admit`` a plugin does not take: it adds claims to the request's
+``Admission`` (``admission_of(call)``) and a continuation (``then``), and the
+counters service runs every claim at once (``Counters.admit``), after every
+``tollway_admit`` has added its own (``run_admission``, called from a
+``trylast`` admit implementation of each plugin that claims; the first runs
+them, the others find nothing left):
+
+- every claim is checked, in the order they were added; the first that does
+  not fit is ``admission.refused`` and NOTHING is taken (all or none);
+- else every claim is taken (``admission.refused`` is None);
+- then each continuation runs, in order: the refused claim's owner raises its
+  refusal (the same status, message, headers and ``Retry-After`` as when it
+  took alone), the others record what they took (``tollway_finish`` gives it
+  back) or, when another scope refused, only add their headers.
+
+In memory (``MemoryCounters``) that is a few dictionary operations with no
+await; on Redis (``RedisCounters``) it is ONE Lua script (``ADMIT``,
+``redis_scripts.py``): one round trip for the whole admission.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from proxy import ProxyError, StateKey
+
+from .gcra import Refusal, Rule, gcra_check
+
+if TYPE_CHECKING:
+    from proxy import Call
+
+    from .counters import Counters
+    from .model import Account
+
+#: The id of a credit hold kept in this process's memory (the accounts book's).
+LOCAL_HOLD = "local"
+
+
+@dataclass(slots=True, eq=False)
+class SlotClaim:
+    """One more request in flight in ``scope``, under ``limit``."""
+
+    scope: str
+    limit: int
+
+
+@dataclass(slots=True, eq=False)
+class RateClaim:
+    """Take 1 from every requests rule and ``tokens`` from every tokens rule (GCRA)."""
+
+    rules: tuple[Rule, ...]
+    tokens: int
+    now: float
+    refusal: Refusal | None = None  # set when this claim refused: the rule furthest over, and the wait
+
+
+@dataclass(slots=True, eq=False)
+class TotalClaim:
+    """Hold ``amount`` of the capped total ``name`` (see ``Counters.hold_total``)."""
+
+    name: str
+    cap: int
+    amount: int
+    seed: int = 0
+    until: float = 0.0
+    #: Shared counters that do not have the total (a new period, or Redis lost it) seed it
+    #: with ``await fresh()`` (a read of the store) instead of ``seed`` (memory ignores it).
+    fresh: Callable[[], Awaitable[int]] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class CreditClaim:
+    """Hold ``amount`` of an account's balance (the accounts book makes these: ``credit_claim``)."""
+
+    account: Account
+    amount: int
+    shared: bool  # held in Redis (a metered account with shared counters), else in this process
+    hold: str = ""  # the hold's id once taken (``LOCAL_HOLD`` in memory)
+    balance: int = 0  # the balance and the sum of holds the counters saw (a refusal's message)
+    reserved: int = 0
+
+
+Claim = SlotClaim | RateClaim | TotalClaim | CreditClaim
+C = TypeVar("C", SlotClaim, RateClaim, TotalClaim, CreditClaim)
+
+
+class Admission:
+    """One request's claims and the continuations of the plugins that made them."""
+
+    __slots__ = ("claims", "callbacks", "refused")
+
+    def __init__(self) -> None:
+        self.claims: list[Claim] = []
+        self.callbacks: list[Callable[[], None]] = []
+        #: After ``Counters.admit``: the first claim that did not fit (nothing was taken), or None (all were).
+        self.refused: Claim | None = None
+
+    def add(self, claim: C) -> C:
+        self.claims.append(claim)
+        return claim
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` once the claims were checked (it may raise the plugin's refusal)."""
+        self.callbacks.append(callback)
+
+
+ADMISSION: StateKey[Admission] = StateKey("counters.admission")
+
+
+def admission_of(call: Call) -> Admission:
+    """The request's admission, made by the first plugin that claims."""
+    admission = call.state.get(ADMISSION)
+    if admission is None:
+        admission = call.state[ADMISSION] = Admission()
+    return admission
+
+
+async def run_admission(counters: Counters, call: Call) -> None:
+    """Check and take the request's claims at once (the first caller does; later ones
+    find nothing), run every continuation, then raise the first refusal one raised."""
+    admission = call.state.pop(ADMISSION, None)
+    if admission is None:
+        return
+    if admission.claims:
+        await counters.admit(admission)
+    refusal: ProxyError | None = None
+    for callback in admission.callbacks:
+        try:
+            callback()
+        except ProxyError as exc:
+            refusal = refusal or exc
+    if refusal is not None:
+        raise refusal
+
+
+# -- in this process's memory (MemoryCounters) ----------------------------------------------------
+
+def admit_local(tats: dict[tuple, float], in_flight: dict[str, int], total_of: Callable[[TotalClaim], list],
+                admission: Admission) -> None:
+    """Check every claim against this process's state; take all, or none and say which refused."""
+    claims = admission.claims
+    new_tats: list[tuple[RateClaim, list[float]]] = []
+    for claim in claims:
+        kind = type(claim)
+        if kind is RateClaim:
+            claim.refusal, pending = gcra_check(tats, claim.rules, claim.tokens, claim.now)  # type: ignore[union-attr]
+            if claim.refusal is not None:  # type: ignore[union-attr]
+                admission.refused = claim
+                return
+            new_tats.append((claim, pending))  # type: ignore[arg-type]
+        elif kind is CreditClaim:
+            acc = claim.account  # type: ignore[union-attr]
+            claim.balance, claim.reserved = acc.balance, acc.reserved  # type: ignore[union-attr]
+            if not acc.unlimited and claim.amount > acc.balance - acc.reserved:
+                admission.refused = claim
+                return
+        elif kind is SlotClaim:
+            if in_flight.get(claim.scope, 0) >= claim.limit:  # type: ignore[union-attr]
+                admission.refused = claim
+                return
+        else:
+            entry = total_of(claim)  # type: ignore[arg-type]
+            if entry[0] + entry[1] + claim.amount > claim.cap:  # type: ignore[union-attr]
+                admission.refused = claim
+                return
+    for claim in claims:  # every claim fits: take them all
+        kind = type(claim)
+        if kind is CreditClaim:
+            acc = claim.account  # type: ignore[union-attr]
+            if not acc.unlimited:
+                acc.reserved += claim.amount
+            claim.hold, claim.reserved = LOCAL_HOLD, acc.reserved  # type: ignore[union-attr]
+        elif kind is SlotClaim:
+            in_flight[claim.scope] = in_flight.get(claim.scope, 0) + 1  # type: ignore[union-attr]
+        elif kind is TotalClaim:
+            total_of(claim)[1] += claim.amount  # type: ignore[arg-type,union-attr]
+    for rate, pending in new_tats:
+        for rule, new_tat in zip(rate.rules, pending, strict=True):
+            tats[rule.state] = new_tat

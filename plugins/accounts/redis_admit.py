@@ -1,0 +1,104 @@
+"""The Redis side of a request's admission (``claims.py``): its claims, encoded for ONE
+``ADMIT`` script (``redis_scripts.py``), and what the script answered, absorbed into this
+instance's view (TATs for the headers, totals, the slots and holds it keeps alive)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import redis_scripts as lua
+from .claims import LOCAL_HOLD, Admission, Claim, CreditClaim, RateClaim, SlotClaim, TotalClaim
+from .gcra import Refusal
+
+if TYPE_CHECKING:
+    from .redis_counters import RedisCounters
+
+
+async def admit_in_redis(counters: RedisCounters, admission: Admission) -> None:
+    """Every claim of ``admission`` in ONE script (``ADMIT``): one round trip for the whole
+    admission; ``admission.refused`` is then the claim that did not fit, or None."""
+    keys: list[str] = []
+    args: list = [counters.ttl_ms, 0]
+    local: list[CreditClaim] = []  # unmetered accounts: nothing to hold, in Redis or here
+    sent: list = []  # the claims in the script, and what each needs once it answered
+    seeds: dict[int, int] = {}  # claim index in the script -> where its seed goes in args
+    for claim in admission.claims:
+        if isinstance(claim, SlotClaim):
+            slot = counters.new_id()
+            keys.append(counters.key("cc", claim.scope))
+            args += ["S", claim.limit, slot]
+            sent.append((claim, slot))
+        elif isinstance(claim, RateClaim):
+            args += ["R", repr(claim.now), claim.tokens, len(claim.rules)]
+            for rule in claim.rules:
+                keys.append(counters.tat_key(rule.state))
+                args += [repr(rule.interval), repr(rule.period), "1" if rule.tokens else "0"]
+            sent.append((claim, None))
+        elif isinstance(claim, TotalClaim):
+            keys.append(counters.key("total", claim.name))
+            seeds[len(sent)] = len(args) + 3
+            args += ["T", claim.cap, claim.amount, "" if claim.fresh is not None else claim.seed, repr(claim.until)]
+            sent.append((claim, None))
+        elif claim.shared:
+            member = f"{counters.new_id()}|{claim.amount}"
+            keys += [counters.prefix + "acct:" + claim.account.id, counters.prefix + "holds:" + claim.account.id]
+            seeds[len(sent)] = len(args) + 1
+            args += ["C", "", "", claim.amount, member]
+            sent.append((claim, member))
+        else:
+            local.append(claim)
+    for claim in local:
+        if not claim.account.unlimited:
+            raise AssertionError("a metered account's credit is held in Redis with shared counters")
+    args[1] = len(sent)
+    if not sent:  # nothing for Redis to decide (an unmetered key): no round trip
+        for claim in local:
+            claim.hold = LOCAL_HOLD
+        return
+    status, index, results = await counters.link.run(lua.ADMIT, keys, args)
+    for _ in sent:
+        if status != -1:
+            break
+        # Redis does not have an account (or a total) yet: seed it from the store, once.
+        claim = sent[index - 1][0]
+        at = seeds[index - 1]
+        if isinstance(claim, CreditClaim):
+            args[at:at + 2] = await counters.seed_account(claim.account.id)
+        elif isinstance(claim, TotalClaim) and claim.fresh is not None:
+            args[at] = await claim.fresh()
+        status, index, results = await counters.link.run(lua.ADMIT, keys, args)
+    if status == -1:
+        raise AssertionError("ADMIT asked again for a seed it was given")
+    for (claim, extra), result in zip(sent, results, strict=False):
+        _absorb(counters, claim, extra, result, status == 1)
+    if status == 1:
+        for claim in local:
+            claim.hold = LOCAL_HOLD
+        return
+    admission.refused = sent[index - 1][0]
+
+
+def _absorb(counters: RedisCounters, claim: Claim, extra: str | None, result: list, taken: bool) -> None:
+    """What the script said of one claim: this instance's view, and what it keeps alive."""
+    if isinstance(claim, RateClaim):
+        tats = counters.tats
+        for rule, tat in zip(claim.rules, result[2:], strict=True):
+            if tat:
+                tats[rule.state] = float(tat)
+            else:
+                tats.pop(rule.state, None)
+        if result[0] != b"0":
+            claim.refusal = Refusal(claim.rules[int(result[0]) - 1], float(result[1]))
+    elif isinstance(claim, TotalClaim):
+        counters.totals[claim.name] = int(result[0])
+    elif isinstance(claim, SlotClaim):
+        if taken:
+            assert extra is not None
+            counters.slots.setdefault(claim.scope, []).append(extra)
+            counters.live.setdefault(counters.key("cc", claim.scope), set()).add(extra)
+    elif result:
+        claim.balance, claim.reserved = int(result[0]), int(result[1])
+        if taken:
+            assert extra is not None
+            claim.hold = extra
+            counters.live.setdefault(counters.prefix + "holds:" + claim.account.id, set()).add(extra)
