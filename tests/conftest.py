@@ -9,7 +9,9 @@ gateway flushed) at the end of the test.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import io
 from dataclasses import dataclass
 
 import pytest
@@ -117,5 +119,23 @@ async def start_gateway(tmp_path):
 
     yield start
     for server in reversed(servers):
-        await server.close()
+        await close_within(server, CLOSE_SECONDS)
+
+
+CLOSE_SECONDS = 90.0  # aiohttp's own shutdown waits up to 60 s for handlers; then the plugins close
+
+
+async def close_within(server: TestServer, seconds: float) -> None:
+    """Close a gateway, failing (with what every task was doing) if it does not close in
+    ``seconds``: a shutdown that hangs must be a failure that names the hang, not a suite that
+    never ends."""
+    try:
+        await asyncio.wait_for(server.close(), seconds)
+    except TimeoutError:
+        stacks = []
+        for task in asyncio.all_tasks():
+            out = io.StringIO()
+            task.print_stack(limit=8, file=out)
+            stacks.append(out.getvalue())
+        pytest.fail(f"the gateway did not close within {seconds:g} s; its tasks:\n" + "\n".join(stacks))
 
