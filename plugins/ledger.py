@@ -8,7 +8,9 @@ empty). Columns: see ``plugins/accounts/db.py`` (time, key, account, model
 asked and served, provider, status, error code, token counts, cost, latency,
 time to first byte, stream, cache hit, client gone, estimated: the tokens
 were counted by the gateway because the upstream never said; byok: sent with the
-caller's own upstream key).
+caller's own upstream key; attempts and the deployments tried, retries and
+fallbacks included; incomplete: the answer began and was cut, billed for what
+went out).
 
 ``cost_micro_usd`` is the money actually taken from the account (what the
 quotas plugin charged), else the priced cost; so the ledger sums to the
@@ -37,9 +39,10 @@ import itertools
 import secrets
 import time
 
+import orjson
 from aiohttp import web
 
-from proxy import Call, Gateway, ProxyError, Snapshot, StateKey, Usage, hookimpl, json_response
+from proxy import Call, Gateway, ProxyError, Route, Snapshot, StateKey, Usage, hookimpl, json_response
 
 from .accounts import ACCOUNTS, Accounts
 from .accounts.db import LedgerRow
@@ -61,6 +64,10 @@ _new_row = tuple.__new__
 NO_UNITS = (0, 0, 0)
 
 
+def _deployment(route: Route) -> str:
+    return route.deployment or f"{route.provider.name}/{route.upstream_model}"
+
+
 def _units(call: Call) -> tuple[int, int, int]:
     """The units a unit-priced answer delivered, as the ledger's (images, characters,
     audio_ms) columns (zeros for a refusal or a failure)."""
@@ -79,6 +86,7 @@ class Plugin:
         self._prefix = secrets.token_hex(8)
         self._counter = itertools.count()
         self._days: dict[int, str] = {}
+        self._one_deployment: dict[str, str] = {}  # deployment -> its one-item JSON list
 
     @hookimpl
     def tollway_config_schema(self) -> dict:
@@ -162,7 +170,25 @@ class Plugin:
             round(call.timing.latency_ms * 1000) / 1000, None if ttfb is None else round(ttfb * 1000) / 1000,
             int(call.billing.usage_estimated),  # estimated
             *_units(call),  # images, characters, audio_ms
-            int(call.billing.caller_key)))  # byok
+            int(call.billing.caller_key),  # byok
+            call.upstream_attempts, self._deployments(call),  # attempts, deployments
+            int(response.status == 200 and response.error is not None)))  # incomplete: cut after it began
+
+    def _deployments(self, call: Call) -> str | None:
+        """The deployments tried, in order, as a JSON list (None when no upstream was asked)."""
+        route = call.route
+        if route is None or not call.upstream_attempts:
+            return None
+        earlier = call.earlier_routes
+        if earlier is not None:
+            return orjson.dumps([_deployment(r) for r in (*earlier, route)]).decode()
+        name = _deployment(route)
+        text = self._one_deployment.get(name)
+        if text is None:  # (made once per deployment: the usual row costs a dict look-up)
+            if len(self._one_deployment) >= 4096:
+                self._one_deployment.clear()
+            text = self._one_deployment[name] = orjson.dumps([name]).decode()
+        return text
 
     def _day(self, ts: float) -> str:
         n = int(ts // 86400)

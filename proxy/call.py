@@ -233,7 +233,8 @@ class Call:
 
     __slots__ = (
         "request", "endpoint", "dialect", "body", "raw_body", "body_changed", "model", "stream", "include_usage",
-        "principal", "route", "upstream_attempts", "billing", "response", "timing", "state", "snapshot",
+        "principal", "route", "upstream_attempts", "earlier_routes", "billing", "response", "timing", "state",
+        "snapshot",
     )
 
     def __init__(self, request: web.Request | None, endpoint: str, body: dict, raw_body: bytes,
@@ -259,6 +260,8 @@ class Call:
         self.principal: Principal | None = None  # tollway_authenticate
         self.route: Route | None = None  # tollway_resolve; the attempt's own route on a fallback
         self.upstream_attempts = 0  # upstream attempts made (retries and fallbacks included)
+        # The routes attempted before ``route``, in order (None until a retry moves it; the ledger lists them).
+        self.earlier_routes: list[Route] | None = None
         self.billing = Billing()
         self.response = ResponseState()
         self.timing = Timing()

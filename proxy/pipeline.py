@@ -18,13 +18,14 @@ from aiohttp import web
 
 from .call import CachedResponse, Call, Route
 from .clientwrite import CLIENT_WRITE_TIMEOUT, ClientStalled, send_whole
-from .errors import ProxyError, internal_error
+from .errors import ProxyError, bad_request, internal_error
 from .gateway import GATEWAY_KEY
 from .inflight import shutdown_error, uncancel
 from .logs import redact, throttled
 from .media import MEDIA_PATHS, forward_media
 from .provider import UNREADABLE, caller_key_refused, loads_json, unreadable_answer
 from .streaming import TranslatingCodec, completion_to_chunks, pump, replay, splice_usage_fields
+from .validate import validate_embeddings
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -58,6 +59,8 @@ async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call)
         try:
             if call.principal is None:  # (a detached call comes with its principal)
                 await authenticate(gateway, call)
+            if call.model is NO_MODEL:
+                default_model(gateway, call)
             await resolve(gateway, call)
             admitted = True
             for admit in hooks.admit:
@@ -101,6 +104,27 @@ async def authenticate(gateway: Gateway, call: Call) -> None:
         if principal is not None:
             call.principal = principal
             return
+
+
+#: What the routes put in a body without "model" (a value no client can send: it is
+#: told apart by identity), replaced once the caller is known (``default_model``).
+NO_MODEL = "(default model)"
+
+
+def default_model(gateway: Gateway, call: Call) -> None:
+    """A request without "model": the caller's own default model (a principal's
+    ``default_model``, e.g. an API key's), else ``server.default_model``, else 400."""
+    model = getattr(call.principal, "default_model", None) or gateway.config.server.default_model
+    body = call.body
+    if model is None:  # the dialect's own answer to a body without "model"
+        del body["model"]
+        if call.endpoint == "embeddings":
+            validate_embeddings(body)
+        else:
+            gateway.dialects[call.dialect].validate(body)
+        raise bad_request("'model' is required: the name of a model from GET /v1/models", "model", "missing_model")
+    body["model"] = call.model = model
+    call.set_body(body)  # the bytes sent upstream name the model too
 
 
 async def resolve(gateway: Gateway, call: Call) -> None:
@@ -236,6 +260,10 @@ async def next_route(gateway: Gateway, call: Call, err: ProxyError) -> Route:
         except ProxyError as refused:
             answer = refused
             continue
+        if call.earlier_routes is None:
+            call.earlier_routes = [failed]
+        else:
+            call.earlier_routes.append(failed)
         return following
 
 

@@ -19,7 +19,7 @@ from .errors import ProxyError, bad_request, error_response
 from .gateway import GATEWAY_KEY
 from .logs import throttled
 from .media import UPLOAD_ENDPOINTS, measured_seconds, validate_media
-from .pipeline import JSON, answer_here, authenticate, refuse, run_model_call
+from .pipeline import JSON, NO_MODEL, answer_here, authenticate, refuse, run_model_call
 from .provider import RESPONSE_ID, UPLOAD
 from .uploads import read_upload
 from .upstream_items import count_tokens, stored_response
@@ -155,10 +155,8 @@ class ModelRoutes:
     async def _model_call(self, request: web.Request, endpoint: str, dialect: str) -> web.StreamResponse:
         try:
             body, raw = await read_json(request, self.limit)
-            default_model = self.gateway.config.server.default_model
-            defaulted = default_model is not None and "model" not in body
-            if defaulted:
-                body["model"] = default_model
+            if "model" not in body:  # the caller's default model, named once it is known (pipeline.py)
+                body["model"] = NO_MODEL
             if endpoint == "embeddings":
                 validate_embeddings(body)
             else:
@@ -167,8 +165,6 @@ class ModelRoutes:
             return await refuse(self.gateway, request, Call(request, endpoint, {}, b"", dialect,
                                                                 self.gateway.snapshot), err)
         call = Call(request, endpoint, body, raw, dialect, self.gateway.snapshot)
-        if defaulted:
-            call.set_body(body)  # the bytes sent upstream name the model too
         resp = await run_model_call(self.gateway, request, call)
         response_id = call.state.get(RESPONSE_ID)
         if response_id is not None and call.route is not None:

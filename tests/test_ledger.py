@@ -192,7 +192,9 @@ async def test_the_migrated_ledger_table_is_the_ledger_row(engine, tmp_path):
             row = db.LedgerRow(id="r1", time=1.5, day="2026-01-01", key_id="k", account_id="a", endpoint="chat",
                                model="m", served_model="s", provider="p", status=200, error_code="e", stream=1,
                                cache_hit=0, client_gone=0, prompt_tokens=2, completion_tokens=3, cached_tokens=4,
-                               reasoning_tokens=5, cost_micro_usd=6, latency_ms=7.5, ttfb_ms=8.5)
+                               reasoning_tokens=5, cost_micro_usd=6, latency_ms=7.5, ttfb_ms=8.5, estimated=1,
+                               images=9, characters=10, audio_ms=11, attempts=2, deployments='["p/x","p/y"]',
+                               incomplete=1)
             async with store.transaction() as tx:
                 await db.write_batch(tx, [row], {}, "writer:test", 1)
             assert await store.fetchall("select * from tollway_ledger") == [tuple(row)]

@@ -360,7 +360,7 @@ class Accounts:
                          models: list[str] | None = None, limits: Limits | None = None,
                          expires_at: float | None = None, disabled: bool = False,
                          metadata: dict[str, Any] | None = None,
-                         budgets: Budgets = NO_BUDGETS) -> tuple[KeyRecord, str]:
+                         budgets: Budgets = NO_BUDGETS, default_model: str | None = None) -> tuple[KeyRecord, str]:
         """A new key (and its account, unless it joins an existing one); the
         plain key is returned here and never again. ``credits`` is micro-USD
         (None: unmetered); joining an existing account tops it up by it."""
@@ -371,7 +371,8 @@ class Accounts:
         record = KeyRecord(id=kid, name=name, hash=hash_key(plain), prefix=display_prefix(plain),
                            account_id=account or kid, models=None if models is None else frozenset(models),
                            limits=limits or Limits(), expires_at=expires_at, disabled=disabled,
-                           metadata=metadata or {}, source="api", created_at=now, budgets=budgets)
+                           metadata=metadata or {}, source="api", created_at=now, budgets=budgets,
+                           default_model=default_model)
 
         async def change(tx) -> None:
             await db.upsert_key(tx, record)
@@ -390,7 +391,7 @@ class Accounts:
         return record, plain
 
     async def update_key(self, kid: str, changes: dict[str, Any]) -> KeyRecord:
-        """Change some of: name, models, limits, expires_at, disabled, metadata, budgets."""
+        """Change some of: name, models, limits, expires_at, disabled, metadata, budgets, default_model."""
         async with self.lock:
             old = self.by_id[kid]
             if "models" in changes and changes["models"] is not None:

@@ -114,6 +114,9 @@ def config_record(config, i: int, kc: KeyConfig) -> KeyRecord:
     for m in kc.limits.models:
         if m not in models:
             raise ConfigError(f"{where}.limits.models.{m}: unknown model{suggest(m, models)}")
+    if kc.default_model is not None and kc.default_model not in models:
+        raise ConfigError(f"{where}.default_model: unknown model {kc.default_model!r}"
+                          f"{suggest(kc.default_model, models)}")
     for path, problem in kc.limits.problems() + kc.budgets.problems():
         raise ConfigError(f"{where}.{path}: {problem}")
     try:
@@ -125,7 +128,7 @@ def config_record(config, i: int, kc: KeyConfig) -> KeyRecord:
     return KeyRecord(id=kid, name=kc.name, hash=hash_key(key), prefix=display_prefix(key),
                      account_id=kc.account or kid, models=None if kc.models is None else frozenset(kc.models),
                      limits=kc.limits, expires_at=expires, disabled=kc.disabled, metadata=dict(kc.metadata),
-                     source="config", created_at=time.time(), budgets=kc.budgets)
+                     source="config", created_at=time.time(), budgets=kc.budgets, default_model=kc.default_model)
 
 
 async def claim_store(store) -> None:

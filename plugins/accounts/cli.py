@@ -47,6 +47,8 @@ def add_keys_command(subparsers: argparse._SubParsersAction) -> None:
     for name in ("rpm", "tpm", "rpd", "concurrency"):
         create.add_argument(f"--{name}", type=positive_int)
     create.add_argument("--expires", help="expiry, ISO 8601 (e.g. 2030-01-31T00:00:00Z)")
+    create.add_argument("--default-model",
+                        help="the model of its requests that name none (before server.default_model)")
     create.set_defaults(func=book_command(cmd_create))
 
     listing = sub.add_parser("list", help="list keys with their balances")
@@ -168,6 +170,8 @@ def _details(accounts: Accounts, k: KeyRecord) -> str:
             ("models", "all" if k.models is None else ", ".join(sorted(k.models))),
             ("limits", _limits(k.limits)), ("expires", iso(k.expires_at) or "never"),
             ("created", iso(k.created_at))]
+    if k.default_model is not None:  # the model of its requests that name none
+        rows.insert(9, ("default", k.default_model))
     if k.revoked_at is not None:
         rows.append(("revoked", iso(k.revoked_at)))
     width = max(len(r[0]) for r in rows)
@@ -183,7 +187,7 @@ def _limits(limits: Limits) -> str:
 async def cmd_create(accounts: Accounts, args: argparse.Namespace) -> int:
     limits = Limits(rpm=args.rpm, tpm=args.tpm, rpd=args.rpd, concurrency=args.concurrency)
     spec = KeyCreate(name=args.name, credits=None if args.unlimited else args.credits, account=args.account,
-                     models=args.models, limits=limits, expires_at=args.expires)
+                     models=args.models, limits=limits, expires_at=args.expires, default_model=args.default_model)
     try:
         kwargs = create_args(spec, accounts.config.models)
     except SpecError as exc:

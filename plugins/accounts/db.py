@@ -107,6 +107,13 @@ MIGRATIONS = (
     Migration(8, "drop the ledger's day indexes", (
         "drop index if exists tollway_ledger_key_day",
         "drop index if exists tollway_ledger_day")),
+    # Every upstream attempt of a request (retries, fallbacks), and answers cut after they began: plugins/ledger.py.
+    Migration(9, "ledger attempts, deployments tried, incomplete", (
+        "alter table tollway_ledger add column attempts integer not null default 0",
+        "alter table tollway_ledger add column deployments text",
+        "alter table tollway_ledger add column incomplete integer not null default 0")),
+    # The model a key's requests without "model" use (before server.default_model).
+    Migration(10, "keys.default_model", ("alter table tollway_keys add column default_model text",)),
 )
 
 
@@ -144,13 +151,16 @@ class LedgerRow(NamedTuple):
     characters: int = 0  # input characters spoken (speech)
     audio_ms: int = 0  # milliseconds of audio transcribed or translated
     byok: int = 0  # 1: sent with the caller's own upstream key (plugins/byok), billed at price.byok
+    attempts: int = 0  # upstream attempts (1 + retries and fallbacks; 0: none, e.g. refused or a cache hit)
+    deployments: str | None = None  # JSON list of the deployments tried, in order ("provider/upstream model")
+    incomplete: int = 0  # 1: the answer began (200) and was cut (billed for what went out; error_code says why)
 
 
 LEDGER_COLUMNS: tuple[str, ...] = LedgerRow._fields
 APPLY_DELTA = ("update tollway_accounts set balance_micro_usd = balance_micro_usd + ?, "
                "spent_micro_usd = spent_micro_usd + ? where id = ?")
 KEY_COLUMNS = ("id", "name", "key_hash", "prefix", "account_id", "models", "limits", "expires_at", "disabled",
-               "metadata", "source", "created_at", "revoked_at", "budgets")
+               "metadata", "source", "created_at", "revoked_at", "budgets", "default_model")
 
 
 async def create_tables(store) -> None:
@@ -174,19 +184,19 @@ def key_row(k: KeyRecord) -> tuple:
             None if k.models is None else orjson.dumps(sorted(k.models)).decode(),
             orjson.dumps(k.limits.to_dict()).decode(), k.expires_at, int(k.disabled),
             orjson.dumps(k.metadata).decode(), k.source, k.created_at, k.revoked_at,
-            orjson.dumps(k.budgets.to_dict()).decode() if k.budgets.to_dict() else None)
+            orjson.dumps(k.budgets.to_dict()).decode() if k.budgets.to_dict() else None, k.default_model)
 
 
 def key_from_row(row: Sequence[Any]) -> KeyRecord:
     (kid, name, khash, prefix, account_id, models, limits, expires_at, disabled, metadata, source, created_at,
-     revoked_at, budgets) = row
+     revoked_at, budgets, default_model) = row
     return KeyRecord(id=kid, name=name, hash=khash, prefix=prefix, account_id=account_id,
                      models=None if models is None else frozenset(orjson.loads(models)),
                      limits=build(Limits, orjson.loads(limits), f"tollway_keys[{kid}].limits"),
                      expires_at=expires_at, disabled=bool(disabled), metadata=orjson.loads(metadata),
                      source=source, created_at=created_at, revoked_at=revoked_at,
                      budgets=build(Budgets, orjson.loads(budgets), f"tollway_keys[{kid}].budgets")
-                     if budgets else NO_BUDGETS)
+                     if budgets else NO_BUDGETS, default_model=default_model)
 
 
 async def upsert_key(tx, k: KeyRecord) -> None:

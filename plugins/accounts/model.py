@@ -132,6 +132,7 @@ class KeyRecord:
     created_at: float
     revoked_at: float | None = None
     budgets: Budgets = NO_BUDGETS
+    default_model: str | None = None  # a request without "model" made with this key uses it
 
     def status(self, now: float) -> str:
         if self.revoked_at is not None:

@@ -32,6 +32,7 @@ class KeyConfig:
     disabled: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
     budgets: Budgets = NO_BUDGETS  # this key's own spend caps (its account may have more)
+    default_model: str | None = None  # for its requests without "model" (before server.default_model)
 
 
 @dataclass(frozen=True)

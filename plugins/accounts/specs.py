@@ -17,7 +17,7 @@ from .money import MAX_AMOUNT, MoneyError, usd_to_micro
 from .options import NAME_RE, parse_time
 
 MAX_CREDITS_USD = MAX_AMOUNT
-PATCHABLE = ("name", "models", "limits", "expires_at", "disabled", "metadata", "budgets")
+PATCHABLE = ("name", "models", "limits", "expires_at", "disabled", "metadata", "budgets", "default_model")
 
 
 class SpecError(ValueError):
@@ -35,6 +35,7 @@ class KeyCreate:
     disabled: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
     budgets: Budgets = NO_BUDGETS  # spend caps per day, week, month
+    default_model: str | None = None  # for requests without "model" (null: server.default_model)
     NUMBER_OK = ("expires_at",)
 
 
@@ -47,6 +48,7 @@ class KeyPatch:
     disabled: bool | None = None
     metadata: dict[str, Any] | None = None
     budgets: Budgets | None = None
+    default_model: str | None = None
     NUMBER_OK = ("expires_at",)
 
 
@@ -87,6 +89,12 @@ def check_models(models: list[str] | None, known) -> list[str] | None:
         if m not in known:
             raise SpecError(f"models[{i}]: unknown model {m!r}{suggest(m, known)}")
     return list(dict.fromkeys(models))
+
+
+def check_default_model(model: str | None, known) -> str | None:
+    if model is not None and model not in known:
+        raise SpecError(f"default_model: unknown model {model!r}{suggest(model, known)}")
+    return model
 
 
 def check_limits(limits: Limits, known) -> Limits:
@@ -170,7 +178,8 @@ def create_args(spec: KeyCreate, known_models) -> dict[str, Any]:
     return {"name": check_name(spec.name), "credits": credits_micro(spec.credits, "credits"),
             "account": spec.account, "models": check_models(spec.models, known_models),
             "limits": check_limits(spec.limits, known_models), "expires_at": check_expiry(spec.expires_at),
-            "disabled": spec.disabled, "metadata": spec.metadata, "budgets": check_budgets(spec.budgets)}
+            "disabled": spec.disabled, "metadata": spec.metadata, "budgets": check_budgets(spec.budgets),
+            "default_model": check_default_model(spec.default_model, known_models)}
 
 
 def patch_changes(spec: KeyPatch, present: dict[str, Any], known_models) -> dict[str, Any]:
@@ -194,5 +203,7 @@ def patch_changes(spec: KeyPatch, present: dict[str, Any], known_models) -> dict
             value = check_expiry(value)
         elif name == "budgets":
             value = check_budgets(value)
+        elif name == "default_model":
+            value = check_default_model(value, known_models)
         changes[name] = value
     return changes

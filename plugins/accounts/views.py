@@ -26,7 +26,7 @@ def key_view(k: KeyRecord, acc: Account, now: float | None = None, currency: str
             "models": None if k.models is None else sorted(k.models), "limits": k.limits.to_dict(),
             "expires_at": iso(k.expires_at), "disabled": k.disabled, "metadata": k.metadata,
             "created_at": iso(k.created_at), "revoked_at": iso(k.revoked_at), "budgets": k.budgets.to_dict(),
-            "account": account_view(acc, currency)}
+            "default_model": k.default_model, "account": account_view(acc, currency)}
 
 
 def usage_view(row: dict[str, Any]) -> dict[str, Any]:

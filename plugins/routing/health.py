@@ -11,8 +11,10 @@ the breaker, a failure opens it again with the cooldown doubled (up to
 ``HealthBoard`` is the state behind a small interface (``available``,
 ``acquire``, ``release``, ``record``, ``retry_in``, ``snapshot``), each
 taking ``now`` (the routing plugin's clock), so tests drive cooldowns
-without sleeping and a shared (Redis) board can stand in for this
-in-memory one. Transitions are told to ``listeners`` as ``HealthEvent``.
+without sleeping. Transitions are told to ``listeners`` as ``HealthEvent``;
+with Redis counters ``shared_health.py`` sends this board's openings and
+closings to the other instances and brings theirs in (``take``), so the
+request path reads memory only.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class HealthEvent:
     state: str
     reason: str
     retry_in: float = 0.0  # seconds until an open breaker lets probes through
+    remote: bool = False  # taken from another instance (shared health, see shared_health.py)
 
 
 class Breaker:
@@ -147,6 +150,26 @@ class HealthBoard:
         if total >= opts.min_requests and fails >= opts.error_rate * total:
             self._open(deployment, b, now, retry_after, f"{fails} of the last {total} answers failed ({error})")
 
+    def take(self, deployment: str, state: str, retry_in: float, now: float, reason: str) -> None:
+        """Another instance's breaker opened (for ``retry_in`` more seconds) or closed: follow it."""
+        b = self.breakers.get(deployment)
+        if state == OPEN:
+            if retry_in <= 0:
+                return  # its cooldown is over: the probes decide, here as there
+            if b is None:
+                b = self.breaker(deployment)
+            if b.state == OPEN:
+                b.open_until = max(b.open_until, now + retry_in)
+                return
+            b.open_until = now + retry_in
+            b.probes = 0
+            b.reset_counts()
+            self._move(deployment, b, OPEN, f"on another instance: {reason}", retry_in, remote=True)
+        elif state == CLOSED and b is not None and b.state != CLOSED:
+            b.reopens = b.probes = 0
+            b.reset_counts()
+            self._move(deployment, b, CLOSED, f"on another instance: {reason}", remote=True)
+
     def retry_in(self, deployment: str, now: float) -> float:
         """Seconds until the deployment takes requests again (0 when it does now)."""
         b = self.breakers.get(deployment)
@@ -173,8 +196,9 @@ class HealthBoard:
         b.reset_counts()
         self._move(deployment, b, OPEN, reason, cooldown)
 
-    def _move(self, deployment: str, b: Breaker, state: str, reason: str, retry_in: float = 0.0) -> None:
+    def _move(self, deployment: str, b: Breaker, state: str, reason: str, retry_in: float = 0.0,
+              remote: bool = False) -> None:
         previous, b.state = b.state, state
-        event = HealthEvent(deployment, previous, state, reason, retry_in)
+        event = HealthEvent(deployment, previous, state, reason, retry_in, remote)
         for listener in self.listeners:
             listener(event)

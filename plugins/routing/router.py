@@ -3,7 +3,9 @@
 One ``Router`` per gateway, a gateway service (``ROUTER``): the routing plugin
 routes with it, and the admin API, the dashboard and other plugins read it
 (``gateway.services.get(ROUTER).snapshot()``). Breaker changes are told to
-every plugin's ``tollway_upstream_health(event)`` and logged.
+every plugin's ``tollway_upstream_health(event)`` and logged; a breaker that
+opens or closes is also emitted (``gateway.emit``) as ``deployment_opened`` /
+``deployment_closed``, which the alerts plugin sends to its webhooks.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy import Gateway, ProxyError, Route, ServiceKey, Snapshot
+from proxy import Event, Gateway, ProxyError, Route, ServiceKey, Snapshot
 
 from .deployments import Deployment, Entry, ModelTable, choose
 from .health import HealthBoard, HealthEvent
 from .options import RoutingOptions
+from .shared_health import SharedHealth
 
 __all__ = ["ROUTER", "Router", "RoutingState"]
 
@@ -46,6 +49,7 @@ class Router:
         self.clock: Callable[[], float] = time.monotonic
         self.health = HealthBoard(options.health)
         self.health.listeners.append(self._announce)
+        self.shared: SharedHealth | None = None  # with Redis counters: breakers shared by the fleet
         self.tables: dict[str, ModelTable] = {}  # models with upstreams
         self.virtual: dict[str, Any] = {}  # groups and auto, by name (their ModelConfig)
         self.deployments: dict[str, Deployment] = {}
@@ -161,6 +165,15 @@ class Router:
             self.gateway.pm.hook.tollway_upstream_health(event=event)
         except Exception:
             log.exception("a tollway_upstream_health hook failed")
+        if event.remote:
+            return  # the instance whose breaker changed tells the fleet and the operator
+        if self.shared is not None:
+            self.shared.publish(event)
+        if event.state == "open":  # the alerts plugin's deployment_opened / deployment_closed
+            self.gateway.emit(Event("deployment_opened", {"deployment": event.deployment, "reason": event.reason,
+                                                          "retry_in": round(event.retry_in, 3)}))
+        elif event.state == "closed":
+            self.gateway.emit(Event("deployment_closed", {"deployment": event.deployment, "reason": event.reason}))
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every deployment: breaker state, counts over the window, load, latency, this minute's use."""
@@ -198,7 +211,16 @@ class Router:
 
 
 async def open_router(gateway: Gateway) -> Router:
-    return Router(gateway, gateway.config.section("routing") or RoutingOptions())
+    router = Router(gateway, gateway.config.section("routing") or RoutingOptions())
+    if gateway.config.storage.counters != "memory":
+        from ..accounts.counters import COUNTERS
+        from ..accounts.redis_counters import RedisCounters
+
+        counters = await gateway.services.open(COUNTERS)
+        if isinstance(counters, RedisCounters):
+            router.shared = SharedHealth(counters, lambda: router.health, lambda: router.clock())
+            await router.shared.load()
+    return router
 
 
 #: The gateway's router (opened by the routing plugin at start-up).

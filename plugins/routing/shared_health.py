@@ -1,0 +1,82 @@
+"""Breakers shared by a fleet: with ``storage.counters`` on Redis, a breaker that opens or
+closes on one instance opens or closes on every other within a second.
+
+Each instance still counts its own answers (a per-request round trip to Redis would cost
+more than the breaker saves); what is shared is the outcome. A change is written to one
+Redis hash (``<prefix>routing:health``: deployment -> its state, the wall-clock time its
+cooldown ends, why) and announced with a change notice (the counters' pub/sub channel),
+both sent behind the request that caused it. On a notice, and once at start-up, every
+other instance reads the hash and takes each deployment's state into its own
+``HealthBoard`` (``HealthBoard.take``). The request path reads only memory. After the
+cooldown each instance probes on its own (so a fleet of N sends up to N x
+``half_open_probes`` probes); the first probe to succeed closes the breaker everywhere,
+one that fails opens it everywhere again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import orjson
+
+from proxy.logs import throttled
+
+from .health import CLOSED, OPEN, HealthBoard, HealthEvent
+
+if TYPE_CHECKING:
+    from ..accounts.redis_counters import RedisCounters
+
+__all__ = ["SharedHealth"]
+
+log = logging.getLogger("tollway.routing")
+TOPIC = "routing.health"
+
+
+class SharedHealth:
+    """Publishes this instance's breaker changes and takes the other instances'."""
+
+    def __init__(self, counters: RedisCounters, board: Callable[[], HealthBoard], clock: Callable[[], float]) -> None:
+        self.counters = counters
+        self.board = board  # the router's current board (a reload may replace it)
+        self.clock = clock
+        self.key = counters.prefix + "routing:health"
+        self.seen: dict[str, bytes] = {}  # each deployment's entry as last written or taken here
+        counters.on(TOPIC, self.load)
+
+    def publish(self, event: HealthEvent) -> None:
+        """This instance's breaker opened or closed: tell the others (behind, never awaited)."""
+        if event.remote or event.state not in (OPEN, CLOSED):
+            return
+        entry = orjson.dumps({"state": event.state, "until": time.time() + event.retry_in, "reason": event.reason})
+        self.seen[event.deployment] = entry
+        self.counters.behind(self._send(event.deployment, entry))
+
+    async def _send(self, deployment: str, entry: bytes) -> None:
+        link = self.counters.link
+        await link.call(lambda: link.redis.hset(self.key, deployment, entry))
+        self.counters.notify(TOPIC)
+
+    async def load(self) -> None:
+        """Take every deployment's shared state (a notice came, or the instance starts)."""
+        link = self.counters.link
+        try:
+            entries = await link.call(lambda: link.redis.hgetall(self.key))
+        except Exception:
+            throttled(log, logging.WARNING, "shared_health", "routing: cannot read the shared breakers from Redis; "
+                      "this instance keeps its own until it can", exc_info=True)
+            return
+        board, now, wall = self.board(), self.clock(), time.time()
+        for key, raw in entries.items():
+            name = key.decode() if isinstance(key, bytes) else key
+            if self.seen.get(name) == raw:
+                continue  # nothing new: an entry is taken once
+            self.seen[name] = raw
+            try:
+                entry = orjson.loads(raw)
+                state, until, reason = entry["state"], float(entry["until"]), str(entry["reason"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+            board.take(name, state, until - wall, now, reason)

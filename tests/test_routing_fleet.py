@@ -1,0 +1,84 @@
+"""Breakers shared by a fleet: two real ``tollway serve`` processes on one Redis (a key
+prefix of their own) and one PostgreSQL schema. A breaker that opens on one is open on the
+other within a second, which then sends that deployment nothing; a probe that closes it on
+one closes it on the other."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+import yaml
+from business import ADMIN, ADMIN_HEADERS
+from fleet import redis_url, until
+from routing_helpers import MESSAGES, deployments, make_upstreams, routing_config
+from stores import fresh_database
+from test_lifecycle import Server
+
+pytestmark = pytest.mark.fleet
+
+PRICE = {"input": 1.0, "output": 2.0}
+COOLDOWN = 3
+HEALTH = {"window": 30, "min_requests": 3, "error_rate": 0.5, "cooldown": COOLDOWN, "half_open_probes": 1,
+          "max_cooldown": 300}
+
+
+async def chat(s: aiohttp.ClientSession, server: Server) -> tuple[int, str | None]:
+    """(status, the provider that answered)."""
+    async with s.post(server.url + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES}) as r:
+        await r.read()
+        return r.status, r.headers.get("x-tollway-provider")
+
+
+async def breaker(s: aiohttp.ClientSession, server: Server, name: str = "a/a-model") -> dict:
+    async with s.get(server.url + "/admin/upstreams", headers=ADMIN_HEADERS) as r:
+        assert r.status == 200, await r.text()
+        return next(d for d in (await r.json())["data"] if d["deployment"] == name)
+
+
+async def test_a_breaker_opened_on_one_instance_is_open_on_the_other_within_a_second(tmp_path, aiohttp_server):
+    ups = await make_upstreams(aiohttp_server, "a", "b")
+    config = routing_config(ups, {"m": {"deployments": deployments(("a", 1000), ("b", 0.001)), "price": PRICE}},
+                            {"retries": 0, "health": HEALTH})
+    config["server"].update(host="127.0.0.1", access_log="off", admin_key=ADMIN)
+    async with fresh_database("postgres", tmp_path) as pg:
+        config["storage"] = {"url": pg, "counters": redis_url()}
+        path = tmp_path / "tollway.yaml"
+        path.write_text(yaml.safe_dump(config))
+        first = Server(path)
+        await first.wait_ready()
+        second = Server(path)
+        servers = [first, second]
+        try:
+            await second.wait_ready()
+            ups.fail("a", 503)
+            async with aiohttp.ClientSession() as s:
+                for _ in range(3):
+                    assert await chat(s, first) == (503, "a")
+                assert (await breaker(s, first))["state"] == "open"
+                opened = time.monotonic()
+                await until(lambda: _state(s, second, "open"), timeout=1.0, what="the second instance to see it open")
+                assert time.monotonic() - opened < 1.0
+                assert 0 < (await breaker(s, second))["retry_in"] <= COOLDOWN
+                hits = ups.hits("a")
+                for _ in range(20):  # the second instance sends the open deployment nothing
+                    assert await chat(s, second) == (200, "b")
+                assert ups.hits("a") == hits
+                # After the cooldown the first instance's probe succeeds: closed there, then here.
+                ups.recover("a")
+                await asyncio.sleep(COOLDOWN + 0.2)
+                assert await chat(s, first) == (200, "a")
+                assert (await breaker(s, first))["state"] == "closed"
+                closed = time.monotonic()
+                await until(lambda: _state(s, second, "closed"), timeout=1.0,
+                            what="the second instance to see it closed")
+                assert time.monotonic() - closed < 1.0
+        finally:
+            for server in servers:
+                server.stop()
+
+
+async def _state(s: aiohttp.ClientSession, server: Server, state: str) -> bool:
+    return (await breaker(s, server))["state"] == state
