@@ -37,13 +37,15 @@ def retry_after_seconds(value: str | None, now_wall: float | None = None) -> flo
 class KeyPool:
     """The keys of one provider and when each may be used again."""
 
-    __slots__ = ("keys", "resting_until", "next_index", "clock")
+    __slots__ = ("keys", "resting_until", "next_index", "clock", "on_rest")
 
     def __init__(self, keys: list[str], clock: Callable[[], float] = time.monotonic) -> None:
         self.keys = list(keys)
         self.resting_until = [0.0] * len(self.keys)
         self.next_index = 0
         self.clock = clock
+        #: ``on_rest(index, seconds)`` after a 429 rests a key (the routing plugin tells a fleet).
+        self.on_rest: Callable[[int, float], None] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -69,3 +71,10 @@ class KeyPool:
         seconds = retry_after_seconds(retry_after)
         seconds = MIN_REST_S if seconds is None else min(max(seconds, MIN_REST_S), MAX_REST_S)
         self.resting_until[index] = self.clock() + seconds
+        if self.on_rest is not None:
+            self.on_rest(index, seconds)
+
+    def rest_for(self, index: int, seconds: float) -> None:
+        """Key ``index`` rests ``seconds`` more (another instance was answered 429 with it)."""
+        if 0 <= index < len(self.keys):
+            self.resting_until[index] = max(self.resting_until[index], self.clock() + min(seconds, MAX_REST_S))

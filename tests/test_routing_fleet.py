@@ -1,7 +1,7 @@
 """Breakers shared by a fleet: two real ``tollway serve`` processes on one Redis (a key
 prefix of their own) and one PostgreSQL schema. A breaker that opens on one is open on the
 other within a second, which then sends that deployment nothing; a probe that closes it on
-one closes it on the other."""
+one closes it on the other; a pool key answered 429 on one rests on the other."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ HEALTH = {"window": 30, "min_requests": 3, "error_rate": 0.5, "cooldown": COOLDO
           "max_cooldown": 300}
 
 
-async def chat(s: aiohttp.ClientSession, server: Server) -> tuple[int, str | None]:
+async def chat(s: aiohttp.ClientSession, server: Server, model: str = "m") -> tuple[int, str | None]:
     """(status, the provider that answered)."""
-    async with s.post(server.url + "/v1/chat/completions", json={"model": "m", "messages": MESSAGES}) as r:
+    async with s.post(server.url + "/v1/chat/completions", json={"model": model, "messages": MESSAGES}) as r:
         await r.read()
         return r.status, r.headers.get("x-tollway-provider")
 
@@ -39,9 +39,13 @@ async def breaker(s: aiohttp.ClientSession, server: Server, name: str = "a/a-mod
 
 
 async def test_a_breaker_opened_on_one_instance_is_open_on_the_other_within_a_second(tmp_path, aiohttp_server):
-    ups = await make_upstreams(aiohttp_server, "a", "b")
-    config = routing_config(ups, {"m": {"deployments": deployments(("a", 1000), ("b", 0.001)), "price": PRICE}},
+    ups = await make_upstreams(aiohttp_server, "a", "b", "c")
+    config = routing_config(ups, {"m": {"deployments": deployments(("a", 1000), ("b", 0.001)), "price": PRICE},
+                                  "pooled": {"provider": "c", "model": "c-model", "price": PRICE}},
                             {"retries": 0, "health": HEALTH})
+    pool = config["providers"]["c"]
+    pool["api_keys"] = ["sk-one", "sk-two"]
+    del pool["api_key"]
     config["server"].update(host="127.0.0.1", access_log="off", admin_key=ADMIN)
     async with fresh_database("postgres", tmp_path) as pg:
         config["storage"] = {"url": pg, "counters": redis_url()}
@@ -75,6 +79,15 @@ async def test_a_breaker_opened_on_one_instance_is_open_on_the_other_within_a_se
                 await until(lambda: _state(s, second, "closed"), timeout=1.0,
                             what="the second instance to see it closed")
                 assert time.monotonic() - closed < 1.0
+                # A pool key answered 429 on the first instance rests on the second too.
+                ups.force("c", key_status={"sk-one": 429}, retry_after=30)
+                assert await chat(s, first, "pooled") == (200, "c")  # sk-one 429, then sk-two
+                rested = time.monotonic()
+                await until(lambda: _resting(s, second), timeout=1.0, what="the second instance to rest sk-one")
+                assert time.monotonic() - rested < 1.0
+                for _ in range(4):
+                    assert await chat(s, second, "pooled") == (200, "c")
+                assert ups.keys("c") == {"Bearer sk-one": 1, "Bearer sk-two": 5}
         finally:
             for server in servers:
                 server.stop()
@@ -82,3 +95,9 @@ async def test_a_breaker_opened_on_one_instance_is_open_on_the_other_within_a_se
 
 async def _state(s: aiohttp.ClientSession, server: Server, state: str) -> bool:
     return (await breaker(s, server))["state"] == state
+
+
+async def _resting(s: aiohttp.ClientSession, server: Server) -> bool:
+    async with s.get(server.url + "/admin/upstreams", headers=ADMIN_HEADERS) as r:
+        first_key = (await r.json())["key_pools"]["c"][0]
+    return first_key["resting_for"] > 20

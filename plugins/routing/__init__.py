@@ -42,6 +42,8 @@ from .router import ROUTER, Router, RoutingState
 
 __all__ = ["ROUTER", "ROUTING", "HealthEvent", "Plugin", "Router", "RoutingState"]
 
+ATTEMPTS = tuple(str(n) for n in range(12))  # x-tollway-attempts values, made once
+
 #: ``call.state`` key: the routing plugin's state of this request.
 ROUTING: StateKey[RoutingState] = StateKey("routing.state")
 
@@ -83,7 +85,7 @@ class Plugin:
             return None
         table = router.tables.get(call.model)
         if table is not None:
-            chain = (table, *(router.tables[f] for f in table.fallbacks)) if table.fallbacks else (table,)
+            chain = table.chain
         elif call.model in router.virtual:
             chain = await virtual_chain(router, call, router.virtual[call.model])
         else:
@@ -102,7 +104,8 @@ class Plugin:
         headers = call.response.headers
         headers["x-tollway-model"] = route.model
         headers["x-tollway-provider"] = route.provider.name
-        headers["x-tollway-attempts"] = str(call.upstream_attempts)
+        attempts = call.upstream_attempts
+        headers["x-tollway-attempts"] = ATTEMPTS[attempts] if attempts < len(ATTEMPTS) else str(attempts)
         state = call.state.get(ROUTING)
         router = self.router
         if state is None or state.holding is None or router is None:
@@ -113,7 +116,7 @@ class Plugin:
             started = call.timing.attempt_started
             if started is not None:
                 dep.observe_latency(time.perf_counter() - started)
-            router.health.record(dep.name, now, False, state.probe)
+            router.health.succeeded(dep.name, now, state.probe)
             state.probe = False
             state.served = dep  # still in flight until the answer ends (finish)
             return

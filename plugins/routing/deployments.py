@@ -83,6 +83,10 @@ class ModelTable:
     strategy: Strategy
     fallbacks: tuple[str, ...]
     config: Any  # the model's ModelConfig (context window, capabilities, price)
+    #: The model, then its fallbacks' tables (set once every table of the config is made).
+    chain: tuple[ModelTable, ...] = ()
+    #: The entry of a model with exactly one deployment (weight > 0): ``Router.pick``'s fast path.
+    sole: Entry | None = None
 
 
 def _weighted(entries: list[Entry]) -> Entry:

@@ -122,6 +122,14 @@ class HealthBoard:
         if b is not None and b.probes > 0:
             b.probes -= 1
 
+    def succeeded(self, deployment: str, now: float, probe: bool) -> None:
+        """``record`` of a success (the usual answer): a closed breaker only counts it."""
+        b = self.breakers.get(deployment)
+        if b is not None and b.state == CLOSED:
+            b.count(now, False)
+        else:
+            self.record(deployment, now, False, probe)
+
     def record(self, deployment: str, now: float, failed: bool, probe: bool, error: str | None = None,
                retry_after: float | None = None) -> None:
         """An answer from the deployment: ``failed`` when it counts against its health."""

@@ -20,7 +20,7 @@ from typing import Any
 from proxy import Event, Gateway, ProxyError, Route, ServiceKey, Snapshot
 
 from .deployments import Deployment, Entry, ModelTable, choose
-from .health import HealthBoard, HealthEvent
+from .health import CLOSED, HealthBoard, HealthEvent
 from .options import RoutingOptions
 from .shared_health import SharedHealth
 
@@ -86,7 +86,11 @@ class Router:
                 route = Route(model=name, upstream_model=upstream_model, provider=snapshot.providers[d.provider],
                               config=m, deployment=key)
                 entries.append(Entry(dep, route, d.weight, price.input + price.output))
-            tables[name] = ModelTable(name, entries, m.strategy or options.strategy, tuple(m.fallbacks), m)
+            sole = entries[0] if len(entries) == 1 and entries[0].weight > 0 else None
+            tables[name] = ModelTable(name, entries, m.strategy or options.strategy, tuple(m.fallbacks), m,
+                                      sole=sole)
+        for table in tables.values():
+            table.chain = (table, *(tables[f] for f in table.fallbacks))
         return virtual, tables
 
     def rebuild(self, snapshot: Snapshot) -> Callable[[], None]:
@@ -105,6 +109,8 @@ class Router:
                 self.health = HealthBoard(options.health)
                 self.health.listeners.append(self._announce)
             self.options, self.virtual, self.tables, self.deployments = options, virtual, tables, deployments
+            if self.shared is not None:
+                self.shared.watch_pools(snapshot.providers)
 
         return apply
 
@@ -115,10 +121,22 @@ class Router:
     def pick(self, state: RoutingState) -> Route | None:
         """The next deployment to try (not tried yet, healthy, within its limits), from the
         chain's models in turn; it is counted in flight until let go."""
-        self.let_go(state)
-        now = self.clock()
+        if state.holding is not None:
+            self.let_go(state)
         health = self.health
         chain = state.chain
+        tried = state.tried
+        if not tried:
+            sole = chain[0].sole
+            if sole is not None:  # the usual request: a model with one deployment, first try
+                dep = sole.deployment
+                breaker = health.breakers.get(dep.name)
+                if (breaker is None or breaker.state == CLOSED) and dep.rpm is None and dep.tpm is None:
+                    tried.append(dep.name)
+                    state.holding = dep
+                    dep.in_flight += 1
+                    return sole.route
+        now = self.clock()
         while state.position < len(chain):
             table = chain[state.position]
             eligible = [e for e in table.entries if e.weight > 0 and e.deployment.name not in state.tried
@@ -218,8 +236,10 @@ async def open_router(gateway: Gateway) -> Router:
 
         counters = await gateway.services.open(COUNTERS)
         if isinstance(counters, RedisCounters):
-            router.shared = SharedHealth(counters, lambda: router.health, lambda: router.clock())
-            await router.shared.load()
+            shared = router.shared = SharedHealth(counters, lambda: router.health, lambda: router.clock(),
+                                                  lambda: router.gateway.providers)
+            shared.watch_pools(gateway.providers)
+            await shared.load()
     return router
 
 

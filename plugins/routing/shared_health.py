@@ -10,14 +10,16 @@ other instance reads the hash and takes each deployment's state into its own
 ``HealthBoard`` (``HealthBoard.take``). The request path reads only memory. After the
 cooldown each instance probes on its own (so a fleet of N sends up to N x
 ``half_open_probes`` probes); the first probe to succeed closes the breaker everywhere,
-one that fails opens it everywhere again.
+one that fails opens it everywhere again. A key of a provider's pool that an upstream
+answered 429 rests on every instance the same way (``KeyPool.on_rest``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import orjson
@@ -27,21 +29,26 @@ from proxy.logs import throttled
 from .health import CLOSED, OPEN, HealthBoard, HealthEvent
 
 if TYPE_CHECKING:
+    from proxy import Provider
+
     from ..accounts.redis_counters import RedisCounters
 
 __all__ = ["SharedHealth"]
 
 log = logging.getLogger("tollway.routing")
 TOPIC = "routing.health"
+POOL, REST = "key-pool:", "rest"  # a pool key's entry: "key-pool:<provider>#<index>", state "rest"
 
 
 class SharedHealth:
     """Publishes this instance's breaker changes and takes the other instances'."""
 
-    def __init__(self, counters: RedisCounters, board: Callable[[], HealthBoard], clock: Callable[[], float]) -> None:
+    def __init__(self, counters: RedisCounters, board: Callable[[], HealthBoard], clock: Callable[[], float],
+                 providers: Callable[[], Mapping[str, Provider]]) -> None:
         self.counters = counters
         self.board = board  # the router's current board (a reload may replace it)
         self.clock = clock
+        self.providers = providers  # the gateway's current providers (their key pools)
         self.key = counters.prefix + "routing:health"
         self.seen: dict[str, bytes] = {}  # each deployment's entry as last written or taken here
         counters.on(TOPIC, self.load)
@@ -53,6 +60,18 @@ class SharedHealth:
         entry = orjson.dumps({"state": event.state, "until": time.time() + event.retry_in, "reason": event.reason})
         self.seen[event.deployment] = entry
         self.counters.behind(self._send(event.deployment, entry))
+
+    def watch_pools(self, providers: Mapping[str, Provider]) -> None:
+        """Tell the others when one of these providers' pool keys is answered 429 (its rest)."""
+        for name, provider in providers.items():
+            if provider.key_pool is not None:
+                provider.key_pool.on_rest = functools.partial(self._rested, name)
+
+    def _rested(self, provider: str, index: int, seconds: float) -> None:
+        entry = orjson.dumps({"state": REST, "until": time.time() + seconds, "reason": "429"})
+        name = f"{POOL}{provider}#{index}"
+        self.seen[name] = entry
+        self.counters.behind(self._send(name, entry))
 
     async def _send(self, deployment: str, entry: bytes) -> None:
         link = self.counters.link
@@ -79,4 +98,13 @@ class SharedHealth:
                 state, until, reason = entry["state"], float(entry["until"]), str(entry["reason"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
-            board.take(name, state, until - wall, now, reason)
+            if state == REST:
+                self._take_rest(name, until - wall)
+            else:
+                board.take(name, state, until - wall, now, reason)
+
+    def _take_rest(self, name: str, seconds: float) -> None:
+        provider, _, index = name[len(POOL):].rpartition("#")
+        found = self.providers().get(provider)
+        if seconds > 0 and found is not None and found.key_pool is not None and index.isdigit():
+            found.key_pool.rest_for(int(index), seconds)
