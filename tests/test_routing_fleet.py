@@ -88,9 +88,11 @@ async def test_a_breaker_opened_on_one_instance_is_open_on_the_other_within_a_se
                 for _ in range(4):
                     assert await chat(s, second, "pooled") == (200, "c")
                 assert ups.keys("c") == {"Bearer sk-one": 1, "Bearer sk-two": 5}
-        finally:
+        finally:  # killed, not stopped: nothing to flush, and the schema is dropped only when they are gone
             for server in servers:
-                server.stop()
+                if server.proc.poll() is None:
+                    server.proc.kill()
+                server.proc.communicate()
 
 
 async def _state(s: aiohttp.ClientSession, server: Server, state: str) -> bool:
