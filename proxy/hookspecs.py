@@ -159,12 +159,16 @@ def tollway_startup(gateway: Gateway) -> Awaitable[None] | None:
 def tollway_upstream_health(event: Any) -> None:
     """An upstream deployment's breaker changed state (the built-in ``routing``
     plugin's ``HealthEvent``: ``deployment`` (``provider/model``), ``previous``
-    and ``state`` (``closed``, ``open``, ``half_open``), ``reason``, and
-    ``retry_in``: seconds until an open breaker lets probes through).
+    and ``state`` (``closed``, ``open``, ``half_open``), ``reason``,
+    ``retry_in``: seconds until an open breaker lets probes through, and
+    ``remote``: True when the change was another instance's, taken from the
+    fleet's shared health (Redis counters)).
 
-    Called synchronously, in the request that caused the change: record or
-    queue what you need (an alert, a metric) and return; never block. With
-    several instances, each one tells of the changes it sees.
+    Called synchronously, in the request that caused the change (or, for a
+    remote one, when its notice arrives): record or queue what you need (an
+    alert, a metric) and return; never block. With several instances, each
+    one tells of the changes it sees; count only those with ``remote`` False
+    to count each change once.
     """
 
 
