@@ -99,7 +99,7 @@ async def test_concurrent_failovers_never_take_the_balance_below_zero(start_gate
                                                                       counters):
     ups = await make_upstreams(aiohttp_server, "a", "b")
     ups.fail("a", 503)
-    ups.force("b", delay=0.05)  # answers overlap
+    ups.force("b", delay=1.0)  # every dear answer is still held when the last one asks
     running = await start(start_gateway, tmp_path, ups, counters, 0.5)  # two dear worst cases at most
     async with aiohttp.ClientSession() as s:
         before = (await credits(s, running, DEMO))["balance_micro_usd"]
