@@ -79,7 +79,7 @@ class RefuseProvider:
             raise ProxyError(402, f"not on {self.provider}", code="refused_here")
 
 
-async def test_a_refused_retry_route_is_passed_over_and_the_last_refusal_answers(start_gateway, aiohttp_server):
+async def test_a_refused_retry_route_is_passed_over_for_the_next_one(start_gateway, aiohttp_server):
     ups = await make_upstreams(aiohttp_server, "a", "b", "c")
     ups.fail("a", 503)
     refuse = RefuseProvider("b")
