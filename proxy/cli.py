@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -222,7 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name in gateway.config.unset_env:
         log.warning("${%s} is not set; it reads as empty text", name)
     if workers > 1 and not args.reuse_port:
-        return serve_workers(args, host, port, workers)
+        return serve_workers(args, host, port, workers, server.shutdown_timeout)
     return run_async(serve_one(gateway, host, port, reuse_port=args.reuse_port))
 
 
@@ -292,8 +291,11 @@ def print_banner(gateway: Gateway, address: tuple[str, int]) -> None:
           flush=True)
 
 
-def serve_workers(args: argparse.Namespace, host: str, port: int, workers: int) -> int:
-    """N processes on one port (SO_REUSEPORT); SIGTERM is passed on to each."""
+def serve_workers(args: argparse.Namespace, host: str, port: int, workers: int, shutdown_timeout: float) -> int:
+    """N processes on one port (SO_REUSEPORT), kept running by proxy/supervisor.py: a worker
+    that dies is replaced; SIGTERM/SIGINT/SIGHUP are passed on to each."""
+    from .supervisor import WorkerSupervisor
+
     if port == 0:
         print("tollway: --workers needs a fixed --port", file=sys.stderr)
         return 2
@@ -306,21 +308,9 @@ def serve_workers(args: argparse.Namespace, host: str, port: int, workers: int) 
     # worker reads, e.g. the metrics of all workers): new and empty now, removed at the end.
     with tempfile.TemporaryDirectory(prefix="tollway-workers-") as shared:
         env = {**os.environ, WORKERS_DIR_ENV: shared}
-        return _run_workers([subprocess.Popen(cmd, env=env) for _ in range(workers)], host, port)
-
-
-def _run_workers(children: list[subprocess.Popen], host: str, port: int) -> int:
-    def forward(sig: int, _frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(sig)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, forward)  # reload: every worker reads the file again
-    print(f"tollway listening on http://{host}:{port} with {len(children)} workers", flush=True)
-    codes = [child.wait() for child in children]
-    return max(codes)
+        supervisor = WorkerSupervisor(cmd, env, workers, stop_timeout=shutdown_timeout + GRACE_S)
+        print(f"tollway listening on http://{host}:{port} with {workers} workers", flush=True)
+        return supervisor.run()
 
 
 if __name__ == "__main__":
