@@ -35,6 +35,21 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+# An account's holds: a sorted set, member "<hold id>|<amount>", score its expiry (ms). Expired
+# holds (their instance died) are dropped, and their amount freed, by whichever script next
+# touches the account.
+_FREE_EXPIRED_HOLDS = """
+local function free_expired_holds(acct, holds)
+  local dead = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+  if #dead > 0 then
+    local freed = 0
+    for _, member in ipairs(dead) do freed = freed + tonumber(string.match(member, '|(%d+)$')) end
+    redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
+    redis.call('HINCRBY', acct, 'res', -freed)
+  end
+end
+"""
+
 # One request's whole admission (``claims.py``): every claim checked in order, then all
 # taken, or none. ARGV: ttl ms (slots and holds), the number of claims, then per claim its
 # kind and arguments; KEYS: per claim its keys, in the same order.
@@ -50,7 +65,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # with the seed; nothing was taken). results, one per claim
 # up to the refused one: S {}; R {worst rule (1-based) or 0, wait, the TAT of each rule
 # (after the take, or as it is when refused; '' for none)} (strings); C {bal, res}; T {used}.
-ADMIT = _NOW_MS + """
+ADMIT = _NOW_MS + _FREE_EXPIRED_HOLDS + """
 local ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local a, k = 3, 1
 local todo, out = {}, {}
@@ -94,13 +109,7 @@ for c = 1, n do
       if ARGV[a + 1] == '' then return {-1, c, out} end
       redis.call('HSET', acct, 'bal', ARGV[a + 1], 'res', 0, 'ver', ARGV[a + 2])
     end
-    local dead = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
-    if #dead > 0 then
-      local freed = 0
-      for _, member in ipairs(dead) do freed = freed + tonumber(string.match(member, '|(%d+)$')) end
-      redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
-      redis.call('HINCRBY', acct, 'res', -freed)
-    end
+    free_expired_holds(acct, holds)
     local bal = tonumber(redis.call('HGET', acct, 'bal'))
     local res = tonumber(redis.call('HGET', acct, 'res'))
     local amount = tonumber(ARGV[a + 3])
@@ -186,24 +195,17 @@ return 1
 
 # -- credit ---------------------------------------------------------------------------------
 # An account: hash {bal (what the fleet may still spend), res (sum of live holds), ver (the
-# store version its balance was read at), unl}. Its holds: a sorted set, member
-# "<hold id>|<amount>", score its expiry (ms). Expired holds are dropped, and their amount
-# freed, by whichever script next touches the account. An account not in Redis is seeded
-# from a fresh read of the store (ARGV 1 and 2: its balance and the version it was read
-# at), never from an instance's memory, which may be older than charges stored since.
-_ACCOUNT = _NOW_MS + """
+# store version its balance was read at), unl}; its holds: see _FREE_EXPIRED_HOLDS. An
+# account not in Redis is seeded from a fresh read of the store (ARGV 1 and 2: its balance
+# and the version it was read at), never from an instance's memory, which may be older than
+# charges stored since.
+_ACCOUNT = _NOW_MS + _FREE_EXPIRED_HOLDS + """
 local acct, holds = KEYS[1], KEYS[2]
 if redis.call('EXISTS', acct) == 0 then
   if ARGV[1] == '' then return {-1, 0, 0} end  -- not in Redis: the caller reads the store and seeds it
   redis.call('HSET', acct, 'bal', ARGV[1], 'res', 0, 'ver', ARGV[2])
 end
-local dead = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
-if #dead > 0 then
-  local freed = 0
-  for _, m in ipairs(dead) do freed = freed + tonumber(string.match(m, '|(%d+)$')) end
-  redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
-  redis.call('HINCRBY', acct, 'res', -freed)
-end
+free_expired_holds(acct, holds)
 """
 
 # Read an account (dropping its expired holds first). KEYS: account, holds. Reply: {bal, res} or {}.
