@@ -34,7 +34,7 @@ from proxy import Call, Gateway, Snapshot, hookimpl
 from proxy.logs import throttled
 
 from .accounts.estimate import byte_usage, counted_usage
-from .accounts.money import MICRO, PriceBook, format_usd, multiplier_ppm
+from .accounts.money import MICRO, PriceBook, multiplier_ppm, tell_cost
 from .accounts.options import QuotasOptions
 from .accounts.tokens import preload
 from .accounts.units import unit_cost
@@ -90,7 +90,4 @@ class Plugin:
                 billing.usage_estimated = True
                 billing.usage_extra["estimated"] = True
             cost = self.prices.cost_of(call)
-        billing.cost_micro = cost
-        billing.usage_extra["cost"] = cost / 1_000_000
-        if not call.stream:
-            call.response.headers["x-tollway-cost"] = format_usd(cost)
+        tell_cost(call, cost)

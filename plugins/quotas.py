@@ -12,7 +12,9 @@ cover it: 402, saying what was needed and what is left.
 In ``tollway_settle`` the reservation is released and the cost charged:
 
 - usage known (also when the client hung up and the core drained the
-  upstream): the exact cost (``call.billing.cost_micro`` from the pricing plugin);
+  upstream): the exact cost (``call.billing.cost_micro`` from the pricing plugin),
+  never more than the reservation (``tollway_usage`` cuts a larger one, and what the
+  client is told, to it: an upstream that ignored the output cap);
 - usage unknown but output went out (a stream cut, timed out, or left by
   its client before its usage event; an upstream that sends none): the
   pricing plugin counted that output (``billing.usage_estimated``), and its
@@ -33,11 +35,13 @@ calling key's balance, reservations and spend.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from proxy import Call, Gateway, ProxyError, Route, Snapshot, StateKey, hookimpl, json_response
+from proxy.logs import throttled
 from proxy.provider import CALLER_KEYS
 
 from .accounts import ACCOUNTS, Account, Accounts, KeyRecord
@@ -49,7 +53,7 @@ from .accounts.claims import Admission, CreditClaim, admission_of, run_admission
 from .accounts.counters import COUNTERS, Counters
 from .accounts.estimate import output_bound, prompt_bound
 from .accounts.http import authenticate
-from .accounts.money import MICRO, PriceBook, micro_to_usd, money_text, multiplier_ppm
+from .accounts.money import MICRO, PriceBook, micro_to_usd, money_text, multiplier_ppm, tell_cost
 from .accounts.money_reload import prepare_money_reload, top_up_text
 from .accounts.options import AccountConfig, BillingOptions, QuotasOptions
 from .accounts.periods import Calendar, zone
@@ -77,6 +81,8 @@ class Reservation:
 
 # The request's reservation: set in tollway_admit, charged in tollway_settle, read by the ledger.
 RESERVATION: StateKey[Reservation] = StateKey("quotas.reservation")
+
+log = logging.getLogger("tollway.quotas")
 
 
 def money_taken(call: Call) -> int:
@@ -233,6 +239,21 @@ class Plugin:
         except ProxyError as err:
             err.message = why + err.message
             raise
+
+    @hookimpl(trylast=True)
+    async def tollway_usage(self, call: Call) -> None:
+        """A request is never charged, nor told, more than it was held for: an upstream that
+        reports more output than the request's cap allowed (or a prompt the estimate
+        under-counted) costs the reservation, and the client is told that figure. Without
+        the cut the client was told the upstream's figure while settle could take only what
+        the hold or the balance covered: told != taken."""
+        hold = call.state.get(RESERVATION)
+        cost = call.billing.cost_micro
+        if hold is not None and cost is not None and cost > hold.amount:
+            throttled(log, logging.WARNING, "cost_over_reservation",
+                      "a cost of %d micro-units passed its reservation of %d (model %s): charged the reservation",
+                      cost, hold.amount, call.route.model if call.route is not None else "?")
+            tell_cost(call, hold.amount)
 
     @hookimpl(tryfirst=True)
     async def tollway_settle(self, call: Call) -> None:

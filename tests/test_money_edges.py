@@ -10,6 +10,7 @@ import asyncio
 import aiohttp
 import openai
 import orjson
+from aiohttp import web
 from business import DEMO, admin, bearer, biz_config, credits, ledger_rows
 from test_budgets import KEY_A, KEY_B, PRICE, Clock, next_year, paid_config, use_clock
 
@@ -110,6 +111,56 @@ async def test_a_budget_and_the_credits_both_limiting(start_gateway, mock_upstre
         assert sorted(st for st, _ in second) == [200] * 2 + [429] * 18
     told = [c for _, c in first + second if c is not None]
     await books_balance(running, "acme", round(12.5 * PRICE), told)
+
+
+def greedy_upstream(completion_tokens: int):
+    """An OpenAI-shaped upstream that ignores max_tokens: it reports ``completion_tokens``."""
+
+    async def answer(request: web.Request) -> web.Response:
+        body = await request.json()
+        usage = {"prompt_tokens": 5, "completion_tokens": completion_tokens,
+                 "total_tokens": 5 + completion_tokens}
+        if body.get("stream"):
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+            await resp.write(b"data: " + orjson.dumps({**base, "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": "many words"}, "finish_reason": "stop"}]})
+                + b"\n\n")
+            await resp.write(b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+            return resp
+        return web.json_response({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                                  "usage": usage, "choices": [{"index": 0, "finish_reason": "stop",
+                                                               "message": {"role": "assistant",
+                                                                           "content": "many words"}}]})
+
+    return answer
+
+
+async def test_an_upstream_that_reports_more_than_was_reserved(start_gateway, serve_upstream):
+    """max_tokens 8 reserved 8 tokens' worth; the upstream says it made 100. The request
+    costs its reservation, and that is what the client is told, what is taken and what the
+    ledger says (before: told the 100 tokens' price, charged what the hold or balance covered)."""
+    upstream = await serve_upstream({"POST /v1/chat/completions": greedy_upstream(100)})
+    config = paid_config(upstream.url, [{"name": "a", "key": KEY_A, "credits": 250 * PRICE / 8 / 1e6}])
+    running = await start_gateway(config)
+    async with aiohttp.ClientSession() as s:
+        answers = [await ask(s, running, KEY_A, i, i % 2 == 0) for i in range(4)]
+    assert [st for st, _ in answers][:2] == [200, 200]
+    told = [c for _, c in answers if c is not None]
+    await books_balance(running, "cfg_a", 250 * PRICE // 8, told)
+
+
+async def test_a_budget_caps_an_upstream_that_reports_more_than_was_reserved(start_gateway, serve_upstream):
+    upstream = await serve_upstream({"POST /v1/chat/completions": greedy_upstream(100)})
+    config = paid_config(upstream.url, [{"name": "a", "key": KEY_A, "credits": 1.0,
+                                         "budgets": {"daily": 50 * PRICE / 1e6}}])
+    running = await start_gateway(config)
+    async with aiohttp.ClientSession() as s:
+        answers = [await ask(s, running, KEY_A, i, i % 2 == 0) for i in range(4)]
+    told = [c for _, c in answers if c is not None]
+    await books_balance(running, "cfg_a", 1_000_000, told)
 
 
 async def test_a_batch_cancelled_mid_way_charges_what_ran_and_nothing_else(start_gateway, mock_upstream):

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy import Call
 
 MICRO = 1_000_000
 FEMTO_PER_MICRO = 10**9
@@ -56,6 +60,15 @@ def format_usd(micro: int) -> str:
         return "0." + str(micro).zfill(6)
     whole, frac = divmod(-micro, MICRO)
     return f"-{whole}.{frac:06d}"
+
+
+def tell_cost(call: Call, micro: int) -> None:
+    """Set a request's cost and what its client is told of it, together: ``usage.cost``
+    (JSON, or a stream's final usage chunk) and, on a non-stream answer, ``x-tollway-cost``."""
+    call.billing.cost_micro = micro
+    call.billing.usage_extra["cost"] = micro / 1_000_000
+    if not call.stream:
+        call.response.headers["x-tollway-cost"] = format_usd(micro)
 
 
 FEMTO_PER_USD = MICRO * FEMTO_PER_MICRO
