@@ -12,9 +12,9 @@ cover it: 402, saying what was needed and what is left.
 In ``tollway_settle`` the reservation is released and the cost charged:
 
 - usage known (also when the client hung up and the core drained the
-  upstream): the exact cost (``call.billing.cost_micro`` from the pricing plugin),
-  never more than the reservation (``tollway_usage`` cuts a larger one, and what the
-  client is told, to it: an upstream that ignored the output cap);
+  upstream): the exact cost (``call.billing.cost_micro`` from the pricing plugin);
+  a cost above the reservation is held first (``tollway_usage``), or cut, with what
+  the client is told, to the reservation;
 - usage unknown but output went out (a stream cut, timed out, or left by
   its client before its usage event; an upstream that sends none): the
   pricing plugin counted that output (``billing.usage_estimated``), and its
@@ -242,18 +242,25 @@ class Plugin:
 
     @hookimpl(trylast=True)
     async def tollway_usage(self, call: Call) -> None:
-        """A request is never charged, nor told, more than it was held for: an upstream that
-        reports more output than the request's cap allowed (or a prompt the estimate
-        under-counted) costs the reservation, and the client is told that figure. Without
-        the cut the client was told the upstream's figure while settle could take only what
-        the hold or the balance covered: told != taken."""
+        """What a client is told is what it is charged. A cost above the reservation (an
+        upstream that reported more output than the cap allowed, an audio length the upload
+        could hold but the gateway did not measure) grows the hold to it when the account
+        can pay (no budget applies: a budget is a hard cap); otherwise the request costs its
+        reservation, and the client is told that. (Before, the client was told the
+        upstream's figure while settle took only what the hold or balance covered.)"""
         hold = call.state.get(RESERVATION)
         cost = call.billing.cost_micro
-        if hold is not None and cost is not None and cost > hold.amount:
-            throttled(log, logging.WARNING, "cost_over_reservation",
-                      "a cost of %d micro-units passed its reservation of %d (model %s): charged the reservation",
-                      cost, hold.amount, call.route.model if call.route is not None else "?")
-            tell_cost(call, hold.amount)
+        if hold is None or not hold.open or cost is None or cost <= hold.amount:
+            return
+        if hold.budget is None:
+            ticket = await self.accounts.grow(hold.account, hold.hold, hold.amount, cost)
+            if ticket is not None:
+                hold.hold, hold.amount = ticket, cost
+                return
+        throttled(log, logging.WARNING, "cost_over_reservation",
+                  "a cost of %d micro-units passed its reservation of %d (model %s) and could not be held: "
+                  "charged the reservation", cost, hold.amount, call.route.model if call.route is not None else "?")
+        tell_cost(call, hold.amount)
 
     @hookimpl(tryfirst=True)
     async def tollway_settle(self, call: Call) -> None:

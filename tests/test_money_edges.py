@@ -139,9 +139,10 @@ def greedy_upstream(completion_tokens: int):
 
 
 async def test_an_upstream_that_reports_more_than_was_reserved(start_gateway, serve_upstream):
-    """max_tokens 8 reserved 8 tokens' worth; the upstream says it made 100. The request
-    costs its reservation, and that is what the client is told, what is taken and what the
-    ledger says (before: told the 100 tokens' price, charged what the hold or balance covered)."""
+    """max_tokens 8 reserved 8 tokens' worth; the upstream says it made 100. While the
+    balance covers them the 100 are held and charged; once it does not, the request costs its
+    reservation. Either way what the client is told is what is taken and what the ledger says
+    (before: told the 100 tokens' price, charged what the hold or balance covered)."""
     upstream = await serve_upstream({"POST /v1/chat/completions": greedy_upstream(100)})
     config = paid_config(upstream.url, [{"name": "a", "key": KEY_A, "credits": 250 * PRICE / 8 / 1e6}])
     running = await start_gateway(config)
