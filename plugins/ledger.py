@@ -49,7 +49,7 @@ from .accounts.db import LedgerRow
 from .accounts.http import authenticate, check_admin
 from .accounts.options import LedgerOptions
 from .accounts.usage import query_rollups
-from .quotas import RESERVATION, money_taken
+from .quotas import RESERVATION
 
 MODEL_ENDPOINTS = frozenset(("chat", "embeddings", "messages", "responses", "completions", "images", "image_edits",
                              "speech", "transcriptions", "translations"))
@@ -84,7 +84,7 @@ class Plugin:
         self.accounts: Accounts | None = None
         # Row ids: a random per-process prefix and a counter (unique without a syscall per row).
         self._prefix = secrets.token_hex(8)
-        self._counter = itertools.count()
+        self._counter = itertools.count(16**10)  # (row ids: see row())
         self._days: dict[int, str] = {}
         self._one_deployment: dict[str, str] = {}  # deployment -> its one-item JSON list
 
@@ -150,29 +150,38 @@ class Plugin:
     def row(self, call: Call) -> LedgerRow:
         key = call.principal
         response = call.response
-        usage = call.billing.usage or NO_USAGE
-        started = time.time() - (time.perf_counter() - call.timing.started)
-        ttfb = call.timing.ttfb_ms
+        billing = call.billing
+        usage = billing.usage or NO_USAGE
+        timing = call.timing
+        started = time.time() - (time.perf_counter() - timing.started)
+        day = self._days.get(int(started // 86400)) or self._day(started)
+        ttfb = timing.ttfb_ms
+        hold = call.state.get(RESERVATION)
+        error = response.error
+        status = response.status
+        units = billing.units
         # Positional, straight into the tuple: by name, a 25-field NamedTuple costs about
         # ten times as much (2-3 us a row). The order is LEDGER_COLUMNS' (plugins/accounts/db.py).
         return _new_row(LedgerRow, (
-            call.state.get(LEDGER_ID) or f"{self._prefix}{next(self._counter):010x}",  # id
-            started, self._day(started),  # time, day
+            # id: the counter starts at 16**10, so its hex() after "0x1" is ten digits (f"{n:010x}", cheaper)
+            call.state.get(LEDGER_ID) or self._prefix + hex(next(self._counter))[3:],
+            started, day,  # time, day
             key.id if key else None, key.account_id if key else None,  # key_id, account_id
             call.endpoint, call.model, call.served_model, call.provider_name,  # endpoint, model, served, provider
-            response.status,
-            response.error_code or (response.error.code if response.error is not None else None),  # error_code
+            status,
+            response.error_code or (error.code if error is not None else None),  # error_code
             int(call.stream), int("hit" in (response.cache_status or "")),  # stream, cache_hit
             int(response.client_gone),
             usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens,
-            money_taken(call),  # cost_micro_usd
+            # cost_micro_usd: what quotas charged, else the priced cost (money_taken, inline)
+            hold.charged if hold is not None else (billing.cost_micro or 0),
             # latency_ms, ttfb_ms to the microsecond (round(x, 3) costs twice as much: it goes through decimal digits)
-            round(call.timing.latency_ms * 1000) / 1000, None if ttfb is None else round(ttfb * 1000) / 1000,
-            int(call.billing.usage_estimated),  # estimated
-            *_units(call),  # images, characters, audio_ms
-            int(call.billing.caller_key),  # byok
+            round(timing.latency_ms * 1000) / 1000, None if ttfb is None else round(ttfb * 1000) / 1000,
+            int(billing.usage_estimated),  # estimated
+            *(NO_UNITS if units is None else _units(call)),  # images, characters, audio_ms
+            int(billing.caller_key),  # byok
             call.upstream_attempts, self._deployments(call),  # attempts, deployments
-            int(response.status == 200 and response.error is not None)))  # incomplete: cut after it began
+            int(status == 200 and error is not None)))  # incomplete: cut after it began
 
     def _deployments(self, call: Call) -> str | None:
         """The deployments tried, in order, as a JSON list (None when no upstream was asked)."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from proxy import Call, Gateway, ProxyError, StateKey, hookimpl
 
@@ -155,7 +156,8 @@ class Plugin:
             if plan.token_rules:
                 estimate = tokens_estimate(call)
             rate = admission.add(RateClaim(plan.rules, estimate, time.time()))
-        admission.then(lambda: self._admitted(call, key, admission, slot, rate, plan, estimate))
+        # (a partial, not a lambda: no closure cells and no Python frame to call through)
+        admission.then(partial(self._admitted, call, key, admission, slot, rate, plan, estimate))
 
     @hookimpl(specname="tollway_admit", trylast=True)
     async def admit_claims(self, call: Call) -> None:
@@ -176,7 +178,9 @@ class Plugin:
         if rate is not None:
             now = rate.now
             headers = call.response.headers
-            put_headers(headers, plan, self.counters.tat, now)
+            counters = self.counters
+            # In memory, the TATs' own dict look-up (a C call) rather than a method per rule.
+            put_headers(headers, plan, counters.tats.get if type(counters) is MemoryCounters else counters.tat, now)
             if refused is rate and rate.refusal is not None:
                 rule = rate.refusal.rule
                 call.state[REFUSAL] = Refusal(
