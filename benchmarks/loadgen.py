@@ -191,7 +191,8 @@ class ClientPool:
                     conn = None
             if conn is None:
                 try:
-                    conn = await asyncio.wait_for(Connection.open(self.host, self.port, self.watch), timeout)
+                    async with asyncio.timeout(timeout):
+                        conn = await Connection.open(self.host, self.port, self.watch)
                 except (OSError, TimeoutError) as exc:
                     return Result(error=f"connect: {type(exc).__name__}", sent=time.perf_counter())
                 self.all.append(conn)

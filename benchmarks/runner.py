@@ -20,6 +20,8 @@ from pathlib import Path
 
 import orjson
 
+from proxy.processes import process_running
+
 from .procs import Children, StartError, cpu_plan
 from .progress import Progress
 from .scenarios import Profile, jobs_for
@@ -141,7 +143,7 @@ def run_one(plan: Plan, t: Target, scenario: str, label: str, job: dict, cpus: d
     if t.failed:
         progress.done("skipped (target failed)")
         return
-    if t.pid is not None and not _alive(t.pid):
+    if t.pid is not None and not process_running(t.pid):
         t.failed = f"the process exited during the run; see {logdir / (t.name + '.log')}"
         progress.done("target died")
         return
@@ -160,20 +162,6 @@ def run_one(plan: Plan, t: Target, scenario: str, label: str, job: dict, cpus: d
     lat = res.get("latency_ms") or {}
     progress.done(f"{res.get('rps', 0):8.0f} req/s  p50 {lat.get('p50', float('nan')):7.3f} ms  "
                   f"p99 {lat.get('p99', float('nan')):7.3f} ms  errors {res.get('errors', 0)}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class LoadgenError(RuntimeError):

@@ -54,4 +54,5 @@ PUBLIC_MODULES = {
     "proxy.background": "background tasks beside the requests",
     "proxy.uploads": "multipart uploads read once and parsed in place (files as offsets)",
     "proxy.media": "images and audio: checks, the audio length of an upload",
+    "proxy.processes": "other processes: whether one runs; a child that ends with its parent",
 }

@@ -19,6 +19,7 @@ from .inflight import GRACE_S
 from .logs import display_prefix
 from .plugins import BUILTINS, make_plugin_manager
 from .schema import ConfigError
+from .stopping import StopSignals, exit_by_deadline, ignore_until_exit, stop_limit
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -222,7 +223,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning("${%s} is not set; it reads as empty text", name)
     if workers > 1 and not args.reuse_port:
         return serve_workers(args, host, port, workers, server.shutdown_timeout)
-    return run_async(serve_one(gateway, host, port, reuse_port=args.reuse_port))
+    code = run_async(serve_one(gateway, host, port, reuse_port=args.reuse_port))
+    ignore_until_exit()  # again: closing the loop may have restored the default actions
+    return code
 
 
 async def serve_one(gateway: Gateway, host: str, port: int, reuse_port: bool = False) -> int:
@@ -245,22 +248,20 @@ async def serve_one(gateway: Gateway, host: str, port: int, reuse_port: bool = F
         await runner.cleanup()
         print(f"tollway: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    # A second SIGTERM while finishing (a supervisor repeating itself) changes nothing:
+    # shutdown is bounded by server.shutdown_timeout anyway (proxy/stopping.py).
+    stop = StopSignals()
+    stop.listen()
     stop_listening = listen_for_sighup(app[RELOADER_KEY])
     if not reuse_port:
         print_banner(gateway, site_address(site, host, port))
-    await stop.wait()
-    stop_listening()
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no reload while stopping
-    # A second SIGTERM while finishing (a supervisor repeating itself) must not kill the
-    # process half-way: shutdown is bounded by server.shutdown_timeout anyway.
-    loop.remove_signal_handler(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    await stop.requested.wait()
+    stop_listening()  # no reload while stopping
     print("tollway: stopping: finishing in-flight requests", file=sys.stderr, flush=True)
+    deadline = exit_by_deadline(gateway.config.server.shutdown_timeout)  # the reloaded value
     await runner.cleanup()
+    deadline.cancel()
+    ignore_until_exit()
     return 0
 
 
@@ -308,7 +309,7 @@ def serve_workers(args: argparse.Namespace, host: str, port: int, workers: int, 
     # worker reads, e.g. the metrics of all workers): new and empty now, removed at the end.
     with tempfile.TemporaryDirectory(prefix="tollway-workers-") as shared:
         env = {**os.environ, WORKERS_DIR_ENV: shared}
-        supervisor = WorkerSupervisor(cmd, env, workers, stop_timeout=shutdown_timeout + GRACE_S)
+        supervisor = WorkerSupervisor(cmd, env, workers, stop_timeout=stop_limit(shutdown_timeout))
         print(f"tollway listening on http://{host}:{port} with {workers} workers", flush=True)
         return supervisor.run()
 

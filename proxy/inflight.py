@@ -65,7 +65,8 @@ class InFlight:
             return
         self._idle = asyncio.Event()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
             return
         except TimeoutError:
             pass
@@ -74,7 +75,8 @@ class InFlight:
             call.response.shutdown = True
             task.cancel()
         try:
-            await asyncio.wait_for(self._idle.wait(), GRACE_S)
+            async with asyncio.timeout(GRACE_S):
+                await self._idle.wait()
         except TimeoutError:
             for call in list(self.calls.values()):  # clients that do not take the last bytes
                 transport = call.request.transport if call.request is not None else None

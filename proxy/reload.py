@@ -220,7 +220,11 @@ def listen_for_sighup(reloader: Reloader) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task] = set()
 
+    listening = True
+
     def on_hup() -> None:
+        if not listening:
+            return
         task = loop.create_task(reloader.on_signal())
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -233,7 +237,10 @@ def listen_for_sighup(reloader: Reloader) -> Callable[[], None]:
     catch_up.add_done_callback(tasks.discard)
 
     def stop() -> None:
-        loop.remove_signal_handler(signal.SIGHUP)
+        # The handler stays, ignoring: removing it would restore SIGHUP's default action,
+        # which ends the process (a reload asked for while stopping would kill it).
+        nonlocal listening
+        listening = False
 
     return stop
 

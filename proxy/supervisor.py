@@ -2,13 +2,19 @@
 
 A worker that ends on its own (kill -9, OOM, a crash) is reaped at once, whichever it is,
 reported in one line and replaced by a new one started the same way. Workers that die in a
-loop (more than ``CRASH_LIMIT`` deaths within ``CRASH_WINDOW_S``) are restarted after a
-growing delay (``BACKOFF_S``); when deaths go on after the longest delay the parent stops the
-remaining workers and exits 1, saying why (a service manager then decides what to do).
+loop (more than ``CRASH_LIMIT`` deaths in a row of workers that ran less than
+``SHORT_LIFE_S``) are restarted after a growing delay (``BACKOFF_S``); when deaths go on
+after the longest delay the parent stops the remaining workers and exits 1, saying why (a
+service manager then decides what to do). A worker's life, not a window of time, says it:
+on a loaded machine a worker that fails at start may take 20 s to do so, and deaths that
+slow never filled a 30 s window.
 
 SIGTERM/SIGINT are passed on to every worker, no worker is started any more, and the parent
-exits once they have all ended (those still running ``shutdown_timeout`` + a margin later are
-killed). SIGHUP (reload) is passed on to every worker."""
+exits once they have all ended (those still running past their own stop limit, see
+proxy/stopping.py, are killed). SIGHUP (reload) is passed on to every worker. A parent that ends without stopping
+them (kill -9) takes them with it: each worker gets SIGTERM from the kernel and stops as above.
+
+``run()`` is meant to end the process: the stop signals stay ignored after it."""
 
 from __future__ import annotations
 
@@ -21,10 +27,14 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
+from .processes import die_with_parent
+from .stopping import ignore_until_exit
+
 CRASH_LIMIT = 5
-CRASH_WINDOW_S = 30.0
+SHORT_LIFE_S = 30.0  # a worker that dies sooner counts toward CRASH_LIMIT; one that lived longer resets
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
-STOP_MARGIN_S = 5.0  # after shutdown_timeout (and the workers' own grace), before kill -9
+STOP_MARGIN_S = 2.0  # after a worker's own stop limit, before kill -9: a stuck worker exits by itself
+# first (proxy/stopping.py), saying where it waited
 POLL_S = 1.0  # a safety net: children are looked at this often even without SIGCHLD
 
 
@@ -53,7 +63,8 @@ class WorkerSupervisor:
         self.count = count
         self.stop_timeout = stop_timeout + STOP_MARGIN_S
         self.workers: dict[int, subprocess.Popen] = {}
-        self.deaths: deque[float] = deque()  # monotonic times of the recent unexpected exits
+        self.started: dict[int, float] = {}  # pid -> monotonic start time
+        self.short_deaths = 0  # in a row: workers that died within SHORT_LIFE_S of their start
         self.backoff_level = 0
         self.starts_due: list[float] = []  # monotonic times replacements are to be started at
         self.signals: deque[int] = deque()
@@ -63,17 +74,23 @@ class WorkerSupervisor:
     # -- processes ------------------------------------------------------------------
 
     def start_worker(self, now: float) -> None:
-        # Ignored (not handled) signals stay ignored across exec: a reload SIGHUP reaching a
-        # worker before it listens for one must not end it (SIGHUP's default action).
-        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        parent = os.getpid()
+
+        def in_the_child() -> None:  # between fork and exec (this process has no other thread)
+            # Ignored (not handled) signals stay ignored across exec: a reload SIGHUP reaching a
+            # worker before it listens for one must not end it (SIGHUP's default action).
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            # A parent killed with kill -9 cannot stop its workers: they stop themselves
+            # (SIGTERM: in-flight requests finish, within shutdown_timeout), no orphan keeps the port.
+            die_with_parent(parent)
+
         try:
-            child = subprocess.Popen(self.cmd, env=self.env)
+            child = subprocess.Popen(self.cmd, env=self.env, preexec_fn=in_the_child)
         except OSError as exc:  # e.g. no memory or no process left to fork: as if it died at once
-            self.worker_died("a new worker", f"could not be started ({exc.strerror})", now)
+            self.worker_died("a new worker", f"could not be started ({exc.strerror})", now, now)
             return
-        finally:
-            signal.signal(signal.SIGHUP, previous)
         self.workers[child.pid] = child
+        self.started[child.pid] = now
 
     def send_all(self, sig: int) -> None:
         for child in self.workers.values():
@@ -92,25 +109,25 @@ class WorkerSupervisor:
 
     # -- a worker's death -----------------------------------------------------------
 
-    def worker_died(self, who: str, how: str, now: float) -> None:
-        self.deaths.append(now)
-        while self.deaths and self.deaths[0] < now - CRASH_WINDOW_S:
-            self.deaths.popleft()
-        if len(self.deaths) <= CRASH_LIMIT:
+    def worker_died(self, who: str, how: str, started: float, now: float) -> None:
+        if now - started >= SHORT_LIFE_S:  # it served a while: not a loop (or no longer one)
+            self.short_deaths = 0
             self.backoff_level = 0
+        self.short_deaths += 1
+        if self.short_deaths <= CRASH_LIMIT:
             say(f"{who} {how}; starting a new one")
             self.starts_due.append(now)
             return
         if self.backoff_level >= len(BACKOFF_S):
-            say(f"{who} {how}; workers keep dying ({len(self.deaths)} deaths in "
-                f"{CRASH_WINDOW_S:g} s, even {BACKOFF_S[-1]:g} s apart): giving up, stopping "
-                f"the other workers (see the workers' messages above for why they die)")
+            say(f"{who} {how}; workers keep dying ({self.short_deaths} in a row within {SHORT_LIFE_S:g} s of "
+                f"their start, even {BACKOFF_S[-1]:g} s apart): giving up, stopping the other workers (see "
+                f"the workers' messages above for why they die)")
             self.gave_up = True
             self.begin_stop(signal.SIGTERM, now)
             return
         delay = BACKOFF_S[self.backoff_level]
         self.backoff_level += 1
-        say(f"{who} {how}; {len(self.deaths)} worker deaths in {CRASH_WINDOW_S:g} s: "
+        say(f"{who} {how}; {self.short_deaths} worker deaths in a row within {SHORT_LIFE_S:g} s of their start: "
             f"backing off, starting a new one in {delay:g} s")
         self.starts_due.append(now + delay)
 
@@ -145,8 +162,10 @@ class WorkerSupervisor:
                 codes.extend(self.step(time.monotonic()))
         finally:
             signal.set_wakeup_fd(old_wakeup)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            signal.signal(signal.SIGCHLD, previous[signal.SIGCHLD])
+            # The process ends after run(): a late SIGTERM (a service manager repeating itself)
+            # must not turn its exit status into a kill, as restoring the default action would.
+            ignore_until_exit()
             selector.close()
             os.close(read_fd)
             os.close(write_fd)
@@ -176,7 +195,8 @@ class WorkerSupervisor:
         codes = []
         for child in self.reap():
             if self.stop_deadline is None:
-                self.worker_died(f"worker {child.pid}", describe_exit(child.returncode), now)
+                self.worker_died(f"worker {child.pid}", describe_exit(child.returncode),
+                                 self.started.pop(child.pid, now), now)
             else:
                 codes.append(child.returncode)
         if self.stop_deadline is None:

@@ -20,6 +20,17 @@ PG = "postgresql://postgres@127.0.0.1:5432/test"
 ENGINES = ("sqlite", "postgres")
 
 
+async def run_pg(sql: str) -> None:
+    """Run ``sql`` on the test PostgreSQL (creating or dropping a test's own schema)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(PG)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 @asynccontextmanager
 async def fresh_database(kind: str, tmp_path: Path) -> AsyncIterator[str]:
     if kind == "sqlite":

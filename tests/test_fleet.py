@@ -23,7 +23,7 @@ import pytest
 import yaml
 from business import ADMIN_HEADERS, bearer, biz_config
 from fleet import redis_url, until
-from stores import PG
+from stores import PG, run_pg
 from test_lifecycle import Server
 
 pytestmark = pytest.mark.fleet
@@ -35,19 +35,14 @@ OPENING = 2000
 HOLD_TTL = 5  # short, for the kill test; long enough for a loaded machine's slowest request
 
 
-async def _schema(sql: str) -> None:
-    conn = await asyncpg.connect(PG)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+_schema = run_pg  # the name other fleet tests import it by
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fleet")
     schema = f"tollway_fleet_{int(time.time() * 1000) % 10**9}"
-    asyncio.run(_schema(f"create schema {schema}"))
+    asyncio.run(run_pg(f"create schema {schema}"))
     config = biz_config(keys=[{"name": "small", "key": SMALL, "credits": OPENING / 1e6},
                               {"name": "limited", "key": LIMITED, "credits": None, "limits": {"rpm": 30}},
                               {"name": "rich", "key": RICH, "credits": 5.0}])
@@ -76,7 +71,7 @@ def fleet(tmp_path_factory):
         if s.proc.poll() is None:
             s.proc.kill()
         s.proc.communicate()
-    asyncio.run(_schema(f"drop schema if exists {schema} cascade"))
+    asyncio.run(run_pg(f"drop schema if exists {schema} cascade"))
 
 
 async def stop_all(servers: list[Server]) -> None:
@@ -284,7 +279,7 @@ async def test_kill_9_with_holds_in_flight_gives_the_money_back_and_charges_noth
 
 async def test_two_workers_with_the_business_plugins_share_one_balance(tmp_path):
     schema = f"tollway_workers_{int(time.time() * 1000) % 10**9}"
-    await _schema(f"create schema {schema}")
+    await run_pg(f"create schema {schema}")
     config = biz_config(keys=[{"name": "small", "key": SMALL, "credits": OPENING / 1e6}])
     config["server"].update(host="127.0.0.1", access_log="off", workers=2)
     config["storage"] = {"url": f"{PG}?search_path={schema}", "counters": redis_url()}
@@ -307,4 +302,4 @@ async def test_two_workers_with_the_business_plugins_share_one_balance(tmp_path)
         if server.proc.poll() is None:
             server.proc.kill()
             server.proc.communicate()
-        await _schema(f"drop schema if exists {schema} cascade")
+        await run_pg(f"drop schema if exists {schema} cascade")

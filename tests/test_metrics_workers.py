@@ -11,23 +11,14 @@ import time
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import yaml
 from business import DEMO, biz_config, chat
 from fleet import redis_url
-from stores import PG
+from stores import PG, run_pg
 from test_lifecycle import Server
 from test_metrics import TOKEN, scrape, total
 
 IDLE = {"state": "idle", "provider": "up"}
-
-
-async def _schema(sql: str) -> None:
-    conn = await asyncpg.connect(PG)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def scrapes_until(server: Server, check, what: str, seconds: float = 15.0) -> dict:
@@ -48,7 +39,7 @@ async def scrapes_until(server: Server, check, what: str, seconds: float = 15.0)
 
 async def test_a_worker_killed_with_kill_9_leaves_no_live_gauge_and_its_counts_stay(tmp_path, mock_upstream):
     schema = f"tollway_metrics_{int(time.time() * 1000) % 10**9}"
-    await _schema(f"create schema {schema}")
+    await run_pg(f"create schema {schema}")
     config = biz_config(mock_upstream.url)
     config["server"].update(host="127.0.0.1", access_log="off", workers=2)
     config["storage"] = {"url": f"{PG}?search_path={schema}", "counters": redis_url()}
@@ -99,4 +90,4 @@ async def test_a_worker_killed_with_kill_9_leaves_no_live_gauge_and_its_counts_s
                     pass
             server.proc.kill()
             server.proc.communicate()
-        await _schema(f"drop schema if exists {schema} cascade")
+        await run_pg(f"drop schema if exists {schema} cascade")

@@ -15,6 +15,8 @@ import yaml
 from business import DEMO, bearer, biz_config
 from test_lifecycle import Server
 
+from proxy.background import stop_task
+
 
 async def test_sigterm_stops_a_long_stream_at_the_timeout_and_bills_it(tmp_path):
     config = biz_config()
@@ -56,3 +58,24 @@ async def test_sigterm_stops_a_long_stream_at_the_timeout_and_bills_it(tmp_path)
     assert (status, error, estimated) == (200, "gateway_shutting_down", 1)
     assert completion >= len(sent.split()) > 0 and cost > 0  # what went out before the stop was billed
     assert balance == 5_000_000 - cost
+
+
+async def test_stop_task_ends_a_background_loop_that_lost_its_cancel():
+    """A worker's stop once waited forever for the accounts writer: Python 3.11's
+    asyncio.wait_for returns the result when the awaited event is set in the same turn as
+    the cancel, so the writer's loop lost its cancel and ran on. stop_task cancels again
+    until the task has ended."""
+    lost = []
+
+    async def loop_that_loses_one_cancel() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            lost.append(1)  # as wait_for on Python 3.11 (or a client library) can lose it
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(loop_that_loses_one_cancel())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(60):
+        await stop_task(task)
+    assert lost == [1] and task.cancelled()

@@ -209,3 +209,27 @@ async def test_workers_dying_at_start_every_time_make_the_parent_back_off_then_g
     assert "workers keep dying" in err and "giving up" in err
     assert "Traceback" not in err
     assert workers_of_port(port) == []
+
+
+async def test_workers_of_a_parent_killed_with_kill_9_stop_and_free_the_port(tmp_path):
+    """The parent cannot pass anything on when it is killed with kill -9: its workers get
+    SIGTERM from the kernel (they asked for it at start) and stop as on a SIGTERM, instead of
+    going on as orphans that hold the port (and a test's pipes) forever."""
+    server = Server(config_file(tmp_path, shutdown_timeout=5), "--workers", "2")
+    try:
+        await server.wait_ready()
+        workers = await wait_for(lambda: len(c := children_of(server.proc.pid)) == 2
+                                 and all(listens_on(w, server.port) for w in c) and c, "two workers listening")
+        os.kill(server.proc.pid, signal.SIGKILL)
+        # Their stderr is the parent's: it ends once both have exited.
+        _, err = await asyncio.to_thread(server.proc.communicate, timeout=STOP_DEADLINE)
+        await wait_for(lambda: workers_of_port(server.port) == [], "no worker left", STOP_DEADLINE)
+        assert err.count("tollway: stopping: finishing in-flight requests") == 2, err  # each stopped itself
+        for pid in workers:
+            assert state_of(pid) in (None, "Z")  # ended (a zombie until whoever adopted it reaps it)
+        with socket.socket() as s:  # the port is free again
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", server.port))
+            s.listen()
+    finally:
+        kill_leftovers(server)

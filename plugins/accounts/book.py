@@ -224,7 +224,8 @@ class Accounts:
         from proxy import ProxyError
 
         try:
-            found = await asyncio.wait_for(db.load_accounts(self.store, [account_id]), SEED_TIMEOUT_S)
+            async with asyncio.timeout(SEED_TIMEOUT_S):
+                found = await db.load_accounts(self.store, [account_id])
         except Exception:
             raise ProxyError(503, "the gateway's store (storage.url) cannot be reached to read this key's balance; "
                                   "retry shortly", code="storage_unavailable", headers={"Retry-After": "1"}) from None

@@ -249,7 +249,8 @@ class BudgetKeeper:
         process read at start, which other instances' spending has made old)."""
         start = self.calendar.current(cap.period, now).start
         try:
-            return await asyncio.wait_for(spent_by(self.book.store, cap.scope, cap.owner, start), SEED_TIMEOUT_S)
+            async with asyncio.timeout(SEED_TIMEOUT_S):
+                return await spent_by(self.book.store, cap.scope, cap.owner, start)
         except Exception:
             raise ProxyError(503, f"the gateway's store (storage.url) cannot be reached to read what {cap.who} "
                                   f"spent this {cap.period} period; retry shortly", code="storage_unavailable",

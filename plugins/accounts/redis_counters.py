@@ -426,7 +426,8 @@ async def open_redis_counters(gateway: Gateway) -> RedisCounters:
     else:
         counters = RedisCounters(link)
     try:
-        await asyncio.wait_for(link.redis.ping(), link.timeout * 4)
+        async with asyncio.timeout(link.timeout * 4):
+            await link.redis.ping()
         await link.connect_pipe()
     except Exception as exc:
         await link.close()

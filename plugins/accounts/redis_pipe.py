@@ -50,7 +50,8 @@ class RedisPipe(asyncio.Protocol):
             coro = loop.create_unix_connection(lambda: pipe, options["path"])
         else:
             coro = loop.create_connection(lambda: pipe, options.get("host", "localhost"), options.get("port", 6379))
-        await asyncio.wait_for(coro, timeout)
+        async with asyncio.timeout(timeout):
+            await coro
         hello = []
         if options.get("password"):
             user = options.get("username")
@@ -58,7 +59,8 @@ class RedisPipe(asyncio.Protocol):
         if options.get("db"):
             hello.append(("SELECT", int(options["db"])))
         for command in hello:
-            reply = await asyncio.wait_for(pipe.send(hiredis.pack_command(command)), timeout)
+            async with asyncio.timeout(timeout):
+                reply = await pipe.send(hiredis.pack_command(command))
             if isinstance(reply, hiredis.ReplyError):
                 pipe.close()
                 raise PipeClosed(f"Redis refused {command[0]}: {reply}")

@@ -161,7 +161,8 @@ class Plugin:
         wake = self._wake
         while True:
             try:
-                await asyncio.wait_for(wake.wait(), self.options.poll_seconds)
+                async with asyncio.timeout(self.options.poll_seconds):
+                    await wake.wait()
             except TimeoutError:
                 pass
             wake.clear()

@@ -89,7 +89,8 @@ class Runner:
             if not worked:
                 self.wake.clear()
                 try:
-                    await asyncio.wait_for(self.wake.wait(), self.options.poll_seconds)
+                    async with asyncio.timeout(self.options.poll_seconds):
+                        await self.wake.wait()
                 except TimeoutError:
                     pass
 

@@ -222,7 +222,8 @@ class Plugin:
     async def _embed(self, forms: RequestForms) -> list[np.ndarray] | None:
         texts = [forms.query, forms.context] if forms.context else [forms.query]
         try:
-            return await asyncio.wait_for(self.embeddings.embed(texts), self.options.embed_timeout)
+            async with asyncio.timeout(self.options.embed_timeout):
+                return await self.embeddings.embed(texts)
         except Exception as exc:  # an embedder failure is a miss, never a failed request
             throttled(log, logging.WARNING, "cache_embed", "cache: embedding failed (%s); treating as a miss", exc)
             return None

@@ -29,6 +29,7 @@ from proxy import Call, ConfigError, Gateway, ProxyError, Route, hookimpl
 from proxy.background import stop_task
 from proxy.cli import workers_dir
 from proxy.logs import throttled
+from proxy.processes import process_running
 
 from ..accounts import ACCOUNTS
 from .options import MetricsOptions
@@ -193,27 +194,11 @@ def sweep_dead_workers(directory: str) -> list[int]:
     for name in os.listdir(directory):
         if name.startswith("gauge_live") and name.endswith(".db"):
             pid = name[:-3].rpartition("_")[2]
-            if pid.isdigit() and not _running(int(pid)):
+            if pid.isdigit() and not process_running(int(pid)):
                 dead.add(int(pid))
     for pid in sorted(dead):
         multiprocess.mark_process_dead(pid, directory)
     return sorted(dead)
-
-
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc: alive as far as we can tell
-    return state not in (b"Z", b"X")
 
 
 def _start_flusher(plugin: Plugin, every: float) -> asyncio.Task:

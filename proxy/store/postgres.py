@@ -85,7 +85,8 @@ class PostgresStore(Store):
         """True when PostgreSQL answers within ``PING_TIMEOUT_S``."""
         try:
             self._guard.check()
-            await asyncio.wait_for(self._pool.fetchval("select 1"), PING_TIMEOUT_S)
+            async with asyncio.timeout(PING_TIMEOUT_S):
+                await self._pool.fetchval("select 1")
             return True
         except Exception:
             return False
