@@ -42,7 +42,18 @@ import time
 import orjson
 from aiohttp import web
 
-from proxy import Call, Gateway, ProxyError, Route, Snapshot, StateKey, Usage, hookimpl, json_response
+from proxy import (
+    Call,
+    Gateway,
+    ProxyError,
+    Route,
+    Snapshot,
+    StateKey,
+    Usage,
+    hookimpl,
+    json_response,
+    settles_before_end,
+)
 
 from .accounts import ACCOUNTS, Accounts
 from .accounts.db import LedgerRow
@@ -120,21 +131,25 @@ class Plugin:
                              code="storage_unavailable", headers={"Retry-After": "1"})
 
     @hookimpl(trylast=True)
+    @settles_before_end
     async def tollway_settle(self, call: Call) -> None:
         if call.state.get(RECORDED):
             return  # refused at the queue's bound: not queued
         call.state[RECORDED] = True
         hold = call.state.get(RESERVATION)
         if hold is not None and hold.open and hold.cost is not None:
-            # Shared counters: the charge and its row go to Redis in one script. Within the
-            # hold the charge is the cost (what the client was told), so nobody waits for it.
+            # Shared counters: the charge and its row go to Redis in one script, before the
+            # answer's last bytes (quotas asks the core for that). Within the hold the charge
+            # is the cost (what the client was told): nobody waits for Redis's reply, only for
+            # the script to be in Redis's socket (one write with everything else of this turn).
             row = self.row(call)
             if 0 <= hold.cost <= hold.amount:
                 hold.charged = self.accounts.settle_shared_behind(hold.account, hold.hold, hold.amount, hold.cost,
                                                                   row)
-            else:
-                hold.charged = await self.accounts.settle_shared(hold.account, hold.hold, hold.amount, hold.cost,
-                                                                 row)
+                hold.open = False
+                await self.accounts.charges_written()
+                return
+            hold.charged = await self.accounts.settle_shared(hold.account, hold.hold, hold.amount, hold.cost, row)
             hold.open = False
             return
         self.record(call)

@@ -41,7 +41,7 @@ from functools import partial
 
 from aiohttp import web
 
-from proxy import Call, Gateway, ProxyError, Route, Snapshot, StateKey, hookimpl, json_response
+from proxy import Call, Gateway, ProxyError, Route, Snapshot, StateKey, hookimpl, json_response, settles_before_end
 from proxy.logs import throttled
 from proxy.provider import CALLER_KEYS
 
@@ -190,6 +190,8 @@ class Plugin:
                 raise
         if refused is None:
             call.state[RESERVATION] = Reservation(acc, amount, budget=budget, hold=credit.hold)
+            if credit.hold != LOCAL_HOLD:  # the charge goes to Redis: before the client has it all
+                call.response.settle_before_end = True
 
     def _worst_case(self, call: Call, route: Route) -> tuple[int, tuple]:
         """The most ``call`` can cost on ``route`` (micro-USD), and what that is (for a refusal's
@@ -272,6 +274,7 @@ class Plugin:
         tell_cost(call, hold.amount)
 
     @hookimpl(tryfirst=True)
+    @settles_before_end
     async def tollway_settle(self, call: Call) -> None:
         hold = call.state.get(RESERVATION)
         if hold is None or not hold.open or hold.cost is not None:

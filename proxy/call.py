@@ -216,6 +216,12 @@ class ResponseState:
     error_code: str | None = None  # also set without an error (e.g. a drain bound hit after the client left)
     client_gone: bool = False
     shutdown: bool = False  # stopped by the gateway's shutdown_timeout (see proxy/inflight.py)
+    # Set from tollway_admit on by a plugin whose settle must be out of this process before the
+    # client has the whole answer (quotas, when the charge goes to shared counters: a kill -9
+    # right after the answer must not give it away): the tollway_settle implementations marked
+    # ``proxy.settles_before_end`` then run just before the answer's last bytes are written,
+    # with what is known then (client_gone as far as seen), and again, as usual, after them.
+    settle_before_end: bool = False
     cache_status: str | None = None  # e.g. "HIT", "MISS", set by a tollway_lookup plugin
     # The canonical (OpenAI) chat.completion of a non-stream answer, set by
     # the core before tollway_usage (None for streams and errors). Read-only:

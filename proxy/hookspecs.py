@@ -303,6 +303,13 @@ async def tollway_settle(call: Call) -> None:
     ``call.response.error`` and ``call.response.client_gone`` tell what happened. Runs for
     every request that reached admit. All implementations run; one raising
     does not stop the others.
+
+    Settling first: an implementation decorated ``@proxy.settles_before_end`` (under
+    ``@hookimpl``) also runs right before the answer's last bytes are written, when a plugin
+    set ``call.response.settle_before_end`` in ``tollway_admit`` (quotas does, for a charge
+    that goes to shared counters: it must leave the process before the client has the whole
+    answer, or a kill -9 in between would give the answer away). It then sees the outcome as
+    known at that moment and must do nothing when it runs again after the answer.
     """
 
 

@@ -205,7 +205,7 @@ async def _stream_audio(gateway: Gateway, request: web.Request, call: Call,
     """Speech: priced before a byte goes out (its input is its measure), then the audio
     streamed through as the upstream sends it."""
     from .clientwrite import ClientWriter
-    from .pipeline import on_usage
+    from .pipeline import before_end, on_usage
 
     try:
         await on_usage(gateway, call)
@@ -224,6 +224,7 @@ async def _stream_audio(gateway: Gateway, request: web.Request, call: Call,
                 if call.timing.first_byte_at is None:
                     call.timing.first_byte_at = time.perf_counter()
                 await writer.write(chunk, upstream.deadline)
+            await before_end(gateway, call)
             await writer.write_eof()
         except ConnectionError:
             call.response.client_gone = True

@@ -87,11 +87,7 @@ async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call)
             resp = await send_error(request, call, internal_error())
         call.timing.ended_at = time.perf_counter()
         if admitted:
-            for settle in hooks.settle:
-                try:
-                    await settle(call)
-                except Exception:
-                    throttled(log, logging.ERROR, "settle_failed", "tollway_settle failed", exc_info=True)
+            await settle(hooks.settle, call)
     finally:
         await finish(gateway, call)
         gateway.inflight.leave(task)
@@ -179,6 +175,31 @@ async def on_usage(gateway: Gateway, call: Call) -> None:
         await hook(call)
 
 
+async def settle(hooks: tuple[Callable, ...], call: Call) -> None:
+    """tollway_settle implementations, in order; one raising does not stop the others."""
+    for hook in hooks:
+        try:
+            await hook(call)
+        except Exception:
+            throttled(log, logging.ERROR, "settle_failed", "tollway_settle failed", exc_info=True)
+
+
+async def before_end(gateway: Gateway, call: Call) -> None:
+    """Right before an answer's last bytes are written, when a plugin asked for it
+    (``call.response.settle_before_end``): the settle implementations marked
+    ``settles_before_end`` run now (they run again after the answer, and do nothing then),
+    so what they send elsewhere (a charge to shared counters) has left this process
+    before the client can have the whole answer."""
+    if not call.response.settle_before_end:
+        return
+    call.response.settle_before_end = False
+    request = call.request
+    transport = request.transport if request is not None else None
+    if transport is None or transport.is_closing():
+        call.response.client_gone = True  # (the write that follows would say so)
+    await settle(gateway.hooks.settle_before_end, call)
+
+
 async def send_error(request: web.Request, call: Call, err: ProxyError) -> web.StreamResponse:
     out = call.response
     out.error = err
@@ -202,8 +223,11 @@ async def _send(request: web.Request | None, call: Call, resp: web.Response) -> 
         body = resp.body
         call.response.body = body if isinstance(body, bytes) else b""
         return
+    gateway = request.app[GATEWAY_KEY]
+    if call.response.settle_before_end:
+        await before_end(gateway, call)
     try:
-        await send_whole(resp, request, request.app[GATEWAY_KEY].config.server.timeouts.client_write)
+        await send_whole(resp, request, gateway.config.server.timeouts.client_write)
     except ClientStalled:
         call.response.client_gone = True
         call.response.error_code = CLIENT_WRITE_TIMEOUT
@@ -326,7 +350,7 @@ async def forward_chat(gateway: Gateway, request: web.Request, call: Call, route
             call.response.client_gone = True
         server = gateway.config.server
         await pump(call, resp, upstream, codec, lambda c: on_usage(gateway, c), tuple(filters),
-                   server.disconnect_drain, server.timeouts.client_write)
+                   server.disconnect_drain, server.timeouts.client_write, lambda c: before_end(gateway, c))
         return resp
 
     try:
@@ -404,7 +428,8 @@ async def answer_cached(gateway: Gateway, request: web.Request, call: Call,
         if call.stream:
             resp = _stream_response(call)
             await resp.prepare(request)
-            await replay(call, resp, dialect.encoder(call), completion_to_chunks(cached.body), call.billing.usage)
+            await replay(call, resp, dialect.encoder(call), completion_to_chunks(cached.body), call.billing.usage,
+                         lambda c: before_end(gateway, c))
             return resp
         body = dialect.render_completion(call, dict(cached.body))
     else:

@@ -66,6 +66,7 @@ class Hooks:
     stream_filter: tuple[Callable, ...]
     usage: tuple[Callable, ...]
     settle: tuple[Callable, ...]
+    settle_before_end: tuple[Callable, ...]  # those of ``settle`` marked ``settles_before_end``
     finish: tuple[Callable, ...]
     visible_models: tuple[Callable, ...]
     attempt: tuple[Callable, ...]
@@ -138,6 +139,7 @@ def _register(pm: pluggy.PluginManager, obj: Any, name: str) -> None:
 def compile_hooks(pm: pluggy.PluginManager) -> Hooks:
     """Freeze the request-time hooks into tuples (call order), checking they are async."""
     compiled = {}
+    early = []
     for short in REQUEST_HOOKS:
         caller = getattr(pm.hook, f"tollway_{short}")
         fns = []
@@ -146,8 +148,18 @@ def compile_hooks(pm: pluggy.PluginManager) -> Hooks:
             if not inspect.iscoroutinefunction(fn):
                 raise ConfigError(f"plugin {impl.plugin_name!r}: tollway_{short} must be 'async def'")
             fns.append(_adapt(fn, impl.argnames, short))
+            if short == "settle" and getattr(fn, "tollway_before_end", False):
+                early.append(fns[-1])
         compiled[short] = tuple(fns)
-    return Hooks(**compiled)
+    return Hooks(**compiled, settle_before_end=tuple(early))
+
+
+def settles_before_end(fn: Callable) -> Callable:
+    """Mark a ``tollway_settle`` implementation to run also right before the answer's last
+    bytes when a plugin set ``call.response.settle_before_end`` (see ``proxy.pipeline.before_end``):
+    it must then be idempotent, as it runs again after the answer."""
+    fn.tollway_before_end = True  # type: ignore[attr-defined]
+    return fn
 
 
 def _adapt(fn: Callable, argnames: tuple[str, ...], short: str) -> Callable:

@@ -298,7 +298,8 @@ MAX_KEPT_BYTES = 16 * 1024 * 1024
 
 async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse, codec: StreamCodec,
                on_usage: Callable[[Call], Awaitable[None]], filters: tuple[Callable[[bytes], bytes], ...],
-               drain: DrainLimits, client_write: float = math.inf) -> None:
+               drain: DrainLimits, client_write: float = math.inf,
+               before_end: Callable[[Call], Awaitable[None]] | None = None) -> None:
     """Move one stream from upstream to client; always ends the client's stream.
 
     A client that takes no bytes for ``client_write`` seconds (or until the
@@ -308,7 +309,9 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
     by reference in ``call.billing.streamed``: when the stream does not end
     complete, its usage is unknown (``billing.usage`` None, what the upstream
     had said in ``billing.partial_usage``) and the pricing plugin counts that
-    output instead, so output that went out is never free."""
+    output instead, so output that went out is never free.
+
+    ``before_end(call)`` runs right before the last bytes (the tail) are written."""
     writer = ClientWriter(resp, call.request, client_write)
     due = upstream.deadline
     drain_until = 0.0
@@ -402,6 +405,8 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
         except ProxyError as err:  # a plugin ended the stream at its end: in-band too, unfiltered
             call.response.error = err
             tail = codec.fail(err.styled(style_of(call.request)))
+        if before_end is not None:
+            await before_end(call)
         await writer.write(tail)
         await writer.write_eof()
     except ConnectionError as exc:
@@ -415,12 +420,14 @@ class _DrainBoundReached(Exception):
 
 
 async def replay(call: Call, resp: web.StreamResponse, encoder: ChunkEncoder, chunks: list[dict],
-                 usage: Usage | None) -> None:
-    """Write a complete answer (a cache hit) as a stream."""
+                 usage: Usage | None, before_end: Callable[[Call], Awaitable[None]] | None = None) -> None:
+    """Write a complete answer (a cache hit) as a stream (``before_end`` as in ``pump``)."""
     try:
         call.timing.first_byte_at = time.perf_counter()
         await resp.write(encoder.encode(chunks))
         await asyncio.sleep(0)
+        if before_end is not None:
+            await before_end(call)
         await resp.write(encoder.finish(call, usage))
         await resp.write_eof()
     except (ConnectionError, RuntimeError):

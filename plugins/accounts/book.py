@@ -72,7 +72,7 @@ class Accounts:
         self.pending_topups: list[tuple[str, int, int, int]] = []
         self.pending_settles: list[tuple] = []  # charges made while Redis was down (see settle_shared)
         self.live: dict[str, tuple[int, int]] = {}  # account id -> (bal, res) as Redis last said
-        self.settling: set[asyncio.Task] = set()  # charges sent behind (settle_shared_behind)
+        self.settling: set[asyncio.Future] = set()  # charges sent behind (settle_shared_behind)
         # Serialises what must not interleave: the writer's flush, reloads and admin changes.
         self.lock = asyncio.Lock()
         # The budget keeper (budgets.py), attached by the quotas plugin when it starts.
@@ -259,12 +259,43 @@ class Accounts:
     def settle_shared_behind(self, acc: Account, hold: str, reserved: int, cost: int, row) -> int:
         """``settle_shared`` for a cost within its hold (``cost <= reserved``), without waiting:
         the hold is still there and covers it, so the charge IS the cost, known now. The
-        script (the charge with its row) is sent behind, exactly once; shutdown waits for it
-        (``settles_done``) before the writer drains the stream."""
+        script (the charge with its row) goes with this turn's write to Redis (its reply read
+        behind, no task; ``charges_written`` waits for the write, not for Redis). Sent exactly
+        once (a script that must run again, NOSCRIPT or an account Redis lost, runs again the
+        awaited way; its done marker makes that change nothing if it had run); shutdown waits
+        for it (``settles_done``)."""
+        assert self.shared is not None
+        sent = self.shared.settle_sent(acc, hold, reserved, cost, row)
+        if sent is None:  # no pipe, or Redis down: the awaited way (it keeps the charge until Redis is back)
+            self._settle_behind(acc, hold, reserved, cost, row)
+            return cost
+        self.settling.add(sent)
+        sent.add_done_callback(lambda done: self._settle_read(done, acc, hold, reserved, cost, row))
+        return cost
+
+    async def charges_written(self) -> None:
+        """Once the charges sent behind in this turn are written to Redis's socket (the kernel
+        delivers them even if this process is killed the next instant): the ledger waits for
+        it before an answer's last bytes go out, so no answer is given away by a kill -9."""
+        written = self.shared.link.written() if self.shared is not None else None
+        if written is not None:
+            await written
+
+    def _settle_read(self, done: asyncio.Future, acc: Account, hold: str, reserved: int, cost: int, row) -> None:
+        self.settling.discard(done)
+        settled = None
+        if not done.cancelled() and done.exception() is None:
+            assert self.shared is not None
+            settled = self.shared.answered(cost, done.result())
+        if settled is None:  # an error Redis answered, or the connection failed: again, awaited
+            self._settle_behind(acc, hold, reserved, cost, row)
+        else:
+            self.live[acc.id] = (settled.balance, settled.reserved)
+
+    def _settle_behind(self, acc: Account, hold: str, reserved: int, cost: int, row) -> None:
         task = asyncio.ensure_future(self.settle_shared(acc, hold, reserved, cost, row))
         self.settling.add(task)
         task.add_done_callback(self._settle_done)
-        return cost
 
     def _settle_done(self, task: asyncio.Task) -> None:
         self.settling.discard(task)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from . import redis_scripts as lua
 from .claims import LOCAL_HOLD, Admission, Claim, CreditClaim, RateClaim, SlotClaim, TotalClaim
-from .gcra import Refusal
+from .gcra import Refusal, Rule
 
 if TYPE_CHECKING:
     from .redis_counters import RedisCounters
@@ -29,10 +29,10 @@ async def admit_in_redis(counters: RedisCounters, admission: Admission) -> None:
             args += ["S", claim.limit, slot]
             sent.append((claim, slot))
         elif isinstance(claim, RateClaim):
+            rule_keys, rule_args = _encoded(counters, claim.rules)
+            keys += rule_keys
             args += ["R", repr(claim.now), claim.tokens, len(claim.rules)]
-            for rule in claim.rules:
-                keys.append(counters.tat_key(rule.state))
-                args += [repr(rule.interval), repr(rule.period), "1" if rule.tokens else "0"]
+            args += rule_args
             sent.append((claim, None))
         elif isinstance(claim, TotalClaim):
             keys.append(counters.key("total", claim.name))
@@ -41,7 +41,7 @@ async def admit_in_redis(counters: RedisCounters, admission: Admission) -> None:
             sent.append((claim, None))
         elif claim.shared:
             member = f"{counters.new_id()}|{claim.amount}"
-            keys += [counters.prefix + "acct:" + claim.account.id, counters.prefix + "holds:" + claim.account.id]
+            keys += counters.account_keys(claim.account.id)
             seeds[len(sent)] = len(args) + 1
             args += ["C", "", "", claim.amount, member]
             sent.append((claim, member))
@@ -78,6 +78,22 @@ async def admit_in_redis(counters: RedisCounters, admission: Admission) -> None:
     admission.refused = sent[index - 1][0]
 
 
+def _encoded(counters: RedisCounters, rules: tuple[Rule, ...]) -> tuple[list[str], list[str]]:
+    """(TAT keys, script arguments) of a key's rules: the same on every request until the key
+    changes (its ``Plan`` is compiled once per key version), so made once per rules tuple."""
+    cached = counters.encoded.get(id(rules))
+    if cached is not None and cached[0] is rules:
+        return cached[1], cached[2]
+    keys = [counters.tat_key(rule.state) for rule in rules]
+    args: list[str] = []
+    for rule in rules:
+        args += [repr(rule.interval), repr(rule.period), "1" if rule.tokens else "0"]
+    if len(counters.encoded) >= 4096:
+        counters.encoded.clear()
+    counters.encoded[id(rules)] = (rules, keys, args)  # (the tuple kept: its id is not reused meanwhile)
+    return keys, args
+
+
 def _absorb(counters: RedisCounters, claim: Claim, extra: str | None, result: list, taken: bool) -> None:
     """What the script said of one claim: this instance's view, and what it keeps alive."""
     if isinstance(claim, RateClaim):
@@ -101,4 +117,4 @@ def _absorb(counters: RedisCounters, claim: Claim, extra: str | None, result: li
         if taken:
             assert extra is not None
             claim.hold = extra
-            counters.live.setdefault(counters.prefix + "holds:" + claim.account.id, set()).add(extra)
+            counters.live.setdefault(counters.account_keys(claim.account.id)[1], set()).add(extra)

@@ -147,6 +147,20 @@ class RedisLink:
             await self.call(lambda: self.redis.script_load(source))  # Redis restarted or flushed its scripts
         raise unavailable()
 
+    def send(self, source: str, keys: list[str], args: list) -> asyncio.Future | None:
+        """A script sent without a task (written with the rest of this turn's commands): its
+        reply (a ``hiredis.ReplyError`` for an error Redis answered, e.g. NOSCRIPT) is the
+        future's, for a callback to read. None when it cannot be sent (no pipe, Redis
+        down): ``run`` it instead."""
+        pipe = self.pipe
+        if pipe is None or self.down or pipe.closed:
+            return None
+        return pipe.send(hiredis.pack_command(("EVALSHA", self._sha(source), len(keys), *keys, *args)))
+
+    def written(self) -> asyncio.Future | None:
+        """See ``RedisPipe.written`` (None: nothing waits to be written)."""
+        return self.pipe.written() if self.pipe is not None else None
+
     async def call(self, command: Callable[[], Awaitable]) -> Any:
         """``await command()`` unless Redis is down (then nothing is sent)."""
         if self.down:
@@ -216,7 +230,7 @@ class RedisCounters(Counters):
         self.slots: dict[str, list[str]] = {}  # scope -> this instance's slot ids in it
         self.totals: dict[str, int] = {}  # name -> used, as last seen
         self.live: dict[str, set[str]] = {}  # sorted-set key -> members this instance keeps alive
-        self._behind: set[asyncio.Task] = set()
+        self._behind: set[asyncio.Future] = set()
         self._adjusts: list[tuple[str, float]] = []  # (TAT key, seconds) to send at the end of this turn
         self._listeners: dict[str, list[Callable[[], object]]] = {}
         self._tasks: list[asyncio.Task] = []
@@ -224,6 +238,8 @@ class RedisCounters(Counters):
         #: ``await seed_account(account id)``: (stored balance, store version), read fresh from the
         #: store, for an account Redis does not have yet (set by the accounts book).
         self.seed_account: Callable[[str], Awaitable[tuple[int, int]]] = _no_seed
+        self.encoded: dict[int, tuple] = {}  # id(rules) -> (rules, TAT keys, ADMIT arguments): redis_admit
+        self._account_keys: dict[str, list[str]] = {}
 
     @property
     def down(self) -> bool:  # type: ignore[override]
@@ -231,6 +247,16 @@ class RedisCounters(Counters):
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
+
+    def account_keys(self, account_id: str) -> list[str]:
+        """[its hash, its holds' sorted set] of an account (made once per account)."""
+        keys = self._account_keys.get(account_id)
+        if keys is None:
+            if len(self._account_keys) >= 65536:
+                self._account_keys.clear()
+            keys = self._account_keys[account_id] = [self.prefix + "acct:" + account_id,
+                                                     self.prefix + "holds:" + account_id]
+        return keys
 
     def new_id(self) -> str:
         return f"{self.instance}.{next(self._ids):x}"
@@ -273,7 +299,7 @@ class RedisCounters(Counters):
     def _send_adjusts(self) -> None:
         pending, self._adjusts = self._adjusts, []
         if pending:
-            self.behind(self.link.run(lua.ADJUST, [key for key, _ in pending], [repr(shift) for _, shift in pending]))
+            self.send_behind(lua.ADJUST, [key for key, _ in pending], [repr(shift) for _, shift in pending])
 
     # -- concurrency ----------------------------------------------------------------------------
     async def enter(self, scope: str, limit: int) -> bool:
@@ -311,12 +337,30 @@ class RedisCounters(Counters):
             self.totals[name] = int(used)
 
     def release_total(self, name: str, held: int) -> None:
-        self.behind(self.link.run(lua.RELEASE_TOTAL, [self.key("total", name)], [held]))
+        self.send_behind(lua.RELEASE_TOTAL, [self.key("total", name)], [held])
 
     def used_total(self, name: str) -> int:
         return self.totals.get(name, 0)
 
     # -- what is sent behind, and kept alive ----------------------------------------------------
+    def send_behind(self, source: str, keys: list[str], args: list) -> None:
+        """A script whose reply nobody needs, sent without a task (a task per script is a
+        good part of a request's CPU); one Redis could not run as sent (NOSCRIPT) runs
+        again the awaited way, which loads it."""
+        sent = self.link.send(source, keys, args)
+        if sent is None:
+            self.behind(self.link.run(source, keys, args))
+            return
+        self._behind.add(sent)
+        sent.add_done_callback(lambda done: self._sent_behind(done, source, keys, args))
+
+    def _sent_behind(self, done: asyncio.Future, source: str, keys: list[str], args: list) -> None:
+        self._behind.discard(done)
+        if done.cancelled() or done.exception() is not None:
+            return  # the connection failed (the next call marks the link down); what it held expires
+        if isinstance(done.result(), hiredis.ReplyError):
+            self.behind(self.link.run(source, keys, args))
+
     def behind(self, work: Awaitable) -> None:
         task = asyncio.ensure_future(work)
         self._behind.add(task)

@@ -35,6 +35,7 @@ counts as dead) are claimed by the next writer that looks (each looks every
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -82,7 +83,7 @@ class SharedCredit:
         self._group_ready = False
 
     def _keys(self, account_id: str) -> list[str]:
-        return [self.prefix + "acct:" + account_id, self.prefix + "holds:" + account_id]
+        return list(self.counters.account_keys(account_id))
 
     async def reserve(self, acc: Account, amount: int) -> tuple[str | None, int, int]:
         """(the hold's member, or None when the balance cannot cover ``amount``; bal; res):
@@ -125,6 +126,13 @@ class SharedCredit:
         assert settled is not None
         return settled
 
+    def settle_sent(self, acc: Account, member: str, held: int, cost: int,
+                    row: LedgerRow | None) -> asyncio.Future | None:
+        """``settle``'s script sent with this turn's write, its reply not awaited (``answered``
+        reads it). None when it could not be sent (``settle`` it the awaited way)."""
+        keys, args = self._settle_script(acc, member, held, cost, row)
+        return self.link.send(lua.SETTLE, keys, args)
+
     def answered(self, cost: int, reply: object) -> Settled | None:
         """What a ``SETTLE`` reply says was charged; None when the script must run again the
         awaited way (an error Redis answered, e.g. NOSCRIPT, or an account Redis lost: its
@@ -141,7 +149,7 @@ class SharedCredit:
     def release(self, acc: Account, member: str, held: int) -> None:
         keys = self._keys(acc.id)
         self.counters.forget_live(keys[1], member)
-        self.counters.behind(self.link.run(lua.RELEASE, keys, [member, held]))
+        self.counters.send_behind(lua.RELEASE, keys, [member, held])
 
     async def topup(self, account_id: str, amount: int, version: int, balance_after: int) -> None:
         await self.link.run(lua.TOPUP, [self.prefix + "acct:" + account_id, self.prefix + "topups:" + account_id],

@@ -40,6 +40,7 @@ class RedisPipe(asyncio.Protocol):
         self.closed = False
         self._loop = asyncio.get_running_loop()
         self._watchdog: asyncio.TimerHandle | None = None
+        self._written: asyncio.Future | None = None  # see written()
 
     @classmethod
     async def connect(cls, options: dict[str, Any], timeout: float) -> RedisPipe:
@@ -99,11 +100,30 @@ class RedisPipe(asyncio.Protocol):
         out.append(packed)
         return future
 
+    def written(self) -> asyncio.Future | None:
+        """None when no command waits to be written; else a future done once this turn's
+        write has handed them to the kernel, which delivers them even if this process is
+        killed the next instant (a charge must reach Redis before its answer reaches the
+        client: ``Accounts.charges_written``). One write (and one future) for every command
+        of the turn: a write per command would cost a system call each."""
+        if not self.out or self.closed:
+            return None
+        written = self._written
+        if written is None:
+            written = self._written = self._loop.create_future()
+        return written
+
     def _flush(self) -> None:
         if self.out and self.transport is not None and not self.closed:
             data = b"".join(self.out)
             self.out.clear()
             self.transport.write(data)
+        self._wrote()
+
+    def _wrote(self) -> None:
+        written, self._written = self._written, None
+        if written is not None and not written.done():
+            written.set_result(None)
 
     # -- the watchdog ----------------------------------------------------------------------
     def _arm(self) -> None:
@@ -128,6 +148,7 @@ class RedisPipe(asyncio.Protocol):
             if not future.done():
                 future.set_exception(exc)
         self.out.clear()
+        self._wrote()  # (nothing more will be: whoever waits goes on; what failed is sent again)
 
     def close(self) -> None:
         if not self.closed:
