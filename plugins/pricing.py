@@ -75,7 +75,7 @@ class Plugin:
         cost = None
         if billing.units is not None:  # images, speech, transcriptions: by the unit where the model says so
             ppm = MICRO if billing.price_multiplier == 1.0 else multiplier_ppm(billing.price_multiplier)
-            cost = unit_cost(call, self.prices.of(call.route), ppm)
+            cost = unit_cost(call, self.prices.of(call.route, call.billing.caller_key), ppm)
         if cost is None:
             if billing.usage is None:
                 try:

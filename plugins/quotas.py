@@ -201,7 +201,9 @@ class Plugin:
         table = self.prices.of(route, own is not None and route.provider.name in own)
         if call.billing.units is not None:  # images, speech, transcriptions
             check_units(call, table)
-            return unit_bound(call, table), (call.endpoint, route.model)
+            bound = unit_bound(call, table)
+            if bound is not None:  # (None: this model bills the endpoint by its tokens)
+                return bound, (call.endpoint, route.model)
         # A batch line's price multiplier is known now (a cache hit's comes later and only lowers it).
         multiplier = call.billing.price_multiplier
         amount = table.cost(prompt, output, multiplier_ppm=MICRO if multiplier == 1.0 else multiplier_ppm(multiplier))
@@ -261,6 +263,12 @@ class Plugin:
         upstream's figure while settle took only what the hold or balance covered.)"""
         hold = call.state.get(RESERVATION)
         cost = call.billing.cost_micro
+        if hold is not None and hold.open and cost is None and call.billing.usage is None and not call.stream \
+                and call.response.error is None:
+            # An answer whose usage nobody could read or count (images on a model priced by
+            # tokens, with no usage reported): it costs its reservation, and says so.
+            tell_cost(call, self._unmeasured_cost(call, hold))
+            return
         if hold is None or not hold.open or cost is None or cost <= hold.amount:
             return
         if hold.budget is None:
@@ -301,6 +309,11 @@ class Plugin:
             return min(cost, hold.amount) if call.billing.usage_estimated else cost
         if call.stream or call.response.status != 200 or call.response.error is not None:
             return 0  # nothing went out (a stream's output, had there been any, was counted)
+        return self._unmeasured_cost(call, hold)
+
+    @staticmethod
+    def _unmeasured_cost(call: Call, hold: Reservation) -> int:
+        """An answer of unknown usage costs its reservation (times a multiplier set after it)."""
         ppm = multiplier_ppm(call.billing.price_multiplier)
         return hold.amount if ppm == MICRO else -(-hold.amount * ppm // MICRO)
 

@@ -14,7 +14,7 @@ import openai
 import orjson
 import pytest
 import yaml
-from business import DEMO, bearer, biz_config, credits
+from business import DEMO, bearer, biz_config, credits, ledger_rows
 from stores import ENGINES, fresh_database
 from test_lifecycle import Server
 
@@ -103,6 +103,48 @@ async def test_a_batch_the_balance_cannot_cover_is_refused_at_creation(start_gat
             file=("small.jsonl", jsonl(lines[:1])), purpose="batch")).id, endpoint="/v1/chat/completions",
             completion_window="24h")
         assert (await wait_done(client, ok.id)).request_counts.completed == 1
+
+
+async def test_the_worst_case_at_creation_is_in_the_billing_currency(start_gateway):
+    """With prices converted at billing.usd_rate, the batch's worst case is too (it was
+    compared in USD with a balance in INR: a batch 100 times too large was accepted)."""
+    config = biz_config(keys=[{"name": "poor", "key": DEMO, "credits": 1.0}],
+                        enabled=["auth", "quotas", "pricing", "ledger", "batches"])
+    config["billing"] = {"currency": "INR", "usd_rate": 100}
+    running = await start_gateway(config)
+    lines = [chat_line(i, max_tokens=5000) for i in range(5)]  # 5 x 5000 x $2/1M / 2 x 100 = 2.5 INR > 1 INR
+    async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as client:
+        f = await client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        with pytest.raises(openai.APIStatusError) as exc:
+            await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert exc.value.status_code == 402 and "insufficient credits" in exc.value.message
+
+
+async def test_a_line_may_name_a_group_or_auto_and_pays_the_batch_share_of_the_model_that_served(start_gateway):
+    """Groups and auto in a batch (they were a 500 at creation, and a line that ran one
+    crashed the runner): each line is billed at the batch multiplier of the model that served."""
+    config = biz_config(enabled=["auth", "ratelimit", "quotas", "pricing", "ledger", "batches"])
+    config["models"].update({"fifth": {"provider": "local", "price": {"input": 0.5, "output": 1.0,
+                                                                      "batch_multiplier": 0.2}},
+                             "grp": {"group": ["fifth"]}, "pick": {"auto": "cheapest"}})
+    running = await start_gateway(config)
+    lines = [chat_line(0, model="grp"), chat_line(1, model="pick"), {**chat_line(2), "url": 5}]
+    async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as client:
+        f = await client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                            completion_window="24h")
+        batch = await wait_done(client, batch.id)
+        with pytest.raises(openai.BadRequestError) as exc:  # (an endpoint that is a list was a 500)
+            await client.batches.create(input_file_id=f.id, endpoint=["/v1/chat/completions"],
+                                        completion_window="24h")
+        assert exc.value.body["param"] == "endpoint"
+    assert (batch.status, batch.request_counts.completed, batch.request_counts.failed) == ("completed", 2, 1)
+    rows = await ledger_rows(running, "model", "served_model", "prompt", "completion", "cost")
+    assert [(r["model"], r["served_model"]) for r in rows] == [("grp", "fifth"), ("pick", "fifth")]
+    for r in rows:  # $0.5 and $1 per 1M tokens, times 0.2, rounded up to the micro-USD
+        assert r["cost"] == -(-(r["prompt"] + 2 * r["completion"]) // 10) > 0
+    async with aiohttp.ClientSession() as s:
+        assert (await credits(s, running, DEMO))["spent_micro_usd"] == sum(r["cost"] for r in rows)
 
 
 async def test_bad_batch_input_names_the_field(running):

@@ -195,6 +195,30 @@ async def test_multiplier_price_and_models_list(start_gateway, upstream):
             assert (await r.json())["pricing"]["byok"] == {"multiplier": 0.5}
 
 
+async def test_unit_prices_follow_the_byok_rate(start_gateway, mock_upstream):
+    """Images sent with the customer's own key: ``byok: {multiplier}`` scales the per-image
+    price (it was charged the list price, ten times what was held and told); a flat ``byok``
+    rate bills their tokens (it was a 500)."""
+    config = byok_config(mock_upstream.url)
+    for name, byok in (("img", {"multiplier": 0.1}), ("img-flat", 0.5)):
+        config["models"][name] = {"provider": "up", "model": "dall-e-3",
+                                  "price": {"input": 0, "output": 0, "images": {"1024x1024": 0.04}, "byok": byok}}
+    running = await start_gateway(config)
+    told = []
+    async with aiohttp.ClientSession() as s:
+        assert (await put_key(s, running, "keys/cfg_demo", "up", CUSTOMER))[0] == 200
+        for model in ("img", "img-flat"):
+            async with s.post(running.url + "/images/generations", headers=bearer(DEMO),
+                              json={"model": model, "prompt": "a cat", "n": 2, "size": "1024x1024"}) as r:
+                assert r.status == 200, await r.text()
+                told.append(round(float(r.headers["x-tollway-cost"]) * 1e6))
+    assert told[0] == 8_000  # 2 images at $0.04 x 0.1
+    rows = await db_rows(running, "select cost_micro_usd, byok from tollway_ledger order by rowid")
+    assert rows == [(told[0], 1), (told[1], 1)]
+    balances = dict(await db_rows(running, "select id, balance_micro_usd from tollway_accounts"))
+    assert balances["acme"] == 5_000_000 - sum(told)
+
+
 async def test_without_price_byok_the_list_price_is_billed_and_the_ledger_says_byok(start_gateway, upstream):
     """No price.byok: the operator set no BYOK rate, so a request with the caller's own key pays the
     list price (a relay is never free by omission); the ledger row says it went with the own key."""

@@ -123,6 +123,24 @@ async def test_every_transcription_format_is_billed_by_the_minute(running, clien
         assert (await last_upstream_body(mock_upstream))["model"] == "whisper-1"
 
 
+async def test_media_on_a_model_priced_by_tokens_is_served_billed_and_told(running, client):
+    """A model without a unit price bills images and audio by the tokens the upstream
+    reports, else (none reported) by its reservation, told like any cost (it was a 500:
+    the reservation of a unit price that is not there)."""
+    told = []
+    r = await client.images.with_raw_response.generate(model="echo", prompt="a cat", size="1024x1024")
+    told.append(r.headers["x-tollway-cost"])
+    async with client.audio.speech.with_streaming_response.create(model="echo", voice="alloy", input="hi") as r:
+        told.append(r.headers["x-tollway-cost"])
+        await r.read()
+    r = await client.audio.transcriptions.with_raw_response.create(model="echo", file=("talk.wav", wav(1.0)))
+    told.append(r.headers["x-tollway-cost"])
+    rows = await ledger(running)
+    assert [row["status"] for row in rows] == [200] * 3
+    assert [row["cost"] for row in rows] == [round(float(t) * 1e6) for t in told]
+    assert all(row["cost"] > 0 for row in rows) and await spent(running) == sum(row["cost"] for row in rows)
+
+
 async def test_upload_limits_and_bad_input_name_the_problem(running):
     async def post(path: str, **kw) -> tuple[int, dict]:
         async with aiohttp.ClientSession() as s, s.post(running.url + path, headers=bearer(DEMO), **kw) as r:

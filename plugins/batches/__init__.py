@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from proxy import ConfigError, Gateway, hookimpl
+from proxy import Call, ConfigError, Gateway, Route, hookimpl
 from proxy.background import stop_task
 from proxy.store import migrate
 
@@ -82,6 +82,17 @@ class Plugin:
     @hookimpl
     def tollway_shutdown(self, gateway: Gateway):
         return stop_task(self.task)
+
+    @hookimpl(tryfirst=True)
+    async def tollway_admit(self, call: Call) -> None:
+        # A batch line pays the batch share of the price of the model that serves it (a group
+        # or auto names others), known before the quotas plugin holds its worst case.
+        if BATCH_LINE in call.state and call.route is not None:
+            call.billing.price_multiplier = call.route.config.price.batch_multiplier
+
+    @hookimpl(tryfirst=True)
+    async def tollway_reroute(self, call: Call, previous: Route) -> None:
+        await self.tollway_admit(call)  # a fallback's own batch share, before its hold is grown
 
     @hookimpl(tryfirst=True)
     async def tollway_settle(self, call) -> None:

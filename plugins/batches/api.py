@@ -36,12 +36,10 @@ class BatchRoutes:
         self.accounts: Accounts | None = None
         self.runner: Runner | None = None
         self.options: BatchesOptions | None = None
-        self.prices: PriceBook | None = None
         self.default_cap = 4096
 
     def attach(self, gateway: Gateway, accounts: Accounts | None, runner: Runner, options: BatchesOptions) -> None:
         self.gateway, self.accounts, self.runner, self.options = gateway, accounts, runner, options
-        self.prices = PriceBook(gateway.config.models)
         self.default_cap = (gateway.config.section("plugins.quotas") or QuotasOptions()).default_max_tokens
 
     def routes(self) -> list[web.RouteDef]:
@@ -136,7 +134,7 @@ class BatchRoutes:
         gateway = self.gateway
         body, _ = await read_json(request, gateway.config.server.max_body_bytes)
         endpoint = body.get("endpoint")
-        if endpoint not in ENDPOINTS:
+        if not isinstance(endpoint, str) or endpoint not in ENDPOINTS:
             raise bad_request(f"'endpoint' must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}", "endpoint")
         if body.get("completion_window", "24h") != "24h":
             raise bad_request("'completion_window' must be \"24h\"", "completion_window")
@@ -179,19 +177,39 @@ class BatchRoutes:
         return json_response(await self._view(batch_id))
 
     def _worst_case(self, key: KeyRecord | None, endpoint: str, bodies: list[bytes]) -> int:
-        """Micro-USD: every line's reservation (prompt bound + output cap), at the batch price."""
-        assert self.gateway is not None and self.prices is not None
+        """Micro-units of the billing currency: every line's reservation (prompt bound +
+        output cap) at the batch price, on the dearest model its name may reach (a group's
+        members, ``auto``'s choices), at the prices of the config serving now."""
+        assert self.gateway is not None
+        config = self.gateway.config
+        billing = config.section("billing")
+        prices = PriceBook(config.models, billing.usd_rate if billing is not None else 1.0)
         kind, dialect = ENDPOINTS[endpoint]
         total = 0
         for raw in bodies:
             body = orjson.loads(raw)
-            config = self.gateway.config.models[body["model"]]
             call = Call(None, kind, body, raw, dialect)
-            call.route = Route(body["model"], config.upstream_model, self.gateway.providers[config.provider], config)
-            table = self.prices.of(call.route)
-            cost = table.cost(prompt_bound(call), output_bound(call, self.default_cap))
-            total += -(-cost * table.batch_ppm // MICRO)
+            worst = 0
+            for name in self._reachable(key, body["model"]):
+                model = config.models[name]
+                call.route = Route(name, model.upstream_model, self.gateway.providers[model.provider], model)
+                table = prices.of(call.route)
+                cost = table.cost(prompt_bound(call), output_bound(call, self.default_cap))
+                worst = max(worst, -(-cost * table.batch_ppm // MICRO))
+            total += worst
         return total
+
+    def _reachable(self, key: KeyRecord | None, name: str) -> list[str]:
+        """The models with an upstream that a line naming ``name`` may be served by."""
+        assert self.gateway is not None
+        models = self.gateway.config.models
+        model = models[name]
+        if model.group is not None:
+            return list(model.group)
+        if model.auto is not None:
+            allowed = key.models if key is not None else None
+            return [n for n, m in models.items() if not m.virtual and (allowed is None or n in allowed)]
+        return [name]
 
     async def _view(self, batch_id: str) -> dict:
         assert self.gateway is not None

@@ -151,9 +151,6 @@ class Runner:
         request_body = orjson.loads(raw)
         call = Call(None, kind, request_body, raw, dialect)
         call.principal = key
-        model = gateway.config.models.get(request_body.get("model"))
-        if model is not None:
-            call.billing.price_multiplier = model.price.batch_multiplier
         call.state[BATCH_LINE] = (batch_id, line)
         call.state[LEDGER_ID] = ledger_id(batch_id, line)
         self.running += 1
