@@ -206,7 +206,10 @@ class Plugin:
                 return bound, (call.endpoint, route.model)
         # A batch line's price multiplier is known now (a cache hit's comes later and only lowers it).
         multiplier = call.billing.price_multiplier
-        amount = table.cost(prompt, output, multiplier_ppm=MICRO if multiplier == 1.0 else multiplier_ppm(multiplier))
+        # Every prompt token may be a prompt-cache write, which may cost more than input (Anthropic: 1.25x, 2x).
+        writes = prompt if table.cache_write > table.input else 0
+        amount = table.cost(prompt, output, multiplier_ppm=MICRO if multiplier == 1.0 else multiplier_ppm(multiplier),
+                            cache_write=writes)
         return amount, (prompt, output, route.model)
 
     @staticmethod

@@ -10,8 +10,9 @@ import asyncio
 import aiohttp
 import openai
 import orjson
+import pytest
 from aiohttp import web
-from business import DEMO, admin, bearer, biz_config, credits, ledger_rows
+from business import DEMO, add_claude, admin, bearer, biz_config, credits, ledger_rows
 from test_budgets import KEY_A, KEY_B, PRICE, Clock, next_year, paid_config, use_clock
 
 from plugins.accounts import ACCOUNTS
@@ -198,3 +199,100 @@ async def test_a_batch_cancelled_mid_way_charges_what_ran_and_nothing_else(start
     assert view["reserved_micro_usd"] == 0 and view["balance_micro_usd"] >= 0
     assert len(rows) == len(answered) == got.request_counts.completed
     assert sum(r["cost"] for r in rows) == view["spent_micro_usd"] == sum(told)
+
+
+def many_answers_upstream(per_answer: int, prompt_tokens: int = 10):
+    """Chat: ``n`` answers of ``per_answer`` tokens each; Responses: a prompt of
+    ``prompt_tokens`` (the upstream's stored part of it included)."""
+
+    async def answer(request: web.Request) -> web.Response:
+        body = await request.json()
+        if request.path.endswith("/responses"):
+            usage = {"input_tokens": prompt_tokens, "output_tokens": 1, "total_tokens": prompt_tokens + 1}
+            return web.json_response({"id": "resp_y", "object": "response", "status": "completed", "model": "m",
+                                      "usage": usage, "output": [{"type": "message", "role": "assistant",
+                                                                  "content": [{"type": "output_text", "text": "ok"}]}]})
+        n = body.get("n", 1)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": per_answer * n,
+                 "total_tokens": prompt_tokens + per_answer * n}
+        return web.json_response({"id": "c", "object": "chat.completion", "created": 1, "model": "m", "usage": usage,
+                                  "choices": [{"index": i, "finish_reason": "stop", "message": {
+                                      "role": "assistant", "content": "word " * per_answer}} for i in range(n)]})
+
+    return answer
+
+
+async def budgeted(start_gateway, serve_upstream, prompt_tokens: int = 10):
+    handler = many_answers_upstream(900, prompt_tokens)
+    upstream = await serve_upstream({"POST /v1/chat/completions": handler, "POST /v1/responses": handler})
+    config = biz_config(upstream.url, keys=[{"name": "demo", "key": DEMO, "credits": 5.0, "budgets": {"daily": 1.0}}])
+    config["models"]["up"]["context_window"] = 128_000
+    return await start_gateway(config)
+
+
+async def told_and_taken(running, s, path: str, body: dict) -> tuple[int, int]:
+    async with s.post(running.url + path, json=body, headers=bearer(DEMO)) as r:
+        assert r.status == 200, await r.text()
+        told = round(float(r.headers["x-tollway-cost"]) * 1e6)
+    await settled(running, "cfg_demo")
+    [row] = await ledger_rows(running, "cost")
+    assert (await credits(s, running, DEMO))["spent_micro_usd"] == row["cost"] == told
+    return told, row["cost"]
+
+
+async def test_n_answers_hold_n_output_caps(start_gateway, serve_upstream):
+    """n=100 without max_tokens: each answer may use the whole output cap, so the hold is n
+    caps (it was one: 90,000 tokens made were charged as the 4,096 held, under a budget)."""
+    running = await budgeted(start_gateway, serve_upstream)
+    async with aiohttp.ClientSession() as s:
+        told, _ = await told_and_taken(running, s, "/chat/completions",
+                                       {"model": "up", "n": 100, "messages": [{"role": "user", "content": "hi"}]})
+    assert told == 10 * 1 + 90_000 * 2  # $1 and $2 per 1M tokens
+
+
+@pytest.mark.parametrize("upstream_part", [
+    {"previous_response_id": "resp_x"}, {"conversation": "conv_x"}, {"prompt": {"id": "pmpt_x"}},
+    {"tools": [{"type": "web_search"}]},
+    {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-x"}]}]}])
+async def test_a_prompt_partly_upstream_is_held_at_the_context_window(start_gateway, serve_upstream, upstream_part):
+    """A stored conversation, a stored prompt, a file by id, a search the upstream runs: the
+    prompt is not in the body, so its bytes do not bound it (100,000 prompt tokens were
+    charged as the few dozen the body held, under a budget); the context window does."""
+    running = await budgeted(start_gateway, serve_upstream, prompt_tokens=100_000)
+    async with aiohttp.ClientSession() as s:
+        told, _ = await told_and_taken(running, s, "/responses",
+                                       {"model": "up", "input": "go on", "max_output_tokens": 16, **upstream_part})
+    assert told == 100_000 * 1 + 1 * 2
+
+
+async def test_a_background_response_is_refused(start_gateway, serve_upstream):
+    """``background: true`` is answered later, out of the gateway's sight: it could only be billed
+    at a guess (it was billed its reservation, then fetched free however long it grew)."""
+    running = await budgeted(start_gateway, serve_upstream)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(running.url + "/responses", headers=bearer(DEMO),
+                          json={"model": "up", "input": "write a book", "background": True}) as r:
+            assert r.status == 400 and (await r.json())["error"]["param"] == "background"
+        assert (await credits(s, running, DEMO))["spent_micro_usd"] == 0
+
+
+async def test_a_prompt_that_may_all_be_cache_writes_holds_their_price(start_gateway, serve_upstream):
+    """cache_write dearer than input (Anthropic's 1.25x, 2x for an hour): a prompt capped by the
+    context window may all be written to the cache, so the hold prices it so (it priced it as
+    input: under a budget the writes past that were given away)."""
+    async def messages(request: web.Request) -> web.Response:
+        return web.json_response({"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+                                  "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+                                  "usage": {"input_tokens": 0, "cache_creation_input_tokens": 1000,
+                                            "output_tokens": 10}})
+
+    upstream = await serve_upstream({"POST /v1/messages": messages})
+    config = biz_config(keys=[{"name": "demo", "key": DEMO, "credits": 5.0, "budgets": {"daily": 1.0}}])
+    add_claude(config, upstream.root, price={"input": 3.0, "output": 15.0, "cache_write": 6.0})
+    config["models"]["claude"]["context_window"] = 1000
+    running = await start_gateway(config)
+    big = [{"type": "text", "text": "word " * 1000, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    async with aiohttp.ClientSession() as s:
+        told, _ = await told_and_taken(running, s, "/messages", {"model": "claude", "max_tokens": 10, "messages": [
+            {"role": "user", "content": big}]})
+    assert told == 1000 * 6 + 10 * 15

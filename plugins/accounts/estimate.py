@@ -6,7 +6,9 @@ Two different needs:
   reservation. Every prompt token comes from at least one byte of the request
   body (BPE tokens are at least one byte, and JSON only adds bytes), so the
   body's length bounds the text; each image part adds ``IMAGE_TOKENS``. The
-  bound is capped by the model's context window when one is configured.
+  bound is capped by the model's context window when one is configured. A
+  prompt that is partly upstream (a stored conversation or prompt, a file by
+  id, a search the upstream runs) is bounded by the window alone.
 - ``tokens_estimate``: a fair guess for the tokens-per-minute limiter (about
   four bytes a token, plus the requested output), reconciled with the real
   usage afterwards.
@@ -88,9 +90,43 @@ def call_input_is_items(body: dict) -> bool:
 
 
 def prompt_bound(call: Call) -> int:
-    bound = len(call.body_bytes()) + IMAGE_TOKENS * _image_parts(call.body)
     window = call.route.config.context_window if call.route is not None else None
+    if _context_upstream(call.body):
+        return window or UNKNOWN_WINDOW
+    bound = len(call.body_bytes()) + IMAGE_TOKENS * _image_parts(call.body)
     return min(bound, window) if window else bound
+
+
+#: Content parts that may name their document (a file id, a URL) instead of holding it.
+FILE_PARTS = frozenset(("input_file", "file", "document"))
+#: Tools the upstream runs itself, adding what they find to the prompt (web pages, files, code output).
+SERVER_TOOLS = ("web_search", "web_fetch", "code_execution", "code_interpreter", "file_search", "mcp",
+                "image_generation")
+#: The prompt bound of a request whose prompt lives upstream, on a model with no ``context_window``.
+UNKNOWN_WINDOW = 1_000_000
+
+
+def _context_upstream(body: dict) -> bool:
+    """Whether part of the prompt is not in the body, so its bytes do not bound it: a stored
+    conversation (``previous_response_id``, ``conversation``) or prompt (``prompt: {id}``),
+    a file or document part, a tool the upstream runs itself."""
+    if body.get("previous_response_id") is not None or body.get("conversation") is not None \
+            or isinstance(body.get("prompt"), dict) or body.get("mcp_servers") or body.get("web_search_options"):
+        return True
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        for tool in tools:
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if isinstance(kind, str) and kind.startswith(SERVER_TOOLS):
+                return True
+    items = body.get("input") if call_input_is_items(body) else body.get("messages")
+    for message in items if isinstance(items, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") in FILE_PARTS:
+                    return True
+    return False
 
 
 def requested_output(call: Call) -> int | None:
@@ -100,9 +136,14 @@ def requested_output(call: Call) -> int | None:
     for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            n = body.get("n")
-            return value * n if isinstance(n, int) and not isinstance(n, bool) and 1 < n <= 128 else value
+            return value * choices(body)
     return None
+
+
+def choices(body: dict) -> int:
+    """How many answers one request asks for (``n``)."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and 1 < n <= 128 else 1
 
 
 def output_bound(call: Call, default_cap: int) -> int:
@@ -113,7 +154,7 @@ def output_bound(call: Call, default_cap: int) -> int:
     if asked is not None:
         return asked
     model_cap = call.route.config.max_output_tokens if call.route is not None else None
-    return model_cap or default_cap
+    return (model_cap or default_cap) * choices(call.body)  # each of n answers may use the whole cap
 
 
 def tokens_estimate(call: Call) -> int:

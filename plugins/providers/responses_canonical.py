@@ -44,8 +44,6 @@ def to_canonical(call: Call) -> dict:
     if body.get("store") is True:
         raise refuse("store", f"needs OpenAI's Responses API; model {call.model!r} is served by {where}, which stores "
                               "nothing: leave 'store' out or set it to false")
-    if body.get("background") is True:
-        raise refuse("background", f"needs OpenAI's Responses API; model {call.model!r} is served by {where}")
     messages: list[dict] = []
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions:

@@ -29,6 +29,10 @@ def validate_responses(body: dict) -> None:
         raise bad_request("'instructions' must be a string", "instructions")
     for name in ("stream", "store", "background", "parallel_tool_calls"):
         check_bool(body, name)
+    if body.get("background") is True:
+        raise bad_request("'background': true is not served: a background response is answered later, out of the "
+                          "gateway's sight, so it could not be billed for what it made; leave it out (and stream "
+                          "a long answer)", "background", "background_not_supported")
     check_int(body, "max_output_tokens", 1)
     check_number(body, "temperature", 0, 2)
     check_number(body, "top_p", 0, 1)
