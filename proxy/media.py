@@ -54,6 +54,8 @@ def validate_media(endpoint: str, body: dict, upload: Upload | None = None) -> U
         if not isinstance(prompt, str) or not prompt.strip():
             raise bad_request("'prompt' is required: the text describing the image", "prompt", "missing_prompt")
         n = _int_field(body, "n", 1, 10)
+        if body.get("stream") in (True, "true"):  # the answer would be events the gateway cannot price or pass on
+            raise bad_request("'stream' is not served for images: ask without it for the whole answer", "stream")
         for name in ("size", "quality"):
             if body.get(name) is not None and not isinstance(body[name], str):
                 raise bad_request(f"'{name}' must be a string (e.g. \"1024x1024\", \"standard\")", name)
@@ -82,6 +84,8 @@ def validate_media(endpoint: str, body: dict, upload: Upload | None = None) -> U
     if upload.file("file") is None:
         raise bad_request("'file' is required: the audio file (mp3, mp4, m4a, wav, ogg, flac, webm)", "file",
                           "missing_file")
+    if sum(f.name == "file" for f in upload.files) > 1:  # the gateway measures one; the upstream might hear another
+        raise bad_request("'file' is given twice: send one audio file per request", "file")
     fmt = body.get("response_format", "json")
     if fmt not in TRANSCRIPT_FORMATS:
         raise bad_request(f"'response_format' must be one of {', '.join(sorted(TRANSCRIPT_FORMATS))}, got {fmt!r}",

@@ -119,6 +119,8 @@ def parse_upload(raw: bytes, content_type: str) -> Upload:
             return
         if end - start > MAX_FIELD_BYTES:
             raise bad_request(f"the form field {name!r} is longer than {MAX_FIELD_BYTES} bytes", name)
+        if name in upload.fields and not name.endswith("[]"):  # the gateway and the upstream might read different ones
+            raise bad_request(f"the form field {name!r} is given twice; give it once", name)
         try:
             upload.fields[name] = raw[start:end].decode()
         except UnicodeDecodeError:

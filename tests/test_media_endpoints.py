@@ -79,6 +79,15 @@ async def test_an_unpriced_image_size_is_refused_before_the_upstream(running, cl
     assert (await last_upstream_body(mock_upstream)) is None and await spent(running) == 0
 
 
+async def test_a_streamed_image_is_refused_before_the_upstream(running, mock_upstream):
+    """gpt-image-1 streams partial images as events the gateway neither prices nor passes on:
+    it answered 502 and charged nothing, after the upstream had made (and billed) the images."""
+    async with aiohttp.ClientSession() as s, s.post(running.url + "/images/generations", headers=bearer(DEMO), json={
+            "model": "img", "prompt": "a cat", "size": "1024x1024", "stream": True, "partial_images": 2}) as r:
+        assert r.status == 400 and (await r.json())["error"]["param"] == "stream"
+    assert (await last_upstream_body(mock_upstream)) is None and await spent(running) == 0
+
+
 @pytest.mark.parametrize("model", ["img", "img-local"])
 async def test_an_image_edit_upload_is_passed_on_and_billed(running, client, mock_upstream, model):
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 5000
@@ -177,6 +186,15 @@ async def test_upload_limits_and_bad_input_name_the_problem(running):
     assert status == 400 and body["error"]["param"] == "n"
     status, body = await post("/images/edits", data=form(model="img", prompt="x"))
     assert status == 400 and body["error"]["param"] == "image"
+    # Two of a field: the gateway would price one and the upstream might serve the other.
+    twice = form(model="whisper", file=wav(1), response_format="text")
+    twice.add_field("file", wav(3), filename="long.wav", content_type="audio/wav")
+    status, body = await post("/audio/transcriptions", data=twice)
+    assert status == 400 and body["error"]["param"] == "file"
+    twice = form(model="whisper", file=wav(1))
+    twice.add_field("model", "whisper-local")
+    status, body = await post("/audio/transcriptions", data=twice)
+    assert status == 400 and body["error"]["param"] == "model"
     async with aiohttp.ClientSession() as s:
         broken = b"--xyz\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n"
         async with s.post(running.url + "/audio/transcriptions", data=broken,
