@@ -72,9 +72,10 @@ async def _count(text_of: Callable[[], str], size: int) -> int:
 
 
 def _image_parts(body: dict) -> int:
+    items = body.get("input")  # a Responses API body's messages are its items (call_input_is_items, inline)
+    messages = items if isinstance(items, list) and "messages" not in body else body.get("messages")
     n = 0
-    items = body.get("input") if call_input_is_items(body) else None
-    for message in (body.get("messages") or ()) if items is None else items:
+    for message in messages or ():
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
             for part in content:
@@ -129,11 +130,16 @@ def _context_upstream(body: dict) -> bool:
     return False
 
 
+OUTPUT_CAPS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
 def requested_output(call: Call) -> int | None:
     """The client's output cap (``max_completion_tokens``, ``max_tokens``, or the Responses
     API's ``max_output_tokens``), times ``n`` where one request asks for several answers."""
     body = call.body
-    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+    if body.keys().isdisjoint(OUTPUT_CAPS):  # the usual body names none: one C call, not three look-ups
+        return None
+    for name in OUTPUT_CAPS:
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value * choices(body)
