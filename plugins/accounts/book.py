@@ -493,6 +493,7 @@ class Accounts:
 
             await self.write(change, (aid,))
         await self.policy_changed()
+        self._changed()
         return self.accounts[aid]
 
     async def set_policy(self, aid: str, policy: AccountPolicy) -> Account:
@@ -504,6 +505,7 @@ class Accounts:
 
             await self.write(change, (aid,))
         await self.policy_changed()
+        self._changed()  # suspension, budgets, limits: every instance within a second, not at its next poll
         return self.accounts[aid]
 
     async def policy_changed(self) -> None:
