@@ -100,3 +100,29 @@ async def test_every_charge_is_the_cost_its_client_was_told(pg_url, start_gatewa
     assert charged == told
     total, balance, rows = await ledger_and_balance(pg_url)
     assert rows == 60 and total == sum(told.values()) == 5_000_000 - balance
+
+
+async def test_a_clean_stop_stores_the_stream_entries_its_writer_took_and_never_acknowledged(pg_url, start_gateway):
+    """A shutdown cancels the writer's loop wherever it is: when that is while the stream's
+    reply is on its way, Redis has given the entries to this writer (pending, in its name)
+    and the writer never saw them. Its stop must store them now: with no other instance
+    running, nobody would before this one's next start (another writer claims an entry only
+    after ``hold_ttl`` idle). The lost reply is made here by taking entries and dropping them;
+    the writer's own loop does not run meanwhile (a flush interval of a minute)."""
+    running = await start_gateway(shared_config(pg_url, 5.0, ledger={"flush_ms": 60_000}))
+    book = running.gw.services[ACCOUNTS]
+    told = []
+    async with aiohttp.ClientSession() as s:
+        for words in range(1, 21):
+            status, headers, body = await chat(s, running, DEMO, max_tokens=5, content=" ".join(["w"] * words))
+            assert status == 200, body
+            told.append(round(float(headers["x-tollway-cost"]) * 1e6))
+    await book.settles_done()
+    lost = await book.shared.take(1000, claim=False)  # the reply a cancelled step never read
+    assert len(lost) == 20
+    await book.writer.stop()
+    total, balance, rows = await ledger_and_balance(pg_url)
+    assert rows == 20 and total == sum(told) == 5_000_000 - balance
+    redis = book.shared.link.redis
+    assert await redis.xlen(book.shared.stream) == 0
+    assert (await redis.xpending(book.shared.stream, "writers"))["pending"] == 0

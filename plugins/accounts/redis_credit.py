@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
@@ -198,16 +199,33 @@ class SharedCredit:
         reply = await self.link.call(lambda: redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count))
         for _stream, entries in reply or ():
             raw += entries
-        out = []
-        for entry_id, fields in raw:
-            if not fields:
-                continue  # deleted meanwhile
-            data = fields[b"row"]
-            row = None
-            if data:
-                row = LedgerRow(*orjson.loads(data))
-            out.append(StreamEntry(entry_id, row, fields[b"acct"].decode(), int(fields[b"charge"])))
-        return out
+        return _entries(raw)[0]
+
+    async def take_mine(self, count: int) -> list[StreamEntry]:
+        """Up to ``count`` entries this writer took and has not acknowledged: the stream gave
+        them, and a step stopped half-way (a shutdown cancelled it while the reply was on its
+        way, or before the acknowledgement) lost them. Read at a clean stop, so that they are
+        stored now, not claimed by another writer ``hold_ttl`` later (or at the next start)."""
+        from redis.exceptions import ResponseError
+
+        await self._ensure_group()
+        redis = self.link.redis
+        consumer = self.counters.instance
+        while True:
+            try:
+                reply = await self.link.call(lambda: redis.xreadgroup(GROUP, consumer, {self.stream: "0"},
+                                                                      count=count))
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._group_ready = False  # Redis lost its data: nothing is pending any more
+                return []
+            raw = [e for _stream, entries in reply or () for e in entries]
+            out, gone = _entries(raw)
+            if gone:  # pending, but deleted from the stream (stored and deleted, not acknowledged)
+                await self.link.call(partial(redis.xack, self.stream, GROUP, *gone))
+            if out or not gone:
+                return out
 
     async def leave(self) -> None:
         """Remove this writer from the group when it holds nothing (shutdown): consumers
@@ -226,3 +244,18 @@ class SharedCredit:
         pipe.xack(self.stream, GROUP, *ids)
         pipe.xdel(self.stream, *ids)
         await self.link.call(pipe.execute)
+
+
+def _entries(raw: list) -> tuple[list[StreamEntry], list[bytes]]:
+    """The stream's replies as entries, and the ids of those deleted meanwhile (no fields)."""
+    out, gone = [], []
+    for entry_id, fields in raw:
+        if not fields:
+            gone.append(entry_id)
+            continue
+        data = fields[b"row"]
+        row = None
+        if data:
+            row = LedgerRow(*orjson.loads(data))
+        out.append(StreamEntry(entry_id, row, fields[b"acct"].decode(), int(fields[b"charge"])))
+    return out, gone

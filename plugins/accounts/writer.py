@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tollway.accounts")
 
+STOP_WAIT_S = 10.0  # a stop lets the writer's current step finish for this long, then cancels it
+
 
 @dataclass(slots=True)
 class Batch:
@@ -74,6 +76,7 @@ class Writer:
         self.stream_rows = 0  # the shared ledger stream's entries not yet stored, as last counted
         self.store_down = False  # the last flush could not reach the store
         self.refused = 0  # requests refused at the bound during this outage (said in the logs)
+        self._stopping = False
 
     def append(self, row: LedgerRow) -> None:
         """Queue one ledger row (the hot path: no I/O; one timer per flush, not per row)."""
@@ -124,12 +127,18 @@ class Writer:
         return bal, spent
 
     def start(self) -> None:
+        self._stopping = False
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._run(), name="tollway-accounts-writer")
 
     async def stop(self) -> None:
-        await stop_task(self._task)
-        self._task = None
+        # The loop ends after the step it is in (a step cut half-way may have taken stream
+        # entries it never stored); only a step that outlasts STOP_WAIT_S is cancelled.
+        self._stopping = True
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is not None and not (await asyncio.wait({task}, timeout=STOP_WAIT_S))[0]:
+            await stop_task(task)
         self._disarm()
         await self.flush()
         await self.drain_shared()  # what the fleet queued in Redis, while it answers
@@ -153,13 +162,18 @@ class Writer:
 
     async def _run(self) -> None:
         last_poll = time.monotonic()
-        while True:
+        while not self._stopping:
             try:
                 # Woken by the oldest row's deadline or a full batch; else every flush_s for
-                # balance changes without rows and for the polls.
-                await asyncio.wait_for(self._wake.wait(), self.flush_s)
+                # balance changes without rows and for the polls. (asyncio.timeout, not
+                # wait_for: on Python 3.11 wait_for swallows a cancel that comes as the event
+                # is set, and the loop never ended: a SIGTERM that hung the stop.)
+                async with asyncio.timeout(self.flush_s):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
+            if self._stopping:
+                return
             self._wake.clear()
             self._disarm()
             steps = [self.flush, self.flush_shared]  # each tried even when another fails
@@ -213,25 +227,28 @@ class Writer:
             self.failed = None
             self.flushes += 1
 
-    async def flush_shared(self) -> None:
+    async def flush_shared(self, mine: bool = False) -> None:
         """With shared counters: store the ledger stream's entries this writer takes
-        (see ``redis_credit.py``), each once, with its charge, in one transaction."""
+        (see ``redis_credit.py``), each once, with its charge, in one transaction;
+        ``mine``: those it took before and never acknowledged (``take_mine``)."""
         if self.book.shared is None:
             return
         async with self._shared_lock:
-            await self._flush_shared()
+            await self._flush_shared(mine)
 
     async def drain_shared(self) -> None:
         """Store every entry the stream has for this writer now (shutdown, tests), the
-        charges this process is still sending behind included."""
+        charges this process is still sending behind included: first those it took and
+        never acknowledged (a step the shutdown stopped half-way), then new ones."""
         await self.book.settles_done()
-        for _ in range(10_000):
-            done = self.flushes
-            await self.flush_shared()
-            if self.flushes == done:
-                return
+        for mine in (True, False):
+            for _ in range(10_000):
+                done = self.flushes
+                await self.flush_shared(mine)
+                if self.flushes == done:
+                    break
 
-    async def _flush_shared(self) -> None:
+    async def _flush_shared(self, mine: bool = False) -> None:
         book = self.book
         shared = book.shared
         assert shared is not None
@@ -248,9 +265,12 @@ class Writer:
         claim = now - self._last_claim >= shared.counters.ttl_ms / 1000
         try:
             if self.taken is None:
-                entries = await shared.take(self.batch_rows, claim)
-                if claim:
-                    self._last_claim = now
+                if mine:
+                    entries = await shared.take_mine(self.batch_rows)
+                else:
+                    entries = await shared.take(self.batch_rows, claim)
+                    if claim:
+                        self._last_claim = now
                 if not entries:
                     return
                 self.taken = entries
