@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from .budgets import BudgetKeeper
     from .redis_credit import SharedCredit
+    from .redis_restore import Restorer
     from .refills import Refills
 
 
@@ -68,6 +69,7 @@ class Accounts:
         self.version = 0
         # With storage.counters: redis://, metered accounts are held and charged in Redis.
         self.shared: SharedCredit | None = None
+        self.restorer: Restorer | None = None  # puts this instance's holds back after Redis lost its data
         # Top-ups stored but not yet added in Redis (it was down): retried by the writer.
         self.pending_topups: list[tuple[str, int, int, int]] = []
         self.pending_settles: list[tuple] = []  # charges made while Redis was down (see settle_shared)
@@ -115,10 +117,15 @@ class Accounts:
         if self.config.storage.counters != "memory":
             from .counters import COUNTERS
             from .redis_credit import SharedCredit
+            from .redis_restore import Restorer
 
             counters = await self.gateway.services.open(COUNTERS)
             self.shared = SharedCredit(counters, self._seed)  # type: ignore[arg-type]
             counters.on("keys", self.poll)
+            self.restorer = Restorer(counters, self._read_seed,  # type: ignore[arg-type]
+                                     lambda: self.budgets.held if self.budgets is not None else {})
+            counters.lost = self.restorer.ensure  # type: ignore[attr-defined]
+            await self.restorer.start()
         if self.gateway.serving and (self.shared is None or not self.store.shared):
             await claim_store(self.store)
         await db.create_tables(self.store)
@@ -129,6 +136,8 @@ class Accounts:
         self.writer.start()
 
     async def close(self) -> None:
+        if self.restorer is not None:
+            await self.restorer.stop()
         await self.writer.stop()
 
     async def reload(self) -> None:
@@ -220,7 +229,18 @@ class Accounts:
     async def _seed(self, account_id: str) -> tuple[int, int]:
         """An account's stored balance and the version it was read at, fresh from the store
         (shared counters seed an account they do not have yet from it: rare, once per
-        account per Redis life)."""
+        account per Redis life), once every instance has put back the holds Redis lost
+        with its data, if it did (``redis_restore.py``)."""
+        await self.holds_back()
+        return await self._read_seed(account_id)
+
+    async def holds_back(self) -> None:
+        """Before seeding anything in Redis: if Redis lost its data, the holds of the
+        requests in flight first (``redis_restore.py``)."""
+        if self.restorer is not None:
+            await self.restorer.ensure()
+
+    async def _read_seed(self, account_id: str) -> tuple[int, int]:
         from proxy import ProxyError
 
         try:
@@ -471,6 +491,7 @@ class Accounts:
         while self.pending_topups and self.shared is not None:
             aid, micro, version, balance = self.pending_topups[0]
             try:
+                await self.holds_back()  # a top-up makes an account Redis lost, without seeding it
                 await self.shared.topup(aid, micro, version, balance)
             except ProxyError:
                 return  # counters down: the money is stored; Redis gets it when it is back

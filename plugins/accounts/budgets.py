@@ -96,6 +96,10 @@ class BudgetKeeper:
         self.calendar = calendar
         self.clock = clock
         self.seeds: dict[str, int] = {}  # total name -> spent before the counter held it
+        # Shared counters: total name -> [held by this instance's requests in flight, expire-at,
+        # its fresh seed], what it puts back if Redis loses its data (redis_restore.py).
+        self.held: dict[str, list] = {}
+        self._track = counters.kind == "redis"
         self._plans: dict[tuple[str, str], Plan] = {}
 
     # -- what applies ------------------------------------------------------------------
@@ -166,6 +170,14 @@ class BudgetKeeper:
         for cap, name, end, claim in claims.claims:
             if claim is refused:
                 raise self._exceeded(cap, name, end, claims.now, claims.amount if shown is None else shown)
+        if refused is None and self._track:
+            held = self.held
+            for _cap, name, _end, claim in claims.claims:
+                entry = held.get(name)
+                if entry is None:
+                    held[name] = [claims.amount, claim.until, claim.fresh]
+                else:
+                    entry[0] += claims.amount
         return BudgetHold(tuple(name for _cap, name, _end, _claim in claims.claims), claims.amount)
 
     async def grow(self, key: KeyRecord, acc: Account, hold: BudgetHold | None, amount: int) -> BudgetHold | None:
@@ -187,6 +199,7 @@ class BudgetKeeper:
         return grown
 
     def settle(self, hold: BudgetHold, spent: int) -> None:
+        self._let_go(hold.names, hold.amount)
         for name in hold.names:
             self.counters.settle_total(name, hold.amount, spent)
 
@@ -194,8 +207,20 @@ class BudgetKeeper:
         self._give_back(hold.names, hold.amount)
 
     def _give_back(self, names, amount: int) -> None:
+        self._let_go(names, amount)
         for name in names:
             self.counters.release_total(name, amount)
+
+    def _let_go(self, names, amount: int) -> None:
+        if not self._track:
+            return
+        held = self.held
+        for name in names:
+            entry = held.get(name)
+            if entry is not None:
+                entry[0] -= amount
+                if entry[0] <= 0:
+                    del held[name]
 
     def _exceeded(self, cap: Cap, name: str, reset: float, now: float, amount: int) -> ProxyError:
         used = self.counters.used_total(name)
@@ -247,6 +272,7 @@ class BudgetKeeper:
         """What the store says ``cap``'s scope spent in its current period (shared counters
         that do not have the total: a new period, or Redis restarted empty; not what this
         process read at start, which other instances' spending has made old)."""
+        await self.book.holds_back()  # Redis lost its data: the holds in flight first
         start = self.calendar.current(cap.period, now).start
         try:
             async with asyncio.timeout(SEED_TIMEOUT_S):

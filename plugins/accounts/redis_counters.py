@@ -235,6 +235,8 @@ class RedisCounters(Counters):
         self._listeners: dict[str, list[Callable[[], object]]] = {}
         self._tasks: list[asyncio.Task] = []
         self.ttl_ms = int(link.hold_ttl * 1000)
+        #: ``await lost()``: Redis lost its data; put this instance's holds back (redis_restore.py).
+        self.lost: Callable[[], Awaitable[None]] | None = None
         #: ``await seed_account(account id)``: (stored balance, store version), read fresh from the
         #: store, for an account Redis does not have yet (set by the accounts book).
         self.seed_account: Callable[[str], Awaitable[tuple[int, int]]] = _no_seed
@@ -333,6 +335,11 @@ class RedisCounters(Counters):
 
     async def _settle_total(self, name: str, held: int, spent: int) -> None:
         used = await self.link.run(lua.SETTLE_TOTAL, [self.key("total", name)], [held, spent])
+        if used == -1 and spent and self.lost is not None:
+            # Redis lost the total (its data) since the hold: with the holds in flight put back
+            # (this one no longer among them), count what was spent.
+            await self.lost()
+            used = await self.link.run(lua.SETTLE_TOTAL, [self.key("total", name)], [0, spent])
         if used >= 0:
             self.totals[name] = int(used)
 
