@@ -249,6 +249,34 @@ def test_operator_makes_tops_up_and_revokes_a_key(gateway, context):
     shoot(page, "keys")
 
 
+def test_the_key_list_and_page_show_and_change_a_keys_default_model(gateway, context):
+    r = gateway.admin("POST", "/admin/keys", json={"name": "with-default", "credits": 1.0, "default_model": "other"})
+    assert r.status_code == 201, r.text
+    kid, plain = r.json()["id"], r.json()["key"]
+    page = context.new_page()
+    sign_in(page, gateway, ADMIN, r"/dashboard$")
+    page.goto(gateway.url + "/dashboard/keys")
+    row = page.locator("#keys tr", has_text="with-default")
+    expect(row.locator(".default-model")).to_have_text("default other")
+    assert page.locator("#keys tr", has_text="demo").locator(".default-model").count() == 0  # none set
+    row.locator("a").first.click()
+    expect(page.locator("#default-model")).to_have_text("other")
+    expect(page.locator("#edit-key [name=default_model]")).to_have_value("other")
+    page.select_option("#edit-key [name=default_model]", "echo")
+    page.click("#edit-key button[type=submit]")
+    expect(page.locator("#default-model")).to_have_text("echo")
+    assert gateway.admin("GET", f"/admin/keys/{kid}").json()["default_model"] == "echo"
+    answer = http("POST", gateway.url + "/v1/chat/completions", {"Authorization": f"Bearer {plain}"},
+                  {"messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 200 and answer.json()["model"] == "echo", answer.text
+    page.select_option("#edit-key [name=default_model]", "")
+    page.click("#edit-key button[type=submit]")
+    expect(page.locator("#default-model")).to_have_text("none")
+    assert gateway.admin("GET", f"/admin/keys/{kid}").json()["default_model"] is None
+    page.goto(gateway.url + "/dashboard/keys")
+    expect(page.locator("#keys tr", has_text="with-default").locator(".default-model")).to_have_count(0)
+
+
 def test_overview_shows_what_the_ledger_holds(gateway, context):
     rows = traffic(gateway, DEMO, 7)
     rows += traffic(gateway, DEMO, 2, model="other")

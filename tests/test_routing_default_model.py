@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 import yaml
 from business import ADMIN_HEADERS, bearer, biz_config
+from fleet import until
 from routing_helpers import MESSAGES
 from test_routing_groups import KEY, gateway
 
@@ -88,3 +89,47 @@ def test_an_unknown_default_model_of_a_yaml_key_is_named():
     config = biz_config(keys=[{"name": "k", "key": KEY, "credits": 1.0, "default_model": "ehco"}])
     with pytest.raises(ConfigError, match=r"keys\[0\].default_model: unknown model 'ehco' \(did you mean 'echo'\?\)"):
         build_gateway(config)
+
+
+async def test_the_cli_changes_and_clears_a_keys_default_model_on_a_running_server(start_gateway, tmp_path, capsys):
+    config = biz_config(keys=[{"name": "k", "key": KEY, "credits": 10.0}], auth={"poll_ms": 20})
+    config["models"]["dear"] = {"provider": "local", "price": {"input": 1, "output": 1}}
+    config["storage"] = {"url": f"sqlite:///{tmp_path}/cli.db"}
+    path = tmp_path / "cli.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    async def cli(*argv: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(main, [*argv[:2], "--config", str(path), *argv[2:]])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, out, _ = await cli("keys", "create", "--name", "app", "--credits", "1")
+    assert code == 0 and "default  none (server.default_model)" in out
+    plain = out.split("key: ")[1].split()[0]
+    running = await start_gateway(config)
+    async with aiohttp.ClientSession() as s:
+        assert (await no_model(s, running, plain))[0] == 400  # no default anywhere yet
+        code, out, _ = await cli("keys", "update", "app", "--default-model", "dear")
+        assert code == 0 and "default  dear" in out
+        await until(lambda: _served_by(s, running, plain, "dear"), what="the server to take the new default")
+        code, _, err = await cli("keys", "update", "app", "--default-model", "deer")
+        assert code == 2 and "tollway keys update: default_model: unknown model 'deer' (did you mean 'dear'?)" in err
+        assert await _served_by(s, running, plain, "dear")  # unchanged by the refused update
+        code, out, _ = await cli("keys", "update", "app", "--no-default-model")
+        assert code == 0 and "default  none (server.default_model)" in out
+        await until(lambda: _refused_for_no_model(s, running, plain), what="the server to drop the default")
+    code, _, err = await cli("keys", "update", "k", "--default-model", "dear")
+    assert code == 1 and "is defined in the config file's keys: list; change it there" in err
+    with pytest.raises(SystemExit) as exited:  # one of the two is required
+        main(["keys", "update", "--config", str(path), "app"])
+    assert exited.value.code == 2
+    assert "one of the arguments --default-model --no-default-model is required" in capsys.readouterr().err
+
+
+async def _served_by(s: aiohttp.ClientSession, running, key: str, model: str) -> bool:
+    return (await no_model(s, running, key))[:2] == (200, model)
+
+
+async def _refused_for_no_model(s: aiohttp.ClientSession, running, key: str) -> bool:
+    status, _, answer = await no_model(s, running, key)
+    return status == 400 and answer["error"]["code"] == "missing_model"

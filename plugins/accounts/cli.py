@@ -1,4 +1,4 @@
-"""``tollway keys create|list|show|revoke|topup`` and ``tollway usage``.
+"""``tollway keys create|list|show|update|revoke|topup`` and ``tollway usage``.
 
 They work on the store named by the config (``--config``), through the same
 accounts book the server uses: every change is written through at once and
@@ -20,7 +20,7 @@ from proxy.cli import positive_int
 from . import ACCOUNTS
 from .model import Limits
 from .options import iso
-from .specs import KeyCreate, SpecError, create_args, credits_micro
+from .specs import KeyCreate, KeyPatch, SpecError, create_args, credits_micro, patch_changes
 from .usage import rollups
 from .views import table, usd
 
@@ -54,6 +54,16 @@ def add_keys_command(subparsers: argparse._SubParsersAction) -> None:
     listing = sub.add_parser("list", help="list keys with their balances")
     add_config_arg(listing)
     listing.set_defaults(func=book_command(cmd_list))
+
+    update = sub.add_parser("update", help="change a key made by the API or the CLI")
+    add_config_arg(update)
+    update.add_argument("key", help="key id (or its name, when unique)")
+    default = update.add_mutually_exclusive_group(required=True)
+    default.add_argument("--default-model", metavar="MODEL",
+                         help="the model of its requests that name none (before server.default_model)")
+    default.add_argument("--no-default-model", action="store_true",
+                         help="clear it: its requests without a model use server.default_model")
+    update.set_defaults(func=book_command(cmd_update))
 
     for action, helptext, fn in (("show", "show one key", cmd_show), ("revoke", "revoke a key now", cmd_revoke)):
         p = sub.add_parser(action, help=helptext)
@@ -169,9 +179,8 @@ def _details(accounts: Accounts, k: KeyRecord) -> str:
             ("balance", "unlimited" if acc.unlimited else usd(acc.balance)), ("spent", usd(acc.spent)),
             ("models", "all" if k.models is None else ", ".join(sorted(k.models))),
             ("limits", _limits(k.limits)), ("expires", iso(k.expires_at) or "never"),
+            ("default", k.default_model or "none (server.default_model)"),  # for its requests that name none
             ("created", iso(k.created_at))]
-    if k.default_model is not None:  # the model of its requests that name none
-        rows.insert(9, ("default", k.default_model))
     if k.revoked_at is not None:
         rows.append(("revoked", iso(k.revoked_at)))
     width = max(len(r[0]) for r in rows)
@@ -221,6 +230,26 @@ async def cmd_show(accounts: Accounts, args: argparse.Namespace) -> int:
     if record is None:
         return 1
     print(_details(accounts, record))
+    return 0
+
+
+async def cmd_update(accounts: Accounts, args: argparse.Namespace) -> int:
+    record = _find(accounts, args.key)
+    if record is None:
+        return 1
+    if record.source == "config":
+        print(f"tollway: {record.id} is defined in the config file's keys: list; change it there", file=sys.stderr)
+        return 1
+    if record.revoked_at is not None:
+        print(f"tollway: {record.id} has been revoked", file=sys.stderr)
+        return 1
+    try:
+        changes = patch_changes(KeyPatch(default_model=None if args.no_default_model else args.default_model),
+                                {"default_model": True}, accounts.config.models)
+    except SpecError as exc:
+        print(f"tollway keys update: {exc}", file=sys.stderr)
+        return 2
+    print(_details(accounts, await accounts.update_key(record.id, changes)))
     return 0
 
 

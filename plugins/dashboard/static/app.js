@@ -176,6 +176,7 @@
       if (v !== null && v !== "") limits[n] = parseInt(v, 10);
     });
     out.limits = limits;
+    out.default_model = f.get("default_model") || null;
     if (kind === "create") {
       out.credits = f.get("unlimited") ? null : parseFloat(f.get("credits") || "0");
       const account = (f.get("account") || "").trim();
