@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import yaml
 from business import ADMIN, ADMIN_HEADERS
-from fleet import redis_url, until
+from fleet import REDIS, redis_url, until
 from routing_helpers import MESSAGES, deployments, make_upstreams, routing_config
 from stores import fresh_database
 from test_lifecycle import Server
@@ -103,3 +103,78 @@ async def _resting(s: aiohttp.ClientSession, server: Server) -> bool:
     async with s.get(server.url + "/admin/upstreams", headers=ADMIN_HEADERS) as r:
         first_key = (await r.json())["key_pools"]["c"][0]
     return first_key["resting_for"] > 20
+
+
+PROBE_HEALTH = {**HEALTH, "cooldown": 1.5, "max_cooldown": 30}
+
+
+async def test_the_fleet_sends_at_most_half_open_probes_to_a_deployment_after_its_cooldown(tmp_path, aiohttp_server):
+    """Two instances, ``half_open_probes: 1``: while one instance's probe hangs, the other sends
+    the deployment nothing (before, each instance sent its own probe); a probe that fails keeps
+    the fleet's slot for the new cooldown; then one probe for the fleet closes it everywhere."""
+    import redis.asyncio as aioredis
+
+    ups = await make_upstreams(aiohttp_server, "a", "b")
+    config = routing_config(ups, {"m": {"deployments": deployments(("a", 1000), ("b", 0.001)), "price": PRICE}},
+                            {"retries": 0, "health": PROBE_HEALTH})
+    config["providers"]["a"]["timeouts"]["first_byte"] = 4  # the hanging probe's end
+    config["server"].update(host="127.0.0.1", access_log="off", admin_key=ADMIN)
+    counters = redis_url()
+    slot_key = counters.split("prefix=")[1] + "cc:routing.probe\x1fa/a-model"  # the fleet's probe slots of a
+    db = aioredis.from_url(REDIS)
+    async with fresh_database("postgres", tmp_path) as pg:
+        config["storage"] = {"url": pg, "counters": counters}
+        path = tmp_path / "tollway.yaml"
+        path.write_text(yaml.safe_dump(config))
+        first = Server(path)
+        await first.wait_ready()
+        second = Server(path)
+        servers = [first, second]
+        try:
+            await second.wait_ready()
+            ups.fail("a", 503)
+            async with aiohttp.ClientSession() as s:
+                for _ in range(3):
+                    assert await chat(s, first) == (503, "a")
+                await until(lambda: _state(s, second, "open"), timeout=1.0, what="the second instance to see it open")
+                ups.recover("a")
+                ups.force("a", hang=True)
+                await until(lambda: _cooled(s, servers), timeout=10, what="both cooldowns to end")
+                hits = ups.hits("a")
+                probe = asyncio.create_task(chat(s, first))
+                await until(lambda: ups.hits("a") == hits + 1, what="the first instance's probe")
+                for _ in range(10):  # the fleet's one probe slot is taken: the second probes nothing
+                    assert await chat(s, second) == (200, "b")
+                assert not probe.done(), "the probe ended before the second instance was asked"
+                assert ups.hits("a") == hits + 1
+                assert (await breaker(s, second))["state"] == "half_open"
+                status, provider = await probe  # the first byte never came: a failed probe
+                assert status == 504 and provider == "a"
+                assert (await breaker(s, first))["state"] == "open"
+                await until(lambda: _state(s, second, "open"), timeout=1.0, what="the second instance to see it open")
+                assert await db.zcard(slot_key) == 1  # kept by the failed probe for the new cooldown
+                ups.recover("a")
+                ups.force("a", delay=1.0)
+                await until(lambda: _cooled(s, servers), timeout=10, what="both new cooldowns to end")
+                await until(lambda: _zero(db, slot_key), timeout=2, what="the failed probe's slot to come back")
+                hits = ups.hits("a")
+                answers = await asyncio.gather(chat(s, first), chat(s, second))
+                assert sorted(answers) == [(200, "a"), (200, "b")]  # one probe for the fleet, which closed it
+                assert ups.hits("a") == hits + 1
+                for server in servers:
+                    await until(lambda server=server: _state(s, server, "closed"), timeout=1.0,
+                                what="the breaker closed on both")
+        finally:
+            await db.aclose()
+            for server in servers:
+                if server.proc.poll() is None:
+                    server.proc.kill()
+                server.proc.communicate()
+
+
+async def _cooled(s: aiohttp.ClientSession, servers: list[Server]) -> bool:
+    return all([(await breaker(s, server))["retry_in"] == 0 for server in servers])
+
+
+async def _zero(db, key: str) -> bool:
+    return await db.zcard(key) == 0

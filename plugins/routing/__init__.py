@@ -94,6 +94,8 @@ class Plugin:
             chain = await clients_fallbacks(router, call, chain)
         state = RoutingState(chain)
         route = router.pick(state)
+        if state.probe and router.shared is not None:  # half-open: the fleet's probe slots
+            route = await router.claim_fleet_probe(state, route)
         if route is None:
             raise router.unavailable(call.model, state)
         call.state[ROUTING] = state
@@ -118,12 +120,14 @@ class Plugin:
                 dep.observe_latency(time.perf_counter() - started)
             router.health.succeeded(dep.name, now, state.probe)
             state.probe = False
+            router.probe_over(state, dep.name)
             state.served = dep  # still in flight until the answer ends (finish)
             return
         # A 429 on the caller's own upstream key (byok) is that key's quota, not the deployment's health.
         against = counts_against(error) and not (call.billing.caller_key and error.status == 429)
         router.health.record(dep.name, now, against, state.probe, error.code, retry_after_of(error))
         state.probe = False
+        router.probe_over(state, dep.name)
         router.let_go(state)
 
     @hookimpl
@@ -138,6 +142,8 @@ class Plugin:
         if time.perf_counter() - call.timing.started > options.deadline:
             return None
         route = router.pick(state)
+        if state.probe and router.shared is not None:
+            route = await router.claim_fleet_probe(state, route)
         if route is None:
             return None
         delay = backoff_seconds(options.backoff, call.upstream_attempts)

@@ -38,6 +38,7 @@ class RoutingState:
     tried: list[str] = field(default_factory=list)  # deployments tried, in order
     holding: Deployment | None = None  # counted in flight for this request
     probe: bool = False  # ``holding`` is a half-open probe whose outcome is not in yet
+    fleet_probe: bool = False  # ``probe`` holds one of the fleet's probe slots (shared health)
     served: Deployment | None = None  # the deployment that answered
 
 
@@ -153,6 +154,30 @@ class Router:
             state.position += 1
         return None
 
+    async def claim_fleet_probe(self, state: RoutingState, route: Route | None) -> Route | None:
+        """``pick`` chose a half-open probe (``state.probe``) and health is shared: the probe
+        first takes one of the fleet's probe slots (a round trip, in half-open only); when
+        they are all taken, the next deployment is picked instead."""
+        while state.probe and self.shared is not None and state.holding is not None:
+            try:
+                claimed = await self.shared.claim_probe(state.holding.name, self.options.health.half_open_probes)
+            except BaseException:  # cancelled (the client left): nothing stays held here
+                self.let_go(state)
+                raise
+            if claimed:
+                state.fleet_probe = True
+                break
+            self.let_go(state)
+            route = self.pick(state)
+        return route
+
+    def probe_over(self, state: RoutingState, deployment: str) -> None:
+        """The probe's outcome is in (``health.record``): its fleet slot is given back, after
+        the new cooldown when it opened the breaker again."""
+        if state.fleet_probe and self.shared is not None:
+            state.fleet_probe = False
+            self.shared.end_probe(deployment, self.health.retry_in(deployment, self.clock()))
+
     def let_go(self, state: RoutingState) -> None:
         dep = state.holding
         if dep is None:
@@ -162,6 +187,9 @@ class Router:
         if state.probe:  # never reached the upstream
             state.probe = False
             self.health.release(dep.name)
+            if state.fleet_probe and self.shared is not None:
+                state.fleet_probe = False
+                self.shared.end_probe(dep.name, 0.0)
 
     def unavailable(self, model: str, state: RoutingState) -> ProxyError:
         now = self.clock()

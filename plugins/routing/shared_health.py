@@ -7,15 +7,29 @@ Redis hash (``<prefix>routing:health``: deployment -> its state, the wall-clock 
 cooldown ends, why) and announced with a change notice (the counters' pub/sub channel),
 both sent behind the request that caused it. On a notice, and once at start-up, every
 other instance reads the hash and takes each deployment's state into its own
-``HealthBoard`` (``HealthBoard.take``). The request path reads only memory. After the
-cooldown each instance probes on its own (so a fleet of N sends up to N x
-``half_open_probes`` probes); the first probe to succeed closes the breaker everywhere,
-one that fails opens it everywhere again. A key of a provider's pool that an upstream
-answered 429 rests on every instance the same way (``KeyPool.on_rest``).
+``HealthBoard`` (``HealthBoard.take``). A closed breaker's request path reads only memory.
+
+After the cooldown the fleet as a whole sends at most ``half_open_probes`` probes at a
+time: a request that would probe first takes one of the fleet's probe slots in Redis (a
+concurrency slot of the counters, ``claim_probe``: one round trip, in half-open only;
+the slot of an instance that dies expires with the counters' ``hold_ttl``). Refused, it
+goes to another deployment as if this one were open. The first probe to succeed closes
+the breaker everywhere; one that fails opens it everywhere again and keeps its slot for
+the new cooldown, so no other instance probes the dead deployment before it has heard.
+With Redis down, each instance keeps to its own cap, as without Redis.
+
+Failure counts stay per instance: sharing them would cost a round trip per answer (or a
+fleet that opens later than one process would). With traffic spread over N instances,
+the fleet sends about N x ``min_requests`` answers to a failing deployment before the
+first instance opens it for all.
+
+A key of a provider's pool that an upstream answered 429 rests on every instance the
+same way (``KeyPool.on_rest``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -24,6 +38,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from proxy import ProxyError
 from proxy.logs import throttled
 
 from .health import CLOSED, OPEN, HealthBoard, HealthEvent
@@ -38,6 +53,7 @@ __all__ = ["SharedHealth"]
 log = logging.getLogger("tollway.routing")
 TOPIC = "routing.health"
 POOL, REST = "key-pool:", "rest"  # a pool key's entry: "key-pool:<provider>#<index>", state "rest"
+PROBES = "routing.probe\x1f"  # + deployment: the counters' concurrency scope of its half-open probes
 
 
 class SharedHealth:
@@ -60,6 +76,23 @@ class SharedHealth:
         entry = orjson.dumps({"state": event.state, "until": time.time() + event.retry_in, "reason": event.reason})
         self.seen[event.deployment] = entry
         self.counters.behind(self._send(event.deployment, entry))
+
+    async def claim_probe(self, deployment: str, cap: int) -> bool:
+        """One of the fleet's ``cap`` probe slots of a half-open deployment (False: all taken)."""
+        try:
+            return await self.counters.enter(PROBES + deployment, cap)
+        except ProxyError:  # Redis down: this instance's own cap only, as without Redis
+            throttled(log, logging.WARNING, "shared_probes", "routing: cannot take a fleet-wide probe slot in Redis; "
+                      "this instance probes within its own half_open_probes until it can")
+            return True
+
+    def end_probe(self, deployment: str, keep_for: float) -> None:
+        """The probe is over: its slot is given back now, or after ``keep_for`` seconds (the
+        cooldown of a breaker it opened again: no other instance probes before then)."""
+        if keep_for > 0:
+            asyncio.get_running_loop().call_later(keep_for, self.counters.leave, PROBES + deployment)
+        else:
+            self.counters.leave(PROBES + deployment)
 
     def watch_pools(self, providers: Mapping[str, Provider]) -> None:
         """Tell the others when one of these providers' pool keys is answered 429 (its rest)."""
