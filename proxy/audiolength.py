@@ -2,15 +2,20 @@
 
 A transcription answered as ``text``, ``srt`` or ``vtt`` reports no usage, so it
 is billed on the gateway's own measure of the upload. A header is the client's
-word: an MP3 whose Xing frame says "1 frame" in front of 26 s of frames, or a
-WAV whose data chunk says 1 s in front of 30 s, would be billed a thousandth of
-what the upstream transcribes. So for these two formats the audio is counted:
-MP3 frame by frame (as a decoder finds them: syncing on each frame header), WAV
-by the bytes that follow its data chunk header. Other formats: None (the caller
-keeps the header's length).
+word: an MP3 whose Xing frame says "1 frame" in front of 26 s of frames, a WAV
+whose data chunk says 1 s in front of 30 s, a FLAC whose STREAMINFO, an Ogg whose
+last granule or an M4A whose ``mdhd`` says 1 s in front of an hour, would be billed
+a fraction of what the upstream transcribes. So the audio is counted as a decoder
+finds it: MP3 frame by frame (syncing on each frame header), WAV by the bytes that
+follow its data chunk header, FLAC, Ogg (Opus, Vorbis) and MP4/M4A (AAC) by their
+frames or packets (``audiopackets.py``, ``audiomp4.py``). Other formats (and those
+codecs in other containers): None, the length is not counted.
 """
 
 from __future__ import annotations
+
+from .audiomp4 import mp4_seconds
+from .audiopackets import flac_seconds, ogg_seconds
 
 __all__ = ["counted_seconds"]
 
@@ -28,13 +33,33 @@ _MAX_RESYNCS = 4096
 
 
 def counted_seconds(data: bytes) -> float | None:
-    """Seconds of audio in an MP3 or WAV file, counted from its frames or samples; None
-    for other formats."""
+    """Seconds of audio in an MP3, WAV, FLAC, Ogg (Opus, Vorbis) or MP4/M4A (AAC) file,
+    counted from its frames, packets or samples; None for other formats, or when none
+    is found."""
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        return _wav_seconds(data)
-    if data[:3] == b"ID3" or data[:2] in (b"\xff\xfb", b"\xff\xfa", b"\xff\xf3", b"\xff\xf2", b"\xff\xe3"):
-        return _mp3_seconds(data)
-    return None
+        seconds = _wav_seconds(data)
+    elif data[:4] == b"OggS":
+        seconds = ogg_seconds(data)
+    elif data[4:8] == b"ftyp":
+        seconds = mp4_seconds(data)
+    else:
+        start = _id3_end(data)  # a decoder skips an ID3v2 tag in front of MP3 and FLAC alike
+        if data[start:start + 4] == b"fLaC":
+            seconds = flac_seconds(data[start:])
+        elif data[start:start + 2] in (b"\xff\xfb", b"\xff\xfa", b"\xff\xf3", b"\xff\xf2", b"\xff\xe3") \
+                or start:
+            seconds = _mp3_seconds(data, start)
+        else:
+            return None
+    return seconds if seconds else None
+
+
+def _id3_end(data: bytes) -> int:
+    """Where the audio starts after an ID3v2 tag (0 without one)."""
+    if data[:3] != b"ID3" or len(data) < 10:
+        return 0
+    size = (data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7 | (data[9] & 0x7F)
+    return 10 + size + (10 if data[5] & 0x10 else 0)
 
 
 def _wav_seconds(data: bytes) -> float | None:
@@ -51,13 +76,9 @@ def _wav_seconds(data: bytes) -> float | None:
     return None
 
 
-def _mp3_seconds(data: bytes) -> float:
-    """Every MPEG audio frame a decoder would find, after an ID3v2 tag; a Xing, Info or
-    VBRI frame (a header, silent) is not counted."""
-    pos = 0
-    if data[:3] == b"ID3" and len(data) >= 10:
-        size = (data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7 | (data[9] & 0x7F)
-        pos = 10 + size + (10 if data[5] & 0x10 else 0)
+def _mp3_seconds(data: bytes, pos: int) -> float:
+    """Every MPEG audio frame a decoder would find from ``pos`` (after an ID3v2 tag); a
+    Xing, Info or VBRI frame (a header, silent) is not counted."""
     seconds, resyncs, first = 0.0, 0, True
     end = len(data)
     while pos + 4 <= end:

@@ -9,7 +9,8 @@
 - ``transcriptions`` and ``translations`` (multipart audio): priced on the
   audio's length, as the upstream reports it (``verbose_json``'s ``duration``,
   ``usage.seconds``) or else as measured from the upload (``text``, ``srt`` and
-  ``vtt`` answers report nothing); token usage is kept when reported.
+  ``vtt`` answers report nothing: those need a length the gateway counted, see
+  ``audio_length``); token usage is kept when reported.
 
 What each unit costs is the pricing plugin's business (``call.billing.units``).
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -29,7 +30,8 @@ from .call import Units, Usage
 from .errors import ProxyError, bad_request
 from .validate import check_int, check_model, check_number
 
-__all__ = ["MEDIA_PATHS", "UPLOAD_ENDPOINTS", "forward_media", "measured_seconds", "validate_media"]
+__all__ = ["MEDIA_PATHS", "UPLOAD_ENDPOINTS", "AudioLength", "audio_length", "forward_media", "measured_seconds",
+           "validate_media"]
 
 if TYPE_CHECKING:
     from .call import Call, Route
@@ -116,21 +118,36 @@ def _number_field(body: dict, name: str, low: float, high: float) -> None:
     check_number(body, name, low, high)
 
 
-def measured_seconds(data: bytes) -> float | None:
-    """The audio's length in seconds, read from its headers (mutagen), or None; for MP3
-    and WAV at least what the file holds (a header that claims less is not believed:
-    ``audiolength.py``)."""
+class AudioLength(NamedTuple):
+    seconds: float | None  # None: unknown
+    counted: bool  # counted from the frames (``audiolength.py``), not only read from a header
+
+
+def audio_length(data: bytes) -> AudioLength:
+    """The audio's length: the larger of its headers' (mutagen) and its frames' count
+    where the format is counted (mp3, wav, flac, ogg opus/vorbis, mp4/m4a aac: a header
+    that claims less than the file holds is not believed), else its headers' alone."""
     import mutagen
 
     try:
         audio = mutagen.File(io.BytesIO(data))
     except Exception:
-        return None
+        audio = None
     length = getattr(getattr(audio, "info", None), "length", None)
     if not (isinstance(length, (int, float)) and math.isfinite(length) and length > 0):
-        return None
-    counted = counted_seconds(data)
-    return max(float(length), counted) if counted is not None else float(length)
+        length = None
+    try:
+        counted = counted_seconds(data)
+    except Exception:  # a file no walker expected (they bound their reads): not counted, never a 500
+        counted = None
+    if counted is None:
+        return AudioLength(None if length is None else float(length), False)
+    return AudioLength(max(float(length or 0.0), counted), True)
+
+
+def measured_seconds(data: bytes) -> float | None:
+    """``audio_length``'s seconds: None when neither a header nor a count gives one."""
+    return audio_length(data).seconds
 
 
 async def forward_media(gateway: Gateway, request: web.Request, call: Call, route: Route) -> web.StreamResponse:

@@ -18,7 +18,7 @@ from .connection import BodyReadTimeout
 from .errors import ProxyError, bad_request, error_response
 from .gateway import GATEWAY_KEY
 from .logs import throttled
-from .media import UPLOAD_ENDPOINTS, measured_seconds, validate_media
+from .media import UPLOAD_ENDPOINTS, audio_length, validate_media
 from .pipeline import JSON, NO_MODEL, answer_here, authenticate, refuse, run_model_call
 from .provider import RESPONSE_ID, UPLOAD
 from .uploads import read_upload
@@ -203,14 +203,14 @@ class ModelRoutes:
             units = validate_media(endpoint, body, upload)
             audio = upload.file("file") if upload is not None and endpoint not in ("image_edits",) else None
             if audio is not None:
-                seconds = await asyncio.to_thread(measured_seconds, raw[audio.start:audio.end])
+                seconds, counted = await asyncio.to_thread(audio_length, raw[audio.start:audio.end])
                 if seconds is not None:
                     units.audio_seconds, units.audio_measured, units.measured_seconds = seconds, True, seconds
-                elif body.get("response_format") in ("text", "srt", "vtt"):
-                    raise bad_request(f"the gateway cannot read the length of {audio.filename!r} (it reads mp3, "
-                                      "mp4/m4a, wav, ogg and flac), and a response_format of text, srt or vtt "
-                                      "reports none: send one of those formats, or ask for json or verbose_json",
-                                      "response_format", "unmeasurable_audio")
+                if not counted and body.get("response_format") in ("text", "srt", "vtt"):
+                    raise bad_request(f"the gateway cannot count the length of {audio.filename!r} (it counts mp3, "
+                                      "wav, flac, ogg with opus or vorbis, and mp4/m4a with aac), and a "
+                                      "response_format of text, srt or vtt reports none: send one of those formats, "
+                                      "or ask for json or verbose_json", "response_format", "unmeasurable_audio")
         except ProxyError as err:
             return await refuse(self.gateway, request, Call(request, endpoint, {}, b""), err)
         call = Call(request, endpoint, body, raw)
