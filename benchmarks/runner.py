@@ -25,6 +25,7 @@ from proxy.processes import process_running
 from .procs import Children, StartError, cpu_plan
 from .progress import Progress
 from .scenarios import Profile, jobs_for
+from .schemas import create_schemas
 from .stats import cpu_seconds, median_of_rounds, rss_mb
 from .targets import BENCH_KEY, Target, argv_for, env_for, runs_on
 
@@ -100,9 +101,16 @@ def start_target(children: Children, t: Target, upstream: str, logdir: Path, cpu
     """Start ``t`` (its command after ``wrap``, e.g. valgrind's) and wait until it listens."""
     if t.kind == "url":
         return
+    env = env_for(t, upstream, logdir)
+    try:
+        if t.config is not None:
+            create_schemas(t.config, env)
+    except Exception as exc:  # the target cannot start without them: say why, in one line
+        t.failed = f"could not create the PostgreSQL schema its storage.url names: {type(exc).__name__}: {exc}"
+        return
     try:
         child = children.start_server(t.name, [*wrap, *argv_for(t, upstream)], cpus=cpus,
-                                      env=env_for(t, upstream, logdir), cwd=t.src, timeout=timeout)
+                                      env=env, cwd=t.src, timeout=timeout)
     except StartError as exc:
         t.failed = str(exc)
         return

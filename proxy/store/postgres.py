@@ -49,6 +49,16 @@ def _asyncpg() -> Any:
     return asyncpg
 
 
+def missing_schema(search_path: str, database: str) -> str:
+    """The start-up error when no schema named by ``search_path`` exists. tollway does not create
+    it: a misspelt schema would be a new, empty store (YAML keys funded again, no ledger)."""
+    names = [n.strip() for n in search_path.split(",") if n.strip() and n.strip() != '"$user"']
+    first = names[0] if names else "tollway"
+    quoted = first if re.fullmatch(r"[a-z_][a-z0-9_$]*", first) else '"' + first.strip('"').replace('"', '""') + '"'
+    return (f"storage.url: PostgreSQL database {database!r} has no schema named by its search_path "
+            f"({search_path}); create it (create schema {quoted};) or fix the search_path in storage.url")
+
+
 class PostgresStore(Store):
     kind = "postgres"
     shared = True
@@ -66,12 +76,21 @@ class PostgresStore(Store):
             # each time it failed to reopen it during an outage); each opens when first needed.
             self._pool = await asyncpg.create_pool(self.url, min_size=0, max_size=10, timeout=CONNECT_TIMEOUT_S,
                                                    command_timeout=COMMAND_TIMEOUT_S)
-            await self._pool.fetchval("select 1")  # say now, in one line, when it cannot be reached
+            # Say now, in one line, when it cannot be reached, or when no schema of the search_path exists
+            # (the tables would have nowhere to go).
+            schema, path, database = await self._pool.fetchrow(
+                "select current_schema(), current_setting('search_path'), current_database()")
         except Exception as exc:
-            if self._pool is not None:
-                await self._pool.close()
-                self._pool = None
+            await self._drop_pool()
             raise ConfigError(f"storage.url: cannot connect to PostgreSQL: {exc}") from None
+        if schema is None:
+            await self._drop_pool()
+            raise ConfigError(missing_schema(path, database))
+
+    async def _drop_pool(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     async def close(self) -> None:
         for conn in self._claims.values():
