@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from proxy import Call, Gateway, ProxyError, StateKey, hookimpl
+from proxy import Call, Gateway, ProxyError, StateKey, hookimpl, settles_before_end
 
 from .accounts import ACCOUNTS, Accounts, KeyRecord, Limits, ModelLimits
 from .accounts.checks import check_config
@@ -237,6 +237,7 @@ class Plugin:
                           extra={"limit": rule.limit, "used": used, "resetAt": iso_at(time.time() + retry)})
 
     @hookimpl
+    @settles_before_end  # with shared counters, the correction joins the charge's write to Redis
     async def tollway_settle(self, call: Call) -> None:
         taken = call.state.get(TAKEN)
         if taken is None or taken.reconciled or not taken.token_rules:

@@ -92,6 +92,7 @@ class RedisLink:
         self.redis = Redis(connection_pool=pool)
         self.conn_url = conn_url
         self.pipe: RedisPipe | None = None  # the scripts' pipelined connection (see redis_pipe.py)
+        self.before_write: Callable[[], None] | None = None  # each pipe's (RedisPipe.before_write)
         self._shas: dict[str, str] = {}
         self.down = False
         self._probe: asyncio.Task | None = None
@@ -118,6 +119,7 @@ class RedisLink:
         if self.pipe is not None:
             self.pipe.close()
         self.pipe = await RedisPipe.connect(options, self.timeout)
+        self.pipe.before_write = self.before_write
 
     def _sha(self, source: str) -> str:
         sha = self._shas.get(source)
@@ -232,6 +234,9 @@ class RedisCounters(Counters):
         self.live: dict[str, set[str]] = {}  # sorted-set key -> members this instance keeps alive
         self._behind: set[asyncio.Future] = set()
         self._adjusts: list[tuple[str, float]] = []  # (TAT key, seconds) to send at the end of this turn
+        link.before_write = self._send_adjusts  # (with the turn's write, when there is one)
+        if link.pipe is not None:
+            link.pipe.before_write = self._send_adjusts
         self._listeners: dict[str, list[Callable[[], object]]] = {}
         self._tasks: list[asyncio.Task] = []
         self.ttl_ms = int(link.hold_ttl * 1000)
@@ -287,7 +292,9 @@ class RedisCounters(Counters):
 
     def adjust(self, rules: tuple[Rule, ...], tokens: int) -> None:
         """Corrections are gathered for one event-loop turn and sent as ONE ``ADJUST`` (under
-        load, many requests settle in the same turn: one script for all of them)."""
+        load, many requests settle in the same turn: one script for all of them), in the
+        turn's write when there is one (a metered request's ``SETTLE``: ratelimit's settle
+        runs before the answer's end with it), so no write and no reply of its own."""
         tats = self.tats
         pending = self._adjusts
         if not pending:

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tollway.accounts")
 
 GROUP = "writers"
+COST = LedgerRow._fields.index("cost_micro_usd")
 
 
 class Settled(NamedTuple):
@@ -67,7 +68,7 @@ class Settled(NamedTuple):
 
 class StreamEntry(NamedTuple):
     entry_id: bytes
-    row: LedgerRow | None
+    row: LedgerRow | None  # with the charge as its cost (what the store keeps)
     account_id: str
     charge: int
 
@@ -254,8 +255,11 @@ def _entries(raw: list) -> tuple[list[StreamEntry], list[bytes]]:
             gone.append(entry_id)
             continue
         data = fields[b"row"]
+        charge = int(fields[b"charge"])
         row = None
         if data:
-            row = LedgerRow(*orjson.loads(data))
-        out.append(StreamEntry(entry_id, row, fields[b"acct"].decode(), int(fields[b"charge"])))
+            values = orjson.loads(data)
+            values[COST] = charge  # what SETTLE charged (at most what the account had free)
+            row = LedgerRow(*values)
+        out.append(StreamEntry(entry_id, row, fields[b"acct"].decode(), charge))
     return out, gone

@@ -21,9 +21,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hiredis
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class PipeClosed(ConnectionError):
@@ -41,6 +44,9 @@ class RedisPipe(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._watchdog: asyncio.TimerHandle | None = None
         self._written: asyncio.Future | None = None  # see written()
+        #: Called right before each write: what was gathered for the turn (token corrections)
+        #: joins the commands written anyway, instead of a write of its own in a later turn.
+        self.before_write: Callable[[], None] | None = None
 
     @classmethod
     async def connect(cls, options: dict[str, Any], timeout: float) -> RedisPipe:
@@ -89,15 +95,24 @@ class RedisPipe(asyncio.Protocol):
 
     # -- calls -----------------------------------------------------------------------------
     def send(self, packed: bytes) -> asyncio.Future:
-        """Queue one packed command; its reply (a ``hiredis.ReplyError`` for an error) is the future's."""
+        """Queue one packed command; its reply (a ``hiredis.ReplyError`` for an error) is the future's.
+
+        Written at the end of the turn with every other command of the turn (one ``write``),
+        or at once when the connection is idle (no command queued nor waiting for its reply:
+        one request at a time, nothing to share the write with; a turn's wait would only cost
+        a loop iteration and latency)."""
         if self.closed:
             raise PipeClosed("the connection to Redis is closed")
         future = self._loop.create_future()
-        self.waiting.append((future, time.monotonic()))
+        waiting = self.waiting
         out = self.out
-        if not out:
-            self._loop.call_soon(self._flush)
+        idle = not out and not waiting
+        waiting.append((future, time.monotonic()))
         out.append(packed)
+        if idle:
+            self._flush()
+        elif len(out) == 1:
+            self._loop.call_soon(self._flush)
         return future
 
     def written(self) -> asyncio.Future | None:
@@ -114,6 +129,8 @@ class RedisPipe(asyncio.Protocol):
         return written
 
     def _flush(self) -> None:
+        if self.before_write is not None and not self.closed:
+            self.before_write()
         if self.out and self.transport is not None and not self.closed:
             data = b"".join(self.out)
             self.out.clear()

@@ -284,7 +284,7 @@ class Writer:
                         if e.row.id in stored:
                             continue
                         stored.add(e.row.id)
-                        rows.append(e.row._replace(cost_micro_usd=e.charge))
+                        rows.append(e.row)  # (its cost is the charge: redis_credit._entries)
                     if e.charge:
                         d = deltas.setdefault(e.account_id, [0, 0])
                         d[0] -= e.charge

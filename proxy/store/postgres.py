@@ -12,6 +12,7 @@ hang; the pool opens new connections when it is back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import socket
@@ -28,6 +29,7 @@ COMMAND_TIMEOUT_S = 60.0  # any statement; nothing on the request path waits on 
 PING_TIMEOUT_S = 2.0  # /health/ready
 
 
+@functools.lru_cache(maxsize=512)  # the same few statements over and over (the writer's, every flush)
 def to_dollar(sql: str) -> str:
     """Rewrite ``?`` placeholders as ``$1, $2, ...``."""
     n = 0

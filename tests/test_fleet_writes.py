@@ -1,0 +1,63 @@
+"""What a metered, rate-limited request writes to Redis, through the real server: its ``ADMIT``,
+then its ``SETTLE`` with the token correction (``ADJUST``) in the same write, before the
+answer's end. Each write to Redis is a system call and a wake-up of Redis, the largest
+part of what shared counters add per request (``benchmarks/RESULTS.md``, issue 11's
+fourth round); before, the correction was a third write after the answer, with a reply
+of its own.
+
+Redis at 127.0.0.1:6379 (its own key prefix) and a PostgreSQL schema of its own."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from business import DEMO, biz_config, chat
+from fleet import redis_url
+from stores import fresh_database
+
+from plugins.accounts import redis_scripts as lua
+from plugins.accounts.counters import COUNTERS
+
+pytestmark = pytest.mark.fleet
+
+
+@pytest.fixture
+async def pg_url(tmp_path):
+    async with fresh_database("postgres", tmp_path) as url:
+        yield url
+
+
+async def test_one_request_at_a_time_writes_its_admit_then_its_charge_with_its_correction(pg_url, start_gateway):
+    config = biz_config(keys=[{"name": "demo", "key": DEMO, "credits": 5.0, "limits": {"tpm": 1_000_000}}])
+    config["storage"] = {"url": pg_url, "counters": redis_url()}
+    running = await start_gateway(config)
+    async with aiohttp.ClientSession() as s:
+        status, _, body = await chat(s, running, DEMO, max_tokens=500)  # seeds the account in Redis
+        assert status == 200, body
+        counters = await running.gw.services.open(COUNTERS)
+        link = counters.link
+        transport = link.pipe.transport
+        sent: list[bytes] = []
+        write = transport.write
+
+        def counted(data: bytes) -> None:
+            sent.append(bytes(data))
+            write(data)
+
+        transport.write = counted
+        try:
+            for _ in range(5):
+                before = len(sent)
+                # max_tokens far above what the answer uses: the estimate is corrected (ADJUST).
+                status, headers, body = await chat(s, running, DEMO, max_tokens=500)
+                assert status == 200, body
+                assert float(headers["x-tollway-cost"]) > 0
+                mine = sent[before:]
+                assert len(mine) == 2, [m[:60] for m in mine]
+                admit, charge = mine
+                assert link._sha(lua.ADMIT).encode() in admit
+                assert link._sha(lua.SETTLE).encode() in charge and link._sha(lua.ADJUST).encode() in charge
+            await counters.settled()
+        finally:
+            transport.write = write
+    assert len(sent) == 10  # nothing more was written after the answers (no correction of its own)
