@@ -265,17 +265,17 @@ async def add_credits(tx, account_id: str, micro: int, now: float) -> None:
 async def write_batch(tx, rows: Iterable[LedgerRow], deltas: dict[str, list[int]], marker: str, seq: int) -> None:
     """Ledger rows, the rollups they change, balance changes and the writer's batch number,
     inside the transaction ``tx``."""
-    await tx.run_steps(_batch_steps(tx, list(rows), deltas, marker, seq))
+    await tx.run_steps(await _batch_steps(tx, list(rows), deltas, marker, seq))
 
 
 async def store_batch(store, rows: list[LedgerRow], deltas: dict[str, list[int]], marker: str, seq: int) -> None:
     """``write_batch`` in a transaction of its own (the writer's flush): on SQLite the
     whole flush is one trip to its thread."""
-    await store.run_atomically(_batch_steps(store, rows, deltas, marker, seq))
+    await store.run_atomically(await _batch_steps(store, rows, deltas, marker, seq))
 
 
-def _batch_steps(store, rows: list[LedgerRow], deltas: dict[str, list[int]], marker: str, seq: int) -> list:
-    steps = _row_steps(store, rows, deltas)
+async def _batch_steps(store, rows: list[LedgerRow], deltas: dict[str, list[int]], marker: str, seq: int) -> list:
+    steps = await _row_steps(store, rows, deltas)
     steps.append(("insert into tollway_meta (name, value) values (?, ?) "
                   "on conflict (name) do update set value = excluded.value", (marker, seq), False))
     return steps
@@ -284,12 +284,12 @@ def _batch_steps(store, rows: list[LedgerRow], deltas: dict[str, list[int]], mar
 async def write_rows(tx, rows: list[LedgerRow], deltas: dict[str, list[int]]) -> None:
     """Ledger rows, their rollups and balance changes (no batch number: rows taken from
     the shared ledger stream are made idempotent by ``existing_rows``)."""
-    await tx.run_steps(_row_steps(tx, rows, deltas))
+    await tx.run_steps(await _row_steps(tx, rows, deltas))
 
 
-def _row_steps(tx, rows: list[LedgerRow], deltas: dict[str, list[int]]) -> list:
+async def _row_steps(tx, rows: list[LedgerRow], deltas: dict[str, list[int]]) -> list:
     steps = tx.insert_steps("tollway_ledger", LEDGER_COLUMNS, rows) if rows else []
-    steps += rollups.batch_steps(LEDGER_COLUMNS, rows)
+    steps += await rollups.batch_steps(LEDGER_COLUMNS, rows)
     if deltas:
         steps.append((APPLY_DELTA, [(d[0], d[1], aid) for aid, d in deltas.items()], True))
     return steps

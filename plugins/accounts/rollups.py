@@ -27,6 +27,7 @@ and rebuilds them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from bisect import bisect_right
@@ -190,12 +191,22 @@ def project(rows: Iterable[tuple], view: str) -> list[tuple]:
     return [d + tuple(acc) for d, acc in out.items()]
 
 
-def batch_steps(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[tuple[str, list[tuple], bool]]:
-    """The upserts that count ledger rows into the rollups, as ``Store.run_steps`` steps."""
+#: Rows summed between two turns of the event loop when a flush counts its rows (``batch_steps``).
+SLICE_ROWS = 64
+
+
+async def batch_steps(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[tuple[str, list[tuple], bool]]:
+    """The upserts that count ledger rows into the rollups, as ``Store.run_steps`` steps.
+    Summed ``SLICE_ROWS`` rows at a time, letting the event loop run in between: a
+    flush's rows at once (a few hundred at 1,000+ requests/s, about a microsecond
+    each) held up every request that arrived meanwhile (the p99 at concurrency 1)."""
     if not rows:
         return []
     agg = Aggregator(columns)
-    agg.add(rows)
+    for start in range(0, len(rows), SLICE_ROWS):
+        if start:
+            await asyncio.sleep(0)
+        agg.add(rows[start:start + SLICE_ROWS])
     return [(UPSERT[base + view], project(grain_rows, view), True)
             for (base, _), grain_rows in zip(GRAINS, agg.rows(), strict=True) for view in VIEWS]
 
