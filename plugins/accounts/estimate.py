@@ -71,20 +71,6 @@ async def _count(text_of: Callable[[], str], size: int) -> int:
         return byte_count(size)
 
 
-def _image_parts(body: dict) -> int:
-    items = body.get("input")  # a Responses API body's messages are its items (call_input_is_items, inline)
-    messages = items if isinstance(items, list) and "messages" not in body else body.get("messages")
-    n = 0
-    for message in messages or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and part.get("type") in ("image_url", "image", "input_image",
-                                                                   "document"):
-                    n += 1
-    return n
-
-
 def call_input_is_items(body: dict) -> bool:
     """A Responses API body, whose messages are its ``input`` items."""
     return isinstance(body.get("input"), list) and "messages" not in body
@@ -92,9 +78,10 @@ def call_input_is_items(body: dict) -> bool:
 
 def prompt_bound(call: Call) -> int:
     window = call.route.config.context_window if call.route is not None else None
-    if _context_upstream(call.body):
+    images = _image_parts(call.body)
+    if images is None:
         return window or UNKNOWN_WINDOW
-    bound = len(call.body_bytes()) + IMAGE_TOKENS * _image_parts(call.body)
+    bound = len(call.body_bytes()) + IMAGE_TOKENS * images
     return min(bound, window) if window else bound
 
 
@@ -107,27 +94,38 @@ SERVER_TOOLS = ("web_search", "web_fetch", "code_execution", "code_interpreter",
 UNKNOWN_WINDOW = 1_000_000
 
 
-def _context_upstream(body: dict) -> bool:
-    """Whether part of the prompt is not in the body, so its bytes do not bound it: a stored
-    conversation (``previous_response_id``, ``conversation``) or prompt (``prompt: {id}``),
-    a file or document part, a tool the upstream runs itself."""
+#: Content parts that count ``IMAGE_TOKENS`` each in a prompt's bound.
+IMAGE_PARTS = frozenset(("image_url", "image", "input_image", "document"))
+
+
+def _image_parts(body: dict) -> int | None:
+    """The prompt's image parts; None when part of the prompt is not in the body, so its
+    bytes do not bound it: a stored conversation (``previous_response_id``,
+    ``conversation``) or prompt (``prompt: {id}``), a file or document part, a tool the
+    upstream runs itself. (One pass over the messages for both questions.)"""
     if body.get("previous_response_id") is not None or body.get("conversation") is not None \
             or isinstance(body.get("prompt"), dict) or body.get("mcp_servers") or body.get("web_search_options"):
-        return True
+        return None
     tools = body.get("tools")
     if isinstance(tools, list):
         for tool in tools:
             kind = tool.get("type") if isinstance(tool, dict) else None
             if isinstance(kind, str) and kind.startswith(SERVER_TOOLS):
-                return True
-    items = body.get("input") if call_input_is_items(body) else body.get("messages")
-    for message in items if isinstance(items, list) else ():
+                return None
+    items = body.get("input")  # a Responses API body's messages are its items (call_input_is_items, inline)
+    messages = items if isinstance(items, list) and "messages" not in body else body.get("messages")
+    n = 0
+    for message in messages if isinstance(messages, list) else ():
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
             for part in content:
-                if isinstance(part, dict) and part.get("type") in FILE_PARTS:
-                    return True
-    return False
+                if isinstance(part, dict):
+                    kind = part.get("type")
+                    if kind in FILE_PARTS:
+                        return None
+                    if kind in IMAGE_PARTS:
+                        n += 1
+    return n
 
 
 OUTPUT_CAPS = ("max_completion_tokens", "max_tokens", "max_output_tokens")

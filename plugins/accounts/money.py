@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING
 
+from multidict import istr
+
 if TYPE_CHECKING:
     from proxy import Call
 
@@ -62,13 +64,16 @@ def format_usd(micro: int) -> str:
     return f"-{whole}.{frac:06d}"
 
 
+COST_HEADER = istr("x-tollway-cost")  # (an istr: see HEADER_NAMES in gcra.py)
+
+
 def tell_cost(call: Call, micro: int) -> None:
     """Set a request's cost and what its client is told of it, together: ``usage.cost``
     (JSON, or a stream's final usage chunk) and, on a non-stream answer, ``x-tollway-cost``."""
     call.billing.cost_micro = micro
     call.billing.usage_extra["cost"] = micro / 1_000_000
     if not call.stream:
-        call.response.headers["x-tollway-cost"] = format_usd(micro)
+        call.response.headers[COST_HEADER] = format_usd(micro)
 
 
 FEMTO_PER_USD = MICRO * FEMTO_PER_MICRO

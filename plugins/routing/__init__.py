@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from multidict import istr
+
 from proxy import Call, Gateway, ProxyError, Route, Snapshot, StateKey, hookimpl
 
 from .admin import upstreams_routes
@@ -43,6 +45,9 @@ from .router import ROUTER, Router, RoutingState
 __all__ = ["ROUTER", "ROUTING", "HealthEvent", "Plugin", "Router", "RoutingState"]
 
 ATTEMPTS = tuple(str(n) for n in range(12))  # x-tollway-attempts values, made once
+# (istr: the answer's case-insensitive headers take the name without folding it again: gcra.py says why)
+MODEL_HEADER, PROVIDER_HEADER, ATTEMPTS_HEADER = istr("x-tollway-model"), istr("x-tollway-provider"), \
+    istr("x-tollway-attempts")
 
 #: ``call.state`` key: the routing plugin's state of this request.
 ROUTING: StateKey[RoutingState] = StateKey("routing.state")
@@ -104,10 +109,10 @@ class Plugin:
     @hookimpl
     async def tollway_attempt(self, call: Call, route: Route, error: ProxyError | None) -> None:
         headers = call.response.headers
-        headers["x-tollway-model"] = route.model
-        headers["x-tollway-provider"] = route.provider.name
+        headers[MODEL_HEADER] = route.model
+        headers[PROVIDER_HEADER] = route.provider.name
         attempts = call.upstream_attempts
-        headers["x-tollway-attempts"] = ATTEMPTS[attempts] if attempts < len(ATTEMPTS) else str(attempts)
+        headers[ATTEMPTS_HEADER] = ATTEMPTS[attempts] if attempts < len(ATTEMPTS) else str(attempts)
         state = call.state.get(ROUTING)
         router = self.router
         if state is None or state.holding is None or router is None:
