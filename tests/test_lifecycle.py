@@ -172,7 +172,10 @@ async def test_sigterms_back_to_back_never_kill_a_stopping_server(tmp_path, serv
     assert "watch:" not in err, err
     assert server.proc.returncode == 0, err
     assert sent > 1 and "tollway: stopping: finishing in-flight requests" in err
-    assert err.count("already stopping") == 1  # said once, however many came
+    # Said at most once, however many came. (Not exactly once: signals sent before the first is
+    # handled merge into one, and those after the stop ends are ignored unsaid, so a quick stop
+    # may never see a second one.)
+    assert err.count("already stopping") <= 1
 
 
 async def test_a_stop_stuck_past_its_limit_exits_by_itself_saying_where(tmp_path, servers):
