@@ -61,6 +61,8 @@ async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call)
                 await authenticate(gateway, call)
             if call.model is NO_MODEL:
                 default_model(gateway, call)
+            if call.dialect == "responses":  # continuing a stored response: the caller's own only
+                await gateway.stored_responses.check_continued(call)
             await resolve(gateway, call)
             admitted = True
             for admit in hooks.admit:
@@ -171,6 +173,8 @@ async def refuse(gateway: Gateway, request: web.Request, call: Call, err: ProxyE
 
 
 async def on_usage(gateway: Gateway, call: Call) -> None:
+    if call.dialect == "responses":  # continued by its id from now on: known before the client has the answer
+        gateway.stored_responses.remember_call(call)
     for hook in gateway.hooks.usage:
         await hook(call)
 

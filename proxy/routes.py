@@ -20,7 +20,7 @@ from .gateway import GATEWAY_KEY
 from .logs import throttled
 from .media import UPLOAD_ENDPOINTS, audio_length, validate_media
 from .pipeline import JSON, NO_MODEL, answer_here, authenticate, refuse, run_model_call
-from .provider import RESPONSE_ID, UPLOAD
+from .provider import UPLOAD
 from .uploads import read_upload
 from .upstream_items import count_tokens, stored_response
 from .validate import check_depth, validate_embeddings
@@ -166,9 +166,8 @@ class ModelRoutes:
                                                                 self.gateway.snapshot), err)
         call = Call(request, endpoint, body, raw, dialect, self.gateway.snapshot)
         resp = await run_model_call(self.gateway, request, call)
-        response_id = call.state.get(RESPONSE_ID)
-        if response_id is not None and call.route is not None:
-            self.gateway.stored_responses.remember(response_id, call.route, call.principal)
+        if dialect == "responses":
+            self.gateway.stored_responses.remember_call(call)
         return resp
 
     async def chat(self, request: web.Request) -> web.StreamResponse:

@@ -2,10 +2,14 @@
 
 A stored response lives in the upstream that created it, under the operator's
 upstream key: ``GET``/``DELETE /v1/responses/{id}`` must go to that provider, and
-only for the account that created it. Kept in memory (bounded: the newest are
-kept) and in the store (table ``tollway_responses``, written behind, off the
-request's path), so a restarted gateway, or another instance on the same
-PostgreSQL, still finds them.
+only for the account that created it (a key's own id when it has no account). A
+request that continues one (``previous_response_id``) reads its whole context, so
+the same rule holds there (``check_continued``): an id another account created, or
+one the gateway never saw, is answered as OpenAI answers an id it does not know
+(400 ``previous_response_not_found``), before any upstream is called. Kept in
+memory (bounded: the newest are kept) and in the store (table ``tollway_responses``,
+written behind, off the request's path), so a restarted gateway, or another
+instance on the same PostgreSQL, still finds them.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .errors import ProxyError
 from .logs import throttled
+from .provider import RESPONSE_ID
 from .store import Migration, migrate
 
 if TYPE_CHECKING:
-    from .call import Principal, Route
+    from .call import Call, Principal, Route
     from .store import Store
 
 log = logging.getLogger("tollway")
@@ -65,6 +71,15 @@ class StoredResponses:
         while len(self._items) > self._limit:
             self._items.popitem(last=False)
 
+    def remember_call(self, call: Call) -> None:
+        """Remember the response a Responses API call created (``RESPONSE_ID``), once: as soon
+        as its usage is read, before the client has the whole answer (so that it can continue
+        it at once, here or on another instance), and at the end (a stream cut before its usage).
+        The first to remember an id owns it."""
+        response_id = call.state.get(RESPONSE_ID)
+        if response_id is not None and call.route is not None and response_id not in self._items:
+            self.remember(response_id, call.route, call.principal)
+
     def remember(self, response_id: str, route: Route, principal: Principal | None) -> None:
         item = StoredResponse(route.provider.name, principal.account_id if principal is not None else None,
                               time.time())
@@ -85,6 +100,17 @@ class StoredResponses:
         if item.account_id is not None and (principal is None or principal.account_id != item.account_id):
             return None
         return item
+
+    async def check_continued(self, call: Call) -> None:
+        """400 unless the response a Responses request continues (``previous_response_id``)
+        was created through the gateway for the caller's account: the same answer for one
+        another account made and for one that does not exist, so neither is told apart."""
+        response_id = call.body.get("previous_response_id")
+        if response_id is None:
+            return
+        if not isinstance(response_id, str) or await self.owned(response_id, call.principal) is None:
+            raise ProxyError(400, f"Previous response with id {response_id!r} not found.",
+                             param="previous_response_id", code="previous_response_not_found")
 
     def forget(self, response_id: str) -> None:
         self._items.pop(response_id, None)

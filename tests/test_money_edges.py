@@ -231,12 +231,14 @@ async def budgeted(start_gateway, serve_upstream, prompt_tokens: int = 10):
 
 
 async def told_and_taken(running, s, path: str, body: dict) -> tuple[int, int]:
+    """What one request was told it cost, and what its ledger row says (the key's spend grew by both)."""
+    before = (await credits(s, running, DEMO))["spent_micro_usd"]
     async with s.post(running.url + path, json=body, headers=bearer(DEMO)) as r:
         assert r.status == 200, await r.text()
         told = round(float(r.headers["x-tollway-cost"]) * 1e6)
     await settled(running, "cfg_demo")
-    [row] = await ledger_rows(running, "cost")
-    assert (await credits(s, running, DEMO))["spent_micro_usd"] == row["cost"] == told
+    row = (await ledger_rows(running, "cost"))[-1]
+    assert (await credits(s, running, DEMO))["spent_micro_usd"] - before == row["cost"] == told
     return told, row["cost"]
 
 
@@ -251,7 +253,7 @@ async def test_n_answers_hold_n_output_caps(start_gateway, serve_upstream):
 
 
 @pytest.mark.parametrize("upstream_part", [
-    {"previous_response_id": "resp_x"}, {"conversation": "conv_x"}, {"prompt": {"id": "pmpt_x"}},
+    {"previous_response_id": "resp_y"}, {"conversation": "conv_x"}, {"prompt": {"id": "pmpt_x"}},
     {"tools": [{"type": "web_search"}]},
     {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-x"}]}]}])
 async def test_a_prompt_partly_upstream_is_held_at_the_context_window(start_gateway, serve_upstream, upstream_part):
@@ -260,6 +262,8 @@ async def test_a_prompt_partly_upstream_is_held_at_the_context_window(start_gate
     charged as the few dozen the body held, under a budget); the context window does."""
     running = await budgeted(start_gateway, serve_upstream, prompt_tokens=100_000)
     async with aiohttp.ClientSession() as s:
+        if "previous_response_id" in upstream_part:  # (the key's own: made through the gateway first)
+            await told_and_taken(running, s, "/responses", {"model": "up", "input": "hi", "max_output_tokens": 16})
         told, _ = await told_and_taken(running, s, "/responses",
                                        {"model": "up", "input": "go on", "max_output_tokens": 16, **upstream_part})
     assert told == 100_000 * 1 + 1 * 2

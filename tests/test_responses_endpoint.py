@@ -14,8 +14,10 @@ import orjson
 import pytest
 from business import DEMO, add_claude, bearer, biz_config, credits, ledger_rows
 
+from benchmarks.mock_upstream import STATS_KEY
 from plugins.accounts.tokens import count_tokens
 from plugins.providers.responses_stream import stream_text
+from proxy import hookimpl
 
 OTHER = "sk-test-other-key-0002"
 TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather in a city",
@@ -85,7 +87,8 @@ async def test_stream_with_the_sdk_helper_bills_the_terminal_events_usage(runnin
 
 
 async def test_stream_bytes_pass_through_unchanged_but_the_terminal_usage_gains_cost(running, mock_upstream):
-    body = {"model": "upstream-model", "input": "hi", "stream": True}
+    # (with its output cap: without one, a metered request goes up with the one it is held for)
+    body = {"model": "upstream-model", "input": "hi", "stream": True, "max_output_tokens": 500}
     async with aiohttp.ClientSession() as s:
         async with s.post(f"{mock_upstream.url}/responses", json=body) as r:
             direct = await r.read()
@@ -172,6 +175,75 @@ async def test_stored_responses_are_read_and_deleted_by_their_own_account_only(r
         assert resp.status == 401
     # Reading and deleting cost nothing: one ledger row, the creation's.
     assert [row["endpoint"] for row in await ledger(running)] == ["responses"]
+
+
+async def test_a_stored_response_is_continued_by_its_own_account_only(start_gateway, mock_upstream):
+    """``previous_response_id`` hands the upstream the whole stored conversation: a key of
+    another account (or no account) continuing it would read it. Refused before any upstream
+    is called, with the answer OpenAI gives an id it does not know, so an id another account
+    made is not told apart from one never made; the account's other keys may continue it."""
+    mate = "sk-test-same-account-03"
+    config = biz_config(mock_upstream.url, keys=[{"name": "demo", "key": DEMO, "credits": 5.0, "account": "acme"},
+                                                 {"name": "mate", "key": mate, "account": "acme"},
+                                                 {"name": "other", "key": OTHER, "credits": 5.0}])
+    add_claude(config, mock_upstream.url.removesuffix("/v1"), model="text")
+    running = await start_gateway(config)
+    stats = mock_upstream.app[STATS_KEY]
+    async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as client, \
+            openai.AsyncOpenAI(base_url=running.url, api_key=OTHER, max_retries=0) as other, \
+            openai.AsyncOpenAI(base_url=running.url, api_key=mate, max_retries=0) as same_account:
+        made = await client.responses.create(model="up", input="my secret is 42")
+        sent = stats["requests"]
+        refusals = []
+        for rid, stream in ((made.id, False), (made.id, True), ("resp_never_made", False)):
+            with pytest.raises(openai.BadRequestError) as exc:
+                await other.responses.create(model="up", input="what is my secret?", previous_response_id=rid,
+                                             stream=stream)
+            refusals.append(exc.value.body)
+        assert stats["requests"] == sent  # the upstream never saw them
+        assert [r["code"] for r in refusals] == ["previous_response_not_found"] * 3
+        assert [r["param"] for r in refusals] == ["previous_response_id"] * 3
+        assert refusals[0]["message"] == f"Previous response with id {made.id!r} not found."
+        assert refusals[2]["message"] == "Previous response with id 'resp_never_made' not found."
+        again = await client.responses.create(model="up", input="what is my secret?", previous_response_id=made.id)
+        assert stats["last_body"]["previous_response_id"] == made.id and again.output_text
+        await same_account.responses.create(model="up", input="and now?", previous_response_id=again.id)
+        assert stats["requests"] == sent + 2
+        with pytest.raises(openai.BadRequestError) as exc:  # its own, but Anthropic keeps no Responses memory
+            await client.responses.create(model="claude", input="and now?", previous_response_id=made.id)
+        assert exc.value.body["code"] == "unsupported_parameter"
+    rows = await ledger(running)
+    assert [(r["key"], r["status"], r["cost"]) for r in rows if r["key"] == "cfg_other"] == [
+        ("cfg_other", 400, 0)] * 3
+    assert await spent(running, OTHER) == 0
+
+
+class SlowToFinish:
+    """A plugin whose ``tollway_finish`` takes a while (a slow store, a busy loop): the client
+    has its whole answer before the call is over."""
+
+    @hookimpl
+    async def tollway_finish(self, call) -> None:
+        if call.endpoint == "responses" and "previous_response_id" not in call.body:
+            await asyncio.sleep(1.0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_response_can_be_continued_as_soon_as_the_client_has_it(start_gateway, mock_upstream, stream):
+    """Its owner is remembered when its usage is read, before the answer's last bytes: a
+    continuation sent at once is not refused as unknown (it was until the first call ended)."""
+    config = biz_config(mock_upstream.url, keys=[{"name": "demo", "key": DEMO, "credits": 5.0}])
+    running = await start_gateway(config, plugins=[SlowToFinish()])
+    async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as client:
+        if stream:
+            events = [e async for e in await client.responses.create(model="up", input="hi", stream=True)]
+            made_id = events[-1].response.id
+        else:
+            made_id = (await client.responses.create(model="up", input="hi")).id
+    # On a connection of its own (the first one's next request waits for the first call's end).
+    async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as client:
+        again = await client.responses.create(model="up", input="and then?", previous_response_id=made_id)
+    assert again.output_text and mock_upstream.app[STATS_KEY]["last_body"]["previous_response_id"] == made_id
 
 
 @pytest.mark.parametrize(("body", "param"), [

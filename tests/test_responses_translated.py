@@ -88,7 +88,7 @@ async def test_the_upstream_gets_the_translated_request(env):
 
 
 @pytest.mark.parametrize(("extra", "param"), [
-    ({"previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"conversation": "conv_1"}, "conversation"),
     ({"store": True}, "store"),
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({"input": [{"type": "file_search_call", "id": "x"}]}, "input[0].type"),
