@@ -37,7 +37,7 @@ from .accounts.estimate import byte_usage, counted_usage
 from .accounts.money import MICRO, PriceBook, multiplier_ppm, tell_cost
 from .accounts.options import QuotasOptions
 from .accounts.tokens import preload
-from .accounts.units import unit_cost
+from .accounts.units import AUDIO_ENDPOINTS, billed_seconds, unit_cost
 
 log = logging.getLogger("tollway.pricing")
 
@@ -76,6 +76,8 @@ class Plugin:
         if billing.units is not None:  # images, speech, transcriptions: by the unit where the model says so
             ppm = MICRO if billing.price_multiplier == 1.0 else multiplier_ppm(billing.price_multiplier)
             cost = unit_cost(call, self.prices.of(call.route, call.billing.caller_key), ppm)
+            if cost is not None and call.endpoint in AUDIO_ENDPOINTS:  # the ledger's audio_ms: the length billed
+                billing.units.audio_seconds = billed_seconds(call)
         if cost is None:
             if billing.usage is None:
                 try:

@@ -7,7 +7,9 @@ of its prompt tokens (see ``plugins/accounts/estimate.py``) x input price +
 its output cap (``max_completion_tokens``/``max_tokens``, else the model's
 ``max_output_tokens``, else ``plugins.quotas.default_max_tokens``) x output
 price. When the account's balance minus its outstanding reservations cannot
-cover it: 402, saying what was needed and what is left.
+cover it: 402, saying what was needed and what is left. A request without an
+output cap whose hold bounds its bill (a metered account, or budgets) is sent
+upstream with the cap it was held for (``accounts/output_cap.py``).
 
 In ``tollway_settle`` the reservation is released and the cost charged:
 
@@ -22,9 +24,10 @@ In ``tollway_settle`` the reservation is released and the cost charged:
 - nothing went out (an upstream error, a refusal, a stream that ended
   before any output): nothing;
 - a non-stream answer whose usage is unknown and could not be counted (no
-  canonical completion to read): the reservation, the worst case, scaled by
-  ``call.billing.price_multiplier``: the upstream may have billed the whole
-  answer, so this is the amount that can never leave the operator out of pocket.
+  canonical completion to read): the reservation, the worst case (a batch line's:
+  at the batch share already), scaled by a multiplier set after it (a cache hit's):
+  the upstream may have billed the whole answer, so this is the amount that can
+  never leave the operator out of pocket.
 
 The charge is capped at what the account holds, so a balance never goes
 below zero, under any concurrency (everything happens on one event loop, with
@@ -57,6 +60,7 @@ from .accounts.http import authenticate
 from .accounts.money import MICRO, PriceBook, micro_to_usd, money_text, multiplier_ppm, tell_cost
 from .accounts.money_reload import prepare_money_reload, top_up_text
 from .accounts.options import AccountConfig, BillingOptions, QuotasOptions
+from .accounts.output_cap import send_output_cap
 from .accounts.periods import Calendar, zone
 from .accounts.refills import Refills
 from .accounts.refusals import REFUSAL, Refusal
@@ -78,6 +82,9 @@ class Reservation:
     #: together with the request's row (one Redis script), so neither exists without the other.
     cost: int | None = None
     budget_settled: bool = False
+    #: The price multiplier ``amount`` was figured at (a batch line's share): one set later
+    #: (a cache hit's) scales an unmeasured answer's charge, this one is in it already.
+    multiplier: float = 1.0
 
 
 # The request's reservation: set in tollway_admit, charged in tollway_settle, read by the ledger.
@@ -164,6 +171,8 @@ class Plugin:
         admission = admission_of(call)
         credit = admission.add(self.accounts.credit_claim(acc, amount))
         budgets = self.budgets.claim(key, acc, amount, admission)  # (400 at once when it can never fit)
+        if budgets is not None or not acc.unlimited:  # the hold bounds the bill: the upstream stops there too
+            send_output_cap(call, self.default_cap)
         admission.then(partial(self._admitted, call, admission, credit, budgets, what))  # (cheaper than a lambda)
 
     @hookimpl(specname="tollway_admit", trylast=True)
@@ -189,7 +198,8 @@ class Plugin:
                                                   limit=str(exc.extra.get("period")))
                 raise
         if refused is None:
-            call.state[RESERVATION] = Reservation(acc, amount, budget=budget, hold=credit.hold)
+            call.state[RESERVATION] = Reservation(acc, amount, budget=budget, hold=credit.hold,
+                                                  multiplier=call.billing.price_multiplier)
             if credit.hold != LOCAL_HOLD:  # the charge goes to Redis: before the client has it all
                 call.response.settle_before_end = True
 
@@ -250,6 +260,7 @@ class Plugin:
             err.message = why + err.message
             raise err
         hold.hold, hold.amount = ticket, amount  # (settle and finish release all of it)
+        hold.multiplier = call.billing.price_multiplier
         try:
             hold.budget = await self.budgets.grow(call.principal, hold.account, hold.budget, amount)
         except ProxyError as err:
@@ -316,9 +327,13 @@ class Plugin:
 
     @staticmethod
     def _unmeasured_cost(call: Call, hold: Reservation) -> int:
-        """An answer of unknown usage costs its reservation (times a multiplier set after it)."""
-        ppm = multiplier_ppm(call.billing.price_multiplier)
-        return hold.amount if ppm == MICRO else -(-hold.amount * ppm // MICRO)
+        """An answer of unknown usage costs its reservation, scaled by a multiplier set after
+        it (a cache hit's); the one it was figured at (a batch line's share) is in it already."""
+        now = call.billing.price_multiplier
+        if now == hold.multiplier:
+            return hold.amount
+        then = multiplier_ppm(hold.multiplier)
+        return min(hold.amount, -(-hold.amount * multiplier_ppm(now) // then)) if then else 0
 
     @hookimpl
     async def tollway_finish(self, call: Call) -> None:

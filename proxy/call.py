@@ -174,6 +174,9 @@ class Units:
     audio_seconds: float | None = None  # transcriptions: the audio's length (reported, else measured)
     audio_measured: bool = False  # the length was measured by the gateway, not reported upstream
     measured_seconds: float | None = None  # the gateway's own measure, kept when the upstream reports one
+    #: The gateway counted the upload's frames (``proxy/audiolength.py``): else ``measured_seconds``
+    #: is only what the file's header claims (the client's word), or None.
+    audio_counted: bool = False
 
 
 @dataclass(slots=True)

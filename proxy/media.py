@@ -10,7 +10,9 @@
   audio's length, as the upstream reports it (``verbose_json``'s ``duration``,
   ``usage.seconds``) or else as measured from the upload (``text``, ``srt`` and
   ``vtt`` answers report nothing: those need a length the gateway counted, see
-  ``audio_length``); token usage is kept when reported.
+  ``audio_length``). An upload it cannot count is billed the larger of the
+  report and its header, and with no report what the upload can hold
+  (``plugins/accounts/units.py``, ``billed_seconds``); token usage is kept when reported.
 
 What each unit costs is the pricing plugin's business (``call.billing.units``).
 """

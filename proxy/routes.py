@@ -205,6 +205,7 @@ class ModelRoutes:
                 seconds, counted = await asyncio.to_thread(audio_length, raw[audio.start:audio.end])
                 if seconds is not None:
                     units.audio_seconds, units.audio_measured, units.measured_seconds = seconds, True, seconds
+                units.audio_counted = counted
                 if not counted and body.get("response_format") in ("text", "srt", "vtt"):
                     raise bad_request(f"the gateway cannot count the length of {audio.filename!r} (it counts mp3, "
                                       "wav, flac, ogg with opus or vorbis, and mp4/m4a with aac), and a "

@@ -14,6 +14,7 @@ import openai
 import orjson
 import pytest
 import yaml
+from aiohttp import web
 from business import DEMO, bearer, biz_config, credits, ledger_rows
 from stores import ENGINES, fresh_database
 from test_lifecycle import Server
@@ -103,6 +104,42 @@ async def test_a_batch_the_balance_cannot_cover_is_refused_at_creation(start_gat
             file=("small.jsonl", jsonl(lines[:1])), purpose="batch")).id, endpoint="/v1/chat/completions",
             completion_window="24h")
         assert (await wait_done(client, ok.id)).request_counts.completed == 1
+
+
+async def test_a_line_whose_usage_nobody_can_count_pays_its_hold_at_the_batch_share_once(start_gateway,
+                                                                                          serve_upstream):
+    """An embeddings answer without usage costs the request's worst case (here its prompt
+    bound: the body's bytes, at $1 per 1M tokens, so one micro-USD a byte). A batch line's
+    hold is already at the batch share: it costs half of that, rounded up, as the same
+    request answered interactively. (The share was applied twice: a quarter was charged.)"""
+
+    async def embeddings(request):
+        await request.read()
+        return web.json_response({"object": "list", "model": "m",
+                                  "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]})
+
+    upstream = await serve_upstream({"POST /v1/embeddings": embeddings})
+    running = await start_gateway(biz_config(upstream.url, enabled=["auth", "quotas", "pricing", "ledger",
+                                                                     "batches"]))
+    body = {"model": "up", "input": "a sentence with no usage reported for it"}
+    raw = orjson.dumps(body)
+    assert len(raw) % 2 == 1  # (the half is rounded up: an odd worst case shows it)
+    headers = {**bearer(DEMO), "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as s, s.post(running.url + "/embeddings", data=raw, headers=headers) as r:
+        assert r.status == 200
+        told = round(float(r.headers["x-tollway-cost"]) * 1e6)
+    assert told == len(raw)
+    line = {"custom_id": "e1", "method": "POST", "url": "/v1/embeddings", "body": body}
+    async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as client:
+        f = await client.files.create(file=("in.jsonl", jsonl([line])), purpose="batch")
+        batch = await client.batches.create(input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h")
+        assert (await wait_done(client, batch.id)).request_counts.completed == 1
+    await running.gw.services[ACCOUNTS].writer.flush()
+    rows = dict(await running.gw.store.fetchall("select id, cost_micro_usd from tollway_ledger"))
+    assert len(rows) == 2 and rows[f"batch-{batch.id}-0"] == half(len(raw))
+    async with aiohttp.ClientSession() as s:
+        got = await credits(s, running, DEMO)
+    assert got["spent_micro_usd"] == told + half(len(raw)) and got["reserved_micro_usd"] == 0
 
 
 async def test_the_worst_case_at_creation_is_in_the_billing_currency(start_gateway):

@@ -87,8 +87,8 @@ def unit_cost(call: Call, table: PriceTable, ppm: int = MICRO) -> int | None:
         return None if price is None else _micro(units.images * price, ppm, table.divisor)
     if call.endpoint == "speech":
         return None if table.characters is None else _micro(units.characters * table.characters, ppm, table.divisor)
-    if call.endpoint in AUDIO_ENDPOINTS and table.audio_minute is not None and units.audio_seconds is not None:
-        return _audio_micro(round(_billed_seconds(call) * 1_000_000), table, ppm)
+    if call.endpoint in AUDIO_ENDPOINTS and table.audio_minute is not None:
+        return _audio_micro(round(billed_seconds(call) * 1_000_000), table, ppm)
     return None
 
 
@@ -100,7 +100,9 @@ def unit_bound(call: Call, table: PriceTable) -> int | None:
     if call.endpoint in ("images", "image_edits", "speech"):
         return unit_cost(call, table)  # known from the request: the bound is the cost
     if call.endpoint in AUDIO_ENDPOINTS and table.audio_minute is not None:
-        seconds = units.measured_seconds
+        # Counted: its length. Not counted: its header is the client's word, and the bill may
+        # reach what the upload can hold (``billed_seconds``).
+        seconds = units.measured_seconds if units.audio_counted else None
         if seconds is None:
             seconds = len(call.raw_body) * SECONDS_PER_BYTE
         # The upstream's own measure may differ a little from the gateway's: hold 10% more.
@@ -108,15 +110,32 @@ def unit_bound(call: Call, table: PriceTable) -> int | None:
     return None
 
 
-def _billed_seconds(call: Call) -> float:
-    """The audio length billed: the upstream's report (else the gateway's measure), but
-    never more than the upload can hold. A report above that (a length in milliseconds
-    sent as seconds, a broken server) is not believed: the gateway's own measure is
-    billed instead, so it cannot take an account's whole balance. (Not capped at the
-    measure itself: a client could write a short length into its file's header.)"""
+def billed_seconds(call: Call) -> float:
+    """The audio length billed, never more than the upload can hold (``most``).
+
+    An upload the gateway counted (mp3, wav, flac, ogg opus/vorbis, mp4/m4a aac): the
+    upstream's report, else the count. A report above ``most`` (a length in milliseconds
+    sent as seconds, a broken server) is not believed: the count is billed instead, so it
+    cannot take an account's whole balance. (Not capped at the count itself: the count
+    and the upstream's decoding may differ a little.)
+
+    An upload it could not count (speex, alac, ogg flac, webm: only a header says a
+    length, and a client writes its header): the larger of the upstream's report and
+    the header. The report is the upstream's own decoding, what it bills the operator
+    for, so a header that claims less (1 s in front of 20 s) is not believed; a header
+    that claims more than was heard is the client's own statement of what it sent. With
+    no report (a json answer without ``usage.seconds``), ``most``: nothing else bounds
+    it, and answering for free or on the header is what a short header would exploit.
+    (text, srt and vtt report none: those are refused before the upstream is called.)"""
     units = call.billing.units
-    assert units is not None and units.audio_seconds is not None
+    assert units is not None
     most = len(call.raw_body) * SECONDS_PER_BYTE
-    if units.audio_seconds <= most:
-        return units.audio_seconds
-    return min(units.measured_seconds, most) if units.measured_seconds is not None else most
+    reported = None if units.audio_measured else units.audio_seconds
+    measured = units.measured_seconds
+    if not units.audio_counted:
+        if reported is None or reported > most:
+            return most
+        return min(max(reported, measured or 0.0), most)
+    if reported is not None and reported <= most:
+        return reported
+    return min(measured, most) if measured is not None else most
