@@ -38,6 +38,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import hiredis
 
+from proxy import ProxyError
 from proxy.logs import throttled
 
 from . import redis_scripts as lua
@@ -464,6 +465,9 @@ class RedisCounters(Counters):
                 result = callback()
                 if inspect.isawaitable(result):
                     await result
+            except ProxyError as exc:  # Redis down: already told, once, by the link ("cannot be reached")
+                if exc.code != "counters_unavailable":
+                    throttled(log, logging.ERROR, "notice_failed", "a change notice (%s) failed: %s", topic, exc)
             except Exception:
                 throttled(log, logging.ERROR, "notice_failed", "a change notice (%s) failed", topic, exc_info=True)
 

@@ -116,9 +116,9 @@ class SharedHealth:
         link = self.counters.link
         try:
             entries = await link.call(lambda: link.redis.hgetall(self.key))
-        except Exception:
+        except Exception as exc:  # (Redis down: one line, no traceback; the counters said why)
             throttled(log, logging.WARNING, "shared_health", "routing: cannot read the shared breakers from Redis; "
-                      "this instance keeps its own until it can", exc_info=True)
+                      "this instance keeps its own until it can", exc_info=not isinstance(exc, ProxyError))
             return
         board, now, wall = self.board(), self.clock(), time.time()
         for key, raw in entries.items():
