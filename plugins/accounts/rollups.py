@@ -192,7 +192,7 @@ def project(rows: Iterable[tuple], view: str) -> list[tuple]:
 
 
 #: Rows summed between two turns of the event loop when a flush counts its rows (``batch_steps``).
-SLICE_ROWS = 64
+SLICE_ROWS = 128
 
 
 async def batch_steps(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[tuple[str, list[tuple], bool]]:
