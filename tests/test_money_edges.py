@@ -253,11 +253,11 @@ async def test_n_answers_hold_n_output_caps(start_gateway, serve_upstream):
 
 
 @pytest.mark.parametrize("upstream_part", [
-    {"previous_response_id": "resp_y"}, {"conversation": "conv_x"}, {"prompt": {"id": "pmpt_x"}},
+    {"previous_response_id": "resp_y"}, {"prompt": {"id": "pmpt_x"}},
     {"tools": [{"type": "web_search"}]},
     {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-x"}]}]}])
 async def test_a_prompt_partly_upstream_is_held_at_the_context_window(start_gateway, serve_upstream, upstream_part):
-    """A stored conversation, a stored prompt, a file by id, a search the upstream runs: the
+    """A stored response continued, a stored prompt, a file by id, a search the upstream runs: the
     prompt is not in the body, so its bytes do not bound it (100,000 prompt tokens were
     charged as the few dozen the body held, under a budget); the context window does."""
     running = await budgeted(start_gateway, serve_upstream, prompt_tokens=100_000)

@@ -254,12 +254,28 @@ async def test_a_response_can_be_continued_as_soon_as_the_client_has_it(start_ga
     ({"model": "up", "input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
     ({"model": "up", "input": "x", "stream": "yes"}, "stream"),
     ({"input": "x"}, "model"),
+    ({"model": "up", "conversation": "conv_operators_own"}, "conversation"),
+    ({"model": "up", "input": "x", "conversation": {"id": "conv_operators_own"}}, "conversation"),
 ])
 async def test_bad_responses_bodies_name_the_field(running, body, param):
     async with aiohttp.ClientSession() as s, s.post(running.url + "/responses", json=body,
                                                     headers=bearer(DEMO)) as r:
         assert r.status == 400
         assert (await r.json())["error"]["param"] == param
+
+
+async def test_a_conversation_id_is_refused_before_any_upstream_call(running, mock_upstream):
+    """Conversations are made upstream under the operator's account (the gateway serves no
+    /v1/conversations): a caller naming one could read a conversation it does not own."""
+    stats = mock_upstream.app[STATS_KEY]
+    sent = stats["requests"]
+    async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as c:
+        with pytest.raises(openai.BadRequestError) as exc:
+            await c.responses.create(model="up", input="what did we say?", conversation="conv_operators_own")
+    assert exc.value.body["code"] == "unsupported_parameter"
+    assert "previous_response_id" in exc.value.body["message"]
+    assert stats["requests"] == sent
+    assert await spent(running) == 0
 
 
 async def test_a_refused_responses_call_is_in_the_ledger_and_costs_nothing(running):

@@ -14,9 +14,18 @@ ROLES = frozenset(("user", "assistant", "system", "developer"))
 
 def validate_responses(body: dict) -> None:
     check_model(body)
+    if body.get("conversation") is not None:
+        # A conversation lives upstream under the operator's own account and is made through
+        # /v1/conversations, which the gateway does not serve: no tenant made the id, so the
+        # gateway cannot tell whose it is, and passing it on would let a caller read one it
+        # does not own. previous_response_id is checked against its owner instead.
+        raise bad_request("'conversation' is not served through this gateway: the Responses API keeps a conversation "
+                          "upstream under the operator's account, so whose it is cannot be checked; continue with "
+                          "'previous_response_id' (or send the turns in 'input')", "conversation",
+                          "unsupported_parameter")
     inp = body.get("input")
     if inp is None:
-        if not any(body.get(k) is not None for k in ("previous_response_id", "prompt", "conversation")):
+        if not any(body.get(k) is not None for k in ("previous_response_id", "prompt")):
             raise bad_request("'input' is required: a string, or a list of input items such as "
                               "{\"role\": \"user\", \"content\": \"...\"}", "input", "missing_input")
     elif isinstance(inp, list):
