@@ -130,7 +130,8 @@ async def close_within(server: TestServer, seconds: float) -> None:
     ``seconds``: a shutdown that hangs must be a failure that names the hang, not a suite that
     never ends."""
     try:
-        await asyncio.wait_for(server.close(), seconds)
+        async with asyncio.timeout(seconds):
+            await server.close()
     except TimeoutError:
         stacks = []
         for task in asyncio.all_tasks():

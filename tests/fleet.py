@@ -1,5 +1,6 @@
 """Helpers for the tests of shared counters and fleets: every kind of counters
-(memory, Redis), each test with its own Redis key prefix.
+(memory, Redis), each test with its own Redis key prefix; several real ``tollway serve``
+processes on one config (``start_servers``), killed at the end whatever happened (``kill_all``).
 
 Redis must be running at 127.0.0.1:6379: without it these tests fail, loudly.
 ``private_redis()`` starts a redis-server of the test's own on a free port (for
@@ -13,11 +14,12 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
+from test_lifecycle import Server
 
 from plugins.accounts.counters import Counters, MemoryCounters
 
@@ -83,6 +85,29 @@ def private_redis(tmp_path: Path, port: int | None = None) -> Iterator[subproces
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+async def start_servers(path: Path, n: int, env: dict[str, str] | None = None) -> list[Server]:
+    """``n`` ``tollway serve`` processes on the config at ``path``, each ready: the first alone (it
+    creates the tables), then the others at once. One that fails to start: every one is killed."""
+    servers = [Server(path, env=env)]
+    try:
+        await servers[0].wait_ready()
+        servers += [Server(path, env=env) for _ in range(n - 1)]
+        await asyncio.gather(*(server.wait_ready() for server in servers[1:]))
+    except BaseException:
+        kill_all(servers)
+        raise
+    return servers
+
+
+def kill_all(servers: Iterable[Server]) -> None:
+    """Kill what is still running of ``servers`` (a test's ``finally:``: they were stopped, or the
+    test failed) and read what each printed, so no process or pipe outlives the test."""
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.kill()
+        server.proc.communicate()
 
 
 async def until(predicate, timeout: float = 10.0, what: str = "condition") -> None:

@@ -42,7 +42,8 @@ class Receiver:
             assert time.monotonic() < deadline, f"only {len(self.got)} of {count} deliveries arrived"
             self.arrived.clear()
             try:
-                await asyncio.wait_for(self.arrived.wait(), 0.2)
+                async with asyncio.timeout(0.2):
+                    await self.arrived.wait()
             except TimeoutError:
                 pass
 

@@ -183,7 +183,8 @@ async def test_serve_refuses_several_workers_with_in_memory_state(tmp_path):
                  ["check", "--config", str(path)]):
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy.cli", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
         assert proc.returncode == 2, args
         assert err.decode().strip() == expected, args
         assert b"listening" not in out

@@ -39,7 +39,8 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]:
 
 async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
     """Everything the server sends until it closes; fails if it has not closed in ``seconds``."""
-    return await asyncio.wait_for(reader.read(), seconds)
+    async with asyncio.timeout(seconds):
+        return await reader.read()
 
 
 def post(path: str = "/v1/chat/completions", body: bytes = CHAT, length: int | None = None) -> bytes:
@@ -99,7 +100,8 @@ async def test_a_slow_body_is_answered_408_in_the_clients_dialect(gw):
     for path, shape in (("/v1/chat/completions", "openai"), ("/v1/messages", "anthropic")):
         reader, writer = await connect(gw)
         writer.write(post(path, CHAT[:10], length=len(CHAT)))
-        status, headers, body = await asyncio.wait_for(read_answer(reader), DEADLINE)
+        async with asyncio.timeout(DEADLINE):
+            status, headers, body = await read_answer(reader)
         assert status == 408
         data = orjson.loads(body)
         if shape == "openai":
@@ -124,7 +126,8 @@ async def test_the_next_head_on_a_kept_alive_connection_is_bounded_too(gw):
     writer.write(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
     assert (await read_answer(reader))[0] == 200
     writer.write(b"GET /health HTTP/1.1\r\nHost")  # and never the rest
-    status, _, body = await asyncio.wait_for(read_answer(reader), DEADLINE)
+    async with asyncio.timeout(DEADLINE):
+        status, _, body = await read_answer(reader)
     assert status == 408 and orjson.loads(body)["error"]["code"] == "header_read_timeout"
     writer.close()
 
@@ -143,7 +146,8 @@ async def test_normal_clients_keep_their_connection(start_gateway):
         writer.write(head + b"\r\n\r\n")
         await asyncio.sleep(0.2)
         writer.write(body)
-        status, _, answer = await asyncio.wait_for(read_answer(reader), DEADLINE)
+        async with asyncio.timeout(DEADLINE):
+            status, _, answer = await read_answer(reader)
         assert status == 200, answer
         await asyncio.sleep(timeouts["header_read"] * 3)  # idle, under keepalive_idle
     writer.write(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -163,7 +167,8 @@ async def test_many_slowloris_clients_do_not_starve_normal_ones(gw):
         for _ in range(5):
             reader, writer = await connect(gw)
             writer.write(post())
-            status, _, _ = await asyncio.wait_for(read_answer(reader), DEADLINE)
+            async with asyncio.timeout(DEADLINE):
+                status, _, _ = await read_answer(reader)
             assert status == 200
             writer.close()
         answers = await asyncio.gather(*(closed_or_reset(r, DEADLINE) for r, _ in conns))
@@ -212,7 +217,8 @@ def test_slow_clients_beyond_half_the_fd_limit_do_not_lock_others_out(tmp_path):
         await asyncio.sleep(0.3)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        answer = await asyncio.wait_for(reader.read(), DEADLINE)
+        async with asyncio.timeout(DEADLINE):
+            answer = await reader.read()
         for w in slow:
             w.close()
         return int(answer.split()[1])

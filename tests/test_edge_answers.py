@@ -122,7 +122,8 @@ async def raw_exchange(running, data: bytes) -> tuple[int, dict, bytes]:
     reader, writer = await asyncio.open_connection(running.server.host, running.server.port)
     writer.write(data)
     try:
-        answer = await asyncio.wait_for(reader.read(), 5)
+        async with asyncio.timeout(5):
+            answer = await reader.read()
     finally:
         writer.close()
     head, _, body = answer.partition(b"\r\n\r\n")

@@ -22,7 +22,7 @@ import orjson
 import pytest
 import yaml
 from business import ADMIN_HEADERS, bearer, biz_config
-from fleet import redis_url, until
+from fleet import kill_all, redis_url, start_servers, until
 from stores import PG, run_pg
 from test_lifecycle import Server
 
@@ -57,20 +57,9 @@ def fleet(tmp_path_factory):
     config["models"]["dribble"] = {"provider": "dribble", "price": {"input": 1.0, "output": 2.0}}
     path = tmp / "tollway.yaml"
     path.write_text(yaml.safe_dump(config))
-    # The first one creates the tables; then two more beside it.
-    servers = [Server(path)]
-    asyncio.run(servers[0].wait_ready())
-    servers += [Server(path), Server(path)]
-
-    async def ready() -> None:
-        await asyncio.gather(*(s.wait_ready() for s in servers[1:]))
-
-    asyncio.run(ready())
+    servers = asyncio.run(start_servers(path, 3))
     yield servers, schema, path
-    for s in servers:
-        if s.proc.poll() is None:
-            s.proc.kill()
-        s.proc.communicate()
+    kill_all(servers)
     asyncio.run(run_pg(f"drop schema if exists {schema} cascade"))
 
 
@@ -224,7 +213,8 @@ async def test_a_cli_top_up_applies_on_every_instance_at_once(fleet):
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy.cli", "keys", "topup", "--config", str(path), "rich", "0.25",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
         assert proc.returncode == 0, err
         # The CLI adds it in Redis itself: every instance sees it on the next request.
         assert await balances() == [before[0] + 250_000] * 3
@@ -300,7 +290,5 @@ async def test_two_workers_with_the_business_plugins_share_one_balance(tmp_path)
         total, rows, balance = await stored(schema, "cfg_small")
         assert total == sum(told) == OPENING - balance and balance >= 0 and rows == 120
     finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.communicate()
+        kill_all([server])
         await run_pg(f"drop schema if exists {schema} cascade")

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 import yaml
 from business import ADMIN_HEADERS, bearer, biz_config
-from fleet import redis_url, until
+from fleet import kill_all, redis_url, start_servers, until
 from stores import PG
 from test_lifecycle import Server
 
@@ -71,11 +71,9 @@ async def test_a_refill_is_granted_once_for_the_fleet_and_a_budget_holds_across_
     config["storage"] = {"url": f"{PG}?search_path={schema}", "counters": redis_url()}
     path = tmp_path / "tollway.yaml"
     path.write_text(yaml.safe_dump(config))
-    servers = [Server(path)]
+    servers: list[Server] = []
     try:
-        await servers[0].wait_ready()
-        servers += [Server(path), Server(path)]
-        await asyncio.gather(*(server.wait_ready() for server in servers[1:]))
+        servers = await start_servers(path, 3)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as s:
             await admin_call(s, servers[1], "POST", "/admin/accounts", {
                 "id": "sub", "credits": 0, "budgets": {"daily": BUDGET / 1e6},
@@ -136,9 +134,6 @@ async def test_a_refill_is_granted_once_for_the_fleet_and_a_budget_holds_across_
         balance = await db.fetchval("select balance_micro_usd from tollway_accounts where id = 'sub'")
         assert rows == len(answers) and total == sum(told) and balance == after_burst + 1000
     finally:
-        for server in servers:
-            if server.proc.poll() is None:
-                server.proc.kill()
-                server.proc.communicate()
+        kill_all(servers)
         await db.execute(f"drop schema if exists {schema} cascade")
         await db.close()

@@ -26,7 +26,7 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 from business import bearer, biz_config
-from fleet import private_redis
+from fleet import kill_all, private_redis, start_servers
 from stores import PG
 from test_lifecycle import Server
 
@@ -62,10 +62,7 @@ async def test_a_flushall_with_holds_in_flight_passes_neither_a_budget_nor_a_bal
         path = tmp_path / "tollway.yaml"
         path.write_text(yaml.safe_dump(config))
         try:
-            servers.append(Server(path))
-            await servers[0].wait_ready()
-            servers.append(Server(path))
-            await servers[1].wait_ready()
+            servers = await start_servers(path, 2)
             a, b = servers
             async with aiohttp.ClientSession() as s:
                 streams: dict[str, list] = {KEY: [], MONEY: []}  # A's streams, admitted and reading
@@ -129,9 +126,6 @@ async def test_a_flushall_with_holds_in_flight_passes_neither_a_budget_nor_a_bal
             balance = await db.fetchval(f"select balance_micro_usd from {schema}.tollway_accounts where id = 'cfg_m'")
             assert balance == BUDGET - 3 * WORST
         finally:
-            for server in servers:
-                if server.proc.poll() is None:
-                    server.proc.kill()
-                    server.proc.communicate()
+            kill_all(servers)
             await db.execute(f"drop schema if exists {schema} cascade")
             await db.close()

@@ -28,7 +28,7 @@ import asyncpg
 import pytest
 import yaml
 from business import bearer, biz_config
-from fleet import redis_url, until
+from fleet import kill_all, redis_url, start_servers, until
 from stores import PG
 from test_fleet import _schema, ask, stored
 from test_lifecycle import Server
@@ -63,13 +63,10 @@ async def test_an_instance_killed_right_after_its_answers_has_charged_each_once(
     path = tmp_path / "tollway.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
-    victim = Server(path, env=env)
-    servers = [victim]
+    servers: list[Server] = []
     try:
-        await victim.wait_ready()  # (the first one creates the tables)
-        survivor = Server(path, env=env)
-        servers.append(survivor)
-        await survivor.wait_ready()
+        servers = await start_servers(path, 2, env=env)
+        victim, survivor = servers
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as s:
             async with s.get(survivor.url + "/v1/credits", headers=bearer(RICH)) as r:
                 before = (await r.json())["balance_micro_usd"]
@@ -100,10 +97,7 @@ async def test_an_instance_killed_right_after_its_answers_has_charged_each_once(
         costs = await _costs(schema, "cfg_rich")
         assert costs == told and rows == 16 and total == sum(told) == before - balance_stored
     finally:
-        for server in servers:
-            if server.proc.poll() is None:
-                server.proc.kill()
-            server.proc.communicate()
+        kill_all(servers)
         await _schema(f"drop schema if exists {schema} cascade")
 
 

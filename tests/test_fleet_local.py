@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 from business import bearer, biz_config
-from fleet import private_redis, until
+from fleet import kill_all, private_redis, start_servers, until
 from stores import fresh_database
 from test_lifecycle import Server
 
@@ -58,13 +58,10 @@ async def test_local_mode_divides_unmetered_limits_refuses_money_and_shares_agai
                                              f"&prefix={prefix}"}
             path = tmp_path / "tollway.yaml"
             path.write_text(yaml.safe_dump(config))
-            a = Server(path)
-            servers = [a]
+            servers: list[Server] = []
             try:
-                await a.wait_ready()
-                b = Server(path)
-                servers.append(b)
-                await b.wait_ready()
+                servers = await start_servers(path, 2)
+                a, b = servers
                 client = aioredis.Redis(port=port)
                 await until(lambda: client.zcard(prefix + "instances"), 10, "the instances' first beats")
                 await until(lambda: _two(client, prefix), 10, "both instances to beat")
@@ -83,11 +80,9 @@ async def test_local_mode_divides_unmetered_limits_refuses_money_and_shares_agai
                         assert (await ask(s, server, FREE))[0] == 200
                         status, body = await ready(s, server)
                         assert status == 503 and body["counters"] == "down" and body["storage"] == "ok", body
-            finally:
-                if len(servers) < 2:
-                    for server in servers:
-                        server.proc.kill()
-                        server.proc.communicate()
+            except BaseException:  # (else they go on across Redis's restart, and are stopped below)
+                kill_all(servers)
+                raise
         # Redis back, empty, on the same port: shared limits again, no restart.
         with private_redis(tmp_path, port=port):
             try:

@@ -87,80 +87,54 @@ async def test_redis_down_answers_503_at_once_and_the_gateway_recovers_by_itself
         assert total > 0 and total == 5_000_000 - balance
 
 
-async def test_redis_emptied_mid_burst_reseeds_from_the_store_without_overdraft(tmp_path, pg_url, start_gateway):
-    opening = 1500
+@pytest.mark.parametrize(("opening", "budget", "waves", "refusal"), [
+    pytest.param(1500, None, (40, 200), (402, "insufficient_credits"), id="balance"),
+    pytest.param(5000, 1000, (10, 10), (429, "budget_exceeded"), id="daily-budget"),
+])
+async def test_redis_emptied_mid_burst_reseeds_from_the_store_no_overspend(tmp_path, pg_url, start_gateway, opening,
+                                                                           budget, waves, refusal):
+    """Redis forgets everything (FLUSHALL) half way through the spend of a balance, or of a daily
+    budget on a key funded for more: the balance and the budget's total are seeded again from
+    the store (what is left, what was spent today), not from what this process read at start,
+    so the balance is never overdrawn and the day's spend still stops at the budget (not a
+    second budget's worth after the flush). ``waves``: the requests at once before the flush,
+    and after it."""
+    cap = opening if budget is None else budget
+    before, after = waves
     with private_redis(tmp_path) as redis:
-        config = biz_config(keys=[{"name": "demo", "key": DEMO, "credits": opening / 1e6}])
+        key = {"name": "demo", "key": DEMO, "credits": opening / 1e6}
+        if budget is not None:
+            key["budgets"] = {"daily": budget / 1e6}
+        config = biz_config(keys=[key])
         config["storage"] = {"url": pg_url, "counters": f"redis://127.0.0.1:{redis.port}/0"}
         running = await start_gateway(config)
         writer = running.gw.services[ACCOUNTS].writer
         told: list[int] = []
 
-        async def burst(s: aiohttp.ClientSession, n: int) -> None:
-            async def one() -> None:
-                status, headers, body = await chat(s, running, DEMO, max_tokens=10)
-                assert status in (200, 402), body
-                if status == 200:
-                    told.append(round(float(headers["x-tollway-cost"]) * 1e6))
-            await asyncio.gather(*(one() for _ in range(n)))
-
-        async with aiohttp.ClientSession() as s:
-            await burst(s, 40)
-            first = sum(told)
-            assert 0 < first < opening
-            await writer.drain_shared()  # what was charged is stored...
-            import redis.asyncio as aioredis
-
-            client = aioredis.Redis(port=redis.port)
-            await client.flushall()  # ...and Redis forgets everything
-            await client.aclose()
-            await burst(s, 200)
-        await writer.flush()
-        await writer.drain_shared()
-        total = (await running.gw.store.fetchone(
-            "select coalesce(sum(cost_micro_usd), 0) from tollway_ledger where account_id = 'cfg_demo'"))[0]
-        balance = (await running.gw.store.fetchone(
-            "select balance_micro_usd from tollway_accounts where id = 'cfg_demo'"))[0]
-    # Reseeded from the store (not from the balance this process read at start): no overdraft.
-    assert sum(told) > first and sum(told) <= opening
-    assert total == sum(told) == opening - balance and balance >= 0
-
-
-async def test_redis_emptied_mid_burst_keeps_the_budgets_spent_no_overspend(tmp_path, pg_url, start_gateway):
-    # A daily budget of 1000 micro-USD on a key funded for more: Redis forgets the budget's
-    # total half way; it is seeded again from the store (what was spent today), not from what
-    # this process read at start (nothing), so the day's spend still stops at the budget.
-    opening, budget = 5000, 1000
-    with private_redis(tmp_path) as redis:
-        config = biz_config(keys=[{"name": "demo", "key": DEMO, "credits": opening / 1e6,
-                                   "budgets": {"daily": budget / 1e6}}])
-        config["storage"] = {"url": pg_url, "counters": f"redis://127.0.0.1:{redis.port}/0"}
-        running = await start_gateway(config)
-        writer = running.gw.services[ACCOUNTS].writer
-        told: list[int] = []
-
-        async def wave(s: aiohttp.ClientSession) -> int:
-            answers = await asyncio.gather(*(chat(s, running, DEMO, max_tokens=10) for _ in range(10)))
+        async def wave(s: aiohttp.ClientSession, n: int) -> int:
+            """``n`` requests at once; how many were admitted."""
+            answers = await asyncio.gather(*(chat(s, running, DEMO, max_tokens=10) for _ in range(n)))
             for status, headers, body in answers:
-                assert status in (200, 429), body
+                assert status in (200, refusal[0]), body
                 if status == 200:
                     told.append(round(float(headers["x-tollway-cost"]) * 1e6))
                 else:
-                    assert body["error"]["code"] == "budget_exceeded", body
+                    assert body["error"]["code"] == refusal[1], body
             return sum(1 for status, _, _ in answers if status == 200)
 
         async with aiohttp.ClientSession() as s:
-            while sum(told) < budget / 2:
-                assert await wave(s)
+            while sum(told) < cap / 2:
+                assert await wave(s, before)
             first = sum(told)
+            assert 0 < first < cap
             await writer.drain_shared()  # what was charged is stored...
             import redis.asyncio as aioredis
 
             client = aioredis.Redis(port=redis.port)
-            await client.flushall()  # ...and Redis forgets the budget's total, the balance, everything
+            await client.flushall()  # ...and Redis forgets the balance, the budget's total, everything
             await client.aclose()
             for _ in range(100):
-                if not await wave(s):
+                if not await wave(s, after):
                     break
         await writer.flush()
         await writer.drain_shared()
@@ -168,7 +142,7 @@ async def test_redis_emptied_mid_burst_keeps_the_budgets_spent_no_overspend(tmp_
             "select coalesce(sum(cost_micro_usd), 0) from tollway_ledger where account_id = 'cfg_demo'"))[0]
         balance = (await running.gw.store.fetchone(
             "select balance_micro_usd from tollway_accounts where id = 'cfg_demo'"))[0]
-    assert first < sum(told) <= budget  # not a second budget's worth after the flush
+    assert first < sum(told) <= cap
     assert total == sum(told) == opening - balance and balance >= 0
 
 

@@ -16,7 +16,7 @@ import orjson
 import pytest
 import yaml
 from business import ADMIN_HEADERS, bearer, biz_config
-from fleet import redis_url
+from fleet import kill_all, redis_url, start_servers
 from stores import PG
 from test_lifecycle import Server
 
@@ -50,11 +50,9 @@ async def test_a_policy_changed_on_one_instance_applies_on_the_other_within_a_se
     config["storage"] = {"url": f"{PG}?search_path={schema}", "counters": redis_url()}
     path = tmp_path / "tollway.yaml"
     path.write_text(yaml.safe_dump(config))
-    servers = [Server(path)]
+    servers: list[Server] = []
     try:
-        await servers[0].wait_ready()
-        servers.append(Server(path))
-        await servers[1].wait_ready()
+        servers = await start_servers(path, 2)
         a, b = servers
         async with aiohttp.ClientSession() as s:
             async def admin(method: str, route: str, body: dict) -> dict:
@@ -72,7 +70,8 @@ async def test_a_policy_changed_on_one_instance_applies_on_the_other_within_a_se
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "proxy.cli", "accounts", "resume", "--config", str(path), "acme",
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            async with asyncio.timeout(60):
+                _, err = await proc.communicate()
             assert proc.returncode == 0, err
             await answers_within(s, b, key, (200, None), time.monotonic(), "resumed by the CLI, on B")
 
@@ -89,9 +88,6 @@ async def test_a_policy_changed_on_one_instance_applies_on_the_other_within_a_se
         for code, _, err in await asyncio.gather(*(asyncio.to_thread(server.stop) for server in servers)):
             assert code == 0, err
     finally:
-        for server in servers:
-            if server.proc.poll() is None:
-                server.proc.kill()
-                server.proc.communicate()
+        kill_all(servers)
         await db.execute(f"drop schema if exists {schema} cascade")
         await db.close()

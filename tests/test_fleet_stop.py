@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 from business import bearer, biz_config
-from fleet import redis_url, until
+from fleet import kill_all, redis_url, start_servers, until
 from stores import PG
 from test_lifecycle import Server
 
@@ -60,12 +60,10 @@ async def test_sigterm_to_every_instance_mid_burst_leaves_every_charge_stored(tm
     config["storage"] = {"url": f"{PG}?search_path={schema}", "counters": counters}
     path = tmp_path / "tollway.yaml"
     path.write_text(yaml.safe_dump(config))
-    servers = [Server(path)]
+    servers: list[Server] = []
     client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
     try:
-        await servers[0].wait_ready()
-        servers.append(Server(path))
-        await servers[1].wait_ready()
+        servers = await start_servers(path, 2)
         answered = 0
 
         async def one(s: aiohttp.ClientSession, i: int) -> int | None:
@@ -96,10 +94,7 @@ async def test_sigterm_to_every_instance_mid_burst_leaves_every_charge_stored(tm
         pending = await client.xpending(prefix + "ledger", "writers")
         assert pending["pending"] == 0, pending
     finally:
-        for server in servers:
-            if server.proc.poll() is None:
-                server.proc.kill()
-                server.proc.communicate()
+        kill_all(servers)
         keys = [k async for k in client.scan_iter(match=prefix + "*")]
         if keys:
             await client.delete(*keys)

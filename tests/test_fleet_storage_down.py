@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 import yaml
 from business import ADMIN_HEADERS, bearer, biz_config
-from fleet import TcpProxy, redis_url, until
+from fleet import TcpProxy, kill_all, redis_url, start_servers, until
 from stores import PG
 from test_lifecycle import Server
 
@@ -75,10 +75,7 @@ async def test_postgres_down_requests_go_on_the_queue_is_bounded_and_every_row_i
     path.write_text(yaml.safe_dump(config))
     servers: list[Server] = []
     try:
-        servers.append(Server(path))
-        await servers[0].wait_ready()
-        servers.append(Server(path))
-        await servers[1].wait_ready()
+        servers = await start_servers(path, 2)
         a, b = servers
         told: list[int] = []  # what the paid key's clients were told, each success
         free_ok = 0
@@ -157,10 +154,7 @@ async def test_postgres_down_requests_go_on_the_queue_is_bounded_and_every_row_i
             assert "Traceback" not in err, err  # an outage is one line each way, not a traceback per retry
         assert "ledger queue full" in code_errs[0][2]
     finally:
-        for server in servers:
-            if server.proc.poll() is None:
-                server.proc.kill()
-                server.proc.communicate()
+        kill_all(servers)
         await proxy.close()
         await admin.execute(f"drop schema if exists {schema} cascade")
         await admin.close()

@@ -23,7 +23,8 @@ async def raw(running, data: bytes) -> bytes:
     reader, writer = await asyncio.open_connection(running.server.host, running.server.port)
     writer.write(data)
     try:
-        return await asyncio.wait_for(reader.read(), 5)
+        async with asyncio.timeout(5):
+            return await reader.read()
     finally:
         writer.close()
 
@@ -114,7 +115,8 @@ def test_serve_prints_no_whole_key(tmp_path):
                 for data in malformed_requests(k):
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
                     writer.write(data)
-                    await asyncio.wait_for(reader.read(), 5)
+                    async with asyncio.timeout(5):
+                        await reader.read()
                     writer.close()
 
         asyncio.run(probe())

@@ -35,7 +35,8 @@ async def test_the_node_sdk_reads_every_answer(start_gateway):
     proc = await asyncio.create_subprocess_exec(
         "node", str(NODE_DIR / "sdk.mjs"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "TOLLWAY_URL": running.url, "TOLLWAY_KEY": DEMO})
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    async with asyncio.timeout(60):
+        stdout, stderr = await proc.communicate()
     assert proc.returncode == 0, stderr.decode()
     got = json.loads(stdout)
     assert got["chat"] == "hi node"

@@ -144,7 +144,8 @@ async def test_sighup_during_a_stream_old_price_for_it_new_price_for_the_next(tm
     stream = await client.chat.completions.create(model="held", messages=[{"role": "user", "content": "hi"}],
                                                   stream=True, stream_options={"include_usage": True})
     chunks = [await stream.__anext__()]
-    await asyncio.wait_for(held.started.wait(), 10)
+    async with asyncio.timeout(10):
+        await held.started.wait()
 
     config["models"]["held"]["price"] = new
     write(server.path, config)

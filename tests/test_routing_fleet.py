@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import yaml
 from business import ADMIN, ADMIN_HEADERS
-from fleet import REDIS, redis_url, until
+from fleet import REDIS, kill_all, redis_url, start_servers, until
 from routing_helpers import MESSAGES, deployments, make_upstreams, routing_config
 from stores import fresh_database
 from test_lifecycle import Server
@@ -51,12 +51,9 @@ async def test_a_breaker_opened_on_one_instance_is_open_on_the_other_within_a_se
         config["storage"] = {"url": pg, "counters": redis_url()}
         path = tmp_path / "tollway.yaml"
         path.write_text(yaml.safe_dump(config))
-        first = Server(path)
-        await first.wait_ready()
-        second = Server(path)
-        servers = [first, second]
+        servers = await start_servers(path, 2)
+        first, second = servers
         try:
-            await second.wait_ready()
             ups.fail("a", 503)
             async with aiohttp.ClientSession() as s:
                 for _ in range(3):
@@ -89,10 +86,7 @@ async def test_a_breaker_opened_on_one_instance_is_open_on_the_other_within_a_se
                     assert await chat(s, second, "pooled") == (200, "c")
                 assert ups.keys("c") == {"Bearer sk-one": 1, "Bearer sk-two": 5}
         finally:  # killed, not stopped: nothing to flush, and the schema is dropped only when they are gone
-            for server in servers:
-                if server.proc.poll() is None:
-                    server.proc.kill()
-                server.proc.communicate()
+            kill_all(servers)
 
 
 async def _state(s: aiohttp.ClientSession, server: Server, state: str) -> bool:
@@ -126,12 +120,9 @@ async def test_the_fleet_sends_at_most_half_open_probes_to_a_deployment_after_it
         config["storage"] = {"url": pg, "counters": counters}
         path = tmp_path / "tollway.yaml"
         path.write_text(yaml.safe_dump(config))
-        first = Server(path)
-        await first.wait_ready()
-        second = Server(path)
-        servers = [first, second]
+        servers = await start_servers(path, 2)
+        first, second = servers
         try:
-            await second.wait_ready()
             ups.fail("a", 503)
             async with aiohttp.ClientSession() as s:
                 for _ in range(3):
@@ -166,10 +157,7 @@ async def test_the_fleet_sends_at_most_half_open_probes_to_a_deployment_after_it
                                 what="the breaker closed on both")
         finally:
             await db.aclose()
-            for server in servers:
-                if server.proc.poll() is None:
-                    server.proc.kill()
-                server.proc.communicate()
+            kill_all(servers)
 
 
 async def _cooled(s: aiohttp.ClientSession, servers: list[Server]) -> bool:

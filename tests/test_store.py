@@ -148,7 +148,8 @@ async def test_other_tasks_see_only_committed_rows(opener):
         await tx.execute("update counters set n = 5")
         reader = asyncio.create_task(count(store))
         if store.kind == "postgres":  # another connection reads beside the transaction: the old value
-            assert await asyncio.wait_for(reader, 30) == 0
+            async with asyncio.timeout(30):
+                assert await reader == 0
         else:  # SQLite's one connection: the reader waits for the transaction to end
             await asyncio.sleep(0.05)
             assert not reader.done()

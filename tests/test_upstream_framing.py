@@ -187,7 +187,8 @@ async def test_an_ambiguous_answer_is_a_502_and_its_connection_is_closed(raw_ups
     upstream, running = await gateway_on(raw_upstream, start_gateway, script)
     status, raw = await chat(running.url)
     assert status == 502 and error_code(raw) == "upstream_bad_response"
-    await asyncio.wait_for(closed.wait(), 2)
+    async with asyncio.timeout(2):
+        await closed.wait()
     assert (await chat(running.url))[0] == 200 and upstream.connections == 2
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import ProxyError
 
-from .book import AccountExists
+from .book_changes import AccountExists
 from .http import build_body
 from .options import NAME_RE
 from .specs import AccountCreate, AccountPatch, SpecError, TopUp, account_policy, credits_micro

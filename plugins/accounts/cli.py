@@ -172,6 +172,23 @@ def _find(accounts: Accounts, ref: str) -> KeyRecord | None:
     return record
 
 
+def _key_to_change(accounts: Accounts, ref: str, *, in_config: str | None = None,
+                   revoked_too: bool = False) -> KeyRecord | None:
+    """The key ``ref`` names (``_find``), or None once it is said why it cannot be changed: one of
+    the YAML's keys (``in_config``: what to do there instead; None: they can be), revoked (unless
+    ``revoked_too``)."""
+    record = _find(accounts, ref)
+    if record is None:
+        return None
+    if in_config is not None and record.source == "config":
+        print(f"tollway: {record.id} is defined in the config file's keys: list; {in_config}", file=sys.stderr)
+        return None
+    if not revoked_too and record.revoked_at is not None:
+        print(f"tollway: {record.id} has been revoked", file=sys.stderr)
+        return None
+    return record
+
+
 def _details(accounts: Accounts, k: KeyRecord) -> str:
     acc = accounts.account_of(k)
     rows = [("id", k.id), ("name", k.name), ("prefix", k.prefix + "..."), ("status", k.status(time.time())),
@@ -234,14 +251,8 @@ async def cmd_show(accounts: Accounts, args: argparse.Namespace) -> int:
 
 
 async def cmd_update(accounts: Accounts, args: argparse.Namespace) -> int:
-    record = _find(accounts, args.key)
+    record = _key_to_change(accounts, args.key, in_config="change it there")
     if record is None:
-        return 1
-    if record.source == "config":
-        print(f"tollway: {record.id} is defined in the config file's keys: list; change it there", file=sys.stderr)
-        return 1
-    if record.revoked_at is not None:
-        print(f"tollway: {record.id} has been revoked", file=sys.stderr)
         return 1
     try:
         changes = patch_changes(KeyPatch(default_model=None if args.no_default_model else args.default_model),
@@ -254,11 +265,8 @@ async def cmd_update(accounts: Accounts, args: argparse.Namespace) -> int:
 
 
 async def cmd_revoke(accounts: Accounts, args: argparse.Namespace) -> int:
-    record = _find(accounts, args.key)
+    record = _key_to_change(accounts, args.key, in_config="remove it there", revoked_too=True)
     if record is None:
-        return 1
-    if record.source == "config":
-        print(f"tollway: {record.id} is defined in the config file's keys: list; remove it there", file=sys.stderr)
         return 1
     if record.revoked_at is None:
         await accounts.revoke_key(record.id)
@@ -267,11 +275,8 @@ async def cmd_revoke(accounts: Accounts, args: argparse.Namespace) -> int:
 
 
 async def cmd_topup(accounts: Accounts, args: argparse.Namespace) -> int:
-    record = _find(accounts, args.key)
+    record = _key_to_change(accounts, args.key)
     if record is None:
-        return 1
-    if record.revoked_at is not None:
-        print(f"tollway: {record.id} has been revoked", file=sys.stderr)
         return 1
     micro = credits_micro(args.amount, "amount", positive=True)
     acc = await accounts.topup(record.id, micro)

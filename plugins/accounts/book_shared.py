@@ -1,0 +1,175 @@
+"""The accounts book's money in the shared counters (``storage.counters: redis://``): seeding an
+account Redis does not have, charging Redis holds (awaited, or sent behind without waiting),
+charges and top-ups kept while Redis is down and sent when it is back, and the balance as the
+whole fleet sees it. ``SharedCredit`` (``redis_credit.py``) speaks to Redis; this is the book's
+side: what it remembers, retries and tells the writer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from proxy.logs import throttled
+
+from . import db
+from .book_memory import BookMemory
+from .model import Account
+
+if TYPE_CHECKING:
+    from .db import LedgerRow
+
+log = logging.getLogger("tollway.accounts")
+
+SEED_TIMEOUT_S = 5.0  # reading a balance the shared counters do not have yet (the request waits on it)
+
+
+class SharedMoney(BookMemory):
+    async def _seed(self, account_id: str) -> tuple[int, int]:
+        """An account's stored balance and the version it was read at, fresh from the store
+        (shared counters seed an account they do not have yet from it: rare, once per
+        account per Redis life), once every instance has put back the holds Redis lost
+        with its data, if it did (``redis_restore.py``)."""
+        await self.holds_back()
+        return await self._read_seed(account_id)
+
+    async def holds_back(self) -> None:
+        """Before seeding anything in Redis: if Redis lost its data, the holds of the
+        requests in flight first (``redis_restore.py``)."""
+        if self.restorer is not None:
+            await self.restorer.ensure()
+
+    async def _read_seed(self, account_id: str) -> tuple[int, int]:
+        from proxy import ProxyError
+
+        try:
+            async with asyncio.timeout(SEED_TIMEOUT_S):
+                found = await db.load_accounts(self.store, [account_id])
+        except Exception:
+            raise ProxyError(503, "the gateway's store (storage.url) cannot be reached to read this key's balance; "
+                                  "retry shortly", code="storage_unavailable", headers={"Retry-After": "1"}) from None
+        return (found[0].balance, found[0].version) if found else (0, 0)
+
+    def left(self, acc: Account) -> tuple[int, int]:
+        """(available, reserved) as last seen: for the messages of a refusal."""
+        live = self.live.get(acc.id)
+        if live is None:
+            return acc.available, acc.reserved
+        return live[0] - live[1], live[1]
+
+    async def settle_shared(self, acc: Account, hold: str, reserved: int, cost: int, row: LedgerRow | None) -> int:
+        """Charge a Redis hold and queue its ledger row (``row``, whose cost is replaced
+        by the charge) in one step; returns what was taken."""
+        assert self.shared is not None
+        from proxy import ProxyError
+
+        try:
+            done = await self.shared.settle(acc, hold, reserved, cost, row)
+        except ProxyError:
+            # Redis is down: the answer went out, so its charge is kept and sent when Redis is
+            # back (the writer retries; the script's done marker makes a retry change nothing).
+            self.pending_settles.append((acc, hold, reserved, cost, row))
+            throttled(log, logging.WARNING, "settle_deferred", "storage.counters: Redis is down; %d charge(s) "
+                      "wait in this process until it is back", len(self.pending_settles))
+            return min(cost, reserved)
+        self.live[acc.id] = (done.balance, done.reserved)
+        return done.charge
+
+    def settle_shared_behind(self, acc: Account, hold: str, reserved: int, cost: int, row: LedgerRow | None) -> int:
+        """``settle_shared`` for a cost within its hold (``cost <= reserved``), without waiting:
+        the hold is still there and covers it, so the charge IS the cost, known now. The
+        script (the charge with its row) goes with this turn's write to Redis (its reply read
+        behind, no task; ``charges_written`` waits for the write, not for Redis). Sent exactly
+        once (a script that must run again, NOSCRIPT or an account Redis lost, runs again the
+        awaited way; its done marker makes that change nothing if it had run); shutdown waits
+        for it (``settles_done``)."""
+        assert self.shared is not None
+        sent = self.shared.settle_sent(acc, hold, reserved, cost, row)
+        if sent is None:  # no pipe, or Redis down: the awaited way (it keeps the charge until Redis is back)
+            self._settle_behind(acc, hold, reserved, cost, row)
+            return cost
+        self.settling.add(sent)
+        sent.add_done_callback(lambda done: self._settle_read(done, acc, hold, reserved, cost, row))
+        return cost
+
+    async def charges_written(self) -> None:
+        """Once the charges sent behind in this turn are written to Redis's socket (the kernel
+        delivers them even if this process is killed the next instant): the ledger waits for
+        it before an answer's last bytes go out, so no answer is given away by a kill -9."""
+        written = self.shared.link.written() if self.shared is not None else None
+        if written is not None:
+            await written
+
+    def _settle_read(self, done: asyncio.Future, acc: Account, hold: str, reserved: int, cost: int,
+                     row: LedgerRow | None) -> None:
+        self.settling.discard(done)
+        settled = None
+        if not done.cancelled() and done.exception() is None:
+            assert self.shared is not None
+            settled = self.shared.answered(cost, done.result())
+        if settled is None:  # an error Redis answered, or the connection failed: again, awaited
+            self._settle_behind(acc, hold, reserved, cost, row)
+        else:
+            self.live[acc.id] = (settled.balance, settled.reserved)
+
+    def _settle_behind(self, acc: Account, hold: str, reserved: int, cost: int, row: LedgerRow | None) -> None:
+        task = asyncio.ensure_future(self.settle_shared(acc, hold, reserved, cost, row))
+        self.settling.add(task)
+        task.add_done_callback(self._settle_done)
+
+    def _settle_done(self, task: asyncio.Task) -> None:
+        self.settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            throttled(log, logging.ERROR, "settle_failed", "storage.counters: a charge sent behind failed",
+                      exc_info=task.exception())
+
+    async def settles_done(self) -> None:
+        """Wait for the charges sent behind (shutdown, tests)."""
+        while self.settling:
+            await asyncio.gather(*list(self.settling), return_exceptions=True)
+
+    async def push_settles(self) -> None:
+        """Send the charges that waited for Redis (oldest first)."""
+        from proxy import ProxyError
+
+        while self.pending_settles and self.shared is not None:
+            acc, hold, reserved, cost, row = self.pending_settles[0]
+            try:
+                await self.shared.settle(acc, hold, reserved, cost, row)
+            except ProxyError:
+                return
+            self.pending_settles.pop(0)
+
+    async def current(self, acc: Account) -> Account:
+        """The account as the whole fleet sees it now (with shared counters, Redis's
+        balance and holds; the store's lags by the write-behind interval)."""
+        if self.shared is None or acc.unlimited:
+            return acc
+        live = await self.shared.live(acc.id)
+        if live is None:
+            return acc
+        balance, reserved = live
+        # Charged in Redis, not stored yet: spent too.
+        return replace(acc, balance=balance, reserved=reserved, spent=acc.spent + max(acc.balance - balance, 0))
+
+    async def shared_topup(self, aid: str, micro: int) -> None:
+        """Add a stored top-up to the account's balance in Redis (once: see redis_credit.py)."""
+        if self.shared is None:
+            return
+        acc = self.accounts[aid]
+        self.pending_topups.append((aid, micro, acc.version, acc.balance))
+        await self.push_topups()
+
+    async def push_topups(self) -> None:
+        """Send the top-ups Redis has not got yet (the writer retries while it is down)."""
+        from proxy import ProxyError
+
+        while self.pending_topups and self.shared is not None:
+            aid, micro, version, balance = self.pending_topups[0]
+            try:
+                await self.holds_back()  # a top-up makes an account Redis lost, without seeding it
+                await self.shared.topup(aid, micro, version, balance)
+            except ProxyError:
+                return  # counters down: the money is stored; Redis gets it when it is back
+            self.pending_topups.pop(0)
