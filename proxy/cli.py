@@ -19,7 +19,7 @@ from .inflight import GRACE_S
 from .logs import display_prefix
 from .plugins import BUILTINS, make_plugin_manager
 from .schema import ConfigError
-from .stopping import StopSignals, exit_by_deadline, ignore_until_exit, stop_limit
+from .stopping import StopSignals, exit_by_deadline, ignore_until_exit, stop_limit, tell_stop_limit
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -258,7 +258,10 @@ async def serve_one(gateway: Gateway, host: str, port: int, reuse_port: bool = F
     await stop.requested.wait()
     stop_listening()  # no reload while stopping
     print("tollway: stopping: finishing in-flight requests", file=sys.stderr, flush=True)
-    deadline = exit_by_deadline(gateway.config.server.shutdown_timeout)  # the reloaded value
+    shutdown_timeout = gateway.config.server.shutdown_timeout  # the reloaded value
+    deadline = exit_by_deadline(shutdown_timeout)
+    if reuse_port and (shared := workers_dir()) is not None:
+        tell_stop_limit(shared, shutdown_timeout)  # the parent kills a worker still stopping after it, not before
     await runner.cleanup()
     deadline.cancel()
     ignore_until_exit()
@@ -309,7 +312,8 @@ def serve_workers(args: argparse.Namespace, host: str, port: int, workers: int, 
     # worker reads, e.g. the metrics of all workers): new and empty now, removed at the end.
     with tempfile.TemporaryDirectory(prefix="tollway-workers-") as shared:
         env = {**os.environ, WORKERS_DIR_ENV: shared}
-        supervisor = WorkerSupervisor(cmd, env, workers, stop_timeout=stop_limit(shutdown_timeout))
+        supervisor = WorkerSupervisor(cmd, env, workers, stop_timeout=stop_limit(shutdown_timeout),
+                                      shared=Path(shared))
         print(f"tollway listening on http://{host}:{port} with {workers} workers", flush=True)
         return supervisor.run()
 

@@ -12,12 +12,14 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from .inflight import GRACE_S
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CLOSE_S = 5.0  # after the calls in flight had their time: for the last writes (the ledger's flush)
+STOP_LIMITS_DIR = "stop-limits"  # in the workers' shared directory: a file per stopping worker
 
 
 class StopSignals:
@@ -54,6 +56,37 @@ def stop_limit(shutdown_timeout: float) -> float:
     """How long a stop may take: ``shutdown_timeout`` for the calls in flight, ``GRACE_S`` for
     their last bytes, ``GRACE_S`` for aiohttp's handlers to end, ``CLOSE_S`` for the last writes."""
     return shutdown_timeout + 2 * GRACE_S + CLOSE_S
+
+
+def tell_stop_limit(shared: Path, shutdown_timeout: float) -> None:
+    """In a worker of ``tollway serve --workers N``, as its stop begins: write how long the stop
+    may take (``stop_limit`` of the shutdown_timeout it has now, which a reload may have changed
+    since the parent started) where the parent reads it (``told_stop_limits``) before it kills a
+    worker still stopping. A write that fails leaves the parent to the value it started with."""
+    folder = shared / STOP_LIMITS_DIR
+    try:
+        folder.mkdir(exist_ok=True)
+        temp = folder / f".{os.getpid()}"
+        temp.write_text(repr(stop_limit(shutdown_timeout)))
+        os.replace(temp, folder / str(os.getpid()))  # whole or not at all for the reader
+    except OSError:
+        pass
+
+
+def told_stop_limits(shared: Path) -> dict[int, float]:
+    """pid -> the stop limit (seconds) each stopping worker wrote with ``tell_stop_limit``."""
+    told: dict[int, float] = {}
+    try:
+        entries = list((shared / STOP_LIMITS_DIR).iterdir())
+    except OSError:
+        return told
+    for entry in entries:
+        if entry.name.isdigit():
+            try:
+                told[int(entry.name)] = float(entry.read_text())
+            except (OSError, ValueError):
+                pass
+    return told
 
 
 def exit_by_deadline(shutdown_timeout: float) -> asyncio.TimerHandle:

@@ -11,8 +11,10 @@ slow never filled a 30 s window.
 
 SIGTERM/SIGINT are passed on to every worker, no worker is started any more, and the parent
 exits once they have all ended (those still running past their own stop limit, see
-proxy/stopping.py, are killed). SIGHUP (reload) is passed on to every worker. A parent that ends without stopping
-them (kill -9) takes them with it: each worker gets SIGTERM from the kernel and stops as above.
+proxy/stopping.py, are killed: the limit each worker wrote as its stop began, from the
+shutdown_timeout it has then, reloaded or not). SIGHUP (reload) is passed on to every worker.
+A parent that ends without stopping them (kill -9) takes them with it: each worker gets
+SIGTERM from the kernel and stops as above.
 
 ``run()`` is meant to end the process: the stop signals stay ignored after it."""
 
@@ -26,9 +28,10 @@ import sys
 import time
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 
 from .processes import die_with_parent
-from .stopping import ignore_until_exit
+from .stopping import ignore_until_exit, told_stop_limits
 
 CRASH_LIMIT = 5
 SHORT_LIFE_S = 30.0  # a worker that dies sooner counts toward CRASH_LIMIT; one that lived longer resets
@@ -55,19 +58,24 @@ def say(text: str) -> None:
 
 class WorkerSupervisor:
     """Starts ``count`` processes running ``cmd`` with ``env`` and keeps them running until
-    SIGTERM/SIGINT (see the module docstring). ``run()`` returns the exit status."""
+    SIGTERM/SIGINT (see the module docstring). ``run()`` returns the exit status. ``stop_timeout``:
+    how long a worker's stop may take, as the config said at start; ``shared``: the workers'
+    directory, where each stopping worker writes its own (``proxy/stopping.py``)."""
 
-    def __init__(self, cmd: Sequence[str], env: dict[str, str], count: int, stop_timeout: float) -> None:
+    def __init__(self, cmd: Sequence[str], env: dict[str, str], count: int, stop_timeout: float,
+                 shared: Path | None = None) -> None:
         self.cmd = list(cmd)
         self.env = env
         self.count = count
-        self.stop_timeout = stop_timeout + STOP_MARGIN_S
+        self.stop_timeout = stop_timeout
+        self.shared = shared
         self.workers: dict[int, subprocess.Popen] = {}
         self.started: dict[int, float] = {}  # pid -> monotonic start time
         self.short_deaths = 0  # in a row: workers that died within SHORT_LIFE_S of their start
         self.backoff_level = 0
         self.starts_due: list[float] = []  # monotonic times replacements are to be started at
         self.signals: deque[int] = deque()
+        self.stop_began: float | None = None
         self.stop_deadline: float | None = None
         self.gave_up = False
 
@@ -132,10 +140,20 @@ class WorkerSupervisor:
         self.starts_due.append(now + delay)
 
     def begin_stop(self, sig: int, now: float) -> None:
-        if self.stop_deadline is None:
-            self.stop_deadline = now + self.stop_timeout
+        if self.stop_began is None:
+            self.stop_began = now
+            self.stop_deadline = now + self.stop_limit()
         self.starts_due.clear()
         self.send_all(sig)
+
+    def stop_limit(self) -> float:
+        """How long the stop may take before the workers still running are killed: the longest
+        limit of a running worker as it wrote it when its stop began (from its shutdown_timeout
+        then: a reload may have changed it since the start), the start's for one that has not
+        written (yet), plus ``STOP_MARGIN_S``."""
+        told = told_stop_limits(self.shared) if self.shared is not None else {}
+        return max((told.get(pid, self.stop_timeout) for pid in self.workers), default=self.stop_timeout) \
+            + STOP_MARGIN_S
 
     # -- the loop -------------------------------------------------------------------
 
@@ -203,8 +221,12 @@ class WorkerSupervisor:
             for due in [t for t in self.starts_due if t <= now]:
                 self.starts_due.remove(due)
                 self.start_worker(now)
-        elif now >= self.stop_deadline and self.workers:
-            say(f"{len(self.workers)} worker(s) still running {self.stop_timeout:g} s after the stop: killing them")
+        elif self.workers and self.stop_began is not None:
+            limit = self.stop_limit()  # the workers say theirs as they begin to stop: looked at every time
+            self.stop_deadline = self.stop_began + limit
+            if now < self.stop_deadline:
+                return codes
+            say(f"{len(self.workers)} worker(s) still running {limit:g} s after the stop: killing them")
             self.send_all(signal.SIGKILL)
             for child in list(self.workers.values()):
                 child.wait()
