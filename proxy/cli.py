@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arg(check)
     check.set_defaults(func=cmd_check)
 
+    migrate = sub.add_parser("migrate", help="bring the store's tables up to this version's schema, then exit")
+    add_config_arg(migrate)
+    migrate.set_defaults(func=gateway_command(migrate_store))
+
     reload = sub.add_parser("reload", help="make a running tollway serve read its config file again")
     add_config_arg(reload)
     reload.add_argument("--url", help="the running server (default: http://server.host:server.port of the config)")
@@ -186,6 +190,23 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: ok ({len(cfg.providers)} providers, {len(cfg.models)} models, "
           f"plugins: {', '.join(cfg.plugins.enabled) or 'none'})")
+    return 0
+
+
+# -- migrate --------------------------------------------------------------------------
+
+async def migrate_store(gateway: Gateway, args: argparse.Namespace) -> int:
+    """Starting the gateway without serving (``gateway_command``) has applied the migrations of
+    the core and of every enabled plugin (each plugin's ``tollway_startup`` runs its own); the
+    core's stored responses are opened here as ``serve`` opens them. Say where each component is."""
+    from .store import schema_version
+
+    await gateway.stored_responses.open(gateway.store)
+    await gateway.stored_responses.close()
+    rows = await gateway.store.fetchall("select component from tollway_schema order by component")
+    versions = [f"{name} {await schema_version(gateway.store, name)}" for (name,) in rows]
+    # (the store's kind, not its URL: a PostgreSQL URL may hold a password)
+    print(f"tollway: the {gateway.store.kind} store's schema is up to date: {', '.join(versions)}")
     return 0
 
 
