@@ -200,3 +200,16 @@ def test_budget_holds_p99_at_concurrency_1_within_a_tenth_of_a_millisecond_of_th
     assert checks["stream_whole_c1: added p99 at c=1 vs floor (ms)"]["value"] == pytest.approx(0.08)
     assert checks["latency: added p99 at c=1 vs floor (ms)"]["ok"] is False  # 1.2 vs 1.0
     assert "+p99 vs floor" in report.table(derived)
+
+
+def test_each_target_takes_each_slot_of_a_round_in_turn():
+    """A later slot in a round measured cheaper for the same code: the order rotates a round."""
+    from benchmarks.runner import round_order
+
+    targets = ["floor", "tollway-full", "tollway-full@base"]
+    orders = [round_order(targets, r) for r in range(3)]
+    assert orders[0] == targets
+    assert sorted(orders[1]) == sorted(targets) and orders[1] != targets
+    for t in targets:  # every slot, once each
+        assert sorted(order.index(t) for order in orders) == [0, 1, 2]
+    assert round_order(targets, 3) == targets and round_order([], 5) == []
