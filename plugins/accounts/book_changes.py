@@ -100,16 +100,9 @@ class BookChanges(SharedMoney):
         return await self.update_key(kid, {"revoked_at": time.time()})
 
     async def topup(self, kid: str, micro: int) -> Account:
-        async with self.lock:
-            aid = self.by_id[kid].account_id  # under the lock: a reload may move a YAML key to another account
-
-            async def change(tx: Store) -> None:
-                await db.add_credits(tx, aid, micro, time.time())
-
-            await self.write(change, (aid,))
-        await self.shared_topup(aid, micro)
-        self._changed()
-        return self.accounts[aid]
+        """Credits to the account of key ``kid``: read under the lock (a reload may move a YAML
+        key to another account)."""
+        return await self._credit(lambda: self.by_id[kid].account_id, micro)
 
     def _changed(self) -> None:
         """Tell the other instances to read the keys and balances again (they poll too)."""
@@ -151,7 +144,12 @@ class BookChanges(SharedMoney):
             await self.refills.apply_due()
 
     async def add_credits(self, aid: str, micro: int) -> Account:
+        return await self._credit(lambda: aid, micro)
+
+    async def _credit(self, account_of: Callable[[], str], micro: int) -> Account:
         async with self.lock:
+            aid = account_of()
+
             async def change(tx: Store) -> None:
                 await db.add_credits(tx, aid, micro, time.time())
 
