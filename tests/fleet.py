@@ -103,11 +103,15 @@ async def start_servers(path: Path, n: int, env: dict[str, str] | None = None) -
 
 def kill_all(servers: Iterable[Server]) -> None:
     """Kill what is still running of ``servers`` (a test's ``finally:``: they were stopped, or the
-    test failed) and read what each printed, so no process or pipe outlives the test."""
+    test failed) and read what each printed, so no process or pipe outlives the test. What a
+    server still running printed goes to stdout, which pytest shows when the test failed."""
     for server in servers:
-        if server.proc.poll() is None:
+        running = server.proc.poll() is None
+        if running:
             server.proc.kill()
-        server.proc.communicate()
+        _, err = server.proc.communicate()
+        if running and err:
+            print(f"--- {server.url} (killed) printed:\n{err[-8000:]}")
 
 
 async def until(predicate, timeout: float = 10.0, what: str = "condition") -> None:

@@ -41,6 +41,9 @@ class BookMemory:
         # Top-ups stored but not yet added in Redis (it was down): retried by the writer.
         self.pending_topups: list[tuple[str, int, int, int]] = []
         self.pending_settles: list[tuple] = []  # charges made while Redis was down (see settle_shared)
+        # One sender of those two queues at a time (an admin top-up, the writer's pass): two
+        # sending the same head would each remove an entry, one of them never sent.
+        self.pushing = asyncio.Lock()
         self.live: dict[str, tuple[int, int]] = {}  # account id -> (bal, res) as Redis last said
         self.settling: set[asyncio.Future] = set()  # charges sent behind (settle_shared_behind)
         # Serialises what must not interleave: the writer's flush, reloads and admin changes.

@@ -133,13 +133,14 @@ class SharedMoney(BookMemory):
         """Send the charges that waited for Redis (oldest first)."""
         from proxy import ProxyError
 
-        while self.pending_settles and self.shared is not None:
-            acc, hold, reserved, cost, row = self.pending_settles[0]
-            try:
-                await self.shared.settle(acc, hold, reserved, cost, row)
-            except ProxyError:
-                return
-            self.pending_settles.pop(0)
+        async with self.pushing:
+            while self.pending_settles and self.shared is not None:
+                acc, hold, reserved, cost, row = self.pending_settles[0]
+                try:
+                    await self.shared.settle(acc, hold, reserved, cost, row)
+                except ProxyError:
+                    return
+                self.pending_settles.pop(0)
 
     async def current(self, acc: Account) -> Account:
         """The account as the whole fleet sees it now (with shared counters, Redis's
@@ -165,11 +166,12 @@ class SharedMoney(BookMemory):
         """Send the top-ups Redis has not got yet (the writer retries while it is down)."""
         from proxy import ProxyError
 
-        while self.pending_topups and self.shared is not None:
-            aid, micro, version, balance = self.pending_topups[0]
-            try:
-                await self.holds_back()  # a top-up makes an account Redis lost, without seeding it
-                await self.shared.topup(aid, micro, version, balance)
-            except ProxyError:
-                return  # counters down: the money is stored; Redis gets it when it is back
-            self.pending_topups.pop(0)
+        async with self.pushing:
+            while self.pending_topups and self.shared is not None:
+                aid, micro, version, balance = self.pending_topups[0]
+                try:
+                    await self.holds_back()  # a top-up makes an account Redis lost, without seeding it
+                    await self.shared.topup(aid, micro, version, balance)
+                except ProxyError:
+                    return  # counters down: the money is stored; Redis gets it when it is back
+                self.pending_topups.pop(0)
