@@ -33,6 +33,7 @@ from proxy import ProxyError
 
 from . import rollups
 from .claims import Admission, TotalClaim
+from .counters import MemoryCounters
 from .gcra import iso_at
 from .model import PERIODS
 from .money import micro_to_usd, money_text
@@ -252,7 +253,12 @@ class BudgetKeeper:
         await self.load_seeds()
 
     async def load_seeds(self) -> None:
-        """Per key and per account, what the ledger says was spent in each current period."""
+        """Per key and per account, what the ledger says was spent in each current period.
+        A budget applies from the moment it is set, before this read ends: a total that a
+        request made meanwhile (in this process's memory) was made from the old reading,
+        and is given the difference (``_count_missed``)."""
+        totals = self.counters.totals if isinstance(self.counters, MemoryCounters) else None
+        before = dict(totals) if totals is not None else {}
         now = self.clock()
         seeds: dict[str, int] = {}
         store = self.book.store
@@ -266,7 +272,9 @@ class BudgetKeeper:
                 if account_id:
                     name = f"budget:a:{account_id}:{current.label}"
                     seeds[name] = seeds.get(name, 0) + spent
-        self.seeds = seeds
+        old, self.seeds = self.seeds, seeds
+        if totals is not None:
+            _count_missed(totals, before, old, seeds)
 
     async def fresh_seed(self, cap: Cap, now: float) -> int:
         """What the store says ``cap``'s scope spent in its current period (shared counters
@@ -304,6 +312,16 @@ class BudgetKeeper:
                         "remaining_micro_usd": max(cap.cap - used, 0), "resets_at": period.end,
                         "period_start": period.start, "resets_at_local": self.calendar.local_iso(period.end)})
         return out
+
+
+def _count_missed(totals: dict[str, list], before: dict[str, list], old: dict[str, int], seeds: dict[str, int]) -> None:
+    """Totals made while the seeds were read (not the entry they had before: identity, so a
+    total made again after it expired counts too) were made with the ``old`` seed; they
+    get what the new reading adds. (Redis does not need this: a total it does not have is
+    seeded by a fresh read of the store, ``fresh_seed``.)"""
+    for name, entry in totals.items():
+        if before.get(name) is not entry:
+            entry[0] += max(seeds.get(name, 0) - old.get(name, 0), 0)
 
 
 async def spent_since(store, start: float) -> list[tuple[str, str, int]]:
