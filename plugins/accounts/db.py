@@ -289,7 +289,15 @@ async def write_rows(tx, rows: list[LedgerRow], deltas: dict[str, list[int]]) ->
 
 async def _row_steps(tx, rows: list[LedgerRow], deltas: dict[str, list[int]]) -> list:
     steps = tx.insert_steps("tollway_ledger", LEDGER_COLUMNS, rows) if rows else []
-    steps += await rollups.batch_steps(LEDGER_COLUMNS, rows)
+    counted = await rollups.batch_steps(LEDGER_COLUMNS, rows)
+    if tx.kind == "postgres":
+        # A fleet's writers add to the same rollup and account rows, each locked until its
+        # commit: all lock them in one order (sorted), or each of two could hold a row the
+        # other waits for (a deadlock PostgreSQL breaks after a second by failing a flush).
+        for _sql, upserts, _many in counted:
+            upserts.sort()  # (by their dimensions: no two rows of one step have the same)
+        deltas = dict(sorted(deltas.items()))
+    steps += counted
     if deltas:
         steps.append((APPLY_DELTA, [(d[0], d[1], aid) for aid, d in deltas.items()], True))
     return steps
