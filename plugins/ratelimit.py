@@ -38,7 +38,7 @@ from .accounts.checks import check_config
 from .accounts.claims import Admission, RateClaim, SlotClaim, admission_of, run_admission
 from .accounts.counters import COUNTERS, Counters, MemoryCounters
 from .accounts.estimate import tokens_estimate
-from .accounts.gcra import EPS, Plan, Rule, iso_at, put_headers
+from .accounts.gcra import Plan, Rule, iso_at, left_of, put_headers, reset_of
 from .accounts.refusals import REFUSAL, Refusal
 
 PERIODS = (("rpm", "requests", "requests per minute", 60.0), ("rpd", "requests", "requests per day", 86400.0),
@@ -91,7 +91,7 @@ class Plugin:
         for name, tat in await self.store.fetchall("select name, tat from tollway_ratelimit"):
             if tat > now:
                 kid, scope, label = name.split("\x1f")
-                counters.tats[(kid, scope, label)] = tat
+                counters.tats[(kid, scope, label)] = (now, tat - now)
 
     @hookimpl
     def tollway_shutdown(self, gateway: Gateway):
@@ -102,7 +102,8 @@ class Plugin:
         if self.store is None or not isinstance(counters, MemoryCounters):  # not started, or shared counters
             return
         now = time.time()
-        rows = [("\x1f".join(k), tat) for k, tat in counters.tats.items() if tat > now]
+        # (stored as the absolute TAT: rounded once, to ~2.4e-7 s, across a restart)
+        rows = [("\x1f".join(k), now + reset) for k, tat in counters.tats.items() if (reset := reset_of(tat, now))]
         async with self.store.transaction() as tx:
             await tx.execute("delete from tollway_ratelimit")
             if rows:
@@ -205,9 +206,8 @@ class Plugin:
             for rule in self._plan_of(key, model, shared, acc.id if acc is not None else "").rules:
                 if model and not rule.scope:
                     continue  # the key's own (and its account's) limits are listed once, under ""
-                tat = counters.tat(rule.state)
-                reset = 0.0 if tat is None or tat <= now else tat - now
-                left = max(int((rule.period - reset) / rule.interval + EPS), 0)
+                reset = reset_of(counters.tat(rule.state), now)
+                left = left_of(rule, reset)
                 out.append({"label": rule.label, "model": rule.scope or None, "limit": rule.limit,
                             "remaining": min(left, rule.limit), "full_at": now + reset, "period": rule.period})
         if key.limits.concurrency is not None:
@@ -217,9 +217,7 @@ class Plugin:
 
     def _used(self, rule: Rule, now: float) -> int:
         """How much of ``rule`` is taken now (the limit minus what is left)."""
-        tat = self.counters.tat(rule.state)
-        reset = 0.0 if tat is None or tat <= now else tat - now
-        return rule.limit - min(max(int((rule.period - reset) / rule.interval + EPS), 0), rule.limit)
+        return rule.limit - min(left_of(rule, reset_of(self.counters.tat(rule.state), now)), rule.limit)
 
     @staticmethod
     def _refusal(key: KeyRecord, wait: float, rule: Rule, cost: int, headers: dict, used: int) -> ProxyError:

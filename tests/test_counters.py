@@ -114,3 +114,36 @@ async def test_admit_takes_every_claim_at_once_or_none_and_names_the_one_that_re
         counters.leave("key-a")
     await counters.settled()
     assert await counters.enter("key-a", 1)  # both slots were freed: the refused admissions took none
+
+
+@pytest.mark.parametrize("now", [1_000_000.0, 1_800_000_000.123])
+async def test_extreme_limits_admit_exactly_their_count_at_any_time(counters, now):
+    """rpm 1e8 and tpm 1e10 at a Unix time of today: one request is 6e-7 s of the minute, a
+    token 6e-9 s, both below what a float TAT of ~1.8e9 s resolves (2.4e-7 s). The counts are
+    exact whatever the time (a TAT kept as an absolute float added nothing per token: the
+    tokens limit admitted forever)."""
+    tpm = rule("tpm", 10_000_000_000, tokens=True)
+    assert await counters.take((tpm,), 10_000_000_000 - 1000, now) is None
+    admitted = 0
+    while admitted <= 2000 and await counters.take((tpm,), 1, now) is None:
+        admitted += 1
+    assert admitted == 1000
+    refused = await counters.take((tpm,), 1, now)
+    assert refused is not None and refused.wait == pytest.approx(tpm.interval)
+    # A correction by the real usage gives back exactly what it says: 7 more tokens fit.
+    counters.adjust((tpm,), -7)
+    await counters.settled()
+    assert await counters.take((tpm,), 7, now) is None
+    assert await counters.take((tpm,), 1, now) is not None
+    # Time refills exactly too: 2**-21 s later (a time a float of today holds) 79.47 tokens came back.
+    later = now + 2 ** -21
+    assert later - now == 2 ** -21 and int(2 ** -21 / tpm.interval) == 79
+    assert await counters.take((tpm,), 79, later) is None
+    assert await counters.take((tpm,), 1, later) is not None
+
+    rpm = rule("rpm", 100_000_000)
+    for _ in range(500):
+        assert await counters.take((rpm,), 0, now) is None
+    # 500 requests took exactly 500 intervals: 3e-4 s to wait for a full minute again.
+    assert counters.tat(rpm.state)[1] - (now - counters.tat(rpm.state)[0]) == pytest.approx(500 * rpm.interval,
+                                                                                          rel=1e-9)

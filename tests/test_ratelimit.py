@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+import time
+import types
 
 import aiohttp
 import openai
 import pytest
 from business import bearer, biz_config, chat, credits
+from fleet import COUNTER_KINDS, redis_url
 
+import plugins.ratelimit
 from plugins.accounts.gcra import duration
 from proxy import hookimpl
 
@@ -176,3 +180,43 @@ async def test_header_names_go_out_as_written(start_gateway):
                     "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
                     "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "x-tollway-model",
                     "x-tollway-provider", "x-tollway-attempts", "x-tollway-cost"]
+
+
+class KeepEstimates:
+    """The answers come without usage (the tokens limit keeps each request's estimate)."""
+
+    @hookimpl(tryfirst=True)
+    async def tollway_settle(self, call):
+        call.billing.usage = None
+
+
+@pytest.mark.parametrize("counters", COUNTER_KINDS)
+async def test_extreme_limits_count_exactly(start_gateway, monkeypatch, counters):
+    """rpm 1e8 and tpm 1e10, the clock stopped at a time of today: every answer's remaining
+    counts are exact, and the tokens limit refuses exactly when its minute is spent. (With
+    the TATs kept as absolute floats, ~2.4e-7 s apart at today's Unix times, a request of
+    rpm 1e8 counted 0.8 or 1.2 and a few tokens of tpm 1e10 counted nothing: admitted forever.)"""
+    now = float(int(time.time()))
+    monkeypatch.setattr(plugins.ratelimit, "time", types.SimpleNamespace(time=lambda: now))
+    config = biz_config(keys=[{"name": "lim", "key": KEY, "limits": {"rpm": 100_000_000, "tpm": 10_000_000_000}}],
+                        enabled=["auth", "ratelimit"])
+    if counters == "redis":
+        config["storage"] = {"counters": redis_url()}
+    running = await start_gateway(config, plugins=[KeepEstimates()])
+    async with aiohttp.ClientSession() as s:
+        status, headers, _ = await chat(s, running, KEY, max_tokens=10_000_000_000 - 2000)
+        assert status == 200 and headers["x-ratelimit-remaining-requests"] == "99999999"
+        first_left = left = int(headers["x-ratelimit-remaining-tokens"])
+        assert 1900 < left < 2000  # the limit less this request's estimate (its body and max_tokens)
+        costs = []
+        while len(costs) < 1000:
+            status, headers, body = await chat(s, running, KEY, max_tokens=1)
+            if status != 200:
+                break
+            costs.append(left - int(headers["x-ratelimit-remaining-tokens"]))
+            left -= costs[-1]
+            assert headers["x-ratelimit-remaining-requests"] == str(100_000_000 - 1 - len(costs))
+    assert status == 429 and "tokens per minute (limit 10000000000)" in body["error"]["message"]
+    cost = costs[0]  # the same small request each time: the same estimate
+    assert cost > 1 and set(costs) == {cost}
+    assert len(costs) == first_left // cost and left == first_left % cost

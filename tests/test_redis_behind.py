@@ -44,7 +44,7 @@ async def test_corrections_and_releases_sent_behind_apply_once_after_a_script_fl
             await counters.admit(admission)
             assert admission.refused is None and claim.hold
             assert await credit.live("acme") == (1000, 300)
-            tat = float(await counters.link.redis.get("behind:rl:k1\x1f\x1ftpm"))
+            at, debt = (await counters.link.redis.get("behind:rl2:k1\x1f\x1ftpm")).split()
 
             await counters.link.redis.script_flush()
             counters.adjust((TPM,), -40)  # the answer used 40 tokens fewer than estimated
@@ -52,6 +52,7 @@ async def test_corrections_and_releases_sent_behind_apply_once_after_a_script_fl
             await counters.settled()
 
             assert await credit.live("acme") == (1000, 0)
-            assert float(await counters.link.redis.get("behind:rl:k1\x1f\x1ftpm")) == tat - 40 * TPM.interval
+            after = (await counters.link.redis.get("behind:rl2:k1\x1f\x1ftpm")).split()
+            assert after[0] == at and float(after[1]) == float(debt) - 40 * TPM.interval
         finally:
             await counters.close()

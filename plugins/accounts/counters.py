@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 from proxy import ProxyError, ServiceKey
 
 from .claims import Admission, TotalClaim, admit_local
-from .gcra import Refusal, Rule, gcra_check
+from .gcra import Refusal, Rule, Tat, gcra_check
 
 if TYPE_CHECKING:
     from proxy import Gateway
@@ -65,7 +65,7 @@ class Counters:
         from none and say which rule refused and for how long."""
         raise NotImplementedError
 
-    def tat(self, state: tuple) -> float | None:
+    def tat(self, state: tuple) -> Tat | None:
         """A rule's theoretical arrival time as this instance sees it (for the headers)."""
         raise NotImplementedError
 
@@ -133,7 +133,7 @@ class MemoryCounters(Counters):
     kind = "memory"
 
     def __init__(self) -> None:
-        self.tats: dict[tuple, float] = {}
+        self.tats: dict[tuple, Tat] = {}
         self.in_flight: dict[str, int] = {}
         self.totals: dict[str, list] = {}  # name -> [used, held, until]
 
@@ -146,14 +146,15 @@ class MemoryCounters(Counters):
     async def take(self, rules: tuple[Rule, ...], tokens: int, now: float) -> Refusal | None:
         return take_local(self.tats, rules, tokens, now)
 
-    def tat(self, state: tuple) -> float | None:
+    def tat(self, state: tuple) -> Tat | None:
         return self.tats.get(state)
 
     def adjust(self, rules: tuple[Rule, ...], tokens: int) -> None:
         tats = self.tats
         for rule in rules:
-            if rule.state in tats:
-                tats[rule.state] += tokens * rule.interval
+            tat = tats.get(rule.state)
+            if tat is not None:
+                tats[rule.state] = (tat[0], tat[1] + tokens * rule.interval)
 
     async def enter(self, scope: str, limit: int) -> bool:
         n = self.in_flight.get(scope, 0)
@@ -206,7 +207,7 @@ class MemoryCounters(Counters):
         return entry[0] if entry is not None else 0
 
 
-def take_local(tats: dict[tuple, float], rules: tuple[Rule, ...], tokens: int, now: float) -> Refusal | None:
+def take_local(tats: dict[tuple, Tat], rules: tuple[Rule, ...], tokens: int, now: float) -> Refusal | None:
     """GCRA over ``tats`` (state -> TAT): every rule advances, or none does."""
     refusal, new_tats = gcra_check(tats, rules, tokens, now)
     if refusal is not None:

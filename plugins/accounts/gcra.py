@@ -11,7 +11,15 @@ up to the full limit, then spreads requests evenly: ``rpm: 60`` admits 60 at
 once, then one a second.
 
 Times are wall-clock seconds (``time.time()``) so the state can be saved at
-shutdown and loaded at start-up.
+shutdown and loaded at start-up. A rule's TAT is kept as ``(at, debt)``: the
+time of its last take and how far past that time the TAT was (``TAT = at +
+debt``), never as the sum. At a Unix time (~1.8e9 s) a float resolves only
+~2.4e-7 s, coarser than one request of ``rpm: 100000000`` (6e-7 s) or a token
+of ``tpm: 10000000000`` (6e-9 s), so adding an interval to an absolute TAT
+rounded it (a token added nothing at all: such a limit admitted forever).
+``debt`` is at most a period (60 s: resolved to 7e-15 s) and ``now - at`` is
+exact (two close floats), so every limit's arithmetic is exact to a millionth
+of its interval.
 """
 
 from __future__ import annotations
@@ -24,6 +32,24 @@ from typing import NamedTuple
 from multidict import istr
 
 EPS = 1e-9
+
+#: A rule's state: (the time of its last take, seconds its TAT lies past that time).
+Tat = tuple[float, float]
+
+
+def reset_of(tat: Tat | None, now: float) -> float:
+    """Seconds from ``now`` until the rule is fully replenished (0: it is)."""
+    if tat is None:
+        return 0.0
+    debt = tat[1] - (now - tat[0])
+    return debt if debt > 0.0 else 0.0
+
+
+def left_of(rule: Rule, reset: float) -> int:
+    """How many more requests (tokens) of cost 1 ``rule`` admits now, ``reset`` seconds
+    from full: the count ``gcra_check`` would admit (the same EPS, in seconds)."""
+    left = int((rule.period - reset + EPS) / rule.interval)
+    return left if left > 0 else 0
 
 
 def _duration(seconds: float) -> str:
@@ -127,14 +153,18 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float) -> None:
     """Add OpenAI's ``x-ratelimit-*-{requests,tokens}`` and the generic
     ``X-RateLimit-*`` (of the requests limit, else the tokens limit) to
     ``out``; for each kind the limit with the least left (ties: the one
-    furthest from its reset) is shown. ``tat_of(rule)`` is its TAT or None."""
+    furthest from its reset) is shown. ``tat_of(rule.state)`` is its ``Tat`` or None."""
     main = None
     for i, (names, group) in enumerate(plan.groups):
         best = None
         for rule in group:
             tat = tat_of(rule.state)
-            reset = 0.0 if tat is None or tat <= now else tat - now
-            left = int((rule.period - reset) / rule.interval + EPS)
+            reset = 0.0
+            if tat is not None:
+                reset = tat[1] - (now - tat[0])
+                if reset < 0.0:
+                    reset = 0.0
+            left = int((rule.period - reset + EPS) / rule.interval)
             if left < 0:
                 left = 0
             if best is None:
@@ -162,20 +192,24 @@ class Refusal(NamedTuple):
     wait: float
 
 
-def gcra_check(tats: dict[tuple, float], rules: tuple[Rule, ...], tokens: int,
-               now: float) -> tuple[Refusal | None, list[float]]:
-    """GCRA over ``tats`` (state -> TAT), changing nothing: (the refusal, or None and
-    every rule's new TAT)."""
+def gcra_check(tats: dict[tuple, Tat], rules: tuple[Rule, ...], tokens: int,
+               now: float) -> tuple[Refusal | None, list[Tat]]:
+    """GCRA over ``tats`` (state -> ``Tat``), changing nothing: (the refusal, or None and
+    every rule's new ``Tat``)."""
     get = tats.get
     new_tats = []
     worst = None
     worst_wait = EPS  # a wait counts when over EPS; the longest one is reported
     for rule in rules:
         tat = get(rule.state)
-        base = now if tat is None or tat < now else tat
-        new_tat = base + (tokens if rule.tokens else 1) * rule.interval
-        over = new_tat - now - rule.period
+        debt = 0.0  # how far past now the TAT is (never before now: GCRA's max(TAT, now))
+        if tat is not None:
+            debt = tat[1] - (now - tat[0])
+            if debt < 0.0:
+                debt = 0.0
+        debt += (tokens if rule.tokens else 1) * rule.interval
+        over = debt - rule.period
         if over > worst_wait:
             worst, worst_wait = rule, over
-        new_tats.append(new_tat)
+        new_tats.append((now, debt))
     return (Refusal(worst, worst_wait) if worst is not None else None), new_tats

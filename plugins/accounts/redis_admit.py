@@ -100,7 +100,7 @@ def _absorb(counters: RedisCounters, claim: Claim, extra: str | None, result: li
         tats = counters.tats
         for rule, tat in zip(claim.rules, result[2:], strict=True):
             if tat:
-                tats[rule.state] = float(tat)
+                tats[rule.state] = lua.tat_of_text(tat)
             else:
                 tats.pop(rule.state, None)
         if result[0] != b"0":

@@ -44,7 +44,7 @@ from proxy.logs import throttled
 from . import redis_scripts as lua
 from .claims import Admission, RateClaim, SlotClaim, TotalClaim
 from .counters import Counters, Refusal, unavailable
-from .gcra import Rule
+from .gcra import Rule, Tat
 from .redis_admit import admit_in_redis
 from .redis_pipe import RedisPipe
 
@@ -229,7 +229,7 @@ class RedisCounters(Counters):
         self.prefix = link.prefix
         self.instance = secrets.token_hex(6)
         self._ids = itertools.count()
-        self.tats: dict[tuple, float] = {}  # what this instance last saw (for the headers)
+        self.tats: dict[tuple, Tat] = {}  # what this instance last saw (for the headers)
         self.slots: dict[str, list[str]] = {}  # scope -> this instance's slot ids in it
         self.totals: dict[str, int] = {}  # name -> used, as last seen
         self.live: dict[str, set[str]] = {}  # sorted-set key -> members this instance keeps alive
@@ -276,7 +276,9 @@ class RedisCounters(Counters):
 
     # -- rate limits ----------------------------------------------------------------------------
     def tat_key(self, state: tuple) -> str:
-        return self.prefix + "rl:" + "\x1f".join(state)
+        # rl2: the state is "<at> <debt>" (redis_scripts.py); an older instance's "rl:" keys
+        # held an absolute TAT and are never read as such.
+        return self.prefix + "rl2:" + "\x1f".join(state)
 
     async def admit(self, admission: Admission) -> None:
         """Every claim in ONE script (``ADMIT``): one round trip for the whole admission."""
@@ -288,7 +290,7 @@ class RedisCounters(Counters):
         await self.admit(admission)
         return claim.refusal
 
-    def tat(self, state: tuple) -> float | None:
+    def tat(self, state: tuple) -> Tat | None:
         return self.tats.get(state)
 
     def adjust(self, rules: tuple[Rule, ...], tokens: int) -> None:
@@ -302,8 +304,9 @@ class RedisCounters(Counters):
             asyncio.get_running_loop().call_soon(self._send_adjusts)
         for rule in rules:
             shift = tokens * rule.interval
-            if rule.state in tats:
-                tats[rule.state] += shift
+            tat = tats.get(rule.state)
+            if tat is not None:
+                tats[rule.state] = (tat[0], tat[1] + shift)
             pending.append((self.tat_key(rule.state), shift))
 
     def _send_adjusts(self) -> None:

@@ -32,7 +32,7 @@ from .counters import MemoryCounters, Refusal, take_local, unavailable
 from .redis_counters import RedisCounters, RedisLink
 
 if TYPE_CHECKING:
-    from .gcra import Rule
+    from .gcra import Rule, Tat
 
 log = logging.getLogger("tollway.counters")
 
@@ -135,7 +135,7 @@ class LocalWhenDownCounters(RedisCounters):
             return None
         return Refusal(rules[scaled.index(refused.rule)], refused.wait)
 
-    def tat(self, state: tuple) -> float | None:
+    def tat(self, state: tuple) -> Tat | None:
         if self.link.down:
             return self.local.tats.get(state)
         return super().tat(state)
@@ -146,8 +146,9 @@ class LocalWhenDownCounters(RedisCounters):
             return
         tats, share = self.local.tats, self.seen
         for rule in rules:
-            if rule.state in tats:
-                tats[rule.state] += tokens * rule.interval * share
+            tat = tats.get(rule.state)
+            if tat is not None:
+                tats[rule.state] = (tat[0], tat[1] + tokens * rule.interval * share)
 
     # -- concurrency ----------------------------------------------------------------------------
     async def enter(self, scope: str, limit: int) -> bool:

@@ -10,6 +10,11 @@ caller's (``time.time()``, NTP-synchronised machines).
 
 from __future__ import annotations
 
+# A rule's state (its TAT key, ``<prefix>rl2:...``): the text "<at> <debt>", the caller's time
+# of its last take and how many seconds past it its TAT lies (``gcra.Tat``: never the sum,
+# which a float at Unix times resolves only to ~2.4e-7 s). ``rl2``: the keys of instances that
+# kept the sum (``rl:``) are never read as this.
+
 # Correct tokens rules (the real usage minus the estimate taken). KEYS: TAT keys (one may
 # come several times: several requests' corrections in one call); ARGV: per key, the shift
 # in seconds. The key's time to live moves with its TAT (no clock needed).
@@ -17,10 +22,11 @@ ADJUST = """
 for i = 1, #KEYS do
   local tat = redis.call('GET', KEYS[i])
   if tat then
+    local at, debt = string.match(tat, '^(%S+) (%S+)$')
     local shift = tonumber(ARGV[i])
     local ttl = redis.call('PTTL', KEYS[i]) + math.floor(shift * 1000)
     if ttl > 0 then
-      redis.call('SET', KEYS[i], string.format('%.17g', tonumber(tat) + shift), 'PX', ttl)
+      redis.call('SET', KEYS[i], at .. ' ' .. string.format('%.17g', tonumber(debt) + shift), 'PX', ttl)
     else
       redis.call('DEL', KEYS[i])
     end
@@ -54,8 +60,8 @@ end
 # taken, or none. ARGV: ttl ms (slots and holds), the number of claims, then per claim its
 # kind and arguments; KEYS: per claim its keys, in the same order.
 #   S  slot         KEYS: the scope's sorted set (member: slot id, score: expiry ms); ARGV: limit, slot id
-#   R  rate limits  KEYS: one TAT key per rule; ARGV: now (caller's clock), tokens, rules, then per rule:
-#                   interval, period, is_tokens (1/0)
+#   R  rate limits  KEYS: one TAT key per rule ("<at> <debt>", see above); ARGV: now (caller's clock),
+#                   tokens, rules, then per rule: interval, period, is_tokens (1/0)
 #   C  credit       KEYS: account, holds (see _ACCOUNT); ARGV: seed balance, seed version, amount, member
 #   T  capped total KEYS: its hash (used, held); ARGV: cap, amount, seed (used when new; '' for
 #                   "ask me": a fresh read of the store), expire-at (unix s)
@@ -63,7 +69,7 @@ end
 # refused and nothing was taken, -1 the claim at index (credit, or a total sent without a
 # seed) names something Redis does not have (the caller reads the store and runs it again
 # with the seed; nothing was taken). results, one per claim
-# up to the refused one: S {}; R {worst rule (1-based) or 0, wait, the TAT of each rule
+# up to the refused one: S {}; R {worst rule (1-based) or 0, wait, the state of each rule
 # (after the take, or as it is when refused; '' for none)} (strings); C {bal, res}; T {used}.
 ADMIT = _NOW_MS + _FREE_EXPIRED_HOLDS + """
 local ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -88,19 +94,23 @@ for c = 1, n do
       if ARGV[b + 2] == '1' then cost = tokens end
       local raw = redis.call('GET', KEYS[k + i - 1])
       r[2 + i] = raw or ''
-      local tat = tonumber(raw or '0')
-      if tat < at then tat = at end
-      local nt = tat + cost * tonumber(ARGV[b])
-      local over = nt - at - tonumber(ARGV[b + 1])
+      local debt = 0  -- seconds the TAT lies past now (GCRA's max(TAT, now))
+      if raw then
+        local was, owed = string.match(raw, '^(%S+) (%S+)$')
+        debt = tonumber(owed) - (at - tonumber(was))
+        if debt < 0 then debt = 0 end
+      end
+      debt = debt + cost * tonumber(ARGV[b])
+      local over = debt - tonumber(ARGV[b + 1])
       if over > worst_wait then worst, worst_wait = i, over end
-      new[i] = nt
+      new[i] = debt
     end
     out[c] = r
     if worst ~= 0 then
       r[1] = tostring(worst); r[2] = string.format('%.17g', worst_wait)
       return {0, c, out}
     end
-    todo[c] = {k, m, new, at}
+    todo[c] = {k, m, new}
     a, k = a + 4 + 3 * m, k + m
   elseif kind == 'C' then
     local acct, holds = KEYS[k], KEYS[k + 1]
@@ -144,10 +154,11 @@ for c = 1, n do
     a = a + 3
   elseif kind == 'R' then
     local r = out[c]
+    local at = ARGV[a + 1]  -- (the caller's text: the same number, exactly)
     for i = 1, d[2] do
-      local nt = d[3][i]
-      local text = string.format('%.17g', nt)
-      redis.call('SET', KEYS[d[1] + i - 1], text, 'PX', math.ceil((nt - d[4]) * 1000) + 1000)
+      local debt = d[3][i]
+      local text = at .. ' ' .. string.format('%.17g', debt)
+      redis.call('SET', KEYS[d[1] + i - 1], text, 'PX', math.ceil(debt * 1000) + 1000)
       r[2 + i] = text
     end
     a = a + 4 + 3 * d[2]
@@ -290,3 +301,9 @@ redis.call('EXPIRE', KEYS[2], 86400)
 redis.call('HINCRBY', KEYS[1], 'bal', ARGV[1])
 return 1
 """
+
+
+def tat_of_text(text: bytes) -> tuple[float, float]:
+    """A rule's state as Redis keeps it ("<at> <debt>") as a ``gcra.Tat``."""
+    at, _, debt = text.partition(b" ")
+    return float(at), float(debt)
