@@ -23,17 +23,24 @@ Output that went to a client is never free.
 
 Images, speech and transcriptions are priced by the unit where the model's
 ``price`` names it (``images``, ``characters``, ``audio_minute``: see
-``accounts/units.py``), else by the tokens the upstream reports.
+``accounts/units.py``), else by the tokens the upstream reports. When such a
+model priced by tokens (gpt-4o-transcribe, gpt-image-1, gpt-4o-mini-tts)
+answers without ``usage``, the gateway has nothing to count its input with
+(audio, images), so the answer is billed the tokens its reservation is made
+of: the request's prompt bound (a token a byte of the upload, at most the
+model's ``context_window``) and its output bound (``max_tokens``, else the
+model's ``max_output_tokens``, else ``plugins.quotas.default_max_tokens``),
+marked estimated: with the quotas plugin or without it, the same amount.
 """
 
 from __future__ import annotations
 
 import logging
 
-from proxy import Call, Gateway, Snapshot, hookimpl
+from proxy import Call, Gateway, Snapshot, Usage, hookimpl
 from proxy.logs import throttled
 
-from .accounts.estimate import byte_usage, counted_usage
+from .accounts.estimate import byte_usage, counted_usage, output_bound, prompt_bound
 from .accounts.money import MICRO, PriceBook, multiplier_ppm, tell_cost
 from .accounts.options import QuotasOptions
 from .accounts.tokens import preload
@@ -79,7 +86,17 @@ class Plugin:
             if cost is not None and call.endpoint in AUDIO_ENDPOINTS:  # the ledger's audio_ms: the length billed
                 billing.units.audio_seconds = billed_seconds(call)
         if cost is None:
-            if billing.usage is None:
+            if billing.usage is None and billing.units is not None:
+                # A unit endpoint on a model priced by tokens, answered without usage: its input
+                # cannot be counted, so it costs its bounds (what quotas reserved for it).
+                throttled(log, logging.WARNING, f"unit_usage:{call.model}", "model %r answered %s without usage: "
+                          "billed its bounds as estimated tokens (price it per unit to bill less)", call.model,
+                          call.endpoint)
+                billing.usage = Usage(prompt_tokens=prompt_bound(call),
+                                      completion_tokens=output_bound(call, self.default_cap))
+                billing.usage_estimated = True
+                billing.usage_extra["estimated"] = True
+            elif billing.usage is None:
                 try:
                     billing.usage = await counted_usage(call, self.gateway.dialects[call.dialect],
                                                         self.default_cap)
