@@ -173,10 +173,13 @@ async def refuse(gateway: Gateway, request: web.Request, call: Call, err: ProxyE
 
 
 async def on_usage(gateway: Gateway, call: Call) -> None:
-    if call.dialect == "responses":  # continued by its id from now on: known before the client has the answer
-        gateway.stored_responses.remember_call(call)
+    # A response is continued by its id from now on: known (in memory, and in a store other
+    # instances read) before the client has the answer.
+    written = gateway.stored_responses.remember_call(call) if call.dialect == "responses" else None
     for hook in gateway.hooks.usage:
         await hook(call)
+    if written is not None:
+        await gateway.stored_responses.stored(written)
 
 
 async def settle(hooks: tuple[Callable, ...], call: Call) -> None:

@@ -7,9 +7,12 @@ request that continues one (``previous_response_id``) reads its whole context, s
 the same rule holds there (``check_continued``): an id another account created, or
 one the gateway never saw, is answered as OpenAI answers an id it does not know
 (400 ``previous_response_not_found``), before any upstream is called. Kept in
-memory (bounded: the newest are kept) and in the store (table ``tollway_responses``,
-written behind, off the request's path), so a restarted gateway, or another
-instance on the same PostgreSQL, still finds them.
+memory (bounded: the newest are kept) and in the store (table ``tollway_responses``),
+so a restarted gateway, or another instance on the same PostgreSQL, still finds them.
+The row is written as soon as the answer's usage is read; on a shared store
+(PostgreSQL) the answer's end waits for it (``stored``), so a client that continues
+at once on another instance is never told the id is unknown (it was, for the ~1 ms
+the write took, when the write ran behind). A single-instance store is written behind.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ log = logging.getLogger("tollway")
 
 #: How many created responses the gateway keeps in memory (the oldest are forgotten first).
 MAX_REMEMBERED = 100_000
+#: The longest an answer waits for its owner's row (a store that slow only delays it; past
+#: that, the row still lands, and only a continuation on another instance meanwhile misses it).
+WRITE_WAIT_S = 2.0
 MIGRATIONS = (Migration(1, "stored responses: their provider and account", (
     "create table if not exists tollway_responses (id text primary key, provider text not null, "
     "account_id text, created_at double precision not null)",)),)
@@ -71,21 +77,31 @@ class StoredResponses:
         while len(self._items) > self._limit:
             self._items.popitem(last=False)
 
-    def remember_call(self, call: Call) -> None:
+    def remember_call(self, call: Call) -> asyncio.Task | None:
         """Remember the response a Responses API call created (``RESPONSE_ID``), once: as soon
         as its usage is read, before the client has the whole answer (so that it can continue
         it at once, here or on another instance), and at the end (a stream cut before its usage).
-        The first to remember an id owns it."""
+        The first to remember an id owns it. Returns the store's write when other instances
+        read that store: ``await stored(write)`` before the answer's end."""
         response_id = call.state.get(RESPONSE_ID)
         if response_id is not None and call.route is not None and response_id not in self._items:
-            self.remember(response_id, call.route, call.principal)
+            write = self.remember(response_id, call.route, call.principal)
+            if self._store is not None and self._store.shared:
+                return write
+        return None
 
-    def remember(self, response_id: str, route: Route, principal: Principal | None) -> None:
+    def remember(self, response_id: str, route: Route, principal: Principal | None) -> asyncio.Task | None:
         item = StoredResponse(route.provider.name, principal.account_id if principal is not None else None,
                               time.time())
         self._keep(response_id, item)
-        self._write("insert into tollway_responses (id, provider, account_id, created_at) values (?, ?, ?, ?) "
-                    "on conflict (id) do nothing", (response_id, item.provider, item.account_id, item.created))
+        return self._write("insert into tollway_responses (id, provider, account_id, created_at) "
+                           "values (?, ?, ?, ?) on conflict (id) do nothing",
+                           (response_id, item.provider, item.account_id, item.created))
+
+    @staticmethod
+    async def stored(write: asyncio.Task) -> None:
+        """Wait until ``write`` is in the store (at most ``WRITE_WAIT_S``; it is never cancelled)."""
+        await asyncio.wait((write,), timeout=WRITE_WAIT_S)
 
     async def owned(self, response_id: str, principal: Principal | None) -> StoredResponse | None:
         item = self._items.get(response_id)
@@ -116,12 +132,13 @@ class StoredResponses:
         self._items.pop(response_id, None)
         self._write("delete from tollway_responses where id = ?", (response_id,))
 
-    def _write(self, sql: str, params: tuple) -> None:
+    def _write(self, sql: str, params: tuple) -> asyncio.Task | None:
         if self._store is None:
-            return
+            return None
         task = asyncio.get_running_loop().create_task(self._run(self._store, sql, params))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+        return task
 
     @staticmethod
     async def _run(store: Store, sql: str, params: tuple) -> None:

@@ -130,13 +130,15 @@ async def until(predicate, timeout: float = 10.0, what: str = "condition") -> No
 
 class TcpProxy:
     """A TCP proxy on a free port to ``127.0.0.1:target`` that a test cuts (every connection
-    dropped, new ones refused: the network path to PostgreSQL gone) and restores."""
+    dropped, new ones refused: the network path to PostgreSQL gone) and restores, or slows
+    (``delay``: seconds each piece of data toward the target waits)."""
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.port = free_port()
         self.server: asyncio.base_events.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
+        self.delay = 0.0
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
@@ -149,9 +151,11 @@ class TcpProxy:
             return
         self.writers |= {writer, up_writer}
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, toward_target: bool) -> None:
             try:
                 while data := await src.read(65536):
+                    if toward_target and self.delay:
+                        await asyncio.sleep(self.delay)
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.IncompleteReadError):
@@ -159,7 +163,7 @@ class TcpProxy:
             finally:
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
         self.writers -= {writer, up_writer}
 
     async def cut(self) -> None:
