@@ -62,15 +62,26 @@ def free_port() -> int:
 
 
 @contextmanager
-def private_redis(tmp_path: Path, port: int | None = None) -> Iterator[subprocess.Popen]:
+def private_redis(tmp_path: Path, port: int | None = None, tls: bool = False) -> Iterator[subprocess.Popen]:
     """A redis-server of this test's own (no persistence) on a free port (or ``port``);
-    ``.port`` on the result."""
+    ``.port`` on the result. ``tls``: it speaks only TLS there, with a self-signed
+    certificate for 127.0.0.1 (``.url``: a ``rediss://`` URL that checks it)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("this test needs redis-server on the PATH")
     port = port or free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    listen = ["--port", str(port)]
+    if tls:
+        cert, key = tmp_path / "redis-cert.pem", tmp_path / "redis-key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                        "-out", str(cert)], check=True, capture_output=True)
+        listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                  "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+    proc = subprocess.Popen([binary, *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc.url = (f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'redis-cert.pem'}&ssl_cert_reqs=required"  # type: ignore[attr-defined]
+                if tls else f"redis://127.0.0.1:{port}/0")
     proc.port = port  # type: ignore[attr-defined]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -111,15 +111,17 @@ class RedisLink:
         return s
 
     async def connect_pipe(self) -> None:
-        """Open the scripts' pipelined connection (not for TLS: those go through redis-py)."""
+        """Open the scripts' pipelined connection; over TLS (``rediss://``) with the TLS
+        settings redis-py takes from the same URL (``ssl_ca_certs``, ``ssl_cert_reqs``...)."""
         from redis.asyncio.connection import SSLConnection, parse_url
 
         options = parse_url(self.conn_url)
-        if options.get("connection_class") is SSLConnection:
-            return
+        tls = None
+        if options.pop("connection_class", None) is SSLConnection:
+            tls = SSLConnection(**options).ssl_context.get()  # (made as redis-py's own connections make it)
         if self.pipe is not None:
             self.pipe.close()
-        self.pipe = await RedisPipe.connect(options, self.timeout)
+        self.pipe = await RedisPipe.connect(options, self.timeout, tls)
         self.pipe.before_write = self.before_write
 
     def _sha(self, source: str) -> str:

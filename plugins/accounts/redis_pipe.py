@@ -11,6 +11,11 @@ many requests send in one turn is one ``write``), and replies, parsed by
 ``hiredis.Reader``, answer the waiting requests in order. Everything else
 (pub/sub, the ledger stream, the probe) stays on redis-py.
 
+Over TLS (``rediss://``) the same: asyncio's TLS transport encrypts what ``write``
+is given and hands the ciphertext to the socket within that call (once the
+handshake is done, which ``connect`` waits for), so ``written`` means the same
+there: the kernel has the bytes.
+
 Timeouts without a timer per call: a watchdog looks every ``timeout / 4``;
 when the oldest call has waited longer than ``timeout``, the connection is
 closed and every call waiting fails (the link is then marked down).
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import hiredis
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable
 
 
@@ -49,14 +55,17 @@ class RedisPipe(asyncio.Protocol):
         self.before_write: Callable[[], None] | None = None
 
     @classmethod
-    async def connect(cls, options: dict[str, Any], timeout: float) -> RedisPipe:
-        """Connect (TCP or unix socket), authenticate and select the database, within ``timeout``."""
+    async def connect(cls, options: dict[str, Any], timeout: float, tls: ssl.SSLContext | None = None) -> RedisPipe:
+        """Connect (TCP, TCP with ``tls``, or unix socket), authenticate and select the
+        database, within ``timeout``."""
         loop = asyncio.get_running_loop()
         pipe = cls(timeout)
         if options.get("path"):
             coro = loop.create_unix_connection(lambda: pipe, options["path"])
         else:
-            coro = loop.create_connection(lambda: pipe, options.get("host", "localhost"), options.get("port", 6379))
+            host = options.get("host", "localhost")
+            coro = loop.create_connection(lambda: pipe, host, options.get("port", 6379), ssl=tls,
+                                          server_hostname=host if tls is not None else None)
         async with asyncio.timeout(timeout):
             await coro
         hello = []
