@@ -8,6 +8,7 @@ in a task after it.)"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import redis.asyncio
@@ -42,6 +43,31 @@ async def test_the_scripts_go_on_a_tls_pipe_over_rediss(tmp_path):
             await written
             assert (await first, await second) == (2, 4)
             assert int(await check.get("tls:n")) == 4
+        finally:
+            await check.aclose()
+            await counters.close()
+
+
+async def test_a_burst_after_a_script_flush_loads_the_scripts_on_the_pipe(tmp_path):
+    """Redis without the scripts (restarted, SCRIPT FLUSH) and a burst of requests: each
+    NOSCRIPT loads the script on the pipe itself. (It went through redis-py's pool: a
+    connection, over TLS a handshake, per request of the burst, which on a busy machine
+    outlasted the timeout and answered the whole burst 503.)"""
+    with private_redis(tmp_path, tls=True) as server:
+        link = RedisLink(server.url + "&prefix=flush:")
+        counters = RedisCounters(link)
+        check = redis.asyncio.from_url(server.url)
+        try:
+            await link.redis.ping()
+            await link.connect_pipe()
+            await check.script_flush()
+            clients = (await check.info("clients"))["connected_clients"]  # this one, the pipe, the ping's
+            rules = tuple(Rule(tokens=False, label="rpm", scope="", limit=100, period=60.0, interval=0.6,
+                               state=(f"k{i}", "", "rpm"), limit_text="100") for i in range(16))
+            now = time.time()
+            refusals = await asyncio.gather(*(counters.take((rule,), 0, now) for rule in rules))
+            assert refusals == [None] * 16
+            assert (await check.info("clients"))["connected_clients"] == clients
         finally:
             await check.aclose()
             await counters.close()

@@ -140,16 +140,21 @@ class RedisLink:
         for _ in range(2):
             try:
                 reply = await pipe.send(packed)
+                if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+                    # Redis restarted or flushed its scripts: loaded on this same connection. (Through
+                    # redis-py's pool, a burst of first requests opened a connection each, and over
+                    # TLS their handshakes outlasted the timeout on a busy machine: 503s.)
+                    reply = await pipe.send(hiredis.pack_command(("SCRIPT", "LOAD", source)))
+                    if not isinstance(reply, hiredis.ReplyError):
+                        continue
             except (OSError, TimeoutError) as exc:
                 self.failed(exc)
                 raise unavailable() from None
             if not isinstance(reply, hiredis.ReplyError):
                 return reply
-            if not str(reply).startswith("NOSCRIPT"):
-                from redis.exceptions import ResponseError
+            from redis.exceptions import ResponseError
 
-                raise ResponseError(str(reply))
-            await self.call(lambda: self.redis.script_load(source))  # Redis restarted or flushed its scripts
+            raise ResponseError(str(reply))
         raise unavailable()
 
     def send(self, source: str, keys: list[str], args: list) -> asyncio.Future | None:
