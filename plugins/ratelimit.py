@@ -150,15 +150,20 @@ class Plugin:
         admission = admission_of(call)
         concurrency = limits.concurrency
         slot = admission.add(SlotClaim(key.id, concurrency)) if concurrency is not None else None
-        plan = self._plan_of(key, call.model, shared, acc.id)
+        cached = self._plans.get((key.id, call.model))  # (_plan_of's memo, read here: one call less)
+        if cached is not None and cached[0] is limits and cached[1] is shared:
+            plan = cached[2]
+        else:
+            plan = self._plan_of(key, call.model, shared, acc.id)
         rate = None
         estimate = 0
         if plan.rules:
             if plan.token_rules:
                 estimate = tokens_estimate(call)
-            rate = admission.add(RateClaim(plan.rules, estimate, time.time()))
-        # (a partial, not a lambda: no closure cells and no Python frame to call through)
-        admission.then(partial(self._admitted, call, key, admission, slot, rate, plan, estimate))
+            rate = RateClaim(plan.rules, estimate, time.time())
+            admission.claims.append(rate)
+        # (a partial, not a lambda: no closure cells and no Python frame to call through; Admission.then, inline)
+        admission.callbacks.append(partial(self._admitted, call, key, admission, slot, rate, plan, estimate))
 
     @hookimpl(specname="tollway_admit", trylast=True)
     async def admit_claims(self, call: Call) -> None:
@@ -245,7 +250,7 @@ class Plugin:
         if not call.billing.count_for_limits:
             actual = 0
         elif usage is not None:
-            actual = usage.total_tokens
+            actual = usage.prompt_tokens + usage.completion_tokens  # (usage.total_tokens, without the property's call)
         elif call.response.status != 200 or call.response.error is not None:
             actual = 0
         else:

@@ -151,15 +151,16 @@ def admit_local(tats: dict[tuple, float], in_flight: dict[str, int], total_of: C
                 admission: Admission) -> None:
     """Check every claim against this process's state; take all, or none and say which refused."""
     claims = admission.claims
-    new_tats: list[tuple[RateClaim, list[float]]] = []
+    new_tats: list[tuple[tuple[Rule, ...], list[float]]] = []  # each rate claim's rules and their new TATs
     for claim in claims:
         kind = type(claim)
         if kind is RateClaim:
-            claim.refusal, pending = gcra_check(tats, claim.rules, claim.tokens, claim.now)  # type: ignore[union-attr]
-            if claim.refusal is not None:  # type: ignore[union-attr]
+            refusal, pending = gcra_check(tats, claim.rules, claim.tokens, claim.now)  # type: ignore[union-attr]
+            if refusal is not None:
+                claim.refusal = refusal  # type: ignore[union-attr]
                 admission.refused = claim
                 return
-            new_tats.append((claim, pending))  # type: ignore[arg-type]
+            new_tats.append((claim.rules, pending))  # type: ignore[union-attr]
         elif kind is CreditClaim:
             acc = claim.account  # type: ignore[union-attr]
             claim.balance, claim.reserved = acc.balance, acc.reserved  # type: ignore[union-attr]
@@ -186,6 +187,6 @@ def admit_local(tats: dict[tuple, float], in_flight: dict[str, int], total_of: C
             in_flight[claim.scope] = in_flight.get(claim.scope, 0) + 1  # type: ignore[union-attr]
         elif kind is TotalClaim:
             total_of(claim)[1] += claim.amount  # type: ignore[arg-type,union-attr]
-    for rate, pending in new_tats:
-        for rule, new_tat in zip(rate.rules, pending, strict=True):
+    for rules, pending in new_tats:
+        for rule, new_tat in zip(rules, pending, strict=True):
             tats[rule.state] = new_tat

@@ -94,6 +94,11 @@ SERVER_TOOLS = ("web_search", "web_fetch", "code_execution", "code_interpreter",
 UNKNOWN_WINDOW = 1_000_000
 
 
+#: The body fields ``_image_parts`` reads besides ``messages``: a body with none of them
+#: (the usual chat request) has its whole prompt in ``messages``.
+ELSEWHERE_FIELDS = frozenset(("previous_response_id", "conversation", "prompt", "mcp_servers", "web_search_options",
+                              "tools", "input"))
+
 #: Content parts that count ``IMAGE_TOKENS`` each in a prompt's bound.
 IMAGE_PARTS = frozenset(("image_url", "image", "input_image", "document"))
 
@@ -103,17 +108,20 @@ def _image_parts(body: dict) -> int | None:
     bytes do not bound it: a stored conversation (``previous_response_id``,
     ``conversation``) or prompt (``prompt: {id}``), a file or document part, a tool the
     upstream runs itself. (One pass over the messages for both questions.)"""
-    if body.get("previous_response_id") is not None or body.get("conversation") is not None \
-            or isinstance(body.get("prompt"), dict) or body.get("mcp_servers") or body.get("web_search_options"):
-        return None
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        for tool in tools:
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            if isinstance(kind, str) and kind.startswith(SERVER_TOOLS):
-                return None
-    items = body.get("input")  # a Responses API body's messages are its items (call_input_is_items, inline)
-    messages = items if isinstance(items, list) and "messages" not in body else body.get("messages")
+    if body.keys().isdisjoint(ELSEWHERE_FIELDS):  # the usual chat body: none of them, one C call
+        messages = body.get("messages")
+    else:
+        if body.get("previous_response_id") is not None or body.get("conversation") is not None \
+                or isinstance(body.get("prompt"), dict) or body.get("mcp_servers") or body.get("web_search_options"):
+            return None
+        tools = body.get("tools")
+        if isinstance(tools, list):
+            for tool in tools:
+                kind = tool.get("type") if isinstance(tool, dict) else None
+                if isinstance(kind, str) and kind.startswith(SERVER_TOOLS):
+                    return None
+        items = body.get("input")  # a Responses API body's messages are its items (call_input_is_items, inline)
+        messages = items if isinstance(items, list) and "messages" not in body else body.get("messages")
     n = 0
     for message in messages if isinstance(messages, list) else ():
         content = message.get("content") if isinstance(message, dict) else None
@@ -139,8 +147,10 @@ def requested_output(call: Call) -> int | None:
         return None
     for name in OUTPUT_CAPS:
         value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value * choices(body)
+        # (``type() is int``: a JSON number, the usual case, without two isinstance calls; bool is not int's type)
+        if value is not None and (type(value) is int or isinstance(value, int) and not isinstance(value, bool)) \
+                and value > 0:
+            return value if "n" not in body else value * choices(body)
     return None
 
 
@@ -150,11 +160,17 @@ def choices(body: dict) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and 1 < n <= 128 else 1
 
 
-def output_bound(call: Call, default_cap: int) -> int:
-    """The most completion tokens this request can be billed for."""
+#: ``output_bound``'s ``asked`` when the caller has not read the client's cap.
+UNREAD = -1
+
+
+def output_bound(call: Call, default_cap: int, asked: int | None = UNREAD) -> int:
+    """The most completion tokens this request can be billed for (``asked``: the client's
+    own cap, when the caller already has it from ``requested_output``)."""
     if call.endpoint == "embeddings":
         return 0
-    asked = requested_output(call)
+    if asked == UNREAD:
+        asked = requested_output(call)
     if asked is not None:
         return asked
     model_cap = call.route.config.max_output_tokens if call.route is not None else None

@@ -132,6 +132,9 @@ class PriceTable:
 
         ``multiplier_ppm`` scales the cost in parts per million (1_000_000 = x1).
         """
+        if not cached and not cache_write and prompt >= 0 and completion >= 0 and multiplier_ppm == MICRO:
+            # The usual answer (no prompt cache, list price): the same sum without the clamps below.
+            return -(-(prompt * self.input + completion * self.output) // self.divisor)
         if prompt < 0:
             prompt = 0
         if completion < 0:

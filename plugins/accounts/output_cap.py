@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .estimate import requested_output
+from .estimate import UNREAD, requested_output
 
 if TYPE_CHECKING:
     from proxy import Call
@@ -25,13 +25,16 @@ CAP_FIELDS = {"openai": "max_completion_tokens", "completions": "max_tokens", "r
               "anthropic": "max_tokens"}
 
 
-def send_output_cap(call: Call, default_cap: int) -> None:
+def send_output_cap(call: Call, default_cap: int, asked: int | None = UNREAD) -> None:
     """Write the cap the request is held for into its body, unless it names one (or has no
-    output billed by the token: embeddings, images, audio)."""
+    output billed by the token: embeddings, images, audio). ``asked``: the client's own cap,
+    when the caller already has it from ``requested_output``."""
+    if asked == UNREAD:
+        asked = requested_output(call)
     route = call.route
     field = CAP_FIELDS.get(call.dialect)
-    if route is None or field is None or call.endpoint == "embeddings" or call.billing.units is not None \
-            or requested_output(call) is not None:
+    if asked is not None or route is None or field is None or call.endpoint == "embeddings" \
+            or call.billing.units is not None:
         return
     if call.dialect == "openai":  # an OpenAI-compatible server may know only the old name (its option says)
         field = getattr(route.provider, "max_tokens_field", field)
