@@ -76,7 +76,7 @@ class Plugin:
         self.runner = Runner(gateway, accounts, options)
         self.routes.attach(gateway, accounts, self.runner, options)
         if gateway.serving:
-            await self.runner.recover()
+            await self.runner.lead()  # (the first instance of a fleet: the others take over if it ends)
             self.task = asyncio.get_running_loop().create_task(self.runner.run(), name="tollway-batches")
 
     @hookimpl

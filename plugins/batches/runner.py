@@ -15,6 +15,12 @@ So after a crash:
 
 A line refused by a rate limit (429, the gateway's or the upstream's) is not an
 answer: it stays pending and runs again after ``Retry-After``.
+
+In a fleet (instances sharing the store), one instance runs the batches: the one that
+holds the store's claim ``batches`` (``lead``); the others try to take it at each of
+their passes, and one does when the holder's process ends (the database or the kernel
+drops the claim with it). Every runner reading the pending lines sent a line still
+running on one instance again from another, charged twice.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ BATCH_LINE: StateKey[tuple[str, int]] = StateKey("batches.line")
 #: ``call.state``: the line's answer is stored (set by the settle hook).
 STORED: StateKey[bool] = StateKey("batches.stored")
 CHUNK = 64
+CLAIM = "batches"  # the store's claim of the instance that runs the batches
 COMPLETION_WINDOW = 24 * 3600  # seconds: "24h", the only window offered
 
 
@@ -76,6 +83,19 @@ class Runner:
         self.options = options
         self.wake = asyncio.Event()
         self.running = 0  # batch lines in flight (counted in gateway.inflight too)
+        self.leading = False  # this instance holds the claim: it runs the batches
+
+    async def lead(self) -> bool:
+        """Whether this instance runs the batches (it holds the store's claim, or takes it now).
+        Taking it, it first charges what the holder before it answered but never charged."""
+        if not self.leading:
+            store = self.gateway.store
+            # (A store only one server may use, SQLite's, is this instance's already.)
+            if store.shared and await store.claim(CLAIM) is not None:
+                return False  # another instance runs them
+            await self.recover()
+            self.leading = True
+        return True
 
     async def run(self) -> None:
         while True:
@@ -95,6 +115,8 @@ class Runner:
                     pass
 
     async def step(self) -> bool:
+        if not await self.lead():
+            return False
         store = self.gateway.store
         row = await store.fetchone("select id, key_id, endpoint, status, created_at from tollway_batches "
                                    "where status in ('in_progress', 'cancelling') order by created_at limit 1")
