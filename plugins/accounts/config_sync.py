@@ -29,7 +29,15 @@ class ConfigSync(BookMemory):
         async with self.lock, self.store.transaction() as tx:
             stored = {a.id: a for a in await db.load_accounts(tx)}
             changed = False
-            for aid, ac in configured.items():
+            left = {a.id for a in stored.values() if a.source == "config" and a.id not in configured}
+            # In the accounts' order (sorted), as the ledger writers add to balances: in the
+            # file's order, this and a writer could each hold a row the other waits for.
+            for aid in sorted(configured.keys() | left):
+                if aid in left:
+                    await db.set_policy(tx, aid, NO_POLICY, "api")
+                    changed = True
+                    continue
+                ac = configured[aid]
                 policy = AccountPolicy(budgets=ac.budgets, limits=ac.limits, refill=ac.refill,
                                        suspended=ac.suspended)
                 old = stored.get(aid)
@@ -40,10 +48,6 @@ class ConfigSync(BookMemory):
                     changed = True
                 elif old.policy != policy or old.source != "config" or old.unlimited != (ac.credits is None):
                     await db.set_policy(tx, aid, policy, "config", unlimited=ac.credits is None)
-                    changed = True
-            for gone in stored.values():
-                if gone.source == "config" and gone.id not in configured:
-                    await db.set_policy(tx, gone.id, NO_POLICY, "api")
                     changed = True
             if changed:
                 await db.bump_version(tx)
