@@ -67,6 +67,7 @@ class SharedHealth:
         self.providers = providers  # the gateway's current providers (their key pools)
         self.key = counters.prefix + "routing:health"
         self.seen: dict[str, bytes] = {}  # each deployment's entry as last written or taken here
+        self.wrote: dict[str, bytes] = {}  # each deployment's entry as last written here
         counters.on(TOPIC, self.load)
 
     def publish(self, event: HealthEvent) -> None:
@@ -74,7 +75,7 @@ class SharedHealth:
         if event.remote or event.state not in (OPEN, CLOSED):
             return
         entry = orjson.dumps({"state": event.state, "until": time.time() + event.retry_in, "reason": event.reason})
-        self.seen[event.deployment] = entry
+        self.seen[event.deployment] = self.wrote[event.deployment] = entry
         self.counters.behind(self._send(event.deployment, entry))
 
     async def claim_probe(self, deployment: str, cap: int) -> bool:
@@ -103,7 +104,7 @@ class SharedHealth:
     def _rested(self, provider: str, index: int, seconds: float) -> None:
         entry = orjson.dumps({"state": REST, "until": time.time() + seconds, "reason": "429"})
         name = f"{POOL}{provider}#{index}"
-        self.seen[name] = entry
+        self.seen[name] = self.wrote[name] = entry
         self.counters.behind(self._send(name, entry))
 
     async def _send(self, deployment: str, entry: bytes) -> None:
@@ -114,6 +115,7 @@ class SharedHealth:
     async def load(self) -> None:
         """Take every deployment's shared state (a notice came, or the instance starts)."""
         link = self.counters.link
+        wrote = dict(self.wrote)
         try:
             entries = await link.call(lambda: link.redis.hgetall(self.key))
         except Exception as exc:  # (Redis down: one line, no traceback; the counters said why)
@@ -125,6 +127,10 @@ class SharedHealth:
             name = key.decode() if isinstance(key, bytes) else key
             if self.seen.get(name) == raw:
                 continue  # nothing new: an entry is taken once
+            if self.wrote.get(name) is not wrote.get(name):
+                # Written here while the read was on its way: what was read is older (another
+                # instance's entry newer than this one comes with its own notice).
+                continue
             self.seen[name] = raw
             try:
                 entry = orjson.loads(raw)
