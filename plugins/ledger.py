@@ -56,11 +56,10 @@ from proxy import (
 )
 
 from .accounts import ACCOUNTS, Accounts
-from .accounts.db import LedgerRow
 from .accounts.http import authenticate, check_admin
 from .accounts.options import LedgerOptions
 from .accounts.usage import query_rollups
-from .quotas import RESERVATION
+from .quotas import RESERVATION, Reservation
 
 MODEL_ENDPOINTS = frozenset(("chat", "embeddings", "messages", "responses", "completions", "images", "image_edits",
                              "speech", "transcriptions", "translations"))
@@ -69,7 +68,6 @@ RECORDED: StateKey[bool] = StateKey("ledger.recorded")
 # A row id chosen by the caller (a batch line's, so a restart can tell whether it was written).
 LEDGER_ID: StateKey[str] = StateKey("ledger.id")
 NO_USAGE = Usage()  # zero tokens, for a request without usage
-_new_row = tuple.__new__
 
 
 NO_UNITS = (0, 0, 0)
@@ -96,7 +94,8 @@ class Plugin:
         # Row ids: a random per-process prefix and a counter (unique without a syscall per row).
         self._prefix = secrets.token_hex(8)
         self._counter = itertools.count(16**10)  # (row ids: see row())
-        self._days: dict[int, str] = {}
+        self._day_start = self._day_end = 0  # the day of the last row: [start, end) in unix seconds
+        self._day_text = ""
         self._one_deployment: dict[str, str] = {}  # deployment -> its one-item JSON list
 
     @hookimpl
@@ -142,7 +141,7 @@ class Plugin:
             # answer's last bytes (quotas asks the core for that). Within the hold the charge
             # is the cost (what the client was told): nobody waits for Redis's reply, only for
             # the script to be in Redis's socket (one write with everything else of this turn).
-            row = self.row(call)
+            row = self.row(call, hold)
             if 0 <= hold.cost <= hold.amount:
                 hold.charged = self.accounts.settle_shared_behind(hold.account, hold.hold, hold.amount, hold.cost,
                                                                   row)
@@ -152,7 +151,7 @@ class Plugin:
             hold.charged = await self.accounts.settle_shared(hold.account, hold.hold, hold.amount, hold.cost, row)
             hold.open = False
             return
-        self.record(call)
+        self.accounts.writer.append(self.row(call, hold))  # (record(), inline: a call fewer per request)
 
     @hookimpl
     async def tollway_finish(self, call: Call) -> None:
@@ -160,53 +159,66 @@ class Plugin:
             self.record(call)
 
     def record(self, call: Call) -> None:
-        self.accounts.writer.append(self.row(call))
+        self.accounts.writer.append(self.row(call, call.state.get(RESERVATION)))
 
-    def row(self, call: Call) -> LedgerRow:
+    def row(self, call: Call, hold: Reservation | None) -> tuple:
+        """The call's ledger row: a ``LedgerRow``'s fields, as a plain tuple (the writer
+        and the stores take rows as tuples; a NamedTuple built from one is a second
+        tuple, and its instances are never untracked by the garbage collector). ``hold``: the
+        call's quotas reservation (``call.state[RESERVATION]``), which the caller has read."""
         key = call.principal
         response = call.response
         billing = call.billing
         usage = billing.usage or NO_USAGE
         timing = call.timing
-        started = time.time() - (time.perf_counter() - timing.started)
-        day = self._days.get(int(started // 86400)) or self._day(started)
-        ttfb = timing.ttfb_ms
-        hold = call.state.get(RESERVATION)
+        # Read off the call's fields, not through its properties (latency_ms, served_model...):
+        # each property is a Python call, and a row read six (~1k instructions each).
+        begun = timing.started
+        now = time.perf_counter()
+        started = time.time() - (now - begun)
+        day = self._day_text if self._day_start <= started < self._day_end else self._day(started)
+        ended = timing.ended_at or now
+        first_byte = timing.first_byte_at
         error = response.error
         status = response.status
+        route = call.route
         units = billing.units
-        # Positional, straight into the tuple: by name, a 25-field NamedTuple costs about
+        images, characters, audio_ms = NO_UNITS if units is None else _units(call)
+        attempts = call.upstream_attempts
+        # Positional, straight into the tuple: by name, a 29-field NamedTuple costs about
         # ten times as much (2-3 us a row). The order is LEDGER_COLUMNS' (plugins/accounts/db.py).
-        return _new_row(LedgerRow, (
+        # (1 if flag else 0, not int(flag): a call to int costs ten times as much.)
+        return (
             # id: the counter starts at 16**10, so its hex() after "0x1" is ten digits (f"{n:010x}", cheaper)
             call.state.get(LEDGER_ID) or self._prefix + hex(next(self._counter))[3:],
             started, day,  # time, day
             key.id if key else None, key.account_id if key else None,  # key_id, account_id
-            call.endpoint, call.model, call.served_model, call.provider_name,  # endpoint, model, served, provider
+            call.endpoint, call.model,
+            route.model if route is not None else None,  # served_model
+            route.provider.name if route is not None else None,  # provider
             status,
             response.error_code or (error.code if error is not None else None),  # error_code
-            int(call.stream), int("hit" in (response.cache_status or "")),  # stream, cache_hit
-            int(response.client_gone),
+            1 if call.stream else 0, 1 if "hit" in (response.cache_status or "") else 0,  # stream, cache_hit
+            1 if response.client_gone else 0,
             usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens,
             # cost_micro_usd: what quotas charged, else the priced cost (money_taken, inline)
             hold.charged if hold is not None else (billing.cost_micro or 0),
-            # latency_ms, ttfb_ms to the microsecond (round(x, 3) costs twice as much: it goes through decimal digits)
-            round(timing.latency_ms * 1000) / 1000, None if ttfb is None else round(ttfb * 1000) / 1000,
-            int(billing.usage_estimated),  # estimated
-            *(NO_UNITS if units is None else _units(call)),  # images, characters, audio_ms
-            int(billing.caller_key),  # byok
-            call.upstream_attempts, self._deployments(call),  # attempts, deployments
-            int(status == 200 and error is not None)))  # incomplete: cut after it began
+            # latency_ms, ttfb_ms to the microsecond (round(x, 3) costs twice as much: it goes through
+            # decimal digits); the arithmetic of Timing.latency_ms / ttfb_ms, then * 1000
+            round((ended - begun) * 1000.0 * 1000) / 1000,
+            None if first_byte is None else round((first_byte - begun) * 1000.0 * 1000) / 1000,
+            1 if billing.usage_estimated else 0,  # estimated
+            images, characters, audio_ms,
+            1 if billing.caller_key else 0,  # byok
+            attempts, None if route is None or not attempts else self._deployments(call, route),
+            1 if status == 200 and error is not None else 0)  # incomplete: cut after it began
 
-    def _deployments(self, call: Call) -> str | None:
-        """The deployments tried, in order, as a JSON list (None when no upstream was asked)."""
-        route = call.route
-        if route is None or not call.upstream_attempts:
-            return None
+    def _deployments(self, call: Call, route: Route) -> str:
+        """The deployments tried, in order, as a JSON list (the call's route, the last)."""
         earlier = call.earlier_routes
         if earlier is not None:
             return orjson.dumps([_deployment(r) for r in (*earlier, route)]).decode()
-        name = _deployment(route)
+        name = route.deployment or f"{route.provider.name}/{route.upstream_model}"  # (_deployment, inline)
         text = self._one_deployment.get(name)
         if text is None:  # (made once per deployment: the usual row costs a dict look-up)
             if len(self._one_deployment) >= 4096:
@@ -215,11 +227,12 @@ class Plugin:
         return text
 
     def _day(self, ts: float) -> str:
+        """``YYYY-MM-DD`` (UTC) of ``ts``; the day is kept, so the next row of the same day
+        costs two comparisons."""
         n = int(ts // 86400)
-        day = self._days.get(n)
-        if day is None:
-            day = self._days[n] = time.strftime("%Y-%m-%d", time.gmtime(ts))
-        return day
+        self._day_start, self._day_end = n * 86400, (n + 1) * 86400
+        self._day_text = time.strftime("%Y-%m-%d", time.gmtime(ts))
+        return self._day_text
 
     @hookimpl
     def tollway_routes(self, gateway: Gateway) -> list:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tollway.accounts")
 
+ROW_TIME = db.LEDGER_COLUMNS.index("time")  # (rows may be plain tuples: plugins/ledger.py)
 STOP_WAIT_S = 10.0  # a stop lets the writer's current step finish for this long, then cancels it
 
 
@@ -97,8 +98,9 @@ class Writer:
 
     def full(self) -> bool:
         """The queue is at its bound: new requests are refused (``plugins/ledger.py``) rather than
-        queue rows that might be lost."""
-        return self.queued() >= self.max_rows
+        queue rows that might be lost. (``queued()``, inline: it is asked once per request.)"""
+        failed = self.failed
+        return len(self.rows) + (len(failed.rows) if failed is not None else 0) + self.stream_rows >= self.max_rows
 
     def refuse_one(self) -> None:
         """Count (and say, at most every 10 s) a request refused at the bound."""
@@ -111,7 +113,7 @@ class Writer:
         """(rows not yet in the store, seconds the oldest of them has waited), for metrics."""
         failed = self.failed.rows if self.failed is not None else []
         if failed:
-            return len(failed) + len(self.rows), time.time() - failed[0].time
+            return len(failed) + len(self.rows), time.time() - failed[0][ROW_TIME]
         if self.rows:
             return len(self.rows), time.monotonic() - self.oldest_at
         return 0, 0.0
