@@ -34,6 +34,7 @@ class AccessLog:
         self._pending: list[str] = []
         self._task: asyncio.Task | None = None
         self._second = -1  # the whole second _stamp was formatted for
+        self._second_starts = self._second_ends = 0.0  # its bounds, [starts, ends) (cheaper than int(ts))
         self._stamp = ""
 
     def record(self, call: Call) -> None:
@@ -82,34 +83,40 @@ class AccessLog:
         second = int(ts)
         if second != self._second:
             self._second = second
+            self._second_starts, self._second_ends = float(second), float(second + 1)
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return self._stamp
 
     def _text(self, call: Call) -> str:
         # One f-string, read straight off the call (each field's text built once): about 12%
         # fewer instructions than appending each present field to the line, and a third fewer
-        # than passing the fields through a tuple.
+        # than passing the fields through a tuple. The times are read off Timing's fields with
+        # its properties' arithmetic (a property is a Python call: ~1k instructions each).
         req = call.request
         response = call.response
-        usage = call.billing.usage
-        ttfb = call.timing.ttfb_ms
-        cost = call.billing.cost_micro
+        billing = call.billing
+        usage = billing.usage
+        timing = call.timing
+        begun = timing.started
+        latency = ((timing.ended_at or time.perf_counter()) - begun) * 1000.0
+        first_byte = timing.first_byte_at
+        cost = billing.cost_micro
         model = call.model
         route = call.route
         provider = route.provider.name if route is not None else None
         key = getattr(call.principal, "name", None)
         error = response.error_code or (response.error.code if response.error is not None else None)
         cache = response.cache_status
-        second = int(ts := self.clock())
-        stamp = self._stamp if second == self._second else self._seconds(ts)
+        ts = self.clock()
+        stamp = self._stamp if self._second_starts <= ts < self._second_ends else self._seconds(ts)
         return (f'{stamp} {req.remote if req is not None else None} '
                 f'"{req.method if req is not None else ""} {req.path if req is not None else ""}" '
-                f'{response.status} {call.timing.latency_ms:.1f}ms'
+                f'{response.status} {latency:.1f}ms'
                 f'{" model=" + model if model else ""}{" provider=" + provider if provider else ""}'
                 f'{" key=" + key if key else ""}{" stream=True" if call.stream else ""}'
                 f'{f" tokens={usage.prompt_tokens}/{usage.completion_tokens}" if usage else ""}'
                 f'{f" cost_micro={cost}" if cost is not None else ""}'
-                f'{f" ttfb={ttfb:.1f}ms" if ttfb is not None else ""}'
+                f'{f" ttfb={(first_byte - begun) * 1000.0:.1f}ms" if first_byte is not None else ""}'
                 f'{" error=" + error if error else ""}{" cache=" + cache if cache else ""}'
                 f'{" client_gone=True" if response.client_gone else ""}\n')
 

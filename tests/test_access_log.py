@@ -4,12 +4,18 @@ field the request had (and none it did not), written in batches."""
 from __future__ import annotations
 
 import io
+import random
 import re
+import time
+from types import SimpleNamespace
 
 import aiohttp
 import orjson
 import pytest
 from business import DEMO, bearer, biz_config
+
+from proxy.accesslog import AccessLog
+from proxy.call import Call, Route, Usage
 
 
 async def served(start_gateway, mock_upstream, fmt: str) -> tuple[object, io.StringIO]:
@@ -84,3 +90,56 @@ async def test_the_time_of_day_follows_the_clock(start_gateway, mock_upstream, f
         assert stamps == ["2027-01-15T08:00:00", "2027-01-15T08:00:00", "2027-01-15T08:00:01"]
     else:
         assert stamps == ["2027-01-15T08:00:00.250Z", "2027-01-15T08:00:00.750Z", "2027-01-15T08:00:01.500Z"]
+
+
+def _old_text(call, ts: float) -> str:
+    """The text line as it was formatted before it read Timing's fields directly (its properties
+    then): the reference the line must stay byte-identical to."""
+    req = call.request
+    response = call.response
+    usage = call.billing.usage
+    ttfb = call.timing.ttfb_ms
+    cost = call.billing.cost_micro
+    model = call.model
+    provider = call.route.provider.name if call.route is not None else None
+    key = getattr(call.principal, "name", None)
+    error = response.error_code or (response.error.code if response.error is not None else None)
+    cache = response.cache_status
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(ts)))
+    return (f'{stamp} {req.remote if req is not None else None} '
+            f'"{req.method if req is not None else ""} {req.path if req is not None else ""}" '
+            f'{response.status} {call.timing.latency_ms:.1f}ms'
+            f'{" model=" + model if model else ""}{" provider=" + provider if provider else ""}'
+            f'{" key=" + key if key else ""}{" stream=True" if call.stream else ""}'
+            f'{f" tokens={usage.prompt_tokens}/{usage.completion_tokens}" if usage else ""}'
+            f'{f" cost_micro={cost}" if cost is not None else ""}'
+            f'{f" ttfb={ttfb:.1f}ms" if ttfb is not None else ""}'
+            f'{" error=" + error if error else ""}{" cache=" + cache if cache else ""}'
+            f'{" client_gone=True" if response.client_gone else ""}\n')
+
+
+def test_text_lines_are_byte_identical_to_the_old_format():
+    """On 5,000 generated calls (every field present or not, times near a tenth's rounding
+    edge, clocks crossing seconds) the line is the one the old formatting made."""
+    rng = random.Random(5)
+    clock = [1_800_000_000.0]
+    log = AccessLog("text", stream=io.StringIO(), clock=lambda: clock[0])
+    provider = SimpleNamespace(name="mock")
+    for i in range(5000):
+        req = rng.choice([None, SimpleNamespace(remote=rng.choice(["127.0.0.1", None]), method="POST",
+                                                path="/v1/chat/completions")])
+        call = Call(req, "chat", {"model": rng.choice(["bench", "", None]), "stream": rng.random() < 0.3}, b"{}")
+        call.route = rng.choice([None, Route("bench", "bench", provider, None)])
+        call.principal = rng.choice([None, SimpleNamespace(name="bench"), SimpleNamespace(name="")])
+        call.billing.usage = rng.choice([None, Usage(prompt_tokens=rng.randint(0, 9999), completion_tokens=7)])
+        call.billing.cost_micro = rng.choice([None, 0, rng.randint(1, 10**9)])
+        call.response.status = rng.choice([200, 401, 429, 502])
+        call.response.error_code = rng.choice([None, "rate_limited"])
+        call.response.cache_status = rng.choice([None, "HIT", "MISS"])
+        call.response.client_gone = rng.random() < 0.1
+        elapsed = rng.choice([rng.random() / 10, rng.randint(0, 999) / 1e4 + 0.00005, rng.random() * 100])
+        call.timing.ended_at = call.timing.started + elapsed
+        if rng.random() < 0.7:
+            call.timing.first_byte_at = call.timing.started + elapsed * rng.random()
+        clock[0] += rng.choice([0.0, 0.3, 1.0, 17.25])
+        assert log._text(call) == _old_text(call, clock[0]), i
