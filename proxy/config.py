@@ -220,6 +220,8 @@ class Config:
         return self.sections.get(dotted, default)
 
 
+#: An upstream's rpm/tpm above this is a typo, not a limit (the keys' limits have the same bound).
+MAX_UPSTREAM_LIMIT = 10**12
 _CORE_SECTIONS = ("server", "storage", "providers", "models", "plugins", "catalog", "errors")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -415,8 +417,9 @@ def _deployments(model: ModelConfig, providers: dict[str, ProviderConfig], where
             raise ConfigError(f"{here}.weight: must be a number from 0 (drained) up")
         for limit in ("rpm", "tpm"):
             value = getattr(dep, limit)
-            if value is not None and value < 1:
-                raise ConfigError(f"{here}.{limit}: must be at least 1 (leave it out for no limit)")
+            if value is not None and not 1 <= value <= MAX_UPSTREAM_LIMIT:
+                raise ConfigError(f"{here}.{limit}: must be from 1 to {MAX_UPSTREAM_LIMIT} (leave it out for no "
+                                  f"limit), got {value}")
         if dep.price is not None:
             _check_price(dep.price, f"{here}.price")
         out.append(DeploymentConfig(**{**dep.__dict__, "model": dep.model or model.model}))
