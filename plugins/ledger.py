@@ -52,6 +52,7 @@ from proxy import (
     Usage,
     hookimpl,
     json_response,
+    only_if,
     settles_before_end,
 )
 
@@ -154,6 +155,7 @@ class Plugin:
         self.accounts.writer.append(self.row(call, hold))  # (record(), inline: a call fewer per request)
 
     @hookimpl
+    @only_if(RECORDED, present=False)  # (a call that reached admit was recorded in settle: not called then)
     async def tollway_finish(self, call: Call) -> None:
         if RECORDED not in call.state and call.endpoint in MODEL_ENDPOINTS and call.response.status != 401:
             self.record(call)

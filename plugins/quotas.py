@@ -44,7 +44,18 @@ from functools import partial
 
 from aiohttp import web
 
-from proxy import Call, Gateway, ProxyError, Route, Snapshot, StateKey, hookimpl, json_response, settles_before_end
+from proxy import (
+    Call,
+    Gateway,
+    ProxyError,
+    Route,
+    Snapshot,
+    StateKey,
+    hookimpl,
+    json_response,
+    only_if,
+    settles_before_end,
+)
 from proxy.logs import throttled
 from proxy.provider import CALLER_KEYS
 
@@ -53,7 +64,7 @@ from .accounts.admin_accounts import AdminAccounts
 from .accounts.book import LOCAL_HOLD
 from .accounts.budgets import BudgetClaims, BudgetHold, BudgetKeeper
 from .accounts.checks import check_config
-from .accounts.claims import Admission, CreditClaim, admission_of, run_admission
+from .accounts.claims import ADMISSION, Admission, CreditClaim, admission_of, run_admission
 from .accounts.counters import COUNTERS, Counters
 from .accounts.estimate import UNREAD, output_bound, prompt_bound, requested_output
 from .accounts.http import authenticate
@@ -89,6 +100,9 @@ class Reservation:
 
 # The request's reservation: set in tollway_admit, charged in tollway_settle, read by the ledger.
 RESERVATION: StateKey[Reservation] = StateKey("quotas.reservation")
+# Set with the reservation while tollway_finish may have work (releasing a hold settle did not
+# reach, a budget charged with the row in Redis); taken out when settle has done all of it.
+FINISH_DUE: StateKey[bool] = StateKey("quotas.finish_due")
 
 log = logging.getLogger("tollway.quotas")
 
@@ -178,6 +192,7 @@ class Plugin:
         admission.callbacks.append(partial(self._admitted, call, admission, credit, budgets, what))  # (not a lambda)
 
     @hookimpl(specname="tollway_admit", trylast=True)
+    @only_if(ADMISSION)  # (no plugin claimed, or ratelimit's admit_claims ran them: nothing to do)
     async def admit_claims(self, call: Call) -> None:
         """Every plugin's claims at once, one step (``accounts/claims.py``), after every admit added its own."""
         await run_admission(self.counters, call)
@@ -202,6 +217,7 @@ class Plugin:
         if refused is None:
             call.state[RESERVATION] = Reservation(acc, amount, budget=budget, hold=credit.hold,
                                                   multiplier=call.billing.price_multiplier)
+            call.state[FINISH_DUE] = True
             if credit.hold != LOCAL_HOLD:  # the charge goes to Redis: before the client has it all
                 call.response.settle_before_end = True
 
@@ -317,6 +333,7 @@ class Plugin:
         else:  # a budget is a hard cap: never take more than was held against it
             hold.charged = self.accounts.settle(hold.account, hold.amount, min(cost, hold.amount))
             self.budgets.settle(hold.budget, hold.charged)
+        call.state.pop(FINISH_DUE, None)  # closed and charged here (cost None): tollway_finish has nothing left
 
     def _cost(self, call: Call, hold: Reservation) -> int:
         usage = call.billing.usage
@@ -341,6 +358,7 @@ class Plugin:
         return min(hold.amount, -(-hold.amount * multiplier_ppm(now) // then)) if then else 0
 
     @hookimpl
+    @only_if(FINISH_DUE)
     async def tollway_finish(self, call: Call) -> None:
         hold = call.state.get(RESERVATION)
         if hold is not None and hold.open:

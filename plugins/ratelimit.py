@@ -31,11 +31,11 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from proxy import Call, Gateway, ProxyError, StateKey, hookimpl, settles_before_end
+from proxy import Call, Gateway, ProxyError, StateKey, hookimpl, only_if, settles_before_end
 
 from .accounts import ACCOUNTS, Accounts, KeyRecord, Limits, ModelLimits
 from .accounts.checks import check_config
-from .accounts.claims import Admission, RateClaim, SlotClaim, admission_of, run_admission
+from .accounts.claims import ADMISSION, Admission, RateClaim, SlotClaim, admission_of, run_admission
 from .accounts.counters import COUNTERS, Counters, MemoryCounters
 from .accounts.estimate import tokens_estimate
 from .accounts.gcra import Plan, Rule, iso_at, left_of, put_headers, reset_of
@@ -57,6 +57,8 @@ class Taken:
 
 
 TAKEN: StateKey[Taken] = StateKey("ratelimit.taken")
+# Set while the call holds a concurrency slot (``Taken.slot``): tollway_finish, which frees it, runs only then.
+SLOT_HELD: StateKey[bool] = StateKey("ratelimit.slot_held")
 
 
 NO_PLAN = Plan.of([])
@@ -166,6 +168,7 @@ class Plugin:
         admission.callbacks.append(partial(self._admitted, call, key, admission, slot, rate, plan, estimate))
 
     @hookimpl(specname="tollway_admit", trylast=True)
+    @only_if(ADMISSION)  # (no plugin claimed, or quotas' admit_claims ran them: nothing to do)
     async def admit_claims(self, call: Call) -> None:
         """Every plugin's claims at once, one step (``accounts/claims.py``), after every admit added its own."""
         await run_admission(self.counters, call)
@@ -196,6 +199,8 @@ class Plugin:
                                     self._used(rule, now))
         if refused is None and (plan.token_rules or slot is not None):
             call.state[TAKEN] = Taken(plan.token_rules, estimate, key.id if slot is not None else None)
+            if slot is not None:
+                call.state[SLOT_HELD] = True
 
     def status(self, key: KeyRecord, now: float | None = None) -> list[dict]:
         """Each of the key's limits with what is left and when it is full again
@@ -260,6 +265,7 @@ class Plugin:
             self.counters.adjust(taken.token_rules, delta)
 
     @hookimpl
+    @only_if(SLOT_HELD)  # (without a concurrency slot: nothing to free)
     async def tollway_finish(self, call: Call) -> None:
         taken = call.state.get(TAKEN)
         if taken is not None and taken.slot is not None:

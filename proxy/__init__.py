@@ -19,7 +19,7 @@ from .errors import ProxyError, bad_request
 from .events import Event
 from .gateway import Gateway
 from .pipeline import run_detached
-from .plugins import settles_before_end
+from .plugins import only_if, settles_before_end
 from .provider import Provider, StreamDecoder
 from .routes import json_response, read_json
 from .schema import ConfigError
@@ -31,8 +31,8 @@ hookimpl = pluggy.HookimplMarker("tollway")
 
 __all__ = [
     # hooks and the per-request context
-    "hookimpl", "settles_before_end", "Call", "Principal", "Route", "Billing", "ResponseState", "Timing", "Usage",
-    "Units", "CachedResponse",
+    "hookimpl", "settles_before_end", "only_if", "Call", "Principal", "Route", "Billing", "ResponseState", "Timing",
+    "Usage", "Units", "CachedResponse",
     # failing: a request, or start-up
     "ProxyError", "bad_request", "ConfigError",
     # sharing between plugins

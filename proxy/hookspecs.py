@@ -19,6 +19,11 @@ so the core collects each hook's implementations once at start-up, in pluggy's
 call order, into a tuple, and awaits them itself. Order: plugins registered
 later run first (user plugins before built-ins); ``tryfirst=True`` /
 ``trylast=True`` on ``@hookimpl`` move an implementation to the front/back.
+An implementation of ``tollway_admit``, ``tollway_usage``, ``tollway_settle`` or
+``tollway_finish`` that has nothing to do on most requests may say when it has:
+``@proxy.only_if(KEY)`` (under ``@hookimpl``) and the core calls it only when the
+``proxy.StateKey`` ``KEY`` is in ``call.state`` at its turn (``only_if(KEY,
+present=False)``: only when it is not). Unmarked implementations are always called.
 
 Order matters where plugins depend on each other; the built-ins pin theirs
 so that the order of ``plugins.enabled`` does not: ``auth`` refuses a model

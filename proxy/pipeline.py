@@ -65,8 +65,15 @@ async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call)
                 await gateway.stored_responses.check_continued(call)
             await resolve(gateway, call)
             admitted = True
-            for admit in hooks.admit:
-                await admit(call)
+            gated = hooks.admit_gated
+            if gated is None:
+                for admit in hooks.admit:
+                    await admit(call)
+            else:  # some are marked only_if: those idle for this call are not called (checked at their turn)
+                state = call.state
+                for admit, key, present in gated:
+                    if key is None or (key in state) is present:
+                        await admit(call)
             cached = None
             for lookup in hooks.lookup:
                 cached = await lookup(call)
@@ -89,7 +96,7 @@ async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call)
             resp = await send_error(request, call, internal_error())
         call.timing.ended_at = time.perf_counter()
         if admitted:
-            await settle(hooks.settle, call)
+            await settle(hooks.settle, call, hooks.settle_gated)
     finally:
         await finish(gateway, call)
         gateway.inflight.leave(task)
@@ -138,11 +145,23 @@ async def resolve(gateway: Gateway, call: Call) -> None:
 async def finish(gateway: Gateway, call: Call) -> None:
     """The last step of every call: its end time, tollway_finish hooks, the access log."""
     call.timing.ended_at = call.timing.ended_at or time.perf_counter()
-    for finish_hook in gateway.hooks.finish:
-        try:
-            await finish_hook(call)
-        except Exception:
-            throttled(log, logging.ERROR, "finish_failed", "tollway_finish failed", exc_info=True)
+    hooks = gateway.hooks
+    gated = hooks.finish_gated
+    if gated is None:
+        for finish_hook in hooks.finish:
+            try:
+                await finish_hook(call)
+            except Exception:
+                throttled(log, logging.ERROR, "finish_failed", "tollway_finish failed", exc_info=True)
+    else:  # (the same, but for the implementations only_if says are idle for this call)
+        state = call.state
+        for finish_hook, key, present in gated:
+            if key is not None and (key in state) is not present:
+                continue
+            try:
+                await finish_hook(call)
+            except Exception:
+                throttled(log, logging.ERROR, "finish_failed", "tollway_finish failed", exc_info=True)
     if gateway.access_log is not None:
         gateway.access_log.record(call)
 
@@ -176,15 +195,34 @@ async def on_usage(gateway: Gateway, call: Call) -> None:
     # A response is continued by its id from now on: known (in memory, and in a store other
     # instances read) before the client has the answer.
     written = gateway.stored_responses.remember_call(call) if call.dialect == "responses" else None
-    for hook in gateway.hooks.usage:
-        await hook(call)
+    hooks = gateway.hooks
+    gated = hooks.usage_gated
+    if gated is None:
+        for hook in hooks.usage:
+            await hook(call)
+    else:
+        state = call.state
+        for hook, key, present in gated:
+            if key is None or (key in state) is present:
+                await hook(call)
     if written is not None:
         await gateway.stored_responses.stored(written)
 
 
-async def settle(hooks: tuple[Callable, ...], call: Call) -> None:
-    """tollway_settle implementations, in order; one raising does not stop the others."""
-    for hook in hooks:
+async def settle(hooks: tuple[Callable, ...], call: Call, gated: tuple | None = None) -> None:
+    """tollway_settle implementations, in order; one raising does not stop the others.
+    ``gated``: the same with their ``only_if`` marks (``Hooks.settle_gated``), None when none has one."""
+    if gated is None:
+        for hook in hooks:
+            try:
+                await hook(call)
+            except Exception:
+                throttled(log, logging.ERROR, "settle_failed", "tollway_settle failed", exc_info=True)
+        return
+    state = call.state
+    for hook, key, present in gated:  # (the same, but for the implementations only_if says are idle)
+        if key is not None and (key in state) is not present:
+            continue
         try:
             await hook(call)
         except Exception:
@@ -204,7 +242,7 @@ async def before_end(gateway: Gateway, call: Call) -> None:
     transport = request.transport if request is not None else None
     if transport is None or transport.is_closing():
         call.response.client_gone = True  # (the write that follows would say so)
-    await settle(gateway.hooks.settle_before_end, call)
+    await settle(gateway.hooks.settle_before_end, call, gateway.hooks.settle_before_end_gated)
 
 
 async def send_error(request: web.Request, call: Call, err: ProxyError) -> web.StreamResponse:

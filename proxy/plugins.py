@@ -53,6 +53,10 @@ REQUEST_HOOKS = ("authenticate", "resolve", "admit", "lookup", "stream_filter", 
 # The arguments of request-time hooks that take more than the call, in the order the core passes them.
 _HOOK_ARGS = {"visible_models": ("call", "models"), "attempt": ("call", "route", "error"), "retry": ("call", "error"),
              "reroute": ("call", "previous")}
+# The hooks whose implementations may be marked ``only_if`` (the core checks the mark before each call).
+GATED_HOOKS = ("admit", "usage", "settle", "finish")
+#: One implementation with its ``only_if`` mark: (the function, the StateKey or None, whether it must be present).
+Gated = tuple[Callable, Any, bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,15 @@ class Hooks:
     attempt: tuple[Callable, ...]
     retry: tuple[Callable, ...]
     reroute: tuple[Callable, ...]
+    # admit, usage, settle (and settle_before_end), finish again, each implementation with its
+    # ``only_if`` mark (``Gated``; key None: always called), or None when no implementation of
+    # the hook has one: the core then runs the plain tuple, with no check per call. (Triples
+    # rather than a zip of two tuples: zip(strict=True) costs more than the calls it saves.)
+    admit_gated: tuple[Gated, ...] | None = None
+    usage_gated: tuple[Gated, ...] | None = None
+    settle_gated: tuple[Gated, ...] | None = None
+    settle_before_end_gated: tuple[Gated, ...] | None = None
+    finish_gated: tuple[Gated, ...] | None = None
 
 
 def section_plugins(raw: dict, enabled: Iterable[str]) -> list[str]:
@@ -138,20 +151,45 @@ def _register(pm: pluggy.PluginManager, obj: Any, name: str) -> None:
 
 def compile_hooks(pm: pluggy.PluginManager) -> Hooks:
     """Freeze the request-time hooks into tuples (call order), checking they are async."""
-    compiled = {}
-    early = []
+    compiled: dict[str, Any] = {}
+    early: list[Gated] = []
     for short in REQUEST_HOOKS:
         caller = getattr(pm.hook, f"tollway_{short}")
-        fns = []
+        fns: list[Gated] = []
         for impl in reversed(caller.get_hookimpls()):  # pluggy's own call order
             fn = impl.function
             if not inspect.iscoroutinefunction(fn):
                 raise ConfigError(f"plugin {impl.plugin_name!r}: tollway_{short} must be 'async def'")
-            fns.append(_adapt(fn, impl.argnames, short))
+            key, present = getattr(fn, "tollway_only_if", (None, True))
+            if key is not None and short not in GATED_HOOKS:
+                raise ConfigError(f"plugin {impl.plugin_name!r}: only_if marks implementations of "
+                                  f"{', '.join('tollway_' + h for h in GATED_HOOKS)}, not tollway_{short}")
+            fns.append((_adapt(fn, impl.argnames, short), key, present))
             if short == "settle" and getattr(fn, "tollway_before_end", False):
                 early.append(fns[-1])
-        compiled[short] = tuple(fns)
-    return Hooks(**compiled, settle_before_end=tuple(early))
+        compiled[short] = tuple(f for f, _, _ in fns)
+        if short in GATED_HOOKS:
+            compiled[f"{short}_gated"] = _gated(fns)
+    return Hooks(**compiled, settle_before_end=tuple(f for f, _, _ in early),
+                 settle_before_end_gated=_gated(early))
+
+
+def _gated(fns: list[Gated]) -> tuple[Gated, ...] | None:
+    return tuple(fns) if any(key is not None for _, key, _ in fns) else None
+
+
+def only_if(key: Any, present: bool = True) -> Callable[[Callable], Callable]:
+    """Mark a request-time implementation (of ``tollway_admit``, ``tollway_usage``,
+    ``tollway_settle`` or ``tollway_finish``; under ``@hookimpl``) as idle for a request unless
+    ``key`` (a ``proxy.StateKey``) is in ``call.state`` when its turn comes (``present=False``:
+    unless it is not): the core then does not call it. For an implementation that has nothing
+    to do on most requests; calling it would cost a coroutine (~1.5k instructions) to learn
+    that. Whatever makes it needed must put the key in ``call.state`` (or take it out) by then;
+    the implementation itself is unchanged and may still check."""
+    def mark(fn: Callable) -> Callable:
+        fn.tollway_only_if = (key, present)  # type: ignore[attr-defined]
+        return fn
+    return mark
 
 
 def settles_before_end(fn: Callable) -> Callable:
