@@ -37,6 +37,7 @@ from proxy.logs import throttled
 
 from ..ledger import LEDGER_ID
 from .lines import ENDPOINTS
+from .recovery import ledger_id, recover
 
 if TYPE_CHECKING:
     from plugins.accounts import Accounts
@@ -52,10 +53,6 @@ STORED: StateKey[bool] = StateKey("batches.stored")
 CHUNK = 64
 CLAIM = "batches"  # the store's claim of the instance that runs the batches
 COMPLETION_WINDOW = 24 * 3600  # seconds: "24h", the only window offered
-
-
-def ledger_id(batch_id: str, line: int) -> str:
-    return f"batch-{batch_id}-{line}"
 
 
 async def store_answer(gateway: Gateway, call: Call, charged: bool = True) -> None:
@@ -189,40 +186,6 @@ class Runner:
             await store_answer(gateway, call, charged=False)
 
     async def recover(self) -> int:
-        """Charge the lines whose answer was stored but whose charge was lost in a crash;
-        returns how many were charged now."""
-        store = self.gateway.store
-        accounts = self.accounts
-        rows = await store.fetchall(
-            "select l.batch_id, l.line, l.cost_micro_usd, l.status_code, b.key_id, b.endpoint, l.body "
-            "from tollway_batch_lines l join tollway_batches b on b.id = l.batch_id "
-            "where l.charged = 0 and l.status in ('done', 'failed')")
-        if not rows:
-            return 0
-        recovered = 0
-        if accounts is not None:
-            from plugins.accounts.db import LedgerRow
-
-            for batch_id, line, cost, status, key_id, endpoint, body in rows:
-                lid = ledger_id(batch_id, line)
-                if not cost or await store.fetchone("select 1 from tollway_ledger where id = ?", (lid,)):
-                    continue
-                key = accounts.by_id.get(key_id)
-                if key is None:
-                    continue
-                taken = accounts.settle(accounts.account_of(key), 0, cost)
-                now = time.time()
-                model = orjson.loads(body).get("model", "") if body else ""
-                accounts.writer.append(LedgerRow(
-                    id=lid, time=now, day=time.strftime("%Y-%m-%d", time.gmtime(now)), key_id=key.id,
-                    account_id=key.account_id, endpoint=ENDPOINTS[endpoint][0], model=model, served_model=model,
-                    provider=None, status=status or 200, error_code="batch_recovered", stream=0, cache_hit=0,
-                    client_gone=0, prompt_tokens=0, completion_tokens=0, cached_tokens=0, reasoning_tokens=0,
-                    cost_micro_usd=taken, latency_ms=0.0, ttfb_ms=None))
-                recovered += 1
-            await accounts.writer.flush()
-        async with store.transaction() as tx:
-            await tx.executemany("update tollway_batch_lines set charged = 1 where batch_id = ? and line = ?",
-                                 [(r[0], r[1]) for r in rows])
-        return recovered
-
+        """Charge the lines whose answer was stored but whose charge was lost in a crash
+        (``recovery.py``); returns how many were charged now."""
+        return await recover(self.gateway, self.accounts)

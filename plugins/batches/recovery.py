@@ -1,0 +1,111 @@
+"""Charging the batch lines whose answer is stored but whose charge was lost (a crash
+between the two), when an instance starts running the batches (at start, or taking over
+from an instance that ended or lost the store's claim).
+
+A line is stored ``done`` or ``failed`` before its charge (``runner.py``) and stays
+``charged = 0`` until a recovery looked at it. Its charge may then be:
+
+- in the store: a ledger row with the line's id (``batch-<batch>-<line>``);
+- on its way there. This instance's own: rows queued in its writer, charges it sends to
+  Redis behind or keeps while Redis is down, all made to land (or looked at) first. With
+  shared counters (Redis), any instance's: the charge is in Redis's balance and its row in
+  the ledger stream until a writer stores it, in one transaction, and then deletes it from
+  the stream. So the stream is read before the store: a row a writer moves meanwhile is in
+  one or the other (read the other way round, it could be in neither, and charged again);
+- nowhere: charged now, once. With shared counters through Redis (the ``SETTLE`` script,
+  as a request is, with its row in the stream), so that Redis, what the fleet may spend,
+  pays it too, not only the store.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+
+from .lines import ENDPOINTS
+
+if TYPE_CHECKING:
+    from plugins.accounts import Accounts
+    from plugins.accounts.redis_credit import SharedCredit
+    from proxy import Gateway
+
+STREAM_PAGE = 1000  # stream entries read at a time
+
+
+def ledger_id(batch_id: str, line: int) -> str:
+    return f"batch-{batch_id}-{line}"
+
+
+async def streamed_ids(shared: SharedCredit) -> set[str]:
+    """The ids of the batch lines' rows in the shared ledger stream (charged in Redis,
+    not yet stored). Read whole, a page at a time: only at a recovery."""
+    redis, link = shared.link.redis, shared.link
+    found: set[str] = set()
+    start = "-"
+    while True:
+        page = await link.call(lambda s=start: redis.xrange(shared.stream, s, "+", count=STREAM_PAGE))
+        for _entry_id, fields in page:
+            data = fields.get(b"row") if fields else None
+            if data and data.startswith(b'["batch-'):
+                found.add(orjson.loads(data)[0])
+        if len(page) < STREAM_PAGE:
+            return found
+        start = "(" + page[-1][0].decode()
+
+
+async def landed(accounts: Accounts) -> set[str]:
+    """Make this instance's own charges land (its writer's queue in the store, the Redis
+    scripts it sent behind answered); returns the ids of the rows of charges it still keeps
+    (Redis down: sent when it is back)."""
+    await accounts.settles_done()
+    await accounts.writer.flush()
+    return {row[0] for *_, row in accounts.pending_settles if row is not None}
+
+
+async def recover(gateway: Gateway, accounts: Accounts | None) -> int:
+    """Charge the lines answered and never charged; returns how many were charged now."""
+    store = gateway.store
+    rows = await store.fetchall(
+        "select l.batch_id, l.line, l.cost_micro_usd, l.status_code, b.key_id, b.endpoint, l.body "
+        "from tollway_batch_lines l join tollway_batches b on b.id = l.batch_id "
+        "where l.charged = 0 and l.status in ('done', 'failed')")
+    if not rows:
+        return 0
+    recovered = 0
+    if accounts is not None:
+        from plugins.accounts.db import LedgerRow
+
+        charged = await landed(accounts)
+        shared = accounts.shared
+        if shared is not None and any(r[2] for r in rows):
+            charged |= await streamed_ids(shared)  # (before the store: see the module's docstring)
+        for batch_id, line, cost, status, key_id, endpoint, body in rows:
+            lid = ledger_id(batch_id, line)
+            if not cost or lid in charged or await store.fetchone("select 1 from tollway_ledger where id = ?",
+                                                                   (lid,)):
+                continue
+            key = accounts.by_id.get(key_id)
+            if key is None:
+                continue
+            acc = accounts.account_of(key)
+            now = time.time()
+            model = orjson.loads(body).get("model", "") if body else ""
+            row = LedgerRow(
+                id=lid, time=now, day=time.strftime("%Y-%m-%d", time.gmtime(now)), key_id=key.id,
+                account_id=key.account_id, endpoint=ENDPOINTS[endpoint][0], model=model, served_model=model,
+                provider=None, status=status or 200, error_code="batch_recovered", stream=0, cache_hit=0,
+                client_gone=0, prompt_tokens=0, completion_tokens=0, cached_tokens=0, reasoning_tokens=0,
+                cost_micro_usd=cost, latency_ms=0.0, ttfb_ms=None)
+            if shared is not None and not acc.unlimited:
+                # No hold (the member is the line's own, so a retry of the script changes nothing).
+                await accounts.settle_shared(acc, f"{lid}|0", 0, cost, row)
+            else:
+                accounts.writer.append(row._replace(cost_micro_usd=accounts.settle(acc, 0, cost)))
+            recovered += 1
+        await accounts.writer.flush()
+    async with store.transaction() as tx:
+        await tx.executemany("update tollway_batch_lines set charged = 1 where batch_id = ? and line = ?",
+                             [(r[0], r[1]) for r in rows])
+    return recovered
