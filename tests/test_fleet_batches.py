@@ -11,6 +11,9 @@ operator paid the upstream twice). One instance of the fleet runs batches at a t
 from __future__ import annotations
 
 import asyncio
+import datetime
+import os
+import socket
 import time
 
 import aiohttp
@@ -19,7 +22,7 @@ import pytest
 from aiohttp import web
 from business import DEMO, biz_config, credits
 from fleet import redis_url
-from stores import fresh_database
+from stores import PG, fresh_database
 from test_batches import jsonl, wait_done
 
 from plugins.accounts import ACCOUNTS
@@ -135,6 +138,16 @@ async def end_claim(store) -> None:
     assert (await store.fetchone("select pg_terminate_backend(?, 60000)", (pids[0][0],)))[0]
 
 
+async def pg_now() -> datetime.datetime:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG)
+    try:
+        return await conn.fetchval("select now()")
+    finally:
+        await conn.close()
+
+
 async def agree(s: aiohttp.ClientSession, gateways: list, start: int) -> list[tuple]:
     """Store every charge queued in Redis; the ledger's batch rows, after checking that Redis,
     the stored balance and the ledger say the same."""
@@ -147,6 +160,42 @@ async def agree(s: aiohttp.ClientSession, gateways: list, start: int) -> list[tu
     stored = (await store.fetchone("select balance_micro_usd from tollway_accounts where id = 'cfg_demo'"))[0]
     assert (fleet, stored) == (start - sum(r[1] for r in rows),) * 2
     return rows
+
+
+async def test_a_holder_whose_session_ended_stops_running_lines(start_gateway, serve_upstream, tmp_path):
+    """The claim is a PostgreSQL session's. Its holder kept running batches after that session
+    ended (PostgreSQL restarted, the connection cut or killed for idling) while another instance
+    took the claim: two instances ran the batches, every line called and charged twice. The
+    holder asks now, before each line, and stops when its session is gone."""
+    upstream = Upstream(hold=True)
+    served = await serve_upstream({"POST /v1/chat/completions": upstream.completions})
+    config = biz_config(served.url, enabled=["auth", "quotas", "pricing", "ledger", "batches"],
+                        batches={"concurrency": LINES, "poll_seconds": 3600})
+    async with fresh_database("postgres", tmp_path) as url:
+        config["storage"] = {"url": url, "counters": redis_url()}
+        first = await start_gateway(config)
+        second = await start_gateway(config)
+        assert runner_of(first).leading and not runner_of(second).leading
+        await end_claim(first.gw.store)
+        async with openai.AsyncOpenAI(base_url=second.url, api_key=DEMO, max_retries=0) as client, \
+                aiohttp.ClientSession() as s:
+            start = (await credits(s, first, DEMO))["balance_micro_usd"]
+            batch_id = await submit(client)  # the second's runner wakes, takes the claim, runs the lines
+            await upstream.arrived.wait()
+            upstream.arrived.clear()
+            # The first instance's runner looks now, while the lines wait upstream.
+            other = asyncio.ensure_future(runner_of(first).step())
+            await asyncio.wait({other, asyncio.ensure_future(upstream.arrived.wait())},
+                               return_when=asyncio.FIRST_COMPLETED)
+            upstream.release.set()
+            assert await other is False
+            assert (await wait_done(client, batch_id)).request_counts.completed == LINES
+            rows = await agree(s, [first, second], start)
+        assert runner_of(second).leading and not runner_of(first).leading
+        for running in (second, first):
+            await running.server.close()
+    assert upstream.calls == {f"line {i}": 1 for i in range(LINES)}
+    assert len(rows) == LINES and all(r[2] is None and r[3] == 10 for r in rows)
 
 
 async def test_a_takeover_charges_once_what_redis_has_not_handed_to_the_store_yet(start_gateway, serve_upstream,
@@ -186,3 +235,28 @@ async def test_a_takeover_charges_once_what_redis_has_not_handed_to_the_store_ye
     assert upstream.calls == {f"line {i}": 1 for i in range(LINES)}
     assert [r[2:] for r in rows] == [(None, 10)] * LINES + [("batch_recovered", 0)]
     assert rows[-1][1] == 7
+
+
+async def test_an_instance_waiting_for_the_claim_keeps_one_connection(start_gateway, tmp_path):
+    """An instance that does not hold the claim tries to take it at each poll: it opened a
+    PostgreSQL connection for each try (and closed it), one a second per instance at the
+    default poll. It keeps one now."""
+    config = biz_config(enabled=["auth", "quotas", "pricing", "ledger", "batches"], batches={"poll_seconds": 3600})
+    async with fresh_database("postgres", tmp_path) as url:
+        config["storage"] = {"url": url, "counters": redis_url()}
+        since = await pg_now()
+        first = await start_gateway(config)
+        second = await start_gateway(config)
+        # (Sessions of this process's name started since its gateways did: another process with
+        # the same id elsewhere on this PostgreSQL, in another container, is not this one.)
+        name = f"tollway batches: process {os.getpid()} on {socket.gethostname()}"[:63]
+        seen = []
+        for _ in range(3):
+            assert await runner_of(second).step() is False
+            seen.append(await first.gw.store.fetchall(
+                "select a.pid, a.backend_start from pg_stat_activity a where a.application_name = ? and "
+                "a.backend_start >= ? and not exists (select 1 from pg_locks l where l.pid = a.pid and "
+                "l.locktype = 'advisory')", (name, since)))
+        for running in (second, first):
+            await running.server.close()
+    assert len(seen[0]) == 1 and seen == [seen[0]] * 3

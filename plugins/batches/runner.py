@@ -20,7 +20,12 @@ In a fleet (instances sharing the store), one instance runs the batches: the one
 holds the store's claim ``batches`` (``lead``); the others try to take it at each of
 their passes, and one does when the holder's process ends (the database or the kernel
 drops the claim with it). Every runner reading the pending lines sent a line still
-running on one instance again from another, charged twice.
+running on one instance again from another, charged twice. The claim is a PostgreSQL
+session's: it also goes when that session ends under a live process (PostgreSQL restarted,
+the connection cut or killed), so the holder asks before each line whether its session is
+still there (``holds``) and stops at once when it is not: another instance may run the
+lines from now on. (Lines already on their way upstream then still finish there, at most
+``concurrency`` of them, and may run again on the new holder.)
 """
 
 from __future__ import annotations
@@ -85,14 +90,30 @@ class Runner:
     async def lead(self) -> bool:
         """Whether this instance runs the batches (it holds the store's claim, or takes it now).
         Taking it, it first charges what the holder before it answered but never charged."""
-        if not self.leading:
-            store = self.gateway.store
-            # (A store only one server may use, SQLite's, is this instance's already.)
-            if store.shared and await store.claim(CLAIM) is not None:
-                return False  # another instance runs them
-            await self.recover()
-            self.leading = True
+        if self.leading:
+            return await self.holds()  # (lost: the next poll tries to take it again)
+        store = self.gateway.store
+        # (A store only one server may use, SQLite's, is this instance's already.)
+        if store.shared and await store.claim(CLAIM) is not None:
+            return False  # another instance runs them
+        await self.recover()
+        self.leading = True
         return True
+
+    async def holds(self) -> bool:
+        """Whether this instance still holds the claim (asked before each line): its
+        PostgreSQL session may have ended under it (a restart, a cut connection), the claim
+        then gone to another instance, which runs the lines from now on; this one stops
+        (the next step tries to take the claim again)."""
+        if not self.leading:
+            return False
+        if not self.gateway.store.shared or await self.gateway.store.holds(CLAIM):
+            return True
+        if self.leading:
+            self.leading = False
+            log.error("batches: this instance lost the store's claim %r (its PostgreSQL session ended); it stops "
+                      "running batch lines and tries to take the claim again at each poll", CLAIM)
+        return False
 
     async def run(self) -> None:
         while True:
@@ -151,7 +172,7 @@ class Runner:
             async with slots:
                 # A cancel stops the lines that have not started (those running finish, and are billed).
                 row = await store.fetchone("select status from tollway_batches where id = ?", (batch_id,))
-                if row is None or row[0] != "in_progress":
+                if row is None or row[0] != "in_progress" or not await self.holds():
                     return
                 await self.run_line(batch_id, key, endpoint, line, body)
 

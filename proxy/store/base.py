@@ -107,6 +107,13 @@ class Store:
         crash never leaves it behind). None when taken; else what holds it."""
         raise NotImplementedError
 
+    async def holds(self, name: str) -> bool:
+        """Whether the claim ``name`` this store took is still its own. A database
+        session can end under a live process (PostgreSQL restarted, the connection
+        cut): its claim is then gone, maybe to another instance, and False is said
+        (once; ``claim`` may take it again)."""
+        raise NotImplementedError
+
     async def ping(self) -> bool:
         """True when the database answers."""
         try:

@@ -27,6 +27,7 @@ _PLACEHOLDER = re.compile(r"\?")
 CONNECT_TIMEOUT_S = 5.0  # opening a connection (the pool reopens them after an outage)
 COMMAND_TIMEOUT_S = 60.0  # any statement; nothing on the request path waits on one (see docs/fleet.md)
 PING_TIMEOUT_S = 2.0  # /health/ready
+HOLDS_TIMEOUT_S = 10.0  # asking a claim's session whether it is still there (see ``holds``)
 
 
 @functools.lru_cache(maxsize=512)  # the same few statements over and over (the writer's, every flush)
@@ -70,6 +71,8 @@ class PostgresStore(Store):
         self._pool: Any = None  # an asyncpg pool once connected (asyncpg ships no types)
         self._guard = TaskGuard()
         self._claims: dict[str, Any] = {}  # claim name -> the connection that holds its advisory lock
+        self._trying: dict[str, Any] = {}  # claim name -> the connection that tries to take it (kept)
+        self._claiming = asyncio.Lock()  # one statement at a time on those connections
 
     async def connect(self) -> None:
         asyncpg = _asyncpg()
@@ -95,9 +98,13 @@ class PostgresStore(Store):
             self._pool = None
 
     async def close(self) -> None:
-        for conn in self._claims.values():
-            await conn.close()  # ends the session: its advisory lock goes with it
+        for conn in [*self._claims.values(), *self._trying.values()]:
+            try:
+                await conn.close(timeout=CONNECT_TIMEOUT_S)  # ends the session: its advisory lock goes with it
+            except Exception:  # (a connection cut: PostgreSQL ends the session when it notices)
+                conn.terminate()
         self._claims.clear()
+        self._trying.clear()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -140,25 +147,53 @@ class PostgresStore(Store):
     async def claim(self, name: str) -> str | None:
         """A session advisory lock, on a connection of its own held until
         ``close()``; PostgreSQL drops it when that session ends (a crash, a
-        killed process). Keyed by the name and the schema the tables are in."""
-        if name in self._claims:
-            return None
-        hostname = socket.gethostname()
-        conn = await _asyncpg().connect(self.url, server_settings={
-            "application_name": f"tollway {name}: process {os.getpid()} on {hostname}"[:63]})
-        key = await conn.fetchval("select hashtextextended('tollway:' || $1 || ':' || current_schema(), 0)", name)
-        if await conn.fetchval("select pg_try_advisory_lock($1)", key):
-            self._claims[name] = conn
-            return None
-        try:
-            holder = await conn.fetchval(
-                "select a.application_name from pg_locks l join pg_stat_activity a on a.pid = l.pid "
-                "where l.locktype = 'advisory' and l.granted and l.classid = $1::bigint::oid "
-                "and l.objid = $2::bigint::oid and l.objsubid = 1 limit 1",
-                (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)
-        finally:
-            await conn.close()
-        return holder or "another session"
+        killed process, a cut connection: ``holds`` tells). Keyed by the name and
+        the schema the tables are in. A try that fails keeps its connection for the
+        next try (an instance that tries at each poll opens one, not one a poll)."""
+        async with self._claiming:
+            if name in self._claims:
+                return None
+            conn = self._trying.pop(name, None)
+            if conn is None or conn.is_closed():
+                hostname = socket.gethostname()
+                conn = await _asyncpg().connect(self.url, timeout=CONNECT_TIMEOUT_S, server_settings={
+                    "application_name": f"tollway {name}: process {os.getpid()} on {hostname}"[:63]})
+            try:
+                key = await conn.fetchval("select hashtextextended('tollway:' || $1 || ':' || current_schema(), 0)",
+                                          name)
+                if await conn.fetchval("select pg_try_advisory_lock($1)", key):
+                    self._claims[name] = conn
+                    return None
+                holder = await conn.fetchval(
+                    "select a.application_name from pg_locks l join pg_stat_activity a on a.pid = l.pid "
+                    "where l.locktype = 'advisory' and l.granted and l.classid = $1::bigint::oid "
+                    "and l.objid = $2::bigint::oid and l.objsubid = 1 limit 1",
+                    (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)
+            except BaseException:
+                conn.terminate()  # (a session that failed: the next try opens another)
+                raise
+            self._trying[name] = conn
+            return holder or "another session"
+
+    async def holds(self, name: str) -> bool:
+        """Whether the claim ``name`` taken here is still this store's: its session still
+        answers. A session PostgreSQL ended (a restart, ``pg_terminate_backend``, an idle
+        kill) or that does not answer within ``HOLDS_TIMEOUT_S`` (a cut network) has lost,
+        or may have lost, its lock to another instance: the claim is dropped (its
+        connection closed, so the lock goes if it was still there) and False returned;
+        ``claim`` takes it again if nobody else has."""
+        async with self._claiming:
+            conn = self._claims.get(name)
+            if conn is None:
+                return False
+            try:
+                async with asyncio.timeout(HOLDS_TIMEOUT_S):
+                    await conn.fetchval("select 1")
+                return True
+            except Exception:
+                del self._claims[name]
+                conn.terminate()
+                return False
 
 
 class PostgresTransaction(Store):

@@ -188,6 +188,10 @@ class SQLiteStore(Store):
         self._claims[name] = fd
         return None
 
+    async def holds(self, name: str) -> bool:
+        """A ``flock`` lasts as long as its descriptor: while this process runs."""
+        return self.path == ":memory:" or name in self._claims
+
 
 class SQLiteTransaction(Store):
     """The statements of one SQLite transaction (the connection's turn is held)."""
