@@ -16,6 +16,7 @@ from proxy.logs import throttled
 from . import db
 from .book_memory import BookMemory
 from .model import Account
+from .writer_stream import SEED_LOCK
 
 if TYPE_CHECKING:
     from .db import LedgerRow
@@ -45,6 +46,11 @@ class SharedMoney(BookMemory):
 
         try:
             async with asyncio.timeout(SEED_TIMEOUT_S):
+                if self.store.kind == "postgres":
+                    # After the ledger writers' transactions that began before: one that took its
+                    # entries in a Redis life since lost, and did not see the loss, commits first
+                    # and is read here (writer_stream.py). (On SQLite the one connection waits.)
+                    await self.store.execute(SEED_LOCK)
                 found = await db.load_accounts(self.store, [account_id])
         except Exception:
             raise ProxyError(503, "the gateway's store (storage.url) cannot be reached to read this key's balance; "

@@ -19,6 +19,7 @@ from proxy.store import Migration, migrate
 from . import rollups
 from .grants import GRANTS_TABLE
 from .model import NO_BUDGETS, NO_POLICY, Account, AccountPolicy, Budgets, KeyRecord, Limits
+from .stream_charges import TABLE as STREAM_CHARGES_TABLE
 
 # Step 1 is the schema from before migrations existed (idempotent, so old
 # databases pass through it); later steps are appended, never edited.
@@ -114,6 +115,8 @@ MIGRATIONS = (
         "alter table tollway_ledger add column incomplete integer not null default 0")),
     # The model a key's requests without "model" use (before server.default_model).
     Migration(10, "keys.default_model", ("alter table tollway_keys add column default_model text",)),
+    # The shared ledger stream's charges without a row, each stored once: see stream_charges.py.
+    Migration(11, "stream charges without a ledger row", STREAM_CHARGES_TABLE),
 )
 
 

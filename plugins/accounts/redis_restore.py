@@ -135,6 +135,11 @@ class Restorer:
         raw = await self.link.call(lambda: self.link.redis.get(self.life))
         return None if raw is None else raw.decode()
 
+    async def token(self) -> str | None:
+        """Redis's life token as it is now (None: Redis lost its data and no instance has
+        noticed yet); the ledger writer compares it across its steps (``writer_stream.py``)."""
+        return await self._token()
+
     async def ensure(self, wait: bool = True) -> None:
         """Before seeding: if Redis lost its data since this instance last looked, put this
         instance's holds back (and, ``wait``, until every instance has put its own back)."""

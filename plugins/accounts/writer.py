@@ -19,7 +19,10 @@ a committed flush survives a process crash; a power cut may also lose the
 last committed transaction). A batch whose commit raised is kept and retried
 whole; the batch number written with it (``tollway_meta``, one row per
 process) tells whether a commit that raised went through after all, so no
-batch is written twice or lost.
+batch is written twice or lost. A batch that failed on a statement (not on an
+unreachable store) is retried without the rows that could never be stored (an
+id stored already, a row the store refuses: ``bad_rows.py``), each logged once.
+The shared ledger stream's side (Redis): ``writer_stream.py``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from proxy.background import stop_task
 from proxy.logs import throttled
 from proxy.store import unreachable
 
-from . import db
+from . import bad_rows, db
+from .writer_stream import StreamSteps
 
 if TYPE_CHECKING:
     from .book import Accounts
@@ -54,7 +58,7 @@ class Batch:
     seq: int
 
 
-class Writer:
+class Writer(StreamSteps):
     def __init__(self, book: Accounts, flush_s: float, batch_rows: int, poll_s: float) -> None:
         self.book = book
         self.flush_s = max(flush_s, 0.001)
@@ -70,9 +74,8 @@ class Writer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.flushes = 0  # completed flushes that wrote something (tests, metrics)
         self.oldest_at = 0.0  # time.monotonic() when the oldest row in ``rows`` was queued
-        self.taken: list | None = None  # stream entries taken and not yet stored (shared counters)
-        self._last_claim = 0.0
-        self._shared_lock = asyncio.Lock()
+        self._refused = False  # the failed batch's commit failed on a statement: look for bad rows
+        self._stream_init()  # the shared ledger stream's side (writer_stream.py)
         self.max_rows = 100_000  # the queue's bound (plugins.ledger.max_queue_rows)
         self.stream_rows = 0  # the shared ledger stream's entries not yet stored, as last counted
         self.store_down = False  # the last flush could not reach the store
@@ -142,7 +145,12 @@ class Writer:
         if task is not None and not (await asyncio.wait({task}, timeout=STOP_WAIT_S))[0]:
             await stop_task(task)
         self._disarm()
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception:
+            if not self._refused:
+                raise
+            await self.flush()  # again, without the rows the store refuses (bad_rows.py)
         await self.drain_shared()  # what the fleet queued in Redis, while it answers
         if self.book.shared is not None and self.taken is None:
             try:
@@ -220,85 +228,38 @@ class Writer:
                 self.failed = None  # its commit raised, yet it is in the store
             if self.failed is None and not self.rows and not book.dirty:
                 return
+            refused, self._refused = self.failed is not None and self._refused, False
             batch = self._take()
             try:
+                if refused:
+                    await self._clean(batch)
                 await db.store_batch(book.store, batch.rows, batch.deltas, self.marker, batch.seq)
-            except BaseException:
+            except BaseException as exc:
                 self.failed = batch
+                self._refused = bad_rows.on_a_statement(exc)
                 raise
             self.failed = None
             self.flushes += 1
 
-    async def flush_shared(self, mine: bool = False) -> None:
-        """With shared counters: store the ledger stream's entries this writer takes
-        (see ``redis_credit.py``), each once, with its charge, in one transaction;
-        ``mine``: those it took before and never acknowledged (``take_mine``)."""
-        if self.book.shared is None:
-            return
-        async with self._shared_lock:
-            await self._flush_shared(mine)
-
-    async def drain_shared(self) -> None:
-        """Store every entry the stream has for this writer now (shutdown, tests), the
-        charges this process is still sending behind included: first those it took and
-        never acknowledged (a step the shutdown stopped half-way), then new ones."""
-        await self.book.settles_done()
-        for mine in (True, False):
-            for _ in range(10_000):
-                done = self.flushes
-                await self.flush_shared(mine)
-                if self.flushes == done:
-                    break
-
-    async def _flush_shared(self, mine: bool = False) -> None:
-        book = self.book
-        shared = book.shared
-        assert shared is not None
-        from proxy import ProxyError
-
-        await book.push_topups()
-        await book.push_settles()
-        link = shared.link
-        try:
-            self.stream_rows = int(await link.call(lambda: link.redis.xlen(shared.stream)))
-        except ProxyError:
-            pass  # the counters are down: keep the last count
-        now = time.monotonic()
-        claim = now - self._last_claim >= shared.counters.ttl_ms / 1000
-        try:
-            if self.taken is None:
-                if mine:
-                    entries = await shared.take_mine(self.batch_rows)
-                else:
-                    entries = await shared.take(self.batch_rows, claim)
-                    if claim:
-                        self._last_claim = now
-                if not entries:
-                    return
-                self.taken = entries
-            entries = self.taken
-            async with book.lock, book.store.transaction() as tx:
-                ids = [e.row.id for e in entries if e.row is not None]
-                stored = await db.existing_rows(tx, ids)
-                rows, deltas = [], {}
-                for e in entries:
-                    if e.row is not None:
-                        if e.row.id in stored:
-                            continue
-                        stored.add(e.row.id)
-                        rows.append(e.row)  # (its cost is the charge: redis_credit._entries)
-                    if e.charge:
-                        d = deltas.setdefault(e.account_id, [0, 0])
-                        d[0] -= e.charge
-                        d[1] += e.charge
-                if rows or deltas:
-                    await db.write_rows(tx, rows, deltas)
-            self.taken = None
-            self.flushes += 1
-            await shared.done(entries)
-            self.stream_rows = max(self.stream_rows - len(entries), 0)
-        except ProxyError:
-            return  # the counters are down: the entries wait in Redis
+    async def _clean(self, batch: Batch) -> None:
+        """Before retrying a batch whose commit failed on a statement: leave out the rows
+        that can never be stored, each logged once (it stalled the writer for ever): a row
+        whose id is stored already (the same id queued twice, or stored from the shared
+        ledger stream meanwhile) or that the store refuses (``bad_rows.py``). The batch's
+        balance changes stay (they are not the rows'): a row's charge is never dropped."""
+        store = self.book.store
+        stored = await db.existing_rows(store, [r[0] for r in batch.rows])
+        rows = []
+        for row in batch.rows:
+            if row[0] in stored:
+                log.error("accounts writer: ledger row %s is stored already; this copy is left out, here whole: %r",
+                          row[0], tuple(row))
+                continue
+            stored.add(row[0])
+            rows.append(row)
+        for i in reversed(await bad_rows.refused(store, rows)):
+            bad_rows.say_refused(rows.pop(i), "queued by this process; its balance change is kept")
+        batch.rows = rows
 
     def _take(self) -> Batch:
         """Everything unwritten as one batch: the failed one's rows first, in order."""
