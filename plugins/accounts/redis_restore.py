@@ -35,8 +35,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import hiredis
+
 from proxy import ProxyError
 from proxy.logs import throttled
+
+from .counters import unavailable
 
 if TYPE_CHECKING:
     from .redis_counters import RedisCounters
@@ -132,7 +136,25 @@ class Restorer:
             self._task = None
 
     async def _token(self) -> str | None:
-        raw = await self.link.call(lambda: self.link.redis.get(self.life))
+        """The token, read on the scripts' pipelined connection when it is open: every seed
+        reads it first, and a burst of first requests (a new account's, or every account's
+        after Redis lost its data) shares that one connection. Through redis-py's pool each
+        read took a connection of its own, over TLS a handshake each, and on a loaded machine
+        the handshakes outlasted the timeout: the burst was answered 503."""
+        link = self.link
+        pipe = link.pipe
+        if pipe is None or pipe.closed or link.down:
+            raw = await link.call(lambda: link.redis.get(self.life))
+        else:
+            try:
+                raw = await pipe.send(hiredis.pack_command(("GET", self.life)))
+            except (OSError, TimeoutError) as exc:
+                link.failed(exc)
+                raise unavailable() from None
+            if isinstance(raw, hiredis.ReplyError):
+                from redis.exceptions import ResponseError
+
+                raise ResponseError(str(raw))
         return None if raw is None else raw.decode()
 
     async def token(self) -> str | None:
