@@ -59,12 +59,17 @@ class Usage:
         # absurd one (1e300 tokens, read with int()) would not fit a ledger column and stop
         # every later ledger write: the parsers of upstream usage catch this ValueError and
         # call the usage unknown.
-        counts = (self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.reasoning_tokens,
-                  self.cache_write_tokens)
-        if min(counts) < 0:
-            raise ValueError("a token count is negative")
-        if max(counts) > self.MAX_TOKENS:
-            raise ValueError(f"a token count is above {self.MAX_TOKENS}")
+        top = self.MAX_TOKENS
+        # (chained comparisons, not min() and max() of a tuple: two C calls and a tuple fewer per usage)
+        if not (0 <= self.prompt_tokens <= top and 0 <= self.completion_tokens <= top
+                and 0 <= self.cached_tokens <= top and 0 <= self.reasoning_tokens <= top
+                and 0 <= self.cache_write_tokens <= top):
+            counts = (self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.reasoning_tokens,
+                      self.cache_write_tokens)
+            if min(counts) < 0:
+                raise ValueError("a token count is negative")
+            if max(counts) > top:
+                raise ValueError(f"a token count is above {top}")
 
     @property
     def total_tokens(self) -> int:
@@ -76,12 +81,20 @@ class Usage:
         names neither count is not a usage of zero: that would make output free)."""
         if not isinstance(usage, dict) or ("prompt_tokens" not in usage and "completion_tokens" not in usage):
             return None
-        prompt_details = usage.get("prompt_tokens_details") or {}
-        completion_details = usage.get("completion_tokens_details") or {}
+        get = usage.get
+        prompt, completion = get("prompt_tokens"), get("completion_tokens")
+        prompt_details, completion_details = get("prompt_tokens_details"), get("completion_tokens_details")
+        if type(prompt) is int and type(completion) is int and prompt_details is None and completion_details is None:
+            try:  # the usual usage: two JSON integers and no details (int() of an int is itself)
+                return cls(prompt, completion)
+            except ValueError:
+                return None
+        prompt_details = prompt_details or {}
+        completion_details = completion_details or {}
         try:
             return cls(
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
+                prompt_tokens=int(prompt or 0),
+                completion_tokens=int(completion or 0),
                 cached_tokens=int(prompt_details.get("cached_tokens") or 0),
                 reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
             )

@@ -195,7 +195,9 @@ class ClientConnection(RequestHandler):
         """aiohttp's own error answers are plain text (an unroutable target such as
         CONNECT's ``host:port``, an Expect it does not know, a body over the size
         limit): answered here in the OpenAI error shape instead, headers kept."""
-        if isinstance(resp, web.HTTPException) and resp.status >= 400:
+        # (the status first: a web.Response is an ABC's instance (MutableMapping), and isinstance on it
+        # goes through ABCMeta.__instancecheck__ in Python, ~1.5k instructions an answer)
+        if resp.status >= 400 and isinstance(resp, web.HTTPException):
             resp = _json_answer(request, resp)
         return await super().finish_response(request, resp, start_time)
 

@@ -58,12 +58,22 @@ async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call)
     try:
         try:
             if call.principal is None:  # (a detached call comes with its principal)
-                await authenticate(gateway, call)
+                for auth in hooks.authenticate:  # (authenticate(), inline: a coroutine less a request)
+                    principal = await auth(call)
+                    if principal is not None:
+                        call.principal = principal
+                        break
             if call.model is NO_MODEL:
                 default_model(gateway, call)
             if call.dialect == "responses":  # continuing a stored response: the caller's own only
                 await gateway.stored_responses.check_continued(call)
-            await resolve(gateway, call)
+            for resolve_hook in hooks.resolve:  # (resolve(), inline)
+                route = await resolve_hook(call)
+                if route is not None:
+                    call.route = route
+                    break
+            else:
+                raise unknown_model(call)
             admitted = True
             gated = hooks.admit_gated
             if gated is None:
@@ -138,8 +148,12 @@ async def resolve(gateway: Gateway, call: Call) -> None:
         if route is not None:
             call.route = route
             return
-    raise ProxyError(404, f"model {call.model!r} does not exist; GET /v1/models lists the models you can use",
-                     param="model", code="model_not_found")
+    raise unknown_model(call)
+
+
+def unknown_model(call: Call) -> ProxyError:
+    return ProxyError(404, f"model {call.model!r} does not exist; GET /v1/models lists the models you can use",
+                      param="model", code="model_not_found")
 
 
 async def finish(gateway: Gateway, call: Call) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -132,14 +133,15 @@ class ModelRoutes:
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/v1/chat/completions", self.chat),
-            web.post("/v1/embeddings", self.embeddings),
+            # (the model calls straight to _model_call, not through chat() and the like: a coroutine less a request)
+            web.post("/v1/chat/completions", partial(self._model_call, endpoint="chat", dialect="openai")),
+            web.post("/v1/embeddings", partial(self._model_call, endpoint="embeddings", dialect="openai")),
             web.post("/v1/messages", self.messages),
             web.post("/v1/messages/count_tokens", self.count_tokens),
             web.post("/v1/responses", self.responses),
             web.get("/v1/responses/{response_id}", self.stored_response),
             web.delete("/v1/responses/{response_id}", self.stored_response),
-            web.post("/v1/completions", self.completions),
+            web.post("/v1/completions", partial(self._model_call, endpoint="completions", dialect="completions")),
             web.post("/v1/images/generations", self.media),
             web.post("/v1/images/edits", self.media),
             web.post("/v1/audio/speech", self.media),

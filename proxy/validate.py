@@ -94,20 +94,34 @@ def validate_chat(body: dict) -> None:
                           "missing_messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list", "messages")
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
+    for i, m in enumerate(messages):  # (where: formatted only for what needs it, not for every message)
         if not isinstance(m, dict):
+            where = f"messages[{i}]"
             raise bad_request(f"'{where}' must be an object with 'role' and 'content'", where)
         role = m.get("role")
         if not isinstance(role, str) or role not in CHAT_ROLES:
+            where = f"messages[{i}]"
             raise bad_request(f"'{where}.role' must be one of {', '.join(sorted(CHAT_ROLES))}, got {role!r}",
                               f"{where}.role")
         content = m.get("content")
         if content is not None and type(content) is not str:
-            _check_parts(content, f"{where}.content")
+            _check_parts(content, f"messages[{i}].content")
         if "tool_calls" in m or "tool_call_id" in m or "name" in m:
-            _check_message_extras(m, where)
-    for name, check in _CHAT_OPTIONAL.items():  # most bodies have few of these: look only at those present
+            _check_message_extras(m, f"messages[{i}]")
+    # Most bodies have few of these: the body's own fields are looked at (a handful), not the table's
+    # nine. A refusal is made again in the table's order, so the same field is named as always.
+    for name in body:
+        check = _CHAT_OPTIONAL.get(name)
+        if check is not None:
+            try:
+                check(body, name)
+            except Exception:  # (whatever the first check in the table's order raises, as before)
+                _check_optional_in_order(body)
+                raise
+
+
+def _check_optional_in_order(body: dict) -> None:
+    for name, check in _CHAT_OPTIONAL.items():
         if name in body:
             check(body, name)
 

@@ -194,7 +194,10 @@ class Accounts(ConfigSync, BookChanges):
             charge = max(cost, 0)
         else:
             acc.reserved -= reserved
-            charge = max(min(cost, acc.balance - acc.reserved), 0)
+            free = acc.balance - acc.reserved
+            charge = free if free < cost else cost  # max(min(cost, free), 0), without two builtin calls
+            if charge < 0:
+                charge = 0
             acc.balance -= charge
         acc.spent += charge
         if charge:

@@ -82,7 +82,7 @@ def prompt_bound(call: Call) -> int:
     if images is None:
         return window or UNKNOWN_WINDOW
     bound = len(call.body_bytes()) + IMAGE_TOKENS * images
-    return min(bound, window) if window else bound
+    return (window if window < bound else bound) if window else bound  # (min(), without the builtin's call)
 
 
 #: Content parts that may name their document (a file id, a URL) instead of holding it.
@@ -143,8 +143,11 @@ def requested_output(call: Call) -> int | None:
     """The client's output cap (``max_completion_tokens``, ``max_tokens``, or the Responses
     API's ``max_output_tokens``), times ``n`` where one request asks for several answers."""
     body = call.body
-    if body.keys().isdisjoint(OUTPUT_CAPS):  # the usual body names none: one C call, not three look-ups
+    if body.keys().isdisjoint(OUTPUT_CAPS):  # a body that names none: one C call, not three look-ups
         return None
+    value = body.get("max_tokens")  # the usual one alone: read it without the loop
+    if type(value) is int and value > 0 and "max_completion_tokens" not in body:
+        return value if "n" not in body else value * choices(body)
     for name in OUTPUT_CAPS:
         value = body.get(name)
         # (``type() is int``: a JSON number, the usual case, without two isinstance calls; bool is not int's type)
@@ -180,7 +183,8 @@ def output_bound(call: Call, default_cap: int, asked: int | None = UNREAD) -> in
 def tokens_estimate(call: Call) -> int:
     if call.billing.units is not None:  # images and audio: an upload's bytes are not tokens; its text fields may be
         return max(1, sum(len(v) for v in call.body.values() if isinstance(v, str)) // 4)
-    return max(1, len(call.body_bytes()) // 4) + (requested_output(call) or 0)
+    prompt = len(call.body_bytes()) // 4
+    return (prompt if prompt > 1 else 1) + (requested_output(call) or 0)  # (max(1, ...), without the builtin)
 
 
 async def counted_usage(call: Call, dialect: Dialect, default_cap: int) -> Usage | None:
