@@ -188,3 +188,51 @@ class TcpProxy:
     async def close(self) -> None:
         if self.server is not None and self.server.is_serving():
             await self.cut()
+
+
+async def money_report(schema: str, account: str, counters_url: str, answers: list[tuple[bool, int, int | None]],
+                       printed: str) -> str:
+    """What a money assertion says when it fails: what the clients were told, by (stream,
+    status, cost), against the ledger's rows by the columns a charge depends on, what Redis
+    still holds for the account (balance, holds, the ledger stream's entries not stored), and
+    what the server printed. ``answers``: (stream, status, cost told) per request."""
+    from collections import Counter
+    from urllib.parse import parse_qs, urlsplit
+
+    import asyncpg
+    import redis.asyncio as aioredis
+    from stores import PG
+
+    told = Counter((stream, status, cost) for stream, status, cost in answers)
+    lines = [f"told ({len(answers)} requests, sum {sum(c or 0 for _, _, c in answers)}): (stream, status, cost) x n"]
+    lines += [f"  {k} x {n}" for k, n in sorted(told.items(), key=repr)]
+    conn = await asyncpg.connect(PG, server_settings={"search_path": schema})
+    try:
+        rows = await conn.fetch("select stream, status, cost_micro_usd, prompt_tokens, completion_tokens, estimated, "
+                                "client_gone, incomplete, error_code, count(*) as n, min(time) as first, "
+                                "max(time) as last from tollway_ledger where account_id = $1 group by 1, 2, 3, 4, 5, "
+                                "6, 7, 8, 9 order by 1, 2, 3", account)
+        stored = await conn.fetchrow("select balance_micro_usd, spent_micro_usd from tollway_accounts where id = $1",
+                                     account)
+    finally:
+        await conn.close()
+    lines.append(f"ledger ({sum(r['n'] for r in rows)} rows, sum {sum(r['n'] * r['cost_micro_usd'] for r in rows)}; "
+                 f"stored balance {stored['balance_micro_usd']}, spent {stored['spent_micro_usd']}): "
+                 f"(stream, status, cost, prompt, completion, estimated, client_gone, incomplete, error) x n")
+    lines += [f"  {tuple(r)[:9]} x {r['n']} (times {r['first']:.3f}..{r['last']:.3f})" for r in rows]
+    prefix = parse_qs(urlsplit(counters_url).query)["prefix"][0]
+    redis = aioredis.from_url(counters_url.split("?")[0])
+    try:
+        acct = await redis.hgetall(f"{prefix}acct:{account}")
+        holds = await redis.zrange(f"{prefix}holds:{account}", 0, -1, withscores=True)
+        left = await redis.xrange(f"{prefix}ledger")
+        try:
+            pending = await redis.xpending(f"{prefix}ledger", "writers")
+        except Exception as exc:  # no group
+            pending = repr(exc)
+    finally:
+        await redis.aclose()
+    lines.append(f"redis: account {acct}, holds {holds}, stream entries not stored {len(left)} "
+                 f"(charges {[int(f[b'charge']) for _, f in left]}), pending {pending}")
+    lines.append("the server printed:\n" + printed[-12000:])
+    return "\n".join(lines)
