@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -74,6 +75,8 @@ class StreamEntry(NamedTuple):
 
 
 class SharedCredit:
+    back_s = 3.0  # how long a stop with charges Redis did not get waits for it (within stopping.CLOSE_S)
+
     def __init__(self, counters: RedisCounters, seed: Callable[[str], Awaitable[tuple[int, int]]]) -> None:
         #: ``await seed(account id)``: (stored balance, store version) read fresh from the store.
         self.seed = seed
@@ -156,6 +159,15 @@ class SharedCredit:
     async def topup(self, account_id: str, amount: int, version: int, balance_after: int) -> None:
         await self.link.run(lua.TOPUP, [self.prefix + "acct:" + account_id, self.prefix + "topups:" + account_id],
                             [amount, version, balance_after])
+
+    async def answering(self, until: float) -> bool:
+        """Whether Redis answers before ``until`` (``time.monotonic()``), waiting for the
+        link's probe to reconnect while it is down (a stop gives the charges Redis missed
+        this chance, for ``back_s``)."""
+        link = self.link
+        while link.down and time.monotonic() < until:
+            await asyncio.sleep(0.05)
+        return not link.down and time.monotonic() < until
 
     async def live(self, account_id: str) -> tuple[int, int] | None:
         """(bal, res) as Redis has them, or None when the account is not in Redis yet."""

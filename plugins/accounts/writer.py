@@ -152,6 +152,13 @@ class Writer(StreamSteps):
                 raise
             await self.flush()  # again, without the rows the store refuses (bad_rows.py)
         await self.drain_shared()  # what the fleet queued in Redis, while it answers
+        # Charges Redis did not get (it did not answer: a blip, or a timeout under load): when
+        # it answers again within SharedCredit.back_s they are sent, and stored with the stream.
+        shared = self.book.shared
+        if shared is not None:
+            back_by = time.monotonic() + shared.back_s
+            while (self.book.pending_settles or self.book.pending_topups) and await shared.answering(back_by):
+                await self.drain_shared()
         if self.book.shared is not None and self.taken is None:
             try:
                 await self.book.shared.leave()
