@@ -17,8 +17,15 @@ handshake is done, which ``connect`` waits for), so ``written`` means the same
 there: the kernel has the bytes.
 
 Timeouts without a timer per call: a watchdog looks every ``timeout / 4``;
-when the oldest call has waited longer than ``timeout``, the connection is
-closed and every call waiting fails (the link is then marked down).
+when the oldest call was written longer than ``timeout`` ago and its reply is
+still not read after the loop's next look at the socket, the connection is
+closed and every call waiting fails (the link is then marked down). Only Redis's
+silence counts: a process that was not scheduled (a loaded machine) or ran a long
+loop turn may find replies waiting unread in the socket, and a call queued but not
+written yet is waiting for this process, not for Redis. (Before, the wait counted
+from the call's queueing and the watchdog could run before the socket was read: a
+worker stalled 2 s failed every call in flight with "Redis did not answer", 503s
+and charges left waiting.)
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ class RedisPipe(asyncio.Protocol):
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.reader = hiredis.Reader()
-        self.waiting: deque[tuple[asyncio.Future, float]] = deque()
+        #: [future, time.monotonic() it was written (0.0 until then)], in the order sent
+        self.waiting: deque[list] = deque()
         self.out: list[bytes] = []
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -116,7 +124,7 @@ class RedisPipe(asyncio.Protocol):
         waiting = self.waiting
         out = self.out
         idle = not out and not waiting
-        waiting.append((future, time.monotonic()))
+        waiting.append([future, 0.0])
         out.append(packed)
         if idle:
             self._flush()
@@ -140,10 +148,16 @@ class RedisPipe(asyncio.Protocol):
     def _flush(self) -> None:
         if self.before_write is not None and not self.closed:
             self.before_write()
-        if self.out and self.transport is not None and not self.closed:
-            data = b"".join(self.out)
-            self.out.clear()
+        out = self.out
+        if out and self.transport is not None and not self.closed:
+            data = b"".join(out)
+            count = len(out)
+            out.clear()
             self.transport.write(data)
+            now = time.monotonic()
+            waiting = self.waiting  # (the last ``count`` waiting are those just written)
+            for i in range(len(waiting) - count, len(waiting)):
+                waiting[i][1] = now
         self._wrote()
 
     def _wrote(self) -> None:
@@ -155,10 +169,22 @@ class RedisPipe(asyncio.Protocol):
     def _arm(self) -> None:
         self._watchdog = self._loop.call_later(self.timeout / 4, self._check)
 
+    def _overdue(self) -> bool:
+        waiting = self.waiting
+        return bool(waiting) and 0.0 < waiting[0][1] < time.monotonic() - self.timeout
+
     def _check(self) -> None:
         if self.closed:
             return
-        if self.waiting and time.monotonic() - self.waiting[0][1] > self.timeout:
+        if self._overdue():  # confirmed after the loop's next read of the socket (a timer runs after it)
+            self._watchdog = self._loop.call_later(0, self._confirm)
+            return
+        self._arm()
+
+    def _confirm(self) -> None:
+        if self.closed:
+            return
+        if self._overdue():
             self._fail(TimeoutError(f"Redis did not answer within {self.timeout:g}s"))
             return
         self._arm()
