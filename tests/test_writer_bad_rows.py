@@ -134,3 +134,22 @@ async def test_a_stream_entry_whose_row_postgresql_refuses_is_stored_as_its_char
 async def _empty(shared) -> bool:
     redis = shared.link.redis
     return not await redis.xlen(shared.stream) and (await redis.xpending(shared.stream, "writers"))["pending"] == 0
+
+
+async def test_a_stop_with_a_row_postgresql_cannot_store_queued_stores_the_rest(tmp_path, start_gateway):
+    """A clean stop's last flush meets the row first: it raised, and the rows and balance
+    changes queued with it were lost with the process."""
+    async with fresh_database("postgres", tmp_path) as url:
+        config = biz_config(ledger={"flush_ms": 60_000})
+        config["storage"] = {"url": url}
+        running = await start_gateway(config)
+        writer = running.gw.services[ACCOUNTS].writer
+        async with aiohttp.ClientSession() as s:
+            status, _, body = await chat(s, running, DEMO, model="ec\u0000ho", max_tokens=5)
+            assert status == 404, body
+            status, headers, body = await chat(s, running, DEMO, max_tokens=5)
+            assert status == 200, body
+            cost = round(float(headers["x-tollway-cost"]) * 1e6)
+        await writer.stop()
+        models, balance = await stored(running)
+        assert models == ["echo"] and balance == 5_000_000 - cost
