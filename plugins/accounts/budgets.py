@@ -249,32 +249,37 @@ class BudgetKeeper:
     # -- what was spent before -------------------------------------------------------------
     async def policy_changed(self) -> None:
         """A budget was set or changed: read what each scope spent in its current periods."""
-        await self.book.writer.flush()
-        await self.load_seeds()
+        await self.load_seeds(flush=True)
 
-    async def load_seeds(self) -> None:
+    async def load_seeds(self, *, flush: bool = False) -> None:
         """Per key and per account, what the ledger says was spent in each current period.
         A budget applies from the moment it is set, before this read ends: a total that a
         request made meanwhile (in this process's memory) was made from the old reading,
-        and is given the difference (``_count_missed``)."""
-        totals = self.counters.totals if isinstance(self.counters, MemoryCounters) else None
-        before = dict(totals) if totals is not None else {}
-        now = self.clock()
-        seeds: dict[str, int] = {}
-        store = self.book.store
-        for period in PERIODS:
-            current = self.calendar.current(period, now)
-            for key_id, account_id, spent in await spent_since(store, current.start):
-                spent = int(spent or 0)
-                if key_id:
-                    name = f"budget:k:{key_id}:{current.label}"
-                    seeds[name] = seeds.get(name, 0) + spent
-                if account_id:
-                    name = f"budget:a:{account_id}:{current.label}"
-                    seeds[name] = seeds.get(name, 0) + spent
-        old, self.seeds = self.seeds, seeds
-        if totals is not None:
-            _count_missed(totals, before, old, seeds)
+        and is given the difference (``_count_missed``). The read holds the writer's flushes
+        off (``book.lock``): a row stored meanwhile would be in the reading and in the total
+        its request made, counted twice. ``flush``: store what is queued first, so the
+        reading has every request that came before the budget did."""
+        async with self.book.lock:
+            if flush:
+                await self.book.writer.flush_held()
+            totals = self.counters.totals if isinstance(self.counters, MemoryCounters) else None
+            before = dict(totals) if totals is not None else {}
+            now = self.clock()
+            seeds: dict[str, int] = {}
+            store = self.book.store
+            for period in PERIODS:
+                current = self.calendar.current(period, now)
+                for key_id, account_id, spent in await spent_since(store, current.start):
+                    spent = int(spent or 0)
+                    if key_id:
+                        name = f"budget:k:{key_id}:{current.label}"
+                        seeds[name] = seeds.get(name, 0) + spent
+                    if account_id:
+                        name = f"budget:a:{account_id}:{current.label}"
+                        seeds[name] = seeds.get(name, 0) + spent
+            old, self.seeds = self.seeds, seeds
+            if totals is not None:
+                _count_missed(totals, before, old, seeds)
 
     async def fresh_seed(self, cap: Cap, now: float) -> int:
         """What the store says ``cap``'s scope spent in its current period (shared counters

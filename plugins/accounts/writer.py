@@ -229,24 +229,29 @@ class Writer(StreamSteps):
 
     async def flush(self) -> None:
         """Write every queued row and balance change now (and a failed batch first)."""
+        async with self.book.lock:
+            await self.flush_held()
+
+    async def flush_held(self) -> None:
+        """``flush`` for a caller that holds ``book.lock`` (and keeps every other flush off
+        until it lets go: the budgets' read of what was spent, ``budgets.load_seeds``)."""
         book = self.book
-        async with book.lock:
-            if self.failed is not None and await db.batch_committed(book.store, self.marker, self.failed.seq):
-                self.failed = None  # its commit raised, yet it is in the store
-            if self.failed is None and not self.rows and not book.dirty:
-                return
-            refused, self._refused = self.failed is not None and self._refused, False
-            batch = self._take()
-            try:
-                if refused:
-                    await self._clean(batch)
-                await db.store_batch(book.store, batch.rows, batch.deltas, self.marker, batch.seq)
-            except BaseException as exc:
-                self.failed = batch
-                self._refused = bad_rows.on_a_statement(exc)
-                raise
-            self.failed = None
-            self.flushes += 1
+        if self.failed is not None and await db.batch_committed(book.store, self.marker, self.failed.seq):
+            self.failed = None  # its commit raised, yet it is in the store
+        if self.failed is None and not self.rows and not book.dirty:
+            return
+        refused, self._refused = self.failed is not None and self._refused, False
+        batch = self._take()
+        try:
+            if refused:
+                await self._clean(batch)
+            await db.store_batch(book.store, batch.rows, batch.deltas, self.marker, batch.seq)
+        except BaseException as exc:
+            self.failed = batch
+            self._refused = bad_rows.on_a_statement(exc)
+            raise
+        self.failed = None
+        self.flushes += 1
 
     async def _clean(self, batch: Batch) -> None:
         """Before retrying a batch whose commit failed on a statement: leave out the rows
