@@ -48,18 +48,24 @@ async def stored(running) -> tuple[list[str], int]:
     return [r[0] for r in rows], int(balance[0][0])
 
 
+async def nul_row_then_paid(running) -> int:
+    """A request whose ledger row PostgreSQL refuses (a NUL in the model asked: 404), then a
+    paid one; the paid one's cost in micro-USD."""
+    async with aiohttp.ClientSession() as s:
+        status, _, body = await chat(s, running, DEMO, model="ec\u0000ho", max_tokens=5)
+        assert status == 404, body
+        status, headers, body = await chat(s, running, DEMO, max_tokens=5)
+        assert status == 200, body
+        return round(float(headers["x-tollway-cost"]) * 1e6)
+
+
 async def test_a_model_name_postgresql_cannot_store_does_not_stall_the_writer(tmp_path, start_gateway, caplog):
     async with fresh_database("postgres", tmp_path) as url:
         config = biz_config(ledger={"flush_ms": 60_000})
         config["storage"] = {"url": url}
         running = await start_gateway(config)
         writer = running.gw.services[ACCOUNTS].writer
-        async with aiohttp.ClientSession() as s:
-            status, _, body = await chat(s, running, DEMO, model="ec\u0000ho", max_tokens=5)
-            assert status == 404, body
-            status, headers, body = await chat(s, running, DEMO, max_tokens=5)
-            assert status == 200, body
-            cost = round(float(headers["x-tollway-cost"]) * 1e6)
+        cost = await nul_row_then_paid(running)
         with caplog.at_level(logging.ERROR, logger="tollway.accounts"):
             await flushed(writer)
             async with aiohttp.ClientSession() as s:  # and the writer goes on
@@ -144,12 +150,7 @@ async def test_a_stop_with_a_row_postgresql_cannot_store_queued_stores_the_rest(
         config["storage"] = {"url": url}
         running = await start_gateway(config)
         writer = running.gw.services[ACCOUNTS].writer
-        async with aiohttp.ClientSession() as s:
-            status, _, body = await chat(s, running, DEMO, model="ec\u0000ho", max_tokens=5)
-            assert status == 404, body
-            status, headers, body = await chat(s, running, DEMO, max_tokens=5)
-            assert status == 200, body
-            cost = round(float(headers["x-tollway-cost"]) * 1e6)
+        cost = await nul_row_then_paid(running)
         await writer.stop()
         models, balance = await stored(running)
         assert models == ["echo"] and balance == 5_000_000 - cost
