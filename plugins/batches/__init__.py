@@ -29,7 +29,7 @@ from proxy.store import migrate
 from ..accounts import ACCOUNTS
 from .api import BatchRoutes
 from .db import MIGRATIONS
-from .runner import BATCH_LINE, Runner, store_answer
+from .runner import BATCH_LINE, Runner, forgo_charge, store_answer
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,11 @@ class Plugin:
     async def tollway_settle(self, call) -> None:
         # Before the quotas plugin charges the line (its settle runs after this one): the
         # answer is stored first, so a crash can lose a charge (recovered at start) but
-        # never store a charge without its answer.
-        if BATCH_LINE in call.state and call.response.status != 429 and self.gateway is not None:
-            await store_answer(self.gateway, call)
+        # never store a charge without its answer. A run whose answer another run stored
+        # first (around a change of the instance running batches) is not charged at all.
+        if BATCH_LINE in call.state and call.response.status != 429 and self.gateway is not None \
+                and not await store_answer(self.gateway, call):
+            forgo_charge(call, self.runner.accounts if self.runner is not None else None)
 
     @hookimpl
     def tollway_routes(self, gateway: Gateway) -> list:

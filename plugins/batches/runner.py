@@ -24,8 +24,17 @@ running on one instance again from another, charged twice. The claim is a Postgr
 session's: it also goes when that session ends under a live process (PostgreSQL restarted,
 the connection cut or killed), so the holder asks before each line whether its session is
 still there (``holds``) and stops at once when it is not: another instance may run the
-lines from now on. (Lines already on their way upstream then still finish there, at most
-``concurrency`` of them, and may run again on the new holder.)
+lines from now on.
+
+Lines already on their way upstream then still finish there (at most ``concurrency`` of
+them) while the new holder, finding them pending, runs them again: the upstream is called
+twice (a request cannot be unsent). The line's row is the fence: its answer is stored by
+one statement that finds it still ``pending`` (``store_answer``), and only the run whose
+statement stored it is charged; the other run's answer is dropped, its hold given back and
+no ledger row written (``forgo_charge``). So the line is in the output file once and its
+customer pays once, whichever run answers first. (Why not a leader epoch checked at the
+store: the old holder's answer, stored first, is as good an answer as the new one's; what
+must be single is the stored answer and its charge, and the row's status already is.)
 """
 
 from __future__ import annotations
@@ -40,7 +49,8 @@ import orjson
 from proxy import Call, Gateway, StateKey
 from proxy.logs import throttled
 
-from ..ledger import LEDGER_ID
+from ..ledger import LEDGER_ID, RECORDED
+from ..quotas import FINISH_DUE, RESERVATION
 from .lines import ENDPOINTS
 from .recovery import ledger_id, recover
 
@@ -60,8 +70,11 @@ CLAIM = "batches"  # the store's claim of the instance that runs the batches
 COMPLETION_WINDOW = 24 * 3600  # seconds: "24h", the only window offered
 
 
-async def store_answer(gateway: Gateway, call: Call, charged: bool = True) -> None:
-    """Write a line's answer (success or error) and its cost; the line is then done."""
+async def store_answer(gateway: Gateway, call: Call, charged: bool = True) -> bool:
+    """Write a line's answer (success or error) and its cost; the line is then done. True
+    when this call stored it; False when another run of the line stored its answer first
+    (the instance that ran the batches before or after this one, around a change of
+    holder): that answer is the line's, and only its run is charged."""
     batch_id, line = call.state[BATCH_LINE]
     status = call.response.status
     body = call.response.body or b""
@@ -70,12 +83,34 @@ async def store_answer(gateway: Gateway, call: Call, charged: bool = True) -> No
         err = call.response.error
         code, message = (err.code, err.message) if err is not None else ("error", f"status {status}")
     cost = (call.billing.cost_micro or 0) if status == 200 and charged else 0
-    await gateway.store.execute(
+    stored = await gateway.store.fetchall(
         "update tollway_batch_lines set status = ?, status_code = ?, response = ?, error_code = ?, "
-        "error_message = ?, cost_micro_usd = ? where batch_id = ? and line = ? and status = 'pending'",
+        "error_message = ?, cost_micro_usd = ? where batch_id = ? and line = ? and status = 'pending' "
+        "returning line",
         ("done" if status == 200 else "failed", status, body.decode("utf-8", "replace"), code, message,
          cost, batch_id, line))
     call.state[STORED] = True
+    return bool(stored)
+
+
+def forgo_charge(call: Call, accounts: Accounts | None) -> None:
+    """A run of a line whose answer another run stored first (``store_answer`` said
+    False), before the quotas and ledger plugins settle it: its hold goes back (credit and
+    budgets) and it writes no ledger row (the row's id is the line's: the stored run's row is
+    the line's). The upstream answered it all the same: the operator's loss, logged."""
+    batch_id, line = call.state[BATCH_LINE]
+    hold = call.state.get(RESERVATION)
+    if hold is not None and hold.open and accounts is not None:
+        hold.open = False  # (quotas' settle and finish leave a closed hold alone)
+        accounts.release(hold.account, hold.amount, hold.hold)
+        if hold.budget is not None and accounts.budgets is not None:
+            accounts.budgets.release(hold.budget)
+    call.state.pop(FINISH_DUE, None)
+    call.state[RECORDED] = True  # (the ledger plugin's mark: this call's row is written, or not to be)
+    throttled(log, logging.WARNING, "batch_line_twice",
+              "batches: line %d of %s ran twice (its instance lost the claim while it was upstream, and the next "
+              "holder ran it again); the answer stored first is kept and charged, this one dropped (its upstream "
+              "call is not charged to anyone)", line, batch_id)
 
 
 class Runner:
