@@ -14,22 +14,33 @@ A line is stored ``done`` or ``failed`` before its charge (``runner.py``) and st
   one or the other (read the other way round, it could be in neither, and charged again);
 - nowhere: charged now, once. With shared counters through Redis (the ``SETTLE`` script,
   as a request is, with its row in the stream), so that Redis, what the fleet may spend,
-  pays it too, not only the store.
+  pays it too, not only the store. And counted in the key's and its account's budgets, as
+  a request's charge is (``budget_totals``): a budget whose period total was made before
+  the recovery (by a request, or seeded from the store before the row was there) did not
+  see it, and let the key spend it again.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
 import orjson
 
+from proxy import ProxyError
+from proxy.logs import throttled
+
+from ..accounts.budgets import BudgetHold
+from ..accounts.claims import Admission, TotalClaim
 from .lines import ENDPOINTS
 
 if TYPE_CHECKING:
-    from plugins.accounts import Accounts
+    from plugins.accounts import Account, Accounts, KeyRecord
     from plugins.accounts.redis_credit import SharedCredit
     from proxy import Gateway
+
+log = logging.getLogger("tollway.batches")
 
 STREAM_PAGE = 1000  # stream entries read at a time
 
@@ -64,6 +75,31 @@ async def landed(accounts: Accounts) -> set[str]:
     return {row[0] for *_, row in accounts.pending_settles if row is not None}
 
 
+async def budget_totals(accounts: Accounts, key: KeyRecord, acc: Account) -> BudgetHold | None:
+    """The budgets a recovered charge counts in (None: none applies), each period's total
+    made to exist first: a total nobody held yet this period is seeded from the store (what
+    the ledger says was spent), which must not have the recovered row yet, so this runs
+    before the charge (as a request's hold comes before its charge). Each total on its own,
+    holding nothing: the line was answered, so its charge counts even past a cap (a total
+    over its cap refuses the hold, and exists all the same)."""
+    budgets = accounts.budgets
+    if budgets is None:
+        return None
+    admission = Admission()
+    if budgets.claim(key, acc, 0, admission) is None:
+        return None
+    totals = [claim for claim in admission.claims if isinstance(claim, TotalClaim)]
+    for claim in totals:
+        one = Admission()
+        one.add(claim)
+        try:
+            await budgets.counters.admit(one)
+        except ProxyError:  # (Redis down: a total it lacks is seeded from the store later, row and all)
+            throttled(log, logging.WARNING, "batch_recovery_budget", "batches: a budget total could not be read "
+                      "for a recovered charge; it counts once the store has its ledger row", exc_info=True)
+    return BudgetHold(tuple(claim.name for claim in totals), 0)
+
+
 async def recover(gateway: Gateway, accounts: Accounts | None) -> int:
     """Charge the lines answered and never charged; returns how many were charged now."""
     store = gateway.store
@@ -90,6 +126,7 @@ async def recover(gateway: Gateway, accounts: Accounts | None) -> int:
             if key is None:
                 continue
             acc = accounts.account_of(key)
+            budget = await budget_totals(accounts, key, acc)
             now = time.time()
             model = orjson.loads(body).get("model", "") if body else ""
             row = LedgerRow(
@@ -100,9 +137,12 @@ async def recover(gateway: Gateway, accounts: Accounts | None) -> int:
                 cost_micro_usd=cost, latency_ms=0.0, ttfb_ms=None)
             if shared is not None and not acc.unlimited:
                 # No hold (the member is the line's own, so a retry of the script changes nothing).
-                await accounts.settle_shared(acc, f"{lid}|0", 0, cost, row)
+                charged_now = await accounts.settle_shared(acc, f"{lid}|0", 0, cost, row)
             else:
-                accounts.writer.append(row._replace(cost_micro_usd=accounts.settle(acc, 0, cost)))
+                charged_now = accounts.settle(acc, 0, cost)
+                accounts.writer.append(row._replace(cost_micro_usd=charged_now))
+            if budget is not None and accounts.budgets is not None:
+                accounts.budgets.settle(budget, charged_now)
             recovered += 1
         await accounts.writer.flush()
     async with store.transaction() as tx:
