@@ -20,10 +20,12 @@ import orjson
 import pytest
 from aiohttp import web
 from business import DEMO, biz_config, credits
-from fleet import redis_url
+from fleet import TcpProxy, redis_url, until
 from stores import fresh_database
 from test_batches import wait_done
-from test_fleet_batches import LINES, agree, end_claim, runner_of, submit
+from test_fleet_batches import LINES, Upstream, agree, end_claim, runner_of, submit
+
+from plugins.accounts import ACCOUNTS
 
 pytestmark = pytest.mark.fleet
 
@@ -98,3 +100,50 @@ async def test_a_line_upstream_when_its_holder_loses_the_claim_is_stored_and_cha
     assert upstream.calls == {f"line {i}": 2 for i in range(LINES)}  # (the upstream was asked twice)
     assert sorted(o["custom_id"] for o in out) == [f"req-{i}" for i in range(LINES)]
     assert len(rows) == LINES and all(r[2] is None and r[3] == 10 and r[1] > 0 for r in rows)
+
+
+async def test_a_takeover_and_its_old_holder_charge_a_line_once(start_gateway, serve_upstream, tmp_path):
+    """The old holder stored a line's answer and its charge had not reached Redis yet (here:
+    Redis out of its reach, the charge kept until Redis is back) when the next holder took
+    over: the takeover found the line answered and its charge nowhere, and charged it; the
+    old holder's charge then came too, a second one in Redis (the store skipped its row, the
+    line's id stored already). Redis charges a ledger row's id once now (the ``SETTLE``
+    script's done marker is the row's id): the second charge changes nothing."""
+    upstream = Upstream(hold=True)
+    served = await serve_upstream({"POST /v1/chat/completions": upstream.completions})
+    config = biz_config(served.url, enabled=["auth", "quotas", "pricing", "ledger", "batches"],
+                        batches={"concurrency": LINES, "poll_seconds": 3600})
+    proxy = TcpProxy(6379)
+    await proxy.start()
+    counters = redis_url()
+    async with fresh_database("postgres", tmp_path) as url:
+        config["storage"] = {"url": url, "counters": counters.replace("6379", str(proxy.port))}
+        old = await start_gateway(config)
+        config["storage"]["counters"] = counters
+        new = await start_gateway(config)
+        held_back = old.gw.services[ACCOUNTS].pending_settles
+        async with openai.AsyncOpenAI(base_url=old.url, api_key=DEMO, max_retries=0) as client, \
+                aiohttp.ClientSession() as s:
+            start = (await credits(s, new, DEMO))["balance_micro_usd"]
+            batch_id = await submit(client)
+            await upstream.arrived.wait()
+            await proxy.cut()  # the old holder's answers are stored; their charges wait for Redis
+            upstream.release.set()
+            await until(lambda: len(held_back) == LINES, 30, "the old holder's charges kept for Redis")
+            await end_claim(old.gw.store)
+            await runner_of(new).step()  # takes over: charges the lines answered and charged nowhere
+            assert runner_of(new).leading
+            await proxy.start()  # the old holder's charges reach Redis now
+
+            async def sent() -> bool:
+                await old.gw.services[ACCOUNTS].push_settles()
+                return not held_back
+
+            await until(sent, 30, "the old holder's charges sent")
+            assert (await wait_done(client, batch_id)).request_counts.completed == LINES
+            rows = await agree(s, [old, new], start)
+        for running in (new, old):
+            await running.server.close()
+    await proxy.close()
+    assert upstream.calls == {f"line {i}": 1 for i in range(LINES)}
+    assert len(rows) == LINES and all(r[1] > 0 and r[2] == "batch_recovered" for r in rows)

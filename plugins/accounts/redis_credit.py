@@ -119,7 +119,10 @@ class SharedCredit:
         keys = self._keys(acc.id)
         self.counters.forget_live(keys[1], member)
         payload = b"" if row is None else orjson.dumps(tuple(row))
-        return [*keys, self.stream, self.prefix + "done:" + member], ["", "", member, held, cost, payload, acc.id]
+        # The done marker is the row's id (a charge without a row: its hold's): a row is charged
+        # once, as the store keeps it once (a batch line's id is the line's, whichever run settles).
+        done = self.prefix + "done:" + (member if row is None else row[0])
+        return [*keys, self.stream, done], ["", "", member, held, cost, payload, acc.id]
 
     async def settle(self, acc: Account, member: str, held: int, cost: int, row: LedgerRow | None) -> Settled:
         keys, args = self._settle_script(acc, member, held, cost, row)

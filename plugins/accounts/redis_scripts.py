@@ -250,13 +250,15 @@ return {1, bal, redis.call('HINCRBY', acct, 'res', need)}
 
 # Settle: free the hold, charge min(cost, what the account has), and queue the ledger row,
 # all at once (so a charge is never without its row, and the row survives this process).
-# KEYS: account, holds, ledger stream, the hold's done marker. ARGV: seed balance, seed
-# version, member, held, cost, row (JSON), account id. Reply: {charge, bal, res, 1 if the
-# hold was still there (0: it had expired, and the charge took what was free)}. A retry
-# (the reply of the first try was lost) finds the marker and changes nothing.
+# KEYS: account, holds, ledger stream, the done marker (the row's id, else the hold's). ARGV:
+# seed balance, seed version, member, held, cost, row (JSON), account id. Reply: {charge, bal,
+# res, 1 if the hold was still there (0: it had expired, and the charge took what was free)}.
+# A retry (the reply of the first try was lost), or another charge of the same row (a batch
+# line run twice), finds the marker and charges nothing: it only frees its own hold.
 SETTLE = _ACCOUNT + """
 local before = redis.call('GET', KEYS[4])
 if before then
+  if redis.call('ZREM', holds, ARGV[3]) == 1 then redis.call('HINCRBY', acct, 'res', -tonumber(ARGV[4])) end
   return {tonumber(before), tonumber(redis.call('HGET', acct, 'bal')), tonumber(redis.call('HGET', acct, 'res'))}
 end
 local held = tonumber(ARGV[4])

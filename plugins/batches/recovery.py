@@ -136,7 +136,8 @@ async def recover(gateway: Gateway, accounts: Accounts | None) -> int:
                 client_gone=0, prompt_tokens=0, completion_tokens=0, cached_tokens=0, reasoning_tokens=0,
                 cost_micro_usd=cost, latency_ms=0.0, ttfb_ms=None)
             if shared is not None and not acc.unlimited:
-                # No hold (the member is the line's own, so a retry of the script changes nothing).
+                # No hold. The script's done marker is the row's id, the line's: a retry, or the charge of
+                # a holder before this one that stored the answer and reaches Redis only now, changes nothing.
                 charged_now = await accounts.settle_shared(acc, f"{lid}|0", 0, cost, row)
             else:
                 charged_now = accounts.settle(acc, 0, cost)
