@@ -11,14 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
 
+from .bodies import read_body
 from .call import Call
-from .connection import BodyReadTimeout
 from .errors import ProxyError, bad_request, error_response
 from .gateway import GATEWAY_KEY
-from .logs import throttled
 from .media import UPLOAD_ENDPOINTS, audio_length, validate_media
 from .pipeline import JSON, NO_MODEL, answer_here, authenticate, refuse, run_model_call
 from .provider import UPLOAD
@@ -45,21 +42,7 @@ _KNOWN_PATHS = {"/v1/chat/completions": "POST", "/v1/embeddings": "POST", "/v1/m
 
 async def read_json(request: web.Request, limit: int) -> tuple[dict, bytes]:
     """The body, parsed once; 413 over ``limit``, 400 when it is not a JSON object."""
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise _too_large(limit) from None
-    except BodyReadTimeout as exc:
-        raise ProxyError(408, str(exc), code="body_read_timeout") from None
-    except RequestPayloadError as exc:  # a Content-Encoding that does not decode, broken chunked framing
-        cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else exc
-        raise bad_request(f"the request body cannot be read: {_reason(cause)}", code="invalid_body") from None
-    except ConnectionError:
-        raise client_gone() from None
-    if len(raw) > limit:
-        raise _too_large(limit)
+    raw = await read_body(request, limit, _too_large)
     if not raw:
         raise bad_request("the request body is empty: send a JSON object", code="empty_body")
     try:
@@ -70,21 +53,6 @@ async def read_json(request: web.Request, limit: int) -> tuple[dict, bytes]:
         raise bad_request("the request body must be a JSON object", code="invalid_json")
     check_depth(body, raw)
     return body, raw
-
-
-def _reason(exc: BaseException) -> str:
-    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
-    return " ".join(str(text).split())[:200] or type(exc).__name__
-
-
-def client_gone() -> ProxyError:
-    """The client hung up before its request was read: nobody to answer. One
-    rate-limited line in the log, 499 (nginx's "client closed request") in the
-    access log."""
-    throttled(log, logging.INFO, "client_gone_body", "a client closed its connection before sending the whole "
-                                                      "request body")
-    return ProxyError(499, "the client closed the connection before sending the whole request body",
-                      code="client_closed_request")
 
 
 def _too_large(limit: int) -> ProxyError:

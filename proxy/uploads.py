@@ -10,14 +10,20 @@ name) is spliced in.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from .bodies import read_body
 from .errors import ProxyError, bad_request
 
 __all__ = ["Upload", "UploadedFile", "parse_upload", "read_upload"]
+
+# python-multipart logs a warning for each malformed body before it raises: the client is
+# told what is wrong (400); the operator's log is no place a client may write to at will.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 MAX_FIELD_BYTES = 64 * 1024  # a text field (model, prompt, language...) longer than this is refused
 
@@ -61,17 +67,7 @@ async def read_upload(request: web.Request, limit: int) -> tuple[Upload, bytes]:
     if kind != b"multipart/form-data" or not options.get(b"boundary"):
         raise ProxyError(415, f"this endpoint takes multipart/form-data (a file upload), got "
                               f"{content_type.split(';')[0] or 'no Content-Type'!r}", code="unsupported_media_type")
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise _too_large(limit) from None
-    except ConnectionError:
-        raise ProxyError(499, "the client closed the connection before sending the whole upload",
-                         code="client_closed_request") from None
-    if len(raw) > limit:
-        raise _too_large(limit)
+    raw = await read_body(request, limit, _too_large)
     return parse_upload(raw, content_type), raw
 
 

@@ -1,0 +1,58 @@
+"""A request's body, read whole: the one place that turns a body that cannot be
+read (too large, too slow, a Content-Encoding that does not decode, broken
+chunked framing, a client that hung up) into the client's answer. JSON bodies
+(``routes.read_json``) and multipart uploads (``uploads.read_upload``) both read
+through it, so an upload fails the way a JSON body does: a 4xx, never a 500."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+
+from .connection import BodyReadTimeout
+from .errors import ProxyError, bad_request
+from .logs import throttled
+
+__all__ = ["client_gone", "read_body"]
+
+log = logging.getLogger("tollway")
+
+
+async def read_body(request: web.Request, limit: int, too_large: Callable[[int], ProxyError]) -> bytes:
+    """The whole body; ``too_large(limit)`` above ``limit``, 408 when it is late,
+    400 when it cannot be decoded, 499 when the client hung up."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large(limit) from None
+    except BodyReadTimeout as exc:
+        raise ProxyError(408, str(exc), code="body_read_timeout") from None
+    except RequestPayloadError as exc:  # a Content-Encoding that does not decode, broken chunked framing
+        cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else exc
+        raise bad_request(f"the request body cannot be read: {_reason(cause)}", code="invalid_body") from None
+    except ConnectionError:
+        raise client_gone() from None
+    if len(raw) > limit:
+        raise too_large(limit)
+    return raw
+
+
+def _reason(exc: BaseException) -> str:
+    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    return " ".join(str(text).split())[:200] or type(exc).__name__
+
+
+def client_gone() -> ProxyError:
+    """The client hung up before its request was read: nobody to answer. One
+    rate-limited line in the log, 499 (nginx's "client closed request") in the
+    access log."""
+    throttled(log, logging.INFO, "client_gone_body", "a client closed its connection before sending the whole "
+                                                      "request body")
+    return ProxyError(499, "the client closed the connection before sending the whole request body",
+                      code="client_closed_request")
