@@ -63,8 +63,10 @@ class AdminKeys:
             raise ProxyError(409, f"key {kid!r} has been revoked", code="key_revoked")
         return record
 
-    def _view(self, record: KeyRecord) -> dict:
-        return key_view(record, self.accounts.account_of(record), currency=self.accounts.currency)
+    async def _view(self, record: KeyRecord) -> dict:
+        accounts = self.accounts
+        [acc] = (await accounts.current_many([accounts.account_of(record)])).values()
+        return key_view(record, acc, currency=accounts.currency)
 
     async def create(self, request: web.Request) -> web.Response:
         self.check(self.gateway, request)
@@ -74,18 +76,19 @@ class AdminKeys:
         except SpecError as exc:
             raise field_error(str(exc)) from None
         record, plain = await self.accounts.create_key(**args)
-        return json_response({**self._view(record), "key": plain}, status=201)
+        return json_response({**await self._view(record), "key": plain}, status=201)
 
     async def list(self, request: web.Request) -> web.Response:
         self.check(self.gateway, request)
         now = time.time()
         accounts = self.accounts
-        data = [key_view(k, accounts.account_of(k), now, accounts.currency) for k in accounts.by_id.values()]
+        live = await accounts.current_many(accounts.account_of(k) for k in accounts.by_id.values())
+        data = [key_view(k, live[k.account_id], now, accounts.currency) for k in accounts.by_id.values()]
         return json_response({"object": "list", "data": data})
 
     async def show(self, request: web.Request) -> web.Response:
         record = self._key(request)
-        return json_response({**self._view(record), "budget_status": self.accounts.budget_status(record)})
+        return json_response({**await self._view(record), "budget_status": self.accounts.budget_status(record)})
 
     async def update(self, request: web.Request) -> web.Response:
         record = self._key(request, writable=True)
@@ -97,12 +100,12 @@ class AdminKeys:
         except SpecError as exc:
             raise field_error(str(exc)) from None
         updated = await self.accounts.update_key(record.id, changes) if changes else record
-        return json_response(self._view(updated))
+        return json_response(await self._view(updated))
 
     async def revoke(self, request: web.Request) -> web.Response:
         record = self._key(request, writable=True)
         updated = await self.accounts.revoke_key(record.id)
-        return json_response({**self._view(updated), "revoked": True})
+        return json_response({**await self._view(updated), "revoked": True})
 
     async def topup(self, request: web.Request) -> web.Response:
         record = self._key(request)
@@ -110,4 +113,5 @@ class AdminKeys:
             raise ProxyError(409, f"key {record.id!r} has been revoked", code="key_revoked")
         micro = await read_topup(request)
         acc = await self.accounts.topup(record.id, micro)
+        [acc] = (await self.accounts.current_many([acc])).values()
         return json_response(topup_answer(record.id, micro, account_view(acc, self.accounts.currency)))

@@ -63,20 +63,23 @@ class AdminAccounts:
                 web.get("/admin/accounts/{id}", self.show), web.patch("/admin/accounts/{id}", self.update),
                 web.post("/admin/accounts/{id}/credits", self.topup)]
 
-    def view(self, acc: Account) -> dict[str, Any]:
+    async def view(self, acc: Account) -> dict[str, Any]:
+        [acc] = (await self.accounts.current_many([acc])).values()
         return account_document(self.accounts, acc)
 
     async def list(self, request: web.Request) -> web.Response:
         check_admin(self.gateway, request)
-        data = [self.view(a) for a in sorted(self.accounts.accounts.values(), key=lambda a: a.id)]
+        live = await self.accounts.current_many(self.accounts.accounts.values())
+        data = [account_document(self.accounts, live[aid]) for aid in sorted(live)]
         return json_response({"object": "list", "data": data})
 
     async def show(self, request: web.Request) -> web.Response:
         check_admin(self.gateway, request)
         try:
-            return json_response(self.view(find_account(self.accounts, request.match_info["id"])))
+            acc = find_account(self.accounts, request.match_info["id"])
         except ACCOUNT_ERRORS as exc:
             raise _answer(exc) from None
+        return json_response(await self.view(acc))
 
     async def create(self, request: web.Request) -> web.Response:
         check_admin(self.gateway, request)
@@ -85,7 +88,7 @@ class AdminAccounts:
             acc = await create_account(self.accounts, body)
         except ACCOUNT_ERRORS as exc:
             raise _answer(exc) from None
-        return json_response(self.view(acc), status=201)
+        return json_response(await self.view(acc), status=201)
 
     async def update(self, request: web.Request) -> web.Response:
         check_admin(self.gateway, request)
@@ -99,7 +102,7 @@ class AdminAccounts:
             acc = await change_account(self.accounts, aid, body)
         except ACCOUNT_ERRORS as exc:
             raise _answer(exc) from None
-        return json_response(self.view(acc))
+        return json_response(await self.view(acc))
 
     async def topup(self, request: web.Request) -> web.Response:
         check_admin(self.gateway, request)
@@ -113,4 +116,4 @@ class AdminAccounts:
             acc, micro = await top_up_account(self.accounts, aid, body)
         except ACCOUNT_ERRORS as exc:
             raise _answer(exc) from None
-        return json_response(topup_answer(acc.id, micro, self.view(acc)))
+        return json_response(topup_answer(acc.id, micro, await self.view(acc)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -159,6 +160,22 @@ class SharedMoney(BookMemory):
         balance, reserved = live
         # Charged in Redis, not stored yet: spent too.
         return replace(acc, balance=balance, reserved=reserved, spent=acc.spent + max(acc.balance - balance, 0))
+
+    async def current_many(self, accs: Iterable[Account]) -> dict[str, Account]:
+        """``current`` of each account, by id, for the admin API and the dashboard: with shared
+        counters a process's own copy of a balance misses what other processes charged (it
+        showed an account that had spent $1.80 of $2.00 as untouched). The reads go to Redis
+        together (one pipelined write). With the counters down: the accounts as this process
+        has them, so that an admin change that was made still answers with its key."""
+        from proxy import ProxyError
+
+        unique = {acc.id: acc for acc in accs}
+        if self.shared is None:
+            return unique
+        try:
+            return {acc.id: acc for acc in await asyncio.gather(*(self.current(a) for a in unique.values()))}
+        except ProxyError:
+            return unique
 
     async def shared_topup(self, aid: str, micro: int) -> None:
         """Add a stored top-up to the account's balance in Redis (once: see redis_credit.py)."""

@@ -54,6 +54,7 @@ class CustomerPages:
         session = request[SESSION_KEY]
         accounts = self.dash.accounts
         key = accounts.by_id[session.key_id]
+        [acc] = (await accounts.current_many([accounts.account_of(key)])).values()
         rng = parse_range(request.query.get("range", "30d"), request.query.get("step"))
         scope = queries.Scope(key_id=key.id)
         store = self.dash.store
@@ -71,7 +72,7 @@ class CustomerPages:
         return {"key": {"id": key.id, "name": key.name, "prefix": key.prefix,
                         "models": None if key.models is None else sorted(key.models),
                         "expires_at": key.expires_at},
-                "account": account_view(accounts.account_of(key), accounts.currency), "limits": self.limits(key),
+                "account": account_view(acc, accounts.currency), "limits": self.limits(key),
                 "budgets": self.budgets(key), "range": rng, "ranges": list(RANGES), "steps": steps_for(rng.name),
                 "totals": totals, "series": series, "by_model": by_model, "recent": recent, "next_cursor": nxt,
                 "first_page": cursor is None}

@@ -50,17 +50,18 @@ class KeyPages:
             web.post(r + "/api/keys/{id}/credits", change(self.api.topup)),
         ]
 
-    def _views(self) -> list[dict[str, Any]]:
+    async def _views(self) -> list[dict[str, Any]]:
         accounts = self.dash.accounts
         if accounts is None:
             return []
         now = time.time()
-        return [key_view(k, accounts.account_of(k), now, accounts.currency) for k in accounts.by_id.values()]
+        live = await accounts.current_many(accounts.account_of(k) for k in accounts.by_id.values())
+        return [key_view(k, live[k.account_id], now, accounts.currency) for k in accounts.by_id.values()]
 
     async def keys(self, request: web.Request) -> web.StreamResponse:
         q = request.query.get("q", "").strip().lower()
         status = request.query.get("status", "")
-        views = self._views()
+        views = await self._views()
         shown = [v for v in views
                  if (not q or q in v["name"].lower() or q in v["id"].lower() or q in v["prefix"].lower()
                      or q in v["account"]["id"].lower())
@@ -81,7 +82,8 @@ class KeyPages:
         record = accounts.by_id.get(request.match_info["id"]) if accounts is not None else None
         if record is None:
             return self.dash.renderer.page("notfound.html", {"what": "key"}, status=404)
-        view = key_view(record, accounts.account_of(record), currency=accounts.currency)
+        [acc] = (await accounts.current_many([accounts.account_of(record)])).values()
+        view = key_view(record, acc, currency=accounts.currency)
         rng = parse_range("30d", "day")
         scope = queries.Scope(key_id=record.id)
         series = await queries.series(self.dash.store, rng, scope)
