@@ -383,5 +383,6 @@ class Plugin:
         """The calling key's credit account, in USD (and micro-USD)."""
         key = authenticate(self.accounts, request)
         acc = await self.accounts.current(self.accounts.account_of(key))
+        budgets = await self.accounts.budget_status(key)
         return json_response({"object": "credits", "key": {"id": key.id, "name": key.name, "prefix": key.prefix},
-                              **account_view(acc, self.accounts.currency), "budgets": self.accounts.budget_status(key)})
+                              **account_view(acc, self.accounts.currency), "budgets": budgets})

@@ -165,7 +165,7 @@ async def test_a_burst_cannot_spend_past_a_budget(start_gateway, mock_upstream):
     [(spent,)] = await running.gw.store.fetchall("select sum(cost_micro_usd) from tollway_ledger")
     assert spent == 10 * PRICE == book.accounts["cfg_a"].spent == sum(told)
     assert book.accounts["cfg_a"].balance == 10_000_000 - spent and book.accounts["cfg_a"].reserved == 0
-    [status] = book.budget_status(book.by_id["cfg_a"])
+    [status] = await book.budget_status(book.by_id["cfg_a"])
     assert status["spent_micro_usd"] == 10 * PRICE and status["remaining_micro_usd"] == 0
 
 
@@ -200,7 +200,7 @@ async def test_an_account_budget_holds_under_a_burst_from_two_keys_with_hang_ups
     [(spent,)] = await running.gw.store.fetchall("select sum(cost_micro_usd) from tollway_ledger")
     assert 0 < spent <= 7.5 * PRICE
     assert spent == acc.spent and acc.balance == 1_000_000 - spent >= 0 and acc.reserved == 0
-    [status] = book.budget_status(book.by_id["cfg_a"])
+    [status] = await book.budget_status(book.by_id["cfg_a"])
     assert status["spent_micro_usd"] == spent
 
 

@@ -17,7 +17,7 @@ async def test_budgets_on_the_customer_page_and_accounts_in_the_console(start_ga
     config["billing"] = {"timezone": "Asia/Kolkata"}
     running = await start_gateway(config)
     book = running.gw.services[ACCOUNTS]
-    [daily, monthly] = book.budget_status(book.by_id["cfg_demo"])
+    [daily, monthly] = await book.budget_status(book.by_id["cfg_demo"])
     async with client() as s:
         await sign_in(s, running, DEMO)
         async with s.get(running.root + "/dashboard/usage") as r:

@@ -84,7 +84,7 @@ async def test_requests_in_flight_across_midnight_count_in_the_day_they_were_adm
     assert [st for st, _ in late] == [429, 429]  # the old day's settling gave the new day nothing
     told = [c for _, c in old + new_day if c is not None]
     await books_balance(running, "cfg_a", 1_000_000, told)
-    [status] = book.budget_status(book.by_id["cfg_a"])
+    [status] = await book.budget_status(book.by_id["cfg_a"])
     assert status["spent_micro_usd"] == 3 * PRICE and status["remaining_micro_usd"] == 0
 
 

@@ -88,7 +88,7 @@ class AdminKeys:
 
     async def show(self, request: web.Request) -> web.Response:
         record = self._key(request)
-        return json_response({**await self._view(record), "budget_status": self.accounts.budget_status(record)})
+        return json_response({**await self._view(record), "budget_status": await self.accounts.budget_status(record)})
 
     async def update(self, request: web.Request) -> web.Response:
         record = self._key(request, writable=True)

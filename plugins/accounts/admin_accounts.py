@@ -10,6 +10,7 @@ changed in the YAML (409 otherwise), as keys are. The checks and changes are
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -64,13 +65,19 @@ class AdminAccounts:
                 web.post("/admin/accounts/{id}/credits", self.topup)]
 
     async def view(self, acc: Account) -> dict[str, Any]:
-        [acc] = (await self.accounts.current_many([acc])).values()
-        return account_document(self.accounts, acc)
+        return (await self.documents([acc]))[0]
+
+    async def documents(self, accs: Iterable[Account]) -> list[dict[str, Any]]:
+        """The accounts' documents, by id, with their balances and budgets as the fleet has them."""
+        book = self.accounts
+        live = await book.current_many(accs)
+        if book.budgets is not None:
+            await book.budgets.read(accounts=live.values())
+        return [account_document(book, live[aid]) for aid in sorted(live)]
 
     async def list(self, request: web.Request) -> web.Response:
         check_admin(self.gateway, request)
-        live = await self.accounts.current_many(self.accounts.accounts.values())
-        data = [account_document(self.accounts, live[aid]) for aid in sorted(live)]
+        data = await self.documents(self.accounts.accounts.values())
         return json_response({"object": "list", "data": data})
 
     async def show(self, request: web.Request) -> web.Response:

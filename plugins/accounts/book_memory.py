@@ -87,6 +87,10 @@ class BookMemory:
         self.by_id[record.id] = record
         self.by_hash[record.hash] = record
 
-    def budget_status(self, key: KeyRecord, now: float | None = None) -> list[dict[str, Any]]:
-        """The key's and its account's budgets: cap, what is left, when each resets (the dashboard)."""
-        return self.budgets.status(key, now) if self.budgets is not None else []
+    async def budget_status(self, key: KeyRecord) -> list[dict[str, Any]]:
+        """The key's and its account's budgets: cap, what the fleet spent, what is left, when
+        each resets (``/v1/credits``, the admin API, the dashboard)."""
+        if self.budgets is None:
+            return []
+        await self.budgets.read(keys=[key])
+        return self.budgets.status(key)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -296,6 +296,20 @@ class BudgetKeeper:
                              headers={"Retry-After": "1"}) from None
 
     # -- for people ------------------------------------------------------------------------
+    async def read(self, keys: Iterable[KeyRecord] = (), accounts: Iterable[Account] = ()) -> None:
+        """Before ``status``/``account_status`` show them: the current period's totals of these
+        keys' budgets (with their accounts') and these accounts', as the whole fleet spent
+        them (shared counters; a process knows only its own replies). Counters down: as
+        this process last saw them."""
+        now = self.clock()
+        caps = [cap for key in keys for cap in self.caps(key, self.book.account_of(key))]
+        caps += [Cap("a", acc.id, period, cap, "") for acc in accounts for period, cap in acc.policy.budgets.caps]
+        names = list({self.name(cap, self.calendar.current(cap.period, now).label): None for cap in caps})
+        try:
+            await self.counters.read_totals(names)
+        except ProxyError:
+            pass
+
     def status(self, key: KeyRecord, now: float | None = None) -> list[dict[str, Any]]:
         """Each budget of the key and its account: cap, spent, left, reset time."""
         return self._status(self.caps(key, self.book.account_of(key)), now)

@@ -35,7 +35,7 @@ the shared counters cannot be reached: callers refuse what they cannot decide
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from proxy import ProxyError, ServiceKey
@@ -100,6 +100,11 @@ class Counters:
     def used_total(self, name: str) -> int:
         """What was spent of ``name`` (as this instance last saw it)."""
         raise NotImplementedError
+
+    async def read_totals(self, names: Sequence[str]) -> None:
+        """Bring ``used_total`` of ``names`` up to what every instance spent (shared counters:
+        what the admin API and ``/v1/credits`` show; a process sees only its own replies
+        otherwise). Memory counters have it already."""
 
     async def settled(self) -> None:
         """Wait until what was given back (adjust, leave, release...) has been

@@ -32,7 +32,7 @@ import inspect
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -366,6 +366,17 @@ class RedisCounters(Counters):
 
     def used_total(self, name: str) -> int:
         return self.totals.get(name, 0)
+
+    async def read_totals(self, names: Sequence[str]) -> None:
+        if not names:
+            return
+        used = await self.link.run(lua.READ_TOTALS, [self.key("total", name) for name in names], [])
+        totals = self.totals
+        for name, value in zip(names, used, strict=True):
+            # Never lower: a total only grows, and this process's own settle may still be on its
+            # way to Redis. (-1: Redis does not have it; this period's spend is the store's, the seed.)
+            if value > totals.get(name, 0):
+                totals[name] = int(value)
 
     # -- what is sent behind, and kept alive ----------------------------------------------------
     def send_behind(self, source: str, keys: list[str], args: list) -> None:

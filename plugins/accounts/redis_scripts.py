@@ -196,6 +196,13 @@ if redis.call('HINCRBY', KEYS[1], 'held', -tonumber(ARGV[1])) < 0 then redis.cal
 return redis.call('HINCRBY', KEYS[1], 'used', ARGV[2])
 """
 
+# KEYS: totals' hashes. Reply: each one's used, or -1 for a total Redis does not have.
+READ_TOTALS = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = tonumber(redis.call('HGET', key, 'used') or -1) end
+return out
+"""
+
 # KEYS: the total's hash; ARGV: held. A total Redis lost (FLUSHALL) is not made again here,
 # and a hold it lost never takes ``held`` below zero (that would free room nobody held).
 RELEASE_TOTAL = """

@@ -44,11 +44,11 @@ class CustomerPages:
         return [{"label": name, "model": None, "limit": value, "remaining": None, "full_at": None, "period": None}
                 for name, value in key.limits.to_dict().items() if name != "models"]
 
-    def budgets(self, key) -> list[dict[str, Any]]:
+    async def budgets(self, key) -> list[dict[str, Any]]:
         """Budgets per period with their reset times, when the accounts book keeps them."""
         book = self.dash.accounts
         status = getattr(book, "budget_status", None)
-        return list(status(key)) if status is not None else []
+        return list(await status(key)) if status is not None else []
 
     async def figures(self, request: web.Request) -> dict[str, Any]:
         session = request[SESSION_KEY]
@@ -73,7 +73,7 @@ class CustomerPages:
                         "models": None if key.models is None else sorted(key.models),
                         "expires_at": key.expires_at},
                 "account": account_view(acc, accounts.currency), "limits": self.limits(key),
-                "budgets": self.budgets(key), "range": rng, "ranges": list(RANGES), "steps": steps_for(rng.name),
+                "budgets": await self.budgets(key), "range": rng, "ranges": list(RANGES), "steps": steps_for(rng.name),
                 "totals": totals, "series": series, "by_model": by_model, "recent": recent, "next_cursor": nxt,
                 "first_page": cursor is None}
 

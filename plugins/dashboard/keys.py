@@ -103,7 +103,10 @@ class KeyPages:
             members: dict[str, list[str]] = {}
             for k in accounts.by_id.values():
                 members.setdefault(k.account_id, []).append(k.name)
-            for acc in sorted(accounts.accounts.values(), key=lambda a: a.id):
+            live = await accounts.current_many(accounts.accounts.values())  # the fleet's balances and budgets
+            if accounts.budgets is not None:
+                await accounts.budgets.read(accounts=live.values())
+            for acc in sorted(live.values(), key=lambda a: a.id):
                 budgets = accounts.budgets.account_status(acc) if accounts.budgets is not None else []
                 rows.append({"id": acc.id, "balance": acc.balance, "reserved": acc.reserved, "spent": acc.spent,
                              "unlimited": acc.unlimited, "keys": sorted(members.get(acc.id, ())),
