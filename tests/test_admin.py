@@ -122,6 +122,10 @@ BAD_CREATE = [
     ({"name": "x", "limits": {"models": {"nope": {"rpm": 1}}}}, "limits.models.nope", "unknown model"),
     ({"name": "x", "expires_at": "tomorrow"}, "expires_at", "is not an ISO 8601 time"),
     ({"name": "x", "expires_at": "2001-01-01"}, "expires_at", "expires_at: is in the past"),
+    # Taken before (NaN even as a future time), after which every list of keys answered 500.
+    ({"name": "x", "expires_at": "Infinity"}, "expires_at", "is not a time between 1970-01-01 and 9999-12-31"),
+    ({"name": "x", "expires_at": 1e308}, "expires_at", "is not a time between 1970-01-01 and 9999-12-31"),
+    ({"name": "x", "expires_at": "NaN"}, "expires_at", "is not a time between 1970-01-01 and 9999-12-31"),
     ({"name": "x", "disabled": "yes"}, "disabled", "disabled: expected true or false"),
     ({"name": "x", "metadata": []}, "metadata", "metadata: expected a mapping"),
     ({"name": "x", "account": "no spaces"}, "account", "account: use 1-64"),
@@ -166,7 +170,7 @@ async def test_bad_topup_is_400_and_changes_nothing(start_gateway, body, param, 
 @pytest.mark.parametrize("body,param", [
     ({"credits": 5}, "credits"), ({"disabled": None}, "disabled"), ({"models": ["nope"]}, "models[0]"),
     ({"limits": {"tpm": 0}}, "limits.tpm"), ({"name": None}, "name"), ({"key": "sk-mine"}, "key"),
-    ({"expires_at": "1999-01-01"}, "expires_at"),
+    ({"expires_at": "1999-01-01"}, "expires_at"), ({"expires_at": "Infinity"}, "expires_at"),
 ])
 async def test_bad_patch_is_400_and_changes_nothing(start_gateway, body, param):
     running = await start_gateway(biz_config())

@@ -133,6 +133,7 @@ async def test_admin_key_is_not_an_api_key(start_gateway):
     ({"name": "a", "key": "k1", "limits": {"rpm": 0}}, "keys[0].limits.rpm: must be at least 1"),
     ({"name": "a", "key": "k1", "limits": {"rmp": 5}}, "keys[0].limits.rmp: unknown key (did you mean 'rpm'?)"),
     ({"name": "a", "key": "k1", "expires_at": "soon"}, "keys[0].expires_at: 'soon' is not an ISO 8601 time"),
+    ({"name": "a", "key": "k1", "expires_at": float("inf")}, "keys[0].expires_at: 'inf' is not a time between"),
     ({"name": "a b", "key": "k1"}, "keys[0].name: use 1-64 letters"),
     ({"name": "a", "key": ""}, "keys[0].key: empty"),
 ])

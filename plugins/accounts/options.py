@@ -94,29 +94,43 @@ class LedgerOptions:
     max_queue_rows: int = 100_000
 
 
+#: Unix seconds of 9999-12-31T23:59:59Z, the last moment an ISO 8601 time (and ``datetime``) can say.
+LATEST = 253402300799.0
+
+
 def parse_time(value: Any, where: str) -> float | None:
-    """ISO 8601 text (or unix seconds) -> unix seconds. Naive times are UTC."""
+    """ISO 8601 text (or unix seconds) -> unix seconds, from 1970 to 9999. Naive times are UTC."""
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _in_range(float(value), value, where)
     if not isinstance(value, str):
         raise ValueError(f"{where}: expected an ISO 8601 time like 2030-01-31T00:00:00Z")
     text = value.strip()
     try:
-        return float(text)
+        ts = float(text)
     except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{where}: {value!r} is not an ISO 8601 time like 2030-01-31T00:00:00Z") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{where}: {value!r} is not an ISO 8601 time like 2030-01-31T00:00:00Z") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        ts = moment.timestamp()
+    return _in_range(ts, value, where)
+
+
+def _in_range(ts: float, value: Any, where: str) -> float:
+    # "Infinity", 1e308 or "NaN" were taken (NaN even as a future expiry), and then every
+    # list of keys failed to write the time.
+    if not 0.0 <= ts <= LATEST:  # (NaN fails both)
+        raise ValueError(f"{where}: {value!r} is not a time between 1970-01-01 and 9999-12-31")
+    return ts
 
 
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
+    if not 0.0 <= ts <= LATEST:  # a time stored before parse_time checked the range
+        ts = 0.0 if ts < 0 else LATEST
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
