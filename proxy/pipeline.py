@@ -57,33 +57,9 @@ async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call)
     task = gateway.inflight.enter(call)
     try:
         try:
-            if call.principal is None:  # (a detached call comes with its principal)
-                for auth in hooks.authenticate:  # (authenticate(), inline: a coroutine less a request)
-                    principal = await auth(call)
-                    if principal is not None:
-                        call.principal = principal
-                        break
-            if call.model is NO_MODEL:
-                default_model(gateway, call)
-            if call.dialect == "responses":  # continuing a stored response: the caller's own only
-                await gateway.stored_responses.check_continued(call)
-            for resolve_hook in hooks.resolve:  # (resolve(), inline)
-                route = await resolve_hook(call)
-                if route is not None:
-                    call.route = route
-                    break
-            else:
-                raise unknown_model(call)
+            await identify(gateway, call)
             admitted = True
-            gated = hooks.admit_gated
-            if gated is None:
-                for admit in hooks.admit:
-                    await admit(call)
-            else:  # some are marked only_if: those idle for this call are not called (checked at their turn)
-                state = call.state
-                for admit, key, present in gated:
-                    if key is None or (key in state) is present:
-                        await admit(call)
+            await hooks.call_admit(call)
             cached = None
             for lookup in hooks.lookup:
                 cached = await lookup(call)
@@ -106,19 +82,37 @@ async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call)
             resp = await send_error(request, call, internal_error())
         call.timing.ended_at = time.perf_counter()
         if admitted:
-            await settle(hooks.settle, call, hooks.settle_gated)
+            await hooks.call_settle(call)
     finally:
         await finish(gateway, call)
         gateway.inflight.leave(task)
     return resp
 
 
-async def authenticate(gateway: Gateway, call: Call) -> None:
-    for auth in gateway.hooks.authenticate:
-        principal = await auth(call)
-        if principal is not None:
-            call.principal = principal
+async def identify(gateway: Gateway, call: Call, resolve: bool = True) -> None:
+    """Who calls: ``call.principal``, the first ``tollway_authenticate`` answer (a call that
+    comes with its principal, a batch line, keeps it). With ``resolve``, what they ask for:
+    the model a body without one names (``default_model``), and ``call.route``, the first
+    ``tollway_resolve`` answer (none: 404)."""
+    hooks = gateway.hooks
+    if call.principal is None:
+        for auth in hooks.authenticate:
+            principal = await auth(call)
+            if principal is not None:
+                call.principal = principal
+                break
+    if not resolve:
+        return
+    if call.model is NO_MODEL:
+        default_model(gateway, call)
+    if call.dialect == "responses":  # continuing a stored response: the caller's own only
+        await gateway.stored_responses.check_continued(call)
+    for resolve_hook in hooks.resolve:
+        route = await resolve_hook(call)
+        if route is not None:
+            call.route = route
             return
+    raise unknown_model(call)
 
 
 #: What the routes put in a body without "model" (a value no client can send: it is
@@ -142,15 +136,6 @@ def default_model(gateway: Gateway, call: Call) -> None:
     call.set_body(body)  # the bytes sent upstream name the model too
 
 
-async def resolve(gateway: Gateway, call: Call) -> None:
-    for resolve_hook in gateway.hooks.resolve:
-        route = await resolve_hook(call)
-        if route is not None:
-            call.route = route
-            return
-    raise unknown_model(call)
-
-
 def unknown_model(call: Call) -> ProxyError:
     return ProxyError(404, f"model {call.model!r} does not exist; GET /v1/models lists the models you can use",
                       param="model", code="model_not_found")
@@ -159,23 +144,7 @@ def unknown_model(call: Call) -> ProxyError:
 async def finish(gateway: Gateway, call: Call) -> None:
     """The last step of every call: its end time, tollway_finish hooks, the access log."""
     call.timing.ended_at = call.timing.ended_at or time.perf_counter()
-    hooks = gateway.hooks
-    gated = hooks.finish_gated
-    if gated is None:
-        for finish_hook in hooks.finish:
-            try:
-                await finish_hook(call)
-            except Exception:
-                throttled(log, logging.ERROR, "finish_failed", "tollway_finish failed", exc_info=True)
-    else:  # (the same, but for the implementations only_if says are idle for this call)
-        state = call.state
-        for finish_hook, key, present in gated:
-            if key is not None and (key in state) is not present:
-                continue
-            try:
-                await finish_hook(call)
-            except Exception:
-                throttled(log, logging.ERROR, "finish_failed", "tollway_finish failed", exc_info=True)
+    await gateway.hooks.call_finish(call)
     if gateway.access_log is not None:
         gateway.access_log.record(call)
 
@@ -205,42 +174,21 @@ async def refuse(gateway: Gateway, request: web.Request, call: Call, err: ProxyE
         await finish(gateway, call)
 
 
-async def on_usage(gateway: Gateway, call: Call) -> None:
+def on_usage(gateway: Gateway, call: Call) -> Awaitable[None]:
+    """The usage is known: the ``tollway_usage`` implementations' turn (a plain function, so
+    the usual answer awaits the hook's caller itself, one coroutine less)."""
+    if call.dialect == "responses":
+        return _usage_of_stored_response(gateway, call)
+    return gateway.hooks.call_usage(call)
+
+
+async def _usage_of_stored_response(gateway: Gateway, call: Call) -> None:
     # A response is continued by its id from now on: known (in memory, and in a store other
     # instances read) before the client has the answer.
-    written = gateway.stored_responses.remember_call(call) if call.dialect == "responses" else None
-    hooks = gateway.hooks
-    gated = hooks.usage_gated
-    if gated is None:
-        for hook in hooks.usage:
-            await hook(call)
-    else:
-        state = call.state
-        for hook, key, present in gated:
-            if key is None or (key in state) is present:
-                await hook(call)
+    written = gateway.stored_responses.remember_call(call)
+    await gateway.hooks.call_usage(call)
     if written is not None:
         await gateway.stored_responses.stored(written)
-
-
-async def settle(hooks: tuple[Callable, ...], call: Call, gated: tuple | None = None) -> None:
-    """tollway_settle implementations, in order; one raising does not stop the others.
-    ``gated``: the same with their ``only_if`` marks (``Hooks.settle_gated``), None when none has one."""
-    if gated is None:
-        for hook in hooks:
-            try:
-                await hook(call)
-            except Exception:
-                throttled(log, logging.ERROR, "settle_failed", "tollway_settle failed", exc_info=True)
-        return
-    state = call.state
-    for hook, key, present in gated:  # (the same, but for the implementations only_if says are idle)
-        if key is not None and (key in state) is not present:
-            continue
-        try:
-            await hook(call)
-        except Exception:
-            throttled(log, logging.ERROR, "settle_failed", "tollway_settle failed", exc_info=True)
 
 
 async def before_end(gateway: Gateway, call: Call) -> None:
@@ -256,7 +204,7 @@ async def before_end(gateway: Gateway, call: Call) -> None:
     transport = request.transport if request is not None else None
     if transport is None or transport.is_closing():
         call.response.client_gone = True  # (the write that follows would say so)
-    await settle(gateway.hooks.settle_before_end, call, gateway.hooks.settle_before_end_gated)
+    await gateway.hooks.call_settle_before_end(call)
 
 
 async def send_error(request: web.Request, call: Call, err: ProxyError) -> web.StreamResponse:

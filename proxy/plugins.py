@@ -27,6 +27,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .hookcallers import Gated, HookCaller, hook_caller
 from .schema import ConfigError, suggest
 
 ALWAYS_ON = {"routing": "plugins.routing", "providers": "plugins.providers"}
@@ -53,10 +54,10 @@ REQUEST_HOOKS = ("authenticate", "resolve", "admit", "lookup", "stream_filter", 
 # The arguments of request-time hooks that take more than the call, in the order the core passes them.
 _HOOK_ARGS = {"visible_models": ("call", "models"), "attempt": ("call", "route", "error"), "retry": ("call", "error"),
              "reroute": ("call", "previous")}
-# The hooks whose implementations may be marked ``only_if`` (the core checks the mark before each call).
+# The hooks whose implementations may be marked ``only_if`` (their callers check the mark before each call),
+# and of those, the ones where an implementation raising does not stop the next.
 GATED_HOOKS = ("admit", "usage", "settle", "finish")
-#: One implementation with its ``only_if`` mark: (the function, the StateKey or None, whether it must be present).
-Gated = tuple[Callable, Any, bool]
+ISOLATED_HOOKS = ("settle", "finish")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +77,14 @@ class Hooks:
     attempt: tuple[Callable, ...]
     retry: tuple[Callable, ...]
     reroute: tuple[Callable, ...]
-    # admit, usage, settle (and settle_before_end), finish again, each implementation with its
-    # ``only_if`` mark (``Gated``; key None: always called), or None when no implementation of
-    # the hook has one: the core then runs the plain tuple, with no check per call. (Triples
-    # rather than a zip of two tuples: zip(strict=True) costs more than the calls it saves.)
-    admit_gated: tuple[Gated, ...] | None = None
-    usage_gated: tuple[Gated, ...] | None = None
-    settle_gated: tuple[Gated, ...] | None = None
-    settle_before_end_gated: tuple[Gated, ...] | None = None
-    finish_gated: tuple[Gated, ...] | None = None
+    # What the core awaits for admit, usage, settle (and settle_before_end) and finish: each
+    # implementation in order, those marked ``only_if`` only when their key says so
+    # (``proxy/hookcallers.py``).
+    call_admit: HookCaller
+    call_usage: HookCaller
+    call_settle: HookCaller
+    call_settle_before_end: HookCaller
+    call_finish: HookCaller
 
 
 def section_plugins(raw: dict, enabled: Iterable[str]) -> list[str]:
@@ -169,13 +169,9 @@ def compile_hooks(pm: pluggy.PluginManager) -> Hooks:
                 early.append(fns[-1])
         compiled[short] = tuple(f for f, _, _ in fns)
         if short in GATED_HOOKS:
-            compiled[f"{short}_gated"] = _gated(fns)
+            compiled[f"call_{short}"] = hook_caller(short, fns, short in ISOLATED_HOOKS)
     return Hooks(**compiled, settle_before_end=tuple(f for f, _, _ in early),
-                 settle_before_end_gated=_gated(early))
-
-
-def _gated(fns: list[Gated]) -> tuple[Gated, ...] | None:
-    return tuple(fns) if any(key is not None for _, key, _ in fns) else None
+                 call_settle_before_end=hook_caller("settle", early, isolated=True))
 
 
 def only_if(key: Any, present: bool = True) -> Callable[[Callable], Callable]:

@@ -17,7 +17,7 @@ from .call import Call
 from .errors import ProxyError, bad_request, error_response
 from .gateway import GATEWAY_KEY
 from .media import UPLOAD_ENDPOINTS, audio_length, validate_media
-from .pipeline import JSON, NO_MODEL, answer_here, authenticate, refuse, run_model_call
+from .pipeline import JSON, NO_MODEL, answer_here, identify, refuse, run_model_call
 from .provider import UPLOAD
 from .uploads import read_upload
 from .upstream_items import count_tokens, stored_response
@@ -262,7 +262,7 @@ class ModelRoutes:
         return json_response({"object": "list", "data": [self.describe(n) for n in self.gateway.config.models]})
 
     async def _visible(self, call: Call) -> list[str]:
-        await authenticate(self.gateway, call)
+        await identify(self.gateway, call, resolve=False)
         names = list(self.gateway.config.models)
         for hook in self.gateway.hooks.visible_models:
             filtered = await hook(call, names)

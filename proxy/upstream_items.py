@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from .errors import ProxyError
-from .pipeline import JSON, MAX_ERROR_BODY, _send, answer_here, authenticate, resolve
+from .pipeline import JSON, MAX_ERROR_BODY, _send, answer_here, identify
 from .provider import loads_json
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ async def stored_response(gateway: Gateway, request: web.Request) -> web.StreamR
     call = Call(request, "responses_item", {}, b"", "responses", gateway.snapshot)
 
     async def respond() -> web.StreamResponse:
-        await authenticate(gateway, call)
+        await identify(gateway, call, resolve=False)
         item = await gateway.stored_responses.owned(response_id, call.principal)
         provider = gateway.providers.get(item.provider) if item is not None else None
         upstream_request = (provider.stored_response_request(request.method, response_id,
@@ -72,8 +72,7 @@ async def stored_response(gateway: Gateway, request: web.Request) -> web.StreamR
 
 async def count_tokens(gateway: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
     async def respond() -> web.StreamResponse:
-        await authenticate(gateway, call)
-        await resolve(gateway, call)
+        await identify(gateway, call)
         route = call.route
         assert route is not None  # resolve raised otherwise
         upstream_request = route.provider.count_tokens_request(call, route)
