@@ -348,10 +348,11 @@ class Connection(asyncio.Protocol):
         if self._error is not None:
             raise self._error
 
-    async def wait(self) -> None:
-        """Wait for something new: body bytes, the end, or an error."""
+    def wait(self) -> asyncio.Future[None]:
+        """Awaited: something new came (body bytes, the end, or an error). (The future
+        itself, not a coroutine around it: a coroutine less per wait.)"""
         self._waiter = waiter = self.pool.loop.create_future()
-        await waiter
+        return waiter
 
     def read_nowait(self) -> bytes:
         """Body bytes that have arrived and not been read (b"" if none); raises

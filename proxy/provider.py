@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import urlsplit
@@ -174,20 +174,22 @@ class Provider:
     async def close(self) -> None:
         await self.upstream.close()
 
-    async def send(self, call: Call, request: UpstreamRequest) -> UpstreamResponse:
-        """Send the request upstream; returns once the answer's headers arrived."""
+    def send(self, call: Call, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:
+        """Send the request upstream: awaited, the answer once its headers arrived. (A plain
+        function that hands over the upstream client's coroutine: one coroutine less a request;
+        a refusal before any round trip is raised by the call itself.)"""
         own = call.state.get(CALLER_KEYS)
         key = own.get(self.name) if own is not None else None
         call.billing.caller_key = key is not None
         if key is not None:  # the caller's own key (BYOK): neither the operator's key nor its pool
             header, prefix = self.api_key_header
             request.headers = {**request.headers, header: prefix + key}  # adapters share theirs
-            return await self.upstream.open(request)
+            return self.upstream.open(request)
         if self.missing_key is not None:  # answered without a network round trip that cannot succeed
             raise ProxyError(502, self.missing_key, code="upstream_no_api_key")
         if self.key_pool is None:
-            return await self.upstream.open(request)
-        return await self._send_with_pool(self.key_pool, request)
+            return self.upstream.open(request)
+        return self._send_with_pool(self.key_pool, request)
 
     async def _send_with_pool(self, pool: KeyPool, request: UpstreamRequest) -> UpstreamResponse:
         """Send with the pool's keys in turn; a 429 rests that key and moves to the next one."""

@@ -311,7 +311,8 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
     had said in ``billing.partial_usage``) and the pricing plugin counts that
     output instead, so output that went out is never free.
 
-    ``before_end(call)`` runs right before the last bytes (the tail) are written."""
+    ``before_end(call)`` runs right before the last bytes (the tail) are written, when
+    ``call.response.settle_before_end`` asks for it (``pipeline.before_end``)."""
     writer = ClientWriter(resp, call.request, client_write)
     due = upstream.deadline
     drain_until = 0.0
@@ -405,7 +406,7 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
         except ProxyError as err:  # a plugin ended the stream at its end: in-band too, unfiltered
             call.response.error = err
             tail = codec.fail(err.styled(style_of(call.request)))
-        if before_end is not None:
+        if before_end is not None and call.response.settle_before_end:  # (asked for: else not even called)
             await before_end(call)
         await writer.write(tail)
         await writer.write_eof()
@@ -426,7 +427,7 @@ async def replay(call: Call, resp: web.StreamResponse, encoder: ChunkEncoder, ch
         call.timing.first_byte_at = time.perf_counter()
         await resp.write(encoder.encode(chunks))
         await asyncio.sleep(0)
-        if before_end is not None:
+        if before_end is not None and call.response.settle_before_end:
             await before_end(call)
         await resp.write(encoder.finish(call, usage))
         await resp.write_eof()

@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from .errors import ProxyError
-from .pipeline import JSON, MAX_ERROR_BODY, _send, answer_here, identify
+from .pipeline import MAX_ERROR_BODY, _json_response, answer_here, identify
 from .provider import loads_json
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ async def stored_response(gateway: Gateway, request: web.Request) -> web.StreamR
         loads_json(body, item.provider if item is not None else "?")
         if request.method == "DELETE":
             gateway.stored_responses.forget(response_id)
-        return await _answer(request, call, body, JSON)
+        return await _json_response(request, call, body)
 
     return await answer_here(gateway, request, call, respond)
 
@@ -79,7 +79,7 @@ async def count_tokens(gateway: Gateway, request: web.Request, call: Call) -> we
         if upstream_request is None:
             tokens = await gateway.dialects[call.dialect].estimate_input_tokens(call)
             call.response.headers["x-tollway-estimated"] = "true"
-            return await _answer(request, call, orjson.dumps({"input_tokens": tokens}), JSON)
+            return await _json_response(request, call, orjson.dumps({"input_tokens": tokens}))
         upstream = await route.provider.send(call, upstream_request)
         try:
             body = await (upstream.read_all(MAX_ERROR_BODY) if upstream.status >= 400 else upstream.read_all())
@@ -91,13 +91,7 @@ async def count_tokens(gateway: Gateway, request: web.Request, call: Call) -> we
         if not isinstance(counted, int) or isinstance(counted, bool) or counted < 0:
             raise ProxyError(502, f"upstream '{route.provider.name}' answered count_tokens without a token count",
                              code="upstream_bad_response")
-        return await _answer(request, call, body, JSON)
+        return await _json_response(request, call, body)
 
     return await answer_here(gateway, request, call, respond)
 
-
-async def _answer(request: web.Request, call: Call, body: bytes, content_type: str) -> web.Response:
-    call.response.status = 200
-    resp = web.Response(status=200, body=body, headers={**call.response.headers, "Content-Type": content_type})
-    await _send(request, call, resp)
-    return resp

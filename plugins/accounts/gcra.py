@@ -131,22 +131,25 @@ LIMIT, REMAINING, RESET = istr("X-RateLimit-Limit"), istr("X-RateLimit-Remaining
 @dataclass(frozen=True, slots=True)
 class Plan:
     """A key's limits for one model: the rules, and the rules grouped by kind
-    (in the order each kind first appears) for the headers."""
+    (in the order each kind first appears) for the headers, each group with its
+    header names and whether the generic X-RateLimit-* headers show it (the
+    requests kind, else the tokens kind)."""
 
     rules: tuple[Rule, ...]
     token_rules: tuple[Rule, ...]
-    groups: tuple[tuple[tuple[str, str, str], tuple[Rule, ...]], ...]
-    main: int  # index in groups of the kind the generic X-RateLimit-* headers show
+    groups: tuple[tuple[tuple[str, str, str], tuple[Rule, ...], bool], ...]
 
     @classmethod
     def of(cls, rules: list[Rule]) -> Plan:
         kinds: dict[bool, list[Rule]] = {}
         for rule in rules:
             kinds.setdefault(rule.tokens, []).append(rule)
-        order = list(kinds)
-        main = order.index(False) if False in kinds else 0
-        groups = tuple((HEADER_NAMES[k], tuple(kinds[k])) for k in order)
-        return cls(tuple(rules), tuple(kinds.get(True, ())), groups, main)
+        generic = False not in kinds  # (the requests kind when there is one)
+        groups = tuple((HEADER_NAMES[k], tuple(kinds[k]), k == generic) for k in kinds)
+        return cls(tuple(rules), tuple(kinds.get(True, ())), groups)
+
+
+_NO_BEST = (None, 0, 0.0, math.inf)  # (rule, left, reset, fraction left): any rule's fraction is below
 
 
 def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float) -> None:
@@ -154,9 +157,9 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float) -> None:
     ``X-RateLimit-*`` (of the requests limit, else the tokens limit) to
     ``out``; for each kind the limit with the least left (ties: the one
     furthest from its reset) is shown. ``tat_of(rule.state)`` is its ``Tat`` or None."""
-    main = None
-    for i, (names, group) in enumerate(plan.groups):
-        best = None
+    shown = None
+    for (limit_name, left_name, reset_name), group, generic in plan.groups:
+        best, b_left, b_reset, b_frac = _NO_BEST
         for rule in group:
             tat = tat_of(rule.state)
             reset = 0.0
@@ -167,22 +170,19 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float) -> None:
             left = int((rule.period - reset + EPS) / rule.interval)
             if left < 0:
                 left = 0
-            if best is None:
-                best, b_left, b_reset, b_frac = rule, left, reset, left / rule.limit
-            else:
-                frac = left / rule.limit
-                if frac < b_frac or (frac == b_frac and reset > b_reset):
-                    best, b_left, b_reset, b_frac = rule, left, reset, frac
+            frac = left / rule.limit
+            if frac < b_frac or (frac == b_frac and reset > b_reset):
+                best, b_left, b_reset, b_frac = rule, left, reset, frac
         left_text = str(b_left)
-        out[names[0]] = best.limit_text
-        out[names[1]] = left_text
-        out[names[2]] = duration(b_reset)
-        if i == plan.main:
-            main = (best.limit_text, left_text, b_reset)
-    if main is not None:
-        out[LIMIT] = main[0]
-        out[REMAINING] = main[1]
-        out[RESET] = iso_at(now + main[2])
+        out[limit_name] = best.limit_text  # type: ignore[union-attr]  (a group has a rule)
+        out[left_name] = left_text
+        out[reset_name] = duration(b_reset)
+        if generic:
+            shown = best, left_text, b_reset
+    if shown is not None:
+        out[LIMIT] = shown[0].limit_text  # type: ignore[union-attr]
+        out[REMAINING] = shown[1]
+        out[RESET] = iso_at(now + shown[2])
 
 
 class Refusal(NamedTuple):

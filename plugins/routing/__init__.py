@@ -45,6 +45,7 @@ from .router import ROUTER, Router, RoutingState
 __all__ = ["ROUTER", "ROUTING", "HealthEvent", "Plugin", "Router", "RoutingState"]
 
 ATTEMPTS = tuple(str(n) for n in range(12))  # x-tollway-attempts values, made once
+KNOWN_ATTEMPTS = len(ATTEMPTS)
 # (istr: the answer's case-insensitive headers take the name without folding it again: gcra.py says why)
 MODEL_HEADER, PROVIDER_HEADER, ATTEMPTS_HEADER = istr("x-tollway-model"), istr("x-tollway-provider"), \
     istr("x-tollway-attempts")
@@ -112,7 +113,7 @@ class Plugin:
         headers[MODEL_HEADER] = route.model
         headers[PROVIDER_HEADER] = route.provider.name
         attempts = call.upstream_attempts
-        headers[ATTEMPTS_HEADER] = ATTEMPTS[attempts] if attempts < len(ATTEMPTS) else str(attempts)
+        headers[ATTEMPTS_HEADER] = ATTEMPTS[attempts] if attempts < KNOWN_ATTEMPTS else str(attempts)
         state = call.state.get(ROUTING)
         router = self.router
         if state is None or state.holding is None or router is None:
@@ -125,7 +126,8 @@ class Plugin:
                 dep.observe_latency(time.perf_counter() - started)
             router.health.succeeded(dep.name, now, state.probe)
             state.probe = False
-            router.probe_over(state, dep.name)
+            if state.fleet_probe:  # (probe_over's own test, here: the usual attempt holds no fleet probe slot)
+                router.probe_over(state, dep.name)
             state.served = dep  # still in flight until the answer ends (finish)
             return
         # A 429 on the caller's own upstream key (byok) is that key's quota, not the deployment's health.

@@ -1,0 +1,83 @@
+"""``gcra.put_headers`` (the rate-limit headers of every answer to a limited key) writes what the
+definition it replaced wrote: the same names, values and order, on generated plans and states.
+
+The old definition (groups found by index, ``enumerate``, the generic headers' group by
+position) is copied here as it was."""
+
+from __future__ import annotations
+
+import random
+
+from plugins.accounts.gcra import EPS, HEADER_NAMES, LIMIT, REMAINING, RESET, Plan, Rule, duration, iso_at, put_headers
+
+
+def _old_put_headers(out: dict, rules: list[Rule], tat_of, now: float) -> None:
+    kinds: dict[bool, list[Rule]] = {}
+    for rule in rules:
+        kinds.setdefault(rule.tokens, []).append(rule)
+    order = list(kinds)
+    plan_main = order.index(False) if False in kinds else 0
+    groups = tuple((HEADER_NAMES[k], tuple(kinds[k])) for k in order)
+    main = None
+    for i, (names, group) in enumerate(groups):
+        best = None
+        for rule in group:
+            tat = tat_of(rule.state)
+            reset = 0.0
+            if tat is not None:
+                reset = tat[1] - (now - tat[0])
+                if reset < 0.0:
+                    reset = 0.0
+            left = int((rule.period - reset + EPS) / rule.interval)
+            if left < 0:
+                left = 0
+            if best is None:
+                best, b_left, b_reset, b_frac = rule, left, reset, left / rule.limit
+            else:
+                frac = left / rule.limit
+                if frac < b_frac or (frac == b_frac and reset > b_reset):
+                    best, b_left, b_reset, b_frac = rule, left, reset, frac
+        left_text = str(b_left)
+        out[names[0]] = best.limit_text
+        out[names[1]] = left_text
+        out[names[2]] = duration(b_reset)
+        if i == plan_main:
+            main = (best.limit_text, left_text, b_reset)
+    if main is not None:
+        out[LIMIT] = main[0]
+        out[REMAINING] = main[1]
+        out[RESET] = iso_at(now + main[2])
+
+
+def _rules(rng: random.Random) -> list[Rule]:
+    rules = []
+    for i in range(rng.randrange(1, 5)):
+        tokens = rng.random() < 0.4
+        period = rng.choice((60.0, 86400.0, 1.0, 3600.0))
+        limit = rng.choice((1, 2, 3, 10, 60, 100, 1000, 10**8, 10**10, 10**11))
+        rules.append(Rule(tokens=tokens, label=f"rule {i}", scope="", limit=limit, period=period,
+                          interval=period / limit, state=("k", "", i), limit_text=str(limit)))
+    return rules
+
+
+def test_put_headers_writes_what_it_wrote() -> None:
+    rng = random.Random(12)
+    for _ in range(20_000):
+        rules = _rules(rng)
+        now = 1.8e9 + rng.random() * 1e6
+        tats = {}
+        for rule in rules:
+            pick = rng.random()
+            if pick < 0.2:
+                continue  # never taken
+            if pick < 0.3:  # ties: two rules of a kind as full as each other
+                tats[rule.state] = (now, 0.0)
+                continue
+            debt = rng.choice((rng.random() * rule.period, rule.period, rule.period * 2, rule.interval,
+                               rng.random() * rule.interval * 5))
+            tats[rule.state] = (now - rng.choice((0.0, rng.random() * 100)), debt)
+        new: dict = {}
+        old: dict = {}
+        put_headers(new, Plan.of(rules), tats.get, now)
+        _old_put_headers(old, rules, tats.get, now)
+        assert list(new.items()) == list(old.items()), (rules, tats, now)
