@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
@@ -215,7 +214,10 @@ class SharedCredit:
         reply = await self.link.call(lambda: redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count))
         for _stream, entries in reply or ():
             raw += entries
-        return _entries(raw)[0]
+        out, gone = _entries(raw)
+        if gone:  # deleted meanwhile, or set aside: acknowledged (and deleted), never taken again
+            await self._drop(gone)
+        return out
 
     async def take_mine(self, count: int) -> list[StreamEntry]:
         """Up to ``count`` entries this writer took and has not acknowledged: the stream gave
@@ -238,8 +240,8 @@ class SharedCredit:
                 return []
             raw = [e for _stream, entries in reply or () for e in entries]
             out, gone = _entries(raw)
-            if gone:  # pending, but deleted from the stream (stored and deleted, not acknowledged)
-                await self.link.call(partial(redis.xack, self.stream, GROUP, *gone))
+            if gone:  # pending, but deleted from the stream (stored and deleted, not acknowledged), or set aside
+                await self._drop(gone)
             if out or not gone:
                 return out
 
@@ -255,7 +257,9 @@ class SharedCredit:
             await self.link.call(lambda: redis.xgroup_delconsumer(self.stream, GROUP, consumer))
 
     async def done(self, entries: list[StreamEntry]) -> None:
-        ids = [e.entry_id for e in entries]
+        await self._drop([e.entry_id for e in entries])
+
+    async def _drop(self, ids: list[bytes]) -> None:
         pipe = self.link.redis.pipeline(transaction=False)
         pipe.xack(self.stream, GROUP, *ids)
         pipe.xdel(self.stream, *ids)
@@ -263,18 +267,40 @@ class SharedCredit:
 
 
 def _entries(raw: list) -> tuple[list[StreamEntry], list[bytes]]:
-    """The stream's replies as entries, and the ids of those deleted meanwhile (no fields)."""
+    """The stream's replies as entries, and the ids of those deleted meanwhile (no fields) or
+    set aside (no account and charge to be read: logged whole, see ``_entry``)."""
     out, gone = [], []
     for entry_id, fields in raw:
-        if not fields:
+        entry = _entry(entry_id, fields) if fields else None
+        if entry is None:
             gone.append(entry_id)
-            continue
-        data = fields[b"row"]
+        else:
+            out.append(entry)
+    return out, gone
+
+
+def _entry(entry_id: bytes, fields: dict) -> StreamEntry | None:
+    """One entry. One that cannot be read no longer fails every take that reads it (the writer
+    stalled: the entries read with it, and every later claim, waited for ever): a row that
+    cannot be read is logged whole and its charge stored alone (money exact); an entry without
+    a readable account and charge (no money can be booked from it) is logged whole and set
+    aside (None: acknowledged and deleted like one stored)."""
+    try:
         charge = int(fields[b"charge"])
-        row = None
-        if data:
+        account_id = fields[b"acct"].decode()
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError):
+        log.error("accounts writer: shared ledger stream entry %s has no account and charge that can be read; "
+                  "it is set aside (removed from the stream), here whole: %r", entry_id.decode(), fields)
+        return None
+    data = fields.get(b"row")
+    row = None
+    if data:
+        try:
             values = orjson.loads(data)
             values[COST] = charge  # what SETTLE charged (at most what the account had free)
             row = LedgerRow(*values)
-        out.append(StreamEntry(entry_id, row, fields[b"acct"].decode(), charge))
-    return out, gone
+        except (orjson.JSONDecodeError, ValueError, TypeError, IndexError, KeyError):
+            log.error("accounts writer: shared ledger stream entry %s has a ledger row that cannot be read; its "
+                      "charge of %d (account %s) is stored alone, the row is left out, here whole: %r",
+                      entry_id.decode(), charge, account_id, data)
+    return StreamEntry(entry_id, row, account_id, charge)
