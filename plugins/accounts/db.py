@@ -117,6 +117,16 @@ MIGRATIONS = (
     Migration(10, "keys.default_model", ("alter table tollway_keys add column default_model text",)),
     # The shared ledger stream's charges without a row, each stored once: see stream_charges.py.
     Migration(11, "stream charges without a ledger row", STREAM_CHARGES_TABLE),
+    # What Redis was owed when a process stopped while it was down (charges, top-ups): redis_owed.py.
+    Migration(12, "charges and top-ups kept for Redis", (
+        """create table if not exists tollway_redis_owed (
+            id text primary key,
+            account_id text not null,
+            amount bigint not null,
+            version bigint not null,
+            ledger_row text,
+            done_marker text,
+            created_at double precision not null)""",)),
 )
 
 

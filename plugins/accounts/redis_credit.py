@@ -118,9 +118,7 @@ class SharedCredit:
         keys = self._keys(acc.id)
         self.counters.forget_live(keys[1], member)
         payload = b"" if row is None else orjson.dumps(tuple(row))
-        # The done marker is the row's id (a charge without a row: its hold's): a row is charged
-        # once, as the store keeps it once (a batch line's id is the line's, whichever run settles).
-        done = self.prefix + "done:" + (member if row is None else row[0])
+        done = self.prefix + "done:" + done_marker(member, row)
         return [*keys, self.stream, done], ["", "", member, held, cost, payload, acc.id]
 
     async def settle(self, acc: Account, member: str, held: int, cost: int, row: LedgerRow | None) -> Settled:
@@ -264,6 +262,13 @@ class SharedCredit:
         pipe.xack(self.stream, GROUP, *ids)
         pipe.xdel(self.stream, *ids)
         await self.link.call(pipe.execute)
+
+
+def done_marker(member: str, row: LedgerRow | None) -> str:
+    """What names a charge's done marker (``<prefix>done:<it>``, set by ``SETTLE``): the row's id
+    (a charge without a row: its hold's). A row is charged once, as the store keeps it once (a
+    batch line's id is the line's, whichever run settles); ``redis_owed.py`` looks for it."""
+    return member if row is None else row[0]
 
 
 def _entries(raw: list) -> tuple[list[StreamEntry], list[bytes]]:

@@ -38,7 +38,7 @@ from proxy.background import stop_task
 from proxy.logs import throttled
 from proxy.store import unreachable
 
-from . import bad_rows, db
+from . import bad_rows, db, redis_owed
 from .writer_stream import StreamSteps
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ class Writer(StreamSteps):
         self.store_down = False  # the last flush could not reach the store
         self.refused = 0  # requests refused at the bound during this outage (said in the logs)
         self._stopping = False
+        self.owed_due = True  # what stops kept for Redis may wait in the store (see poll)
 
     def append(self, row: LedgerRow) -> None:
         """Queue one ledger row (the hot path: no I/O; one timer per flush, not per row)."""
@@ -146,6 +147,18 @@ class Writer(StreamSteps):
             await stop_task(task)
         self._disarm()
         try:
+            await self._last_writes()
+        finally:  # (also when the store is down: what Redis was owed is said, with its count)
+            await self._keep_owed()
+        try:
+            await db.forget_marker(self.book.store, self.marker)
+        except Exception:  # only tidiness: the row is one small line per process
+            log.warning("accounts writer: could not remove its batch marker %s", self.marker)
+
+    async def _last_writes(self) -> None:
+        """A stop's writes: the queue, the fleet's stream while Redis answers, and the charges
+        Redis did not get while it answers again within ``SharedCredit.back_s``."""
+        try:
             await self.flush()
         except Exception:
             if not self._refused:
@@ -164,13 +177,42 @@ class Writer(StreamSteps):
                 await self.book.shared.leave()
             except Exception:  # only tidiness
                 log.warning("accounts writer: could not leave the ledger stream's consumer group")
-        if self.book.pending_settles:
-            log.error("accounts writer: stopping with %d charge(s) Redis never got (it was down); they are "
-                      "not billed", len(self.book.pending_settles))
+
+    async def _keep_owed(self) -> None:
+        """What Redis still has not got (it stayed down for ``back_s``): the charges with their
+        ledger rows, and the top-ups, kept in the store for the next instance whose counters
+        answer (``redis_owed.py``)."""
+        book = self.book
+        count = len(book.pending_settles) + len(book.pending_topups)
+        if not count:
+            return
         try:
-            await db.forget_marker(self.book.store, self.marker)
-        except Exception:  # only tidiness: the row is one small line per process
-            log.warning("accounts writer: could not remove its batch marker %s", self.marker)
+            try:
+                await redis_owed.keep(book)
+            except Exception as exc:
+                if unreachable(exc):
+                    raise
+                # Once more: a writer storing the same row from the stream meanwhile (Redis ran the
+                # charge after all) fails this transaction on its id; the next one finds it stored.
+                await redis_owed.keep(book)
+        except Exception as exc:
+            log.error("accounts writer: stopping with %d charge(s) and %d top-up(s) Redis never got (it was down), "
+                      "and the store could not keep them either (%s: %s): those charges are not billed and those "
+                      "top-ups are missing from Redis's balances", len(book.pending_settles),
+                      len(book.pending_topups), type(exc).__name__, exc)
+            return
+        log.warning("accounts writer: stopping with %d charge(s) and top-up(s) Redis never got (it is down); they "
+                    "are stored, and applied to Redis by the next instance whose counters answer", count)
+
+    async def poll(self) -> None:
+        """Read the store's changes made elsewhere; apply what stops kept for Redis
+        (``redis_owed.py``) at start and whenever the store's version moved, until all is."""
+        book = self.book
+        before = book.version
+        await book.poll()
+        self.owed_due = self.owed_due or book.version != before
+        if self.owed_due and book.shared is not None:
+            self.owed_due = not await redis_owed.apply(book)
 
     def _disarm(self) -> None:
         if self._due is not None:
@@ -196,7 +238,7 @@ class Writer(StreamSteps):
             steps = [self.flush, self.flush_shared]  # each tried even when another fails
             if time.monotonic() - last_poll >= self.poll_s:
                 last_poll = time.monotonic()
-                steps.append(self.book.poll)
+                steps.append(self.poll)
             failure = None
             for step in steps:
                 try:
