@@ -105,8 +105,15 @@ class ClientConnection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         timer = self._timer
         count = self._request_count
+        body = self._body
         super().data_received(data)
         if self._request_count != count:
+            if body is not None and not body.is_eof():
+                # The framing broke inside this body (a bad chunk): aiohttp queues the error as a
+                # next message and leaves the body waiting for bytes that never come. Fail the body
+                # (the handler answers 400) instead of leaving the request hanging.
+                error = self._messages[-1][0] if self._messages else None
+                body.set_exception(RequestPayloadError(getattr(error, "message", "") or "broken request framing"))
             # One or more heads completed in this read; only the newest may still have a body to come.
             if self._timer is not None:
                 self._disarm()

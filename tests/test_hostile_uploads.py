@@ -110,3 +110,26 @@ async def test_a_malformed_multipart_body_is_400_and_writes_nothing_to_the_log(r
     assert status == 400, body
     assert body["error"]["code"] == "invalid_multipart" and "multipart body cannot be read" in body["error"]["message"]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
+
+
+@pytest.mark.parametrize("path", [*PATHS, "/v1/chat/completions"])
+async def test_a_chunk_that_breaks_the_framing_mid_body_is_400_not_a_hang(running, path):
+    """The head, then (in a later packet) a chunk size that is not hex: aiohttp queued the
+    error as a next request and left the body waiting for bytes that never come, so the
+    request hung past server.timeouts.body_read with its connection held."""
+    reader, writer = await asyncio.open_connection(running.server.host, running.server.port)
+    try:
+        writer.write(b"POST %s HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: multipart/form-data; boundary=%s\r\n\r\n" % (path.encode(), DEMO.encode(),
+                                                                                    BOUNDARY))
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the head is read, and its handler waits for the body
+        writer.write(b"zz\r\nabc\r\n0\r\n\r\n")
+        async with asyncio.timeout(DEADLINE):
+            data = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), data
+    error = orjson.loads(body)["error"]
+    assert error["code"] == "invalid_body" and "chunk size" in error["message"]
