@@ -63,8 +63,10 @@ def validate_media(endpoint: str, body: dict, upload: Upload | None = None) -> U
         for name in ("size", "quality"):
             if body.get(name) is not None and not isinstance(body[name], str):
                 raise bad_request(f"'{name}' must be a string (e.g. \"1024x1024\", \"standard\")", name)
-        if upload is not None and upload.file("image", "image[]") is None:
-            raise bad_request("'image' is required: the image file to edit", "image", "missing_image")
+        if upload is not None:
+            if upload.file("image", "image[]") is None:
+                raise upload.missing_file("image", "'image' is required: the image file to edit", "missing_image")
+            _not_empty(upload, "image", "image[]")
         # "auto" (the upstream picks) says nothing the gateway can price: as if not given.
         size, quality = (body.get(k) if body.get(k) != "auto" else None for k in ("size", "quality"))
         tier = f"{size}/{quality}" if size and quality else (size or (f"/{quality}" if quality else ""))
@@ -86,16 +88,24 @@ def validate_media(endpoint: str, body: dict, upload: Upload | None = None) -> U
     # transcriptions, translations
     assert upload is not None
     if upload.file("file") is None:
-        raise bad_request("'file' is required: the audio file (mp3, mp4, m4a, wav, ogg, flac, webm)", "file",
-                          "missing_file")
+        raise upload.missing_file("file", "'file' is required: the audio file (mp3, mp4, m4a, wav, ogg, flac, webm)",
+                                  "missing_file")
     if sum(f.name == "file" for f in upload.files) > 1:  # the gateway measures one; the upstream might hear another
         raise bad_request("'file' is given twice: send one audio file per request", "file")
+    _not_empty(upload, "file")
     fmt = body.get("response_format", "json")
     if fmt not in TRANSCRIPT_FORMATS:
         raise bad_request(f"'response_format' must be one of {', '.join(sorted(TRANSCRIPT_FORMATS))}, got {fmt!r}",
                           "response_format")
     _number_field(body, "temperature", 0, 1)
     return Units()
+
+
+def _not_empty(upload: Upload, *names: str) -> None:
+    """400 for a file part of no bytes: nothing an upstream could read (and bill)."""
+    for f in upload.files:
+        if f.name in names and f.size == 0:
+            raise bad_request(f"{f.name!r} ({f.filename!r}) is empty: send the file's bytes", f.name, "empty_file")
 
 
 def _int_field(body: dict, name: str, low: int, high: int) -> int:

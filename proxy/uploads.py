@@ -54,6 +54,13 @@ class Upload:
                 return f
         return None
 
+    def missing_file(self, name: str, message: str, code: str) -> ProxyError:
+        """400 for the file part ``name`` that is not there, saying how to fix it when it
+        came as a text field (a part without a filename)."""
+        if name in self.fields:
+            message += f" (the part named {name!r} has no filename, so it is read as a text field: give it one)"
+        return bad_request(message, name, code)
+
     def with_field(self, raw: bytes, name: str, value: str) -> bytes:
         """``raw`` with text field ``name``'s value replaced (the upstream's model name)."""
         start, end = self.spans[name]
@@ -109,7 +116,10 @@ def parse_upload(raw: bytes, content_type: str) -> Upload:
         start = state["start"] if state["start"] is not None else 0
         end = state["end"] if state["end"] is not None else start
         if b"filename" in params:
-            upload.files.append(UploadedFile(name, params[b"filename"].decode("utf-8", "replace"),
+            filename = params[b"filename"].decode("utf-8", "replace")
+            if "\0" in filename:  # no file is named so, and a store (PostgreSQL's text) cannot keep it
+                raise bad_request(f"the filename of the part {name!r} holds a NUL character", name)
+            upload.files.append(UploadedFile(name, filename,
                                              state["headers"].get(b"content-type", b"").decode("latin-1"),
                                              start, end))
             return
@@ -120,7 +130,10 @@ def parse_upload(raw: bytes, content_type: str) -> Upload:
         try:
             upload.fields[name] = raw[start:end].decode()
         except UnicodeDecodeError:
-            raise bad_request(f"the form field {name!r} is not UTF-8 text", name) from None
+            raise bad_request(f"the form field {name!r} is not UTF-8 text (a file goes in a part with a filename: "
+                              f'Content-Disposition: form-data; name="{name}"; filename="...")', name) from None
+        if "\0" in upload.fields[name]:  # no model, prompt or option holds one; a store may not keep it
+            raise bad_request(f"the form field {name!r} holds a NUL character", name)
         upload.spans[name] = (start, end)
 
     def on_end() -> None:

@@ -112,6 +112,28 @@ async def test_a_malformed_multipart_body_is_400_and_writes_nothing_to_the_log(r
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
 
 
+def media_form(path: str, file: bytes, filename: bytes | None = b"f.bin", model: bytes = b"") -> bytes:
+    """An audio or image-edit form whose one file part is ``file``."""
+    if path.startswith("/v1/audio/"):
+        parts = [part(b"model", model or b"whisper"), part(b"file", file, filename)]
+    else:
+        parts = [part(b"model", model or b"img"), part(b"prompt", b"a cat"), part(b"image", file, filename)]
+    return b"".join(parts) + b"--%s--\r\n" % BOUNDARY
+
+
+@pytest.mark.parametrize("path", PATHS[:3])
+@pytest.mark.parametrize(("form", "code", "says"), [
+    (lambda path: media_form(path, b""), "empty_file", "is empty: send the file's bytes"),
+    (lambda path: media_form(path, wav(1.0), None), "invalid_request", 'a part with a filename'),
+    (lambda path: media_form(path, b"GIF89a", None), "missing_", "has no filename, so it is read as a text field"),
+    (lambda path: media_form(path, wav(1.0), model=b"whis\0per"), "invalid_request", "'model' holds a NUL"),
+], ids=["empty file", "binary file without a filename", "text file without a filename", "NUL in the model"])
+async def test_a_media_upload_that_cannot_be_served_says_what_to_fix(running, path, form, code, says):
+    status, body = await answer(running, request(path, form(path)))
+    assert status == 400, body
+    assert body["error"]["code"].startswith(code) and says in body["error"]["message"], body
+
+
 @pytest.mark.parametrize("path", [*PATHS, "/v1/chat/completions"])
 async def test_a_chunk_that_breaks_the_framing_mid_body_is_400_not_a_hang(running, path):
     """The head, then (in a later packet) a chunk size that is not hex: aiohttp queued the

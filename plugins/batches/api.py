@@ -62,9 +62,20 @@ class BatchRoutes:
                               "purpose")
         part = upload.file("file")
         if part is None:
-            raise bad_request("'file' is required: the JSONL file of the batch's requests", "file", "missing_file")
+            raise upload.missing_file("file", "'file' is required: the JSONL file of the batch's requests",
+                                      "missing_file")
+        if sum(f.name == "file" for f in upload.files) > 1:  # which one the batch reads would be a guess
+            raise bad_request("'file' is given twice: send one JSONL file per upload", "file")
+        if part.size == 0:
+            raise bad_request("'file' is empty: send the batch's requests, one JSON object a line", "file",
+                              "empty_file")
+        data = raw[part.start:part.end]
+        if b"\0" in data:  # JSON never holds a raw NUL, and PostgreSQL's text cannot store one
+            line = data.count(b"\n", 0, data.index(b"\0")) + 1
+            raise bad_request(f"'file' holds a NUL byte (line {line}); JSON lines never do: write it as \\u0000 "
+                              "inside a string", "file")
         try:
-            content = raw[part.start:part.end].decode()
+            content = data.decode()
         except UnicodeDecodeError:
             raise bad_request("'file' must be UTF-8 text (JSON lines)", "file") from None
         file_id = "file-" + secrets.token_hex(12)

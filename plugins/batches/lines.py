@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import orjson
 
 from proxy import Gateway, ProxyError
-from proxy.validate import validate_embeddings
+from proxy.validate import check_depth, validate_embeddings
 
 #: the batch endpoint -> (the call's endpoint, its dialect)
 ENDPOINTS = {"/v1/chat/completions": ("chat", "openai"), "/v1/embeddings": ("embeddings", "openai"),
@@ -34,7 +34,11 @@ def read_lines(gateway: Gateway, content: str, endpoint: str, models: frozenset[
     kind, dialect = ENDPOINTS[endpoint]
     out: list[Line] = []
     seen: set[str] = set()
-    raw_lines = [(i, text) for i, text in enumerate(content.splitlines()) if text.strip()]
+    # Lines end at "\n" alone (a "\r" before it is JSON whitespace): str.splitlines would also
+    # cut at U+2028, U+0085 and others, which a JSON string may hold as they are.
+    # A leading BOM (editors on Windows write one) is not part of the first line.
+    lines = content.removeprefix("\ufeff").split("\n")
+    raw_lines = [(i, text) for i, text in enumerate(lines) if text.strip()]
     if not raw_lines:
         raise ProxyError(400, "the input file has no lines", param="input_file_id", code="empty_file")
     if len(raw_lines) > max_lines:
@@ -52,7 +56,7 @@ def read_lines(gateway: Gateway, content: str, endpoint: str, models: frozenset[
             continue
         if isinstance(item.get("custom_id"), str) and item["custom_id"]:
             custom_id = item["custom_id"]
-        problem = _problem(gateway, item, endpoint, kind, dialect, models, seen)
+        problem = _problem(gateway, item, text, endpoint, kind, dialect, models, seen)
         if problem is not None:
             out.append(Line(number, custom_id, None, ("invalid_line", f"line {number + 1}: {problem}")))
             continue
@@ -61,7 +65,7 @@ def read_lines(gateway: Gateway, content: str, endpoint: str, models: frozenset[
     return out
 
 
-def _problem(gateway: Gateway, item: dict, endpoint: str, kind: str, dialect: str,
+def _problem(gateway: Gateway, item: dict, text: str, endpoint: str, kind: str, dialect: str,
              models: frozenset[str] | None, seen: set[str]) -> str | None:
     custom_id = item.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
@@ -78,6 +82,7 @@ def _problem(gateway: Gateway, item: dict, endpoint: str, kind: str, dialect: st
     if body.get("stream") is True:
         return "'body.stream' must not be true in a batch"
     try:
+        check_depth(body, text.encode())  # as an interactive request's body (and what orjson writes back)
         if kind == "embeddings":
             validate_embeddings(body)
         else:
