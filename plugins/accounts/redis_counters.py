@@ -12,7 +12,8 @@ within ``HOLD_TTL_S`` and what they held comes back.
 
 Failures: every call has a timeout (``?timeout=`` in the URL, default 2 s;
 no retries: a retry would double the wait). A call that fails marks the
-counters ``down``; while down, nothing is sent (callers answer 503
+counters ``down`` (a timeout only once Redis is silent on the scripts'
+connection too: ``RedisLink.call``); while down, nothing is sent (callers answer 503
 ``counters_unavailable`` at once instead of waiting on a dead server) and a
 probe PINGs every 0.25 s; the first answer brings them back. Nothing falls
 back to per-process limits unless ``storage.on_counters_down: local`` says so
@@ -56,6 +57,7 @@ log = logging.getLogger("tollway.counters")
 HOLD_TTL_S = 30.0  # a dead instance's holds and slots come back within this
 PROBE_S = 0.25
 POOL_SIZE = 64
+PING = hiredis.pack_command(("PING",))
 
 
 def parse_counters_url(url: str) -> tuple[str, str, float, float]:
@@ -172,18 +174,40 @@ class RedisLink:
         return self.pipe.written() if self.pipe is not None else None
 
     async def call(self, command: Callable[[], Awaitable]) -> Any:
-        """``await command()`` unless Redis is down (then nothing is sent)."""
+        """``await command()`` unless Redis is down (then nothing is sent). A timeout marks
+        the link down only if Redis does not answer on the scripts' connection either
+        (``answers``): redis-py's timeout is a timer, and after this process was not
+        scheduled for longer than it (a loaded machine) the timer fires before the reply
+        that came meanwhile is read. (It marked the counters down: 503s for every request
+        until the probe's reconnect, though Redis had answered.)"""
         if self.down:
             raise unavailable()
         from redis.exceptions import ResponseError
+        from redis.exceptions import TimeoutError as RedisTimeout
 
         try:
             return await command()
         except (asyncio.CancelledError, ResponseError):
             raise
         except Exception as exc:
-            self.failed(exc)
+            if not isinstance(exc, (TimeoutError, RedisTimeout)) or not await self.answers():
+                self.failed(exc)
+            else:
+                throttled(log, logging.WARNING, "redis_stalled", "storage.counters: a call to Redis timed out "
+                          "(%s), yet Redis answers: this process was not scheduled for a while (a loaded "
+                          "machine?); that call failed, the counters stay up", exc)
             raise unavailable() from None
+
+    async def answers(self) -> bool:
+        """Whether Redis answers a PING on the scripts' connection, whose watchdog counts only
+        Redis's own silence (``redis_pipe.py``): how a timeout is told from this process's stall."""
+        pipe = self.pipe
+        if pipe is None or pipe.closed or self.down:
+            return False
+        try:
+            return await pipe.send(PING) == b"PONG"
+        except (OSError, TimeoutError):
+            return False
 
     def failed(self, exc: BaseException) -> None:
         if "No connection available" in str(exc):  # every pooled connection busy for the timeout: load
