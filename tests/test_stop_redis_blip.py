@@ -18,7 +18,7 @@ import asyncpg
 import orjson
 from business import bearer, biz_config
 from conftest import close_within
-from fleet import TcpProxy, redis_url, until
+from fleet import REDIS, TcpProxy, redis_url, until
 from stores import fresh_database
 
 from plugins.accounts import ACCOUNTS
@@ -68,3 +68,39 @@ async def test_a_stop_just_after_redis_dropped_bills_the_charge_it_missed(tmp_pa
         finally:
             await conn.close()
     assert (total, rows, balance) == (told, 1, OPENING - told)
+
+
+async def test_a_stop_ends_though_the_notices_listener_lost_its_cancel(tmp_path, start_gateway):
+    """The stop cancelled the counters' notices loop once and waited for it. redis-py writes a
+    command through ``asyncio.wait_for``, which on Python 3.11 returns the write's result and
+    drops the cancel when both come in the same turn: the loop went on reading notices, and the
+    stop waited for ever (the flake above: "did not close within 60 s" once Redis was back, the
+    loop subscribing again just then). A listener that loses the cancel the same way stands for
+    that turn here: the stop cancels again until the loop ends."""
+    import redis.asyncio as aioredis
+
+    config = biz_config()
+    config["storage"] = {"url": f"sqlite:///{tmp_path}/tollway.db", "counters": redis_url()}
+    running = await start_gateway(config)
+    counters = running.gw.services[ACCOUNTS].shared.counters
+    reading = asyncio.Event()
+
+    async def loses_the_cancel() -> None:
+        reading.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass  # (as asyncio.wait_for on Python 3.11 when what it waited for ended in that turn)
+
+    counters.on("blip", loses_the_cancel)
+    client = aioredis.Redis.from_url(REDIS)
+    try:
+        await until(lambda: _published(client, counters.prefix + "notices"), 30, "a notice heard")
+    finally:
+        await client.aclose()
+    await until(reading.is_set, 30, "the notice's listener")
+    await close_within(running.server, 30)
+
+
+async def _published(client, channel: str) -> bool:
+    return await client.publish(channel, "another-instance blip") > 0

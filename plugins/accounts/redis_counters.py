@@ -40,6 +40,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import hiredis
 
 from proxy import ProxyError
+from proxy.background import stop_task
 from proxy.logs import throttled
 
 from . import redis_scripts as lua
@@ -240,10 +241,9 @@ class RedisLink:
             return
 
     async def close(self) -> None:
+        await asyncio.gather(stop_task(self._probe), return_exceptions=True)  # (before the pipe: it opens one)
         if self.pipe is not None:
             self.pipe.close()
-        if self._probe is not None:
-            self._probe.cancel()
         await self.redis.aclose()
         await self.redis.connection_pool.disconnect()
 
@@ -517,9 +517,10 @@ class RedisCounters(Counters):
                 throttled(log, logging.ERROR, "notice_failed", "a change notice (%s) failed", topic, exc_info=True)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # stop_task, not one cancel: redis-py's writes use asyncio.wait_for, which on Python 3.11
+        # loses a cancel that comes as the write ends; the notices' loop then went on for ever
+        # and the stop never ended (as the listener subscribes again once Redis is back).
+        await asyncio.gather(*(stop_task(task) for task in self._tasks), return_exceptions=True)
         await self.settled()
         await self.link.close()
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import hiredis
 
 from proxy import ProxyError
+from proxy.background import stop_task
 from proxy.logs import throttled
 
 from .counters import unavailable
@@ -130,10 +131,9 @@ class Restorer:
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="tollway-redis-restore")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        # (stop_task: a cancel lost in redis-py's asyncio.wait_for must not leave the loop running)
+        await asyncio.gather(stop_task(self._task), return_exceptions=True)
+        self._task = None
 
     async def _token(self) -> str | None:
         """The token, read on the scripts' pipelined connection when it is open: every seed
