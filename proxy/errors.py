@@ -196,6 +196,9 @@ async def error_middleware(request: web.Request,
     except web.HTTPException:
         raise
     except Exception as exc:
+        fault = client_fault(exc)
+        if fault is not None:
+            return error_response(fault, dialect_of(request), style_of(request))
         if await _store_down(request, exc):
             throttled(log, logging.ERROR, "route_store_down", "%s %s: the store cannot be reached (%s: %s)",
                       request.method, redact(request.path), type(exc).__name__, exc)
@@ -203,6 +206,19 @@ async def error_middleware(request: web.Request,
         throttled(log, logging.ERROR, "route_failed", "%s %s failed", request.method, redact(request.path),
                   exc_info=True)
         return error_response(internal_error(), dialect_of(request), style_of(request))
+
+
+def client_fault(exc: Exception) -> ProxyError | None:
+    """The answer to an exception that is not a ProxyError but that the client caused and can fix:
+    a value in the request (an id in the path, a query parameter, a field of the body or of an
+    uploaded file) holding text the store cannot keep. None for the gateway's own failures (500)."""
+    from .store import refuses_text
+
+    if refuses_text(exc):
+        return ProxyError(400, "a value in this request holds a NUL character (\\u0000) or text that is "
+                          "not UTF-8, which the gateway's store cannot keep; remove it and send the request again",
+                          code="invalid_text")
+    return None
 
 
 def storage_unavailable() -> ProxyError:

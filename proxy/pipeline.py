@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .call import CachedResponse, Call, Route
 from .clientwrite import CLIENT_WRITE_TIMEOUT, ClientStalled, send_whole
-from .errors import ProxyError, bad_request, internal_error
+from .errors import ProxyError, bad_request, client_fault, internal_error
 from .gateway import GATEWAY_KEY
 from .inflight import shutdown_error, uncancel
 from .logs import redact, throttled
@@ -76,10 +76,12 @@ async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call)
                 raise
             uncancel()  # stopped at shutdown_timeout: answer it, bill it
             resp = await send_error(request, call, shutdown_error())
-        except Exception:
-            throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", call.endpoint,
-                      redact(http.path) if http is not None else "(detached)", exc_info=True)
-            resp = await send_error(request, call, internal_error())
+        except Exception as exc:
+            fault = client_fault(exc)
+            if fault is None:
+                throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", call.endpoint,
+                          redact(http.path) if http is not None else "(detached)", exc_info=True)
+            resp = await send_error(request, call, fault or internal_error())
         call.timing.ended_at = time.perf_counter()
         if admitted:
             await hooks.call_settle(call)
@@ -158,10 +160,12 @@ async def answer_here(gateway: Gateway, request: web.Request, call: Call,
             return await respond()
         except ProxyError as err:
             return await send_error(request, call, err)
-        except Exception:
-            throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", request.method,
-                      redact(request.path), exc_info=True)
-            return await send_error(request, call, internal_error())
+        except Exception as exc:
+            fault = client_fault(exc)
+            if fault is None:
+                throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", request.method,
+                          redact(request.path), exc_info=True)
+            return await send_error(request, call, fault or internal_error())
     finally:
         await finish(gateway, call)
 

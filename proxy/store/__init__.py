@@ -13,10 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..schema import ConfigError
-from .base import Store, unreachable
+from .base import Store, refuses_text, unreachable
 from .migrations import Migration, migrate, schema_version
 
-__all__ = ["Migration", "Store", "migrate", "open_store", "schema_version", "unreachable"]
+__all__ = ["Migration", "Store", "migrate", "open_store", "refuses_text", "schema_version",
+           "unreachable"]
 
 
 def open_store(url: str, base_dir: Path) -> Store:

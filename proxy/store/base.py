@@ -152,6 +152,13 @@ def ended() -> StoreMisuse:
     return StoreMisuse("this transaction has ended: its object cannot run statements any more")
 
 
+def refuses_text(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL refusing a text value it cannot hold: a NUL character
+    (``\\u0000``) or bytes that are not UTF-8, sent as a statement's parameter. SQLite keeps
+    such text, so the same request on it finds nothing or stores it."""
+    return getattr(exc, "sqlstate", None) in ("22021", "22P05")
+
+
 def unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` says the store cannot be reached (a connection refused, closed or timed
     out), rather than a statement it refused."""
