@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from .accesslog import AccessLog
-from .errors import error_middleware
+from .errors import ProxyError, dialect_of, error_middleware, error_response
 from .gateway import Gateway
+from .logs import redact
 from .reload import RELOADER_KEY, Reloader
 from .routes import GATEWAY_KEY, ModelRoutes, fallback
 
@@ -22,8 +23,10 @@ def make_app(gateway: Gateway, *, access_log: bool = True, workers_parent: int |
     routes = ModelRoutes(gateway).routes() + reloader.routes()
     for extra in gateway.pm.hook.tollway_routes(gateway=gateway):
         routes.extend(extra or ())
-    app.add_routes(under_base_path(routes, server.base_path, server.keep_v1))
-    app.router.add_route("*", "/{tail:.*}", fallback)
+    app.add_routes([web.RouteDef(r.method, r.path, r.handler, {"expect_handler": expect_continue, **r.kwargs})
+                    if isinstance(r, web.RouteDef) else r
+                    for r in under_base_path(routes, server.base_path, server.keep_v1)])
+    app.router.add_route("*", "/{tail:.*}", fallback, expect_handler=expect_continue)
 
     if access_log and server.access_log != "off":
         gateway.access_log = AccessLog(server.access_log)
@@ -65,3 +68,22 @@ def under_base_path(routes: list, base: str | None, keep_v1: bool) -> list:
         else:
             out.append(route)
     return out
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """A request's ``Expect`` header, as aiohttp's default handler takes it (``100-continue``
+    on HTTP/1.1 is answered at once), and anything else refused with 417 in the error shape.
+    aiohttp's own refusal quotes the header in a text it encodes as UTF-8: a byte that is not
+    UTF-8 there raised, and the client got a 500 (and the log a traceback)."""
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return None
+    if expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # (the answer's head is still to come: as aiohttp's handler)
+        return None
+    err = ProxyError(417, f"Expect: {redact(expect, limit=60)!r} is not supported; send no Expect header, "
+                          "or Expect: 100-continue", code="expectation_failed")
+    resp = error_response(err, dialect_of(request))
+    resp.force_close()
+    return resp

@@ -146,11 +146,16 @@ async def test_odd_methods_and_targets_answer_json(running, request_line, status
     assert orjson.loads(body)["error"]["code"] in ("unknown_endpoint", "method_not_allowed")
 
 
-async def test_an_unknown_expect_answers_json(running):
+@pytest.mark.parametrize("expect", [b"200-ok", b"\xc3\x28", b"\xff\xfe"])  # (not UTF-8: aiohttp's own answer was a 500)
+async def test_an_unknown_expect_answers_json(running, expect, caplog):
     got, headers, body = await raw_exchange(
-        running, b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n{}")
+        running, b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nExpect: " + expect
+        + b"\r\nContent-Length: 2\r\n\r\n{}")
     assert got == 417 and headers["content-type"] == "application/json"
-    assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
+    error = orjson.loads(body)["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "expectation_failed"
+    assert "Expect: 100-continue" in error["message"]
+    assert "Traceback" not in caplog.text
 
 
 async def test_keys_that_are_not_utf8_are_refused_not_a_500(start_gateway):
