@@ -1,6 +1,7 @@
 """Helpers for the tests of shared counters and fleets: every kind of counters
 (memory, Redis), each test with its own Redis key prefix; several real ``tollway serve``
-processes on one config (``start_servers``), killed at the end whatever happened (``kill_all``).
+processes on one config (``start_servers``), killed at the end whatever happened (``kill_all``);
+``fleet_of`` does all of it around a config, with a PostgreSQL schema and a Redis prefix of their own.
 
 Redis must be running at 127.0.0.1:6379: without it these tests fail, loudly.
 ``private_redis()`` starts a redis-server of the test's own on a free port (for
@@ -16,9 +17,12 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
+from stores import PG, run_pg
 from test_lifecycle import Server
 
 from plugins.accounts.counters import Counters, MemoryCounters
@@ -110,6 +114,34 @@ async def start_servers(path: Path, n: int, env: dict[str, str] | None = None) -
         kill_all(servers)
         raise
     return servers
+
+
+@dataclass
+class Fleet:
+    servers: list[Server]
+    path: Path  # the config file they serve
+    schema: str  # their PostgreSQL schema
+    counters: str  # their counters URL (Redis, a prefix of their own)
+
+
+@asynccontextmanager
+async def fleet_of(tmp_path: Path, config: dict, n: int, env: dict[str, str] | None = None) -> AsyncIterator[Fleet]:
+    """``n`` real ``tollway serve`` processes on ``config``, its ``storage`` pointed at a PostgreSQL
+    schema and a Redis prefix of their own (other ``storage`` options kept); at the end, whatever
+    happened, what still runs is killed and the schema dropped."""
+    schema, counters = "tollway_f_" + secrets.token_hex(5), redis_url()
+    config = {**config, "storage": {**config.get("storage", {}), "url": f"{PG}?search_path={schema}",
+                                    "counters": counters}}
+    path = tmp_path / "tollway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    await run_pg(f"create schema {schema}")
+    servers: list[Server] = []
+    try:
+        servers = await start_servers(path, n, env=env)
+        yield Fleet(servers, path, schema, counters)
+    finally:
+        kill_all(servers)
+        await run_pg(f"drop schema if exists {schema} cascade")
 
 
 def kill_all(servers: Iterable[Server]) -> None:
