@@ -127,9 +127,10 @@ class Fleet:
 @asynccontextmanager
 async def fleet_of(tmp_path: Path, config: dict, n: int, env: dict[str, str] | None = None) -> AsyncIterator[Fleet]:
     """``n`` real ``tollway serve`` processes on ``config``, its ``storage`` pointed at a PostgreSQL
-    schema and a Redis prefix of their own (other ``storage`` options kept); at the end, whatever
+    schema and a Redis prefix of their own (the config's own ``counters`` URL kept if it names one,
+    and other ``storage`` options); at the end, whatever
     happened, what still runs is killed and the schema dropped."""
-    schema, counters = "tollway_f_" + secrets.token_hex(5), redis_url()
+    schema, counters = "tollway_f_" + secrets.token_hex(5), config.get("storage", {}).get("counters") or redis_url()
     config = {**config, "storage": {**config.get("storage", {}), "url": f"{PG}?search_path={schema}",
                                     "counters": counters}}
     path = tmp_path / "tollway.yaml"

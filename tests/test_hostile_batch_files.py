@@ -11,11 +11,13 @@ import asyncio
 import aiohttp
 import orjson
 import pytest
-from business import DEMO, bearer, biz_config
-from stores import ENGINES, fresh_database
+import test_batches
+from business import DEMO, bearer
 from test_hostile_uploads import BOUNDARY, answer, part, request
 
 from plugins.accounts import ACCOUNTS
+
+running = test_batches.running  # the fixture: a batches gateway on each engine
 
 
 def line(i: int, content: str = "hi", **body) -> bytes:
@@ -26,14 +28,6 @@ def line(i: int, content: str = "hi", **body) -> bytes:
 
 def files_form(*parts: bytes) -> bytes:
     return part(b"purpose", b"batch") + b"".join(parts) + b"--%s--\r\n" % BOUNDARY
-
-
-@pytest.fixture(params=ENGINES)
-async def running(request, start_gateway, tmp_path):
-    config = biz_config(enabled=["auth", "ratelimit", "quotas", "pricing", "ledger", "batches"])
-    async with fresh_database(request.param, tmp_path) as url:
-        config["storage"] = {"url": url}
-        yield await start_gateway(config)
 
 
 @pytest.mark.parametrize(("form", "code", "says"), [

@@ -175,7 +175,25 @@ class SharedMoney(BookMemory):
         try:
             return {acc.id: acc for acc in await asyncio.gather(*(self.current(a) for a in unique.values()))}
         except ProxyError:
+            return await self._as_stored(unique)
+
+    async def _as_stored(self, unique: dict[str, Account]) -> dict[str, Account]:
+        """The accounts while the counters are down: the balance and spend the store has (behind
+        Redis by the ledger's write-behind), less the charges this process keeps for Redis. A
+        process's own copy is no answer: with shared counters it is the balance read at start or
+        at the last admin change (an account that had spent showed as untouched). The store down
+        too: that copy, all there is."""
+        try:
+            async with asyncio.timeout(SEED_TIMEOUT_S):
+                stored = {acc.id: acc for acc in await db.load_accounts(self.store, list(unique))}
+        except Exception:
             return unique
+        kept: dict[str, int] = {}
+        for acc, _hold, reserved, cost, _row in self.pending_settles:
+            kept[acc.id] = kept.get(acc.id, 0) + min(cost, reserved)
+        return {aid: replace(acc, balance=stored[aid].balance - kept.get(aid, 0), reserved=0,
+                             spent=stored[aid].spent + kept.get(aid, 0)) if aid in stored else acc
+                for aid, acc in unique.items()}
 
     async def shared_topup(self, aid: str, micro: int) -> None:
         """Add a stored top-up to the account's balance in Redis (once: see redis_credit.py)."""
