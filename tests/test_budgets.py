@@ -145,12 +145,15 @@ async def test_a_burst_cannot_spend_past_a_budget(start_gateway, mock_upstream):
     mock = {"chunk_delay": 0.002, "delay": 0.01}
     outcomes: list[int] = []
     told: list[int] = []  # the costs the clients were told
+    refusals: list[str] = []
 
     async def one(s, i: int) -> None:
         stream = i % 2 == 0
         extra = {"stream_options": {"include_usage": True}} if stream else {}
         status, headers, body = await paid(s, running, KEY_A, stream=stream, mock=mock, content=f"q{i}", **extra)
         outcomes.append(status)
+        if status != 200:
+            refusals.append(body)
         if status == 200 and stream:
             usage = [orjson.loads(line[6:]) for line in body.splitlines() if line.startswith('data: {"')][-1]
             told.append(round(usage["usage"]["cost"] * 1e6))
@@ -159,7 +162,7 @@ async def test_a_burst_cannot_spend_past_a_budget(start_gateway, mock_upstream):
 
     async with aiohttp.ClientSession() as s:
         await asyncio.gather(*(one(s, i) for i in range(80)))
-    assert outcomes.count(200) == 10 and outcomes.count(429) == 70
+    assert outcomes.count(200) == 10 and outcomes.count(429) == 70, refusals[:3]
     book = running.gw.services[ACCOUNTS]
     await book.writer.flush()
     [(spent,)] = await running.gw.store.fetchall("select sum(cost_micro_usd) from tollway_ledger")
