@@ -92,6 +92,7 @@ class Accounts(ConfigSync, BookChanges):
             self.restorer = Restorer(counters, self._read_seed,  # type: ignore[arg-type]
                                      lambda: self.budgets.held if self.budgets is not None else {})
             counters.lost = self.restorer.ensure  # type: ignore[attr-defined]
+            counters.life = lambda: self.restorer.known if self.restorer is not None else None  # type: ignore[attr-defined]
             await self.restorer.start()
         if self.gateway.serving and (self.shared is None or not self.store.shared):
             await claim_store(self.store)

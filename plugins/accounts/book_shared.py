@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from proxy.logs import throttled
 
 from . import db
+from . import redis_owed_totals as owed_totals
 from .book_memory import BookMemory
 from .model import Account
 from .writer_stream import SEED_LOCK
@@ -137,17 +138,20 @@ class SharedMoney(BookMemory):
             await asyncio.gather(*list(self.settling), return_exceptions=True)
 
     async def push_settles(self) -> None:
-        """Send the charges that waited for Redis (oldest first)."""
+        """Send the charges that waited for Redis (oldest first), then the budget settles
+        (``redis_owed_totals.py``)."""
         from proxy import ProxyError
 
         async with self.pushing:
-            while self.pending_settles and self.shared is not None:
-                acc, hold, reserved, cost, row = self.pending_settles[0]
-                try:
+            try:
+                while self.pending_settles and self.shared is not None:
+                    acc, hold, reserved, cost, row = self.pending_settles[0]
                     await self.shared.settle(acc, hold, reserved, cost, row)
-                except ProxyError:
-                    return
-                self.pending_settles.pop(0)
+                    self.pending_settles.pop(0)
+                if self.shared is not None:
+                    await owed_totals.push(self.shared.counters)
+            except ProxyError:
+                return
 
     async def current(self, acc: Account) -> Account:
         """The account as the whole fleet sees it now (with shared counters, Redis's

@@ -127,6 +127,15 @@ MIGRATIONS = (
             ledger_row text,
             done_marker text,
             created_at double precision not null)""",)),
+    # Budget settles Redis missed, kept at a stop while it was down: redis_owed_totals.py.
+    Migration(13, "budget settles kept for Redis", (
+        """create table if not exists tollway_redis_owed_totals (
+            id text primary key,
+            name text not null,
+            held bigint not null,
+            spent bigint not null,
+            life text,
+            created_at double precision not null)""",)),
 )
 
 

@@ -43,6 +43,7 @@ from proxy import ProxyError
 from proxy.background import stop_task
 from proxy.logs import throttled
 
+from . import redis_owed_totals as owed_totals
 from . import redis_scripts as lua
 from .claims import Admission, RateClaim, SlotClaim, TotalClaim
 from .counters import Counters, Refusal, unavailable
@@ -277,6 +278,9 @@ class RedisCounters(Counters):
         #: ``await seed_account(account id)``: (stored balance, store version), read fresh from the
         #: store, for an account Redis does not have yet (set by the accounts book).
         self.seed_account: Callable[[str], Awaitable[tuple[int, int]]] = _no_seed
+        #: ``life()``: the Redis life this instance's holds are in (``Restorer.known``).
+        self.life: Callable[[], str | None] = lambda: None
+        self.pending_totals: list[owed_totals.OwedTotal] = []  # budget settles Redis missed
         self.encoded: dict[int, tuple] = {}  # id(rules) -> (rules, TAT keys, ADMIT arguments): redis_admit
         self._account_keys: dict[str, list[str]] = {}
 
@@ -376,17 +380,27 @@ class RedisCounters(Counters):
         self.behind(self._settle_total(name, held, spent))
 
     async def _settle_total(self, name: str, held: int, spent: int) -> None:
-        used = await self.link.run(lua.SETTLE_TOTAL, [self.key("total", name)], [held, spent])
-        if used == -1 and spent and self.lost is not None:
-            # Redis lost the total (its data) since the hold: with the holds in flight put back
-            # (this one no longer among them), count what was spent.
-            await self.lost()
-            used = await self.link.run(lua.SETTLE_TOTAL, [self.key("total", name)], [0, spent])
+        link = self.link
+        sent = not (link.down or (link.pipe is not None and link.pipe.closed))  # (else run sends nothing)
+        try:
+            used = await link.run(lua.SETTLE_TOTAL, [self.key("total", name)], [held, spent])
+            if used == -1 and spent and self.lost is not None:
+                # Redis lost the total (its data) since the hold: with the holds in flight put back
+                # (this one no longer among them), count what was spent.
+                held = 0
+                await self.lost()
+                used = await link.run(lua.SETTLE_TOTAL, [self.key("total", name)], [0, spent])
+        except ProxyError as exc:
+            if exc.code != "counters_unavailable":
+                raise
+            owed_totals.missed(self, name, held, spent, sent)  # sent when Redis answers (redis_owed_totals.py)
+            return
         if used >= 0:
             self.totals[name] = int(used)
 
     def release_total(self, name: str, held: int) -> None:
-        self.send_behind(lua.RELEASE_TOTAL, [self.key("total", name)], [held])
+        # (the settle's way, spending nothing: a release Redis misses is kept too, or its hold stayed)
+        self.behind(self._settle_total(name, held, 0))
 
     def used_total(self, name: str) -> int:
         return self.totals.get(name, 0)

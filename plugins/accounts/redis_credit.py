@@ -71,6 +71,7 @@ class StreamEntry(NamedTuple):
     row: LedgerRow | None  # with the charge as its cost (what the store keeps)
     account_id: str
     charge: int
+    done: str | None = None  # its SETTLE's done marker, the key (entries of older instances: None)
 
 
 class SharedCredit:
@@ -255,12 +256,23 @@ class SharedCredit:
             await self.link.call(lambda: redis.xgroup_delconsumer(self.stream, GROUP, consumer))
 
     async def done(self, entries: list[StreamEntry]) -> None:
-        await self._drop([e.entry_id for e in entries])
+        """These entries are stored: acknowledged and deleted, and their done markers, kept
+        until now, expire ``MARKER_AFTER_STORED_S`` from now (for a retried ``SETTLE``)."""
+        await self._drop([e.entry_id for e in entries], [e.done for e in entries if e.done])
 
-    async def _drop(self, ids: list[bytes]) -> None:
+    def marker_name(self, e: StreamEntry) -> str | None:
+        """What names the entry's done marker (``done_marker``), as ``tollway_redis_owed`` keeps it."""
+        head = self.prefix + "done:"
+        if e.done is not None:
+            return e.done[len(head):] if e.done.startswith(head) else None
+        return e.row.id if e.row is not None else None
+
+    async def _drop(self, ids: list[bytes], markers: list[str] | None = None) -> None:
         pipe = self.link.redis.pipeline(transaction=False)
         pipe.xack(self.stream, GROUP, *ids)
         pipe.xdel(self.stream, *ids)
+        for key in markers or ():
+            pipe.expire(key, lua.MARKER_AFTER_STORED_S)
         await self.link.call(pipe.execute)
 
 
@@ -308,4 +320,5 @@ def _entry(entry_id: bytes, fields: dict) -> StreamEntry | None:
             log.error("accounts writer: shared ledger stream entry %s has a ledger row that cannot be read; its "
                       "charge of %d (account %s) is stored alone, the row is left out, here whole: %r",
                       entry_id.decode(), charge, account_id, data)
-    return StreamEntry(entry_id, row, account_id, charge)
+    done = fields.get(b"done")
+    return StreamEntry(entry_id, row, account_id, charge, done.decode() if done else None)

@@ -21,15 +21,29 @@ rows are deleted. Each applied once:
 - the applied set (``topups:<account>``, shared with ``TOPUP``: one member per version, kept a
   day after its last change): rows whose delete failed (the store went away) are not applied
   again when they are retried, and neither is a top-up whose own ``TOPUP`` ran (its reply lost);
-- a charge whose ``SETTLE`` Redis did run (the reply was lost, not the request) has its done
-  marker (kept 600 s): its amount is left out (Redis has it; its stream entry's row is found
-  stored, and skipped). A charge without a ledger row is given back to the stored balance in
-  the delete's transaction instead, since its stream entry stores it (``stream_charges.py``).
+- a charge whose ``SETTLE`` Redis did run (the reply was lost, not the request) is in Redis
+  once, however late its owed row is applied, by one of two ways, whichever comes first. The
+  writer that stores its stream entry deletes its owed row in the same transaction
+  (``resolve``, by done marker: Redis has the charge, and the store has it from the stop, so
+  the entry adds nothing). Or the apply finds its done marker: ``SETTLE`` keeps it until a
+  writer has stored the entry (then ``MARKER_AFTER_STORED_S`` more, for a retried script), and
+  the apply holds the owed rows locked (``for update``) from its read through the script to
+  their delete, so a writer resolving one of them commits, and lets its marker expire, only
+  after. So the marker is there whenever the row is: no window of time. Its amount is then
+  left out; a charge without a ledger row is given back to the stored balance in the delete's
+  transaction, since its stream entry charges the store when a writer stores it
+  (``stream_charges.py``).
 
-Not covered: a ``SETTLE`` that Redis ran but whose reply was lost, whose stream entry was not
-yet stored when the stop kept it, and whose owed row is applied more than 600 s after Redis ran
-it (the marker is gone): Redis charges it twice (the store once). The store down at the stop as
-well: the charges are not kept (one error line with their count).
+Budget settles Redis missed are kept in the same transaction and applied first
+(``redis_owed_totals.py``).
+
+Not covered: a stream entry no writer stored for ``MARKER_BACKSTOP_S`` (7 days: the marker's own
+time to live, so that the markers of entries an older writer stored do not stay for ever),
+whose owed row is applied after that: Redis charges it twice (the store once). A charge alone
+(no ledger row) whose stop kept it while a writer's transaction was storing its entry, the
+stop's commit landing between that transaction's delete and its commit: the store charges it
+twice. The store down at the stop as well: the charges are not kept (one error line with their
+count).
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import db
+from . import redis_owed_totals as owed_totals
 from .redis_credit import done_marker
 
 if TYPE_CHECKING:
@@ -78,7 +93,8 @@ return out
 async def keep(book: Accounts) -> int:
     """Store what Redis was not given (see the module's doc); how many charges and top-ups."""
     settles, topups = list(book.pending_settles), list(book.pending_topups)
-    if not settles and not topups:
+    totals = list(book.shared.counters.pending_totals) if book.shared is not None else []
+    if not settles and not topups and not totals:
         return 0
     now = time.time()
     async with book.lock, book.store.transaction() as tx:
@@ -107,8 +123,13 @@ async def keep(book: Accounts) -> int:
         if owed:
             await tx.run_steps([(f"insert into tollway_redis_owed ({', '.join(COLUMNS)}) values "
                                  f"({', '.join('?' for _ in COLUMNS)}) on conflict (id) do nothing", owed, True)])
+        if totals:
+            await owed_totals.keep(tx, totals)
     del book.pending_settles[:len(settles)], book.pending_topups[:len(topups)]
-    return len(settles) + len(topups)
+    if totals:
+        assert book.shared is not None
+        del book.shared.counters.pending_totals[:len(totals)]
+    return len(settles) + len(topups) + len(totals)
 
 
 async def apply(book: Accounts) -> bool:
@@ -119,56 +140,87 @@ async def apply(book: Accounts) -> bool:
     shared = book.shared
     if shared is None or shared.link.down:
         return False
-    rows = await book.store.fetchall(f"select {', '.join(COLUMNS[:-1])} from tollway_redis_owed "
-                                     "order by version, id")
-    if not rows:
-        return True
-    groups: dict[tuple[str, int], list[tuple]] = {}
-    for r in rows:
-        groups.setdefault((r[1], int(r[3])), []).append(r)
-    done: list[str] = []
-    given_back: dict[str, int] = {}  # row id -> amount: charges alone whose SETTLE Redis ran
+    try:
+        totals = await owed_totals.apply(shared.counters, book.store)
+    except ProxyError:
+        return False
+    if totals:
+        log.warning("storage.counters: %d budget settle(s) a stop kept for Redis (it was down) are applied to "
+                    "Redis's budget totals now", totals)
+    rows = await book.store.fetchall("select id, account_id, version from tollway_redis_owed order by version, id")
+    groups: dict[tuple[str, int], list[str]] = {}
+    for rid, aid, version in rows:
+        groups.setdefault((aid, int(version)), []).append(rid)
+    done = 0
     whole = True
     try:
-        for (aid, version), group in groups.items():
-            for r in await _apply_one(shared, aid, version, group):
-                if r[4] is None:
-                    given_back[r[0]] = -int(r[2])
-            done += [r[0] for r in group]
+        for (aid, version), ids in groups.items():
+            done += await _apply_group(book, shared, aid, version, ids)
     except ProxyError:
         whole = False
     if done:
-        await _forget(book, done, given_back)
         log.warning("storage.counters: %d charge(s) and top-up(s) a stop kept for Redis (it was down) are "
-                    "applied to Redis's balances now", len(done))
+                    "applied to Redis's balances now", done)
     return whole
 
 
-async def _apply_one(shared: SharedCredit, aid: str, version: int, group: list[tuple]) -> list[tuple]:
-    """One account's rows of one version applied; the charges among them Redis had run."""
-    marked = [r for r in group if r[5]]
-    keys = [shared.prefix + "acct:" + aid, shared.prefix + "topups:" + aid,
-            *(shared.prefix + "done:" + r[5] for r in marked)]
-    args: list = ["", "", version, sum(int(r[2]) for r in group if not r[5]), *(int(r[2]) for r in marked)]
-    reply = await shared.link.run(OWED, keys, args)
-    if int(reply[0]) == -1:  # not in Redis: seeded from a fresh read (which has the change)
-        args[0:2] = await shared.seed(aid)
-        reply = await shared.link.run(OWED, keys, args)
-    return [marked[int(i) - 1] for i in reply[1:]]
+async def resolve(tx, markers: list[str]) -> set[str]:
+    """In a writer's transaction storing stream entries (``writer_stream.py``): the owed charges
+    of these done markers are in Redis (their SETTLE ran: these are its entries), so their rows
+    are deleted, never applied; the markers of those it deleted (a charge alone among them was
+    charged to the store by the stop that kept it: its entry adds nothing)."""
+    found: set[str] = set()
+    if tx.kind == "postgres":  # (one statement: the table is empty but for an outage's stops)
+        if markers:
+            found = {r[0] for r in await tx.fetchall("delete from tollway_redis_owed where done_marker = any(?) "
+                                                     "returning done_marker", [markers])}
+        return found
+    for i in range(0, len(markers), 500):
+        part = markers[i:i + 500]
+        found |= {r[0] for r in await tx.fetchall(f"delete from tollway_redis_owed where done_marker in "
+                                                  f"({', '.join('?' for _ in part)}) returning done_marker", part)}
+    return found
 
 
-async def _forget(book: Accounts, ids: list[str], given_back: dict[str, int]) -> None:
-    """Delete the applied rows; a charge alone that Redis ran goes back to the stored balance,
-    once (only the transaction whose delete removed its row gives it back)."""
-    async with book.lock, book.store.transaction() as tx:
-        gone = await tx.fetchall(f"delete from tollway_redis_owed where id in ({', '.join('?' for _ in ids)}) "
-                                 "returning id, account_id", ids)
-        deltas: dict[str, list[int]] = {}
-        for rid, aid in gone:
-            if rid in given_back:
-                d = deltas.setdefault(aid, [0, 0])
-                d[0] += given_back[rid]
-                d[1] -= given_back[rid]
-        if deltas:
-            await db.write_rows(tx, [], deltas)
-            await db.bump_version(tx)
+async def _apply_group(book: Accounts, shared: SharedCredit, aid: str, version: int, ids: list[str]) -> int:
+    """One account's rows of one version, applied to Redis and deleted in one transaction that
+    holds them locked (``for update``; on SQLite, one process, ``book.lock``): a writer storing
+    the stream entry of one of them (``resolve``) waits, so its done marker, kept until that
+    writer's commit, is in Redis while the script looks for it. How many rows."""
+    seed: list = ["", ""]
+    for _ in range(2):
+        async with book.lock, book.store.transaction() as tx:
+            lock = " for update" if tx.kind == "postgres" else ""
+            group = await tx.fetchall(f"select {', '.join(COLUMNS[:-1])} from tollway_redis_owed where id in "
+                                      f"({', '.join('?' for _ in ids)}){lock}", ids)
+            if not group:
+                return 0
+            marked = [r for r in group if r[5]]
+            keys = [shared.prefix + "acct:" + aid, shared.prefix + "topups:" + aid,
+                    *(shared.prefix + "done:" + r[5] for r in marked)]
+            args = [*seed, version, sum(int(r[2]) for r in group if not r[5]), *(int(r[2]) for r in marked)]
+            reply = await shared.link.run(OWED, keys, args)
+            if int(reply[0]) != -1:
+                ran = [marked[int(i) - 1] for i in reply[1:]]  # charges whose SETTLE Redis ran
+                await _forget(tx, [r[0] for r in group], {r[0]: -int(r[2]) for r in ran if r[4] is None})
+                return len(group)
+        # Not in Redis: seeded from a fresh read (which has the change), made outside the
+        # transaction (a seed waits for the writers' transactions, one of which may wait for it).
+        seed = list(await shared.seed(aid))
+    return 0
+
+
+async def _forget(tx, ids: list[str], given_back: dict[str, int]) -> None:
+    """Delete the applied rows; a charge alone that Redis ran goes back to the stored balance
+    (its stream entry charges the store when a writer stores it)."""
+    gone = await tx.fetchall(f"delete from tollway_redis_owed where id in ({', '.join('?' for _ in ids)}) "
+                             "returning id, account_id", ids)
+    deltas: dict[str, list[int]] = {}
+    for rid, aid in gone:
+        if rid in given_back:
+            d = deltas.setdefault(aid, [0, 0])
+            d[0] += given_back[rid]
+            d[1] -= given_back[rid]
+    if deltas:
+        await db.write_rows(tx, [], deltas)
+        await db.bump_version(tx)

@@ -189,7 +189,8 @@ end
 return 1
 """
 
-# KEYS: the total's hash; ARGV: held, spent. Reply: used after.
+# KEYS: the total's hash; ARGV: held, spent (0: a release). Reply: used after (-1: Redis lost the
+# total, FLUSHALL: not made again here). A hold Redis lost never takes ``held`` below zero.
 SETTLE_TOTAL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HINCRBY', KEYS[1], 'held', -tonumber(ARGV[1])) < 0 then redis.call('HSET', KEYS[1], 'held', 0) end
@@ -203,13 +204,6 @@ for i, key in ipairs(KEYS) do out[i] = tonumber(redis.call('HGET', key, 'used') 
 return out
 """
 
-# KEYS: the total's hash; ARGV: held. A total Redis lost (FLUSHALL) is not made again here,
-# and a hold it lost never takes ``held`` below zero (that would free room nobody held).
-RELEASE_TOTAL = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HINCRBY', KEYS[1], 'held', -tonumber(ARGV[1])) < 0 then redis.call('HSET', KEYS[1], 'held', 0) end
-return 1
-"""
 
 # -- credit ---------------------------------------------------------------------------------
 # An account: hash {bal (what the fleet may still spend), res (sum of live holds), ver (the
@@ -255,13 +249,19 @@ redis.call('ZADD', holds, now + tonumber(ARGV[7]), ARGV[5])
 return {1, bal, redis.call('HINCRBY', acct, 'res', need)}
 """
 
+MARKER_BACKSTOP_S = 7 * 86400  # a done marker whose entry no writer stored (see SETTLE)
+MARKER_AFTER_STORED_S = 600  # a done marker once its entry is stored: for a retried SETTLE
+
 # Settle: free the hold, charge min(cost, what the account has), and queue the ledger row,
 # all at once (so a charge is never without its row, and the row survives this process).
 # KEYS: account, holds, ledger stream, the done marker (the row's id, else the hold's). ARGV:
 # seed balance, seed version, member, held, cost, row (JSON), account id. Reply: {charge, bal,
 # res, 1 if the hold was still there (0: it had expired, and the charge took what was free)}.
 # A retry (the reply of the first try was lost), or another charge of the same row (a batch
-# line run twice), finds the marker and charges nothing: it only frees its own hold.
+# line run twice), finds the marker and charges nothing: it only frees its own hold. The marker
+# lives until a writer has stored the stream's entry (the entry names it, ``done``), then
+# ``MARKER_AFTER_STORED_S`` (``redis_credit.SharedCredit.done``); its own time to live is only a
+# backstop for an entry no writer of this version stores (``redis_owed.py`` says why).
 SETTLE = _ACCOUNT + """
 local before = redis.call('GET', KEYS[4])
 if before then
@@ -277,8 +277,8 @@ local charge = tonumber(ARGV[5])
 if charge > bal - res then charge = bal - res end
 if charge < 0 then charge = 0 end
 if charge > 0 then bal = redis.call('HINCRBY', acct, 'bal', -charge) end
-redis.call('XADD', KEYS[3], '*', 'row', ARGV[6], 'acct', ARGV[7], 'charge', charge, 'unl', '0')
-redis.call('SET', KEYS[4], charge, 'EX', 600)
+redis.call('XADD', KEYS[3], '*', 'row', ARGV[6], 'acct', ARGV[7], 'charge', charge, 'unl', '0', 'done', KEYS[4])
+redis.call('SET', KEYS[4], charge, 'EX', """ + str(MARKER_BACKSTOP_S) + """)
 return {charge, bal, res, found}
 """
 

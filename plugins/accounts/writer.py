@@ -170,7 +170,8 @@ class Writer(StreamSteps):
         shared = self.book.shared
         if shared is not None:
             back_by = time.monotonic() + shared.back_s
-            while (self.book.pending_settles or self.book.pending_topups) and await shared.answering(back_by):
+            while (self.book.pending_settles or self.book.pending_topups or shared.counters.pending_totals) \
+                    and await shared.answering(back_by):
                 await self.drain_shared()
         if self.book.shared is not None and self.taken is None:
             try:
@@ -183,8 +184,9 @@ class Writer(StreamSteps):
         ledger rows, and the top-ups, kept in the store for the next instance whose counters
         answer (``redis_owed.py``)."""
         book = self.book
+        totals = book.shared.counters.pending_totals if book.shared is not None else []
         count = len(book.pending_settles) + len(book.pending_topups)
-        if not count:
+        if not count and not totals:
             return
         try:
             try:
@@ -196,13 +198,15 @@ class Writer(StreamSteps):
                 # charge after all) fails this transaction on its id; the next one finds it stored.
                 await redis_owed.keep(book)
         except Exception as exc:
-            log.error("accounts writer: stopping with %d charge(s) and %d top-up(s) Redis never got (it was down), "
-                      "and the store could not keep them either (%s: %s): those charges are not billed and those "
-                      "top-ups are missing from Redis's balances", len(book.pending_settles),
-                      len(book.pending_topups), type(exc).__name__, exc)
+            log.error("accounts writer: stopping with %d charge(s) and %d top-up(s) Redis never got (it was down) "
+                      "and %d budget settle(s), and the store could not keep them either (%s: %s): those charges are "
+                      "not billed, those top-ups are missing from Redis's balances and those budgets' totals keep "
+                      "their holds without their spend", len(book.pending_settles), len(book.pending_topups),
+                      len(totals), type(exc).__name__, exc)
             return
-        log.warning("accounts writer: stopping with %d charge(s) and top-up(s) Redis never got (it is down); they "
-                    "are stored, and applied to Redis by the next instance whose counters answer", count)
+        log.warning("accounts writer: stopping with %d charge(s) and top-up(s) and %d budget settle(s) Redis never got "
+                    "(it is down); they are stored, and applied to Redis by the next instance whose counters answer",
+                    count, len(totals))
 
     async def poll(self) -> None:
         """Read the store's changes made elsewhere; apply what stops kept for Redis

@@ -30,7 +30,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from . import bad_rows, db, stream_charges
+from . import bad_rows, db, redis_owed, stream_charges
 
 if TYPE_CHECKING:
     from .book import Accounts
@@ -192,6 +192,8 @@ class StreamSteps:
             life = await self._life()
             earlier = {e.entry_id for e in entries} if life != self.taken_life else self.taken_earlier
             stored = await db.existing_rows(tx, [e.row.id for e in entries if e.row is not None])
+            # (after the rows are read: a stop's owed row commits with its ledger row, redis_owed.keep)
+            resolved = await redis_owed.resolve(tx, [m for e in entries if (m := shared.marker_name(e))])
             rows, deltas, alone = [], {}, []
             moved: dict[str, int] = {}  # account -> charges of entries whose Redis life is gone
             for e in entries:
@@ -209,8 +211,8 @@ class StreamSteps:
                 new = await stream_charges.fresh(tx, [stream_charges.key(shared.stream, e.entry_id) for e in alone],
                                                  now)
                 for e in alone:
-                    if stream_charges.key(shared.stream, e.entry_id) in new:
-                        _add(deltas, moved, e, earlier)
+                    if stream_charges.key(shared.stream, e.entry_id) in new and shared.marker_name(e) not in resolved:
+                        _add(deltas, moved, e, earlier)  # (resolved: the stop that kept it charged the store)
                 if now - self._pruned >= stream_charges.PRUNE_EVERY_S:
                     self._pruned = now
                     await stream_charges.prune(tx, now)
