@@ -188,8 +188,10 @@ class Plugin:
             now = rate.now
             headers = call.response.headers
             counters = self.counters
-            # In memory, the TATs' own dict look-up (a C call) rather than a method per rule.
-            put_headers(headers, plan, counters.tats.get if type(counters) is MemoryCounters else counters.tat, now)
+            # Taken in memory: the new TATs as the admission took them (no look-up); else (refused, or
+            # shared counters) in memory the TATs' own dict look-up (a C call) rather than a method per rule.
+            put_headers(headers, plan, counters.tats.get if type(counters) is MemoryCounters else counters.tat, now,
+                        rate.taken)
             if refused is rate and rate.refusal is not None:
                 rule = rate.refusal.rule
                 call.state[REFUSAL] = Refusal(

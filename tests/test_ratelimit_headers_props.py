@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 
+from plugins.accounts.claims import Admission, RateClaim, SlotClaim, admit_local
+from plugins.accounts.counters import MemoryCounters
 from plugins.accounts.gcra import EPS, HEADER_NAMES, LIMIT, REMAINING, RESET, Plan, Rule, duration, iso_at, put_headers
 
 
@@ -81,3 +83,35 @@ def test_put_headers_writes_what_it_wrote() -> None:
         put_headers(new, Plan.of(rules), tats.get, now)
         _old_put_headers(old, rules, tats.get, now)
         assert list(new.items()) == list(old.items()), (rules, tats, now)
+
+
+def test_headers_from_the_admission_are_the_counters_own() -> None:
+    """An admission taken in memory hands the headers its rules' new TATs (``RateClaim.taken``)
+    rather than their look-up: the headers are the old definition's, read back from the counters
+    after the take. A refused admission (by a rule, or by another claim) takes nothing and hands
+    nothing: the headers then read the counters as they were."""
+    rng = random.Random(13)
+    taken = refused = 0
+    for _ in range(5_000):
+        rules = _rules(rng)
+        now = 1.8e9 + rng.random() * 1e6
+        counters = MemoryCounters()
+        for rule in rules:
+            if rng.random() < 0.7:
+                counters.tats[rule.state] = (now - rng.random() * 10, rng.random() * rule.period * 1.1)
+        admission = Admission()
+        slot = admission.add(SlotClaim("k", 0)) if rng.random() < 0.1 else None  # refuses: none in flight allowed
+        rate = admission.add(RateClaim(tuple(rules), rng.choice((1, 40, 10**6)), now))
+        admit_local(counters.tats, counters.in_flight, counters._claimed_total, admission)
+        if admission.refused is None:
+            taken += 1
+            assert rate.taken == [counters.tats[rule.state] for rule in rules]
+        else:
+            refused += 1
+            assert rate.taken is None and admission.refused in (slot, rate)
+        new: dict = {}
+        old: dict = {}
+        put_headers(new, Plan.of(rules), counters.tats.get, now, rate.taken)
+        _old_put_headers(old, rules, counters.tats.get, now)
+        assert list(new.items()) == list(old.items()), (rules, counters.tats, now)
+    assert taken > 1000 and refused > 500

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from proxy import ProxyError, StateKey
 
-from .gcra import Refusal, Rule, gcra_check
+from .gcra import Refusal, Rule, Tat, gcra_check
 
 if TYPE_CHECKING:
     from proxy import Call
@@ -60,6 +60,9 @@ class RateClaim:
     tokens: int
     now: float
     refusal: Refusal | None = None  # set when this claim refused: the rule furthest over, and the wait
+    #: Set when it was taken in this process's memory (``admit_local``): each rule's new TAT, in
+    #: ``rules``' order (the headers read them here, not back from the counters).
+    taken: list[Tat] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -151,7 +154,7 @@ def admit_local(tats: dict[tuple, float], in_flight: dict[str, int], total_of: C
                 admission: Admission) -> None:
     """Check every claim against this process's state; take all, or none and say which refused."""
     claims = admission.claims
-    new_tats: list[tuple[tuple[Rule, ...], list[float]]] = []  # each rate claim's rules and their new TATs
+    new_tats: list[tuple[RateClaim, list[Tat]]] = []  # each rate claim and its rules' new TATs
     for claim in claims:
         kind = type(claim)
         if kind is RateClaim:
@@ -160,7 +163,7 @@ def admit_local(tats: dict[tuple, float], in_flight: dict[str, int], total_of: C
                 claim.refusal = refusal  # type: ignore[union-attr]
                 admission.refused = claim
                 return
-            new_tats.append((claim.rules, pending))  # type: ignore[union-attr]
+            new_tats.append((claim, pending))  # type: ignore[arg-type]
         elif kind is CreditClaim:
             acc = claim.account  # type: ignore[union-attr]
             claim.balance, claim.reserved = acc.balance, acc.reserved  # type: ignore[union-attr]
@@ -187,6 +190,7 @@ def admit_local(tats: dict[tuple, float], in_flight: dict[str, int], total_of: C
             in_flight[claim.scope] = in_flight.get(claim.scope, 0) + 1  # type: ignore[union-attr]
         elif kind is TotalClaim:
             total_of(claim)[1] += claim.amount  # type: ignore[arg-type,union-attr]
-    for rules, pending in new_tats:
-        for rule, new_tat in zip(rules, pending, strict=True):
+    for rate, pending in new_tats:
+        rate.taken = pending
+        for rule, new_tat in zip(rate.rules, pending, strict=True):
             tats[rule.state] = new_tat

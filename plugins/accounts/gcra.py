@@ -132,41 +132,46 @@ LIMIT, REMAINING, RESET = istr("X-RateLimit-Limit"), istr("X-RateLimit-Remaining
 class Plan:
     """A key's limits for one model: the rules, and the rules grouped by kind
     (in the order each kind first appears) for the headers, each group with its
-    header names and whether the generic X-RateLimit-* headers show it (the
-    requests kind, else the tokens kind)."""
+    header names, its rules with their places in ``rules`` and whether the generic
+    X-RateLimit-* headers show it (the requests kind, else the tokens kind)."""
 
     rules: tuple[Rule, ...]
     token_rules: tuple[Rule, ...]
-    groups: tuple[tuple[tuple[str, str, str], tuple[Rule, ...], bool], ...]
+    groups: tuple[tuple[tuple[str, str, str], tuple[tuple[Rule, int], ...], bool], ...]
 
     @classmethod
     def of(cls, rules: list[Rule]) -> Plan:
-        kinds: dict[bool, list[Rule]] = {}
-        for rule in rules:
-            kinds.setdefault(rule.tokens, []).append(rule)
+        kinds: dict[bool, list[tuple[Rule, int]]] = {}
+        for i, rule in enumerate(rules):
+            kinds.setdefault(rule.tokens, []).append((rule, i))
         generic = False not in kinds  # (the requests kind when there is one)
         groups = tuple((HEADER_NAMES[k], tuple(kinds[k]), k == generic) for k in kinds)
-        return cls(tuple(rules), tuple(kinds.get(True, ())), groups)
+        return cls(tuple(rules), tuple(r for r, _ in kinds.get(True, ())), groups)
 
 
 _NO_BEST = (None, 0, 0.0, math.inf)  # (rule, left, reset, fraction left): any rule's fraction is below
 
 
-def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float) -> None:
+def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list[Tat] | None = None) -> None:
     """Add OpenAI's ``x-ratelimit-*-{requests,tokens}`` and the generic
     ``X-RateLimit-*`` (of the requests limit, else the tokens limit) to
     ``out``; for each kind the limit with the least left (ties: the one
-    furthest from its reset) is shown. ``tat_of(rule.state)`` is its ``Tat`` or None."""
+    furthest from its reset) is shown. ``tat_of(rule.state)`` is its ``Tat`` or None;
+    ``taken``, when given, is every rule's ``Tat`` (in ``plan.rules``' order) as just
+    taken at ``now`` (``gcra_check``'s, kept by the admission: no look-up)."""
     shown = None
     for (limit_name, left_name, reset_name), group, generic in plan.groups:
         best, b_left, b_reset, b_frac = _NO_BEST
-        for rule in group:
-            tat = tat_of(rule.state)
-            reset = 0.0
-            if tat is not None:
-                reset = tat[1] - (now - tat[0])
-                if reset < 0.0:
-                    reset = 0.0
+        for rule, i in group:
+            if taken is not None:
+                reset = taken[i][1]  # (its TAT lies that far past now: taken at now, never below 0)
+            else:
+                tat = tat_of(rule.state)
+                reset = 0.0
+                if tat is not None:
+                    reset = tat[1] - (now - tat[0])
+                    if reset < 0.0:
+                        reset = 0.0
             left = int((rule.period - reset + EPS) / rule.interval)
             if left < 0:
                 left = 0
@@ -176,13 +181,15 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float) -> None:
         left_text = str(b_left)
         out[limit_name] = best.limit_text  # type: ignore[union-attr]  (a group has a rule)
         out[left_name] = left_text
-        out[reset_name] = duration(b_reset)
+        # (duration(), inline for a reset under a second: a Python call fewer)
+        out[reset_name] = _MS_TEXT[math.ceil(b_reset * 1000)] if b_reset < 1.0 else duration(b_reset)
         if generic:
             shown = best, left_text, b_reset
     if shown is not None:
         out[LIMIT] = shown[0].limit_text  # type: ignore[union-attr]
         out[REMAINING] = shown[1]
-        out[RESET] = iso_at(now + shown[2])
+        at = now + shown[2]
+        out[RESET] = _ISO_CACHE.get(math.ceil(at)) or iso_at(at)  # (iso_at's memo, read inline)
 
 
 class Refusal(NamedTuple):
