@@ -14,6 +14,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
+from math import floor
 from typing import TYPE_CHECKING, TextIO
 
 import orjson
@@ -22,6 +23,12 @@ from .background import stop_task
 
 if TYPE_CHECKING:
     from .call import Call
+
+
+#: ``f"{ms:.1f}"`` of the times under a second, by tenths of a millisecond: "0.0" ... "999.9".
+TENTHS = tuple(f"{n // 10}.{n % 10}" for n in range(10_000))
+#: How far from a half tenth a time must be to be read off ``TENTHS`` (see ``_text``).
+_NOT_HALF = 0.499
 
 
 class AccessLog:
@@ -98,8 +105,20 @@ class AccessLog:
         usage = billing.usage
         timing = call.timing
         begun = timing.started
+        # The times as f"{ms:.1f}" wrote them, read off TENTHS under a second when not near a half
+        # tenth (a float's formatting costs ~4k instructions, this a few hundred). Near a half,
+        # ms * 10 may have rounded across it: the formatting decides (half to even, of the exact value).
         latency = ((timing.ended_at or time.perf_counter()) - begun) * 1000.0
+        scaled = latency * 10.0
+        n = floor(scaled + 0.5)
+        took = TENTHS[n] if 0 <= n < 10_000 and -_NOT_HALF < scaled - n < _NOT_HALF else f"{latency:.1f}"
         first_byte = timing.first_byte_at
+        ttfb = ""
+        if first_byte is not None:
+            ms = (first_byte - begun) * 1000.0
+            scaled = ms * 10.0
+            n = floor(scaled + 0.5)
+            ttfb = f" ttfb={TENTHS[n] if 0 <= n < 10_000 and -_NOT_HALF < scaled - n < _NOT_HALF else f'{ms:.1f}'}ms"
         cost = billing.cost_micro
         model = call.model
         route = call.route
@@ -111,12 +130,12 @@ class AccessLog:
         stamp = self._stamp if self._second_starts <= ts < self._second_ends else self._seconds(ts)
         return (f'{stamp} {req.remote if req is not None else None} '
                 f'"{req.method if req is not None else ""} {req.path if req is not None else ""}" '
-                f'{response.status} {latency:.1f}ms'
+                f'{response.status} {took}ms'
                 f'{" model=" + model if model else ""}{" provider=" + provider if provider else ""}'
                 f'{" key=" + key if key else ""}{" stream=True" if call.stream else ""}'
                 f'{f" tokens={usage.prompt_tokens}/{usage.completion_tokens}" if usage else ""}'
                 f'{f" cost_micro={cost}" if cost is not None else ""}'
-                f'{f" ttfb={(first_byte - begun) * 1000.0:.1f}ms" if first_byte is not None else ""}'
+                f'{ttfb}'
                 f'{" error=" + error if error else ""}{" cache=" + cache if cache else ""}'
                 f'{" client_gone=True" if response.client_gone else ""}\n')
 

@@ -143,3 +143,31 @@ def test_text_lines_are_byte_identical_to_the_old_format():
             call.timing.first_byte_at = call.timing.started + elapsed * rng.random()
         clock[0] += rng.choice([0.0, 0.3, 1.0, 17.25])
         assert log._text(call) == _old_text(call, clock[0]), i
+
+
+def test_text_times_round_as_the_float_formatting_did():
+    """The line's times under a second are read off a table, not formatted: at a half tenth
+    exactly (0.25 ms, 12.75 ms: half to even, "0.2" and "12.8"), a hair either side of one,
+    at the table's end (999.95 ms) and past it, the line says what ``f"{ms:.1f}"`` said."""
+    log = AccessLog("text", stream=io.StringIO(), clock=lambda: 1_800_000_000.0)
+    rng = random.Random(7)
+    times = [k / 4 for k in range(1, 4100, 2)]  # every quarter: exact halves of a tenth
+    times += [t + d for t in times[:400] for d in (-1e-12, 1e-12, -1e-9, 1e-9)]
+    times += [999.95, 999.949999, 1000.0, 1000.05, 12345.678, 0.04999999999999999, 0.05]
+    times += [rng.random() * rng.choice((1.0, 1000.0, 2000.0)) for _ in range(20_000)]
+    checked = 0
+    for ms in times:
+        ended = ms / 1000.0
+        if ended * 1000.0 != ms:
+            continue  # (the line's time is (ended - started) * 1000.0: keep the ones it can be exactly)
+        call = Call(SimpleNamespace(remote="127.0.0.1", method="POST", path="/v1/chat/completions"), "chat",
+                    {"model": "bench"}, b"{}")
+        call.response.status = 200
+        call.timing.started = 0.0
+        call.timing.ended_at = ended
+        call.timing.first_byte_at = ended
+        line = log._text(call)
+        assert line == _old_text(call, 1_800_000_000.0), ms
+        assert f" {ms:.1f}ms " in line and f"ttfb={ms:.1f}ms" in line
+        checked += 1
+    assert checked > 20_000
