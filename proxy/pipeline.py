@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import istr
 
 from .call import CachedResponse, Call, Route
 from .clientwrite import CLIENT_WRITE_TIMEOUT, ClientStalled, send_whole
@@ -34,7 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("tollway")
 
 JSON = "application/json"
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# (names as ``istr``s, aiohttp's own ``hdrs`` where it has one: the response's headers then do not
+# fold each name's case again, ~600 instructions a name, every answer)
+SSE_HEADERS: dict[str, str] = {hdrs.CONTENT_TYPE: "text/event-stream", hdrs.CACHE_CONTROL: "no-cache",
+                               istr("X-Accel-Buffering"): "no"}
 MAX_ERROR_BODY = 1024 * 1024
 
 
@@ -425,7 +429,7 @@ def _json_response(request: web.Request, call: Call, body: bytes) -> Awaitable[w
     """A 200 JSON answer; awaited, sent (``_send``; a plain function: one coroutine less an answer)."""
     call.response.status = 200
     return _send(request, call, web.Response(status=200, body=body,
-                                            headers={**call.response.headers, "Content-Type": JSON}))
+                                            headers={**call.response.headers, hdrs.CONTENT_TYPE: JSON}))
 
 
 async def answer_cached(gateway: Gateway, request: web.Request, call: Call,
