@@ -250,6 +250,8 @@ async def test_a_stop_with_the_store_down_too_says_how_many_charges_it_gives_awa
                 _, _, err = server.stop()
                 assert "stopping with 1 charge(s) and 0 top-up(s) Redis never got" in err, err
                 assert "the store could not keep them either" in err, err
+                # Each charge given away is logged whole, to be billed by hand.
+                assert f"a charge not billed: account {ACCOUNT}, {told} micro-USD, ledger row ('" in err, err
                 assert told > 0 and await fleet.stored() == (0, 0, OPENING, 0)
             finally:
                 await fleet.close()

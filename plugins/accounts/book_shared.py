@@ -145,13 +145,26 @@ class SharedMoney(BookMemory):
         async with self.pushing:
             try:
                 while self.pending_settles and self.shared is not None:
+                    if self.shared.link.down:
+                        return  # (no store read for each while Redis is away: the next pass once it answers)
                     acc, hold, reserved, cost, row = self.pending_settles[0]
-                    await self.shared.settle(acc, hold, reserved, cost, row)
+                    if row is None or not await self._stored(row[0]):
+                        await self.shared.settle(acc, hold, reserved, cost, row)
                     self.pending_settles.pop(0)
                 if self.shared is not None:
                     await owed_totals.push(self.shared.counters)
             except ProxyError:
                 return
+
+    async def _stored(self, row_id: str) -> bool:
+        """Whether the store has this row: a kept charge whose ``SETTLE`` Redis ran (its reply
+        was lost) and whose stream entry a writer stored. Not sent again: its done marker lasts
+        only ``MARKER_AFTER_STORED_S`` past that store, and this retry may come later (Redis out
+        of this process's reach meanwhile). Store down: sent, and the marker decides."""
+        try:
+            return bool(await db.existing_rows(self.store, [row_id]))
+        except Exception:
+            return False
 
     async def current(self, acc: Account) -> Account:
         """The account as the whole fleet sees it now (with shared counters, Redis's

@@ -203,6 +203,9 @@ class Writer(StreamSteps):
                       "not billed, those top-ups are missing from Redis's balances and those budgets' totals keep "
                       "their holds without their spend", len(book.pending_settles), len(book.pending_topups),
                       len(totals), type(exc).__name__, exc)
+            for acc, _hold, reserved, cost, row in book.pending_settles:  # (whole: to be billed by hand)
+                log.error("accounts writer: a charge not billed: account %s, %d micro-USD, ledger row %r", acc.id,
+                          max(min(cost, reserved), 0), None if row is None else tuple(row))
             return
         log.warning("accounts writer: stopping with %d charge(s) and top-up(s) and %d budget settle(s) Redis never got "
                     "(it is down); they are stored, and applied to Redis by the next instance whose counters answer",
