@@ -75,6 +75,26 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    @staticmethod
+    def count(value: object) -> int:
+        """An upstream's token count, by the one rule for all of them: a JSON integer (or a
+        float without a fraction) from 0 to ``MAX_TOKENS``. Anything else (null, a string,
+        a boolean, a fraction, a negative or absurd number, an object) raises ValueError:
+        the parsers of upstream usage then call the usage unknown, and the gateway counts
+        what went out (billed, marked estimated), as for a cut stream."""
+        if type(value) is int:
+            if 0 <= value <= Usage.MAX_TOKENS:
+                return value
+        elif type(value) is float and value.is_integer() and 0 <= value <= Usage.MAX_TOKENS:
+            return int(value)
+        raise ValueError(f"not a token count: {str(value)[:40]}")
+
+    @staticmethod
+    def detail_count(value: object) -> int:
+        """A count that only details another (cached, reasoning, cache-write tokens...):
+        null (or absent) is 0, anything else as ``count``."""
+        return 0 if value is None else Usage.count(value)
+
     @classmethod
     def from_openai(cls, usage: dict | None) -> Usage | None:
         """Read an OpenAI ``usage`` object; None when absent or malformed (one that
@@ -82,23 +102,22 @@ class Usage:
         if not isinstance(usage, dict) or ("prompt_tokens" not in usage and "completion_tokens" not in usage):
             return None
         get = usage.get
-        prompt, completion = get("prompt_tokens"), get("completion_tokens")
+        prompt, completion = get("prompt_tokens", 0), get("completion_tokens", 0)
         prompt_details, completion_details = get("prompt_tokens_details"), get("completion_tokens_details")
         if type(prompt) is int and type(completion) is int and prompt_details is None and completion_details is None:
-            try:  # the usual usage: two JSON integers and no details (int() of an int is itself)
+            try:  # the usual usage: two JSON integers and no details
                 return cls(prompt, completion)
             except ValueError:
                 return None
-        prompt_details = prompt_details or {}
-        completion_details = completion_details or {}
+        count, detail = cls.count, cls.detail_count
         try:
             return cls(
-                prompt_tokens=int(prompt or 0),
-                completion_tokens=int(completion or 0),
-                cached_tokens=int(prompt_details.get("cached_tokens") or 0),
-                reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+                prompt_tokens=count(prompt),
+                completion_tokens=count(completion),
+                cached_tokens=detail((prompt_details or {}).get("cached_tokens")),
+                reasoning_tokens=detail((completion_details or {}).get("reasoning_tokens")),
             )
-        except (TypeError, ValueError, AttributeError):
+        except (ValueError, AttributeError):
             return None
 
     def to_openai(self) -> dict:

@@ -52,6 +52,11 @@ class Dialect:
         if isinstance(usage, dict):
             body["usage"] = {**usage, **extra}  # a copy: the body may be a cached entry's
 
+    def usage_object(self, usage: Usage) -> dict:
+        """``usage`` as this dialect's answers carry it: what an answer tells when the
+        gateway counted its usage (the upstream's was missing or unusable)."""
+        return usage.to_openai()
+
     def passthrough(self, call: Call) -> StreamCodec:
         """A codec for a native stream: bytes forwarded, usage sniffed."""
         raise NotImplementedError

@@ -216,9 +216,9 @@ def _usage_of(body: dict | None) -> Usage | None:
     if not isinstance(usage, dict) or "input_tokens" not in usage:
         return None
     try:
-        return Usage(prompt_tokens=int(usage.get("input_tokens") or 0),
-                     completion_tokens=int(usage.get("output_tokens") or 0))
-    except (TypeError, ValueError):
+        return Usage(prompt_tokens=Usage.count(usage["input_tokens"]),
+                     completion_tokens=Usage.count(usage.get("output_tokens", 0)))
+    except ValueError:
         return None
 
 

@@ -391,11 +391,16 @@ async def forward_chat(gateway: Gateway, request: web.Request, call: Call, route
     except UNREADABLE as exc:
         raise unreadable_answer(provider.name, exc) from None
     await on_usage(gateway, call)
-    if call.billing.usage_extra:
+    billing = call.billing
+    if billing.usage_estimated and billing.usage is not None:
+        # The upstream's usage (none, or unusable) is not what was billed: the answer tells the count billed.
+        body["usage"] = {**dialect.usage_object(billing.usage), **billing.usage_extra}
+        out = None
+    elif billing.usage_extra:
         # Add the gateway's fields (cost) to the upstream's bytes; re-serialise only if that cannot be done.
-        out = splice_usage_fields(out, call.billing.usage_extra) if out is not None else None
+        out = splice_usage_fields(out, billing.usage_extra) if out is not None else None
         if out is None:
-            dialect.add_usage_fields(body, call.billing.usage_extra)
+            dialect.add_usage_fields(body, billing.usage_extra)
     return await _json_response(request, call, out if out is not None else orjson.dumps(body))
 
 

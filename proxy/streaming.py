@@ -156,9 +156,8 @@ class OpenAIPassthrough:
                 _, payload = parse_event(block)
                 chunk = load_event_json(payload)
                 if chunk is not None:
-                    usage = Usage.from_openai(chunk.get("usage"))
-                    if usage is not None:
-                        self.usage = usage
+                    if isinstance(chunk.get("usage"), dict):  # the last report counts; one unusable: unknown
+                        self.usage = Usage.from_openai(chunk["usage"])
                     if chunk.get("choices") == []:  # the final usage chunk: held
                         self._usage_event, self._usage_chunk = block, chunk
                         continue
@@ -173,7 +172,8 @@ class OpenAIPassthrough:
     def finish(self, call: Call) -> bytes:
         if not call.include_usage:
             return DONE_EVENT
-        if self._usage_event is None:  # the upstream sent none: the gateway's count, if it made one
+        if self._usage_event is None or call.billing.usage_estimated:
+            # The upstream sent none, or one that could not be used: the gateway's count, if it made one.
             return OpenAIEncoder().finish(call, call.billing.usage)
         if not call.billing.usage_extra:
             return self._usage_event + DONE_EVENT
@@ -255,7 +255,8 @@ class TranslatingCodec:
         return self._encoder.encode(self._decoder.finish())
 
     def finish(self, call: Call) -> bytes:
-        return self._encoder.finish(call, self._decoder.usage)
+        billing = call.billing  # the gateway's count when it made one (the upstream's could not be used)
+        return self._encoder.finish(call, billing.usage if billing.usage_estimated else self._decoder.usage)
 
     def fail(self, error: ProxyError) -> bytes:
         return self._encoder.fail(error)

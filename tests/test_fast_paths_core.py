@@ -17,20 +17,28 @@ from proxy.validate import _CHAT_OPTIONAL, CHAT_ROLES, _check_message_extras, _c
 
 
 def _general_from_openai(usage: Any) -> tuple | None:
-    """``Usage.from_openai`` (and ``Usage``'s checks) before the shortcuts, as a tuple of the counts."""
+    """``Usage.from_openai`` (and the rule of ``Usage.count``) before the shortcuts, as a tuple of the counts:
+    a count is a JSON integer (or a float without a fraction) from 0 to ``MAX_TOKENS``; a detail may be null."""
     if not isinstance(usage, dict) or ("prompt_tokens" not in usage and "completion_tokens" not in usage):
         return None
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
+
+    def count(value: Any, null_is_zero: bool = False) -> int:
+        if value is None and null_is_zero:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise ValueError(value)
+        if not 0 <= value <= Usage.MAX_TOKENS:
+            raise ValueError(value)
+        return int(value)
+
     try:
-        counts = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-                  int(prompt_details.get("cached_tokens") or 0), int(completion_details.get("reasoning_tokens") or 0),
-                  0)
-    except (TypeError, ValueError, AttributeError):
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
+        return (count(usage.get("prompt_tokens", 0)), count(usage.get("completion_tokens", 0)),
+                count(prompt_details.get("cached_tokens"), True),
+                count(completion_details.get("reasoning_tokens"), True))
+    except (ValueError, AttributeError):
         return None
-    if min(counts) < 0 or max(counts) > Usage.MAX_TOKENS:
-        return None
-    return counts[:4]
 
 
 def _counts(usage: Usage | None) -> tuple | None:

@@ -16,7 +16,7 @@ from proxy.outputtext import prompt_text, sse_payloads
 
 from ..accounts.estimate import IMAGE_TOKENS
 from ..accounts.tokens import count_tokens
-from .anthropic_canonical import completion_to_message, to_canonical
+from .anthropic_canonical import completion_to_message, to_canonical, usage_to_anthropic
 from .anthropic_response import usage_from_anthropic
 from .anthropic_stream import AnthropicEncoder, AnthropicPassthrough
 from .anthropic_validate import validate_messages
@@ -38,6 +38,9 @@ class AnthropicDialect(Dialect):
 
     def response_usage(self, body: dict) -> Usage | None:
         return usage_from_anthropic(body.get("usage"))
+
+    def usage_object(self, usage: Usage) -> dict:
+        return usage_to_anthropic(usage)
 
     def passthrough(self, call: Call) -> AnthropicPassthrough:
         return AnthropicPassthrough(call.provider_name or "upstream")

@@ -35,14 +35,24 @@ def usage_from_anthropic(usage: Any) -> Usage | None:
     """An Anthropic usage object as canonical Usage; None when absent or malformed."""
     if not isinstance(usage, dict) or ("input_tokens" not in usage and "output_tokens" not in usage):
         return None  # naming neither count is not a usage of zero (that would make output free)
+    count, detail = Usage.count, Usage.detail_count
     try:
-        read = int(usage.get("cache_read_input_tokens") or 0)
-        written = int(usage.get("cache_creation_input_tokens") or 0)
-        prompt = int(usage.get("input_tokens") or 0) + written + read
-        return Usage(prompt_tokens=prompt, completion_tokens=int(usage.get("output_tokens") or 0),
+        read = detail(usage.get("cache_read_input_tokens"))
+        written = detail(usage.get("cache_creation_input_tokens"))
+        prompt = count(usage.get("input_tokens", 0)) + written + read
+        return Usage(prompt_tokens=prompt, completion_tokens=count(usage.get("output_tokens", 0)),
                      cached_tokens=read, cache_write_tokens=written)
-    except (TypeError, ValueError):
+    except ValueError:
         return None
+
+
+def merge_usage(counts: dict[str, Any], usage: dict) -> Usage | None:
+    """A stream's usage after one more report (``message_start``'s, then ``message_delta``'s),
+    merged into ``counts``: counts are cumulative, and a field a report leaves out or sends as
+    null keeps the last value, but for ``output_tokens`` (message_delta's own count, always
+    sent): null there is no count, and the usage is unknown."""
+    counts.update({k: v for k, v in usage.items() if v is not None or k == "output_tokens"})
+    return usage_from_anthropic(counts)
 
 
 def message_to_completion(msg: dict, json_tool: str | None) -> dict:
@@ -167,10 +177,8 @@ class AnthropicStreamDecoder:
         # ping and event types added later are ignored, as Anthropic asks.
 
     def _merge_usage(self, usage: Any) -> None:
-        # Counts are cumulative; a field message_delta omits keeps message_start's value.
         if isinstance(usage, dict):
-            self._counts.update({k: v for k, v in usage.items() if v is not None})
-            self.usage = usage_from_anthropic(self._counts)
+            self.usage = merge_usage(self._counts, usage)
 
     def _block_start(self, event: dict, out: list[dict]) -> None:
         block = event.get("content_block") or {}

@@ -26,7 +26,7 @@ from proxy import Call, ProxyError, Usage
 from proxy.sse import EventSplitter, load_event_json, named_event, parse_event, split_events
 
 from .anthropic_canonical import STOP_REASONS, message_id, usage_to_anthropic
-from .anthropic_response import stream_error, usage_from_anthropic
+from .anthropic_response import merge_usage, stream_error
 
 # The events the passthrough must look at: message_start/delta/stop and error.
 _LIFECYCLE = re.compile(rb"^event: ?(?:message_|error)", re.MULTILINE)
@@ -71,8 +71,7 @@ class AnthropicPassthrough:
                 data_ = _loads(payload)
                 usage = (data_.get("message") or {}).get("usage") if name == "message_start" else data_.get("usage")
                 if isinstance(usage, dict):
-                    self._counts.update({k: v for k, v in usage.items() if v is not None})
-                    self.usage = usage_from_anthropic(self._counts)
+                    self.usage = merge_usage(self._counts, usage)
                 if name == "message_delta":
                     self._held = []
             elif name == "message_stop":
@@ -106,7 +105,11 @@ class AnthropicPassthrough:
             name, payload = parse_event(block)
             if name == "message_delta":
                 data = _loads(payload)
-                data["usage"] = {**(data.get("usage") or {}), **call.billing.usage_extra}
+                billing = call.billing
+                # The gateway's count when it made one (the upstream's could not be used), else the upstream's.
+                told = (usage_to_anthropic(billing.usage) if billing.usage_estimated and billing.usage is not None
+                        else data.get("usage") or {})
+                data["usage"] = {**told, **billing.usage_extra}
                 block = named_event(b"message_delta", orjson.dumps(data))
             out.append(block)
         return b"".join(out)

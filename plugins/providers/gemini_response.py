@@ -11,7 +11,8 @@
 - usageMetadata: prompt = promptTokenCount (cached included), completion =
   candidatesTokenCount + thoughtsTokenCount, reasoning = thoughtsTokenCount,
   cached = cachedContentTokenCount. Streams repeat it as running totals: the
-  last one wins; a chunk without it changes nothing.
+  last one wins (one that cannot be read: the usage is unknown); a chunk
+  without it changes nothing.
 """
 
 from __future__ import annotations
@@ -39,15 +40,17 @@ RPC_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "PERMISSION_D
 
 
 def usage_from_gemini(meta: Any) -> Usage | None:
-    if not isinstance(meta, dict):
+    """``usageMetadata`` as Usage; None when it is not an object, names neither count (not a
+    usage of zero: that would make output free), or holds a count that is not one (``Usage.count``)."""
+    if not isinstance(meta, dict) or ("promptTokenCount" not in meta and "candidatesTokenCount" not in meta):
         return None
+    count, detail = Usage.count, Usage.detail_count
     try:
-        thoughts = int(meta.get("thoughtsTokenCount") or 0)
-        return Usage(prompt_tokens=int(meta.get("promptTokenCount") or 0) + int(meta.get("toolUsePromptTokenCount")
-                                                                               or 0),
-                     completion_tokens=int(meta.get("candidatesTokenCount") or 0) + thoughts,
-                     cached_tokens=int(meta.get("cachedContentTokenCount") or 0), reasoning_tokens=thoughts)
-    except (TypeError, ValueError):
+        thoughts = detail(meta.get("thoughtsTokenCount"))
+        return Usage(prompt_tokens=count(meta.get("promptTokenCount", 0)) + detail(meta.get("toolUsePromptTokenCount")),
+                     completion_tokens=count(meta.get("candidatesTokenCount", 0)) + thoughts,
+                     cached_tokens=detail(meta.get("cachedContentTokenCount")), reasoning_tokens=thoughts)
+    except ValueError:
         return None
 
 
@@ -157,9 +160,8 @@ class GeminiStreamDecoder:
             if data.get("responseId"):
                 self._head["id"] = "chatcmpl-" + data["responseId"]
             out.append(self._chunk({"role": "assistant", "content": ""}))
-        usage = usage_from_gemini(data.get("usageMetadata"))
-        if usage is not None:
-            self.usage = usage
+        if "usageMetadata" in data:  # running totals: the last report counts; one unusable: unknown usage
+            self.usage = usage_from_gemini(data["usageMetadata"])
         if blocked(data):
             self._blocked = True
         candidate = (data.get("candidates") or [{}])[0]

@@ -164,9 +164,8 @@ class OpenAIStreamDecoder:
                                          code="upstream_stream_error")
                 self.done = True
                 break
-            usage = Usage.from_openai(chunk.get("usage"))
-            if usage is not None:
-                self.usage = usage
+            if isinstance(chunk.get("usage"), dict):  # the last report counts; one unusable: unknown usage
+                self.usage = Usage.from_openai(chunk["usage"])
             if chunk.get("choices"):
                 out.append(chunk)
         return out

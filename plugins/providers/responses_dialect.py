@@ -17,7 +17,7 @@ from proxy.provider import RESPONSE_ID
 
 from .responses_canonical import completion_to_response, to_canonical
 from .responses_encoder import ResponsesEncoder
-from .responses_stream import ResponsesPassthrough, answer_text, stream_text, usage_from_responses
+from .responses_stream import ResponsesPassthrough, answer_text, stream_text, usage_from_responses, usage_to_responses
 from .responses_validate import validate_responses
 
 
@@ -37,6 +37,9 @@ class ResponsesDialect(Dialect):
         if isinstance(body.get("id"), str):
             call.state[RESPONSE_ID] = body["id"]
         return usage_from_responses(body.get("usage"))
+
+    def usage_object(self, usage: Usage) -> dict:
+        return usage_to_responses(usage)
 
     def passthrough(self, call: Call) -> ResponsesPassthrough:
         return ResponsesPassthrough(call)

@@ -34,14 +34,13 @@ def usage_from_responses(usage: Any) -> Usage | None:
     None when it names neither count."""
     if not isinstance(usage, dict) or ("input_tokens" not in usage and "output_tokens" not in usage):
         return None
-    input_details = usage.get("input_tokens_details") or {}
-    output_details = usage.get("output_tokens_details") or {}
+    count, detail = Usage.count, Usage.detail_count
     try:
-        return Usage(prompt_tokens=int(usage.get("input_tokens") or 0),
-                     completion_tokens=int(usage.get("output_tokens") or 0),
-                     cached_tokens=int(input_details.get("cached_tokens") or 0),
-                     reasoning_tokens=int(output_details.get("reasoning_tokens") or 0))
-    except (TypeError, ValueError, AttributeError):
+        return Usage(prompt_tokens=count(usage.get("input_tokens", 0)),
+                     completion_tokens=count(usage.get("output_tokens", 0)),
+                     cached_tokens=detail((usage.get("input_tokens_details") or {}).get("cached_tokens")),
+                     reasoning_tokens=detail((usage.get("output_tokens_details") or {}).get("reasoning_tokens")))
+    except (ValueError, AttributeError):
         return None
 
 

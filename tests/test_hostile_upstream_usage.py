@@ -1,0 +1,212 @@
+"""A hostile or broken upstream's usage, through the real server with the business
+plugins, on each upstream kind (OpenAI, Anthropic, Gemini), streamed and not.
+
+One rule for every token count an upstream reports (``proxy.call.token_count``): a
+JSON integer (a float without a fraction) from 0 to ``Usage.MAX_TOKENS``. Anything
+else (a string, a boolean, a fraction, a negative or absurd number) makes the usage
+unknown: the output that went out is counted, billed, marked estimated and told,
+as for a cut stream. Checked each time: the charge is >= 0 and within the hold, the
+balance >= 0, and the ledger == the money taken == what the client was told (cost
+and tokens)."""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from business import DEMO, bearer, biz_config, credits, ledger_rows
+
+from plugins.accounts.tokens import count_tokens
+
+STATE: web.AppKey[dict] = web.AppKey("state")
+TEXT = "the answer that went out " * 8
+PARTS = [TEXT[:40], TEXT[40:100], TEXT[100:]]
+
+
+def _sse(data: bytes, name: bytes | None = None) -> bytes:
+    return (b"event: " + name + b"\n" if name else b"") + b"data: " + data + b"\n\n"
+
+
+async def _stream(request: web.Request, events: list[bytes]) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for event in events:
+        await resp.write(event)
+    await resp.write_eof()
+    return resp
+
+
+def _reports(request: web.Request) -> list[str]:
+    """The usage reports the test asked for: each the JSON text of one count (the output's)."""
+    return request.app[STATE]["reports"]
+
+
+async def openai_chat(request: web.Request) -> web.StreamResponse:
+    body = orjson.loads(await request.read())
+    reports = _reports(request)
+    usage = [b'{"prompt_tokens":3,"completion_tokens":' + r.encode() + b',"total_tokens":9}' for r in reports]
+    if not body.get("stream"):
+        return web.Response(content_type="application/json", body=b'{"id":"c","object":"chat.completion",'
+                            b'"created":1,"model":"m","choices":[{"index":0,"finish_reason":"stop",'
+                            b'"message":{"role":"assistant","content":' + orjson.dumps(TEXT) + b'}}],'
+                            b'"usage":' + usage[-1] + b'}')
+    head = b'{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+    events = [_sse(head + b'"choices":[{"index":0,"delta":{"content":' + orjson.dumps(p) + b'},'
+                   b'"finish_reason":null}]}') for p in PARTS]
+    events.append(_sse(head + b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'))
+    events += [_sse(head + b'"choices":[],"usage":' + u + b'}') for u in usage]
+    events.append(b"data: [DONE]\n\n")
+    return await _stream(request, events)
+
+
+async def anthropic_messages(request: web.Request) -> web.StreamResponse:
+    body = orjson.loads(await request.read())
+    reports = _reports(request)
+    if not body.get("stream"):
+        return web.Response(content_type="application/json", body=b'{"id":"msg_1","type":"message",'
+                            b'"role":"assistant","model":"m","stop_reason":"end_turn","content":[{"type":"text",'
+                            b'"text":' + orjson.dumps(TEXT) + b'}],"usage":{"input_tokens":3,"output_tokens":'
+                            + reports[-1].encode() + b'}}')
+    start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                                                  "model": "m", "content": [], "stop_reason": None,
+                                                  "usage": {"input_tokens": 3, "output_tokens": 1}}}
+    events = [_sse(orjson.dumps(start), b"message_start"),
+              _sse(b'{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}',
+                   b"content_block_start")]
+    events += [_sse(orjson.dumps({"type": "content_block_delta", "index": 0,
+                                  "delta": {"type": "text_delta", "text": p}}), b"content_block_delta")
+               for p in PARTS]
+    events.append(_sse(b'{"type":"content_block_stop","index":0}', b"content_block_stop"))
+    events += [_sse(b'{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":'
+                    + r.encode() + b'}}', b"message_delta") for r in reports]
+    events.append(_sse(b'{"type":"message_stop"}', b"message_stop"))
+    return await _stream(request, events)
+
+
+async def gemini_generate(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    reports = _reports(request)
+    meta = [b'{"promptTokenCount":3,"candidatesTokenCount":' + r.encode() + b'}' for r in reports]
+    if request.match_info["target"].endswith(":generateContent"):
+        return web.Response(content_type="application/json", body=b'{"candidates":[{"content":{"role":"model",'
+                            b'"parts":[{"text":' + orjson.dumps(TEXT) + b'}]},"finishReason":"STOP"}],'
+                            b'"usageMetadata":' + meta[-1] + b'}')
+    events = [_sse(b'{"candidates":[{"content":{"role":"model","parts":[{"text":' + orjson.dumps(p) + b'}]}}]}')
+              for p in PARTS[:-1]]
+    # Gemini repeats its usage as running totals; the last report is the one that counts.
+    for i, m in enumerate(meta):
+        last = i == len(meta) - 1
+        events.append(_sse(b'{"candidates":[{"content":{"role":"model","parts":[{"text":'
+                           + orjson.dumps(PARTS[-1] if last else "") + b'}]}' + (b',"finishReason":"STOP"'
+                                                                                  if last else b"")
+                           + b'}],"usageMetadata":' + m + b'}'))
+    return await _stream(request, events)
+
+
+@pytest.fixture
+async def upstream(serve_upstream):
+    app = web.Application()
+    app[STATE] = {"reports": ["4"]}
+    return await serve_upstream({"POST /v1/chat/completions": openai_chat, "POST /v1/messages": anthropic_messages,
+                                 "POST /v1beta/models/{target}": gemini_generate}, app)
+
+
+KINDS = ("openai", "anthropic", "gemini")
+
+
+@pytest.fixture
+async def running(start_gateway, upstream):
+    config = biz_config(upstream.url)
+    timeouts = {"connect": 2, "first_byte": 5, "idle": 5, "total": 20}
+    config["providers"]["anthropic"] = {"kind": "anthropic", "base_url": upstream.root, "api_key": "sk-ant",
+                                        "timeouts": timeouts}
+    config["providers"]["gemini"] = {"kind": "gemini", "base_url": upstream.root, "api_key": "g-key",
+                                     "timeouts": timeouts}
+    for kind in KINDS:
+        config["models"][kind] = {"provider": "up" if kind == "openai" else kind, "model": "m",
+                                  "price": {"input": 1.0, "output": 2.0}, "context_window": 100_000}
+    return await start_gateway(config)
+
+
+async def ask(s: aiohttp.ClientSession, running, model: str, stream: bool) -> tuple[int, dict | None]:
+    """A chat call with max_tokens 500: (cost told in micro-USD, usage told or None)."""
+    body = {"model": model, "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    async with s.post(running.url + "/chat/completions", json=body, headers=bearer(DEMO)) as r:
+        raw = await r.read()
+        assert r.status == 200, raw
+    if not stream:
+        told = orjson.loads(raw)["usage"]
+        assert round(float(r.headers["x-tollway-cost"]) * 1e6) == round(told["cost"] * 1e6)
+        return round(told["cost"] * 1e6), told
+    chunks = [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: {")]
+    assert raw.rstrip().endswith(b"data: [DONE]"), raw
+    assert not any("error" in c for c in chunks), raw
+    usages = [c["usage"] for c in chunks if c.get("usage")]
+    assert len(usages) <= 1, usages
+    return (round(usages[0]["cost"] * 1e6), usages[0]) if usages else (0, None)
+
+
+BAD = [pytest.param(v, id=v) for v in ("-5", "7.5", '"7"', "null", "true", "1e30", str(2**63), "{}", "[4]")]
+
+
+async def check_estimated(s, running, told: int, usage: dict | None) -> None:
+    """The one answer's row: estimated, its output counted; told == ledger == money taken."""
+    [row] = await ledger_rows(running, "prompt", "completion", "cost", "estimated")
+    assert row["estimated"] == 1 and row["completion"] == await count_tokens(TEXT), row
+    assert 0 <= row["cost"] == told == row["prompt"] + 2 * row["completion"]
+    assert usage is not None and usage.get("estimated") is True, usage
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (row["prompt"], row["completion"])
+    got = await credits(s, running, DEMO)
+    assert got["spent_micro_usd"] == told and got["balance_micro_usd"] == 5_000_000 - told
+
+
+@pytest.mark.parametrize("value", BAD)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("kind", KINDS)
+async def test_an_unusable_count_is_unknown_usage_counted_and_told(running, upstream, kind, stream, value):
+    upstream.app[STATE]["reports"] = [value]
+    async with aiohttp.ClientSession() as s:
+        told, usage = await ask(s, running, kind, stream)
+        await check_estimated(s, running, told, usage)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_usable_count_is_billed_as_told(running, upstream, kind, stream):
+    """The control: integers (and an integral float) are the upstream's word."""
+    upstream.app[STATE]["reports"] = ["40.0"]
+    async with aiohttp.ClientSession() as s:
+        told, usage = await ask(s, running, kind, stream)
+        got = await credits(s, running, DEMO)
+    [row] = await ledger_rows(running, "prompt", "completion", "cost", "estimated")
+    assert (row["prompt"], row["completion"], row["estimated"]) == (3, 40, 0)
+    assert row["cost"] == told == 3 + 80 == got["spent_micro_usd"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (3, 40)
+
+
+
+@pytest.mark.parametrize(("reports", "billed"), [
+    pytest.param(["1", "-5"], None, id="usable-then-unusable"),
+    pytest.param(["1", "null"], None, id="usable-then-null"),
+    pytest.param(["40", "40"], 40, id="repeated"),
+    pytest.param(["1", "40"], 40, id="running-total")])
+@pytest.mark.parametrize("kind", KINDS)
+async def test_the_last_usage_report_of_a_stream_counts(running, upstream, kind, reports, billed):
+    """A stream that reports its usage more than once (Gemini's running totals, Anthropic's
+    message_start then message_delta, an OpenAI server's usage in more than one chunk) is billed
+    by its last report, once; when that one is unusable the usage is unknown (it was billed the
+    earlier report: 1 token for the 41 that went out)."""
+    upstream.app[STATE]["reports"] = reports
+    async with aiohttp.ClientSession() as s:
+        told, usage = await ask(s, running, kind, True)
+        if billed is None:
+            await check_estimated(s, running, told, usage)
+            return
+        got = await credits(s, running, DEMO)
+    [row] = await ledger_rows(running, "prompt", "completion", "cost", "estimated")
+    assert (row["prompt"], row["completion"], row["estimated"]) == (3, billed, 0)
+    assert row["cost"] == told == 3 + 2 * billed == got["spent_micro_usd"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (3, billed)
