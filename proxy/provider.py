@@ -258,7 +258,29 @@ def loads_json(body: bytes, provider: str) -> dict:
     if not isinstance(data, dict):
         raise ProxyError(502, f"upstream '{provider}' answered with unexpected JSON",
                          code="upstream_bad_response")
+    if data.get("error") is not None and ANSWER_KEYS.isdisjoint(data):
+        raise error_in_answer(provider, data)
     return data
+
+
+#: Keys of the answers ``loads_json`` reads (chat, messages, Gemini, Responses, embeddings,
+#: token counts): a body with an ``error`` and none of them is an error, whatever its status.
+ANSWER_KEYS = frozenset(("id", "object", "choices", "content", "candidates", "output", "data", "embedding",
+                         "embeddings", "input_tokens", "totalTokens"))
+
+
+def error_in_answer(provider: str, data: dict) -> ProxyError:
+    """An error body an upstream sent with status 200 (some relays do): the error it is, never
+    an answer (it was charged the whole reservation, as an answer whose usage could not be
+    measured). The error's own HTTP code, when it names one (Gemini's ``error.code``), maps
+    as that status would; else 502."""
+    err = data["error"]
+    code = err.get("code") if isinstance(err, dict) else None
+    status = code if type(code) is int and 400 <= code <= 599 else 502
+    mapped = upstream_error(provider, status, {}, error_message(orjson.dumps(data)))
+    if status == 502:
+        mapped.message = f"upstream '{provider}' answered status 200 with an error instead of an answer"
+    return mapped
 
 
 #: What reading a well-formed JSON answer of an unexpected shape raises in the translators
