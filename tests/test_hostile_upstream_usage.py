@@ -11,6 +11,8 @@ and tokens)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import orjson
 import pytest
@@ -45,7 +47,9 @@ def _reports(request: web.Request) -> list[str]:
 async def openai_chat(request: web.Request) -> web.StreamResponse:
     body = orjson.loads(await request.read())
     reports = _reports(request)
+    state = request.app[STATE]
     usage = [b'{"prompt_tokens":3,"completion_tokens":' + r.encode() + b',"total_tokens":9}' for r in reports]
+    usage = [state["raw"]] if "raw" in state else usage
     if not body.get("stream"):
         return web.Response(content_type="application/json", body=b'{"id":"c","object":"chat.completion",'
                             b'"created":1,"model":"m","choices":[{"index":0,"finish_reason":"stop",'
@@ -55,9 +59,30 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
     events = [_sse(head + b'"choices":[{"index":0,"delta":{"content":' + orjson.dumps(p) + b'},'
                    b'"finish_reason":null}]}') for p in PARTS]
     events.append(_sse(head + b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'))
-    events += [_sse(head + b'"choices":[],"usage":' + u + b'}') for u in usage]
-    events.append(b"data: [DONE]\n\n")
-    return await _stream(request, events)
+    usage_events = [_sse(head + b'"choices":[],"usage":' + u + b'}') for u in usage]
+    if state.get("after_done"):  # a usage chunk after the stream's end
+        events += [b"data: [DONE]\n\n", *usage_events]
+        return await _stream(request, events)
+    if "release" not in state:
+        return await _stream(request, [*events, *usage_events, b"data: [DONE]\n\n"])
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(b"".join(events))
+    await state["release"].wait()  # the usage only once the client has hung up
+    for event in [*usage_events, b"data: [DONE]\n\n"]:
+        try:
+            await resp.write(event)
+        except ConnectionError:
+            break
+    return resp
+
+
+async def openai_embeddings(request: web.Request) -> web.Response:
+    await request.read()
+    usage = request.app[STATE]["raw"]
+    return web.Response(content_type="application/json", body=b'{"object":"list","model":"m","data":[{"object":'
+                        b'"embedding","index":0,"embedding":[0.5,0.25]}]' + (b',"usage":' + usage if usage else b"")
+                        + b'}')
 
 
 async def anthropic_messages(request: web.Request) -> web.StreamResponse:
@@ -108,7 +133,8 @@ async def gemini_generate(request: web.Request) -> web.StreamResponse:
 async def upstream(serve_upstream):
     app = web.Application()
     app[STATE] = {"reports": ["4"]}
-    return await serve_upstream({"POST /v1/chat/completions": openai_chat, "POST /v1/messages": anthropic_messages,
+    return await serve_upstream({"POST /v1/chat/completions": openai_chat, "POST /v1/embeddings": openai_embeddings,
+                                 "POST /v1/messages": anthropic_messages,
                                  "POST /v1beta/models/{target}": gemini_generate}, app)
 
 
@@ -117,6 +143,11 @@ KINDS = ("openai", "anthropic", "gemini")
 
 @pytest.fixture
 async def running(start_gateway, upstream):
+    return await start_gateway(gateway_config(upstream))
+
+
+def gateway_config(upstream, price: dict | None = None) -> dict:
+    """Model ``openai``, ``anthropic`` and ``gemini`` on the test's upstream, each of its kind."""
     config = biz_config(upstream.url)
     timeouts = {"connect": 2, "first_byte": 5, "idle": 5, "total": 20}
     config["providers"]["anthropic"] = {"kind": "anthropic", "base_url": upstream.root, "api_key": "sk-ant",
@@ -125,8 +156,8 @@ async def running(start_gateway, upstream):
                                      "timeouts": timeouts}
     for kind in KINDS:
         config["models"][kind] = {"provider": "up" if kind == "openai" else kind, "model": "m",
-                                  "price": {"input": 1.0, "output": 2.0}, "context_window": 100_000}
-    return await start_gateway(config)
+                                  "price": price or {"input": 1.0, "output": 2.0}, "context_window": 100_000}
+    return config
 
 
 async def ask(s: aiohttp.ClientSession, running, model: str, stream: bool) -> tuple[int, dict | None]:
@@ -210,3 +241,80 @@ async def test_the_last_usage_report_of_a_stream_counts(running, upstream, kind,
     assert (row["prompt"], row["completion"], row["estimated"]) == (3, billed, 0)
     assert row["cost"] == told == 3 + 2 * billed == got["spent_micro_usd"]
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (3, billed)
+
+
+async def test_usage_after_the_end_of_a_stream_is_not_read(running, upstream):
+    """OpenAI's stream ends at data: [DONE]; a usage chunk after it is not read (the gateway
+    stops there): the usage is unknown, counted and told."""
+    upstream.app[STATE].update(reports=["1"], after_done=True)
+    async with aiohttp.ClientSession() as s:
+        told, usage = await ask(s, running, "openai", True)
+        await check_estimated(s, running, told, usage)
+
+
+async def test_usage_sent_after_the_client_hung_up_is_billed(running, upstream):
+    """The client leaves after the text; the upstream sends its usage afterwards: the gateway
+    reads on (bounded) and bills the upstream's usage, not an estimate and not nothing."""
+    release = upstream.app[STATE]["release"] = asyncio.Event()
+    upstream.app[STATE]["reports"] = ["40"]
+    body = {"model": "openai", "max_tokens": 500, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(running.url + "/chat/completions", json=body, headers=bearer(DEMO)) as r:
+            assert r.status == 200
+            await r.content.readuntil(b"\n\n")
+            r.close()
+        release.set()
+        for _ in range(400):  # the row is written when the gateway has read the end
+            rows = await ledger_rows(running, "prompt", "completion", "cost", "estimated")
+            if rows:
+                break
+            await asyncio.sleep(0.025)
+        got = await credits(s, running, DEMO)
+    assert rows == [{"prompt": 3, "completion": 40, "cost": 83, "estimated": 0}]
+    assert got["spent_micro_usd"] == 83 and got["balance_micro_usd"] == 5_000_000 - 83
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_cached_above_the_prompt_and_reasoning_above_the_output_cost_what_the_counts_bound(
+        start_gateway, upstream, stream):
+    """Held before: cached tokens above the prompt are billed as a prompt all cached (never a
+    negative uncached part, which at a cached price below the input price would make the
+    charge negative: (10 - 500) x 1 + 500 x 0.5 + 40 x 2 = -160); reasoning tokens are part of
+    the output, priced as it, so more of them than the output changes nothing."""
+    upstream.app[STATE]["raw"] = (b'{"prompt_tokens":10,"completion_tokens":40,"prompt_tokens_details":'
+                                  b'{"cached_tokens":500},"completion_tokens_details":{"reasoning_tokens":900}}')
+    running = await start_gateway(gateway_config(upstream, {"input": 1.0, "output": 2.0, "cached_input": 0.5}))
+    async with aiohttp.ClientSession() as s:
+        told, usage = await ask(s, running, "openai", stream)
+        got = await credits(s, running, DEMO)
+    [row] = await ledger_rows(running, "prompt", "completion", "cost", "estimated")
+    assert row == {"prompt": 10, "completion": 40, "cost": 5 + 80, "estimated": 0}
+    assert told == 85 == got["spent_micro_usd"] and got["balance_micro_usd"] == 5_000_000 - 85
+
+
+EMBEDDED = "some words the upstream embedded for the caller"
+
+
+USABLE = b'{"prompt_tokens":12,"total_tokens":12}'
+
+
+@pytest.mark.parametrize("usage", [b"", b'{"prompt_tokens":"12","total_tokens":12}', b'{"prompt_tokens":-1}',
+                                   b'{"prompt_tokens":null,"total_tokens":null}', USABLE],
+                         ids=["none", "string", "negative", "null", "usable"])
+async def test_embeddings_without_usable_usage_bill_the_input_counted(running, upstream, usage):
+    """Embeddings have no output to count: unknown usage is the input counted (it was free:
+    no usage, or one the rule refuses, took nothing and told nothing)."""
+    upstream.app[STATE]["raw"] = usage
+    async with aiohttp.ClientSession() as s:
+        async with s.post(running.url + "/embeddings", json={"model": "openai", "input": [EMBEDDED, [1, 2, 3]]},
+                          headers=bearer(DEMO)) as r:
+            body = await r.json()
+            assert r.status == 200, body
+            told = round(float(r.headers["x-tollway-cost"]) * 1e6)
+        got = await credits(s, running, DEMO)
+    [row] = await ledger_rows(running, "prompt", "completion", "cost", "estimated")
+    estimated = usage != USABLE
+    tokens = await count_tokens(EMBEDDED) + 3 if estimated else 12
+    assert row == {"prompt": tokens, "completion": 0, "cost": tokens, "estimated": int(estimated)}
+    assert told == tokens == got["spent_micro_usd"] == round(body["usage"]["cost"] * 1e6)
+    assert body["usage"]["prompt_tokens"] == tokens and body["usage"].get("estimated", False) is estimated

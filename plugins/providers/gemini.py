@@ -165,9 +165,10 @@ def _embedding_tokens(data: dict, texts: list[str]) -> int:
     characters a token (documented in docs/providers.md)."""
     meta = data.get("usageMetadata")
     count = meta.get("promptTokenCount") if isinstance(meta, dict) else None
-    if isinstance(count, int) and 0 <= count <= Usage.MAX_TOKENS:
-        return count
-    return sum(math.ceil(len(t) / 4) for t in texts)
+    try:
+        return Usage.count(count)
+    except ValueError:  # absent, or not a count
+        return sum(math.ceil(len(t) / 4) for t in texts)
 
 
 def _base64(values: list[float]) -> str:
