@@ -155,12 +155,14 @@ class OpenAIPassthrough:
             if _USAGE_OBJECT.search(block) is not None:
                 _, payload = parse_event(block)
                 chunk = load_event_json(payload)
-                if chunk is not None:
-                    if isinstance(chunk.get("usage"), dict):  # the last report counts; one unusable: unknown
-                        self.usage = Usage.from_openai(chunk["usage"])
-                    if chunk.get("choices") == []:  # the final usage chunk: held
-                        self._usage_event, self._usage_chunk = block, chunk
-                        continue
+                if chunk is None:  # a usage report that cannot be read (NaN, cut JSON): unknown usage, not sent
+                    self.usage = None
+                    continue
+                if isinstance(chunk.get("usage"), dict):  # the last report counts; one unusable: unknown
+                    self.usage = Usage.from_openai(chunk["usage"])
+                if chunk.get("choices") == []:  # the final usage chunk: held
+                    self._usage_event, self._usage_chunk = block, chunk
+                    continue
             out.append(block)
         return b"".join(out)
 

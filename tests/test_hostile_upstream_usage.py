@@ -85,6 +85,22 @@ async def openai_embeddings(request: web.Request) -> web.Response:
                         + b'}')
 
 
+async def openai_responses(request: web.Request) -> web.StreamResponse:
+    body = orjson.loads(await request.read())
+    usage = b'{"input_tokens":3,"output_tokens":' + _reports(request)[-1].encode() + b',"total_tokens":9}'
+    final = (b'{"id":"resp_1","object":"response","status":"completed","model":"m","output":[{"type":"message",'
+             b'"id":"msg_1","role":"assistant","status":"completed","content":[{"type":"output_text","text":'
+             + orjson.dumps(TEXT) + b',"annotations":[]}]}],"usage":' + usage + b'}')
+    if not body.get("stream"):
+        return web.Response(content_type="application/json", body=final)
+    events = [_sse(orjson.dumps({"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0,
+                                 "content_index": 0, "delta": p, "sequence_number": i}),
+                   b"response.output_text.delta") for i, p in enumerate(PARTS)]
+    events.append(_sse(b'{"type":"response.completed","sequence_number":3,"response":' + final + b'}',
+                       b"response.completed"))
+    return await _stream(request, events)
+
+
 async def anthropic_messages(request: web.Request) -> web.StreamResponse:
     body = orjson.loads(await request.read())
     reports = _reports(request)
@@ -134,7 +150,7 @@ async def upstream(serve_upstream):
     app = web.Application()
     app[STATE] = {"reports": ["4"]}
     return await serve_upstream({"POST /v1/chat/completions": openai_chat, "POST /v1/embeddings": openai_embeddings,
-                                 "POST /v1/messages": anthropic_messages,
+                                 "POST /v1/messages": anthropic_messages, "POST /v1/responses": openai_responses,
                                  "POST /v1beta/models/{target}": gemini_generate}, app)
 
 
@@ -318,3 +334,89 @@ async def test_embeddings_without_usable_usage_bill_the_input_counted(running, u
     assert row == {"prompt": tokens, "completion": 0, "cost": tokens, "estimated": int(estimated)}
     assert told == tokens == got["spent_micro_usd"] == round(body["usage"]["cost"] * 1e6)
     assert body["usage"]["prompt_tokens"] == tokens and body["usage"].get("estimated", False) is estimated
+
+
+async def ask_anthropic(s: aiohttp.ClientSession, running, stream: bool) -> tuple[int, dict]:
+    """A /v1/messages call to the Anthropic upstream (a passthrough): (cost told, usage told)."""
+    body = {"model": "anthropic", "max_tokens": 500, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    async with s.post(running.url + "/messages", json=body, headers={"x-api-key": DEMO}) as r:
+        raw = await r.read()
+        assert r.status == 200, raw
+    if not stream:
+        usage = orjson.loads(raw)["usage"]
+        assert round(float(r.headers["x-tollway-cost"]) * 1e6) == round(usage["cost"] * 1e6)
+        return round(usage["cost"] * 1e6), usage
+    events = [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    assert events[-1]["type"] == "message_stop", raw
+    [usage] = [e["usage"] for e in events if e["type"] == "message_delta"]
+    return round(usage["cost"] * 1e6), usage
+
+
+@pytest.mark.parametrize("value", ["-5", '"7"', "null", "1e30"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_an_anthropic_passthrough_tells_the_counts_billed(running, upstream, stream, value):
+    """An Anthropic client of an Anthropic upstream gets the upstream's bytes; when their usage
+    is unusable, the usage it is told (the answer's, or message_delta's) is the gateway's count
+    (it was told the upstream's: output_tokens -5 or 1e30 beside the cost of 41 counted)."""
+    upstream.app[STATE]["reports"] = [value]
+    async with aiohttp.ClientSession() as s:
+        told, usage = await ask_anthropic(s, running, stream)
+        got = await credits(s, running, DEMO)
+    [row] = await ledger_rows(running, "prompt", "completion", "cost", "estimated")
+    assert row["estimated"] == 1 and row["completion"] == await count_tokens(TEXT), row
+    assert 0 <= row["cost"] == told == row["prompt"] + 2 * row["completion"] == got["spent_micro_usd"]
+    assert usage["estimated"] is True
+    assert (usage["input_tokens"], usage["output_tokens"]) == (row["prompt"], row["completion"]), usage
+
+
+@pytest.mark.parametrize("value", ["-5", '"7"', "null", "7.5"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_a_responses_passthrough_tells_the_counts_billed(running, upstream, stream, value):
+    """/v1/responses passed through: an unusable count is unknown usage, counted and told in
+    the answer's (or the terminal event's) usage ("7" was billed 7 tokens, 7.5 too)."""
+    upstream.app[STATE]["reports"] = [value]
+    async with aiohttp.ClientSession() as s:
+        async with s.post(running.url + "/responses", json={"model": "openai", "input": "hi", "stream": stream,
+                                                           "max_output_tokens": 500}, headers=bearer(DEMO)) as r:
+            raw = await r.read()
+            assert r.status == 200, raw
+        if stream:
+            usage = orjson.loads(raw.rstrip().rpartition(b"\ndata: ")[2])["response"]["usage"]
+        else:
+            usage = orjson.loads(raw)["usage"]
+        got = await credits(s, running, DEMO)
+    [row] = await ledger_rows(running, "prompt", "completion", "cost", "estimated")
+    assert row["estimated"] == 1 and row["completion"] == await count_tokens(TEXT), row
+    assert 0 <= row["cost"] == round(usage["cost"] * 1e6) == row["prompt"] + 2 * row["completion"]
+    assert row["cost"] == got["spent_micro_usd"] and usage["estimated"] is True
+    assert (usage["input_tokens"], usage["output_tokens"]) == (row["prompt"], row["completion"]), usage
+
+
+@pytest.mark.parametrize("value", ["NaN", "-Infinity"])
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_count_that_is_not_json_fails_a_whole_answer_free(running, upstream, kind, value):
+    """Held before: NaN or Infinity (Python's JSON-ish text) make the body invalid JSON: 502, nothing taken."""
+    upstream.app[STATE]["reports"] = [value]
+    body = {"model": kind, "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(running.url + "/chat/completions", json=body, headers=bearer(DEMO)) as r:
+            assert r.status == 502 and (await r.json())["error"]["code"] == "upstream_bad_response"
+        got = await credits(s, running, DEMO)
+    assert (got["spent_micro_usd"], got["balance_micro_usd"]) == (0, 5_000_000)
+    assert await ledger_rows(running, "cost", "error_code") == [{"cost": 0, "error_code": "upstream_bad_response"}]
+
+
+@pytest.mark.parametrize("value", ["NaN", "-Infinity"])
+@pytest.mark.parametrize("client", ["openai", "anthropic-translated", "anthropic-passthrough"])
+async def test_a_usage_report_that_is_not_json_makes_a_stream_usage_unknown(running, upstream, client, value):
+    """A stream's last usage report that cannot be parsed is unknown usage: counted and told.
+    It was skipped: from Anthropic, message_start's output_tokens (1) billed for the 41 that went
+    out; an OpenAI client of an OpenAI upstream got the unparseable chunk beside the gateway's."""
+    upstream.app[STATE]["reports"] = [value]
+    async with aiohttp.ClientSession() as s:
+        if client == "anthropic-passthrough":
+            told, usage = await ask_anthropic(s, running, True)
+            usage = {**usage, "prompt_tokens": usage["input_tokens"], "completion_tokens": usage["output_tokens"]}
+        else:
+            told, usage = await ask(s, running, client.partition("-")[0], True)
+        await check_estimated(s, running, told, usage)

@@ -137,6 +137,9 @@ class AnthropicStreamDecoder:
             try:
                 event = orjson.loads(payload)
             except orjson.JSONDecodeError:
+                if name in ("message_start", "message_delta"):  # a usage report that cannot be read
+                    self._event(name, {}, out)
+                    self.usage = None  # (unknown: counted, unless a later report can be read)
                 continue
             if isinstance(event, dict):
                 self._event(event.get("type") or name, event, out)

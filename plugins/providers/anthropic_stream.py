@@ -68,7 +68,10 @@ class AnthropicPassthrough:
                 break
             name, payload = parse_event(block)
             if name in ("message_start", "message_delta"):
-                data_ = _loads(payload)
+                data_ = load_event_json(payload)
+                if data_ is None:  # a usage report that cannot be read (NaN, cut JSON): the usage is unknown
+                    self.usage = None
+                    data_ = {}
                 usage = (data_.get("message") or {}).get("usage") if name == "message_start" else data_.get("usage")
                 if isinstance(usage, dict):
                     self.usage = merge_usage(self._counts, usage)
@@ -104,7 +107,7 @@ class AnthropicPassthrough:
         for block in held:
             name, payload = parse_event(block)
             if name == "message_delta":
-                data = _loads(payload)
+                data = {"type": "message_delta", **_loads(payload)}
                 billing = call.billing
                 # The gateway's count when it made one (the upstream's could not be used), else the upstream's.
                 told = (usage_to_anthropic(billing.usage) if billing.usage_estimated and billing.usage is not None

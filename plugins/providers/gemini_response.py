@@ -143,6 +143,8 @@ class GeminiStreamDecoder:
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError:
+            if b'"usageMetadata"' in payload:  # a usage report that cannot be read (NaN, cut JSON): unknown usage
+                self.usage = None
             return
         if isinstance(data, list):  # a JSON-array stream element, if one ever comes
             data = data[0] if data and isinstance(data[0], dict) else {}

@@ -154,6 +154,8 @@ class OpenAIStreamDecoder:
             try:
                 chunk = orjson.loads(payload)
             except orjson.JSONDecodeError:
+                if b'"usage"' in payload:  # a usage report that cannot be read (NaN, cut JSON): unknown usage
+                    self.usage = None
                 continue
             if not isinstance(chunk, dict):
                 continue
