@@ -417,12 +417,8 @@ async def forward_embeddings(gateway: Gateway, request: web.Request, call: Call,
     except UNREADABLE as exc:
         raise unreadable_answer(provider.name, exc) from None
     await on_usage(gateway, call)
-    billing = call.billing
-    if billing.usage_estimated and billing.usage is not None:  # the upstream's was missing or unusable
-        tokens = billing.usage.prompt_tokens
-        body["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens, **billing.usage_extra}
-    elif billing.usage_extra and isinstance(body.get("usage"), dict):
-        body["usage"].update(billing.usage_extra)
+    if call.billing.usage_extra and isinstance(body.get("usage"), dict):
+        body["usage"].update(call.billing.usage_extra)
     return await _json_response(request, call, orjson.dumps(body))
 
 

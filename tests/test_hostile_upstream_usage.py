@@ -317,23 +317,24 @@ USABLE = b'{"prompt_tokens":12,"total_tokens":12}'
 @pytest.mark.parametrize("usage", [b"", b'{"prompt_tokens":"12","total_tokens":12}', b'{"prompt_tokens":-1}',
                                    b'{"prompt_tokens":null,"total_tokens":null}', USABLE],
                          ids=["none", "string", "negative", "null", "usable"])
-async def test_embeddings_without_usable_usage_bill_the_input_counted(running, upstream, usage):
-    """Embeddings have no output to count: unknown usage is the input counted (it was free:
-    no usage, or one the rule refuses, took nothing and told nothing)."""
+async def test_embeddings_without_usable_usage_cost_their_hold(running, upstream, usage):
+    """Embeddings have no output to count: an answer whose usage is not usage costs its hold,
+    as one without usage did (the documented rule for usage nobody can count: the prompt bound,
+    a token a byte of the body, at $1 per 1M tokens), told in x-tollway-cost ("12" was billed
+    12 tokens)."""
     upstream.app[STATE]["raw"] = usage
+    raw = orjson.dumps({"model": "openai", "input": [EMBEDDED, [1, 2, 3]]})
     async with aiohttp.ClientSession() as s:
-        async with s.post(running.url + "/embeddings", json={"model": "openai", "input": [EMBEDDED, [1, 2, 3]]},
-                          headers=bearer(DEMO)) as r:
+        async with s.post(running.url + "/embeddings", data=raw,
+                          headers={**bearer(DEMO), "Content-Type": "application/json"}) as r:
             body = await r.json()
             assert r.status == 200, body
             told = round(float(r.headers["x-tollway-cost"]) * 1e6)
         got = await credits(s, running, DEMO)
-    [row] = await ledger_rows(running, "prompt", "completion", "cost", "estimated")
-    estimated = usage != USABLE
-    tokens = await count_tokens(EMBEDDED) + 3 if estimated else 12
-    assert row == {"prompt": tokens, "completion": 0, "cost": tokens, "estimated": int(estimated)}
-    assert told == tokens == got["spent_micro_usd"] == round(body["usage"]["cost"] * 1e6)
-    assert body["usage"]["prompt_tokens"] == tokens and body["usage"].get("estimated", False) is estimated
+    [row] = await ledger_rows(running, "prompt", "completion", "cost")
+    cost = 12 if usage == USABLE else len(raw)
+    assert row == {"prompt": 12 if usage == USABLE else 0, "completion": 0, "cost": cost}
+    assert told == cost == got["spent_micro_usd"] and got["balance_micro_usd"] == 5_000_000 - cost
 
 
 async def ask_anthropic(s: aiohttp.ClientSession, running, stream: bool) -> tuple[int, dict]:

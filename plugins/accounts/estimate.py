@@ -13,16 +13,15 @@ Two different needs:
   four bytes a token, plus the requested output), reconciled with the real
   usage afterwards.
 
-And one made after the answer went out, when the upstream never said what it
-used (a stream cut, timed out or abandoned before its usage event, an upstream
-that sends none, or usage that is not usage): ``counted_usage`` counts the
-input embedded (embeddings) or the output that was produced
-(``Billing.streamed``, or the completion) and the prompt with a real tokenizer
-(``tokens.py``), each capped by the bound its reservation was made with, so
-the estimate never costs more than was reserved. When the tokenizer (or
-reading the text out of the stream) fails, the count falls back to about four
-bytes a token of the raw bytes (``byte_count``), capped the same way: a count
-that fails never makes output free.
+And one made after the answer went out, when the upstream never said what
+it used (a stream cut, timed out or abandoned before its usage event, an
+upstream that sends none): ``counted_usage`` counts the output that was
+produced (``Billing.streamed``, or the completion) and the prompt with a
+real tokenizer (``tokens.py``), each capped by the bound its reservation
+was made with, so the estimate never costs more than was reserved. When the
+tokenizer (or reading the text out of the stream) fails, the count falls
+back to about four bytes a token of the raw bytes (``byte_count``), capped the
+same way: a count that fails never makes output free.
 """
 
 from __future__ import annotations
@@ -193,10 +192,6 @@ async def counted_usage(call: Call, dialect: Dialect, default_cap: int) -> Usage
     nothing (or, for a stream that ended early, only part): None when no
     output went out (then nothing is billed)."""
     billing = call.billing
-    if call.endpoint == "embeddings":  # no output: what is billed is the input the upstream embedded
-        prompt = await _count(lambda: prompt_text(call.body), len(call.body_bytes())) + _token_ids(call.body)
-        prompt = min(prompt, prompt_bound(call))
-        return Usage(prompt_tokens=prompt) if prompt > 0 else None
     if call.stream:
         if not billing.streamed:
             return None
@@ -223,15 +218,6 @@ async def counted_usage(call: Call, dialect: Dialect, default_cap: int) -> Usage
     else:
         prompt = await _count(lambda: prompt_text(call.body), len(call.body_bytes()))
     return Usage(prompt_tokens=min(prompt, prompt_bound(call)), completion_tokens=completion)
-
-
-def _token_ids(body: dict) -> int:
-    """The tokens an embeddings ``input`` sends as token ids (a list of ints, or of lists of
-    ints): ``prompt_text`` reads only strings."""
-    items = body.get("input")
-    if not isinstance(items, list):
-        return 0
-    return sum(1 if type(item) is int else len(item) if isinstance(item, list) else 0 for item in items)
 
 
 def byte_usage(call: Call, default_cap: int) -> Usage | None:
