@@ -30,7 +30,7 @@ from ..accounts import ACCOUNTS
 from .delivery import next_delay, send, where
 from .options import EVENTS, AlertsOptions, Webhook
 from .outbox import Delivery, Outbox
-from .watch import look
+from .watch import look, read_budgets
 
 log = logging.getLogger("tollway.alerts")
 LEASE_MARGIN = 30.0  # seconds past a delivery's timeout before another instance may take it
@@ -153,6 +153,13 @@ class Plugin:
         while True:
             accounts = self.gateway.services.get(ACCOUNTS)
             if accounts is not None:
+                try:
+                    await read_budgets(accounts)  # (the fleet's totals, not this instance's view of them)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    throttled(log, logging.WARNING, "alerts_budgets", "alerts: the budgets' totals could not be "
+                              "read; looking at them as this instance last saw them", exc_info=True)
                 for event in look(accounts, self.options):
                     self.gateway.emit(event)
             await asyncio.sleep(self.options.check_seconds)

@@ -8,6 +8,11 @@ one event until the account is topped up (its key holds the total ever granted,
 balance + spent, which only a top-up changes), a key's expiry one event per
 expiry time, a budget's share once per period. So a restart, or a second worker,
 finds the same events and the outbox delivers each once.
+
+Budgets are looked at as the whole fleet spent them (``read_budgets``: with shared
+counters, each instance otherwise knows a total only as its own requests' last replies
+said it, and one whose requests crossed a share may stop before its next look): each
+instance that sees a share reached makes the same event, which the outbox delivers once.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from ..accounts.money import MICRO, format_usd
 from .options import AlertsOptions
 
 BUDGET_SHARES = (100, 80, 50)  # percent of a budget's cap, the highest reached first
+READ_CHUNK = 1000  # keys (and accounts) whose budget totals are read from the counters in one call
 
 
 def iso(ts: float) -> str:
@@ -53,6 +59,18 @@ def expiring_keys(accounts: Accounts, days: float, now: float) -> Iterator[Event
                                      "account": key.account_id, "expires_at": iso(expires),
                                      "days_left": round((expires - now) / 86400, 2)},
                     key=f"{key.id}:{expires}")
+
+
+async def read_budgets(accounts: Accounts) -> None:
+    """Bring the totals ``budget_events`` reads up to what the fleet spent (shared counters;
+    nothing to do in memory). Counters down: the totals as this instance last saw them."""
+    keeper = accounts.budgets
+    if keeper is None or keeper.counters.kind != "redis":
+        return
+    keys = [key for key in accounts.by_id.values() if key.budgets.caps and key.revoked_at is None]
+    accs = [acc for acc in accounts.accounts.values() if acc.policy.budgets.caps]
+    for i in range(0, max(len(keys), len(accs)), READ_CHUNK):
+        await keeper.read(keys=keys[i:i + READ_CHUNK], accounts=accs[i:i + READ_CHUNK])
 
 
 def budget_events(accounts: Accounts, now: float) -> Iterator[Event]:
