@@ -47,7 +47,17 @@ TABLES = (
     "create index if not exists tollway_batches_status on tollway_batches (status, created_at)",
 )
 
-MIGRATIONS = (Migration(1, "files, batches and their lines", TABLES),)
+MIGRATIONS = (
+    Migration(1, "files, batches and their lines", TABLES),
+    # A line's usage as its ledger row has it, for the row a recovery writes when the charge was
+    # lost (NULL: stored before this migration; the recovery reads the answer's usage then).
+    Migration(2, "batch_lines.tokens", (
+        "alter table tollway_batch_lines add column prompt_tokens integer",
+        "alter table tollway_batch_lines add column completion_tokens integer",
+        "alter table tollway_batch_lines add column cached_tokens integer",
+        "alter table tollway_batch_lines add column reasoning_tokens integer",
+        "alter table tollway_batch_lines add column estimated integer not null default 0")),
+)
 
 BATCH_COLUMNS = ("id", "account_id", "key_id", "endpoint", "input_file_id", "completion_window", "metadata",
                  "status", "total", "created_at", "in_progress_at", "completed_at", "cancelling_at", "cancelled_at")

@@ -18,6 +18,12 @@ A line is stored ``done`` or ``failed`` before its charge (``runner.py``) and st
   a request's charge is (``budget_totals``): a budget whose period total was made before
   the recovery (by a request, or seeded from the store before the row was there) did not
   see it, and let the key spend it again.
+
+The recovered row has the line's tokens (stored with its answer; a line stored before they
+were, the answer's ``usage``), so ``/v1/usage`` and the dashboard count them as well as
+the money. A line whose key this instance does not know (made on another instance since
+this one read the keys: read again; or its row deleted from the store) is charged all the
+same: the upstream answered it, and the batch's account owes it.
 """
 
 from __future__ import annotations
@@ -100,11 +106,49 @@ async def budget_totals(accounts: Accounts, key: KeyRecord, acc: Account) -> Bud
     return BudgetHold(tuple(claim.name for claim in totals), 0)
 
 
+def line_usage(stored: list) -> tuple[int, int, int, int, int]:
+    """(prompt, completion, cached, reasoning tokens, estimated) of a line's row: its token
+    columns, or for a line stored before it had them (NULL), its answer's ``usage`` (Chat
+    Completions, completions and embeddings name them as OpenAI does, Responses its own way)."""
+    prompt, completion, cached, reasoning, estimated, response = stored
+    if prompt is not None:
+        return int(prompt), int(completion or 0), int(cached or 0), int(reasoning or 0), int(estimated or 0)
+    try:
+        usage = orjson.loads(response).get("usage") if response else None
+    except (orjson.JSONDecodeError, AttributeError):
+        usage = None
+    if not isinstance(usage, dict):
+        return 0, 0, 0, 0, 0
+
+    def count(*path: str) -> int:
+        value: object = usage
+        for name in path:
+            value = value.get(name) if isinstance(value, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+    if "input_tokens" in usage:  # Responses
+        return (count("input_tokens"), count("output_tokens"), count("input_tokens_details", "cached_tokens"),
+                count("output_tokens_details", "reasoning_tokens"), 0)
+    return (count("prompt_tokens"), count("completion_tokens"), count("prompt_tokens_details", "cached_tokens"),
+            count("completion_tokens_details", "reasoning_tokens"), 0)
+
+
+def gone_key(key_id: str, account_id: str) -> KeyRecord:
+    """What stands for a key that is not in the store any more: its id (the ledger row's
+    ``key_id``), its account (which pays), no budgets of its own (its account's apply)."""
+    from plugins.accounts.model import KeyRecord, Limits
+
+    return KeyRecord(id=key_id, name=key_id, hash="", prefix="", account_id=account_id, models=None,
+                     limits=Limits(), expires_at=None, disabled=True, metadata={}, source="api", created_at=0.0,
+                     revoked_at=0.0)
+
+
 async def recover(gateway: Gateway, accounts: Accounts | None) -> int:
     """Charge the lines answered and never charged; returns how many were charged now."""
     store = gateway.store
     rows = await store.fetchall(
-        "select l.batch_id, l.line, l.cost_micro_usd, l.status_code, b.key_id, b.endpoint, l.body "
+        "select l.batch_id, l.line, l.cost_micro_usd, l.status_code, b.key_id, b.endpoint, l.body, b.account_id, "
+        "l.prompt_tokens, l.completion_tokens, l.cached_tokens, l.reasoning_tokens, l.estimated, l.response "
         "from tollway_batch_lines l join tollway_batches b on b.id = l.batch_id "
         "where l.charged = 0 and l.status in ('done', 'failed')")
     if not rows:
@@ -117,24 +161,37 @@ async def recover(gateway: Gateway, accounts: Accounts | None) -> int:
         shared = accounts.shared
         if shared is not None and any(r[2] for r in rows):
             charged |= await streamed_ids(shared)  # (before the store: see the module's docstring)
-        for batch_id, line, cost, status, key_id, endpoint, body in rows:
+        reread = False
+        for batch_id, line, cost, status, key_id, endpoint, body, account_id, *usage in rows:
             lid = ledger_id(batch_id, line)
             if not cost or lid in charged or await store.fetchone("select 1 from tollway_ledger where id = ?",
                                                                    (lid,)):
                 continue
+            if key_id is None:
+                continue  # (a batch made without a key: a gateway that charges nobody)
             key = accounts.by_id.get(key_id)
+            if key is None and not reread:
+                await accounts.reload()  # (a key made on another instance since this one read them)
+                reread = True
+                key = accounts.by_id.get(key_id)
             if key is None:
-                continue
+                if account_id is None or account_id not in accounts.accounts:
+                    log.error("batches: line %d of %s was answered and never charged (%d micro-units), but its "
+                              "key %s and account %s are not in the store: nobody is charged for it", line,
+                              batch_id, cost, key_id, account_id)
+                    continue
+                key = gone_key(key_id, account_id)
             acc = accounts.account_of(key)
             budget = await budget_totals(accounts, key, acc)
             now = time.time()
             model = orjson.loads(body).get("model", "") if body else ""
+            prompt, completion, cached, reasoning, estimated = line_usage(usage)
             row = LedgerRow(
                 id=lid, time=now, day=time.strftime("%Y-%m-%d", time.gmtime(now)), key_id=key.id,
                 account_id=key.account_id, endpoint=ENDPOINTS[endpoint][0], model=model, served_model=model,
                 provider=None, status=status or 200, error_code="batch_recovered", stream=0, cache_hit=0,
-                client_gone=0, prompt_tokens=0, completion_tokens=0, cached_tokens=0, reasoning_tokens=0,
-                cost_micro_usd=cost, latency_ms=0.0, ttfb_ms=None)
+                client_gone=0, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
+                reasoning_tokens=reasoning, cost_micro_usd=cost, latency_ms=0.0, ttfb_ms=None, estimated=estimated)
             if shared is not None and not acc.unlimited:
                 # No hold. The script's done marker is the row's id, the line's: a retry, or the charge of
                 # a holder before this one that stored the answer and reaches Redis only now, changes nothing.

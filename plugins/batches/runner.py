@@ -49,7 +49,7 @@ import orjson
 from proxy import Call, Gateway, StateKey
 from proxy.logs import throttled
 
-from ..ledger import LEDGER_ID, RECORDED
+from ..ledger import LEDGER_ID, NO_USAGE, RECORDED
 from ..quotas import FINISH_DUE, RESERVATION
 from .lines import ENDPOINTS
 from .recovery import ledger_id, recover
@@ -83,12 +83,15 @@ async def store_answer(gateway: Gateway, call: Call, charged: bool = True) -> bo
         err = call.response.error
         code, message = (err.code, err.message) if err is not None else ("error", f"status {status}")
     cost = (call.billing.cost_micro or 0) if status == 200 and charged else 0
+    usage = call.billing.usage or NO_USAGE  # (what its ledger row says; a recovered charge's row too)
     stored = await gateway.store.fetchall(
         "update tollway_batch_lines set status = ?, status_code = ?, response = ?, error_code = ?, "
-        "error_message = ?, cost_micro_usd = ? where batch_id = ? and line = ? and status = 'pending' "
+        "error_message = ?, cost_micro_usd = ?, prompt_tokens = ?, completion_tokens = ?, cached_tokens = ?, "
+        "reasoning_tokens = ?, estimated = ? where batch_id = ? and line = ? and status = 'pending' "
         "returning line",
         ("done" if status == 200 else "failed", status, body.decode("utf-8", "replace"), code, message,
-         cost, batch_id, line))
+         cost, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens,
+         1 if call.billing.usage_estimated else 0, batch_id, line))
     call.state[STORED] = True
     return bool(stored)
 
