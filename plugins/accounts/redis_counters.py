@@ -100,6 +100,7 @@ class RedisLink:
         self.before_write: Callable[[], None] | None = None  # each pipe's (RedisPipe.before_write)
         self._shas: dict[str, str] = {}
         self.down = False
+        self.closed = False  # closed: a call that fails now starts no probe (a stopped process reconnected)
         self._probe: asyncio.Task | None = None
         self._scripts: dict[str, Any] = {}
         self.on_up: list[Callable[[], object]] = []
@@ -216,7 +217,7 @@ class RedisLink:
             throttled(log, logging.WARNING, "redis_pool", "storage.counters: all %d Redis connections were busy "
                       "for %.1fs; requests were refused (503)", POOL_SIZE, self.timeout)
             return
-        if not self.down:
+        if not self.down and not self.closed:
             self.down = True
             log.error("storage.counters: Redis cannot be reached (%s: %s); %s", type(exc).__name__, exc,
                       self.down_note())
@@ -242,6 +243,7 @@ class RedisLink:
             return
 
     async def close(self) -> None:
+        self.closed = True
         await asyncio.gather(stop_task(self._probe), return_exceptions=True)  # (before the pipe: it opens one)
         if self.pipe is not None:
             self.pipe.close()

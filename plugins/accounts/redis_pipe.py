@@ -82,12 +82,15 @@ class RedisPipe(asyncio.Protocol):
             hello.append(("AUTH", user, options["password"]) if user else ("AUTH", options["password"]))
         if options.get("db"):
             hello.append(("SELECT", int(options["db"])))
-        for command in hello:
-            async with asyncio.timeout(timeout):
-                reply = await pipe.send(hiredis.pack_command(command))
-            if isinstance(reply, hiredis.ReplyError):
-                pipe.close()
-                raise PipeClosed(f"Redis refused {command[0]}: {reply}")
+        try:
+            for command in hello:
+                async with asyncio.timeout(timeout):
+                    reply = await pipe.send(hiredis.pack_command(command))
+                if isinstance(reply, hiredis.ReplyError):
+                    raise PipeClosed(f"Redis refused {command[0]}: {reply}")
+        except BaseException:
+            pipe.close()  # (a reply that came too late, or a cancel: the connection left open was nobody's)
+            raise
         return pipe
 
     # -- asyncio.Protocol ------------------------------------------------------------------

@@ -32,6 +32,7 @@ import numpy as np
 import orjson
 
 from proxy import CachedResponse, Call, ConfigError, StateKey, Usage, hookimpl
+from proxy.background import stop_task
 from proxy.logs import throttled
 from proxy.provider import PROMPT_CACHE
 
@@ -127,9 +128,8 @@ class Plugin:
         return self.stop()
 
     async def stop(self) -> None:
-        for task in list(self._joining):
-            task.cancel()
-        await asyncio.gather(*list(self._joining), return_exceptions=True)
+        # stop_task: cancelled again until each ends (a cancel can be lost, see proxy.background)
+        await asyncio.gather(*(stop_task(task) for task in list(self._joining)), return_exceptions=True)
         if self.persistence is not None:
             await self.persistence.close()
             self.persistence = None
