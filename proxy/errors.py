@@ -196,16 +196,26 @@ async def error_middleware(request: web.Request,
     except web.HTTPException:
         raise
     except Exception as exc:
-        fault = client_fault(exc)
-        if fault is not None:
-            return error_response(fault, dialect_of(request), style_of(request))
-        if await _store_down(request, exc):
-            throttled(log, logging.ERROR, "route_store_down", "%s %s: the store cannot be reached (%s: %s)",
-                      request.method, redact(request.path), type(exc).__name__, exc)
-            return error_response(storage_unavailable(), dialect_of(request), style_of(request))
-        throttled(log, logging.ERROR, "route_failed", "%s %s failed", request.method, redact(request.path),
-                  exc_info=True)
-        return error_response(internal_error(), dialect_of(request), style_of(request))
+        return error_response(await error_for(exc, "route_failed", "%s %s failed", request.method,
+                                               redact(request.path), store_of=request),
+                              dialect_of(request), style_of(request))
+
+
+async def error_for(exc: Exception, key: str, message: str, *args: object,
+                    store_of: web.Request | None = None) -> ProxyError:
+    """The answer to ``exc``, raised while serving a request and not a ProxyError: the client's
+    fault (``client_fault``) as its 400; with ``store_of`` (the request), the store not answering
+    as a 503 (one log line); else the gateway's own failure, logged with its traceback
+    (``message % args``, rate-limited under ``key``) and answered with a bare 500."""
+    fault = client_fault(exc)
+    if fault is not None:
+        return fault
+    if store_of is not None and await _store_down(store_of, exc):
+        throttled(log, logging.ERROR, "route_store_down", "%s %s: the store cannot be reached (%s: %s)",
+                  store_of.method, redact(store_of.path), type(exc).__name__, exc)
+        return storage_unavailable()
+    throttled(log, logging.ERROR, key, message, *args, exc_info=exc)
+    return internal_error()
 
 
 def client_fault(exc: Exception) -> ProxyError | None:

@@ -19,7 +19,7 @@ from multidict import istr
 
 from .call import CachedResponse, Call, Route
 from .clientwrite import CLIENT_WRITE_TIMEOUT, ClientStalled, send_whole
-from .errors import ProxyError, bad_request, client_fault, internal_error
+from .errors import ProxyError, bad_request, error_for
 from .gateway import GATEWAY_KEY
 from .inflight import shutdown_error, uncancel
 from .logs import redact, throttled
@@ -81,11 +81,9 @@ async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call)
             uncancel()  # stopped at shutdown_timeout: answer it, bill it
             resp = await send_error(request, call, shutdown_error())
         except Exception as exc:
-            fault = client_fault(exc)
-            if fault is None:
-                throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", call.endpoint,
-                          redact(http.path) if http is not None else "(detached)", exc_info=True)
-            resp = await send_error(request, call, fault or internal_error())
+            resp = await send_error(request, call, await error_for(
+                exc, "request_failed", "request failed: %s %s", call.endpoint,
+                redact(http.path) if http is not None else "(detached)"))
         call.timing.ended_at = time.perf_counter()
         if admitted:
             await hooks.call_settle(call)
@@ -165,11 +163,8 @@ async def answer_here(gateway: Gateway, request: web.Request, call: Call,
         except ProxyError as err:
             return await send_error(request, call, err)
         except Exception as exc:
-            fault = client_fault(exc)
-            if fault is None:
-                throttled(log, logging.ERROR, "request_failed", "request failed: %s %s", request.method,
-                          redact(request.path), exc_info=True)
-            return await send_error(request, call, fault or internal_error())
+            return await send_error(request, call, await error_for(
+                exc, "request_failed", "request failed: %s %s", request.method, redact(request.path)))
     finally:
         await finish(gateway, call)
 
