@@ -130,6 +130,7 @@ def default_model(gateway: Gateway, call: Call) -> None:
     model = getattr(call.principal, "default_model", None) or gateway.config.server.default_model
     body = call.body
     if model is None:  # the dialect's own answer to a body without "model"
+        call.model = ""  # (as asked: none; the placeholder is no model's name to record)
         del body["model"]
         if call.endpoint == "embeddings":
             validate_embeddings(body)

@@ -7,6 +7,7 @@ pass through untouched (providers add parameters faster than gateways).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from .errors import bad_request
 
 # For client dialects' own validators (tollway_dialects): the OpenAI checks and their pieces.
 __all__ = ["MAX_JSON_DEPTH", "check_bool", "check_depth", "check_int", "check_model", "check_number", "is_int",
-           "is_number", "validate_chat", "validate_completions", "validate_embeddings"]
+           "is_number", "unusable_text", "validate_chat", "validate_completions", "validate_embeddings"]
 
 CHAT_ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))
 
@@ -60,6 +61,20 @@ def check_model(body: dict) -> None:
         raise bad_request("'model' is required: the name of a model from GET /v1/models", "model", "missing_model")
     if not isinstance(model, str) or not model.strip():
         raise bad_request("'model' must be a non-empty string", "model")
+    if not model.isprintable():
+        problem = unusable_text(model)
+        if problem is not None:
+            raise bad_request(f"'model' {problem}: send the name of a model from GET /v1/models", "model")
+
+
+def unusable_text(text: str) -> str | None:
+    """What makes ``text`` (a name the gateway logs and stores: a model's) unusable, or None: a
+    control character (C0 such as NUL, CR or LF, DEL, C1). Other characters that do not print (a
+    no-break space) pass; a lone surrogate never gets this far (orjson refuses ``"\\ud800"``)."""
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) == "Cc":
+            return f"holds a control character (U+{ord(ch):04X}) at index {i}"
+    return None
 
 
 def check_int(body: dict, name: str, low: int, high: int | None = None) -> None:
@@ -197,6 +212,24 @@ def _check_stop(body: dict, name: str) -> None:
         raise bad_request("'stop' must be a string or a list of strings", "stop")
 
 
+def _check_response_format(body: dict, name: str) -> None:
+    """The shape a translating provider reads (``json_schema.schema`` becomes a tool's input
+    schema on Anthropic, a response schema on Gemini); the schema itself is the upstream's."""
+    fmt = body[name]
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+        raise bad_request("'response_format' must be an object like {\"type\": \"json_object\"}", "response_format")
+    if fmt["type"] == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict):
+            raise bad_request("'response_format.json_schema' must be an object like {\"name\": \"...\", "
+                              "\"schema\": {...}}", "response_format.json_schema")
+        if spec.get("schema") is not None and not isinstance(spec["schema"], dict):
+            raise bad_request("'response_format.json_schema.schema' must be a JSON schema object",
+                              "response_format.json_schema.schema")
+
+
 # Optional Chat Completions fields the gateway checks, in the order errors are reported.
 _CHAT_OPTIONAL: dict[str, Callable[[dict, str], None]] = {
     "stream": check_bool,
@@ -208,6 +241,7 @@ _CHAT_OPTIONAL: dict[str, Callable[[dict, str], None]] = {
     "top_p": lambda body, name: check_number(body, name, 0, 1),
     "tools": _check_tools,
     "stop": _check_stop,
+    "response_format": _check_response_format,
 }
 
 
@@ -220,12 +254,12 @@ def validate_embeddings(body: dict) -> None:
     if isinstance(inp, str):
         if not inp:
             raise bad_request("'input' must not be empty", "input")
-        return
-    if not isinstance(inp, list) or not inp:
-        raise bad_request("'input' must be a string or a non-empty list of strings", "input")
-    for i, item in enumerate(inp):
-        if not (isinstance(item, str) or is_int(item) or (isinstance(item, list) and all(map(is_int, item)))):
-            raise bad_request(f"'input[{i}]' must be a string (or token ids)", f"input[{i}]")
+    else:
+        if not isinstance(inp, list) or not inp:
+            raise bad_request("'input' must be a string or a non-empty list of strings", "input")
+        for i, item in enumerate(inp):
+            if not (isinstance(item, str) or is_int(item) or (isinstance(item, list) and all(map(is_int, item)))):
+                raise bad_request(f"'input[{i}]' must be a string (or token ids)", f"input[{i}]")
     check_int(body, "dimensions", 1)
 
 

@@ -71,6 +71,10 @@ async def test_bad_chat_bodies_are_400(running, data, param, fragment):
     (b'{"model": "echo", "input": []}', "input"),
     (b'{"model": "echo", "input": [{"a": 1}]}', "input[0]"),
     (b'{"input": "x"}', "model"),
+    # dimensions with one string input too (unchecked before: 0 answered 200, "8" a 500 from the mock)
+    (b'{"model": "echo", "input": "x", "dimensions": 0}', "dimensions"),
+    (b'{"model": "echo", "input": "x", "dimensions": "8"}', "dimensions"),
+    (b'{"model": "echo", "input": ["x"], "dimensions": 0}', "dimensions"),
 ])
 async def test_bad_embeddings_bodies_are_400(running, data, param):
     status, body, _ = await post(f"{running.url}/embeddings", data)

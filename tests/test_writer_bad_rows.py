@@ -4,8 +4,8 @@ A batch whose commit raised was retried whole, for ever: one row that can never 
 stopped every row and balance change queued after it (and, at ``max_queue_rows``, every
 request). Two such rows, through the real server:
 
-- any key can send ``"model": "ec\\u0000ho"``; the refusal (404) is recorded with the model
-  as asked, and PostgreSQL's text cannot hold a NUL character;
+- a row holding a NUL character (``"ec\\u0000ho"`` as its model), which PostgreSQL's text cannot
+  hold (a client's model with one is refused at validation now; a plugin's row could hold one);
 - a row whose id is stored already (the same request id queued twice: a batch line's charge
   recovered while the first was on its way, ``plugins/batches/runner.py``).
 
@@ -16,6 +16,7 @@ ledger stream (Redis) an entry whose row the store refuses is stored as its char
 from __future__ import annotations
 
 import logging
+import time
 
 import aiohttp
 import asyncpg
@@ -49,11 +50,14 @@ async def stored(running) -> tuple[list[str], int]:
 
 
 async def nul_row_then_paid(running) -> int:
-    """A request whose ledger row PostgreSQL refuses (a NUL in the model asked: 404), then a
-    paid one; the paid one's cost in micro-USD."""
+    """A ledger row PostgreSQL refuses queued (a NUL in the model asked, as a refused request's row
+    held before such a model was refused at validation), then a paid request; the paid one's cost
+    in micro-USD."""
+    now = time.time()
+    running.gw.services[ACCOUNTS].writer.append(LedgerRow(
+        "nul-row-1", now, time.strftime("%Y-%m-%d", time.gmtime(now)), ACCOUNT, ACCOUNT, "chat", "ec\u0000ho",
+        None, None, 404, "model_not_found", 0, 0, 0, 0, 0, 0, 0, 0, 1.0, None))
     async with aiohttp.ClientSession() as s:
-        status, _, body = await chat(s, running, DEMO, model="ec\u0000ho", max_tokens=5)
-        assert status == 404, body
         status, headers, body = await chat(s, running, DEMO, max_tokens=5)
         assert status == 200, body
         return round(float(headers["x-tollway-cost"]) * 1e6)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy import ProxyError
-from proxy.validate import is_int, is_number
+from proxy.validate import is_int, is_number, unusable_text
 
 ROLES = ("user", "assistant")
 TOOL_CHOICES = ("auto", "any", "tool", "none")
@@ -27,6 +27,10 @@ def validate_messages(body: dict) -> None:
         raise _bad("model", "Field required (the name of a model from GET /v1/models)")
     if not isinstance(model, str) or not model.strip():
         raise _bad("model", "must be a non-empty string")
+    if not model.isprintable():
+        problem = unusable_text(model)
+        if problem is not None:
+            raise _bad("model", f"{problem}: send the name of a model from GET /v1/models")
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         raise _bad("max_tokens", "Field required (the most tokens the answer may have)")

@@ -46,6 +46,7 @@ def validate_responses(body: dict) -> None:
     check_number(body, "temperature", 0, 2)
     check_number(body, "top_p", 0, 1)
     _check_tools(body.get("tools"))
+    _check_text(body.get("text"))
     reasoning = body.get("reasoning")
     if reasoning is not None and not isinstance(reasoning, dict):
         raise bad_request("'reasoning' must be an object like {\"effort\": \"low\"}", "reasoning")
@@ -85,6 +86,18 @@ def _check_item(item: Any, where: str) -> None:
             raise bad_request(f"'{where}.call_id' must be a string", f"{where}.call_id")
         if not isinstance(item.get("output"), (str, list)):
             raise bad_request(f"'{where}.output' must be a string", f"{where}.output")
+
+
+def _check_text(text: Any) -> None:
+    """``text.format``'s shape (a translating provider reads its ``schema``)."""
+    if text is None:
+        return
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if not isinstance(text, dict) or (fmt is not None and (not isinstance(fmt, dict)
+                                                           or not isinstance(fmt.get("type"), str))):
+        raise bad_request("'text' must be an object like {\"format\": {\"type\": \"json_object\"}}", "text")
+    if fmt is not None and fmt["type"] == "json_schema" and not isinstance(fmt.get("schema", {}), dict):
+        raise bad_request("'text.format.schema' must be a JSON schema object", "text.format.schema")
 
 
 def _check_tools(tools: Any) -> None:
