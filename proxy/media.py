@@ -58,8 +58,7 @@ def validate_media(endpoint: str, body: dict, upload: Upload | None = None) -> U
         if not isinstance(prompt, str) or not prompt.strip():
             raise bad_request("'prompt' is required: the text describing the image", "prompt", "missing_prompt")
         n = _int_field(body, "n", 1, 10)
-        if body.get("stream") in (True, "true"):  # the answer would be events the gateway cannot price or pass on
-            raise bad_request("'stream' is not served for images: ask without it for the whole answer", "stream")
+        _no_stream(body, "images", "the whole answer")
         for name in ("size", "quality"):
             if body.get(name) is not None and not isinstance(body[name], str):
                 raise bad_request(f"'{name}' must be a string (e.g. \"1024x1024\", \"standard\")", name)
@@ -98,7 +97,19 @@ def validate_media(endpoint: str, body: dict, upload: Upload | None = None) -> U
         raise bad_request(f"'response_format' must be one of {', '.join(sorted(TRANSCRIPT_FORMATS))}, got {fmt!r}",
                           "response_format")
     _number_field(body, "temperature", 0, 1)
+    _no_stream(body, "transcriptions and translations", "the whole transcript")
     return Units()
+
+
+def _no_stream(body: dict, what: str, instead: str) -> None:
+    """400 for ``stream`` asked (true, or any multipart value but false/0): the answer would be
+    events the gateway cannot price or pass on as they come (it would hold them all, then bill a
+    token-priced transcript its worst case: the usage sits in the last event)."""
+    value = body.get("stream")
+    if value in (None, False) or (isinstance(value, str) and value.strip().lower() in ("false", "0")):
+        return
+    raise bad_request(f"'stream' is not served for {what} through this gateway: ask without it (or with "
+                      f"stream=false) for {instead} in one answer", "stream", "stream_not_supported")
 
 
 def _not_empty(upload: Upload, *names: str) -> None:

@@ -19,11 +19,17 @@ from typing import Any
 
 import orjson
 
-from proxy import Call, UpstreamRequest
+from proxy import Call, ProxyError, UpstreamRequest
 from proxy.sse import DONE_EVENT, data_event
 
 from .mock_media import mock_media
 from .openai import OpenAIProvider
+
+#: The most words the echo answers with, as a model's output cap (a 10 MB prompt echoed a word a
+#: stream event held the worker's loop for a minute and a gigabyte).
+MAX_REPLY_WORDS = 16384
+#: The most numbers an embeddings answer holds (inputs x dimensions): 65,536, ~1.3 MB of JSON.
+MAX_EMBEDDING_NUMBERS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -80,8 +86,7 @@ class MockProvider(OpenAIProvider):
         return "Hello from tollway's mock provider."
 
     def chat(self, body: dict) -> list[bytes]:
-        text = self.reply_text(body)
-        words = text.split(" ")
+        text, words, finish = capped(self.reply_text(body))
         prompt_tokens = sum(count_tokens(_text_of(m.get("content"))) + 3 for m in body.get("messages") or [])
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
                  "total_tokens": prompt_tokens + len(words),
@@ -94,7 +99,7 @@ class MockProvider(OpenAIProvider):
             return [orjson.dumps({
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                             "logprobs": None, "finish_reason": "stop"}],
+                             "logprobs": None, "finish_reason": finish}],
                 "usage": usage, "system_fingerprint": None})]
         head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                 "system_fingerprint": None}
@@ -105,7 +110,7 @@ class MockProvider(OpenAIProvider):
 
         events = [chunk({"role": "assistant", "content": ""})]
         events += [chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words)]
-        events.append(chunk({}, "stop"))
+        events.append(chunk({}, finish))
         opts = body.get("stream_options") or {}
         if opts.get("include_usage"):
             events.append(data_event(orjson.dumps({**head, "choices": [], "usage": usage})))
@@ -116,8 +121,7 @@ class MockProvider(OpenAIProvider):
         """Legacy completions: the prompt (and suffix) echoed, a word per stream chunk."""
         prompt = body.get("prompt")
         prompt_text = prompt if isinstance(prompt, str) else " ".join(p for p in prompt or () if isinstance(p, str))
-        text = self.options.reply if self.options.reply is not None else prompt_text or "Hello"
-        words = text.split(" ")
+        text, words, finish = capped(self.options.reply if self.options.reply is not None else prompt_text or "Hello")
         prompt_tokens = count_tokens(prompt_text) + count_tokens(body.get("suffix") or "")
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
                  "total_tokens": prompt_tokens + len(words)}
@@ -125,14 +129,14 @@ class MockProvider(OpenAIProvider):
                 "created": int(time.time()), "model": body.get("model", "mock")}
         if not body.get("stream"):
             return [orjson.dumps({**head, "choices": [{"index": 0, "text": text, "logprobs": None,
-                                                       "finish_reason": "stop"}], "usage": usage})]
+                                                       "finish_reason": finish}], "usage": usage})]
 
         def chunk(piece: str, finish: str | None = None) -> bytes:
             return data_event(orjson.dumps({**head, "choices": [{"index": 0, "text": piece, "logprobs": None,
                                                                   "finish_reason": finish}]}))
 
         events = [chunk(w if i == 0 else " " + w) for i, w in enumerate(words)]
-        events.append(chunk("", "stop"))
+        events.append(chunk("", finish))
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append(data_event(orjson.dumps({**head, "choices": [], "usage": usage})))
         events.append(DONE_EVENT)
@@ -142,6 +146,10 @@ class MockProvider(OpenAIProvider):
         inputs = body.get("input")
         items = [inputs] if isinstance(inputs, str) else list(inputs or [])
         dims = body.get("dimensions") or self.options.embedding_dimensions
+        if len(items) * dims > MAX_EMBEDDING_NUMBERS:  # (the answer is made on the event loop)
+            raise ProxyError(400, f"the mock provider makes at most {MAX_EMBEDDING_NUMBERS} numbers an answer: "
+                                  f"{len(items)} input(s) of {dims} dimensions are more; ask for fewer",
+                             param="dimensions", code="too_many_dimensions")
         as_base64 = body.get("encoding_format") == "base64"  # the Node SDK's default: float32 LE, base64
         data = [{"object": "embedding", "index": i,
                  "embedding": base64_floats(vector) if as_base64 else vector}
@@ -201,13 +209,19 @@ def base64_floats(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
+def capped(text: str) -> tuple[str, list[str], str]:
+    """The reply (its text, its words, its finish reason): at most ``MAX_REPLY_WORDS`` words,
+    cut as a model's output cap cuts ("length")."""
+    words = text.split(" ", MAX_REPLY_WORDS)
+    if len(words) <= MAX_REPLY_WORDS:
+        return text, words, "stop"
+    del words[MAX_REPLY_WORDS:]
+    return " ".join(words), words, "length"
+
+
 def fake_embedding(text: str, dims: int) -> list[float]:
     """A unit vector derived from the text's hash: equal texts, equal vectors."""
-    raw = b""
-    counter = 0
-    while len(raw) < dims * 4:
-        raw += hashlib.sha256(f"{counter}:{text}".encode()).digest()
-        counter += 1
+    raw = b"".join(hashlib.sha256(f"{counter}:{text}".encode()).digest() for counter in range(-(-dims // 8)))
     values = [v / 2**31 - 1.0 for v in struct.unpack(f"<{dims}I", raw[:dims * 4])]
     norm = math.sqrt(sum(v * v for v in values)) or 1.0
     return [v / norm for v in values]
