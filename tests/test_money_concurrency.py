@@ -25,7 +25,9 @@ async def test_balance_never_negative_and_ledger_equals_money_taken(start_gatewa
     config["models"]["up"]["price"] = {"input": 0, "output": 1000}
     config["providers"]["up"]["max_connections"] = 1000
     running = await start_gateway(config)
-    sdk = openai.AsyncOpenAI(base_url=running.url, api_key=KEY, max_retries=0)
+    # A generous timeout: the SDK connects within 5 s by default, and 300 connections at once to this
+    # in-process gateway on a loaded machine took longer (httpx ConnectTimeout, not an answer).
+    sdk = openai.AsyncOpenAI(base_url=running.url, api_key=KEY, max_retries=0, timeout=60)
     outcomes: list[str] = []
     mock = {"chunk_delay": 0.003, "delay": 0.01}
 
