@@ -16,51 +16,25 @@ a PostgreSQL schema of its own.
 from __future__ import annotations
 
 import aiohttp
-import asyncpg
-import orjson
 import pytest
-import redis.asyncio as aioredis
-import yaml
-from business import bearer, biz_config
-from fleet import TcpProxy, kill_all, private_redis, start_servers, until
-from stores import fresh_database
+from business import bearer
+from fleet import TcpProxy, until
 from test_lifecycle import Server
+from test_redis_owed import KEY, Fleet, behind_proxy
 
 pytestmark = pytest.mark.fleet
 
-KEY = "sk-budget-redis-down-01"
 ACCOUNT = "cfg_k"
 OPENING = 1_000_000
 BUDGET = 500_000  # micro-USD a day
 PREFIX = "bdown:"
 
 
-class Setup:
+class Setup(Fleet):
+    """test_redis_owed's set-up, its key with a daily budget."""
+
     def __init__(self, tmp_path, url: str, redis, proxy: TcpProxy) -> None:
-        config = biz_config(keys=[{"name": "k", "key": KEY, "credits": OPENING / 1e6,
-                                   "budgets": {"daily": BUDGET / 1e6}}])
-        config["server"].update(host="127.0.0.1", access_log="off")
-        config["storage"] = {"url": url, "counters": f"redis://127.0.0.1:{proxy.port}/0?prefix={PREFIX}&timeout=0.5"}
-        config["providers"]["dribble"] = {"kind": "mock", "chunk_delay": 0.05}
-        config["models"]["dribble"] = {"provider": "dribble", "price": {"input": 1.0, "output": 2.0}}
-        self.path = tmp_path / "tollway.yaml"
-        self.path.write_text(yaml.safe_dump(config))
-        self.url, self.proxy = url, proxy
-        self.redis = aioredis.Redis.from_url(f"redis://127.0.0.1:{redis.port}/0")
-        self.servers: list[Server] = []
-
-    async def start(self) -> Server:
-        server = (await start_servers(self.path, 1))[0]
-        self.servers.append(server)
-        return server
-
-    async def sql(self, query: str, *args):
-        schema = self.url.partition("=")[2]
-        conn = await asyncpg.connect(self.url.split("?")[0], server_settings={"search_path": schema})
-        try:
-            return await conn.fetch(query, *args)
-        finally:
-            await conn.close()
+        super().__init__(tmp_path, url, redis, proxy, prefix=PREFIX, key_options={"budgets": {"daily": BUDGET / 1e6}})
 
     async def ledger(self) -> tuple[int, int]:
         (rows, total), = await self.sql("select count(*), coalesce(sum(cost_micro_usd), 0) from tollway_ledger "
@@ -73,21 +47,6 @@ class Setup:
         assert len(names) == 1, names
         return {k.decode(): int(v) for k, v in (await self.redis.hgetall(names[0])).items()}
 
-    async def answer(self, server: Server, lost) -> int:
-        """A paid stream admitted while Redis answers, ``lost()`` as it streams: what it was told."""
-        payload = {"model": "dribble", "stream": True, "max_tokens": 10, "stream_options": {"include_usage": True},
-                   "messages": [{"role": "user", "content": " ".join("w" for _ in range(8))}]}
-        async with aiohttp.ClientSession() as s, \
-                s.post(server.url + "/v1/chat/completions", json=payload, headers=bearer(KEY)) as r:
-            assert r.status == 200, await r.text()
-            await r.content.readline()  # admitted: held against the balance and the budget in Redis
-            await lost()
-            body = await r.read()
-        last = [line for line in body.split(b"\n") if line.startswith(b"data: {")][-1]
-        told = round(orjson.loads(last[6:])["usage"]["cost"] * 1e6)
-        assert told > 0
-        return told
-
     async def budget_view(self, server: Server) -> dict:
         async with aiohttp.ClientSession() as s, s.get(server.url + "/v1/credits", headers=bearer(KEY)) as r:
             assert r.status == 200, await r.text()
@@ -95,23 +54,11 @@ class Setup:
         assert len(budgets) == 1, budgets
         return budgets[0]
 
-    async def close(self) -> None:
-        kill_all(self.servers)
-        await self.redis.aclose()
-        await self.proxy.close()
-
 
 @pytest.fixture
 async def setup(tmp_path):
-    async with fresh_database("postgres", tmp_path) as url:
-        with private_redis(tmp_path) as redis:
-            proxy = TcpProxy(redis.port)
-            await proxy.start()
-            setup = Setup(tmp_path, url, redis, proxy)
-            try:
-                yield setup
-            finally:
-                await setup.close()
+    async with behind_proxy(tmp_path, Setup) as setup:
+        yield setup
 
 
 async def test_a_budget_settle_redis_missed_is_applied_once_when_it_answers_again(setup):

@@ -12,6 +12,9 @@ cuts, a PostgreSQL schema of its own."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
 import aiohttp
 import asyncpg
 import orjson
@@ -36,10 +39,11 @@ PREFIX = "owed:"
 class Fleet:
     """A config on a PostgreSQL schema and a private Redis reached through ``proxy``."""
 
-    def __init__(self, tmp_path, url: str, redis, proxy: TcpProxy, timeout: float = 0.5) -> None:
-        config = biz_config(keys=[{"name": "k", "key": KEY, "credits": OPENING / 1e6}])
+    def __init__(self, tmp_path, url: str, redis, proxy: TcpProxy, timeout: float = 0.5, prefix: str = PREFIX,
+                 key_options: dict | None = None) -> None:
+        config = biz_config(keys=[{"name": "k", "key": KEY, "credits": OPENING / 1e6, **(key_options or {})}])
         config["server"].update(host="127.0.0.1", access_log="off")
-        config["storage"] = {"url": url, "counters": f"redis://127.0.0.1:{proxy.port}/0?prefix={PREFIX}&timeout={timeout}"}
+        config["storage"] = {"url": url, "counters": f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}&timeout={timeout}"}
         config["providers"]["dribble"] = {"kind": "mock", "chunk_delay": 0.05}
         config["models"]["dribble"] = {"provider": "dribble", "price": {"input": 1.0, "output": 2.0}}
         self.path = tmp_path / "tollway.yaml"
@@ -84,7 +88,7 @@ class Fleet:
                    "messages": [{"role": "user", "content": " ".join("w" for _ in range(8))}]}
         async with aiohttp.ClientSession() as s, \
                 s.post(server.url + "/v1/chat/completions", json=payload, headers=bearer(KEY)) as r:
-            assert r.status == 200
+            assert r.status == 200, await r.text()
             await r.content.readline()  # admitted (held in Redis) and streaming
             await lost()  # Redis out of reach when the answer ends, and for the whole stop
             body = await r.read()
@@ -110,17 +114,25 @@ class Fleet:
         await self.proxy.close()
 
 
-@pytest.fixture
-async def fleet(tmp_path):
+@asynccontextmanager
+async def behind_proxy(tmp_path, make: Callable[..., Fleet] = Fleet) -> AsyncIterator[Fleet]:
+    """``make(tmp_path, url, redis, proxy)`` on a fresh PostgreSQL database and a private Redis
+    reached through a TCP proxy; closed at the end, whatever happened."""
     async with fresh_database("postgres", tmp_path) as url:
         with private_redis(tmp_path) as redis:
             proxy = TcpProxy(redis.port)
             await proxy.start()
-            fleet = Fleet(tmp_path, url, redis, proxy)
+            fleet = make(tmp_path, url, redis, proxy)
             try:
                 yield fleet
             finally:
                 await fleet.close()
+
+
+@pytest.fixture
+async def fleet(tmp_path):
+    async with behind_proxy(tmp_path) as fleet:
+        yield fleet
 
 
 async def test_a_charge_kept_at_a_stop_is_taken_from_redis_once_by_the_next_instance(fleet):
