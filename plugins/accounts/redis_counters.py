@@ -85,8 +85,8 @@ class RedisLink:
 
     def __init__(self, url: str) -> None:
         from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio.retry import Retry  # (the asyncio one: redis-py 8 warns at a sync Retry)
         from redis.backoff import NoBackoff
-        from redis.retry import Retry
 
         conn_url, self.prefix, self.timeout, self.hold_ttl = parse_counters_url(url)
         # A bounded pool: a burst waits (at most the timeout) for a connection instead of
