@@ -171,3 +171,43 @@ async def _ready(s: aiohttp.ClientSession, server: Server) -> bool:
 
 async def _served(s: aiohttp.ClientSession, server: Server) -> bool:
     return (await ask(s, server, FREE))[0] == 200
+
+
+async def test_the_store_is_said_back_only_once_it_answers(tmp_path):
+    """While PostgreSQL stays gone, the writer's steps that had nothing to write (no rows
+    queued) are no sign that it is back: the log says "cannot be reached" once and never
+    "answers again" until it does (it said both, over and over, each time a poll failed
+    between two empty flushes)."""
+    schema = "tollway_pgback_" + str(int(time.time() * 1000) % 10**9)
+    admin = await asyncpg.connect(PG)
+    await admin.execute(f"create schema {schema}")
+    proxy = TcpProxy(5432)
+    await proxy.start()
+    config = biz_config(keys=[{"name": "free", "key": FREE, "credits": None}], auth={"poll_ms": 150},
+                        ledger={"flush_ms": 50})
+    config["server"].update(host="127.0.0.1", access_log="off")
+    config["storage"] = {"url": f"postgresql://postgres@127.0.0.1:{proxy.port}/test?search_path={schema}"}
+    path = tmp_path / "tollway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    server = None
+    try:
+        server = Server(path)
+        await server.wait_ready()
+        await proxy.cut()
+        await asyncio.sleep(2)  # a dozen polls, each failing, with empty flushes between them
+        async with aiohttp.ClientSession() as s, s.get(server.url + "/health/ready") as r:
+            assert r.status == 503 and (await r.json())["storage"] == "down"
+        await proxy.start()
+        async with aiohttp.ClientSession() as s:
+            await until(lambda: _served(s, server), 10, "a request to be served again")
+        await asyncio.sleep(0.5)  # the next step reaches the store and says so
+        code, _, err = await asyncio.to_thread(server.stop)
+        assert code == 0, err
+        assert err.count("storage: the store cannot be reached") == 1, err
+        assert err.count("storage: the store answers again") == 1, err
+        assert err.index("cannot be reached") < err.index("answers again"), err
+    finally:
+        kill_all([server] if server is not None else [])
+        await proxy.close()
+        await admin.execute(f"drop schema if exists {schema} cascade")
+        await admin.close()

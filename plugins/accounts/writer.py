@@ -256,7 +256,8 @@ class Writer(StreamSteps):
                     failure = failure or exc
             if failure is not None:
                 self._store_failed(failure)
-            elif self.store_down:
+            elif self.store_down and await self.book.store.ping():
+                # (steps with nothing to write never reached the store: only an answer says it is back)
                 self.store_down = False
                 log.warning("storage: the store answers again; the queued ledger rows are written (%d "
                             "request(s) were refused at the queue's bound)", self.refused)
