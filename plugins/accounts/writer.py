@@ -44,6 +44,7 @@ from .writer_stream import StreamSteps
 if TYPE_CHECKING:
     from .book import Accounts
     from .db import LedgerRow
+    from .redis_credit import SharedCredit
 
 log = logging.getLogger("tollway.accounts")
 
@@ -156,28 +157,60 @@ class Writer(StreamSteps):
             log.warning("accounts writer: could not remove its batch marker %s", self.marker)
 
     async def _last_writes(self) -> None:
-        """A stop's writes: the queue, the fleet's stream while Redis answers, and the charges
-        Redis did not get while it answers again within ``SharedCredit.back_s``."""
-        try:
-            await self.flush()
-        except Exception:
-            if not self._refused:
-                raise
-            await self.flush()  # again, without the rows the store refuses (bad_rows.py)
-        await self.drain_shared()  # what the fleet queued in Redis, while it answers
-        # Charges Redis did not get (it did not answer: a blip, or a timeout under load): when
-        # it answers again within SharedCredit.back_s they are sent, and stored with the stream.
+        """A stop's writes: the queue, then (shared counters) the fleet's stream and the charges
+        Redis did not get, while Redis answers within ``SharedCredit.back_s``. A drain it
+        leaves unfinished is said in one line (``_say_left``)."""
         shared = self.book.shared
-        if shared is not None:
-            back_by = time.monotonic() + shared.back_s
-            while (self.book.pending_settles or self.book.pending_topups or shared.counters.pending_totals) \
-                    and await shared.answering(back_by):
-                await self.drain_shared()
-        if self.book.shared is not None and self.taken is None:
+        drained = shared is None
+        try:
             try:
-                await self.book.shared.leave()
+                await self.flush()
+            except Exception:
+                if not self._refused:
+                    raise
+                await self.flush()  # again, without the rows the store refuses (bad_rows.py)
+            if shared is not None:
+                drained = await self._drain_at_stop(shared)
+        except BaseException as exc:
+            if shared is not None:
+                self._say_left(shared, f"{type(exc).__name__}: {exc}")
+            raise
+        if shared is None:
+            return
+        if not drained:
+            self._say_left(shared, f"Redis did not answer again within {shared.back_s:g}s")
+        elif self.taken is None:
+            try:
+                await shared.leave()
             except Exception:  # only tidiness
                 log.warning("accounts writer: could not leave the ledger stream's consumer group")
+
+    async def _drain_at_stop(self, shared: SharedCredit) -> bool:
+        """What the fleet queued in Redis, and the charges Redis did not get (a blip, or a timeout
+        under load): a drain a step of which failed because Redis did not answer, or that left
+        charges waiting for Redis, is done again while Redis answers again within
+        ``back_s``. Whether the stream has nothing left for this writer (taken or not)."""
+        book = self.book
+        drained = await self.drain_shared()
+        back_by = time.monotonic() + shared.back_s
+        while not (drained and not (book.pending_settles or book.pending_topups or shared.counters.pending_totals)) \
+                and await shared.answering(back_by):
+            await asyncio.sleep(0.05)  # (no tight loop when what fails is not Redis: a seed the store refused)
+            drained = await self.drain_shared()
+        return drained
+
+    def _say_left(self, shared: SharedCredit, why: str) -> None:
+        """One line for the entries a stop leaves in the fleet's stream (it could not drain it):
+        not lost, but no instance may be left running to store them."""
+        taken = len(self.taken or ())
+        counted = "the stream not counted"
+        if self.stream_counted:
+            counted = (f"the stream had {self.stream_rows} in all when last counted, "
+                       f"{time.monotonic() - self.stream_counted:.1f}s ago")
+        log.warning("accounts writer: stopping with the shared ledger stream not drained (%s): %d entries taken by "
+                    "this writer are not stored (%s); they are not lost: they wait in Redis, and the next instance's "
+                    "writer stores them (stream %s; those taken here once hold_ttl=%gs has passed)", why, taken,
+                    counted, shared.stream, shared.counters.ttl_ms / 1000)
 
     async def _keep_owed(self) -> None:
         """What Redis still has not got (it stayed down for ``back_s``): the charges with their

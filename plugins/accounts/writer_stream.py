@@ -53,42 +53,50 @@ class StreamSteps:
         self.taken: list[StreamEntry] | None = None  # stream entries taken and not yet stored
         self.taken_life: str | None = None  # Redis's life token when they were taken
         self.taken_earlier: set[bytes] = set()  # of those, the ids taken in a life before taken_life
+        self._taken_read = False  # taken_life and taken_earlier are those of ``taken`` (read after the take)
+        self.stream_counted = 0.0  # time.monotonic() when ``stream_rows`` was counted (0: never)
         self._stream_refused = False  # the last attempt failed on a statement: look for bad rows
         self._last_claim = 0.0
         self._pruned = 0.0
         self._shared_lock = asyncio.Lock()
 
-    async def flush_shared(self, mine: bool = False) -> None:
+    async def flush_shared(self, mine: bool = False) -> bool:
         """With shared counters: store the ledger stream's entries this writer takes
         (see ``redis_credit.py``), each once, with its charge, in one transaction;
-        ``mine``: those it took before and never acknowledged (``take_mine``)."""
+        ``mine``: those it took before and never acknowledged (``take_mine``). Whether Redis
+        answered (False: what this step did not store waits in Redis, or here, ``taken``)."""
         if self.book.shared is None:
-            return
+            return True
         async with self._shared_lock:
-            await self._flush_shared(mine)
+            return await self._flush_shared(mine)
 
-    async def drain_shared(self) -> None:
+    async def drain_shared(self) -> bool:
         """Store every entry the stream has for this writer now (shutdown, tests), the
         charges this process is still sending behind included: first those it took and
-        never acknowledged (a step the shutdown stopped half-way), then new ones."""
+        never acknowledged (a step the shutdown stopped half-way), then new ones. Whether
+        it got to the end (False: a step failed because Redis did not answer; the stop tries
+        again while Redis answers within ``back_s``, ``Writer._drain_at_stop``)."""
         await self.book.settles_done()
         for mine in (True, False):
             for _ in range(10_000):
                 done = self.flushes
                 try:
-                    await self.flush_shared(mine)
+                    answered = await self.flush_shared(mine)
                 except Exception:
                     if not self._stream_refused:
                         raise
-                    await self.flush_shared(mine)  # again, without the rows the store refuses
+                    answered = await self.flush_shared(mine)  # again, without the rows the store refuses
+                if not answered:
+                    return False
                 if self.flushes == done:
                     break
+        return True
 
     async def _life(self) -> str | None:
         restorer = self.book.restorer
         return await restorer.token() if restorer is not None else None
 
-    async def _flush_shared(self, mine: bool = False) -> None:
+    async def _flush_shared(self, mine: bool = False) -> bool:
         book = self.book
         shared = book.shared
         assert shared is not None
@@ -105,14 +113,15 @@ class StreamSteps:
             if restorer is not None:
                 pipe.get(restorer.life)  # Redis's life before a take (one round trip with the count)
             replies = await link.call(pipe.execute)
-            self.stream_rows = int(replies[0])
+            self.stream_rows, self.stream_counted = int(replies[0]), time.monotonic()
             before = replies[1].decode() if len(replies) > 1 and replies[1] is not None else None
         except ProxyError:
             pass  # the counters are down: keep the last count
         now = time.monotonic()
         claim = now - self._last_claim >= shared.counters.ttl_ms / 1000
         try:
-            if self.taken is None:
+            fresh = self.taken is None
+            if fresh:
                 if mine:
                     entries = await shared.take_mine(self.batch_rows)
                 else:
@@ -120,13 +129,19 @@ class StreamSteps:
                     if claim:
                         self._last_claim = now
                 if not entries:
-                    return
-                self.taken = entries
+                    return True
+                self.taken, self._taken_read = entries, False
+            entries = self.taken
+            if not self._taken_read:
+                # Redis's life they were taken in, read after the take; when Redis did not answer
+                # then, at the retry (the stop's), with which of them it no longer has pending. (A
+                # life left unread was the last take's, or None: all of them were stored as taken
+                # in a life since lost, and taken from Redis's balance a second time.)
                 self.taken_life = await self._life()
                 self.taken_earlier = set()
-                if before != self.taken_life:  # Redis lost its data while they were taken: which life?
+                if not fresh or before != self.taken_life:  # Redis may have lost its data since the take
                     self.taken_earlier = await self._gone(entries)
-            entries = self.taken
+                self._taken_read = True
             if self._stream_refused:
                 entries = self.taken = await self._without_bad_rows(entries)
             try:
@@ -146,7 +161,8 @@ class StreamSteps:
             if topups:
                 await book.push_topups()
         except ProxyError:
-            return  # the counters are down: the entries wait in Redis (or here, taken)
+            return False  # the counters are down: the entries wait in Redis (or here, taken)
+        return True
 
     async def _gone(self, entries: list[StreamEntry]) -> set[bytes]:
         """The ids of these entries the stream no longer has pending (taken in a Redis life
