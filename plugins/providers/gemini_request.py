@@ -52,7 +52,7 @@ def to_gemini(body: dict) -> dict:
         out["generationConfig"] = config
     tools = body.get("tools")
     if tools:
-        declarations = [_declaration(t["function"]) for t in tools]
+        declarations = [_declaration(t["function"], f"tools[{i}].function") for i, t in enumerate(tools)]
         out["tools"] = [{"functionDeclarations": declarations}]
         tool_config = _tool_config(body.get("tool_choice"))
         if tool_config:
@@ -195,7 +195,7 @@ def _generation_config(body: dict) -> dict:
         config["responseMimeType"] = "application/json"
         schema = (fmt.get("json_schema") or {}).get("schema")
         if schema:
-            config["responseSchema"] = clean_schema(schema)
+            config["responseSchema"] = clean_schema(schema, "response_format.json_schema.schema")
     elif fmt_type not in (None, "text"):
         raise invalid("response_format.type", "must be text, json_object or json_schema")
     budget = reasoning_budget(body.get("reasoning_effort"))
@@ -204,13 +204,13 @@ def _generation_config(body: dict) -> dict:
     return config
 
 
-def _declaration(fn: dict) -> dict:
+def _declaration(fn: dict, where: str) -> dict:
     out: dict[str, Any] = {"name": fn["name"]}
     if fn.get("description"):
         out["description"] = fn["description"]
     params = fn.get("parameters")
     if isinstance(params, dict):
-        cleaned = clean_schema(params)
+        cleaned = clean_schema(params, f"{where}.parameters")
         # A function without arguments has no parameters (Gemini refuses an
         # OBJECT schema with no properties).
         if cleaned.get("properties") or cleaned.get("type") not in (None, "object"):
