@@ -21,23 +21,27 @@ A head that arrives whole in one read, with its body, arms nothing: the
 first request's head timer is the one armed at accept.
 
 It also answers what aiohttp answers by itself (a malformed request, an
-exception that escaped a handler) in the OpenAI error shape instead of plain
-text, and logs it as one short, masked, rate-limited line instead of a
-traceback that quotes the raw request line and headers (keys included).
+exception that escaped a handler) in the client's error shape instead of plain
+text (Anthropic's on the Messages API: for a head the parser refused, its
+request line is read from the bytes that failed), and logs it as one short,
+masked, rate-limited line instead of a traceback that quotes the raw request
+line and headers (keys included).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
-from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp.http_exceptions import BadHttpMethod, ContentEncodingError, HttpProcessingError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
 from .config import ClientTimeouts
-from .errors import ProxyError, internal_error
+from .errors import ProxyError, dialect_of_path, internal_error
 from .logs import redact, throttled
 
 __all__ = ["BodyReadTimeout", "ClientConnection", "GatewayRunner"]
@@ -54,9 +58,9 @@ class BodyReadTimeout(TimeoutError):
     quietly on it too."""
 
 
-def _head_timeout_answer(seconds: float) -> bytes:
+def _head_timeout_answer(seconds: float, dialect: str = "openai") -> bytes:
     body = ProxyError(408, f"the request head did not arrive within {seconds:g} seconds "
-                           "(server.timeouts.header_read)", code="header_read_timeout").render()
+                           "(server.timeouts.header_read)", code="header_read_timeout").render(dialect)
     return (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
 
@@ -64,7 +68,7 @@ def _head_timeout_answer(seconds: float) -> bytes:
 class ClientConnection(RequestHandler):
     """The protocol of one client connection (see the module docstring)."""
 
-    __slots__ = ("_limits", "_timer", "_timer_kind", "_head_bytes", "_body")
+    __slots__ = ("_limits", "_timer", "_timer_kind", "_head_bytes", "_body", "_head_start", "_bad_target")
 
     def __init__(self, manager: ClientServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -73,6 +77,8 @@ class ClientConnection(RequestHandler):
         self._timer_kind = 0
         self._head_bytes = False  # bytes of a head that is not complete yet arrived
         self._body: Any = None  # the payload the body timer is for
+        self._head_start: bytes | None = None  # the first read of a head that came in several reads
+        self._bad_target: str | None = None  # the path of a head the parser refused
 
     # -- the timers -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -99,7 +105,7 @@ class ClientConnection(RequestHandler):
     def evict(self) -> None:
         """Close this waiting connection to make room (a 408 if part of a head had come)."""
         if self._head_bytes and self._timer_kind == _HEAD and self.transport is not None:
-            self.transport.write(cast(ClientServer, self._manager).head_timeout_answer)
+            self.transport.write(self._head_timeout_answer())
         self.force_close()
 
     def data_received(self, data: bytes) -> None:
@@ -108,6 +114,8 @@ class ClientConnection(RequestHandler):
         body = self._body
         super().data_received(data)
         if self._request_count != count:
+            if self._head_start is not None or type(self._messages[-1][0]) is _ErrInfo:
+                self._head_done(data)
             if body is not None and not body.is_eof():
                 # The framing broke inside this body (a bad chunk): aiohttp queues the error as a
                 # next message and leaves the body waiting for bytes that never come. Fail the body
@@ -127,8 +135,25 @@ class ClientConnection(RequestHandler):
             if self._timer is None and data and not (self._close or self._force_close or self._upgraded):
                 self._arm(_HEAD, self._limits.header_read)
                 self._head_bytes = True
+                self._head_start = data
         elif self._timer_kind == _HEAD:
+            if not self._head_bytes:
+                self._head_start = data
             self._head_bytes = True
+
+    def _head_done(self, data: bytes) -> None:
+        """A head completed in ``data`` (not the usual one: it came in several reads, or the
+        parser refused it): what the error answer of a refused one needs, its path."""
+        if type(self._messages[-1][0]) is _ErrInfo:
+            self._bad_target = _target_path(data) or _target_path(self._head_start)
+        self._head_start = None
+
+    def _head_timeout_answer(self) -> bytes:
+        server = cast(ClientServer, self._manager)
+        path = _target_path(self._head_start)
+        if path is not None and dialect_of_path(path, server.base_path) == "anthropic":
+            return server.head_timeout_answer_anthropic
+        return server.head_timeout_answer
 
     def _body_done(self) -> None:
         if self._timer_kind == _BODY:
@@ -166,7 +191,7 @@ class ClientConnection(RequestHandler):
             self.close()
             return
         if self._head_bytes and self.transport is not None:
-            self.transport.write(self._manager.head_timeout_answer)  # type: ignore[union-attr]
+            self.transport.write(self._head_timeout_answer())
         throttled(log, logging.INFO, "header_read", "closed a client connection whose request head did not "
                   "arrive within server.timeouts.header_read (%gs)", self._limits.header_read)
         self.force_close()
@@ -175,7 +200,7 @@ class ClientConnection(RequestHandler):
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         """A malformed request (400 from the parser) or an exception that escaped a
-        handler (500; 504 for a TimeoutError), answered in the OpenAI error shape."""
+        handler (500; 504 for a TimeoutError), answered in the client's error shape."""
         if request.writer.output_size > 0:  # as aiohttp's: the answer has started, the connection is broken
             raise ConnectionError("Response is sent already, cannot send another response with the error message")
         if status >= 500:
@@ -185,6 +210,11 @@ class ClientConnection(RequestHandler):
                 err = internal_error()
             throttled(log, logging.ERROR, "handler_error", "error answering %s %s", request.method,
                       redact(request.path), exc_info=exc)
+        elif isinstance(exc, ContentEncodingError) and "install" in exc.message:  # a coding aiohttp lacks
+            coding = "br" if "(br)" in exc.message else "zstd" if "(zstd)" in exc.message else "this"
+            err = ProxyError(415, f"the request body's Content-Encoding {coding!r} is not supported: send the "
+                                  "body uncompressed, or with Content-Encoding gzip or deflate",
+                             code="unsupported_content_encoding")
         else:
             what = _first_line(message or (exc.message if isinstance(exc, HttpProcessingError) else "") or "")
             err = ProxyError(status, f"malformed HTTP request: {what or 'cannot be parsed'}",
@@ -192,7 +222,8 @@ class ClientConnection(RequestHandler):
             if not (self._request_count == 1 and isinstance(exc, BadHttpMethod)):  # not HTTP at all: aiohttp's rule
                 throttled(log, logging.INFO, "bad_http", "malformed HTTP request from %s: %s", request.remote,
                           what)
-        dialect = "anthropic" if request.path.startswith("/v1/messages") else "openai"
+        path = self._bad_target if status < 500 and self._bad_target is not None else request.path
+        dialect = dialect_of_path(path, cast(ClientServer, self._manager).base_path)
         resp = web.Response(status=err.status, body=err.render(dialect), content_type="application/json")
         resp.force_close()
         return resp
@@ -232,11 +263,27 @@ def _json_answer(request: web.BaseRequest, exc: web.HTTPException) -> web.Respon
         err = ProxyError(status, text if text and text != default else exc.reason or "error",
                          code=(exc.reason or "error").lower().replace(" ", "_").replace("-", "_"))
     err.headers.update((k, v) for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length"))
-    dialect = "anthropic" if request.path.startswith("/v1/messages") else "openai"
+    manager = getattr(request.protocol, "_manager", None)
+    dialect = dialect_of_path(request.path, getattr(manager, "base_path", None))
     resp = web.Response(status=status, body=err.render(dialect), headers=err.headers, content_type="application/json")
     if not exc.keep_alive:
         resp.force_close()
     return resp
+
+
+# A request line: method, target, version (the target as sent: origin or absolute form).
+_REQUEST_LINE = re.compile(rb"(?:^|\n)[!-~]+ ([^ \r\n]+) HTTP/")
+
+
+def _target_path(data: bytes | None) -> str | None:
+    """The path of the last request line in ``data`` (bytes of a head), or None."""
+    lines: list[bytes] = _REQUEST_LINE.findall(data) if data else []
+    if not lines:
+        return None
+    target = lines[-1].decode("latin-1")
+    if not target.startswith("/"):
+        target = urlsplit(target).path if "://" in target else ""
+    return target.split("?", 1)[0]
 
 
 def _first_line(text: str) -> str:
@@ -257,6 +304,8 @@ class ClientServer(web.Server):
 
     timeouts: ClientTimeouts
     head_timeout_answer: bytes
+    head_timeout_answer_anthropic: bytes
+    base_path: str | None
     open_count: int
     evict_above: int
 
@@ -289,6 +338,11 @@ class GatewayRunner(web.AppRunner):
         client_server = cast(ClientServer, server)
         client_server.timeouts = self._timeouts
         client_server.head_timeout_answer = _head_timeout_answer(self._timeouts.header_read)
+        client_server.head_timeout_answer_anthropic = _head_timeout_answer(self._timeouts.header_read, "anthropic")
+        from .gateway import GATEWAY_KEY
+
+        gateway = self._app.get(GATEWAY_KEY) if isinstance(self._app, web.Application) else None
+        client_server.base_path = gateway.config.server.base_path if gateway is not None else None
         client_server.open_count = 0
         client_server.evict_above = _half_the_fd_limit()
         return client_server

@@ -163,9 +163,14 @@ def dialect_of(request: web.BaseRequest) -> str:
 
         app = getattr(request, "app", None)
         gateway = app.get(GATEWAY_KEY) if app is not None else None
-        base = gateway.config.server.base_path if gateway is not None else None
-        if base and path.startswith(base + "/messages"):
-            return "anthropic"
+        return dialect_of_path(path, gateway.config.server.base_path if gateway is not None else None)
+    return "openai"
+
+
+def dialect_of_path(path: str, base_path: str | None) -> str:
+    """``dialect_of`` a request path, with the operator's ``server.base_path``."""
+    if path.startswith("/v1/messages") or (base_path and path.startswith(base_path + "/messages")):
+        return "anthropic"
     return "openai"
 
 
