@@ -75,6 +75,12 @@ class Dialect:
         text = prompt_text(self.canonical_request(call))
         return -(-len(text) // 4)
 
+    def client_error(self, call: Call, err: ProxyError) -> ProxyError:
+        """``err`` (answered to a call in this dialect) in the client's own terms: a dialect whose
+        requests are translated renames the request fields the translation made (``messages[0]``,
+        ``max_tokens``) to the ones the client sent. By default ``err`` as it is."""
+        return err
+
     def answer_text(self, body: dict) -> str:
         """The generated text of a native non-stream answer, for a token estimate when
         the upstream's usage is missing. The default counts the whole answer as text:

@@ -74,14 +74,14 @@ async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call)
             else:
                 resp = await forward(gateway, request, call)
         except ProxyError as err:
-            resp = await send_error(request, call, err)
+            resp = await send_error(gateway, request, call, err)
         except asyncio.CancelledError:
             if not call.response.shutdown:
                 raise
             uncancel()  # stopped at shutdown_timeout: answer it, bill it
-            resp = await send_error(request, call, shutdown_error())
+            resp = await send_error(gateway, request, call, shutdown_error())
         except Exception as exc:
-            resp = await send_error(request, call, await error_for(
+            resp = await send_error(gateway, request, call, await error_for(
                 exc, "request_failed", "request failed: %s %s", call.endpoint,
                 redact(http.path) if http is not None else "(detached)"))
         call.timing.ended_at = time.perf_counter()
@@ -162,9 +162,9 @@ async def answer_here(gateway: Gateway, request: web.Request, call: Call,
         try:
             return await respond()
         except ProxyError as err:
-            return await send_error(request, call, err)
+            return await send_error(gateway, request, call, err)
         except Exception as exc:
-            return await send_error(request, call, await error_for(
+            return await send_error(gateway, request, call, await error_for(
                 exc, "request_failed", "request failed: %s %s", request.method, redact(request.path)))
     finally:
         await finish(gateway, call)
@@ -173,7 +173,7 @@ async def answer_here(gateway: Gateway, request: web.Request, call: Call,
 async def refuse(gateway: Gateway, request: web.Request, call: Call, err: ProxyError) -> web.StreamResponse:
     """Answer a call refused before any hook ran (a malformed body): finish hooks still see it."""
     try:
-        return await send_error(request, call, err)
+        return await send_error(gateway, request, call, err)
     finally:
         await finish(gateway, call)
 
@@ -211,7 +211,10 @@ async def before_end(gateway: Gateway, call: Call) -> None:
     await gateway.hooks.call_settle_before_end(call)
 
 
-async def send_error(request: web.Request, call: Call, err: ProxyError) -> web.StreamResponse:
+async def send_error(gateway: Gateway, request: web.Request | None, call: Call,
+                     err: ProxyError) -> web.StreamResponse:
+    """Answer ``err`` (in the client's dialect and terms); a detached call (``request`` None) keeps it."""
+    err = gateway.dialects[call.dialect].client_error(call, err)
     out = call.response
     out.error = err
     if out.web_response is not None and out.web_response.prepared:
@@ -220,8 +223,7 @@ async def send_error(request: web.Request, call: Call, err: ProxyError) -> web.S
     out.status = err.status
     out.error_code = err.code
     headers = {**out.headers, **err.headers, "Content-Type": JSON}
-    style = request.app[GATEWAY_KEY].config.errors
-    resp = web.Response(status=err.status, body=err.render(call.dialect, style), headers=headers)
+    resp = web.Response(status=err.status, body=err.render(call.dialect, gateway.config.errors), headers=headers)
     await _send(request, call, resp)
     return resp
 

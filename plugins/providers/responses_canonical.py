@@ -44,17 +44,7 @@ def to_canonical(call: Call) -> dict:
     if body.get("store") is True:
         raise refuse("store", f"needs OpenAI's Responses API; model {call.model!r} is served by {where}, which stores "
                               "nothing: leave 'store' out or set it to false")
-    messages: list[dict] = []
-    instructions = body.get("instructions")
-    if isinstance(instructions, str) and instructions:
-        messages.append({"role": "system", "content": instructions})
-    inp = body.get("input")
-    if isinstance(inp, str):
-        messages.append({"role": "user", "content": inp})
-    elif isinstance(inp, list):
-        for i, item in enumerate(inp):
-            _add_item(messages, item, f"input[{i}]")
-    out: dict[str, Any] = {"model": body.get("model"), "messages": messages}
+    out: dict[str, Any] = {"model": body.get("model"), "messages": canonical_messages(body)}
     if body.get("stream") is True:
         out["stream"] = True
     if body.get("max_output_tokens") is not None:
@@ -84,6 +74,45 @@ def to_canonical(call: Call) -> dict:
         elif kind == "json_object":
             out["response_format"] = {"type": "json_object"}
     return out
+
+
+def canonical_messages(body: dict, origins: Origins | None = None) -> list[dict]:
+    """The chat messages of a Responses body (``instructions`` and ``input``); with ``origins``,
+    noted there: the Responses field each message (and each tool call) was made from."""
+    messages: list[dict] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        messages.append({"role": "system", "content": instructions})
+        if origins is not None:
+            origins.messages.append("instructions")
+    inp = body.get("input")
+    if isinstance(inp, str):
+        messages.append({"role": "user", "content": inp})
+        if origins is not None:
+            origins.messages.append("input")
+    elif isinstance(inp, list):
+        for i, item in enumerate(inp):
+            where = f"input[{i}]"
+            count = len(messages)
+            _add_item(messages, item, where)
+            if origins is not None:
+                origins.note(messages, count, item, where)
+    return messages
+
+
+class Origins:
+    """Where the canonical messages came from: ``messages[m]`` -> ``input[i]`` (or
+    ``instructions``), and ``(m, k)`` (``messages[m].tool_calls[k]``) -> a function_call item."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.tool_calls: dict[tuple[int, int], str] = {}
+
+    def note(self, messages: list[dict], count: int, item: dict, where: str) -> None:
+        if len(messages) > count:
+            self.messages.append(where)
+        if item.get("type") == "function_call":
+            self.tool_calls[(len(messages) - 1, len(messages[-1]["tool_calls"]) - 1)] = where
 
 
 def _add_item(messages: list[dict], item: dict, where: str) -> None:

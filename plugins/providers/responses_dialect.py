@@ -12,11 +12,12 @@ translated through the canonical (Chat Completions) form both ways
 
 from __future__ import annotations
 
-from proxy import Call, Dialect, Usage
+from proxy import Call, Dialect, ProxyError, Usage
 from proxy.provider import RESPONSE_ID
 
 from .responses_canonical import completion_to_response, to_canonical
 from .responses_encoder import ResponsesEncoder
+from .responses_errors import in_responses_terms
 from .responses_stream import ResponsesPassthrough, answer_text, stream_text, usage_from_responses, usage_to_responses
 from .responses_validate import validate_responses
 
@@ -49,6 +50,9 @@ class ResponsesDialect(Dialect):
 
     def render_completion(self, call: Call, completion: dict) -> dict:
         return completion_to_response(call, completion, call.billing.usage)
+
+    def client_error(self, call: Call, err: ProxyError) -> ProxyError:
+        return in_responses_terms(call, err)
 
     def answer_text(self, body: dict) -> str:
         return answer_text(body)
