@@ -61,13 +61,17 @@ async def test_concurrency_counts_what_is_in_flight(counters):
 
 
 async def test_capped_totals_hold_settle_release(counters):
-    assert await counters.hold_total("budget:a:2026-12", 100, 60, seed=10)
+    hold = await counters.hold_total("budget:a:2026-12", 100, 60, seed=10)
+    assert hold
     assert not await counters.hold_total("budget:a:2026-12", 100, 31)  # 10 used + 60 held + 31 > 100
-    counters.settle_total("budget:a:2026-12", 60, 50)
+    counters.settle_totals(["budget:a:2026-12"], 60, 50, [hold])
+    if counters.kind == "redis":  # a settle sent again (its reply lost) counts once
+        counters.settle_totals(["budget:a:2026-12"], 60, 50, [hold])
     await counters.settled()
     assert counters.used_total("budget:a:2026-12") == 60
-    assert await counters.hold_total("budget:a:2026-12", 100, 40)
-    counters.release_total("budget:a:2026-12", 40)
+    hold = await counters.hold_total("budget:a:2026-12", 100, 40)
+    assert hold
+    counters.release_totals(["budget:a:2026-12"], 40, [hold])
     await counters.settled()
     assert await counters.hold_total("budget:a:2026-12", 100, 40)
     assert not await counters.hold_total("budget:a:2026-12", 100, 1)

@@ -89,8 +89,7 @@ class Accounts(ConfigSync, BookChanges):
             counters = await self.gateway.services.open(COUNTERS)
             self.shared = SharedCredit(counters, self._seed)  # type: ignore[arg-type]
             counters.on("keys", self.poll)
-            self.restorer = Restorer(counters, self._read_seed,  # type: ignore[arg-type]
-                                     lambda: self.budgets.held if self.budgets is not None else {})
+            self.restorer = Restorer(counters, self._read_seed)  # type: ignore[arg-type]
             counters.lost = self.restorer.ensure  # type: ignore[attr-defined]
             counters.life = lambda: self.restorer.known if self.restorer is not None else None  # type: ignore[attr-defined]
             await self.restorer.start()

@@ -9,7 +9,9 @@ the same admission step as its credit reservation and its rate limits (one
 so a burst of concurrent requests cannot spend past a cap: what is held
 counts as used until the request settles. Settling turns the hold into the
 money actually taken (never more than was held: see quotas), a failure gives
-it back.
+it back. Each hold has an id its settle names: with shared counters it expires
+with its instance (kill -9) within ``hold_ttl``, as a credit hold does, and a
+settle sent twice (its first reply lost) counts once (``redis_scripts.py``).
 
 Periods begin at the calendar boundaries of ``billing.timezone``
 (``periods.py``); a budget's reset time is its period's end, which is what
@@ -65,6 +67,9 @@ class BudgetHold:
 
     names: tuple[str, ...]
     amount: int
+    #: The holds' ids its settle names (``TotalClaim.hold``): one per admission that held (two
+    #: after a grown hold); none for a charge that held nothing (a recovered batch line's).
+    holds: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -97,10 +102,6 @@ class BudgetKeeper:
         self.calendar = calendar
         self.clock = clock
         self.seeds: dict[str, int] = {}  # total name -> spent before the counter held it
-        # Shared counters: total name -> [held by this instance's requests in flight, expire-at,
-        # its fresh seed], what it puts back if Redis loses its data (redis_restore.py).
-        self.held: dict[str, list] = {}
-        self._track = counters.kind == "redis"
         self._plans: dict[tuple[str, str], Plan] = {}
 
     # -- what applies ------------------------------------------------------------------
@@ -171,15 +172,9 @@ class BudgetKeeper:
         for cap, name, end, claim in claims.claims:
             if claim is refused:
                 raise self._exceeded(cap, name, end, claims.now, claims.amount if shown is None else shown)
-        if refused is None and self._track:
-            held = self.held
-            for _cap, name, _end, claim in claims.claims:
-                entry = held.get(name)
-                if entry is None:
-                    held[name] = [claims.amount, claim.until, claim.fresh]
-                else:
-                    entry[0] += claims.amount
-        return BudgetHold(tuple(name for _cap, name, _end, _claim in claims.claims), claims.amount)
+        hold = claims.claims[0][3].hold if claims.claims else ""  # (one id for every total of an admission)
+        return BudgetHold(tuple(name for _cap, name, _end, _claim in claims.claims), claims.amount,
+                          (hold,) if hold else ())
 
     async def grow(self, key: KeyRecord, acc: Account, hold: BudgetHold | None, amount: int) -> BudgetHold | None:
         """Raise ``hold`` to ``amount`` (a retry on a dearer route): the hold from now on; a
@@ -193,35 +188,17 @@ class BudgetKeeper:
         if extra is None:  # no budgets any more
             return hold
         if extra.names == hold.names:
-            return BudgetHold(hold.names, amount)
+            return BudgetHold(hold.names, amount, hold.holds + extra.holds)
         self.release(extra)  # a period ended since admit: hold it all in the new one
         grown = await self.hold(key, acc, amount)
         self.release(hold)
         return grown
 
     def settle(self, hold: BudgetHold, spent: int) -> None:
-        self._let_go(hold.names, hold.amount)
-        for name in hold.names:
-            self.counters.settle_total(name, hold.amount, spent)
+        self.counters.settle_totals(hold.names, hold.amount, spent, hold.holds)
 
     def release(self, hold: BudgetHold) -> None:
-        self._give_back(hold.names, hold.amount)
-
-    def _give_back(self, names, amount: int) -> None:
-        self._let_go(names, amount)
-        for name in names:
-            self.counters.release_total(name, amount)
-
-    def _let_go(self, names, amount: int) -> None:
-        if not self._track:
-            return
-        held = self.held
-        for name in names:
-            entry = held.get(name)
-            if entry is not None:
-                entry[0] -= amount
-                if entry[0] <= 0:
-                    del held[name]
+        self.counters.release_totals(hold.names, hold.amount, hold.holds)
 
     def _exceeded(self, cap: Cap, name: str, reset: float, now: float, amount: int) -> ProxyError:
         used = self.counters.used_total(name)

@@ -77,6 +77,9 @@ class TotalClaim:
     #: Shared counters that do not have the total (a new period, or Redis lost it) seed it
     #: with ``await fresh()`` (a read of the store) instead of ``seed`` (memory ignores it).
     fresh: Callable[[], Awaitable[int]] | None = None
+    #: Once taken: the hold's id, for its settle (Redis: its member in the total's holds, one
+    #: per admission whatever the number of totals; ``LOCAL_HOLD`` in memory; '' for nothing held).
+    hold: str = ""
 
 
 @dataclass(slots=True, eq=False)
@@ -190,6 +193,7 @@ def admit_local(tats: dict[tuple, float], in_flight: dict[str, int], total_of: C
             in_flight[claim.scope] = in_flight.get(claim.scope, 0) + 1  # type: ignore[union-attr]
         elif kind is TotalClaim:
             total_of(claim)[1] += claim.amount  # type: ignore[arg-type,union-attr]
+            claim.hold = LOCAL_HOLD  # type: ignore[union-attr]
     for rate, pending in new_tats:
         rate.taken = pending
         for rule, new_tat in zip(rate.rules, pending, strict=True):

@@ -13,11 +13,13 @@ below, so what they enforce holds for one process and for a fleet alike:
   ``tokens`` from every tokens rule, all or none.
 - **Concurrency** (``enter``, ``leave``): requests in flight per scope (any
   string: a key id, an account id), under a limit.
-- **Capped totals** (``hold_total``, ``settle_total``, ``release_total``,
+- **Capped totals** (``hold_total``, ``settle_totals``, ``release_totals``,
   ``used_total``): an amount held then spent under a cap, per name; a budget
   is one (``name`` carries the period, e.g. ``budget:acct:acme:2026-12``,
   ``until`` says when it may be forgotten, ``seed`` what was spent before the
-  counter existed, read from the ledger).
+  counter existed, read from the ledger). Each hold has an id (``TotalClaim.hold``)
+  that its settle names: in Redis a hold expires with its instance (``hold_ttl``) and
+  a settle sent twice counts once.
 - **Credit** is the accounts book's (``Accounts.hold`` / ``settle`` /
   ``release``): in redis mode the book takes its slices of each balance
   through this service.
@@ -26,8 +28,8 @@ below, so what they enforce holds for one process and for a fleet alike:
 
 The request path: what takes (``take``, ``enter``, ``hold_total``) is
 awaited, and costs a Redis round trip only when this instance's leased slice
-does not cover it; what gives back (``adjust``, ``leave``, ``release_total``,
-``settle_total``) returns at once and is sent behind. ``down`` is True while
+does not cover it; what gives back (``adjust``, ``leave``, ``release_totals``,
+``settle_totals``) returns at once and is sent behind. ``down`` is True while
 the shared counters cannot be reached: callers refuse what they cannot decide
 (``counters_unavailable``, see ``unavailable()``).
 """
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING
 
 from proxy import ProxyError, ServiceKey
 
-from .claims import Admission, TotalClaim, admit_local
+from .claims import LOCAL_HOLD, Admission, TotalClaim, admit_local
 from .gcra import Refusal, Rule, Tat, gcra_check
 
 if TYPE_CHECKING:
@@ -82,20 +84,25 @@ class Counters:
         raise NotImplementedError
 
     async def hold_total(self, name: str, cap: int, amount: int, *, seed: int = 0, until: float = 0.0,
-                         fresh: Callable[[], Awaitable[int]] | None = None) -> bool:
-        """Hold ``amount`` of the total ``name`` if used + held + amount <= cap.
-        ``seed``: the used amount when the total does not exist yet; ``until``:
-        unix time after which it may be forgotten (0: never). ``fresh``: shared
-        counters that do not have the total (any more: Redis restarted empty) seed
-        it with ``await fresh()`` (a fresh read of the store) instead of ``seed``."""
+                         fresh: Callable[[], Awaitable[int]] | None = None) -> str | None:
+        """Hold ``amount`` of the total ``name`` if used + held + amount <= cap: the
+        hold's id (for its settle), or None. ``seed``: the used amount when the total
+        does not exist yet; ``until``: unix time after which it may be forgotten (0:
+        never). ``fresh``: shared counters that do not have the total (any more: Redis
+        restarted empty) seed it with ``await fresh()`` (a fresh read of the store)
+        instead of ``seed``. (A request's admission holds with a ``TotalClaim``.)"""
         raise NotImplementedError
 
-    def settle_total(self, name: str, held: int, spent: int) -> None:
-        """Turn a hold into what was spent (``spent`` may be less, or more: it is recorded)."""
+    def settle_totals(self, names: Sequence[str], held: int, spent: int, holds: Sequence[str] = ()) -> None:
+        """Turn a request's holds of ``held`` on the totals ``names`` (``holds``: their ids, one
+        per admission that held: two after a grown hold) into what was spent (``spent`` may
+        be less, or more: it is recorded). Named by its holds, a settle counts once; one that
+        names none (a charge that held nothing) counts as it is."""
         raise NotImplementedError
 
-    def release_total(self, name: str, held: int) -> None:
-        raise NotImplementedError
+    def release_totals(self, names: Sequence[str], held: int, holds: Sequence[str] = ()) -> None:
+        """Give a request's holds back, spending nothing."""
+        self.settle_totals(names, held, 0, holds)
 
     def used_total(self, name: str) -> int:
         """What was spent of ``name`` (as this instance last saw it)."""
@@ -189,23 +196,20 @@ class MemoryCounters(Counters):
             del self.totals[name]
 
     async def hold_total(self, name: str, cap: int, amount: int, *, seed: int = 0, until: float = 0.0,
-                         fresh: Callable[[], Awaitable[int]] | None = None) -> bool:
+                         fresh: Callable[[], Awaitable[int]] | None = None) -> str | None:
         entry = self._total(name, seed, until)
         if entry[0] + entry[1] + amount > cap:
-            return False
+            return None
         entry[1] += amount
-        return True
+        return LOCAL_HOLD
 
-    def settle_total(self, name: str, held: int, spent: int) -> None:
-        entry = self.totals.get(name)
-        if entry is not None:
-            entry[1] -= held
-            entry[0] += spent
-
-    def release_total(self, name: str, held: int) -> None:
-        entry = self.totals.get(name)
-        if entry is not None:
-            entry[1] -= held
+    def settle_totals(self, names: Sequence[str], held: int, spent: int, holds: Sequence[str] = ()) -> None:
+        totals = self.totals
+        for name in names:
+            entry = totals.get(name)
+            if entry is not None:
+                entry[1] -= held
+                entry[0] += spent
 
     def used_total(self, name: str) -> int:
         entry = self.totals.get(name)

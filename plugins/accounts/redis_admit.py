@@ -22,6 +22,7 @@ async def admit_in_redis(counters: RedisCounters, admission: Admission) -> None:
     local: list[CreditClaim] = []  # unmetered accounts: nothing to hold, in Redis or here
     sent: list = []  # the claims in the script, and what each needs once it answered
     seeds: dict[int, int] = {}  # claim index in the script -> where its seed goes in args
+    hold_id = ""  # the id of what this admission holds of budgets' totals (one for all of them)
     for claim in admission.claims:
         if isinstance(claim, SlotClaim):
             slot = counters.new_id()
@@ -35,10 +36,15 @@ async def admit_in_redis(counters: RedisCounters, admission: Admission) -> None:
             args += rule_args
             sent.append((claim, None))
         elif isinstance(claim, TotalClaim):
-            keys.append(counters.key("total", claim.name))
+            keys += counters.total_keys(claim.name)
             seeds[len(sent)] = len(args) + 3
-            args += ["T", claim.cap, claim.amount, "" if claim.fresh is not None else claim.seed, repr(claim.until)]
-            sent.append((claim, None))
+            member = ""
+            if claim.amount:
+                hold_id = hold_id or counters.new_id()
+                member = f"{hold_id}|{claim.amount}"
+            args += ["T", claim.cap, claim.amount, "" if claim.fresh is not None else claim.seed, repr(claim.until),
+                     member]
+            sent.append((claim, member))
         elif claim.shared:
             member = f"{counters.new_id()}|{claim.amount}"
             keys += counters.account_keys(claim.account.id)
@@ -107,6 +113,9 @@ def _absorb(counters: RedisCounters, claim: Claim, extra: str | None, result: li
             claim.refusal = Refusal(claim.rules[int(result[0]) - 1], float(result[1]))
     elif isinstance(claim, TotalClaim):
         counters.totals[claim.name] = int(result[0])
+        if taken and extra:
+            claim.hold = extra
+            counters.keep_total_hold(claim, extra)
     elif isinstance(claim, SlotClaim):
         if taken:
             assert extra is not None

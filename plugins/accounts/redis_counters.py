@@ -3,12 +3,13 @@
 Each check-and-change is one Lua script (``redis_scripts.py``), one round trip,
 atomic across the fleet: a GCRA ``take`` over all of a request's rules, a
 concurrency slot, a capped total. What gives back (``adjust``, ``leave``,
-``release_total``, ``settle_total``) returns at once and is sent behind.
+``release_totals``, ``settle_totals``) returns at once and is sent behind.
 
-Slots (and the credit holds of ``redis_credit.py``) are members of sorted sets
-scored by their expiry on Redis's clock: this instance refreshes its own every
-``ttl / 3``, so the slots and holds of an instance that died (kill -9) expire
-within ``HOLD_TTL_S`` and what they held comes back.
+Slots, the holds of capped totals (budgets) and the credit holds of
+``redis_credit.py`` are members of sorted sets scored by their expiry on Redis's
+clock: this instance refreshes its own every ``ttl / 3``, so the slots and holds
+of an instance that died (kill -9) expire within ``HOLD_TTL_S`` and what they
+held comes back.
 
 Failures: every call has a timeout (``?timeout=`` in the URL, default 2 s;
 no retries: a retry would double the wait). A call that fails marks the
@@ -45,7 +46,7 @@ from proxy.logs import throttled
 
 from . import redis_owed_totals as owed_totals
 from . import redis_scripts as lua
-from .claims import Admission, RateClaim, SlotClaim, TotalClaim
+from .claims import LOCAL_HOLD, Admission, RateClaim, SlotClaim, TotalClaim
 from .counters import Counters, Refusal, unavailable
 from .gcra import Rule, Tat
 from .redis_admit import admit_in_redis
@@ -285,6 +286,9 @@ class RedisCounters(Counters):
         self.pending_totals: list[owed_totals.OwedTotal] = []  # budget settles Redis missed
         self.encoded: dict[int, tuple] = {}  # id(rules) -> (rules, TAT keys, ADMIT arguments): redis_admit
         self._account_keys: dict[str, list[str]] = {}
+        self._total_keys: dict[str, list[str]] = {}
+        #: name -> (expire-at, ``await fresh()``) of each total this instance holds some of (``live``).
+        self.total_meta: dict[str, tuple[float, Callable[[], Awaitable[int]] | None]] = {}
 
     @property
     def down(self) -> bool:  # type: ignore[override]
@@ -370,39 +374,71 @@ class RedisCounters(Counters):
         self.behind(self.link.call(lambda: self.link.redis.zrem(zkey, slot)))
 
     # -- capped totals --------------------------------------------------------------------------
+    def total_keys(self, name: str) -> list[str]:
+        """[its hash, its holds, its expired holds] of a total (``redis_scripts._FREE_EXPIRED_TOTAL``)."""
+        keys = self._total_keys.get(name)
+        if keys is None:
+            if len(self._total_keys) >= 65536:
+                self._total_keys.clear()
+            keys = self._total_keys[name] = [self.prefix + "total:" + name, self.prefix + "total-holds:" + name,
+                                             self.prefix + "total-gone:" + name]
+        return keys
+
+    def keep_total_hold(self, claim: TotalClaim, member: str) -> None:
+        """A hold this admission took of ``claim``'s total: kept alive until its settle has run
+        (and put back if Redis loses its data: ``redis_restore.py``, with ``total_meta``)."""
+        self.live.setdefault(self.total_keys(claim.name)[1], set()).add(member)
+        self.total_meta[claim.name] = (claim.until, claim.fresh)
+
+    def forget_total_holds(self, names: Sequence[str], holds: Sequence[str]) -> None:
+        for name in names:
+            zkey = self.total_keys(name)[1]
+            for member in holds:
+                self.forget_live(zkey, member)
+            if zkey not in self.live:
+                self.total_meta.pop(name, None)
+
     async def hold_total(self, name: str, cap: int, amount: int, *, seed: int = 0, until: float = 0.0,
-                         fresh: Callable[[], Awaitable[int]] | None = None) -> bool:
+                         fresh: Callable[[], Awaitable[int]] | None = None) -> str | None:
         admission = Admission()
-        admission.add(TotalClaim(name, cap, amount, seed, until, fresh=fresh))
+        claim = admission.add(TotalClaim(name, cap, amount, seed, until, fresh=fresh))
         await self.admit(admission)
-        return admission.refused is None
+        return None if admission.refused is not None else claim.hold or LOCAL_HOLD
 
-    def settle_total(self, name: str, held: int, spent: int) -> None:
-        self.totals[name] = self.totals.get(name, 0) + spent
-        self.behind(self._settle_total(name, held, spent))
+    def settle_totals(self, names: Sequence[str], held: int, spent: int, holds: Sequence[str] = ()) -> None:
+        totals = self.totals
+        for name in names:
+            totals[name] = totals.get(name, 0) + spent
+        self.behind(self._settle_totals(tuple(names), spent, tuple(h for h in holds if h != LOCAL_HOLD)))
 
-    async def _settle_total(self, name: str, held: int, spent: int) -> None:
+    async def _settle_totals(self, names: tuple[str, ...], spent: int, holds: tuple[str, ...]) -> None:
         link = self.link
         sent = not (link.down or (link.pipe is not None and link.pipe.closed))  # (else run sends nothing)
         try:
-            used = await link.run(lua.SETTLE_TOTAL, [self.key("total", name)], [held, spent])
-            if used == -1 and spent and self.lost is not None:
-                # Redis lost the total (its data) since the hold: with the holds in flight put back
-                # (this one no longer among them), count what was spent.
-                held = 0
+            used = await self.run_settle_totals(names, spent, holds)
+            missing = tuple(name for name, value in zip(names, used, strict=True) if value == -1)
+            if missing and spent and self.lost is not None:
+                # Redis lost the totals (its data) since the hold: with the holds in flight put back
+                # (this one among them: it is kept alive until its settle has run), count the spend.
                 await self.lost()
-                used = await link.run(lua.SETTLE_TOTAL, [self.key("total", name)], [0, spent])
+                used = [value for value in used if value != -1] + await self.run_settle_totals(missing, spent, holds)
+                names = tuple(name for name in names if name not in missing) + missing
         except ProxyError as exc:
             if exc.code != "counters_unavailable":
                 raise
-            owed_totals.missed(self, name, held, spent, sent)  # sent when Redis answers (redis_owed_totals.py)
+            owed_totals.missed(self, names, spent, holds, sent)  # sent when Redis answers (redis_owed_totals.py)
             return
-        if used >= 0:
-            self.totals[name] = int(used)
+        self.forget_total_holds(names, holds)
+        for name, value in zip(names, used, strict=True):
+            if value >= 0:
+                self.totals[name] = int(value)
 
-    def release_total(self, name: str, held: int) -> None:
-        # (the settle's way, spending nothing: a release Redis misses is kept too, or its hold stayed)
-        self.behind(self._settle_total(name, held, 0))
+    async def run_settle_totals(self, names: Sequence[str], spent: int, holds: Sequence[str]) -> list[int]:
+        """``SETTLE_TOTALS`` (``redis_scripts.py``): per name its used after, or -1."""
+        keys: list[str] = []
+        for name in names:
+            keys += self.total_keys(name)
+        return [int(value) for value in await self.link.run(lua.SETTLE_TOTALS, keys, [spent, *holds])]
 
     def used_total(self, name: str) -> int:
         return self.totals.get(name, 0)

@@ -1,7 +1,7 @@
 """Budget settles Redis missed (it was down): kept, and applied to the budget's total once.
 
 A request holds its worst case against each budget's total in Redis (``held``) and settles
-what it was charged (``SETTLE_TOTAL``: the hold freed, the spend added to ``used``), sent behind
+what it was charged (``SETTLE_TOTALS``: the hold freed, the spend added to ``used``), sent behind
 its answer. When Redis did not answer that settle, it was dropped: Redis back with its data,
 the total kept the request's hold for the rest of its period (plus a day) and never counted
 its spend, so every instance showed the budget's spend without it. Now such a settle waits in
@@ -11,25 +11,24 @@ that outlasts ``SharedCredit.back_s`` keeps it in the store (``tollway_redis_owe
 the transaction of ``redis_owed.keep``), and the next instance whose counters answer applies it
 (``apply``, from ``redis_owed.apply``) and deletes the row.
 
-Each is applied once (``OWED_TOTAL``): its id goes into the total's applied set, which lives
-as long as the total, so a push whose reply was lost, or a row whose delete failed, changes
-nothing the second time. What it frees and adds:
-
-- a settle never sent (Redis was already marked down, or the scripts' connection closed)
-  frees its hold and adds its spend. One that was sent and failed (a reply lost: Redis may
-  have run it) adds its spend only: counted twice if Redis ran it, its hold left if not, so
-  the budget refuses early, never late;
-- its hold is freed only in the Redis life it was held in (``<prefix>life``, see
-  ``redis_restore.py``): after Redis lost its data, a put-back or seeded total does not hold it;
-- a total Redis does not have (it lost its data, or the period is over) gets nothing: it is
-  seeded from the store, whose ledger has the charge (stored by the writer from the stream,
-  or by ``redis_owed.keep`` at the stop).
+Each is applied once. A request's settle names its holds (their members in the total's holds,
+``redis_scripts.SETTLE_TOTALS``; kept in the ``life`` column, space-separated): it is the same
+script again, which frees each hold where it is (live, or expired meanwhile) and counts the
+spend only where it found one, so a settle that was sent and failed (its reply lost: Redis may
+have run it), a push whose reply was lost, or a row whose delete failed, counts once and leaves
+no hold. (Before, a settle sent and failed added its spend only: counted twice if Redis had run
+it, its hold left for the rest of the period if not.) A charge that held nothing (a recovered
+batch line's) adds its spend once by its id (``OWED_TOTAL``: the id goes into the total's
+applied set, which lives as long as the total). A total Redis does not have (it lost its data,
+or the period is over) gets nothing: it is seeded from the store, whose ledger has the charge
+(stored by the writer from the stream, or by ``redis_owed.keep`` at the stop).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from proxy.logs import throttled
@@ -62,23 +61,29 @@ return 1
 class OwedTotal(NamedTuple):
     id: str  # unique (the applied set's member)
     name: str  # the total's (``budget:k:<key>:<period>``)
-    held: int  # the hold to free (0: the settle was sent, Redis may have freed it)
+    held: int  # (rows of an older version: the hold to free, in the Redis life ``life``)
     spent: int
-    life: str  # the Redis life the hold was in ('' unknown: not freed)
+    life: str  # the request's hold members, space-separated ('': it held nothing)
 
 
-def missed(counters: RedisCounters, name: str, held: int, spent: int, sent: bool) -> None:
-    """A budget settle Redis did not answer: kept until it does (see the module's doc)."""
-    if not held and not spent:
+def missed(counters: RedisCounters, names: Sequence[str], spent: int, holds: Sequence[str], sent: bool) -> None:
+    """A budget settle Redis did not answer (``sent``: it may have run it): kept until it does
+    (see the module's doc). Its holds stay alive meanwhile (``RedisCounters.live``)."""
+    if not holds and not spent:
         return
     owed = counters.pending_totals
-    owed.append(OwedTotal(counters.new_id(), name, 0 if sent else held, spent, counters.life() or ""))
+    owed += [OwedTotal(counters.new_id(), name, 0, spent, " ".join(holds)) for name in names]
     throttled(log, logging.WARNING, "total_deferred", "storage.counters: Redis is down; %d budget settle(s) wait "
               "in this process until it is back", len(owed))
 
 
 async def apply_one(counters: RedisCounters, owed: OwedTotal) -> int:
     """Apply one (once: see the module's doc); raises ``counters_unavailable`` when Redis is down."""
+    if "|" in owed.life:  # a request's holds
+        holds = owed.life.split()
+        used, = await counters.run_settle_totals([owed.name], owed.spent, holds)
+        counters.forget_total_holds([owed.name], holds)
+        return 1 if used >= 0 else -1
     reply = await counters.link.run(OWED_TOTAL, [counters.key("total", owed.name), counters.prefix + "life",
                                                  counters.key("total-owed", owed.name)],
                                     [owed.held, owed.spent, owed.life, owed.id])

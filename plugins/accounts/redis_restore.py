@@ -5,8 +5,8 @@ Redis forgets the holds with everything else: the accounts and budget totals it 
 seeded with again from PostgreSQL would count none of them, and new requests could be
 admitted on money and budget that the requests in flight will still spend. Each
 instance knows its own holds (it refreshes them every ``hold_ttl / 3``:
-``RedisCounters.live``; its budget holds: ``BudgetKeeper.held``), so each puts its own
-back, before anything is seeded again:
+``RedisCounters.live``, budget holds among them), so each puts its own back, before
+anything is seeded again:
 
 - Redis's life is a token in ``<prefix>life``. Whatever is about to seed an account or
   a total (an admission, a settle or a grown hold finding its account gone, a total
@@ -22,8 +22,7 @@ back, before anything is seeded again:
 - Besides, every instance looks every ``hold_ttl / 3`` (paths that create what they
   touch without seeding it).
 
-Putting back is idempotent for credit holds and slots (``ZADD NX``: a member still
-there is not counted twice) and done once per token for budget holds.
+Putting back is idempotent (``ZADD NX``: a hold or slot still there is not counted twice).
 """
 
 from __future__ import annotations
@@ -87,32 +86,37 @@ end
 return 1
 """
 
-# A budget hold put back. KEYS: the total's hash. ARGV: seed ('' when not read yet: -1 asks
-# for it), expire-at (unix s), amount.
-RESTORE_TOTAL = """
+# Budget holds put back. KEYS: the total's hash, its holds. ARGV: seed ('' when not read yet:
+# -1 asks for it), expire-at (unix s), ttl ms, members ("<hold id>|<amount>"). Reply: the amount
+# put back (members already there are not counted again).
+RESTORE_TOTAL = _NOW_MS + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[1] == '' then return -1 end
   redis.call('HSET', KEYS[1], 'used', ARGV[1], 'held', 0)
   if tonumber(ARGV[2]) > 0 then redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[2]))) end
 end
-redis.call('HINCRBY', KEYS[1], 'held', ARGV[3])
-return 1
+local ttl, added = tonumber(ARGV[3]), 0
+for i = 4, #ARGV do
+  if redis.call('ZADD', KEYS[2], 'NX', now + ttl, ARGV[i]) == 1 then
+    added = added + tonumber(string.match(ARGV[i], '|(%d+)$'))
+  end
+end
+if added > 0 then redis.call('HINCRBY', KEYS[1], 'held', added) end
+if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[2]) < 0 then
+  redis.call('EXPIREAT', KEYS[2], math.ceil(tonumber(ARGV[2])))
+end
+return added
 """
-
-TotalHolds = Callable[[], dict[str, tuple[int, float, Callable[[], Awaitable[int]]]]]
 
 
 class Restorer:
     """This instance's side of putting holds back (see the module's doc)."""
 
-    def __init__(self, counters: RedisCounters, seed: Callable[[str], Awaitable[tuple[int, int]]],
-                 totals: TotalHolds) -> None:
+    def __init__(self, counters: RedisCounters, seed: Callable[[str], Awaitable[tuple[int, int]]]) -> None:
         self.counters = counters
         self.link = counters.link
         #: ``await seed(account id)``: (stored balance, version) read from the store, no questions asked.
         self.seed = seed
-        #: name -> (amount this instance holds, expire-at, ``await fresh()``: its seed from the store).
-        self.totals = totals
         self.life = counters.prefix + "life"
         self.known: str | None = None  # the Redis life this instance has put its holds back in
         self.complete: str | None = None  # the Redis life every instance has put its holds back in
@@ -227,13 +231,15 @@ class Restorer:
                 await link.run(RESTORE_HOLDS, keys, args)
         if slot_keys:
             await link.run(RESTORE_SLOTS, slot_keys, slot_args)
-        for name, (amount, until, fresh) in list(self.totals().items()):
-            if amount <= 0:
+        for name, (until, fresh) in list(counters.total_meta.items()):
+            keys = counters.total_keys(name)[:2]
+            members = counters.live.get(keys[1])
+            if not members:
                 continue
-            key, args = counters.key("total", name), ["", repr(until), amount]
-            if await link.run(RESTORE_TOTAL, [key], args) == -1:
-                args[0] = await fresh()
-                await link.run(RESTORE_TOTAL, [key], args)
+            args = ["", repr(until), ttl, *members]
+            if await link.run(RESTORE_TOTAL, keys, args) == -1:
+                args[0] = await fresh() if fresh is not None else 0
+                await link.run(RESTORE_TOTAL, keys, args)
         done = f"{counters.prefix}restored:{token}"
         pipe = link.redis.pipeline(transaction=False)
         pipe.sadd(done, counters.instance)

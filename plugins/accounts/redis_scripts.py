@@ -56,6 +56,28 @@ local function free_expired_holds(acct, holds)
 end
 """
 
+# A budget's total: a hash {used, held} (``held``: the sum of its live holds); its holds: a sorted
+# set like an account's (member "<hold id>|<amount>", score its expiry, kept alive by the instance
+# that took it), and the holds that expired before their settle came: a sorted set (score: when),
+# where a late settle finds its own and counts its spend (a settle finds its hold in neither only
+# when it ran before: a settle sent again counts once). Both sets live as long as the total.
+_FREE_EXPIRED_TOTAL = """
+local function free_expired_total(h, z, gone)
+  local dead = redis.call('ZRANGEBYSCORE', z, '-inf', now)
+  if #dead > 0 then
+    local freed = 0
+    for _, member in ipairs(dead) do
+      freed = freed + tonumber(string.match(member, '|(%d+)$'))
+      redis.call('ZADD', gone, now, member)
+    end
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
+    if redis.call('HINCRBY', h, 'held', -freed) < 0 then redis.call('HSET', h, 'held', 0) end
+    local ttl = redis.call('PTTL', h)
+    if ttl > 0 then redis.call('PEXPIRE', gone, ttl) end
+  end
+end
+"""
+
 # One request's whole admission (``claims.py``): every claim checked in order, then all
 # taken, or none. ARGV: ttl ms (slots and holds), the number of claims, then per claim its
 # kind and arguments; KEYS: per claim its keys, in the same order.
@@ -63,15 +85,17 @@ end
 #   R  rate limits  KEYS: one TAT key per rule ("<at> <debt>", see above); ARGV: now (caller's clock),
 #                   tokens, rules, then per rule: interval, period, is_tokens (1/0)
 #   C  credit       KEYS: account, holds (see _ACCOUNT); ARGV: seed balance, seed version, amount, member
-#   T  capped total KEYS: its hash (used, held); ARGV: cap, amount, seed (used when new; '' for
-#                   "ask me": a fresh read of the store), expire-at (unix s)
+#   T  capped total KEYS: its hash (used, held), its holds, its expired holds (see _FREE_EXPIRED_TOTAL);
+#                   ARGV: cap, amount, seed (used when new; '' for "ask me": a fresh read of the
+#                   store), expire-at (unix s; 0 never), the hold's member "<hold id>|<amount>" ('':
+#                   an amount of 0, nothing held)
 # Reply: {status, claim index, results}: status 1 all taken (index 0), 0 the claim at index
 # refused and nothing was taken, -1 the claim at index (credit, or a total sent without a
 # seed) names something Redis does not have (the caller reads the store and runs it again
 # with the seed; nothing was taken). results, one per claim
 # up to the refused one: S {}; R {worst rule (1-based) or 0, wait, the state of each rule
 # (after the take, or as it is when refused; '' for none)} (strings); C {bal, res}; T {used}.
-ADMIT = _NOW_MS + _FREE_EXPIRED_HOLDS + """
+ADMIT = _NOW_MS + _FREE_EXPIRED_HOLDS + _FREE_EXPIRED_TOTAL + """
 local ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local a, k = 3, 1
 local todo, out = {}, {}
@@ -134,13 +158,14 @@ for c = 1, n do
       redis.call('HSET', h, 'used', ARGV[a + 3], 'held', 0)
       if tonumber(ARGV[a + 4]) > 0 then redis.call('EXPIREAT', h, math.ceil(tonumber(ARGV[a + 4]))) end
     end
+    free_expired_total(h, KEYS[k + 1], KEYS[k + 2])
     local used = tonumber(redis.call('HGET', h, 'used'))
     out[c] = {used}
     if used + tonumber(redis.call('HGET', h, 'held')) + tonumber(ARGV[a + 2]) > tonumber(ARGV[a + 1]) then
       return {0, c, out}
     end
-    todo[c] = {h, ARGV[a + 2]}
-    a, k = a + 5, k + 1
+    todo[c] = {h, ARGV[a + 2], KEYS[k + 1], ARGV[a + 5], tonumber(ARGV[a + 4])}
+    a, k = a + 6, k + 3
   else
     return redis.error_reply('ADMIT: unknown claim kind ' .. tostring(kind))
   end
@@ -168,14 +193,22 @@ for c = 1, n do
     a = a + 5
   else
     redis.call('HINCRBY', d[1], 'held', d[2])
-    a = a + 5
+    if d[4] ~= '' then
+      redis.call('ZADD', d[3], now + ttl, d[4])
+      if d[5] > 0 and redis.call('PTTL', d[3]) < 0 then redis.call('EXPIREAT', d[3], math.ceil(d[5])) end
+    end
+    a = a + 6
   end
 end
 return {1, 0, out}
 """
 
 # Keep this instance's slots and holds alive. KEYS: sorted sets; ARGV: ttl ms, then per key
-# the number of members, then the members. Only members still there are refreshed (XX).
+# the number of members, then the members. Only members still there are refreshed (XX). A set
+# that expires (a scope's slots: ``2 * ttl``) lives on; one that does not (an account's holds)
+# or lives longer (a total's holds: as long as the total) keeps its time to live: a set of
+# holds that expired whole took its members' amounts with it, and the sum it kept of them
+# (``res``, ``held``) stayed for good.
 REFRESH = _NOW_MS + """
 local ttl = tonumber(ARGV[1])
 local at = 2
@@ -184,17 +217,46 @@ for i = 1, #KEYS do
   for j = 1, count do
     redis.call('ZADD', KEYS[i], 'XX', now + ttl, ARGV[at]); at = at + 1
   end
-  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ttl * 2) end
+  local left = redis.call('PTTL', KEYS[i])
+  if left > 0 and left < ttl * 2 then redis.call('PEXPIRE', KEYS[i], ttl * 2) end
 end
 return 1
 """
 
-# KEYS: the total's hash; ARGV: held, spent (0: a release). Reply: used after (-1: Redis lost the
-# total, FLUSHALL: not made again here). A hold Redis lost never takes ``held`` below zero.
-SETTLE_TOTAL = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('HINCRBY', KEYS[1], 'held', -tonumber(ARGV[1])) < 0 then redis.call('HSET', KEYS[1], 'held', 0) end
-return redis.call('HINCRBY', KEYS[1], 'used', ARGV[2])
+# A request's budgets settled (or released: spent 0), all in one script. KEYS: per total its
+# hash, holds and expired holds (see _FREE_EXPIRED_TOTAL). ARGV: spent, then the request's hold
+# members (one per admission that held: two after a grown hold; none: a charge that held nothing,
+# a recovered batch line's, whose spend counts as it is). Each member is freed where it is; the
+# spend counts in a total where one of them was found, live or expired: a settle sent again (its
+# first reply lost) finds none and changes nothing. Reply: per total its used after, or -1 when
+# Redis does not have it (it lost its data: not made again here).
+SETTLE_TOTALS = _NOW_MS + _FREE_EXPIRED_TOTAL + """
+local spent = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS, 3 do
+  local h, z, gone = KEYS[i], KEYS[i + 1], KEYS[i + 2]
+  if redis.call('EXISTS', h) == 0 then
+    out[#out + 1] = -1
+  else
+    free_expired_total(h, z, gone)
+    local found = #ARGV == 1
+    for j = 2, #ARGV do
+      if redis.call('ZREM', z, ARGV[j]) == 1 then
+        local amount = tonumber(string.match(ARGV[j], '|(%d+)$'))
+        if redis.call('HINCRBY', h, 'held', -amount) < 0 then redis.call('HSET', h, 'held', 0) end
+        found = true
+      elseif redis.call('ZREM', gone, ARGV[j]) == 1 then
+        found = true
+      end
+    end
+    if found and spent ~= 0 then
+      out[#out + 1] = redis.call('HINCRBY', h, 'used', spent)
+    else
+      out[#out + 1] = tonumber(redis.call('HGET', h, 'used'))
+    end
+  end
+end
+return out
 """
 
 # KEYS: totals' hashes. Reply: each one's used, or -1 for a total Redis does not have.
