@@ -213,11 +213,11 @@ class Restorer:
         """Put this instance's holds back, then say so."""
         counters, link = self.counters, self.link
         ttl = counters.ttl_ms
-        holds = counters.prefix + "holds:"
+        holds, total_holds = counters.prefix + "holds:", counters.prefix + "total-holds:"
         slot_keys: list[str] = []
         slot_args: list = [ttl]
         for zkey, members in list(counters.live.items()):
-            if not members:
+            if not members or zkey.startswith(total_holds):  # (budget holds: below)
                 continue
             if not zkey.startswith(holds):
                 slot_keys.append(zkey)
