@@ -412,8 +412,6 @@ class RedisCounters(Counters):
         self.behind(self._settle_totals(tuple(names), spent, tuple(h for h in holds if h != LOCAL_HOLD)))
 
     async def _settle_totals(self, names: tuple[str, ...], spent: int, holds: tuple[str, ...]) -> None:
-        link = self.link
-        sent = not (link.down or (link.pipe is not None and link.pipe.closed))  # (else run sends nothing)
         try:
             used = await self.run_settle_totals(names, spent, holds)
             missing = tuple(name for name, value in zip(names, used, strict=True) if value == -1)
@@ -426,7 +424,7 @@ class RedisCounters(Counters):
         except ProxyError as exc:
             if exc.code != "counters_unavailable":
                 raise
-            owed_totals.missed(self, names, spent, holds, sent)  # sent when Redis answers (redis_owed_totals.py)
+            owed_totals.missed(self, names, spent, holds)  # sent when Redis answers (redis_owed_totals.py)
             return
         self.forget_total_holds(names, holds)
         for name, value in zip(names, used, strict=True):

@@ -66,9 +66,9 @@ class OwedTotal(NamedTuple):
     life: str  # the request's hold members, space-separated ('': it held nothing)
 
 
-def missed(counters: RedisCounters, names: Sequence[str], spent: int, holds: Sequence[str], sent: bool) -> None:
-    """A budget settle Redis did not answer (``sent``: it may have run it): kept until it does
-    (see the module's doc). Its holds stay alive meanwhile (``RedisCounters.live``)."""
+def missed(counters: RedisCounters, names: Sequence[str], spent: int, holds: Sequence[str]) -> None:
+    """A budget settle Redis did not answer (it may have run it, if it was sent): kept until it
+    does (see the module's doc). Its holds stay alive meanwhile (``RedisCounters.live``)."""
     if not holds and not spent:
         return
     owed = counters.pending_totals
