@@ -115,3 +115,42 @@ def test_headers_from_the_admission_are_the_counters_own() -> None:
         _old_put_headers(old, rules, counters.tats.get, now)
         assert list(new.items()) == list(old.items()), (rules, counters.tats, now)
     assert taken > 1000 and refused > 500
+
+
+def test_a_plan_reuses_its_last_headers_only_for_the_same_debts() -> None:
+    """A plan keeps the texts of its last headers from an admission, with the rules' debts
+    they came from (``Plan.memo``), and writes them again for the same debts (a key far from
+    its limits asked the same cost, the usual answer). Over a run of admissions on one plan,
+    its headers are the old definition's every time: repeated states (the memo's hits), new
+    ones, refusals (headers read off the counters, the memo not used) and time moving on
+    (``X-RateLimit-Reset``, the only text that depends on the time, is the time's own), on a
+    ``out`` that already holds headers or not."""
+    rng = random.Random(14)
+    hits = 0
+    for _ in range(400):
+        rules = _rules(rng)
+        plan = Plan.of(rules)
+        counters = MemoryCounters()
+        now = 1.8e9 + rng.random() * 1e6
+        costs = (rng.choice((1, 40)), rng.choice((1, 40, 10**6)))
+        for _ in range(40):
+            step = rng.random()
+            if step < 0.5:  # long enough for every rule to be full again: the same debts as before
+                now += max(rule.period for rule in rules) * (1 + rng.random())
+            elif step < 0.8:
+                now += rng.random() * 0.9 + rng.choice((0.0, 0.5))
+            admission = Admission()
+            rate = admission.add(RateClaim(tuple(rules), rng.choice(costs), now))
+            admit_local(counters.tats, counters.in_flight, counters._claimed_total, admission)
+            before = plan.memo[0] if plan.memo else None
+            new: dict = {}
+            old: dict = {}
+            if rng.random() < 0.2:
+                new["x-earlier"] = old["x-earlier"] = "1"
+                if rng.random() < 0.5:  # a header of ours already there: replaced where it is
+                    new[REMAINING] = old[REMAINING] = "stale"
+            put_headers(new, plan, counters.tats.get, now, rate.taken)
+            _old_put_headers(old, rules, counters.tats.get, now)
+            assert list(new.items()) == list(old.items()), (rules, counters.tats, now)
+            hits += rate.taken is not None and before == tuple(t[1] for t in rate.taken)
+    assert hits > 2000

@@ -25,8 +25,9 @@ of its interval.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import NamedTuple
 
 from multidict import istr
@@ -138,6 +139,9 @@ class Plan:
     rules: tuple[Rule, ...]
     token_rules: tuple[Rule, ...]
     groups: tuple[tuple[tuple[str, str, str], tuple[tuple[Rule, int], ...], bool], ...]
+    #: ``put_headers``' last answer from an admission: [its rules' debts, the header texts but
+    #: ``X-RateLimit-Reset``, the generic reset in seconds or None] (empty before the first).
+    memo: list = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def of(cls, rules: list[Rule]) -> Plan:
@@ -150,6 +154,7 @@ class Plan:
 
 
 _NO_BEST = (None, 0, 0.0, math.inf)  # (rule, left, reset, fraction left): any rule's fraction is below
+_DEBT = itemgetter(1)  # a Tat's debt: how far past its time the TAT lies
 
 
 def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list[Tat] | None = None) -> None:
@@ -158,7 +163,23 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list
     ``out``; for each kind the limit with the least left (ties: the one
     furthest from its reset) is shown. ``tat_of(rule.state)`` is its ``Tat`` or None;
     ``taken``, when given, is every rule's ``Tat`` (in ``plan.rules``' order) as just
-    taken at ``now`` (``gcra_check``'s, kept by the admission: no look-up)."""
+    taken at ``now`` (``gcra_check``'s, kept by the admission: no look-up).
+
+    With ``taken``, the headers are a function of the rules' debts alone (and of ``now`` for
+    ``X-RateLimit-Reset``'s second): the plan keeps the texts of its last answer and its
+    debts, and an answer with the same debts (a key far from its limits, asked the same
+    cost: the state after the take is "full but for this request" every time) reuses them."""
+    if taken is not None:
+        debts = tuple(map(_DEBT, taken))
+        memo = plan.memo
+        if memo and memo[0] == debts:
+            out.update(memo[1])
+            reset = memo[2]
+            if reset is not None:
+                at = now + reset
+                out[RESET] = _ISO_CACHE.get(math.ceil(at)) or iso_at(at)  # (iso_at's memo, read inline)
+            return
+    texts: dict[str, str] = {}
     shown = None
     for (limit_name, left_name, reset_name), group, generic in plan.groups:
         best, b_left, b_reset, b_frac = _NO_BEST
@@ -179,17 +200,23 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list
             if frac < b_frac or (frac == b_frac and reset > b_reset):
                 best, b_left, b_reset, b_frac = rule, left, reset, frac
         left_text = str(b_left)
-        out[limit_name] = best.limit_text  # type: ignore[union-attr]  (a group has a rule)
-        out[left_name] = left_text
+        texts[limit_name] = best.limit_text  # type: ignore[union-attr]  (a group has a rule)
+        texts[left_name] = left_text
         # (duration(), inline for a reset under a second: a Python call fewer)
-        out[reset_name] = _MS_TEXT[math.ceil(b_reset * 1000)] if b_reset < 1.0 else duration(b_reset)
+        texts[reset_name] = _MS_TEXT[math.ceil(b_reset * 1000)] if b_reset < 1.0 else duration(b_reset)
         if generic:
             shown = best, left_text, b_reset
+    generic_reset = None
     if shown is not None:
-        out[LIMIT] = shown[0].limit_text  # type: ignore[union-attr]
-        out[REMAINING] = shown[1]
-        at = now + shown[2]
-        out[RESET] = _ISO_CACHE.get(math.ceil(at)) or iso_at(at)  # (iso_at's memo, read inline)
+        texts[LIMIT] = shown[0].limit_text  # type: ignore[union-attr]
+        texts[REMAINING] = shown[1]
+        generic_reset = shown[2]
+    out.update(texts)
+    if generic_reset is not None:
+        at = now + generic_reset
+        out[RESET] = _ISO_CACHE.get(math.ceil(at)) or iso_at(at)
+    if taken is not None:
+        plan.memo[:] = (debts, texts, generic_reset)
 
 
 class Refusal(NamedTuple):
