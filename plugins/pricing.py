@@ -36,6 +36,7 @@ marked estimated: with the quotas plugin or without it, the same amount.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from proxy import Call, Gateway, Snapshot, Usage, hookimpl
 from proxy.logs import throttled
@@ -86,27 +87,42 @@ class Plugin:
             if cost is not None and call.endpoint in AUDIO_ENDPOINTS:  # the ledger's audio_ms: the length billed
                 billing.units.audio_seconds = billed_seconds(call)
         if cost is None:
-            if billing.usage is None and billing.units is not None:
-                # A unit endpoint on a model priced by tokens, answered without usage: its input
-                # cannot be counted, so it costs its bounds (what quotas reserved for it).
-                throttled(log, logging.WARNING, f"unit_usage:{call.model}", "model %r answered %s without usage: "
-                          "billed its bounds as estimated tokens (price it per unit to bill less)", call.model,
-                          call.endpoint)
-                billing.usage = Usage(prompt_tokens=prompt_bound(call),
-                                      completion_tokens=output_bound(call, self.default_cap))
-                billing.usage_estimated = True
-                billing.usage_extra["estimated"] = True
-            elif billing.usage is None:
-                try:
-                    billing.usage = await counted_usage(call, self.gateway.dialects[call.dialect],
-                                                        self.default_cap)
-                except Exception:  # a count that fails must not make output free
-                    throttled(log, logging.ERROR, "counted_usage_failed", "counting usage failed; billed on bytes",
-                              exc_info=True)
-                    billing.usage = byte_usage(call, self.default_cap)
+            told = billing.usage
+            if told is None or told.completion_unknown:
+                await self._count(call, told)
                 if billing.usage is None:
                     return
-                billing.usage_estimated = True
-                billing.usage_extra["estimated"] = True
             cost = self.prices.cost_of(call)
         tell_cost(call, cost)
+
+    async def _count(self, call: Call, told: Usage | None) -> None:
+        """The gateway's count of what the upstream did not say (its usage, or its output
+        count: ``told.completion_unknown``), set as ``billing.usage``, marked estimated;
+        left None when there is nothing to bill."""
+        billing = call.billing
+        if billing.units is not None:
+            # A unit endpoint on a model priced by tokens, answered without usage (or without its
+            # output count): its input and output cannot be counted (audio, images), so they cost
+            # their bounds, what quotas reserved for it (the upstream's prompt count, when told).
+            throttled(log, logging.WARNING, f"unit_usage:{call.model}", "model %r answered %s without usage: "
+                      "billed its bounds as estimated tokens (price it per unit to bill less)", call.model,
+                      call.endpoint)
+            billing.usage = Usage(prompt_tokens=told.prompt_tokens if told is not None else prompt_bound(call),
+                                  completion_tokens=output_bound(call, self.default_cap),
+                                  cached_tokens=told.cached_tokens if told is not None else 0)
+        else:
+            if told is not None:  # the prompt's counts, kept: only the output is counted
+                billing.partial_usage, billing.usage = told, None
+            try:
+                billing.usage = await counted_usage(call, self.gateway.dialects[call.dialect], self.default_cap)
+            except Exception:  # a count that fails must not make output free
+                throttled(log, logging.ERROR, "counted_usage_failed", "counting usage failed; billed on bytes",
+                          exc_info=True)
+                billing.usage = byte_usage(call, self.default_cap)
+            if billing.usage is None:
+                if told is None:
+                    return  # no output went out, and nothing was said: nothing to bill
+                # Nothing went out to count: the upstream's prompt and output floor, as it said them.
+                billing.usage = replace(told, completion_unknown=False)
+        billing.usage_estimated = True
+        billing.usage_extra["estimated"] = True

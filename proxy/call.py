@@ -43,6 +43,14 @@ class Usage:
     ``prompt_tokens`` includes cached tokens (read from a prompt cache) and
     cache-write tokens (written to one; Anthropic bills them above the input
     price); ``completion_tokens`` includes reasoning tokens (the OpenAI convention).
+
+    ``completion_unknown``: the upstream named its prompt count but no output count
+    (``{"prompt_tokens": 5}``, an Anthropic ``message_delta`` without ``output_tokens``,
+    Gemini's ``usageMetadata`` without ``candidatesTokenCount``). Its output is not
+    free for that: ``completion_tokens`` is only the floor the upstream did name
+    (reasoning or thinking tokens, else 0), and the pricing plugin counts the output
+    that went out, as for unknown usage, keeping the prompt's counts (billed, marked
+    estimated).
     """
 
     prompt_tokens: int = 0
@@ -50,6 +58,7 @@ class Usage:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
+    completion_unknown: bool = False
     #: More tokens than any one request can use (context windows are millions, not
     #: billions): a count above it is an upstream's nonsense, not usage.
     MAX_TOKENS: ClassVar[int] = 1_000_000_000
@@ -96,13 +105,15 @@ class Usage:
         return 0 if value is None else Usage.count(value)
 
     @classmethod
-    def from_openai(cls, usage: dict | None) -> Usage | None:
+    def from_openai(cls, usage: dict | None, output: bool = True) -> Usage | None:
         """Read an OpenAI ``usage`` object; None when absent or malformed (one that
-        names neither count is not a usage of zero: that would make output free)."""
+        names neither count is not a usage of zero: that would make output free).
+        Without ``completion_tokens`` the output count is unknown (``completion_unknown``),
+        unless the answer has no output (``output`` False: embeddings)."""
         if not isinstance(usage, dict) or ("prompt_tokens" not in usage and "completion_tokens" not in usage):
             return None
         get = usage.get
-        prompt, completion = get("prompt_tokens", 0), get("completion_tokens", 0)
+        prompt, completion = get("prompt_tokens", 0), get("completion_tokens")
         prompt_details, completion_details = get("prompt_tokens_details"), get("completion_tokens_details")
         if type(prompt) is int and type(completion) is int and prompt_details is None and completion_details is None:
             try:  # the usual usage: two JSON integers and no details
@@ -111,12 +122,15 @@ class Usage:
                 return None
         count, detail = cls.count, cls.detail_count
         try:
-            return cls(
-                prompt_tokens=count(prompt),
-                completion_tokens=count(completion),
-                cached_tokens=detail((prompt_details or {}).get("cached_tokens")),
-                reasoning_tokens=detail((completion_details or {}).get("reasoning_tokens")),
-            )
+            reasoning = detail((completion_details or {}).get("reasoning_tokens"))
+            unknown = False
+            if "completion_tokens" in usage:
+                completion = count(completion)
+            else:  # no output count: the reasoning tokens named are its floor (embeddings have no output)
+                completion, unknown = (reasoning, True) if output else (0, False)
+            return cls(prompt_tokens=count(prompt), completion_tokens=completion,
+                       cached_tokens=detail((prompt_details or {}).get("cached_tokens")), reasoning_tokens=reasoning,
+                       completion_unknown=unknown)
         except (ValueError, AttributeError):
             return None
 

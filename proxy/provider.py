@@ -239,7 +239,7 @@ class Provider:
     def embeddings_response(self, call: Call, body: bytes) -> tuple[dict, Usage | None]:
         """Upstream embeddings answer -> (OpenAI embeddings list, usage)."""
         data = loads_json(body, self.name)
-        return data, Usage.from_openai(data.get("usage"))
+        return data, Usage.from_openai(data.get("usage"), output=False)
 
     # -- errors ---------------------------------------------------------------------
     def error_for(self, call: Call, status: int, headers: Mapping[str, str], body: bytes) -> ProxyError:

@@ -189,8 +189,9 @@ def tokens_estimate(call: Call) -> int:
 
 async def counted_usage(call: Call, dialect: Dialect, default_cap: int) -> Usage | None:
     """The gateway's own count of what a request used, when the upstream said
-    nothing (or, for a stream that ended early, only part): None when no
-    output went out (then nothing is billed)."""
+    nothing (or, for a stream that ended early or a usage without an output
+    count, only part: ``billing.partial_usage``, whose prompt counts are kept and
+    whose output count is a floor): None when no output went out."""
     billing = call.billing
     if call.stream:
         if not billing.streamed:
@@ -214,9 +215,10 @@ async def counted_usage(call: Call, dialect: Dialect, default_cap: int) -> Usage
     if completion <= 0:
         return None
     if partial is not None and partial.prompt_tokens:
-        prompt = partial.prompt_tokens  # the upstream's own count, sent before it stopped
-    else:
-        prompt = await _count(lambda: prompt_text(call.body), len(call.body_bytes()))
+        # The upstream's own counts of the prompt (sent before it stopped, or without an output count).
+        return Usage(prompt_tokens=min(partial.prompt_tokens, prompt_bound(call)), completion_tokens=completion,
+                     cached_tokens=partial.cached_tokens, cache_write_tokens=partial.cache_write_tokens)
+    prompt = await _count(lambda: prompt_text(call.body), len(call.body_bytes()))
     return Usage(prompt_tokens=min(prompt, prompt_bound(call)), completion_tokens=completion)
 
 

@@ -32,7 +32,8 @@ ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 5
 
 
 def usage_from_anthropic(usage: Any) -> Usage | None:
-    """An Anthropic usage object as canonical Usage; None when absent or malformed."""
+    """An Anthropic usage object as canonical Usage; None when absent or malformed. Without
+    ``output_tokens`` the output count is unknown (``Usage.completion_unknown``: counted)."""
     if not isinstance(usage, dict) or ("input_tokens" not in usage and "output_tokens" not in usage):
         return None  # naming neither count is not a usage of zero (that would make output free)
     count, detail = Usage.count, Usage.detail_count
@@ -40,18 +41,23 @@ def usage_from_anthropic(usage: Any) -> Usage | None:
         read = detail(usage.get("cache_read_input_tokens"))
         written = detail(usage.get("cache_creation_input_tokens"))
         prompt = count(usage.get("input_tokens", 0)) + written + read
-        return Usage(prompt_tokens=prompt, completion_tokens=count(usage.get("output_tokens", 0)),
+        if "output_tokens" not in usage:
+            return Usage(prompt_tokens=prompt, cached_tokens=read, cache_write_tokens=written, completion_unknown=True)
+        return Usage(prompt_tokens=prompt, completion_tokens=count(usage["output_tokens"]),
                      cached_tokens=read, cache_write_tokens=written)
     except ValueError:
         return None
 
 
-def merge_usage(counts: dict[str, Any], usage: dict) -> Usage | None:
+def merge_usage(counts: dict[str, Any], usage: dict, start: bool = False) -> Usage | None:
     """A stream's usage after one more report (``message_start``'s, then ``message_delta``'s),
     merged into ``counts``: counts are cumulative, and a field a report leaves out or sends as
-    null keeps the last value, but for ``output_tokens`` (message_delta's own count, always
-    sent): null there is no count, and the usage is unknown."""
+    null keeps the last value, but for ``output_tokens``: only message_delta's is the output's
+    count (message_start's is a placeholder, 1), so until one names it the output count is
+    unknown (counted), and null there is no count: the usage is unknown."""
     counts.update({k: v for k, v in usage.items() if v is not None or k == "output_tokens"})
+    if start:
+        counts.pop("output_tokens", None)
     return usage_from_anthropic(counts)
 
 
@@ -152,7 +158,7 @@ class AnthropicStreamDecoder:
             msg = event.get("message") or {}
             self._head["id"] = msg.get("id") or "msg"
             self._head["model"] = msg.get("model") or ""
-            self._merge_usage(msg.get("usage"))
+            self._merge_usage(msg.get("usage"), start=True)
             out.append(self._chunk({"role": "assistant", "content": ""}))
         elif kind == "content_block_start":
             self._block_start(event, out)
@@ -179,9 +185,9 @@ class AnthropicStreamDecoder:
             self.done = True
         # ping and event types added later are ignored, as Anthropic asks.
 
-    def _merge_usage(self, usage: Any) -> None:
+    def _merge_usage(self, usage: Any, start: bool = False) -> None:
         if isinstance(usage, dict):
-            self.usage = merge_usage(self._counts, usage)
+            self.usage = merge_usage(self._counts, usage, start)
 
     def _block_start(self, event: dict, out: list[dict]) -> None:
         block = event.get("content_block") or {}

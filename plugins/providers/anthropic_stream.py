@@ -74,7 +74,7 @@ class AnthropicPassthrough:
                     data_ = {}
                 usage = (data_.get("message") or {}).get("usage") if name == "message_start" else data_.get("usage")
                 if isinstance(usage, dict):
-                    self.usage = merge_usage(self._counts, usage)
+                    self.usage = merge_usage(self._counts, usage, name == "message_start")
                 if name == "message_delta":
                     self._held = []
             elif name == "message_stop":

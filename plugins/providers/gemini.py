@@ -31,7 +31,7 @@ from proxy import Call, Provider, ProxyError, Route, StateKey, UpstreamRequest, 
 from proxy.provider import error_message, loads_json, upstream_error
 
 from .gemini_request import to_gemini
-from .gemini_response import GeminiStreamDecoder, response_to_completion
+from .gemini_response import GeminiStreamDecoder, response_to_completion, usage_from_gemini
 from .translate import refuse
 
 # The upstream's model name of a chat call, for its answer (Gemini's answers do not carry it).
@@ -82,7 +82,7 @@ class GeminiProvider(Provider):
     def chat_response(self, call: Call, body: bytes) -> tuple[dict, Usage | None]:
         data = loads_json(body, self.name)
         completion = response_to_completion(data, call.state.get(UPSTREAM_MODEL) or "")
-        return completion, Usage.from_openai(completion.get("usage"))
+        return completion, usage_from_gemini(data.get("usageMetadata"))  # (its own: it may not name the output)
 
     def chat_stream(self, call: Call) -> GeminiStreamDecoder:
         return GeminiStreamDecoder(self.name, call.state.get(UPSTREAM_MODEL) or "")

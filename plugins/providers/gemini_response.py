@@ -10,9 +10,10 @@
   stream ends (Gemini's SSE stream has no terminator: its end is the end).
 - usageMetadata: prompt = promptTokenCount (cached included), completion =
   candidatesTokenCount + thoughtsTokenCount, reasoning = thoughtsTokenCount,
-  cached = cachedContentTokenCount. Streams repeat it as running totals: the
-  last one wins (one that cannot be read: the usage is unknown); a chunk
-  without it changes nothing.
+  cached = cachedContentTokenCount; without candidatesTokenCount the output
+  count is unknown (``Usage.completion_unknown``: what went out is counted).
+  Streams repeat it as running totals: the last one wins (one that cannot be
+  read: the usage is unknown); a chunk without it changes nothing.
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ def usage_from_gemini(meta: Any) -> Usage | None:
     count, detail = Usage.count, Usage.detail_count
     try:
         thoughts = detail(meta.get("thoughtsTokenCount"))
+        # Without candidatesTokenCount the output count is unknown (counted), its thoughts the floor.
+        unknown = "candidatesTokenCount" not in meta
         return Usage(prompt_tokens=count(meta.get("promptTokenCount", 0)) + detail(meta.get("toolUsePromptTokenCount")),
-                     completion_tokens=count(meta.get("candidatesTokenCount", 0)) + thoughts,
-                     cached_tokens=detail(meta.get("cachedContentTokenCount")), reasoning_tokens=thoughts)
+                     completion_tokens=thoughts if unknown else count(meta["candidatesTokenCount"]) + thoughts,
+                     cached_tokens=detail(meta.get("cachedContentTokenCount")), reasoning_tokens=thoughts,
+                     completion_unknown=unknown)
     except ValueError:
         return None
 

@@ -31,15 +31,18 @@ _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 
 def usage_from_responses(usage: Any) -> Usage | None:
     """A Responses ``usage`` object (input/output tokens and their details) as Usage;
-    None when it names neither count."""
+    None when it names neither count. Without ``output_tokens`` the output count is
+    unknown (``Usage.completion_unknown``: counted), the reasoning tokens named its floor."""
     if not isinstance(usage, dict) or ("input_tokens" not in usage and "output_tokens" not in usage):
         return None
     count, detail = Usage.count, Usage.detail_count
     try:
+        reasoning = detail((usage.get("output_tokens_details") or {}).get("reasoning_tokens"))
+        unknown = "output_tokens" not in usage
         return Usage(prompt_tokens=count(usage.get("input_tokens", 0)),
-                     completion_tokens=count(usage.get("output_tokens", 0)),
+                     completion_tokens=reasoning if unknown else count(usage["output_tokens"]),
                      cached_tokens=detail((usage.get("input_tokens_details") or {}).get("cached_tokens")),
-                     reasoning_tokens=detail((usage.get("output_tokens_details") or {}).get("reasoning_tokens")))
+                     reasoning_tokens=reasoning, completion_unknown=unknown)
     except (ValueError, AttributeError):
         return None
 
@@ -162,7 +165,9 @@ class ResponsesPassthrough:
             return block
         _, payload = parse_event(block)
         response = event.get("response")
-        if self.usage is not None and len(_USAGE_OBJECT.findall(payload)) == 1:
+        # The upstream's usage, with the gateway's fields spliced in; the count billed when the
+        # gateway made one (the upstream's was unusable, or named no output count).
+        if self.usage is not None and not call.billing.usage_estimated and len(_USAGE_OBJECT.findall(payload)) == 1:
             fields = orjson.dumps(extra)[1:-1]
             at = _USAGE_OBJECT.search(payload).end()  # type: ignore[union-attr]
             closes = payload[at:at + 64].lstrip()[:1] == b"}"
