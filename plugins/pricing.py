@@ -19,6 +19,9 @@ priced the same way, told to the client the same way, and marked
 ``billing.usage_estimated`` (the ledger's ``estimated`` column). If counting
 fails (a tokenizer error, text it cannot read), the bytes are counted instead
 (``byte_usage``: four a token, capped the same way), still marked estimated.
+A usage that names the prompt count but no output count (``Usage.completion_unknown``)
+is counted the same way for its output, with the upstream's prompt counts kept; with
+no output to count it costs that prompt (and the output floor it named), estimated.
 Output that went to a client is never free.
 
 Images, speech and transcriptions are priced by the unit where the model's
@@ -30,7 +33,8 @@ answers without ``usage``, the gateway has nothing to count its input with
 of: the request's prompt bound (a token a byte of the upload, at most the
 model's ``context_window``) and its output bound (``max_tokens``, else the
 model's ``max_output_tokens``, else ``plugins.quotas.default_max_tokens``),
-marked estimated: with the quotas plugin or without it, the same amount.
+marked estimated: with the quotas plugin or without it, the same amount. A usage
+there without an output count costs the output's bound, with the upstream's input count.
 """
 
 from __future__ import annotations
@@ -107,7 +111,8 @@ class Plugin:
             throttled(log, logging.WARNING, f"unit_usage:{call.model}", "model %r answered %s without usage: "
                       "billed its bounds as estimated tokens (price it per unit to bill less)", call.model,
                       call.endpoint)
-            billing.usage = Usage(prompt_tokens=told.prompt_tokens if told is not None else prompt_bound(call),
+            bound = prompt_bound(call)
+            billing.usage = Usage(prompt_tokens=min(told.prompt_tokens, bound) if told is not None else bound,
                                   completion_tokens=output_bound(call, self.default_cap),
                                   cached_tokens=told.cached_tokens if told is not None else 0)
         else:

@@ -222,13 +222,16 @@ async def forward_media(gateway: Gateway, request: web.Request, call: Call, rout
 
 
 def _usage_of(body: dict | None) -> Usage | None:
-    """Token usage an images or audio answer reports (``input_tokens``/``output_tokens``)."""
+    """Token usage an images or audio answer reports (``input_tokens``/``output_tokens``);
+    without ``output_tokens`` the output count is unknown (``Usage.completion_unknown``)."""
     usage = body.get("usage") if body is not None else None
     if not isinstance(usage, dict) or "input_tokens" not in usage:
         return None
     try:
+        if "output_tokens" not in usage:
+            return Usage(prompt_tokens=Usage.count(usage["input_tokens"]), completion_unknown=True)
         return Usage(prompt_tokens=Usage.count(usage["input_tokens"]),
-                     completion_tokens=Usage.count(usage.get("output_tokens", 0)))
+                     completion_tokens=Usage.count(usage["output_tokens"]))
     except ValueError:
         return None
 
