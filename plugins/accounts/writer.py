@@ -202,15 +202,13 @@ class Writer(StreamSteps):
     def _say_left(self, shared: SharedCredit, why: str) -> None:
         """One line for the entries a stop leaves in the fleet's stream (it could not drain it):
         not lost, but no instance may be left running to store them."""
-        taken = len(self.taken or ())
-        counted = "the stream not counted"
+        counted = "not counted by this process"
         if self.stream_counted:
-            counted = (f"the stream had {self.stream_rows} in all when last counted, "
-                       f"{time.monotonic() - self.stream_counted:.1f}s ago")
-        log.warning("accounts writer: stopping with the shared ledger stream not drained (%s): %d entries taken by "
-                    "this writer are not stored (%s); they are not lost: they wait in Redis, and the next instance's "
-                    "writer stores them (stream %s; those taken here once hold_ttl=%gs has passed)", why, taken,
-                    counted, shared.stream, shared.counters.ttl_ms / 1000)
+            counted = f"{self.stream_rows} in all when last counted, {time.monotonic() - self.stream_counted:.1f}s ago"
+        log.warning("accounts writer: stopping with the shared ledger stream %s not drained (%s): %d entries this "
+                    "writer took are not stored, and the stream's entries are %s; what is left there is not lost: "
+                    "the next instance's writer stores it (what this writer took, once hold_ttl=%gs has passed)",
+                    shared.stream, why, len(self.taken or ()), counted, shared.counters.ttl_ms / 1000)
 
     async def _keep_owed(self) -> None:
         """What Redis still has not got (it stayed down for ``back_s``): the charges with their
