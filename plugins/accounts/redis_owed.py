@@ -42,8 +42,14 @@ time to live, so that the markers of entries an older writer stored do not stay 
 whose owed row is applied after that: Redis charges it twice (the store once). A charge alone
 (no ledger row) whose stop kept it while a writer's transaction was storing its entry, the
 stop's commit landing between that transaction's delete and its commit: the store charges it
-twice. The store down at the stop as well: the charges are not kept (one error line with their
-count).
+twice until an apply finds the owed row with the marker still in Redis and gives the stop's
+charge back (``_forget``); the writer's own instance applies at its next poll, the stop having
+moved the store's version, so twice for good only if no instance's counters answer for
+``MARKER_AFTER_STORED_S`` after that store. (A charge with its row is kept once whichever
+commits first: both write the row's id, the one that loses fails on it and tries again, the
+stop's keep finding the row stored, the writer leaving it out and resolving the owed row;
+``tests/test_redis_owed_race.py`` holds each order with PostgreSQL locks.) The store down at
+the stop as well: the charges are not kept (one error line with their count).
 """
 
 from __future__ import annotations
