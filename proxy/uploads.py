@@ -70,7 +70,10 @@ class Upload:
 async def read_upload(request: web.Request, limit: int) -> tuple[Upload, bytes]:
     """The multipart body, read and parsed; 415 when it is not multipart, 413 over ``limit``."""
     content_type = request.headers.get("Content-Type", "")
-    kind, options = parse_options_header(content_type)
+    try:
+        kind, options = parse_options_header(content_type)
+    except UnicodeEncodeError:  # a byte that is not Latin-1 text (aiohttp keeps it as a lone surrogate)
+        kind, options = b"", {}
     if kind != b"multipart/form-data" or not options.get(b"boundary"):
         raise ProxyError(415, f"this endpoint takes multipart/form-data (a file upload), got "
                               f"{content_type.split(';')[0] or 'no Content-Type'!r}", code="unsupported_media_type")

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
-from proxy import ProxyError
+from proxy import ProxyError, bad_request
 
 from .sessions import COOKIE, Session, Sessions, SignInLimiter, admin_mark, csrf_ok
 
@@ -76,7 +77,7 @@ class Guard:
         if wait:
             return dash.login_page(request, f"Too many failed sign-ins from your address. Try again in {wait} s.",
                                    status=429, headers={"Retry-After": str(wait)})
-        form = await request.post()
+        form = await read_form(request)
         given = str(form.get("key", "")).strip()
         admin = dash.admin_key
         if admin and given and hmac.compare_digest(given.encode(), admin.encode()):
@@ -107,7 +108,7 @@ class Guard:
     async def sign_out(self, request: web.Request) -> web.StreamResponse:
         session = await self.session(request)
         if session is not None:
-            form = await request.post()
+            form = await read_form(request)
             if not csrf_ok(session, request.headers.get("X-CSRF-Token") or str(form.get("csrf", ""))):
                 raise csrf_error()
             await self.sessions.end(request.cookies.get(COOKIE))
@@ -156,6 +157,14 @@ def redirect(location: str) -> web.Response:
 
 def csrf_error() -> ProxyError:
     return ProxyError(403, "missing or wrong CSRF token: reload the page and try again", code="csrf_failed")
+
+
+async def read_form(request: web.Request) -> MultiDictProxy:
+    """The posted form; a 400 when it is not UTF-8 text (aiohttp raised UnicodeDecodeError: a 500)."""
+    try:
+        return await request.post()
+    except UnicodeDecodeError:
+        raise bad_request("the form is not UTF-8 text", code="invalid_body") from None
 
 
 def same_origin(request: web.Request) -> bool:

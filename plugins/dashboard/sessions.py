@@ -53,7 +53,8 @@ class Session:
 
 
 def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # (surrogateescape: a cookie's bytes that are not UTF-8, as aiohttp keeps them; no session has them)
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def admin_mark(admin_key: str) -> str:
@@ -96,7 +97,7 @@ class Sessions:
 
 
 def csrf_ok(session: Session, given: str | None) -> bool:
-    return bool(given) and hmac.compare_digest(session.csrf.encode(), given.encode())
+    return bool(given) and hmac.compare_digest(session.csrf.encode(), given.encode("utf-8", "surrogateescape"))
 
 
 class SignInLimiter:
