@@ -2,7 +2,8 @@
 ``price.batch_multiplier`` (default 0.5) of the interactive price.
 
 Routes (the official SDK's ``files`` and ``batches``): ``POST /v1/files`` (multipart,
-``purpose=batch``, a JSONL file), ``GET /v1/files/{id}``, ``GET /v1/files/{id}/content``
+``purpose=batch``, a JSONL file), ``GET /v1/files`` (the key's account's uploads),
+``GET /v1/files/{id}``, ``GET /v1/files/{id}/content``
 (the input, or a batch's output and error files), ``POST /v1/batches``,
 ``GET /v1/batches``, ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``.
 

@@ -18,6 +18,7 @@ from ..accounts.money import MICRO, PriceBook, format_usd
 from ..accounts.options import QuotasOptions
 from .db import BATCH_COLUMNS
 from .lines import ENDPOINTS, read_lines
+from .listing import list_files, page_limit, query_value
 
 if TYPE_CHECKING:
     from plugins.accounts import Accounts, KeyRecord
@@ -43,7 +44,8 @@ class BatchRoutes:
         self.default_cap = (gateway.config.section("plugins.quotas") or QuotasOptions()).default_max_tokens
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1/files", self.upload), web.get("/v1/files/{file_id}", self.file_info),
+        return [web.post("/v1/files", self.upload), web.get("/v1/files", self.list_files),
+                web.get("/v1/files/{file_id}", self.file_info),
                 web.get("/v1/files/{file_id}/content", self.file_content),
                 web.post("/v1/batches", self.create), web.get("/v1/batches", self.list),
                 web.get("/v1/batches/{batch_id}", self.get), web.post("/v1/batches/{batch_id}/cancel", self.cancel)]
@@ -86,6 +88,13 @@ class BatchRoutes:
             (file_id, key.account_id if key else None, key.id if key else None, purpose, part.filename, part.size,
              now, content))
         return json_response(_file_view(file_id, part.filename, part.size, now, purpose))
+
+    async def list_files(self, request: web.Request) -> web.Response:
+        """``GET /v1/files``: this key's account's uploads (``listing.py``)."""
+        key = self._key(request)
+        assert self.gateway is not None
+        return json_response(await list_files(request, self.gateway.store, key.account_id if key else None,
+                                              _file_view))
 
     async def _owned_file(self, request: web.Request) -> tuple[str, Any]:
         key = self._key(request)
@@ -270,21 +279,19 @@ class BatchRoutes:
     async def list(self, request: web.Request) -> web.Response:
         key = self._key(request)
         assert self.gateway is not None
-        try:
-            limit = min(max(int(request.query.get("limit", "20")), 1), 100)
-        except ValueError:
-            raise bad_request("'limit' must be an integer between 1 and 100", "limit") from None
-        after = request.query.get("after")
-        sql = "select id, created_at from tollway_batches where 1 = 1"
-        params: list[Any] = []
-        if key is not None:
-            sql += " and account_id = ?"
-            params.append(key.account_id)
-        if after:
-            row = await self.gateway.store.fetchone("select created_at from tollway_batches where id = ?", (after,))
-            if row is not None:
-                sql += " and (created_at < ? or (created_at = ? and id < ?))"
-                params += [row[0], row[0], after]
+        limit = page_limit(request, 20, 100)
+        after = query_value(request, "after")
+        owner = "" if key is None else " and account_id = ?"
+        params: list[Any] = [] if key is None else [key.account_id]
+        sql = "select id, created_at from tollway_batches where 1 = 1" + owner
+        if after is not None:
+            row = await self.gateway.store.fetchone("select created_at from tollway_batches where id = ?" + owner,
+                                                    (after, *params))
+            if row is None:  # (another account's batch is no cursor either)
+                raise bad_request(f"'after' must be the id of a batch of this key's account, got {after[:60]!r}",
+                                  "after")
+            sql += " and (created_at < ? or (created_at = ? and id < ?))"
+            params += [row[0], row[0], after]
         rows = await self.gateway.store.fetchall(sql + " order by created_at desc, id desc limit ?",
                                                  (*params, limit + 1))
         data = [await self._view(r[0]) for r in rows[:limit]]
