@@ -36,17 +36,7 @@ def _refuse(path: str, why: str) -> ProxyError:
 
 def to_canonical(body: dict) -> dict:
     """An Anthropic Messages body (validated) as an OpenAI chat body."""
-    messages: list[dict] = []
-    system = body.get("system")
-    if isinstance(system, list):
-        system = "\n\n".join(b["text"] for b in system if b.get("text"))
-    if system:
-        messages.append({"role": "system", "content": system})
-    for i, m in enumerate(body["messages"]):
-        if m["role"] == "user":
-            messages += _user(m["content"], f"messages.{i}")
-        else:
-            messages.append(_assistant(m["content"], f"messages.{i}"))
+    messages = canonical_messages(body)
     # OpenAI's current name: reasoning models (o-series, gpt-5) refuse max_tokens.
     out: dict[str, Any] = {"model": body["model"], "messages": messages, "max_completion_tokens": body["max_tokens"]}
     for name in ("temperature", "top_p", "top_k"):
@@ -68,6 +58,42 @@ def to_canonical(body: dict) -> dict:
     if body.get("mcp_servers"):
         raise _refuse("mcp_servers", "MCP connectors run inside Anthropic's API; this model is not served by "
                       "Anthropic")
+    return out
+
+
+def canonical_messages(body: dict, origins: list[tuple[str, list[int]]] | None = None) -> list[dict]:
+    """The chat messages of a Messages body; with ``origins``, noted there for each: the path it
+    was made from (``system``, ``messages.1``, ``messages.1.content.0`` for a tool result) and the
+    content block index of each of its parts or tool calls."""
+    messages: list[dict] = []
+    system = body.get("system")
+    if isinstance(system, list):
+        system = "\n\n".join(b["text"] for b in system if b.get("text"))
+    if system:
+        messages.append({"role": "system", "content": system})
+        if origins is not None:
+            origins.append(("system", []))
+    for i, m in enumerate(body["messages"]):
+        if m["role"] == "user":
+            made = _user(m["content"], f"messages.{i}")
+        else:
+            made = [_assistant(m["content"], f"messages.{i}")]
+        messages += made
+        if origins is not None:
+            origins += _origins(m, made, f"messages.{i}")
+    return messages
+
+
+def _origins(message: dict, made: list[dict], path: str) -> list[tuple[str, list[int]]]:
+    content = message["content"]
+    if isinstance(content, str):
+        return [(path, [])]
+    tools = [j for j, b in enumerate(content) if b["type"] == "tool_result"]
+    if message["role"] == "assistant":
+        return [(path, [j for j, b in enumerate(content) if b["type"] == "tool_use"])]
+    out = [(f"{path}.content.{j}", []) for j in tools]
+    if len(made) > len(tools):  # the user message of the other blocks
+        out.append((path, [j for j, b in enumerate(content) if b["type"] in ("text", "image")]))
     return out
 
 

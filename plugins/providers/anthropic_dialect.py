@@ -4,19 +4,21 @@ To an Anthropic upstream the request is a byte passthrough
 (``AnthropicPassthrough`` sniffs the usage); to any other upstream it goes
 through the canonical OpenAI form both ways (``anthropic_canonical`` for
 bodies, ``AnthropicEncoder`` for streams). Errors reach the client in
-Anthropic's shape (the core renders ``ProxyError`` per dialect).
+Anthropic's shape (the core renders ``ProxyError`` per dialect), naming the
+Messages fields the client sent (``anthropic_errors``).
 """
 
 from __future__ import annotations
 
 import orjson
 
-from proxy import Call, Dialect, Usage
+from proxy import Call, Dialect, ProxyError, Usage
 from proxy.outputtext import prompt_text, sse_payloads
 
 from ..accounts.estimate import IMAGE_TOKENS
 from ..accounts.tokens import count_tokens
 from .anthropic_canonical import completion_to_message, to_canonical, usage_to_anthropic
+from .anthropic_errors import in_anthropic_terms
 from .anthropic_response import usage_from_anthropic
 from .anthropic_stream import AnthropicEncoder, AnthropicPassthrough
 from .anthropic_validate import validate_messages
@@ -38,6 +40,9 @@ class AnthropicDialect(Dialect):
 
     def response_usage(self, body: dict) -> Usage | None:
         return usage_from_anthropic(body.get("usage"))
+
+    def client_error(self, call: Call, err: ProxyError) -> ProxyError:
+        return in_anthropic_terms(call, err)
 
     def usage_object(self, usage: Usage) -> dict:
         return usage_to_anthropic(usage)

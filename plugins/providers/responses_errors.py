@@ -16,6 +16,7 @@ import re
 from proxy import Call, ProxyError
 
 from .responses_canonical import Origins, canonical_messages
+from .translate import in_client_terms
 
 #: Canonical (chat) request fields -> the Responses fields they were made from.
 FIELDS = {"max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens",
@@ -23,7 +24,7 @@ FIELDS = {"max_tokens": "max_output_tokens", "max_completion_tokens": "max_outpu
           "response_format.type": "text.format.type", "response_format.json_schema": "text.format",
           "messages": "input"}
 # The same names in an error's words ("lower max_tokens", "raise max_completion_tokens above 1024").
-_WORDS = re.compile(r"\b(max_completion_tokens|max_tokens|reasoning_effort|response_format)\b")
+WORDS = {name: FIELDS[name] for name in ("max_completion_tokens", "max_tokens", "reasoning_effort", "response_format")}
 _MESSAGE = re.compile(r"messages\[(\d+)\](.*)", re.S)
 _TOOL_CALL = re.compile(r"\.tool_calls\[(\d+)\](.*)", re.S)
 _TOOL = re.compile(r"tools\[(\d+)\]\.function(.*)", re.S)
@@ -33,23 +34,8 @@ _OUTPUT_FIELDS = {".tool_call_id": ".call_id", ".content": ".output"}
 
 
 def in_responses_terms(call: Call, err: ProxyError) -> ProxyError:
-    """``err`` naming the Responses fields the client sent (``err`` itself when it names none
-    of the canonical ones, or came from the upstream, whose words are its own)."""
-    if (err.code or "").startswith("upstream"):
-        return err
-    param = err.param
-    renamed = _path(call.body, param) if param else param
-    message = err.message
-    if renamed != param and param:
-        quoted = f"'{param}'"
-        message = message.replace(quoted, f"'{renamed}'") if quoted in message else message.replace(param, renamed)
-    message = _WORDS.sub(lambda m: FIELDS[m.group(1)], message)
-    if renamed == param and message == err.message:
-        return err
-    out = ProxyError(err.status, message, code=err.code, param=renamed, headers=err.headers, type=err.type,
-                     extra=err.extra)
-    out.style = err.style
-    return out
+    """``err`` naming the Responses fields the client sent."""
+    return in_client_terms(err, lambda param: _path(call.body, param), WORDS)
 
 
 def _path(body: dict, param: str) -> str:

@@ -7,7 +7,9 @@ dropped or mapped as ``docs/providers.md`` documents, or refused here with a
 
 from __future__ import annotations
 
+import re
 import secrets
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -139,3 +141,28 @@ def reasoning_budget(effort: Any) -> int | None:
     if effort not in REASONING_BUDGETS:
         raise invalid("reasoning_effort", "must be one of none, minimal, low, medium, high")
     return REASONING_BUDGETS[effort]
+
+
+def in_client_terms(err: ProxyError, path: Callable[[str], str], words: Mapping[str, str]) -> ProxyError:
+    """``err``, raised about a translated (canonical) request, naming the client's own fields:
+    ``param`` as ``path(param)``, and in its message that name and each of ``words`` (chat's
+    field names, as whole words) as the client's. An upstream's error keeps its own words."""
+    if (err.code or "").startswith("upstream"):
+        return err
+    param = err.param
+    try:
+        renamed = path(param) if param else param
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):  # a body the path map cannot read
+        renamed = param
+    message = err.message
+    if param and renamed != param:
+        quoted = f"'{param}'"
+        message = message.replace(quoted, f"'{renamed}'") if quoted in message else message.replace(param, renamed)
+    if words:
+        message = re.sub(r"\b(" + "|".join(map(re.escape, words)) + r")\b", lambda m: words[m.group(1)], message)
+    if renamed == param and message == err.message:
+        return err
+    out = ProxyError(err.status, message, code=err.code, param=renamed, headers=err.headers, type=err.type,
+                     extra=err.extra)
+    out.style = err.style
+    return out
