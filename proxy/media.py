@@ -79,7 +79,7 @@ def validate_media(endpoint: str, body: dict, upload: Upload | None = None) -> U
         if not isinstance(body.get("voice"), str):
             raise bad_request("'voice' is required: a voice name such as \"alloy\"", "voice", "missing_voice")
         fmt = body.get("response_format")
-        if fmt is not None and fmt not in SPEECH_FORMATS:
+        if fmt is not None and (not isinstance(fmt, str) or fmt not in SPEECH_FORMATS):
             raise bad_request(f"'response_format' must be one of {', '.join(sorted(SPEECH_FORMATS))}, got {fmt!r}",
                               "response_format")
         check_number(body, "speed", 0.25, 4.0)

@@ -64,7 +64,7 @@ def _check_item(item: Any, where: str) -> None:
         raise bad_request(f"'{where}.type' must be a string", f"{where}.type")
     if kind == "message":
         role = item.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise bad_request(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}, got {role!r}",
                               f"{where}.role")
         content = item.get("content")

@@ -138,7 +138,7 @@ def reasoning_budget(effort: Any) -> int | None:
         return None
     if effort in ("none", "minimal"):
         return 0
-    if effort not in REASONING_BUDGETS:
+    if not isinstance(effort, str) or effort not in REASONING_BUDGETS:
         raise invalid("reasoning_effort", "must be one of none, minimal, low, medium, high")
     return REASONING_BUDGETS[effort]
 
