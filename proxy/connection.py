@@ -211,8 +211,8 @@ class ClientConnection(RequestHandler):
             throttled(log, logging.ERROR, "handler_error", "error answering %s %s", request.method,
                       redact(request.path), exc_info=exc)
         elif isinstance(exc, ContentEncodingError) and "install" in exc.message:  # a coding aiohttp lacks
-            coding = "br" if "(br)" in exc.message else "zstd" if "(zstd)" in exc.message else "this"
-            err = ProxyError(415, f"the request body's Content-Encoding {coding!r} is not supported: send the "
+            coding = next((f" {c!r}" for c in ("br", "zstd") if f"({c})" in exc.message), "")
+            err = ProxyError(415, f"the request body's Content-Encoding{coding} is not supported: send the "
                                   "body uncompressed, or with Content-Encoding gzip or deflate",
                              code="unsupported_content_encoding")
         else:
