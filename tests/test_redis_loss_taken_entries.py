@@ -17,6 +17,7 @@ overdraft). Both orders, through the real server, on a redis-server of the test'
 from __future__ import annotations
 
 import asyncio
+import os
 
 import aiohttp
 import asyncpg
@@ -34,10 +35,12 @@ ACCOUNT = "cfg_demo"
 
 
 async def waiting(conn: asyncpg.Connection, event: str | None = None) -> int:
-    """How many backends of this database wait for a lock (of this kind: ``advisory``...)."""
+    """How many sessions of this process's gateways wait for a lock (of this kind: ``advisory``...);
+    not another test's, when the suite runs in several processes (the store names each session's process)."""
     await conn.execute("select pg_stat_clear_snapshot()")
     return await conn.fetchval("select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                               "and datname = current_database() and ($1::text is null or wait_event = $1)", event)
+                               "and datname = current_database() and ($1::text is null or wait_event = $1) "
+                               "and application_name like $2", event, f"tollway: process {os.getpid()} on %")
 
 
 async def balances(conn: asyncpg.Connection, client: aioredis.Redis, prefix: str) -> tuple[int, int, int]:

@@ -14,6 +14,8 @@ to take the entry waits inside its transaction, the other claims the entry after
 
 from __future__ import annotations
 
+import os
+
 import aiohttp
 import asyncpg
 import pytest
@@ -29,10 +31,12 @@ ACCOUNT = "cfg_demo"
 
 
 async def lock_waiters(conn: asyncpg.Connection) -> int:
-    """How many backends of this database wait for a lock now."""
+    """How many sessions of this process's gateways wait for a lock now (not another test's,
+    when the suite runs in several processes: the store names each session's process)."""
     await conn.execute("select pg_stat_clear_snapshot()")
     return await conn.fetchval("select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
-                               "and datname = current_database()")
+                               "and datname = current_database() and application_name like $1",
+                               f"tollway: process {os.getpid()} on %")
 
 
 async def test_a_charge_without_a_row_claimed_by_a_second_writer_is_stored_once(tmp_path, start_gateway):

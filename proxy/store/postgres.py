@@ -79,8 +79,12 @@ class PostgresStore(Store):
         try:
             # min_size 0: no connection kept open for its own sake (asyncpg would log a traceback
             # each time it failed to reopen it during an outage); each opens when first needed.
+            # Each session says whose it is in pg_stat_activity (which instance holds connections,
+            # waits for a lock...), unless the URL names its own application_name.
+            settings = {} if "application_name=" in self.url else {
+                "application_name": f"tollway: process {os.getpid()} on {socket.gethostname()}"[:63]}
             self._pool = await asyncpg.create_pool(self.url, min_size=0, max_size=10, timeout=CONNECT_TIMEOUT_S,
-                                                   command_timeout=COMMAND_TIMEOUT_S)
+                                                   command_timeout=COMMAND_TIMEOUT_S, server_settings=settings)
             # Say now, in one line, when it cannot be reached, or when no schema of the search_path exists
             # (the tables would have nowhere to go).
             schema, path, database = await self._pool.fetchrow(
