@@ -226,11 +226,12 @@ return 1
 # A request's budgets settled (or released: spent 0), all in one script. KEYS: per total its
 # hash, holds and expired holds (see _FREE_EXPIRED_TOTAL). ARGV: spent, then the request's hold
 # members (one per admission that held: two after a grown hold; none: a charge that held nothing,
-# a recovered batch line's, whose spend counts as it is). Each member is freed where it is; the
-# spend counts in a total where one of them was found, live or expired: a settle sent again (its
-# first reply lost) finds none and changes nothing. Reply: per total its used after, or -1 when
-# Redis does not have it (it lost its data: not made again here).
-SETTLE_TOTALS = _NOW_MS + _FREE_EXPIRED_TOTAL + """
+# a recovered batch line's, whose spend counts as it is). Each member is freed where it is (the
+# holds, expired or not, or the expired holds: the admissions move those, and free what they
+# held); the spend counts in a total where one of them was found: a settle sent again (its first
+# reply lost) finds none and changes nothing. Reply: per total its used after, or -1 when Redis
+# does not have it (it lost its data: not made again here).
+SETTLE_TOTALS = """
 local spent = tonumber(ARGV[1])
 local out = {}
 for i = 1, #KEYS, 3 do
@@ -238,7 +239,6 @@ for i = 1, #KEYS, 3 do
   if redis.call('EXISTS', h) == 0 then
     out[#out + 1] = -1
   else
-    free_expired_total(h, z, gone)
     local found = #ARGV == 1
     for j = 2, #ARGV do
       if redis.call('ZREM', z, ARGV[j]) == 1 then
