@@ -196,5 +196,5 @@ def admit_local(tats: dict[tuple, float], in_flight: dict[str, int], total_of: C
             claim.hold = LOCAL_HOLD  # type: ignore[union-attr]
     for rate, pending in new_tats:
         rate.taken = pending
-        for rule, new_tat in zip(rate.rules, pending, strict=True):
-            tats[rule.state] = new_tat
+        for i, rule in enumerate(rate.rules):  # (pending: the rules' new TATs in order; zip(strict=True) cost ~2k more)
+            tats[rule.state] = pending[i]
