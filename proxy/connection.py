@@ -37,7 +37,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, ContentEncodingError, HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMethod, ContentEncodingError, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
 from .config import ClientTimeouts
@@ -210,6 +210,9 @@ class ClientConnection(RequestHandler):
                 err = internal_error()
             throttled(log, logging.ERROR, "handler_error", "error answering %s %s", request.method,
                       redact(request.path), exc_info=exc)
+        elif isinstance(exc, LineTooLong):  # (its message quotes the line's first 100 bytes: not repeated)
+            err = ProxyError(431, f"the request line or a header is longer than the gateway's limit of {exc.args[1]} "
+                                  "bytes", code="header_too_large")
         elif isinstance(exc, ContentEncodingError) and "install" in exc.message:  # a coding aiohttp lacks
             coding = next((f" {c!r}" for c in ("br", "zstd") if f"({c})" in exc.message), "")
             err = ProxyError(415, f"the request body's Content-Encoding{coding} is not supported: send the "

@@ -6,8 +6,9 @@ space, two Content-Lengths, broken chunked framing, a byte that is not ASCII in 
 method that is not one) was answered in the OpenAI shape (``{"error": {..., "code"}}``) whatever
 the path, because the parser's placeholder request has no path; so was a head that came too
 slowly (408); and a Content-Encoding aiohttp cannot decode (br, zstd) was that OpenAI-shaped 400
-telling the client to "install `Brotli`". Now the path is read from the refused bytes; the
-unknown coding is a 415 naming it. The errors the gateway answers itself (401, 402, 404, 413,
+telling the client to "install `Brotli`"; a request line or header over aiohttp's 8190 bytes
+was a 400 quoting its first bytes. Now the path is read from the refused bytes; the unknown
+coding is a 415 naming it; the long line a 431 saying so. The errors the gateway answers itself (401, 402, 404, 413,
 429 with Retry-After, 502, 503) were already Anthropic-shaped: the SDK's exception class for
 each is checked too."""
 
@@ -32,6 +33,7 @@ HEADS = [
     (b"POST http://x{path} HTTP/1.1\r\nHost: x\r\nX-Bad: \x7f\r\nContent-Length: 2\r\n\r\n{{}}", 400),
     (b"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{{}}", 415),
     (b"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Encoding: zstd\r\nContent-Length: 2\r\n\r\n{{}}", 415),
+    (b"POST {path} HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\nContent-Length: 2\r\n\r\n{{}}", 431),
 ]
 
 
@@ -66,7 +68,7 @@ async def running(start_gateway):
 
 
 HEAD_NAMES = ["control-byte", "space-in-name", "two-lengths", "bad-chunk", "non-ascii-target", "unknown-method",
-              "absolute-form", "br", "zstd"]
+              "absolute-form", "br", "zstd", "long-header"]
 
 
 @pytest.mark.parametrize(("head", "status"), HEADS, ids=HEAD_NAMES)
@@ -77,6 +79,8 @@ async def test_a_refused_head_on_the_messages_api_is_answered_in_anthropic_shape
     message = assert_anthropic(body)
     if status == 415:
         assert message.startswith("the request body's Content-Encoding") and "install" not in message
+    if status == 431:  # (before: 400 quoting the line's first bytes)
+        assert message == "the request line or a header is longer than the gateway's limit of 8190 bytes"
     # the same head elsewhere: OpenAI's shape, as before
     got, body = await exchange(running, head.replace(b"{path}", b"/v1/chat/completions").replace(b"{{}}", b"{}"))
     assert got == status and set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
