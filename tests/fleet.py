@@ -175,7 +175,8 @@ async def until(predicate, timeout: float = 10.0, what: str = "condition") -> No
 class TcpProxy:
     """A TCP proxy on a free port to ``127.0.0.1:target`` that a test cuts (every connection
     dropped, new ones refused: the network path to PostgreSQL gone) and restores, or slows
-    (``delay``: seconds each piece of data toward the target waits)."""
+    (``delay``: seconds each piece of data toward the target waits). A subclass decides what
+    toward the target goes through (``passes``). ``connections``: how many it accepted."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -183,11 +184,17 @@ class TcpProxy:
         self.server: asyncio.base_events.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self.delay = 0.0
+        self.connections = 0
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
 
+    def passes(self, data: bytes) -> bool:
+        """Whether this piece of data toward the target is sent (a piece that does not is never sent)."""
+        return True
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
         except OSError:
@@ -198,8 +205,11 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, toward_target: bool) -> None:
             try:
                 while data := await src.read(65536):
-                    if toward_target and self.delay:
-                        await asyncio.sleep(self.delay)
+                    if toward_target:
+                        if self.delay:
+                            await asyncio.sleep(self.delay)
+                        if not self.passes(data):
+                            continue
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.IncompleteReadError):
@@ -210,17 +220,27 @@ class TcpProxy:
         await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
         self.writers -= {writer, up_writer}
 
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
+    def drop_connections(self) -> None:
+        """Drop every connection open now (what either side sent and was not read yet is lost)."""
         for writer in list(self.writers):
             writer.transport.abort()
         self.writers.clear()
 
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+        self.drop_connections()
+
     async def close(self) -> None:
         if self.server is not None and self.server.is_serving():
             await self.cut()
+
+
+async def stop(server: Server) -> tuple[int, str, str]:
+    """``server.stop()`` in a thread: the test's event loop (a ``TcpProxy`` it runs, a client)
+    goes on during the stop instead of being frozen until the process exited."""
+    return await asyncio.to_thread(server.stop)
 
 
 async def money_report(schema: str, account: str, counters_url: str, answers: list[tuple[bool, int, int | None]],

@@ -18,7 +18,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 from business import bearer
-from fleet import TcpProxy, until
+from fleet import TcpProxy, stop, until
 from test_lifecycle import Server
 from test_redis_owed import KEY, Fleet, behind_proxy
 
@@ -88,7 +88,7 @@ async def test_a_budget_settle_redis_missed_is_applied_once_when_it_answers_agai
 async def test_a_stop_with_redis_down_keeps_the_budget_settle_for_the_next_instance(setup):
     server = await setup.start()
     told = await setup.answer(server, setup.proxy.cut)
-    code, _, err = server.stop()  # Redis still down for the whole stop
+    code, _, err = await stop(server)  # Redis still down for the whole stop
     assert code == 0, err
     assert await setup.ledger() == (1, told), err  # billed at the stop
     before = await setup.total()  # Redis never got the settle: the worst case still held, nothing spent

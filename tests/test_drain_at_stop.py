@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import yaml
 from business import bearer
-from fleet import free_port, private_redis, until
+from fleet import TcpProxy, private_redis, stop, until
 from stores import fresh_database
 from test_redis_owed import ACCOUNT, KEY, OPENING, Fleet
 
@@ -34,77 +34,41 @@ STREAM = PREFIX + "ledger"
 REQUESTS = 5
 
 
-class Gate:
+class Gate(TcpProxy):
     """A TCP way to ``127.0.0.1:target`` that goes silent at a command (``shut_at``): what is sent
     toward Redis from then on, on every connection and new ones, is held (never forwarded, never
     answered: a Redis that stopped answering) until ``open``, which drops the connections (what
     was held is never sent) and forwards again. ``reconnects``: connections made since it shut."""
 
     def __init__(self, target: int) -> None:
-        self.target = target
-        self.port = free_port()
-        self.server: asyncio.base_events.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
+        super().__init__(target)
         self.at: bytes | None = None  # the command that shuts it (its first chunk holding these bytes)
         self.through = False  # whether that chunk itself goes through
         self.shut = False
-        self.reconnects = 0
+        self.connections_at_shut = 0
 
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+    @property
+    def reconnects(self) -> int:
+        return self.connections - self.connections_at_shut if self.shut else 0
 
     def shut_at(self, at: bytes, through: bool) -> None:
         self.at, self.through = at, through
 
+    def passes(self, data: bytes) -> bool:
+        if self.shut:
+            return False  # held: never sent
+        if self.at is not None and self.at in data:
+            self.shut, self.connections_at_shut = True, self.connections
+            return self.through
+        return True
+
     def open(self) -> None:
         self.at, self.shut = None, False
-        for writer in list(self.writers):
-            writer.transport.abort()
-        self.writers.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.shut:
-            self.reconnects += 1
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            writer.close()
-            return
-        self.writers |= {writer, up_writer}
-
-        async def toward_redis() -> None:
-            while data := await reader.read(65536):
-                if self.shut:
-                    continue  # held: never sent
-                if self.at is not None and self.at in data:
-                    self.shut = True
-                    if not self.through:
-                        continue
-                up_writer.write(data)
-                await up_writer.drain()
-
-        async def back() -> None:
-            while data := await up_reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-
-        async def run(part) -> None:
-            try:
-                await part()
-            except (OSError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                writer.close()
-                up_writer.close()
-
-        await asyncio.gather(run(toward_redis), run(back))
-        self.writers -= {writer, up_writer}
+        self.drop_connections()
 
     async def close(self) -> None:
         self.open()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        await super().close()
 
 
 @asynccontextmanager
@@ -146,7 +110,7 @@ async def redis_balance(fleet: Fleet) -> int:
 
 
 async def stop_in_background(server) -> asyncio.Task:
-    return asyncio.ensure_future(asyncio.to_thread(server.stop))
+    return asyncio.ensure_future(stop(server))
 
 
 async def silent_until_the_probe(gate: Gate, server) -> None:

@@ -30,7 +30,7 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 from business import bearer, biz_config
-from fleet import TcpProxy, kill_all, private_redis, start_servers, until
+from fleet import TcpProxy, kill_all, private_redis, start_servers, stop, until
 from stores import PG, fresh_database
 from test_budget_redis_down import ACCOUNT, BUDGET, OPENING, PREFIX, Setup
 from test_lifecycle import Server
@@ -140,7 +140,7 @@ async def test_the_holds_of_an_instance_killed_mid_burst_come_back_within_the_ho
                 money = [await ask(MONEY) for _ in range(4)]
             assert (budget, money) == ([(200, WORST)] * 3 + [(429, "budget_exceeded")],
                                        [(200, WORST)] * 3 + [(402, "insufficient_credits")])
-            code, _, err = b.stop()
+            code, _, err = await stop(b)
             assert code == 0, err[-3000:]
             for account, answers in (("cfg_k", budget), ("cfg_m", money)):
                 total = await db.fetchval(f"select coalesce(sum(cost_micro_usd), 0) from {schema}.tollway_ledger "

@@ -22,7 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 from business import ADMIN_HEADERS, bearer, biz_config
-from fleet import TcpProxy, kill_all, private_redis, start_servers, until
+from fleet import TcpProxy, kill_all, private_redis, start_servers, stop, until
 from stores import fresh_database
 from test_lifecycle import Server
 
@@ -101,7 +101,7 @@ class Fleet:
         """``answer``, then a stop that outlasts ``back_s``: what the client was told."""
         server = await self.start()
         told = await self.answer(server, lost or self.proxy.cut)
-        code, _, err = server.stop()
+        code, _, err = await stop(server)
         assert code == 0, err
         # Billed at the stop: the ledger and the stored balance have what the client was told.
         assert await self.stored() == (1, told, OPENING - told, 1), err
@@ -145,7 +145,7 @@ async def test_a_charge_kept_at_a_stop_is_taken_from_redis_once_by_the_next_inst
     assert await fleet.redis_balance() == OPENING - told
     assert await fleet.stored() == (1, told, OPENING - told, 0)
     # A restart that finds the owed row again (as if its delete had been lost) applies nothing twice.
-    code, _, err = second.stop()
+    code, _, err = await stop(second)
     assert code == 0, err
     await fleet.sql("insert into tollway_redis_owed select * from json_populate_recordset(null::tollway_redis_owed, "
                     "$1::json)", orjson.dumps([dict(r) for r in kept]).decode())
@@ -232,7 +232,7 @@ async def test_a_top_up_redis_never_got_is_kept_at_a_stop_and_added_once(fleet):
         async with s.post(server.url + f"/admin/accounts/{ACCOUNT}/credits", json={"amount": 0.25},
                           headers=ADMIN_HEADERS) as r:
             assert r.status in (200, 503), await r.text()  # stored (its answer may need Redis)
-    code, _, err = server.stop()
+    code, _, err = await stop(server)
     assert code == 0, err
     left = OPENING - spent + 250_000
     assert (await fleet.stored())[:3] == (1, spent, left), err
@@ -259,7 +259,7 @@ async def test_a_stop_with_the_store_down_too_says_how_many_charges_it_gives_awa
 
                 server = await fleet.start()
                 told = await fleet.answer(server, both)
-                _, _, err = server.stop()
+                _, _, err = await stop(server)
                 assert "stopping with 1 charge(s) and 0 top-up(s) Redis never got" in err, err
                 assert "the store could not keep them either" in err, err
                 # Each charge given away is logged whole, to be billed by hand.

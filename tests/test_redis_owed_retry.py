@@ -16,7 +16,7 @@ import asyncio
 import aiohttp
 import pytest
 import yaml
-from fleet import until
+from fleet import stop, until
 from test_lifecycle import Server
 from test_redis_owed import OPENING, PREFIX, fleet  # noqa: F401  (the fixture)
 from test_redis_owed_late import age
@@ -54,7 +54,7 @@ async def test_a_kept_charge_whose_row_was_stored_ten_minutes_ago_is_not_sent_ag
         return (await fleet.stored())[0] == 1 and await fleet.redis.xlen(f"{PREFIX}ledger") == 0
 
     await until(stored, 60, "the other instance's writer to store the entry")
-    code, _, err = other.stop()
+    code, _, err = await stop(other)
     assert code == 0, err
     await age(fleet.redis)
     await fleet.proxy.start()  # the first instance reaches Redis again, with its kept charge
