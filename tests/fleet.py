@@ -176,7 +176,7 @@ class TcpProxy:
     """A TCP proxy on a free port to ``127.0.0.1:target`` that a test cuts (every connection
     dropped, new ones refused: the network path to PostgreSQL gone) and restores, or slows
     (``delay``: seconds each piece of data toward the target waits). A subclass decides what
-    toward the target goes through (``passes``). ``connections``: how many it accepted."""
+    goes through (``passes``). ``connections``: how many it accepted."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -189,8 +189,9 @@ class TcpProxy:
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
 
-    def passes(self, data: bytes) -> bool:
-        """Whether this piece of data toward the target is sent (a piece that does not is never sent)."""
+    def passes(self, data: bytes, toward_target: bool) -> bool:
+        """Whether this piece of data (toward the target, or back) is sent on; one that is not is
+        never sent."""
         return True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -205,11 +206,10 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, toward_target: bool) -> None:
             try:
                 while data := await src.read(65536):
-                    if toward_target:
-                        if self.delay:
-                            await asyncio.sleep(self.delay)
-                        if not self.passes(data):
-                            continue
+                    if toward_target and self.delay:
+                        await asyncio.sleep(self.delay)
+                    if not self.passes(data, toward_target):
+                        continue
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.IncompleteReadError):

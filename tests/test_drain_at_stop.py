@@ -18,14 +18,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import aiohttp
 import pytest
 import yaml
 from business import bearer
-from fleet import TcpProxy, private_redis, stop, until
-from stores import fresh_database
-from test_redis_owed import ACCOUNT, KEY, OPENING, Fleet
+from fleet import TcpProxy, stop, until
+from test_redis_owed import ACCOUNT, KEY, OPENING, Fleet, behind_proxy
 
 pytestmark = pytest.mark.fleet
 
@@ -54,7 +54,9 @@ class Gate(TcpProxy):
     def shut_at(self, at: bytes, through: bool) -> None:
         self.at, self.through = at, through
 
-    def passes(self, data: bytes) -> bool:
+    def passes(self, data: bytes, toward_target: bool) -> bool:
+        if not toward_target:
+            return True
         if self.shut:
             return False  # held: never sent
         if self.at is not None and self.at in data:
@@ -73,17 +75,10 @@ class Gate(TcpProxy):
 
 @asynccontextmanager
 async def gated_fleet(tmp_path) -> AsyncIterator[tuple[Fleet, Gate]]:
-    async with fresh_database("postgres", tmp_path) as url:
-        with private_redis(tmp_path) as redis:
-            gate = Gate(redis.port)
-            await gate.start()
-            fleet = Fleet(tmp_path, url, redis, gate, timeout=0.25, prefix=PREFIX)  # type: ignore[arg-type]
-            fleet.config["plugins"]["ledger"] = {"flush_ms": 600_000}  # the entries wait for the stop
-            fleet.path.write_text(yaml.safe_dump(fleet.config))
-            try:
-                yield fleet, gate
-            finally:
-                await fleet.close()
+    async with behind_proxy(tmp_path, partial(Fleet, timeout=0.25, prefix=PREFIX), Gate) as fleet:
+        fleet.config["plugins"]["ledger"] = {"flush_ms": 600_000}  # the entries wait for the stop
+        fleet.path.write_text(yaml.safe_dump(fleet.config))
+        yield fleet, fleet.proxy
 
 
 async def paid_requests(fleet: Fleet, server) -> int:

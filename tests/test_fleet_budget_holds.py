@@ -31,9 +31,10 @@ import redis.asyncio as aioredis
 import yaml
 from business import bearer, biz_config
 from fleet import TcpProxy, kill_all, private_redis, start_servers, stop, until
-from stores import PG, fresh_database
+from stores import PG
 from test_budget_redis_down import ACCOUNT, BUDGET, OPENING, PREFIX, Setup
 from test_lifecycle import Server
+from test_redis_owed import behind_proxy
 
 pytestmark = pytest.mark.fleet
 
@@ -170,31 +171,13 @@ class ReplyLoser(TcpProxy):
         self.deaf = False  # replies are dropped
         self.passed = asyncio.Event()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            writer.close()
-            return
-        self.writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, toward_target: bool) -> None:
-            try:
-                while data := await src.read(65536):
-                    if toward_target and self.armed and b"total:budget:" in data:
-                        self.armed, self.deaf = False, True
-                        self.passed.set()
-                    elif not toward_target and self.deaf:
-                        continue
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
-        self.writers -= {writer, up_writer}
+    def passes(self, data: bytes, toward_target: bool) -> bool:
+        if not toward_target:
+            return not self.deaf
+        if self.armed and b"total:budget:" in data:
+            self.armed, self.deaf = False, True
+            self.passed.set()
+        return True
 
     async def start(self) -> None:
         self.deaf = False
@@ -202,15 +185,8 @@ class ReplyLoser(TcpProxy):
 
 
 async def test_a_budget_settle_whose_reply_was_lost_counts_once_and_frees_its_hold(tmp_path):
-    async with fresh_database("postgres", tmp_path) as url:
-        with private_redis(tmp_path) as redis:
-            proxy = ReplyLoser(redis.port)
-            await proxy.start()
-            setup = Setup(tmp_path, url, redis, proxy)
-            try:
-                await lose_a_settle_reply(setup, proxy)
-            finally:
-                await setup.close()
+    async with behind_proxy(tmp_path, Setup, ReplyLoser) as setup:
+        await lose_a_settle_reply(setup, setup.proxy)
 
 
 async def lose_a_settle_reply(setup: Setup, proxy: ReplyLoser) -> None:

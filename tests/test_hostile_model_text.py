@@ -14,25 +14,15 @@ import logging
 import aiohttp
 import openai
 import pytest
-from business import DEMO, bearer, biz_config, credits, ledger_rows, wav
-from stores import ENGINES, fresh_database
+from business import DEMO, bearer, credits, ledger_rows, wav
 from test_batches import wait_done
+from test_store_text import running  # noqa: F401  (the fixture: the business plugins on each store engine)
 
 CONTROL = [pytest.param("up\u0000", id="NUL"), pytest.param("up\r\nX-Injected: 1", id="CRLF"),
            pytest.param("\u001b[31mup", id="ESC"), pytest.param("up\u007f", id="DEL"),
            pytest.param("up\u0085", id="C1-NEL")]
 SURROGATE = "up\ud800"
 BOUNDARY = "tollway-test-boundary"
-
-
-@pytest.fixture(params=ENGINES)
-async def running(request, start_gateway, mock_upstream, tmp_path):
-    config = biz_config(mock_upstream.url, enabled=["auth", "ratelimit", "quotas", "pricing", "ledger", "batches"])
-    async with fresh_database(request.param, tmp_path) as url:
-        config["storage"] = {"url": url}
-        running = await start_gateway(config)
-        yield running
-        await running.server.close()  # before its schema is dropped
 
 
 def json_body(payload: dict) -> bytes:
@@ -63,7 +53,7 @@ def json_routes(model: str) -> list[tuple[str, dict]]:
 
 
 @pytest.mark.parametrize("model", [*CONTROL, pytest.param(SURROGATE, id="lone-surrogate")])
-async def test_a_model_with_control_characters_is_a_400_on_every_route(running, model, caplog):
+async def test_a_model_with_control_characters_is_a_400_on_every_route(running, model, caplog):  # noqa: F811
     caplog.set_level(logging.WARNING)
     answers = []
     async with aiohttp.ClientSession() as s:
@@ -102,7 +92,7 @@ async def test_a_model_with_control_characters_is_a_400_on_every_route(running, 
 
 
 @pytest.mark.parametrize("model", CONTROL)
-async def test_a_batch_line_with_control_characters_in_its_model_is_an_invalid_line(running, model):
+async def test_a_batch_line_with_control_characters_in_its_model_is_an_invalid_line(running, model):  # noqa: F811
     line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
             "body": {"model": model, "messages": [{"role": "user", "content": "hi"}]}}
     async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as client:
@@ -115,7 +105,7 @@ async def test_a_batch_line_with_control_characters_in_its_model_is_an_invalid_l
     assert "'model' holds a control character (U+" in error["error"]["message"], error
 
 
-async def test_a_model_name_with_a_no_break_space_is_looked_up_as_before(running):
+async def test_a_model_name_with_a_no_break_space_is_looked_up_as_before(running):  # noqa: F811
     """Only control characters are refused: a name that merely does not print
     (U+00A0) is a model that does not exist, as before."""
     payload = {"model": "up\u00a0", "messages": [{"role": "user", "content": "hi"}]}
@@ -125,7 +115,7 @@ async def test_a_model_name_with_a_no_break_space_is_looked_up_as_before(running
         assert (await r.json())["error"]["code"] == "model_not_found"
 
 
-async def test_a_request_without_a_model_and_no_default_is_recorded_without_one(running):
+async def test_a_request_without_a_model_and_no_default_is_recorded_without_one(running):  # noqa: F811
     """Before, the ledger row (and /v1/usage, the dashboard) named the gateway's placeholder
     "(default model)", a name the client never sent and no model has."""
     async with aiohttp.ClientSession() as s:

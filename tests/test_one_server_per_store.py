@@ -41,9 +41,10 @@ async def test_a_second_server_on_the_same_store_is_refused(tmp_path, engine):
         first = Server(path, "--reuse-port")
         try:
             await first.wait_ready()
-            for extra in ([], ["--reuse-port", "--port", str(first.port)]):
-                args = ["serve", "--config", str(path), *(extra or ["--port", "0"])]
-                code, out, err = await run_cli(*args)
+            # (Every CLI run is a process start: they run at once.)
+            tries = [["serve", "--config", str(path), *extra] for extra in
+                     (["--port", "0"], ["--reuse-port", "--port", str(first.port)])]
+            for args, (code, out, err) in zip(tries, await asyncio.gather(*(run_cli(*a) for a in tries)), strict=True):
                 assert code == 2, (args, out, err)
                 assert err.startswith("tollway: cannot start: storage.url: another tollway serve is already "
                                       "running on this store ("), err
@@ -51,8 +52,9 @@ async def test_a_second_server_on_the_same_store_is_refused(tmp_path, engine):
                 assert "spend the same credits twice" in err and "tollway keys" in err
                 assert "Traceback" not in err and "listening" not in out
             # The CLI works beside the running server.
-            for argv in (["keys", "list"], ["usage"], ["keys", "topup", "demo", "1"]):
-                code, out, err = await run_cli(*argv, "--config", str(path))
+            uses = (["keys", "list"], ["usage"], ["keys", "topup", "demo", "1"])
+            for argv, (code, _, err) in zip(uses, await asyncio.gather(*(run_cli(*a, "--config", str(path))
+                                                                         for a in uses)), strict=True):
                 assert code == 0, (argv, err)
             # A crash releases the claim: the next server starts.
             first.proc.send_signal(signal.SIGKILL)

@@ -108,6 +108,31 @@ class Fleet:
         assert "applied to Redis by the next instance" in err, err
         return told
 
+    async def charge_redis_runs_late(self) -> int:
+        """Redis slow, not gone: the charge's script reaches it after the timeout, so the process
+        keeps the charge and ``charge_redis_never_gets``'s stop keeps it in the store; Redis runs
+        the script meanwhile (its done marker set, its row in the ledger stream). What the client
+        was told."""
+        await self.redis.script_load(SETTLE)  # (as any charge before would have: no NOSCRIPT round)
+        # Every call waits 2 s for Redis (so the charge, sent as the answer ends, is written before
+        # any other call gives up on Redis), and the way to Redis delays everything 4 s.
+        self.config["storage"]["counters"] = self.config["storage"]["counters"].replace("timeout=0.5", "timeout=2")
+        self.path.write_text(yaml.safe_dump(self.config))
+
+        async def slow() -> None:
+            self.proxy.delay = 4.0
+
+        told = await self.charge_redis_never_gets(slow)
+        self.proxy.delay = 0.0
+
+        async def ran() -> bool:
+            return (len(await self.redis.keys(f"{PREFIX}done:*")) == 1
+                    and await self.redis.xlen(f"{PREFIX}ledger") == 1)
+
+        await until(ran, 10, "Redis to run the charge it got late")
+        assert await self.redis_balance() == OPENING - told
+        return told
+
     async def close(self) -> None:
         kill_all(self.servers)
         await self.redis.aclose()
@@ -115,12 +140,13 @@ class Fleet:
 
 
 @asynccontextmanager
-async def behind_proxy(tmp_path, make: Callable[..., Fleet] = Fleet) -> AsyncIterator[Fleet]:
+async def behind_proxy(tmp_path, make: Callable[..., Fleet] = Fleet,
+                       proxy_kind: type[TcpProxy] = TcpProxy) -> AsyncIterator[Fleet]:
     """``make(tmp_path, url, redis, proxy)`` on a fresh PostgreSQL database and a private Redis
-    reached through a TCP proxy; closed at the end, whatever happened."""
+    reached through a ``proxy_kind``; closed at the end, whatever happened."""
     async with fresh_database("postgres", tmp_path) as url:
         with private_redis(tmp_path) as redis:
-            proxy = TcpProxy(redis.port)
+            proxy = proxy_kind(redis.port)
             await proxy.start()
             fleet = make(tmp_path, url, redis, proxy)
             try:
@@ -180,28 +206,10 @@ async def test_redis_emptied_while_a_charge_was_owed_seeds_from_the_store_and_ap
 
 
 async def test_a_kept_charge_that_redis_ran_after_all_is_not_taken_twice(fleet):
-    """Redis slow, not gone: the charge's script reaches it after the timeout, so the process
-    keeps the charge, and the stop keeps it in the store; Redis runs the script meanwhile (its
-    done marker set, its row in the ledger stream). The next instance finds the marker and
-    leaves the owed amount out; its writer finds the stream's row stored and skips it."""
-    await fleet.redis.script_load(SETTLE)  # (as any charge before would have: no NOSCRIPT round)
-
-    # Every call waits 2 s for Redis (so the charge, sent as the answer ends, is written before
-    # any other call gives up on Redis), and the way to Redis delays everything 4 s.
-    fleet.config["storage"]["counters"] = fleet.config["storage"]["counters"].replace("timeout=0.5", "timeout=2")
-    fleet.path.write_text(yaml.safe_dump(fleet.config))
-
-    async def slow() -> None:
-        fleet.proxy.delay = 4.0
-
-    told = await fleet.charge_redis_never_gets(slow)
-    fleet.proxy.delay = 0.0
-
-    async def ran() -> bool:
-        return len(await fleet.redis.keys(f"{PREFIX}done:*")) == 1
-
-    await until(ran, 10, "Redis to run the charge it got late")
-    assert await fleet.redis_balance() == OPENING - told
+    """A charge kept in the store that Redis ran late (``Fleet.charge_redis_runs_late``): the
+    next instance finds its done marker and leaves the owed amount out; its writer finds the
+    stream's row stored and skips it."""
+    told = await fleet.charge_redis_runs_late()
     await fleet.start()
     await until(fleet.applied, 60, "the owed row looked at")
 

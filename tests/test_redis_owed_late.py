@@ -15,11 +15,8 @@ what ten minutes without an instance do to them.
 from __future__ import annotations
 
 import pytest
-import yaml
 from fleet import until
 from test_redis_owed import OPENING, PREFIX, fleet  # noqa: F401  (the fixture)
-
-from plugins.accounts.redis_scripts import SETTLE
 
 pytestmark = pytest.mark.fleet
 
@@ -38,21 +35,7 @@ async def age(redis) -> None:
 
 
 async def test_a_kept_charge_redis_ran_is_not_taken_twice_when_applied_ten_minutes_later(fleet):  # noqa: F811
-    await fleet.redis.script_load(SETTLE)
-    fleet.config["storage"]["counters"] = fleet.config["storage"]["counters"].replace("timeout=0.5", "timeout=2")
-    fleet.path.write_text(yaml.safe_dump(fleet.config))
-
-    async def slow() -> None:
-        fleet.proxy.delay = 4.0
-
-    told = await fleet.charge_redis_never_gets(slow)
-    fleet.proxy.delay = 0.0
-
-    async def ran() -> bool:
-        return await fleet.redis.xlen(f"{PREFIX}ledger") == 1
-
-    await until(ran, 10, "Redis to run the charge it got late")
-    assert await fleet.redis_balance() == OPENING - told
+    told = await fleet.charge_redis_runs_late()
     await age(fleet.redis)  # the fleet stays down ten minutes
     await fleet.start()
     await until(fleet.applied, 60, "the owed row looked at")

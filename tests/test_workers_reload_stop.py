@@ -17,7 +17,7 @@ import yaml
 from test_lifecycle import ROOT, STOP_DEADLINE, free_port
 from test_reload import until
 
-WORDS = 40  # a stream: 40 chunks 0.5 s apart, 20 s, longer than the start value lets a stop take
+WORDS = 30  # a stream: 30 chunks 0.5 s apart, 15 s, longer than the start value lets a stop take (12 s)
 CHUNK_S = 0.5
 
 
@@ -70,7 +70,7 @@ async def test_a_stop_after_a_reload_waits_for_the_reloaded_shutdown_timeout(tmp
         streams = [asyncio.ensure_future(one_stream(event)) for event in started]
         async with asyncio.timeout(60):
             await asyncio.gather(*(event.wait() for event in started))
-        proc.send_signal(signal.SIGTERM)  # mid-stream: each has about 19 s to go
+        proc.send_signal(signal.SIGTERM)  # mid-stream: each has about 14 s to go
         texts = await asyncio.gather(*streams, return_exceptions=True)
         _, err = await asyncio.to_thread(proc.communicate, timeout=STOP_DEADLINE)
     finally:
