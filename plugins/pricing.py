@@ -22,6 +22,8 @@ fails (a tokenizer error, text it cannot read), the bytes are counted instead
 A usage that names the prompt count but no output count (``Usage.completion_unknown``)
 is counted the same way for its output, with the upstream's prompt counts kept; with
 no output to count it costs that prompt (and the output floor it named), estimated.
+One that names the output count but no prompt count (``Usage.prompt_unknown``) keeps
+the output count and counts the request's prompt, estimated.
 Output that went to a client is never free.
 
 Images, speech and transcriptions are priced by the unit where the model's
@@ -45,7 +47,7 @@ from dataclasses import replace
 from proxy import Call, Gateway, Snapshot, Usage, hookimpl
 from proxy.logs import throttled
 
-from .accounts.estimate import byte_usage, counted_usage, output_bound, prompt_bound
+from .accounts.estimate import byte_usage, counted_prompt, counted_usage, output_bound, prompt_bound
 from .accounts.money import MICRO, PriceBook, multiplier_ppm, tell_cost
 from .accounts.options import QuotasOptions
 from .accounts.tokens import preload
@@ -92,7 +94,7 @@ class Plugin:
                 billing.units.audio_seconds = billed_seconds(call)
         if cost is None:
             told = billing.usage
-            if told is None or told.completion_unknown:
+            if told is None or told.completion_unknown or told.prompt_unknown:
                 await self._count(call, told)
                 if billing.usage is None:
                     return
@@ -104,7 +106,11 @@ class Plugin:
         count: ``told.completion_unknown``), set as ``billing.usage``, marked estimated;
         left None when there is nothing to bill."""
         billing = call.billing
-        if billing.units is not None:
+        if told is not None and told.prompt_unknown:
+            # The upstream's output count and no prompt count: the request's prompt is counted.
+            prompt = max(await counted_prompt(call), told.prompt_tokens)
+            billing.usage = replace(told, prompt_tokens=prompt, prompt_unknown=False)
+        elif billing.units is not None:
             # A unit endpoint on a model priced by tokens, answered without usage (or without its
             # output count): its input and output cannot be counted (audio, images), so they cost
             # their bounds, what quotas reserved for it (the upstream's prompt count, when told).

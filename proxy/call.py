@@ -50,7 +50,9 @@ class Usage:
     free for that: ``completion_tokens`` is only the floor the upstream did name
     (reasoning or thinking tokens, else 0), and the pricing plugin counts the output
     that went out, as for unknown usage, keeping the prompt's counts (billed, marked
-    estimated).
+    estimated). ``prompt_unknown``, the other way round: an output count and no prompt
+    count (``{"completion_tokens": 41}``); ``prompt_tokens`` is the floor named (cache
+    reads and writes, else 0), and the pricing plugin counts the request's prompt.
     """
 
     prompt_tokens: int = 0
@@ -59,6 +61,7 @@ class Usage:
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
     completion_unknown: bool = False
+    prompt_unknown: bool = False
     #: More tokens than any one request can use (context windows are millions, not
     #: billions): a count above it is an upstream's nonsense, not usage.
     MAX_TOKENS: ClassVar[int] = 1_000_000_000
@@ -109,11 +112,12 @@ class Usage:
         """Read an OpenAI ``usage`` object; None when absent or malformed (one that
         names neither count is not a usage of zero: that would make output free).
         Without ``completion_tokens`` the output count is unknown (``completion_unknown``),
-        unless the answer has no output (``output`` False: embeddings)."""
+        unless the answer has no output (``output`` False: embeddings); without
+        ``prompt_tokens`` the prompt count is (``prompt_unknown``)."""
         if not isinstance(usage, dict) or ("prompt_tokens" not in usage and "completion_tokens" not in usage):
             return None
         get = usage.get
-        prompt, completion = get("prompt_tokens", 0), get("completion_tokens")
+        prompt, completion = get("prompt_tokens"), get("completion_tokens")
         prompt_details, completion_details = get("prompt_tokens_details"), get("completion_tokens_details")
         if type(prompt) is int and type(completion) is int and prompt_details is None and completion_details is None:
             try:  # the usual usage: two JSON integers and no details
@@ -123,14 +127,17 @@ class Usage:
         count, detail = cls.count, cls.detail_count
         try:
             reasoning = detail((completion_details or {}).get("reasoning_tokens"))
+            cached = detail((prompt_details or {}).get("cached_tokens"))
             unknown = False
             if "completion_tokens" in usage:
                 completion = count(completion)
             else:  # no output count: the reasoning tokens named are its floor (embeddings have no output)
                 completion, unknown = (reasoning, True) if output else (0, False)
-            return cls(prompt_tokens=count(prompt), completion_tokens=completion,
-                       cached_tokens=detail((prompt_details or {}).get("cached_tokens")), reasoning_tokens=reasoning,
-                       completion_unknown=unknown)
+            # (no prompt count: the cached tokens named are its floor; one of the two counts is named)
+            prompt_unknown = "prompt_tokens" not in usage
+            return cls(prompt_tokens=cached if prompt_unknown else count(prompt), completion_tokens=completion,
+                       cached_tokens=cached, reasoning_tokens=reasoning, completion_unknown=unknown,
+                       prompt_unknown=prompt_unknown)
         except (ValueError, AttributeError):
             return None
 

@@ -35,10 +35,11 @@ def _general_from_openai(usage: Any) -> tuple | None:
         prompt_details = usage.get("prompt_tokens_details") or {}
         completion_details = usage.get("completion_tokens_details") or {}
         reasoning = count(completion_details.get("reasoning_tokens"), True)
-        # No output count: unknown (counted by the gateway), the reasoning tokens named its floor.
-        unknown = "completion_tokens" not in usage
-        return (count(usage.get("prompt_tokens", 0)), reasoning if unknown else count(usage["completion_tokens"]),
-                count(prompt_details.get("cached_tokens"), True), reasoning, unknown)
+        cached = count(prompt_details.get("cached_tokens"), True)
+        # No output (or prompt) count: unknown (counted by the gateway), the reasoning (cached) tokens its floor.
+        unknown, prompt_unknown = "completion_tokens" not in usage, "prompt_tokens" not in usage
+        return (cached if prompt_unknown else count(usage["prompt_tokens"]),
+                reasoning if unknown else count(usage["completion_tokens"]), cached, reasoning, unknown, prompt_unknown)
     except (ValueError, AttributeError):
         return None
 
@@ -47,7 +48,7 @@ def _counts(usage: Usage | None) -> tuple | None:
     if usage is None:
         return None
     return (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens,
-            usage.completion_unknown)
+            usage.completion_unknown, usage.prompt_unknown)
 
 
 def test_from_openai_shortcut_matches_the_general_reading() -> None:
@@ -63,7 +64,8 @@ def test_from_openai_shortcut_matches_the_general_reading() -> None:
             if rng.random() < 0.3:
                 usage[name] = rng.choice(details)
         assert _counts(Usage.from_openai(usage)) == _general_from_openai(usage), usage
-    assert Usage.from_openai([1]) is None and _counts(Usage.from_openai({"prompt_tokens": 5})) == (5, 0, 0, 0, True)
+    assert Usage.from_openai([1]) is None
+    assert _counts(Usage.from_openai({"prompt_tokens": 5})) == (5, 0, 0, 0, True, False)
 
 
 def test_usage_refuses_what_it_refused() -> None:

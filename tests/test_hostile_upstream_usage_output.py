@@ -24,12 +24,14 @@ from aiohttp import web
 from business import DEMO, biz_config, credits, ledger_rows
 
 from plugins.accounts.tokens import count_tokens
+from proxy.outputtext import prompt_text
 
 STATE: web.AppKey[dict] = web.AppKey("state")
 TEXT = "the answer that went out " * 8
 PARTS = [TEXT[:40], TEXT[40:100], TEXT[100:]]
 ARGS = '{"city":"Paris","days":3}'  # (compact: as a translation re-serialises it)
-PROMPT = 3  # the prompt count every upstream here reports
+PROMPT = 3  # the prompt count every upstream here reports (when it reports one)
+OUTPUT = 41  # the output count, when one is reported
 
 
 def _sse(data: dict | bytes, name: str | None = None) -> bytes:
@@ -49,13 +51,19 @@ def _shape(request: web.Request) -> str:
     return request.app[STATE]["shape"]  # "text" | "tool" | "empty"
 
 
+def _no_prompt(request: web.Request) -> bool:
+    """The usage names the output count and no prompt count (else the prompt's and no output's)."""
+    return request.app[STATE].get("no_prompt", False)
+
+
 def _text(shape: str) -> list[str]:
     return PARTS if shape == "text" else [""] if shape == "empty" else []
 
 
 async def openai_chat(request: web.Request) -> web.StreamResponse:
     body, shape = orjson.loads(await request.read()), _shape(request)
-    usage = {"prompt_tokens": PROMPT, "total_tokens": PROMPT}
+    usage = ({"completion_tokens": OUTPUT, "total_tokens": OUTPUT} if _no_prompt(request)
+             else {"prompt_tokens": PROMPT, "total_tokens": PROMPT})
     tool = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": ARGS}}
     if not body.get("stream"):
         message = {"role": "assistant", "content": "".join(_text(shape)) if shape != "tool" else None}
@@ -83,11 +91,13 @@ async def anthropic_messages(request: web.Request) -> web.StreamResponse:
     if not body.get("stream"):
         content = ([{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": orjson.loads(ARGS)}]
                    if shape == "tool" else [{"type": "text", "text": "".join(_text(shape))}])
+        usage = {"output_tokens": OUTPUT} if _no_prompt(request) else {"input_tokens": PROMPT}
         return web.json_response({"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
-                                  "content": content, "stop_reason": stop, "usage": {"input_tokens": PROMPT}})
+                                  "content": content, "stop_reason": stop, "usage": usage})
     start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
                                                   "content": [], "stop_reason": None,
-                                                  "usage": {"input_tokens": PROMPT, "output_tokens": 1}}}
+                                                  "usage": {"output_tokens": 1} if _no_prompt(request)
+                                                  else {"input_tokens": PROMPT, "output_tokens": 1}}}
     events = [_sse(start, "message_start")]
     if shape == "tool":
         events.append(_sse({"type": "content_block_start", "index": 0, "content_block": {
@@ -101,8 +111,8 @@ async def anthropic_messages(request: web.Request) -> web.StreamResponse:
                         "content_block_delta") for p in _text(shape)]
     events.append(_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
     # message_delta's usage without output_tokens (only its input count, as some servers echo it)
-    events.append(_sse({"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"input_tokens": PROMPT}},
-                       "message_delta"))
+    usage = {"output_tokens": OUTPUT} if _no_prompt(request) else {"input_tokens": PROMPT}
+    events.append(_sse({"type": "message_delta", "delta": {"stop_reason": stop}, "usage": usage}, "message_delta"))
     events.append(_sse({"type": "message_stop"}, "message_stop"))
     return await _send(request, events)
 
@@ -110,7 +120,8 @@ async def anthropic_messages(request: web.Request) -> web.StreamResponse:
 async def gemini_generate(request: web.Request) -> web.StreamResponse:
     await request.read()
     shape = _shape(request)
-    meta = {"promptTokenCount": PROMPT, "totalTokenCount": PROMPT}
+    meta = ({"candidatesTokenCount": OUTPUT, "totalTokenCount": OUTPUT} if _no_prompt(request)
+            else {"promptTokenCount": PROMPT, "totalTokenCount": PROMPT})
     parts = ([{"functionCall": {"name": "lookup", "args": orjson.loads(ARGS)}}] if shape == "tool"
              else [{"text": p} for p in _text(shape)])
     if request.match_info["target"].endswith(":generateContent"):
@@ -132,7 +143,8 @@ async def openai_responses(request: web.Request) -> web.StreamResponse:
         item = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
                 "content": [{"type": "output_text", "text": "".join(_text(shape)), "annotations": []}]}
     final = {"id": "resp_1", "object": "response", "created_at": 1, "status": "completed", "model": "m",
-             "output": [item], "usage": {"input_tokens": PROMPT, "total_tokens": PROMPT}}
+             "output": [item], "usage": {"output_tokens": OUTPUT, "total_tokens": OUTPUT} if _no_prompt(request)
+             else {"input_tokens": PROMPT, "total_tokens": PROMPT}}
     if not body.get("stream"):
         return web.json_response(final)
     if shape == "tool":
@@ -175,7 +187,8 @@ async def running(start_gateway, upstream):
     return await start_gateway(config)
 
 
-MESSAGES = [{"role": "user", "content": "where should I go?"}]
+QUESTION = "where should I go?"
+MESSAGES = [{"role": "user", "content": QUESTION}]
 OPENAI_TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}]
 ANTHROPIC_TOOLS = [{"name": "lookup", "input_schema": OPENAI_TOOLS[0]["function"]["parameters"]}]
@@ -220,12 +233,12 @@ async def ask_responses(running, model: str, stream: bool, tools: bool) -> tuple
     """/v1/responses with the openai SDK: (micro-USD told, usage told, as prompt/completion_tokens)."""
     async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as client:
         if not stream:
-            raw = await client.responses.with_raw_response.create(model=model, input="where should I go?",
+            raw = await client.responses.with_raw_response.create(model=model, input=QUESTION,
                                                                   max_output_tokens=500)
             usage = raw.parse().usage.model_dump()
             assert round(float(raw.headers["x-tollway-cost"]) * 1e6) == round(usage["cost"] * 1e6)
         else:
-            events = [e async for e in await client.responses.create(model=model, input="where should I go?",
+            events = [e async for e in await client.responses.create(model=model, input=QUESTION,
                                                                       max_output_tokens=500, stream=True)]
             assert events[-1].type == "response.completed"
             usage = events[-1].response.usage.model_dump()
@@ -276,3 +289,22 @@ async def test_an_empty_answer_without_an_output_count_costs_its_prompt(running,
     upstream.app[STATE]["shape"] = "empty"
     told, usage = await ASK[client](running, kind, stream, False)
     await check(running, told, usage, 0)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize(("kind", "client"), CASES)
+async def test_an_output_count_without_a_prompt_count_bills_the_counted_prompt(running, upstream, kind, client,
+                                                                              stream):
+    """The other way round (before: the prompt billed 0 tokens): the upstream's output count
+    is kept and the request's prompt is counted (its text, as for unknown usage), estimated."""
+    upstream.app[STATE]["no_prompt"] = True
+    told, usage = await ASK[client](running, kind, stream, False)
+    [row] = await ledger_rows(running, "prompt", "completion", "cost", "estimated")
+    assert row["prompt"] == await count_tokens(prompt_text(
+        {"input": QUESTION} if client == "responses" else {"messages": MESSAGES})), row
+    assert row == {"prompt": row["prompt"], "completion": OUTPUT, "cost": row["prompt"] + 2 * OUTPUT, "estimated": 1}
+    assert told == row["cost"] and usage["estimated"] is True, usage
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (row["prompt"], OUTPUT), usage
+    async with aiohttp.ClientSession() as s:
+        got = await credits(s, running, DEMO)
+    assert got["spent_micro_usd"] == told and got["balance_micro_usd"] == 5_000_000 - told

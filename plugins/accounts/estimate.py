@@ -218,8 +218,13 @@ async def counted_usage(call: Call, dialect: Dialect, default_cap: int) -> Usage
         # The upstream's own counts of the prompt (sent before it stopped, or without an output count).
         return Usage(prompt_tokens=min(partial.prompt_tokens, prompt_bound(call)), completion_tokens=completion,
                      cached_tokens=partial.cached_tokens, cache_write_tokens=partial.cache_write_tokens)
+    return Usage(prompt_tokens=await counted_prompt(call), completion_tokens=completion)
+
+
+async def counted_prompt(call: Call) -> int:
+    """The gateway's count of the request's prompt, capped by its bound."""
     prompt = await _count(lambda: prompt_text(call.body), len(call.body_bytes()))
-    return Usage(prompt_tokens=min(prompt, prompt_bound(call)), completion_tokens=completion)
+    return min(prompt, prompt_bound(call))
 
 
 def byte_usage(call: Call, default_cap: int) -> Usage | None:

@@ -33,7 +33,8 @@ ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 5
 
 def usage_from_anthropic(usage: Any) -> Usage | None:
     """An Anthropic usage object as canonical Usage; None when absent or malformed. Without
-    ``output_tokens`` the output count is unknown (``Usage.completion_unknown``: counted)."""
+    ``output_tokens`` the output count is unknown (``Usage.completion_unknown``: counted),
+    without ``input_tokens`` the prompt count (``Usage.prompt_unknown``)."""
     if not isinstance(usage, dict) or ("input_tokens" not in usage and "output_tokens" not in usage):
         return None  # naming neither count is not a usage of zero (that would make output free)
     count, detail = Usage.count, Usage.detail_count
@@ -44,7 +45,7 @@ def usage_from_anthropic(usage: Any) -> Usage | None:
         if "output_tokens" not in usage:
             return Usage(prompt_tokens=prompt, cached_tokens=read, cache_write_tokens=written, completion_unknown=True)
         return Usage(prompt_tokens=prompt, completion_tokens=count(usage["output_tokens"]),
-                     cached_tokens=read, cache_write_tokens=written)
+                     cached_tokens=read, cache_write_tokens=written, prompt_unknown="input_tokens" not in usage)
     except ValueError:
         return None
 

@@ -11,7 +11,8 @@
 - usageMetadata: prompt = promptTokenCount (cached included), completion =
   candidatesTokenCount + thoughtsTokenCount, reasoning = thoughtsTokenCount,
   cached = cachedContentTokenCount; without candidatesTokenCount the output
-  count is unknown (``Usage.completion_unknown``: what went out is counted).
+  count is unknown (``Usage.completion_unknown``: what went out is counted),
+  without promptTokenCount the prompt count (``Usage.prompt_unknown``).
   Streams repeat it as running totals: the last one wins (one that cannot be
   read: the usage is unknown); a chunk without it changes nothing.
 """
@@ -53,7 +54,7 @@ def usage_from_gemini(meta: Any) -> Usage | None:
         return Usage(prompt_tokens=count(meta.get("promptTokenCount", 0)) + detail(meta.get("toolUsePromptTokenCount")),
                      completion_tokens=thoughts if unknown else count(meta["candidatesTokenCount"]) + thoughts,
                      cached_tokens=detail(meta.get("cachedContentTokenCount")), reasoning_tokens=thoughts,
-                     completion_unknown=unknown)
+                     completion_unknown=unknown, prompt_unknown="promptTokenCount" not in meta)
     except ValueError:
         return None
 

@@ -32,7 +32,8 @@ _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 def usage_from_responses(usage: Any) -> Usage | None:
     """A Responses ``usage`` object (input/output tokens and their details) as Usage;
     None when it names neither count. Without ``output_tokens`` the output count is
-    unknown (``Usage.completion_unknown``: counted), the reasoning tokens named its floor."""
+    unknown (``Usage.completion_unknown``: counted), the reasoning tokens named its floor;
+    without ``input_tokens`` the prompt count (``Usage.prompt_unknown``)."""
     if not isinstance(usage, dict) or ("input_tokens" not in usage and "output_tokens" not in usage):
         return None
     count, detail = Usage.count, Usage.detail_count
@@ -42,7 +43,8 @@ def usage_from_responses(usage: Any) -> Usage | None:
         return Usage(prompt_tokens=count(usage.get("input_tokens", 0)),
                      completion_tokens=reasoning if unknown else count(usage["output_tokens"]),
                      cached_tokens=detail((usage.get("input_tokens_details") or {}).get("cached_tokens")),
-                     reasoning_tokens=reasoning, completion_unknown=unknown)
+                     reasoning_tokens=reasoning, completion_unknown=unknown,
+                     prompt_unknown="input_tokens" not in usage)
     except (ValueError, AttributeError):
         return None
 
