@@ -102,9 +102,9 @@ class Plugin:
         tell_cost(call, cost)
 
     async def _count(self, call: Call, told: Usage | None) -> None:
-        """The gateway's count of what the upstream did not say (its usage, or its output
-        count: ``told.completion_unknown``), set as ``billing.usage``, marked estimated;
-        left None when there is nothing to bill."""
+        """The gateway's count of what the upstream did not say (its usage, its output count:
+        ``told.completion_unknown``, or its prompt count: ``told.prompt_unknown``), set as
+        ``billing.usage``, marked estimated; left None when there is nothing to bill."""
         billing = call.billing
         if told is not None and told.prompt_unknown:
             # The upstream's output count and no prompt count: the request's prompt is counted.
