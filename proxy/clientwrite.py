@@ -76,12 +76,16 @@ class ClientWriter:
             raise ClientStalled(f"the client took no bytes for {self._timeout:g}s") from None
 
 
+# (A tuple: ``bytes | bytearray`` would build a union object at every call.)
+_BYTES = (bytes, bytearray)
+
+
 async def send_whole(resp: web.Response, request: web.BaseRequest, timeout: float) -> None:
     """Write a whole (non-stream) response, bounded by the client write timeout
     when its body is large enough to wait on; ``ClientStalled`` when it was."""
     transport = request.transport
     body = resp.body
-    size = len(body) if isinstance(body, bytes | bytearray) else 0
+    size = len(body) if isinstance(body, _BYTES) else 0
     if transport is None or (size <= transport.get_write_buffer_limits()[1]
                              and transport.get_write_buffer_size() == 0):
         await resp.prepare(request)

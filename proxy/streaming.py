@@ -149,12 +149,11 @@ class OpenAIPassthrough:
         for block in split_events(complete[cut:] if cut else complete):
             if self.done:
                 break
-            if b"[DONE]" in block and parse_event(block)[1] == b"[DONE]":
+            if block == DONE_EVENT or (b"[DONE]" in block and parse_event(block)[1] == b"[DONE]"):
                 self.done = True
                 break
             if _USAGE_OBJECT.search(block) is not None:
-                _, payload = parse_event(block)
-                chunk = load_event_json(payload)
+                chunk = load_event_json(_data_of(block))
                 if chunk is None:  # a usage report that cannot be read (NaN, cut JSON): unknown usage, not sent
                     self.usage = None
                     continue
@@ -179,8 +178,7 @@ class OpenAIPassthrough:
             return OpenAIEncoder().finish(call, call.billing.usage)
         if not call.billing.usage_extra:
             return self._usage_event + DONE_EVENT
-        _, payload = parse_event(self._usage_event)
-        spliced = splice_usage_fields(payload, call.billing.usage_extra)
+        spliced = splice_usage_fields(_data_of(self._usage_event), call.billing.usage_extra)
         if spliced is None:
             chunk = self._usage_chunk
             assert chunk is not None  # held together with the event
@@ -447,3 +445,10 @@ def _events_before(blob: bytes, index: int) -> int:
         return 0
     return i + 2
 
+
+def _data_of(block: bytes) -> bytes:
+    """``parse_event(block)``'s data, without its line-by-line parse for the usual
+    block, one ``data: `` line ended by ``\\n\\n`` (no other line, no ``\\r``)."""
+    if block.startswith(b"data: ") and block.find(b"\n") == len(block) - 2 and b"\r" not in block:
+        return block[6:-2]
+    return parse_event(block)[1]
