@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("instructions: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
+    # Absolute: a --baseline target runs from its own tree, and a relative path there wrote its
+    # counts under DIR while they were read here (the base reported 0 instructions).
+    args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     targets = [target_named(n.strip()) for n in args.targets.split(",") if n.strip()]
     if args.baseline is not None:

@@ -12,23 +12,16 @@ rank the Python, not what its builtins and C extensions cost inside one bytecode
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import orjson
 
-from .instructions import target_named
-from .procs import Children
-from .progress import Progress
+from .probe import Probe, probe_parser, run_probe
 from .pyprofile import _module
-from .runner import run_loadgen, start_target
-from .scenarios import PROFILES, jobs_for, with_overrides
-from .targets import BENCH_KEY
 
 
 def serve_counted(argv: list[str]) -> None:
@@ -80,53 +73,11 @@ def report(path: Path, requests: int, top: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--target", default="tollway-full", help="a built-in target or a tollway config file (NAME.yaml)")
-    p.add_argument("--scenarios", default="latency,stream_whole_c1")
-    p.add_argument("--requests", type=int, default=200)
-    p.add_argument("--warmup", type=int, default=250)
-    p.add_argument("--top", type=int, default=40)
-    p.add_argument("--src", type=Path, help="run the target from this source tree")
+    p = probe_parser(__doc__, requests=200, warmup=250, top=40)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/opcounts"))
     args = p.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    profile = with_overrides(PROFILES["full"], latency_requests=args.requests, warmup=args.warmup, max_seconds=3600)
-    kids = Children(args.out)
-    try:
-        mock = kids.start_server("mock", [sys.executable, "-m", "benchmarks.serve_mock"])
-        for label in (s.strip() for s in args.scenarios.split(",") if s.strip()):
-            (_, job), = jobs_for(label, profile)
-            target = target_named(args.target)
-            if args.src is not None:
-                target.src = args.src.resolve()
-            out = (args.out / f"opcounts-{target.name}-{label}.json").resolve()
-            out.unlink(missing_ok=True)
-            os.environ["TOLLWAY_OPCOUNTS"] = str(out)
-            wrap = (sys.executable, "-c", "import sys; from benchmarks.opcounts import serve_counted; "
-                    "serve_counted(sys.argv[sys.argv.index('proxy.cli') + 1:])")
-            start_target(kids, target, mock.url, args.out, None, wrap=wrap, timeout=60.0)
-            if target.failed:
-                print(f"opcounts: {target.name} did not start: {target.failed}", file=sys.stderr)
-                return 1
-            base = {**job, "url": target.chat_url, "model": "bench",
-                    "headers": {"Authorization": f"Bearer {BENCH_KEY}"}}
-            run_loadgen({**base, "requests": args.warmup, "warmup": 0}, kids, None, Progress(1, quiet=True))
-            os.kill(target.pid, signal.SIGUSR1)
-            res = run_loadgen({**base, "warmup": 0}, kids, None, Progress(1, quiet=True))
-            os.kill(target.pid, signal.SIGUSR2)
-            for _ in range(100):
-                if out.exists():
-                    break
-                time.sleep(0.1)
-            time.sleep(0.5)
-            for child in list(kids.children):
-                if child.pid == target.pid:
-                    kids.stop(child, timeout=60)
-            print(f"{label} {target.name}: {res.get('ok', 0)} ok, {res.get('errors', 0)} errors")
-            report(out, max(res.get("ok", 0), 1), args.top)
-    finally:
-        kids.stop_all()
-    return 0
+    probe = Probe("opcounts", "benchmarks.opcounts:serve_counted", "TOLLWAY_OPCOUNTS", ".json", report)
+    return run_probe(probe, args, args.out)
 
 
 if __name__ == "__main__":

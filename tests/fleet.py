@@ -37,14 +37,14 @@ def redis_url(base: str = REDIS) -> str:
 
 
 @asynccontextmanager
-async def counters_of(kind: str) -> AsyncIterator[Counters]:
-    """Fresh counters of this kind."""
+async def counters_of(kind: str, options: str = "") -> AsyncIterator[Counters]:
+    """Fresh counters of this kind (Redis's with these URL ``options`` too: ``&hold_ttl=1``)."""
     if kind == "memory":
         counters: Counters = MemoryCounters()
     else:
         from plugins.accounts.redis_counters import RedisCounters, RedisLink
 
-        link = RedisLink(redis_url())
+        link = RedisLink(redis_url() + options)
         try:
             await link.redis.ping()
         except Exception as exc:

@@ -8,9 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from fleet import redis_url, until
-
-from plugins.accounts.redis_counters import RedisCounters, RedisLink
+from fleet import counters_of, until
 
 pytestmark = pytest.mark.fleet
 
@@ -19,14 +17,8 @@ NAME = "budget:k:key-a:2026-12-04"
 
 @pytest.fixture
 async def counters():
-    link = RedisLink(redis_url() + "&hold_ttl=1")
-    await link.connect_pipe()
-    counters = RedisCounters(link)
-    counters.start()
-    try:
+    async with counters_of("redis", "&hold_ttl=1") as counters:
         yield counters
-    finally:
-        await counters.close()
 
 
 async def test_a_hold_nobody_keeps_alive_comes_back_and_its_late_settle_counts_once(counters):

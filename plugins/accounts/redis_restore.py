@@ -54,6 +54,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+# Holds put back into KEYS[2] (members "<hold id>|<amount>" from ARGV[4] on, each to expire ttl
+# = ARGV[3] ms from now); ``added``: the amount of those not there already.
+_PUT_MEMBERS = """local ttl, added = tonumber(ARGV[3]), 0
+for i = 4, #ARGV do
+  if redis.call('ZADD', KEYS[2], 'NX', now + ttl, ARGV[i]) == 1 then
+    added = added + tonumber(string.match(ARGV[i], '|(%d+)$'))
+  end
+end
+"""
+
 # An account's holds put back. KEYS: account, holds. ARGV: seed balance, seed version (''
 # when not read yet: -1 asks for them), ttl ms, members ("<hold id>|<amount>"). Reply: the
 # amount put back (members already there are not counted again).
@@ -62,13 +72,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[1] == '' then return -1 end
   redis.call('HSET', KEYS[1], 'bal', ARGV[1], 'res', 0, 'ver', ARGV[2])
 end
-local ttl, added = tonumber(ARGV[3]), 0
-for i = 4, #ARGV do
-  if redis.call('ZADD', KEYS[2], 'NX', now + ttl, ARGV[i]) == 1 then
-    added = added + tonumber(string.match(ARGV[i], '|(%d+)$'))
-  end
-end
-if added > 0 then redis.call('HINCRBY', KEYS[1], 'res', added) end
+""" + _PUT_MEMBERS + """if added > 0 then redis.call('HINCRBY', KEYS[1], 'res', added) end
 return added
 """
 
@@ -95,13 +99,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'used', ARGV[1], 'held', 0)
   if tonumber(ARGV[2]) > 0 then redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[2]))) end
 end
-local ttl, added = tonumber(ARGV[3]), 0
-for i = 4, #ARGV do
-  if redis.call('ZADD', KEYS[2], 'NX', now + ttl, ARGV[i]) == 1 then
-    added = added + tonumber(string.match(ARGV[i], '|(%d+)$'))
-  end
-end
-if added > 0 then redis.call('HINCRBY', KEYS[1], 'held', added) end
+""" + _PUT_MEMBERS + """if added > 0 then redis.call('HINCRBY', KEYS[1], 'held', added) end
 if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[2]) < 0 then
   redis.call('EXPIREAT', KEYS[2], math.ceil(tonumber(ARGV[2])))
 end
