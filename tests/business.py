@@ -23,6 +23,27 @@ def biz_config(upstream: str | None = None, keys: list[dict] | None = None, enab
     return config
 
 
+#: The upstream kinds ``kinds_config`` serves, each as a model of its own name.
+KINDS = ("openai", "anthropic", "gemini")
+
+
+def kinds_config(upstream, price: dict | None = None, total: float = 20) -> dict:
+    """``biz_config`` with models ``openai``, ``anthropic`` and ``gemini`` on the test's
+    ``upstream`` (an origin serving each kind's API), each of its kind, timeouts short
+    (``total`` seconds in all)."""
+    config = biz_config(upstream.url)
+    timeouts = {"connect": 2, "first_byte": 5, "idle": 5, "total": total}
+    config["providers"]["up"]["timeouts"] = timeouts
+    config["providers"]["anthropic"] = {"kind": "anthropic", "base_url": upstream.root, "api_key": "sk-ant",
+                                        "timeouts": timeouts}
+    config["providers"]["gemini"] = {"kind": "gemini", "base_url": upstream.root, "api_key": "g-key",
+                                     "timeouts": timeouts}
+    for kind in KINDS:
+        config["models"][kind] = {"provider": "up" if kind == "openai" else kind, "model": "m",
+                                  "price": price or {"input": 1.0, "output": 2.0}, "context_window": 100_000}
+    return config
+
+
 def add_claude(config: dict, root: str, model: str | None = None, price: dict | None = None) -> dict:
     """Add the Anthropic provider ``claude`` at ``root`` (an origin, no /v1) and the model
     ``claude`` served by it (as ``model`` upstream; default price $3/$15 per 1M)."""

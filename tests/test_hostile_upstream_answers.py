@@ -17,11 +17,10 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from business import DEMO, bearer, biz_config, credits, ledger_rows
+from business import DEMO, KINDS, bearer, credits, kinds_config, ledger_rows
 
 STATE: web.AppKey[dict] = web.AppKey("state")
 TEXT = "the answer that went out " * 8
-KINDS = ("openai", "anthropic", "gemini")
 BIG = 65 * 1024 * 1024  # above proxy.upstream.MAX_UPSTREAM_BODY (64 MiB)
 
 
@@ -81,20 +80,6 @@ async def upstream(serve_upstream):
                                  "POST /v1beta/models/{target}": answer}, app)
 
 
-def gateway_config(upstream, total: float = 20) -> dict:
-    config = biz_config(upstream.url)
-    timeouts = {"connect": 2, "first_byte": 5, "idle": 5, "total": total}
-    config["providers"]["up"]["timeouts"] = timeouts
-    config["providers"]["anthropic"] = {"kind": "anthropic", "base_url": upstream.root, "api_key": "sk-ant",
-                                        "timeouts": timeouts}
-    config["providers"]["gemini"] = {"kind": "gemini", "base_url": upstream.root, "api_key": "g-key",
-                                     "timeouts": timeouts}
-    for kind in KINDS:
-        config["models"][kind] = {"provider": "up" if kind == "openai" else kind, "model": "m",
-                                  "price": {"input": 1.0, "output": 2.0}, "context_window": 100_000}
-    return config
-
-
 async def post(s: aiohttp.ClientSession, running, model: str, stream: bool) -> tuple[int, bytes]:
     body = {"model": model, "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]}
     if stream:
@@ -118,7 +103,7 @@ async def test_an_error_body_with_status_200_is_an_error_and_free(start_gateway,
     It was an answer: a 200 (OpenAI: the error body as it came; Anthropic, Gemini: an empty
     completion) charged the whole reservation, 1087 micro-USD, with no cost told."""
     upstream.app[STATE]["mode"] = "error-200"
-    running = await start_gateway(gateway_config(upstream))
+    running = await start_gateway(kinds_config(upstream))
     async with aiohttp.ClientSession() as s:
         got, raw = await post(s, running, kind, False)
         assert (got, orjson.loads(raw)["error"]["code"]) == (status, code), raw
@@ -127,7 +112,7 @@ async def test_an_error_body_with_status_200_is_an_error_and_free(start_gateway,
 
 async def test_an_error_body_with_status_200_is_an_error_in_the_anthropic_dialect(start_gateway, upstream):
     upstream.app[STATE]["mode"] = "error-200"
-    running = await start_gateway(gateway_config(upstream))
+    running = await start_gateway(kinds_config(upstream))
     body = {"model": "anthropic", "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]}
     async with aiohttp.ClientSession() as s:
         async with s.post(running.url + "/messages", json=body, headers={"x-api-key": DEMO}) as r:
@@ -146,7 +131,7 @@ async def test_a_broken_answer_is_a_clear_error_and_free(start_gateway, upstream
     """Held before: an HTML page, a body cut short of its Content-Length, a body past 64 MiB
     (the bound is the core's, the same for every kind)."""
     upstream.app[STATE]["mode"] = mode
-    running = await start_gateway(gateway_config(upstream))
+    running = await start_gateway(kinds_config(upstream))
     async with aiohttp.ClientSession() as s:
         got, raw = await post(s, running, kind, False)
         assert (got, orjson.loads(raw)["error"]["code"]) == (502, code), raw
@@ -157,7 +142,7 @@ async def test_a_broken_answer_is_a_clear_error_and_free(start_gateway, upstream
 async def test_a_stream_of_keep_alive_comments_ends_at_the_total_timeout_free(start_gateway, upstream, kind):
     """Held before: comments reset the idle timeout, but not the total one."""
     upstream.app[STATE]["mode"] = "keep-alive"
-    running = await start_gateway(gateway_config(upstream, total=2))
+    running = await start_gateway(kinds_config(upstream, total=2))
     async with aiohttp.ClientSession() as s:
         got, raw = await post(s, running, kind, True)
         assert got == 200

@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from business import DEMO, bearer, biz_config, credits, ledger_rows
+from business import DEMO, KINDS, bearer, credits, kinds_config, ledger_rows
 
 from plugins.accounts.tokens import count_tokens
 
@@ -154,26 +154,11 @@ async def upstream(serve_upstream):
                                  "POST /v1beta/models/{target}": gemini_generate}, app)
 
 
-KINDS = ("openai", "anthropic", "gemini")
 
 
 @pytest.fixture
 async def running(start_gateway, upstream):
-    return await start_gateway(gateway_config(upstream))
-
-
-def gateway_config(upstream, price: dict | None = None) -> dict:
-    """Model ``openai``, ``anthropic`` and ``gemini`` on the test's upstream, each of its kind."""
-    config = biz_config(upstream.url)
-    timeouts = {"connect": 2, "first_byte": 5, "idle": 5, "total": 20}
-    config["providers"]["anthropic"] = {"kind": "anthropic", "base_url": upstream.root, "api_key": "sk-ant",
-                                        "timeouts": timeouts}
-    config["providers"]["gemini"] = {"kind": "gemini", "base_url": upstream.root, "api_key": "g-key",
-                                     "timeouts": timeouts}
-    for kind in KINDS:
-        config["models"][kind] = {"provider": "up" if kind == "openai" else kind, "model": "m",
-                                  "price": price or {"input": 1.0, "output": 2.0}, "context_window": 100_000}
-    return config
+    return await start_gateway(kinds_config(upstream))
 
 
 async def ask(s: aiohttp.ClientSession, running, model: str, stream: bool) -> tuple[int, dict | None]:
@@ -299,7 +284,7 @@ async def test_cached_above_the_prompt_and_reasoning_above_the_output_cost_what_
     the output, priced as it, so more of them than the output changes nothing."""
     upstream.app[STATE]["raw"] = (b'{"prompt_tokens":10,"completion_tokens":40,"prompt_tokens_details":'
                                   b'{"cached_tokens":500},"completion_tokens_details":{"reasoning_tokens":900}}')
-    running = await start_gateway(gateway_config(upstream, {"input": 1.0, "output": 2.0, "cached_input": 0.5}))
+    running = await start_gateway(kinds_config(upstream, {"input": 1.0, "output": 2.0, "cached_input": 0.5}))
     async with aiohttp.ClientSession() as s:
         told, usage = await ask(s, running, "openai", stream)
         got = await credits(s, running, DEMO)

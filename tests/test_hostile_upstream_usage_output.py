@@ -21,7 +21,7 @@ import openai
 import orjson
 import pytest
 from aiohttp import web
-from business import DEMO, biz_config, credits, ledger_rows
+from business import DEMO, KINDS, credits, kinds_config, ledger_rows
 
 from plugins.accounts.tokens import count_tokens
 from proxy.outputtext import prompt_text
@@ -170,21 +170,11 @@ async def upstream(serve_upstream):
                                  "POST /v1beta/models/{target}": gemini_generate}, app)
 
 
-KINDS = ("openai", "anthropic", "gemini")
 
 
 @pytest.fixture
 async def running(start_gateway, upstream):
-    config = biz_config(upstream.url)
-    timeouts = {"connect": 2, "first_byte": 5, "idle": 5, "total": 20}
-    config["providers"]["anthropic"] = {"kind": "anthropic", "base_url": upstream.root, "api_key": "sk-ant",
-                                        "timeouts": timeouts}
-    config["providers"]["gemini"] = {"kind": "gemini", "base_url": upstream.root, "api_key": "g-key",
-                                     "timeouts": timeouts}
-    for kind in KINDS:
-        config["models"][kind] = {"provider": "up" if kind == "openai" else kind, "model": "m",
-                                  "price": {"input": 1.0, "output": 2.0}, "context_window": 100_000}
-    return await start_gateway(config)
+    return await start_gateway(kinds_config(upstream))
 
 
 QUESTION = "where should I go?"
