@@ -9,6 +9,7 @@ parallel runs never collide. PostgreSQL must be running at 127.0.0.1:5432
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,5 +48,15 @@ async def fresh_database(kind: str, tmp_path: Path) -> AsyncIterator[str]:
         await conn.execute(f"create schema {schema}")
         yield f"{PG}?search_path={schema}"
     finally:
-        await conn.execute(f"drop schema if exists {schema} cascade")
+        # A fixture's gateway is closed after this runs (its fixture is torn down last): its
+        # writer or batch runner may still be at work in the schema, and PostgreSQL can pick
+        # the drop as a deadlock's victim. Once more then: the gateway's transaction is short.
+        for attempt in range(5):
+            try:
+                await conn.execute(f"drop schema if exists {schema} cascade")
+                break
+            except asyncpg.exceptions.DeadlockDetectedError:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.2)
         await conn.close()
