@@ -9,18 +9,10 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from business import DEMO, add_claude, bearer, biz_config
+from business import DEMO, bearer
+from test_hostile_translation import running  # noqa: F401  (the fixture: OpenAI, Claude and Gemini upstreams)
 
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-async def running(start_gateway, mock_upstream):
-    root = mock_upstream.url.removesuffix("/v1")
-    config = add_claude(biz_config(mock_upstream.url), root, model="text")
-    config["providers"]["gem"] = {"kind": "gemini", "base_url": root, "api_key": "g"}
-    config["models"]["gem"] = {"provider": "gem", "model": "text", "price": {"input": 1.0, "output": 2.0}}
-    return await start_gateway(config)
 
 
 @pytest.mark.parametrize("value", [[], {}, ["low"], {"a": 1}])
@@ -31,7 +23,7 @@ async def running(start_gateway, mock_upstream):
     ("/audio/speech", lambda v: {"input": "hi", "voice": "alloy", "response_format": v}, "response_format",
      ("echo",)),
 ], ids=["chat-effort", "responses-effort", "responses-role", "speech-format"])
-async def test_a_list_or_object_for_a_name_is_a_400(running, value, path, body, param, models):
+async def test_a_list_or_object_for_a_name_is_a_400(running, value, path, body, param, models):  # noqa: F811
     async with aiohttp.ClientSession() as s:
         for model in models:
             async with s.post(running.url + path, json={"model": model, **body(value)}, headers=bearer(DEMO)) as r:
