@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .heap import settle_heap
 from .inflight import GRACE_S
 from .logs import display_prefix
 from .plugins import BUILTINS, make_plugin_manager
@@ -274,6 +275,7 @@ async def serve_one(gateway: Gateway, host: str, port: int, reuse_port: bool = F
     stop = StopSignals()
     stop.listen()
     stop_listening = listen_for_sighup(app[RELOADER_KEY])
+    settle_heap()  # started: what start-up made is out of the collector's way (proxy/heap.py)
     if not reuse_port:
         print_banner(gateway, site_address(site, host, port))
     await stop.requested.wait()
