@@ -25,6 +25,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from .deadline import Deadline
+from .onewrite import end_whole, start_whole
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -88,8 +89,14 @@ async def send_whole(resp: web.Response, request: web.BaseRequest, timeout: floa
     size = len(body) if isinstance(body, _BYTES) else 0
     if transport is None or (size <= transport.get_write_buffer_limits()[1]
                              and transport.get_write_buffer_size() == 0):
-        await resp.prepare(request)
-        await resp.write_eof()
+        writer = start_whole(resp, request)  # (aiohttp's steps in one call, where they take their plain branch)
+        if writer is None:
+            await resp.prepare(request)
+            await resp.write_eof()
+            return
+        if writer._protocol._paused:
+            await writer.drain()
+        end_whole(resp, writer)
         return
     loop = asyncio.get_running_loop()
     try:

@@ -41,6 +41,7 @@ from aiohttp.http_exceptions import BadHttpMethod, ContentEncodingError, HttpPro
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
 from .config import ClientTimeouts
+from .dispatch import dispatcher
 from .errors import ProxyError, dialect_of_path, internal_error
 from .logs import redact, throttled
 
@@ -335,6 +336,9 @@ class GatewayRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
+        if isinstance(self._app, web.Application):
+            # (its handler takes the Requests the app's request factory makes)
+            server.request_handler = cast(Any, await dispatcher(self._app))  # the routes at fixed paths, directly
         # aiohttp builds its Server inside Application._make_handler; the Server's
         # __call__ is the one seam that chooses the connection class.
         server.__class__ = ClientServer

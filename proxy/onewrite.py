@@ -1,0 +1,106 @@
+"""A whole response's head and body, written the way aiohttp writes them, without its coroutines.
+
+aiohttp sends a ``web.Response`` in two awaited calls and seven coroutines (``prepare``,
+``_start`` twice, ``_prepare_headers``, ``_prepare_hook``, ``_write_headers``,
+``write_headers``, ``write_eof`` twice, ``drain``): ~7 µs a JSON answer under load, for what
+is, with a bytes body, one serialization of the headers and one transport write.
+``start_whole`` does those same steps in one plain call: the same headers added in the same
+order (``Content-Length``, the default ``Content-Type``, ``Date``, ``Server``,
+``Connection``), the head serialized by aiohttp's own serializer (so the same bytes, and the
+same ``ValueError`` for a control character in a header), written with the body by the
+writer's own ``_writelines`` (so the same write, and the same error on a closing transport),
+and the same state left on the response and its writer; ``end_whole`` is ``write_eof``'s
+end, after the caller awaited the drain ``write_eof`` awaits.
+
+Only where each of aiohttp's steps takes its plain branch: a ``web.Response`` with a bytes
+body, not started; no cookies, compression or chunking; no ``Content-Length`` header; a status
+and method that may have a body (not HEAD, 1xx, 204, 304, a CONNECT's 2xx); no
+``on_response_prepare`` receivers; a writer aiohttp made for the request and has not written
+a head on. Anything else: ``start_whole`` returns None, having changed nothing, and the
+caller sends the response through aiohttp. The steps are aiohttp 3.14's
+(``tests/test_onewrite.py`` holds them to it over generated responses); under another
+version ``start_whole`` always returns None.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import hdrs, web
+from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
+from aiohttp.http_writer import StreamWriter, _serialize_headers
+
+__all__ = ["ENABLED", "end_whole", "start_whole"]
+
+#: The steps below are aiohttp 3.14's; off (aiohttp's own calls) under any other version.
+ENABLED = aiohttp.__version__.split(".")[:2] == ["3", "14"]
+
+_BODY_TYPES = (bytes, bytearray)
+
+
+def start_whole(resp: web.Response, request: web.BaseRequest) -> StreamWriter | None:
+    """``resp.prepare(request)`` and ``write_eof``'s write, as aiohttp does them for a
+    whole bytes response; the writer to drain and pass to ``end_whole``. None when any
+    step would take another branch (nothing done: send it through aiohttp)."""
+    body = resp._body
+    writer = request._payload_writer
+    if (not ENABLED or type(resp) is not web.Response or not isinstance(body, _BODY_TYPES)
+            or resp._payload_writer is not None or resp._eof_sent or resp._chunked or resp._compression
+            or resp._cookies or resp._compressed_body is not None or type(writer) is not StreamWriter
+            or writer._headers_buf is not None or writer._eof or writer.chunked or writer._compress is not None
+            or writer._on_headers_sent is not None or writer._on_chunk_sent is not None
+            or writer.on_body_write is not None):
+        return None
+    status = resp._status
+    if must_be_empty_body(request.method, status):
+        return None
+    headers = resp._headers
+    if hdrs.CONTENT_LENGTH in headers:
+        return None
+    match_info = getattr(request, "_match_info", None)
+    if match_info is not None:
+        for app in match_info._apps:
+            if app.on_response_prepare:
+                return None
+    resp._must_be_empty_body = False  # (prepare)
+    # Response._start
+    size = len(body)
+    headers[hdrs.CONTENT_LENGTH] = str(size)
+    # StreamResponse._start, _prepare_headers
+    resp._req = request
+    resp._payload_writer = writer
+    keep_alive = resp._keep_alive
+    if keep_alive is None:
+        keep_alive = request.keep_alive
+    resp._keep_alive = keep_alive
+    version = request.version
+    writer.length = size
+    if size:
+        headers.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
+    if hdrs.DATE not in headers:
+        headers[hdrs.DATE] = rfc822_formatted_time()
+    headers.setdefault(hdrs.SERVER, SERVER_SOFTWARE)
+    if hdrs.CONNECTION not in headers:
+        if keep_alive:
+            if version == HttpVersion10:
+                headers[hdrs.CONNECTION] = "keep-alive"
+        elif version == HttpVersion11:
+            headers[hdrs.CONNECTION] = "close"
+    # _write_headers, StreamWriter.write_headers (no _prepare_hook: no receivers, checked above)
+    head = _serialize_headers(f"HTTP/{version[0]}.{version[1]} {status} {resp._reason}", headers)
+    # StreamWriter.write_eof -> _send_headers_with_payload
+    writer._headers_written = True
+    if size:
+        writer._writelines((head, body))
+    else:
+        writer._write(head)
+    return writer
+
+
+def end_whole(resp: web.Response, writer: StreamWriter) -> None:
+    """The end of ``write_eof`` (after its drain): the writer and the response done."""
+    writer._eof = True
+    resp._eof_sent = True
+    resp._req = None
+    resp._body_length = writer.output_size
+    resp._payload_writer = None

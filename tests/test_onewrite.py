@@ -1,0 +1,200 @@
+"""``proxy.onewrite`` (a whole response in one call) against aiohttp's own ``prepare`` +
+``write_eof``: the same bytes on the wire, in the same writes, the same error, and the same
+state left on the response and its writer, over generated responses and requests (header
+sets with duplicates, case variants, non-ASCII and control characters, the headers aiohttp
+adds given already, every kind of status and method, HTTP/1.0, closing connections,
+cookies, compression, ``on_response_prepare`` receivers, a transport already closing)."""
+
+from __future__ import annotations
+
+import random
+
+import aiohttp.web_response
+import pytest
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion10, HttpVersion11
+from aiohttp.http_writer import StreamWriter
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
+
+import proxy.onewrite
+from proxy.clientwrite import send_whole
+from proxy.onewrite import start_whole
+
+DATE = "Fri, 04 Dec 2026 21:00:00 GMT"
+
+
+class Transport:
+    """Records every write (which call, which bytes)."""
+
+    def __init__(self, closing: bool = False) -> None:
+        self.writes: list[tuple[str, bytes]] = []
+        self.closing = closing
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(("write", bytes(data)))
+
+    def writelines(self, chunks) -> None:
+        self.writes.append(("writelines", b"|".join(bytes(c) for c in chunks)))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (16384, 65536)
+
+    def get_extra_info(self, name: str, default=None):
+        return default
+
+
+class Protocol:
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self._paused = False
+        self.ssl_context = self.peername = self.sockname = None
+
+
+NAMES = ["X-RateLimit-Limit-Requests", "x-ratelimit-remaining-tokens", "Retry-After", "Content-Type",
+         "content-type", "Date", "Server", "Connection", "X-Request-Id", "Allow", "Content-Length",
+         "Transfer-Encoding", "Cache-Control", "X-Tollway-Cost"]
+VALUES = ["application/json", "100", "0", "close", "keep-alive", "text/plain; charset=utf-8", "", "é ☃ 价格",
+          "a\tb", "2026-12-04T21:00:00Z", "bad\nvalue", "nul\x00", "del\x7f", "cr\r", "Mon, 01 Jan 2024 00:00:00 GMT"]
+STATUSES = [200, 200, 200, 201, 400, 401, 404, 405, 408, 413, 415, 429, 431, 499, 500, 502, 503, 504, 599,
+            204, 304, 100, 101, 299]
+
+
+def case(rng: random.Random) -> dict:
+    pairs = []
+    for _ in range(rng.randrange(0, 12)):
+        name = rng.choice(NAMES) if rng.random() < 0.7 else f"X-Extra-{rng.randrange(30)}"
+        value = rng.choice(VALUES) if rng.random() < 0.8 else str(rng.randrange(10**9))
+        if rng.random() < 0.85 and value in ("bad\nvalue", "nul\x00", "del\x7f", "cr\r"):
+            value = "fine"  # (mostly valid headers: the interesting path is the one that writes)
+        if rng.random() < 0.9 and name in ("Content-Length", "Transfer-Encoding"):
+            name = "X-Other"
+        pairs.append((name, value))
+    size = rng.choice([0, 1, 17, 300, 2047, 2048, 5000, 20000])
+    return {
+        "method": rng.choice(["POST"] * 6 + ["GET", "HEAD", "CONNECT", "DELETE"]),
+        "version": rng.choice([HttpVersion11] * 4 + [HttpVersion10]),
+        "closing": rng.random() < 0.15,
+        "request_headers": rng.choice([{}, {}, {"Accept-Encoding": "gzip"}, {"Connection": "keep-alive"}]),
+        "status": rng.choice(STATUSES),
+        "reason": rng.choice([None] * 8 + ["Fine", "Not Really"]),
+        "pairs": pairs,
+        "multi": rng.random() < 0.3,  # a CIMultiDict (duplicate names kept) instead of a dict
+        "content_type": rng.random() < 0.8,
+        "body": bytes(rng.randrange(256) for _ in range(size)) if rng.random() < 0.5 else b"x" * size,
+        "bytearray": rng.random() < 0.1,
+        "no_body": rng.random() < 0.05,
+        "force_close": rng.random() < 0.15,
+        "cookie": rng.random() < 0.05,
+        "compress": rng.random() < 0.05,
+        "receiver": rng.random() < 0.05,
+        "transport_closing": rng.random() < 0.05,
+    }
+
+
+def make(c: dict, loop) -> tuple[web.Response, web.Request, Transport, StreamWriter, list]:
+    transport = Transport(c["transport_closing"])
+    protocol = Protocol(transport)
+    app = web.Application()
+    heard: list = []
+    if c["receiver"]:
+        async def receiver(request, response):
+            heard.append(response.status)
+            response.headers["X-Heard"] = "1"
+
+        app.on_response_prepare.append(receiver)
+    writer = StreamWriter(protocol, loop)
+    request = make_mocked_request(c["method"], "/v1/chat/completions", c["request_headers"], version=c["version"],
+                                  closing=c["closing"], app=app, writer=writer, protocol=protocol,
+                                  transport=transport)
+    headers = CIMultiDict(c["pairs"]) if c["multi"] else dict(c["pairs"])
+    if c["content_type"]:
+        headers = {**headers, hdrs.CONTENT_TYPE: "application/json"} if not c["multi"] else headers
+        if c["multi"]:
+            headers.add(hdrs.CONTENT_TYPE, "application/json")
+    body = None if c["no_body"] else (bytearray(c["body"]) if c["bytearray"] else c["body"])
+    resp = web.Response(status=c["status"], reason=c["reason"], body=body, headers=headers)
+    if c["force_close"]:
+        resp.force_close()
+    if c["cookie"]:
+        resp.set_cookie("session", "abc")
+    if c["compress"]:
+        resp.enable_compression()
+    return resp, request, transport, writer, heard
+
+
+def state(resp: web.Response, writer: StreamWriter, transport: Transport, heard: list, error) -> dict:
+    return {
+        "error": (type(error), str(error)) if error is not None else None,
+        "writes": transport.writes,
+        "status": resp.status, "reason": resp.reason, "keep_alive": resp.keep_alive, "prepared": resp.prepared,
+        "eof_sent": resp._eof_sent, "body_length": resp.body_length, "empty": resp._must_be_empty_body,
+        "req": resp._req is not None, "payload_writer": resp._payload_writer is not None,
+        "headers": list(resp.headers.items()),
+        "output_size": writer.output_size, "buffer_size": writer.buffer_size, "eof": writer._eof,
+        "length": writer.length, "chunked": writer.chunked, "headers_buf": writer._headers_buf,
+        "headers_written": writer._headers_written, "heard": heard,
+    }
+
+
+async def run(c: dict, ours: bool) -> dict:
+    import asyncio
+
+    resp, request, transport, writer, heard = make(c, asyncio.get_running_loop())
+    error = None
+    try:
+        if ours:
+            await send_whole(resp, request, 30.0)
+        else:
+            await resp.prepare(request)
+            await resp.write_eof()
+    except Exception as exc:  # noqa: BLE001 (compared: both ways must raise the same)
+        error = exc
+    return state(resp, writer, transport, heard, error)
+
+
+@pytest.fixture
+def fixed_date(monkeypatch):
+    """The same Date both ways (a second may turn between the two)."""
+    monkeypatch.setattr(aiohttp.web_response, "rfc822_formatted_time", lambda: DATE)
+    monkeypatch.setattr(proxy.onewrite, "rfc822_formatted_time", lambda: DATE)
+
+
+async def test_one_write_is_aiohttps_write(fixed_date, monkeypatch):
+    took = []
+    real = proxy.onewrite.start_whole
+
+    def counting(resp, request):
+        writer = real(resp, request)
+        took.append(writer is not None)
+        return writer
+
+    monkeypatch.setattr("proxy.clientwrite.start_whole", counting)
+    rng = random.Random(1204)
+    for i in range(3000):
+        c = case(rng)
+        theirs = await run(c, ours=False)
+        mine = await run(c, ours=True)
+        assert mine == theirs, (i, c)
+    assert sum(took) > 1000 and not all(took)  # both ways were taken, the one write mostly
+
+
+async def test_a_plain_json_answer_takes_the_one_write(fixed_date):
+    import asyncio
+
+    c = {"method": "POST", "version": HttpVersion11, "closing": False, "request_headers": {}, "status": 200,
+         "reason": None, "pairs": [("X-RateLimit-Remaining-Requests", "99")], "multi": False, "content_type": True,
+         "body": b'{"ok":true}', "bytearray": False, "no_body": False, "force_close": False, "cookie": False,
+         "compress": False, "receiver": False, "transport_closing": False}
+    resp, request, transport, writer, _ = make(c, asyncio.get_running_loop())
+    assert start_whole(resp, request) is writer
+    assert transport.writes == [("write", b"HTTP/1.1 200 OK\r\nX-RateLimit-Remaining-Requests: 99\r\n"
+                                          b"Content-Type: application/json\r\nContent-Length: 11\r\n"
+                                          b"Date: " + DATE.encode() + b"\r\nServer: "
+                                 + aiohttp.web_response.SERVER_SOFTWARE.encode() + b"\r\n\r\n{\"ok\":true}")]
