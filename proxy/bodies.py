@@ -11,13 +11,15 @@ from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestPayloadError
 
 from .connection import BodyReadTimeout
 from .errors import ProxyError, bad_request
 from .logs import throttled
+from .onewrite import AIOHTTP_314
 
-__all__ = ["client_gone", "read_body"]
+__all__ = ["arrived", "client_gone", "read_body"]
 
 log = logging.getLogger("tollway")
 
@@ -28,7 +30,9 @@ async def read_body(request: web.Request, limit: int, too_large: Callable[[int],
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
     try:
-        raw = await request.read()
+        raw = arrived(request)
+        if raw is None:
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large(limit) from None
     except BodyReadTimeout as exc:
@@ -40,6 +44,29 @@ async def read_body(request: web.Request, limit: int, too_large: Callable[[int],
         raise client_gone() from None
     if len(raw) > limit:
         raise too_large(limit)
+    return raw
+
+
+def arrived(request: web.BaseRequest) -> bytes | None:
+    """``request.read()``'s answer when the whole body is already here (the parser saw its
+    end; the usual JSON request comes in one read with its head) and nothing read it yet:
+    what ``read()`` does then (the read chunk size raised, every buffered byte taken, the
+    size checked against ``client_max_size``, the bytes kept for a later ``read()``)
+    without its two awaited ``readany`` calls and its copy through a bytearray. None when
+    the body is still arriving or failed (``read()`` then)."""
+    payload = request._payload
+    if (not AIOHTTP_314 or request._read_bytes is not None or type(payload) is not StreamReader
+            or not payload.is_eof() or payload.exception() is not None):
+        return None
+    max_size = request._client_max_size
+    if max_size:
+        payload.set_read_chunk_size(max_size)
+    raw = payload.read_nowait()
+    if type(raw) is not bytes:
+        raw = bytes(raw)
+    if max_size and len(raw) > max_size:
+        raise web.HTTPRequestEntityTooLarge(max_size)
+    request._read_bytes = raw
     return raw
 
 

@@ -60,12 +60,15 @@ class ClientWriter:
             return
         await self._bounded(self._resp.write(data), due)
 
-    async def write_eof(self, due: float = math.inf) -> None:
+    async def write_eof(self, data: bytes = b"", due: float = math.inf) -> None:
+        """Write ``data`` (if any) and end the response: aiohttp writes the two in one call
+        (a chunked answer's last chunk and its terminator together: the same bytes as a
+        ``write`` then a ``write_eof``, one transport write fewer)."""
         transport = self._transport
-        if transport is None or transport.get_write_buffer_size() == 0:
-            await self._resp.write_eof()
+        if transport is None or (len(data) <= self._high and transport.get_write_buffer_size() == 0):
+            await self._resp.write_eof(data)
             return
-        await self._bounded(self._resp.write_eof(), due)
+        await self._bounded(self._resp.write_eof(data), due)
 
     async def _bounded(self, waiting: Awaitable[None], due: float) -> None:
         try:

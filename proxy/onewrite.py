@@ -30,10 +30,12 @@ from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from aiohttp.http_writer import StreamWriter, _serialize_headers
 
-__all__ = ["ENABLED", "end_whole", "start_whole"]
+__all__ = ["AIOHTTP_314", "ENABLED", "end_whole", "start_whole"]
 
+#: The aiohttp whose internals the fast paths here and in ``bodies.py`` follow (their tests hold them to it).
+AIOHTTP_314 = aiohttp.__version__.split(".")[:2] == ["3", "14"]
 #: The steps below are aiohttp 3.14's; off (aiohttp's own calls) under any other version.
-ENABLED = aiohttp.__version__.split(".")[:2] == ["3", "14"]
+ENABLED = AIOHTTP_314
 
 _BODY_TYPES = (bytes, bytearray)
 

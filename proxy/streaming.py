@@ -409,8 +409,7 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
             tail = codec.fail(err.styled(style_of(call.request)))
         if before_end is not None and call.response.settle_before_end:  # (asked for: else not even called)
             await before_end(call)
-        await writer.write(tail)
-        await writer.write_eof()
+        await writer.write_eof(tail)
     except ConnectionError as exc:
         if isinstance(exc, ClientStalled):
             call.response.error_code = CLIENT_WRITE_TIMEOUT

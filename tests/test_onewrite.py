@@ -198,3 +198,35 @@ async def test_a_plain_json_answer_takes_the_one_write(fixed_date):
                                           b"Content-Type: application/json\r\nContent-Length: 11\r\n"
                                           b"Date: " + DATE.encode() + b"\r\nServer: "
                                  + aiohttp.web_response.SERVER_SOFTWARE.encode() + b"\r\n\r\n{\"ok\":true}")]
+
+
+@pytest.mark.parametrize("version", [HttpVersion11, HttpVersion10])
+@pytest.mark.parametrize("tail", [b"", b"data: {\"usage\":1}\n\ndata: [DONE]\n\n", b"x" * 5000])
+async def test_a_streams_tail_and_its_end_in_one_write(version, tail, fixed_date):
+    """``ClientWriter.write_eof(tail)`` (the end of ``pump``): the bytes of aiohttp's
+    ``write(tail)`` then ``write_eof()``, in one transport write."""
+    import asyncio
+
+    from proxy.clientwrite import ClientWriter
+
+    sent = []
+    for together in (False, True):
+        c = {"method": "POST", "version": version, "closing": False, "request_headers": {}, "status": 200,
+             "reason": None, "pairs": [], "multi": False, "content_type": False, "body": b"", "bytearray": False,
+             "no_body": True, "force_close": False, "cookie": False, "compress": False, "receiver": False,
+             "transport_closing": False}
+        _, request, transport, writer, _ = make(c, asyncio.get_running_loop())
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"data: first\n\n")
+        if together:
+            await ClientWriter(resp, request, 30.0).write_eof(tail)
+        else:
+            await resp.write(tail)
+            await resp.write_eof()
+        sent.append((transport.writes, resp.prepared, resp._eof_sent, writer.output_size, writer._eof))
+    apart, together = sent
+    assert b"".join(w for _, w in together[0]).replace(b"|", b"") == b"".join(w for _, w in apart[0]).replace(b"|", b"")
+    assert together[1:] == apart[1:]
+    # (HTTP/1.0: no chunks, so no terminator to write)
+    assert len(together[0]) == len(apart[0]) - (1 if tail and version == HttpVersion11 else 0)
