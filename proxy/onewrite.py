@@ -30,7 +30,7 @@ from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from aiohttp.http_writer import StreamWriter, _serialize_headers
 
-__all__ = ["AIOHTTP_314", "ENABLED", "end_whole", "start_whole"]
+__all__ = ["AIOHTTP_314", "ENABLED", "end_whole", "head_with_first_bytes", "start_whole"]
 
 #: The aiohttp whose internals the fast paths here and in ``bodies.py`` follow (their tests hold them to it).
 AIOHTTP_314 = aiohttp.__version__.split(".")[:2] == ["3", "14"]
@@ -106,3 +106,13 @@ def end_whole(resp: web.Response, writer: StreamWriter) -> None:
     resp._req = None
     resp._body_length = writer.output_size
     resp._payload_writer = None
+
+
+def head_with_first_bytes(resp: web.StreamResponse) -> None:
+    """Before ``prepare``: the head of this streamed answer is written with its first bytes
+    (or its end), in one write, as aiohttp writes a ``web.Response``'s, instead of alone at
+    ``prepare``; the same bytes. For an answer whose bytes are all here already (the
+    upstream's whole answer came in): the head then waits only for the gateway's own work
+    on them."""
+    if ENABLED:
+        resp._send_headers_immediately = False

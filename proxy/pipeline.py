@@ -24,6 +24,7 @@ from .gateway import GATEWAY_KEY
 from .inflight import shutdown_error, uncancel
 from .logs import redact, throttled
 from .media import MEDIA_PATHS, forward_media
+from .onewrite import head_with_first_bytes
 from .provider import UNREADABLE, caller_key_refused, loads_json, unreadable_answer
 from .streaming import TranslatingCodec, completion_to_chunks, pump, replay, splice_usage_fields
 from .validate import validate_embeddings
@@ -358,6 +359,9 @@ async def forward_chat(gateway: Gateway, request: web.Request, call: Call, route
             upstream.release()  # pump has not taken the upstream over: give its connection back
             raise
         resp = _stream_response(call)
+        transport = request.transport
+        if getattr(upstream, "complete", False) and transport is not None and not transport.is_closing():
+            head_with_first_bytes(resp)  # (one write fewer: nothing to wait for upstream)
         try:
             await resp.prepare(request)
         except (ConnectionError, RuntimeError):

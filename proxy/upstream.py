@@ -91,6 +91,12 @@ class UpstreamResponse:
             self._headers = http1.parse_headers(self._head)
         return self._headers
 
+    @property
+    def complete(self) -> bool:
+        """The whole body has arrived (it may not have been read yet)."""
+        conn = self._conn
+        return conn is not None and conn.complete
+
     async def read_chunk(self) -> bytes:
         """The next bytes of the body as they arrive; b"" at the end."""
         conn = self._conn

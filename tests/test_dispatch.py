@@ -20,6 +20,11 @@ from proxy.dispatch import fixed_routes
 
 CHAT = orjson.dumps({"model": "echo", "messages": [{"role": "user", "content": "hello there"}]})
 STREAM = orjson.dumps({"model": "echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+UP_WHOLE = orjson.dumps({"model": "up", "stream": True, "stream_options": {"include_usage": True},
+                         "messages": [{"role": "user", "content": "hi"}], "mock": {"one_write": True}})
+UP_PACED = orjson.dumps({"model": "up", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+UP_EMPTY = orjson.dumps({"model": "up", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+                         "mock": {"one_write": True, "chunks": 0, "no_done": True}})
 MESSAGES = orjson.dumps({"model": "echo", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]})
 
 
@@ -38,6 +43,13 @@ REQUESTS = [
     post("/v1/chat/completions", head="Expect: nonsense\r\n"),
     post("/v1/chat/completions", head="Expect: \r\n"),
     post("/v1/chat/completions", STREAM),
+    post("/v1/chat/completions", UP_WHOLE),
+    post("/v1/chat/completions", UP_WHOLE, version="1.0"),
+    post("/v1/chat/completions", UP_PACED),
+    post("/v1/chat/completions", UP_EMPTY),
+    post("/v1/chat/completions", orjson.dumps({"model": "up", "messages": [{"role": "user", "content": "hi"}]})),
+    post("/v1/messages", orjson.dumps({"model": "up", "max_tokens": 9, "stream": True, "mock": {"one_write": True},
+                                       "messages": [{"role": "user", "content": "hi"}]})),
     post("/v1/chat/completions", b"{not json"),
     post("/v1/chat/completions", b""),
     post("/v1/chat/completions", b"x" * 3000),
@@ -127,21 +139,21 @@ def normal(answer: bytes) -> bytes:
                   answer)
 
 
-def config() -> dict:
-    return base_config(server={"access_log": "off", "max_body_bytes": 2000})
+def config(upstream: str) -> dict:
+    return base_config(upstream, server={"access_log": "off", "max_body_bytes": 2000})
 
 
-async def answers(start_gateway, monkeypatch, direct: bool) -> list[tuple[bytes, bytes]]:
+async def answers(start_gateway, monkeypatch, upstream: str, direct: bool) -> list[tuple[bytes, bytes]]:
     monkeypatch.setattr(proxy.dispatch, "ENABLED", direct)
     monkeypatch.setattr(proxy.onewrite, "ENABLED", direct)
-    gw = await start_gateway(config())
+    gw = await start_gateway(config(upstream))
     port = gw.server.port
     return [tuple(normal(a) for a in await exchange(port, r)) for r in REQUESTS]
 
 
-async def test_direct_dispatch_and_one_write_answer_as_aiohttp_does(start_gateway, monkeypatch):
-    theirs = await answers(start_gateway, monkeypatch, direct=False)
-    ours = await answers(start_gateway, monkeypatch, direct=True)
+async def test_direct_dispatch_and_one_write_answer_as_aiohttp_does(start_gateway, mock_upstream, monkeypatch):
+    theirs = await answers(start_gateway, monkeypatch, mock_upstream.url, direct=False)
+    ours = await answers(start_gateway, monkeypatch, mock_upstream.url, direct=True)
     for request, mine, aiohttps in zip(REQUESTS, ours, theirs, strict=True):
         assert mine == aiohttps, (request[:80], mine, aiohttps)
     statuses = {a[0].split(b"\r\n", 1)[0] for a in ours}
@@ -152,8 +164,8 @@ async def test_direct_dispatch_and_one_write_answer_as_aiohttp_does(start_gatewa
             b"HTTP/1.0 415 Unsupported Media Type", b"HTTP/1.0 431 Request Header Fields Too Large"} <= statuses
 
 
-async def test_the_model_routes_are_dispatched_directly(start_gateway):
-    gw = await start_gateway(config())
+async def test_the_model_routes_are_dispatched_directly(start_gateway, mock_upstream):
+    gw = await start_gateway(config(mock_upstream.url))
     table = await fixed_routes(gw.server.app)
     assert {("POST", "/v1/chat/completions"), ("POST", "/v1/embeddings"), ("POST", "/v1/messages"),
             ("POST", "/v1/completions"), ("POST", "/v1/responses"), ("GET", "/health")} <= set(table)
@@ -162,12 +174,12 @@ async def test_the_model_routes_are_dispatched_directly(start_gateway):
 
 
 @pytest.mark.parametrize("extra", ["middleware", "on_response_prepare"])
-async def test_anything_more_to_run_goes_through_aiohttp(start_gateway, extra):
+async def test_anything_more_to_run_goes_through_aiohttp(start_gateway, mock_upstream, extra):
     from aiohttp import web
 
     from proxy.app import make_app
 
-    gw = await start_gateway(config())
+    gw = await start_gateway(config(mock_upstream.url))
     app = make_app(gw.gw)
     if extra == "middleware":
         @web.middleware
@@ -181,3 +193,49 @@ async def test_anything_more_to_run_goes_through_aiohttp(start_gateway, extra):
 
         app.on_response_prepare.append(hear)
     assert await fixed_routes(app) == {}
+
+
+async def test_a_streams_head_waits_for_its_first_bytes_only_when_the_upstream_answer_is_all_in(
+        start_gateway, mock_upstream, serve_upstream, monkeypatch):
+    """One-write upstream: the head goes with the first bytes (``head_with_first_bytes``).
+    An upstream that sends part of an event and then nothing: the client has the head at
+    once (not when an event is complete, nor at the upstream's idle timeout, 30 s here,
+    which the read would outlast)."""
+    from aiohttp import web
+
+    import proxy.pipeline
+
+    deferred = []
+    real = proxy.pipeline.head_with_first_bytes
+    monkeypatch.setattr(proxy.pipeline, "head_with_first_bytes", lambda resp: (deferred.append(resp), real(resp)))
+
+    head_seen = asyncio.Event()
+
+    async def partial(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"he')
+        await head_seen.wait()  # (the rest once the client has the head: no waiting at the end)
+        await resp.write(b'llo"}}]}\n\ndata: [DONE]\n\n')
+        await resp.write_eof()
+        return resp
+
+    silent = await serve_upstream({"POST /v1/chat/completions": partial})
+    cfg = config(mock_upstream.url)
+    cfg["providers"]["silent"] = {"kind": "openai", "base_url": silent.url, "api_key": "sk-x",
+                                  "timeouts": {"connect": 2, "first_byte": 30, "idle": 30, "total": 60}}
+    cfg["models"]["silent"] = {"provider": "silent", "price": {"input": 1.0, "output": 2.0}}
+    gw = await start_gateway(cfg)
+    first, _ = await exchange(gw.server.port, post("/v1/chat/completions", UP_WHOLE))
+    assert first.startswith(b"HTTP/1.1 200 OK") and first.endswith(b"data: [DONE]\n\n") and len(deferred) == 1
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.server.port)
+    try:
+        writer.write(post("/v1/chat/completions", orjson.dumps(
+            {"model": "silent", "stream": True, "messages": [{"role": "user", "content": "hi"}]})))
+        async with asyncio.timeout(20):
+            head = await reader.readuntil(b"\r\n\r\n")
+        head_seen.set()
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"text/event-stream" in head and len(deferred) == 1
+    finally:
+        head_seen.set()
+        writer.close()
