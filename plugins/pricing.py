@@ -24,7 +24,9 @@ is counted the same way for its output, with the upstream's prompt counts kept; 
 no output to count it costs that prompt (and the output floor it named), estimated.
 One that names the output count but no prompt count (``Usage.prompt_unknown``) keeps
 the output count and counts the request's prompt, estimated.
-Output that went to a client is never free.
+Output that went to a client is never free; nor is the prompt of an answer the upstream
+finished with no output and no usage (its counted prompt is billed, estimated: see
+``accounts/estimate.py`` for what stays free).
 
 Images, speech and transcriptions are priced by the unit where the model's
 ``price`` names it (``images``, ``characters``, ``audio_minute``: see
@@ -35,8 +37,10 @@ answers without ``usage``, the gateway has nothing to count its input with
 of: the request's prompt bound (a token a byte of the upload, at most the
 model's ``context_window``) and its output bound (``max_tokens``, else the
 model's ``max_output_tokens``, else ``plugins.quotas.default_max_tokens``),
-marked estimated: with the quotas plugin or without it, the same amount. A usage
-there without an output count costs the output's bound, with the upstream's input count.
+but a transcript's output, its text, is counted (capped by that bound:
+``estimate.unit_output``); marked estimated: with the quotas plugin or without
+it, the same amount. A usage there without an output count bills the output the
+same way, with the upstream's input count.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from dataclasses import replace
 from proxy import Call, Gateway, Snapshot, Usage, hookimpl
 from proxy.logs import throttled
 
-from .accounts.estimate import byte_usage, counted_prompt, counted_usage, output_bound, prompt_bound
+from .accounts.estimate import byte_usage, counted_prompt, counted_usage, prompt_bound, unit_output
 from .accounts.money import MICRO, PriceBook, multiplier_ppm, tell_cost
 from .accounts.options import QuotasOptions
 from .accounts.tokens import preload
@@ -112,14 +116,15 @@ class Plugin:
             billing.usage = replace(told, prompt_tokens=prompt, prompt_unknown=False)
         elif billing.units is not None:
             # A unit endpoint on a model priced by tokens, answered without usage (or without its
-            # output count): its input and output cannot be counted (audio, images), so they cost
-            # their bounds, what quotas reserved for it (the upstream's prompt count, when told).
+            # output count): its input cannot be counted (audio, images), so it costs its bound,
+            # what quotas reserved for it (the upstream's prompt count, when told); its output, its
+            # bound too, but for a transcript's text, counted (``unit_output``).
             throttled(log, logging.WARNING, f"unit_usage:{call.model}", "model %r answered %s without usage: "
                       "billed its bounds as estimated tokens (price it per unit to bill less)", call.model,
                       call.endpoint)
             bound = prompt_bound(call)
             billing.usage = Usage(prompt_tokens=min(told.prompt_tokens, bound) if told is not None else bound,
-                                  completion_tokens=output_bound(call, self.default_cap),
+                                  completion_tokens=await unit_output(call, self.default_cap),
                                   cached_tokens=told.cached_tokens if told is not None else 0)
         else:
             if told is not None:  # the prompt's counts, kept: only the output is counted

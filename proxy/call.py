@@ -256,6 +256,10 @@ class Billing:
     # What the upstream had said of its usage when its stream ended early (e.g.
     # Anthropic's input tokens at the start); ``usage`` stays None then.
     partial_usage: Usage | None = None
+    # The upstream's stream reached its end (its terminal event): it finished its answer, so it
+    # billed the prompt even when it said no usage and gave no output. (A whole answer is
+    # finished once it is read: ``response.completion`` or ``answer`` is set.)
+    stream_complete: bool = False
     usage_estimated: bool = False  # usage was counted by the gateway, not told by the upstream
     units: Units | None = None  # images, characters or audio seconds (unit-priced endpoints)
 

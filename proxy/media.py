@@ -207,6 +207,8 @@ async def forward_media(gateway: Gateway, request: web.Request, call: Call, rout
         reported = _reported_seconds(body)
         if reported is not None:
             units.audio_seconds, units.audio_measured = reported, False
+        # The transcript, for a count of its tokens when a model priced by them reports no output count.
+        call.response.answer = body if body is not None else {"text": raw.decode("utf-8", "replace")}
     call.billing.units = units
     call.billing.usage = usage  # None: not reported (a unit price needs none; else the worst case is billed)
     await on_usage(gateway, call)

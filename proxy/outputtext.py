@@ -14,7 +14,7 @@ import orjson
 
 from .sse import parse_event, split_events
 
-__all__ = ["completion_text", "openai_stream_text", "prompt_text", "sse_payloads"]
+__all__ = ["completion_text", "openai_stream_text", "prompt_text", "sse_payloads", "transcript_text"]
 
 
 def sse_payloads(blob: bytes) -> Iterator[dict]:
@@ -100,3 +100,25 @@ def _strings(value: object, out: list[str]) -> None:
     elif isinstance(value, list):
         for item in value:
             _strings(item, out)
+
+
+#: Transcript formats that carry cue numbers and times around the text (not output the model wrote).
+SUBTITLE_FORMATS = frozenset(("srt", "vtt"))
+
+
+def transcript_text(answer: dict | None, response_format: object = "json") -> str | None:
+    """The text of a transcription or translation answer (``answer["text"]``: the json and
+    verbose_json answers' field, or a text, srt or vtt answer as received); for srt and vtt
+    without their cue numbers, times and headers. None when the answer holds no text."""
+    text = answer.get("text") if answer is not None else None
+    if not isinstance(text, str):
+        return None
+    if response_format not in SUBTITLE_FORMATS:
+        return text
+    lines = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.isdigit() or "-->" in line or line.startswith(("WEBVTT", "NOTE")):
+            continue
+        lines.append(line)
+    return "\n".join(lines)

@@ -382,6 +382,7 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
     # Usage hooks run once for every stream that started, however it ended.
     if complete:
         call.billing.usage = codec.usage
+        call.billing.stream_complete = True
     else:
         call.billing.partial_usage = codec.usage
     try:

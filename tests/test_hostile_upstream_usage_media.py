@@ -6,7 +6,8 @@ Before, a usage without ``output_tokens`` was billed 0 output tokens: the image 
 transcript went out free of its output. The gateway cannot count image or audio tokens,
 so an unknown output count costs the output's bound (what quotas held for it: the
 model's output cap, times ``n`` for images), with the upstream's input count, marked
-estimated, as a usage that names no usable count costs both bounds. Held already: a
+estimated, as a usage that names no usable count costs both bounds; a transcript's
+output is its text, counted (``test_transcript_output_counted.py``). Held already: a
 count that is not one (negative, a string, absurd) is unknown usage, billed its bounds;
 a reported audio length that is not a number (negative, a string) is not believed. Each
 time: the ledger row == x-tollway-cost == the money taken."""
@@ -18,6 +19,8 @@ import openai
 import pytest
 from aiohttp import web
 from business import DEMO, biz_config, credits, ledger_rows, wav
+
+from plugins.accounts.tokens import count_tokens
 
 USAGE: web.AppKey[dict] = web.AppKey("usage")
 TEXT = "the words that were heard " * 10
@@ -77,15 +80,16 @@ async def ask(running, endpoint: str) -> tuple[int, dict]:
 ENDPOINTS = ["images", "transcriptions"]
 
 
-def output_bound(endpoint: str) -> int:
-    return 4096 * (2 if endpoint == "images" else 1)  # the default output cap, times n
+async def output_billed(endpoint: str) -> int:
+    """Images: their bound (the default output cap, times n); a transcript: its counted text."""
+    return 4096 * 2 if endpoint == "images" else await count_tokens(TEXT)
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 async def test_a_usage_without_an_output_count_costs_the_output_bound(running, upstream, endpoint):
     upstream.app[USAGE]["usage"] = {"input_tokens": 20, "total_tokens": 20}
     told, row = await ask(running, endpoint)
-    completion = output_bound(endpoint)
+    completion = await output_billed(endpoint)
     assert row == {"prompt": 20, "completion": completion, "cost": 20 * 5 + completion * 40, "estimated": 1}
 
 
@@ -97,7 +101,7 @@ async def test_a_usage_without_an_output_count_costs_the_output_bound(running, u
 async def test_a_usage_that_is_not_one_costs_the_bounds(running, upstream, endpoint, usage):
     upstream.app[USAGE]["usage"] = usage
     told, row = await ask(running, endpoint)
-    completion = output_bound(endpoint)
+    completion = await output_billed(endpoint)
     assert row["completion"] == completion and row["estimated"] == 1 and row["prompt"] > 0  # (the prompt bound)
     assert told == row["prompt"] * 5 + completion * 40
 

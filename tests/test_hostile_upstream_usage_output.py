@@ -56,6 +56,12 @@ def _no_prompt(request: web.Request) -> bool:
     return request.app[STATE].get("no_prompt", False)
 
 
+def _said(request: web.Request, usage: dict) -> dict:
+    """``usage`` as the upstream puts it in its answer: none at all (``{}``, left out) when the
+    test's state says ``no_usage``."""
+    return {} if request.app[STATE].get("no_usage") else usage
+
+
 def _text(shape: str) -> list[str]:
     return PARTS if shape == "text" else [""] if shape == "empty" else []
 
@@ -69,8 +75,8 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
         message = {"role": "assistant", "content": "".join(_text(shape)) if shape != "tool" else None}
         if shape == "tool":
             message["tool_calls"] = [tool]
-        return web.json_response({"id": "c", "object": "chat.completion", "created": 1, "model": "m", "usage": usage,
-                                  "choices": [{"index": 0, "message": message,
+        return web.json_response({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                                  **_said(request, {"usage": usage}), "choices": [{"index": 0, "message": message,
                                                "finish_reason": "tool_calls" if shape == "tool" else "stop"}]})
     head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
     deltas = [{"role": "assistant", "content": p} for p in _text(shape)]
@@ -81,7 +87,9 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
     events = [_sse({**head, "choices": [{"index": 0, "delta": d, "finish_reason": None}]}) for d in deltas]
     events.append(_sse({**head, "choices": [{"index": 0, "delta": {},
                                              "finish_reason": "tool_calls" if shape == "tool" else "stop"}]}))
-    events += [_sse({**head, "choices": [], "usage": usage}), b"data: [DONE]\n\n"]
+    if _said(request, {"usage": usage}):
+        events.append(_sse({**head, "choices": [], "usage": usage}))
+    events.append(b"data: [DONE]\n\n")
     return await _send(request, events)
 
 
@@ -93,11 +101,11 @@ async def anthropic_messages(request: web.Request) -> web.StreamResponse:
                    if shape == "tool" else [{"type": "text", "text": "".join(_text(shape))}])
         usage = {"output_tokens": OUTPUT} if _no_prompt(request) else {"input_tokens": PROMPT}
         return web.json_response({"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
-                                  "content": content, "stop_reason": stop, "usage": usage})
+                                  "content": content, "stop_reason": stop, **_said(request, {"usage": usage})})
     start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
                                                   "content": [], "stop_reason": None,
-                                                  "usage": {"output_tokens": 1} if _no_prompt(request)
-                                                  else {"input_tokens": PROMPT, "output_tokens": 1}}}
+                                                  **_said(request, {"usage": {"output_tokens": 1} if _no_prompt(
+                                                      request) else {"input_tokens": PROMPT, "output_tokens": 1}})}}
     events = [_sse(start, "message_start")]
     if shape == "tool":
         events.append(_sse({"type": "content_block_start", "index": 0, "content_block": {
@@ -112,7 +120,8 @@ async def anthropic_messages(request: web.Request) -> web.StreamResponse:
     events.append(_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
     # message_delta's usage without output_tokens (only its input count, as some servers echo it)
     usage = {"output_tokens": OUTPUT} if _no_prompt(request) else {"input_tokens": PROMPT}
-    events.append(_sse({"type": "message_delta", "delta": {"stop_reason": stop}, "usage": usage}, "message_delta"))
+    events.append(_sse({"type": "message_delta", "delta": {"stop_reason": stop}, **_said(request, {"usage": usage})},
+                       "message_delta"))
     events.append(_sse({"type": "message_stop"}, "message_stop"))
     return await _send(request, events)
 
@@ -124,13 +133,13 @@ async def gemini_generate(request: web.Request) -> web.StreamResponse:
             else {"promptTokenCount": PROMPT, "totalTokenCount": PROMPT})
     parts = ([{"functionCall": {"name": "lookup", "args": orjson.loads(ARGS)}}] if shape == "tool"
              else [{"text": p} for p in _text(shape)])
+    said = _said(request, {"usageMetadata": meta})
     if request.match_info["target"].endswith(":generateContent"):
         return web.json_response({"candidates": [{"content": {"role": "model", "parts": parts},
-                                                  "finishReason": "STOP"}], "usageMetadata": meta})
-    events = [_sse({"candidates": [{"content": {"role": "model", "parts": [p]}}], "usageMetadata": meta})
-              for p in parts[:-1]]
+                                                  "finishReason": "STOP"}], **said})
+    events = [_sse({"candidates": [{"content": {"role": "model", "parts": [p]}}], **said}) for p in parts[:-1]]
     events.append(_sse({"candidates": [{"content": {"role": "model", "parts": parts[-1:]}, "finishReason": "STOP"}],
-                        "usageMetadata": meta}))
+                        **said}))
     return await _send(request, events)
 
 
@@ -143,8 +152,9 @@ async def openai_responses(request: web.Request) -> web.StreamResponse:
         item = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
                 "content": [{"type": "output_text", "text": "".join(_text(shape)), "annotations": []}]}
     final = {"id": "resp_1", "object": "response", "created_at": 1, "status": "completed", "model": "m",
-             "output": [item], "usage": {"output_tokens": OUTPUT, "total_tokens": OUTPUT} if _no_prompt(request)
-             else {"input_tokens": PROMPT, "total_tokens": PROMPT}}
+             "output": [item], **_said(request, {"usage": {"output_tokens": OUTPUT, "total_tokens": OUTPUT}
+                                                  if _no_prompt(request) else {"input_tokens": PROMPT,
+                                                                               "total_tokens": PROMPT}})}
     if not body.get("stream"):
         return web.json_response(final)
     if shape == "tool":

@@ -10,6 +10,8 @@ import pytest
 from aiohttp import web
 from business import ALL, DEMO, bearer, biz_config, credits, ledger_rows, wav
 
+from plugins.accounts.tokens import count_tokens
+
 BOUNDARY = "tollway-test-boundary"
 TEXT = "the quick brown fox jumps over the lazy dog " * 20
 PER_TOKEN = {"input": 2.5, "output": 10.0}  # USD per 1M tokens (gpt-4o-transcribe)
@@ -45,8 +47,9 @@ async def test_a_token_priced_transcription_without_usage_is_billed_on_its_text(
             told = r.headers.get("x-tollway-cost")
         spent = (await credits(s, running, DEMO))["spent_micro_usd"] if "quotas" in enabled else None
     [row] = await ledger_rows(running, "cost", "prompt", "completion", "estimated")
-    # Its bounds, as quotas reserves them: a token a byte of the upload, and the default output cap.
-    assert (row["prompt"], row["completion"], row["estimated"]) == (len(body), 4096, 1)
-    bound = -(-(len(body) * 25 + 4096 * 100) // 10)  # micro-USD: 2.5 and 10 a token, rounded up
-    assert told is not None and round(float(told) * 1e6) == row["cost"] == bound
-    assert spent in (None, bound)
+    # The input's bound, as quotas reserves it (a token a byte of the upload), and the text counted.
+    text = await count_tokens(TEXT)
+    assert (row["prompt"], row["completion"], row["estimated"]) == (len(body), text, 1)
+    cost = -(-(len(body) * 25 + text * 100) // 10)  # micro-USD: 2.5 and 10 a token, rounded up
+    assert told is not None and round(float(told) * 1e6) == row["cost"] == cost
+    assert spent in (None, cost)

@@ -22,6 +22,18 @@ was made with, so the estimate never costs more than was reserved. When the
 tokenizer (or reading the text out of the stream) fails, the count falls
 back to about four bytes a token of the raw bytes (``byte_count``), capped the
 same way: a count that fails never makes output free.
+
+With no output to count, what is billed follows what the upstream did:
+
+- it FINISHED its answer (``finished``: a whole non-stream answer was read, or a
+  stream reached its end event, the client there or gone and drained to the end):
+  it read the prompt and billed it, so the counted prompt is billed (0 output
+  tokens, estimated, capped by the prompt's bound and so by the reservation), an
+  empty answer with no usage included;
+- it FAILED before any output (an error status: no usage hook runs; a stream cut,
+  timed out, or left by its client with the drain bound hit, before any output):
+  free, the failure is not the client's to pay, and what the upstream billed for
+  it is unknown.
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ import orjson
 
 from proxy import Usage
 from proxy.logs import throttled
-from proxy.outputtext import completion_text, prompt_text
+from proxy.outputtext import completion_text, prompt_text, transcript_text
 
 from .tokens import count_tokens
 
@@ -180,6 +192,25 @@ def output_bound(call: Call, default_cap: int, asked: int | None = UNREAD) -> in
     return (model_cap or default_cap) * choices(call.body)  # each of n answers may use the whole cap
 
 
+#: Endpoints whose output is text (a transcript) though their input is audio.
+TRANSCRIPT_ENDPOINTS = frozenset(("transcriptions", "translations"))
+
+
+async def unit_output(call: Call, default_cap: int) -> int:
+    """The output tokens billed for an images, speech or audio answer on a model priced by
+    tokens whose upstream gave no output count: a transcript's text is in the answer, so it
+    is counted (the tokenizer, as for chat; on failure four bytes a token), capped by the
+    output's bound; images and audio out cannot be counted, so they cost the bound."""
+    bound = output_bound(call, default_cap)
+    if call.endpoint not in TRANSCRIPT_ENDPOINTS:
+        return bound
+    text = transcript_text(call.response.answer, call.body.get("response_format", "json"))
+    if text is None:  # no text to count (an answer of another shape): the bound, as before
+        return bound
+    count = await _count(lambda: text, len(text.encode("utf-8", "replace")))
+    return count if count < bound else bound
+
+
 def tokens_estimate(call: Call) -> int:
     if call.billing.units is not None:  # images and audio: an upload's bytes are not tokens; its text fields may be
         return max(1, sum(len(v) for v in call.body.values() if isinstance(v, str)) // 4)
@@ -195,11 +226,12 @@ async def counted_usage(call: Call, dialect: Dialect, default_cap: int) -> Usage
     billing = call.billing
     if call.stream:
         if not billing.streamed:
-            return None
-        blob = b"".join(billing.streamed)
-        completion = await _count(lambda: dialect.streamed_text(blob), len(blob))
-        if billing.streamed_dropped:  # past what was kept: the same tokens per byte
-            completion += -(-completion * billing.streamed_dropped // len(blob))
+            completion = 0
+        else:
+            blob = b"".join(billing.streamed)
+            completion = await _count(lambda: dialect.streamed_text(blob), len(blob))
+            if billing.streamed_dropped:  # past what was kept: the same tokens per byte
+                completion += -(-completion * billing.streamed_dropped // len(blob))
     elif call.response.completion is not None:
         completion = await _count(lambda: completion_text(call.response.completion),
                                   _size_of(call.response.completion))
@@ -213,7 +245,9 @@ async def counted_usage(call: Call, dialect: Dialect, default_cap: int) -> Usage
         completion = max(completion, partial.completion_tokens)
     completion = min(completion, output_bound(call, default_cap))
     if completion <= 0:
-        return None
+        if partial is not None or not finished(call):
+            return None  # no output, and a failure (or the caller bills what the upstream said)
+        return Usage(prompt_tokens=await counted_prompt(call), completion_tokens=0)  # (see the docstring)
     if partial is not None and partial.prompt_tokens:
         # The upstream's own counts of the prompt (sent before it stopped, or without an output count).
         return Usage(prompt_tokens=min(partial.prompt_tokens, prompt_bound(call)), completion_tokens=completion,
@@ -227,6 +261,14 @@ async def counted_prompt(call: Call) -> int:
     return min(prompt, prompt_bound(call))
 
 
+def finished(call: Call) -> bool:
+    """The upstream finished its answer: a stream reached its end event, or a whole answer
+    was read (and parsed: ``response.completion`` or ``answer``)."""
+    if call.stream:
+        return call.billing.stream_complete
+    return call.response.completion is not None or call.response.answer is not None
+
+
 def byte_usage(call: Call, default_cap: int) -> Usage | None:
     """The last resort when ``counted_usage`` itself fails: the bytes that went
     out and the request's bytes, four a token, capped like the count."""
@@ -237,7 +279,7 @@ def byte_usage(call: Call, default_cap: int) -> Usage | None:
         completion_obj = call.response.completion
         size = _size_of(completion_obj) if completion_obj is not None else 0
     completion = min(byte_count(size), output_bound(call, default_cap))
-    if completion <= 0:
+    if completion <= 0 and not finished(call):
         return None
     return Usage(prompt_tokens=min(byte_count(len(call.body_bytes())), prompt_bound(call)),
                  completion_tokens=completion)

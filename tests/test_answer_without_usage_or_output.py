@@ -1,0 +1,90 @@
+"""A COMPLETE answer whose upstream said nothing of its usage and gave no output (empty
+content, no tool call) still cost the operator its prompt: the upstream read it and billed
+it. Before, such an answer was free (``counted_usage`` found no output and returned None:
+no cost told, nothing charged, a ledger row of 0). Now the gateway counts the request's
+prompt with the tokenizer and bills it, capped by the reservation, marked estimated.
+
+The rule is what the upstream did: it FINISHED its answer (a whole non-stream answer was
+read, a stream reached its end event) -> the prompt is billed. It failed (an error status)
+or its stream was cut before any output -> free, as before. Through the real server with
+the official SDKs, on each upstream kind, stream and not: the ledger row, what the client
+was told (x-tollway-cost, usage) and the balance."""
+
+from __future__ import annotations
+
+import aiohttp
+import openai
+import orjson
+import pytest
+from aiohttp import web
+from business import DEMO, biz_config, credits, ledger_rows
+from test_hostile_upstream_usage_output import (  # noqa: F401  (the fixtures: an upstream of each kind, the gateway)
+    ASK,
+    CASES,
+    MESSAGES,
+    QUESTION,
+    STATE,
+    running,
+    upstream,
+)
+
+from plugins.accounts.tokens import count_tokens
+from proxy.outputtext import prompt_text
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize(("kind", "client"), CASES)
+async def test_a_complete_answer_without_usage_or_output_bills_the_counted_prompt(
+        running, upstream, kind, client, stream):  # noqa: F811
+    upstream.app[STATE].update(shape="empty", no_usage=True)
+    told, usage = await ASK[client](running, kind, stream, False)
+    prompt = await count_tokens(prompt_text({"input": QUESTION} if client == "responses" else {"messages": MESSAGES}))
+    assert prompt > 0
+    [row] = await ledger_rows(running, "status", "prompt", "completion", "cost", "estimated")
+    assert row == {"status": 200, "prompt": prompt, "completion": 0, "cost": prompt * 1, "estimated": 1}
+    assert told == row["cost"] and usage["estimated"] is True, usage
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (prompt, 0), usage
+    async with aiohttp.ClientSession() as s:
+        got = await credits(s, running, DEMO)
+    assert got["spent_micro_usd"] == told and got["balance_micro_usd"] == 5_000_000 - told
+    assert got["reserved_micro_usd"] == 0
+
+
+async def failing(request: web.Request) -> web.StreamResponse:
+    """An OpenAI upstream that fails: a 500 (whole answers), or a stream that sends its
+    role chunk (no output) and then dies."""
+    body = orjson.loads(await request.read())
+    if not body.get("stream"):
+        return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    request.transport.abort()
+    return resp
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["error-status", "stream-cut-before-output"])
+async def test_an_upstream_that_failed_before_any_output_stays_free(start_gateway, serve_upstream, stream):
+    up = await serve_upstream({"POST /v1/chat/completions": failing})
+    gateway = await start_gateway(biz_config(up.url))
+    async with openai.AsyncOpenAI(base_url=gateway.url, api_key=DEMO, max_retries=0) as client:
+        if not stream:
+            with pytest.raises(openai.APIStatusError) as err:
+                await client.chat.completions.create(model="up", max_tokens=50, messages=MESSAGES)
+            assert err.value.status_code == 502 and "x-tollway-cost" not in err.value.response.headers
+        else:
+            chunks = []
+            with pytest.raises(openai.APIError, match="closed the connection"):
+                async for chunk in await client.chat.completions.create(
+                        model="up", max_tokens=50, messages=MESSAGES, stream=True,
+                        stream_options={"include_usage": True}):
+                    chunks.append(chunk)
+            assert [c.choices[0].delta.content for c in chunks] == [""] and all(c.usage is None for c in chunks)
+    [row] = await ledger_rows(gateway, "status", "error_code", "prompt", "completion", "cost", "estimated")
+    assert row["cost"] == 0 and row["estimated"] == 0 and (row["prompt"], row["completion"]) == (0, 0), row
+    assert row["error_code"] == ("upstream_disconnected" if stream else "upstream_error"), row
+    async with aiohttp.ClientSession() as s:
+        got = await credits(s, gateway, DEMO)
+    assert got["spent_micro_usd"] == 0 and got["balance_micro_usd"] == 5_000_000 and got["reserved_micro_usd"] == 0
