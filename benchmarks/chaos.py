@@ -10,7 +10,11 @@ balance, and the ledger holds what the clients were told: at least every cost to
 what a FLUSHALL may lose: answers ended within a second before it, documented in
 docs/fleet.md), at most that plus the worst case of every answer the client was not told
 (a stream without usage, one it left, one cut by a kill: billed what went out, never more
-than the request's bound); a budget's ledger spend <= the budget; ledger ids unique.
+than the request's bound); a budget's ledger spend <= the budget; ledger ids unique. And
+answer by answer, each matched to its own row by its ``x-tollway-request-id`` (the row's
+id): a cost told is its row's cost (the row missing only within the FLUSHALL allowance),
+an untold answer's row is within its bound, a refusal's costs nothing, and only requests
+whose answer's headers never came (an instance killed) can have rows no client named.
 Exit 1 on a broken invariant, naming the seed. Needs PostgreSQL (tests/stores.py's PG) and
 redis-server on the PATH.
 """
@@ -27,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +64,7 @@ class Answer:
     bound: int  # the most the request may cost
     status: int | None  # None: the connection failed
     end: float
+    rid: str | None = None  # its x-tollway-request-id: its ledger row's id (None: no answer's headers came)
 
 
 @dataclass
@@ -132,11 +136,11 @@ async def client(run: Run, s: aiohttp.ClientSession, deadline: float) -> None:
             body["stream_options"] = {"include_usage": True}
         account = "cfg_" + key["name"]
         bound = len(content) + 64 + 2 * max_tokens + 2  # price 1 and 2 micro-USD a token, rounded up
-        told, status = None, None
+        told, status, rid = None, None, None
         try:
             async with s.post(rng.choice(run.urls) + "/v1/chat/completions", json=body,
                               headers=bearer(key["key"])) as r:
-                status = r.status
+                status, rid = r.status, r.headers.get("x-tollway-request-id")
                 if r.status == 200 and kind == "leave":
                     await r.content.readany()
                     r.close()
@@ -151,7 +155,7 @@ async def client(run: Run, s: aiohttp.ClientSession, deadline: float) -> None:
             bound = 0
         except (TimeoutError, aiohttp.ClientError):
             pass
-        run.answers.append(Answer(account, told, bound, status, time.monotonic()))
+        run.answers.append(Answer(account, told, bound, status, time.monotonic(), rid))
         if status is not None and status != 200:
             await asyncio.sleep(0.05)
 
@@ -209,10 +213,8 @@ async def books(schema: str, run: Run) -> list[str]:
         rows = {r["account_id"]: r for r in await conn.fetch(
             "select account_id, coalesce(sum(cost_micro_usd), 0) as total, count(*) as n, count(distinct id) as ids "
             "from tollway_ledger group by account_id")}
-        costs: dict[str, Counter[int]] = {}
-        for r in await conn.fetch("select account_id, cost_micro_usd from tollway_ledger where cost_micro_usd > 0"):
-            costs.setdefault(r[0], Counter())[int(r[1])] += 1
-        positive = {account: sum(c.values()) for account, c in costs.items()}
+        ledger: dict[str, tuple[str, int]] = {r[0]: (r[1], int(r[2])) for r in await conn.fetch(
+            "select id, account_id, cost_micro_usd from tollway_ledger")}  # id -> (account, cost)
         balances = dict(await conn.fetch("select id, balance_micro_usd from tollway_accounts"))
         budget_spent = await conn.fetchval("select coalesce(sum(cost_micro_usd), 0) from tollway_ledger l join "
                                            "tollway_keys k on k.id = l.key_id where k.name = 'bud' and l.day = $1",
@@ -242,17 +244,47 @@ async def books(schema: str, run: Run) -> list[str]:
             broken.append(f"{account}: {n - ids} ledger ids repeated")
         if total < sum(told) - lost:
             broken.append(f"{account}: ledger {total} < told {sum(told)} (FLUSHALL allowance {lost})")
-        missing = Counter(told) - costs.get(account, Counter())
-        if sum(missing.elements()) > lost:
-            broken.append(f"{account}: costs told with no ledger row of that cost: {dict(missing)}")
-        reached = sum(1 for a in mine if a.status == 200 or (a.status is None and a.bound))
-        if positive.get(account, 0) > reached:
-            broken.append(f"{account}: {positive[account]} ledger rows with a cost, {reached} requests answered")
         if total > sum(told) + untold:
             broken.append(f"{account}: ledger {total} > told {sum(told)} + untold bound {untold}")
+        broken += matched(account, mine, ledger, run.flushes)
+        named = [a for a in mine if a.rid is not None]
+        print(f"  {len(named)} answers named their row (x-tollway-request-id): {sum(a.rid in ledger for a in named)} "
+              f"found, {sum(a.told is not None and a.rid in ledger for a in named)} of them told their cost")
     print(f"budget: spent {budget_spent} of {BUDGET}")
     if budget_spent > BUDGET:
         broken.append(f"budget spent {budget_spent} > {BUDGET}")
+    return broken
+
+
+def matched(account: str, mine: list[Answer], ledger: dict[str, tuple[str, int]], flushes: list[float]) -> list[str]:
+    """Each answer against its own ledger row, found by the answer's ``x-tollway-request-id``:
+    a cost told is that row's cost (the row may be missing only for an answer ended just before
+    a FLUSHALL); an answer not told its cost (a stream without usage, one left, one cut) costs
+    at most its bound; a refusal costs nothing; a row no client got an id for (its connection
+    failed before an answer's headers) costs at most a request's bound, and there are no more
+    of them with a cost than such requests."""
+    broken = []
+    seen = set()
+    for a in mine:
+        if a.rid is None:
+            continue
+        seen.add(a.rid)
+        row = ledger.get(a.rid)
+        if row is not None and row[0] != account:
+            broken.append(f"{account}: answer {a.rid}'s row is {row[0]}'s")
+        elif a.told is not None:
+            if row is None and not any(f - 1.0 <= a.end <= f + 0.2 for f in flushes):
+                broken.append(f"{account}: answer {a.rid} told {a.told}, no ledger row")
+            elif row is not None and row[1] != a.told:
+                broken.append(f"{account}: answer {a.rid} told {a.told}, its ledger row {row[1]}")
+        elif row is not None and row[1] > (a.bound if a.status == 200 else 0):
+            broken.append(f"{account}: answer {a.rid} (status {a.status}) has a ledger row of {row[1]}, "
+                          f"more than {a.bound if a.status == 200 else 0}")
+    unseen = [cost for rid, (acct, cost) in ledger.items() if acct == account and rid not in seen and cost > 0]
+    blind = [a for a in mine if a.rid is None and a.bound]
+    if len(unseen) > len(blind) or (unseen and max(unseen) > max(a.bound for a in blind)):
+        broken.append(f"{account}: {len(unseen)} ledger rows with a cost that no answer named (up to "
+                      f"{max(unseen)}), {len(blind)} requests whose answer's headers never came")
     return broken
 
 

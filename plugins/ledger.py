@@ -35,8 +35,6 @@ in the same transaction as the rows.
 from __future__ import annotations
 
 import argparse
-import itertools
-import secrets
 import time
 
 import orjson
@@ -100,9 +98,6 @@ class Plugin:
     def __init__(self) -> None:
         self.gateway: Gateway | None = None
         self.accounts: Accounts | None = None
-        # Row ids: a random per-process prefix and a counter (unique without a syscall per row).
-        self._prefix = secrets.token_hex(8)
-        self._counter = itertools.count(16**10)  # (row ids: see row())
         # The day of the last row: [start, end) in unix seconds, as floats (a float compared with an int
         # costs ~400 instructions more).
         self._day_start = self._day_end = 0.0
@@ -209,8 +204,7 @@ class Plugin:
         # ten times as much (2-3 us a row). The order is LEDGER_COLUMNS' (plugins/accounts/db.py).
         # (1 if flag else 0, not int(flag): a call to int costs ten times as much.)
         return (
-            # id: the counter starts at 16**10, so its hex() after "0x1" is ten digits (f"{n:010x}", cheaper)
-            call.state.get(LEDGER_ID) or self._prefix + hex(next(self._counter))[3:],
+            call.state.get(LEDGER_ID) or call.id,  # id: the call's (its answer's x-tollway-request-id)
             started, day,  # time, day
             key.id if key else None, key.account_id if key else None,  # key_id, account_id
             call.endpoint, call.model,

@@ -4,8 +4,10 @@ One ``Call`` is made per request by the routes, after the body has been parsed
 (once, with orjson). Plugins read it and write to it; the core reads back what
 they wrote. What is there, by phase:
 
-- from the start: the request itself (``request``, ``endpoint``, ``dialect``,
-  ``body``, ``model``, ``stream``, ``include_usage``) and ``timing.started``;
+- from the start: ``id`` (the request's id: the ``x-tollway-request-id`` header of
+  its answer, put in ``response.headers`` here, and its ledger row's id), the request
+  itself (``request``, ``endpoint``, ``dialect``, ``body``, ``model``, ``stream``,
+  ``include_usage``) and ``timing.started``;
 - after ``tollway_authenticate``: ``principal`` (a ``Principal``, or None);
 - after ``tollway_resolve``: ``route`` (and ``served_model``, ``provider_name``);
 - from ``tollway_admit`` on: ``response.headers`` to add to the answer;
@@ -19,11 +21,15 @@ Plugin-private per-request state goes in ``call.state``, under a key
 
 from __future__ import annotations
 
+import itertools
+import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import orjson
+from multidict import istr
 
 from .shared import State
 
@@ -34,6 +40,23 @@ if TYPE_CHECKING:
     from .errors import ProxyError
     from .provider import Provider
     from .snapshot import Snapshot
+
+
+#: The header every answer of a model route carries: its call's ``id`` (its ledger row's).
+REQUEST_ID_HEADER = istr("x-tollway-request-id")  # (an istr: aiohttp does not fold its case again)
+
+#: Call ids: a random prefix per process and a counter (unique across the processes of a fleet,
+#: whose ledger rows share one table and are idempotent on the id, without a syscall per call).
+_id_prefix = secrets.token_hex(8)
+_ids = itertools.count(16**10)  # hex() of 16**10 on, after "0x1": ten digits (f"{n:010x}", cheaper)
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix
+    _id_prefix = secrets.token_hex(8)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)  # a forked child must not repeat its parent's ids
 
 
 @dataclass(slots=True)
@@ -298,13 +321,16 @@ class Call:
     """Everything the gateway knows about one request, as it moves through the hooks."""
 
     __slots__ = (
-        "request", "endpoint", "dialect", "body", "raw_body", "body_changed", "model", "stream", "include_usage",
-        "principal", "route", "upstream_attempts", "earlier_routes", "billing", "response", "timing", "state",
-        "snapshot",
+        "id", "request", "endpoint", "dialect", "body", "raw_body", "body_changed", "model", "stream",
+        "include_usage", "principal", "route", "upstream_attempts", "earlier_routes", "billing", "response", "timing",
+        "state", "snapshot",
     )
 
     def __init__(self, request: web.Request | None, endpoint: str, body: dict, raw_body: bytes,
                  dialect: str = "openai", snapshot: Snapshot | None = None) -> None:
+        # The request's id, made once here: its ledger row's id, and every answer's
+        # ``x-tollway-request-id`` (in ``response.headers`` from the start, refusals included).
+        self.id = call_id = _id_prefix + hex(next(_ids))[3:]
         # -- the request, as the client sent it ---------------------------------------
         self.request = request
         # The config this request runs under from start to end (a reload makes a new one).
@@ -329,7 +355,7 @@ class Call:
         # The routes attempted before ``route``, in order (None until a retry moves it; the ledger lists them).
         self.earlier_routes: list[Route] | None = None
         self.billing = Billing()
-        self.response = ResponseState()
+        self.response = ResponseState({REQUEST_ID_HEADER: call_id})
         self.timing = Timing()
         self.state = State()  # plugin-private, under StateKeys (proxy/shared.py)
 

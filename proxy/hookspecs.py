@@ -38,8 +38,10 @@ plugin that needs the principal runs in ``tollway_admit`` or later; one that
 needs the final cost, in ``tollway_settle``.
 
 **What the call carries.** ``call`` (a ``proxy.Call``) groups what exists at
-each phase: the request as sent (``body``, ``model``, ``stream``, ``dialect``...)
-from the start, ``principal`` (a ``proxy.Principal``) after authenticate,
+each phase: ``id`` (the request's id, made by the core when the call is: every
+answer's ``x-tollway-request-id`` header, already in ``response.headers``, and the
+ledger row's id) and the request as sent (``body``, ``model``, ``stream``,
+``dialect``...) from the start, ``principal`` (a ``proxy.Principal``) after authenticate,
 ``route`` after resolve, ``response.headers`` to add from admit on,
 ``billing`` (usage, cost, ``usage_extra``) from usage on, and the outcome in
 ``response`` (status, error, client_gone) and ``timing`` by settle.
