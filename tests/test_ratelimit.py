@@ -167,8 +167,8 @@ def test_duration_format(seconds, text):
 
 
 async def test_header_names_go_out_as_written(start_gateway):
-    """The limit, routing and cost headers keep the case and order they always had on the
-    wire (their names are multidict ``istr``s, for speed: the bytes must not change)."""
+    """The request id, limit, routing and cost headers keep the case and order they always had
+    on the wire (their names are multidict ``istr``s, for speed: the bytes must not change)."""
     running = await start_gateway(limited({"rpm": 10, "tpm": 10000}))
     async with aiohttp.ClientSession() as s, s.post(
             running.url + "/chat/completions", headers=bearer(KEY),
@@ -176,10 +176,10 @@ async def test_header_names_go_out_as_written(start_gateway):
         assert r.status == 200
         names = [name.decode() for name, _ in r.raw_headers]
     ours = [n for n in names if n.lower().startswith(("x-ratelimit", "x-tollway"))]
-    assert ours == ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
-                    "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
-                    "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "x-tollway-model",
-                    "x-tollway-provider", "x-tollway-attempts", "x-tollway-cost"]
+    assert ours == ["x-tollway-request-id", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                    "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                    "x-ratelimit-reset-tokens", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
+                    "x-tollway-model", "x-tollway-provider", "x-tollway-attempts", "x-tollway-cost"]
 
 
 class KeepEstimates:
