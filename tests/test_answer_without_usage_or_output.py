@@ -12,12 +12,14 @@ was told (x-tollway-cost, usage) and the balance."""
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import openai
 import orjson
 import pytest
 from aiohttp import web
-from business import DEMO, biz_config, credits, ledger_rows
+from business import DEMO, bearer, biz_config, credits, ledger_rows
 from test_hostile_upstream_usage_output import (  # noqa: F401  (the fixtures: an upstream of each kind, the gateway)
     ASK,
     CASES,
@@ -88,3 +90,62 @@ async def test_an_upstream_that_failed_before_any_output_stays_free(start_gatewa
     async with aiohttp.ClientSession() as s:
         got = await credits(s, gateway, DEMO)
     assert got["spent_micro_usd"] == 0 and got["balance_micro_usd"] == 5_000_000 and got["reserved_micro_usd"] == 0
+
+
+GAP: web.AppKey[float] = web.AppKey("gap")
+
+
+async def late_and_empty(request: web.Request) -> web.StreamResponse:
+    """An OpenAI stream of no output that ends complete, [DONE], without usage: its role chunk
+    after 0.3 s, an empty content chunk 0.3 s later (the gateway's write of it finds the client
+    gone), then ``GAP`` seconds later its end."""
+    await request.read()
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    for delay, delta in ((0.3, {"role": "assistant", "content": ""}), (0.3, {"content": ""})):
+        await asyncio.sleep(delay)
+        await resp.write(b"data: " + orjson.dumps({**head, "choices": [
+            {"index": 0, "delta": delta, "finish_reason": None}]}) + b"\n\n")
+    await asyncio.sleep(request.app[GAP])
+    await resp.write(b"data: " + orjson.dumps({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                     + b"\n\ndata: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+@pytest.mark.parametrize("gap", [0.05, 2.0], ids=["drained-to-its-end", "drain-bound-hit"])
+async def test_a_client_gone_before_any_byte_pays_the_prompt_only_if_the_upstream_finished(
+        start_gateway, serve_upstream, gap):
+    """The client hangs up once it has the headers, before any byte of the body. The gateway
+    drains the upstream (``disconnect_drain``: 0.5 s here): when the upstream finishes its empty
+    answer within it, it read and billed the prompt, and so is the client, estimated; when the
+    drain's bound stops it first, nothing finished and nothing went out: free."""
+    app = web.Application()
+    app[GAP] = gap
+    up = await serve_upstream({"POST /v1/chat/completions": late_and_empty}, app)
+    config = biz_config(up.url)
+    config["server"]["disconnect_drain"] = {"seconds": 0.5, "max_bytes": 1_000_000}
+    config["providers"]["up"]["timeouts"]["idle"] = 5  # (the drain's bound comes first)
+    gateway = await start_gateway(config)
+    payload = {"model": "up", "stream": True, "max_tokens": 50, "messages": MESSAGES}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gateway.url + "/chat/completions", json=payload, headers=bearer(DEMO)) as r:
+            assert r.status == 200
+            r.close()  # gone before any byte of the body
+        for _ in range(200):  # the gateway's drain ends on its own; the row is queued when it does
+            rows = await ledger_rows(gateway, "client_gone", "error_code", "prompt", "completion", "cost",
+                                     "estimated")
+            if rows:
+                break
+            await asyncio.sleep(0.05)
+        got = await credits(s, gateway, DEMO)
+    [row] = rows
+    assert row["client_gone"] == 1
+    if gap > 0.5:
+        assert row["error_code"] == "client_gone_drain_bound"
+        assert (row["prompt"], row["completion"], row["cost"], row["estimated"]) == (0, 0, 0, 0), row
+    else:
+        prompt = await count_tokens(prompt_text({"messages": MESSAGES}))
+        assert (row["prompt"], row["completion"], row["cost"], row["estimated"]) == (prompt, 0, prompt, 1), row
+    assert got["spent_micro_usd"] == row["cost"] and got["balance_micro_usd"] == 5_000_000 - row["cost"]
