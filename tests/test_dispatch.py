@@ -132,6 +132,7 @@ async def exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
 
 def normal(answer: bytes) -> bytes:
     answer = re.sub(rb"\r\nDate: [^\r]*\r\n", b"\r\nDate: -\r\n", answer)
+    answer = re.sub(rb"\r\nx-tollway-request-id: [0-9a-f]+\r\n", b"\r\nx-tollway-request-id: -\r\n", answer)
     answer = re.sub(rb'"created": ?\d+', b'"created":0', answer)
     answer = re.sub(rb'"created_at": ?(\d+|"[^"]*")', b'"created_at":0', answer)
     # (random ids, e.g. msg_..., resp_..., made again by every answer: the same length, so the same Content-Length)
