@@ -149,9 +149,11 @@ class Plugin:
             # the script to be in Redis's socket (one write with everything else of this turn).
             row = self.row(call, hold)
             if 0 <= hold.cost <= hold.amount:
+                # (its budgets in the same script: one write and one reply, not a second script)
                 hold.charged = self.accounts.settle_shared_behind(hold.account, hold.hold, hold.amount, hold.cost,
-                                                                  row)
+                                                                  row, hold.budget)
                 hold.open = False
+                hold.budget_settled = True
                 await self.accounts.charges_written()
                 return
             hold.charged = await self.accounts.settle_shared(hold.account, hold.hold, hold.amount, hold.cost, row)

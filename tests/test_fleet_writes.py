@@ -15,6 +15,7 @@ from business import DEMO, biz_config, chat
 from fleet import redis_url
 from stores import fresh_database
 
+from plugins.accounts import ACCOUNTS
 from plugins.accounts import redis_scripts as lua
 from plugins.accounts.counters import COUNTERS
 
@@ -35,6 +36,8 @@ async def test_one_request_at_a_time_writes_its_admit_then_its_charge_with_its_c
         status, _, body = await chat(s, running, DEMO, max_tokens=500)  # seeds the account in Redis
         assert status == 200, body
         counters = await running.gw.services.open(COUNTERS)
+        # (a script Redis had not seen answers NOSCRIPT and is sent again, after the answer)
+        await (await running.gw.services.open(ACCOUNTS)).settles_done()
         link = counters.link
         transport = link.pipe.transport
         sent: list[bytes] = []
@@ -65,3 +68,52 @@ async def test_one_request_at_a_time_writes_its_admit_then_its_charge_with_its_c
         finally:
             transport.write = write
     assert having(lua.ADJUST, sent) == having(lua.SETTLE, sent)  # and none was written on its own after
+
+
+async def test_a_request_with_a_budget_settles_its_charge_and_its_budget_in_one_script(pg_url, start_gateway):
+    """A key with a daily budget: each request's ``SETTLE`` also settles the budget (its hold
+    freed, its charge counted), so Redis runs two scripts per request, as for a key without
+    budgets; before, the budget's settle was a third script (``SETTLE_TOTALS``), a write and a
+    reply of its own after the answer. Counted in the writes and in Redis's total."""
+    config = biz_config(keys=[{"name": "demo", "key": DEMO, "credits": 5.0, "budgets": {"daily": 4.0}}])
+    config["storage"] = {"url": pg_url, "counters": redis_url()}
+    running = await start_gateway(config)
+    async with aiohttp.ClientSession() as s:
+        status, headers, body = await chat(s, running, DEMO, max_tokens=500)  # seeds the account and the total
+        assert status == 200, body
+        spent = round(float(headers["x-tollway-cost"]) * 1e6)
+        counters = await running.gw.services.open(COUNTERS)
+        book = await running.gw.services.open(ACCOUNTS)
+        await book.settles_done()  # (a script Redis had not seen answers NOSCRIPT and is sent again)
+        await counters.settled()
+        link = counters.link
+        transport = link.pipe.transport
+        sent: list[bytes] = []
+        write = transport.write
+
+        def counted(data: bytes) -> None:
+            sent.append(bytes(data))
+            write(data)
+
+        def having(script: str) -> list[bytes]:
+            sha = link._sha(script).encode()
+            return [w for w in sent if sha in w]
+
+        transport.write = counted
+        try:
+            for _ in range(5):
+                status, headers, body = await chat(s, running, DEMO, max_tokens=500)
+                assert status == 200, body
+                spent += round(float(headers["x-tollway-cost"]) * 1e6)
+            await counters.settled()
+            await book.settles_done()
+        finally:
+            transport.write = write
+        assert len(having(lua.ADMIT)) == 5 and len(having(lua.SETTLE)) == 5, [w[:60] for w in sent]
+        assert having(lua.SETTLE_TOTALS) == []
+        assert all(b"total:budget:" in w for w in having(lua.SETTLE))  # the budget rides in the charge's script
+        name, = [n for n in counters.totals if n.startswith("budget:k:")]
+        hashed = await link.redis.hgetall(counters.total_keys(name)[0])
+        assert {k.decode(): int(v) for k, v in hashed.items()} == {"used": spent, "held": 0}
+        assert await link.redis.zcard(counters.total_keys(name)[1]) == 0
+        assert counters.used_total(name) == spent

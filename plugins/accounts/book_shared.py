@@ -17,10 +17,13 @@ from proxy.logs import throttled
 from . import db
 from . import redis_owed_totals as owed_totals
 from .book_memory import BookMemory
+from .claims import LOCAL_HOLD
 from .model import Account
+from .redis_credit import Totals
 from .writer_stream import SEED_LOCK
 
 if TYPE_CHECKING:
+    from .budgets import BudgetHold
     from .db import LedgerRow
 
 log = logging.getLogger("tollway.accounts")
@@ -84,21 +87,28 @@ class SharedMoney(BookMemory):
         self.live[acc.id] = (done.balance, done.reserved)
         return done.charge
 
-    def settle_shared_behind(self, acc: Account, hold: str, reserved: int, cost: int, row: LedgerRow | None) -> int:
+    def settle_shared_behind(self, acc: Account, hold: str, reserved: int, cost: int, row: LedgerRow | None,
+                             budget: BudgetHold | None = None) -> int:
         """``settle_shared`` for a cost within its hold (``cost <= reserved``), without waiting:
         the hold is still there and covers it, so the charge IS the cost, known now. The
-        script (the charge with its row) goes with this turn's write to Redis (its reply read
-        behind, no task; ``charges_written`` waits for the write, not for Redis). Sent exactly
-        once (a script that must run again, NOSCRIPT or an account Redis lost, runs again the
-        awaited way; its done marker makes that change nothing if it had run); shutdown waits
-        for it (``settles_done``)."""
+        script (the charge with its row, and the request's ``budget`` settled with it) goes
+        with this turn's write to Redis (its reply read behind, no task; ``charges_written``
+        waits for the write, not for Redis). Sent exactly once (a script that must run again,
+        NOSCRIPT or an account Redis lost, runs again the awaited way, the budget's settle on
+        its own: the done marker and the budget's hold members make that change nothing of
+        what had run); shutdown waits for it (``settles_done``)."""
         assert self.shared is not None
-        sent = self.shared.settle_sent(acc, hold, reserved, cost, row)
+        totals = None
+        if budget is not None:
+            totals = Totals(budget.names, tuple(h for h in budget.holds if h != LOCAL_HOLD))
+        sent = self.shared.settle_sent(acc, hold, reserved, cost, row, totals)
         if sent is None:  # no pipe, or Redis down: the awaited way (it keeps the charge until Redis is back)
-            self._settle_behind(acc, hold, reserved, cost, row)
+            self._settle_behind(acc, hold, reserved, cost, row, budget)
             return cost
+        if totals is not None:
+            self.shared.counters.totals_sent(totals.names, cost)
         self.settling.add(sent)
-        sent.add_done_callback(lambda done: self._settle_read(done, acc, hold, reserved, cost, row))
+        sent.add_done_callback(lambda done: self._settle_read(done, acc, hold, reserved, cost, row, totals, budget))
         return cost
 
     async def charges_written(self) -> None:
@@ -110,21 +120,30 @@ class SharedMoney(BookMemory):
             await written
 
     def _settle_read(self, done: asyncio.Future, acc: Account, hold: str, reserved: int, cost: int,
-                     row: LedgerRow | None) -> None:
+                     row: LedgerRow | None, totals: Totals | None = None, budget: BudgetHold | None = None) -> None:
         self.settling.discard(done)
         settled = None
+        shared = self.shared
+        assert shared is not None
         if not done.cancelled() and done.exception() is None:
-            assert self.shared is not None
-            settled = self.shared.answered(cost, done.result())
+            settled = shared.answered(cost, done.result())
         if settled is None:  # an error Redis answered, or the connection failed: again, awaited
-            self._settle_behind(acc, hold, reserved, cost, row)
-        else:
-            self.live[acc.id] = (settled.balance, settled.reserved)
+            if totals is not None:  # (what the sent script counted is made up by the settle sent again)
+                shared.counters.totals_sent(totals.names, -cost)
+            self._settle_behind(acc, hold, reserved, cost, row, budget)
+            return
+        self.live[acc.id] = (settled.balance, settled.reserved)
+        if totals is not None:
+            reply = done.result()
+            shared.counters.totals_settled(totals.names, settled.charge, totals.holds, [int(v) for v in reply[4]])
 
-    def _settle_behind(self, acc: Account, hold: str, reserved: int, cost: int, row: LedgerRow | None) -> None:
+    def _settle_behind(self, acc: Account, hold: str, reserved: int, cost: int, row: LedgerRow | None,
+                       budget: BudgetHold | None = None) -> None:
         task = asyncio.ensure_future(self.settle_shared(acc, hold, reserved, cost, row))
         self.settling.add(task)
         task.add_done_callback(self._settle_done)
+        if budget is not None and self.budgets is not None:  # (its own script: SETTLE_TOTALS, sent behind)
+            self.budgets.settle(budget, cost)
 
     def _settle_done(self, task: asyncio.Task) -> None:
         self.settling.discard(task)

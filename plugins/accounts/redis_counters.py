@@ -98,6 +98,7 @@ class RedisLink:
         self.redis = Redis(connection_pool=pool)
         self.conn_url = conn_url
         self.pipe: RedisPipe | None = None  # the scripts' pipelined connection (see redis_pipe.py)
+        self.other_pipes: list[RedisPipe] = []  # more of them (the ledger writer's), closed with the link
         self.before_write: Callable[[], None] | None = None  # each pipe's (RedisPipe.before_write)
         self._shas: dict[str, str] = {}
         self.down = False
@@ -117,7 +118,14 @@ class RedisLink:
         return s
 
     async def connect_pipe(self) -> None:
-        """Open the scripts' pipelined connection; over TLS (``rediss://``) with the TLS
+        """Open the scripts' pipelined connection."""
+        if self.pipe is not None:
+            self.pipe.close()
+        self.pipe = await self.open_pipe()
+        self.pipe.before_write = self.before_write
+
+    async def open_pipe(self) -> RedisPipe:
+        """A pipelined connection (``redis_pipe.py``); over TLS (``rediss://``) with the TLS
         settings redis-py takes from the same URL (``ssl_ca_certs``, ``ssl_cert_reqs``...)."""
         from redis.asyncio.connection import SSLConnection, parse_url
 
@@ -125,10 +133,25 @@ class RedisLink:
         tls = None
         if options.pop("connection_class", None) is SSLConnection:
             tls = SSLConnection(**options).ssl_context.get()  # (made as redis-py's own connections make it)
-        if self.pipe is not None:
-            self.pipe.close()
-        self.pipe = await RedisPipe.connect(options, self.timeout, tls)
-        self.pipe.before_write = self.before_write
+        return await RedisPipe.connect(options, self.timeout, tls)
+
+    async def other_pipe(self, pipe: RedisPipe | None) -> RedisPipe:
+        """``pipe``, or a new pipelined connection when it is None or closed (Redis went away
+        meanwhile), closed with the link; failures as ``run``'s."""
+        if pipe is not None and not pipe.closed:
+            return pipe
+        if self.down or self.closed:
+            raise unavailable()
+        try:
+            pipe = await self.open_pipe()
+        except (OSError, TimeoutError) as exc:
+            self.failed(exc)
+            raise unavailable() from None
+        if self.closed:  # (closed while it connected)
+            pipe.close()
+            raise unavailable()
+        self.other_pipes = [p for p in self.other_pipes if not p.closed] + [pipe]
+        return pipe
 
     def _sha(self, source: str) -> str:
         sha = self._shas.get(source)
@@ -136,10 +159,11 @@ class RedisLink:
             sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
         return sha
 
-    async def run(self, source: str, keys: list[str], args: list) -> Any:
-        """Run a script; when Redis cannot be reached, mark the link down and raise
-        ``counters_unavailable`` (an error Redis answered is raised as it is)."""
-        pipe = self.pipe
+    async def run(self, source: str, keys: list[str], args: list, pipe: RedisPipe | None = None) -> Any:
+        """Run a script (on ``pipe``, else the scripts' connection); when Redis cannot be
+        reached, mark the link down and raise ``counters_unavailable`` (an error Redis
+        answered is raised as it is)."""
+        pipe = pipe or self.pipe
         if pipe is None or self.down:
             return await self.call(lambda: self.script(source)(keys=keys, args=args))
         packed = hiredis.pack_command(("EVALSHA", self._sha(source), len(keys), *keys, *args))
@@ -162,6 +186,22 @@ class RedisLink:
 
             raise ResponseError(str(reply))
         raise unavailable()
+
+    async def command(self, pipe: RedisPipe, *args: Any) -> Any:
+        """One command on ``pipe`` (its reply as hiredis parses it: lists and bytes, no
+        redis-py reply callbacks); failures as ``run``'s."""
+        if self.down:
+            raise unavailable()
+        try:
+            reply = await pipe.send(hiredis.pack_command(args))
+        except (OSError, TimeoutError) as exc:
+            self.failed(exc)
+            raise unavailable() from None
+        if isinstance(reply, hiredis.ReplyError):
+            from redis.exceptions import ResponseError
+
+            raise ResponseError(str(reply))
+        return reply
 
     def send(self, source: str, keys: list[str], args: list) -> asyncio.Future | None:
         """A script sent without a task (written with the rest of this turn's commands): its
@@ -246,8 +286,9 @@ class RedisLink:
     async def close(self) -> None:
         self.closed = True
         await asyncio.gather(stop_task(self._probe), return_exceptions=True)  # (before the pipe: it opens one)
-        if self.pipe is not None:
-            self.pipe.close()
+        for pipe in [self.pipe, *self.other_pipes]:
+            if pipe is not None:
+                pipe.close()
         await self.redis.aclose()
         await self.redis.connection_pool.disconnect()
 
@@ -427,6 +468,25 @@ class RedisCounters(Counters):
             owed_totals.missed(self, names, spent, holds)  # sent when Redis answers (redis_owed_totals.py)
             return
         self.forget_total_holds(names, holds)
+        for name, value in zip(names, used, strict=True):
+            if value >= 0:
+                self.totals[name] = int(value)
+
+    def totals_sent(self, names: Sequence[str], spent: int) -> None:
+        """Budgets settled in a request's ``SETTLE`` (``redis_credit.Totals``), sent: counted here
+        at once, as ``settle_totals`` counts them."""
+        totals = self.totals
+        for name in names:
+            totals[name] = totals.get(name, 0) + spent
+
+    def totals_settled(self, names: Sequence[str], spent: int, holds: Sequence[str], used: Sequence[int]) -> None:
+        """What that ``SETTLE`` answered for them (per name its used after, or -1: a total Redis
+        lost with its data; that one settles as ``settle_totals`` would, sent behind)."""
+        missing = tuple(name for name, value in zip(names, used, strict=True) if value == -1)
+        if missing:
+            self.behind(self._settle_totals(missing, spent, tuple(holds)))
+        found = [name for name in names if name not in missing]
+        self.forget_total_holds(found, holds)
         for name, value in zip(names, used, strict=True):
             if value >= 0:
                 self.totals[name] = int(value)

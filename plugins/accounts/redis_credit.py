@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
     from .model import Account
     from .redis_counters import RedisCounters
+    from .redis_pipe import RedisPipe
 
 log = logging.getLogger("tollway.accounts")
 
@@ -64,6 +65,14 @@ class Settled(NamedTuple):
     charge: int
     balance: int
     reserved: int
+
+
+class Totals(NamedTuple):
+    """A request's budgets settled with its charge (``SETTLE``): the totals' names, and the
+    members of its holds (``LOCAL_HOLD`` left out)."""
+
+    names: tuple[str, ...]
+    holds: tuple[str, ...]
 
 
 class StreamEntry(NamedTuple):
@@ -86,6 +95,7 @@ class SharedCredit:
         self.prefix = counters.prefix
         self.stream = self.prefix + "ledger"
         self._group_ready = False
+        self._pipe: RedisPipe | None = None  # the writer's own pipelined connection (see _take)
 
     def _keys(self, account_id: str) -> list[str]:
         return list(self.counters.account_keys(account_id))
@@ -114,13 +124,19 @@ class SharedCredit:
         self.counters.live.setdefault(keys[1], set()).add(new)
         return new
 
-    def _settle_script(self, acc: Account, member: str, held: int, cost: int,
-                       row: LedgerRow | None) -> tuple[list[str], list]:
+    def _settle_script(self, acc: Account, member: str, held: int, cost: int, row: LedgerRow | None,
+                       totals: Totals | None = None) -> tuple[list[str], list]:
         keys = self._keys(acc.id)
         self.counters.forget_live(keys[1], member)
         payload = b"" if row is None else orjson.dumps(tuple(row))
         done = self.prefix + "done:" + done_marker(member, row)
-        return [*keys, self.stream, done], ["", "", member, held, cost, payload, acc.id]
+        keys, args = [*keys, self.stream, done], ["", "", member, held, cost, payload, acc.id]
+        if totals is not None:
+            total_keys = self.counters.total_keys
+            for name in totals.names:
+                keys += total_keys(name)
+            args += totals.holds
+        return keys, args
 
     async def settle(self, acc: Account, member: str, held: int, cost: int, row: LedgerRow | None) -> Settled:
         keys, args = self._settle_script(acc, member, held, cost, row)
@@ -132,11 +148,13 @@ class SharedCredit:
         assert settled is not None
         return settled
 
-    def settle_sent(self, acc: Account, member: str, held: int, cost: int,
-                    row: LedgerRow | None) -> asyncio.Future | None:
+    def settle_sent(self, acc: Account, member: str, held: int, cost: int, row: LedgerRow | None,
+                    totals: Totals | None = None) -> asyncio.Future | None:
         """``settle``'s script sent with this turn's write, its reply not awaited (``answered``
-        reads it). None when it could not be sent (``settle`` it the awaited way)."""
-        keys, args = self._settle_script(acc, member, held, cost, row)
+        reads it), with the request's budgets (``totals``: settled in the same script, the
+        charge as their spend; ``totals_answered`` reads that part). None when it could not be
+        sent (``settle`` it the awaited way, and the budgets with ``Counters.settle_totals``)."""
+        keys, args = self._settle_script(acc, member, held, cost, row, totals)
         return self.link.send(lua.SETTLE, keys, args)
 
     def answered(self, cost: int, reply: object) -> Settled | None:
@@ -210,9 +228,14 @@ class SharedCredit:
             reply = await self.link.call(lambda: redis.xautoclaim(self.stream, GROUP, consumer, self.counters.ttl_ms,
                                                           start_id="0-0", count=count))
             raw += reply[1]
-        reply = await self.link.call(lambda: redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count))
+        # On a pipelined connection of the writer's own, framed by hiredis: redis-py built a dict
+        # per entry in Python (a few microseconds a row, every row the fleet writes); its own,
+        # so that a big batch's reply never holds up the replies of the requests' scripts.
+        self._pipe = pipe = await self.link.other_pipe(self._pipe)
+        reply = await self.link.command(pipe, "XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count,
+                                        "STREAMS", self.stream, ">")
         for _stream, entries in reply or ():
-            raw += entries
+            raw += [(entry_id, _fields(fields)) for entry_id, fields in entries]
         out, gone = _entries(raw)
         if gone:  # deleted meanwhile, or set aside: acknowledged (and deleted), never taken again
             await self._drop(gone)
@@ -268,12 +291,11 @@ class SharedCredit:
         return e.row.id if e.row is not None else None
 
     async def _drop(self, ids: list[bytes], markers: list[str] | None = None) -> None:
-        pipe = self.link.redis.pipeline(transaction=False)
-        pipe.xack(self.stream, GROUP, *ids)
-        pipe.xdel(self.stream, *ids)
-        for key in markers or ():
-            pipe.expire(key, lua.MARKER_AFTER_STORED_S)
-        await self.link.call(pipe.execute)
+        if not ids:
+            return
+        self._pipe = pipe = await self.link.other_pipe(self._pipe)
+        await self.link.run(lua.STREAM_DONE, [self.stream, *(markers or ())],
+                            [GROUP, len(ids), lua.MARKER_AFTER_STORED_S, *ids], pipe=pipe)
 
 
 def done_marker(member: str, row: LedgerRow | None) -> str:
@@ -281,6 +303,14 @@ def done_marker(member: str, row: LedgerRow | None) -> str:
     (a charge without a row: its hold's). A row is charged once, as the store keeps it once (a
     batch line's id is the line's, whichever run settles); ``redis_owed.py`` looks for it."""
     return member if row is None else row[0]
+
+
+def _fields(flat: list | None) -> dict | None:
+    """An entry's fields as hiredis gives them ([name, value, ...]; None: deleted) as a dict."""
+    if flat is None:
+        return None
+    pairs = iter(flat)
+    return dict(zip(pairs, pairs, strict=False))
 
 
 def _entries(raw: list) -> tuple[list[StreamEntry], list[bytes]]:

@@ -230,33 +230,38 @@ return 1
 # holds, expired or not, or the expired holds: the admissions move those, and free what they
 # held); the spend counts in a total where one of them was found: a settle sent again (its first
 # reply lost) finds none and changes nothing. Reply: per total its used after, or -1 when Redis
-# does not have it (it lost its data: not made again here).
-SETTLE_TOTALS = """
-local spent = tonumber(ARGV[1])
-local out = {}
-for i = 1, #KEYS, 3 do
-  local h, z, gone = KEYS[i], KEYS[i + 1], KEYS[i + 2]
-  if redis.call('EXISTS', h) == 0 then
-    out[#out + 1] = -1
-  else
-    local found = #ARGV == 1
-    for j = 2, #ARGV do
-      if redis.call('ZREM', z, ARGV[j]) == 1 then
-        local amount = tonumber(string.match(ARGV[j], '|(%d+)$'))
-        if redis.call('HINCRBY', h, 'held', -amount) < 0 then redis.call('HSET', h, 'held', 0) end
-        found = true
-      elseif redis.call('ZREM', gone, ARGV[j]) == 1 then
-        found = true
+# does not have it (it lost its data: not made again here). ``settle_totals(k, a, spent)``: the
+# same over KEYS from k and ARGV from a (SETTLE runs it after its charge, in the same script).
+_SETTLE_TOTALS = """
+local function settle_totals(k0, a0, spent)
+  local out = {}
+  for i = k0, #KEYS, 3 do
+    local h, z, gone = KEYS[i], KEYS[i + 1], KEYS[i + 2]
+    if redis.call('EXISTS', h) == 0 then
+      out[#out + 1] = -1
+    else
+      local found = #ARGV < a0
+      for j = a0, #ARGV do
+        if redis.call('ZREM', z, ARGV[j]) == 1 then
+          local amount = tonumber(string.match(ARGV[j], '|(%d+)$'))
+          if redis.call('HINCRBY', h, 'held', -amount) < 0 then redis.call('HSET', h, 'held', 0) end
+          found = true
+        elseif redis.call('ZREM', gone, ARGV[j]) == 1 then
+          found = true
+        end
+      end
+      if found and spent ~= 0 then
+        out[#out + 1] = redis.call('HINCRBY', h, 'used', spent)
+      else
+        out[#out + 1] = tonumber(redis.call('HGET', h, 'used'))
       end
     end
-    if found and spent ~= 0 then
-      out[#out + 1] = redis.call('HINCRBY', h, 'used', spent)
-    else
-      out[#out + 1] = tonumber(redis.call('HGET', h, 'used'))
-    end
   end
+  return out
 end
-return out
+"""
+SETTLE_TOTALS = _SETTLE_TOTALS + """
+return settle_totals(1, 2, tonumber(ARGV[1]))
 """
 
 # KEYS: totals' hashes. Reply: each one's used, or -1 for a total Redis does not have.
@@ -315,20 +320,26 @@ MARKER_BACKSTOP_S = 7 * 86400  # a done marker whose entry no writer stored (see
 MARKER_AFTER_STORED_S = 600  # a done marker once its entry is stored: for a retried SETTLE
 
 # Settle: free the hold, charge min(cost, what the account has), and queue the ledger row,
-# all at once (so a charge is never without its row, and the row survives this process).
-# KEYS: account, holds, ledger stream, the done marker (the row's id, else the hold's). ARGV:
-# seed balance, seed version, member, held, cost, row (JSON), account id. Reply: {charge, bal,
-# res, 1 if the hold was still there (0: it had expired, and the charge took what was free)}.
+# all at once (so a charge is never without its row, and the row survives this process); and
+# the request's budgets with the charge as their spend (``settle_totals``, above: one script and
+# one reply per request where there were two; the totals' keys and holds, when it has budgets).
+# KEYS: account, holds, ledger stream, the done marker (the row's id, else the hold's), then per
+# budget its total's three keys. ARGV: seed balance, seed version, member, held, cost, row
+# (JSON), account id, then the budgets' hold members. Reply: {charge, bal, res, 1 if the hold
+# was still there (0: it had expired, and the charge took what was free), per budget its used
+# after or -1 (see SETTLE_TOTALS)}; an account Redis does not have: {-1, 0, 0}, nothing done.
 # A retry (the reply of the first try was lost), or another charge of the same row (a batch
-# line run twice), finds the marker and charges nothing: it only frees its own hold. The marker
+# line run twice), finds the marker and charges nothing: it only frees its own holds (its
+# budgets' too, spending nothing: a first run counted the charge). The marker
 # lives until a writer has stored the stream's entry (the entry names it, ``done``), then
 # ``MARKER_AFTER_STORED_S`` (``redis_credit.SharedCredit.done``); its own time to live is only a
 # backstop for an entry no writer of this version stores (``redis_owed.py`` says why).
-SETTLE = _ACCOUNT + """
+SETTLE = _ACCOUNT + _SETTLE_TOTALS + """
 local before = redis.call('GET', KEYS[4])
 if before then
   if redis.call('ZREM', holds, ARGV[3]) == 1 then redis.call('HINCRBY', acct, 'res', -tonumber(ARGV[4])) end
-  return {tonumber(before), tonumber(redis.call('HGET', acct, 'bal')), tonumber(redis.call('HGET', acct, 'res'))}
+  return {tonumber(before), tonumber(redis.call('HGET', acct, 'bal')), tonumber(redis.call('HGET', acct, 'res')), 1,
+          settle_totals(5, 8, 0)}
 end
 local held = tonumber(ARGV[4])
 local found = redis.call('ZREM', holds, ARGV[3])
@@ -341,7 +352,23 @@ if charge < 0 then charge = 0 end
 if charge > 0 then bal = redis.call('HINCRBY', acct, 'bal', -charge) end
 redis.call('XADD', KEYS[3], '*', 'row', ARGV[6], 'acct', ARGV[7], 'charge', charge, 'unl', '0', 'done', KEYS[4])
 redis.call('SET', KEYS[4], charge, 'EX', """ + str(MARKER_BACKSTOP_S) + """)
-return {charge, bal, res, found}
+return {charge, bal, res, found, settle_totals(5, 8, charge)}
+"""
+
+# Entries of the ledger stream a writer has stored (or set aside): acknowledged and deleted, and
+# their SETTLEs' done markers expire ARGV[3] seconds from now, in one command (the writer's
+# step sent one command per marker, packed and parsed by redis-py: a few microseconds a row).
+# KEYS: the stream, then the markers. ARGV: the group, the number of entry ids, the markers'
+# time to live, then the ids.
+STREAM_DONE = """
+local n = tonumber(ARGV[2])
+for i = 4, 3 + n, 500 do
+  local last = math.min(i + 499, 3 + n)
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, last))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, i, last))
+end
+for i = 2, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+return n
 """
 
 # An unmetered account's charge (spent only) with its row. KEYS: stream. ARGV: row, account, charge.
