@@ -25,7 +25,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from .deadline import Deadline
-from .onewrite import end_whole, start_whole
+from .onewrite import end_stream, end_whole, start_whole
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -69,6 +69,26 @@ class ClientWriter:
             await self._resp.write_eof(data)
             return
         await self._bounded(self._resp.write_eof(data), due)
+
+    async def write_all_eof(self, parts: list[bytes], last: bytes, due: float = math.inf) -> None:
+        """``write(part, due)`` for each of ``parts``, then ``write_eof(last)``: in one transport
+        write (``onewrite.end_stream``) when none of them could wait (the buffer is empty and
+        they fit under the high-water mark together)."""
+        transport = self._transport
+        if parts and transport is not None and transport.get_write_buffer_size() == 0:
+            size = len(last)
+            for part in parts:
+                size += len(part)
+            if size <= self._high:
+                writer = end_stream(self._resp, parts, last)
+                if writer is not None:
+                    if writer._protocol._paused:
+                        await writer.drain()
+                    end_whole(self._resp, writer)
+                    return
+        for part in parts:
+            await self.write(part, due)
+        await self.write_eof(last)
 
     async def _bounded(self, waiting: Awaitable[None], due: float) -> None:
         try:

@@ -30,7 +30,7 @@ from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from aiohttp.http_writer import StreamWriter, _serialize_headers
 
-__all__ = ["AIOHTTP_314", "ENABLED", "end_whole", "head_with_first_bytes", "start_whole"]
+__all__ = ["AIOHTTP_314", "ENABLED", "end_stream", "end_whole", "head_with_first_bytes", "start_whole"]
 
 #: The aiohttp whose internals the fast paths here and in ``bodies.py`` follow (their tests hold them to it).
 AIOHTTP_314 = aiohttp.__version__.split(".")[:2] == ["3", "14"]
@@ -99,7 +99,7 @@ def start_whole(resp: web.Response, request: web.BaseRequest) -> StreamWriter | 
     return writer
 
 
-def end_whole(resp: web.Response, writer: StreamWriter) -> None:
+def end_whole(resp: web.StreamResponse, writer: StreamWriter) -> None:
     """The end of ``write_eof`` (after its drain): the writer and the response done."""
     writer._eof = True
     resp._eof_sent = True
@@ -116,3 +116,44 @@ def head_with_first_bytes(resp: web.StreamResponse) -> None:
     on them."""
     if ENABLED:
         resp._send_headers_immediately = False
+
+
+#: aiohttp's ``StreamWriter.write`` drains (and zeroes its count) past this many buffered bytes.
+_WRITE_LIMIT = 0x10000
+
+
+def end_stream(resp: web.StreamResponse, parts: list[bytes], last: bytes) -> StreamWriter | None:
+    """``write(part)`` for each of ``parts``, then ``write_eof(last)``, as aiohttp does them on
+    a chunked stream, in one transport write: the head if it still waits
+    (``head_with_first_bytes``), each part as its own chunk, ``last`` as the last chunk, and
+    the terminator; the same bytes, and the same counts on the writer. The writer to drain
+    and pass to ``end_whole``; None when any step would take another branch (a write that
+    would drain on the way, a transport already closing: nothing done, write them through
+    aiohttp)."""
+    writer = resp._payload_writer
+    if (not ENABLED or type(resp) is not web.StreamResponse or resp._eof_sent or type(writer) is not StreamWriter
+            or not writer.chunked or writer._eof or writer._compress is not None or writer.length is not None
+            or writer._on_chunk_sent is not None or writer.on_body_write is not None):
+        return None
+    transport = writer.transport
+    if transport is None or transport.is_closing():
+        return None
+    head = writer._headers_buf if writer._headers_buf and not writer._headers_written else None
+    frames: list[bytes] = [head] if head else []
+    counted = writer.buffer_size + (len(head) if head else 0)
+    for part in parts:
+        if part:  # (write(b"") writes nothing but a waiting head)
+            size = f"{len(part):x}\r\n".encode("ascii")
+            frames += (size, part, b"\r\n")
+            counted += len(size) + len(part) + 2
+            if counted > _WRITE_LIMIT:
+                return None
+    if last:
+        frames += (f"{len(last):x}\r\n".encode("ascii"), last, b"\r\n0\r\n\r\n")
+    else:
+        frames.append(b"0\r\n\r\n")
+    if head:  # (_send_headers_with_payload)
+        writer._headers_written = True
+        writer._headers_buf = None
+    writer._writelines(frames)
+    return writer

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
+from . import onewrite
 from .call import Usage
 from .clientwrite import CLIENT_WRITE_TIMEOUT, ClientStalled, ClientWriter
 from .errors import ProxyError, internal_error, style_of
@@ -323,6 +324,10 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
     kept = call.billing.streamed = []
     kept_bytes = 0
     complete = False
+    # The output of an upstream answer that is all in, written with the tail in one write
+    # (nothing to wait for upstream; onewrite.end_stream).
+    held: list[bytes] = []
+    hold = onewrite.ENABLED and hasattr(upstream, "complete")  # (the mock provider's answers: no)
     try:
         while not codec.done:
             try:
@@ -349,7 +354,10 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                         out = f(out)
                     if call.timing.first_byte_at is None:
                         call.timing.first_byte_at = time.perf_counter()
-                    await writer.write(out, due)
+                    if hold and upstream.complete:
+                        held.append(out)
+                    else:
+                        await writer.write(out, due)
             except (ConnectionError, asyncio.CancelledError) as exc:
                 # The client hung up (a failed write, or a server that cancels the
                 # handlers of lost connections): keep reading, bounded, so usage is known.
@@ -410,7 +418,7 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
             tail = codec.fail(err.styled(style_of(call.request)))
         if before_end is not None and call.response.settle_before_end:  # (asked for: else not even called)
             await before_end(call)
-        await writer.write_eof(tail)
+        await writer.write_all_eof(held, tail, due)
     except ConnectionError as exc:
         if isinstance(exc, ClientStalled):
             call.response.error_code = CLIENT_WRITE_TIMEOUT

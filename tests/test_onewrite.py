@@ -230,3 +230,62 @@ async def test_a_streams_tail_and_its_end_in_one_write(version, tail, fixed_date
     assert together[1:] == apart[1:]
     # (HTTP/1.0: no chunks, so no terminator to write)
     assert len(together[0]) == len(apart[0]) - (1 if tail and version == HttpVersion11 else 0)
+
+
+async def test_a_streams_held_bytes_and_its_end_in_one_write(fixed_date):
+    """``ClientWriter.write_all_eof(parts, last)`` (the end of ``pump`` for an upstream answer
+    that was all in) against aiohttp's ``write(part)`` for each part then ``write_eof(last)``:
+    the same bytes, the same error, the same counts and state, over generated streams (a head
+    still waiting or sent, parts large enough to make aiohttp drain on the way, HTTP/1.0, a
+    closing transport); one transport write where it could be."""
+    import asyncio
+
+    from proxy.clientwrite import ClientWriter
+
+    rng = random.Random(1206)
+    single = 0
+    for i in range(2000):
+        version = HttpVersion11 if rng.random() < 0.85 else HttpVersion10
+        waits = rng.random() < 0.6
+        closing = rng.random() < 0.05
+        before = rng.choice([b"", b"", b"data: early\n\n", b"y" * 30000])
+        parts = [bytes([65 + rng.randrange(26)]) * rng.choice([0, 1, 40, 700, 3000, 25000])
+                 for _ in range(rng.choice([0, 1, 1, 2, 3, 5]))]
+        last = rng.choice([b"", b"data: [DONE]\n\n", b"z" * 5000])
+        seen = []
+        for ours in (False, True):
+            c = {"method": "POST", "version": version, "closing": False, "request_headers": {}, "status": 200,
+                 "reason": None, "pairs": [], "multi": False, "content_type": False, "body": b"",
+                 "bytearray": False, "no_body": True, "force_close": False, "cookie": False, "compress": False,
+                 "receiver": False, "transport_closing": False}
+            _, request, transport, writer, _ = make(c, asyncio.get_running_loop())
+            resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+            if waits:
+                resp._send_headers_immediately = False
+            await resp.prepare(request)
+            if before:
+                await resp.write(before)
+            transport.writes.clear()
+            transport.closing = closing
+            error = None
+            try:
+                if ours:
+                    await ClientWriter(resp, request, 30.0).write_all_eof(parts, last)
+                else:
+                    for part in parts:
+                        await resp.write(part)
+                    await resp.write_eof(last)
+            except Exception as exc:  # noqa: BLE001 (compared: both ways must raise the same)
+                error = (type(exc), str(exc))
+            seen.append({"bytes": b"".join(w for _, w in transport.writes).replace(b"|", b""), "error": error,
+                         "prepared": resp.prepared, "eof_sent": resp._eof_sent, "body_length": resp.body_length,
+                         "req": resp._req is not None, "payload_writer": resp._payload_writer is not None,
+                         "output_size": writer.output_size, "buffer_size": writer.buffer_size, "eof": writer._eof,
+                         "headers_buf": writer._headers_buf, "headers_written": writer._headers_written,
+                         "writes": len(transport.writes)})
+        theirs, mine = seen
+        single += mine["writes"] == 1 and theirs["writes"] > 1
+        mine_writes, theirs_writes = mine.pop("writes"), theirs.pop("writes")
+        assert mine == theirs, (i, version, waits, closing, len(before), [len(p) for p in parts], len(last))
+        assert mine_writes <= theirs_writes
+    assert single > 400
