@@ -7,6 +7,8 @@ interface behaves the same on one process and on a fleet.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fleet import COUNTER_KINDS, counters_of
 
@@ -145,9 +147,18 @@ async def test_extreme_limits_admit_exactly_their_count_at_any_time(counters, no
     assert await counters.take((tpm,), 79, later) is None
     assert await counters.take((tpm,), 1, later) is not None
 
-    rpm = rule("rpm", 100_000_000)
-    for _ in range(500):
-        assert await counters.take((rpm,), 0, now) is None
+    # On Redis a state lives its debt plus 1 s of Redis's REAL time (it is full again then), while
+    # this test's time stands still: a stall of the test process past 1 s between two takes (a
+    # loaded machine) lets the state go, which is right for a real clock. Such a run says nothing:
+    # it is made again on a fresh state.
+    for attempt in range(5):
+        rpm = rule(f"rpm{attempt}", 100_000_000)
+        longest, last = 0.0, time.monotonic()
+        for _ in range(500):
+            assert await counters.take((rpm,), 0, now) is None
+            longest, last = max(longest, time.monotonic() - last), time.monotonic()
+        if longest < 0.9:
+            break
     # 500 requests took exactly 500 intervals: 3e-4 s to wait for a full minute again.
     assert counters.tat(rpm.state)[1] - (now - counters.tat(rpm.state)[0]) == pytest.approx(500 * rpm.interval,
                                                                                           rel=1e-9)
