@@ -9,6 +9,9 @@ Redis at 127.0.0.1:6379 (its own key prefix) and a PostgreSQL schema of its own.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import aiohttp
 import pytest
 from business import DEMO, biz_config, chat
@@ -20,6 +23,30 @@ from plugins.accounts import redis_scripts as lua
 from plugins.accounts.counters import COUNTERS
 
 pytestmark = pytest.mark.fleet
+
+
+@contextmanager
+def writes_to_redis(link) -> Iterator[list[bytes]]:
+    """Every write on the scripts' connection while inside, as bytes."""
+    transport = link.pipe.transport
+    sent: list[bytes] = []
+    write = transport.write
+
+    def counted(data: bytes) -> None:
+        sent.append(bytes(data))
+        write(data)
+
+    transport.write = counted
+    try:
+        yield sent
+    finally:
+        transport.write = write
+
+
+def having(link, script: str, writes: list[bytes]) -> list[bytes]:
+    """The writes that name ``script`` (by its SHA: EVALSHA)."""
+    sha = link._sha(script).encode()
+    return [w for w in writes if sha in w]
 
 
 @pytest.fixture
@@ -39,20 +66,7 @@ async def test_one_request_at_a_time_writes_its_admit_then_its_charge_with_its_c
         # (a script Redis had not seen answers NOSCRIPT and is sent again, after the answer)
         await (await running.gw.services.open(ACCOUNTS)).settles_done()
         link = counters.link
-        transport = link.pipe.transport
-        sent: list[bytes] = []
-        write = transport.write
-
-        def counted(data: bytes) -> None:
-            sent.append(bytes(data))
-            write(data)
-
-        def having(script: str, writes: list[bytes]) -> list[bytes]:
-            sha = link._sha(script).encode()
-            return [w for w in writes if sha in w]
-
-        transport.write = counted
-        try:
+        with writes_to_redis(link) as sent:
             for _ in range(5):
                 before = len(sent)
                 # max_tokens far above what the answer uses: the estimate is corrected (ADJUST).
@@ -60,14 +74,12 @@ async def test_one_request_at_a_time_writes_its_admit_then_its_charge_with_its_c
                 assert status == 200, body
                 assert float(headers["x-tollway-cost"]) > 0
                 mine = sent[before:]  # (a keep-alive of the holds could be among them: not counted)
-                admits, charges = having(lua.ADMIT, mine), having(lua.SETTLE, mine)
+                admits, charges = having(link, lua.ADMIT, mine), having(link, lua.SETTLE, mine)
                 assert len(admits) == 1 and len(charges) == 1, [m[:60] for m in mine]
                 assert mine.index(admits[0]) < mine.index(charges[0])
-                assert having(lua.ADJUST, mine) == charges  # the correction is in the charge's write
+                assert having(link, lua.ADJUST, mine) == charges  # the correction is in the charge's write
             await counters.settled()
-        finally:
-            transport.write = write
-    assert having(lua.ADJUST, sent) == having(lua.SETTLE, sent)  # and none was written on its own after
+    assert having(link, lua.ADJUST, sent) == having(link, lua.SETTLE, sent)  # and none was written on its own after
 
 
 async def test_a_request_with_a_budget_settles_its_charge_and_its_budget_in_one_script(pg_url, start_gateway):
@@ -87,31 +99,18 @@ async def test_a_request_with_a_budget_settles_its_charge_and_its_budget_in_one_
         await book.settles_done()  # (a script Redis had not seen answers NOSCRIPT and is sent again)
         await counters.settled()
         link = counters.link
-        transport = link.pipe.transport
-        sent: list[bytes] = []
-        write = transport.write
-
-        def counted(data: bytes) -> None:
-            sent.append(bytes(data))
-            write(data)
-
-        def having(script: str) -> list[bytes]:
-            sha = link._sha(script).encode()
-            return [w for w in sent if sha in w]
-
-        transport.write = counted
-        try:
+        with writes_to_redis(link) as sent:
             for _ in range(5):
                 status, headers, body = await chat(s, running, DEMO, max_tokens=500)
                 assert status == 200, body
                 spent += round(float(headers["x-tollway-cost"]) * 1e6)
             await counters.settled()
             await book.settles_done()
-        finally:
-            transport.write = write
-        assert len(having(lua.ADMIT)) == 5 and len(having(lua.SETTLE)) == 5, [w[:60] for w in sent]
-        assert having(lua.SETTLE_TOTALS) == []
-        assert all(b"total:budget:" in w for w in having(lua.SETTLE))  # the budget rides in the charge's script
+        assert len(having(link, lua.ADMIT, sent)) == 5 and len(having(link, lua.SETTLE, sent)) == 5, \
+            [w[:60] for w in sent]
+        assert having(link, lua.SETTLE_TOTALS, sent) == []
+        # the budget rides in the charge's script
+        assert all(b"total:budget:" in w for w in having(link, lua.SETTLE, sent))
         name, = [n for n in counters.totals if n.startswith("budget:k:")]
         hashed = await link.redis.hgetall(counters.total_keys(name)[0])
         assert {k.decode(): int(v) for k, v in hashed.items()} == {"used": spent, "held": 0}
