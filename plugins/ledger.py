@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Awaitable
 
 import orjson
 from aiohttp import web
@@ -123,7 +124,7 @@ class Plugin:
         return (lambda: accounts.set_options(snapshot.config)) if accounts is not None else None
 
     @hookimpl(tryfirst=True)
-    async def tollway_admit(self, call: Call) -> None:
+    def tollway_admit(self, call: Call) -> None:
         """At the queue's bound (the store has been away long enough): refuse, rather than
         answer and queue a row that could not be kept. The refusal is counted in the logs,
         not queued."""
@@ -137,9 +138,9 @@ class Plugin:
 
     @hookimpl(trylast=True)
     @settles_before_end
-    async def tollway_settle(self, call: Call) -> None:
+    def tollway_settle(self, call: Call) -> Awaitable[None] | None:
         if call.state.get(RECORDED):
-            return  # refused at the queue's bound: not queued
+            return None  # refused at the queue's bound: not queued
         call.state[RECORDED] = True
         hold = call.state.get(RESERVATION)
         if hold is not None and hold.open and hold.cost is not None:
@@ -147,23 +148,26 @@ class Plugin:
             # answer's last bytes (quotas asks the core for that). Within the hold the charge
             # is the cost (what the client was told): nobody waits for Redis's reply, only for
             # the script to be in Redis's socket (one write with everything else of this turn).
-            row = self.row(call, hold)
-            if 0 <= hold.cost <= hold.amount:
-                # (its budgets in the same script: one write and one reply, not a second script)
-                hold.charged = self.accounts.settle_shared_behind(hold.account, hold.hold, hold.amount, hold.cost,
-                                                                  row, hold.budget)
-                hold.open = False
-                hold.budget_settled = True
-                await self.accounts.charges_written()
-                return
-            hold.charged = await self.accounts.settle_shared(hold.account, hold.hold, hold.amount, hold.cost, row)
-            hold.open = False
-            return
+            return self._settle_shared(call, hold, hold.cost)
         self.accounts.writer.append(self.row(call, hold))  # (record(), inline: a call fewer per request)
+        return None
+
+    async def _settle_shared(self, call: Call, hold: Reservation, cost: int) -> None:
+        row = self.row(call, hold)
+        if 0 <= cost <= hold.amount:
+            # (its budgets in the same script: one write and one reply, not a second script)
+            hold.charged = self.accounts.settle_shared_behind(hold.account, hold.hold, hold.amount, cost, row,
+                                                              hold.budget)
+            hold.open = False
+            hold.budget_settled = True
+            await self.accounts.charges_written()
+            return
+        hold.charged = await self.accounts.settle_shared(hold.account, hold.hold, hold.amount, cost, row)
+        hold.open = False
 
     @hookimpl
     @only_if(RECORDED, present=False)  # (a call that reached admit was recorded in settle: not called then)
-    async def tollway_finish(self, call: Call) -> None:
+    def tollway_finish(self, call: Call) -> None:
         if RECORDED not in call.state and call.endpoint in MODEL_ENDPOINTS and call.response.status != 401:
             self.record(call)
 

@@ -46,6 +46,7 @@ same way, with the upstream's input count.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import replace
 
 from proxy import Call, Gateway, Snapshot, Usage, hookimpl
@@ -86,10 +87,10 @@ class Plugin:
         return apply
 
     @hookimpl
-    async def tollway_usage(self, call: Call) -> None:
+    def tollway_usage(self, call: Call) -> Awaitable[None] | None:
         billing = call.billing
         if call.route is None:
-            return
+            return None
         cost = None
         if billing.units is not None:  # images, speech, transcriptions: by the unit where the model says so
             ppm = MICRO if billing.price_multiplier == 1.0 else multiplier_ppm(billing.price_multiplier)
@@ -99,11 +100,15 @@ class Plugin:
         if cost is None:
             told = billing.usage
             if told is None or told.completion_unknown or told.prompt_unknown:
-                await self._count(call, told)
-                if billing.usage is None:
-                    return
+                return self._count_and_price(call, told)  # (the rare answer without usage: it awaits)
             cost = self.prices.cost_of(call)
         tell_cost(call, cost)
+        return None
+
+    async def _count_and_price(self, call: Call, told: Usage | None) -> None:
+        await self._count(call, told)
+        if call.billing.usage is not None:
+            tell_cost(call, self.prices.cost_of(call))
 
     async def _count(self, call: Call, told: Usage | None) -> None:
         """The gateway's count of what the upstream did not say (its usage, its output count:

@@ -39,6 +39,7 @@ calling key's balance, reservations and spend.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from functools import partial
 
@@ -173,7 +174,7 @@ class Plugin:
         return lambda: changes.apply(self, self.accounts, self.budgets, self.refills)
 
     @hookimpl
-    async def tollway_admit(self, call: Call) -> None:
+    def tollway_admit(self, call: Call) -> None:
         key = call.principal
         if not isinstance(key, KeyRecord) or call.route is None:
             return
@@ -287,7 +288,7 @@ class Plugin:
             raise
 
     @hookimpl(trylast=True)
-    async def tollway_usage(self, call: Call) -> None:
+    def tollway_usage(self, call: Call) -> Awaitable[None] | None:
         """What a client is told is what it is charged. A cost above the reservation (an
         upstream that reported more output than the cap allowed, an audio length the upload
         could hold but the gateway did not measure) grows the hold to it when the account
@@ -296,16 +297,20 @@ class Plugin:
         upstream's figure while settle took only what the hold or balance covered.)"""
         hold = call.state.get(RESERVATION)
         if hold is None or not hold.open:
-            return
+            return None
         cost = call.billing.cost_micro
         if cost is None:
             if call.billing.usage is None and not call.stream and call.response.error is None:
                 # An answer whose usage nobody could read or count (images on a model priced by
                 # tokens, with no usage reported): it costs its reservation, and says so.
                 tell_cost(call, self._unmeasured_cost(call, hold))
-            return
+            return None
         if cost <= hold.amount:  # (the usual answer)
-            return
+            return None
+        return self._grow(call, hold, cost)
+
+    async def _grow(self, call: Call, hold: Reservation, cost: int) -> None:
+        """A cost above the reservation: the hold grown to it, or the client told the reservation."""
         if hold.budget is None:
             ticket = await self.accounts.grow(hold.account, hold.hold, hold.amount, cost)
             if ticket is not None:
@@ -318,7 +323,7 @@ class Plugin:
 
     @hookimpl(tryfirst=True)
     @settles_before_end
-    async def tollway_settle(self, call: Call) -> None:
+    def tollway_settle(self, call: Call) -> None:
         hold = call.state.get(RESERVATION)
         if hold is None or not hold.open or hold.cost is not None:
             return
@@ -359,18 +364,24 @@ class Plugin:
 
     @hookimpl
     @only_if(FINISH_DUE)
-    async def tollway_finish(self, call: Call) -> None:
+    def tollway_finish(self, call: Call) -> Awaitable[None] | None:
         hold = call.state.get(RESERVATION)
         if hold is not None and hold.open:
             hold.open = False
             if hold.cost is not None:  # settled, but no ledger plugin charged it: charge it without a row
-                hold.charged = await self.accounts.settle_shared(hold.account, hold.hold, hold.amount, hold.cost,
-                                                                 None)
-            else:
-                self.accounts.release(hold.account, hold.amount, hold.hold)
-                if hold.budget is not None:
-                    self.budgets.release(hold.budget)
-                return
+                return self._charge_without_row(hold, hold.cost)
+            self.accounts.release(hold.account, hold.amount, hold.hold)
+            if hold.budget is not None:
+                self.budgets.release(hold.budget)
+            return None
+        self._settle_budget(hold)
+        return None
+
+    async def _charge_without_row(self, hold: Reservation, cost: int) -> None:
+        hold.charged = await self.accounts.settle_shared(hold.account, hold.hold, hold.amount, cost, None)
+        self._settle_budget(hold)
+
+    def _settle_budget(self, hold: Reservation | None) -> None:
         if hold is not None and hold.cost is not None and hold.budget is not None and not hold.budget_settled:
             hold.budget_settled = True  # charged in Redis by the ledger plugin (or just above)
             self.budgets.settle(hold.budget, hold.charged)

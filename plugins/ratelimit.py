@@ -140,7 +140,7 @@ class Plugin:
         return plan
 
     @hookimpl(tryfirst=True)
-    async def tollway_admit(self, call: Call) -> None:
+    def tollway_admit(self, call: Call) -> None:
         key = call.principal
         if not isinstance(key, KeyRecord):
             return
@@ -248,7 +248,7 @@ class Plugin:
 
     @hookimpl
     @settles_before_end  # with shared counters, the correction joins the charge's write to Redis
-    async def tollway_settle(self, call: Call) -> None:
+    def tollway_settle(self, call: Call) -> None:
         taken = call.state.get(TAKEN)
         if taken is None or taken.reconciled or not taken.token_rules:
             return
@@ -268,7 +268,7 @@ class Plugin:
 
     @hookimpl
     @only_if(SLOT_HELD)  # (without a concurrency slot: nothing to free)
-    async def tollway_finish(self, call: Call) -> None:
+    def tollway_finish(self, call: Call) -> None:
         taken = call.state.get(TAKEN)
         if taken is not None and taken.slot is not None:
             scope, taken.slot = taken.slot, None

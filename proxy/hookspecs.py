@@ -13,10 +13,16 @@ once per process. ``tollway_event`` also goes through pluggy, whenever a plugin
 emits an event (rarely; see there); ``tollway_reload`` (and ``tollway_config_check``
 again) on each reload of the config.
 
-*Request-time hooks* (``tollway_authenticate`` ... ``tollway_finish``) must be
-``async def`` and take the ``call`` (a ``proxy.Call``). pluggy cannot await,
-so the core collects each hook's implementations once at start-up, in pluggy's
-call order, into a tuple, and awaits them itself. Order: plugins registered
+*Request-time hooks* (``tollway_authenticate`` ... ``tollway_finish``) take the
+``call`` (a ``proxy.Call``); an implementation may be ``async def`` or a plain
+``def``, which returns its answer (None, or a value where the hook takes one) or
+an awaitable the core awaits (datasette's ``await_me_maybe``: a ``def`` that
+awaits only on a rare path can return a coroutine there). A plain ``def`` that
+does not await is the cheaper kind: it costs no coroutine. A plain ``def`` that
+returns anything but None or an awaitable where the hook returns None is a bug
+(a ``TypeError`` naming it: a 500 from admit or usage, logged from settle or
+finish). pluggy cannot await, so the core collects each hook's implementations
+once at start-up, in pluggy's call order, and calls them itself. Order: plugins registered
 later run first (user plugins before built-ins); ``tryfirst=True`` /
 ``trylast=True`` on ``@hookimpl`` move an implementation to the front/back.
 An implementation of ``tollway_admit``, ``tollway_usage``, ``tollway_settle`` or
@@ -234,7 +240,7 @@ def tollway_event(gateway: Gateway, event: Event) -> None:
     """
 
 
-# -- request time (async; dispatched by the core from tuples) ------------------------
+# -- request time (async def or def; dispatched by the core) --------------------------
 
 @hookspec
 async def tollway_authenticate(call: Call) -> Principal | None:

@@ -27,7 +27,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .hookcallers import Gated, HookCaller, hook_caller
+from .hookcallers import Gated, HookCaller, hook_caller, impl_name, is_async, maybe_await
 from .schema import ConfigError, suggest
 
 ALWAYS_ON = {"routing": "plugins.routing", "providers": "plugins.providers"}
@@ -62,7 +62,8 @@ ISOLATED_HOOKS = ("settle", "finish")
 
 @dataclass(frozen=True, slots=True)
 class Hooks:
-    """Each request-time hook's implementations, in call order, as plain async callables."""
+    """Each request-time hook's implementations, in call order, as async callables (a plain
+    ``def`` implementation wrapped: ``_as_async``)."""
 
     authenticate: tuple[Callable, ...]
     resolve: tuple[Callable, ...]
@@ -150,7 +151,7 @@ def _register(pm: pluggy.PluginManager, obj: Any, name: str) -> None:
 
 
 def compile_hooks(pm: pluggy.PluginManager) -> Hooks:
-    """Freeze the request-time hooks into tuples (call order), checking they are async."""
+    """Freeze the request-time hooks into tuples (call order) and the gated hooks' callers."""
     compiled: dict[str, Any] = {}
     early: list[Gated] = []
     for short in REQUEST_HOOKS:
@@ -158,8 +159,6 @@ def compile_hooks(pm: pluggy.PluginManager) -> Hooks:
         fns: list[Gated] = []
         for impl in reversed(caller.get_hookimpls()):  # pluggy's own call order
             fn = impl.function
-            if not inspect.iscoroutinefunction(fn):
-                raise ConfigError(f"plugin {impl.plugin_name!r}: tollway_{short} must be 'async def'")
             key, present = getattr(fn, "tollway_only_if", (None, True))
             if key is not None and short not in GATED_HOOKS:
                 raise ConfigError(f"plugin {impl.plugin_name!r}: only_if marks implementations of "
@@ -167,7 +166,9 @@ def compile_hooks(pm: pluggy.PluginManager) -> Hooks:
             fns.append((_adapt(fn, impl.argnames, short), key, present))
             if short == "settle" and getattr(fn, "tollway_before_end", False):
                 early.append(fns[-1])
-        compiled[short] = tuple(f for f, _, _ in fns)
+        # The tuples hold async callables whatever the implementations' kind; the gated hooks'
+        # callers call plain ``def``s directly (``proxy/hookcallers.py``).
+        compiled[short] = tuple(f if is_async(f) else _as_async(f, short) for f, _, _ in fns)
         if short in GATED_HOOKS:
             compiled[f"call_{short}"] = hook_caller(short, fns, short in ISOLATED_HOOKS)
     return Hooks(**compiled, settle_before_end=tuple(f for f, _, _ in early),
@@ -201,7 +202,26 @@ def _adapt(fn: Callable, argnames: tuple[str, ...], short: str) -> Callable:
     full = _HOOK_ARGS.get(short, ("call",))
     if argnames == full:
         return fn
-    return lambda *args: fn(**{k: v for k, v in zip(full, args, strict=True) if k in argnames})
+    adapted = lambda *args: fn(**{k: v for k, v in zip(full, args, strict=True) if k in argnames})  # noqa: E731
+    adapted.__wrapped__ = fn  # type: ignore[attr-defined]  # (its kind, async or not: ``is_async``)
+    return adapted
+
+
+# The request-time hooks whose implementations return None (the others answer a value, or None).
+_RETURN_NONE = frozenset({*GATED_HOOKS, "attempt", "reroute"})
+
+
+def _as_async(fn: Callable, short: str) -> Callable:
+    """A plain ``def`` implementation as an async callable: its result awaited when it is an
+    awaitable; a value where the hook returns None is a bug (``maybe_await`` names it)."""
+    name, none_only = impl_name(fn), short in _RETURN_NONE
+
+    async def run(*args: Any) -> Any:
+        result = fn(*args)
+        if result is None or (not none_only and not inspect.isawaitable(result)):
+            return result
+        return await maybe_await(result, short, name)
+    return run
 
 
 def collect(results: Iterable[Any]) -> dict:

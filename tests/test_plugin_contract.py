@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from importlib.metadata import EntryPoint
 from types import SimpleNamespace
 
@@ -124,15 +126,116 @@ async def test_stream_filter_sees_and_rewrites_bytes(start_gateway):
     assert f.seen.endswith(b"data: [DONE]\n\n")
 
 
-class SyncHook:
+PLAIN_SEEN: StateKey[list] = StateKey("test.plain_seen")
+
+
+class PlainHooks:
+    """Request-time hooks as plain ``def``s (datasette's ``await_me_maybe``): each notes its turn;
+    ``tollway_settle`` hands back a coroutine, which the core awaits."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @hookimpl
+    def tollway_authenticate(self, call):
+        self.seen.append("authenticate")
+
     @hookimpl
     def tollway_admit(self, call):
-        pass
+        call.state[PLAIN_SEEN] = self.seen
+        call.response.headers["x-plain"] = "admitted"
+        self.seen.append("admit")
+
+    @hookimpl
+    def tollway_attempt(self, call, error):
+        self.seen.append(f"attempt {error}")
+
+    @hookimpl
+    def tollway_usage(self, call):
+        self.seen.append(f"usage {call.billing.usage.prompt_tokens}")
+
+    @hookimpl
+    def tollway_settle(self, call):
+        async def settle() -> None:
+            await asyncio.sleep(0)
+            self.seen.append(f"settle {call.response.status}")
+        return settle()
+
+    @hookimpl
+    def tollway_finish(self, call):
+        self.seen.append("finish")
 
 
-def test_request_time_hooks_must_be_async():
-    with pytest.raises(ConfigError, match="tollway_admit must be 'async def'"):
-        build_gateway(base_config(), extra_plugins=[SyncHook()])
+class AsyncHooks:
+    """The same hooks as ``async def``, as third-party plugins have written them."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @hookimpl
+    async def tollway_admit(self, call):
+        await asyncio.sleep(0)
+        call.response.headers["x-async"] = "admitted"
+        self.seen.append(f"admit after {call.state.get(PLAIN_SEEN)}")
+
+    @hookimpl
+    async def tollway_usage(self, call):
+        self.seen.append("usage")
+
+    @hookimpl
+    async def tollway_settle(self, call):
+        self.seen.append("settle")
+
+    @hookimpl
+    async def tollway_finish(self, call):
+        await asyncio.sleep(0)
+        self.seen.append("finish")
+
+
+async def test_request_time_hooks_may_be_plain_or_async(start_gateway, mock_upstream):
+    plain, coroutines = PlainHooks(), AsyncHooks()
+    running = await start_gateway(base_config(mock_upstream.url), plugins=[coroutines, plain])  # plain runs first
+    async with openai.AsyncOpenAI(base_url=running.url, api_key="k") as client:
+        raw = await client.chat.completions.with_raw_response.create(model="up", messages=MESSAGES)
+    assert (raw.headers["x-plain"], raw.headers["x-async"]) == ("admitted", "admitted")
+    assert raw.parse().usage.prompt_tokens > 0
+    tokens = raw.parse().usage.prompt_tokens
+    assert plain.seen == ["authenticate", "admit", "attempt None", f"usage {tokens}", "settle 200", "finish"]
+    assert coroutines.seen == ["admit after ['authenticate', 'admit']", "usage", "settle", "finish"]
+
+
+class ReturnsAValue:
+    """Plain ``def``s that return a value where the hook returns None: a bug, named as one."""
+
+    def __init__(self, hook: str) -> None:
+        self.hook = hook
+
+    @hookimpl
+    def tollway_admit(self, call):
+        return 5 if self.hook == "admit" else None
+
+    @hookimpl
+    def tollway_settle(self, call):
+        return "settled" if self.hook == "settle" else None
+
+
+@pytest.mark.parametrize("hook", ["admit", "settle"])
+async def test_a_plain_hook_returning_a_value_where_none_is_due_is_a_named_bug(start_gateway, caplog, hook):
+    recorder = AsyncHooks()
+    running = await start_gateway(base_config(), plugins=[recorder, ReturnsAValue(hook)])
+    body = {"model": "echo", "messages": MESSAGES}
+    with caplog.at_level(logging.ERROR, logger="tollway"):
+        async with aiohttp.ClientSession() as s, s.post(f"{running.url}/chat/completions", json=body) as r:
+            status, text = r.status, await r.text()
+    returned = {"admit": "5", "settle": "'settled'"}[hook]
+    named = (f"ReturnsAValue.tollway_{hook} (tollway_{hook}) returned {returned}: "
+             "an implementation of this hook returns None")
+    assert named in caplog.text and named not in text
+    if hook == "admit":  # admit's bug is the request's answer: a bare 500
+        assert status == 500 and "internal error" in text
+    else:  # settle's is logged, and the answer (and the other settle hooks) stand
+        assert status == 200 and "hello there" in text
+        assert recorder.seen[-2:] == ["settle", "finish"]
 
 
 class WrongArgs:

@@ -159,7 +159,7 @@ class Plugin:
         return route
 
     @hookimpl
-    async def tollway_finish(self, call: Call) -> None:
+    def tollway_finish(self, call: Call) -> None:
         state = call.state.get(ROUTING)
         router = self.router
         if state is None or router is None:
