@@ -187,9 +187,12 @@ class Plugin:
         admission = admission_of(call)
         credit = self.accounts.credit_claim(acc, amount)
         admission.claims.append(credit)  # (Admission.add and .then, inline: a method call less each)
-        budgets = self.budgets.claim(key, acc, amount, admission)  # (400 at once when it can never fit)
-        if budgets is not None or not acc.unlimited:  # the hold bounds the bill: the upstream stops there too
-            send_output_cap(call, self.default_cap, asked)
+        # (400 at once when it can never fit; BudgetKeeper.claim's own first test, inline: a call less
+        # for the usual key, with no budgets)
+        budgets = None if not key.budgets.caps and not acc.policy.budgets.caps else \
+            self.budgets.claim(key, acc, amount, admission)
+        if asked is None and (budgets is not None or not acc.unlimited):
+            send_output_cap(call, self.default_cap, None)  # the hold bounds the bill: the upstream stops there too
         admission.callbacks.append(partial(self._admitted, call, admission, credit, budgets, what))  # (not a lambda)
 
     @hookimpl(specname="tollway_admit", trylast=True)
@@ -202,7 +205,8 @@ class Plugin:
                   what: tuple) -> None:
         """The admission ran: keep the reservation, or say which of our scopes refused."""
         acc, amount = credit.account, credit.amount
-        self.accounts.claimed(credit)
+        if credit.shared:  # (Accounts.claimed's own test, inline: a call less for a local hold)
+            self.accounts.claimed(credit)
         refused = admission.refused
         if refused is credit:
             raise self._insufficient(call, acc, amount, what)
@@ -226,7 +230,10 @@ class Plugin:
         """The most ``call`` can cost on ``route`` (micro-USD), and what that is (for a refusal's
         message, ``_what``: made only when one is sent). ``asked``: ``requested_output(call)``,
         when the caller has read it."""
-        prompt, output = prompt_bound(call), output_bound(call, self.default_cap, asked)
+        prompt = prompt_bound(call)
+        # (the client's own cap, read by the caller: output_bound's answer without its call)
+        output = asked if asked is not None and asked != UNREAD and call.endpoint != "embeddings" else \
+            output_bound(call, self.default_cap, asked)
         own = call.state.get(CALLER_KEYS)  # the caller's own upstream key (byok): its price
         table = self.prices.of(route, own is not None and route.provider.name in own)
         if call.billing.units is not None:  # images, speech, transcriptions
@@ -327,12 +334,13 @@ class Plugin:
         hold = call.state.get(RESERVATION)
         if hold is None or not hold.open or hold.cost is not None:
             return
-        if hold.hold != LOCAL_HOLD:  # charged by the ledger plugin, with the row (budgets: capped)
+        cost = call.billing.cost_micro  # (priced and measured, the usual answer: _cost's answer without its call)
+        if cost is None or call.billing.usage_estimated:
             cost = self._cost(call, hold)
+        if hold.hold != LOCAL_HOLD:  # charged by the ledger plugin, with the row (budgets: capped)
             hold.cost = cost if hold.budget is None else min(cost, hold.amount)
             return
         hold.open = False
-        cost = self._cost(call, hold)
         if hold.budget is None:
             hold.charged = self.accounts.settle(hold.account, hold.amount, cost)
         else:  # a budget is a hard cap: never take more than was held against it
