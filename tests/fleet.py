@@ -42,7 +42,8 @@ async def counters_of(kind: str, options: str = "") -> AsyncIterator[Counters]:
     if kind == "memory":
         counters: Counters = MemoryCounters()
     else:
-        from plugins.accounts.redis_counters import RedisCounters, RedisLink
+        from plugins.accounts.redis_counters import RedisCounters
+        from plugins.accounts.redis_link import RedisLink
 
         link = RedisLink(redis_url() + options)
         try:

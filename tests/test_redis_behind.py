@@ -13,8 +13,9 @@ from fleet import private_redis
 
 from plugins.accounts.claims import Admission, CreditClaim, RateClaim
 from plugins.accounts.gcra import Rule
-from plugins.accounts.redis_counters import RedisCounters, RedisLink
+from plugins.accounts.redis_counters import RedisCounters
 from plugins.accounts.redis_credit import SharedCredit
+from plugins.accounts.redis_link import RedisLink
 
 TPM = Rule(tokens=True, label="tokens per minute", scope="", limit=6000, period=60.0, interval=0.01,
            state=("k1", "", "tpm"), limit_text="6000")

@@ -15,7 +15,8 @@ import redis.asyncio
 from fleet import private_redis
 
 from plugins.accounts.gcra import Rule
-from plugins.accounts.redis_counters import RedisCounters, RedisLink
+from plugins.accounts.redis_counters import RedisCounters
+from plugins.accounts.redis_link import RedisLink
 
 COUNT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 RPM = Rule(tokens=False, label="requests per minute", scope="", limit=2, period=60.0, interval=30.0,

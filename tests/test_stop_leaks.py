@@ -24,7 +24,7 @@ from test_cache import cache_config
 
 from plugins.accounts import ACCOUNTS
 from plugins.accounts import redis_scripts as lua
-from plugins.accounts.redis_counters import RedisLink
+from plugins.accounts.redis_link import RedisLink
 from proxy import ProxyError
 
 

@@ -159,7 +159,7 @@ def check_deployment(config) -> None:
         except ImportError:
             raise ConfigError("storage.counters: Redis needs redis-py and hiredis; pip install 'tollway[scale]'") \
                 from None
-        from .redis_counters import parse_counters_url
+        from .redis_link import parse_counters_url
 
         try:
             parse_counters_url(counters)

@@ -29,7 +29,8 @@ from proxy import ProxyError
 
 from .claims import Admission, Claim, CreditClaim, RateClaim, SlotClaim, TotalClaim
 from .counters import MemoryCounters, Refusal, take_local, unavailable
-from .redis_counters import RedisCounters, RedisLink
+from .redis_counters import RedisCounters
+from .redis_link import RedisLink
 
 if TYPE_CHECKING:
     from .gcra import Rule, Tat
