@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .procs import Children
@@ -42,6 +43,20 @@ def callgrind_argv(out: Path, name: str, threads: bool = False) -> tuple[str, ..
 def toggle(pid: int, on: bool) -> None:
     subprocess.run(["callgrind_control", "-i", "on" if on else "off", str(pid)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+
+def switched_load(job: dict, target: Target, warmup: int, kids: Children,
+                  switch: Callable[[bool], None]) -> dict:
+    """Warm ``target`` up with ``warmup`` requests of ``job``, then run ``job`` between
+    ``switch(True)`` and ``switch(False)`` (a probe or callgrind counting only those): the
+    load generator's result."""
+    base = {**job, "url": target.chat_url, "model": "bench", "headers": {"Authorization": f"Bearer {BENCH_KEY}"}}
+    run_loadgen({**base, "requests": warmup, "warmup": 0}, kids, None, Progress(1, quiet=True))
+    switch(True)
+    try:
+        return run_loadgen({**base, "warmup": 0}, kids, None, Progress(1, quiet=True))
+    finally:
+        switch(False)
 
 
 def instructions(path: Path) -> int:
@@ -108,12 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 if target.failed:
                     print(f"instructions: {target.name} did not start: {target.failed}", file=sys.stderr)
                     return 1
-                base = {**job, "url": target.chat_url, "model": "bench",
-                        "headers": {"Authorization": f"Bearer {BENCH_KEY}"}}
-                run_loadgen({**base, "requests": args.warmup, "warmup": 0}, kids, None, Progress(1, quiet=True))
-                toggle(target.pid, True)
-                res = run_loadgen({**base, "warmup": 0}, kids, None, Progress(1, quiet=True))
-                toggle(target.pid, False)
+                pid = target.pid
+                res = switched_load(job, target, args.warmup, kids, lambda on, pid=pid: toggle(pid, on))
                 for child in list(kids.children):
                     if child.pid == target.pid:
                         kids.stop(child, timeout=120)

@@ -18,12 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .instructions import target_named
+from .instructions import switched_load, target_named
 from .procs import Children
-from .progress import Progress
-from .runner import run_loadgen, start_target
+from .runner import start_target
 from .scenarios import PROFILES, jobs_for, with_overrides
-from .targets import BENCH_KEY
 
 
 @dataclass(frozen=True)
@@ -69,12 +67,9 @@ def run_probe(probe: Probe, args: argparse.Namespace, out_dir: Path) -> int:
             if target.failed:
                 print(f"{probe.name}: {target.name} did not start: {target.failed}", file=sys.stderr)
                 return 1
-            base = {**job, "url": target.chat_url, "model": "bench",
-                    "headers": {"Authorization": f"Bearer {BENCH_KEY}"}}
-            run_loadgen({**base, "requests": args.warmup, "warmup": 0}, kids, None, Progress(1, quiet=True))
-            os.kill(target.pid, signal.SIGUSR1)
-            res = run_loadgen({**base, "warmup": 0}, kids, None, Progress(1, quiet=True))
-            os.kill(target.pid, signal.SIGUSR2)
+            pid = target.pid
+            res = switched_load(job, target, args.warmup, kids,
+                                lambda on, pid=pid: os.kill(pid, signal.SIGUSR1 if on else signal.SIGUSR2))
             for _ in range(100):
                 if out.exists():
                     break
