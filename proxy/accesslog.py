@@ -1,5 +1,9 @@
 """One access log line per request, written off the hot path.
 
+Every line ends with the request's id (``id=`` in text, ``request_id`` in JSON): the
+``x-tollway-request-id`` its client got and its ledger row's id, so an operator can go
+from a complaint to the log line to the row.
+
 A request's line is formatted when it ends (a few f-strings: the time of day
 is formatted once a second, not once a line) and appended to a list; a
 background task writes the batch every ``interval`` seconds and once more at
@@ -59,7 +63,7 @@ class AccessLog:
             req.path if req is not None else "", response.status, call.model, call.provider_name, call.stream,
             getattr(principal, "name", None), usage.prompt_tokens if usage else None,
             usage.completion_tokens if usage else None, call.billing.cost_micro, timing.latency_ms,
-            timing.ttfb_ms, error, response.cache_status, response.client_gone))
+            timing.ttfb_ms, error, response.cache_status, response.client_gone, call.id))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -137,16 +141,16 @@ class AccessLog:
                 f'{f" cost_micro={cost}" if cost is not None else ""}'
                 f'{ttfb}'
                 f'{" error=" + error if error else ""}{" cache=" + cache if cache else ""}'
-                f'{" client_gone=True" if response.client_gone else ""}\n')
+                f'{" client_gone=True" if response.client_gone else ""} id={call.id}\n')
 
     def _json(self, ts: float, remote: str | None, method: str, path: str, status: int, model: str,
               provider: str | None, stream: bool, key: str | None, p_tok: int | None, c_tok: int | None,
               cost: int | None, latency: float, ttfb: float | None, error: str | None, cache: str | None,
-              gone: bool) -> str:
+              gone: bool, request_id: str) -> str:
         return orjson.dumps({
             "time": f"{self._seconds(ts)}.{int(ts % 1 * 1000):03d}Z", "remote": remote, "method": method,
             "path": path, "status": status, "model": model or None, "provider": provider, "stream": stream,
             "key": key, "prompt_tokens": p_tok, "completion_tokens": c_tok, "cost_micro_usd": cost,
             "latency_ms": round(latency, 3), "ttfb_ms": round(ttfb, 3) if ttfb is not None else None,
-            "error": error, "cache": cache, "client_gone": gone,
+            "error": error, "cache": cache, "client_gone": gone, "request_id": request_id,
         }).decode() + "\n"

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import aiohttp
 import orjson
 import pytest
-from business import DEMO, bearer, biz_config
+from business import DEMO, bearer, biz_config, ledger_rows
 
 from proxy.accesslog import AccessLog
 from proxy.call import Call, Route, Usage
@@ -27,18 +27,24 @@ async def served(start_gateway, mock_upstream, fmt: str) -> tuple[object, io.Str
     return running, out
 
 
-async def calls(running) -> None:
+async def calls(running) -> list[str]:
+    """A stream, a whole answer and a refusal: the ``x-tollway-request-id`` of each."""
+    ids = []
     async with aiohttp.ClientSession() as s:
         async with s.post(running.url + "/chat/completions", headers=bearer(DEMO), json={
                 "model": "up", "stream": True, "messages": [{"role": "user", "content": "hi"}],
                 "mock": {"chunks": 3}}) as r:
             assert r.status == 200 and (await r.read()).endswith(b"data: [DONE]\n\n")
+            ids.append(r.headers["x-tollway-request-id"])
         async with s.post(running.url + "/chat/completions", headers=bearer(DEMO),
                           json={"model": "up", "messages": [{"role": "user", "content": "hi"}]}) as r:
             assert r.status == 200
+            ids.append(r.headers["x-tollway-request-id"])
         async with s.post(running.url + "/chat/completions", headers=bearer("sk-nobody"),
                           json={"model": "up", "messages": [{"role": "user", "content": "hi"}]}) as r:
             assert r.status == 401
+            ids.append(r.headers["x-tollway-request-id"])
+    return ids
 
 
 TEXT = re.compile(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d 127\.0\.0\.1 "POST /v1/chat/completions" (\d{3}) \d+\.\dms(.*)\n')
@@ -46,7 +52,7 @@ TEXT = re.compile(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d 127\.0\.0\.1 "POST /v1/chat/c
 
 async def test_text_lines_name_what_each_request_had(start_gateway, mock_upstream):
     running, out = await served(start_gateway, mock_upstream, "text")
-    await calls(running)
+    ids = await calls(running)
     assert out.getvalue() == ""  # written in batches, never per request
     running.gw.access_log.flush()
     lines = out.getvalue().splitlines(keepends=True)
@@ -55,17 +61,21 @@ async def test_text_lines_name_what_each_request_had(start_gateway, mock_upstrea
     assert all(parsed), lines
     (s1, stream), (s2, whole), (s3, refused) = (m.groups() for m in parsed)
     assert (s1, s2, s3) == ("200", "200", "401")
-    assert re.fullmatch(r" model=up provider=up key=demo stream=True tokens=\d+/3 cost_micro=\d+ ttfb=\d+\.\dms",
-                        stream), stream
-    assert re.fullmatch(r" model=up provider=up key=demo tokens=\d+/8 cost_micro=\d+ ttfb=\d+\.\dms", whole), whole
-    assert refused == " model=up error=invalid_api_key"
+    assert re.fullmatch(r" model=up provider=up key=demo stream=True tokens=\d+/3 cost_micro=\d+ ttfb=\d+\.\dms"
+                        f" id={ids[0]}", stream), stream
+    assert re.fullmatch(rf" model=up provider=up key=demo tokens=\d+/8 cost_micro=\d+ ttfb=\d+\.\dms id={ids[1]}",
+                        whole), whole
+    assert refused == f" model=up error=invalid_api_key id={ids[2]}"
+    # the id is the ledger row's: the line of a paid request leads to its row
+    assert [r["id"] for r in await ledger_rows(running, "id")] == ids[:2]
 
 
 async def test_json_lines_carry_every_field(start_gateway, mock_upstream):
     running, out = await served(start_gateway, mock_upstream, "json")
-    await calls(running)
+    ids = await calls(running)
     running.gw.access_log.flush()
     stream, whole, refused = (orjson.loads(line) for line in out.getvalue().splitlines())
+    assert [stream["request_id"], whole["request_id"], refused["request_id"]] == ids
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stream["time"])
     assert stream["stream"] is True and whole["stream"] is False
     assert stream["completion_tokens"] == 3 and whole["completion_tokens"] == 8
@@ -74,7 +84,7 @@ async def test_json_lines_carry_every_field(start_gateway, mock_upstream):
                        "cost_micro_usd": None, "ttfb_ms": None, "client_gone": False, "provider": None}
     assert set(stream) == {"time", "remote", "method", "path", "status", "model", "provider", "stream", "key",
                            "prompt_tokens", "completion_tokens", "cost_micro_usd", "latency_ms", "ttfb_ms",
-                           "error", "cache", "client_gone"}
+                           "error", "cache", "client_gone", "request_id"}
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
@@ -115,7 +125,7 @@ def _old_text(call, ts: float) -> str:
             f'{f" cost_micro={cost}" if cost is not None else ""}'
             f'{f" ttfb={ttfb:.1f}ms" if ttfb is not None else ""}'
             f'{" error=" + error if error else ""}{" cache=" + cache if cache else ""}'
-            f'{" client_gone=True" if response.client_gone else ""}\n')
+            f'{" client_gone=True" if response.client_gone else ""} id={call.id}\n')
 
 
 def test_text_lines_are_byte_identical_to_the_old_format():
