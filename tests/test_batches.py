@@ -85,6 +85,8 @@ async def test_a_batch_runs_every_line_once_at_half_price(running):
                                            "where id like 'batch-%' order by id")
     assert len(rows) == 10 and all(status == 200 for _, _, status in rows)
     assert dict((r[0], r[1]) for r in rows)[f"batch-{batch.id}-3"] == half(told)
+    # each answer names its ledger row: the line's request_id is the row's id
+    assert sorted(o["response"]["request_id"] for o in out) == [r[0] for r in rows]
     async with aiohttp.ClientSession() as s:
         got = await credits(s, running, DEMO)
     assert got["spent_micro_usd"] == sum(r[1] for r in rows) + told and got["reserved_micro_usd"] == 0

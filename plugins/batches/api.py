@@ -19,6 +19,7 @@ from ..accounts.options import QuotasOptions
 from .db import BATCH_COLUMNS
 from .lines import ENDPOINTS, read_lines
 from .listing import list_files, page_limit, query_value
+from .recovery import ledger_id
 
 if TYPE_CHECKING:
     from plugins.accounts import Accounts, KeyRecord
@@ -141,7 +142,8 @@ class BatchRoutes:
                     body = orjson.loads(response)
                 except orjson.JSONDecodeError:
                     body = response
-            answer = {"status_code": status, "request_id": f"req_{batch_id}_{line}", "body": body} if status else None
+            # request_id: the line's ledger row (what an operator looks the charge up by)
+            answer = {"status_code": status, "request_id": ledger_id(batch_id, line), "body": body} if status else None
             error = None if ok else {"code": code, "message": message}
             out.append(orjson.dumps({"id": f"batch_req_{batch_id}_{line}", "custom_id": custom_id,
                                      "response": answer, "error": error}))
