@@ -44,6 +44,7 @@ from .config import ClientTimeouts
 from .dispatch import dispatcher
 from .errors import ProxyError, dialect_of_path, internal_error
 from .logs import redact, throttled
+from .server_loop import serve_requests
 
 __all__ = ["BodyReadTimeout", "ClientConnection", "GatewayRunner"]
 
@@ -80,6 +81,8 @@ class ClientConnection(RequestHandler):
         self._body: Any = None  # the payload the body timer is for
         self._head_start: bytes | None = None  # the first read of a head that came in several reads
         self._bad_target: str | None = None  # the path of a head the parser refused
+
+    start = serve_requests  # aiohttp's request loop, each handler awaited without a task of its own
 
     # -- the timers -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
