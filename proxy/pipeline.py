@@ -26,6 +26,7 @@ from .logs import redact, throttled
 from .media import MEDIA_PATHS, forward_media
 from .onewrite import head_with_first_bytes
 from .provider import UNREADABLE, caller_key_refused, loads_json, unreadable_answer
+from .sse_start import start_stream
 from .streaming import TranslatingCodec, completion_to_chunks, pump, replay, splice_usage_fields
 from .validate import validate_embeddings
 
@@ -363,7 +364,8 @@ async def forward_chat(gateway: Gateway, request: web.Request, call: Call, route
         if getattr(upstream, "complete", False) and transport is not None and not transport.is_closing():
             head_with_first_bytes(resp)  # (one write fewer: nothing to wait for upstream)
         try:
-            await resp.prepare(request)
+            if start_stream(resp, request) is None:  # (aiohttp's prepare in one plain call, where it can)
+                await resp.prepare(request)
         except (ConnectionError, RuntimeError):
             call.response.client_gone = True
         server = gateway.config.server
