@@ -179,6 +179,12 @@ class LedgerRow(NamedTuple):
 
 
 LEDGER_COLUMNS: tuple[str, ...] = LedgerRow._fields
+#: The columns consecutive rows usually agree on while one key's traffic flows (all but the
+#: id, the time, the token counts, the cost and the times): SQLite binds them once for a
+#: chunk of rows that agree (``proxy/store/sqlite_rows.py``), most of a row's binding cost.
+LEDGER_SHARED: tuple[str, ...] = tuple(c for c in LEDGER_COLUMNS if c not in (
+    "id", "time", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "cost_micro_usd",
+    "latency_ms", "ttfb_ms"))
 APPLY_DELTA = ("update tollway_accounts set balance_micro_usd = balance_micro_usd + ?, "
                "spent_micro_usd = spent_micro_usd + ? where id = ?")
 KEY_COLUMNS = ("id", "name", "key_hash", "prefix", "account_id", "models", "limits", "expires_at", "disabled",
@@ -310,7 +316,7 @@ async def write_rows(tx, rows: list[LedgerRow], deltas: dict[str, list[int]]) ->
 
 
 async def _row_steps(tx, rows: list[LedgerRow], deltas: dict[str, list[int]]) -> list:
-    steps = tx.insert_steps("tollway_ledger", LEDGER_COLUMNS, rows) if rows else []
+    steps = tx.insert_steps("tollway_ledger", LEDGER_COLUMNS, rows, LEDGER_SHARED) if rows else []
     counted = await rollups.batch_steps(LEDGER_COLUMNS, rows)
     if tx.kind == "postgres":
         # A fleet's writers add to the same rollup and account rows, each locked until its

@@ -62,14 +62,18 @@ class Store:
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         raise NotImplementedError
 
-    async def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
+    async def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple],
+                          shared: Sequence[str] = ()) -> None:
         """Insert many rows at once (write-behind batches). Stores override it
-        where one statement beats ``executemany``."""
+        where one statement beats ``executemany``. ``shared``: columns the rows
+        usually agree on, which a store may bind once for many rows (SQLite does:
+        ``sqlite_rows.py``); the rows stored are the same."""
         if rows:
             await self.executemany(f"insert into {table} ({', '.join(columns)}) "
                                    f"values ({', '.join('?' for _ in columns)})", rows)
 
-    def insert_steps(self, table: str, columns: Sequence[str], rows: list[tuple]) -> list[Step]:
+    def insert_steps(self, table: str, columns: Sequence[str], rows: list[tuple],
+                     shared: Sequence[str] = ()) -> list[Step]:
         """``insert_rows`` as steps for ``run_steps``."""
         if not rows:
             return []

@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from itertools import chain
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,6 +25,7 @@ import aiosqlite
 
 from ..schema import ConfigError
 from .base import Step, Store, TaskGuard, ended
+from .sqlite_rows import Flat, InsertTexts, SharedFlat, run_insert
 
 # Rows per insert statement. Binding a statement's values holds the GIL (in C, where
 # no switch request can stop it) until SQLite starts its work: 256 ledger rows of 29
@@ -58,7 +58,7 @@ class SQLiteStore(Store):
         # One connection: a statement waits for the turn; a transaction keeps it to the end.
         self._turn = asyncio.Lock()
         self._guard = TaskGuard()
-        self._insert_sql: dict[tuple[str, int], str] = {}
+        self._inserts = InsertTexts()
         self._claims: dict[str, int] = {}  # claim name -> the locked file's descriptor
         self._savepoints = 0
 
@@ -98,10 +98,11 @@ class SQLiteStore(Store):
         async with self._turn:
             await self.db.executemany(sql, list(rows))
 
-    async def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
+    async def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple],
+                          shared: Sequence[str] = ()) -> None:
         self._guard.check()
         async with self._turn:
-            await self._insert_rows(table, columns, rows)
+            await self._insert_rows(table, columns, rows, shared)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         self._guard.check()
@@ -112,26 +113,26 @@ class SQLiteStore(Store):
         async with self.db.execute(sql, params) as cur:
             return [tuple(r) for r in await cur.fetchall()]
 
-    async def _insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
-        await self._run_steps(self.insert_steps(table, columns, rows))
+    async def _insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple],
+                           shared: Sequence[str] = ()) -> None:
+        await self._run_steps(self.insert_steps(table, columns, rows, shared))
 
-    def insert_steps(self, table: str, columns: Sequence[str], rows: list[tuple]) -> list[Step]:
+    def insert_steps(self, table: str, columns: Sequence[str], rows: list[tuple],
+                     shared: Sequence[str] = ()) -> list[Step]:
         """Many rows per statement (``values (...), (...), ...``), in chunks of
         ``INSERT_CHUNK``, then powers of two, so a handful of statement texts are ever
         prepared. Why not ``executemany``: it binds each row in Python on
         aiosqlite's thread and takes the GIL back once per row; under load that
         thread fights the event loop for the GIL row by row. One statement per
-        chunk takes it once, and costs less CPU per row too (measured when it was chosen)."""
+        chunk takes it once, and costs less CPU per row too (measured when it was chosen).
+        ``shared``: columns a chunk's rows usually agree on, bound once a chunk when they
+        do (``sqlite_rows.py``)."""
         steps: list[Step] = []
+        columns, shared = tuple(columns), tuple(shared)
         i = 0
         while i < len(rows):
             n = min(INSERT_CHUNK, 1 << ((len(rows) - i).bit_length() - 1))
-            sql = self._insert_sql.get((table, n))
-            if sql is None:
-                one = "(" + ", ".join("?" * len(columns)) + ")"
-                sql = self._insert_sql[(table, n)] = (f"insert into {table} ({', '.join(columns)}) values "
-                                                      + ", ".join([one] * n))
-            steps.append((sql, _Flat(rows[i:i + n]), False))
+            steps.append(self._inserts.chunk(table, columns, shared, rows[i:i + n]))
             i += n
         return steps
 
@@ -212,11 +213,13 @@ class SQLiteTransaction(Store):
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         await self._live().db.executemany(sql, list(rows))
 
-    async def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
-        await self._live()._insert_rows(table, columns, rows)
+    async def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple],
+                          shared: Sequence[str] = ()) -> None:
+        await self._live()._insert_rows(table, columns, rows, shared)
 
-    def insert_steps(self, table: str, columns: Sequence[str], rows: list[tuple]) -> list[Step]:
-        return self._live().insert_steps(table, columns, rows)
+    def insert_steps(self, table: str, columns: Sequence[str], rows: list[tuple],
+                     shared: Sequence[str] = ()) -> list[Step]:
+        return self._live().insert_steps(table, columns, rows, shared)
 
     async def run_steps(self, steps: Sequence[Step]) -> None:
         await self._live()._run_steps(steps)
@@ -238,19 +241,13 @@ class SQLiteTransaction(Store):
         raise NotImplementedError("take claims on the store, not inside a transaction")
 
 
-class _Flat(list):
-    """A chunk of rows whose values bind, flattened, to one multi-row insert (flattened
-    on SQLite's thread)."""
-
-
 def _run(steps: Sequence[Step], conn: sqlite3.Connection) -> None:
     """The steps, in order, on aiosqlite's thread (its ``sqlite3`` connection)."""
     for sql, params, many in steps:
         if many:
             conn.executemany(sql, params)
-        elif type(params) is _Flat:
-            # (chain, in C: a comprehension is a Python loop holding the GIL on this thread)
-            conn.execute(sql, list(chain.from_iterable(params)))
+        elif type(params) is Flat or type(params) is SharedFlat:
+            run_insert(conn, sql, params)
         else:
             conn.execute(sql, params)
 
