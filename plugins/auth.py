@@ -62,13 +62,13 @@ class Plugin:
         return apply
 
     @hookimpl
-    async def tollway_authenticate(self, call: Call) -> KeyRecord | None:
+    def tollway_authenticate(self, call: Call) -> KeyRecord | None:
         if self.public_catalog and call.endpoint == "models" and key_from_request(call.request) is None:
             return None  # catalog.public: the model list answers without a key (every model)
         return authenticate(self.accounts, call.request)
 
     @hookimpl(tryfirst=True)
-    async def tollway_resolve(self, call: Call) -> None:
+    def tollway_resolve(self, call: Call) -> None:
         """Refuse a model outside the key's allowlist before any routing."""
         key = call.principal
         if isinstance(key, KeyRecord) and key.models is not None and call.model not in key.models:

@@ -11,7 +11,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, cast
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from aiohttp import hdrs, web
@@ -63,9 +64,13 @@ async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call)
     task = gateway.inflight.enter(call)
     try:
         try:
-            await identify(gateway, call)
+            pending = identified(gateway, call)
+            if pending is not None:
+                await pending
             admitted = True
-            await hooks.call_admit(call)
+            pending = hooks.call_admit(call)
+            if pending is not None:
+                await pending
             cached = None
             for lookup in hooks.lookup:
                 cached = await lookup(call)
@@ -88,9 +93,13 @@ async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call)
                 redact(http.path) if http is not None else "(detached)"))
         call.timing.ended_at = time.perf_counter()
         if admitted:
-            await hooks.call_settle(call)
+            pending = hooks.call_settle(call)
+            if pending is not None:
+                await pending
     finally:
-        await finish(gateway, call)
+        pending = finished(gateway, call)
+        if pending is not None:
+            await pending
         gateway.inflight.leave(task)
     return resp
 
@@ -100,25 +109,63 @@ async def identify(gateway: Gateway, call: Call, resolve: bool = True) -> None:
     comes with its principal, a batch line, keeps it). With ``resolve``, what they ask for:
     the model a body without one names (``default_model``), and ``call.route``, the first
     ``tollway_resolve`` answer (none: 404)."""
-    hooks = gateway.hooks
+    pending = identified(gateway, call, resolve)
+    if pending is not None:
+        await pending
+
+
+def identified(gateway: Gateway, call: Call, resolve: bool = True) -> Awaitable[None] | None:
+    """``identify``'s steps as far as they need no await: None when done, else the coroutine that
+    does the rest (the hooks' callers hand their implementations' awaitables over: ``hookcallers``)."""
     if call.principal is None:
-        for auth in hooks.authenticate:
-            principal = await auth(call)
-            if principal is not None:
-                call.principal = principal
-                break
-    if not resolve:
-        return
+        principal = gateway.hooks.first_authenticate(call)
+        if type(principal) is CoroutineType:
+            return _authenticated_later(gateway, call, resolve, principal)
+        if principal is not None:
+            call.principal = principal
+    return _resolved(gateway, call) if resolve else None
+
+
+async def _authenticated_later(gateway: Gateway, call: Call, resolve: bool, pending: Awaitable[Any]) -> None:
+    principal = await pending
+    if principal is not None:
+        call.principal = principal
+    if resolve:
+        rest = _resolved(gateway, call)
+        if rest is not None:
+            await rest
+
+
+def _resolved(gateway: Gateway, call: Call) -> Awaitable[None] | None:
+    """``call.route`` from the first ``tollway_resolve`` answer (none: 404); None when done, else
+    the coroutine that does the rest."""
     if call.model is NO_MODEL:
         default_model(gateway, call)
     if call.dialect == "responses":  # continuing a stored response: the caller's own only
-        await gateway.stored_responses.check_continued(call)
-    for resolve_hook in hooks.resolve:
-        route = await resolve_hook(call)
-        if route is not None:
-            call.route = route
-            return
-    raise unknown_model(call)
+        return _resolved_after_continued(gateway, call)
+    route = gateway.hooks.first_resolve(call)
+    if type(route) is CoroutineType:
+        return _routed_later(call, route)
+    if route is None:
+        raise unknown_model(call)
+    call.route = route
+    return None
+
+
+async def _resolved_after_continued(gateway: Gateway, call: Call) -> None:
+    await gateway.stored_responses.check_continued(call)
+    route = gateway.hooks.first_resolve(call)
+    _routed(call, await route if type(route) is CoroutineType else route)
+
+
+async def _routed_later(call: Call, pending: Awaitable[Any]) -> None:
+    _routed(call, await pending)
+
+
+def _routed(call: Call, route: Route | None) -> None:
+    if route is None:
+        raise unknown_model(call)
+    call.route = route
 
 
 #: What the routes put in a body without "model" (a value no client can send: it is
@@ -150,8 +197,25 @@ def unknown_model(call: Call) -> ProxyError:
 
 async def finish(gateway: Gateway, call: Call) -> None:
     """The last step of every call: its end time, tollway_finish hooks, the access log."""
+    pending = finished(gateway, call)
+    if pending is not None:
+        await pending
+
+
+def finished(gateway: Gateway, call: Call) -> Awaitable[None] | None:
+    """``finish``'s steps as far as they need no await: None when done, else the coroutine that
+    does the rest."""
     call.timing.ended_at = call.timing.ended_at or time.perf_counter()
-    await gateway.hooks.call_finish(call)
+    pending = gateway.hooks.call_finish(call)
+    if pending is not None:
+        return _finished_later(gateway, call, pending)
+    if gateway.access_log is not None:
+        gateway.access_log.record(call)
+    return None
+
+
+async def _finished_later(gateway: Gateway, call: Call, pending: Awaitable[None]) -> None:
+    await pending
     if gateway.access_log is not None:
         gateway.access_log.record(call)
 
@@ -181,18 +245,36 @@ async def refuse(gateway: Gateway, request: web.Request, call: Call, err: ProxyE
 
 
 def on_usage(gateway: Gateway, call: Call) -> Awaitable[None]:
-    """The usage is known: the ``tollway_usage`` implementations' turn (a plain function, so
-    the usual answer awaits the hook's caller itself, one coroutine less)."""
+    """The usage is known: the ``tollway_usage`` implementations' turn; an awaitable in every
+    case (``usage_known``'s, or one with nothing to wait for)."""
+    return usage_known(gateway, call) or NOTHING_TO_AWAIT
+
+
+def usage_known(gateway: Gateway, call: Call) -> Awaitable[None] | None:
+    """The usage is known: the ``tollway_usage`` implementations' turn; None when they are done,
+    else what is left to await."""
     if call.dialect == "responses":
         return _usage_of_stored_response(gateway, call)
     return gateway.hooks.call_usage(call)
+
+
+class _NothingToAwait:
+    """An awaitable that is done at once (cheaper to await than a coroutine that returns None)."""
+
+    __slots__ = ()
+    __await__ = ().__iter__  # (not a method: the type slot calls it without the instance)
+
+
+NOTHING_TO_AWAIT: Awaitable[None] = _NothingToAwait()  # type: ignore[assignment]
 
 
 async def _usage_of_stored_response(gateway: Gateway, call: Call) -> None:
     # A response is continued by its id from now on: known (in memory, and in a store other
     # instances read) before the client has the answer.
     written = gateway.stored_responses.remember_call(call)
-    await gateway.hooks.call_usage(call)
+    pending = gateway.hooks.call_usage(call)
+    if pending is not None:
+        await pending
     if written is not None:
         await gateway.stored_responses.stored(written)
 
@@ -210,7 +292,9 @@ async def before_end(gateway: Gateway, call: Call) -> None:
     transport = request.transport if request is not None else None
     if transport is None or transport.is_closing():
         call.response.client_gone = True  # (the write that follows would say so)
-    await gateway.hooks.call_settle_before_end(call)
+    pending = gateway.hooks.call_settle_before_end(call)
+    if pending is not None:
+        await pending
 
 
 async def send_error(gateway: Gateway, request: web.Request | None, call: Call,
@@ -311,13 +395,14 @@ async def open_upstream(gateway: Gateway, call: Call, route: Route, request: Ups
     """Send the request; an error status becomes the ProxyError to answer. ``tollway_attempt``
     hooks hear of every outcome."""
     provider = route.provider
-    attempt_hooks = gateway.hooks.attempt
+    attempted = gateway.hooks.call_attempt
     call.timing.attempt_started = time.perf_counter()
     try:
         upstream = await provider.send(call, request)
     except ProxyError as failed:
-        for hook in attempt_hooks:
-            await hook(call, route, failed)
+        pending = attempted(call, route, failed)
+        if pending is not None:
+            await pending
         raise
     if upstream.status >= 400:
         try:
@@ -330,11 +415,13 @@ async def open_upstream(gateway: Gateway, call: Call, route: Route, request: Ups
             err = caller_key_refused(provider.name, upstream.status)
         else:
             err = provider.error_for(call, upstream.status, upstream.headers, body)
-        for hook in attempt_hooks:
-            await hook(call, route, err)
+        pending = attempted(call, route, err)
+        if pending is not None:
+            await pending
         raise err
-    for hook in attempt_hooks:
-        await hook(call, route, None)
+    pending = attempted(call, route, None)
+    if pending is not None:
+        await pending
     return upstream
 
 
@@ -394,7 +481,9 @@ async def forward_chat(gateway: Gateway, request: web.Request, call: Call, route
             out = None
     except UNREADABLE as exc:
         raise unreadable_answer(provider.name, exc) from None
-    await on_usage(gateway, call)
+    pending = usage_known(gateway, call)
+    if pending is not None:
+        await pending
     billing = call.billing
     if billing.usage_estimated and billing.usage is not None:
         # The upstream's usage (none, or unusable) is not what was billed: the answer tells the count billed.
@@ -420,7 +509,9 @@ async def forward_embeddings(gateway: Gateway, request: web.Request, call: Call,
         body, call.billing.usage = provider.embeddings_response(call, raw)
     except UNREADABLE as exc:
         raise unreadable_answer(provider.name, exc) from None
-    await on_usage(gateway, call)
+    pending = usage_known(gateway, call)
+    if pending is not None:
+        await pending
     if call.billing.usage_extra and isinstance(body.get("usage"), dict):
         body["usage"].update(call.billing.usage_extra)
     return await _json_response(request, call, orjson.dumps(body))
@@ -448,7 +539,9 @@ async def answer_cached(gateway: Gateway, request: web.Request, call: Call,
     call.billing.usage = cached.usage
     if cached.headers:
         call.response.headers.update(cached.headers)
-    await on_usage(gateway, call)
+    pending = usage_known(gateway, call)
+    if pending is not None:
+        await pending
     if call.endpoint == "chat" or call.endpoint == "messages":
         if call.stream:
             resp = _stream_response(call)

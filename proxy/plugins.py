@@ -27,7 +27,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .hookcallers import Gated, HookCaller, hook_caller, impl_name, is_async, maybe_await
+from .hookcallers import Gated, HookCaller, first_answer_caller, hook_caller, impl_name, is_async, maybe_await
 from .schema import ConfigError, suggest
 
 ALWAYS_ON = {"routing": "plugins.routing", "providers": "plugins.providers"}
@@ -57,6 +57,8 @@ _HOOK_ARGS = {"visible_models": ("call", "models"), "attempt": ("call", "route",
 # The hooks whose implementations may be marked ``only_if`` (their callers check the mark before each call),
 # and of those, the ones where an implementation raising does not stop the next.
 GATED_HOOKS = ("admit", "usage", "settle", "finish")
+# The "first non-None answer wins" hooks the core calls through a compiled caller (``first_answer_caller``).
+FIRST_ANSWER_HOOKS = ("authenticate", "resolve")
 ISOLATED_HOOKS = ("settle", "finish")
 
 
@@ -78,14 +80,18 @@ class Hooks:
     attempt: tuple[Callable, ...]
     retry: tuple[Callable, ...]
     reroute: tuple[Callable, ...]
-    # What the core awaits for admit, usage, settle (and settle_before_end) and finish: each
-    # implementation in order, those marked ``only_if`` only when their key says so
-    # (``proxy/hookcallers.py``).
+    # What the core calls for admit, usage, settle (and settle_before_end), finish and attempt: each
+    # implementation in order, those marked ``only_if`` only when their key says so; None, or what
+    # is left to await (``proxy/hookcallers.py``).
     call_admit: HookCaller
     call_usage: HookCaller
     call_settle: HookCaller
     call_settle_before_end: HookCaller
     call_finish: HookCaller
+    call_attempt: HookCaller
+    # The first answer of authenticate and resolve, or the coroutine whose value it is (``first_answer_caller``).
+    first_authenticate: Callable[[Any], Any]
+    first_resolve: Callable[[Any], Any]
 
 
 def section_plugins(raw: dict, enabled: Iterable[str]) -> list[str]:
@@ -169,8 +175,11 @@ def compile_hooks(pm: pluggy.PluginManager) -> Hooks:
         # The tuples hold async callables whatever the implementations' kind; the gated hooks'
         # callers call plain ``def``s directly (``proxy/hookcallers.py``).
         compiled[short] = tuple(f if is_async(f) else _as_async(f, short) for f, _, _ in fns)
-        if short in GATED_HOOKS:
-            compiled[f"call_{short}"] = hook_caller(short, fns, short in ISOLATED_HOOKS)
+        if short in GATED_HOOKS or short == "attempt":
+            compiled[f"call_{short}"] = hook_caller(short, fns, short in ISOLATED_HOOKS, ", ".join(_HOOK_ARGS.get(
+                short, ("call",))))
+        elif short in FIRST_ANSWER_HOOKS:
+            compiled[f"first_{short}"] = first_answer_caller(short, [f for f, _, _ in fns])
     return Hooks(**compiled, settle_before_end=tuple(f for f, _, _ in early),
                  call_settle_before_end=hook_caller("settle", early, isolated=True))
 

@@ -15,14 +15,15 @@ import asyncio
 import logging
 import random
 from functools import partial
-from types import SimpleNamespace
+from types import CoroutineType, SimpleNamespace
 
 import openai
 from conftest import base_config
 
 import proxy.hookcallers
 from proxy import hookimpl
-from proxy.hookcallers import hook_caller
+from proxy.hookcallers import first_answer_caller, hook_caller, is_async
+from proxy.plugins import _as_async
 
 KEYS = ("a", "b", "c")
 
@@ -47,18 +48,24 @@ async def _old_isolated(gated, call, failed) -> None:
             failed()
 
 
-def _impls(rng: random.Random, log: list) -> list:
-    """Up to six implementations, each marked or not; each notes its turn (and the state it saw),
-    may put a key in the state or take one out, and may raise."""
+KINDS = ("async", "plain", "plain returning a coroutine", "plain returning a value")
+
+
+def _impls(rng: random.Random, log: list, answers: bool = False) -> list:
+    """Up to six implementations, each marked or not (not for ``answers``), of one of the
+    ``KINDS``; each notes its turn (and the state it saw), may put a key in the state or take
+    one out, and may raise. With ``answers`` (a first-answer hook), each may answer a value."""
     impls = []
     for i in range(rng.randrange(7)):
-        key = rng.choice((None, None, *KEYS))
+        key = None if answers else rng.choice((None, None, *KEYS))
         present = rng.random() < 0.6
         adds = rng.choice((None, *KEYS))
         drops = rng.choice((None, *KEYS))
         raises = rng.choice((None, None, None, ValueError, KeyError))
+        kind = rng.choice(KINDS if answers else KINDS + KINDS[:3])  # (a value where None is due: rarer)
+        answer = rng.choice((None, None, f"answer {i}")) if answers else None
 
-        async def impl(call, i=i, adds=adds, drops=drops, raises=raises):
+        def work(call, i=i, adds=adds, drops=drops, raises=raises, answer=answer):
             log.append((i, tuple(sorted(call.state))))
             if adds is not None:
                 call.state[adds] = True
@@ -66,15 +73,34 @@ def _impls(rng: random.Random, log: list) -> list:
                 call.state.pop(drops, None)
             if raises is not None:
                 raise raises(i)
+            return answer
 
+        async def deferred(call, work=work):
+            return work(call)
+
+        if kind == "async":
+            impl = deferred
+        elif kind == "plain":
+            impl = work
+        elif kind == "plain returning a coroutine":
+            def impl(call, deferred=deferred):
+                return deferred(call)
+        else:
+            def impl(call, work=work):
+                work(call)
+                return 5  # (not an awaitable: a bug the caller names)
         impls.append((impl, key, present))
     return impls
 
 
-async def _error_of(running) -> str | None:
+async def _error_of(start) -> str | None:
+    """What a caller let out (admit, usage: an implementation's exception) when started with
+    ``start()`` and its result awaited when there is one to await."""
     try:
-        await running
-    except Exception as exc:  # (what admit and usage let out)
+        pending = start()
+        if pending is not None:
+            await pending
+    except Exception as exc:
         return f"{type(exc).__name__}{exc.args}"
     return None
 
@@ -93,6 +119,7 @@ def test_hook_callers_call_what_the_loops_called(monkeypatch) -> None:
             seed = rng.random()
             start = {k: True for k in KEYS if rng.random() < 0.5}
             isolated = rng.random() < 0.5
+            hook = "settle" if isolated else "admit"
             outcomes = []
             for new in (False, True):
                 log: list = []
@@ -101,16 +128,70 @@ def test_hook_callers_call_what_the_loops_called(monkeypatch) -> None:
                 call = SimpleNamespace(state=dict(start))
                 if new:
                     monkeypatch.setattr(proxy.hookcallers, "throttled", _noting(failures))
-                    error = await _error_of(hook_caller("settle" if isolated else "admit", impls, isolated)(call))
-                elif isolated:
-                    old_failed = partial(failures.append, ("settle_failed", "tollway_settle failed", True))
-                    error = await _error_of(_old_isolated(impls, call, old_failed))
+                    error = await _error_of(partial(hook_caller(hook, impls, isolated), call))
                 else:
-                    error = await _error_of(_old_plain(impls, call))
+                    # (the loops awaited each implementation as the hook tuples still hold it: ``_as_async``)
+                    impls = [(fn if is_async(fn) else _as_async(fn, hook), key, present) for fn, key, present in impls]
+                    if isolated:
+                        old_failed = partial(failures.append, ("settle_failed", "tollway_settle failed", True))
+                        error = await _error_of(partial(_old_isolated, impls, call, old_failed))
+                    else:
+                        error = await _error_of(partial(_old_plain, impls, call))
                 outcomes.append((log, failures, sorted(call.state), error))
             assert outcomes[0] == outcomes[1], (isolated, start)
 
     asyncio.run(check())
+
+
+async def _old_first_answer(impls, call):
+    """authenticate / resolve before: the loop over the async-wrapped implementations."""
+    for fn in impls:
+        answer = await fn(call)
+        if answer is not None:
+            return answer
+    return None
+
+
+def test_first_answer_callers_answer_what_the_loops_answered() -> None:
+    async def check() -> None:
+        rng = random.Random(7)
+        for _ in range(3_000):
+            seed = rng.random()
+            outcomes = []
+            for new in (False, True):
+                log: list = []
+                impls = [fn for fn, _, _ in _impls(random.Random(seed), log, answers=True)]
+                call = SimpleNamespace(state={})
+                try:
+                    if new:
+                        answer = first_answer_caller("resolve", impls)(call)
+                        if type(answer) is CoroutineType:
+                            answer = await answer
+                    else:
+                        answer = await _old_first_answer(
+                            [fn if is_async(fn) else _as_async(fn, "resolve") for fn in impls], call)
+                except Exception as exc:
+                    answer = f"{type(exc).__name__}{exc.args}"
+                outcomes.append((log, sorted(call.state), answer))
+            assert outcomes[0] == outcomes[1], seed
+
+    asyncio.run(check())
+
+
+def test_the_attempt_caller_passes_its_three_arguments() -> None:
+    seen = []
+
+    def plain(call, route, error):
+        seen.append(("plain", call, route, error))
+
+    async def later(call, route, error):
+        seen.append(("async", call, route, error))
+
+    assert hook_caller("attempt", [(plain, None, True)], False, "call, route, error")("c", "r", None) is None
+    pending = hook_caller("attempt", [(later, None, True), (plain, None, True)], False, "call, route, error")(
+        "c", "r", "e")
+    asyncio.run(pending)
+    assert seen == [("plain", "c", "r", None), ("async", "c", "r", "e"), ("plain", "c", "r", "e")]
 
 
 class Raising:

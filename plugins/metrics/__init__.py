@@ -118,7 +118,7 @@ class Plugin:
             tally.record(call)
 
     @hookimpl
-    async def tollway_attempt(self, call: Call, route: Route, error: ProxyError | None) -> None:
+    def tollway_attempt(self, call: Call, route: Route, error: ProxyError | None) -> None:
         tally = self.tally
         if error is not None and tally is not None:
             tally.failed_attempt(call, route.provider.name, error)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from multidict import istr
@@ -85,30 +85,41 @@ class Plugin:
 
     # -- request time ---------------------------------------------------------------
     @hookimpl(trylast=True)
-    async def tollway_resolve(self, call: Call) -> Route | None:
+    def tollway_resolve(self, call: Call) -> Route | Awaitable[Route | None] | None:
+        # (a plain def: a model of the table, without the client's own fallbacks, is resolved at
+        # once, with no coroutine; the rest is awaited: ``_resolve``)
         router = self.router
         if router is None:
             return None
         table = router.tables.get(call.model)
+        if table is None or ("models" in call.body and call.endpoint != "embeddings"):
+            return self._resolve(router, call) if table is not None or call.model in router.virtual else None
+        state = RoutingState(table.chain)
+        route = router.pick(state)
+        if state.probe and router.shared is not None:  # half-open: the fleet's probe slots
+            return self._fleet_probe(router, call, state, route)
+        return _routed(router, call, state, route)
+
+    async def _resolve(self, router: Router, call: Call) -> Route:
+        """A virtual model's chain, or the client's own fallbacks (``models``) added."""
+        table = router.tables.get(call.model)
         if table is not None:
             chain = table.chain
-        elif call.model in router.virtual:
-            chain = await virtual_chain(router, call, router.virtual[call.model])
         else:
-            return None
+            chain = await virtual_chain(router, call, router.virtual[call.model])
         if "models" in call.body and call.endpoint != "embeddings":
             chain = await clients_fallbacks(router, call, chain)
         state = RoutingState(chain)
         route = router.pick(state)
         if state.probe and router.shared is not None:  # half-open: the fleet's probe slots
             route = await router.claim_fleet_probe(state, route)
-        if route is None:
-            raise router.unavailable(call.model, state)
-        call.state[ROUTING] = state
-        return route
+        return _routed(router, call, state, route)
+
+    async def _fleet_probe(self, router: Router, call: Call, state: RoutingState, route: Route | None) -> Route:
+        return _routed(router, call, state, await router.claim_fleet_probe(state, route))
 
     @hookimpl
-    async def tollway_attempt(self, call: Call, route: Route, error: ProxyError | None) -> None:
+    def tollway_attempt(self, call: Call, route: Route, error: ProxyError | None) -> None:
         headers = call.response.headers
         headers[MODEL_HEADER] = route.model
         headers[PROVIDER_HEADER] = route.provider.name
@@ -169,3 +180,11 @@ class Plugin:
         if served is not None and usage is not None and served.tpm is not None:
             served.count_tokens(router.clock(), usage.total_tokens)
         router.let_go(state)
+
+
+def _routed(router: Router, call: Call, state: RoutingState, route: Route | None) -> Route:
+    """The route picked for ``call`` (none: the model is unavailable, a ProxyError), with its state kept."""
+    if route is None:
+        raise router.unavailable(call.model, state)
+    call.state[ROUTING] = state
+    return route
