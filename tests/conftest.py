@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, settings
 
 import proxy.logs
 from benchmarks.mock_upstream import MockSettings
@@ -25,6 +26,11 @@ from proxy.app import make_app
 from proxy.connection import GatewayRunner
 from proxy.gateway import Gateway, build_gateway
 from proxy.routes import GATEWAY_KEY
+
+# Property tests judge answers, never time: hypothesis's default deadline (200 ms an example)
+# and its too_slow health check fail on a loaded machine (a train beside benchmarks did).
+settings.register_profile("tollway", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("tollway")
 
 
 @dataclass
