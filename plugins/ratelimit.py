@@ -38,7 +38,8 @@ from .accounts.checks import check_config
 from .accounts.claims import ADMISSION, Admission, RateClaim, SlotClaim, admission_of, run_admission
 from .accounts.counters import COUNTERS, Counters, MemoryCounters
 from .accounts.estimate import tokens_estimate
-from .accounts.gcra import Plan, Rule, iso_at, left_of, put_headers, reset_of
+from .accounts.gcra import Rule, iso_at, left_of, reset_of
+from .accounts.limit_headers import Plan, put_headers
 from .accounts.refusals import REFUSAL, Refusal
 
 PERIODS = (("rpm", "requests", "requests per minute", 60.0), ("rpd", "requests", "requests per day", 86400.0),

@@ -1,4 +1,4 @@
-"""GCRA (the generic cell rate algorithm) and the rate-limit headers.
+"""GCRA (the generic cell rate algorithm), and the texts of its headers (``limit_headers.py`` writes them).
 
 Why GCRA and not a sliding window: it keeps ONE number per key and limit
 (the "theoretical arrival time"), costs a few float operations per check,
@@ -25,12 +25,9 @@ of its interval.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import itemgetter
 from typing import NamedTuple
-
-from multidict import istr
 
 EPS = 1e-9
 
@@ -116,107 +113,6 @@ class Rule:
     @property
     def kind(self) -> str:
         return "tokens" if self.tokens else "requests"
-
-
-# Per kind: the OpenAI header names (limit, remaining, reset). The names are ``istr``s (a
-# ``str`` that carries its case-folded form, as aiohttp's own ``hdrs`` names): the response's
-# case-insensitive headers then do not fold each name again for every answer (~650
-# instructions a header, nine headers on every answer to a limited key).
-HEADER_NAMES = {False: (istr("x-ratelimit-limit-requests"), istr("x-ratelimit-remaining-requests"),
-                        istr("x-ratelimit-reset-requests")),
-                True: (istr("x-ratelimit-limit-tokens"), istr("x-ratelimit-remaining-tokens"),
-                       istr("x-ratelimit-reset-tokens"))}
-LIMIT, REMAINING, RESET = istr("X-RateLimit-Limit"), istr("X-RateLimit-Remaining"), istr("X-RateLimit-Reset")
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """A key's limits for one model: the rules, and the rules grouped by kind
-    (in the order each kind first appears) for the headers, each group with its
-    header names, its rules with their places in ``rules`` and whether the generic
-    X-RateLimit-* headers show it (the requests kind, else the tokens kind)."""
-
-    rules: tuple[Rule, ...]
-    token_rules: tuple[Rule, ...]
-    groups: tuple[tuple[tuple[str, str, str], tuple[tuple[Rule, int], ...], bool], ...]
-    #: ``put_headers``' last answer from an admission: [its rules' debts, the header texts but
-    #: ``X-RateLimit-Reset``, the generic reset in seconds or None] (empty before the first).
-    memo: list = field(default_factory=list, compare=False, repr=False)
-
-    @classmethod
-    def of(cls, rules: list[Rule]) -> Plan:
-        kinds: dict[bool, list[tuple[Rule, int]]] = {}
-        for i, rule in enumerate(rules):
-            kinds.setdefault(rule.tokens, []).append((rule, i))
-        generic = False not in kinds  # (the requests kind when there is one)
-        groups = tuple((HEADER_NAMES[k], tuple(kinds[k]), k == generic) for k in kinds)
-        return cls(tuple(rules), tuple(r for r, _ in kinds.get(True, ())), groups)
-
-
-_NO_BEST = (None, 0, 0.0, math.inf)  # (rule, left, reset, fraction left): any rule's fraction is below
-_DEBT = itemgetter(1)  # a Tat's debt: how far past its time the TAT lies
-
-
-def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list[Tat] | None = None) -> None:
-    """Add OpenAI's ``x-ratelimit-*-{requests,tokens}`` and the generic
-    ``X-RateLimit-*`` (of the requests limit, else the tokens limit) to
-    ``out``; for each kind the limit with the least left (ties: the one
-    furthest from its reset) is shown. ``tat_of(rule.state)`` is its ``Tat`` or None;
-    ``taken``, when given, is every rule's ``Tat`` (in ``plan.rules``' order) as just
-    taken at ``now`` (``gcra_check``'s, kept by the admission: no look-up).
-
-    With ``taken``, the headers are a function of the rules' debts alone (and of ``now`` for
-    ``X-RateLimit-Reset``'s second): the plan keeps the texts of its last answer and its
-    debts, and an answer with the same debts (a key far from its limits, asked the same
-    cost: the state after the take is "full but for this request" every time) reuses them."""
-    if taken is not None:
-        debts = tuple(map(_DEBT, taken))
-        memo = plan.memo
-        if memo and memo[0] == debts:
-            out.update(memo[1])
-            reset = memo[2]
-            if reset is not None:
-                at = now + reset
-                out[RESET] = _ISO_CACHE.get(math.ceil(at)) or iso_at(at)  # (iso_at's memo, read inline)
-            return
-    texts: dict[str, str] = {}
-    shown = None
-    for (limit_name, left_name, reset_name), group, generic in plan.groups:
-        best, b_left, b_reset, b_frac = _NO_BEST
-        for rule, i in group:
-            if taken is not None:
-                reset = taken[i][1]  # (its TAT lies that far past now: taken at now, never below 0)
-            else:
-                tat = tat_of(rule.state)
-                reset = 0.0
-                if tat is not None:
-                    reset = tat[1] - (now - tat[0])
-                    if reset < 0.0:
-                        reset = 0.0
-            left = int((rule.period - reset + EPS) / rule.interval)
-            if left < 0:
-                left = 0
-            frac = left / rule.limit
-            if frac < b_frac or (frac == b_frac and reset > b_reset):
-                best, b_left, b_reset, b_frac = rule, left, reset, frac
-        left_text = str(b_left)
-        texts[limit_name] = best.limit_text  # type: ignore[union-attr]  (a group has a rule)
-        texts[left_name] = left_text
-        # (duration(), inline for a reset under a second: a Python call fewer)
-        texts[reset_name] = _MS_TEXT[math.ceil(b_reset * 1000)] if b_reset < 1.0 else duration(b_reset)
-        if generic:
-            shown = best, left_text, b_reset
-    generic_reset = None
-    if shown is not None:
-        texts[LIMIT] = shown[0].limit_text  # type: ignore[union-attr]
-        texts[REMAINING] = shown[1]
-        generic_reset = shown[2]
-    out.update(texts)
-    if generic_reset is not None:
-        at = now + generic_reset
-        out[RESET] = _ISO_CACHE.get(math.ceil(at)) or iso_at(at)
-    if taken is not None:
-        plan.memo[:] = (debts, texts, generic_reset)
 
 
 class Refusal(NamedTuple):

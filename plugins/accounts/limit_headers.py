@@ -1,0 +1,174 @@
+"""The rate-limit headers of every answer to a limited key, and the per-key plan they are made from.
+
+OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` and the generic
+``X-RateLimit-{Limit,Remaining,Reset}`` (of the requests limit, else the tokens limit); for
+each kind the limit with the least left (ties: the one furthest from its reset) is shown.
+``remaining`` is what ``gcra_check`` would still admit; ``reset`` the time until the limit is
+full again (``duration``), ``X-RateLimit-Reset`` that moment (``iso_at``).
+
+Why a plan keeps state between answers. Under load every answer sees different debts: at
+``rpd: 1000000000`` a request adds 86 us of debt, and the requests of a burst are admitted
+faster than it drains, so a memo of the last debts hit ~6% of answers at 64 connections,
+and each miss paid ``int()``, ``str()``, a ``ceil()`` and nine dict stores (~20k
+instructions). But the texts change far less often than the debts: ``remaining`` steps once
+per interval of debt, the reset text once per millisecond or second, and the limit shown
+(``rpm``'s, far from its limit) does not change at all. Each text is a MONOTONE function of
+its rule's debt (``int((period - debt + EPS) / interval)`` clamped at 0: IEEE rounding of each
+operation is monotone, and so is truncation; ``ceil(debt * 1000)``, ``ceil(debt - EPS)``), so
+a value seen at two debts is the value at every debt between them. Each rule keeps that
+bracket (``_Cell``): a debt inside it reuses the rule's ``remaining`` (and, for the rule shown,
+its texts) with two float comparisons and no call; a debt outside computes them as before
+and widens the bracket when the value is the same. The texts each group wrote last are kept
+in one dict per plan (its keys in the answer's order) and rewritten only where they changed.
+The headers are exactly those of the definition without state (``tests/test_ratelimit_headers_reference.py``
+holds them to it, a float either side of every step).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from multidict import istr
+
+from .gcra import _ISO_CACHE, _MS_TEXT, EPS, Rule, Tat, duration, iso_at, reset_of
+
+# Per kind: the OpenAI header names (limit, remaining, reset). The names are ``istr``s (a
+# ``str`` that carries its case-folded form, as aiohttp's own ``hdrs`` names): the response's
+# case-insensitive headers then do not fold each name again for every answer (~650
+# instructions a header, nine headers on every answer to a limited key).
+HEADER_NAMES = {False: (istr("x-ratelimit-limit-requests"), istr("x-ratelimit-remaining-requests"),
+                        istr("x-ratelimit-reset-requests")),
+                True: (istr("x-ratelimit-limit-tokens"), istr("x-ratelimit-remaining-tokens"),
+                       istr("x-ratelimit-reset-tokens"))}
+LIMIT, REMAINING, RESET = istr("X-RateLimit-Limit"), istr("X-RateLimit-Remaining"), istr("X-RateLimit-Reset")
+
+# A rule's cell (a list, read by index on the hot path), what it last computed from a debt:
+# LO <= debt <= HI: ``remaining`` is LEFT (and its fraction of the limit FRAC; LEFT_TEXT its str,
+# made when first shown); T_LO <= debt <= T_HI: the reset text is RESET_TEXT. Empty brackets
+# (inf, -inf) at first.
+LO, HI, LEFT, FRAC, LEFT_TEXT, T_LO, T_HI, RESET_TEXT = range(8)
+
+
+def _cell() -> list:
+    return [math.inf, -math.inf, -1, 0.0, None, math.inf, -math.inf, None]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A key's limits for one model: the rules, and the rules grouped by kind (in the order
+    each kind first appears) for the headers, each group with its header names, its rules with
+    their places in ``rules`` and their cells, whether the generic X-RateLimit-* headers show it
+    (the requests kind, else the tokens kind), what it last wrote ([rule, left text, reset
+    text]) and its rule when it has one only; ``texts``: the headers last written but
+    ``X-RateLimit-Reset``, in the answer's order."""
+
+    rules: tuple[Rule, ...]
+    token_rules: tuple[Rule, ...]
+    groups: tuple[tuple[tuple[str, str, str], tuple[tuple[Rule, int, list], ...], bool, list,
+                        tuple[Rule, int, list] | None], ...]
+    texts: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, rules: list[Rule]) -> Plan:
+        kinds: dict[bool, list[tuple[Rule, int, list]]] = {}
+        for i, rule in enumerate(rules):
+            kinds.setdefault(rule.tokens, []).append((rule, i, _cell()))
+        generic = False not in kinds  # (the requests kind when there is one)
+        groups = tuple((HEADER_NAMES[k], tuple(kinds[k]), k == generic, [None, None, None],
+                        kinds[k][0] if len(kinds[k]) == 1 else None) for k in kinds)
+        texts: dict = dict.fromkeys((name for names, *_ in groups for name in names), "")
+        if groups:
+            texts[LIMIT] = texts[REMAINING] = ""
+        return cls(tuple(rules), tuple(r for r, *_ in kinds.get(True, ())), groups, texts)
+
+
+_INF = math.inf
+
+#: ``X-RateLimit-Reset``'s last text, for times ``at`` with ``LO < at <= HI`` (``ceil(at) == HI``).
+_LAST_ISO: list = [math.inf, -math.inf, ""]
+
+
+def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list[Tat] | None = None) -> None:
+    """Add the headers of ``plan``'s rules at ``now`` to ``out``. ``tat_of(rule.state)`` is a
+    rule's ``Tat`` or None; ``taken``, when given, is every rule's ``Tat`` (in ``plan.rules``'
+    order) as just taken at ``now`` (``gcra_check``'s, kept by the admission: no look-up;
+    its debts are then the resets, never below 0)."""
+    if taken is None:  # (a refusal, or shared counters: each rule's TAT read, as the admission's would be)
+        taken = [(now, reset_of(tat_of(rule.state), now)) for rule in plan.rules]
+    texts = plan.texts
+    generic_reset = None
+    for names, group, generic, shown, single in plan.groups:
+        if single is not None:  # one rule of its kind: shown whatever its state
+            cell = single[2]
+            reset = taken[single[1]][1]
+            if cell[0] <= reset <= cell[1] and cell[5] <= reset <= cell[6]:  # its texts are the ones shown
+                if generic:
+                    generic_reset = reset
+                continue
+        b_frac = _INF
+        b_reset = 0.0
+        for rule, i, cell in group:
+            reset = taken[i][1]  # (its TAT lies that far past now: taken at now)
+            if cell[0] <= reset <= cell[1]:  # (LO, HI: literal indexes, the fastest read)
+                frac = cell[3]
+            else:
+                left = int((rule.period - reset + EPS) / rule.interval)
+                if left < 0:
+                    left = 0
+                if left == cell[2]:  # the same step as the bracket's ends: it now reaches this debt too
+                    if reset < cell[0]:
+                        cell[0] = reset
+                    else:
+                        cell[1] = reset
+                    frac = cell[3]
+                else:
+                    frac = left / rule.limit
+                    cell[0] = cell[1] = reset
+                    cell[2] = left
+                    cell[3] = frac
+                    cell[4] = None
+            if frac < b_frac or (frac == b_frac and reset > b_reset):
+                best = rule
+                b_cell = cell
+                b_reset = reset
+                b_frac = frac
+        left_text = b_cell[4]
+        if left_text is None:
+            left_text = b_cell[4] = str(b_cell[2])
+        if b_cell[5] <= b_reset <= b_cell[6]:
+            reset_text = b_cell[7]
+        else:
+            # (duration(), inline for a reset under a second: a Python call fewer)
+            reset_text = _MS_TEXT[math.ceil(b_reset * 1000)] if b_reset < 1.0 else duration(b_reset)
+            if b_reset < 0.0:  # (no admission's debt, and the texts are not monotone below 0: none kept)
+                b_cell[5], b_cell[6], b_cell[7] = _INF, -_INF, None
+            elif reset_text == b_cell[7]:
+                if b_reset < b_cell[5]:
+                    b_cell[5] = b_reset
+                else:
+                    b_cell[6] = b_reset
+            else:
+                b_cell[5] = b_cell[6] = b_reset
+                b_cell[7] = reset_text
+        if shown[0] is not best or shown[1] is not left_text or shown[2] is not reset_text:
+            limit_name, left_name, reset_name = names
+            texts[limit_name] = best.limit_text
+            texts[left_name] = left_text
+            texts[reset_name] = reset_text
+            if generic:
+                texts[LIMIT] = best.limit_text
+                texts[REMAINING] = left_text
+            shown[0], shown[1], shown[2] = best, left_text, reset_text
+        if generic:
+            generic_reset = b_reset
+    out.update(texts)
+    if generic_reset is not None:  # X-RateLimit-Reset: now + the reset shown, rounded up to the second
+        at = now + generic_reset
+        last = _LAST_ISO
+        if last[0] < at <= last[1]:
+            out[RESET] = last[2]
+        else:
+            second = math.ceil(at)
+            out[RESET] = last[2] = _ISO_CACHE.get(second) or iso_at(at)  # (iso_at's memo, read inline)
+            last[0], last[1] = float(second - 1), float(second)
