@@ -25,18 +25,28 @@ What awaiting in the connection's task changes, and why that is the same to the 
 connection's task reached the request's task through its ``await``, and a handler that takes
 the cancellation back (``inflight.uncancel``) leaves the connection's task as it was.
 
+In the connection's task the request is handled by ``handle_request`` (aiohttp's
+``_handle_request``, which finishes an answer already sent to its end without the four
+coroutines of ``finish_response``); in a task of its own, by aiohttp's ``_handle_request``.
+
 Under another aiohttp than 3.14 this is aiohttp's own ``start``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import warnings
+from collections.abc import Awaitable, Callable
 from contextvars import copy_context
 from typing import Any
 
+from aiohttp import web
 from aiohttp.helpers import ceil_timeout
 from aiohttp.http_writer import StreamWriter
+from aiohttp.web_exceptions import HTTPException
 from aiohttp.web_protocol import _PAYLOAD_ACCESS_ERROR, ERROR, RequestHandler, _ErrInfo
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
 from .onewrite import AIOHTTP_314
 
@@ -94,14 +104,14 @@ async def serve_requests(self: RequestHandler) -> None:
         request = self._request_factory(message, payload, self, writer,
                                         self._task_handler or asyncio.current_task(loop))  # type: ignore[arg-type]
         try:
-            coro = self._handle_request(request, start, request_handler)
             try:
                 if inline:
-                    resp, reset = await coro
+                    resp, reset = await handle_request(self, request, start, request_handler)
                     if copy_context() != context:
                         inline = False  # a handler set a context variable: a task (and a clean copy) each from now on
                 else:
-                    resp, reset = await _in_own_task(loop, coro, context)
+                    resp, reset = await _in_own_task(loop, self._handle_request(request, start, request_handler),
+                                                     context)
             except ConnectionError:
                 self.log_debug("Ignored premature client disconnection")
                 break
@@ -168,6 +178,55 @@ async def serve_requests(self: RequestHandler) -> None:
         self._task_handler = None
         if self.transport is not None:
             self.transport.close()
+
+
+#: The responses whose ``prepare`` and ``write_eof`` are aiohttp's own (both return at once once the end is sent).
+_PLAIN_RESPONSES = (web.Response, web.StreamResponse)
+
+
+async def handle_request(self: RequestHandler, request: BaseRequest, start_time: float | None,
+                         request_handler: Callable[[BaseRequest], Awaitable[StreamResponse]]
+                         ) -> tuple[StreamResponse, bool]:
+    """aiohttp 3.14's ``RequestHandler._handle_request``, but an answer that has been sent to
+    its end (``send_whole``, a stream's ``write_eof``) is finished at once: ``finish_response``
+    would await its ``prepare`` and ``write_eof``, both of which return at once then, in two
+    coroutines of its own (ClientConnection's and aiohttp's: four in all, ~2.7k instructions);
+    what is left of it is ``request._finish()`` and ``log_access``. (``ClientConnection.finish_response``
+    changes only an ``HTTPException``'s answer, which is never one of these.)"""
+    self._request_in_progress = True
+    try:
+        try:
+            self._current_request = request
+            resp = await request_handler(request)
+        finally:
+            self._current_request = None
+    except HTTPException as exc:
+        resp, reset = await self.finish_response(request, exc, start_time)
+    except asyncio.CancelledError:
+        raise
+    except TimeoutError as exc:
+        self.log_debug("Request handler timed out.", exc_info=exc)
+        resp = self.handle_error(request, 504)
+        resp, reset = await self.finish_response(request, resp, start_time)
+    except Exception as exc:
+        resp = self.handle_error(request, 500, exc)
+        resp, reset = await self.finish_response(request, resp, start_time)
+    else:
+        # Deprecation warning (See #2415)
+        if getattr(resp, "__http_exception__", False):
+            warnings.warn("returning HTTPException object is deprecated (#2415) and will be removed, "
+                          "please raise the exception instead", DeprecationWarning, stacklevel=1)
+        if type(resp) in _PLAIN_RESPONSES and resp._eof_sent and not self._upgraded:
+            request._finish()
+            self.log_access(request, resp, start_time)
+            reset = False
+        else:
+            resp, reset = await self.finish_response(request, resp, start_time)
+    finally:
+        self._request_in_progress = False
+        if self._handler_waiter is not None:
+            self._handler_waiter.set_result(None)
+    return resp, reset
 
 
 def _in_own_task(loop: asyncio.AbstractEventLoop, coro: Any, context: Any) -> asyncio.Task:

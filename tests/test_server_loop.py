@@ -130,3 +130,29 @@ async def test_a_context_variable_a_request_sets_is_not_seen_by_the_next(start_g
             answers = await converse(gw.server.port, [post("/v1/chat/completions")] * 4, pipelined)
             assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"HTTP/1.1 200 OK"] * 4
         assert setter.found == ["(unset)"] * 8, inline
+
+
+async def test_an_answer_sent_to_its_end_is_finished_without_finish_response(start_gateway, mock_upstream,
+                                                                             monkeypatch):
+    """``handle_request``: a whole answer (send_whole) and a stream (its write_eof) are finished
+    at once; an answer aiohttp still has to send (a 404 raised as HTTPException, /health's
+    returned Response) goes through ``finish_response`` (ClientConnection's, which answers the
+    404 in the OpenAI error shape)."""
+    from proxy.connection import ClientConnection
+
+    finished = []
+    real = ClientConnection.finish_response
+
+    async def counted(self, request, resp, start_time):
+        finished.append(resp.status)
+        return await real(self, request, resp, start_time)
+
+    monkeypatch.setattr(ClientConnection, "finish_response", counted)
+    gw = await start_gateway(base_config(mock_upstream.url))
+    answers = await converse(gw.server.port, [post("/v1/chat/completions"), post("/v1/chat/completions", UP_WHOLE),
+                                              UNREAD, GET_HEALTH], pipelined=False)
+    assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK",
+                                                         b"HTTP/1.1 404 Not Found", b"HTTP/1.1 200 OK"]
+    assert b'"code":"unknown_endpoint"' in answers[2].replace(b" ", b"")
+    assert b"data: [DONE]" in answers[1]
+    assert finished == [404, 200]
