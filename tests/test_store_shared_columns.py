@@ -16,6 +16,7 @@ from stores import ENGINES, fresh_database
 
 from plugins.accounts import ACCOUNTS, db
 from proxy.store import open_store
+from proxy.store import sqlite as sqlite_store
 from proxy.store.sqlite_rows import InsertTexts, SharedFlat
 
 COLUMNS = ("id", "t", "day", "who", "n", "flag", "note", "x")
@@ -46,9 +47,24 @@ def generated(count: int, rng: random.Random, prefix: str, odd: float) -> list[t
     return rows
 
 
+class Recording:
+    """A sqlite3 connection that keeps how many values each insert bound (SQLite's thread)."""
+
+    def __init__(self, conn, seen: list[int]) -> None:
+        self.conn, self.seen = conn, seen
+
+    def execute(self, sql: str, params):
+        self.seen.append(len(params))
+        return self.conn.execute(sql, params)
+
+
 @pytest.mark.parametrize("engine", ENGINES)
-async def test_shared_columns_store_exactly_the_rows_given(engine, tmp_path: Path):
+async def test_shared_columns_store_exactly_the_rows_given(engine, tmp_path: Path, monkeypatch):
     rng = random.Random(20261204)
+    bound: list[int] = []
+    run_insert = sqlite_store.run_insert
+    monkeypatch.setattr(sqlite_store, "run_insert", lambda conn, sql, rows: run_insert(Recording(conn, bound), sql,
+                                                                                       rows))
     async with fresh_database(engine, tmp_path) as url:
         store = open_store(url, tmp_path)
         await store.connect()
@@ -64,8 +80,13 @@ async def test_shared_columns_store_exactly_the_rows_given(engine, tmp_path: Pat
                 expected += rows
             same = [(f"s{i:04d}", float(i), "2026-12-04", "key_1", i, 0, None, None) for i in range(64)]
             await store.insert_rows("t_shared", COLUMNS, same, SHARED)  # (every chunk agrees)
-            expected += same
+            two = [(f"w{i:04d}", float(i), "2026-12-04", f"key_{i % 2}", i, 0, "n" if i % 3 else None, None)
+                   for i in range(64)]
+            await store.insert_rows("t_shared", COLUMNS, two, SHARED)  # (two keys' rows: no chunk agrees)
+            expected += same + two
             got = await store.fetchall(f"select {', '.join(COLUMNS)} from t_shared order by id")
+            if engine == "sqlite":  # 32-row chunks bound both ways: the shared columns once, and every value
+                assert {4 + 32 * 4, 32 * 8} <= set(bound)
             assert got == sorted(expected)
             by_id = {r[0]: r for r in expected}
             for row in got:
