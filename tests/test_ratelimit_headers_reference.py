@@ -277,3 +277,32 @@ def test_limits_steps_are_where_the_reference_puts_them() -> None:
                 taken = list(base)
                 taken[i] = (now, x)
                 _both(rules, new_plan, ref_plan, None, now, taken, rng)
+
+
+def test_ties_are_broken_by_the_reset_as_the_reference_breaks_them() -> None:
+    """Rules of a kind with the same fraction left (limits 10, 100 and 1000 times one another,
+    each at the same fraction) show the one furthest from its reset: as their debts move
+    within their steps, the rule shown changes, and so do the limit and reset texts."""
+    rng = random.Random(32)
+    for _ in range(200):
+        base = rng.choice((1, 2, 3, 6, 10))
+        period = rng.choice((60.0, 86400.0))
+        rules = [Rule(tokens=False, label=f"rule {n}", scope="", limit=base * 10**n, period=period,
+                      interval=period / (base * 10**n), state=("k", "", n), limit_text=str(base * 10**n))
+                 for n in rng.sample(range(3), rng.choice((2, 3)))]
+        if rng.random() < 0.5:
+            rules.append(Rule(tokens=True, label="tpm", scope="", limit=1000, period=60.0, interval=0.06,
+                              state=("k", "", "tpm"), limit_text="1000"))
+        new_plan, ref_plan = Plan.of(rules), _RefPlan.of(rules)
+        now = _now(rng)
+        shared = rng.randrange(0, base + 1)  # what is left of the smallest limit, the others in proportion
+        for _ in range(80):
+            if rng.random() < 0.1:
+                shared = rng.randrange(0, base + 1)
+            taken = []
+            for rule in rules:
+                left = shared * rule.limit // base if not rule.tokens else rng.randrange(0, 1001)
+                step = (rule.limit - left) * rule.interval  # the largest debt that leaves ``left``
+                taken.append((now, max(step - rng.choice((0.0, rng.random() * 0.9)) * rule.interval, 0.0)))
+            now += rng.random()
+            _both(rules, new_plan, ref_plan, None, now, taken, rng)

@@ -45,13 +45,14 @@ LIMIT, REMAINING, RESET = istr("X-RateLimit-Limit"), istr("X-RateLimit-Remaining
 
 # A rule's cell (a list, read by index on the hot path), what it last computed from a debt:
 # LO <= debt <= HI: ``remaining`` is LEFT (and its fraction of the limit FRAC; LEFT_TEXT its str,
-# made when first shown); T_LO <= debt <= T_HI: the reset text is RESET_TEXT. Empty brackets
-# (inf, -inf) at first.
-LO, HI, LEFT, FRAC, LEFT_TEXT, T_LO, T_HI, RESET_TEXT = range(8)
+# made when first shown); T_LO <= debt <= T_HI: the reset text is RESET_TEXT; SAFE: for a rule
+# its group does not show, a debt at which its fraction was above the shown rule's (so is it at
+# any smaller debt). Empty brackets (inf, -inf) at first.
+LO, HI, LEFT, FRAC, LEFT_TEXT, T_LO, T_HI, RESET_TEXT, SAFE = range(9)
 
 
 def _cell() -> list:
-    return [math.inf, -math.inf, -1, 0.0, None, math.inf, -math.inf, None]
+    return [math.inf, -math.inf, -1, 0.0, None, math.inf, -math.inf, None, -math.inf]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +61,12 @@ class Plan:
     each kind first appears) for the headers, each group with its header names, its rules with
     their places in ``rules`` and their cells, whether the generic X-RateLimit-* headers show it
     (the requests kind, else the tokens kind), what it last wrote ([rule, left text, reset
-    text]) and its rule when it has one only; ``texts``: the headers last written but
-    ``X-RateLimit-Reset``, in the answer's order."""
+    text]) and when the same rule is shown again with the same texts (``put_headers``'
+    ``held``); ``texts``: the headers last written but ``X-RateLimit-Reset``, in the answer's order."""
 
     rules: tuple[Rule, ...]
     token_rules: tuple[Rule, ...]
-    groups: tuple[tuple[tuple[str, str, str], tuple[tuple[Rule, int, list], ...], bool, list,
-                        tuple[Rule, int, list] | None], ...]
+    groups: tuple[tuple[tuple[str, str, str], tuple[tuple[Rule, int, list], ...], bool, list, list], ...]
     texts: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -75,8 +75,8 @@ class Plan:
         for i, rule in enumerate(rules):
             kinds.setdefault(rule.tokens, []).append((rule, i, _cell()))
         generic = False not in kinds  # (the requests kind when there is one)
-        groups = tuple((HEADER_NAMES[k], tuple(kinds[k]), k == generic, [None, None, None],
-                        kinds[k][0] if len(kinds[k]) == 1 else None) for k in kinds)
+        groups = tuple((HEADER_NAMES[k], tuple(kinds[k]), k == generic, [None, None, None], [None, None, ()])
+                       for k in kinds)
         texts: dict = dict.fromkeys((name for names, *_ in groups for name in names), "")
         if groups:
             texts[LIMIT] = texts[REMAINING] = ""
@@ -98,14 +98,22 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list
         taken = [(now, reset_of(tat_of(rule.state), now)) for rule in plan.rules]
     texts = plan.texts
     generic_reset = None
-    for names, group, generic, shown, single in plan.groups:
-        if single is not None:  # one rule of its kind: shown whatever its state
-            cell = single[2]
-            reset = taken[single[1]][1]
-            if cell[0] <= reset <= cell[1] and cell[5] <= reset <= cell[6]:  # its texts are the ones shown
-                if generic:
-                    generic_reset = reset
-                continue
+    for names, group, generic, shown, held in plan.groups:
+        # held: [the place of the rule shown, its cell, the others' (place, cell)], set when its fraction
+        # was below every other's. Its debt inside both its brackets (the same texts) and every other
+        # rule's at or below its SAFE (a fraction above the shown one's): the same rule, the same texts.
+        b_i = held[0]
+        if b_i is not None:
+            b_cell = held[1]
+            reset = taken[b_i][1]
+            if b_cell[0] <= reset <= b_cell[1] and b_cell[5] <= reset <= b_cell[6]:
+                for i, cell in held[2]:
+                    if taken[i][1] > cell[8]:
+                        break
+                else:
+                    if generic:
+                        generic_reset = reset
+                    continue
         b_frac = _INF
         b_reset = 0.0
         for rule, i, cell in group:
@@ -130,6 +138,7 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list
                     cell[4] = None
             if frac < b_frac or (frac == b_frac and reset > b_reset):
                 best = rule
+                b_i = i
                 b_cell = cell
                 b_reset = reset
                 b_frac = frac
@@ -160,6 +169,7 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list
                 texts[LIMIT] = best.limit_text
                 texts[REMAINING] = left_text
             shown[0], shown[1], shown[2] = best, left_text, reset_text
+        _hold(held, group, taken, b_i, b_cell, b_frac)
         if generic:
             generic_reset = b_reset
     out.update(texts)
@@ -172,3 +182,16 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list
             second = math.ceil(at)
             out[RESET] = last[2] = _ISO_CACHE.get(second) or iso_at(at)  # (iso_at's memo, read inline)
             last[0], last[1] = float(second - 1), float(second)
+
+
+def _hold(held: list, group: tuple, taken: list[Tat], b_i: int, b_cell: list, b_frac: float) -> None:
+    """Keep the rule just shown for the next answers when its fraction is below every other
+    rule's of the group (no tie for the reset to break: which rule shows then depends on the
+    fractions alone), each other rule's debt now as its SAFE; else keep none."""
+    others = held[2] if held[1] is b_cell else tuple((i, cell) for _, i, cell in group if cell is not b_cell)
+    for i, cell in others:
+        if cell[3] == b_frac:
+            held[0] = None
+            return
+        cell[8] = taken[i][1]
+    held[0], held[1], held[2] = b_i, b_cell, others
