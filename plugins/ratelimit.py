@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from functools import partial
 
 from proxy import Call, Gateway, ProxyError, StateKey, hookimpl, only_if, settles_before_end
@@ -47,19 +46,11 @@ PERIODS = (("rpm", "requests", "requests per minute", 60.0), ("rpd", "requests",
 STATE_TABLE = "create table if not exists tollway_ratelimit (name text primary key, tat double precision not null)"
 
 
-@dataclass(slots=True)
-class Taken:
-    """What a request took from its key's limits at admission, given back or reconciled later."""
-
-    token_rules: tuple[Rule, ...]
-    estimate: int
-    slot: str | None  # the key id whose concurrency slot this call holds
-    reconciled: bool = False
-
-
-TAKEN: StateKey[Taken] = StateKey("ratelimit.taken")
-# Set while the call holds a concurrency slot (``Taken.slot``): tollway_finish, which frees it, runs only then.
-SLOT_HELD: StateKey[bool] = StateKey("ratelimit.slot_held")
+#: What a request took from its key's tokens limits at admission (the rules, the estimate), until
+#: ``tollway_settle`` reconciles it with the usage (a tuple, taken out then: settled once).
+TAKEN: StateKey[tuple[tuple[Rule, ...], int]] = StateKey("ratelimit.taken")
+#: The key id whose concurrency slot the call holds, until ``tollway_finish`` frees it (and runs only then).
+SLOT_HELD: StateKey[str] = StateKey("ratelimit.slot_held")
 
 
 NO_PLAN = Plan.of([])
@@ -74,6 +65,7 @@ class Plugin:
         self.accounts: Accounts | None = None
         self.store = None
         self._plans: dict[tuple[str, str], tuple] = {}
+        self._tat_of = None  # counters.tats.get in memory (a C call a rule), else counters.tat
 
     @hookimpl
     def tollway_config_check(self, config) -> None:
@@ -86,6 +78,7 @@ class Plugin:
     async def _start(self, gateway: Gateway) -> None:
         self.accounts = await gateway.services.open(ACCOUNTS)  # keys come on the principal; accounts here
         self.counters = counters = await gateway.services.open(COUNTERS)
+        self._tat_of = counters.tats.get if type(counters) is MemoryCounters else counters.tat
         if not isinstance(counters, MemoryCounters):
             return  # shared counters keep their own state
         self.store = gateway.store
@@ -188,11 +181,9 @@ class Plugin:
         if rate is not None:
             now = rate.now
             headers = call.response.headers
-            counters = self.counters
             # Taken in memory: the new TATs as the admission took them (no look-up); else (refused, or
-            # shared counters) in memory the TATs' own dict look-up (a C call) rather than a method per rule.
-            put_headers(headers, plan, counters.tats.get if type(counters) is MemoryCounters else counters.tat, now,
-                        rate.taken)
+            # shared counters) read by self._tat_of.
+            put_headers(headers, plan, self._tat_of, now, rate.taken)
             if refused is rate and rate.refusal is not None:
                 rule = rate.refusal.rule
                 call.state[REFUSAL] = Refusal(
@@ -200,10 +191,11 @@ class Plugin:
                     limit=rule.state[2])
                 raise self._refusal(key, rate.refusal.wait, rule, estimate if rule.tokens else 1, dict(headers),
                                     self._used(rule, now))
-        if refused is None and (plan.token_rules or slot is not None):
-            call.state[TAKEN] = Taken(plan.token_rules, estimate, key.id if slot is not None else None)
+        if refused is None:
+            if plan.token_rules:
+                call.state[TAKEN] = (plan.token_rules, estimate)
             if slot is not None:
-                call.state[SLOT_HELD] = True
+                call.state[SLOT_HELD] = key.id
 
     def status(self, key: KeyRecord, now: float | None = None) -> list[dict]:
         """Each of the key's limits with what is left and when it is full again
@@ -250,10 +242,9 @@ class Plugin:
     @hookimpl
     @settles_before_end  # with shared counters, the correction joins the charge's write to Redis
     def tollway_settle(self, call: Call) -> None:
-        taken = call.state.get(TAKEN)
-        if taken is None or taken.reconciled or not taken.token_rules:
+        taken = call.state.pop(TAKEN, None)
+        if taken is None:  # (no tokens limit, or reconciled already: this hook may run twice)
             return
-        taken.reconciled = True
         usage = call.billing.usage
         if not call.billing.count_for_limits:
             actual = 0
@@ -263,14 +254,13 @@ class Plugin:
             actual = 0
         else:
             return  # an answer without usage: keep the estimate
-        delta = actual - taken.estimate
+        delta = actual - taken[1]
         if delta:
-            self.counters.adjust(taken.token_rules, delta)
+            self.counters.adjust(taken[0], delta)
 
     @hookimpl
     @only_if(SLOT_HELD)  # (without a concurrency slot: nothing to free)
     def tollway_finish(self, call: Call) -> None:
-        taken = call.state.get(TAKEN)
-        if taken is not None and taken.slot is not None:
-            scope, taken.slot = taken.slot, None
+        scope = call.state.pop(SLOT_HELD, None)
+        if scope is not None:
             self.counters.leave(scope)
