@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
@@ -35,6 +34,9 @@ from .inflight import uncancel as _uncancel
 from .logs import throttled
 from .provider import UNREADABLE, unreadable_answer
 from .sse import DONE_EVENT, EventSplitter, data_event, load_event_json, parse_event, split_events
+from .sse_usage import USAGE_OBJECT as _USAGE_OBJECT
+from .sse_usage import splice_usage_fields as splice_usage_fields  # (pipeline imports it from here)
+from .sse_usage import usage_object_at as _usage_object_at
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -44,60 +46,6 @@ if TYPE_CHECKING:
     from .upstream import UpstreamResponse
 
 log = logging.getLogger("tollway")
-
-# A usage object that is not null: `"usage":{` (with optional spaces).
-_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-_USAGE_KEY = b'"usage"'
-_USAGE_COMPACT = b'"usage":{'
-
-
-def _usage_object_at(blob: bytes, start: int = 0) -> int:
-    """Where the first usage object (``_USAGE_OBJECT``) at or after ``start`` begins in ``blob``, or -1.
-
-    ``bytes.find`` skips through the bytes several times faster than the regex
-    engine's search; the regex then only checks each ``"usage"`` it lands on
-    (one per event when an upstream sends ``"usage":null`` in every chunk)."""
-    find, match = blob.find, _USAGE_OBJECT.match
-    at = find(_USAGE_KEY, start)
-    while at >= 0:
-        if match(blob, at) is not None:
-            return at
-        at = find(_USAGE_KEY, at + 7)
-    return -1
-
-
-def splice_usage_fields(raw: bytes, extra: dict) -> bytes | None:
-    """``raw`` (a JSON object with one ``usage`` object) with ``extra`` added
-    inside that object, without re-serialising the rest; None when the
-    document has no single usage object to splice into.
-
-    The usual answer names ``"usage"`` once, near its end, compactly
-    (``"usage":{``): one count over the bytes, a search back from the end and a
-    comparison find it, a third of the instructions of the pattern's searches;
-    anything else takes the general path."""
-    n = raw.count(_USAGE_KEY)
-    if n == 1:
-        at = raw.rfind(_USAGE_KEY)
-        if raw.startswith(_USAGE_COMPACT, at):
-            at += len(_USAGE_COMPACT)
-        else:
-            found = _USAGE_OBJECT.match(raw, at)
-            if found is None:
-                return None
-            at = found.end()
-    else:
-        start = _usage_object_at(raw) if n else -1
-        found = _USAGE_OBJECT.match(raw, start) if start >= 0 else None
-        if found is None or _usage_object_at(raw, start + 7) >= 0:
-            return None
-        at = found.end()  # just after the usage object's "{"
-    fields = orjson.dumps(extra)[1:-1]
-    if not fields:
-        return raw
-    after = raw[at:at + 1]
-    closes_at_once = after == b"}" or (after.isspace() and raw[at:at + 64].lstrip()[:1] == b"}")
-    return raw[:at] + fields + (b"" if closes_at_once else b",") + raw[at:]
-
 
 class StreamCodec(Protocol):
     @property

@@ -56,6 +56,34 @@ def test_the_usage_object_is_found_where_the_pattern_finds_it():
     assert _usage_object_at(null_everywhere) == null_everywhere.index(b'"usage" :')
 
 
+PIECES = [b'"usage"', b'"usage":null', b'"usage":null', b'"usage":null,', b'"usage":{', b'"usage" : {', b'"usage":\n{',
+          b'"usage"usage":{', b'"usage"usage":null', b'"usage":nul', b'"usage":n', b'usage"', b'"usag', b":null", b":{",
+          b"null", b'"', b":", b"{", b" ", b"x", b'data: {"id":"c","choices":[{"delta":{"content":"hi"}}],',
+          b'"usage": null}\n\n', b"\n\n"]
+
+
+def test_the_usage_object_is_found_where_the_pattern_finds_it_among_nulls():
+    """An OpenAI stream that asks for usage carries ``"usage":null`` in every chunk: past the
+    first few, the nulls are counted (``_only_nulls_before``), and the answer is still the
+    pattern's, whatever follows them (spaced objects, overlapping ``"usage"usage"``, cut nulls)."""
+    rng = random.Random(11)
+    counted = 0
+    for _ in range(30_000):
+        blob = b"".join(rng.choice(PIECES) for _ in range(rng.randint(0, 14)))
+        start = rng.choice([0, 0, 0, rng.randint(0, len(blob))])
+        m = _USAGE_OBJECT.search(blob, start)
+        assert _usage_object_at(blob, start) == (m.start() if m else -1), (blob, start)
+        counted += blob.count(b'"usage"', start) >= 4
+    assert counted > 5_000
+    chunk = b'data: {"id":"chatcmpl-AbC","choices":[{"index":0,"delta":{"content":"x"}}],"usage":null}\n\n'
+    final = b'data: {"id":"chatcmpl-AbC","choices":[],"usage":{"prompt_tokens":1}}\n\ndata: [DONE]\n\n'
+    answer = chunk * 52 + final
+    assert _usage_object_at(answer) == answer.index(b'"usage":{')
+    assert _usage_object_at(chunk * 52) == -1
+    spaced = chunk * 30 + b'data: {"usage" :{"a":1},"choices":[{}]}\n\n' + chunk * 20 + final
+    assert _usage_object_at(spaced) == spaced.index(b'"usage" :{')
+
+
 def test_a_whole_answer_in_one_read_passes_byte_for_byte_with_usage_held():
     events = render_stream("m", 50, 16, 7, True)
     codec = OpenAIPassthrough()
