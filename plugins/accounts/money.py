@@ -64,7 +64,7 @@ def format_usd(micro: int) -> str:
     return f"-{whole}.{frac:06d}"
 
 
-COST_HEADER = istr("x-tollway-cost")  # (an istr: see HEADER_NAMES in gcra.py)
+COST_HEADER = istr("x-tollway-cost")  # (an istr: see HEADER_NAMES in limit_headers.py)
 
 
 def tell_cost(call: Call, micro: int) -> None:

@@ -46,7 +46,7 @@ __all__ = ["ROUTER", "ROUTING", "HealthEvent", "Plugin", "Router", "RoutingState
 
 ATTEMPTS = tuple(str(n) for n in range(12))  # x-tollway-attempts values, made once
 KNOWN_ATTEMPTS = len(ATTEMPTS)
-# (istr: the answer's case-insensitive headers take the name without folding it again: gcra.py says why)
+# (istr: the answer's case-insensitive headers take the name without folding it again: limit_headers.py says why)
 MODEL_HEADER, PROVIDER_HEADER, ATTEMPTS_HEADER = istr("x-tollway-model"), istr("x-tollway-provider"), \
     istr("x-tollway-attempts")
 
