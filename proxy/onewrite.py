@@ -30,7 +30,8 @@ from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from aiohttp.http_writer import StreamWriter, _serialize_headers
 
-__all__ = ["AIOHTTP_314", "ENABLED", "end_stream", "end_whole", "head_with_first_bytes", "start_whole"]
+__all__ = ["AIOHTTP_314", "ENABLED", "end_stream", "end_whole", "has_prepare_receivers", "head_with_first_bytes",
+           "start_whole"]
 
 #: The aiohttp whose internals the fast paths here and in ``bodies.py`` follow (their tests hold them to it).
 AIOHTTP_314 = aiohttp.__version__.split(".")[:2] == ["3", "14"]
@@ -38,6 +39,17 @@ AIOHTTP_314 = aiohttp.__version__.split(".")[:2] == ["3", "14"]
 ENABLED = AIOHTTP_314
 
 _BODY_TYPES = (bytes, bytearray)
+
+
+def has_prepare_receivers(request: web.BaseRequest) -> bool:
+    """Whether an app the request was routed through has ``on_response_prepare`` receivers
+    (they may change the answer's headers: the fast paths then leave it to ``prepare``)."""
+    match_info = getattr(request, "_match_info", None)
+    if match_info is not None:
+        for app in match_info._apps:
+            if app.on_response_prepare:
+                return True
+    return False
 
 
 def start_whole(resp: web.Response, request: web.BaseRequest) -> StreamWriter | None:
@@ -59,11 +71,8 @@ def start_whole(resp: web.Response, request: web.BaseRequest) -> StreamWriter | 
     headers = resp._headers
     if hdrs.CONTENT_LENGTH in headers:
         return None
-    match_info = getattr(request, "_match_info", None)
-    if match_info is not None:
-        for app in match_info._apps:
-            if app.on_response_prepare:
-                return None
+    if has_prepare_receivers(request):
+        return None
     resp._must_be_empty_body = False  # (prepare)
     # Response._start
     size = len(body)

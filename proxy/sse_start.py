@@ -46,11 +46,8 @@ def start_stream(resp: web.StreamResponse, request: web.BaseRequest) -> StreamWr
     headers = resp._headers
     if version != HttpVersion11 or must_be_empty_body(request.method, status) or hdrs.CONTENT_LENGTH in headers:
         return None
-    match_info = getattr(request, "_match_info", None)
-    if match_info is not None:
-        for app in match_info._apps:
-            if app.on_response_prepare:
-                return None
+    if onewrite.has_prepare_receivers(request):
+        return None
     resp._must_be_empty_body = False  # (prepare)
     # _start
     resp._req = request

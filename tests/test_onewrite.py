@@ -98,7 +98,9 @@ def case(rng: random.Random) -> dict:
     }
 
 
-def make(c: dict, loop) -> tuple[web.Response, web.Request, Transport, StreamWriter, list]:
+def mocked_request(c: dict, loop) -> tuple[web.Request, Transport, StreamWriter, list]:
+    """A request of case ``c`` on a recording transport, and the statuses its app's
+    on_response_prepare receiver (when ``c["receiver"]``) heard."""
     transport = Transport(c["transport_closing"])
     protocol = Protocol(transport)
     app = web.Application()
@@ -113,6 +115,11 @@ def make(c: dict, loop) -> tuple[web.Response, web.Request, Transport, StreamWri
     request = make_mocked_request(c["method"], "/v1/chat/completions", c["request_headers"], version=c["version"],
                                   closing=c["closing"], app=app, writer=writer, protocol=protocol,
                                   transport=transport)
+    return request, transport, writer, heard
+
+
+def make(c: dict, loop) -> tuple[web.Response, web.Request, Transport, StreamWriter, list]:
+    request, transport, writer, heard = mocked_request(c, loop)
     headers = CIMultiDict(c["pairs"]) if c["multi"] else dict(c["pairs"])
     if c["content_type"]:
         headers = {**headers, hdrs.CONTENT_TYPE: "application/json"} if not c["multi"] else headers

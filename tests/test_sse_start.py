@@ -18,10 +18,9 @@ import pytest
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_writer import StreamWriter
-from aiohttp.test_utils import make_mocked_request
 from conftest import base_config
 from multidict import CIMultiDict
-from test_onewrite import DATE, NAMES, STATUSES, VALUES, Protocol, Transport
+from test_onewrite import DATE, NAMES, STATUSES, VALUES, Transport, mocked_request
 
 import proxy.sse_start
 from proxy.sse_start import start_stream
@@ -61,20 +60,7 @@ def case(rng: random.Random) -> dict:
 
 
 def make(c: dict) -> tuple[web.StreamResponse, web.Request, Transport, StreamWriter, list]:
-    transport = Transport(c["transport_closing"])
-    protocol = Protocol(transport)
-    app = web.Application()
-    heard: list = []
-    if c["receiver"]:
-        async def receiver(request, response):
-            heard.append(response.status)
-            response.headers["X-Heard"] = "1"
-
-        app.on_response_prepare.append(receiver)
-    writer = StreamWriter(protocol, asyncio.get_running_loop())
-    request = make_mocked_request(c["method"], "/v1/chat/completions", c["request_headers"], version=c["version"],
-                                  closing=c["closing"], app=app, writer=writer, protocol=protocol,
-                                  transport=transport)
+    request, transport, writer, heard = mocked_request(c, asyncio.get_running_loop())
     headers = CIMultiDict(c["pairs"]) if c["multi"] else dict(c["pairs"])
     resp = web.StreamResponse(status=c["status"], reason=c["reason"], headers=headers)
     if c["force_close"]:
