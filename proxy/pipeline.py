@@ -11,8 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from types import CoroutineType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import orjson
 from aiohttp import hdrs, web
@@ -20,8 +19,9 @@ from multidict import istr
 
 from .call import CachedResponse, Call, Route
 from .clientwrite import CLIENT_WRITE_TIMEOUT, ClientStalled, send_whole
-from .errors import ProxyError, bad_request, error_for
+from .errors import ProxyError, error_for
 from .gateway import GATEWAY_KEY
+from .identify import identified
 from .inflight import shutdown_error, uncancel
 from .logs import redact, throttled
 from .media import MEDIA_PATHS, forward_media
@@ -29,7 +29,6 @@ from .onewrite import head_with_first_bytes
 from .provider import UNREADABLE, caller_key_refused, loads_json, unreadable_answer
 from .sse_start import start_stream
 from .streaming import TranslatingCodec, completion_to_chunks, pump, replay, splice_usage_fields
-from .validate import validate_embeddings
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -102,97 +101,6 @@ async def run_model_call(gateway: Gateway, http: web.Request | None, call: Call)
             await pending
         gateway.inflight.leave(task)
     return resp
-
-
-async def identify(gateway: Gateway, call: Call, resolve: bool = True) -> None:
-    """Who calls: ``call.principal``, the first ``tollway_authenticate`` answer (a call that
-    comes with its principal, a batch line, keeps it). With ``resolve``, what they ask for:
-    the model a body without one names (``default_model``), and ``call.route``, the first
-    ``tollway_resolve`` answer (none: 404)."""
-    pending = identified(gateway, call, resolve)
-    if pending is not None:
-        await pending
-
-
-def identified(gateway: Gateway, call: Call, resolve: bool = True) -> Awaitable[None] | None:
-    """``identify``'s steps as far as they need no await: None when done, else the coroutine that
-    does the rest (the hooks' callers hand their implementations' awaitables over: ``hookcallers``)."""
-    if call.principal is None:
-        principal = gateway.hooks.first_authenticate(call)
-        if type(principal) is CoroutineType:
-            return _authenticated_later(gateway, call, resolve, principal)
-        if principal is not None:
-            call.principal = principal
-    return _resolved(gateway, call) if resolve else None
-
-
-async def _authenticated_later(gateway: Gateway, call: Call, resolve: bool, pending: Awaitable[Any]) -> None:
-    principal = await pending
-    if principal is not None:
-        call.principal = principal
-    if resolve:
-        rest = _resolved(gateway, call)
-        if rest is not None:
-            await rest
-
-
-def _resolved(gateway: Gateway, call: Call) -> Awaitable[None] | None:
-    """``call.route`` from the first ``tollway_resolve`` answer (none: 404); None when done, else
-    the coroutine that does the rest."""
-    if call.model is NO_MODEL:
-        default_model(gateway, call)
-    if call.dialect == "responses":  # continuing a stored response: the caller's own only
-        return _resolved_after_continued(gateway, call)
-    route = gateway.hooks.first_resolve(call)
-    if type(route) is CoroutineType:
-        return _routed_later(call, route)
-    if route is None:
-        raise unknown_model(call)
-    call.route = route
-    return None
-
-
-async def _resolved_after_continued(gateway: Gateway, call: Call) -> None:
-    await gateway.stored_responses.check_continued(call)
-    route = gateway.hooks.first_resolve(call)
-    _routed(call, await route if type(route) is CoroutineType else route)
-
-
-async def _routed_later(call: Call, pending: Awaitable[Any]) -> None:
-    _routed(call, await pending)
-
-
-def _routed(call: Call, route: Route | None) -> None:
-    if route is None:
-        raise unknown_model(call)
-    call.route = route
-
-
-#: What the routes put in a body without "model" (a value no client can send: it is
-#: told apart by identity), replaced once the caller is known (``default_model``).
-NO_MODEL = "(default model)"
-
-
-def default_model(gateway: Gateway, call: Call) -> None:
-    """A request without "model": the caller's own default model (a principal's
-    ``default_model``, e.g. an API key's), else ``server.default_model``, else 400."""
-    model = getattr(call.principal, "default_model", None) or gateway.config.server.default_model
-    body = call.body
-    if model is None:  # the dialect's own answer to a body without "model"
-        call.model = ""  # (as asked: none; the placeholder is no model's name to record)
-        del body["model"]
-        if call.endpoint == "embeddings":
-            validate_embeddings(body)
-        else:
-            gateway.dialects[call.dialect].validate(body)
-        raise bad_request("'model' is required: the name of a model from GET /v1/models", "model", "missing_model")
-    body["model"] = call.model = model
-    call.set_body(body)  # the bytes sent upstream name the model too
-
-
-def unknown_model(call: Call) -> ProxyError:
-    return ProxyError(404, f"model {call.model!r} does not exist; GET /v1/models lists the models you can use",
-                      param="model", code="model_not_found")
 
 
 async def finish(gateway: Gateway, call: Call) -> None:

@@ -20,7 +20,8 @@ import orjson
 from aiohttp import web
 
 from .errors import ProxyError
-from .pipeline import MAX_ERROR_BODY, _json_response, answer_here, identify
+from .identify import identify
+from .pipeline import MAX_ERROR_BODY, _json_response, answer_here
 from .provider import loads_json
 
 if TYPE_CHECKING:
