@@ -136,10 +136,11 @@ def make(c: dict, loop) -> tuple[web.Response, web.Request, Transport, StreamWri
     return resp, request, transport, writer, heard
 
 
-def state(resp: web.Response, writer: StreamWriter, transport: Transport, heard: list, error) -> dict:
+def state(resp: web.StreamResponse, writer: StreamWriter, transport: Transport, heard: list, error) -> dict:
+    """What a start (and end) left: the writes, the response's and the writer's fields."""
     return {
         "error": (type(error), str(error)) if error is not None else None,
-        "writes": transport.writes,
+        "writes": list(transport.writes),
         "status": resp.status, "reason": resp.reason, "keep_alive": resp.keep_alive, "prepared": resp.prepared,
         "eof_sent": resp._eof_sent, "body_length": resp.body_length, "empty": resp._must_be_empty_body,
         "req": resp._req is not None, "payload_writer": resp._payload_writer is not None,

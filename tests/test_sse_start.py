@@ -20,7 +20,8 @@ from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_writer import StreamWriter
 from conftest import base_config
 from multidict import CIMultiDict
-from test_onewrite import DATE, NAMES, STATUSES, VALUES, Transport, mocked_request
+from test_dispatch import exchange, post
+from test_onewrite import DATE, NAMES, STATUSES, VALUES, Transport, mocked_request, state
 
 import proxy.sse_start
 from proxy.sse_start import start_stream
@@ -74,20 +75,6 @@ def make(c: dict) -> tuple[web.StreamResponse, web.Request, Transport, StreamWri
     if c["held"]:
         resp._send_headers_immediately = False
     return resp, request, transport, writer, heard
-
-
-def state(resp: web.StreamResponse, writer: StreamWriter, transport: Transport, heard: list, error) -> dict:
-    return {
-        "error": (type(error), str(error)) if error is not None else None,
-        "writes": list(transport.writes),
-        "status": resp.status, "reason": resp.reason, "keep_alive": resp.keep_alive, "prepared": resp.prepared,
-        "eof_sent": resp._eof_sent, "body_length": resp.body_length, "empty": resp._must_be_empty_body,
-        "req": resp._req is not None, "payload_writer": resp._payload_writer is not None,
-        "headers": list(resp.headers.items()),
-        "output_size": writer.output_size, "buffer_size": writer.buffer_size, "eof": writer._eof,
-        "length": writer.length, "chunked": writer.chunked, "headers_buf": writer._headers_buf,
-        "headers_written": writer._headers_written, "heard": heard,
-    }
 
 
 async def run(c: dict, ours: bool, took: list) -> list[dict]:
@@ -167,18 +154,9 @@ async def test_the_servers_streams_start_in_one_call(mock, start_gateway, mock_u
     gw = await start_gateway(base_config(mock_upstream.url))
     body = orjson.dumps({"model": "up", "stream": True, "stream_options": {"include_usage": True},
                          "messages": [{"role": "user", "content": "hi"}], "mock": mock})
-    reader, writer = await asyncio.open_connection("127.0.0.1", gw.server.port)
-    try:
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        async with asyncio.timeout(20):
-            head = await reader.readuntil(b"\r\n\r\n")
-            data = b""
-            while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
-                data += (await reader.readexactly(size + 2))[:size]
-            await reader.readexactly(2)
-    finally:
-        writer.close()
+    answer, _ = await exchange(gw.server.port, post("/v1/chat/completions", body))
+    cut = answer.index(b"\r\n\r\n") + 4
+    head, data = answer[:cut], answer[cut:]  # (exchange's answer holds the chunks' data, not their sizes)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nTransfer-Encoding: chunked\r\n" in head
     assert b"text/event-stream" in head
     assert data.endswith(b"data: [DONE]\n\n") and b'"usage":{' in data

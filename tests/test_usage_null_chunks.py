@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 from conftest import base_config
+from test_dispatch import exchange, post
 
 from proxy import hookimpl
 
@@ -59,19 +60,10 @@ async def test_null_usage_in_every_chunk_passes_and_the_object_is_billed(one_wri
     request = {"model": "up", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     if include_usage:
         request["stream_options"] = {"include_usage": True}
-    reader, writer = await asyncio.open_connection("127.0.0.1", gw.server.port)
     body = orjson.dumps(request)
-    try:
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        async with asyncio.timeout(20):
-            head = await reader.readuntil(b"\r\n\r\n")
-            data = b""
-            while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
-                data += (await reader.readexactly(size + 2))[:size]
-            await reader.readexactly(2)
-    finally:
-        writer.close()
+    answer, _ = await exchange(gw.server.port, post("/v1/chat/completions", body))
+    cut = answer.index(b"\r\n\r\n") + 4
+    head, data = answer[:cut], answer[cut:]  # (exchange's answer holds the chunks' data, not their sizes)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert data == b"".join([*CHUNKS, *([USAGE_EVENT] if include_usage else []), DONE])
     assert [(u.prompt_tokens, u.completion_tokens) for u in seen.usage] == [(5, 40)]
