@@ -19,7 +19,7 @@ from . import report
 from .plot import plot
 from .runner import Plan, run
 from .scenarios import DESCRIPTIONS, PROFILES, SCENARIOS, with_overrides
-from .targets import BUILTIN_TARGETS, Target, baseline_targets, builtin, parse_named, tollway_target
+from .targets import BUILTIN_TARGETS, FLEET_TARGETS, Target, baseline_targets, builtin, parse_named, tollway_target
 
 DEFAULT_OUT = Path("benchmarks/results")
 
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long and how hard (default: full, ~12 minutes; quick: ~2; smoke: seconds)")
     p.add_argument("--quick", action="store_const", const="quick", dest="profile", help="same as --profile quick")
     p.add_argument("--targets", default=",".join(BUILTIN_TARGETS),
-                   help=f"comma-separated built-in targets (default: {','.join(BUILTIN_TARGETS)})")
+                   help=f"comma-separated built-in targets (default: {','.join(BUILTIN_TARGETS)}; also "
+                        f"{', '.join(FLEET_TARGETS)}: Redis and PostgreSQL on this machine)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated (default: all: "
                                                                        f"{','.join(SCENARIOS)})")
     p.add_argument("--config", action="append", default=[], metavar="[NAME=]FILE",

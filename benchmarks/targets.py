@@ -5,6 +5,10 @@
 - ``floor``: ``benchmarks/floor.py``, the bare passthrough;
 - ``tollway-core`` / ``tollway-full``: ``tollway serve`` on
   ``benchmarks/configs/core.yaml`` / ``full.yaml``;
+- ``tollway-fleet`` / ``tollway-fleet-w2``: ``configs/fleet.yaml`` (tollway-full with its
+  counters on Redis and its store on PostgreSQL, both on this machine) with 1 and 2
+  worker processes; named only on request (``--targets``), never in the default run,
+  which needs no Redis or PostgreSQL;
 - ``tollway-cache``: ``configs/cache.yaml`` (full plus the cache plugin); it
   runs only the ``cache`` scenario (every other scenario repeats one question,
   which it would answer from its cache: not comparable with the others);
@@ -25,6 +29,8 @@ import yaml
 CONFIGS = Path(__file__).parent / "configs"
 BENCH_KEY = "sk-tollway-bench"
 BUILTIN_TARGETS = ("direct", "floor", "tollway-core", "tollway-full", "tollway-cache")
+#: Built-in targets that need the machine's Redis and PostgreSQL: run when named.
+FLEET_TARGETS = {"tollway-fleet": 1, "tollway-fleet-w2": 2}
 #: The cache scenario's reference without a cache: the first of these in the run.
 NO_CACHE_REFERENCES = ("tollway-full", "tollway-core")
 #: Modules each cache embedder needs (the 'cache' extra for local).
@@ -66,7 +72,11 @@ def builtin(name: str) -> Target:
         target = tollway_target(name, CONFIGS / "cache.yaml")
         target.scenarios = ("cache",)
         return target
-    raise ValueError(f"unknown target {name!r} (built-in targets: {', '.join(BUILTIN_TARGETS)})")
+    if name in FLEET_TARGETS:
+        target = tollway_target(name, CONFIGS / "fleet.yaml")
+        target.workers = FLEET_TARGETS[name]
+        return target
+    raise ValueError(f"unknown target {name!r} (built-in targets: {', '.join([*BUILTIN_TARGETS, *FLEET_TARGETS])})")
 
 
 def tollway_target(name: str, config: Path) -> Target:

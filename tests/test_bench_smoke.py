@@ -7,6 +7,7 @@ Checks the shape of the JSON and that nothing failed; never how fast anything wa
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import orjson
 
@@ -112,3 +113,23 @@ def test_children_are_stopped_even_when_never_waited_for(tmp_path):
     child = kids.spawn("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])
     kids.stop_all()
     assert child.popen.poll() is not None
+
+
+def test_the_fleet_targets_are_built_in_with_one_and_two_workers(tmp_path, capsys):
+    """`--targets tollway-fleet,tollway-fleet-w2` (issue 11's target: the full stack on Redis and
+    PostgreSQL) needs no --config; the default run leaves them out (it needs neither)."""
+    from benchmarks.cli import build_parser as bench_parser
+    from benchmarks.cli import make_plan
+
+    argv = ["--targets", "floor,tollway-fleet,tollway-fleet-w2", "--baseline", str(Path(__file__).parents[1])]
+    plan = make_plan(bench_parser().parse_args(argv), argv)
+    by_name = {t.name: t for t in plan.targets}
+    assert set(by_name) == {"floor", "tollway-fleet", "tollway-fleet-w2", "tollway-fleet@base",
+                            "tollway-fleet-w2@base"}
+    for name, workers in (("tollway-fleet", 1), ("tollway-fleet-w2", 2)):
+        for t in (by_name[name], by_name[f"{name}@base"]):
+            assert (t.kind, t.config, t.workers, t.skip) == ("tollway", CONFIGS / "fleet.yaml", workers, None)
+    default = make_plan(bench_parser().parse_args([]), [])
+    assert not any(t.name.startswith("tollway-fleet") for t in default.targets)
+    assert cmd_bench(build_parser().parse_args(["bench", "--targets", "tollway-flet"])) == 2
+    assert "tollway-fleet, tollway-fleet-w2" in capsys.readouterr().err
