@@ -17,6 +17,8 @@ fields through):
 - ``drop_after``: stream this many chunks, then drop the connection;
 - ``hang_after``: stream this many chunks, then go silent;
 - ``no_done``: end the stream without usage and without ``[DONE]``;
+- ``usage_null``: when usage is asked (``stream_options.include_usage``), every chunk before
+  the usage chunk ends with ``"usage":null``, as OpenAI sends them (the gateway always asks);
 - ``one_write``: the whole stream in one write, framed by ``Content-Length``
   (as a static server such as nginx sends a file of SSE events): many events
   arrive in one read.
@@ -70,11 +72,16 @@ def render_completion(model: str, chunks: int, size: int, prompt_tokens: int) ->
     })
 
 
-def render_stream(model: str, chunks: int, size: int, prompt_tokens: int, usage: bool) -> list[bytes]:
+def render_stream(model: str, chunks: int, size: int, prompt_tokens: int, usage: bool,
+                  usage_null: bool = False) -> list[bytes]:
+    """The events of a streamed answer; with ``usage`` and ``usage_null``, each chunk before the
+    usage chunk carries ``"usage":null`` (OpenAI's chunks when asked for usage)."""
     head = {"id": "chatcmpl-mockup", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    tail = {"usage": None} if usage and usage_null else {}
 
     def event(delta: dict, finish: str | None = None) -> bytes:
-        return data_event(orjson.dumps({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
+        return data_event(orjson.dumps({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                                        **tail}))
 
     events = [event({"role": "assistant", "content": ""})]
     events += [event({"content": _content_piece(i, size)}) for i in range(chunks)]
@@ -121,7 +128,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.Response(body=render_completion(model, s.chunks, s.chunk_size, prompt_tokens),
                             content_type="application/json")
     usage = bool((body.get("stream_options") or {}).get("include_usage")) and not knobs.get("no_done")
-    events = render_stream(model, s.chunks, s.chunk_size, prompt_tokens, usage)
+    events = render_stream(model, s.chunks, s.chunk_size, prompt_tokens, usage, bool(knobs.get("usage_null")))
     if knobs.get("no_done"):
         events = events[:-1]
     if knobs.get("one_write"):

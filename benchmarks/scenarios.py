@@ -41,8 +41,8 @@ DESCRIPTIONS = {
     "latency": "non-stream, one request at a time (latency)",
     "throughput": "non-stream, many connections (throughput)",
     "stream": "streams, many connections (streams/s, time to first byte, whole stream)",
-    "stream_whole": "streams whose whole answer (52 events) the upstream sends in one write, as a static "
-                    "server does, many connections (streams/s)",
+    "stream_whole": "streams whose whole answer (52 events, OpenAI's usage shape) the upstream sends in one "
+                    "write, as a static server does, many connections (streams/s)",
     "stream_whole_c1": "the same one-write streams, one at a time (p50/p99 latency)",
     "stream_paced": "paced streams (first token after ttft, chunks apart): time to first byte and gap added",
     "rate": "open loop at fixed rates (latency at a given load)",
@@ -74,13 +74,18 @@ class Profile:
     throughput_seconds: float = 6.0
     stream_concurrency: int = 32
     stream_seconds: float = 6.0
-    stream_mock: dict = field(default_factory=lambda: {"chunks": 16, "chunk_size": 16})
+    # Every stream shape is OpenAI's as the gateway gets it: asked for usage (the gateway always
+    # asks), each chunk ends with "usage":null and the usage chunk comes before [DONE]
+    # (``usage_null``; the floor does not ask, so it gets neither, as from OpenAI).
+    stream_mock: dict = field(default_factory=lambda: {"chunks": 16, "chunk_size": 16, "usage_null": True})
     # The upstream shape of issue 10 item 12: the whole 52-event answer (role, 50 pieces,
     # stop) in one write with a Content-Length, so many events arrive in one read.
-    whole_mock: dict = field(default_factory=lambda: {"chunks": 50, "chunk_size": 16, "one_write": True})
+    whole_mock: dict = field(default_factory=lambda: {"chunks": 50, "chunk_size": 16, "one_write": True,
+                                                      "usage_null": True})
     paced_requests: int = 200
     paced_concurrency: int = 4
-    paced_mock: dict = field(default_factory=lambda: {"ttft": 0.010, "chunk_delay": 0.002, "chunks": 20})
+    paced_mock: dict = field(default_factory=lambda: {"ttft": 0.010, "chunk_delay": 0.002, "chunks": 20,
+                                                      "usage_null": True})
     rates: tuple[float, ...] = (250, 500, 1000, 2000, 3000, 4000)
     reference_rate: float = 1000
     rate_seconds: float = 3.0
@@ -96,7 +101,7 @@ class Profile:
 PROFILES = {
     "smoke": Profile(rounds=1, latency_requests=30, concurrency=8, throughput_seconds=0.3, stream_concurrency=4,
                      stream_seconds=0.3, paced_requests=6, paced_concurrency=2,
-                     paced_mock={"ttft": 0.002, "chunk_delay": 0.001, "chunks": 4}, rates=(200,),
+                     paced_mock={"ttft": 0.002, "chunk_delay": 0.001, "chunks": 4, "usage_null": True}, rates=(200,),
                      reference_rate=200, rate_seconds=0.3, soak_requests=300, soak_concurrency=4, warmup=10,
                      cache_requests=16, cache_warmup=4, max_seconds=30.0),
     "quick": Profile(rounds=1, latency_requests=1000, throughput_seconds=3.0, stream_seconds=3.0, paced_requests=100,

@@ -188,3 +188,29 @@ async def test_one_write_sends_the_whole_stream_framed_by_its_length(aiohttp_cli
     paced = sse_payloads(await r.read())
     strip = [orjson.loads(p) | {"created": 0} for p in payloads[:-1]]
     assert strip == [orjson.loads(p) | {"created": 0} for p in paced[:-1]]
+
+
+@pytest.mark.parametrize("one_write", [False, True])
+async def test_usage_null_puts_a_null_usage_in_every_chunk_when_usage_is_asked(aiohttp_client, one_write):
+    """OpenAI's shape with ``stream_options.include_usage``: ``"usage":null`` ends every chunk
+    before the usage chunk (exact bytes); asked without usage, the same answer as without the knob."""
+    client = await aiohttp_client(make_app(MockSettings()))
+    mock = {"chunks": 3, "chunk_size": 4, "one_write": one_write}
+    body = {"model": "m", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True},
+            "mock": {**mock, "usage_null": True}}
+    raw = await (await client.post("/v1/chat/completions", json=body)).read()
+    payloads = sse_payloads(raw)
+    assert len(payloads) == 1 + 3 + 1 + 1 + 1  # role, pieces, stop, usage, [DONE]
+    assert all(p.endswith(b'}],"usage":null}') for p in payloads[:5])
+    assert payloads[1].endswith(b'"choices":[{"index":0,"delta":{"content":"tok0"},"finish_reason":null}],'
+                                b'"usage":null}')
+    assert payloads[5].endswith(b'"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3,'
+                                b'"total_tokens":5}}')
+    assert payloads[6] == b"[DONE]"
+    plain = {**body, "mock": mock}
+    assert sse_payloads(await (await client.post("/v1/chat/completions", json=plain)).read()) == [
+        p.replace(b',"usage":null}', b"}") for p in payloads]
+    del body["stream_options"], plain["stream_options"]  # no usage asked: no nulls, no usage chunk
+    no_usage = sse_payloads(await (await client.post("/v1/chat/completions", json=body)).read())
+    assert no_usage == sse_payloads(await (await client.post("/v1/chat/completions", json=plain)).read())
+    assert len(no_usage) == 6 and b'"usage"' not in b"".join(no_usage)
