@@ -25,10 +25,11 @@ from .identify import identified
 from .inflight import shutdown_error, uncancel
 from .logs import redact, throttled
 from .media import MEDIA_PATHS, forward_media
-from .onewrite import head_with_first_bytes
+from .onewrite import end_whole, head_with_first_bytes
 from .provider import UNREADABLE, caller_key_refused, loads_json, unreadable_answer
 from .sse_start import start_stream
 from .streaming import TranslatingCodec, completion_to_chunks, pump, replay, splice_usage_fields
+from .wholeanswer import send_answer
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -433,11 +434,24 @@ def _stream_response(call: Call) -> web.StreamResponse:
     return resp
 
 
-def _json_response(request: web.Request, call: Call, body: bytes) -> Awaitable[web.Response]:
-    """A 200 JSON answer; awaited, sent (``_send``; a plain function: one coroutine less an answer)."""
-    call.response.status = 200
-    return _send(request, call, web.Response(status=200, body=body,
-                                            headers={**call.response.headers, hdrs.CONTENT_TYPE: JSON}))
+async def _json_response(request: web.Request | None, call: Call, body: bytes) -> web.Response:
+    """A 200 JSON answer, sent: written from its dict of headers in one call (``send_answer``)
+    where it can be, else through a ``web.Response`` (``_send``)."""
+    out = call.response
+    out.status = 200
+    headers = {**out.headers, hdrs.CONTENT_TYPE: JSON}
+    sent = send_answer(request, 200, headers, body) if request is not None and not out.settle_before_end else None
+    if sent is None:
+        return await _send(request, call, web.Response(status=200, body=body, headers=headers))
+    resp, writer = sent
+    if writer._protocol._paused:  # (send_whole's drain, as its one write does it)
+        try:
+            await writer.drain()
+        except (ConnectionError, RuntimeError):
+            out.client_gone = True
+            return resp
+    end_whole(resp, writer)
+    return resp
 
 
 async def answer_cached(gateway: Gateway, request: web.Request, call: Call,

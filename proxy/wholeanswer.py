@@ -1,0 +1,168 @@
+"""The core's own whole answers (a JSON body and a plain dict of headers), sent without building them
+through ``web.Response`` first.
+
+A 200 JSON answer of tollway-full went: the plugins' headers (a dict) copied into a
+``web.Response`` (~14k instructions: its ``__init__`` and a CIMultiDict of ~14 names), four more
+headers added through case-folding look-ups (``onewrite.start_whole``), and the ~18 headers
+serialized by aiohttp's Cython writer, a character at a time (~24k). ``send_answer`` writes the
+same bytes from the dict itself: per tuple of header names (the same plugins add the same names in
+the same order) the head's text is kept with the names written in and a slot for each value; an
+answer's head is its values checked for control characters in one pass, slotted in, and the
+``Content-Length``/``Date``/``Server``/``Connection`` lines aiohttp would add. The response it
+returns is the one aiohttp would have left (the same fields, ``headers`` included).
+
+The same bytes, in the same transport write, and the same response as ``web.Response(status=...,
+body=..., headers=...)`` sent by ``clientwrite.send_whole``, where ``start_whole`` takes its one
+write; anything else (a name that is not printable ASCII, a header aiohttp would add or refuse
+given already: ``Content-Length``; a value with a control character or outside ASCII; a transport
+with bytes buffered or closing; ``on_response_prepare`` receivers; HEAD, a status without a body;
+another aiohttp) returns None having done nothing, and the caller sends a ``web.Response``.
+``tests/test_wholeanswer.py`` holds the two together over generated answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import hdrs, web
+from aiohttp.compression_utils import MAX_SYNC_CHUNK_SIZE
+from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
+from aiohttp.http_writer import StreamWriter
+from aiohttp.web_response import REASON_PHRASES
+from multidict import CIMultiDict
+
+from .onewrite import ENABLED, has_prepare_receivers
+
+__all__ = ["send_answer"]
+
+#: Distinct name orders kept (a gateway's answers use a handful; past this the cache starts over).
+MAX_SHAPES = 256
+
+#: Each byte to itself but those aiohttp refuses in a head (a control character other than TAB, DEL) to NUL.
+_CONTROL_TO_NUL = bytes(0 if (c < 0x20 and c != 0x09) or c == 0x7F else c for c in range(256))
+
+_TYPE, _DATE, _SERVER, _CONNECTION = (n.lower() for n in (hdrs.CONTENT_TYPE, hdrs.DATE, hdrs.SERVER, hdrs.CONNECTION))
+#: Names whose presence sends the answer through aiohttp (it would refuse them, or take another branch).
+_REFUSED = frozenset(n.lower() for n in (hdrs.CONTENT_LENGTH, hdrs.TRANSFER_ENCODING))
+
+
+class _Shape:
+    """A tuple of names' head: ``pieces`` (the names written in, None where each value goes)
+    and which of the headers aiohttp adds were given."""
+
+    __slots__ = ("pieces", "content_type", "date", "server", "connection")
+
+    def __init__(self, pieces: list[Any], names: set[str]) -> None:
+        self.pieces = pieces
+        self.content_type = _TYPE in names
+        self.date = _DATE in names
+        self.server = _SERVER in names
+        self.connection = _CONNECTION in names
+
+
+# the names (a dict's keys, as a tuple) -> their shape; None: names this path does not write
+_shapes: dict[tuple[str, ...], _Shape | None] = {}
+_UNSEEN = _Shape([], set())
+
+
+def send_answer(request: web.BaseRequest, status: int, headers: dict[str, str], body: bytes
+                ) -> tuple[web.Response, StreamWriter] | None:
+    """``web.Response(status=status, body=body, headers=headers)`` sent as ``send_whole`` sends it
+    when it takes its one write: the response and the writer (the caller awaits its drain when
+    its protocol is paused, and ends it with ``onewrite.end_whole``); None when another branch
+    would be taken (nothing done)."""
+    writer = request._payload_writer
+    transport = request.transport
+    size = len(body)
+    if (not ENABLED or type(body) is not bytes or not size or type(writer) is not StreamWriter
+            or transport is None or transport.is_closing() or size > transport.get_write_buffer_limits()[1]
+            or transport.get_write_buffer_size() or writer._headers_buf is not None or writer._eof
+            or writer.chunked or writer._compress is not None or writer._on_headers_sent is not None
+            or writer._on_chunk_sent is not None or writer.on_body_write is not None
+            or must_be_empty_body(request.method, status)):
+        return None
+    names = tuple(headers)
+    shape = _shapes.get(names, _UNSEEN)
+    if shape is _UNSEEN:
+        shape = _shape(names)
+    if shape is None or has_prepare_receivers(request):
+        return None
+    values = tuple(headers.values())
+    try:
+        text = "".join(values)
+    except TypeError:
+        return None
+    if not text.isascii() or b"\0" in text.encode("ascii").translate(_CONTROL_TO_NUL):
+        return None
+    # The response as web.Response(...) and start_whole leave it.
+    resp: web.Response = web.Response.__new__(web.Response)
+    resp._state = {}
+    resp._headers = md = CIMultiDict(headers)
+    resp._status = status
+    resp._reason = reason = REASON_PHRASES.get(status, "")
+    resp._body = body
+    resp._compressed_body = None
+    resp._zlib_executor_size = MAX_SYNC_CHUNK_SIZE
+    resp._zlib_executor = None
+    resp._must_be_empty_body = False
+    resp._req = request
+    resp._payload_writer = writer
+    keep_alive = resp._keep_alive = request.keep_alive
+    version = request.version
+    writer.length = size
+    length = str(size)
+    md[hdrs.CONTENT_LENGTH] = length
+    tail = f"Content-Length: {length}\r\n"
+    if not shape.content_type:
+        md[hdrs.CONTENT_TYPE] = "application/octet-stream"
+        tail += "Content-Type: application/octet-stream\r\n"
+    if not shape.date:
+        md[hdrs.DATE] = date = rfc822_formatted_time()
+        tail += f"Date: {date}\r\n"
+    if not shape.server:
+        md[hdrs.SERVER] = SERVER_SOFTWARE
+        tail += _SERVER_LINE
+    if not shape.connection:
+        if keep_alive:
+            if version == HttpVersion10:
+                md[hdrs.CONNECTION] = "keep-alive"
+                tail += "Connection: keep-alive\r\n"
+        elif version == HttpVersion11:
+            md[hdrs.CONNECTION] = "close"
+            tail += "Connection: close\r\n"
+    pieces = shape.pieces.copy()
+    pieces[1::2] = values
+    pieces[0] = f"HTTP/{version[0]}.{version[1]} {status} {reason}\r\n{pieces[0]}"
+    pieces.append(tail)
+    pieces.append("\r\n")
+    head = "".join(pieces).encode("ascii")
+    writer._headers_written = True
+    writer._writelines((head, body))
+    return resp, writer
+
+
+_SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n"
+
+
+def _shape(names: tuple[Any, ...]) -> _Shape | None:
+    pieces: list[Any] = [""]
+    folded: set[str] = set()
+    for name in names:
+        text = str(name) if isinstance(name, str) else None  # (what aiohttp writes: an istr's text)
+        if text is None or not _printable(text) or text.lower() in _REFUSED:
+            shape = None
+            break
+        folded.add(text.lower())
+        pieces[-1] += f"{text}: "
+        pieces += (None, "\r\n")
+    else:
+        shape = _Shape(pieces, folded)
+    if len(_shapes) >= MAX_SHAPES:
+        _shapes.clear()
+    _shapes[names] = shape
+    return shape
+
+
+def _printable(text: str) -> bool:
+    return text.isascii() and b"\0" not in text.encode("ascii").translate(_CONTROL_TO_NUL)
