@@ -57,7 +57,8 @@ async def pg_url(tmp_path):
 
 async def test_one_request_at_a_time_writes_its_admit_then_its_charge_with_its_correction(pg_url, start_gateway):
     config = biz_config(keys=[{"name": "demo", "key": DEMO, "credits": 5.0, "limits": {"tpm": 1_000_000}}])
-    config["storage"] = {"url": pg_url, "counters": redis_url()}
+    # The exact path's writes (with leases, the admission writes nothing: tests/test_leases.py)
+    config["storage"] = {"url": pg_url, "counters": redis_url() + "&leases=off"}
     running = await start_gateway(config)
     async with aiohttp.ClientSession() as s:
         status, _, body = await chat(s, running, DEMO, max_tokens=500)  # seeds the account in Redis

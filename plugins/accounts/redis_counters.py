@@ -46,6 +46,7 @@ from .claims import LOCAL_HOLD, Admission, RateClaim, SlotClaim, TotalClaim
 from .counters import Counters, Refusal
 from .gcra import Rule, Tat
 from .redis_admit import admit_in_redis
+from .redis_leases import Leases
 from .redis_link import PROBE_S, RedisLink
 
 if TYPE_CHECKING:
@@ -91,6 +92,8 @@ class RedisCounters(Counters):
         self._total_keys: dict[str, list[str]] = {}
         #: name -> (expire-at, ``await fresh()``) of each total this instance holds some of (``live``).
         self.total_meta: dict[str, tuple[float, Callable[[], Awaitable[int]] | None]] = {}
+        #: Slices of credit and rate limits taken ahead (``redis_leases.py``; None: ``leases=off``).
+        self.leases: Leases | None = Leases(self) if link.leases else None
 
     @property
     def down(self) -> bool:  # type: ignore[override]
@@ -116,6 +119,8 @@ class RedisCounters(Counters):
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._keep_alive(), name="tollway-redis-keepalive"))
         self._tasks.append(loop.create_task(self._listen(), name="tollway-redis-notices"))
+        if self.leases is not None:
+            self.leases.start()
 
     # -- rate limits ----------------------------------------------------------------------------
     def tat_key(self, state: tuple) -> str:
@@ -124,16 +129,30 @@ class RedisCounters(Counters):
         return self.prefix + "rl2:" + "\x1f".join(state)
 
     async def admit(self, admission: Admission) -> None:
-        """Every claim in ONE script (``ADMIT``): one round trip for the whole admission."""
+        """From this instance's leases when they cover every claim (no round trip), else every
+        claim in ONE script (``ADMIT``): one round trip for the whole admission."""
+        leases = self.leases
+        if leases is None:
+            await admit_in_redis(self, admission)
+            return
+        if leases.admit(admission):
+            return
+        if await leases.wait(admission) and leases.admit(admission):
+            return
+        leases.give_back_for(admission)
         await admit_in_redis(self, admission)
+        leases.after_exact(admission)
 
     async def take(self, rules: tuple[Rule, ...], tokens: int, now: float) -> Refusal | None:
+        """(Exact, never from leases: one rule set taken on its own, outside a request.)"""
         admission = Admission()
         claim = admission.add(RateClaim(rules, tokens, now))
-        await self.admit(admission)
+        await admit_in_redis(self, admission)
         return claim.refusal
 
     def tat(self, state: tuple) -> Tat | None:
+        if self.leases is not None:
+            return self.leases.view(state, self.tats.get(state))
         return self.tats.get(state)
 
     def adjust(self, rules: tuple[Rule, ...], tokens: int) -> None:
@@ -392,6 +411,8 @@ class RedisCounters(Counters):
         # loses a cancel that comes as the write ends; the notices' loop then went on for ever
         # and the stop never ended (as the listener subscribes again once Redis is back).
         await asyncio.gather(*(stop_task(task) for task in self._tasks), return_exceptions=True)
+        if self.leases is not None:
+            await self.leases.close()
         await self.settled()
         await self.link.close()
 

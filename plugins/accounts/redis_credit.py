@@ -113,7 +113,7 @@ class SharedCredit:
         when the account does not have the difference free (the old hold stays)."""
         new = f"{self.counters.new_id()}|{amount}"
         keys = self._keys(acc.id)
-        args = ["", "", member, held, new, amount, self.counters.ttl_ms]
+        args = ["", "", member, held_of(member, held), new, amount, self.counters.ttl_ms]
         ok, bal, res = await self.link.run(lua.GROW, keys, args)
         if ok == -1:
             args[0:2] = await self.seed(acc.id)
@@ -130,7 +130,7 @@ class SharedCredit:
         self.counters.forget_live(keys[1], member)
         payload = b"" if row is None else orjson.dumps(tuple(row))
         done = self.prefix + "done:" + done_marker(member, row)
-        keys, args = [*keys, self.stream, done], ["", "", member, held, cost, payload, acc.id]
+        keys, args = [*keys, self.stream, done], ["", "", member, held_of(member, held), cost, payload, acc.id]
         if totals is not None:
             total_keys = self.counters.total_keys
             for name in totals.names:
@@ -173,7 +173,7 @@ class SharedCredit:
     def release(self, acc: Account, member: str, held: int) -> None:
         keys = self._keys(acc.id)
         self.counters.forget_live(keys[1], member)
-        self.counters.send_behind(lua.RELEASE, keys, [member, held])
+        self.counters.send_behind(lua.RELEASE, keys, [member, held_of(member, held)])
 
     async def topup(self, account_id: str, amount: int, version: int, balance_after: int) -> None:
         await self.link.run(lua.TOPUP, [self.prefix + "acct:" + account_id, self.prefix + "topups:" + account_id],
@@ -296,6 +296,15 @@ class SharedCredit:
         self._pipe = pipe = await self.link.other_pipe(self._pipe)
         await self.link.run(lua.STREAM_DONE, [self.stream, *(markers or ())],
                             [GROUP, len(ids), lua.MARKER_AFTER_STORED_S, *ids], pipe=pipe)
+
+
+def held_of(member: str, held: int) -> int:
+    """What the hold ``member`` ("<hold id>|<amount>") holds in Redis: its own amount. The
+    request's reservation (``held``) is the same, except for a hold taken from a lease's pool
+    (``redis_leases.py``), which may hold more than the request's worst case: freeing only the
+    worst case would leave the rest counted in ``res`` for good."""
+    _, bar, amount = member.rpartition("|")
+    return int(amount) if bar and amount.isdigit() else held
 
 
 def done_marker(member: str, row: LedgerRow | None) -> str:

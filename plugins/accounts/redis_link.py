@@ -37,9 +37,12 @@ PING = hiredis.pack_command(("PING",))
 
 
 def parse_counters_url(url: str) -> tuple[str, str, float, float]:
-    """(the URL redis-py connects to, key prefix, timeout seconds, hold TTL seconds)."""
+    """(the URL redis-py connects to, key prefix, timeout seconds, hold TTL seconds); ``leases=``
+    is read by ``leases_of``."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
+    leases_of(url)
+    query.pop("leases", None)
     prefix = query.pop("prefix", "tollway:")
     try:
         timeout = float(query.pop("timeout", "2.0"))
@@ -54,6 +57,16 @@ def parse_counters_url(url: str) -> tuple[str, str, float, float]:
     return urlunsplit(parts._replace(query=urlencode(query))), prefix, timeout, hold_ttl
 
 
+def leases_of(url: str) -> bool:
+    """``leases=on`` (the default) or ``off`` in the counters URL: whether requests are admitted
+    from this instance's leases when they cover them (``redis_leases.py``), or every admission
+    is one exact ``ADMIT``."""
+    value = dict(parse_qsl(urlsplit(url).query)).get("leases", "on")
+    if value not in ("on", "off"):
+        raise ValueError(f"storage.counters: leases= must be on or off, not {value!r}")
+    return value == "on"
+
+
 class RedisLink:
     """One Redis client with a down flag: a failed call marks it down, a probe brings it back."""
 
@@ -63,6 +76,7 @@ class RedisLink:
         from redis.backoff import NoBackoff
 
         conn_url, self.prefix, self.timeout, self.hold_ttl = parse_counters_url(url)
+        self.leases = leases_of(url)
         # A bounded pool: a burst waits (at most the timeout) for a connection instead of
         # opening hundreds; scripts take microseconds, so a few dozen connections carry it.
         pool = BlockingConnectionPool.from_url(conn_url, max_connections=POOL_SIZE, timeout=self.timeout,

@@ -210,6 +210,8 @@ class Restorer:
     async def _restore(self, token: str) -> None:
         """Put this instance's holds back, then say so."""
         counters, link = self.counters, self.link
+        if counters.leases is not None:
+            counters.leases.lost()  # (what was leased and unused is not put back: free in the new life)
         ttl = counters.ttl_ms
         holds, total_holds = counters.prefix + "holds:", counters.prefix + "total-holds:"
         slot_keys: list[str] = []
