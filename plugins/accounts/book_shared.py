@@ -194,6 +194,8 @@ class SharedMoney(BookMemory):
         if live is None:
             return acc
         balance, reserved = live
+        if self.shared.counters.leases is not None:  # (this instance's unused pool is not held for anyone)
+            reserved = max(reserved - self.shared.counters.leases.pooled(acc.id), 0)
         # Charged in Redis, not stored yet: spent too.
         return replace(acc, balance=balance, reserved=reserved, spent=acc.spent + max(acc.balance - balance, 0))
 

@@ -212,6 +212,12 @@ class Leases:
         await asyncio.gather(*waiting, return_exceptions=True)
         return True
 
+    def pooled(self, account_id: str) -> int:
+        """What this instance's pool of the account holds, unused (the views leave it out of
+        what is held: it is spendable by this instance's next requests)."""
+        pool = self.pools.get(account_id)
+        return pool.amount * len(pool.holds) if pool is not None else 0
+
     def view(self, state: tuple, tat: Tat | None) -> Tat | None:
         """A rule's TAT for the headers: the fleet's, as last seen, less what this instance
         leased of it and has not used (exact with one instance)."""
