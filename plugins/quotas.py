@@ -65,7 +65,7 @@ from .accounts.admin_accounts import AdminAccounts
 from .accounts.book import LOCAL_HOLD
 from .accounts.budgets import BudgetClaims, BudgetHold, BudgetKeeper
 from .accounts.checks import check_config
-from .accounts.claims import ADMISSION, Admission, CreditClaim, admission_of, run_admission
+from .accounts.claims import ADMISSION, Admission, CreditClaim, run_admission
 from .accounts.counters import COUNTERS, Counters
 from .accounts.estimate import UNREAD, output_bound, prompt_bound, requested_output
 from .accounts.http import authenticate
@@ -178,14 +178,21 @@ class Plugin:
         key = call.principal
         if not isinstance(key, KeyRecord) or call.route is None:
             return
-        acc = self.accounts.account_of(key)
+        accounts = self.accounts
+        acc = accounts.accounts.get(key.account_id)  # (Accounts.account_of's look-up, inline: a call less)
+        if acc is None:
+            acc = accounts.account_of(key)
         if acc.policy.suspended:
             raise ProxyError(402, f"the account {acc.id!r} of this key is suspended; ask the operator to "
                                   f"reinstate it{self.top_up}", code="account_suspended")
         asked = requested_output(call)  # (read once: the worst case and the output cap both need it)
         amount, what = self._worst_case(call, call.route, asked)
-        admission = admission_of(call)
-        credit = self.accounts.credit_claim(acc, amount)
+        state = call.state
+        admission = state.get(ADMISSION)  # (admission_of, inline: a call less)
+        if admission is None:
+            admission = state[ADMISSION] = Admission()
+        # (Accounts.credit_claim, inline: a call less)
+        credit = CreditClaim(acc, amount, accounts.shared is not None and not acc.unlimited)
         admission.claims.append(credit)  # (Admission.add and .then, inline: a method call less each)
         # (400 at once when it can never fit; BudgetKeeper.claim's own first test, inline: a call less
         # for the usual key, with no budgets)
@@ -197,9 +204,9 @@ class Plugin:
 
     @hookimpl(specname="tollway_admit", trylast=True)
     @only_if(ADMISSION)  # (no plugin claimed, or ratelimit's admit_claims ran them: nothing to do)
-    async def admit_claims(self, call: Call) -> None:
+    def admit_claims(self, call: Call) -> Awaitable[None] | None:
         """Every plugin's claims at once, one step (``accounts/claims.py``), after every admit added its own."""
-        await run_admission(self.counters, call)
+        return run_admission(self.counters, call)
 
     def _admitted(self, call: Call, admission: Admission, credit: CreditClaim, budgets: BudgetClaims | None,
                   what: tuple) -> None:
@@ -235,7 +242,11 @@ class Plugin:
         output = asked if asked is not None and asked != UNREAD and call.endpoint != "embeddings" else \
             output_bound(call, self.default_cap, asked)
         own = call.state.get(CALLER_KEYS)  # the caller's own upstream key (byok): its price
-        table = self.prices.of(route, own is not None and route.provider.name in own)
+        entry = self.prices.tables.get(route.model)  # (PriceBook.of's usual answer, inline: a call less)
+        if own is None and entry is not None and entry[0] is route.config:
+            table = entry[1]
+        else:
+            table = self.prices.of(route, own is not None and route.provider.name in own)
         if call.billing.units is not None:  # images, speech, transcriptions
             check_units(call, table)
             bound = unit_bound(call, table)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable
 from functools import partial
 
 from proxy import Call, Gateway, ProxyError, StateKey, hookimpl, only_if, settles_before_end
@@ -163,9 +164,9 @@ class Plugin:
 
     @hookimpl(specname="tollway_admit", trylast=True)
     @only_if(ADMISSION)  # (no plugin claimed, or quotas' admit_claims ran them: nothing to do)
-    async def admit_claims(self, call: Call) -> None:
+    def admit_claims(self, call: Call) -> Awaitable[None] | None:
         """Every plugin's claims at once, one step (``accounts/claims.py``), after every admit added its own."""
-        await run_admission(self.counters, call)
+        return run_admission(self.counters, call)
 
     def _admitted(self, call: Call, key: KeyRecord, admission: Admission, slot: SlotClaim | None,
                   rate: RateClaim | None, plan: Plan, estimate: int) -> None:

@@ -9,7 +9,7 @@ own scopes and its own refusal; none should pay a round trip of its own. So in
 counters service runs every claim at once (``Counters.admit``), after every
 ``tollway_admit`` has added its own (``run_admission``, called from a
 ``trylast`` admit implementation of each plugin that claims; the first runs
-them, the others find nothing left):
+them, the others find nothing left; in memory with no coroutine at all):
 
 - every claim is checked, in the order they were added; the first that does
   not fit is ``admission.refused`` and NOTHING is taken (all or none);
@@ -129,18 +129,38 @@ def admission_of(call: Call) -> Admission:
     return admission
 
 
-async def run_admission(counters: Counters, call: Call) -> None:
+def run_admission(counters: Counters, call: Call) -> Awaitable[None] | None:
     """Check and take the request's claims at once (the first caller does; later ones
-    find nothing), run every continuation, then raise the first refusal one raised."""
+    find nothing), run every continuation, then raise the first refusal one raised. None
+    when that is done; the coroutine that does it when the counters must await
+    (``Counters.admit_now``: memory decides at once, Redis answers over the wire)."""
     admission = call.state.pop(ADMISSION, None)
     if admission is None:
-        return
+        return None
     # Each continuation holds the admission (and the call): kept in the admission, they would make
     # a reference cycle per request (the whole call, its request and response with it) that only
     # the cyclic garbage collector frees, about 50 objects a request and its collections' cost.
     callbacks, admission.callbacks = admission.callbacks, []
-    if admission.claims:
-        await counters.admit(admission)
+    if admission.claims and not counters.admit_now(admission):
+        return _admit_then(counters, admission, callbacks)
+    refusal: ProxyError | None = None  # (run_continuations, inline: a call less a request)
+    for callback in callbacks:
+        try:
+            callback()
+        except ProxyError as exc:
+            refusal = refusal or exc
+    if refusal is not None:
+        raise refusal
+    return None
+
+
+async def _admit_then(counters: Counters, admission: Admission, callbacks: list[Callable[[], None]]) -> None:
+    await counters.admit(admission)
+    run_continuations(callbacks)
+
+
+def run_continuations(callbacks: list[Callable[[], None]]) -> None:
+    """Run every continuation of an admission that ran, then raise the first refusal one raised."""
     refusal: ProxyError | None = None
     for callback in callbacks:
         try:

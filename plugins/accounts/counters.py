@@ -62,6 +62,11 @@ class Counters:
         ``admission.refused`` is then the first claim that did not fit (None: all taken)."""
         raise NotImplementedError
 
+    def admit_now(self, admission: Admission) -> bool:
+        """``admit``, done at once when these counters need no await for it (True), else
+        nothing done (False: the caller awaits ``admit``)."""
+        return False
+
     async def take(self, rules: tuple[Rule, ...], tokens: int, now: float) -> Refusal | None:
         """Take from every rule at once (1, or ``tokens`` for a tokens rule), or
         from none and say which rule refused and for how long."""
@@ -151,6 +156,10 @@ class MemoryCounters(Counters):
 
     async def admit(self, admission: Admission) -> None:
         admit_local(self.tats, self.in_flight, self._claimed_total, admission)
+
+    def admit_now(self, admission: Admission) -> bool:
+        admit_local(self.tats, self.in_flight, self._claimed_total, admission)
+        return True
 
     def _claimed_total(self, claim: TotalClaim) -> list:
         return self._total(claim.name, claim.seed, claim.until)

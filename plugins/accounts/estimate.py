@@ -93,7 +93,7 @@ def prompt_bound(call: Call) -> int:
     images = _image_parts(call.body)
     if images is None:
         return window or UNKNOWN_WINDOW
-    bound = len(call.body_bytes()) + IMAGE_TOKENS * images
+    bound = len(call.raw_body if not call.body_changed else call.body_bytes()) + IMAGE_TOKENS * images  # (a call less)
     return (window if window < bound else bound) if window else bound  # (min(), without the builtin's call)
 
 
@@ -214,7 +214,7 @@ async def unit_output(call: Call, default_cap: int) -> int:
 def tokens_estimate(call: Call) -> int:
     if call.billing.units is not None:  # images and audio: an upload's bytes are not tokens; its text fields may be
         return max(1, sum(len(v) for v in call.body.values() if isinstance(v, str)) // 4)
-    prompt = len(call.body_bytes()) // 4
+    prompt = len(call.raw_body if not call.body_changed else call.body_bytes()) // 4  # (body_bytes: a call less)
     return (prompt if prompt > 1 else 1) + (requested_output(call) or 0)  # (max(1, ...), without the builtin)
 
 
