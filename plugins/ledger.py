@@ -206,6 +206,13 @@ class Plugin:
         units = billing.units
         images, characters, audio_ms = NO_UNITS if units is None else _units(call)
         attempts = call.upstream_attempts
+        deployments = None  # the deployments tried, as a JSON list (_deployments; its usual answer inline)
+        if route is not None and attempts:
+            if call.earlier_routes is None:
+                deployments = self._one_deployment.get(route.deployment or f"{route.provider.name}/"
+                                                       f"{route.upstream_model}")
+            if deployments is None:
+                deployments = self._deployments(call, route)
         # Positional, straight into the tuple: by name, a 29-field NamedTuple costs about
         # ten times as much (2-3 us a row). The order is LEDGER_COLUMNS' (plugins/accounts/db.py).
         # (1 if flag else 0, not int(flag): a call to int costs ten times as much.)
@@ -227,7 +234,7 @@ class Plugin:
             1 if billing.usage_estimated else 0,  # estimated
             images, characters, audio_ms,
             1 if billing.caller_key else 0,  # byok
-            attempts, None if route is None or not attempts else self._deployments(call, route),
+            attempts, deployments,
             1 if status == 200 and error is not None else 0)  # incomplete: cut after it began
 
     def _deployments(self, call: Call, route: Route) -> str:

@@ -84,19 +84,21 @@ from .accounts.views import account_view
 class Reservation:
     """A request's hold on its account, from admit to settle (or finish)."""
 
+    # (The fields admit sets come first: it passes them by position. Keywords to a class cost a
+    # dict made and unpacked, ~250 instructions a request.)
     account: Account
     amount: int  # micro-USD held
     budget: BudgetHold | None = None  # what it holds against budgets (the same amount)
     hold: str = LOCAL_HOLD  # the book's id of the hold (in Redis with shared counters)
+    #: The price multiplier ``amount`` was figured at (a batch line's share): one set later
+    #: (a cache hit's) scales an unmeasured answer's charge, this one is in it already.
+    multiplier: float = 1.0
     charged: int = 0  # micro-USD taken at settle (the ledger records it)
     open: bool = True
     #: With shared counters: the cost to charge, set in settle; the ledger plugin charges it
     #: together with the request's row (one Redis script), so neither exists without the other.
     cost: int | None = None
     budget_settled: bool = False
-    #: The price multiplier ``amount`` was figured at (a batch line's share): one set later
-    #: (a cache hit's) scales an unmeasured answer's charge, this one is in it already.
-    multiplier: float = 1.0
 
 
 # The request's reservation: set in tollway_admit, charged in tollway_settle, read by the ledger.
@@ -227,8 +229,7 @@ class Plugin:
                                                   limit=str(exc.extra.get("period")))
                 raise
         if refused is None:
-            call.state[RESERVATION] = Reservation(acc, amount, budget=budget, hold=credit.hold,
-                                                  multiplier=call.billing.price_multiplier)
+            call.state[RESERVATION] = Reservation(acc, amount, budget, credit.hold, call.billing.price_multiplier)
             call.state[FINISH_DUE] = True
             if credit.hold != LOCAL_HOLD:  # the charge goes to Redis: before the client has it all
                 call.response.settle_before_end = True

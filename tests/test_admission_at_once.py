@@ -6,6 +6,7 @@ ledger hold."""
 from __future__ import annotations
 
 import aiohttp
+import pytest
 from business import bearer, biz_config, chat, credits, ledger_rows
 
 from plugins.accounts import ACCOUNTS
@@ -61,3 +62,23 @@ async def test_the_rate_limiter_alone_admits_and_refuses_at_once(start_gateway):
             assert r.headers["x-ratelimit-remaining-requests"] == "0" and int(r.headers["Retry-After"]) >= 1
     counters = running.gw.services[COUNTERS]
     assert counters.in_flight.get(running.gw.services[ACCOUNTS].key_for(KEY).id, 0) == 0
+
+
+@pytest.mark.parametrize("price", [{"input": 1, "output": 2}, {"input": 600_000, "output": 1},
+                                   {"input": 0, "output": 0}])
+async def test_the_cost_told_is_the_cost_charged_and_recorded_at_any_size(start_gateway, price):
+    """Under a unit, above one, and zero: ``x-tollway-cost`` (formatted in place under a unit),
+    ``usage.cost``, the balance and the ledger row (with the deployment it went to) agree."""
+    config = biz_config(keys=[{"name": "rich", "key": KEY, "credits": 1000.0}])
+    config["models"]["echo"]["price"] = price
+    running = await start_gateway(config)
+    async with aiohttp.ClientSession() as s:
+        status, headers, body = await chat(s, running, KEY, max_tokens=20)
+        assert status == 200, body
+        usage = body["usage"]
+        cost = usage["prompt_tokens"] * price["input"] + usage["completion_tokens"] * price["output"]
+        assert headers["x-tollway-cost"] == format_usd(cost) and round(usage["cost"] * 1e6) == cost
+        assert (cost >= 1_000_000) == (price["input"] > 1000)  # (the second case costs more than a unit)
+        assert (await credits(s, running, KEY))["spent_micro_usd"] == cost
+    rows = await ledger_rows(running, "status", "cost", "attempts", "deployments")
+    assert rows == [{"status": 200, "cost": cost, "attempts": 1, "deployments": '["local/echo"]'}]

@@ -70,10 +70,11 @@ COST_HEADER = istr("x-tollway-cost")  # (an istr: see HEADER_NAMES in limit_head
 def tell_cost(call: Call, micro: int) -> None:
     """Set a request's cost and what its client is told of it, together: ``usage.cost``
     (JSON, or a stream's final usage chunk) and, on a non-stream answer, ``x-tollway-cost``."""
-    call.billing.cost_micro = micro
-    call.billing.usage_extra["cost"] = micro / 1_000_000
-    if not call.stream:
-        call.response.headers[COST_HEADER] = format_usd(micro)
+    billing = call.billing
+    billing.cost_micro = micro
+    billing.usage_extra["cost"] = micro / 1_000_000
+    if not call.stream:  # (format_usd's answer under a unit, inline: a call less)
+        call.response.headers[COST_HEADER] = "0." + str(micro).zfill(6) if 0 <= micro < MICRO else format_usd(micro)
 
 
 FEMTO_PER_USD = MICRO * FEMTO_PER_MICRO
