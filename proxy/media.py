@@ -174,7 +174,8 @@ def measured_seconds(data: bytes) -> float | None:
 
 
 async def forward_media(gateway: Gateway, request: web.Request, call: Call, route: Route) -> web.StreamResponse:
-    from .pipeline import _json_response, _send, on_usage, open_upstream
+    from .answers import _json_response, _send, on_usage
+    from .forward import open_upstream
 
     provider = route.provider
     units = call.billing.units or Units()
@@ -253,8 +254,8 @@ async def _stream_audio(gateway: Gateway, request: web.Request, call: Call,
                         upstream: UpstreamResponse) -> web.StreamResponse:
     """Speech: priced before a byte goes out (its input is its measure), then the audio
     streamed through as the upstream sends it."""
+    from .answers import before_end, on_usage
     from .clientwrite import ClientWriter
-    from .pipeline import before_end, on_usage
 
     try:
         await on_usage(gateway, call)

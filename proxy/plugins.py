@@ -200,7 +200,7 @@ def only_if(key: Any, present: bool = True) -> Callable[[Callable], Callable]:
 
 def settles_before_end(fn: Callable) -> Callable:
     """Mark a ``tollway_settle`` implementation to run also right before the answer's last
-    bytes when a plugin set ``call.response.settle_before_end`` (see ``proxy.pipeline.before_end``):
+    bytes when a plugin set ``call.response.settle_before_end`` (see ``proxy.answers.before_end``):
     it must then be idempotent, as it runs again after the answer."""
     fn.tollway_before_end = True  # type: ignore[attr-defined]
     return fn

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from .answers import JSON
 from .bodies import read_body
 from .call import Call
 from .errors import ProxyError, bad_request, error_response
 from .gateway import GATEWAY_KEY
 from .identify import NO_MODEL, identify
 from .media import UPLOAD_ENDPOINTS, audio_length, validate_media
-from .pipeline import JSON, answer_here, refuse, run_model_call
+from .pipeline import answer_here, refuse, run_model_call
 from .provider import UPLOAD
 from .uploads import read_upload
 from .upstream_items import count_tokens, stored_response

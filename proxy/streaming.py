@@ -262,7 +262,7 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
     output instead, so output that went out is never free.
 
     ``before_end(call)`` runs right before the last bytes (the tail) are written, when
-    ``call.response.settle_before_end`` asks for it (``pipeline.before_end``)."""
+    ``call.response.settle_before_end`` asks for it (``answers.before_end``)."""
     writer = ClientWriter(resp, call.request, client_write)
     due = upstream.deadline
     drain_until = 0.0

@@ -19,9 +19,11 @@ from urllib.parse import unquote_plus
 import orjson
 from aiohttp import web
 
+from .answers import _json_response
 from .errors import ProxyError
+from .forward import MAX_ERROR_BODY
 from .identify import identify
-from .pipeline import MAX_ERROR_BODY, _json_response, answer_here
+from .pipeline import answer_here
 from .provider import loads_json
 
 if TYPE_CHECKING:

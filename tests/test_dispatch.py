@@ -204,11 +204,11 @@ async def test_a_streams_head_waits_for_its_first_bytes_only_when_the_upstream_a
     which the read would outlast)."""
     from aiohttp import web
 
-    import proxy.pipeline
+    import proxy.forward
 
     deferred = []
-    real = proxy.pipeline.head_with_first_bytes
-    monkeypatch.setattr(proxy.pipeline, "head_with_first_bytes", lambda resp: (deferred.append(resp), real(resp)))
+    real = proxy.forward.head_with_first_bytes
+    monkeypatch.setattr(proxy.forward, "head_with_first_bytes", lambda resp: (deferred.append(resp), real(resp)))
 
     head_seen = asyncio.Event()
 

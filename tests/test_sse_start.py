@@ -150,7 +150,7 @@ async def test_the_servers_streams_start_in_one_call(mock, start_gateway, mock_u
         took.append(writer is not None)
         return writer
 
-    monkeypatch.setattr("proxy.pipeline.start_stream", counting)
+    monkeypatch.setattr("proxy.forward.start_stream", counting)
     gw = await start_gateway(base_config(mock_upstream.url))
     body = orjson.dumps({"model": "up", "stream": True, "stream_options": {"include_usage": True},
                          "messages": [{"role": "user", "content": "hi"}], "mock": mock})
