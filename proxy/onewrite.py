@@ -130,6 +130,13 @@ def head_with_first_bytes(resp: web.StreamResponse) -> None:
 #: aiohttp's ``StreamWriter.write`` drains (and zeroes its count) past this many buffered bytes.
 _WRITE_LIMIT = 0x10000
 
+try:  # uvloop's transports write a list of buffers with one writev, without joining them
+    from uvloop.loop import TCPTransport, UnixTransport  # type: ignore[attr-defined]  # (not in its stubs)
+
+    _WRITEV: tuple[type, ...] = (TCPTransport, UnixTransport)
+except ImportError:  # pragma: no cover (uvloop is a dependency)
+    _WRITEV = ()
+
 
 def end_stream(resp: web.StreamResponse, parts: list[bytes], last: bytes) -> StreamWriter | None:
     """``write(part)`` for each of ``parts``, then ``write_eof(last)``, as aiohttp does them on
@@ -138,7 +145,11 @@ def end_stream(resp: web.StreamResponse, parts: list[bytes], last: bytes) -> Str
     the terminator; the same bytes, and the same counts on the writer. The writer to drain
     and pass to ``end_whole``; None when any step would take another branch (a write that
     would drain on the way, a transport already closing: nothing done, write them through
-    aiohttp)."""
+    aiohttp).
+
+    On uvloop's transports the frames go to ``writelines`` as they are (one ``writev``);
+    aiohttp's ``_writelines`` joins them first (a copy of the whole answer) on Python
+    before 3.12.9, whose asyncio ``writelines`` was unsafe (CVE-2024-12254; not uvloop's)."""
     writer = resp._payload_writer
     if (not ENABLED or type(resp) is not web.StreamResponse or resp._eof_sent or type(writer) is not StreamWriter
             or not writer.chunked or writer._eof or writer._compress is not None or writer.length is not None
@@ -149,20 +160,29 @@ def end_stream(resp: web.StreamResponse, parts: list[bytes], last: bytes) -> Str
         return None
     head = writer._headers_buf if writer._headers_buf and not writer._headers_written else None
     frames: list[bytes] = [head] if head else []
-    counted = writer.buffer_size + (len(head) if head else 0)
+    buffered = writer.buffer_size
+    size = len(head) if head else 0  # (the bytes of the frames so far)
     for part in parts:
         if part:  # (write(b"") writes nothing but a waiting head)
-            size = f"{len(part):x}\r\n".encode("ascii")
-            frames += (size, part, b"\r\n")
-            counted += len(size) + len(part) + 2
-            if counted > _WRITE_LIMIT:
+            line = b"%x\r\n" % len(part)
+            frames += (line, part, b"\r\n")
+            size += len(line) + len(part) + 2
+            if buffered + size > _WRITE_LIMIT:
                 return None
     if last:
-        frames += (f"{len(last):x}\r\n".encode("ascii"), last, b"\r\n0\r\n\r\n")
+        line = b"%x\r\n" % len(last)
+        frames += (line, last, b"\r\n0\r\n\r\n")
+        size += len(line) + len(last) + 7
     else:
         frames.append(b"0\r\n\r\n")
+        size += 5
     if head:  # (_send_headers_with_payload)
         writer._headers_written = True
         writer._headers_buf = None
-    writer._writelines(frames)
+    if type(transport) in _WRITEV:  # (_writelines' counts; the transport is not closing: checked above)
+        writer.buffer_size = buffered + size
+        writer.output_size += size
+        transport.writelines(frames)
+    else:
+        writer._writelines(frames)
     return writer

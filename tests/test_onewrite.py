@@ -240,18 +240,22 @@ async def test_a_streams_tail_and_its_end_in_one_write(version, tail, fixed_date
     assert len(together[0]) == len(apart[0]) - (1 if tail and version == HttpVersion11 else 0)
 
 
-async def test_a_streams_held_bytes_and_its_end_in_one_write(fixed_date):
+@pytest.mark.parametrize("writev", [False, True])
+async def test_a_streams_held_bytes_and_its_end_in_one_write(fixed_date, monkeypatch, writev):
     """``ClientWriter.write_all_eof(parts, last)`` (the end of ``pump`` for an upstream answer
     that was all in) against aiohttp's ``write(part)`` for each part then ``write_eof(last)``:
     the same bytes, the same error, the same counts and state, over generated streams (a head
     still waiting or sent, parts large enough to make aiohttp drain on the way, HTTP/1.0, a
-    closing transport); one transport write where it could be."""
+    closing transport); one transport write where it could be. ``writev``: the transport is
+    one ``end_stream`` hands its frames to as they are (uvloop's), not through aiohttp's join."""
     import asyncio
 
     from proxy.clientwrite import ClientWriter
 
+    monkeypatch.setattr(proxy.onewrite, "_WRITEV", (Transport,) if writev else ())
+
     rng = random.Random(1206)
-    single = 0
+    single = handed = 0
     for i in range(2000):
         version = HttpVersion11 if rng.random() < 0.85 else HttpVersion10
         waits = rng.random() < 0.6
@@ -290,10 +294,14 @@ async def test_a_streams_held_bytes_and_its_end_in_one_write(fixed_date):
                          "req": resp._req is not None, "payload_writer": resp._payload_writer is not None,
                          "output_size": writer.output_size, "buffer_size": writer.buffer_size, "eof": writer._eof,
                          "headers_buf": writer._headers_buf, "headers_written": writer._headers_written,
-                         "writes": len(transport.writes)})
+                         "writes": len(transport.writes),
+                         "writelines": sum(kind == "writelines" for kind, _ in transport.writes)})
         theirs, mine = seen
         single += mine["writes"] == 1 and theirs["writes"] > 1
         mine_writes, theirs_writes = mine.pop("writes"), theirs.pop("writes")
+        handed += mine.pop("writelines")
+        theirs.pop("writelines")
         assert mine == theirs, (i, version, waits, closing, len(before), [len(p) for p in parts], len(last))
         assert mine_writes <= theirs_writes
     assert single > 400
+    assert (handed > 400) if writev else (handed == 0)

@@ -64,8 +64,8 @@ PIECES = [b'"usage"', b'"usage":null', b'"usage":null', b'"usage":null,', b'"usa
 
 def test_the_usage_object_is_found_where_the_pattern_finds_it_among_nulls():
     """An OpenAI stream that asks for usage carries ``"usage":null`` in every chunk: past the
-    first few, the nulls are counted (``_only_nulls_before``), and the answer is still the
-    pattern's, whatever follows them (spaced objects, overlapping ``"usage"usage"``, cut nulls)."""
+    first, the nulls are skipped in one search, and the answer is still the pattern's,
+    whatever follows them (spaced objects, overlapping ``"usage"usage"``, cut nulls)."""
     rng = random.Random(11)
     counted = 0
     for _ in range(30_000):
@@ -126,3 +126,32 @@ def test_usage_fields_are_spliced_where_the_pattern_says_for_token_soups():
         blob = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
         assert splice_usage_fields(blob, {"cost": 0.5}) == reference_splice(blob, {"cost": 0.5}), blob
 
+
+
+DONE_PIECES = [b"data: [DONE]\n\n", b"data:[DONE]\r\n\r\n", b"data: [DONE]\r\n", b"data: [DONE]\rx\n\n",
+               b'data: {"c":"[DONE]"}\n\n', b'data: {"c":"x [DONE]\\n"}\n\n', b"data: [DONE]x\n\n", b"[DONE]\n\n",
+               b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n',
+               b'data: {"choices":[{}],"usage":null}\n\n', b'data: {"choices":[],"usage": {"prompt_tokens":3}}\n\n',
+               b'data: {"usage":{"x":1}\n\n', b"event: e\ndata: [DONE]\n\n", b"data: [DONE]\n: c\n\n",
+               b"data: [DONE]\ndata: x\n\n", b": c\n", b"\n\n", b"\r", b"\n", b"x"]
+
+
+def test_feed_passes_what_splitting_every_event_passes(monkeypatch):
+    """``OpenAIPassthrough.feed``'s fast path (events before the first usage object or
+    line-ending ``[DONE]`` pass as one slice) against the same feed with every event split
+    and looked at: the same bytes out, the same end, usage and held event, over generated
+    answers with terminators in texts, CRLF and lone-CR lines, unreadable usage objects."""
+    import proxy.streaming
+
+    rng = random.Random(1205)
+    for _ in range(20_000):
+        blob = b"".join(rng.choice(DONE_PIECES) for _ in range(rng.randint(1, 9))) + b"\n\n"
+        seen = []
+        for split_all in (False, True):
+            if split_all:
+                monkeypatch.setattr(proxy.streaming, "_done_at", lambda blob: 0)
+            codec = OpenAIPassthrough()
+            out = codec.feed(blob)
+            seen.append((out, codec.done, codec.usage, codec._usage_event))
+            monkeypatch.undo()
+        assert seen[0] == seen[1], blob
