@@ -31,7 +31,7 @@ from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from aiohttp.http_writer import StreamWriter, _serialize_headers
 
 __all__ = ["AIOHTTP_314", "ENABLED", "end_stream", "end_whole", "has_prepare_receivers", "head_with_first_bytes",
-           "start_whole"]
+           "start_whole", "write_chunk"]
 
 #: The aiohttp whose internals the fast paths here and in ``bodies.py`` follow (their tests hold them to it).
 AIOHTTP_314 = aiohttp.__version__.split(".")[:2] == ["3", "14"]
@@ -186,3 +186,36 @@ def end_stream(resp: web.StreamResponse, parts: list[bytes], last: bytes) -> Str
     else:
         writer._writelines(frames)
     return writer
+
+
+def write_chunk(resp: web.StreamResponse, data: bytes) -> bool:
+    """``await resp.write(data)`` on a chunked stream whose head is out, as aiohttp does it
+    (one chunk: its size line, the data, CRLF; the same counts on the writer), in a plain
+    call instead of two coroutines: True when written. False, nothing done, when any step
+    would take another branch: the head still waits, the writer compresses or counts a
+    length, a hook listens, the transport is closing, or the write would drain (aiohttp's
+    count of bytes since its last drain would pass 64 KiB): write it through aiohttp then.
+    (Nothing here waits: a write that could wait on a slow client is aiohttp's, bounded by
+    ``ClientWriter``.)"""
+    writer = resp._payload_writer
+    if (not ENABLED or type(resp) is not web.StreamResponse or resp._eof_sent or type(writer) is not StreamWriter
+            or not writer.chunked or writer._compress is not None or writer.length is not None
+            or writer._on_chunk_sent is not None or writer.on_body_write is not None
+            or (writer._headers_buf and not writer._headers_written) or type(data) is not bytes or not data):
+        return False
+    transport = writer.transport
+    if transport is None or transport.is_closing():
+        return False
+    line = b"%x\r\n" % len(data)
+    size = len(line) + len(data) + 2
+    buffered = writer.buffer_size + size
+    if buffered > _WRITE_LIMIT:
+        return False
+    frames = (line, data, b"\r\n")
+    if type(transport) in _WRITEV:  # (_writelines' counts; not closing: checked above)
+        writer.buffer_size = buffered
+        writer.output_size += size
+        transport.writelines(frames)
+    else:
+        writer._writelines(frames)
+    return True

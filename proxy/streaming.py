@@ -32,6 +32,7 @@ from .errors import ProxyError, internal_error, style_of
 from .inflight import shutdown_error
 from .inflight import uncancel as _uncancel
 from .logs import throttled
+from .onewrite import write_chunk
 from .provider import UNREADABLE, unreadable_answer
 from .sse import DONE_EVENT, EventSplitter, data_event, load_event_json, parse_event, split_events
 from .sse_usage import USAGE_OBJECT as _USAGE_OBJECT
@@ -86,10 +87,11 @@ class OpenAIPassthrough:
         complete = self._splitter.feed(data)
         if not complete:
             return b""
-        # Fast path: no usage object and no terminator in these events.
+        # Fast path: no usage object and no terminator in these events. (Past the terminator,
+        # which pump never feeds, events that name "[DONE]" anywhere pass nothing, as before.)
         usage_at = _usage_object_at(complete)
         done_at = _done_at(complete)
-        if usage_at < 0 and done_at < 0:
+        if usage_at < 0 and done_at < 0 and not (self.done and b"[DONE]" in complete):
             return complete
         # The events before the first of the two pass as they are; only the rest is split.
         first = done_at if usage_at < 0 or 0 <= done_at < usage_at else usage_at
@@ -304,7 +306,7 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                         call.timing.first_byte_at = time.perf_counter()
                     if hold and upstream.complete:
                         held.append(out)
-                    else:
+                    elif not write_chunk(resp, out):  # (a plain call where aiohttp's write would not wait)
                         await writer.write(out, due)
             except (ConnectionError, asyncio.CancelledError) as exc:
                 # The client hung up (a failed write, or a server that cancels the

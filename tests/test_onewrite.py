@@ -305,3 +305,61 @@ async def test_a_streams_held_bytes_and_its_end_in_one_write(fixed_date, monkeyp
         assert mine_writes <= theirs_writes
     assert single > 400
     assert (handed > 400) if writev else (handed == 0)
+
+
+@pytest.mark.parametrize("writev", [False, True])
+async def test_a_streams_chunks_written_in_a_plain_call(fixed_date, monkeypatch, writev):
+    """``write_chunk(resp, part) or await resp.write(part)`` (``pump``'s write of each part of a
+    paced stream) against aiohttp's ``await resp.write(part)`` for each part, then
+    ``write_eof``: the same bytes, the same error, the same counts and state, over generated
+    streams (a head still waiting, parts that make aiohttp drain, bytearrays, empty parts,
+    HTTP/1.0, a transport closing on the way, a write after the end); the plain call where
+    aiohttp's write would not wait."""
+    import asyncio
+
+    from proxy.onewrite import write_chunk
+
+    monkeypatch.setattr(proxy.onewrite, "_WRITEV", (Transport,) if writev else ())
+    rng = random.Random(1207)
+    plain = 0
+    for i in range(2000):
+        version = HttpVersion11 if rng.random() < 0.85 else HttpVersion10
+        waits = rng.random() < 0.1
+        closing_at = rng.choice([None] * 9 + [rng.randrange(4)])
+        parts = [rng.choice([b"", b"data: x\n\n", bytes([65 + rng.randrange(26)]) * rng.choice([1, 300, 3000, 30000]),
+                             bytearray(b"data: b\n\n")])
+                 for _ in range(rng.randint(1, 8))]
+        after_end = rng.random() < 0.05
+        seen = []
+        for ours in (False, True):
+            c = {"method": "POST", "version": version, "closing": False, "request_headers": {}, "status": 200,
+                 "reason": None, "pairs": [], "multi": False, "content_type": False, "body": b"",
+                 "bytearray": False, "no_body": True, "force_close": False, "cookie": False, "compress": False,
+                 "receiver": False, "transport_closing": False}
+            _, request, transport, writer, _ = make(c, asyncio.get_running_loop())
+            resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+            if waits:
+                resp._send_headers_immediately = False
+            await resp.prepare(request)
+            took = 0
+            error = None
+            try:
+                for n, part in enumerate(parts):
+                    transport.closing = closing_at is not None and n >= closing_at
+                    if ours and write_chunk(resp, part):
+                        took += 1
+                    else:
+                        await resp.write(part)
+                await resp.write_eof()
+                if after_end and not (ours and write_chunk(resp, b"late")):
+                    await resp.write(b"late")
+            except Exception as exc:  # noqa: BLE001 (compared: both ways must raise the same)
+                error = (type(exc), str(exc))
+            seen.append({"bytes": b"".join(w for _, w in transport.writes).replace(b"|", b""), "error": error,
+                         "eof_sent": resp._eof_sent, "output_size": writer.output_size,
+                         "buffer_size": writer.buffer_size, "eof": writer._eof, "headers_buf": writer._headers_buf,
+                         "headers_written": writer._headers_written, "writes": len(transport.writes)})
+        theirs, mine = seen
+        plain += took
+        assert mine == theirs, (i, version, waits, closing_at, [len(p) for p in parts], after_end)
+    assert plain > 3000

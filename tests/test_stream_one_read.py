@@ -135,21 +135,26 @@ async def test_a_one_read_answer_goes_out_in_one_write_byte_for_byte_and_is_bill
 
 
 async def test_tollway_serve_on_uvloop_sends_the_same_bytes(tmp_path, serve_upstream):
-    """The real process (uvloop's transport, which writes a list of buffers without joining them)."""
+    """The real process (uvloop's transport, which writes a list of buffers without joining them):
+    the one-read answer framed as above, the paced one with the same data."""
     answer = ANSWERS["nulls"]
-    up = await upstream(serve_upstream, answer, True)
-    config = biz_config(up.url)
-    config["server"].update(host="127.0.0.1")
-    config["storage"] = {"url": f"sqlite:///{tmp_path}/tollway.db"}
-    path = tmp_path / "tollway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    server = Server(path)
-    try:
-        await server.wait_ready()
-        for include_usage in (False, True):
-            _, body = await raw_answer(server.port, include_usage)
-            events, end = expected_data(answer, include_usage, usage_event_billed({"cost": 0.000087}))
-            assert body == framed(events, end)
-    finally:
-        code, _, err = server.stop()
-    assert code == 0, err[-2000:]
+    for one_write in (True, False):
+        up = await upstream(serve_upstream, answer, one_write)
+        config = biz_config(up.url)
+        config["server"].update(host="127.0.0.1")
+        config["storage"] = {"url": f"sqlite:///{tmp_path}/{one_write}.db"}
+        path = tmp_path / f"{one_write}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        server = Server(path)
+        try:
+            await server.wait_ready()
+            for include_usage in (False, True):
+                _, body = await raw_answer(server.port, include_usage)
+                events, end = expected_data(answer, include_usage, usage_event_billed({"cost": 0.000087}))
+                if one_write:
+                    assert body == framed(events, end)
+                else:
+                    assert data_of(body) == events + end
+        finally:
+            code, _, err = server.stop()
+        assert code == 0, err[-2000:]
