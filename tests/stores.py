@@ -21,6 +21,12 @@ PG = "postgresql://postgres@127.0.0.1:5432/test"
 ENGINES = ("sqlite", "postgres")
 
 
+def schema_name(stem: str) -> str:
+    """A PostgreSQL schema name of a test's own. (Not the clock: two xdist workers that start the
+    same module's fixture in the same millisecond made the same name.)"""
+    return f"{stem}_{secrets.token_hex(5)}"
+
+
 async def run_pg(sql: str) -> None:
     """Run ``sql`` on the test PostgreSQL (creating or dropping a test's own schema)."""
     import asyncpg

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from business import ADMIN_HEADERS, bearer, biz_config
 from fleet import kill_all, money_report, redis_url, start_servers, until
-from stores import PG, run_pg
+from stores import PG, run_pg, schema_name
 from test_lifecycle import Server
 
 pytestmark = pytest.mark.fleet
@@ -41,7 +41,7 @@ _schema = run_pg  # the name other fleet tests import it by
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fleet")
-    schema = f"tollway_fleet_{int(time.time() * 1000) % 10**9}"
+    schema = schema_name("tollway_fleet")
     asyncio.run(run_pg(f"create schema {schema}"))
     config = biz_config(keys=[{"name": "small", "key": SMALL, "credits": OPENING / 1e6},
                               {"name": "limited", "key": LIMITED, "credits": None, "limits": {"rpm": 30}},
@@ -53,7 +53,10 @@ def fleet(tmp_path_factory):
     # Slower than any loaded machine: the kill test's slow streams are still waiting when it kills.
     config["providers"]["slowp"] = {"kind": "mock", "first_token_delay": 600.0}
     config["models"]["slow"] = {"provider": "slowp", "price": {"input": 1.0, "output": 2.0}}
-    config["providers"]["dribble"] = {"kind": "mock", "chunk_delay": 0.05}
+    # Streams a client leaves after the first chunk: ~2.5 s long, so that a test process starved by
+    # its own burst still leaves before the last byte (else the server has told it everything and
+    # its row is rightly not "gone", though the test counted nothing told: a flake seen under load).
+    config["providers"]["dribble"] = {"kind": "mock", "chunk_delay": 0.25}
     config["models"]["dribble"] = {"provider": "dribble", "price": {"input": 1.0, "output": 2.0}}
     path = tmp / "tollway.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -270,7 +273,7 @@ async def test_kill_9_with_holds_in_flight_gives_the_money_back_and_charges_noth
 
 
 async def test_two_workers_with_the_business_plugins_share_one_balance(tmp_path):
-    schema = f"tollway_workers_{int(time.time() * 1000) % 10**9}"
+    schema = schema_name("tollway_workers")
     await run_pg(f"create schema {schema}")
     config = biz_config(keys=[{"name": "small", "key": SMALL, "credits": OPENING / 1e6}])
     config["server"].update(host="127.0.0.1", access_log="off", workers=2)

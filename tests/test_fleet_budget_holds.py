@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import aiohttp
 import asyncpg
@@ -31,7 +30,7 @@ import redis.asyncio as aioredis
 import yaml
 from business import bearer, biz_config
 from fleet import TcpProxy, kill_all, private_redis, start_servers, stop, until
-from stores import PG
+from stores import PG, schema_name
 from test_budget_redis_down import ACCOUNT, BUDGET, OPENING, PREFIX, Setup
 from test_lifecycle import Server
 from test_redis_owed import behind_proxy
@@ -68,7 +67,7 @@ async def held_until(client: aioredis.Redis) -> list[float]:
 
 
 async def test_the_holds_of_an_instance_killed_mid_burst_come_back_within_the_hold_ttl(tmp_path):
-    schema = "tollway_fbholds_" + str(int(time.time() * 1000) % 10**9)
+    schema = schema_name("tollway_fbholds")
     db = await asyncpg.connect(PG)
     await db.execute(f"create schema {schema}")
     servers: list[Server] = []

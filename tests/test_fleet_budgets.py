@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import aiohttp
 import asyncpg
@@ -20,7 +19,7 @@ import pytest
 import yaml
 from business import ADMIN_HEADERS, bearer, biz_config
 from fleet import kill_all, redis_url, start_servers, until
-from stores import PG
+from stores import PG, schema_name
 from test_lifecycle import Server
 
 pytestmark = pytest.mark.fleet
@@ -62,7 +61,7 @@ async def balances(s: aiohttp.ClientSession, servers: list[Server], key: str) ->
 
 
 async def test_a_refill_is_granted_once_for_the_fleet_and_a_budget_holds_across_instances(tmp_path):
-    schema = "tollway_fbud_" + str(int(time.time() * 1000) % 10**9)
+    schema = schema_name("tollway_fbud")
     db = await asyncpg.connect(PG)
     await db.execute(f"create schema {schema}")
     await db.execute(f"set search_path = {schema}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import aiohttp
 import asyncpg
@@ -27,7 +26,7 @@ import redis.asyncio as aioredis
 import yaml
 from business import bearer, biz_config
 from fleet import kill_all, private_redis, start_servers
-from stores import PG
+from stores import PG, schema_name
 from test_lifecycle import Server
 
 pytestmark = pytest.mark.fleet
@@ -47,7 +46,7 @@ def payload(stream: bool = True) -> dict:
 
 
 async def test_a_flushall_with_holds_in_flight_passes_neither_a_budget_nor_a_balance(tmp_path):
-    schema = "tollway_fflush_" + str(int(time.time() * 1000) % 10**9)
+    schema = schema_name("tollway_fflush")
     db = await asyncpg.connect(PG)
     await db.execute(f"create schema {schema}")
     servers: list[Server] = []

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from business import bearer, biz_config
 from fleet import kill_all, redis_url, start_servers, until
-from stores import PG
+from stores import PG, schema_name
 from test_fleet import _schema, ask, stored
 from test_lifecycle import Server
 
@@ -51,7 +51,7 @@ class Plugin:
 
 
 async def test_an_instance_killed_right_after_its_answers_has_charged_each_once(tmp_path):
-    schema = f"tollway_kill_{int(time.time() * 1000) % 10**9}"
+    schema = schema_name("tollway_kill")
     await _schema(f"create schema {schema}")
     (tmp_path / "kill_test").mkdir()
     (tmp_path / "kill_test" / "__init__.py").write_text("")

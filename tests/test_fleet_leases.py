@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 import yaml
 from business import bearer, biz_config
 from fleet import REDIS, kill_all, redis_url, start_servers, until
-from stores import PG, run_pg
+from stores import PG, run_pg, schema_name
 from test_fleet import ask, leave_mid_stream, stored, stored_by_gone
 
 pytestmark = pytest.mark.fleet
@@ -35,7 +35,7 @@ HOLD_TTL = 5
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("leases")
-    schema = f"tollway_leases_{int(time.time() * 1000) % 10**9}"
+    schema = schema_name("tollway_leases")
     asyncio.run(run_pg(f"create schema {schema}"))
     config = biz_config(keys=[{"name": "funded", "key": FUNDED, "credits": OPENING / 1e6},
                               {"name": "daily", "key": DAILY, "credits": None, "limits": {"rpd": RPD}},
@@ -43,7 +43,10 @@ def fleet(tmp_path_factory):
     config["server"].update(host="127.0.0.1", access_log="off", shutdown_timeout=5)
     counters = redis_url() + f"&hold_ttl={HOLD_TTL}"  # (leases: the default)
     config["storage"] = {"url": f"{PG}?search_path={schema}", "counters": counters}
-    config["providers"]["dribble"] = {"kind": "mock", "chunk_delay": 0.05}
+    # Streams a client leaves after the first chunk: ~2.5 s long, so that a test process starved by
+    # its own burst still leaves before the last byte (else the server has told it everything and
+    # its row is rightly not "gone", though the test counted nothing told: a flake seen under load).
+    config["providers"]["dribble"] = {"kind": "mock", "chunk_delay": 0.25}
     config["models"]["dribble"] = {"provider": "dribble", "price": {"input": 1.0, "output": 2.0}}
     path = tmp / "tollway.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import aiohttp
 import asyncpg
@@ -20,7 +19,7 @@ import redis.asyncio as aioredis
 import yaml
 from business import bearer, biz_config
 from fleet import kill_all, redis_url, start_servers, until
-from stores import PG
+from stores import PG, schema_name
 from test_lifecycle import Server
 
 pytestmark = pytest.mark.fleet
@@ -49,7 +48,7 @@ async def ask(s: aiohttp.ClientSession, server: Server, stream: bool, words: int
 
 
 async def test_sigterm_to_every_instance_mid_burst_leaves_every_charge_stored(tmp_path):
-    schema = "tollway_fstop_" + str(int(time.time() * 1000) % 10**9)
+    schema = schema_name("tollway_fstop")
     counters = redis_url()
     prefix = counters.partition("prefix=")[2]
     db = await asyncpg.connect(PG)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from business import ADMIN_HEADERS, bearer, biz_config
 from fleet import TcpProxy, kill_all, redis_url, start_servers, until
-from stores import PG
+from stores import PG, schema_name
 from test_lifecycle import Server
 
 pytestmark = pytest.mark.fleet
@@ -59,7 +59,7 @@ async def stored(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
 
 
 async def test_postgres_down_requests_go_on_the_queue_is_bounded_and_every_row_is_written_once(tmp_path):
-    schema = "tollway_pgdown_" + str(int(time.time() * 1000) % 10**9)
+    schema = schema_name("tollway_pgdown")
     admin = await asyncpg.connect(PG)
     await admin.execute(f"create schema {schema}")
     await admin.execute(f"set search_path = {schema}")
@@ -178,7 +178,7 @@ async def test_the_store_is_said_back_only_once_it_answers(tmp_path):
     queued) are no sign that it is back: the log says "cannot be reached" once and never
     "answers again" until it does (it said both, over and over, each time a poll failed
     between two empty flushes)."""
-    schema = "tollway_pgback_" + str(int(time.time() * 1000) % 10**9)
+    schema = schema_name("tollway_pgback")
     admin = await asyncpg.connect(PG)
     await admin.execute(f"create schema {schema}")
     proxy = TcpProxy(5432)

@@ -14,7 +14,7 @@ import aiohttp
 import yaml
 from business import DEMO, biz_config, chat
 from fleet import redis_url
-from stores import PG, run_pg
+from stores import PG, run_pg, schema_name
 from test_lifecycle import Server
 from test_metrics import TOKEN, scrape, total
 
@@ -38,7 +38,7 @@ async def scrapes_until(server: Server, check, what: str, seconds: float = 15.0)
 
 
 async def test_a_worker_killed_with_kill_9_leaves_no_live_gauge_and_its_counts_stay(tmp_path, mock_upstream):
-    schema = f"tollway_metrics_{int(time.time() * 1000) % 10**9}"
+    schema = schema_name("tollway_metrics")
     await run_pg(f"create schema {schema}")
     config = biz_config(mock_upstream.url)
     config["server"].update(host="127.0.0.1", access_log="off", workers=2)
