@@ -49,6 +49,27 @@ def having(link, script: str, writes: list[bytes]) -> list[bytes]:
     return [w for w in writes if sha in w]
 
 
+async def writes_of_paid_requests(s: aiohttp.ClientSession, running, count: int = 5
+                                  ) -> tuple[object, list[list[bytes]], list[bytes]]:
+    """Paid requests one at a time, each with a ``max_tokens`` far above what the answer uses
+    (its estimate is corrected: ``ADJUST``), after the scripts are known to Redis (one it had
+    not seen answers NOSCRIPT and is sent again, after the answer): the scripts' link, what
+    was written to Redis during each request, and everything written until all settled."""
+    counters = await running.gw.services.open(COUNTERS)
+    await (await running.gw.services.open(ACCOUNTS)).settles_done()
+    link = counters.link
+    each = []
+    with writes_to_redis(link) as sent:
+        for _ in range(count):
+            before = len(sent)
+            status, headers, body = await chat(s, running, DEMO, max_tokens=500)
+            assert status == 200, body
+            assert float(headers["x-tollway-cost"]) > 0
+            each.append(sent[before:])
+        await counters.settled()
+    return link, each, sent
+
+
 @pytest.fixture
 async def pg_url(tmp_path):
     async with fresh_database("postgres", tmp_path) as url:
@@ -63,23 +84,12 @@ async def test_one_request_at_a_time_writes_its_admit_then_its_charge_with_its_c
     async with aiohttp.ClientSession() as s:
         status, _, body = await chat(s, running, DEMO, max_tokens=500)  # seeds the account in Redis
         assert status == 200, body
-        counters = await running.gw.services.open(COUNTERS)
-        # (a script Redis had not seen answers NOSCRIPT and is sent again, after the answer)
-        await (await running.gw.services.open(ACCOUNTS)).settles_done()
-        link = counters.link
-        with writes_to_redis(link) as sent:
-            for _ in range(5):
-                before = len(sent)
-                # max_tokens far above what the answer uses: the estimate is corrected (ADJUST).
-                status, headers, body = await chat(s, running, DEMO, max_tokens=500)
-                assert status == 200, body
-                assert float(headers["x-tollway-cost"]) > 0
-                mine = sent[before:]  # (a keep-alive of the holds could be among them: not counted)
-                admits, charges = having(link, lua.ADMIT, mine), having(link, lua.SETTLE, mine)
-                assert len(admits) == 1 and len(charges) == 1, [m[:60] for m in mine]
-                assert mine.index(admits[0]) < mine.index(charges[0])
-                assert having(link, lua.ADJUST, mine) == charges  # the correction is in the charge's write
-            await counters.settled()
+        link, each, sent = await writes_of_paid_requests(s, running)
+    for mine in each:  # (a keep-alive of the holds could be among them: not counted)
+        admits, charges = having(link, lua.ADMIT, mine), having(link, lua.SETTLE, mine)
+        assert len(admits) == 1 and len(charges) == 1, [m[:60] for m in mine]
+        assert mine.index(admits[0]) < mine.index(charges[0])
+        assert having(link, lua.ADJUST, mine) == charges  # the correction is in the charge's write
     assert having(link, lua.ADJUST, sent) == having(link, lua.SETTLE, sent)  # and none was written on its own after
 
 

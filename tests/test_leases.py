@@ -10,11 +10,10 @@ import pytest
 from business import DEMO, chat, credits
 from fleet import until
 from test_fleet_money import ledger_and_balance, pg_url, shared_config  # noqa: F401 (pg_url: a fixture)
-from test_fleet_writes import having, writes_to_redis
+from test_fleet_writes import having, writes_of_paid_requests
 
 from plugins.accounts import ACCOUNTS
 from plugins.accounts import redis_scripts as lua
-from plugins.accounts.counters import COUNTERS
 
 pytestmark = pytest.mark.fleet
 
@@ -68,17 +67,8 @@ async def test_one_request_at_a_time_from_leases_writes_only_its_charge_with_its
         for _ in range(2):  # the first seeds the account and takes the leases
             status, _, body = await chat(s, running, DEMO, max_tokens=500)
             assert status == 200, body
-        counters = await running.gw.services.open(COUNTERS)
-        await running.gw.services[ACCOUNTS].settles_done()
-        link = counters.link
-        with writes_to_redis(link) as sent:
-            for _ in range(5):
-                before = len(sent)
-                status, headers, body = await chat(s, running, DEMO, max_tokens=500)
-                assert status == 200, body
-                assert float(headers["x-tollway-cost"]) > 0
-                mine = sent[before:]
-                charges = having(link, lua.SETTLE, mine)
-                assert having(link, lua.ADMIT, mine) == [] and len(charges) == 1, [m[:60] for m in mine]
-                assert having(link, lua.ADJUST, mine) == charges  # the correction is in the charge's write
-            await counters.settled()
+        link, each, _ = await writes_of_paid_requests(s, running)
+    for mine in each:
+        charges = having(link, lua.SETTLE, mine)
+        assert having(link, lua.ADMIT, mine) == [] and len(charges) == 1, [m[:60] for m in mine]
+        assert having(link, lua.ADJUST, mine) == charges  # the correction is in the charge's write

@@ -7,12 +7,13 @@ cookies, compression, ``on_response_prepare`` receivers, a transport already clo
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import aiohttp.web_response
 import pytest
 from aiohttp import hdrs, web
-from aiohttp.http import HttpVersion10, HttpVersion11
+from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
 from aiohttp.http_writer import StreamWriter
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
@@ -240,6 +241,20 @@ async def test_a_streams_tail_and_its_end_in_one_write(version, tail, fixed_date
     assert len(together[0]) == len(apart[0]) - (1 if tail and version == HttpVersion11 else 0)
 
 
+async def prepared_stream(version: HttpVersion, waits: bool) -> tuple:
+    """A prepared SSE response on a mocked transport: (request, transport, writer, response)."""
+    c = {"method": "POST", "version": version, "closing": False, "request_headers": {}, "status": 200,
+         "reason": None, "pairs": [], "multi": False, "content_type": False, "body": b"",
+         "bytearray": False, "no_body": True, "force_close": False, "cookie": False, "compress": False,
+         "receiver": False, "transport_closing": False}
+    _, request, transport, writer, _ = make(c, asyncio.get_running_loop())
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+    if waits:
+        resp._send_headers_immediately = False
+    await resp.prepare(request)
+    return request, transport, writer, resp
+
+
 @pytest.mark.parametrize("writev", [False, True])
 async def test_a_streams_held_bytes_and_its_end_in_one_write(fixed_date, monkeypatch, writev):
     """``ClientWriter.write_all_eof(parts, last)`` (the end of ``pump`` for an upstream answer
@@ -248,7 +263,6 @@ async def test_a_streams_held_bytes_and_its_end_in_one_write(fixed_date, monkeyp
     still waiting or sent, parts large enough to make aiohttp drain on the way, HTTP/1.0, a
     closing transport); one transport write where it could be. ``writev``: the transport is
     one ``end_stream`` hands its frames to as they are (uvloop's), not through aiohttp's join."""
-    import asyncio
 
     from proxy.clientwrite import ClientWriter
 
@@ -266,15 +280,7 @@ async def test_a_streams_held_bytes_and_its_end_in_one_write(fixed_date, monkeyp
         last = rng.choice([b"", b"data: [DONE]\n\n", b"z" * 5000])
         seen = []
         for ours in (False, True):
-            c = {"method": "POST", "version": version, "closing": False, "request_headers": {}, "status": 200,
-                 "reason": None, "pairs": [], "multi": False, "content_type": False, "body": b"",
-                 "bytearray": False, "no_body": True, "force_close": False, "cookie": False, "compress": False,
-                 "receiver": False, "transport_closing": False}
-            _, request, transport, writer, _ = make(c, asyncio.get_running_loop())
-            resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
-            if waits:
-                resp._send_headers_immediately = False
-            await resp.prepare(request)
+            request, transport, writer, resp = await prepared_stream(version, waits)
             if before:
                 await resp.write(before)
             transport.writes.clear()
@@ -315,7 +321,6 @@ async def test_a_streams_chunks_written_in_a_plain_call(fixed_date, monkeypatch,
     streams (a head still waiting, parts that make aiohttp drain, bytearrays, empty parts,
     HTTP/1.0, a transport closing on the way, a write after the end); the plain call where
     aiohttp's write would not wait."""
-    import asyncio
 
     from proxy.onewrite import write_chunk
 
@@ -332,15 +337,7 @@ async def test_a_streams_chunks_written_in_a_plain_call(fixed_date, monkeypatch,
         after_end = rng.random() < 0.05
         seen = []
         for ours in (False, True):
-            c = {"method": "POST", "version": version, "closing": False, "request_headers": {}, "status": 200,
-                 "reason": None, "pairs": [], "multi": False, "content_type": False, "body": b"",
-                 "bytearray": False, "no_body": True, "force_close": False, "cookie": False, "compress": False,
-                 "receiver": False, "transport_closing": False}
-            _, request, transport, writer, _ = make(c, asyncio.get_running_loop())
-            resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
-            if waits:
-                resp._send_headers_immediately = False
-            await resp.prepare(request)
+            request, transport, writer, resp = await prepared_stream(version, waits)
             took = 0
             error = None
             try:

@@ -14,9 +14,9 @@ import asyncio
 import orjson
 import pytest
 import yaml
-from aiohttp import web
 from business import DEMO, bearer, biz_config, ledger_rows
 from test_lifecycle import Server
+from test_usage_null_chunks import sse_upstream
 
 HEAD = b'{"id":"chatcmpl-AbCdEfGh","object":"chat.completion.chunk","created":1,"model":"m",'
 
@@ -36,29 +36,10 @@ ANSWERS = {
     "no nulls": [chunk(i, b"}") for i in range(40)],
     "[DONE] in a text": [chunk(i, text=" [DONE]") for i in range(40)],
 }
-ANSWER: web.AppKey[list[bytes]] = web.AppKey("answer")
-ONE_WRITE: web.AppKey[bool] = web.AppKey("one_write")
-
-
-async def upstream_chat(request: web.Request) -> web.StreamResponse:
-    body = orjson.loads(await request.read())
-    assert body["stream_options"]["include_usage"] is True  # (the gateway asks)
-    events = [*request.app[ANSWER], USAGE, DONE]
-    if request.app[ONE_WRITE]:
-        return web.Response(body=b"".join(events), content_type="text/event-stream")
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await resp.prepare(request)
-    for event in events:
-        await resp.write(event)
-        await asyncio.sleep(0.001)
-    await resp.write_eof()
-    return resp
 
 
 async def upstream(serve_upstream, answer: list[bytes], one_write: bool):
-    app = web.Application()
-    app[ANSWER], app[ONE_WRITE] = answer, one_write
-    return await serve_upstream({"POST /v1/chat/completions": upstream_chat}, app)
+    return await sse_upstream(serve_upstream, [*answer, USAGE, DONE], one_write)
 
 
 def request(include_usage: bool) -> bytes:

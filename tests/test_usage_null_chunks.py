@@ -22,6 +22,7 @@ USAGE_EVENT = (b"data: " + HEAD
                + b'"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":40,"total_tokens":45}}\n\n')
 DONE = b"data: [DONE]\n\n"
 ONE_WRITE: web.AppKey[bool] = web.AppKey("one_write")
+EVENTS: web.AppKey[list[bytes]] = web.AppKey("events")
 
 
 class Seen:
@@ -34,27 +35,32 @@ class Seen:
 
 
 async def upstream_chat(request: web.Request) -> web.StreamResponse:
+    """An OpenAI upstream answering ``app[EVENTS]``: whole in one write, or an event a write."""
     body = orjson.loads(await request.read())
     assert body["stream_options"]["include_usage"] is True  # (the gateway asks)
-    events = [*CHUNKS, USAGE_EVENT, DONE]
+    events = request.app[EVENTS]
     if request.app[ONE_WRITE]:
         return web.Response(body=b"".join(events), content_type="text/event-stream")
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     for event in events:
         await resp.write(event)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.001)
     await resp.write_eof()
     return resp
+
+
+async def sse_upstream(serve_upstream, events: list[bytes], one_write: bool):
+    app = web.Application()
+    app[EVENTS], app[ONE_WRITE] = events, one_write
+    return await serve_upstream({"POST /v1/chat/completions": upstream_chat}, app)
 
 
 @pytest.mark.parametrize("one_write", [True, False])
 @pytest.mark.parametrize("include_usage", [True, False])
 async def test_null_usage_in_every_chunk_passes_and_the_object_is_billed(one_write, include_usage, start_gateway,
                                                                          serve_upstream):
-    app = web.Application()
-    app[ONE_WRITE] = one_write
-    upstream = await serve_upstream({"POST /v1/chat/completions": upstream_chat}, app)
+    upstream = await sse_upstream(serve_upstream, [*CHUNKS, USAGE_EVENT, DONE], one_write)
     seen = Seen()
     gw = await start_gateway(base_config(upstream.url), plugins=(seen,))
     request = {"model": "up", "stream": True, "messages": [{"role": "user", "content": "hi"}]}

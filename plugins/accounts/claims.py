@@ -143,14 +143,7 @@ def run_admission(counters: Counters, call: Call) -> Awaitable[None] | None:
     callbacks, admission.callbacks = admission.callbacks, []
     if admission.claims and not counters.admit_now(admission):
         return _admit_then(counters, admission, callbacks)
-    refusal: ProxyError | None = None  # (run_continuations, inline: a call less a request)
-    for callback in callbacks:
-        try:
-            callback()
-        except ProxyError as exc:
-            refusal = refusal or exc
-    if refusal is not None:
-        raise refusal
+    run_continuations(callbacks)
     return None
 
 
