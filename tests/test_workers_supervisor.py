@@ -35,7 +35,20 @@ async def pg_url(tmp_path):
 
 
 def children_of(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    """The processes whose parent is ``pid`` (zombies too, until reaped), from each one's own
+    /proc stat: the parent's ``task/<tid>/children`` lists only the children of that one thread,
+    and the kernel calls it reliable only for stopped ones (a CI run once waited 60 s on it for
+    two listening workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return sorted(found)
 
 
 def state_of(pid: int) -> str | None:
@@ -97,7 +110,7 @@ async def wait_for(check, what: str, seconds: float = 60.0):
         result = check()
         if result:
             return result
-        assert time.monotonic() < deadline, f"{what} within {seconds} s"
+        assert time.monotonic() < deadline, f"{what} within {seconds} s (last seen: {result!r})"
         await asyncio.sleep(0.05)
 
 
