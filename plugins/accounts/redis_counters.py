@@ -143,6 +143,10 @@ class RedisCounters(Counters):
         await admit_in_redis(self, admission)
         leases.after_exact(admission)
 
+    def admit_now(self, admission: Admission) -> bool:
+        """From this instance's leases when they cover every claim: admitted with no await."""
+        return self.leases is not None and self.leases.admit(admission)
+
     async def take(self, rules: tuple[Rule, ...], tokens: int, now: float) -> Refusal | None:
         """(Exact, never from leases: one rule set taken on its own, outside a request.)"""
         admission = Admission()

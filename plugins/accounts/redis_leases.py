@@ -229,12 +229,11 @@ class Leases:
     def give_back_for(self, admission: Admission) -> None:
         """Before the exact ``ADMIT`` of ``admission``: this instance's unused leases of its
         scopes go back first (sent before it, in the same write), so that its answer counts them."""
-        for claim in admission.claims:
-            if type(claim) is CreditClaim and claim.shared:  # type: ignore[union-attr]
-                self._give_back_pool(claim.account.id)  # type: ignore[union-attr]
-            elif type(claim) is RateClaim:
-                for rule in claim.rules:  # type: ignore[union-attr]
-                    self._give_back_rate(rule.state)
+        for scope in self._scopes(admission):
+            if isinstance(scope, str):
+                self._give_back_pool(scope)  # an account's pool
+            else:
+                self._give_back_rate(scope)  # a rule's units
 
     def after_exact(self, admission: Admission) -> None:
         """``admission`` was admitted the exact way: lease its scopes for the next requests."""
@@ -244,6 +243,7 @@ class Leases:
     # -- taking leases --------------------------------------------------------------------------
     @staticmethod
     def _scopes(admission: Admission) -> list:
+        """The scopes an admission's claims lease: account ids (``str``) and rule states (``tuple``)."""
         out: list = []
         for claim in admission.claims:
             if type(claim) is CreditClaim and claim.shared:  # type: ignore[union-attr]
