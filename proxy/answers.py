@@ -3,10 +3,10 @@
 ``send_error`` (a ProxyError in the client's dialect), ``_json_response`` (a 200 JSON answer, in
 one write from its dict of headers where it can be: ``wholeanswer``), ``_send`` (a whole
 ``web.Response``, settle after the client has it), ``_stream_response`` (a stream's response,
-kept on the call), ``before_end`` (the settle steps a plugin wants before the last bytes), and
-``usage_known``/``on_usage`` (the ``tollway_usage`` implementations' turn). Used by the
-pipeline (``pipeline.py``), the upstream path (``forward.py``) and the other endpoints
-(``media.py``, ``upstream_items.py``).
+kept on the call; ``_started_stream``: started too), ``before_end`` (the settle steps a plugin
+wants before the last bytes), and ``usage_known``/``on_usage`` (the ``tollway_usage``
+implementations' turn). Used by the pipeline (``pipeline.py``), the upstream path
+(``forward.py``) and the other endpoints (``media.py``, ``upstream_items.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .clientwrite import CLIENT_WRITE_TIMEOUT, ClientStalled, send_whole
 from .errors import ProxyError
 from .gateway import GATEWAY_KEY
 from .onewrite import end_whole
+from .sse_start import start_sse
 from .wholeanswer import send_answer
 
 if TYPE_CHECKING:
@@ -130,6 +131,17 @@ def _stream_response(call: Call) -> web.StreamResponse:
     out = call.response
     resp = out.web_response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **out.headers})
     out.status = 200
+    return resp
+
+
+def _started_stream(call: Call, request: web.BaseRequest, held: bool) -> web.StreamResponse | None:
+    """``_stream_response``'s response, started (its head kept for the first bytes when ``held``)
+    in one call from its dict of headers (``sse_start.start_sse``); None: nothing done."""
+    out = call.response
+    resp = start_sse(request, 200, {**SSE_HEADERS, **out.headers}, held)
+    if resp is not None:
+        out.web_response = resp
+        out.status = 200
     return resp
 
 

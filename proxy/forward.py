@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from .answers import _json_response, _stream_response, before_end, on_usage, usage_known
+from .answers import _json_response, _started_stream, _stream_response, before_end, on_usage, usage_known
 from .call import Call, Route
 from .errors import ProxyError
 from .logs import throttled
@@ -142,15 +142,19 @@ async def forward_chat(gateway: Gateway, request: web.Request, call: Call, route
         except BaseException:
             upstream.release()  # pump has not taken the upstream over: give its connection back
             raise
-        resp = _stream_response(call)
         transport = request.transport
-        if getattr(upstream, "complete", False) and transport is not None and not transport.is_closing():
-            head_with_first_bytes(resp)  # (one write fewer: nothing to wait for upstream)
-        try:
-            if start_stream(resp, request) is None:  # (aiohttp's prepare in one plain call, where it can)
-                await resp.prepare(request)
-        except (ConnectionError, RuntimeError):
-            call.response.client_gone = True
+        # (the head with the first bytes, one write fewer, when there is nothing to wait for upstream)
+        held = getattr(upstream, "complete", False) and transport is not None and not transport.is_closing()
+        resp = _started_stream(call, request, held)  # (prepare's steps in one call, the head from the dict)
+        if resp is None:
+            resp = _stream_response(call)
+            if held:
+                head_with_first_bytes(resp)
+            try:
+                if start_stream(resp, request) is None:  # (aiohttp's prepare in one plain call, where it can)
+                    await resp.prepare(request)
+            except (ConnectionError, RuntimeError):
+                call.response.client_gone = True
         server = gateway.config.server
         await pump(call, resp, upstream, codec, lambda c: on_usage(gateway, c), tuple(filters),
                    server.disconnect_drain, server.timeouts.client_write, lambda c: before_end(gateway, c))

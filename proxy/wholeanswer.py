@@ -5,11 +5,10 @@ A 200 JSON answer of tollway-full went: the plugins' headers (a dict) copied int
 ``web.Response`` (~14k instructions: its ``__init__`` and a CIMultiDict of ~14 names), four more
 headers added through case-folding look-ups (``onewrite.start_whole``), and the ~18 headers
 serialized by aiohttp's Cython writer, a character at a time (~24k). ``send_answer`` writes the
-same bytes from the dict itself: per tuple of header names (the same plugins add the same names in
-the same order) the head's text is kept with the names written in and a slot for each value; an
-answer's head is its values checked for control characters in one pass, slotted in, and the
-``Content-Length``/``Date``/``Server``/``Connection`` lines aiohttp would add. The response it
-returns is the one aiohttp would have left (the same fields, ``headers`` included).
+same bytes from the dict itself (``headshape``: the head's text kept per tuple of header names, an
+answer's values slotted in), with the ``Content-Length``/``Date``/``Server``/``Connection`` lines
+aiohttp would add. The response it returns is the one aiohttp would have left (the same fields,
+``headers`` included).
 
 The same bytes, in the same transport write, and the same response as ``web.Response(status=...,
 body=..., headers=...)`` sent by ``clientwrite.send_whole``, where ``start_whole`` takes its one
@@ -22,8 +21,6 @@ another aiohttp) returns None having done nothing, and the caller sends a ``web.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import hdrs, web
 from aiohttp.compression_utils import MAX_SYNC_CHUNK_SIZE
 from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time
@@ -32,38 +29,10 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.web_response import REASON_PHRASES
 from multidict import CIMultiDict
 
+from .headshape import SERVER_LINE, plain_values, shape_of
 from .onewrite import ENABLED, has_prepare_receivers
 
 __all__ = ["send_answer"]
-
-#: Distinct name orders kept (a gateway's answers use a handful; past this the cache starts over).
-MAX_SHAPES = 256
-
-#: Each byte to itself but those aiohttp refuses in a head (a control character other than TAB, DEL) to NUL.
-_CONTROL_TO_NUL = bytes(0 if (c < 0x20 and c != 0x09) or c == 0x7F else c for c in range(256))
-
-_TYPE, _DATE, _SERVER, _CONNECTION = (n.lower() for n in (hdrs.CONTENT_TYPE, hdrs.DATE, hdrs.SERVER, hdrs.CONNECTION))
-#: Names whose presence sends the answer through aiohttp (it would refuse them, or take another branch).
-_REFUSED = frozenset(n.lower() for n in (hdrs.CONTENT_LENGTH, hdrs.TRANSFER_ENCODING))
-
-
-class _Shape:
-    """A tuple of names' head: ``pieces`` (the names written in, None where each value goes)
-    and which of the headers aiohttp adds were given."""
-
-    __slots__ = ("pieces", "content_type", "date", "server", "connection")
-
-    def __init__(self, pieces: list[Any], names: set[str]) -> None:
-        self.pieces = pieces
-        self.content_type = _TYPE in names
-        self.date = _DATE in names
-        self.server = _SERVER in names
-        self.connection = _CONNECTION in names
-
-
-# the names (a dict's keys, as a tuple) -> their shape; None: names this path does not write
-_shapes: dict[tuple[str, ...], _Shape | None] = {}
-_UNSEEN = _Shape([], set())
 
 
 def send_answer(request: web.BaseRequest, status: int, headers: dict[str, str], body: bytes
@@ -82,18 +51,11 @@ def send_answer(request: web.BaseRequest, status: int, headers: dict[str, str], 
             or writer._on_chunk_sent is not None or writer.on_body_write is not None
             or must_be_empty_body(request.method, status)):
         return None
-    names = tuple(headers)
-    shape = _shapes.get(names, _UNSEEN)
-    if shape is _UNSEEN:
-        shape = _shape(names)
+    shape = shape_of(tuple(headers))
     if shape is None or has_prepare_receivers(request):
         return None
     values = tuple(headers.values())
-    try:
-        text = "".join(values)
-    except TypeError:
-        return None
-    if not text.isascii() or b"\0" in text.encode("ascii").translate(_CONTROL_TO_NUL):
+    if not plain_values(values):
         return None
     # The response as web.Response(...) and start_whole leave it.
     resp: web.Response = web.Response.__new__(web.Response)
@@ -122,7 +84,7 @@ def send_answer(request: web.BaseRequest, status: int, headers: dict[str, str], 
         tail += f"Date: {date}\r\n"
     if not shape.server:
         md[hdrs.SERVER] = SERVER_SOFTWARE
-        tail += _SERVER_LINE
+        tail += SERVER_LINE
     if not shape.connection:
         if keep_alive:
             if version == HttpVersion10:
@@ -131,38 +93,8 @@ def send_answer(request: web.BaseRequest, status: int, headers: dict[str, str], 
         elif version == HttpVersion11:
             md[hdrs.CONNECTION] = "close"
             tail += "Connection: close\r\n"
-    pieces = shape.pieces.copy()
-    pieces[1::2] = values
-    pieces[0] = f"HTTP/{version[0]}.{version[1]} {status} {reason}\r\n{pieces[0]}"
-    pieces.append(tail)
-    pieces.append("\r\n")
-    head = "".join(pieces).encode("ascii")
+    head = shape.head(f"HTTP/{version[0]}.{version[1]} {status} {reason}", values, tail)
     writer._headers_written = True
     writer._writelines((head, body))
     return resp, writer
 
-
-_SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n"
-
-
-def _shape(names: tuple[Any, ...]) -> _Shape | None:
-    pieces: list[Any] = [""]
-    folded: set[str] = set()
-    for name in names:
-        text = str(name) if isinstance(name, str) else None  # (what aiohttp writes: an istr's text)
-        if text is None or not _printable(text) or text.lower() in _REFUSED:
-            shape = None
-            break
-        folded.add(text.lower())
-        pieces[-1] += f"{text}: "
-        pieces += (None, "\r\n")
-    else:
-        shape = _Shape(pieces, folded)
-    if len(_shapes) >= MAX_SHAPES:
-        _shapes.clear()
-    _shapes[names] = shape
-    return shape
-
-
-def _printable(text: str) -> bool:
-    return text.isascii() and b"\0" not in text.encode("ascii").translate(_CONTROL_TO_NUL)

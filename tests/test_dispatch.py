@@ -198,7 +198,8 @@ async def test_anything_more_to_run_goes_through_aiohttp(start_gateway, mock_ups
 
 async def test_a_streams_head_waits_for_its_first_bytes_only_when_the_upstream_answer_is_all_in(
         start_gateway, mock_upstream, serve_upstream, monkeypatch):
-    """One-write upstream: the head goes with the first bytes (``head_with_first_bytes``).
+    """One-write upstream: the head goes with the first bytes (``head_with_first_bytes``, or
+    ``start_sse`` held).
     An upstream that sends part of an event and then nothing: the client has the head at
     once (not when an event is complete, nor at the upstream's idle timeout, 30 s here,
     which the read would outlast)."""
@@ -206,9 +207,18 @@ async def test_a_streams_head_waits_for_its_first_bytes_only_when_the_upstream_a
 
     import proxy.forward
 
-    deferred = []
+    deferred = []  # the streams whose head was held for their first bytes (either way of starting them)
     real = proxy.forward.head_with_first_bytes
     monkeypatch.setattr(proxy.forward, "head_with_first_bytes", lambda resp: (deferred.append(resp), real(resp)))
+    real_started = proxy.forward._started_stream
+
+    def started(call, request, held):
+        resp = real_started(call, request, held)
+        if held and resp is not None:
+            deferred.append(resp)
+        return resp
+
+    monkeypatch.setattr(proxy.forward, "_started_stream", started)
 
     head_seen = asyncio.Event()
 

@@ -24,7 +24,8 @@ from test_dispatch import exchange, post
 from test_onewrite import DATE, NAMES, STATUSES, VALUES, Transport, mocked_request, state
 
 import proxy.sse_start
-from proxy.sse_start import start_stream
+from proxy.answers import SSE_HEADERS
+from proxy.sse_start import start_sse, start_stream
 
 
 def case(rng: random.Random) -> dict:
@@ -138,19 +139,104 @@ async def test_an_sse_head_kept_for_the_first_bytes(fixed_date):
     assert transport.writes[0][1].replace(b"|", b"").endswith(b"\r\n\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
 
 
+def sse_case(rng: random.Random) -> dict:
+    """A generated stream as the core starts them: a dict of headers (the SSE ones first, mostly;
+    names as ``istr`` too, odd names), no reason, cookie, compression or forced close, on every
+    kind of request, its head kept for the first bytes or not."""
+    c = case(rng)
+    pairs = list(SSE_HEADERS.items()) if rng.random() < 0.7 else []
+    pairs += c["pairs"]
+    if rng.random() < 0.1:
+        pairs.append((rng.choice(["Ünï", "X:Y", "x-tab\t", "X Space", "x-tollway-cost"]),
+                      rng.choice(["a%sb", "50%", "{x}", " ", "\t", "é"])))
+    if rng.random() < 0.03:
+        pairs.append(("X-Number", 5))  # (not a str: aiohttp's way)
+    c.update(pairs=pairs, multi=False, reason=None, force_close=False, cookie=False, compress=False, chunked=False)
+    return c
+
+
+def fields(resp: web.StreamResponse) -> dict:
+    """The response's own fields, besides those ``state`` compares."""
+    return {k: v for k, v in resp.__dict__.items() if k not in ("_headers", "_req", "_payload_writer")}
+
+
+async def then_the_stream(c: dict, resp, writer, transport, heard, error) -> list:
+    seen = [state(resp, writer, transport, heard, error), fields(resp)]
+    if error is None:  # then the stream itself, through aiohttp either way
+        try:
+            for data in c["writes"]:
+                await resp.write(data)
+            await resp.write_eof(c["last"])
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+        seen.append(state(resp, writer, transport, heard, error))
+    return seen
+
+
+async def sse_theirs(c: dict) -> list:
+    """``_stream_response`` (a web.StreamResponse of the dict), held or not, started by aiohttp's prepare."""
+    request, transport, writer, heard = mocked_request(c, asyncio.get_running_loop())
+    resp = web.StreamResponse(status=c["status"], headers=dict(c["pairs"]))
+    if c["held"]:
+        resp._send_headers_immediately = False
+    error = None
+    try:
+        await resp.prepare(request)
+    except Exception as exc:  # noqa: BLE001 (compared: both ways must raise the same)
+        error = exc
+    return await then_the_stream(c, resp, writer, transport, heard, error)
+
+
+async def sse_mine(c: dict) -> list | None:
+    request, transport, writer, heard = mocked_request(c, asyncio.get_running_loop())
+    before = dict(writer.__dict__)
+    resp = start_sse(request, c["status"], dict(c["pairs"]), c["held"])
+    if resp is None:  # declined: nothing written, nothing changed
+        assert transport.writes == [] and writer.__dict__ == before
+        return None
+    return await then_the_stream(c, resp, writer, transport, heard, None)
+
+
+async def test_start_sse_is_a_stream_response_started_by_aiohttp(fixed_date):
+    rng = random.Random(1206)
+    took = 0
+    for i in range(3000):
+        c = sse_case(rng)
+        mine = await sse_mine(c)
+        if mine is not None:
+            took += 1
+            assert mine == await sse_theirs(c), (i, c)
+    assert 1000 < took < 3000  # both ways were taken, its own mostly
+
+
+async def test_an_sse_head_from_the_dict(fixed_date):
+    c = {"method": "POST", "version": HttpVersion11, "closing": True, "request_headers": {}, "receiver": False,
+         "transport_closing": False}
+    request, transport, writer, _ = mocked_request(c, asyncio.get_running_loop())
+    resp = start_sse(request, 200, {**SSE_HEADERS, "x-ratelimit-remaining-requests": "9"}, held=False)
+    assert resp is not None and resp._payload_writer is writer and resp.prepared and resp.keep_alive is False
+    assert transport.writes == [("write", b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                          b"Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
+                                          b"x-ratelimit-remaining-requests: 9\r\nTransfer-Encoding: chunked\r\n"
+                                          b"Date: " + DATE.encode() + b"\r\nServer: "
+                                          + aiohttp.web_response.SERVER_SOFTWARE.encode()
+                                          + b"\r\nConnection: close\r\n\r\n")]
+    assert resp.headers["Transfer-Encoding"] == "chunked" and resp.headers["connection"] == "close"
+
+
 @pytest.mark.parametrize("mock", [{"one_write": True}, {}])
 async def test_the_servers_streams_start_in_one_call(mock, start_gateway, mock_upstream, monkeypatch):
-    """A one-write upstream answer and a paced one, through the server: started by ``start_stream``,
-    the client gets the whole stream (its usage event and its end)."""
-    real = proxy.sse_start.start_stream
+    """A one-write upstream answer and a paced one, through the server: started by ``start_sse``
+    (the head from the dict), the client gets the whole stream (its usage event and its end)."""
+    real = proxy.sse_start.start_sse
     took: list[bool] = []
 
-    def counting(resp, request):
-        writer = real(resp, request)
-        took.append(writer is not None)
-        return writer
+    def counting(request, status, headers, held):
+        resp = real(request, status, headers, held)
+        took.append(resp is not None)
+        return resp
 
-    monkeypatch.setattr("proxy.forward.start_stream", counting)
+    monkeypatch.setattr("proxy.answers.start_sse", counting)
     gw = await start_gateway(base_config(mock_upstream.url))
     body = orjson.dumps({"model": "up", "stream": True, "stream_options": {"include_usage": True},
                          "messages": [{"role": "user", "content": "hi"}], "mock": mock})
