@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, settings
+from sdk_clients import close_at_end, record_sdk_clients, sdk_clients_closed  # noqa: F401 (fixtures)
 
 import proxy.logs
 from benchmarks.mock_upstream import MockSettings

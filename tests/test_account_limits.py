@@ -17,10 +17,10 @@ def shared(limits: dict, key_limits: dict | None = None) -> dict:
     return config
 
 
-async def test_an_account_rpm_is_shared_by_its_keys(start_gateway):
+async def test_an_account_rpm_is_shared_by_its_keys(start_gateway, close_at_end):
     running = await start_gateway(shared({"rpm": 3}))
-    a = openai.AsyncOpenAI(base_url=running.url, api_key=KEY_A, max_retries=0)
-    b = openai.AsyncOpenAI(base_url=running.url, api_key=KEY_B, max_retries=0)
+    a = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=KEY_A, max_retries=0))
+    b = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=KEY_B, max_retries=0))
     seen = []
     for sdk in (a, b, a):
         raw = await sdk.chat.completions.with_raw_response.create(model="echo", messages=[{"role": "user",

@@ -43,7 +43,7 @@ async def test_empty_admin_key_disables_the_admin_api(start_gateway, admin_key):
                 assert "server.admin_key" in body["error"]["message"]
 
 
-async def test_create_shows_the_key_once_and_stores_only_its_hash(start_gateway):
+async def test_create_shows_the_key_once_and_stores_only_its_hash(start_gateway, close_at_end):
     running = await start_gateway(biz_config())
     async with aiohttp.ClientSession() as s:
         status, made = await admin(s, running, "POST", "/admin/keys", {
@@ -59,7 +59,7 @@ async def test_create_shows_the_key_once_and_stores_only_its_hash(start_gateway)
         status, shown = await admin(s, running, "GET", f"/admin/keys/{made['id']}")
         assert status == 200 and "key" not in shown and shown["name"] == "team a"
         assert [k["id"] for k in await snapshot(s, running)] == ["cfg_demo", made["id"]]
-    client = openai.AsyncOpenAI(base_url=running.url, api_key=plain)
+    client = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=plain))
     assert (await client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "a"}])).id
     rows = await running.gw.store.fetchall("select * from tollway_keys")
     assert rows and not any(plain in str(v) for row in rows for v in row)

@@ -33,12 +33,12 @@ async def test_three_ways_to_send_a_key(start_gateway, how):
         assert (await r.json())["choices"][0]["message"]["content"] == "hi"
 
 
-async def test_openai_sdk_with_a_key(start_gateway):
+async def test_openai_sdk_with_a_key(start_gateway, close_at_end):
     running = await start_gateway(biz_config())
-    client = openai.AsyncOpenAI(base_url=running.url, api_key=DEMO)
+    client = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=DEMO))
     answer = await client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "yo"}])
     assert answer.choices[0].message.content == "yo"
-    bad = openai.AsyncOpenAI(base_url=running.url, api_key="sk-wrong", max_retries=0)
+    bad = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key="sk-wrong", max_retries=0))
     with pytest.raises(openai.AuthenticationError) as err:
         await bad.chat.completions.create(model="echo", messages=[{"role": "user", "content": "yo"}])
     assert err.value.status_code == 401
@@ -94,7 +94,7 @@ async def test_disabling_and_enabling_a_key(start_gateway):
         assert (await chat(s, running, made["key"]))[0] == 200
 
 
-async def test_model_allowlist_is_403_and_filters_models(start_gateway):
+async def test_model_allowlist_is_403_and_filters_models(start_gateway, close_at_end):
     keys = [{"name": "narrow", "key": "sk-narrow-000000", "credits": 1, "models": ["echo"]},
             {"name": "wide", "key": "sk-wide-00000000", "credits": 1}]
     running = await start_gateway(two_models(biz_config(keys=keys)))
@@ -108,11 +108,11 @@ async def test_model_allowlist_is_403_and_filters_models(start_gateway):
         assert (await chat(s, running, "sk-narrow-000000", model="nope"))[0] == 403
         assert (await chat(s, running, "sk-wide-00000000", model="nope"))[0] == 404
         assert (await chat(s, running, "sk-narrow-000000", model="echo"))[0] == 200
-    narrow = openai.AsyncOpenAI(base_url=running.url, api_key="sk-narrow-000000")
+    narrow = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key="sk-narrow-000000"))
     assert [m.id async for m in narrow.models.list()] == ["echo"]
     with pytest.raises(openai.NotFoundError):
         await narrow.models.retrieve("echo2")
-    wide = openai.AsyncOpenAI(base_url=running.url, api_key="sk-wide-00000000")
+    wide = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key="sk-wide-00000000"))
     assert sorted([m.id async for m in wide.models.list()]) == ["echo", "echo2"]
     async with aiohttp.ClientSession() as s, s.get(running.url + "/models") as r:
         assert r.status == 401
@@ -174,15 +174,15 @@ async def test_in_memory_state_refuses_several_processes(tmp_path, storage, serv
     assert "\n" not in str(err.value)
 
 
-async def test_anthropic_clients_send_x_api_key(start_gateway):
+async def test_anthropic_clients_send_x_api_key(start_gateway, close_at_end):
     import anthropic
 
     running = await start_gateway(biz_config())
-    client = anthropic.AsyncAnthropic(base_url=running.root, api_key=DEMO, max_retries=0)
+    client = close_at_end(anthropic.AsyncAnthropic(base_url=running.root, api_key=DEMO, max_retries=0))
     answer = await client.messages.create(model="echo", max_tokens=50,
                                           messages=[{"role": "user", "content": "bonjour"}])
     assert answer.content[0].text == "bonjour"
-    bad = anthropic.AsyncAnthropic(base_url=running.root, api_key="sk-nope", max_retries=0)
+    bad = close_at_end(anthropic.AsyncAnthropic(base_url=running.root, api_key="sk-nope", max_retries=0))
     with pytest.raises(anthropic.AuthenticationError) as err:
         await bad.messages.create(model="echo", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert err.value.status_code == 401

@@ -94,7 +94,7 @@ async def test_daily_key_budget_runs_out_and_resets_at_local_midnight(start_gate
 
 
 async def test_account_budget_is_shared_by_its_keys_and_a_suspended_account_pays_nothing(start_gateway,
-                                                                                       mock_upstream):
+                                                                                       mock_upstream, close_at_end):
     keys = [{"name": "a", "key": KEY_A, "account": "acme"}, {"name": "b", "key": KEY_B, "account": "acme"}]
     accounts = {"acme": {"credits": 1.0, "budgets": {"weekly": 5 * PRICE / 1e6, "monthly": 100}},
                 "frozen": {"credits": 1.0, "suspended": True}}
@@ -103,8 +103,8 @@ async def test_account_budget_is_shared_by_its_keys_and_a_suspended_account_pays
     sunday = next(d for d in range(7, 14) if next_year(6, d, 12, 0).weekday() == 6)
     clock = Clock(next_year(6, sunday, 12, 0))  # a Sunday noon: the week ends at midnight
     use_clock(running, clock)
-    sdk_a = openai.AsyncOpenAI(base_url=running.url, api_key=KEY_A, max_retries=0)
-    sdk_b = openai.AsyncOpenAI(base_url=running.url, api_key=KEY_B, max_retries=0)
+    sdk_a = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=KEY_A, max_retries=0))
+    sdk_b = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=KEY_B, max_retries=0))
     for sdk in (sdk_a, sdk_b, sdk_a, sdk_b, sdk_a):
         await sdk.chat.completions.create(model="up", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.RateLimitError) as refused:
@@ -114,7 +114,7 @@ async def test_account_budget_is_shared_by_its_keys_and_a_suspended_account_pays
     monday = next_year(6, sunday + 1, 0, 0)
     assert refused.value.response.headers["Retry-After"] == str(int(monday.timestamp() - clock.now))
 
-    sdk_c = openai.AsyncOpenAI(base_url=running.url, api_key="sk-budget-key-c-0003", max_retries=0)
+    sdk_c = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key="sk-budget-key-c-0003", max_retries=0))
     with pytest.raises(openai.APIStatusError) as suspended:
         await sdk_c.chat.completions.create(model="up", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
     assert suspended.value.status_code == 402

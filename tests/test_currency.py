@@ -25,9 +25,9 @@ def inr_config(upstream: str, credits: float = 10.0) -> dict:
     return config
 
 
-async def test_an_inr_gateway_bills_in_micro_rupees(start_gateway, mock_upstream):
+async def test_an_inr_gateway_bills_in_micro_rupees(start_gateway, mock_upstream, close_at_end):
     running = await start_gateway(inr_config(mock_upstream.url))
-    sdk = openai.AsyncOpenAI(base_url=running.url, api_key=KEY_A, max_retries=0)
+    sdk = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=KEY_A, max_retries=0))
     raw = await sdk.chat.completions.with_raw_response.create(model="up", max_tokens=8,
                                                               messages=[{"role": "user", "content": "hi"}])
     assert raw.headers["x-tollway-cost"] == "0.668000"

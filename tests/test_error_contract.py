@@ -61,12 +61,12 @@ async def test_by_default_the_body_is_openai_s_own(start_gateway):
     assert body["error"]["code"] == "rate_limit_exceeded"
 
 
-async def test_402_messages_say_where_to_top_up(start_gateway, mock_upstream):
+async def test_402_messages_say_where_to_top_up(start_gateway, mock_upstream, close_at_end):
     keys = [{"name": "poor", "key": KEY_A, "credits": 0}, {"name": "frozen", "key": DEMO, "account": "ice"}]
     config = paid_config(mock_upstream.url, keys, accounts={"ice": {"credits": 5, "suspended": True}})
     config["billing"]["billing_url"] = "https://example.test/billing"
     running = await start_gateway(config)
-    sdk = openai.AsyncOpenAI(base_url=running.url, api_key=KEY_A, max_retries=0)
+    sdk = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=KEY_A, max_retries=0))
     with pytest.raises(openai.APIStatusError) as poor:
         await sdk.chat.completions.create(model="up", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
     assert poor.value.status_code == 402 and poor.value.code == "insufficient_credits"
@@ -77,18 +77,18 @@ async def test_402_messages_say_where_to_top_up(start_gateway, mock_upstream):
     assert body["error"]["message"].endswith("Top up at https://example.test/billing")
 
 
-async def test_the_api_under_a_base_path_for_both_sdks(start_gateway):
+async def test_the_api_under_a_base_path_for_both_sdks(start_gateway, close_at_end):
     config = biz_config()
     config["server"]["base_path"] = "/api/v1"
     running = await start_gateway(config)
-    oa = openai.AsyncOpenAI(base_url=running.root + "/api/v1", api_key=DEMO, max_retries=0)
+    oa = close_at_end(openai.AsyncOpenAI(base_url=running.root + "/api/v1", api_key=DEMO, max_retries=0))
     answer = await oa.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.content
     chunks = [c async for c in await oa.chat.completions.create(
         model="echo", messages=[{"role": "user", "content": "hi"}], stream=True)]
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert [m.id async for m in oa.models.list()] == ["echo"]
-    an = anthropic.AsyncAnthropic(base_url=running.root + "/api", api_key=DEMO, max_retries=0)
+    an = close_at_end(anthropic.AsyncAnthropic(base_url=running.root + "/api", api_key=DEMO, max_retries=0))
     message = await an.messages.create(model="echo", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
     assert message.content[0].text
     with pytest.raises(anthropic.NotFoundError) as missing:

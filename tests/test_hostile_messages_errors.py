@@ -131,16 +131,14 @@ async def test_the_sdk_gets_each_error_as_its_exception_class(start_gateway, ser
              (DEMO, "broken", hi, anthropic.InternalServerError, "api_error"),
              (DEMO, "up", hi, anthropic.ServiceUnavailableError, "overloaded_error")]
     for key, model, messages, error, kind in cases:
-        client = anthropic.AsyncAnthropic(base_url=running.root, api_key=key, max_retries=0)
-        with pytest.raises(error) as raised:
-            await client.messages.create(model=model, max_tokens=10, messages=messages)
+        async with anthropic.AsyncAnthropic(base_url=running.root, api_key=key, max_retries=0) as client:
+            with pytest.raises(error) as raised:
+                await client.messages.create(model=model, max_tokens=10, messages=messages)
         assert type(raised.value) is error
         assert_anthropic(raised.value.body, kind)
-        await client.close()
-    client = anthropic.AsyncAnthropic(base_url=running.root, api_key=DEMO, max_retries=0)
-    with pytest.raises(anthropic.RateLimitError) as limited:
-        for _ in range(10):
-            await client.messages.create(model="echo", max_tokens=10, messages=hi)
+    async with anthropic.AsyncAnthropic(base_url=running.root, api_key=DEMO, max_retries=0) as client:
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            for _ in range(10):
+                await client.messages.create(model="echo", max_tokens=10, messages=hi)
     assert_anthropic(limited.value.body, "rate_limit_error")
     assert int(limited.value.response.headers["retry-after"]) >= 1
-    await client.close()

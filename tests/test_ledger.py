@@ -69,19 +69,19 @@ async def test_one_row_per_request_except_unauthenticated(start_gateway):
     assert sum(r[10] for r in got) == spent
 
 
-async def test_auth_off_records_every_model_request(start_gateway):
+async def test_auth_off_records_every_model_request(start_gateway, close_at_end):
     config = biz_config(enabled=["pricing", "ledger"])
     del config["keys"]
     running = await start_gateway(config)
-    client = openai.AsyncOpenAI(base_url=running.url, api_key="anything")
+    client = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key="anything"))
     await client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "a"}])
     got = await rows(running, "key_id, status, cost_micro_usd")
     assert len(got) == 1 and got[0][0] is None and got[0][1] == 200 and got[0][2] > 0
 
 
-async def test_graceful_shutdown_flushes_everything(start_gateway, tmp_path):
+async def test_graceful_shutdown_flushes_everything(start_gateway, tmp_path, close_at_end):
     running = await start_gateway(narrow_config(ledger={"flush_ms": 600000}))
-    client = openai.AsyncOpenAI(base_url=running.url, api_key=DEMO)
+    client = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=DEMO))
     for i in range(25):
         await client.chat.completions.create(model="echo", messages=[{"role": "user", "content": f"n {i}"}])
     async with aiohttp.ClientSession() as s:

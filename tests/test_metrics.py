@@ -61,13 +61,13 @@ async def test_scrape_counts_requests_tokens_money_and_refusals(start_gateway):
     running = await start_gateway(metrics_config())
     async with aiohttp.ClientSession() as s:
         before = await scrape(s, running.root)
-        client = openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0)
-        reply = await client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "one two"}])
-        stream = await client.chat.completions.create(model="echo", stream=True,
-                                                      messages=[{"role": "user", "content": "three four five"}],
-                                                      stream_options={"include_usage": True})
-        chunks = [c async for c in stream]
-        await client.close()
+        async with openai.AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0) as client:
+            reply = await client.chat.completions.create(model="echo",
+                                                         messages=[{"role": "user", "content": "one two"}])
+            stream = await client.chat.completions.create(model="echo", stream=True,
+                                                          messages=[{"role": "user", "content": "three four five"}],
+                                                          stream_options={"include_usage": True})
+            chunks = [c async for c in stream]
         assert (await chat(s, running, "sk-test-slow-0001"))[0] == 200
         assert (await chat(s, running, "sk-test-slow-0001"))[0] == 429  # rpm 1
         assert (await chat(s, running, "sk-test-poor-0001"))[0] == 402

@@ -19,7 +19,7 @@ FUNDED_FOR = 40
 REQUESTS = 300
 
 
-async def test_balance_never_negative_and_ledger_equals_money_taken(start_gateway, mock_upstream):
+async def test_balance_never_negative_and_ledger_equals_money_taken(start_gateway, mock_upstream, close_at_end):
     config = biz_config(mock_upstream.url, keys=[{"name": "few", "key": KEY, "credits": FUNDED_FOR * PRICE / 1e6}])
     # Input is free and max_tokens is 8, so the worst case reserved equals the exact price.
     config["models"]["up"]["price"] = {"input": 0, "output": 1000}
@@ -27,7 +27,7 @@ async def test_balance_never_negative_and_ledger_equals_money_taken(start_gatewa
     running = await start_gateway(config)
     # A generous timeout: the SDK connects within 5 s by default, and 300 connections at once to this
     # in-process gateway on a loaded machine took longer (httpx ConnectTimeout, not an answer).
-    sdk = openai.AsyncOpenAI(base_url=running.url, api_key=KEY, max_retries=0, timeout=60)
+    sdk = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=KEY, max_retries=0, timeout=60))
     outcomes: list[str] = []
     mock = {"chunk_delay": 0.003, "delay": 0.01}
 

@@ -14,13 +14,13 @@ from proxy.gateway import build_gateway
 from proxy.schema import ConfigError
 
 
-async def test_keys_follow_the_configured_format(start_gateway):
+async def test_keys_follow_the_configured_format(start_gateway, close_at_end):
     config = biz_config(auth={"key_format": {"prefix": "sk-", "length": 64, "alphabet": "hex"}})
     running = await start_gateway(config)
     async with aiohttp.ClientSession() as s:
         status, made = await admin(s, running, "POST", "/admin/keys", json={"name": "fmt", "credits": 1})
     assert status == 201 and re.fullmatch(r"sk-[0-9a-f]{64}", made["key"])
-    sdk = openai.AsyncOpenAI(base_url=running.url, api_key=made["key"], max_retries=0)
+    sdk = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=made["key"], max_retries=0))
     answer = await sdk.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.content
 

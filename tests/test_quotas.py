@@ -34,9 +34,9 @@ async def ledger(running) -> list[dict]:
                              "estimated")
 
 
-async def test_cost_in_body_header_and_stream(start_gateway):
+async def test_cost_in_body_header_and_stream(start_gateway, close_at_end):
     running = await start_gateway(biz_config())
-    client = openai.AsyncOpenAI(base_url=running.url, api_key=DEMO)
+    client = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=DEMO))
     raw = await client.chat.completions.with_raw_response.create(
         model="echo", messages=[{"role": "user", "content": "one two three"}])
     answer = raw.parse()
@@ -68,7 +68,7 @@ async def test_stream_without_include_usage_has_no_usage_chunk_but_is_billed(sta
         assert (await credits(s, running, DEMO))["spent_micro_usd"] > 0
 
 
-async def test_402_says_what_was_needed_and_what_is_left(start_gateway):
+async def test_402_says_what_was_needed_and_what_is_left(start_gateway, close_at_end):
     keys = [{"name": "poor", "key": "sk-poor-00000000", "credits": 0.001}]
     running = await start_gateway(biz_config(keys=keys))
     payload = orjson.dumps({"model": "echo", "messages": [{"role": "user", "content": "hi"}]})
@@ -89,7 +89,7 @@ async def test_402_says_what_was_needed_and_what_is_left(start_gateway):
         assert (await credits(s, running, "sk-poor-00000000"))["balance_micro_usd"] == (
             1000 - round(answer["usage"]["cost"] * 1e6))
     with pytest.raises(openai.APIStatusError) as err:
-        await openai.AsyncOpenAI(base_url=running.url, api_key="sk-poor-00000000", max_retries=0) \
+        await close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key="sk-poor-00000000", max_retries=0)) \
             .chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
     assert err.value.status_code == 402
 
@@ -205,9 +205,9 @@ async def test_unmetered_key_is_never_refused_but_spend_is_recorded(start_gatewa
     assert got["unlimited"] is True and got["spent_micro_usd"] == round(body["usage"]["cost"] * 1e6) > 0
 
 
-async def test_embeddings_are_priced(start_gateway):
+async def test_embeddings_are_priced(start_gateway, close_at_end):
     running = await start_gateway(biz_config())
-    client = openai.AsyncOpenAI(base_url=running.url, api_key=DEMO)
+    client = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=DEMO))
     raw = await client.embeddings.with_raw_response.create(model="echo", input=["some text to embed"])
     result = raw.parse()
     assert raw.headers["x-tollway-cost"] == format_usd(result.usage.prompt_tokens)

@@ -47,18 +47,18 @@ async def test_rpm_headers_then_429(start_gateway):
     assert "requests per minute (limit 2)" in body["error"]["message"]
 
 
-async def test_sdk_sees_429(start_gateway):
+async def test_sdk_sees_429(start_gateway, close_at_end):
     running = await start_gateway(limited({"rpm": 1}))
-    client = openai.AsyncOpenAI(base_url=running.url, api_key=KEY, max_retries=0)
+    client = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=KEY, max_retries=0))
     await client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "a"}])
     with pytest.raises(openai.RateLimitError) as err:
         await client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "a"}])
     assert err.value.response.headers["retry-after"]
 
 
-async def test_streams_carry_the_headers(start_gateway):
+async def test_streams_carry_the_headers(start_gateway, close_at_end):
     running = await start_gateway(limited({"rpm": 10, "tpm": 10000}))
-    client = openai.AsyncOpenAI(base_url=running.url, api_key=KEY)
+    client = close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=KEY))
     async with client.chat.completions.with_streaming_response.create(
             model="echo", messages=[{"role": "user", "content": "a b c"}], stream=True) as resp:
         headers = resp.headers

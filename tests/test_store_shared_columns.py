@@ -105,7 +105,7 @@ def test_a_chunk_binds_shared_values_once_when_its_rows_agree():
     assert sql.count("?") == 4 * len(COLUMNS)  # the statement every value binds to (rows that differ)
 
 
-async def test_the_ledger_keeps_every_row_whether_its_chunks_agree_or_not(start_gateway):
+async def test_the_ledger_keeps_every_row_whether_its_chunks_agree_or_not(start_gateway, close_at_end):
     """One key's requests (its rows agree: bound once a chunk), then two keys' interleaved (their
     rows differ) and errors among them: every request has its row, with the key, status and
     cost its answer told, and the rows' costs add up to what the accounts were charged."""
@@ -113,7 +113,7 @@ async def test_the_ledger_keeps_every_row_whether_its_chunks_agree_or_not(start_
     # (one flush at the end: chunks of 32, 32, 16 and 1 rows, the first all one key's)
     running = await start_gateway(biz_config(keys=keys, ledger={"flush_ms": 600_000, "batch_rows": 100_000}))
     told = []
-    clients = {key: openai.AsyncOpenAI(base_url=running.url, api_key=key, max_retries=0)
+    clients = {key: close_at_end(openai.AsyncOpenAI(base_url=running.url, api_key=key, max_retries=0))
                for key in (DEMO, "sk-other-0000000")}
     for i in range(80):
         key = DEMO if i < 40 or i % 2 else "sk-other-0000000"
