@@ -146,14 +146,3 @@ async def close_within(server: TestServer, seconds: float) -> None:
             task.print_stack(limit=8, file=out)
             stacks.append(out.getvalue())
         pytest.fail(f"the gateway did not close within {seconds:g} s; its tasks:\n" + "\n".join(stacks))
-
-
-
-def logged_here(caplog: pytest.LogCaptureFixture) -> str:
-    """``caplog.text`` without what an earlier test's unclosed SDK client logs when the garbage
-    collector takes it during this test: openai's httpx wrapper schedules its ``aclose`` on
-    whatever loop runs, its connections belong to a loop already closed, and asyncio logs the
-    task's "Event loop is closed" with a traceback (seen in CI: a test that had logged nothing
-    failed its no-traceback check)."""
-    return "\n".join(caplog.handler.format(r) for r in caplog.records
-                     if not (r.name == "asyncio" and "AsyncClient.aclose()" in r.getMessage()))
