@@ -23,6 +23,12 @@ fields through):
   (as a static server such as nginx sends a file of SSE events): many events
   arrive in one read.
 
+An answer's bytes are rendered once per shape (model, chunks, chunk size, prompt tokens,
+usage asked, ``usage_null``) and served again as they are, ``created`` included, as a
+static server serves a file (issue 10 item 12 measured against nginx): rendering the 54
+events of a one-write answer cost ~60 us a request, on the CPU the benchmark shares
+between the mock and the load generator, which then capped every target's streams/s.
+
 ``GET /_mock/stats`` answers how many requests it has seen and the last body.
 Tests make one upstream fail (or recover) on command with knobs that apply to
 every request: ``app[FORCE_KEY].update(status=503)`` (``.clear()`` to recover).
@@ -34,7 +40,9 @@ import argparse
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -55,6 +63,8 @@ class MockSettings:
 SETTINGS_KEY: web.AppKey[MockSettings] = web.AppKey("mock_settings")
 STATS_KEY: web.AppKey[dict] = web.AppKey("mock_stats")
 FORCE_KEY: web.AppKey[dict] = web.AppKey("mock_force")  # knobs for every request (a request's own win)
+RENDERED_KEY: web.AppKey[dict] = web.AppKey("mock_rendered")  # shape -> the answer's bytes (``rendered``)
+RENDERED_MAX = 256  # shapes kept; past it the memo starts again
 
 
 def _content_piece(i: int, size: int) -> str:
@@ -94,9 +104,27 @@ def render_stream(model: str, chunks: int, size: int, prompt_tokens: int, usage:
     return events
 
 
+def rendered(app: web.Application, shape: tuple, render: Callable[[], Any]) -> Any:
+    """What ``render()`` gives for this ``shape``, rendered on the first request of the shape only."""
+    memo = app[RENDERED_KEY]
+    answer = memo.get(shape)
+    if answer is None:
+        if len(memo) >= RENDERED_MAX:
+            memo.clear()
+        answer = memo[shape] = render()
+    return answer
+
+
 def error_body(status: int) -> bytes:
     return orjson.dumps({"error": {"message": f"mock upstream failing with {status} (secret-upstream-detail)",
                                    "type": "mock_error", "param": None, "code": f"mock_{status}"}})
+
+
+def _stream_answer(model: str, chunks: int, size: int, prompt_tokens: int, usage: bool,
+                   usage_null: bool) -> tuple[list[bytes], bytes]:
+    """(the events, the events joined: a one-write answer's body)."""
+    events = render_stream(model, chunks, size, prompt_tokens, usage, usage_null)
+    return events, b"".join(events)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -124,18 +152,22 @@ async def chat(request: web.Request) -> web.StreamResponse:
                             headers=headers)
     prompt_tokens = max(1, len(orjson.dumps(body.get("messages"))) // 16)  # depends on the messages only
     model = body.get("model", "mock")
+    app = request.app
     if not body.get("stream"):
-        return web.Response(body=render_completion(model, s.chunks, s.chunk_size, prompt_tokens),
-                            content_type="application/json")
+        answer = rendered(app, ("whole", model, s.chunks, s.chunk_size, prompt_tokens),
+                          lambda: render_completion(model, s.chunks, s.chunk_size, prompt_tokens))
+        return web.Response(body=answer, content_type="application/json")
     usage = bool((body.get("stream_options") or {}).get("include_usage")) and not knobs.get("no_done")
-    events = render_stream(model, s.chunks, s.chunk_size, prompt_tokens, usage, bool(knobs.get("usage_null")))
+    usage_null = bool(knobs.get("usage_null"))
+    events, joined = rendered(app, ("stream", model, s.chunks, s.chunk_size, prompt_tokens, usage, usage_null),
+                              lambda: _stream_answer(model, s.chunks, s.chunk_size, prompt_tokens, usage, usage_null))
     if knobs.get("no_done"):
-        events = events[:-1]
+        events, joined = events[:-1], None
     if knobs.get("one_write"):
         if s.ttft:
             await asyncio.sleep(s.ttft)
-        return web.Response(body=b"".join(events), headers={"Cache-Control": "no-cache"},
-                            content_type="text/event-stream")
+        return web.Response(body=joined if joined is not None else b"".join(events),
+                            headers={"Cache-Control": "no-cache"}, content_type="text/event-stream")
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     if s.ttft:
@@ -180,6 +212,7 @@ def make_app(settings: MockSettings | None = None) -> web.Application:
     app[SETTINGS_KEY] = settings or MockSettings()
     app[STATS_KEY] = {"requests": 0, "last_body": None, "last_headers": None, "keys": {}}
     app[FORCE_KEY] = {}
+    app[RENDERED_KEY] = {}
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/_mock/stats", stats)

@@ -7,9 +7,12 @@ nothing here asserts that something is fast.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import orjson
 import pytest
 
+from benchmarks import mock_upstream
 from benchmarks.httpclient import Connection, build_request
 from benchmarks.mock_upstream import MockSettings, make_app
 
@@ -214,3 +217,20 @@ async def test_usage_null_puts_a_null_usage_in_every_chunk_when_usage_is_asked(a
     no_usage = sse_payloads(await (await client.post("/v1/chat/completions", json=body)).read())
     assert no_usage == sse_payloads(await (await client.post("/v1/chat/completions", json=plain)).read())
     assert len(no_usage) == 6 and b'"usage"' not in b"".join(no_usage)
+
+
+@pytest.mark.parametrize("shape", [{"stream": True, "mock": {"one_write": True, "usage_null": True},
+                                    "stream_options": {"include_usage": True}},
+                                   {"stream": True, "mock": {"chunks": 3}},
+                                   {}])
+async def test_a_shape_is_served_as_a_static_file_the_same_bytes_each_time(aiohttp_client, monkeypatch, shape):
+    clock = iter(range(1_700_000_000, 1_700_000_100))  # each render a second later: "created" would differ
+    monkeypatch.setattr(mock_upstream, "time", SimpleNamespace(time=lambda: next(clock)))
+    app = make_app(MockSettings())
+    client = await aiohttp_client(app)
+    body = {"model": "m", "messages": MESSAGES, **shape}
+    first = await (await client.post("/v1/chat/completions", json=body)).read()
+    again = await (await client.post("/v1/chat/completions", json=body)).read()
+    other = await (await client.post("/v1/chat/completions", json={**body, "model": "n"})).read()
+    assert first == again  # ("created" included: rendered once)
+    assert b'"model":"n"' in other and b'"model":"n"' not in first
