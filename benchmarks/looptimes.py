@@ -107,8 +107,8 @@ def serve_probed(argv: list[str]) -> None:
     if os.environ.get("TOLLWAY_LOOPTIMES_CHUNK"):  # rows per multi-row insert, to compare
         sqlite_store.INSERT_CHUNK = int(os.environ["TOLLWAY_LOOPTIMES_CHUNK"])
     if os.environ.get("TOLLWAY_LOOPTIMES_SLICE"):  # rollup rows summed per loop turn, to compare
-        from plugins.accounts import rollups
-        rollups.SLICE_ROWS = int(os.environ["TOLLWAY_LOOPTIMES_SLICE"])
+        from plugins.accounts import rollup_upserts
+        rollup_upserts.SLICE_ROWS = int(os.environ["TOLLWAY_LOOPTIMES_SLICE"])
     handle_request = web_protocol.RequestHandler._handle_request
 
     async def timed_handle(self, *args):  # type: ignore[no-untyped-def]

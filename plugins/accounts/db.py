@@ -16,7 +16,7 @@ import orjson
 from proxy.schema import build
 from proxy.store import Migration, migrate
 
-from . import rollups
+from . import rollup_upserts, rollups
 from .grants import GRANTS_TABLE
 from .model import NO_BUDGETS, NO_POLICY, Account, AccountPolicy, Budgets, KeyRecord, Limits
 from .stream_charges import TABLE as STREAM_CHARGES_TABLE
@@ -317,7 +317,7 @@ async def write_rows(tx, rows: list[LedgerRow], deltas: dict[str, list[int]]) ->
 
 async def _row_steps(tx, rows: list[LedgerRow], deltas: dict[str, list[int]]) -> list:
     steps = tx.insert_steps("tollway_ledger", LEDGER_COLUMNS, rows, LEDGER_SHARED) if rows else []
-    counted = await rollups.batch_steps(LEDGER_COLUMNS, rows)
+    counted = await rollup_upserts.batch_steps(LEDGER_COLUMNS, rows)
     if tx.kind == "postgres":
         # A fleet's writers add to the same rollup and account rows, each locked until its
         # commit: all lock them in one order (sorted), or each of two could hold a row the

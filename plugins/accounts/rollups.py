@@ -18,7 +18,7 @@ bounds grow by a factor of sqrt(2), so an estimate is within ~19% of the
 true value, usually much closer).
 
 They are kept by the ledger writer, in the same transaction as the ledger
-rows they count (``batch_steps``): a rollup never disagrees with the ledger,
+rows they count (``rollup_upserts.py``): a rollup never disagrees with the ledger,
 and nothing is done on the request path. ``rebuild`` recomputes them from the
 ledger (``tollway rollups rebuild``; the accounts' migration 3 made them and
 ran it once). A change of their shape is a new migration that drops, makes
@@ -27,7 +27,6 @@ and rebuilds them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from bisect import bisect_left, bisect_right
@@ -87,15 +86,6 @@ def _schema(table: str) -> tuple[str, ...]:
 SCHEMA = tuple(sql for name, _ in TABLES for sql in _schema(name))
 
 
-def _upsert_sql(table: str) -> str:
-    updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in MEASURES)
-    return (f"insert into {table} ({', '.join(COLUMNS)}) values ({', '.join('?' for _ in COLUMNS)}) "
-            f"on conflict ({', '.join(DIMENSIONS)}) do update set {updates}")
-
-
-UPSERT = {table: _upsert_sql(table) for table, _ in TABLES}
-
-
 def bucket_of(ms: float) -> int:
     """The histogram bucket of a latency in milliseconds."""
     return bisect_right(BOUNDS, ms)
@@ -110,10 +100,10 @@ def _positions(columns: tuple[str, ...]) -> tuple[int, ...]:
                                  "reasoning_tokens", "cost_micro_usd", "latency_ms", "ttfb_ms", "estimated"))
 
 
-def _count_buckets(acc: list, first: int, values: Sequence[float]) -> None:
+def _count_buckets(acc: list, first: int, values: Sequence[float]) -> tuple[int, int]:
     """Add ``values`` to the histogram at ``acc[first:first + NBUCKETS]``: each in bucket
     ``bucket_of(value)``. Sorted, so that it takes a binary search per bucket the values
-    span (a few) rather than one per value."""
+    span (a few) rather than one per value. The buckets it counted in: ``[low, high]``."""
     ordered = sorted(values)
     low, high = bisect_right(BOUNDS, ordered[0]), bisect_right(BOUNDS, ordered[-1])
     start = 0
@@ -122,6 +112,7 @@ def _count_buckets(acc: list, first: int, values: Sequence[float]) -> None:
         acc[first + bucket] += end - start
         start = end
     acc[first + high] += len(ordered) - start
+    return low, high
 
 
 class Aggregator:
@@ -132,6 +123,9 @@ class Aggregator:
         self._time_of = itemgetter(ix[0])
         self._dims_of = itemgetter(*ix[1:7])  # key, account, model, provider, status, error code
         self.hours: dict[tuple, list] = {}
+        # The histogram buckets any row added counted in: [lat low, lat end, ttfb low, ttfb end)
+        # (empty: NBUCKETS, 0); every other bucket of every rollup row is 0 (``rollup_upserts.py``).
+        self.span = [NBUCKETS, 0, NBUCKETS, 0]
 
     def add(self, rows: Iterable[Sequence[Any]]) -> None:
         """Add ledger rows (tuples in the ledger's column order). Written for
@@ -180,7 +174,12 @@ class Aggregator:
             acc[8] = sum(cols[i_cost], acc[8])
             acc[9] = lat_sum
             acc[12] = sum(cols[i_est], acc[12])
-            _count_buckets(acc, _FIRST_LAT, lats)
+            low, high = _count_buckets(acc, _FIRST_LAT, lats)
+            span = self.span
+            if low < span[0]:
+                span[0] = low
+            if high >= span[1]:
+                span[1] = high + 1
             ttfbs = cols[i_ttfb]
             try:
                 ttfb_sum = sum(ttfbs, acc[11])
@@ -190,7 +189,11 @@ class Aggregator:
             if ttfbs:
                 acc[10] += len(ttfbs)
                 acc[11] = ttfb_sum
-                _count_buckets(acc, _FIRST_TTFB, ttfbs)
+                low, high = _count_buckets(acc, _FIRST_TTFB, ttfbs)
+                if low < span[2]:
+                    span[2] = low
+                if high >= span[3]:
+                    span[3] = high + 1
 
     def rows(self, before: int | None = None) -> tuple[list[tuple], list[tuple]]:
         """(hour rows, day rows) for every hour before ``before`` (all when None),
@@ -232,26 +235,6 @@ def project(rows: Iterable[tuple], view: str) -> list[tuple]:
             for i, v in enumerate(r[n:]):
                 acc[i] += v
     return [d + tuple(acc) for d, acc in out.items()]
-
-
-#: Rows summed between two turns of the event loop when a flush counts its rows (``batch_steps``).
-SLICE_ROWS = 128
-
-
-async def batch_steps(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[tuple[str, list[tuple], bool]]:
-    """The upserts that count ledger rows into the rollups, as ``Store.run_steps`` steps.
-    Summed ``SLICE_ROWS`` rows at a time, letting the event loop run in between: a
-    flush's rows at once (a few hundred at 1,000+ requests/s, about a microsecond
-    each) held up every request that arrived meanwhile (the p99 at concurrency 1)."""
-    if not rows:
-        return []
-    agg = Aggregator(columns)
-    for start in range(0, len(rows), SLICE_ROWS):
-        if start:
-            await asyncio.sleep(0)
-        agg.add(rows[start:start + SLICE_ROWS])
-    return [(UPSERT[base + view], project(grain_rows, view), True)
-            for (base, _), grain_rows in zip(GRAINS, agg.rows(), strict=True) for view in VIEWS]
 
 
 async def rebuild(store, columns: Sequence[str], chunk: int = 20000) -> int:

@@ -34,6 +34,11 @@ from .sqlite_rows import Flat, InsertTexts, SharedFlat, run_insert
 # statement per 32 rows costs ~1% more CPU per flush than one per 256.
 INSERT_CHUNK = 32
 
+# Prepared statements the connection keeps (sqlite3's default: 128). The rollups' upserts alone
+# may be 120 texts (``plugins/accounts/rollup_upserts.py``), each up to ~1M instructions to
+# prepare again once evicted; a statement kept costs a few kilobytes.
+CACHED_STATEMENTS = 256
+
 # None binds as NULL either way. Without an adapter registered for it, sqlite3 looks None
 # up as it does any value that is not exactly an int, float, str or bytearray, and that
 # look-up ends in an AttributeError formatted and cleared: ~3k instructions per None bound
@@ -66,7 +71,7 @@ class SQLiteStore(Store):
         if self.path != ":memory:" and not Path(self.path).parent.is_dir():
             raise ConfigError(f"storage.url: directory {Path(self.path).parent} does not exist")
         try:
-            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            self._db = await aiosqlite.connect(self.path, isolation_level=None, cached_statements=CACHED_STATEMENTS)
             await self._db.execute("pragma journal_mode=wal")
             await self._db.execute("pragma synchronous=normal")
             await self._db.execute("pragma busy_timeout=5000")
