@@ -109,3 +109,24 @@ def test_the_statement_texts_are_a_fixed_few():
     assert windows == {(0, 16), (0, 24), (0, 32), (0, rollups.NBUCKETS)}
     assert rollup_upserts.window(5, 5) == (0, 0)
     assert rollup_upserts.window(3, 16) == (0, 16) and rollup_upserts.window(3, 17) == (0, 24)
+
+
+def test_project_sums_rows_down_to_each_view():
+    """The views' rows (``rollups.project``), against a sum written out plainly: random rows of
+    three keys, two models, two statuses; measures as wide as a narrowed upsert's or all of them."""
+    rng = random.Random(5)
+    n = len(rollups.DIMENSIONS)
+    for width in (len(rollups.SUMS) + 16, len(rollups.MEASURES)):
+        rows = [(3600 * rng.randint(0, 1), f"key_{rng.randint(0, 2)}", "acc", rng.choice(["m1", "m2"]), "p",
+                 rng.choice([200, 429]), rng.choice(["", "rate_limited"]), *(rng.randint(0, 9) for _ in range(width)))
+                for _ in range(60)]
+        assert rollups.project(rows, "") == rows  # (full detail: the aggregator's rows, one per dimensions)
+        for view, keep in ((v, k) for v, k in rollups.VIEWS.items() if v):
+            expected: dict[tuple, list] = {}
+            for r in rows:
+                key = tuple(v if name == "bucket" or name in keep else (0 if name == "status" else "")
+                            for name, v in zip(rollups.DIMENSIONS, r[:n], strict=True))
+                acc = expected.setdefault(key, [0] * width)
+                for i, v in enumerate(r[n:]):
+                    acc[i] += v
+            assert sorted(rollups.project(rows, view)) == sorted(k + tuple(v) for k, v in expected.items()), view

@@ -53,12 +53,11 @@ async def batch_steps(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     (lat_low, lat_end), (ttfb_low, ttfb_end) = window(*agg.span[:2]), window(*agg.span[2:])
     lat = slice(_LAT_START + lat_low, _LAT_START + lat_end)
     ttfb = slice(_TTFB_START + ttfb_low, _TTFB_START + ttfb_end)
+    texts = iter(_texts(lat_low, lat_end, ttfb_low, ttfb_end))
     steps = []
-    for (base, _), grain_rows in zip(GRAINS, agg.rows(), strict=True):
+    for grain_rows in agg.rows():  # (hours, days: GRAINS' order)
         narrow = [r[:_SUMS_END] + r[lat] + r[ttfb] for r in grain_rows]  # (project sums what it is given)
-        for view in VIEWS:
-            table = base + view
-            steps.append((upsert_sql(table, lat_low, lat_end, ttfb_low, ttfb_end), project(narrow, view), True))
+        steps += [(next(texts), project(narrow, view), True) for view in VIEWS]
     return steps
 
 
@@ -71,6 +70,12 @@ def window(low: int, end: int) -> tuple[int, int]:
         if end <= window_end:
             return 0, window_end
     return 0, NBUCKETS
+
+
+@lru_cache(maxsize=64)
+def _texts(lat_low: int, lat_end: int, ttfb_low: int, ttfb_end: int) -> tuple[str, ...]:
+    """Every table's upsert for these buckets, in ``batch_steps``' order (GRAINS, then VIEWS)."""
+    return tuple(upsert_sql(base + view, lat_low, lat_end, ttfb_low, ttfb_end) for base, _ in GRAINS for view in VIEWS)
 
 
 @lru_cache(maxsize=1024)

@@ -33,7 +33,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import repeat
-from operator import floordiv, itemgetter
+from operator import add, floordiv, itemgetter
 from typing import Any
 
 log = logging.getLogger("tollway.accounts")
@@ -214,26 +214,30 @@ class Aggregator:
         return hour_rows, [d + tuple(acc) for d, acc in days.items()]
 
 
+def _view_key(keep: tuple[str, ...]) -> itemgetter:
+    """Picks a view's dimensions from a row's dimensions followed by ``_BLANKS``: the kept
+    ones, and blanks (``0`` for the status, ``""`` for the others) for the rest."""
+    blank, zero = len(DIMENSIONS), len(DIMENSIONS) + 1
+    return itemgetter(*(i if name == "bucket" or name in keep else zero if name == "status" else blank
+                        for i, name in enumerate(DIMENSIONS)))
+
+
+_BLANKS = ("", 0)
+_VIEW_KEYS = {view: _view_key(keep) for view, keep in VIEWS.items() if view}
+
+
 def project(rows: Iterable[tuple], view: str) -> list[tuple]:
-    """Full-detail rollup rows summed down to a view's dimensions."""
+    """Full-detail rollup rows summed down to a view's dimensions. (A row's measures may be
+    any of them, the same in every row: they are summed as they come.)"""
     if not view:
         return list(rows)
-    keep = VIEWS[view]
-    blanks = tuple((i, 0 if name == "status" else "") for i, name in enumerate(DIMENSIONS)
-                   if name != "bucket" and name not in keep)
+    key_of = _VIEW_KEYS[view]
     n = len(DIMENSIONS)
     out: dict[tuple, list] = {}
     for r in rows:
-        dims = list(r[:n])
-        for i, blank in blanks:
-            dims[i] = blank
-        key = tuple(dims)
+        key = key_of(r[:n] + _BLANKS)
         acc = out.get(key)
-        if acc is None:
-            out[key] = list(r[n:])
-        else:
-            for i, v in enumerate(r[n:]):
-                acc[i] += v
+        out[key] = list(r[n:]) if acc is None else list(map(add, acc, r[n:]))
     return [d + tuple(acc) for d, acc in out.items()]
 
 
