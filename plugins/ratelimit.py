@@ -35,7 +35,7 @@ from proxy import Call, Gateway, ProxyError, StateKey, hookimpl, only_if, settle
 
 from .accounts import ACCOUNTS, Accounts, KeyRecord, Limits, ModelLimits
 from .accounts.checks import check_config
-from .accounts.claims import ADMISSION, Admission, RateClaim, SlotClaim, admission_of, run_admission
+from .accounts.claims import ADMISSION, Admission, RateClaim, SlotClaim, run_admission
 from .accounts.counters import COUNTERS, Counters, MemoryCounters
 from .accounts.estimate import tokens_estimate
 from .accounts.gcra import Rule, iso_at, left_of, reset_of
@@ -140,11 +140,16 @@ class Plugin:
         if not isinstance(key, KeyRecord):
             return
         limits = key.limits
-        acc = self.accounts.account_of(key)
+        acc = self.accounts.accounts.get(key.account_id)  # (Accounts.account_of's look-up, inline: a call less)
+        if acc is None:
+            acc = self.accounts.account_of(key)
         shared = acc.policy.limits
         if limits.empty and shared.empty:
             return
-        admission = admission_of(call)
+        state = call.state
+        admission = state.get(ADMISSION)  # (admission_of, inline: a call less)
+        if admission is None:
+            admission = state[ADMISSION] = Admission()
         concurrency = limits.concurrency
         slot = admission.add(SlotClaim(key.id, concurrency)) if concurrency is not None else None
         cached = self._plans.get((key.id, call.model))  # (_plan_of's memo, read here: one call less)

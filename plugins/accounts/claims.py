@@ -167,47 +167,54 @@ def run_continuations(callbacks: list[Callable[[], None]]) -> None:
 # -- in this process's memory (MemoryCounters) ----------------------------------------------------
 
 def admit_local(tats: dict[tuple, float], in_flight: dict[str, int], total_of: Callable[[TotalClaim], list],
-                admission: Admission) -> None:
-    """Check every claim against this process's state; take all, or none and say which refused."""
+                admission: Admission) -> bool:
+    """Check every claim against this process's state; take all, or none and say which refused.
+    True: decided (``MemoryCounters.admit_now``'s answer)."""
     claims = admission.claims
-    new_tats: list[tuple[RateClaim, list[Tat]]] = []  # each rate claim and its rules' new TATs
     for claim in claims:
         kind = type(claim)
         if kind is RateClaim:
             refusal, pending = gcra_check(tats, claim.rules, claim.tokens, claim.now)  # type: ignore[union-attr]
             if refusal is not None:
                 claim.refusal = refusal  # type: ignore[union-attr]
-                admission.refused = claim
-                return
-            new_tats.append((claim, pending))  # type: ignore[arg-type]
+                return _refused(admission, claim)
+            claim.taken = pending  # type: ignore[union-attr]  (what is taken below; None again on a refusal)
         elif kind is CreditClaim:
             acc = claim.account  # type: ignore[union-attr]
             claim.balance, claim.reserved = acc.balance, acc.reserved  # type: ignore[union-attr]
             if not acc.unlimited and claim.amount > acc.balance - acc.reserved:
-                admission.refused = claim
-                return
+                return _refused(admission, claim)
         elif kind is SlotClaim:
             if in_flight.get(claim.scope, 0) >= claim.limit:  # type: ignore[union-attr]
-                admission.refused = claim
-                return
+                return _refused(admission, claim)
         else:
             entry = total_of(claim)  # type: ignore[arg-type]
             if entry[0] + entry[1] + claim.amount > claim.cap:  # type: ignore[union-attr]
-                admission.refused = claim
-                return
+                return _refused(admission, claim)
     for claim in claims:  # every claim fits: take them all
         kind = type(claim)
-        if kind is CreditClaim:
+        if kind is RateClaim:
+            pending = claim.taken  # type: ignore[union-attr]
+            for i, rule in enumerate(claim.rules):  # type: ignore[union-attr]  (zip(map(attrgetter)) into update(): ~300 more)
+                tats[rule.state] = pending[i]  # type: ignore[index]
+        elif kind is CreditClaim:
             acc = claim.account  # type: ignore[union-attr]
             if not acc.unlimited:
                 acc.reserved += claim.amount
             claim.hold, claim.reserved = LOCAL_HOLD, acc.reserved  # type: ignore[union-attr]
         elif kind is SlotClaim:
             in_flight[claim.scope] = in_flight.get(claim.scope, 0) + 1  # type: ignore[union-attr]
-        elif kind is TotalClaim:
+        else:
             total_of(claim)[1] += claim.amount  # type: ignore[arg-type,union-attr]
             claim.hold = LOCAL_HOLD  # type: ignore[union-attr]
-    for rate, pending in new_tats:
-        rate.taken = pending
-        for i, rule in enumerate(rate.rules):  # (pending: the rules' new TATs in order; zip(strict=True) cost ~2k more)
-            tats[rule.state] = pending[i]
+    return True
+
+
+
+def _refused(admission: Admission, claim: Claim) -> bool:
+    """``claim`` did not fit: nothing is taken (a rate claim checked before it has no ``taken``)."""
+    admission.refused = claim
+    for other in admission.claims:
+        if type(other) is RateClaim:
+            other.taken = None
+    return True

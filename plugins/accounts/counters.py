@@ -158,8 +158,9 @@ class MemoryCounters(Counters):
         admit_local(self.tats, self.in_flight, self._claimed_total, admission)
 
     def admit_now(self, admission: Admission) -> bool:
-        admit_local(self.tats, self.in_flight, self._claimed_total, admission)
-        return True
+        # (a partial of admit_local set on the instance saved this frame, but a method shadowed by an
+        # instance attribute is looked up unspecialized: no fewer instructions in the served target)
+        return admit_local(self.tats, self.in_flight, self._claimed_total, admission)
 
     def _claimed_total(self, claim: TotalClaim) -> list:
         return self._total(claim.name, claim.seed, claim.until)

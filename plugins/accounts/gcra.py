@@ -132,14 +132,11 @@ def gcra_check(tats: dict[tuple, Tat], rules: tuple[Rule, ...], tokens: int,
     worst_wait = EPS  # a wait counts when over EPS; the longest one is reported
     for rule in rules:
         tat = get(rule.state)
-        debt = 0.0  # how far past now the TAT is (never before now: GCRA's max(TAT, now))
-        if tat is not None:
-            debt = tat[1] - (now - tat[0])
-            if debt < 0.0:
-                debt = 0.0
+        # how far past now the TAT is (never before now: GCRA's max(TAT, now))
+        if tat is None or (debt := tat[1] - (now - tat[0])) < 0.0:
+            debt = 0.0
         debt += (tokens if rule.tokens else 1) * rule.interval
-        over = debt - rule.period
-        if over > worst_wait:
-            worst, worst_wait = rule, over
+        if debt - rule.period > worst_wait:
+            worst, worst_wait = rule, debt - rule.period
         new_tats.append((now, debt))
     return (Refusal(worst, worst_wait) if worst is not None else None), new_tats

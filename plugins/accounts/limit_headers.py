@@ -75,8 +75,8 @@ class Plan:
         for i, rule in enumerate(rules):
             kinds.setdefault(rule.tokens, []).append((rule, i, _cell()))
         generic = False not in kinds  # (the requests kind when there is one)
-        groups = tuple((HEADER_NAMES[k], tuple(kinds[k]), k == generic, [None, None, None], [None, None, ()])
-                       for k in kinds)
+        groups = tuple((HEADER_NAMES[k], tuple(kinds[k]), k == generic, [None, None, None],
+                        [None, None, (), _INF, -_INF]) for k in kinds)
         texts: dict = dict.fromkeys((name for names, *_ in groups for name in names), "")
         if groups:
             texts[LIMIT] = texts[REMAINING] = ""
@@ -99,14 +99,15 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list
     texts = plan.texts
     generic_reset = None
     for names, group, generic, shown, held in plan.groups:
-        # held: [the place of the rule shown, its cell, the others' (place, cell)], set when its fraction
-        # was below every other's. Its debt inside both its brackets (the same texts) and every other
-        # rule's at or below its SAFE (a fraction above the shown one's): the same rule, the same texts.
+        # held: [the place of the rule shown, its cell, the others' (place, cell), the low and high ends
+        # of its two brackets' overlap], set when its fraction was below every other's. Its debt inside
+        # both brackets (the same texts) and every other rule's at or below its SAFE (a fraction above the
+        # shown one's): the same rule, the same texts. (The brackets change only here, in the code below,
+        # which then sets held again: the overlap kept is theirs.)
         b_i = held[0]
         if b_i is not None:
-            b_cell = held[1]
             reset = taken[b_i][1]
-            if b_cell[0] <= reset <= b_cell[1] and b_cell[5] <= reset <= b_cell[6]:
+            if held[3] <= reset <= held[4]:
                 for i, cell in held[2]:
                     if taken[i][1] > cell[8]:
                         break
@@ -195,3 +196,5 @@ def _hold(held: list, group: tuple, taken: list[Tat], b_i: int, b_cell: list, b_
             return
         cell[8] = taken[i][1]
     held[0], held[1], held[2] = b_i, b_cell, others
+    held[3] = b_cell[0] if b_cell[0] > b_cell[5] else b_cell[5]  # (max and min, without the builtins' calls)
+    held[4] = b_cell[1] if b_cell[1] < b_cell[6] else b_cell[6]
