@@ -17,6 +17,7 @@ Real ``tollway serve`` processes: A reaches Redis through a TCP proxy that delay
 from __future__ import annotations
 
 import asyncio
+import types
 
 import aiohttp
 import asyncpg
@@ -24,6 +25,7 @@ import pytest
 import yaml
 from business import bearer
 from fleet import start_servers, until
+from stores import fresh_database
 from test_redis_owed import KEY, OPENING, PREFIX, Fleet, behind_proxy
 
 from plugins.accounts.redis_scripts import SETTLE
@@ -38,6 +40,7 @@ class Locks:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
         self.conns: list[asyncpg.Connection] = []
+        self.watcher: asyncpg.Connection | None = None
 
     async def session(self) -> asyncpg.Connection:
         schema = self.fleet.url.partition("=")[2]
@@ -46,12 +49,17 @@ class Locks:
         return conn
 
     async def wait_blocked(self, name: str, pids: list[int], why: str) -> int:
-        """The backend of the instance ``name`` (its application_name) once it waits for one of ``pids``."""
+        """The backend of the instance ``name`` (its application_name) once it waits for one of ``pids``.
+        Looked for from a session of its own, never in a transaction: a transaction sees the sessions
+        of pg_stat_activity as they were at its first look (the session holding the account's row
+        looked, and never saw a session the instance's pool opened after: 60 s, then a failure)."""
+        if self.watcher is None:
+            self.watcher = await self.session()
         found = 0
 
         async def blocked() -> bool:
             nonlocal found
-            found = await self.conns[0].fetchval("select pid from pg_stat_activity where application_name = $1 and "
+            found = await self.watcher.fetchval("select pid from pg_stat_activity where application_name = $1 and "
                                                  "pg_blocking_pids(pid) && $2::int[]", name, pids) or 0
             return bool(found)
 
@@ -155,3 +163,30 @@ async def test_a_charge_kept_by_a_stop_while_a_writer_stores_it_from_the_stream_
         left = OPENING - spent - told
         assert await fleet.stored() == ((0, 0) if kind == "alone" else (2, spent + told)) + (left, 0), err
         assert await fleet.redis_balance() == left, err
+
+
+async def test_wait_blocked_sees_a_session_opened_after_a_transaction_looked(tmp_path):
+    """The test's own waiting: a session opened (and blocked) after the session holding the lock,
+    in its transaction, read pg_stat_activity is found."""
+    async with fresh_database("postgres", tmp_path) as url:
+        locks = Locks(types.SimpleNamespace(url=url))
+        late = None
+        try:
+            rows = await locks.session()
+            await rows.execute("create table held (id int primary key)")
+            await rows.execute("insert into held values (1)")
+            await rows.execute("begin")
+            await rows.execute("select 1 from held where id = 1 for update")
+            assert await rows.fetchval("select count(*) from pg_stat_activity where application_name = 'late'") == 0
+            schema = url.partition("=")[2]
+            late = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": schema,
+                                                                                 "application_name": "late"})
+            update = asyncio.ensure_future(late.execute("update held set id = 1 where id = 1"))
+            assert await locks.wait_blocked("late", [rows.get_server_pid()], "the late session") == \
+                late.get_server_pid()
+            await rows.execute("commit")
+            await update
+        finally:
+            if late is not None:
+                await late.close()
+            await locks.close()
