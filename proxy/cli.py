@@ -263,6 +263,13 @@ async def serve_one(gateway: Gateway, host: str, port: int, reuse_port: bool = F
     runner = GatewayRunner(app, timeouts=gateway.config.server.timeouts, handle_signals=False, access_log=None,
                            handler_cancellation=False, shutdown_timeout=GRACE_S)
     await runner.setup()
+    reloader = app[RELOADER_KEY]
+    stop_listening = listen_for_sighup(reloader)
+    # A SIGHUP that came while the server was starting (ignored then) is not lost: the file is read
+    # once more, before the port opens, so that no request (nor /health/ready) comes before it. (Read
+    # after the port opened, it raced an operator's first edit: that read could take the edit, and the
+    # operator's own reload then answered "unchanged".)
+    await reloader.on_signal(quiet=True)
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
         await site.start()
@@ -274,7 +281,6 @@ async def serve_one(gateway: Gateway, host: str, port: int, reuse_port: bool = F
     # shutdown is bounded by server.shutdown_timeout anyway (proxy/stopping.py).
     stop = StopSignals()
     stop.listen()
-    stop_listening = listen_for_sighup(app[RELOADER_KEY])
     settle_heap()  # started: what start-up made is out of the collector's way (proxy/heap.py)
     if not reuse_port:
         print_banner(gateway, site_address(site, host, port))

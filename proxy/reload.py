@@ -230,11 +230,6 @@ def listen_for_sighup(reloader: Reloader) -> Callable[[], None]:
         task.add_done_callback(tasks.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    # A SIGHUP that came while the server was starting (ignored then) is not lost: read the file
-    # once more now that one would be heard (unchanged, the usual case: nothing happens).
-    catch_up = loop.create_task(reloader.on_signal(quiet=True))
-    tasks.add(catch_up)
-    catch_up.add_done_callback(tasks.discard)
 
     def stop() -> None:
         # The handler stays, ignoring: removing it would restore SIGHUP's default action,
