@@ -71,7 +71,7 @@ async def test_shared_columns_store_exactly_the_rows_given(engine, tmp_path: Pat
         try:
             await store.execute(TABLE.format(t="t_shared"))
             expected = []
-            # every chunk size (32, powers of two below), chunks that all agree and some that do not
+            # chunk sizes 1 to 32 (32, and what is left), chunks that all agree and some that do not
             for batch, (count, odd) in enumerate([(n, odd) for n in (1, 2, 3, 31, 32, 33, 70, 200)
                                                   for odd in (0.0, 0.01, 0.3)]):
                 rows = generated(count, rng, f"b{batch}-", odd)

@@ -27,7 +27,7 @@ from ..schema import ConfigError
 from .base import Step, Store, TaskGuard, ended
 from .sqlite_rows import Flat, InsertTexts, SharedFlat, run_insert
 
-# Rows per insert statement. Binding a statement's values holds the GIL (in C, where
+# Rows per insert statement, at most. Binding a statement's values holds the GIL (in C, where
 # no switch request can stop it) until SQLite starts its work: 256 ledger rows of 29
 # columns held it for about half a millisecond, which the event loop, waiting for
 # it, added to whatever request it was serving. 32 rows hold it ~0.1 ms; the
@@ -35,9 +35,10 @@ from .sqlite_rows import Flat, InsertTexts, SharedFlat, run_insert
 INSERT_CHUNK = 32
 
 # Prepared statements the connection keeps (sqlite3's default: 128). The rollups' upserts alone
-# may be 120 texts (``plugins/accounts/rollup_upserts.py``), each up to ~1M instructions to
-# prepare again once evicted; a statement kept costs a few kilobytes.
-CACHED_STATEMENTS = 256
+# may be 120 texts (``plugins/accounts/rollup_upserts.py``), the ledger's inserts 64 (1 to
+# ``INSERT_CHUNK`` rows, shared columns or not), each up to ~1M instructions to prepare again
+# once evicted; a statement kept costs a few kilobytes (the largest, 32 ledger rows, ~60 KB).
+CACHED_STATEMENTS = 384
 
 # None binds as NULL either way. Without an adapter registered for it, sqlite3 looks None
 # up as it does any value that is not exactly an int, float, str or bytearray, and that
@@ -125,8 +126,9 @@ class SQLiteStore(Store):
     def insert_steps(self, table: str, columns: Sequence[str], rows: list[tuple],
                      shared: Sequence[str] = ()) -> list[Step]:
         """Many rows per statement (``values (...), (...), ...``), in chunks of
-        ``INSERT_CHUNK``, then powers of two, so a handful of statement texts are ever
-        prepared. Why not ``executemany``: it binds each row in Python on
+        ``INSERT_CHUNK`` and one of the rows left (a text per row count, prepared once each:
+        a statement more costs ~40k instructions a flush, the 4 + 2 + 1 rows of a 7-row flush
+        three where one does). Why not ``executemany``: it binds each row in Python on
         aiosqlite's thread and takes the GIL back once per row; under load that
         thread fights the event loop for the GIL row by row. One statement per
         chunk takes it once, and costs less CPU per row too (measured when it was chosen).
@@ -136,7 +138,7 @@ class SQLiteStore(Store):
         columns, shared = tuple(columns), tuple(shared)
         i = 0
         while i < len(rows):
-            n = min(INSERT_CHUNK, 1 << ((len(rows) - i).bit_length() - 1))
+            n = min(INSERT_CHUNK, len(rows) - i)
             steps.append(self._inserts.chunk(table, columns, shared, rows[i:i + n]))
             i += n
         return steps
