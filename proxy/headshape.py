@@ -104,4 +104,4 @@ def plain_values(values: Iterable[Any]) -> bool:
 
 
 def _printable(text: str) -> bool:
-    return text.isascii() and b"\0" not in text.encode("ascii").translate(_CONTROL_TO_NUL)
+    return text.isascii() and 0 not in text.encode("ascii").translate(_CONTROL_TO_NUL)  # (an int: see sse.CR)

@@ -27,6 +27,9 @@ __all__ = ["DONE", "DONE_EVENT", "MAX_EVENT_BYTES", "EventReader", "EventSplitte
 _BOUNDARY = re.compile(rb"\r?\n\r?\n")
 
 DONE = b"[DONE]"
+#: ``\r`` as an int: ``CR in data`` is a ``memchr``; ``b"\r" in data`` first tries the needle as an
+#: int and formats the ``TypeError`` it raises (~1.4k instructions, ~0.2 us) before it searches.
+CR = 0x0D
 #: The longest unfinished event held (an image sent as base64 in one event fits).
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 
@@ -94,7 +97,7 @@ def last_boundary(data: bytes) -> int:
 
 def split_events(blob: bytes) -> list[bytes]:
     """Split bytes made of complete events into event blocks (terminators kept)."""
-    if b"\r" not in blob:  # the usual case: \n line endings; the same cuts as the regex, in C
+    if CR not in blob:  # the usual case: \n line endings; the same cuts as the regex, in C
         parts = blob.split(b"\n\n")
         last = parts.pop()
         blocks = [part + b"\n\n" for part in parts]

@@ -5,7 +5,7 @@ A usage object is ``"usage"`` followed by ``:`` and ``{`` (with optional spaces 
 ``USAGE_OBJECT``. An OpenAI stream that asks for usage (the gateway always does) carries
 ``"usage":null`` in every chunk and the object in its last chunk but one, so a search for
 ``"usage"`` lands on a null in every event before the one that counts; ``usage_object_at``
-searches past the nulls in one pass (``_NOT_NULL``).
+searches past the nulls in one pass (``_END_NOT_NULL``).
 """
 
 from __future__ import annotations
@@ -19,31 +19,33 @@ __all__ = ["USAGE_OBJECT", "splice_usage_fields", "usage_object_at"]
 USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _USAGE_KEY = b'"usage"'
 _USAGE_COMPACT = b'"usage":{'
-#: A ``"usage"`` not followed by ``:null``: every one that is cannot begin an object.
-_NOT_NULL = re.compile(rb'"usage"(?!:null)')
+_USAGE_HEAD = b'"usa'
+#: The end of a ``"usage"`` (``ge"``) not followed by ``:null``: every usage object has one, 4 bytes in.
+_END_NOT_NULL = re.compile(rb'ge"(?!:null)')
 
 
 def usage_object_at(blob: bytes, start: int = 0) -> int:
     """Where the first usage object (``USAGE_OBJECT``) at or after ``start`` begins in ``blob``, or -1.
 
-    The first ``"usage"`` is found with ``bytes.find`` and checked by the pattern. Past a
-    ``"usage"`` that is not an object (an OpenAI stream's nulls: one a chunk, and its events
-    may come in one read), one regex search skips every ``"usage":null`` and stops at the
-    next other ``"usage"``. Over OpenAI's JSON that search takes about the CPU time of one
-    ``bytes.find`` (its loop on the first byte is branch-predictable; the skip loop of
-    ``find`` and ``count`` mispredicts on JSON's quotes) though callgrind counts ~3x its
-    instructions; the find-and-count proof it replaces took three passes (11.5 us against
-    3.2 us for 10.5 KB on this machine)."""
-    at = blob.find(_USAGE_KEY, start)
-    if at < 0 or USAGE_OBJECT.match(blob, at) is not None:
-        return at
-    search, match = _NOT_NULL.search, USAGE_OBJECT.match
-    found = search(blob, at + 1)
+    One regex search skips every ``"usage":null`` (an OpenAI stream's, one a chunk, and its
+    events may come in one read) and stops at the next ``ge"`` that does not end one; that is
+    a usage object if ``"usa`` comes before it and the pattern matches there, else the search
+    goes on. Every usage object ends its ``"usage"`` with such a ``ge"`` (a ``\\s`` or ``:``
+    then ``\\s`` or ``{`` follow it), so the first that checks is the pattern's first match.
+
+    The search looks for ``g``, the rarest byte of ``"usage"`` in OpenAI's chunks (``"usage"``,
+    ``"logprobs"``, ``"system_fingerprint"``, a ``gpt`` model: a few a chunk, against ~25
+    quotes), byte by byte in a loop whose branch the CPU predicts; CPython's ``bytes.find`` and
+    ``count`` skip ahead but mispredict on JSON's letters and quotes (10.5 KB: 4.3 us against
+    6.0 us for the search of ``"usage"(?!:null)`` it replaces, 75k instructions against 98k)."""
+    search, match = _END_NOT_NULL.search, USAGE_OBJECT.match
+    found = search(blob, start + 4)
     while found is not None:
-        at = found.start()
-        if match(blob, at) is not None:
+        end = found.start()
+        at = end - 4
+        if blob.startswith(_USAGE_HEAD, at) and match(blob, at) is not None:
             return at
-        found = search(blob, at + 1)
+        found = search(blob, end + 1)
     return -1
 
 

@@ -34,7 +34,7 @@ from .inflight import uncancel as _uncancel
 from .logs import throttled
 from .onewrite import write_chunk
 from .provider import UNREADABLE, unreadable_answer
-from .sse import DONE_EVENT, EventSplitter, data_event, load_event_json, parse_event, split_events
+from .sse import CR, DONE, DONE_EVENT, EventSplitter, data_event, load_event_json, parse_event, split_events
 from .sse_usage import USAGE_OBJECT as _USAGE_OBJECT
 from .sse_usage import splice_usage_fields as splice_usage_fields  # (pipeline imports it from here)
 from .sse_usage import usage_object_at as _usage_object_at
@@ -100,7 +100,7 @@ class OpenAIPassthrough:
         for block in split_events(complete[cut:] if cut else complete):
             if self.done:
                 break
-            if block == DONE_EVENT or (b"[DONE]" in block and parse_event(block)[1] == b"[DONE]"):
+            if block == DONE_EVENT or (block.find(DONE) >= 0 and parse_event(block)[1] == DONE):
                 self.done = True
                 break
             if _USAGE_OBJECT.search(block) is not None:
@@ -411,7 +411,7 @@ def _done_at(blob: bytes) -> int:
     the line's ``\n`` or ``\r``; each event ends with a blank line): one a text holds
     (``"... [DONE]"``) does not stop the fast path. The longer needle also scans faster."""
     at = blob.find(b"[DONE]\n")
-    if b"\r" in blob:  # (a search for a byte: the usual stream has no \r)
+    if CR in blob:  # (a search for a byte: the usual stream has no \r)
         cr = blob.find(b"[DONE]\r")
         if cr >= 0 and (at < 0 or cr < at):
             return cr
@@ -421,6 +421,6 @@ def _done_at(blob: bytes) -> int:
 def _data_of(block: bytes) -> bytes:
     """``parse_event(block)``'s data, without its line-by-line parse for the usual
     block, one ``data: `` line ended by ``\\n\\n`` (no other line, no ``\\r``)."""
-    if block.startswith(b"data: ") and block.find(b"\n") == len(block) - 2 and b"\r" not in block:
+    if block.startswith(b"data: ") and block.find(b"\n") == len(block) - 2 and CR not in block:
         return block[6:-2]
     return parse_event(block)[1]

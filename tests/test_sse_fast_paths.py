@@ -59,7 +59,10 @@ def test_the_usage_object_is_found_where_the_pattern_finds_it():
 PIECES = [b'"usage"', b'"usage":null', b'"usage":null', b'"usage":null,', b'"usage":{', b'"usage" : {', b'"usage":\n{',
           b'"usage"usage":{', b'"usage"usage":null', b'"usage":nul', b'"usage":n', b'usage"', b'"usag', b":null", b":{",
           b"null", b'"', b":", b"{", b" ", b"x", b'data: {"id":"c","choices":[{"delta":{"content":"hi"}}],',
-          b'"usage": null}\n\n', b"\n\n"]
+          b'"usage": null}\n\n', b"\n\n",
+          # the search's own needle and what is checked before it: ge" without "usa, "usa without ge"
+          b'ge"', b'ge":{', b'ge" :{', b'ge":null', b'"usa', b'"us', b"g", b'"message":{', b'"logprobs":null',
+          b'"usage"usage"usage":{', b'"usa"usage":{']
 
 
 def test_the_usage_object_is_found_where_the_pattern_finds_it_among_nulls():
@@ -133,7 +136,10 @@ DONE_PIECES = [b"data: [DONE]\n\n", b"data:[DONE]\r\n\r\n", b"data: [DONE]\r\n",
                b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n',
                b'data: {"choices":[{}],"usage":null}\n\n', b'data: {"choices":[],"usage": {"prompt_tokens":3}}\n\n',
                b'data: {"usage":{"x":1}\n\n', b"event: e\ndata: [DONE]\n\n", b"data: [DONE]\n: c\n\n",
-               b"data: [DONE]\ndata: x\n\n", b": c\n", b"\n\n", b"\r", b"\n", b"x"]
+               b"data: [DONE]\ndata: x\n\n", b": c\n", b"\n\n", b"\r", b"\n", b"x",
+               # a ge" that ends no "usage", a spaced object, a null then an object in one event
+               b'data: {"page":{"x":1},"message":{},"usage":null}\n\n', b'data: {"choices":[],"usage"\n:\n{"a":2}}\n\n',
+               b'data: {"usage":null,"choices":[],"x":{"usage" :{"prompt_tokens":4}}}\n\n']
 
 
 def test_feed_passes_what_splitting_every_event_passes(monkeypatch):
