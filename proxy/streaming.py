@@ -409,13 +409,42 @@ def _done_at(blob: bytes) -> int:
 
     Only one that ends a line can be a terminator's data (``parse_event`` reads it up to
     the line's ``\n`` or ``\r``; each event ends with a blank line): one a text holds
-    (``"... [DONE]"``) does not stop the fast path. The longer needle also scans faster."""
-    at = blob.find(b"[DONE]\n")
+    (``"... [DONE]"``) does not stop the fast path. The longer needle also scans faster.
+
+    In a long blob (an answer that came in one read) the search starts where a ``[DONE]``
+    may first begin: its ``D``, ``O``, ``N`` and ``E`` are 1 to 4 bytes in, so none begins
+    before the first of each letter less that (a ``memchr`` each, ~25x faster than the
+    needle's search, whose skip loop is latency-bound); none at all when one is missing.
+    OpenAI's chunks hold capitals only in their id and text; where those have none of the four
+    (the bench's answer) they first come at the ``[DONE]``, and the search is ~10 bytes long
+    (10.5 KB: 3.5 -> 1.3 us); an id with all four: +0.7 us."""
+    start = 0
+    if len(blob) > _BOUND_PAST:
+        d = blob.find(_D)
+        if d < 0:
+            return -1
+        o = blob.find(_O)
+        if o < 0:
+            return -1
+        n = blob.find(_N)
+        if n < 0:
+            return -1
+        e = blob.find(_E)
+        if e < 0:
+            return -1
+        start = max(d - 1, o - 2, n - 3, e - 4, 0)
+    at = blob.find(b"[DONE]\n", start)
     if CR in blob:  # (a search for a byte: the usual stream has no \r)
-        cr = blob.find(b"[DONE]\r")
+        cr = blob.find(b"[DONE]\r", start)
         if cr >= 0 and (at < 0 or cr < at):
             return cr
     return at
+
+
+#: ``[DONE]``'s letters, as ints (``bytes.find`` of an int is a ``memchr``).
+_D, _O, _N, _E = b"DONE"
+#: Blobs longer than this have ``_done_at``'s search bounded first (four ``memchr``; shorter: not worth them).
+_BOUND_PAST = 1024
 
 
 def _data_of(block: bytes) -> bytes:

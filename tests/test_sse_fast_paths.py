@@ -8,7 +8,7 @@ import re
 
 from benchmarks.mock_upstream import render_stream
 from proxy.sse import last_boundary, split_events
-from proxy.streaming import _USAGE_OBJECT, OpenAIPassthrough, _usage_object_at
+from proxy.streaming import _USAGE_OBJECT, OpenAIPassthrough, _done_at, _usage_object_at
 
 BOUNDARY = re.compile(rb"\r?\n\r?\n")
 
@@ -152,6 +152,47 @@ def test_feed_passes_what_splitting_every_event_passes(monkeypatch):
     rng = random.Random(1205)
     for _ in range(20_000):
         blob = b"".join(rng.choice(DONE_PIECES) for _ in range(rng.randint(1, 9))) + b"\n\n"
+        seen = []
+        for split_all in (False, True):
+            if split_all:
+                monkeypatch.setattr(proxy.streaming, "_done_at", lambda blob: 0)
+            codec = OpenAIPassthrough()
+            out = codec.feed(blob)
+            seen.append((out, codec.done, codec.usage, codec._usage_event))
+            monkeypatch.undo()
+        assert seen[0] == seen[1], blob
+
+
+LONG_PIECES = [b"data: [DONE]\n\n", b"data:[DONE]\r\n\r\n", b"[DONE]\r", b"[DONE]x", b"[DON", b"DONE]\n", b"[D",
+               b"D", b"O", b"N", b"E", b"DO", b"NE", b"\r", b"\n", b"\n\n", b"x" * 300, b"y" * 700,
+               b'data: {"id":"chatcmpl-AbDxOyNzEq","choices":[{"delta":{"content":"Do"}}],"usage":null}\n\n',
+               b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n']
+
+
+def test_done_is_found_where_the_needles_find_it_in_long_blobs():
+    """``_done_at`` over blobs past its bound (where it first looks for the letters of ``[DONE]``):
+    the first ``[DONE]`` that ends a line, as the two needles' plain searches find it."""
+    rng = random.Random(1206)
+    bounded = 0
+    for _ in range(20_000):
+        blob = b"".join(rng.choice(LONG_PIECES) for _ in range(rng.randint(1, 24)))
+        found = [i for i in (blob.find(b"[DONE]\n"), blob.find(b"[DONE]\r")) if i >= 0]
+        assert _done_at(blob) == (min(found) if found else -1), blob
+        bounded += len(blob) > 1024
+    assert bounded > 5_000
+    answer = b"".join(render_stream("m", 50, 16, 7, True, True))
+    assert _done_at(answer) == answer.index(b"[DONE]") and _done_at(answer[:-8]) == -1
+
+
+def test_feed_passes_what_splitting_every_event_passes_for_long_reads(monkeypatch):
+    """As above, over reads past ``_done_at``'s bound (one-read answers of every shape)."""
+    import proxy.streaming
+
+    rng = random.Random(1207)
+    pieces = DONE_PIECES + [b'data: {"choices":[{"delta":{"content":"' + b"Do Not Echo" * 40 + b'"}}]}\n\n',
+                            b'data: {"choices":[{"delta":{"content":"' + b"x" * 900 + b'"}}],"usage":null}\n\n']
+    for _ in range(3_000):
+        blob = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 12))) + b"\n\n"
         seen = []
         for split_all in (False, True):
             if split_all:
