@@ -16,10 +16,11 @@ non-ASCII as UTF-8 and refuses control characters with its ``ValueError``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from aiohttp import hdrs
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 
 __all__ = ["MAX_SHAPES", "SERVER_LINE", "Shape", "plain_values", "shape_of"]
@@ -51,6 +52,21 @@ class Shape:
         self.date = _DATE in names
         self.server = _SERVER in names
         self.connection = _CONNECTION in names
+
+    def add_defaults(self, headers: MutableMapping[str, str]) -> str:
+        """Add to ``headers`` what aiohttp adds to an answer that lacks them, in its order
+        (``Content-Type``, ``Date``, ``Server``; ``Connection`` is the caller's): their lines."""
+        tail = ""
+        if not self.content_type:
+            headers[hdrs.CONTENT_TYPE] = "application/octet-stream"
+            tail = "Content-Type: application/octet-stream\r\n"
+        if not self.date:
+            headers[hdrs.DATE] = date = rfc822_formatted_time()
+            tail += f"Date: {date}\r\n"
+        if not self.server:
+            headers[hdrs.SERVER] = SERVER_SOFTWARE
+            tail += SERVER_LINE
+        return tail
 
     def head(self, status_line: str, values: tuple[str, ...], tail: str) -> bytes:
         """The head: ``status_line``, each name with its value (``values``, in the names'

@@ -36,7 +36,7 @@ from aiohttp.web_response import REASON_PHRASES
 from multidict import CIMultiDict
 
 from . import onewrite
-from .headshape import SERVER_LINE, plain_values, shape_of
+from .headshape import plain_values, shape_of
 from .onewrite import has_prepare_receivers
 
 __all__ = ["start_sse", "start_stream"]
@@ -120,16 +120,7 @@ def start_sse(request: web.BaseRequest, status: int, headers: dict[str, str], he
     writer.length = None
     writer.chunked = True
     md[hdrs.TRANSFER_ENCODING] = "chunked"
-    tail = "Transfer-Encoding: chunked\r\n"
-    if not shape.content_type:
-        md[hdrs.CONTENT_TYPE] = "application/octet-stream"
-        tail += "Content-Type: application/octet-stream\r\n"
-    if not shape.date:
-        md[hdrs.DATE] = date = rfc822_formatted_time()
-        tail += f"Date: {date}\r\n"
-    if not shape.server:
-        md[hdrs.SERVER] = SERVER_SOFTWARE
-        tail += SERVER_LINE
+    tail = "Transfer-Encoding: chunked\r\n" + shape.add_defaults(md)
     if not shape.connection and not keep_alive:
         md[hdrs.CONNECTION] = "close"
         tail += "Connection: close\r\n"

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 from aiohttp import hdrs, web
 from aiohttp.compression_utils import MAX_SYNC_CHUNK_SIZE
-from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
+from aiohttp.helpers import must_be_empty_body
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_writer import StreamWriter
 from aiohttp.web_response import REASON_PHRASES
 from multidict import CIMultiDict
 
-from .headshape import SERVER_LINE, plain_values, shape_of
+from .headshape import plain_values, shape_of
 from .onewrite import ENABLED, has_prepare_receivers
 
 __all__ = ["send_answer"]
@@ -75,16 +75,7 @@ def send_answer(request: web.BaseRequest, status: int, headers: dict[str, str], 
     writer.length = size
     length = str(size)
     md[hdrs.CONTENT_LENGTH] = length
-    tail = f"Content-Length: {length}\r\n"
-    if not shape.content_type:
-        md[hdrs.CONTENT_TYPE] = "application/octet-stream"
-        tail += "Content-Type: application/octet-stream\r\n"
-    if not shape.date:
-        md[hdrs.DATE] = date = rfc822_formatted_time()
-        tail += f"Date: {date}\r\n"
-    if not shape.server:
-        md[hdrs.SERVER] = SERVER_SOFTWARE
-        tail += SERVER_LINE
+    tail = f"Content-Length: {length}\r\n" + shape.add_defaults(md)
     if not shape.connection:
         if keep_alive:
             if version == HttpVersion10:

@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 from test_dispatch import exchange, post
 from test_onewrite import DATE, NAMES, STATUSES, VALUES, Transport, mocked_request, state
 
+import proxy.headshape
 import proxy.sse_start
 from proxy.answers import SSE_HEADERS
 from proxy.sse_start import start_sse, start_stream
@@ -109,6 +110,7 @@ def fixed_date(monkeypatch):
     """The same Date both ways (a second may turn between the two)."""
     monkeypatch.setattr(aiohttp.web_response, "rfc822_formatted_time", lambda: DATE)
     monkeypatch.setattr(proxy.sse_start, "rfc822_formatted_time", lambda: DATE)
+    monkeypatch.setattr(proxy.headshape, "rfc822_formatted_time", lambda: DATE)
 
 
 async def test_start_stream_is_aiohttps_prepare(fixed_date):

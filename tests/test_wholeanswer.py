@@ -16,6 +16,7 @@ from aiohttp import web
 from business import DEMO, biz_config
 from test_onewrite import DATE, case, mocked_request, state
 
+import proxy.headshape
 import proxy.onewrite
 import proxy.wholeanswer
 from proxy import hookimpl
@@ -27,7 +28,7 @@ from proxy.wholeanswer import send_answer
 @pytest.fixture
 def fixed_date(monkeypatch):
     """The same Date both ways (a second may turn between the two)."""
-    for module in (aiohttp.web_response, proxy.onewrite, proxy.wholeanswer):
+    for module in (aiohttp.web_response, proxy.onewrite, proxy.headshape):
         monkeypatch.setattr(module, "rfc822_formatted_time", lambda: DATE)
 
 
