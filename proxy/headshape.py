@@ -23,7 +23,7 @@ from aiohttp import hdrs
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 
-__all__ = ["MAX_SHAPES", "SERVER_LINE", "Shape", "plain_values", "shape_of"]
+__all__ = ["MAX_SHAPES", "SERVER_LINE", "Shape", "plain_values", "shape_and_values", "shape_of"]
 
 #: Distinct name orders kept (a gateway's answers use a handful; past this the cache starts over).
 MAX_SHAPES = 256
@@ -107,6 +107,16 @@ def shape_of(names: tuple[Any, ...]) -> Shape | None:
         _shapes.clear()
     _shapes[names] = shape
     return shape
+
+
+def shape_and_values(headers: dict[str, str]) -> tuple[Shape, tuple[str, ...]] | None:
+    """The shape of ``headers``' names and their values, when a head can be written from them
+    (``shape_of`` knows the names, ``plain_values`` passes the values); None otherwise."""
+    shape = shape_of(tuple(headers))
+    if shape is None:
+        return None
+    values = tuple(headers.values())
+    return (shape, values) if plain_values(values) else None
 
 
 def plain_values(values: Iterable[Any]) -> bool:

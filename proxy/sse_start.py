@@ -36,7 +36,7 @@ from aiohttp.web_response import REASON_PHRASES
 from multidict import CIMultiDict
 
 from . import onewrite
-from .headshape import plain_values, shape_of
+from .headshape import shape_and_values
 from .onewrite import has_prepare_receivers
 
 __all__ = ["start_sse", "start_stream"]
@@ -101,12 +101,10 @@ def start_sse(request: web.BaseRequest, status: int, headers: dict[str, str], he
         transport = writer._protocol.transport
         if transport is None or transport.is_closing():
             return None
-    shape = shape_of(tuple(headers))
-    if shape is None or has_prepare_receivers(request):
+    parts = shape_and_values(headers)
+    if parts is None or has_prepare_receivers(request):
         return None
-    values = tuple(headers.values())
-    if not plain_values(values):
-        return None
+    shape, values = parts
     # The response as web.StreamResponse(...) and start_stream leave it.
     resp = web.StreamResponse.__new__(web.StreamResponse)
     resp._state = {}

@@ -29,7 +29,7 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.web_response import REASON_PHRASES
 from multidict import CIMultiDict
 
-from .headshape import plain_values, shape_of
+from .headshape import shape_and_values
 from .onewrite import ENABLED, has_prepare_receivers
 
 __all__ = ["send_answer"]
@@ -51,12 +51,10 @@ def send_answer(request: web.BaseRequest, status: int, headers: dict[str, str], 
             or writer._on_chunk_sent is not None or writer.on_body_write is not None
             or must_be_empty_body(request.method, status)):
         return None
-    shape = shape_of(tuple(headers))
-    if shape is None or has_prepare_receivers(request):
+    parts = shape_and_values(headers)
+    if parts is None or has_prepare_receivers(request):
         return None
-    values = tuple(headers.values())
-    if not plain_values(values):
-        return None
+    shape, values = parts
     # The response as web.Response(...) and start_whole leave it.
     resp: web.Response = web.Response.__new__(web.Response)
     resp._state = {}
