@@ -74,7 +74,25 @@ def private_redis(tmp_path: Path, port: int | None = None, tls: bool = False) ->
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("this test needs redis-server on the PATH")
-    port = port or free_port()
+    # A free port can be taken by another process before redis-server binds it: then that
+    # server exits at once, and a new free port is tried (a given ``port`` is tried once).
+    for _ in range(1 if port else 5):
+        proc = _start_redis(binary, tmp_path, port or free_port(), tls)
+        if proc.returncode is None:
+            break
+    else:
+        pytest.fail(f"redis-server did not start on 127.0.0.1 (exit code {proc.returncode})")
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _start_redis(binary: str, tmp_path: Path, port: int, tls: bool) -> subprocess.Popen:
+    """redis-server on ``port``, waited for until it answers a connection (``returncode`` set when
+    it exited instead: the port was taken); ``.url`` and ``.port`` on the result."""
     listen = ["--port", str(port)]
     if tls:
         cert, key = tmp_path / "redis-cert.pem", tmp_path / "redis-key.pem"
@@ -89,18 +107,21 @@ def private_redis(tmp_path: Path, port: int | None = None, tls: bool = False) ->
                 if tls else f"redis://127.0.0.1:{port}/0")
     proc.port = port  # type: ignore[attr-defined]
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 break
         except OSError:
             time.sleep(0.05)
-    try:
-        yield proc
-    finally:
+    else:
         if proc.poll() is None:
             proc.kill()
-        proc.wait()
+            proc.wait()
+            pytest.fail(f"redis-server did not answer on 127.0.0.1:{port} within 10 s")
+    # Someone else may answer on a taken port while ours is exiting: ours must still run.
+    time.sleep(0.05)
+    proc.poll()
+    return proc
 
 
 async def start_servers(path: Path, n: int, env: dict[str, str] | None = None) -> list[Server]:
