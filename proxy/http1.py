@@ -69,6 +69,8 @@ FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "con
                              "proxy-connection", "upgrade", "te", "trailer", "expect"})
 
 _HEAD, _BODY, _DONE = range(3)
+#: The lengths of the names ``on_header`` reads: Transfer-Encoding, Content-Length, Keep-Alive.
+_FRAMING_LENGTHS = frozenset((17, 14, 10))
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _KEEPALIVE_TIMEOUT = re.compile(rb"(?i)\btimeout\s*=\s*(\d{1,6})")
 
@@ -254,18 +256,20 @@ class Connection(asyncio.Protocol):
         if self._state != _HEAD:
             return  # trailers of a chunked body: read, not kept
         self.raw_headers.append((name, value))
-        if len(name) == 17 and name.lower() == b"transfer-encoding":
-            # llhttp frames a response by the last coding; anything but a plain
-            # `chunked` is a body this client cannot frame or would pass on encoded.
-            if self._chunked or value.strip().lower() != b"chunked":
-                raise BadResponse(f"unsupported Transfer-Encoding {value[:40]!r}")
-            self._chunked = True
-        elif len(name) == 14 and name.lower() == b"content-length":
-            self._length = True  # llhttp refuses a second one, and one with Transfer-Encoding
-        elif len(name) == 10 and name.lower() == b"keep-alive":
-            found = _KEEPALIVE_TIMEOUT.search(value)
-            if found:  # reuse it a second short of the upstream's limit: a request in flight as it closes is lost
-                self.keepalive = max(0.0, int(found.group(1)) - 1.0)
+        if len(name) in _FRAMING_LENGTHS:  # (one test for the usual header, not one for each name)
+            lowered = name.lower()
+            if lowered == b"transfer-encoding":
+                # llhttp frames a response by the last coding; anything but a plain
+                # `chunked` is a body this client cannot frame or would pass on encoded.
+                if self._chunked or value.strip().lower() != b"chunked":
+                    raise BadResponse(f"unsupported Transfer-Encoding {value[:40]!r}")
+                self._chunked = True
+            elif lowered == b"content-length":
+                self._length = True  # llhttp refuses a second one, and one with Transfer-Encoding
+            elif lowered == b"keep-alive":
+                found = _KEEPALIVE_TIMEOUT.search(value)
+                if found:  # reuse it a second short of the upstream's limit: a request in flight as it closes is lost
+                    self.keepalive = max(0.0, int(found.group(1)) - 1.0)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
