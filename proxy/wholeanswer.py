@@ -30,7 +30,7 @@ from aiohttp.web_response import REASON_PHRASES
 from multidict import CIMultiDict
 
 from .headshape import shape_and_values
-from .onewrite import ENABLED, has_prepare_receivers
+from .onewrite import _WRITEV, ENABLED, has_prepare_receivers
 
 __all__ = ["send_answer"]
 
@@ -84,6 +84,12 @@ def send_answer(request: web.BaseRequest, status: int, headers: dict[str, str], 
             tail += "Connection: close\r\n"
     head = shape.head(f"HTTP/{version[0]}.{version[1]} {status} {reason}", values, tail)
     writer._headers_written = True
-    writer._writelines((head, body))
+    if type(transport) in _WRITEV:  # (_writelines' counts and write, without its loop and join: onewrite.end_stream)
+        size += len(head)  # (the transport is the writer's: the request's protocol's; not closing, checked above)
+        writer.buffer_size += size
+        writer.output_size += size
+        transport.writelines((head, body))
+    else:
+        writer._writelines((head, body))
     return resp, writer
 

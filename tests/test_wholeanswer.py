@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 from business import DEMO, biz_config
-from test_onewrite import DATE, case, mocked_request, state
+from test_onewrite import DATE, Transport, case, mocked_request, state
 
 import proxy.headshape
 import proxy.onewrite
@@ -78,16 +78,28 @@ def headers_of(c: dict) -> dict:
     return {**headers, "Content-Type": "application/json"} if c["content_type"] else headers
 
 
-async def test_the_answer_is_the_one_a_web_response_sends(fixed_date):
+@pytest.mark.parametrize("writev", [False, True])
+async def test_the_answer_is_the_one_a_web_response_sends(fixed_date, monkeypatch, writev):
+    """``writev``: the transport is one ``send_answer`` hands the head and body to as they are
+    (uvloop's ``writelines``), not through aiohttp's join: the same bytes in one call."""
+    monkeypatch.setattr(proxy.wholeanswer, "_WRITEV", (Transport,) if writev else ())
+    monkeypatch.setattr(Transport, "writelines", lambda self, chunks: self.writes.append(
+        ("writelines", tuple(bytes(c) for c in chunks))))
     rng = random.Random(1205)
-    took = 0
+    took = handed = 0
     for i in range(3000):
         c = answer_case(rng)
         ours = await mine(c)
         if ours is not None:
             took += 1
+            writes = ours[0]["writes"]
+            if writes and writes[0][0] == "writelines":
+                handed += 1
+                assert len(writes) == 1
+                ours[0]["writes"] = [("write", b"".join(writes[0][1]))]
             assert ours == await theirs(c), (i, c)
     assert 1000 < took < 3000  # both ways were taken, its own mostly
+    assert handed == (took if writev else 0)
 
 
 class Headed:
