@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.helpers import TimerNoop
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestPayloadError
@@ -27,7 +28,8 @@ log = logging.getLogger("tollway")
 async def read_body(request: web.Request, limit: int, too_large: Callable[[int], ProxyError]) -> bytes:
     """The whole body; ``too_large(limit)`` above ``limit``, 408 when it is late,
     400 when it cannot be decoded, 499 when the client hung up."""
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length
+    if length is not None and length > limit:
         raise too_large(limit)
     try:
         raw = arrived(request)
@@ -59,9 +61,22 @@ def arrived(request: web.BaseRequest) -> bytes | None:
             or not payload.is_eof() or payload.exception() is not None):
         return None
     max_size = request._client_max_size
-    if max_size:
-        payload.set_read_chunk_size(max_size)
-    raw = payload.read_nowait()
+    if max_size and max_size > payload._low_water:  # (set_read_chunk_size)
+        payload._low_water = max_size
+        payload._high_water = max_size * 2
+    buffer = payload._buffer
+    if (len(buffer) == 1 and not payload._buffer_offset and payload._http_chunk_splits is None
+            and payload._waiter is None and type(payload._timer) is TimerNoop):
+        # (read_nowait of a body in one piece: its one chunk taken, the counts moved, the protocol
+        # resumed under the low-water mark, without read_nowait's three calls)
+        raw = buffer.popleft()
+        size = len(raw)
+        payload._size -= size
+        payload._cursor += size
+        if payload._size < payload._low_water:
+            payload._protocol.resume_reading()
+    else:
+        raw = payload.read_nowait()
     if type(raw) is not bytes:
         raw = bytes(raw)
     if max_size and len(raw) > max_size:
