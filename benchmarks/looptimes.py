@@ -5,19 +5,26 @@
 SIGUSR1 switches on and SIGUSR2 off (writing ``OUT/looptimes-TARGET-SCENARIO.json``), sends a
 warm-up, then ``--requests`` requests one at a time, and prints:
 
-- each request's time in aiohttp's ``_handle_request`` (wall, the loop thread's CPU, its
+- each request's time in the application (``proxy/server_loop.handle_request``, or aiohttp's
+  ``_handle_request`` when a request runs in a task of its own: wall, the loop thread's CPU, its
   involuntary context switches: a request slow by wall but not by CPU waited, for the CPU
   or the upstream), p50/p90/p99, and what overlapped the slowest 1% (and the costliest 1%
   by CPU) against how often it overlaps any request: SQLite's thread's trips (aiosqlite's
   thread, timed around each ``in_thread`` call), garbage collections (``gc.callbacks``),
-  the access log's writes, the ledger writer's steps on the loop;
+  the access log's writes, the ledger writer's steps on the loop (asyncio's loop only), a
+  flush's synchronous work on the loop (its rows summed into the rollups, its statements made);
+- SQLite's trips: wall and that thread's CPU, and which checkpointed the WAL (the database
+  file, written only by checkpoints in WAL mode, changed in the trip);
+- the writer's flushes: rows each, how long the oldest row had waited when one began and how
+  long it took (``plugins.ledger.flush_ms`` promises the two together within ``flush_ms``);
 - with ``TOLLWAY_LOOPTIMES_ASYNCIO=1``: asyncio's loop instead of uvloop (whose callbacks
   cannot be timed from Python), every loop callback timed by what it ran (a task's
   coroutine, else the callback) and the writer's steps among them. ``loop.slow_callback_duration``
   needs debug mode, which slows every callback; this costs two ``perf_counter`` calls each.
 
 ``TOLLWAY_LOOPTIMES_CHUNK`` / ``TOLLWAY_LOOPTIMES_SLICE`` set SQLite's rows per insert and the
-rollups' rows per loop turn in the target, to compare.
+rollups' rows per loop turn in the target, to compare; ``TOLLWAY_LOOPTIMES_NICE=N`` raises the nice
+value of SQLite's thread (aiosqlite's) by N.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -58,6 +66,35 @@ def _where(coro: object) -> str:
     return where
 
 
+def time_requests(requests: list, on: list[bool]) -> None:
+    """Time each request in the application while ``on[0]``: (start, wall, the loop thread's CPU,
+    its involuntary and voluntary context switches) appended to ``requests``. The gateway awaits
+    a request's handling in the connection's own task (``proxy/server_loop.handle_request``,
+    looked up in its module at each request), in aiohttp's ``_handle_request`` only once a
+    handler set a context variable: both are timed (timing aiohttp's alone saw no request)."""
+    from aiohttp import web_protocol
+
+    from proxy import server_loop
+
+    clock = time.perf_counter
+
+    def timed(handle):  # type: ignore[no-untyped-def]
+        async def timed_handle(self, *args):  # type: ignore[no-untyped-def]
+            t0, cpu0, usage0 = clock(), time.thread_time(), resource.getrusage(RUSAGE_THREAD)
+            try:
+                return await handle(self, *args)
+            finally:
+                if on[0]:
+                    usage = resource.getrusage(RUSAGE_THREAD)
+                    requests.append((t0, clock() - t0, time.thread_time() - cpu0,
+                                     usage.ru_nivcsw - usage0.ru_nivcsw, usage.ru_nvcsw - usage0.ru_nvcsw))
+        return timed_handle
+
+    handler = web_protocol.RequestHandler
+    handler._handle_request = timed(handler._handle_request)  # type: ignore[method-assign]
+    server_loop.handle_request = timed(server_loop.handle_request)
+
+
 def serve_probed(argv: list[str]) -> None:
     """Run ``python -m proxy.cli ...`` with every loop callback timed while switched on."""
     out = os.environ["TOLLWAY_LOOPTIMES"]
@@ -66,7 +103,9 @@ def serve_probed(argv: list[str]) -> None:
     counts: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])  # name -> [calls, seconds]
     slow: list[tuple[float, float, str]] = []  # (start, seconds, name)
     gcs: list[tuple[float, float, int]] = []  # (start, seconds, generation)
-    trips: list[tuple[float, float]] = []  # SQLite's thread: (start, seconds) of each trip
+    trips: list[tuple[float, float, float, int]] = []  # SQLite's thread's trips (see timed_in_thread)
+    flush_steps: list[tuple[float, float]] = []  # a flush's synchronous work on the event loop: (start, seconds)
+    lateness: list[tuple[int, float, float]] = []  # each flush: (rows, seconds its oldest row waited, seconds it took)
     writer: list[tuple[float, float]] = []  # the ledger writer's steps on the loop (asyncio's loop only)
     handle_run = asyncio.events.Handle._run
 
@@ -99,8 +138,6 @@ def serve_probed(argv: list[str]) -> None:
         sys.modules["uvloop"] = None  # type: ignore[assignment]  # asyncio's loop: its Handle._run is Python
     requests: list[tuple[float, float]] = []  # (start, seconds) of each request in the application
     flushes: list[tuple[float, float]] = []  # the access log's writes
-    from aiohttp import web_protocol
-
     from proxy import accesslog
     from proxy.store import sqlite as sqlite_store
 
@@ -109,19 +146,7 @@ def serve_probed(argv: list[str]) -> None:
     if os.environ.get("TOLLWAY_LOOPTIMES_SLICE"):  # rollup rows summed per loop turn, to compare
         from plugins.accounts import rollup_upserts
         rollup_upserts.SLICE_ROWS = int(os.environ["TOLLWAY_LOOPTIMES_SLICE"])
-    handle_request = web_protocol.RequestHandler._handle_request
-
-    async def timed_handle(self, *args):  # type: ignore[no-untyped-def]
-        t0, cpu0, usage0 = clock(), time.thread_time(), resource.getrusage(RUSAGE_THREAD)
-        try:
-            return await handle_request(self, *args)
-        finally:
-            if on[0]:
-                usage = resource.getrusage(RUSAGE_THREAD)
-                requests.append((t0, clock() - t0, time.thread_time() - cpu0, usage.ru_nivcsw - usage0.ru_nivcsw,
-                                 usage.ru_nvcsw - usage0.ru_nvcsw))
-
-    web_protocol.RequestHandler._handle_request = timed_handle  # type: ignore[method-assign]
+    time_requests(requests, on)
     log_flush = accesslog.AccessLog.flush
 
     def timed_flush(self):  # type: ignore[no-untyped-def]
@@ -132,17 +157,70 @@ def serve_probed(argv: list[str]) -> None:
 
     accesslog.AccessLog.flush = timed_flush  # type: ignore[method-assign]
 
+    nice = int(os.environ.get("TOLLWAY_LOOPTIMES_NICE") or 0)  # added to SQLite's thread's nice value, to compare
+    niced: set[int] = set()
     original_in_thread = sqlite_store.in_thread
+    db_files: dict[int, str] = {}  # connection id -> its database file (written only by WAL checkpoints)
+
+    def _mtime(conn) -> int:  # type: ignore[no-untyped-def]
+        path = db_files.get(id(conn))
+        if path is None:
+            path = db_files[id(conn)] = conn.execute("pragma database_list").fetchone()[2] or ""
+        try:
+            return os.stat(path).st_mtime_ns if path else 0
+        except OSError:
+            return 0
 
     async def timed_in_thread(db, fn):  # type: ignore[no-untyped-def]
         def timed(conn):  # type: ignore[no-untyped-def]
-            t0 = clock()
+            if nice and threading.get_native_id() not in niced:
+                tid = threading.get_native_id()
+                niced.add(tid)
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+            m0 = _mtime(conn) if on[0] else 0
+            t0, cpu0 = clock(), time.thread_time()
             try:
                 return fn(conn)
             finally:
                 if on[0]:
-                    trips.append((t0, clock() - t0))
+                    # (start, wall, this thread's CPU, 1 when the trip checkpointed the WAL into the database)
+                    trips.append((t0, clock() - t0, time.thread_time() - cpu0, int(_mtime(conn) != m0)))
         return await original_in_thread(db, timed)
+
+    from plugins.accounts import writer as accounts_writer
+    flush_held = accounts_writer.Writer.flush_held
+
+    async def timed_flush_held(self):  # type: ignore[no-untyped-def]
+        rows, waited = len(self.rows), (time.monotonic() - self.oldest_at if self.rows else 0.0)
+        t0 = clock()
+        try:
+            return await flush_held(self)
+        finally:
+            if on[0] and rows:
+                lateness.append((rows, waited, clock() - t0))
+
+    accounts_writer.Writer.flush_held = timed_flush_held  # type: ignore[method-assign]
+    from plugins.accounts import db as accounts_db
+    from plugins.accounts import rollup_upserts
+    from plugins.accounts import rollups as accounts_rollups
+
+    def timed_sync(owner, name: str) -> None:  # type: ignore[no-untyped-def]
+        """A flush's work on the event loop (its rows counted, its statements made), timed."""
+        inner = getattr(owner, name)
+
+        def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+            t0 = clock()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                if on[0]:
+                    flush_steps.append((t0, clock() - t0))
+        setattr(owner, name, timed)
+
+    timed_sync(accounts_rollups.Aggregator, "add")
+    timed_sync(rollup_upserts, "project")
+    timed_sync(sqlite_store.SQLiteStore, "insert_steps")
+    del accounts_db
 
     sqlite_store.in_thread = timed_in_thread
 
@@ -152,7 +230,8 @@ def serve_probed(argv: list[str]) -> None:
     def stop(_sig: int, _frame: object) -> None:
         on[0] = False
         Path(out).write_text(json.dumps({"counts": counts, "slow": slow, "gcs": gcs, "trips": trips,
-                                               "requests": requests, "flushes": flushes,
+                                               "requests": requests, "flushes": flushes, "lateness": lateness,
+                                               "flush_steps": flush_steps,
                                                "writer": writer}))
 
     signal.signal(signal.SIGUSR1, start)
@@ -220,9 +299,27 @@ def report(path: Path, requests: int, top: int) -> None:
     gc_s = sum(d for _, d, _ in gcs)
     print(f"  gc: {len(gcs)} collections, {gc_s * 1e3:.1f} ms, longest "
           f"{max((d for _, d, _ in gcs), default=0) * 1e3:.2f} ms")
-    trip_s = [d for _, d in trips]
+    trips = [(*t, 0.0, 0)[:4] for t in trips]  # (files written before trips had their CPU and checkpoint)
+    trip_s = [t[1] for t in trips]
     print(f"  SQLite's thread: {len(trips)} trips, {sum(trip_s) * 1e3:.1f} ms, "
-          f"longest {max(trip_s, default=0) * 1e3:.2f} ms")
+          f"longest {max(trip_s, default=0) * 1e3:.2f} ms; its CPU in them {sum(t[2] for t in trips) * 1e3:.1f} ms; "
+          f"{sum(t[3] for t in trips)} checkpointed the WAL")
+    if trips:
+        k = len(trips)
+        walls, cpus = sorted(trip_s), sorted(t[2] for t in trips)
+        print(f"  a trip (ms): wall p50 {walls[k // 2] * 1e3:.3f} p90 {walls[k * 9 // 10] * 1e3:.3f}; CPU p50 "
+              f"{cpus[k // 2] * 1e3:.3f} p90 {cpus[k * 9 // 10] * 1e3:.3f}; the longest (wall, CPU, checkpoint):")
+        for t in sorted(trips, key=lambda t: -t[1])[:5]:
+            print(f"    {t[1] * 1e3:7.3f} {t[2] * 1e3:7.3f} {'yes' if t[3] else 'no'}")
+    late = data.get("lateness", [])
+    if late:
+        k = len(late)
+        waited = sorted(w for _, w, _ in late)
+        took = sorted(d for _, _, d in late)
+        print(f"  the writer's flushes: {k}, rows p50 {sorted(r for r, _, _ in late)[k // 2]} max "
+              f"{max(r for r, _, _ in late)}; the oldest row's wait at the flush's start (ms) p50 "
+              f"{waited[k // 2] * 1e3:.1f} max {waited[-1] * 1e3:.1f}; a flush (ms) p50 {took[k // 2] * 1e3:.1f} "
+              f"max {took[-1] * 1e3:.1f}; wait + flush max {max(w + d for _, w, d in late) * 1e3:.1f}")
     slow.sort(key=lambda r: -r[1])
     print(f"  callbacks >= {KEEP_S * 1e3:.1f} ms: {len(slow)} ({len(slow) / requests:.2%} of requests); "
           "the slowest (ms, overlapped by gc ms, by SQLite's thread ms):")
@@ -230,7 +327,8 @@ def report(path: Path, requests: int, top: int) -> None:
         print(f"  {took * 1e3:7.3f} {_overlaps(start, took, gcs) * 1e3:6.3f} {_overlaps(start, took, trips) * 1e3:6.3f}"
               f"  {name}")
     _tail(data["requests"], {"SQLite trip": trips, "collection": gcs, "access log write": data["flushes"],
-                            "writer step on the loop": data.get("writer", [])})
+                            "writer step on the loop": data.get("writer", []),
+                            "flush's work on the loop": data.get("flush_steps", [])})
     with_trip = [r for r in slow if _overlaps(r[0], r[1], trips) > 0]
     with_gc = [r for r in slow if _overlaps(r[0], r[1], gcs) > 0]
     steps = sorted(r[1] for r in data.get("writer", []))
