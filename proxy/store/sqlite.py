@@ -250,20 +250,28 @@ class SQLiteTransaction(Store):
 
 def _run(steps: Sequence[Step], conn: sqlite3.Connection) -> None:
     """The steps, in order, on aiosqlite's thread (its ``sqlite3`` connection)."""
+    _run_on(steps, conn.cursor())
+
+
+def _run_on(steps: Sequence[Step], cur: sqlite3.Cursor) -> None:
+    """The steps through one cursor: ``Connection.execute`` and ``executemany`` make a cursor
+    each call (and register, then drop, a weak reference to it): ~2.5k instructions a
+    statement, eleven statements in a one-row flush."""
     for sql, params, many in steps:
         if many:
-            conn.executemany(sql, params)
+            cur.executemany(sql, params)
         elif type(params) is Flat or type(params) is SharedFlat:
-            run_insert(conn, sql, params)
+            run_insert(cur, sql, params)
         else:
-            conn.execute(sql, params)
+            cur.execute(sql, params)
 
 
 def _run_atomically(steps: Sequence[Step], conn: sqlite3.Connection) -> None:
-    conn.execute("begin immediate")
+    cur = conn.cursor()
+    cur.execute("begin immediate")
     try:
-        _run(steps, conn)
-        conn.execute("commit")
+        _run_on(steps, cur)
+        cur.execute("commit")
     except BaseException:
         if conn.in_transaction:
             conn.execute("rollback")

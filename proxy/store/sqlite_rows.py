@@ -95,7 +95,7 @@ def _shared_text(table: str, columns: tuple[str, ...], shared: tuple[str, ...], 
     return f"insert into {table} ({', '.join(columns)}) values " + ", ".join(rows)
 
 
-def run_insert(conn: sqlite3.Connection, sql: str, rows: Flat | SharedFlat) -> None:
+def run_insert(conn: sqlite3.Connection | sqlite3.Cursor, sql: str, rows: Flat | SharedFlat) -> None:
     """One chunk's insert, on SQLite's thread. (chain, map, itemgetter: in C; a comprehension
     would be a Python loop holding the GIL on this thread.)"""
     if type(rows) is SharedFlat:
