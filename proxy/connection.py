@@ -142,9 +142,10 @@ class ClientConnection(RequestHandler):
         body = self._body
         super().data_received(data)
         if self._request_count != count:
-            if len(self._messages) > 1:
+            messages = self._messages
+            if len(messages) > 1:
                 self._pipelined = True
-            if self._head_start is not None or type(self._messages[-1][0]) is _ErrInfo:
+            if self._head_start is not None or type(messages[-1][0]) is _ErrInfo:
                 self._head_done(data)
             if body is not None and not body.is_eof():
                 # The framing broke inside this body (a bad chunk): aiohttp queues the error as a
@@ -155,7 +156,7 @@ class ClientConnection(RequestHandler):
             # One or more heads completed in this read; only the newest may still have a body to come.
             if self._timer is not None:
                 self._disarm()
-            payload = self._messages[-1][1] if self._messages else None
+            payload = messages[-1][1] if messages else None
             if payload is not None and not payload.is_eof():
                 self._body = payload
                 self._arm(_BODY, self._limits.body_read)
