@@ -59,7 +59,11 @@ class ConnectionPool:
         head has arrived. Sent again at most once, by the rule in the module
         docstring (``replayable``: the request may be processed twice)."""
         for attempt in (1, 2):
-            conn, reused = await self.acquire(origin)
+            conn = None if self._closed else self._take_idle(origin)  # (acquire's first step, without its coroutine)
+            if conn is not None:
+                reused = True
+            else:
+                conn, reused = await self.acquire(origin)
             try:
                 conn.send(payload)
                 await conn.read_head()
