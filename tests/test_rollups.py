@@ -184,16 +184,20 @@ def _rows_one_by_one(cols, batches) -> tuple[list, list]:
     return sorted(d + tuple(a) for d, a in hours.items()), []
 
 
-def test_aggregator_counts_as_adding_row_by_row():
+@pytest.mark.parametrize("span_s", [2 * 86400, 3600, 0.2])
+def test_aggregator_counts_as_adding_row_by_row(span_s):
     """The aggregator sums each (hour, dimensions) group's columns at once; on 20,000 generated
-    rows, fed in slices as a flush does, it gives what adding one row at a time gave."""
+    rows, fed in slices as a flush does, it gives what adding one row at a time gave. Rows over
+    two days, over an hour (slices that cross it and slices that do not), and over a fifth of a
+    second (a flush's: every slice in one hour, grouped by its dimensions alone)."""
     cols = db.LEDGER_COLUMNS
     rng = random.Random(11)
     rows = []
+    start = 1_700_000_000 if span_s > 1 else 1_700_001_800  # (the fifth of a second: mid-hour)
     for i in range(20_000):
         row = dict.fromkeys(cols, 0)
         status = rng.choice([200, 200, 200, 400, 402, 429, 502])
-        row.update(id=f"r{i}", time=1_700_000_000 + rng.random() * 2 * 86400 + rng.choice([0, 0.5]),
+        row.update(id=f"r{i}", time=start + rng.random() * span_s + rng.choice([0, 0.5]) * (span_s > 1),
                    key_id=rng.choice(["a", "b", "", None]), account_id=rng.choice(["acc", None]),
                    model=rng.choice(["m", "n"]), provider=rng.choice(["p", None]), status=status,
                    error_code=None if status == 200 else rng.choice(["rate_limited", None]),

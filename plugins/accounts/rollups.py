@@ -139,14 +139,30 @@ class Aggregator:
          i_cost, i_lat, i_ttfb, i_est) = self._ix
         if not isinstance(rows, (list, tuple)):
             rows = list(rows)
+        if not rows:
+            return
         groups: dict[tuple, list] = {}
-        hours_of = map(floordiv, map(self._time_of, rows), repeat(3600))
-        for key, r in zip(zip(hours_of, map(self._dims_of, rows), strict=True), rows, strict=True):
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [r]
-            else:
-                group.append(r)
+        times = list(map(self._time_of, rows))
+        hour = min(times) // 3600
+        if max(times) // 3600 == hour and sum(times) == sum(times):  # (a NaN time: grouped row by row)
+            # Every row in one hour (a flush spans a fraction of a second): grouped by their
+            # dimensions alone, not by a (hour, dimensions) pair made and hashed for each row.
+            by_dims: dict[tuple, list] = {}
+            for key, r in zip(map(self._dims_of, rows), rows, strict=True):
+                group = by_dims.get(key)
+                if group is None:
+                    by_dims[key] = [r]
+                else:
+                    group.append(r)
+            groups = {(hour, dims): group for dims, group in by_dims.items()}
+        else:
+            for key, r in zip(zip(map(floordiv, times, repeat(3600)), map(self._dims_of, rows), strict=True), rows,
+                              strict=True):
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [r]
+                else:
+                    group.append(r)
         hours = self.hours
         for (hour, (key_id, account_id, model, provider, status, error_code)), group in groups.items():
             dims = (int(hour) * 3600, key_id or "", account_id or "", model or "", provider or "", status,
