@@ -102,8 +102,46 @@ def check_bool(body: dict, name: str) -> None:
 
 def validate_chat(body: dict) -> None:
     """A Chat Completions body."""
-    check_model(body)
+    model = body.get("model")
+    if type(model) is not str or not model.isprintable() or not model.strip():
+        check_model(body)  # (a printable name passes it: its call only for the others)
     messages = body.get("messages")
+    if type(messages) is list and messages:
+        # The usual message, {role, content} with a known role and a text, has nothing else to check:
+        # anything else (or an unhashable role: the TypeError) is checked by the general loop.
+        try:
+            for m in messages:
+                if type(m) is not dict or len(m) != 2 or type(m.get("content")) is not str \
+                        or m.get("role") not in CHAT_ROLES:
+                    _check_messages(messages)
+                    break
+        except TypeError:
+            _check_messages(messages)
+    else:
+        _check_messages(messages)
+    # Most bodies have few of these: the body's own fields are looked at (a handful), not the table's
+    # nine. A refusal is made again in the table's order, so the same field is named as always.
+    for name in body:
+        check = _CHAT_OPTIONAL.get(name)
+        if check is not None:
+            # (the usual values of the usual two, inline: a call less each)
+            if check is _check_flag:
+                value = body[name]
+                if value is True or value is False:
+                    continue
+            elif check is _check_positive_int:
+                value = body[name]
+                if type(value) is int and value >= 1:
+                    continue
+            try:
+                check(body, name)
+            except Exception:  # (whatever the first check in the table's order raises, as before)
+                _check_optional_in_order(body)
+                raise
+
+
+def _check_messages(messages: Any) -> None:
+    """``messages``, each message whole (``validate_chat``'s loop for what is not the usual message)."""
     if messages is None:
         raise bad_request("'messages' is required: a list of {role, content} objects", "messages",
                           "missing_messages")
@@ -123,16 +161,6 @@ def validate_chat(body: dict) -> None:
             _check_parts(content, f"messages[{i}].content")
         if "tool_calls" in m or "tool_call_id" in m or "name" in m:
             _check_message_extras(m, f"messages[{i}]")
-    # Most bodies have few of these: the body's own fields are looked at (a handful), not the table's
-    # nine. A refusal is made again in the table's order, so the same field is named as always.
-    for name in body:
-        check = _CHAT_OPTIONAL.get(name)
-        if check is not None:
-            try:
-                check(body, name)
-            except Exception:  # (whatever the first check in the table's order raises, as before)
-                _check_optional_in_order(body)
-                raise
 
 
 def _check_optional_in_order(body: dict) -> None:
@@ -230,12 +258,25 @@ def _check_response_format(body: dict, name: str) -> None:
                               "response_format.json_schema.schema")
 
 
+def _check_positive_int(body: dict, name: str) -> None:
+    """``check_int(body, name, 1)``: a positive integer (or null) passes without its call."""
+    v = body[name]
+    if type(v) is not int or v < 1:
+        check_int(body, name, 1)
+
+
+def _check_flag(body: dict, name: str) -> None:
+    """``check_bool(body, name)``: true or false passes without its call."""
+    if body[name] is not True and body[name] is not False:
+        check_bool(body, name)
+
+
 # Optional Chat Completions fields the gateway checks, in the order errors are reported.
 _CHAT_OPTIONAL: dict[str, Callable[[dict, str], None]] = {
-    "stream": check_bool,
+    "stream": _check_flag,
     "stream_options": _check_stream_options,
-    "max_tokens": lambda body, name: check_int(body, name, 1),
-    "max_completion_tokens": lambda body, name: check_int(body, name, 1),
+    "max_tokens": _check_positive_int,
+    "max_completion_tokens": _check_positive_int,
     "n": lambda body, name: check_int(body, name, 1, 128),
     "temperature": lambda body, name: check_number(body, name, 0, 2),
     "top_p": lambda body, name: check_number(body, name, 0, 1),

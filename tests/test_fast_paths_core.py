@@ -119,16 +119,29 @@ def test_validate_chat_shortcuts_match_the_general_checks() -> None:
     rng = random.Random(5)
     messages = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "hi"}, {"role": "bad"}],
                 [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": 1}]}],
-                [{"role": "assistant", "content": None, "tool_calls": "x"}], ["no"], [], None, "x"]
+                [{"role": "assistant", "content": None, "tool_calls": "x"}], ["no"], [], None, "x",
+                # the usual messages' shortcut: each way out of it, and what it must let through whole
+                [{"role": "system", "content": "s"}, {"role": "user", "content": "t"}],
+                [{"role": "user", "content": "t", "name": "bob"}], [{"role": "user", "content": "t", "name": 5}],
+                [{"role": ["user"], "content": "t"}], [{"role": {"a": 1}, "content": "t"}],
+                [{"role": 5, "content": "t"}], [{"role": None, "content": "t"}], [{"role": "User", "content": "t"}],
+                [{"content": "t", "name": "user"}], [{"role": "user", "text": "t"}], [{"role": "user"}],
+                [{"role": "user", "content": None}], [{"role": "user", "content": ["x"]}],
+                [{"role": "user", "content": "t"}, "no"], [{"role": "user", "content": "t"}, {"role": []}],
+                [{"role": "tool", "content": "t", "tool_call_id": 3}], [{"role": "user", "content": 7}],
+                [{"role": "assistant", "content": "t"}, {"role": "user", "content": [{"type": "image_url"}]}],
+                ({"role": "user", "content": "t"},), [[{"role": "user", "content": "t"}]]]
     options: dict[str, list] = {
-        "stream": [True, False, "yes", None], "stream_options": [{"include_usage": True}, "x", None],
-        "max_tokens": [1, 256, 0, -1, "9", 2.5, True], "max_completion_tokens": [5, 0, "x"],
+        "stream": [True, False, "yes", None, 0, 1, [], {}], "stream_options": [{"include_usage": True}, "x", None],
+        "max_tokens": [1, 256, 0, -1, "9", 2.5, True, False, None, 10**30, 1.0, []],
+        "max_completion_tokens": [5, 0, "x", None, True, -3],
         "n": [1, 2, 128, 129, 0], "temperature": [0, 1.5, 3, "hot"], "top_p": [0.5, 2, None],
         "tools": [[], "x", [{"type": "function", "function": {"name": "f"}}]], "stop": ["x", ["a", "b"], 5, [1]],
         "user": ["u"], "metadata": [{}],
     }
     for _ in range(20_000):
-        body: dict = {"model": rng.choice(["m", "m", "", 5])}
+        body: dict = {"model": rng.choice(["m", "m", "", 5, " ", "a b", "m\n", "m\x00", "m\u00a0", "\u200b", None,
+                                           ["m"]])}
         chosen = messages[rng.randrange(len(messages))]
         if chosen is not None:
             body["messages"] = chosen
