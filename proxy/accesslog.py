@@ -26,7 +26,7 @@ import orjson
 from .background import stop_task
 
 if TYPE_CHECKING:
-    from .call import Call
+    from .call import Call, Route
 
 
 #: ``f"{ms:.1f}"`` of the times under a second, by tenths of a millisecond: "0.0" ... "999.9".
@@ -47,6 +47,12 @@ class AccessLog:
         self._second = -1  # the whole second _stamp was formatted for
         self._second_starts = self._second_ends = 0.0  # its bounds, [starts, ends) (cheaper than int(ts))
         self._stamp = ""
+        # _text's last " model=... stream=True" and what it was made of (see _middle_of)
+        self._route: object = None
+        self._principal: object = None
+        self._stream: object = None
+        self._model: object = None
+        self._middle = ""
 
     def record(self, call: Call) -> None:
         if self.fmt != "json":
@@ -124,24 +130,38 @@ class AccessLog:
             n = floor(scaled + 0.5)
             ttfb = f" ttfb={TENTHS[n] if 0 <= n < 10_000 and -_NOT_HALF < scaled - n < _NOT_HALF else f'{ms:.1f}'}ms"
         cost = billing.cost_micro
-        model = call.model
+        # " model=M provider=P key=K stream=True", kept while the route, key and stream flag stay the
+        # last line's (identity tests) and the model asked is the same text: a key's traffic to one model
         route = call.route
-        provider = route.provider.name if route is not None else None
-        key = getattr(call.principal, "name", None)
+        principal = call.principal
+        stream = call.stream
+        model = call.model
+        if route is self._route and principal is self._principal and stream is self._stream and model == self._model:
+            middle = self._middle
+        else:
+            middle = self._middle_of(model, route, principal, stream)
         error = response.error_code or (response.error.code if response.error is not None else None)
         cache = response.cache_status
         ts = self.clock()
         stamp = self._stamp if self._second_starts <= ts < self._second_ends else self._seconds(ts)
         return (f'{stamp} {req.remote if req is not None else None} '
                 f'"{req.method if req is not None else ""} {req.path if req is not None else ""}" '
-                f'{response.status} {took}ms'
-                f'{" model=" + model if model else ""}{" provider=" + provider if provider else ""}'
-                f'{" key=" + key if key else ""}{" stream=True" if call.stream else ""}'
+                f'{response.status} {took}ms{middle}'
                 f'{f" tokens={usage.prompt_tokens}/{usage.completion_tokens}" if usage else ""}'
                 f'{f" cost_micro={cost}" if cost is not None else ""}'
                 f'{ttfb}'
                 f'{" error=" + error if error else ""}{" cache=" + cache if cache else ""}'
                 f'{" client_gone=True" if response.client_gone else ""} id={call.id}\n')
+
+    def _middle_of(self, model: str, route: Route | None, principal: object, stream: bool) -> str:
+        """The line's " model=... provider=... key=... stream=True" (each when there is one),
+        kept for the next line of the same route, key, stream flag and model."""
+        provider = route.provider.name if route is not None else None
+        key = getattr(principal, "name", None)
+        middle = (f'{" model=" + model if model else ""}{" provider=" + provider if provider else ""}'
+                  f'{" key=" + key if key else ""}{" stream=True" if stream else ""}')
+        self._route, self._principal, self._stream, self._model, self._middle = route, principal, stream, model, middle
+        return middle
 
     def _json(self, ts: float, remote: str | None, method: str, path: str, status: int, model: str,
               provider: str | None, stream: bool, key: str | None, p_tok: int | None, c_tok: int | None,

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import aiohttp
 import orjson
 import pytest
-from business import DEMO, bearer, biz_config, ledger_rows
+from business import DEMO, admin, bearer, biz_config, ledger_rows
 
 from proxy.accesslog import AccessLog
 from proxy.call import Call, Route, Usage
@@ -181,3 +181,61 @@ def test_text_times_round_as_the_float_formatting_did():
         assert f" {ms:.1f}ms " in line and f"ttfb={ms:.1f}ms" in line
         checked += 1
     assert checked > 20_000
+
+
+def test_text_lines_of_the_same_route_key_and_model_match_the_old_format():
+    """The line's " model=... provider=... key=... stream=True" is kept while the route, the key
+    and the stream flag are the last line's objects and the model the same text: on 20,000 calls
+    drawn from small pools (so the same ones come back, in runs and interleaved; equal model names
+    that are different strings; no route, no key, a key with an empty name), every line is the one
+    the old formatting made."""
+    rng = random.Random(11)
+    clock = [1_800_000_000.0]
+    log = AccessLog("text", stream=io.StringIO(), clock=lambda: clock[0])
+    routes = [None, Route("bench", "bench", SimpleNamespace(name="mock"), None),
+              Route("other", "o-1", SimpleNamespace(name="second"), None),
+              Route("bench", "bench", SimpleNamespace(name=""), None)]
+    keys = [None, SimpleNamespace(name="bench"), SimpleNamespace(name="ops"), SimpleNamespace(name=""), object()]
+    models = ["bench", "other", "", None]
+    req = SimpleNamespace(remote="127.0.0.1", method="POST", path="/v1/chat/completions")
+    last = None
+    for i in range(20_000):
+        if last is not None and rng.random() < 0.6:  # a run: the same route, key and stream, the model re-read
+            model, route, key, stream = last
+        else:
+            model, route, key, stream = rng.choice(models), rng.choice(routes), rng.choice(keys), rng.random() < 0.4
+        last = model, route, key, stream
+        body_model = "".join(model) if model else model  # an equal name, another string (as parsed anew)
+        call = Call(req, "chat", {"model": body_model, "stream": stream}, b"{}")
+        call.route, call.principal = route, key
+        call.response.status = rng.choice([200, 429])
+        call.timing.ended_at = call.timing.started + rng.random() / 10
+        clock[0] += rng.choice([0.0, 0.4])
+        assert log._text(call) == _old_text(call, clock[0]), (i, last)
+
+
+async def test_text_lines_follow_each_key_and_a_renamed_one(start_gateway, mock_upstream):
+    """Two keys' requests interleaved, streams and not, then one key renamed through the admin
+    API (a new record: the line after it names the key by its new name)."""
+    running, out = await served(start_gateway, mock_upstream, "text")
+    async with aiohttp.ClientSession() as s:
+        status, made = await admin(s, running, "POST", "/admin/keys", {"name": "second", "credits": 5.0})
+        assert status == 201, made
+        second = made["key"]
+        for key, stream in [(DEMO, False), (DEMO, False), (second, False), (DEMO, True), (DEMO, True),
+                            (second, True), (second, False), (DEMO, False)]:
+            async with s.post(running.url + "/chat/completions", headers=bearer(key), json={
+                    "model": "up", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}) as r:
+                assert r.status == 200
+                await r.read()
+        status, _ = await admin(s, running, "PATCH", f"/admin/keys/{made['id']}", {"name": "renamed"})
+        assert status == 200
+        for key in (second, DEMO, second):
+            async with s.post(running.url + "/chat/completions", headers=bearer(key), json={
+                    "model": "up", "messages": [{"role": "user", "content": "hi"}]}) as r:
+                assert r.status == 200
+    running.gw.access_log.flush()
+    named = [re.search(r" key=(\S+)( stream=True)?", line).groups() for line in out.getvalue().splitlines()]
+    assert named == [("demo", None), ("demo", None), ("second", None), ("demo", " stream=True"),
+                     ("demo", " stream=True"), ("second", " stream=True"), ("second", None), ("demo", None),
+                     ("renamed", None), ("demo", None), ("renamed", None)]
