@@ -143,7 +143,14 @@ def run_admission(counters: Counters, call: Call) -> Awaitable[None] | None:
     callbacks, admission.callbacks = admission.callbacks, []
     if admission.claims and not counters.admit_now(admission):
         return _admit_then(counters, admission, callbacks)
-    run_continuations(callbacks)
+    refusal: ProxyError | None = None  # (run_continuations, inline: a Python frame less a request)
+    for callback in callbacks:
+        try:
+            callback()
+        except ProxyError as exc:
+            refusal = refusal or exc
+    if refusal is not None:
+        raise refusal
     return None
 
 
