@@ -6,11 +6,17 @@ in ONE transaction, so the stored balances and the stored ledger always
 agree. It also polls the store's version counter for changes made by other
 processes (the CLI).
 
-When: a flush starts ``flush_s / 2`` after the OLDEST row waiting (not a
+When: a flush is due ``flush_s / 2`` after the OLDEST row waiting (not a
 sleep after the previous flush), leaving the other half of ``flush_s`` for
-the commit; sooner when ``batch_rows`` rows wait. So a row is committed
-within ``flush_s`` of being queued unless a commit takes longer than
-``flush_s / 2`` or the process is starved of CPU for that long.
+the commit; sooner when ``batch_rows`` rows wait, and sooner when recent
+flushes ended late (``due_after``): under a saturated core a flush's wall is
+mostly waiting (each of its awaits waits a whole loop turn of every
+connection's work, SQLite's thread waits for the GIL, a WAL checkpoint rides
+on a commit), so the due time is ``flush_s`` less what recent flushes took
+past their due time, less a fifth of ``flush_s`` in hand. So a row is
+committed within ``flush_s`` of being queued unless a commit takes longer
+than ``flush_s / 2`` and longer than recent ones, or the process is starved of
+CPU for that long.
 
 Guarantees: a graceful shutdown writes everything. A crash (kill -9) loses
 the rows queued in the last ``flush_s`` before it, with the balance changes
@@ -50,6 +56,17 @@ log = logging.getLogger("tollway.accounts")
 
 ROW_TIME = db.LEDGER_COLUMNS.index("time")  # (rows may be plain tuples: plugins/ledger.py)
 STOP_WAIT_S = 10.0  # a stop lets the writer's current step finish for this long, then cancels it
+LATE_DECAY = 0.99  # a flush's lateness, kept as the slowest recent one's, fades by this each flush after
+
+
+def due_after(flush_s: float, late_s: float) -> float:
+    """Seconds after the oldest row waiting that its flush is due: half of ``flush_s`` (the
+    other half for the commit), sooner when recent flushes ended ``late_s`` past their due
+    time, so that due + late stays a fifth of ``flush_s`` short of it (a WAL checkpoint's fsyncs
+    ride on some commits unannounced: ~100 ms on a slow disk); never sooner than a
+    twentieth of ``flush_s`` (rows keep being gathered: a flush's fixed cost is paid for
+    many, not one)."""
+    return max(min(flush_s / 2, flush_s * 0.8 - late_s), flush_s / 20)
 
 
 @dataclass(slots=True)
@@ -75,6 +92,9 @@ class Writer(StreamSteps):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.flushes = 0  # completed flushes that wrote something (tests, metrics)
         self.oldest_at = 0.0  # time.monotonic() when the oldest row in ``rows`` was queued
+        self.due_s = self.flush_s / 2  # the next oldest row's flush is due this long after it is queued
+        self.late_s = 0.0  # how long past its due time the slowest recent flush ended (fading)
+        self._oldest_due = self.due_s  # ``due_s`` when the oldest row in ``rows`` was queued
         self._refused = False  # the failed batch's commit failed on a statement: look for bad rows
         self._stream_init()  # the shared ledger stream's side (writer_stream.py)
         self.max_rows = 100_000  # the queue's bound (plugins.ledger.max_queue_rows)
@@ -89,12 +109,14 @@ class Writer(StreamSteps):
         rows = self.rows
         if not rows:
             self.oldest_at = time.monotonic()
+            self._oldest_due = self.due_s
         rows.append(row)
         if len(rows) >= self.batch_rows:
             self._wake.set()
         elif self._due is None and self._loop is not None:
-            # The oldest row waiting: its flush is due half an interval from now.
-            self._due = self._loop.call_later(self.flush_s / 2, self._wake.set)
+            # The oldest row waiting: its flush is due half an interval from now (sooner when
+            # recent flushes ended late: ``due_after``).
+            self._due = self._loop.call_later(self.due_s, self._wake.set)
 
     def queued(self) -> int:
         """Ledger rows not yet in the store: this process's, and the fleet's stream (as last counted)."""
@@ -322,6 +344,8 @@ class Writer(StreamSteps):
         if self.failed is None and not self.rows and not book.dirty:
             return
         refused, self._refused = self.failed is not None and self._refused, False
+        # (the oldest row of this flush's own, queued ``_oldest_due`` before it was due)
+        oldest_at, oldest_due = (self.oldest_at, self._oldest_due) if self.rows else (None, 0.0)
         batch = self._take()
         try:
             if refused:
@@ -333,6 +357,14 @@ class Writer(StreamSteps):
             raise
         self.failed = None
         self.flushes += 1
+        if oldest_at is not None:
+            self._ended_late(time.monotonic() - oldest_at - oldest_due)
+
+    def _ended_late(self, late_s: float) -> None:
+        """A flush's rows were committed ``late_s`` past their due time: the next due time
+        leaves room for the slowest recent lateness (fading by ``LATE_DECAY`` a flush)."""
+        self.late_s = max(late_s, self.late_s * LATE_DECAY)
+        self.due_s = due_after(self.flush_s, self.late_s)
 
     async def _clean(self, batch: Batch) -> None:
         """Before retrying a batch whose commit failed on a statement: leave out the rows
