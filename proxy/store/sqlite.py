@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import sqlite3
 import time
@@ -48,6 +49,15 @@ CACHED_STATEMENTS = 384
 # the sqlite3 module's, so this holds for every connection in the process, alike.
 sqlite3.register_adapter(type(None), cast(Callable[[None], None], {}.get))
 
+# The WAL's checkpoints: run every CHECKPOINT_S (passive: never waits for, nor blocks, a writer)
+# on a connection of their own, in a thread of the default executor, not by SQLite's automatic
+# checkpoint, which runs inside whichever commit passes 1000 pages: its two fsyncs (~60-100 ms
+# on a slow disk, for ~5 ms of CPU) then ride on a ledger flush, whose rows' wait + commit the
+# kill -9 promise bounds (README, "What a crash can lose"; results-notes/flushsat.md).
+CHECKPOINT_S = 1.0
+
+log = logging.getLogger("tollway.storage")
+
 
 class SQLiteStore(Store):
     kind = "sqlite"
@@ -67,6 +77,8 @@ class SQLiteStore(Store):
         self._inserts = InsertTexts()
         self._claims: dict[str, int] = {}  # claim name -> the locked file's descriptor
         self._savepoints = 0
+        self._checkpointer: asyncio.Task | None = None
+        self._checkpointing: asyncio.Future | None = None  # the checkpoint running in its thread
 
     async def connect(self) -> None:
         if self.path != ":memory:" and not Path(self.path).parent.is_dir():
@@ -76,10 +88,39 @@ class SQLiteStore(Store):
             await self._db.execute("pragma journal_mode=wal")
             await self._db.execute("pragma synchronous=normal")
             await self._db.execute("pragma busy_timeout=5000")
+            if self.path != ":memory:":
+                await self._db.execute("pragma wal_autocheckpoint=0")  # (CHECKPOINT_S)
+                checkpoints = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._checkpointer = asyncio.get_running_loop().create_task(
+                    self._checkpoints(checkpoints), name="tollway-sqlite-checkpoints")
         except Exception as exc:
             raise ConfigError(f"storage.url: cannot open {self.path}: {exc}") from None
 
+    async def _checkpoints(self, conn: sqlite3.Connection) -> None:
+        """A passive checkpoint every ``CHECKPOINT_S`` (one with nothing new in the WAL reads its
+        index and returns), until the store closes; its connection closed after the last."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await asyncio.sleep(CHECKPOINT_S)
+                self._checkpointing = loop.run_in_executor(None, conn.execute, "pragma wal_checkpoint(passive)")
+                try:
+                    await asyncio.shield(self._checkpointing)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # (the next one tries again; the WAL only grows meanwhile)
+                    log.warning("storage: a WAL checkpoint failed: %s: %s", type(exc).__name__, exc)
+        finally:
+            running, self._checkpointing = self._checkpointing, None
+            if running is not None and not running.done():
+                await asyncio.wait({running})  # (its thread still uses the connection)
+            conn.close()
+
     async def close(self) -> None:
+        task, self._checkpointer = self._checkpointer, None
+        if task is not None:  # (first: the main connection, closed last, checkpoints what is left)
+            task.cancel()
+            await asyncio.wait({task})
         if self._db is not None:
             await self._db.close()
             self._db = None
