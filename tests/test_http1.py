@@ -183,6 +183,8 @@ class Counting:
             try:
                 if request.path == "/slow":
                     await asyncio.sleep(0.05)
+                elif request.path == "/hold":  # until the client goes (the handler is then cancelled)
+                    await asyncio.sleep(30)
                 return web.Response(body=await request.read())
             finally:
                 self.active -= 1
@@ -401,10 +403,12 @@ async def test_closing_the_pool_fails_waiters_and_aborts_connections(aiohttp_ser
     counting = Counting()
     server = await aiohttp_server(counting.app())
     pool = ConnectionPool(limit=1, connect_timeout=2)
-    slow = asyncio.ensure_future(call(pool, str(server.make_url("/slow"))))
-    await asyncio.sleep(0.01)
+    slow = asyncio.ensure_future(call(pool, str(server.make_url("/hold"))))
+    while not counting.active:  # the held request is at the upstream (not still connecting)
+        await asyncio.sleep(0.001)
     waiting = asyncio.ensure_future(call(pool, str(server.make_url("/"))))
-    await asyncio.sleep(0.01)
+    while not pool._waiters:  # the second request waits for the pool's one connection
+        await asyncio.sleep(0.001)
     await pool.close()
     with pytest.raises(http1.UpstreamClosed):
         await slow
