@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import aiosqlite
 
+from ..logs import throttled
 from ..schema import ConfigError
 from .base import Step, Store, TaskGuard, ended
 from .sqlite_rows import Flat, InsertTexts, SharedFlat, run_insert
@@ -59,6 +60,11 @@ CHECKPOINT_S = 1.0
 log = logging.getLogger("tollway.storage")
 
 
+
+def checkpoint_connection(path: str) -> sqlite3.Connection:
+    """The checkpointer's own connection (used from the default executor's threads, one at a time)."""
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
 class SQLiteStore(Store):
     kind = "sqlite"
 
@@ -90,7 +96,7 @@ class SQLiteStore(Store):
             await self._db.execute("pragma busy_timeout=5000")
             if self.path != ":memory:":
                 await self._db.execute("pragma wal_autocheckpoint=0")  # (CHECKPOINT_S)
-                checkpoints = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                checkpoints = checkpoint_connection(self.path)
                 self._checkpointer = asyncio.get_running_loop().create_task(
                     self._checkpoints(checkpoints), name="tollway-sqlite-checkpoints")
         except Exception as exc:
@@ -109,7 +115,8 @@ class SQLiteStore(Store):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # (the next one tries again; the WAL only grows meanwhile)
-                    log.warning("storage: a WAL checkpoint failed: %s: %s", type(exc).__name__, exc)
+                    throttled(log, logging.WARNING, "sqlite_checkpoint", "storage: a WAL checkpoint failed: %s: %s",
+                              type(exc).__name__, exc)
         finally:
             running, self._checkpointing = self._checkpointing, None
             if running is not None and not running.done():
