@@ -111,9 +111,7 @@ class SQLiteStore(Store):
                 await asyncio.sleep(CHECKPOINT_S)
                 self._checkpointing = loop.run_in_executor(None, conn.execute, "pragma wal_checkpoint(passive)")
                 try:
-                    await asyncio.shield(self._checkpointing)
-                except asyncio.CancelledError:
-                    raise
+                    await asyncio.shield(self._checkpointing)  # (a cancel: the finally below waits for it)
                 except Exception as exc:  # (the next one tries again; the WAL only grows meanwhile)
                     throttled(log, logging.WARNING, "sqlite_checkpoint", "storage: a WAL checkpoint failed: %s: %s",
                               type(exc).__name__, exc)
