@@ -24,7 +24,8 @@ warm-up, then ``--requests`` requests one at a time, and prints:
 
 ``TOLLWAY_LOOPTIMES_CHUNK`` / ``TOLLWAY_LOOPTIMES_SLICE`` set SQLite's rows per insert and the
 rollups' rows per loop turn in the target, to compare; ``TOLLWAY_LOOPTIMES_NICE=N`` raises the nice
-value of SQLite's thread (aiosqlite's) by N.
+value of SQLite's thread (aiosqlite's) by N; ``TOLLWAY_LOOPTIMES_SWITCH=S`` sets the GIL's switch
+interval (``sys.setswitchinterval``, seconds; CPython's default 0.005) in the target.
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ def serve_probed(argv: list[str]) -> None:
     if os.environ.get("TOLLWAY_LOOPTIMES_SLICE"):  # rollup rows summed per loop turn, to compare
         from plugins.accounts import rollup_upserts
         rollup_upserts.SLICE_ROWS = int(os.environ["TOLLWAY_LOOPTIMES_SLICE"])
+    if os.environ.get("TOLLWAY_LOOPTIMES_SWITCH"):  # how long a thread holds the GIL when another waits
+        sys.setswitchinterval(float(os.environ["TOLLWAY_LOOPTIMES_SWITCH"]))
     time_requests(requests, on)
     log_flush = accesslog.AccessLog.flush
 
