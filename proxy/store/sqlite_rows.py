@@ -21,8 +21,8 @@ stored alike (texts, integers, NULLs: not a column that may hold both ``1`` and
 from __future__ import annotations
 
 import sqlite3
-from itertools import chain, repeat
-from operator import eq, itemgetter
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 
@@ -96,11 +96,22 @@ def _shared_text(table: str, columns: tuple[str, ...], shared: tuple[str, ...], 
 
 
 def run_insert(conn: sqlite3.Connection | sqlite3.Cursor, sql: str, rows: Flat | SharedFlat) -> None:
-    """One chunk's insert, on SQLite's thread. (chain, map, itemgetter: in C; a comprehension
-    would be a Python loop holding the GIL on this thread.)"""
+    """One chunk's insert, on SQLite's thread. (zip, chain, tuple.count: in C; a comprehension
+    would be a Python loop holding the GIL on this thread.) A shared chunk is looked at by
+    column (``zip(*rows)``, once): a shared column agrees when every value is ``==`` its first
+    (``tuple.count``, identity first, as tuples compare), and the others' values go row by
+    row (``zip`` back). Row by row, an ``itemgetter`` of the 20 shared and one of the 9 other
+    ledger columns cost ~6.5k instructions a row, this ~4.5k. The first and last rows are
+    compared first: interleaved keys' chunks (whose rows differ) skip the columns."""
     if type(rows) is SharedFlat:
         first: Any = rows.shared_of(rows[0])
-        if all(map(eq, map(rows.shared_of, rows), repeat(first))):
-            conn.execute(rows.sql, [*first, *chain.from_iterable(map(rows.varying_of, rows))])
-            return
+        if rows.shared_of(rows[-1]) == first:  # (else they differ: interleaved keys' rows, told at once)
+            n = len(rows)
+            columns = list(zip(*rows, strict=True))
+            for values in rows.shared_of(columns):
+                if values.count(values[0]) != n:
+                    break
+            else:
+                conn.execute(rows.sql, [*first, *chain.from_iterable(zip(*rows.varying_of(columns), strict=True))])
+                return
     conn.execute(sql, list(chain.from_iterable(rows)))
