@@ -65,7 +65,10 @@ class Plugin:
         self.counters: Counters | None = None
         self.accounts: Accounts | None = None
         self.store = None
-        self._plans: dict[tuple[str, str], tuple] = {}
+        # key id -> model -> (its limits, its account's, the plan): two look-ups of strings, whose
+        # hashes are cached, not a (key id, model) tuple made and hashed per request
+        self._plans: dict[str, dict[str, tuple]] = {}
+        self._planned = 0  # plans in the memo (bounded)
         self._tat_of = None  # counters.tats.get in memory (a C call a rule), else counters.tat
 
     @hookimpl
@@ -109,7 +112,8 @@ class Plugin:
     def _plan_of(self, key: KeyRecord, model: str, shared: Limits = NO_LIMITS, account: str = "") -> Plan:
         """The key's limits for this model, and its account's (``shared``), compiled
         once per version of each (hot path)."""
-        cached = self._plans.get((key.id, model))
+        models = self._plans.get(key.id)
+        cached = models.get(model) if models is not None else None
         if cached is not None and cached[0] is key.limits and cached[1] is shared:
             return cached[2]
         limits = key.limits
@@ -129,9 +133,15 @@ class Plugin:
                                       period=period, interval=period / value, state=(owner, scope, field),
                                       limit_text=str(value)))
         plan = Plan.of(rules) if rules else NO_PLAN
-        if len(self._plans) > 100_000:  # keys come and go: keep the memo bounded
+        if self._planned >= 100_000:  # keys come and go: keep the memo bounded
             self._plans.clear()
-        self._plans[(key.id, model)] = (limits, shared, plan)
+            self._planned = 0
+        models = self._plans.get(key.id)
+        if models is None:
+            models = self._plans[key.id] = {}
+        if model not in models:
+            self._planned += 1
+        models[model] = (limits, shared, plan)
         return plan
 
     @hookimpl(tryfirst=True)
@@ -152,7 +162,8 @@ class Plugin:
             admission = state[ADMISSION] = Admission()
         concurrency = limits.concurrency
         slot = admission.add(SlotClaim(key.id, concurrency)) if concurrency is not None else None
-        cached = self._plans.get((key.id, call.model))  # (_plan_of's memo, read here: one call less)
+        models = self._plans.get(key.id)  # (_plan_of's memo, read here: one call less)
+        cached = models.get(call.model) if models is not None else None
         if cached is not None and cached[0] is limits and cached[1] is shared:
             plan = cached[2]
         else:
@@ -165,7 +176,9 @@ class Plugin:
             rate = RateClaim(plan.rules, estimate, time.time())
             admission.claims.append(rate)
         # (a partial, not a lambda: no closure cells and no Python frame to call through; Admission.then, inline)
-        admission.callbacks.append(partial(self._admitted, call, key, admission, slot, rate, plan, estimate))
+        # (the function read off the class, not a bound method made off the plugin instance: see quotas)
+        admission.callbacks.append(partial(Plugin._admitted, self, call, key, admission, slot, rate, plan,
+                                           estimate))
 
     @hookimpl(specname="tollway_admit", trylast=True)
     @only_if(ADMISSION)  # (no plugin claimed, or quotas' admit_claims ran them: nothing to do)
