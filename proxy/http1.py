@@ -347,10 +347,15 @@ class Connection(asyncio.Protocol):
 
     async def read_head(self) -> None:
         """Wait for the answer's status line and headers."""
-        while self._state == _HEAD and self._error is None:
+        while self.reading_head():
             await self.wait()
+
+    def reading_head(self) -> bool:
+        """The answer's head has not all arrived (True: ``wait``, then ask again); raises
+        the connection's error, if any. (``ConnectionPool.request`` loops on it.)"""
         if self._error is not None:
             raise self._error
+        return self._state == _HEAD
 
     def wait(self) -> asyncio.Future[None]:
         """Awaited: something new came (body bytes, the end, or an error). (The future

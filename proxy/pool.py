@@ -66,7 +66,9 @@ class ConnectionPool:
                 conn, reused = await self.acquire(origin)
             try:
                 conn.send(payload)
-                await conn.read_head()
+                # (Connection.read_head's loop, without its coroutine: one frame less at each wake)
+                while conn.reading_head():
+                    await conn.wait()
                 return conn
             except NotSent:
                 self.release(conn)

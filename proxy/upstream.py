@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio import current_task
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import http1
-from .deadline import Deadline
 from .errors import ProxyError
 from .logs import throttled
 from .pool import ConnectionPool
@@ -213,11 +213,25 @@ class UpstreamClient:
             first_byte = deadline
         replayable = request.method in _SAFE_METHODS or not _IDEMPOTENCY_HEADERS.isdisjoint(
             map(str.lower, request.headers))
+        # The first_byte deadline: ``Deadline`` written out (its three frames a request): the
+        # task is cancelled when it passes, and that cancellation, and only it, is a timeout.
+        task = current_task(loop)
+        if task is None:
+            raise RuntimeError("UpstreamClient.open is for code running in a task")
+        fired: list[None] = []
+        timer = loop.call_at(first_byte, _first_byte_passed, task, fired)
         try:
-            with Deadline(loop, first_byte):
+            try:
                 conn = await connections.request(origin, payload, replayable)
+            finally:
+                timer.cancel()
         except http1.ConnectTimeout:
             raise self.timeout_error("connect") from None
+        except asyncio.CancelledError as exc:
+            if not fired or type(exc) is not asyncio.CancelledError:
+                raise
+            task.uncancel()
+            raise self.timeout_error("first_byte" if first_byte < deadline else "total") from None
         except TimeoutError:
             raise self.timeout_error("first_byte" if first_byte < deadline else "total") from None
         except http1.CannotConnect as exc:
@@ -242,3 +256,9 @@ class UpstreamClient:
         throttled(log, logging.WARNING, f"broken:{self.name}", "upstream %s: connection failed: %r", self.name, exc)
         return ProxyError(502, f"upstream '{self.name}' closed the connection unexpectedly",
                           code="upstream_disconnected")
+
+
+def _first_byte_passed(task: asyncio.Task, fired: list[None]) -> None:
+    """``UpstreamClient.open``'s timer: the first_byte (or total) deadline passed."""
+    fired.append(None)
+    task.cancel()

@@ -155,7 +155,7 @@ def test_feed_passes_what_splitting_every_event_passes(monkeypatch):
         seen = []
         for split_all in (False, True):
             if split_all:
-                monkeypatch.setattr(proxy.streaming, "_done_at", lambda blob: 0)
+                monkeypatch.setattr(proxy.streaming, "_done_at", lambda blob, end: 0)
             codec = OpenAIPassthrough()
             out = codec.feed(blob)
             seen.append((out, codec.done, codec.usage, codec._usage_event))
@@ -177,11 +177,11 @@ def test_done_is_found_where_the_needles_find_it_in_long_blobs():
     for _ in range(20_000):
         blob = b"".join(rng.choice(LONG_PIECES) for _ in range(rng.randint(1, 24)))
         found = [i for i in (blob.find(b"[DONE]\n"), blob.find(b"[DONE]\r")) if i >= 0]
-        assert _done_at(blob) == (min(found) if found else -1), blob
+        assert _done_at(blob, len(blob)) == (min(found) if found else -1), blob
         bounded += len(blob) > 1024
     assert bounded > 5_000
     answer = b"".join(render_stream("m", 50, 16, 7, True, True))
-    assert _done_at(answer) == answer.index(b"[DONE]") and _done_at(answer[:-8]) == -1
+    assert _done_at(answer, len(answer)) == answer.index(b"[DONE]") and _done_at(answer[:-8], len(answer) - 8) == -1
 
 
 def test_feed_passes_what_splitting_every_event_passes_for_long_reads(monkeypatch):
@@ -196,7 +196,7 @@ def test_feed_passes_what_splitting_every_event_passes_for_long_reads(monkeypatc
         seen = []
         for split_all in (False, True):
             if split_all:
-                monkeypatch.setattr(proxy.streaming, "_done_at", lambda blob: 0)
+                monkeypatch.setattr(proxy.streaming, "_done_at", lambda blob, end: 0)
             codec = OpenAIPassthrough()
             out = codec.feed(blob)
             seen.append((out, codec.done, codec.usage, codec._usage_event))
