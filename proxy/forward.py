@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import orjson
 from aiohttp import web
@@ -17,6 +17,7 @@ from aiohttp import web
 from .answers import _json_response, _started_stream, _stream_response, before_end, on_usage, usage_known
 from .call import Call, Route
 from .errors import ProxyError
+from .hookcallers import HookCaller
 from .logs import throttled
 from .media import MEDIA_PATHS, forward_media
 from .onewrite import head_with_first_bytes
@@ -89,36 +90,45 @@ async def next_route(gateway: Gateway, call: Call, err: ProxyError) -> Route:
 
 async def open_upstream(gateway: Gateway, call: Call, route: Route, request: UpstreamRequest) -> UpstreamResponse:
     """Send the request; an error status becomes the ProxyError to answer. ``tollway_attempt``
-    hooks hear of every outcome."""
-    provider = route.provider
+    hooks hear of every outcome. (``forward_chat`` has these steps written out.)"""
     attempted = gateway.hooks.call_attempt
     call.timing.attempt_started = time.perf_counter()
     try:
-        upstream = await provider.send(call, request)
+        upstream = await route.provider.send(call, request)
     except ProxyError as failed:
-        pending = attempted(call, route, failed)
-        if pending is not None:
-            await pending
+        await attempt_failed(attempted, call, route, failed)
         raise
     if upstream.status >= 400:
-        try:
-            body = await upstream.read_all(MAX_ERROR_BODY)
-        except ProxyError:
-            body = b""
-        finally:
-            upstream.release()
-        if call.billing.caller_key and upstream.status in (401, 403):
-            err = caller_key_refused(provider.name, upstream.status)
-        else:
-            err = provider.error_for(call, upstream.status, upstream.headers, body)
-        pending = attempted(call, route, err)
-        if pending is not None:
-            await pending
-        raise err
+        await refused_upstream(attempted, call, route, upstream)
     pending = attempted(call, route, None)
     if pending is not None:
         await pending
     return upstream
+
+
+async def attempt_failed(attempted: HookCaller, call: Call, route: Route, failed: ProxyError) -> None:
+    """``tollway_attempt`` hooks hear of an attempt that got no answer (the caller raises ``failed``)."""
+    pending = attempted(call, route, failed)
+    if pending is not None:
+        await pending
+
+
+async def refused_upstream(attempted: HookCaller, call: Call, route: Route, upstream: UpstreamResponse) -> NoReturn:
+    """An answer with an error status: its body read (bounded), the connection given back, the
+    ProxyError to answer raised once ``tollway_attempt`` hooks heard of it."""
+    provider = route.provider
+    try:
+        body = await upstream.read_all(MAX_ERROR_BODY)
+    except ProxyError:
+        body = b""
+    finally:
+        upstream.release()
+    if call.billing.caller_key and upstream.status in (401, 403):
+        err = caller_key_refused(provider.name, upstream.status)
+    else:
+        err = provider.error_for(call, upstream.status, upstream.headers, body)
+    await attempt_failed(attempted, call, route, err)
+    raise err
 
 
 async def forward_chat(gateway: Gateway, request: web.Request, call: Call, route: Route) -> web.StreamResponse:
@@ -126,7 +136,20 @@ async def forward_chat(gateway: Gateway, request: web.Request, call: Call, route
     dialect = gateway.dialects[call.dialect]
     native = provider.speaks(call.dialect)
     canonical = None if native else dialect.canonical_request(call)
-    upstream = await open_upstream(gateway, call, route, provider.chat_request(call, route, canonical))
+    # (open_upstream written out: one coroutine less, at its call and at the wake for the head)
+    upstream_request = provider.chat_request(call, route, canonical)
+    attempted = gateway.hooks.call_attempt
+    call.timing.attempt_started = time.perf_counter()
+    try:
+        upstream = await provider.send(call, upstream_request)
+    except ProxyError as failed:
+        await attempt_failed(attempted, call, route, failed)
+        raise
+    if upstream.status >= 400:
+        await refused_upstream(attempted, call, route, upstream)
+    pending = attempted(call, route, None)
+    if pending is not None:
+        await pending
 
     if call.stream:
         try:
