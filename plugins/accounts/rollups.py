@@ -141,20 +141,28 @@ class Aggregator:
             rows = list(rows)
         if not rows:
             return
-        groups: dict[tuple, list] = {}
+        groups: dict[tuple, Sequence[Sequence[Any]]] = {}
         times = list(map(self._time_of, rows))
         hour = min(times) // 3600
         if max(times) // 3600 == hour and sum(times) == sum(times):  # (a NaN time: grouped row by row)
             # Every row in one hour (a flush spans a fraction of a second): grouped by their
             # dimensions alone, not by a (hour, dimensions) pair made and hashed for each row.
-            by_dims: dict[tuple, list] = {}
-            for key, r in zip(map(self._dims_of, rows), rows, strict=True):
-                group = by_dims.get(key)
-                if group is None:
-                    by_dims[key] = [r]
-                else:
-                    group.append(r)
-            groups = {(hour, dims): group for dims, group in by_dims.items()}
+            dims_list = list(map(self._dims_of, rows))
+            first = dims_list[0]
+            if dims_list[-1] == first and dims_list.count(first) == len(dims_list):
+                # One key's traffic: one group, told in C (``==``, identity first, as a dict's
+                # keys compare), not a Python turn per row. (Rows of keys taking turns differ
+                # at the first and last, told at once.)
+                groups = {(hour, first): rows}
+            else:
+                by_dims: dict[tuple, list] = {}
+                for key, r in zip(dims_list, rows, strict=True):
+                    group = by_dims.get(key)
+                    if group is None:
+                        by_dims[key] = [r]
+                    else:
+                        group.append(r)
+                groups = {(hour, dims): group for dims, group in by_dims.items()}
         else:
             for key, r in zip(zip(map(floordiv, times, repeat(3600)), map(self._dims_of, rows), strict=True), rows,
                               strict=True):
