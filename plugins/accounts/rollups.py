@@ -147,16 +147,16 @@ class Aggregator:
         if max(times) // 3600 == hour and sum(times) == sum(times):  # (a NaN time: grouped row by row)
             # Every row in one hour (a flush spans a fraction of a second): grouped by their
             # dimensions alone, not by a (hour, dimensions) pair made and hashed for each row.
-            dims_list = list(map(self._dims_of, rows))
-            first = dims_list[0]
-            if dims_list[-1] == first and dims_list.count(first) == len(dims_list):
+            dims_of = self._dims_of
+            first = dims_of(rows[0])
+            if dims_of(rows[-1]) == first and list(map(dims_of, rows)).count(first) == len(rows):
                 # One key's traffic: one group, told in C (``==``, identity first, as a dict's
                 # keys compare), not a Python turn per row. (Rows of keys taking turns differ
                 # at the first and last, told at once.)
                 groups = {(hour, first): rows}
             else:
                 by_dims: dict[tuple, list] = {}
-                for key, r in zip(dims_list, rows, strict=True):
+                for key, r in zip(map(dims_of, rows), rows, strict=True):
                     group = by_dims.get(key)
                     if group is None:
                         by_dims[key] = [r]
