@@ -141,8 +141,12 @@ def run_admission(counters: Counters, call: Call) -> Awaitable[None] | None:
     # a reference cycle per request (the whole call, its request and response with it) that only
     # the cyclic garbage collector frees, about 50 objects a request and its collections' cost.
     callbacks, admission.callbacks = admission.callbacks, []
-    if admission.claims and not counters.admit_now(admission):
-        return _admit_then(counters, admission, callbacks)
+    if admission.claims:
+        local = counters.in_memory
+        if local is not None:  # (MemoryCounters.admit_now, inline: a Python frame less a request)
+            admit_local(local[0], local[1], local[2], admission)
+        elif not counters.admit_now(admission):
+            return _admit_then(counters, admission, callbacks)
     refusal: ProxyError | None = None  # (run_continuations, inline: a Python frame less a request)
     for callback in callbacks:
         try:

@@ -56,6 +56,9 @@ class Counters:
     kind = ""
     #: True while the shared counters cannot be reached (never in memory).
     down = False
+    #: Counters that admit in this process's memory, at once: ``admit_local``'s first three
+    #: arguments (``run_admission`` calls it with them, for ``admit_now``); None for the others.
+    in_memory: tuple | None = None
 
     async def admit(self, admission: Admission) -> None:
         """Check every claim of ``admission`` (``claims.py``) and take them all, or none:
@@ -153,6 +156,7 @@ class MemoryCounters(Counters):
         self.tats: dict[tuple, Tat] = {}
         self.in_flight: dict[str, int] = {}
         self.totals: dict[str, list] = {}  # name -> [used, held, until]
+        self.in_memory = (self.tats, self.in_flight, self._claimed_total)
 
     async def admit(self, admission: Admission) -> None:
         admit_local(self.tats, self.in_flight, self._claimed_total, admission)
