@@ -22,8 +22,14 @@ from math import floor
 from typing import TYPE_CHECKING, TextIO
 
 import orjson
+from aiohttp import web
 
 from .background import stop_task
+from .onewrite import AIOHTTP_314
+
+#: aiohttp's request class, whose ``remote`` and ``path`` ``_text`` reads off their fields (aiohttp
+#: 3.14's; under another version, no class: read through the properties).
+_AIOHTTP_REQUEST: type | None = web.Request if AIOHTTP_314 else None
 
 if TYPE_CHECKING:
     from .call import Call, Route
@@ -144,9 +150,26 @@ class AccessLog:
         cache = response.cache_status
         ts = self.clock()
         stamp = self._stamp if self._second_starts <= ts < self._second_ends else self._seconds(ts)
-        return (f'{stamp} {req.remote if req is not None else None} '
-                f'"{req.method if req is not None else ""} {req.path if req is not None else ""}" '
-                f'{response.status} {took}ms{middle}'
+        if req is None:
+            remote, method, path = None, "", ""
+        elif type(req) is _AIOHTTP_REQUEST:
+            # aiohttp's ``remote`` and ``path`` are reify'd: the first read of each runs a Python function
+            # (two frames a line; ``method`` is read, and kept, by the dispatch first). Read here off what
+            # they are made of, or what a clone set (aiohttp 3.14's fields; tests/test_access_log_request.py).
+            reified = req._cache
+            if "remote" in reified:
+                remote = reified["remote"]
+            else:
+                peer = req._transport_peername
+                if type(peer) is tuple and type(host := peer[0]) is str:
+                    remote = host
+                else:
+                    remote = None if peer is None else str(peer[0]) if isinstance(peer, (list, tuple)) else str(peer)
+            method = req.method
+            path = reified["path"] if "path" in reified else req._rel_url.path  # noqa: SIM401  (lazy)
+        else:
+            remote, method, path = req.remote, req.method, req.path
+        return (f'{stamp} {remote} "{method} {path}" {response.status} {took}ms{middle}'
                 f'{f" tokens={usage.prompt_tokens}/{usage.completion_tokens}" if usage else ""}'
                 f'{f" cost_micro={cost}" if cost is not None else ""}'
                 f'{ttfb}'
