@@ -37,7 +37,7 @@ from .accounts import ACCOUNTS, Accounts, KeyRecord, Limits, ModelLimits
 from .accounts.checks import check_config
 from .accounts.claims import ADMISSION, Admission, RateClaim, SlotClaim, run_admission
 from .accounts.counters import COUNTERS, Counters, MemoryCounters
-from .accounts.estimate import requested_output, tokens_estimate
+from .accounts.estimate import tokens_estimate
 from .accounts.gcra import Rule, iso_at, left_of, reset_of
 from .accounts.limit_headers import Plan, put_headers
 from .accounts.refusals import REFUSAL, Refusal
@@ -71,7 +71,6 @@ class Plugin:
         self._plans: dict[str, dict[str, tuple]] = {}
         self._planned = 0  # plans in the memo (bounded)
         self._tat_of = None  # counters.tats.get in memory (a C call a rule), else counters.tat
-        self._tats: dict | None = None  # the memory counters' TATs (MemoryCounters.adjust, inline), else None
 
     @hookimpl
     def tollway_config_check(self, config) -> None:
@@ -85,7 +84,6 @@ class Plugin:
         self.accounts = await gateway.services.open(ACCOUNTS)  # keys come on the principal; accounts here
         self.counters = counters = await gateway.services.open(COUNTERS)
         self._tat_of = counters.tats.get if type(counters) is MemoryCounters else counters.tat
-        self._tats = counters.tats if type(counters) is MemoryCounters else None  # (settle's adjust, inline)
         if not isinstance(counters, MemoryCounters):
             return  # shared counters keep their own state
         self.store = gateway.store
@@ -178,14 +176,7 @@ class Plugin:
         estimate = 0
         if plan.rules:
             if plan.token_rules:
-                if call.billing.units is None and not call.body_changed:
-                    # (tokens_estimate's usual answer, inline: a Python call fewer; tests/test_ratelimit_inline.py)
-                    estimate = len(call.raw_body) // 4
-                    if estimate < 1:
-                        estimate = 1
-                    estimate += requested_output(call) or 0
-                else:
-                    estimate = tokens_estimate(call)
+                estimate = tokens_estimate(call)
             rate = _new(RateClaim)  # (RateClaim(plan.rules, estimate, time.time()), in place: see Admission's above)
             rate.rules, rate.tokens, rate.now = plan.rules, estimate, time.time()
             rate.refusal = rate.taken = None
@@ -290,14 +281,7 @@ class Plugin:
             return  # an answer without usage: keep the estimate
         delta = actual - taken[1]
         if delta:
-            tats = self._tats
-            if tats is not None:  # (MemoryCounters.adjust, inline: a Python call fewer; tests/test_ratelimit_inline.py)
-                for rule in taken[0]:
-                    tat = tats.get(rule.state)
-                    if tat is not None:
-                        tats[rule.state] = (tat[0], tat[1] + delta * rule.interval)
-            else:
-                self.counters.adjust(taken[0], delta)
+            self.counters.adjust(taken[0], delta)
 
     @hookimpl
     @only_if(SLOT_HELD)  # (without a concurrency slot: nothing to free)

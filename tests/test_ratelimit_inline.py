@@ -1,8 +1,7 @@
-"""The rate limiter's admit estimates a request's tokens, and its settle corrects the tokens
-rules in memory, with ``tokens_estimate``'s and ``MemoryCounters.adjust``'s usual answers
-written inline (a Python call fewer each): held here to the two functions, on generated
-bodies (caps of each kind, ``n``, a body changed by a plugin, a unit-priced call) and
-usages (above, below and at the estimate, none, a failed answer)."""
+"""The rate limiter's admit takes ``tokens_estimate``'s estimate of a request's tokens, and its
+settle corrects the tokens rules in memory as ``MemoryCounters.adjust`` does: held here to the
+two functions, on generated bodies (caps of each kind, ``n``, a body changed by a plugin, a
+unit-priced call) and usages (above, below and at the estimate, none, a failed answer)."""
 
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ def _plugin() -> tuple[Plugin, MemoryCounters]:
     counters = MemoryCounters()
     plugin.counters = counters
     plugin._tat_of = counters.tats.get
-    plugin._tats = counters.tats
     account = Account("a", 10**12)
     plugin.accounts = SimpleNamespace(accounts={"a": account}, account_of=lambda key: account)  # type: ignore[assignment]
     return plugin, counters
