@@ -40,12 +40,11 @@ class ClientStalled(ConnectionError):
 class ClientWriter:
     """``write``/``write_eof`` of one response, with the client write timeout."""
 
-    __slots__ = ("_resp", "_transport", "_loop", "_timeout", "_high")
+    __slots__ = ("_resp", "_transport", "_timeout", "_high")
 
     def __init__(self, resp: web.StreamResponse, request: web.BaseRequest | None, timeout: float) -> None:
         self._resp = resp
         self._transport = request.transport if request is not None else None
-        self._loop = asyncio.get_running_loop()
         self._timeout = timeout
         self._high = self._transport.get_write_buffer_limits()[1] if self._transport is not None else 0
 
@@ -91,8 +90,11 @@ class ClientWriter:
         await self.write_eof(last)
 
     async def _bounded(self, waiting: Awaitable[None], due: float) -> None:
+        # (the loop looked up here, on the slow path only: asyncio.get_running_loop() makes a
+        # getpid system call, ~250 ns, which most streams never need)
+        loop = asyncio.get_running_loop()
         try:
-            with Deadline(self._loop, min(self._loop.time() + self._timeout, due)):
+            with Deadline(loop, min(loop.time() + self._timeout, due)):
                 await waiting
         except TimeoutError:
             if self._transport is not None:

@@ -41,14 +41,23 @@ def shutdown_error() -> ProxyError:
 class InFlight:
     """Handler tasks of the model calls being answered (one dict entry each)."""
 
-    __slots__ = ("calls", "_idle")
+    __slots__ = ("calls", "_idle", "_loop")
 
     def __init__(self) -> None:
         self.calls: dict[asyncio.Task, Call] = {}
         self._idle: asyncio.Event | None = None  # made only while winding down
+        # The loop of the first call (a gateway serves on one): ``current_task(loop)`` skips the
+        # running loop's look-up, whose check for a fork is a getpid system call (~250 ns).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def enter(self, call: Call) -> asyncio.Task | None:
-        task = asyncio.current_task()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        if task is None:  # (not in a task of that loop: another loop's, or none)
+            self._loop = None
+            task = asyncio.current_task()
         if task is not None:
             self.calls[task] = call
         return task
