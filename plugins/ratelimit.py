@@ -173,18 +173,15 @@ class Plugin:
         else:
             plan = self._plan_of(key, call.model, shared, acc.id)
         rate = None
-        estimate = 0
         if plan.rules:
-            if plan.token_rules:
-                estimate = tokens_estimate(call)
+            estimate = tokens_estimate(call) if plan.token_rules else 0
             rate = _new(RateClaim)  # (RateClaim(plan.rules, estimate, time.time()), in place: see Admission's above)
             rate.rules, rate.tokens, rate.now = plan.rules, estimate, time.time()
             rate.refusal = rate.taken = None
             admission.claims.append(rate)
         # (a partial, not a lambda: no closure cells and no Python frame to call through; Admission.then, inline)
         # (the function read off the class, not a bound method made off the plugin instance: see quotas)
-        admission.callbacks.append(partial(Plugin._admitted, self, call, key, admission, slot, rate, plan,
-                                           estimate))
+        admission.callbacks.append(partial(Plugin._admitted, self, call, admission, slot, rate, plan))
 
     @hookimpl(specname="tollway_admit", trylast=True)
     @only_if(ADMISSION)  # (no plugin claimed, or quotas' admit_claims ran them: nothing to do)
@@ -192,35 +189,39 @@ class Plugin:
         """Every plugin's claims at once, one step (``accounts/claims.py``), after every admit added its own."""
         return run_admission(self.counters, call)
 
-    def _admitted(self, call: Call, key: KeyRecord, admission: Admission, slot: SlotClaim | None,
-                  rate: RateClaim | None, plan: Plan, estimate: int) -> None:
-        """The admission ran: the headers, what was taken (for settle and finish), or our refusal."""
+    def _admitted(self, call: Call, admission: Admission, slot: SlotClaim | None, rate: RateClaim | None,
+                  plan: Plan) -> None:
+        """The admission ran: the headers, what was taken (for settle and finish), or our refusal.
+        (The key is ``call.principal``, its id the slot's scope; the estimate is ``rate.tokens``.)"""
         refused = admission.refused
-        if refused is not None and refused is slot:
+        if refused is None:  # admitted (the usual answer): the headers, then what settle and finish give back
+            if rate is not None:
+                # Taken in memory: the new TATs as the admission took them (no look-up); else (shared
+                # counters) read by self._tat_of.
+                put_headers(call.response.headers, plan, self._tat_of, rate.now, rate.taken)
+                if plan.token_rules:
+                    call.state[TAKEN] = (plan.token_rules, rate.tokens)
+            if slot is not None:
+                call.state[SLOT_HELD] = slot.scope
+            return
+        if refused is slot:
             limit = slot.limit
             call.state[REFUSAL] = CONCURRENCY_REFUSAL
             raise ProxyError(429, f"rate limit exceeded: this key may have {limit} requests in "
                                   "flight at once; retry when one has finished",
                              code="concurrency_limit_exceeded", headers={"Retry-After": "1"},
                              extra={"limit": limit, "used": limit})
-        if rate is not None:
+        if rate is not None:  # another claim (or ours) refused: the headers as the counters have them
             now = rate.now
             headers = call.response.headers
-            # Taken in memory: the new TATs as the admission took them (no look-up); else (refused, or
-            # shared counters) read by self._tat_of.
             put_headers(headers, plan, self._tat_of, now, rate.taken)
             if refused is rate and rate.refusal is not None:
                 rule = rate.refusal.rule
                 call.state[REFUSAL] = Refusal(
                     scope="account" if rule.state[0].startswith(ACCOUNT_STATE) else "model" if rule.scope else "key",
                     limit=rule.state[2])
-                raise self._refusal(key, rate.refusal.wait, rule, estimate if rule.tokens else 1, dict(headers),
-                                    self._used(rule, now))
-        if refused is None:
-            if plan.token_rules:
-                call.state[TAKEN] = (plan.token_rules, estimate)
-            if slot is not None:
-                call.state[SLOT_HELD] = key.id
+                raise self._refusal(call.principal, rate.refusal.wait, rule, rate.tokens if rule.tokens else 1,
+                                    dict(headers), self._used(rule, now))
 
     def status(self, key: KeyRecord, now: float | None = None) -> list[dict]:
         """Each of the key's limits with what is left and when it is full again

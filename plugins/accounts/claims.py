@@ -197,7 +197,9 @@ def admit_local(tats: dict[tuple, float], in_flight: dict[str, int], total_of: C
                 # how far past now the TAT is (never before now: GCRA's max(TAT, now))
                 if tat is None or (debt := tat[1] - (now - tat[0])) < 0.0:  # type: ignore[index]
                     debt = 0.0
-                debt += (tokens if rule.tokens else 1) * rule.interval
+                # (a requests rule's cost is 1: its interval itself, as 1 * interval is exactly; no int-by-float
+                # product, which the interpreter does not specialize, for rpm and rpd)
+                debt += tokens * rule.interval if rule.tokens else rule.interval
                 if debt - rule.period > worst_wait:
                     worst, worst_wait = rule, debt - rule.period
                 pending.append((now, debt))

@@ -155,11 +155,11 @@ def requested_output(call: Call) -> int | None:
     """The client's output cap (``max_completion_tokens``, ``max_tokens``, or the Responses
     API's ``max_output_tokens``), times ``n`` where one request asks for several answers."""
     body = call.body
-    if body.keys().isdisjoint(OUTPUT_CAPS):  # a body that names none: one C call, not three look-ups
-        return None
-    value = body.get("max_tokens")  # the usual one alone: read it without the loop
+    value = body.get("max_tokens")  # the usual one alone: read it first, without the loop or the keys' view
     if type(value) is int and value > 0 and "max_completion_tokens" not in body:
         return value if "n" not in body else value * choices(body)
+    if body.keys().isdisjoint(OUTPUT_CAPS):  # a body that names none: one C call, not three look-ups
+        return None
     for name in OUTPUT_CAPS:
         value = body.get(name)
         # (``type() is int``: a JSON number, the usual case, without two isinstance calls; bool is not int's type)

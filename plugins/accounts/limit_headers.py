@@ -22,6 +22,12 @@ and widens the bracket when the value is the same. The texts each group wrote la
 in one dict per plan (its keys in the answer's order) and rewritten only where they changed.
 The headers are exactly those of the definition without state (``tests/test_ratelimit_headers_reference.py``
 holds them to it, a float either side of every step).
+
+When every group holds its rule (the usual answer: at one request at a time every debt is the
+same, and under load ``rpm``'s far-off limit is shown), the plan keeps those conditions as one
+flat guard (``Plan.hold``: each rule's place and the debts it may have); an answer inside it
+writes the texts kept, ``X-RateLimit-Reset`` included, with one comparison pair a rule and no
+per-group step (``tests/test_ratelimit_headers_guard.py`` holds it to the per-group way).
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ class Plan:
     token_rules: tuple[Rule, ...]
     groups: tuple[tuple[tuple[str, str, str], tuple[tuple[Rule, int, list], ...], bool, list, list], ...]
     texts: dict = field(default_factory=dict, compare=False, repr=False)
+    #: [the guard: (place, low, high) for each rule, every group's ``held`` at once (None: some group
+    #: holds nothing), the generic group's shown rule's place, ``X-RateLimit-Reset``'s second's bracket
+    #: (``LO < at <= HI``: its text, ``texts[RESET]``, holds)]
+    hold: list = field(default_factory=lambda: [None, 0, _INF, -_INF], compare=False, repr=False)
 
     @classmethod
     def of(cls, rules: list[Rule]) -> Plan:
@@ -78,15 +88,12 @@ class Plan:
         groups = tuple((HEADER_NAMES[k], tuple(kinds[k]), k == generic, [None, None, None],
                         [None, None, (), _INF, -_INF]) for k in kinds)
         texts: dict = dict.fromkeys((name for names, *_ in groups for name in names), "")
-        if groups:
-            texts[LIMIT] = texts[REMAINING] = ""
+        if groups:  # (X-RateLimit-Reset last: written after the others, as the answer had it)
+            texts[LIMIT] = texts[REMAINING] = texts[RESET] = ""
         return cls(tuple(rules), tuple(r for r, *_ in kinds.get(True, ())), groups, texts)
 
 
 _INF = math.inf
-
-#: ``X-RateLimit-Reset``'s last text, for times ``at`` with ``LO < at <= HI`` (``ceil(at) == HI``).
-_LAST_ISO: list = [math.inf, -math.inf, ""]
 
 
 def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list[Tat] | None = None) -> None:
@@ -97,7 +104,19 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list
     if taken is None:  # (a refusal, or shared counters: each rule's TAT read, as the admission's would be)
         taken = [(now, reset_of(tat_of(rule.state), now)) for rule in plan.rules]
     texts = plan.texts
-    generic_reset = None
+    hold = plan.hold
+    guard = hold[0]
+    if guard is not None:  # every group's held test below at once (_guard): the same texts
+        for i, lo, hi in guard:
+            if not lo <= taken[i][1] <= hi:
+                break
+        else:
+            at = now + taken[hold[1]][1]
+            if not hold[2] < at <= hold[3]:
+                _reset_at(texts, hold, at)
+            out.update(texts)
+            return
+    generic_reset = 0.0
     for names, group, generic, shown, held in plan.groups:
         # held: [the place of the rule shown, its cell, the others' (place, cell), the low and high ends
         # of its two brackets' overlap], set when its fraction was below every other's. Its debt inside
@@ -173,16 +192,36 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list
         _hold(held, group, taken, b_i, b_cell, b_frac)
         if generic:
             generic_reset = b_reset
+    if not plan.groups:
+        return
+    _guard(plan.groups, hold)
+    at = now + generic_reset  # X-RateLimit-Reset: now + the reset shown, rounded up to the second
+    if not hold[2] < at <= hold[3]:
+        _reset_at(texts, hold, at)
     out.update(texts)
-    if generic_reset is not None:  # X-RateLimit-Reset: now + the reset shown, rounded up to the second
-        at = now + generic_reset
-        last = _LAST_ISO
-        if last[0] < at <= last[1]:
-            out[RESET] = last[2]
-        else:
-            second = math.ceil(at)
-            out[RESET] = last[2] = _ISO_CACHE.get(second) or iso_at(at)  # (iso_at's memo, read inline)
-            last[0], last[1] = float(second - 1), float(second)
+
+
+def _reset_at(texts: dict, hold: list, at: float) -> None:
+    """``X-RateLimit-Reset`` at ``at`` into ``texts``, and the bracket of times it holds for."""
+    second = math.ceil(at)
+    texts[RESET] = _ISO_CACHE.get(second) or iso_at(at)  # (iso_at's memo, read inline)
+    hold[2], hold[3] = float(second - 1), float(second)
+
+
+def _guard(groups: tuple, hold: list) -> None:
+    """Every group's held test as one guard (in ``hold``), when each group holds a rule: its
+    shown rule's debt within its brackets' overlap, each other rule's at or below its SAFE."""
+    guard = []
+    for _, _, generic, _, held in groups:
+        if held[0] is None:
+            hold[0] = None
+            return
+        guard.append((held[0], held[3], held[4]))
+        for i, cell in held[2]:
+            guard.append((i, -_INF, cell[8]))
+        if generic:
+            hold[1] = held[0]
+    hold[0] = tuple(guard)
 
 
 def _hold(held: list, group: tuple, taken: list[Tat], b_i: int, b_cell: list, b_frac: float) -> None:
