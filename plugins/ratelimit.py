@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable
-from functools import partial
 
 from proxy import Call, Gateway, ProxyError, StateKey, hookimpl, only_if, settles_before_end
 
@@ -179,9 +178,10 @@ class Plugin:
             rate.rules, rate.tokens, rate.now = plan.rules, estimate, time.time()
             rate.refusal = rate.taken = None
             admission.claims.append(rate)
-        # (a partial, not a lambda: no closure cells and no Python frame to call through; Admission.then, inline)
-        # (the function read off the class, not a bound method made off the plugin instance: see quotas)
-        admission.callbacks.append(partial(Plugin._admitted, self, call, admission, slot, rate, plan))
+        # (a (function, arguments) pair: no partial made and called through C, no closure cells and no
+        # Python frame to call through; Admission.then, inline; the function read off the class, not a
+        # bound method made off the plugin instance: see quotas)
+        admission.callbacks.append((Plugin._admitted, (self, call, admission, slot, rate, plan)))
 
     @hookimpl(specname="tollway_admit", trylast=True)
     @only_if(ADMISSION)  # (no plugin claimed, or quotas' admit_claims ran them: nothing to do)
