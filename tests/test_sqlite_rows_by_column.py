@@ -24,11 +24,29 @@ class Recording:
 
 
 def row_by_row(sql: str, chunk: SharedFlat) -> tuple[str, list]:
-    """What a shared chunk bound before: compared row by row with the first."""
+    """What a shared chunk binds, compared row by row with the first: the shared values once,
+    then each other column's values, row after row (the statement's numbering)."""
     first = chunk.shared_of(chunk[0])
     if all(chunk.shared_of(r) == first for r in chunk):
-        return chunk.sql, [*first, *(v for r in chunk for v in chunk.varying_of(r))]
+        others = [chunk.varying_of(r) for r in chunk]
+        return chunk.sql, [*first, *(row[j] for j in range(len(others[0])) for row in others)]
     return sql, [v for r in chunk for v in r]
+
+
+def stored_rows(sql: str, params: list) -> list[tuple]:
+    """The rows a multi-row insert stores: each ``?N`` (or plain ``?``, counted on) of its
+    values resolved to the value bound there."""
+    rows, counter = [], 0
+    for group in sql.split(" values ", 1)[1][1:-1].split("), ("):
+        row = []
+        for name in group.split(", "):
+            if name == "?":
+                counter += 1
+                row.append(params[counter - 1])
+            else:
+                row.append(params[int(name[1:]) - 1])
+        rows.append(tuple(row))
+    return rows
 
 
 def chunk_rows(rng: random.Random, n: int) -> list[tuple]:
@@ -67,6 +85,15 @@ def test_by_column_binds_what_row_by_row_bound():
         # (identity, value by value: NaN included, and 0 vs 0.0 vs False kept apart)
         assert len(got_params) == len(want_params)
         assert all(a is b for a, b in zip(got_params, want_params, strict=True))
+        # what the statement stores: every row as given (its shared values the first row's, equal)
+        stored = stored_rows(got_sql, got_params)
+        assert len(stored) == len(rows)
+        for s, r in zip(stored, rows, strict=True):
+            assert all(a is b or a == b for a, b in zip(s, r, strict=True))
+            if got_sql == sql:
+                assert all(a is b for a, b in zip(s, r, strict=True))
+            else:
+                assert all(a is b for a, b in zip(chunk.varying_of(s), chunk.varying_of(r), strict=True))
         shared_seen += got_sql == chunk.sql
         plain_seen += got_sql == sql
     assert shared_seen > 500 and plain_seen > 500

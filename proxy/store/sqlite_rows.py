@@ -84,24 +84,27 @@ class InsertTexts:
 
 def _shared_text(table: str, columns: tuple[str, ...], shared: tuple[str, ...], n: int) -> str:
     """``n`` rows' insert where the shared columns are ``?1`` .. ``?k`` in every row, and the
-    others numbered on from ``k + 1``, row after row, in the row's column order."""
+    others numbered on from ``k + 1`` column by column: the j-th other column of row r is
+    ``?(k + 1 + j * n + r)``, so a chunk's values bind as its columns come out of ``zip(*rows)``
+    (``run_insert``), with no zipping back into rows."""
     k = len(shared)
     others = [c for c in columns if c not in shared]
     rows = []
     for r in range(n):
-        first = k + 1 + r * len(others)
-        names = {c: f"?{j + 1}" for j, c in enumerate(shared)} | {c: f"?{first + j}" for j, c in enumerate(others)}
+        names = {c: f"?{j + 1}" for j, c in enumerate(shared)} | {c: f"?{k + 1 + j * n + r}"
+                                                                  for j, c in enumerate(others)}
         rows.append("(" + ", ".join(names[c] for c in columns) + ")")
     return f"insert into {table} ({', '.join(columns)}) values " + ", ".join(rows)
 
 
 def run_insert(conn: sqlite3.Connection | sqlite3.Cursor, sql: str, rows: Flat | SharedFlat) -> None:
-    """One chunk's insert, on SQLite's thread. (zip, chain, tuple.count: in C; a comprehension
+    """One chunk's insert, on SQLite's thread. (zip, list.extend, tuple.count: in C; a comprehension
     would be a Python loop holding the GIL on this thread.) A shared chunk is looked at by
     column (``zip(*rows)``, once): a shared column agrees when every value is ``==`` its first
-    (``tuple.count``, identity first, as tuples compare), and the others' values go row by
-    row (``zip`` back). Row by row, an ``itemgetter`` of the 20 shared and one of the 9 other
-    ledger columns cost ~6.5k instructions a row, this ~4.5k. The first and last rows are
+    (``tuple.count``, identity first, as tuples compare), and the others' values bind column by
+    column as they come out (``_shared_text`` numbers them so). Row by row, an ``itemgetter`` of the
+    20 shared and one of the 9 other ledger columns cost ~6.5k instructions a row, zipping the
+    columns back into rows ~4.5k, this less. The first and last rows are
     compared first: interleaved keys' chunks (whose rows differ) skip the columns."""
     if type(rows) is SharedFlat:
         first: Any = rows.shared_of(rows[0])
@@ -112,6 +115,11 @@ def run_insert(conn: sqlite3.Connection | sqlite3.Cursor, sql: str, rows: Flat |
                 if values.count(values[0]) != n:
                     break
             else:
-                conn.execute(rows.sql, [*first, *chain.from_iterable(zip(*rows.varying_of(columns), strict=True))])
+                # (the shared values once, then each other column's values whole: ``_shared_text``'s
+                # numbering; list.extend copies a tuple in C, with no iterator per value)
+                values = list(first)
+                for column in rows.varying_of(columns):
+                    values += column
+                conn.execute(rows.sql, values)
                 return
     conn.execute(sql, list(chain.from_iterable(rows)))
