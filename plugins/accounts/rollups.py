@@ -135,34 +135,35 @@ class Aggregator:
         and status, and a Python statement per row and column cost ~12k
         instructions a row where this costs ~4k. Each column is summed in row
         order, onto what the group held, as adding row by row did."""
-        (i_time, i_key, i_acc, i_model, i_prov, i_status, i_err, i_hit, i_stream, i_pt, i_ct, i_cached, i_reason,
-         i_cost, i_lat, i_ttfb, i_est) = self._ix
         if not isinstance(rows, (list, tuple)):
             rows = list(rows)
         if not rows:
             return
-        groups: dict[tuple, Sequence[Sequence[Any]]] = {}
+        dims_of = self._dims_of
+        first = dims_of(rows[0])
+        if dims_of(rows[-1]) == first:
+            # Maybe one key's traffic, in one hour: told on the slice's columns, taken once, which
+            # are then what is summed (``_one_group``). (Rows of keys taking turns differ at the
+            # first and last, told at once.)
+            cols = list(zip(*rows, strict=True))
+            hour = self._one_group(cols, first)
+            if hour is not None:
+                self._sum(hour, first, cols)
+                return
+        groups: dict[tuple, list] = {}
         times = list(map(self._time_of, rows))
         hour = min(times) // 3600
         if max(times) // 3600 == hour and sum(times) == sum(times):  # (a NaN time: grouped row by row)
             # Every row in one hour (a flush spans a fraction of a second): grouped by their
             # dimensions alone, not by a (hour, dimensions) pair made and hashed for each row.
-            dims_of = self._dims_of
-            first = dims_of(rows[0])
-            if dims_of(rows[-1]) == first and list(map(dims_of, rows)).count(first) == len(rows):
-                # One key's traffic: one group, told in C (``==``, identity first, as a dict's
-                # keys compare), not a Python turn per row. (Rows of keys taking turns differ
-                # at the first and last, told at once.)
-                groups = {(hour, first): rows}
-            else:
-                by_dims: dict[tuple, list] = {}
-                for key, r in zip(map(dims_of, rows), rows, strict=True):
-                    group = by_dims.get(key)
-                    if group is None:
-                        by_dims[key] = [r]
-                    else:
-                        group.append(r)
-                groups = {(hour, dims): group for dims, group in by_dims.items()}
+            by_dims: dict[tuple, list] = {}
+            for key, r in zip(map(dims_of, rows), rows, strict=True):
+                group = by_dims.get(key)
+                if group is None:
+                    by_dims[key] = [r]
+                else:
+                    group.append(r)
+            groups = {(hour, dims): group for dims, group in by_dims.items()}
         else:
             for key, r in zip(zip(map(floordiv, times, repeat(3600)), map(self._dims_of, rows), strict=True), rows,
                               strict=True):
@@ -171,53 +172,74 @@ class Aggregator:
                     groups[key] = [r]
                 else:
                     group.append(r)
+        for (hour, dims), group in groups.items():
+            self._sum(hour, dims, list(zip(*group, strict=True)))
+
+    def _one_group(self, cols: list[tuple], first: tuple) -> float | None:
+        """The hour (as ``time // 3600``) when the rows whose columns these are all fall in one hour
+        and all have the dimensions ``first`` (each dimension's column counted in C: ``==``,
+        identity first, as the tuples of the rows' dimensions compare); else None."""
+        ix = self._ix
+        times = cols[ix[0]]
+        hour = min(times) // 3600
+        if max(times) // 3600 != hour or sum(times) != sum(times):  # (a NaN time: grouped row by row)
+            return None
+        n = len(times)
+        for i, value in zip(ix[1:7], first, strict=True):
+            if cols[i].count(value) != n:
+                return None
+        return hour
+
+    def _sum(self, hour: float, dims_of_rows: tuple, cols: list[tuple]) -> None:
+        """Add one group's rows, given as their columns (``zip(*rows)``), to its hour's rollup row."""
+        (_t, _k, _a, _m, _p, _s, _e, i_hit, i_stream, i_pt, i_ct, i_cached, i_reason, i_cost, i_lat, i_ttfb,
+         i_est) = self._ix
+        key_id, account_id, model, provider, status, error_code = dims_of_rows
+        dims = (int(hour) * 3600, key_id or "", account_id or "", model or "", provider or "", status,
+                error_code or "")
         hours = self.hours
-        for (hour, (key_id, account_id, model, provider, status, error_code)), group in groups.items():
-            dims = (int(hour) * 3600, key_id or "", account_id or "", model or "", provider or "", status,
-                    error_code or "")
-            acc = hours.get(dims)
-            if acc is None:
-                acc = hours[dims] = [0] * len(MEASURES)
-            n = len(group)
-            cols = list(zip(*group, strict=True))
-            lats = cols[i_lat]
-            try:
-                lat_sum = sum(lats, acc[9])
-            except TypeError:  # a latency of None, counted as 0.0 (cheaper than looking for None first)
-                lats = [lat or 0.0 for lat in lats]
-                lat_sum = sum(lats, acc[9])
-            acc[0] += n
-            if status >= 400:
-                acc[1] += n
-            acc[2] = sum(cols[i_hit], acc[2])
-            acc[3] = sum(cols[i_stream], acc[3])
-            acc[4] = sum(cols[i_pt], acc[4])
-            acc[5] = sum(cols[i_ct], acc[5])
-            acc[6] = sum(cols[i_cached], acc[6])
-            acc[7] = sum(cols[i_reason], acc[7])
-            acc[8] = sum(cols[i_cost], acc[8])
-            acc[9] = lat_sum
-            acc[12] = sum(cols[i_est], acc[12])
-            low, high = _count_buckets(acc, _FIRST_LAT, lats)
-            span = self.span
-            if low < span[0]:
-                span[0] = low
-            if high >= span[1]:
-                span[1] = high + 1
-            ttfbs = cols[i_ttfb]
-            try:
-                ttfb_sum = sum(ttfbs, acc[11])
-            except TypeError:  # rows without a first byte (None): not counted
-                ttfbs = [t for t in ttfbs if t is not None]
-                ttfb_sum = sum(ttfbs, acc[11])
-            if ttfbs:
-                acc[10] += len(ttfbs)
-                acc[11] = ttfb_sum
-                low, high = _count_buckets(acc, _FIRST_TTFB, ttfbs)
-                if low < span[2]:
-                    span[2] = low
-                if high >= span[3]:
-                    span[3] = high + 1
+        acc = hours.get(dims)
+        if acc is None:
+            acc = hours[dims] = [0] * len(MEASURES)
+        lats = cols[i_lat]
+        n = len(lats)
+        try:
+            lat_sum = sum(lats, acc[9])
+        except TypeError:  # a latency of None, counted as 0.0 (cheaper than looking for None first)
+            lats = [lat or 0.0 for lat in lats]
+            lat_sum = sum(lats, acc[9])
+        acc[0] += n
+        if status >= 400:
+            acc[1] += n
+        acc[2] = sum(cols[i_hit], acc[2])
+        acc[3] = sum(cols[i_stream], acc[3])
+        acc[4] = sum(cols[i_pt], acc[4])
+        acc[5] = sum(cols[i_ct], acc[5])
+        acc[6] = sum(cols[i_cached], acc[6])
+        acc[7] = sum(cols[i_reason], acc[7])
+        acc[8] = sum(cols[i_cost], acc[8])
+        acc[9] = lat_sum
+        acc[12] = sum(cols[i_est], acc[12])
+        low, high = _count_buckets(acc, _FIRST_LAT, lats)
+        span = self.span
+        if low < span[0]:
+            span[0] = low
+        if high >= span[1]:
+            span[1] = high + 1
+        ttfbs = cols[i_ttfb]
+        try:
+            ttfb_sum = sum(ttfbs, acc[11])
+        except TypeError:  # rows without a first byte (None): not counted
+            ttfbs = [t for t in ttfbs if t is not None]
+            ttfb_sum = sum(ttfbs, acc[11])
+        if ttfbs:
+            acc[10] += len(ttfbs)
+            acc[11] = ttfb_sum
+            low, high = _count_buckets(acc, _FIRST_TTFB, ttfbs)
+            if low < span[2]:
+                span[2] = low
+            if high >= span[3]:
+                span[3] = high + 1
 
     def rows(self, before: int | None = None) -> tuple[list[tuple], list[tuple]]:
         """(hour rows, day rows) for every hour before ``before`` (all when None),
