@@ -239,3 +239,36 @@ async def test_text_lines_follow_each_key_and_a_renamed_one(start_gateway, mock_
     assert named == [("demo", None), ("demo", None), ("second", None), ("demo", " stream=True"),
                      ("demo", " stream=True"), ("second", " stream=True"), ("second", None), ("demo", None),
                      ("renamed", None), ("demo", None), ("renamed", None)]
+
+
+def test_text_lines_of_the_same_remote_path_and_status_match_the_old_format():
+    """The line's ' REMOTE "METHOD PATH" STATUS ' is kept while the four equal the last line's:
+    on 20,000 calls drawn from small pools (runs and interleavings; equal paths that are different
+    strings; no remote; a status equal to another's as a number), every line is the one the old
+    formatting made, and ``record`` adds exactly that line."""
+    rng = random.Random(13)
+    clock = [1_800_000_000.0]
+    log = AccessLog("text", stream=io.StringIO(), clock=lambda: clock[0])
+    remotes = ["127.0.0.1", "10.0.0.2", None, "::1"]
+    methods = ["POST", "GET"]
+    paths = ["/v1/chat/completions", "/v1/embeddings", "/v1/messages"]
+    statuses = [200, 200, 429, 401, 502]
+    last = None
+    for i in range(20_000):
+        if last is not None and rng.random() < 0.6:  # a run: the same four again
+            remote, method, path, status = last
+        else:
+            remote, method, path, status = (rng.choice(remotes), rng.choice(methods), rng.choice(paths),
+                                            rng.choice(statuses))
+        last = remote, method, path, status
+        req = SimpleNamespace(remote=remote, method=method, path="".join(path))  # (an equal path, another string)
+        call = Call(req, "chat", {"model": "bench", "stream": rng.random() < 0.5}, b"{}")
+        call.response.status = status
+        call.response.error_code = rng.choice([None, None, "rate_limited"])
+        call.timing.ended_at = call.timing.started + rng.random() / 10
+        clock[0] += rng.choice([0.0, 0.4])
+        line = log._text(call)
+        assert line == _old_text(call, clock[0]), (i, last)
+        log.record(call)
+        assert log._pending[-1] == line
+    assert len(log._pending) == 20_000
