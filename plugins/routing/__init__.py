@@ -50,6 +50,8 @@ KNOWN_ATTEMPTS = len(ATTEMPTS)
 MODEL_HEADER, PROVIDER_HEADER, ATTEMPTS_HEADER = istr("x-tollway-model"), istr("x-tollway-provider"), \
     istr("x-tollway-attempts")
 
+_new = object.__new__  # (a slotted class's instance, its fields set by the hot path)
+
 #: ``call.state`` key: the routing plugin's state of this request.
 ROUTING: StateKey[RoutingState] = StateKey("routing.state")
 
@@ -94,7 +96,12 @@ class Plugin:
         table = router.tables.get(call.model)
         if table is None or ("models" in call.body and call.endpoint != "embeddings"):
             return self._resolve(router, call) if table is not None or call.model in router.virtual else None
-        state = RoutingState(table.chain)
+        # (RoutingState(table.chain), its fields set in place: a class's Python __init__ is a frame entered
+        # from C, ~650 instructions; tests/test_routing_state_in_place.py holds it to the class's own)
+        state = _new(RoutingState)
+        state.chain, state.position, state.tried = table.chain, 0, []
+        state.holding = state.served = None
+        state.probe = state.fleet_probe = False
         route = router.pick(state)
         if state.probe and router.shared is not None:  # half-open: the fleet's probe slots
             return self._fleet_probe(router, call, state, route)
