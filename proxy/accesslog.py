@@ -95,7 +95,7 @@ class AccessLog:
             ms = (first_byte - begun) * 1000.0
             scaled = ms * 10.0
             n = floor(scaled + 0.5)
-            ttfb = f" ttfb={TENTHS[n] if 0 <= n < 10_000 and -_NOT_HALF < scaled - n < _NOT_HALF else f'{ms:.1f}'}ms"
+            ttfb = TENTHS[n] if 0 <= n < 10_000 and -_NOT_HALF < scaled - n < _NOT_HALF else f"{ms:.1f}"
         cost = billing.cost_micro
         # " model=M provider=P key=K stream=True", kept while the route, key and stream flag stay the
         # last line's (identity tests) and the model asked is the same text: a key's traffic to one model
@@ -141,9 +141,14 @@ class AccessLog:
         tail = "" if not error and not cache and not response.client_gone else (
             f'{" error=" + error if error else ""}{" cache=" + cache if cache else ""}'
             f'{" client_gone=True" if response.client_gone else ""}')
-        self._pending.append(f'{stamp}{head}{took}ms{middle}'
-                             f'{f" tokens={usage.prompt_tokens}/{usage.completion_tokens}" if usage else ""}'
-                             f'{f" cost_micro={cost}" if cost is not None else ""}{ttfb}{tail} id={call.id}\n')
+        if usage and cost is not None and first_byte is not None:  # (the usual line: one string built, not four)
+            self._pending.append(f'{stamp}{head}{took}ms{middle} tokens={usage.prompt_tokens}/'
+                                 f'{usage.completion_tokens} cost_micro={cost} ttfb={ttfb}ms{tail} id={call.id}\n')
+        else:
+            self._pending.append(f'{stamp}{head}{took}ms{middle}'
+                                 f'{f" tokens={usage.prompt_tokens}/{usage.completion_tokens}" if usage else ""}'
+                                 f'{f" cost_micro={cost}" if cost is not None else ""}'
+                                 f'{f" ttfb={ttfb}ms" if first_byte is not None else ""}{tail} id={call.id}\n')
 
     def _text(self, call: Call) -> str:
         """The text line ``record`` adds for ``call`` (taken back out of the batch)."""
