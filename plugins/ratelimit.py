@@ -55,6 +55,7 @@ SLOT_HELD: StateKey[str] = StateKey("ratelimit.slot_held")
 
 NO_PLAN = Plan.of([])
 NO_LIMITS = Limits()
+NO_PLANNED = (None, None, NO_PLAN)  # (the memo's miss: no key's limits are None)
 ACCOUNT_STATE = "acct:"  # an account's rules are keyed ("acct:<id>", "", "rpm"): no key id starts so
 CONCURRENCY_REFUSAL = Refusal(scope="key", limit="concurrency")
 _new = object.__new__  # (a slotted class's instance, its fields set by the hot path)
@@ -150,8 +151,9 @@ class Plugin:
         if not isinstance(key, KeyRecord):
             return
         limits = key.limits
-        acc = self.accounts.accounts.get(key.account_id)  # (Accounts.account_of's look-up, inline: a call less)
-        if acc is None:
+        try:  # (Accounts.account_of's look-up, inline: a call less; a subscript, not get(): a method call less)
+            acc = self.accounts.accounts[key.account_id]
+        except KeyError:
             acc = self.accounts.account_of(key)
         shared = acc.policy.limits
         if limits.empty and shared.empty:
@@ -165,9 +167,11 @@ class Plugin:
             admission.claims, admission.callbacks, admission.refused = [], [], None
         concurrency = limits.concurrency
         slot = admission.add(SlotClaim(key.id, concurrency)) if concurrency is not None else None
-        models = self._plans.get(key.id)  # (_plan_of's memo, read here: one call less)
-        cached = models.get(call.model) if models is not None else None
-        if cached is not None and cached[0] is limits and cached[1] is shared:
+        try:  # (_plan_of's memo, read here: one call less; two subscripts, not get()s and their None tests)
+            cached = self._plans[key.id][call.model]
+        except KeyError:
+            cached = NO_PLANNED
+        if cached[0] is limits and cached[1] is shared:
             plan = cached[2]
         else:
             plan = self._plan_of(key, call.model, shared, acc.id)
