@@ -202,7 +202,8 @@ class Plugin:
             if rate is not None:
                 # Taken in memory: the new TATs as the admission took them (no look-up); else (shared
                 # counters) read by self._tat_of.
-                put_headers(call.response.headers, plan, self._tat_of, rate.now, rate.taken)
+                response = call.response  # (its headers replaced by a copy of the plan's: see put_headers)
+                put_headers(response.headers, plan, self._tat_of, rate.now, rate.taken, response)
                 if plan.token_rules:
                     call.state[TAKEN] = (plan.token_rules, rate.tokens)
             if slot is not None:

@@ -1,37 +1,50 @@
 """``put_headers``' plan-wide guard (``Plan.hold``: every group's held test at once, and
-``X-RateLimit-Reset``'s second kept per plan) writes what the per-group way writes: two plans of
+``X-RateLimit-Reset``'s second kept per plan) and its copy of the plan's texts for an answer that
+holds only its request id write what the per-group way writes into the answer's dict: two plans of
 the same rules answer the same admissions, one with its guard, the other with the guard dropped
 before every answer (so each group runs its own test, and the slow path when it fails), over
 generated debts where the texts change, repeated states, single-rule moves, times across second
 edges and admissions in memory; each answer's headers equal, in order. And the guard is what
-answers most of them (the path is exercised, not bypassed)."""
+answers a share of them (over a tenth: the path is exercised, not bypassed)."""
 
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 from test_ratelimit_headers_reference import _debt, _now, _rules
 
 from plugins.accounts.claims import Admission, RateClaim, admit_local
 from plugins.accounts.counters import MemoryCounters
 from plugins.accounts.limit_headers import REMAINING, Plan, put_headers
+from proxy.call import REQUEST_ID_HEADER
 
 
 def _answer(guarded: Plan, grouped: Plan, tat_of, now: float, taken, rng: random.Random) -> bool:
-    """Both plans' headers for one answer, compared; True when the guarded plan's guard held."""
+    """Both plans' headers for one answer, compared; True when the guarded plan's guard held.
+    The guarded plan writes as the rate limiter does (``response`` given: an answer holding only
+    its request id gets a copy of the plan's texts), the other into the dict itself."""
+    pick = rng.random()
     before: dict = {}
-    if rng.random() < 0.2:
-        before["x-tollway-request-id"] = "r1"
-        if rng.random() < 0.5:  # a header of ours already there: replaced where it is
+    if pick < 0.8:
+        before[REQUEST_ID_HEADER] = f"r{rng.randrange(1000)}"  # the usual answer: its id alone
+        if pick < 0.2:  # a header of ours already there: replaced where it is
             before[REMAINING] = "stale"
-    a, b = dict(before), dict(before)
+        elif pick < 0.3:
+            before["x-other"] = "1"
+    elif pick < 0.9:
+        before["x-other"] = "1"  # no request id (a plugin took it out): none added
+    response = SimpleNamespace(headers=dict(before))
+    b = dict(before)
     guard = guarded.hold[0]
     held = guard is not None and all(lo <= (taken[i][1] if taken is not None else -1.0) <= hi
                                      for i, lo, hi in guard)
     grouped.hold[0] = None  # the per-group tests, every answer
-    put_headers(a, guarded, tat_of, now, taken)
+    put_headers(response.headers, guarded, tat_of, now, taken, response)
     put_headers(b, grouped, tat_of, now, taken)
-    assert list(a.items()) == list(b.items()), (taken, now)
+    assert list(response.headers.items()) == list(b.items()), (taken, now)
+    assert list(b)[:len(before)] == list(before)  # what the answer had stays first, in its order
+    assert (REQUEST_ID_HEADER in b) == (REQUEST_ID_HEADER in before)  # an id only where the answer had one
     return held
 
 
