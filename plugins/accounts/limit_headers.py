@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from multidict import istr
 
-from proxy.call import REQUEST_ID_HEADER
+from proxy.call import REQUEST_ID_HEADER, ResponseState
 
 from .gcra import _ISO_CACHE, _MS_TEXT, EPS, Rule, Tat, duration, iso_at, reset_of
 
@@ -101,7 +101,7 @@ _INF = math.inf
 
 
 def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list[Tat] | None = None,
-                response=None) -> None:
+                response: ResponseState | None = None) -> None:
     """Add the headers of ``plan``'s rules at ``now`` to ``out``. ``tat_of(rule.state)`` is a
     rule's ``Tat`` or None; ``taken``, when given, is every rule's ``Tat`` (in ``plan.rules``'
     order) as just taken at ``now`` (``gcra_check``'s, kept by the admission: no look-up;
