@@ -91,3 +91,12 @@ def test_the_guard_on_admissions_in_memory() -> None:
             held += _answer(guarded, grouped, counters.tats.get, now, rate.taken, rng)
             answers += 1
     assert held > answers // 10, (held, answers)
+
+
+def test_the_copy_is_for_the_cores_request_id() -> None:
+    """The one header put_headers copies with its texts is the core's request id (else every
+    answer would take the slower update)."""
+    from plugins.accounts import limit_headers
+
+    assert limit_headers.REQUEST_ID_HEADER == REQUEST_ID_HEADER
+    assert str(limit_headers.REQUEST_ID_HEADER) == str(REQUEST_ID_HEADER)  # (the same case on the wire)

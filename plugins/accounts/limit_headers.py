@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from multidict import istr
 
-from proxy.call import REQUEST_ID_HEADER, ResponseState
+from proxy import ResponseState
 
 from .gcra import _ISO_CACHE, _MS_TEXT, EPS, Rule, Tat, duration, iso_at, reset_of
 
@@ -50,6 +50,9 @@ HEADER_NAMES = {False: (istr("x-ratelimit-limit-requests"), istr("x-ratelimit-re
                 True: (istr("x-ratelimit-limit-tokens"), istr("x-ratelimit-remaining-tokens"),
                        istr("x-ratelimit-reset-tokens"))}
 LIMIT, REMAINING, RESET = istr("X-RateLimit-Limit"), istr("X-RateLimit-Remaining"), istr("X-RateLimit-Reset")
+#: The request id every answer carries from its start (the core's ``x-tollway-request-id``, in
+#: ``call.response.headers`` before any plugin's): the one header ``put_headers`` copies with its texts.
+REQUEST_ID_HEADER = istr("x-tollway-request-id")
 
 # A rule's cell (a list, read by index on the hot path), what it last computed from a debt:
 # LO <= debt <= HI: ``remaining`` is LEFT (and its fraction of the limit FRAC; LEFT_TEXT its str,
