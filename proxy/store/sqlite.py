@@ -50,42 +50,6 @@ CACHED_STATEMENTS = 384
 # the sqlite3 module's, so this holds for every connection in the process, alike.
 sqlite3.register_adapter(type(None), cast(Callable[[None], None], {}.get))
 
-# SQLite's memory statistics (``sqlite3_memory_used``; on by default) take a process-wide mutex in
-# every allocation and free SQLite makes: ~70k instructions a 100-row ledger flush on its thread
-# (~2.6%), ~60k a checkpoint. Nothing here reads them. They can only be switched off while the
-# library is not initialized, and Python's ``_sqlite3`` initializes it when imported: so the library
-# is shut down and initialized again around the switch, only when no connection is open anywhere in
-# the process (with statistics on, an open connection holds memory: ``sqlite3_memory_used() > 0``),
-# and only once (statistics already off: a probe connection counts nothing). Anything else: left as
-# it is (ctypes or the symbols missing, a connection open, a call refused).
-SQLITE_CONFIG_MEMSTATUS = 9
-
-
-def _memory_statistics_off() -> bool:
-    """Switch SQLite's memory statistics off if it is safe now (see above); whether it was done."""
-    try:
-        import _sqlite3
-        import ctypes
-        lib = ctypes.CDLL(_sqlite3.__file__)  # (its own libsqlite3: the copy the sqlite3 module calls)
-        used, config = lib.sqlite3_memory_used, lib.sqlite3_config
-        shutdown, initialize = lib.sqlite3_shutdown, lib.sqlite3_initialize
-    except (ImportError, OSError, AttributeError):
-        return False
-    used.restype = ctypes.c_int64
-    if used() != 0:
-        return False  # a connection is open (or statistics are already off and one may be)
-    probe = sqlite3.connect(":memory:")
-    counting = used() != 0
-    probe.close()
-    if not counting or used() != 0 or shutdown() != 0:
-        return False
-    done: bool = config(SQLITE_CONFIG_MEMSTATUS, ctypes.c_int(0)) == 0
-    initialize()
-    return done
-
-
-MEMORY_STATISTICS_OFF = _memory_statistics_off()
-
 # The WAL's checkpoints: run every CHECKPOINT_S (passive: never waits for, nor blocks, a writer)
 # on a connection of their own, in a thread of the default executor, not by SQLite's automatic
 # checkpoint, which runs inside whichever commit passes 1000 pages: its two fsyncs (~60-100 ms
