@@ -117,6 +117,7 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list
         taken = [(now, reset_of(tat_of(rule.state), now)) for rule in plan.rules]
     texts = plan.texts
     hold = plan.hold
+    at: float | None = None  # X-RateLimit-Reset: now + the reset shown (rounded up to the second)
     guard = hold[0]
     if guard is not None:  # every group's held test below at once (_guard): the same texts
         for i, lo, hi in guard:
@@ -124,94 +125,87 @@ def put_headers(out: dict[str, str], plan: Plan, tat_of, now: float, taken: list
                 break
         else:
             at = now + taken[hold[1]][1]
-            if not hold[2] < at <= hold[3]:
-                _reset_at(texts, hold, at)
-            if response is not None and len(out) == 1 and (rid := out.get(REQUEST_ID_HEADER)) is not None:
-                texts[REQUEST_ID_HEADER] = rid
-                response.headers = texts.copy()
-            else:
-                _update(out, texts)
-            return
-    generic_reset = 0.0
-    for names, group, generic, shown, held in plan.groups:
-        # held: [the place of the rule shown, its cell, the others' (place, cell), the low and high ends
-        # of its two brackets' overlap], set when its fraction was below every other's. Its debt inside
-        # both brackets (the same texts) and every other rule's at or below its SAFE (a fraction above the
-        # shown one's): the same rule, the same texts. (The brackets change only here, in the code below,
-        # which then sets held again: the overlap kept is theirs.)
-        b_i = held[0]
-        if b_i is not None:
-            reset = taken[b_i][1]
-            if held[3] <= reset <= held[4]:
-                for i, cell in held[2]:
-                    if taken[i][1] > cell[8]:
-                        break
-                else:
-                    if generic:
-                        generic_reset = reset
-                    continue
-        b_frac = _INF
-        b_reset = 0.0
-        for rule, i, cell in group:
-            reset = taken[i][1]  # (its TAT lies that far past now: taken at now)
-            if cell[0] <= reset <= cell[1]:  # (LO, HI: literal indexes, the fastest read)
-                frac = cell[3]
-            else:
-                left = int((rule.period - reset + EPS) / rule.interval)
-                if left < 0:
-                    left = 0
-                if left == cell[2]:  # the same step as the bracket's ends: it now reaches this debt too
-                    if reset < cell[0]:
-                        cell[0] = reset
+    if at is None:  # (some group's texts may change: each group's rules, then the guard for next time)
+        generic_reset = 0.0
+        for names, group, generic, shown, held in plan.groups:
+            # held: [the place of the rule shown, its cell, the others' (place, cell), the low and high ends
+            # of its two brackets' overlap], set when its fraction was below every other's. Its debt inside
+            # both brackets (the same texts) and every other rule's at or below its SAFE (a fraction above the
+            # shown one's): the same rule, the same texts. (The brackets change only here, in the code below,
+            # which then sets held again: the overlap kept is theirs.)
+            b_i = held[0]
+            if b_i is not None:
+                reset = taken[b_i][1]
+                if held[3] <= reset <= held[4]:
+                    for i, cell in held[2]:
+                        if taken[i][1] > cell[8]:
+                            break
                     else:
-                        cell[1] = reset
+                        if generic:
+                            generic_reset = reset
+                        continue
+            b_frac = _INF
+            b_reset = 0.0
+            for rule, i, cell in group:
+                reset = taken[i][1]  # (its TAT lies that far past now: taken at now)
+                if cell[0] <= reset <= cell[1]:  # (LO, HI: literal indexes, the fastest read)
                     frac = cell[3]
                 else:
-                    frac = left / rule.limit
-                    cell[0] = cell[1] = reset
-                    cell[2] = left
-                    cell[3] = frac
-                    cell[4] = None
-            if frac < b_frac or (frac == b_frac and reset > b_reset):
-                best = rule
-                b_i = i
-                b_cell = cell
-                b_reset = reset
-                b_frac = frac
-        left_text = b_cell[4]
-        if left_text is None:
-            left_text = b_cell[4] = str(b_cell[2])
-        if b_cell[5] <= b_reset <= b_cell[6]:
-            reset_text = b_cell[7]
-        else:
-            # (duration(), inline for a reset under a second: a Python call fewer)
-            reset_text = _MS_TEXT[math.ceil(b_reset * 1000)] if b_reset < 1.0 else duration(b_reset)
-            if b_reset < 0.0:  # (no admission's debt, and the texts are not monotone below 0: none kept)
-                b_cell[5], b_cell[6], b_cell[7] = _INF, -_INF, None
-            elif reset_text == b_cell[7]:
-                if b_reset < b_cell[5]:
-                    b_cell[5] = b_reset
-                else:
-                    b_cell[6] = b_reset
+                    left = int((rule.period - reset + EPS) / rule.interval)
+                    if left < 0:
+                        left = 0
+                    if left == cell[2]:  # the same step as the bracket's ends: it now reaches this debt too
+                        if reset < cell[0]:
+                            cell[0] = reset
+                        else:
+                            cell[1] = reset
+                        frac = cell[3]
+                    else:
+                        frac = left / rule.limit
+                        cell[0] = cell[1] = reset
+                        cell[2] = left
+                        cell[3] = frac
+                        cell[4] = None
+                if frac < b_frac or (frac == b_frac and reset > b_reset):
+                    best = rule
+                    b_i = i
+                    b_cell = cell
+                    b_reset = reset
+                    b_frac = frac
+            left_text = b_cell[4]
+            if left_text is None:
+                left_text = b_cell[4] = str(b_cell[2])
+            if b_cell[5] <= b_reset <= b_cell[6]:
+                reset_text = b_cell[7]
             else:
-                b_cell[5] = b_cell[6] = b_reset
-                b_cell[7] = reset_text
-        if shown[0] is not best or shown[1] is not left_text or shown[2] is not reset_text:
-            limit_name, left_name, reset_name = names
-            texts[limit_name] = best.limit_text
-            texts[left_name] = left_text
-            texts[reset_name] = reset_text
+                # (duration(), inline for a reset under a second: a Python call fewer)
+                reset_text = _MS_TEXT[math.ceil(b_reset * 1000)] if b_reset < 1.0 else duration(b_reset)
+                if b_reset < 0.0:  # (no admission's debt, and the texts are not monotone below 0: none kept)
+                    b_cell[5], b_cell[6], b_cell[7] = _INF, -_INF, None
+                elif reset_text == b_cell[7]:
+                    if b_reset < b_cell[5]:
+                        b_cell[5] = b_reset
+                    else:
+                        b_cell[6] = b_reset
+                else:
+                    b_cell[5] = b_cell[6] = b_reset
+                    b_cell[7] = reset_text
+            if shown[0] is not best or shown[1] is not left_text or shown[2] is not reset_text:
+                limit_name, left_name, reset_name = names
+                texts[limit_name] = best.limit_text
+                texts[left_name] = left_text
+                texts[reset_name] = reset_text
+                if generic:
+                    texts[LIMIT] = best.limit_text
+                    texts[REMAINING] = left_text
+                shown[0], shown[1], shown[2] = best, left_text, reset_text
+            _hold(held, group, taken, b_i, b_cell, b_frac)
             if generic:
-                texts[LIMIT] = best.limit_text
-                texts[REMAINING] = left_text
-            shown[0], shown[1], shown[2] = best, left_text, reset_text
-        _hold(held, group, taken, b_i, b_cell, b_frac)
-        if generic:
-            generic_reset = b_reset
-    if not plan.groups:
-        return
-    _guard(plan.groups, hold)
-    at = now + generic_reset  # X-RateLimit-Reset: now + the reset shown, rounded up to the second
+                generic_reset = b_reset
+        if not plan.groups:
+            return
+        _guard(plan.groups, hold)
+        at = now + generic_reset
     if not hold[2] < at <= hold[3]:
         _reset_at(texts, hold, at)
     if response is not None and len(out) == 1 and (rid := out.get(REQUEST_ID_HEADER)) is not None:
