@@ -42,16 +42,7 @@ def identified(gateway: Gateway, call: Call, resolve: bool = True) -> Awaitable[
             call.principal = principal
     if not resolve:
         return None
-    if call.model is NO_MODEL or call.dialect == "responses":
-        return _resolved(gateway, call)
-    # (_resolved's usual way, inline: a Python frame less a request)
-    route = gateway.hooks.first_resolve(call)
-    if type(route) is CoroutineType:
-        return _routed_later(call, route)
-    if route is None:
-        raise unknown_model(call)
-    call.route = route
-    return None
+    return _resolved(gateway, call)
 
 
 async def _authenticated_later(gateway: Gateway, call: Call, resolve: bool, pending: Awaitable[Any]) -> None:

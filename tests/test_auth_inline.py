@@ -1,6 +1,6 @@
-"""``authenticate`` reads the usual ``Authorization: Bearer KEY`` itself and hashes the key
-itself (``key_from_request``, ``Accounts.key_for`` and ``hash_key`` inline: three Python calls
-fewer a request): held here to those functions, on every way a key comes (or does not) and
+"""``authenticate`` reads the usual ``Authorization: Bearer KEY`` itself (``key_from_request``'s
+usual answer inline: two Python calls fewer a request) and finds the key with ``Accounts.key_for``:
+held here to those functions, on every way a key comes (or does not) and
 keys of every kind: the same record found, or the same 401."""
 
 from __future__ import annotations

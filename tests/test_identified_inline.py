@@ -1,5 +1,5 @@
-"""``identified`` resolves the usual call itself (``_resolved``'s way, inline: a Python frame
-less a request): held here to ``_resolved`` for every way out of it: a route answered at once,
+"""``identified`` resolves a call through ``_resolved`` (it once wrote the usual way out inline):
+held here to ``_resolved`` for every way out of it: a route answered at once,
 none (404), one awaited, a call without a model (the caller's default), a Responses call."""
 
 from __future__ import annotations
