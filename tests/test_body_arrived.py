@@ -28,8 +28,7 @@ class Protocol:
 
 
 def case(rng: random.Random) -> dict:
-    pieces = [bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 50, 700, 5000])))
-              for _ in range(rng.choice([0, 1, 1, 1, 2, 3, 6]))]
+    pieces = [rng.randbytes(rng.choice([0, 1, 50, 700, 5000])) for _ in range(rng.choice([0, 1, 1, 1, 2, 3, 6]))]
     return {
         "pieces": pieces,
         "chunked": rng.random() < 0.2,
@@ -39,6 +38,19 @@ def case(rng: random.Random) -> dict:
         "limit": rng.choice([2**16, 16, 1000]),
         "read_before": rng.random() < 0.05,
     }
+
+
+_SHARED: dict = {}
+
+
+def shared_mocks() -> dict:
+    """The app, protocol, writer and transport mocks of one ``make_mocked_request``, for every
+    request of a test: neither ``read()`` nor ``arrived`` touches them (only the payload and
+    ``client_max_size``), and making them anew (specced mocks) took most of a case's time."""
+    if not _SHARED:
+        first = make_mocked_request("POST", "/v1/chat/completions")
+        _SHARED.update(app=first.app, protocol=first.protocol, writer=first.writer, transport=first.transport)
+    return _SHARED
 
 
 def make(c: dict, loop) -> tuple[web.Request, StreamReader, Protocol]:
@@ -56,7 +68,7 @@ def make(c: dict, loop) -> tuple[web.Request, StreamReader, Protocol]:
     elif c["eof"]:
         payload.feed_eof()
     request = make_mocked_request("POST", "/v1/chat/completions", payload=payload,
-                                  client_max_size=c["max_size"], loop=loop)
+                                  client_max_size=c["max_size"], loop=loop, **shared_mocks())
     if c["read_before"]:
         request._read_bytes = b"read before"
     return request, payload, protocol
