@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from bytecode import keep_bytecode
 from hypothesis import HealthCheck, settings
 from sdk_clients import close_at_end, record_sdk_clients, sdk_clients_closed  # noqa: F401 (fixtures)
 
@@ -27,6 +28,8 @@ from proxy.app import make_app
 from proxy.connection import GatewayRunner
 from proxy.gateway import Gateway, build_gateway
 from proxy.routes import GATEWAY_KEY
+
+keep_bytecode()  # before xdist starts its workers (they inherit the environment)
 
 # Property tests judge answers, never time: hypothesis's default deadline (200 ms an example)
 # and its too_slow health check fail on a loaded machine (a train beside benchmarks did).
