@@ -88,7 +88,7 @@ def case(rng: random.Random) -> dict:
         "pairs": pairs,
         "multi": rng.random() < 0.3,  # a CIMultiDict (duplicate names kept) instead of a dict
         "content_type": rng.random() < 0.8,
-        "body": bytes(rng.randrange(256) for _ in range(size)) if rng.random() < 0.5 else b"x" * size,
+        "body": rng.randbytes(size) if rng.random() < 0.5 else b"x" * size,
         "bytearray": rng.random() < 0.1,
         "no_body": rng.random() < 0.05,
         "force_close": rng.random() < 0.15,
