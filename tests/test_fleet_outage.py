@@ -85,6 +85,7 @@ async def test_redis_down_answers_503_at_once_and_the_gateway_recovers_by_itself
         balance = (await running.gw.store.fetchone(
             "select balance_micro_usd from tollway_accounts where id = 'cfg_demo'"))[0]
         assert total > 0 and total == 5_000_000 - balance
+        await running.close()  # while its Redis runs (the test's end stops it)
 
 
 @pytest.mark.parametrize(("opening", "budget", "waves", "refusal"), [
@@ -146,6 +147,7 @@ async def test_redis_emptied_mid_burst_reseeds_from_the_store_no_overspend(tmp_p
             "select coalesce(sum(cost_micro_usd), 0) from tollway_ledger where account_id = 'cfg_demo'"))[0]
         balance = (await running.gw.store.fetchone(
             "select balance_micro_usd from tollway_accounts where id = 'cfg_demo'"))[0]
+        await running.close()  # while its Redis runs (the test's end stops it)
     assert first < sum(told) <= cap
     assert total == sum(told) == opening - balance and balance >= 0
 
@@ -166,6 +168,7 @@ async def test_a_redis_that_stops_answering_is_a_503_within_the_timeout_not_a_ha
             finally:
                 redis.send_signal(signal.SIGCONT)
             await until(lambda: chat_ok(s, running), 10, "the gateway to use Redis again")
+        await running.close()  # while its Redis runs (the test's end stops it)
 
 
 async def chat_ok(s: aiohttp.ClientSession, running) -> bool:

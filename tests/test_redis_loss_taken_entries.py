@@ -94,6 +94,7 @@ async def test_charges_taken_before_redis_lost_its_data_are_not_spendable_again(
                     assert status == 200, body
                     await writer.drain_shared()
                 stored, bal, res = await balances(conn, client, shared.prefix)
+                await running.close()  # while its Redis runs (the test's end stops it)
             finally:
                 if book.lock.locked():
                     book.lock.release()

@@ -41,6 +41,7 @@ async def test_a_burst_of_first_requests_opens_no_redis_connection(tmp_path, sta
                 answers = await asyncio.gather(*(chat(s, running, f"sk-tls-new-{i:09d}", max_tokens=5)
                                                  for i in range(BURST)))
                 after = (await check.info("clients"))["connected_clients"]
+            await running.close()  # while its Redis runs (the test's end stops it)
         finally:
             await check.aclose()
     assert [a[0] for a in answers] == [200] * BURST, [a[2] for a in answers if a[0] != 200]

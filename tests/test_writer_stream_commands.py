@@ -88,5 +88,6 @@ async def test_storing_a_batch_of_the_ledger_stream_takes_a_few_commands_not_one
                 assert (await client.xpending("wsc:ledger", "writers"))["pending"] == 0
                 for key in markers:  # kept MARKER_AFTER_STORED_S from the store on (for a retried SETTLE)
                     assert 0 < await client.ttl(key) <= lua.MARKER_AFTER_STORED_S
+                await running.close()  # while its Redis runs (the test's end stops it)
         finally:
             await client.aclose()
