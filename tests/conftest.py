@@ -76,6 +76,15 @@ def base_config(upstream: str | None = None, **overrides) -> dict:
     return config
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``early`` first, every other in its order (a stable sort): xdist hands out
+    tests in this order, so the long ones run beside the rest instead of last (the workers'
+    tests sort last by name), alone on one worker while the other has nothing left. Only
+    tests of modules without module-scoped fixtures are marked (moving one out of its module
+    would set such a fixture up twice)."""
+    items.sort(key=lambda item: item.get_closest_marker("early") is None)
+
+
 @pytest.fixture(autouse=True)
 def fresh_log_throttle(monkeypatch):
     """Each test starts with no rate-limited log line in memory (one test's lines

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import orjson
+import pytest
 
 from benchmarks.cli import main as bench_main
 from benchmarks.procs import Children
@@ -34,6 +35,7 @@ def _descendants() -> set[int]:
     return out
 
 
+@pytest.mark.early
 def test_smoke_run_of_every_scenario(tmp_path, capsys):
     before = _descendants()
     rc = bench_main(["--profile", "smoke", "--out", str(tmp_path), "--no-pin", "--no-plot", "--quiet"])

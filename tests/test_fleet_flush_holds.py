@@ -29,7 +29,7 @@ from fleet import kill_all, private_redis, start_servers
 from stores import PG, schema_name
 from test_lifecycle import Server
 
-pytestmark = pytest.mark.fleet
+pytestmark = [pytest.mark.fleet, pytest.mark.early]
 
 KEY = "sk-fleet-flush-00001"  # a daily budget at the edge, money to spare
 MONEY = "sk-fleet-flush-00002"  # no budget, a balance at the edge

@@ -13,9 +13,12 @@ import sys
 
 import aiohttp
 import openai
+import pytest
 import yaml
 from test_lifecycle import ROOT, STOP_DEADLINE, free_port
 from test_reload import until
+
+pytestmark = pytest.mark.early
 
 WORDS = 30  # a stream: 30 chunks 0.5 s apart, 15 s, longer than the start value lets a stop take (12 s)
 CHUNK_S = 0.5

@@ -25,7 +25,7 @@ from test_lifecycle import ROOT, STOP_DEADLINE, Server, config_file, free_port
 from test_metrics import TOKEN, total
 from test_metrics_workers import scrapes_until
 
-pytestmark = pytest.mark.fleet
+pytestmark = [pytest.mark.fleet, pytest.mark.early]
 
 
 @pytest.fixture
