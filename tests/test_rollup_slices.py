@@ -14,7 +14,7 @@ import time
 import pytest
 from test_rollup_upserts import ledger_rows
 
-from plugins.accounts import db, rollup_upserts
+from plugins.accounts import db, rollup_upserts, rollups
 
 
 def flush_rows(n: int) -> list[tuple]:
@@ -59,7 +59,8 @@ async def sliced(rows: list[tuple], hold_s: float) -> tuple[list, int]:
         steps = await rollup_upserts.batch_steps(db.LEDGER_COLUMNS, rows)
     finally:
         stop.set()
-    return steps, await beside
+        turns = await beside
+    return steps, turns
 
 
 async def test_a_quiet_loop_gets_a_turn_every_slice(slices, monkeypatch):
@@ -84,5 +85,5 @@ async def test_slicing_changes_no_upsert(monkeypatch, n, hold_s):
     monkeypatch.setattr(rollup_upserts, "SLICE_ROWS", 10**6)
     whole, _ = await sliced(rows, 0.0)
     assert steps == whole
-    counted = sum(r[len(rollup_upserts.DIMENSIONS)] for r in steps[0][1])
+    counted = sum(r[len(rollups.DIMENSIONS)] for r in steps[0][1])
     assert counted == n

@@ -29,7 +29,7 @@ from .rollups import DIMENSIONS, GRAINS, LAT, NBUCKETS, SUMS, TTFB, VIEWS, Aggre
 SLICE_ROWS = 32
 
 #: A turn given back that took longer than this (seconds) says the loop is busy: the rest of
-#: the rows are summed in one slice of up to ``BUSY_SLICE_ROWS``.
+#: the rows are summed in slices of up to ``BUSY_SLICE_ROWS``.
 BUSY_TURN_S = 0.002
 BUSY_SLICE_ROWS = 512
 
@@ -59,15 +59,13 @@ async def batch_steps(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     agg = Aggregator(columns)
     clock = asyncio.get_running_loop().time
     start, step = 0, SLICE_ROWS
-    while True:
-        agg.add(rows[start:start + step])
-        start += step
-        if start >= len(rows):
-            break
+    agg.add(rows[:step])
+    while (start := start + step) < len(rows):
         turn = clock()
         await asyncio.sleep(0)
         if clock() - turn > BUSY_TURN_S:
             step = BUSY_SLICE_ROWS
+        agg.add(rows[start:start + step])
     (lat_low, lat_end), (ttfb_low, ttfb_end) = window(*agg.span[:2]), window(*agg.span[2:])
     lat = slice(_LAT_START + lat_low, _LAT_START + lat_end)
     ttfb = slice(_TTFB_START + ttfb_low, _TTFB_START + ttfb_end)
