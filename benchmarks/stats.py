@@ -49,6 +49,30 @@ def median(values: Iterable[float]) -> float:
     return percentile(data, 50) if data else math.nan
 
 
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of what ``values`` were drawn from, and
+    its coverage: ``(lo, hi, coverage)``, the k-th smallest and the k-th largest value.
+
+    Each value falls below the true median with probability 1/2, independently (rounds of a
+    benchmark on a machine whose speed drifts are nearly so), so the number below it is
+    Binomial(n, 1/2) and the interval misses the median with probability 2 P(B < k). k is the
+    largest rank whose coverage is at least ``confidence``; with too few values for it (fewer
+    than 6 at 95%) the interval is the smallest and largest value, with the coverage they give.
+    No assumption on the values' spread or shape: a round slow for every target counts once."""
+    data = sorted(v for v in values if v is not None and not math.isnan(v))
+    n = len(data)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+
+    def coverage(k: int) -> float:
+        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    k = 1
+    while k < (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return data[k - 1], data[n - k], coverage(k)
+
+
 COUNTERS = ("error_kinds", "cache_status")
 
 

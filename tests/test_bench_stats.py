@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import os
+import random
 
 import pytest
 
 from benchmarks import report
-from benchmarks.stats import median, median_of_rounds, percentile, ratio, rss_mb, summarize
+from benchmarks.stats import median, median_interval, median_of_rounds, percentile, ratio, rss_mb, summarize
 
 
 @pytest.mark.parametrize("p, expected", [(0, 1.0), (25, 1.75), (50, 2.5), (75, 3.25), (100, 4.0), (90, 3.7)])
@@ -123,6 +124,62 @@ def test_budget_shows_the_ratio_of_each_round():
     check = next(c for c in derived["budget"]["checks"] if c["check"] == "throughput vs floor")
     assert check["rounds"] == pytest.approx([0.75, 1.05, 0.9])
     assert "per round 0.75 1.05 0.90" in report.table(derived)
+
+
+def test_median_interval_is_the_kth_smallest_and_largest_with_its_binomial_coverage():
+    values = [15 - i for i in range(15)]  # any order
+    assert median_interval(values) == (4, 12, pytest.approx(1 - 2 * 576 / 2**15))  # P(B <= 3) = 576/2^15
+    assert median_interval(list(range(1, 42)))[:2] == (14, 28)  # the textbook ranks for n = 41
+    lo, hi, coverage = median_interval([3.0, 1.0, 2.0, 5.0, 4.0])  # too few for 95%: the extremes, and what they give
+    assert (lo, hi) == (1.0, 5.0) and coverage == pytest.approx(1 - 2 / 32)
+    assert median_interval([2.0, math.nan, 1.0, 3.0])[:2] == (1.0, 3.0)
+    assert all(math.isnan(x) for x in median_interval([]))
+
+
+def test_median_interval_holds_the_median_as_often_as_it_says():
+    rng = random.Random(1)
+    for n in (7, 15, 41):
+        said = median_interval(list(range(n)))[2]
+        trials = 3000
+        held = 0
+        for _ in range(trials):  # rounds from a skewed distribution whose median is 1.0
+            lo, hi, _ = median_interval([rng.lognormvariate(0.0, 0.3) for _ in range(n)])
+            held += lo <= 1.0 <= hi
+        assert abs(held / trials - said) < 0.02, (n, held / trials, said)
+
+
+@pytest.mark.parametrize("rounds, margin", [
+    ([1.10, 1.05, 1.20, 1.08, 1.15, 1.02, 1.12], "met beyond the noise"),
+    ([1.30, 0.90, 1.20, 0.95, 1.15, 1.02, 0.97], "within the noise"),
+    ([0.90, 0.95, 0.85, 0.97, 0.92, 0.99, 0.91], "missed beyond the noise"),
+])
+def test_budget_says_whether_the_rounds_settle_the_throughput_check(rounds, margin):
+    data = _data()
+    data["runs"] = {"throughput": {"floor": [{"rps": 1000.0} for _ in rounds],
+                                   "tollway-full": [{"rps": 1000.0 * r} for r in rounds]}}
+    derived = report.derive(data)
+    check = next(c for c in derived["budget"]["checks"] if c["check"] == "throughput vs floor")
+    assert check["margin"] == margin
+    assert check["interval"] == [pytest.approx(min(rounds)), pytest.approx(max(rounds))]  # 7 rounds: the extremes
+    assert check["rounds_median"] == pytest.approx(sorted(rounds)[3])
+    assert f"98% interval {min(rounds):.3f} .. {max(rounds):.3f}: {margin}" in report.table(derived)
+
+
+def test_budget_reads_the_c1_p99_round_by_round_against_the_floor_of_the_same_round():
+    data = _data()
+    added = [0.02, -0.05, 0.08, 0.01, -0.02, 0.05, 0.0]
+    floor_p99 = [1.0, 1.5, 0.9, 1.2, 1.1, 1.3, 1.0]  # a round slow for both moves both
+    data["runs"] = {"latency": {
+        "floor": [{"latency_ms": {"p99": f}} for f in floor_p99],
+        "tollway-full": [{"latency_ms": {"p99": f + a}} for f, a in zip(floor_p99, added, strict=True)]}}
+    check = next(c for c in report.derive(data)["budget"]["checks"]
+                 if c["check"] == "latency: added p99 at c=1 vs floor (ms)")
+    assert check["rounds"] == pytest.approx(added)
+    assert check["margin"] == "met beyond the noise"  # every round within 0.1 ms
+    data["runs"]["latency"]["tollway-full"][2]["latency_ms"]["p99"] += 0.5
+    check = next(c for c in report.derive(data)["budget"]["checks"]
+                 if c["check"] == "latency: added p99 at c=1 vs floor (ms)")
+    assert check["margin"] == "within the noise"
 
 
 def test_table_has_every_target_and_the_budget():
