@@ -273,7 +273,9 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
     ``call.response.settle_before_end`` asks for it (``answers.before_end``)."""
     writer = ClientWriter(resp, call.request, client_write)
     due = upstream.deadline
-    drain_until = 0.0
+    # A client gone before its head could be written (the caller saw it) is drained as one that
+    # leaves mid-stream: from now, for ``drain.seconds``, so that the upstream's usage is known.
+    drain_until = time.monotonic() + drain.seconds if call.response.client_gone else 0.0
     drained = 0
     error: ProxyError | None = None
     tail = b""
