@@ -20,6 +20,9 @@ BUDGET = {"throughput_ratio": 1.0, "added_p50_ms": 0.3, "added_p99_ms": 0.1, "rs
 #: the one-at-a-time jobs whose p99 must stay within ``added_p99_ms`` of the floor's.
 THROUGHPUT_JOBS = ("throughput", "stream", "stream_whole")
 ONE_AT_A_TIME_JOBS = ("latency", "stream_whole_c1")
+#: How sure a check's interval over its rounds is (``rounds_verdict``), and the fewest rounds that give it.
+CONFIDENCE = 0.95
+FEWEST_ROUNDS = 6
 
 
 def _get(res: dict | None, *path: str) -> float:
@@ -157,9 +160,12 @@ def rounds_verdict(rounds: list[float], threshold: float, higher_is_better: bool
     figures, a distribution-free interval for it (``stats.median_interval``) and whether the
     budget's threshold lies outside it (``beyond the noise``: met or missed whatever the
     machine did between rounds) or inside it (``within the noise``: this run cannot tell)."""
-    lo, hi, coverage = median_interval(rounds)
+    lo, hi, coverage = median_interval(rounds, CONFIDENCE)
     met, missed = (lo >= threshold, hi < threshold) if higher_is_better else (hi <= threshold, lo > threshold)
-    margin = "met beyond the noise" if met else "missed beyond the noise" if missed else "within the noise"
+    if coverage < CONFIDENCE:  # (fewer than 6 rounds: even the extremes are not a 95% interval)
+        margin = f"too few rounds to tell ({len(rounds)}; {FEWEST_ROUNDS} give a {CONFIDENCE:.0%} interval)"
+    else:
+        margin = "met beyond the noise" if met else "missed beyond the noise" if missed else "within the noise"
     return {"rounds_median": median(rounds), "interval": [lo, hi], "coverage": coverage, "margin": margin}
 
 

@@ -165,6 +165,16 @@ def test_budget_says_whether_the_rounds_settle_the_throughput_check(rounds, marg
     assert f"98% interval {min(rounds):.3f} .. {max(rounds):.3f}: {margin}" in report.table(derived)
 
 
+def test_budget_says_when_there_are_too_few_rounds_for_an_interval():
+    data = _data()
+    rounds = [1.2, 1.3, 1.25, 1.4, 1.1]  # all above, but 5 rounds hold the median only 94% of the time
+    data["runs"] = {"throughput": {"floor": [{"rps": 1000.0} for _ in rounds],
+                                   "tollway-full": [{"rps": 1000.0 * r} for r in rounds]}}
+    check = next(c for c in report.derive(data)["budget"]["checks"] if c["check"] == "throughput vs floor")
+    assert check["margin"] == "too few rounds to tell (5; 6 give a 95% interval)"
+    assert median_interval([1.0] * report.FEWEST_ROUNDS)[2] >= report.CONFIDENCE > median_interval([1.0] * 5)[2]
+
+
 def test_budget_reads_the_c1_p99_round_by_round_against_the_floor_of_the_same_round():
     data = _data()
     added = [0.02, -0.05, 0.08, 0.01, -0.02, 0.05, 0.0]
