@@ -48,6 +48,8 @@ class EventSplitter:
         (possibly empty). The incomplete tail is kept for the next call."""
         parts = self._parts
         if not parts:  # the usual case: nothing held over
+            if data[-2:] == b"\n\n":  # a read that ends with its last event's blank line (the usual read)
+                return data
             end = last_boundary(data)
             if end == len(data):
                 return data

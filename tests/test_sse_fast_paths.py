@@ -7,7 +7,7 @@ import random
 import re
 
 from benchmarks.mock_upstream import render_stream
-from proxy.sse import last_boundary, split_events
+from proxy.sse import EventSplitter, last_boundary, split_events
 from proxy.streaming import _USAGE_OBJECT, OpenAIPassthrough, _done_at, _usage_object_at
 
 BOUNDARY = re.compile(rb"\r?\n\r?\n")
@@ -46,6 +46,16 @@ def test_split_events_cuts_where_the_boundary_pattern_does():
 def test_last_boundary_is_the_end_of_the_last_blank_line():
     for blob in blobs(b"\r\n\r\nab"):
         assert last_boundary(blob) == reference_boundary(blob), blob
+
+
+def test_a_fresh_splitter_gives_the_events_up_to_the_last_blank_line_and_holds_the_rest():
+    """Its fast path (a read that ends with \n\n passes whole) against the definition."""
+    for alphabet in (b"\r\n\r\nab", b"\n\nab", b"\n\n\n\r"):
+        for blob in blobs(alphabet):
+            splitter = EventSplitter()
+            end = reference_boundary(blob)
+            assert splitter.feed(blob) == blob[:end], blob
+            assert splitter.pending == blob[end:], blob
 
 
 def test_the_usage_object_is_found_where_the_pattern_finds_it():
