@@ -15,33 +15,25 @@ import pytest
 from aiohttp import web
 from business import DEMO, bearer, biz_config, ledger_rows
 from test_stream_one_read import ANSWERS, DONE, USAGE
+from test_usage_null_chunks import EVENTS, ONE_WRITE, upstream_chat
 
 ASKED: web.AppKey[asyncio.Event] = web.AppKey("asked")
 GONE: web.AppKey[asyncio.Event] = web.AppKey("gone")
-ONE_WRITE: web.AppKey[bool] = web.AppKey("one_write")
-EVENTS = [*ANSWERS["nulls"], USAGE, DONE]  # usage: 7 prompt and 40 completion tokens
 
 
 async def answer_once_the_client_left(request: web.Request) -> web.StreamResponse:
     await request.read()
     request.app[ASKED].set()
     await request.app[GONE].wait()
-    if request.app[ONE_WRITE]:
-        return web.Response(body=b"".join(EVENTS), content_type="text/event-stream")
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await resp.prepare(request)
-    for event in EVENTS:
-        await resp.write(event)
-        await asyncio.sleep(0.001)
-    await resp.write_eof()
-    return resp
+    return await upstream_chat(request)  # the answer (usage: 7 prompt and 40 completion tokens), whole or paced
 
 
 @pytest.mark.parametrize("one_write", [True, False])
 async def test_a_client_gone_before_the_head_is_billed_at_the_upstreams_usage(one_write, start_gateway,
                                                                              serve_upstream):
     app = web.Application()
-    app[ASKED], app[GONE], app[ONE_WRITE] = asyncio.Event(), asyncio.Event(), one_write
+    app[ASKED], app[GONE] = asyncio.Event(), asyncio.Event()
+    app[EVENTS], app[ONE_WRITE] = [*ANSWERS["nulls"], USAGE, DONE], one_write
     up = await serve_upstream({"POST /v1/chat/completions": answer_once_the_client_left}, app)
     gw = await start_gateway(biz_config(up.url))
     body = orjson.dumps({"model": "up", "stream": True, "max_tokens": 256,
