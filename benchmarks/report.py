@@ -11,6 +11,7 @@ p50, what a miss adds and what a hit saves.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from .stats import median, median_interval, ratio
@@ -22,7 +23,7 @@ THROUGHPUT_JOBS = ("throughput", "stream", "stream_whole")
 ONE_AT_A_TIME_JOBS = ("latency", "stream_whole_c1")
 #: How sure a check's interval over its rounds is (``rounds_verdict``), and the fewest rounds that give it.
 CONFIDENCE = 0.95
-FEWEST_ROUNDS = 6
+FEWEST_ROUNDS = next(n for n in itertools.count(1) if median_interval([0.0] * n, CONFIDENCE)[2] >= CONFIDENCE)
 
 
 def _get(res: dict | None, *path: str) -> float:
@@ -122,11 +123,9 @@ def budget(data: dict) -> dict:
     for label in THROUGHPUT_JOBS:
         if label in results and subject in results[label]:
             x = results[label][subject].get("x_floor_rps", math.nan)
-            # Each round ran the floor and the subject back to back: their ratio per
-            # round shows how much of the median is the machine's noise.
-            by_target = runs.get(label, {})
-            pairs = zip(by_target.get(subject, ()), by_target.get("floor", ()), strict=False)
-            rounds = [mine.get("rps", 0) / floor["rps"] for mine, floor in pairs if floor.get("rps")]
+            # Their ratio per round shows how much of the median is the machine's noise.
+            rounds = [mine.get("rps", 0) / floor["rps"] for mine, floor in _paired(runs, label, subject)
+                      if floor.get("rps")]
             check(f"{label} vs floor", x, x >= BUDGET["throughput_ratio"], f">= {BUDGET['throughput_ratio']}x",
                   rounds if len(rounds) > 1 else None, (BUDGET["throughput_ratio"], True))
             x = results[label][subject].get("x_floor_cpu", math.nan)
@@ -140,9 +139,8 @@ def budget(data: dict) -> dict:
         if label in results and subject in results[label] and "floor" in results[label]:
             added = _get(results[label][subject], "latency_ms", "p99") - _get(results[label]["floor"], "latency_ms",
                                                                               "p99")
-            by_target = runs.get(label, {})
-            pairs = zip(by_target.get(subject, ()), by_target.get("floor", ()), strict=False)
-            rounds = [_get(mine, "latency_ms", "p99") - _get(floor, "latency_ms", "p99") for mine, floor in pairs]
+            rounds = [_get(mine, "latency_ms", "p99") - _get(floor, "latency_ms", "p99")
+                      for mine, floor in _paired(runs, label, subject)]
             check(f"{label}: added p99 at c=1 vs floor (ms)", added, added <= BUDGET["added_p99_ms"],
                   f"<= {BUDGET['added_p99_ms']} ms", rounds if len(rounds) > 1 else None,
                   (BUDGET["added_p99_ms"], False))
@@ -153,6 +151,13 @@ def budget(data: dict) -> dict:
            if by_t.get(subject, {}).get("errors", 0) and not by_t.get("floor", {}).get("errors", 0)]
     check("errors where the floor has none", float(len(bad)), not bad, "none" + (f" ({', '.join(bad)})" if bad else ""))
     return {"subject": subject, "checks": checks}
+
+
+def _paired(runs: dict, label: str, subject: str) -> zip:
+    """(subject's round, floor's round) of job ``label``, round by round: each round ran the
+    floor and the subject back to back, so a round's pair shares what the machine did then."""
+    by_target = runs.get(label, {})
+    return zip(by_target.get(subject, ()), by_target.get("floor", ()), strict=False)
 
 
 def rounds_verdict(rounds: list[float], threshold: float, higher_is_better: bool) -> dict:

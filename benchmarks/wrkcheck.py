@@ -19,19 +19,19 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
 
 from .loadgen import PROMPT
 from .mock_upstream import MockSettings, render_completion, render_stream
-from .procs import Children, cpu_plan
+from .procs import Child, Children, cpu_plan
 from .report import BUDGET, rounds_verdict
-from .runner import round_order, start_target
+from .runner import listening_sockets, round_order, start_target
 from .scenarios import PROFILES
 from .stats import median
 from .targets import BENCH_KEY, Target, builtin, free_port
@@ -97,15 +97,20 @@ def run_wrk(kids: Children, wrk: str, url: str, script: Path, seconds: float, co
     return parse_wrk(out.decode(errors="replace"))
 
 
-def wait_listening(port: int, timeout: float = 10.0) -> None:
+def wait_listening(nginx: Child, ports: Iterable[int], error_log: Path, timeout: float = 10.0) -> None:
+    """Until nginx listens on every port; a clear error (its error log's end) when it exits or does not."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nginx did not listen on 127.0.0.1:{port} within {timeout:g}s")
+        if all(listening_sockets(port) for port in ports):
+            return
+        if nginx.popen.poll() is not None:
+            break
+        time.sleep(0.05)
+    said = error_log.read_text(errors="replace").strip() if error_log.exists() else ""
+    tail = "\n".join([*said.splitlines()[-3:], nginx.log_tail(3)]).strip()
+    state = (f"exited with status {nginx.popen.returncode}" if nginx.popen.poll() is not None
+             else f"did not listen within {timeout:g}s")
+    raise RuntimeError(f"nginx {state}" + (f":\n{tail}" if tail else ""))
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -122,10 +127,10 @@ def measure(args: argparse.Namespace) -> dict:
     report: dict = {"rounds": args.rounds, "seconds": args.seconds, "connections": args.connections,
                     "workdir": str(workdir), "shapes": {}}
     try:
-        kids.spawn("nginx", [args.nginx, "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "nginx-error.log")],
-                   cpus=cpus["mock"])
-        for port in ports.values():
-            wait_listening(port)
+        error_log = workdir / "nginx-error.log"
+        nginx = kids.spawn("nginx", [args.nginx, "-c", str(workdir / "nginx.conf"), "-e", str(error_log)],
+                           cpus=cpus["mock"])
+        wait_listening(nginx, ports.values(), error_log)
         for shape in args.shapes:
             upstream = f"http://127.0.0.1:{ports[shape]}"
             targets: list[Target] = []
@@ -214,8 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         print("wrkcheck: --rounds must be at least 1", file=sys.stderr)
         return 2
+    try:
+        for name in args.targets:
+            builtin(name)
+    except ValueError as exc:
+        print(f"wrkcheck: {exc}", file=sys.stderr)
+        return 2
     args.nginx, args.wrk = tools["nginx"], tools["wrk"]
-    report = measure(args)
+    try:
+        report = measure(args)
+    except RuntimeError as exc:  # nginx or a target did not start
+        print(f"wrkcheck: {exc}", file=sys.stderr)
+        return 1
     out = Path(report["workdir"]).with_suffix(".json")
     out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print(table(report))

@@ -5,6 +5,7 @@ nginx and wrk come from Debian (.ci/run installs them); this fails, not skips, w
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -51,7 +52,21 @@ def test_without_nginx_or_wrk_it_says_what_to_install(tmp_path):
     assert "not found: install them (Debian: apt-get install nginx-light wrk)" in proc.stderr  # (wrk at least)
 
 
+def test_an_nginx_that_cannot_start_is_named_with_what_it_said(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nginx").write_text("#!/bin/sh\necho 'nginx: [emerg] bind() to 127.0.0.1 failed' >&2\nexit 1\n")
+    (fake / "nginx").chmod(0o755)
+    (fake / "wrk").symlink_to(shutil.which("wrk"))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.wrkcheck", "--out", str(tmp_path), "--quiet"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env={"PATH": str(fake)})
+    assert proc.returncode == 1, proc.stderr
+    assert "wrkcheck: nginx exited with status 1" in proc.stderr and "[emerg] bind()" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--targets", "floor,tollway-nope"], "unknown target 'tollway-nope'"),
     (["--targets", "tollway-full,floor"], "--targets must start with floor"),
     (["--shapes", "stream,paced"], "unknown shape(s) paced"),
     (["--rounds", "0"], "--rounds must be at least 1"),
