@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
@@ -61,6 +62,8 @@ if TYPE_CHECKING:
     from .pool import ConnectionPool
 
 HIGH_WATER = 256 * 1024
+#: Body bytes a settling connection (``Connection.settle``) may still receive before it is closed.
+SETTLE_BYTES = 64 * 1024
 MAX_HEAD = 64 * 1024  # a response head larger than this is refused
 USER_AGENT = "tollway"
 #: Headers that say where a request ends or what the connection does: written
@@ -195,6 +198,9 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._error: Exception | None = None
         self._waiter: asyncio.Future | None = None
+        # While the pool waits for the end of an answer its reader left (``settle``): called at that end.
+        self._on_end: Callable[[Connection], None] | None = None
+        self._dropped = 0  # body bytes dropped while settling
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -289,6 +295,11 @@ class Connection(asyncio.Protocol):
         self._until_close = not (self._length or self._chunked) and status not in (204, 304)
 
     def on_body(self, body: bytes) -> None:
+        if self._on_end is not None:  # settling: the reader left; the rest is only counted
+            self._dropped += len(body)
+            if self._dropped > SETTLE_BYTES:
+                self._fail(UpstreamClosed(f"more than {SETTLE_BYTES} bytes came after its reader left"))
+            return
         self._body.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._paused:
@@ -303,6 +314,10 @@ class Connection(asyncio.Protocol):
             return
         self._state = _DONE
         self.wake()
+        on_end = self._on_end
+        if on_end is not None:
+            self._on_end = None
+            on_end(self)
 
     # -- inside -------------------------------------------------------------------------
     def _fail(self, exc: Exception) -> None:
@@ -392,7 +407,26 @@ class Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return self._state == _DONE and self._keep_alive and not self.closed and self._error is None
 
+    def can_settle(self) -> bool:
+        """Whether ``settle`` may wait for this answer's end: a body framed by its length or
+        its chunks, still being read on an open, keep-alive connection, with no error."""
+        return (self._state == _BODY and not self._until_close and self._keep_alive and not self.closed
+                and self._error is None)
+
+    def settle(self, on_end: Callable[[Connection], None]) -> None:
+        """The reader is done with this answer before its end arrived (a stream's last
+        event came before the body's terminator): drop what is left of the body as it
+        comes, at most ``SETTLE_BYTES``, and call ``on_end(self)`` when it has all come."""
+        self._on_end = on_end
+        self._dropped = 0
+        self._body.clear()
+        self._buffered = 0
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+
     def abort(self) -> None:
+        self._on_end = None  # (a settling connection closed by the pool: no end to report)
         self.closed = True
         transport = getattr(self, "transport", None)  # None: never connected
         if transport is not None:

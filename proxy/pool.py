@@ -31,6 +31,9 @@ from collections import deque
 from .deadline import Deadline
 from .http1 import CannotConnect, Connection, ConnectTimeout, NotSent, Origin, UpstreamClosed
 
+#: How long a released connection waits for the end of an answer its reader left (``release``'s ``settle``).
+SETTLE_SECONDS = 1.0
+
 
 class ConnectionPool:
     """Keep-alive connections to any number of origins, at most ``limit`` open at once."""
@@ -47,6 +50,8 @@ class ConnectionPool:
         self._waiters: deque[asyncio.Future] = deque()
         self._ssl = ssl_context  # None: the system's trust store, made on the first https connect
         self._sweep: asyncio.TimerHandle | None = None
+        # Connections waiting for the end of an answer their reader left, with their time limit (release).
+        self._settling: dict[Connection, asyncio.TimerHandle] = {}
         self._closed = False
 
     def counts(self) -> tuple[int, int]:
@@ -93,7 +98,8 @@ class ConnectionPool:
             conn = self._take_idle(origin)
             if conn is not None:
                 return conn, True
-            if self.open_count < self.limit or self._close_idle_elsewhere():
+            if self.open_count < self.limit or self._close_idle_elsewhere() or (
+                    self._stop_settling() and self.open_count < self.limit):
                 break
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
@@ -113,22 +119,30 @@ class ConnectionPool:
             self._wake_one()
             raise
 
-    def release(self, conn: Connection) -> None:
-        """Give a connection back: idle for reuse if its answer was read to the end, else closed."""
+    def release(self, conn: Connection, settle: bool = False) -> None:
+        """Give a connection back: idle for reuse if its answer was read to the end, else closed.
+
+        ``settle``: the reader saw the end of what it wanted before the body's end came (a
+        stream's last event arrives before its chunked terminator, often in a read of its
+        own). The connection then waits for that end, up to ``SETTLE_SECONDS`` (and
+        ``http1.SETTLE_BYTES``), and becomes idle when it comes: reused, not reopened.
+        A request that finds the pool full takes a settling connection's slot at once."""
         if conn.reusable and not self._closed:
-            conn.idle = True
-            conn.idle_since = self.loop.time()
-            self._idle.setdefault(conn.origin, []).append(conn)
-            if self._sweep is None:
-                self._sweep = self.loop.call_later(self.keepalive, self._sweep_idle)
-            self._wake_one()
+            self._park(conn)
+        elif settle and not self._closed and conn.can_settle():
+            conn.settle(self._settled)
+            self._settling[conn] = self.loop.call_later(SETTLE_SECONDS, self._stop_settling, conn)
         else:
             conn.abort()
             self._forget(conn)
 
     def lost(self, conn: Connection) -> None:
         """The connection closed (called by the connection itself)."""
-        if conn.idle:
+        timer = self._settling.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+            self._forget(conn)
+        elif conn.idle:
             conn.idle = False
             idle = self._idle.get(conn.origin)
             if idle and conn in idle:
@@ -139,6 +153,9 @@ class ConnectionPool:
         self._closed = True
         if self._sweep is not None:
             self._sweep.cancel()
+        for timer in self._settling.values():
+            timer.cancel()
+        self._settling.clear()
         for conn in list(self._all):
             conn.abort()
         self._idle.clear()
@@ -148,6 +165,41 @@ class ConnectionPool:
         await asyncio.sleep(0)  # let the transports finish closing
 
     # -- inside ---------------------------------------------------------------------------
+    def _park(self, conn: Connection) -> None:
+        """An answer read to its end: the connection waits, idle, for the next request."""
+        conn.idle = True
+        conn.idle_since = self.loop.time()
+        self._idle.setdefault(conn.origin, []).append(conn)
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(self.keepalive, self._sweep_idle)
+        self._wake_one()
+
+    def _settled(self, conn: Connection) -> None:
+        """A settling connection's answer ended (``Connection.settle``'s callback)."""
+        timer = self._settling.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        if conn.reusable and not self._closed:
+            self._park(conn)
+        else:
+            conn.abort()
+            self._forget(conn)
+
+    def _stop_settling(self, conn: Connection | None = None) -> bool:
+        """Close a settling connection (``conn``, whose time is up; or any, for a request
+        that finds the pool full): True when one was closed."""
+        if conn is None:
+            if not self._settling:
+                return False
+            conn = next(iter(self._settling))
+        timer = self._settling.pop(conn, None)
+        if timer is None:
+            return False
+        timer.cancel()
+        conn.abort()
+        self._forget(conn)
+        return True
+
     async def _connect(self, origin: Origin) -> Connection:
         scheme, host, port = origin
         tls = None

@@ -345,7 +345,10 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
     except ProxyError as err:
         error = err
     finally:
-        upstream.release()
+        # After the codec's end (a stream's last event), only the body's terminator is due: the
+        # connection waits for it and is reused (a stream's last event and the terminator often
+        # come in separate reads; closing it then cost a new connection every few streams).
+        upstream.release(settle=codec.done)
     # Usage hooks run once for every stream that started, however it ended.
     if complete:
         call.billing.usage = codec.usage

@@ -55,7 +55,7 @@ class UpstreamResponse:
     """An upstream answer whose headers have arrived; the body is read with
     the idle and total timeouts applied. The mock provider makes its own
     object with the same four members (status, headers, read_chunk, read_all)
-    plus release().
+    plus release(settle).
 
     The idle and total timeouts share one lazy timer per answer, armed at
     the first wait and re-armed only when it fires early: a stream's reads
@@ -155,14 +155,15 @@ class UpstreamResponse:
         return ProxyError(502, f"upstream '{self._client.name}' answered more than {limit} bytes",
                           code="upstream_too_large")
 
-    def release(self) -> None:
-        """Give the connection back (closed instead when the body was not read to the end)."""
+    def release(self, settle: bool = False) -> None:
+        """Give the connection back (closed instead when the body was not read to the end;
+        ``settle``: the reader has all it wanted, wait for the body's end, see ``ConnectionPool.release``)."""
         conn, self._conn = self._conn, None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if conn is not None:
-            self._connections.release(conn)
+            self._connections.release(conn, settle)
 
 
 class UpstreamClient:

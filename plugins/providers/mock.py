@@ -187,7 +187,7 @@ class MockResponse:
         parts, self._i = self._parts[self._i:], len(self._parts)
         return b"".join(parts)
 
-    def release(self) -> None:
+    def release(self, settle: bool = False) -> None:
         pass
 
 

@@ -1,0 +1,194 @@
+"""A stream's upstream connection is reused when its last event and its body's end come apart.
+
+An upstream stream ends with its last event (``[DONE]``) and then the body's chunked
+terminator; the two often come in separate writes (aiohttp's ``write_eof`` writes the
+terminator alone), so the gateway, done at ``[DONE]``, used to give the connection back
+before its answer had ended, and the pool closed it: under the benchmark's ``stream``
+scenario one stream in 13 opened a new upstream connection. Now the connection waits for
+its end (``ConnectionPool.release``'s ``settle``) without holding the client up, and is
+reused; an upstream that never ends its body, or sends too much after the end, gets its
+connection closed, and a request that finds the pool full does not wait on such a one.
+
+The upstream here is a raw socket server (the test decides when each byte of the body's
+end goes out); the clients are the official ``openai`` SDK; what is checked is what an
+operator and a client see: the connections the upstream accepted, ``/metrics``' idle
+connections, the client's whole stream, and the ledger billed at the upstream's usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pytest
+from business import DEMO, biz_config, ledger_rows
+from openai import AsyncOpenAI
+from test_metrics import TOKEN, scrape, total
+from test_stream_one_read import DONE, USAGE, chunk
+
+from proxy import http1, pool
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+EVENTS = [chunk(0), chunk(1), USAGE, DONE]  # usage: 7 prompt and 40 completion tokens
+END = b"0\r\n\r\n"
+
+
+def framed(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class RawUpstream:
+    """Answers each request with ``EVENTS`` (one chunk each, ``[DONE]`` last), then does
+    ``after`` for the body's end, once the test says so (``go``: its client has its whole
+    stream by then): ``end`` writes the terminator, ``never`` nothing, ``too much`` more than
+    ``SETTLE_BYTES`` of comments first, ``closes`` closes the connection. Counts the
+    connections it accepted and those that closed."""
+
+    def __init__(self, after: str) -> None:
+        self.after = after
+        self.accepted = 0
+        self.closed = 0
+        self.requests = 0
+        self.go = asyncio.Event()  # (after_go) the body's end may go out
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                self.requests += 1
+                writer.write(HEAD)
+                for event in EVENTS:
+                    writer.write(framed(event))
+                    await writer.drain()
+                await self.go.wait()
+                self.go.clear()
+                if self.after == "never":
+                    await reader.read()  # until the gateway closes the connection
+                    return
+                if self.after == "closes":
+                    return
+                if self.after == "too much":
+                    writer.write(framed(b": padding\n\n" * (http1.SETTLE_BYTES // 11 + 10)))
+                writer.write(END)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.closed += 1
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+async def raw_upstream():
+    made: list[RawUpstream] = []
+
+    async def make(after: str = "end") -> tuple[RawUpstream, str]:
+        upstream = RawUpstream(after)
+        made.append(upstream)
+        return upstream, await upstream.start()
+
+    yield make
+    for upstream in made:
+        await upstream.close()
+
+
+def gateway_config(url: str, max_connections: int = 1000) -> dict:
+    config = biz_config(url)
+    config["metrics"] = {"token": TOKEN}
+    config["providers"]["up"]["max_connections"] = max_connections
+    return config
+
+
+async def stream_text(client: AsyncOpenAI) -> str:
+    stream = await client.chat.completions.create(model="up", stream=True, messages=[{"role": "user", "content": "hi"}])
+    return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+
+async def idle_is(running, n: int) -> bool:
+    return await upstream_connections(running, "idle") == n
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 10.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not await check():
+            await asyncio.sleep(0.01)
+
+
+async def upstream_connections(running, state: str) -> float:
+    """What ``/metrics`` says of the provider's connections in ``state`` (``idle``, ``in_use``)."""
+    async with aiohttp.ClientSession() as session:
+        return total(await scrape(session, running.root), "tollway_upstream_connections", provider="up", state=state)
+
+
+async def test_a_stream_whose_body_ends_after_its_last_event_leaves_its_connection_for_the_next(
+        start_gateway, raw_upstream):
+    upstream, url = await raw_upstream()
+    running = await start_gateway(gateway_config(url))
+    client = AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0)
+    async with asyncio.timeout(10):  # the client's stream ends before the upstream's body does
+        assert await stream_text(client) == " word0 word1"
+    assert upstream.accepted == 1 and upstream.requests == 1
+    upstream.go.set()  # the body's end, after the client has its whole stream
+    await until(lambda: idle_is(running, 1), "the connection idle once its body ended")
+    async with asyncio.timeout(10):
+        assert await stream_text(client) == " word0 word1"
+    assert (upstream.accepted, upstream.requests, upstream.closed) == (1, 2, 0)  # the same connection, still open
+    rows = await ledger_rows(running, "prompt", "completion", "estimated", "status")
+    assert rows == [{"prompt": 7, "completion": 40, "estimated": 0, "status": 200}] * 2
+    await client.close()
+
+
+@pytest.mark.parametrize("after", ["never", "too much", "closes"])
+async def test_a_body_that_does_not_end_after_its_last_event_has_its_connection_closed(
+        after, start_gateway, raw_upstream, monkeypatch):
+    """The client is not held up; the connection is closed (after ``SETTLE_SECONDS``, at once
+    past ``SETTLE_BYTES``, or by the upstream) and no longer counted, and the next request
+    gets a new one. Billed at usage either way."""
+    monkeypatch.setattr(pool, "SETTLE_SECONDS", 0.3)
+    upstream, url = await raw_upstream(after)
+    running = await start_gateway(gateway_config(url))
+    client = AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0)
+    async with asyncio.timeout(10):
+        assert await stream_text(client) == " word0 word1"
+    upstream.go.set()
+
+    async def closed() -> bool:
+        return upstream.closed == 1 and await upstream_connections(running, "in_use") == 0
+    await until(closed, "the connection closed, and no longer counted in use")
+    assert await upstream_connections(running, "idle") == 0
+    async with asyncio.timeout(10):
+        assert await stream_text(client) == " word0 word1"
+    assert (upstream.accepted, upstream.requests) == (2, 2)
+    rows = await ledger_rows(running, "prompt", "completion", "estimated", "status")
+    assert rows == [{"prompt": 7, "completion": 40, "estimated": 0, "status": 200}] * 2
+    await client.close()
+
+
+async def test_a_request_that_finds_the_pool_full_takes_a_settling_connections_place(
+        start_gateway, raw_upstream, monkeypatch):
+    """``max_connections: 1`` and a connection that waits (an hour) for a body's end that never
+    comes: the next request closes it and goes on a new connection instead of waiting."""
+    monkeypatch.setattr(pool, "SETTLE_SECONDS", 3600.0)
+    upstream, url = await raw_upstream("never")
+    running = await start_gateway(gateway_config(url, max_connections=1))
+    client = AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0)
+    async with asyncio.timeout(10):
+        assert await stream_text(client) == " word0 word1"
+        assert await upstream_connections(running, "in_use") == 1  # the settling one holds the only slot
+        upstream.go.set()
+        assert await stream_text(client) == " word0 word1"
+    assert (upstream.accepted, upstream.requests, upstream.closed) == (2, 2, 1)
+    await client.close()
