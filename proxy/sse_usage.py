@@ -5,7 +5,7 @@ A usage object is ``"usage"`` followed by ``:`` and ``{`` (with optional spaces 
 ``USAGE_OBJECT``. An OpenAI stream that asks for usage (the gateway always does) carries
 ``"usage":null`` in every chunk and the object in its last chunk but one, so a search for
 ``"usage"`` lands on a null in every event before the one that counts; ``usage_object_at``
-searches past the nulls in one pass (``_END_NOT_NULL``).
+searches past the nulls in one pass (``END_NOT_NULL``).
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ import re
 
 import orjson
 
-__all__ = ["USAGE_OBJECT", "splice_usage_fields", "usage_object_at"]
+__all__ = ["END_NOT_NULL", "USAGE_OBJECT", "splice_usage_fields", "usage_object_at"]
 
 USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _USAGE_KEY = b'"usage"'
 _USAGE_COMPACT = b'"usage":{'
 _USAGE_HEAD = b'"usa'
-#: The end of a ``"usage"`` (``ge"``) not followed by ``:null``: every usage object has one, 4 bytes in.
-_END_NOT_NULL = re.compile(rb'ge"(?!:null)')
+#: The end of a ``"usage"`` (``ge"``) not followed by ``:null``: every usage object has one, 4 bytes in
+#: (bytes without one hold no usage object).
+END_NOT_NULL = re.compile(rb'ge"(?!:null)')
 
 
 def usage_object_at(blob: bytes, start: int = 0) -> int:
@@ -38,7 +39,7 @@ def usage_object_at(blob: bytes, start: int = 0) -> int:
     quotes), byte by byte in a loop whose branch the CPU predicts; CPython's ``bytes.find`` and
     ``count`` skip ahead but mispredict on JSON's letters and quotes (10.5 KB: 4.3 us against
     6.0 us for the search of ``"usage"(?!:null)`` it replaces, 75k instructions against 98k)."""
-    search, match = _END_NOT_NULL.search, USAGE_OBJECT.match
+    search, match = END_NOT_NULL.search, USAGE_OBJECT.match
     found = search(blob, start + 4)
     while found is not None:
         end = found.start()

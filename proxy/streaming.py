@@ -32,9 +32,10 @@ from .errors import ProxyError, internal_error, style_of
 from .inflight import shutdown_error
 from .inflight import uncancel as _uncancel
 from .logs import throttled
-from .onewrite import write_chunk
+from .onewrite import ChunkWriter
 from .provider import UNREADABLE, unreadable_answer
-from .sse import CR, DONE, DONE_EVENT, EventSplitter, data_event, load_event_json, parse_event, split_events
+from .sse import CR, DONE, DONE_EVENT, LF, EventSplitter, data_event, load_event_json, parse_event, split_events
+from .sse_usage import END_NOT_NULL as _END_NOT_NULL
 from .sse_usage import USAGE_OBJECT as _USAGE_OBJECT
 from .sse_usage import splice_usage_fields as splice_usage_fields  # (pipeline imports it from here)
 from .sse_usage import usage_object_at as _usage_object_at
@@ -84,6 +85,17 @@ class OpenAIPassthrough:
         self._usage_chunk: dict | None = None
 
     def feed(self, data: bytes) -> bytes:
+        # The usual read of a paced stream: one whole event of one line (``data: {...}`` and the
+        # blank line; no \r, so no other line) that ends with ``}`` (so its data is no
+        # ``[DONE]``) and holds no usage object, with nothing held before it: it passes as it is.
+        # (Four C-level checks, ~0.4 us; through the splitter and the searches below, ~0.8 us.)
+        if (data.endswith(b"}\n\n") and data.find(LF) == len(data) - 2 and CR not in data
+                and not self._splitter.held and _maybe_usage_object(data) is None):
+            return data
+        return self.feed_general(data)
+
+    def feed_general(self, data: bytes) -> bytes:
+        """``feed`` without its path for one plain event (any read; tests hold the two to each other)."""
         complete = self._splitter.feed(data)
         if not complete:
             return b""
@@ -272,6 +284,7 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
     ``before_end(call)`` runs right before the last bytes (the tail) are written, when
     ``call.response.settle_before_end`` asks for it (``answers.before_end``)."""
     writer = ClientWriter(resp, call.request, client_write)
+    chunks = ChunkWriter(resp)
     due = upstream.deadline
     # A client gone before its head could be written (the caller saw it) is drained as one that
     # leaves mid-stream: from now, for ``drain.seconds``, so that the upstream's usage is known.
@@ -315,7 +328,7 @@ async def pump(call: Call, resp: web.StreamResponse, upstream: UpstreamResponse,
                         call.timing.first_byte_at = time.perf_counter()
                     if hold and upstream.complete:
                         held.append(out)
-                    elif not write_chunk(resp, out):  # (a plain call where aiohttp's write would not wait)
+                    elif not chunks.write(out):  # (a plain call where aiohttp's write would not wait)
                         await writer.write(out, due)
             except (ConnectionError, asyncio.CancelledError) as exc:
                 # The client hung up (a failed write, or a server that cancels the
@@ -455,6 +468,8 @@ def _done_at(blob: bytes, end: int) -> int:
     return at
 
 
+#: None: no usage object in the bytes searched (a ``ge"`` not followed by ``:null`` may begin one).
+_maybe_usage_object = _END_NOT_NULL.search
 #: ``[DONE]``'s letters, as ints (``bytes.find`` of an int is a ``memchr``).
 _D, _O, _N, _E = b"DONE"
 #: Blobs longer than this have ``_done_at``'s search bounded first (four ``memchr``; shorter: not worth them).

@@ -314,15 +314,17 @@ async def test_a_streams_held_bytes_and_its_end_in_one_write(fixed_date, monkeyp
 
 
 @pytest.mark.parametrize("writev", [False, True])
-async def test_a_streams_chunks_written_in_a_plain_call(fixed_date, monkeypatch, writev):
-    """``write_chunk(resp, part) or await resp.write(part)`` (``pump``'s write of each part of a
-    paced stream) against aiohttp's ``await resp.write(part)`` for each part, then
-    ``write_eof``: the same bytes, the same error, the same counts and state, over generated
-    streams (a head still waiting, parts that make aiohttp drain, bytearrays, empty parts,
-    HTTP/1.0, a transport closing on the way, a write after the end); the plain call where
-    aiohttp's write would not wait."""
+@pytest.mark.parametrize("per_stream", [False, True], ids=["write_chunk", "ChunkWriter"])
+async def test_a_streams_chunks_written_in_a_plain_call(fixed_date, monkeypatch, writev, per_stream):
+    """``write_chunk(resp, part) or await resp.write(part)`` (and the same with one
+    ``ChunkWriter(resp)`` for the stream: ``pump``'s write of each part of a paced stream)
+    against aiohttp's ``await resp.write(part)`` for each part, then ``write_eof``: the same
+    bytes, the same error, the same counts and state, over generated streams (a head still
+    waiting, parts that make aiohttp drain, bytearrays, empty parts, HTTP/1.0, a transport
+    closing on the way, a write after the end); the plain call where aiohttp's write would
+    not wait."""
 
-    from proxy.onewrite import write_chunk
+    from proxy.onewrite import ChunkWriter, write_chunk
 
     monkeypatch.setattr(proxy.onewrite, "_WRITEV", (Transport,) if writev else ())
     rng = random.Random(1207)
@@ -338,17 +340,18 @@ async def test_a_streams_chunks_written_in_a_plain_call(fixed_date, monkeypatch,
         seen = []
         for ours in (False, True):
             request, transport, writer, resp = await prepared_stream(version, waits)
+            write = ChunkWriter(resp).write if per_stream else lambda data, resp=resp: write_chunk(resp, data)
             took = 0
             error = None
             try:
                 for n, part in enumerate(parts):
                     transport.closing = closing_at is not None and n >= closing_at
-                    if ours and write_chunk(resp, part):
+                    if ours and write(part):
                         took += 1
                     else:
                         await resp.write(part)
                 await resp.write_eof()
-                if after_end and not (ours and write_chunk(resp, b"late")):
+                if after_end and not (ours and write(b"late")):
                     await resp.write(b"late")
             except Exception as exc:  # noqa: BLE001 (compared: both ways must raise the same)
                 error = (type(exc), str(exc))

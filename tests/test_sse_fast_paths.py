@@ -212,3 +212,52 @@ def test_feed_passes_what_splitting_every_event_passes_for_long_reads(monkeypatc
             seen.append((out, codec.done, codec.usage, codec._usage_event))
             monkeypatch.undo()
         assert seen[0] == seen[1], blob
+
+
+#: One-line events (the fast path's kind, ``}`` at the end) and the shapes that must miss it.
+EVENT_PIECES = [
+    b'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}\n\n',
+    b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n',
+    b'data: {"choices":[{"usage":{"n":1}}],"usage":null}\n\n',  # a nested object, a null at the top
+    b'data: {"usage":{"prompt_tokens":1}\n\n',  # an unreadable usage report: dropped, usage unknown
+    b'data: {"choices":[],"usage" :{"prompt_tokens":3,"completion_tokens":4}}\n\n',
+    b'data: {"x":"[DONE]"}\n\n', b"data:[DONE]}\n\n", b": a comment}\n\n", b"data: {}\n\n",
+    b"data: [DONE]\n\n", b'data: {"x":1}\r\n\r\n', b'data: {"a":1}\rdata: [DONE]\r}\n\n',
+    b'event: x\ndata: {"y":2}\n\n', b'data: {"a":"\\n"}\n\n', b'data: {"message":{},"page":1}\n\n',
+    b"data: [DONE]\r}\n\n", b"data: [DONE]\n}\n\n",  # a terminator's line, then a line of "}"
+]
+
+
+def test_feed_passes_each_read_as_the_split_of_every_event_does(monkeypatch):
+    """``OpenAIPassthrough.feed``'s path for a read that is one whole one-line event against
+    the same feed with that path and the one-slice path off (every event split and looked
+    at): the same bytes out of every read, the same end, usage and held event, over
+    generated streams read an event at a time and cut anywhere."""
+    import proxy.streaming
+
+    rng = random.Random(1208)
+    fast_reads = 0
+    for _ in range(6_000):
+        events = [rng.choice(EVENT_PIECES) for _ in range(rng.randint(1, 8))]
+        if rng.random() < 0.5:
+            reads = events
+        else:
+            blob = b"".join(events)
+            cuts = sorted(rng.sample(range(1, len(blob)), min(len(blob) - 1, rng.randint(0, 4))))
+            reads = [blob[i:j] for i, j in zip([0, *cuts], [*cuts, len(blob)], strict=True)]
+        seen = []
+        for reference in (False, True):
+            if reference:
+                monkeypatch.setattr(proxy.streaming, "_done_at", lambda blob, end: 0)
+            codec = OpenAIPassthrough()
+            feed = codec.feed_general if reference else codec.feed
+            outs = []
+            for data in reads:
+                if codec.done:
+                    break
+                outs.append(feed(data))
+            seen.append((outs, codec.done, codec.usage, codec._usage_event))
+            monkeypatch.undo()
+        assert seen[0] == seen[1], reads
+        fast_reads += reads.count(EVENT_PIECES[0])
+    assert fast_reads > 500
