@@ -114,7 +114,8 @@ def wait_listening(nginx: Child, ports: Iterable[int], error_log: Path, timeout:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    workdir = args.out / f"wrkcheck-{time.strftime('%Y%m%d-%H%M%S')}"
+    # (absolute: nginx reads a relative path from its own prefix, /usr/share/nginx, not from here)
+    workdir = args.out.resolve() / f"wrkcheck-{time.strftime('%Y%m%d-%H%M%S')}"
     workdir.mkdir(parents=True, exist_ok=True)
     ports = {shape: free_port() for shape in args.shapes}
     for shape in args.shapes:

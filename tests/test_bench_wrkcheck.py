@@ -5,6 +5,7 @@ nginx and wrk come from Debian (.ci/run installs them); this fails, not skips, w
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -78,8 +79,10 @@ def test_bad_arguments_get_a_message(argv, message, capsys):
 
 @pytest.mark.early
 def test_floor_and_tollway_full_behind_nginx_under_wrk(tmp_path):
+    # --out relative to where it runs, as its default is (nginx must not read it from its own prefix)
+    out = os.path.relpath(tmp_path, ROOT)
     proc = subprocess.run([sys.executable, "-m", "benchmarks.wrkcheck", "--rounds", "1", "--seconds", "1",
-                           "--out", str(tmp_path), "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+                           "--out", out, "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = orjson.loads(next(tmp_path.glob("wrkcheck-*.json")).read_bytes())
     for shape in ("stream", "whole"):
