@@ -15,7 +15,8 @@ arrives. So this client (this module and ``pool.py``) does:
   are asked for ``Accept-Encoding: identity``);
 - keep-alive: an answer read to its end gives its connection back to the
   pool; the newest idle connection is used first, and one idle longer than
-  ``keepalive`` seconds is closed (``pool.py``);
+  ``keepalive`` seconds is closed (``pool.py``); a stream whose reader is done
+  before the body's end came gives it back to wait for that end (``settle``);
 - a limit on open connections; requests beyond it wait for one to free up
   (``pool.py``);
 - flow control: reading pauses while more than ``HIGH_WATER`` bytes of body
