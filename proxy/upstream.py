@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import http1
+from .deadline import DeadlineQueue
 from .errors import ProxyError
 from .logs import throttled
 from .pool import ConnectionPool
@@ -176,13 +177,17 @@ class UpstreamClient:
         self.timeouts = config.timeouts
         self.connections: ConnectionPool | None = None  # from start() to close()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._heads: DeadlineQueue | None = None
         self._targets: dict[str, tuple[http1.Origin, str, str]] = {}
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.connections = ConnectionPool(self.config.max_connections, self.timeouts.connect, KEEPALIVE_S)
+        self._heads = DeadlineQueue(self.loop)  # the first_byte deadlines of the requests waiting for a head
 
     async def close(self) -> None:
+        if self._heads is not None:
+            self._heads.close()
         if self.connections is not None:
             await self.connections.close()
             self.connections = None
@@ -214,22 +219,23 @@ class UpstreamClient:
             first_byte = deadline
         replayable = request.method in _SAFE_METHODS or not _IDEMPOTENCY_HEADERS.isdisjoint(
             map(str.lower, request.headers))
-        # The first_byte deadline: ``Deadline`` written out (its three frames a request): the
-        # task is cancelled when it passes, and that cancellation, and only it, is a timeout.
+        # The first_byte deadline: the task is cancelled when it passes, and that cancellation,
+        # and only it, is a timeout (``record[1]``). One timer for all of them (``DeadlineQueue``).
         task = current_task(loop)
         if task is None:
             raise RuntimeError("UpstreamClient.open is for code running in a task")
-        fired: list[None] = []
-        timer = loop.call_at(first_byte, _first_byte_passed, task, fired)
+        heads = self._heads
+        assert heads is not None  # (made with connections, in start)
+        record = heads.watch(task, first_byte)
         try:
             try:
                 conn = await connections.request(origin, payload, replayable)
             finally:
-                timer.cancel()
+                heads.unwatch(task, record)
         except http1.ConnectTimeout:
             raise self.timeout_error("connect") from None
         except asyncio.CancelledError as exc:
-            if not fired or type(exc) is not asyncio.CancelledError:
+            if not record[1] or type(exc) is not asyncio.CancelledError:
                 raise
             task.uncancel()
             raise self.timeout_error("first_byte" if first_byte < deadline else "total") from None
@@ -259,7 +265,3 @@ class UpstreamClient:
                           code="upstream_disconnected")
 
 
-def _first_byte_passed(task: asyncio.Task, fired: list[None]) -> None:
-    """``UpstreamClient.open``'s timer: the first_byte (or total) deadline passed."""
-    fired.append(None)
-    task.cancel()

@@ -192,3 +192,36 @@ async def test_a_request_that_finds_the_pool_full_takes_a_settling_connections_p
         assert await stream_text(client) == " word0 word1"
     assert (upstream.accepted, upstream.requests, upstream.closed) == (2, 2, 1)
     await client.close()
+
+
+async def test_one_timer_closes_the_late_settlers_and_waits_for_the_next():
+    """The pool's one settle timer (not one a stream): at its call, the connections settling
+    for ``SETTLE_SECONDS`` are closed, a younger one keeps waiting and the timer is armed for it;
+    one whose end comes is idle, taken off the list."""
+    from test_http1 import ORIGIN, FakeTransport
+
+    connections = pool.ConnectionPool(limit=4, connect_timeout=1)
+    started = []
+    for _ in range(3):
+        conn = http1.Connection(connections, ORIGIN)
+        conn.connection_made(FakeTransport())
+        connections.open_count += 1  # (as _connect counts it)
+        connections._all.add(conn)
+        conn.send(b"POST / HTTP/1.1\r\n\r\n")
+        conn.data_received(HEAD + framed(DONE))  # the last event; the body's end still due
+        connections.release(conn, settle=True)
+        started.append(conn)
+    old, young, ending = started
+    now = connections.loop.time()
+    connections._settling[old] = now - pool.SETTLE_SECONDS - 0.1  # (as if it began that long ago)
+    assert connections._settle_timer is not None
+    ending.data_received(END)
+    assert ending.idle and not ending.closed and list(connections._settling) == [old, young]
+    connections._settle_timer.cancel()
+    connections._stop_late_settlers()
+    assert old.closed and old.transport.aborted and not young.closed and list(connections._settling) == [young]
+    assert connections._settle_timer is not None and connections._settle_timer.when() == pytest.approx(
+        connections._settling[young] + pool.SETTLE_SECONDS)
+    assert connections.open_count == 2  # the young one settling, the ended one idle
+    await connections.close()
+    assert young.closed and not connections._settling
