@@ -47,7 +47,8 @@ class DeadlineQueue:
     is re-armed only when it fires, about once a timeout. A deadline earlier than one already
     watched (the timeout was shortened) gets a timer of its own.
 
-    ``watch`` returns the deadline's record: ``record[1]`` is True once it fired."""
+    ``watch`` returns the deadline's record, ``[when, fired, own timer or None]``: ``record[1]``
+    is True once it fired. (A list: made and read on every upstream request.)"""
 
     __slots__ = ("_loop", "_waiting", "_last", "_timer")
 
@@ -58,9 +59,9 @@ class DeadlineQueue:
         self._timer: asyncio.TimerHandle | None = None
 
     def watch(self, task: asyncio.Task, when: float) -> list:
-        record: list = [when, False]
+        record: list = [when, False, None]
         if when < self._last and self._waiting:  # out of order: on its own timer
-            record.append(self._loop.call_at(when, _fire, task, record))
+            record[2] = self._loop.call_at(when, _fire, task, record)
             return record
         self._waiting[task] = record
         self._last = when
@@ -69,8 +70,9 @@ class DeadlineQueue:
         return record
 
     def unwatch(self, task: asyncio.Task, record: list) -> None:
-        if len(record) > 2:
-            record[2].cancel()
+        own = record[2]
+        if own is not None:
+            own.cancel()
         elif self._waiting.get(task) is record:
             del self._waiting[task]
 

@@ -35,7 +35,7 @@ from .logs import throttled
 from .onewrite import ChunkWriter
 from .provider import UNREADABLE, unreadable_answer
 from .sse import CR, DONE, DONE_EVENT, LF, EventSplitter, data_event, load_event_json, parse_event, split_events
-from .sse_usage import END_NOT_NULL as _END_NOT_NULL
+from .sse_usage import END_NOT_NULL
 from .sse_usage import USAGE_OBJECT as _USAGE_OBJECT
 from .sse_usage import splice_usage_fields as splice_usage_fields  # (pipeline imports it from here)
 from .sse_usage import usage_object_at as _usage_object_at
@@ -469,7 +469,7 @@ def _done_at(blob: bytes, end: int) -> int:
 
 
 #: None: no usage object in the bytes searched (a ``ge"`` not followed by ``:null`` may begin one).
-_maybe_usage_object = _END_NOT_NULL.search
+_maybe_usage_object = END_NOT_NULL.search
 #: ``[DONE]``'s letters, as ints (``bytes.find`` of an int is a ``memchr``).
 _D, _O, _N, _E = b"DONE"
 #: Blobs longer than this have ``_done_at``'s search bounded first (four ``memchr``; shorter: not worth them).

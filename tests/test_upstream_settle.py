@@ -18,15 +18,15 @@ connections, the client's whole stream, and the ledger billed at the upstream's 
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
 from business import DEMO, biz_config, ledger_rows
+from fleet import until
 from openai import AsyncOpenAI
 from test_metrics import TOKEN, scrape, total
 from test_stream_one_read import DONE, USAGE, chunk
+from test_upstream_framing import RawUpstream, raw_upstream  # noqa: F401 (raw_upstream: a fixture)
 
 from proxy import http1, pool
 
@@ -39,70 +39,40 @@ def framed(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-class RawUpstream:
-    """Answers each request with ``EVENTS`` (one chunk each, ``[DONE]`` last), then does
-    ``after`` for the body's end, once the test says so (``go``: its client has its whole
-    stream by then): ``end`` writes the terminator, ``never`` nothing, ``too much`` more than
-    ``SETTLE_BYTES`` of comments first, ``closes`` closes the connection. Counts the
-    connections it accepted and those that closed."""
+class BodyEnd:
+    """A ``test_upstream_framing.RawUpstream`` script: answers each request with ``EVENTS``
+    (one chunk each, ``[DONE]`` last), then does ``after`` for the body's end once the test
+    says so (``go``: its client has its whole stream by then): ``end`` writes the terminator,
+    ``never`` nothing (until the gateway closes the connection), ``too much`` more than
+    ``SETTLE_BYTES`` of comments first, ``closes`` closes the connection."""
 
     def __init__(self, after: str) -> None:
         self.after = after
-        self.accepted = 0
-        self.closed = 0
-        self.requests = 0
-        self.go = asyncio.Event()  # (after_go) the body's end may go out
-        self.server: asyncio.Server | None = None
+        self.go = asyncio.Event()
 
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-                await reader.readexactly(int(length.group(1)) if length else 0)
-                self.requests += 1
-                writer.write(HEAD)
-                for event in EVENTS:
-                    writer.write(framed(event))
-                    await writer.drain()
-                await self.go.wait()
-                self.go.clear()
-                if self.after == "never":
-                    await reader.read()  # until the gateway closes the connection
-                    return
-                if self.after == "closes":
-                    return
-                if self.after == "too much":
-                    writer.write(framed(b": padding\n\n" * (http1.SETTLE_BYTES // 11 + 10)))
-                writer.write(END)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.closed += 1
-            writer.close()
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+    async def __call__(self, conn: int, n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(HEAD)
+        for event in EVENTS:
+            writer.write(framed(event))
+            await writer.drain()
+        await self.go.wait()
+        self.go.clear()
+        if self.after == "never":
+            await reader.read()
+            return False
+        if self.after == "closes":
+            return False
+        if self.after == "too much":
+            writer.write(framed(b": padding\n\n" * (http1.SETTLE_BYTES // 11 + 10)))
+        writer.write(END)
+        return True
 
 
-@pytest.fixture
-async def raw_upstream():
-    made: list[RawUpstream] = []
-
-    async def make(after: str = "end") -> tuple[RawUpstream, str]:
-        upstream = RawUpstream(after)
-        made.append(upstream)
-        return upstream, await upstream.start()
-
-    yield make
-    for upstream in made:
-        await upstream.close()
+async def settle_upstream(make_upstream, after: str = "end") -> tuple[RawUpstream, BodyEnd, str]:
+    """(the upstream, its script, its base URL), from the ``raw_upstream`` fixture's ``make_upstream``."""
+    body_end = BodyEnd(after)
+    upstream = await make_upstream(body_end)
+    return upstream, body_end, await upstream.start()
 
 
 def gateway_config(url: str, max_connections: int = 1000) -> dict:
@@ -121,10 +91,8 @@ async def idle_is(running, n: int) -> bool:
     return await upstream_connections(running, "idle") == n
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 10.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not await check():
-            await asyncio.sleep(0.01)
+async def in_use_is(running, n: int) -> bool:
+    return await upstream_connections(running, "in_use") == n
 
 
 async def upstream_connections(running, state: str) -> float:
@@ -134,18 +102,20 @@ async def upstream_connections(running, state: str) -> float:
 
 
 async def test_a_stream_whose_body_ends_after_its_last_event_leaves_its_connection_for_the_next(
-        start_gateway, raw_upstream):
-    upstream, url = await raw_upstream()
+        start_gateway, raw_upstream):  # noqa: F811
+    upstream, body_end, url = await settle_upstream(raw_upstream)
     running = await start_gateway(gateway_config(url))
     client = AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0)
     async with asyncio.timeout(10):  # the client's stream ends before the upstream's body does
         assert await stream_text(client) == " word0 word1"
-    assert upstream.accepted == 1 and upstream.requests == 1
-    upstream.go.set()  # the body's end, after the client has its whole stream
-    await until(lambda: idle_is(running, 1), "the connection idle once its body ended")
+    assert upstream.requests == [(1, 1)]
+    body_end.go.set()  # the body's end, after the client has its whole stream
+    await until(lambda: idle_is(running, 1), what="the connection idle once its body ended")
     async with asyncio.timeout(10):
         assert await stream_text(client) == " word0 word1"
-    assert (upstream.accepted, upstream.requests, upstream.closed) == (1, 2, 0)  # the same connection, still open
+    assert upstream.requests == [(1, 1), (1, 2)]  # the same connection
+    body_end.go.set()
+    await until(lambda: idle_is(running, 1), what="the connection idle again, still open")
     rows = await ledger_rows(running, "prompt", "completion", "estimated", "status")
     assert rows == [{"prompt": 7, "completion": 40, "estimated": 0, "status": 200}] * 2
     await client.close()
@@ -153,44 +123,41 @@ async def test_a_stream_whose_body_ends_after_its_last_event_leaves_its_connecti
 
 @pytest.mark.parametrize("after", ["never", "too much", "closes"])
 async def test_a_body_that_does_not_end_after_its_last_event_has_its_connection_closed(
-        after, start_gateway, raw_upstream, monkeypatch):
+        after, start_gateway, raw_upstream, monkeypatch):  # noqa: F811
     """The client is not held up; the connection is closed (after ``SETTLE_SECONDS``, at once
     past ``SETTLE_BYTES``, or by the upstream) and no longer counted, and the next request
     gets a new one. Billed at usage either way."""
     monkeypatch.setattr(pool, "SETTLE_SECONDS", 0.3)
-    upstream, url = await raw_upstream(after)
+    upstream, body_end, url = await settle_upstream(raw_upstream, after)
     running = await start_gateway(gateway_config(url))
     client = AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0)
     async with asyncio.timeout(10):
         assert await stream_text(client) == " word0 word1"
-    upstream.go.set()
-
-    async def closed() -> bool:
-        return upstream.closed == 1 and await upstream_connections(running, "in_use") == 0
-    await until(closed, "the connection closed, and no longer counted in use")
+    body_end.go.set()
+    await until(lambda: in_use_is(running, 0), what="the connection closed, and no longer counted in use")
     assert await upstream_connections(running, "idle") == 0
     async with asyncio.timeout(10):
         assert await stream_text(client) == " word0 word1"
-    assert (upstream.accepted, upstream.requests) == (2, 2)
+    assert upstream.requests == [(1, 1), (2, 1)]  # the next request on a new connection
     rows = await ledger_rows(running, "prompt", "completion", "estimated", "status")
     assert rows == [{"prompt": 7, "completion": 40, "estimated": 0, "status": 200}] * 2
     await client.close()
 
 
 async def test_a_request_that_finds_the_pool_full_takes_a_settling_connections_place(
-        start_gateway, raw_upstream, monkeypatch):
+        start_gateway, raw_upstream, monkeypatch):  # noqa: F811
     """``max_connections: 1`` and a connection that waits (an hour) for a body's end that never
     comes: the next request closes it and goes on a new connection instead of waiting."""
     monkeypatch.setattr(pool, "SETTLE_SECONDS", 3600.0)
-    upstream, url = await raw_upstream("never")
+    upstream, body_end, url = await settle_upstream(raw_upstream, "never")
     running = await start_gateway(gateway_config(url, max_connections=1))
     client = AsyncOpenAI(base_url=running.url, api_key=DEMO, max_retries=0)
     async with asyncio.timeout(10):
         assert await stream_text(client) == " word0 word1"
         assert await upstream_connections(running, "in_use") == 1  # the settling one holds the only slot
-        upstream.go.set()
+        body_end.go.set()
         assert await stream_text(client) == " word0 word1"
-    assert (upstream.accepted, upstream.requests, upstream.closed) == (2, 2, 1)
+    assert upstream.requests == [(1, 1), (2, 1)]  # the settling one closed, its place taken
     await client.close()
 
 
@@ -225,3 +192,24 @@ async def test_one_timer_closes_the_late_settlers_and_waits_for_the_next():
     assert connections.open_count == 2  # the young one settling, the ended one idle
     await connections.close()
     assert young.closed and not connections._settling
+
+
+async def test_a_connection_whose_reading_was_paused_reads_again_to_settle():
+    """A reader that leaves while the connection's reading is paused (more than ``HIGH_WATER``
+    unread): settling drops what was held and reads again, so the body's end can come."""
+    from test_http1 import ORIGIN, FakeTransport
+
+    connections = pool.ConnectionPool(limit=4, connect_timeout=1)
+    conn = http1.Connection(connections, ORIGIN)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    connections.open_count += 1  # (as _connect counts it)
+    connections._all.add(conn)
+    conn.send(b"POST / HTTP/1.1\r\n\r\n")
+    conn.data_received(HEAD + framed(b": x\n\n" * (http1.HIGH_WATER // 5 + 1)) + framed(DONE))
+    assert transport.paused
+    connections.release(conn, settle=True)
+    assert not transport.paused and conn.read_nowait() == b""  # reading again; what was held, dropped
+    conn.data_received(END)
+    assert conn.idle and not conn.closed and not connections._settling
+    await connections.close()
