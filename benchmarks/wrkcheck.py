@@ -33,8 +33,8 @@ from .procs import Child, Children, cpu_plan
 from .report import BUDGET, rounds_verdict
 from .runner import listening_sockets, round_order, start_target
 from .scenarios import PROFILES
-from .stats import median
-from .targets import BENCH_KEY, Target, builtin, free_port
+from .stats import cpu_seconds, median
+from .targets import BENCH_KEY, Target, baseline_targets, builtin, free_port
 
 #: The answers nginx serves: the benchmark's one-write stream and its non-stream answer.
 SHAPES = ("stream", "whole")
@@ -42,6 +42,7 @@ PROMPT_TOKENS = 12  # what the answers' usage says (nginx does not read the requ
 #: Where Debian puts nginx, for a PATH without it (a non-root user's).
 SBIN = "/usr/sbin:/sbin"
 _RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+_REQUESTS = re.compile(r"^\s*(\d+) requests in ", re.MULTILINE)
 _NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 _SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 
@@ -80,21 +81,31 @@ def wrk_script(stream: bool) -> str:
 
 
 def parse_wrk(text: str) -> dict:
-    """Requests a second and the failures wrk counted (non-2xx answers, socket errors)."""
+    """Requests a second, the requests answered, and the failures wrk counted (non-2xx answers,
+    socket errors)."""
     rps = _RPS.search(text)
+    requests = _REQUESTS.search(text)
     non_2xx = _NON_2XX.search(text)
     sock = _SOCKET_ERRORS.search(text)
-    return {"rps": float(rps.group(1)) if rps else 0.0, "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+    return {"rps": float(rps.group(1)) if rps else 0.0, "requests": int(requests.group(1)) if requests else 0,
+            "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
             "socket_errors": sum(int(g) for g in sock.groups()) if sock else 0}
 
 
 def run_wrk(kids: Children, wrk: str, url: str, script: Path, seconds: float, connections: int,
-            cpus: set[int] | None) -> dict:
+            cpus: set[int] | None, target_pid: int | None = None) -> dict:
+    """One wrk run; with ``target_pid``, also the target's CPU time a request (µs, user + system,
+    all its threads): the figure a noisy host disturbs least."""
+    cpu_before = cpu_seconds(target_pid) if target_pid else None
     child = kids.spawn("wrk", [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script),
                                url], cpus=cpus, stdout=subprocess.PIPE)
     out, _ = child.popen.communicate(timeout=seconds + 60)
     kids.children.remove(child)
-    return parse_wrk(out.decode(errors="replace"))
+    result = parse_wrk(out.decode(errors="replace"))
+    cpu_after = cpu_seconds(target_pid) if target_pid else None
+    if cpu_before is not None and cpu_after is not None and result["requests"]:
+        result["cpu_us_per_req"] = (cpu_after - cpu_before) / result["requests"] * 1e6
+    return result
 
 
 def wait_listening(nginx: Child, ports: Iterable[int], error_log: Path, timeout: float = 10.0) -> None:
@@ -134,14 +145,14 @@ def measure(args: argparse.Namespace) -> dict:
         wait_listening(nginx, ports.values(), error_log)
         for shape in args.shapes:
             upstream = f"http://127.0.0.1:{ports[shape]}"
-            targets: list[Target] = []
-            for name in args.targets:
-                t = builtin(name)
-                t.name = f"{name}-{shape}"  # its log and ledger file in workdir
+            targets: list[Target] = [builtin(name) for name in args.targets]
+            if args.baseline is not None:
+                targets += baseline_targets(targets, args.baseline)
+            for t in targets:
+                t.name = f"{t.name}-{shape}"  # its log and ledger file in workdir
                 start_target(kids, t, upstream, workdir, cpus["target"])
                 if t.failed:
                     raise RuntimeError(f"{t.name} did not start: {t.failed}")
-                targets.append(t)
             script = workdir / f"{shape}.lua"
             for t in targets:  # warm-up, not counted
                 run_wrk(kids, args.wrk, t.chat_url, script, 2, args.connections, cpus["loadgen"])
@@ -149,7 +160,7 @@ def measure(args: argparse.Namespace) -> dict:
             for round_no in range(args.rounds):
                 for t in round_order(targets, round_no):
                     runs[t.name].append(run_wrk(kids, args.wrk, t.chat_url, script, args.seconds,
-                                                args.connections, cpus["loadgen"]))
+                                                args.connections, cpus["loadgen"], t.pid))
                 if not args.quiet:
                     print(f"{shape} round {round_no + 1}: " + "  ".join(
                         f"{t.name} {runs[t.name][-1]['rps']:.0f}/s" for t in targets), flush=True)
@@ -168,10 +179,18 @@ def summary(runs: dict[str, list[dict]], targets: list[Target]) -> dict:
         rounds = runs[t.name]
         row: dict = {"rps": median(r["rps"] for r in rounds),
                      "failures": sum(r["non_2xx"] + r["socket_errors"] for r in rounds)}
+        if cpu := [r["cpu_us_per_req"] for r in rounds if "cpu_us_per_req" in r]:
+            row["cpu_us_per_req"] = median(cpu)
         if t.name != floor:
-            ratios = [mine["rps"] / base["rps"] for mine, base in zip(rounds, runs[floor], strict=True) if base["rps"]]
+            pairs = list(zip(rounds, runs[floor], strict=True))
+            ratios = [mine["rps"] / base["rps"] for mine, base in pairs if base["rps"]]
             row["ratios"] = ratios
             row.update(rounds_verdict(ratios, BUDGET["throughput_ratio"], True) if ratios else {})
+            # the floor's CPU a request over the target's, per round (> 1: the target is the cheaper)
+            if cpu_ratios := [base["cpu_us_per_req"] / mine["cpu_us_per_req"] for mine, base in pairs
+                              if mine.get("cpu_us_per_req") and base.get("cpu_us_per_req")]:
+                row["cpu_ratios"] = cpu_ratios
+                row["cpu_rounds_median"] = median(cpu_ratios)
         out["targets"][t.name] = row
     return out
 
@@ -183,11 +202,16 @@ def table(report: dict) -> str:
         lines.append(f"{shape}:")
         for name, row in s["targets"].items():
             line = f"  {name:22s} {row['rps']:9.0f}/s  failures {row['failures']}"
+            if "cpu_us_per_req" in row:
+                line += f"  CPU {row['cpu_us_per_req']:.0f} us/req"
             if "margin" in row:
                 lo, hi = row["interval"]
                 line += (f"  x floor per round {' '.join(f'{r:.2f}' for r in row['ratios'])}\n"
                          f"  {'':22s} the rounds' median {row['rounds_median']:.3f}x, {row['coverage']:.0%} interval "
                          f"{lo:.3f} .. {hi:.3f}: {row['margin']} (want >= {BUDGET['throughput_ratio']}x)")
+            if "cpu_rounds_median" in row:
+                line += (f"\n  {'':22s} CPU a request, the floor's over this one's per round: the rounds' median "
+                         f"{row['cpu_rounds_median']:.3f}x")
             lines.append(line)
     return "\n".join(lines)
 
@@ -201,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="each wrk run (whole seconds; at least 1)")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--baseline", type=Path, metavar="DIR",
+                   help="also run each tollway target from this source tree (NAME@base; e.g. "
+                        "git archive OLD proxy plugins | tar -x -C DIR): before/after in one run")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     args.targets = [t for t in args.targets.split(",") if t]
@@ -219,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.rounds < 1:
         print("wrkcheck: --rounds must be at least 1", file=sys.stderr)
+        return 2
+    if args.baseline is not None and not (args.baseline / "proxy").is_dir():
+        print(f"wrkcheck: --baseline {args.baseline}: no proxy/ package there", file=sys.stderr)
         return 2
     try:
         for name in args.targets:

@@ -34,8 +34,9 @@ Transfer/sec:     36.29MB
 
 
 def test_wrk_output_is_read_for_the_rate_and_every_failure():
-    assert wrkcheck.parse_wrk(WRK_OUTPUT) == {"rps": 3502.09, "non_2xx": 7, "socket_errors": 3}
-    assert wrkcheck.parse_wrk("Requests/sec:   12.50\n") == {"rps": 12.5, "non_2xx": 0, "socket_errors": 0}
+    assert wrkcheck.parse_wrk(WRK_OUTPUT) == {"rps": 3502.09, "requests": 17514, "non_2xx": 7, "socket_errors": 3}
+    assert wrkcheck.parse_wrk("Requests/sec:   12.50\n") == {"rps": 12.5, "requests": 0, "non_2xx": 0,
+                                                          "socket_errors": 0}
 
 
 def test_nginx_serves_the_benchmarks_own_answers():
@@ -91,6 +92,12 @@ def test_floor_and_tollway_full_behind_nginx_under_wrk(tmp_path):
             assert rows[name]["rps"] > 0 and rows[name]["failures"] == 0, (name, rows[name])
         ratio = rows[f"tollway-full-{shape}"]
         assert ratio["ratios"] == [pytest.approx(ratio["rps"] / rows[f"floor-{shape}"]["rps"])]
+        # each target's CPU a request, from its own process's times over the requests wrk counted
+        for name in (f"floor-{shape}", f"tollway-full-{shape}"):
+            run = report["shapes"][shape]["runs"][name][0]
+            assert run["requests"] > 0 and 1 < run["cpu_us_per_req"] < 1e6, (name, run)
+        assert ratio["cpu_ratios"] == [pytest.approx(rows[f"floor-{shape}"]["cpu_us_per_req"]
+                                                     / ratio["cpu_us_per_req"])]
         # tollway answered through its whole stack: each answer billed in its ledger, at the answers' usage
         db = sqlite3.connect(Path(report["workdir"]) / f"tollway-full-{shape}.db")
         billed = db.execute("select count(*), min(status), max(status), min(cost_micro_usd), min(prompt_tokens), "
@@ -98,4 +105,4 @@ def test_floor_and_tollway_full_behind_nginx_under_wrk(tmp_path):
         db.close()
         completion = 50 if shape == "stream" else 8
         assert billed[0] > 0 and billed[1:] == (200, 200, billed[3], 12, 12, completion) and billed[3] > 0, billed
-    assert "the rounds' median" in proc.stdout and "x floor per round" in proc.stdout
+    assert "the rounds' median" in proc.stdout and "x floor per round" in proc.stdout and " us/req" in proc.stdout
