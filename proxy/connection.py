@@ -43,6 +43,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 from .config import ClientTimeouts
 from .dispatch import dispatcher
 from .errors import ProxyError, dialect_of_path, internal_error
+from .heldwrites import HeldWrites
 from .logs import redact, throttled
 from .onewrite import AIOHTTP_314
 from .server_loop import serve_requests
@@ -87,7 +88,7 @@ class ClientConnection(RequestHandler):
     """The protocol of one client connection (see the module docstring)."""
 
     __slots__ = ("_limits", "_timer", "_timer_kind", "_head_bytes", "_body", "_head_start", "_bad_target",
-                 "_pipelined")
+                 "_pipelined", "held_writes")
 
     def __init__(self, manager: ClientServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -99,6 +100,8 @@ class ClientConnection(RequestHandler):
         self._head_start: bytes | None = None  # the first read of a head that came in several reads
         self._bad_target: str | None = None  # the path of a head the parser refused
         self._pipelined = False  # two requests were queued at once, once (see HELD_ONLY)
+        # the server's: an answer's last write waits for the end of the loop's pass (heldwrites.py)
+        self.held_writes: HeldWrites | None = manager.held_writes
 
     start = serve_requests  # aiohttp's request loop, each handler awaited without a task of its own
 
@@ -124,6 +127,12 @@ class ClientConnection(RequestHandler):
             cast(ClientServer, self._manager).open_count -= 1
         super().connection_lost(exc)
 
+    def force_close(self) -> None:
+        """aiohttp's, after the writes held in this pass (this connection's last answer may be one)."""
+        if self.held_writes is not None:
+            self.held_writes.flush()
+        super().force_close()
+
     @property
     def waiting(self) -> bool:
         """Open, and not answering a request: a head still arriving, or idle between requests."""
@@ -132,6 +141,8 @@ class ClientConnection(RequestHandler):
 
     def evict(self) -> None:
         """Close this waiting connection to make room (a 408 if part of a head had come)."""
+        if self.held_writes is not None:
+            self.held_writes.flush()  # (its last answer may be held: it goes first)
         if self._head_bytes and self._timer_kind == _HEAD and self.transport is not None:
             self.transport.write(self._head_timeout_answer())
         self.force_close()
@@ -342,6 +353,7 @@ class ClientServer(web.Server):
     base_path: str | None
     open_count: int
     evict_above: int
+    held_writes: HeldWrites | None
 
     def __call__(self) -> RequestHandler:
         return ClientConnection(self, loop=self._loop, **self._kwargs)
@@ -380,6 +392,7 @@ class GatewayRunner(web.AppRunner):
 
         gateway = self._app.get(GATEWAY_KEY) if isinstance(self._app, web.Application) else None
         client_server.base_path = gateway.config.server.base_path if gateway is not None else None
+        client_server.held_writes = gateway.held_writes if gateway is not None else None
         client_server.open_count = 0
         client_server.evict_above = _half_the_fd_limit()
         return client_server

@@ -21,6 +21,7 @@ from .accesslog import AccessLog
 from .config import Config, build_config, read_yaml
 from .dialects import CompletionsDialect, Dialect, OpenAIDialect
 from .events import Event
+from .heldwrites import HeldWrites
 from .inflight import InFlight
 from .plugins import Hooks, collect, compile_hooks, make_plugin_manager, section_plugins
 from .provider import Provider
@@ -64,6 +65,9 @@ class Gateway:
         # What /health/ready reports besides storage: name -> an async check (True: ok).
         # A service that the gateway cannot answer without (shared counters) adds itself.
         self.dependencies: dict[str, Callable[[], Awaitable[bool]]] = {}
+        # The writes held to the end of the loop's pass (heldwrites.py): made by start(); every
+        # provider's upstream pool and the client connections of the server use it.
+        self.held_writes: HeldWrites | None = None
 
     @property
     def config(self) -> Config:
@@ -80,9 +84,10 @@ class Gateway:
         self.serving = serving
         try:
             if serving:
+                self.held_writes = HeldWrites(asyncio.get_running_loop())
                 await self.stored_responses.open(self.store)
                 for provider in self.providers.values():
-                    await provider.start()
+                    await self.start_provider(provider)
                     if (warning := provider.startup_warning()) is not None:
                         log.warning("%s", warning)
             for impl in self.pm.hook.tollway_startup.get_hookimpls():  # registration order
@@ -96,9 +101,16 @@ class Gateway:
             raise
         self.ready = True
 
+    async def start_provider(self, provider: Provider) -> None:
+        """Start ``provider`` (at start, or made by a reload), its upstream writes held with the server's."""
+        provider.upstream.held_writes = self.held_writes
+        await provider.start()
+
     async def close(self) -> None:
         """Run ``tollway_shutdown`` hooks (flush), close providers and storage."""
         self.ready = False
+        if self.held_writes is not None:
+            self.held_writes.flush()  # (the loop may not run another pass)
         if not self.started:
             return
         try:

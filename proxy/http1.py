@@ -202,6 +202,7 @@ class Connection(asyncio.Protocol):
         # While the pool waits for the end of an answer its reader left (``settle``): called at that end.
         self._on_end: Callable[[Connection], None] | None = None
         self._dropped = 0  # body bytes dropped while settling
+        self._unsent: bytes | None = None  # the request, while it waits in the pool's HeldWrites
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -212,7 +213,11 @@ class Connection(asyncio.Protocol):
         if self._state == _BODY and self._until_close:
             self._state = _DONE  # the close is the end of this body
         elif self._state != _DONE and self._error is None:
-            self._error = UpstreamClosed("the upstream closed the connection before its answer ended")
+            if self._unsent is not None:  # lost while its request waited to go out (``send``): never sent
+                self._unsent = None
+                self._error = NotSent("the connection closed before the request went out")
+            else:
+                self._error = UpstreamClosed("the upstream closed the connection before its answer ended")
         self.wake()
         self.pool.lost(self)
 
@@ -355,11 +360,26 @@ class Connection(asyncio.Protocol):
         self._keep_alive = True
         self.received = False
         self.status = 0
+        held = self.pool.held_writes
+        if held is not None and not self.closed and not self.transport.is_closing():
+            # written at the end of the loop's pass, with the other writes of that pass (heldwrites.py);
+            # lost before then, it is NotSent (connection_lost)
+            self._unsent = data
+            held.hold(self._write_held, data)
+            return
         try:
             self.transport.write(data)
         except (RuntimeError, OSError) as exc:  # closed under us since it was picked from the pool
             self.closed = True
             raise NotSent(f"the connection closed before the request went out: {exc}") from None
+
+    def _write_held(self, data: bytes) -> None:
+        """``send``'s write, made by the pool's ``HeldWrites``; not on a connection closing meanwhile
+        (the upstream's close came first: ``connection_lost`` makes it NotSent, and the pool sends
+        the request on another connection)."""
+        if self._unsent is data and not self.transport.is_closing():
+            self._unsent = None
+            self.transport.write(data)
 
     async def read_head(self) -> None:
         """Wait for the answer's status line and headers."""

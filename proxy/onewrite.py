@@ -33,6 +33,8 @@ from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from aiohttp.http_writer import StreamWriter, _serialize_headers
 
+from .heldwrites import held_writes_of
+
 __all__ = ["AIOHTTP_314", "ENABLED", "ChunkWriter", "end_stream", "end_whole", "has_prepare_receivers",
            "head_with_first_bytes", "start_whole", "write_chunk"]
 
@@ -185,7 +187,11 @@ def end_stream(resp: web.StreamResponse, parts: list[bytes], last: bytes) -> Str
     if type(transport) in _WRITEV:  # (_writelines' counts; the transport is not closing: checked above)
         writer.buffer_size = buffered + size
         writer.output_size += size
-        transport.writelines(frames)
+        held = held_writes_of(writer._protocol)
+        if held is not None:  # the answer's last write: at the end of the loop's pass (heldwrites.py)
+            held.hold(transport.writelines, frames)
+        else:
+            transport.writelines(frames)
     else:
         writer._writelines(frames)
     return writer

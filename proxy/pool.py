@@ -9,7 +9,8 @@ When a request is sent again (at most once, on a new connection):
 - never after any byte of an answer arrived (a partial head, an interim 1xx,
   a malformed answer), never after a timeout: the upstream saw the request;
 - always when no byte of it was written (the connection was found closed as
-  the request went out): the upstream cannot have seen it;
+  the request went out, or it closed while the request waited in the pass's
+  held writes, ``heldwrites.py``): the upstream cannot have seen it;
 - when it was written on a reused connection that then closed without a
   byte of answer (the keep-alive race: the upstream closed the idle
   connection as the request went out), only if the request is replayable:
@@ -29,6 +30,7 @@ import ssl
 from collections import deque
 
 from .deadline import Deadline
+from .heldwrites import HeldWrites
 from .http1 import CannotConnect, Connection, ConnectTimeout, NotSent, Origin, UpstreamClosed
 
 #: How long a released connection waits for the end of an answer its reader left (``release``'s ``settle``).
@@ -39,8 +41,9 @@ class ConnectionPool:
     """Keep-alive connections to any number of origins, at most ``limit`` open at once."""
 
     def __init__(self, limit: int, connect_timeout: float, keepalive: float = 30.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, held_writes: HeldWrites | None = None) -> None:
         self.limit = limit
+        self.held_writes = held_writes  # requests written at the end of the loop's pass (None: at once)
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
         self.loop = asyncio.get_running_loop()

@@ -136,7 +136,7 @@ class Reloader:
         snapshot = Snapshot.make(config, providers, old.version + 1)
         try:
             for provider in fresh:
-                await provider.start()
+                await gateway.start_provider(provider)
             applies = [a for a in gateway.pm.hook.tollway_reload(gateway=gateway, snapshot=snapshot) if a]
         except BaseException:
             await asyncio.gather(*(p.close() for p in fresh), return_exceptions=True)

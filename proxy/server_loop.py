@@ -69,6 +69,9 @@ async def serve_requests(self: RequestHandler) -> None:
     assert self._request_handler is not None
     context = copy_context()  # the connection's, before any handler ran
     inline = True  # until a handler changes the context
+    # An answer's last write may wait for the end of the loop's pass (heldwrites.py): it goes out
+    # before this loop writes anything else or closes (a pipelined request's answer, a close).
+    held = getattr(self, "held_writes", None)
 
     while not self._force_close:
         if not self._messages:
@@ -78,7 +81,8 @@ async def serve_requests(self: RequestHandler) -> None:
                 await self._waiter
             finally:
                 self._waiter = None
-
+        elif held is not None:
+            held.flush()  # a pipelined request, handled without a wait: the last answer goes first
         message, payload = self._messages.popleft()
 
         # Free a parser slot; resume reading once drained to low water so
@@ -177,6 +181,8 @@ async def serve_requests(self: RequestHandler) -> None:
     if not self._force_close:
         self._task_handler = None
         if self.transport is not None:
+            if held is not None:
+                held.flush()
             self.transport.close()
 
 

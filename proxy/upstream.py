@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from . import http1
 from .deadline import DeadlineQueue
 from .errors import ProxyError
+from .heldwrites import HeldWrites
 from .logs import throttled
 from .pool import ConnectionPool
 
@@ -176,13 +177,15 @@ class UpstreamClient:
         self.config = config
         self.timeouts = config.timeouts
         self.connections: ConnectionPool | None = None  # from start() to close()
+        self.held_writes: HeldWrites | None = None  # the gateway's, set before start(): its pool's writes
         self.loop: asyncio.AbstractEventLoop | None = None
         self._heads: DeadlineQueue | None = None
         self._targets: dict[str, tuple[http1.Origin, str, str]] = {}
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.connections = ConnectionPool(self.config.max_connections, self.timeouts.connect, KEEPALIVE_S)
+        self.connections = ConnectionPool(self.config.max_connections, self.timeouts.connect, KEEPALIVE_S,
+                                          held_writes=self.held_writes)
         self._heads = DeadlineQueue(self.loop)  # the first_byte deadlines of the requests waiting for a head
 
     async def close(self) -> None:

@@ -30,6 +30,7 @@ from aiohttp.web_response import REASON_PHRASES
 from multidict import CIMultiDict
 
 from .headshape import shape_and_values
+from .heldwrites import held_writes_of
 from .onewrite import _WRITEV, ENABLED, has_prepare_receivers
 
 __all__ = ["send_answer"]
@@ -88,7 +89,11 @@ def send_answer(request: web.BaseRequest, status: int, headers: dict[str, str], 
         size += len(head)  # (the transport is the writer's: the request's protocol's; not closing, checked above)
         writer.buffer_size += size
         writer.output_size += size
-        transport.writelines((head, body))
+        held = held_writes_of(writer._protocol)
+        if held is not None:  # the answer's one write: at the end of the loop's pass (heldwrites.py)
+            held.hold(transport.writelines, (head, body))
+        else:
+            transport.writelines((head, body))
     else:
         writer._writelines((head, body))
     return resp, writer
