@@ -84,7 +84,7 @@ class Gateway:
         self.serving = serving
         try:
             if serving:
-                self.held_writes = HeldWrites(asyncio.get_running_loop())
+                self.held_writes = HeldWrites(asyncio.get_running_loop(), self.inflight.calls)
                 await self.stored_responses.open(self.store)
                 for provider in self.providers.values():
                     await self.start_provider(provider)

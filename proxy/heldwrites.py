@@ -8,8 +8,8 @@ inter-processor interrupt when the CPU went idle, and in a virtual machine sendi
 the sender ~10 µs: spaced out, nearly every write found its peer's CPU idle again (1.7 a
 stream in the benchmark's one-write shape, under nginx and wrk). Held to the end of the pass,
 the writes of every request handled in it go out back to back, and the peers' CPU is woken
-once a pass, not once a write (0.1 a stream; the target's CPU a stream -13%:
-benchmarks/RESULTS.md).
+once a pass, not once a write (0.1 a stream; the target's CPU a stream -21%:
+benchmarks/RESULTS.md). With one call in flight there is nothing to batch: written at once.
 
 What is held: writes after which nothing else is written to that transport in the same pass by
 another path: an upstream request (``http1.Connection.send``; the answer comes after it) and a
@@ -24,23 +24,32 @@ pipelined request, a close) calls ``flush`` first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any
 
 __all__ = ["HeldWrites", "held_writes_of"]
 
 
 class HeldWrites:
-    """The writes held in this pass of ``loop``: ``(write, data)`` pairs, made in order by ``flush``."""
+    """The writes held in this pass of ``loop``: ``(write, data)`` pairs, made in order by ``flush``.
 
-    __slots__ = ("_loop", "_held")
+    ``in_flight`` (the gateway's calls in flight): while it holds one call or none, a write is made
+    at once: one request at a time has nothing to share a pass with, and holding would only add
+    the loop's next pass to its latency (~0.03 ms at concurrency 1). None: always held."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("_loop", "_held", "_in_flight")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, in_flight: Sized | None = None) -> None:
         self._loop = loop
         self._held: list[tuple[Callable[[Any], object], Any]] = []
+        self._in_flight = in_flight
 
     def hold(self, write: Callable[[Any], object], data: Any) -> None:
-        """``write(data)`` at the end of this pass (e.g. ``transport.writelines, frames``)."""
+        """``write(data)`` at the end of this pass (e.g. ``transport.writelines, frames``), or now
+        when no other call is in flight."""
+        if self._in_flight is not None and len(self._in_flight) < 2:
+            write(data)
+            return
         if not self._held:
             self._loop.call_soon(self.flush)
         self._held.append((write, data))

@@ -11,10 +11,12 @@ holding runs on uvloop's transports (as ``tollway serve`` does): this module's t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
 
+import aiohttp
 import openai
 import orjson
 import pytest
@@ -32,6 +34,13 @@ from proxy.reload import RELOADER_KEY
 CHAT = orjson.dumps({"model": "up", "messages": [{"role": "user", "content": "hi"}]})
 ONE_WRITE_STREAM = orjson.dumps({"model": "up", "stream": True, "messages": [{"role": "user", "content": "hi"}],
                                  "mock": {"one_write": True, "chunks": 6}})
+
+
+def held_config(upstream: str, **overrides) -> dict:
+    """``base_config`` whose upstream may take 5 s to answer (``another_call_in_flight``)."""
+    config = base_config(upstream, **overrides)
+    config["providers"]["up"]["timeouts"]["first_byte"] = 10
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +72,33 @@ class Spy:
         monkeypatch.setattr(HeldWrites, "flush", spy_flush)
 
 
+@contextlib.asynccontextmanager
+async def another_call_in_flight(running, spy: Spy):
+    """A call whose upstream answers after 5 s, in flight while the block runs: writes are held
+    only while more than one call is in flight (``HeldWrites``' ``in_flight``). The spy's counts
+    start from zero inside the block."""
+    async def slow() -> int:
+        async with aiohttp.ClientSession() as s, s.post(running.url + "/chat/completions", json={
+                "model": "up", "messages": [{"role": "user", "content": "slow"}], "mock": {"delay": 5}}) as r:
+            await r.read()
+            return r.status
+
+    task = asyncio.create_task(slow())
+    async with asyncio.timeout(4):
+        while not running.gw.inflight.calls or spy.upstream < 1:
+            await asyncio.sleep(0.01)
+    spy.upstream = spy.client = 0
+    spy.flushes.clear()
+    try:
+        yield
+    finally:
+        assert await task == 200
+
+
 async def test_upstream_requests_and_answers_last_writes_are_held_and_arrive_whole(start_gateway, mock_upstream,
                                                                                   monkeypatch):
     spy = Spy(monkeypatch)
-    gw = await start_gateway(base_config(mock_upstream.url))
+    gw = await start_gateway(held_config(mock_upstream.url))
     client = openai.AsyncOpenAI(base_url=gw.url, api_key="unused", max_retries=0)
 
     async def whole() -> str:
@@ -80,14 +112,30 @@ async def test_upstream_requests_and_answers_last_writes_are_held_and_arrive_who
         return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
     try:
-        texts = await asyncio.gather(*[whole() for _ in range(8)], *[streamed() for _ in range(8)])
+        async with another_call_in_flight(gw, spy):
+            texts = await asyncio.gather(*[whole() for _ in range(8)], *[streamed() for _ in range(8)])
+            assert spy.upstream == 16  # every upstream request
+            assert spy.client == 16  # every answer's last write: the whole JSON, the one-write stream's end
+            assert sum(spy.flushes) == 32  # each made (at the end of its pass), none left behind
+            assert len(gw.gw.held_writes) == 0
     finally:
         await client.close()
     assert all(texts) and len(set(texts[:8])) == 1 and len(set(texts[8:])) == 1, texts
-    assert spy.upstream == 16  # every upstream request
-    assert spy.client == 16  # every answer's last write: the whole JSON, the one-write stream's end
-    assert sum(spy.flushes) == 32  # each made, none left behind
-    assert gw.gw.held_writes is not None and len(gw.gw.held_writes) == 0
+
+
+async def test_one_call_in_flight_is_written_at_once(start_gateway, mock_upstream, monkeypatch):
+    """Nothing to share a pass with: no pass's wait added to its latency."""
+    spy = Spy(monkeypatch)
+    gw = await start_gateway(held_config(mock_upstream.url))
+    async with openai.AsyncOpenAI(base_url=gw.url, api_key="unused", max_retries=0) as client:
+        for extra in ({}, {"stream": True, "extra_body": {"mock": {"one_write": True}}}):
+            answer = await client.chat.completions.create(model="up", messages=[{"role": "user", "content": "hi"}],
+                                                          **extra)
+            if extra:
+                assert [c async for c in answer]
+            else:
+                assert answer.choices[0].message.content
+    assert (spy.upstream, spy.client, spy.flushes) == (2, 2, [])  # handed over, and made at once
 
 
 async def test_a_pipelined_request_answered_by_aiohttp_comes_after_the_held_answer(start_gateway, mock_upstream,
@@ -95,18 +143,25 @@ async def test_a_pipelined_request_answered_by_aiohttp_comes_after_the_held_answ
     """The chat answer's last write is held; /health's answer is aiohttp's own, written in the
     same pass: ``serve_requests`` flushes before it takes the pipelined request."""
     spy = Spy(monkeypatch)
-    gw = await start_gateway(base_config(mock_upstream.url))
-    for first in (post("/v1/chat/completions", CHAT), post("/v1/chat/completions", ONE_WRITE_STREAM)):
-        answers = await converse(gw.server.port, [first, GET_HEALTH, first, GET_HEALTH], pipelined=True)
-        assert [b"chat.completion" in a for a in answers] == [True, False, True, False], answers
-        assert all(a.startswith(b"HTTP/1.1 200 OK\r\n") for a in answers)
-        assert answers[1].endswith(b'{"status": "ok"}') or b'"status"' in answers[1], answers[1]
-    assert spy.client == 4
+    gw = await start_gateway(held_config(mock_upstream.url))
+    async with another_call_in_flight(gw, spy):
+        for first in (post("/v1/chat/completions", CHAT), post("/v1/chat/completions", ONE_WRITE_STREAM)):
+            answers = await converse(gw.server.port, [first, GET_HEALTH, first, GET_HEALTH], pipelined=True)
+            assert [b"chat.completion" in a for a in answers] == [True, False, True, False], answers
+            assert all(a.startswith(b"HTTP/1.1 200 OK\r\n") for a in answers)
+            assert b'"status"' in answers[1], answers[1]
+        assert spy.client == 4 and sum(spy.flushes) == 8  # (the upstream requests' too)
 
 
 async def test_a_connection_close_answer_arrives_whole(start_gateway, mock_upstream, monkeypatch):
     spy = Spy(monkeypatch)
-    gw = await start_gateway(base_config(mock_upstream.url))
+    gw = await start_gateway(held_config(mock_upstream.url))
+    async with another_call_in_flight(gw, spy):
+        await answered_whole_then_closed(gw)
+        assert spy.client == 2 and sum(spy.flushes) == 4
+
+
+async def answered_whole_then_closed(gw) -> None:
     for body in (CHAT, ONE_WRITE_STREAM):
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.server.port)
         writer.write(post("/v1/chat/completions", body, head="Connection: close\r\n"))
@@ -119,7 +174,6 @@ async def test_a_connection_close_answer_arrives_whole(start_gateway, mock_upstr
             assert orjson.loads(rest)["object"] == "chat.completion"
         else:
             assert rest.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
-    assert spy.client == 2
 
 
 class ClosingUpstream:
@@ -200,6 +254,18 @@ async def test_a_request_held_on_a_connection_the_upstream_closed_goes_on_a_new_
         upstream.close()
 
 
+async def test_writes_wait_only_while_another_call_is_in_flight():
+    in_flight: list[str] = ["this one"]
+    held = HeldWrites(asyncio.get_running_loop(), in_flight)
+    made: list[str] = []
+    held.hold(made.append, "alone: at once")
+    in_flight.append("another")
+    held.hold(made.append, "with another: held")
+    assert made == ["alone: at once"] and len(held) == 1
+    await asyncio.sleep(0)
+    assert made == ["alone: at once", "with another: held"]
+
+
 async def test_writes_are_made_in_order_after_the_callbacks_already_scheduled():
     loop = asyncio.get_running_loop()
     held = HeldWrites(loop)
@@ -226,9 +292,9 @@ async def test_writes_are_made_in_order_after_the_callbacks_already_scheduled():
 async def test_providers_a_reload_makes_hold_their_writes_and_a_shutdown_flushes(start_gateway, mock_upstream,
                                                                                monkeypatch, tmp_path):
     spy = Spy(monkeypatch)
-    config = base_config(mock_upstream.url, storage={"url": f"sqlite:///{tmp_path}/reload.db"})
+    config = held_config(mock_upstream.url, storage={"url": f"sqlite:///{tmp_path}/reload.db"})
     running = await start_gateway(config)
-    config["providers"]["up"]["timeouts"]["first_byte"] = 3  # a changed provider: made again
+    config["providers"]["up"]["timeouts"]["first_byte"] = 9  # a changed provider: made again
     before = running.gw.providers["up"]
     await running.server.app[RELOADER_KEY].apply(config)
     after = running.gw.providers["up"]
@@ -240,6 +306,7 @@ async def test_providers_a_reload_makes_hold_their_writes_and_a_shutdown_flushes
         await client.close()
     assert answer.choices[0].message.content and spy.upstream == 1
     written: list[bytes] = []
+    running.gw.held_writes._in_flight = None  # (held whatever is in flight)
     running.gw.held_writes.hold(written.append, b"last")
     await running.gw.close()  # (a loop that stops after it runs no other pass)
     assert written == [b"last"]
