@@ -8,12 +8,12 @@ inter-processor interrupt when the CPU went idle, and in a virtual machine sendi
 the sender ~10 µs: spaced out, nearly every write found its peer's CPU idle again (1.7 a
 stream in the benchmark's one-write shape, under nginx and wrk). Held to the end of the pass,
 the writes of every request handled in it go out back to back, and the peers' CPU is woken
-once a pass, not once a write (0.1 a stream; the target's CPU a stream -21%:
+once a pass, not once a write (0.11 a stream; the target's CPU a stream 217 -> 166 µs:
 benchmarks/RESULTS.md). With one call in flight there is nothing to batch: written at once.
 
 What is held: writes after which nothing else is written to that transport in the same pass by
 another path: an upstream request (``http1.Connection.send``; the answer comes after it) and a
-client's last write of an answer (``onewrite.end_stream``, ``start_whole``,
+client's last write of an answer on uvloop's transports (``onewrite.end_stream``,
 ``wholeanswer.send_answer``). The flush runs in the loop's next pass before any callback
 scheduled after the write (the loop runs its ready callbacks in order), so whatever a held write
 led to (its answer, the next request on the connection, a shutdown waiting for the handler) comes
