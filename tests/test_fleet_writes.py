@@ -9,6 +9,7 @@ Redis at 127.0.0.1:6379 (its own key prefix) and a PostgreSQL schema of its own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,11 +19,14 @@ from business import DEMO, biz_config, chat
 from fleet import redis_url
 from stores import fresh_database
 
-from plugins.accounts import ACCOUNTS
+from plugins.accounts import ACCOUNTS, redis_lease_scripts
 from plugins.accounts import redis_scripts as lua
 from plugins.accounts.counters import COUNTERS
 
 pytestmark = pytest.mark.fleet
+
+SCRIPTS = {name: source for module in (lua, redis_lease_scripts) for name, source in vars(module).items()
+           if name.isupper() and not name.startswith("_") and isinstance(source, str) and "redis.call" in source}
 
 
 @contextmanager
@@ -47,6 +51,12 @@ def having(link, script: str, writes: list[bytes]) -> list[bytes]:
     """The writes that name ``script`` (by its SHA: EVALSHA)."""
     sha = link._sha(script).encode()
     return [w for w in writes if sha in w]
+
+
+def scripts_in(link, writes: list[bytes]) -> list[list[str]]:
+    """Each write's scripts by name, in order (for a failure's message: what went with what)."""
+    names = {link._sha(source).encode(): name for name, source in SCRIPTS.items()}
+    return [[names.get(sha, sha.decode()[:8]) for sha in re.findall(rb"[0-9a-f]{40}", w)] for w in writes]
 
 
 async def writes_of_paid_requests(s: aiohttp.ClientSession, running, count: int = 5
@@ -87,10 +97,12 @@ async def test_one_request_at_a_time_writes_its_admit_then_its_charge_with_its_c
         link, each, sent = await writes_of_paid_requests(s, running)
     for mine in each:  # (a keep-alive of the holds could be among them: not counted)
         admits, charges = having(link, lua.ADMIT, mine), having(link, lua.SETTLE, mine)
-        assert len(admits) == 1 and len(charges) == 1, [m[:60] for m in mine]
+        assert len(admits) == 1 and len(charges) == 1, scripts_in(link, mine)
         assert mine.index(admits[0]) < mine.index(charges[0])
-        assert having(link, lua.ADJUST, mine) == charges  # the correction is in the charge's write
-    assert having(link, lua.ADJUST, sent) == having(link, lua.SETTLE, sent)  # and none was written on its own after
+        # the correction is in the charge's write
+        assert having(link, lua.ADJUST, mine) == charges, scripts_in(link, mine)
+    # and none was written on its own after
+    assert having(link, lua.ADJUST, sent) == having(link, lua.SETTLE, sent), scripts_in(link, sent)
 
 
 async def test_a_request_with_a_budget_settles_its_charge_and_its_budget_in_one_script(pg_url, start_gateway):

@@ -10,7 +10,7 @@ import pytest
 from business import DEMO, chat, credits
 from fleet import until
 from test_fleet_money import ledger_and_balance, pg_url, shared_config  # noqa: F401 (pg_url: a fixture)
-from test_fleet_writes import having, writes_of_paid_requests
+from test_fleet_writes import having, scripts_in, writes_of_paid_requests
 
 from plugins.accounts import ACCOUNTS
 from plugins.accounts import redis_scripts as lua
@@ -70,5 +70,6 @@ async def test_one_request_at_a_time_from_leases_writes_only_its_charge_with_its
         link, each, _ = await writes_of_paid_requests(s, running)
     for mine in each:
         charges = having(link, lua.SETTLE, mine)
-        assert having(link, lua.ADMIT, mine) == [] and len(charges) == 1, [m[:60] for m in mine]
-        assert having(link, lua.ADJUST, mine) == charges  # the correction is in the charge's write
+        assert having(link, lua.ADMIT, mine) == [] and len(charges) == 1, scripts_in(link, mine)
+        # the correction is in the charge's write
+        assert having(link, lua.ADJUST, mine) == charges, scripts_in(link, mine)

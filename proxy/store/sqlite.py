@@ -59,14 +59,16 @@ sqlite3.register_adapter(type(None), cast(Callable[[None], None], {}.get))
 # kill -9 promise bounds (README, "What a crash can lose"; results-notes/flushsat.md).
 CHECKPOINT_S = 1.0
 
-# How much nicer than the process SQLite's thread runs (Linux: a thread's nice value is its own). The
-# thread writes behind (ledger flushes, polls); a request never waits for it. At nice 0 it shares a
-# busy core with the event loop as an equal: a request that arrives during a flush's trip waited for
-# the thread's time slice (+0.17-0.28 ms on the c=1 p99 of `tollway bench`, the target pinned to one
-# CPU). At +10 (a tenth of the loop's weight) a waking loop thread takes the core at once, while under
-# saturation the thread still gets its tenth: a flush's wait + commit stayed within ``flush_ms`` as
-# before (SCHED_IDLE did not: 440 ms at 64 connections). Measured: benchmarks/RESULTS.md, "thread".
-SQLITE_THREAD_NICENESS = 10
+# How much nicer than the process SQLite's thread runs (Linux: a thread's nice value is its own).
+# The thread writes behind (ledger flushes, polls); no model request waits for it (an admin call
+# may). At the loop's own priority it shares a busy core with the event loop as an equal, and a
+# request that came during a flush's trip waited for the trip's time slice: the p99 at concurrency 1
+# of `tollway bench` (the target pinned to one CPU) carried it. At +5 (a third of the loop's weight)
+# the waking event loop takes the core at once, while under saturation the thread keeps enough of it
+# that a flush's wait + commit stays where it was (+10 stretched it by ~20 ms; SCHED_IDLE starved
+# it: 440 ms at 64 connections). A thread cannot get its priority back unprivileged, so this is
+# fixed, not raised when flushes run late. Measured: benchmarks/RESULTS.md, "SQLite's thread".
+SQLITE_THREAD_NICENESS = 5
 
 log = logging.getLogger("tollway.storage")
 
@@ -74,7 +76,7 @@ log = logging.getLogger("tollway.storage")
 
 def _run_behind_requests(_conn: sqlite3.Connection) -> None:
     """Lower the calling thread's priority by ``SQLITE_THREAD_NICENESS`` (on aiosqlite's thread).
-    Linux only: elsewhere ``setpriority`` of 0 would renice the whole process, event loop too."""
+    Linux only: elsewhere a nice value is the whole process's, the event loop's too."""
     if not sys.platform.startswith("linux"):
         return
     tid = threading.get_native_id()
