@@ -65,9 +65,9 @@ CHECKPOINT_S = 1.0
 # request that came during a flush's trip waited for the trip's time slice: the p99 at concurrency 1
 # of `tollway bench` (the target pinned to one CPU) carried it. At +5 (a third of the loop's weight)
 # the waking event loop takes the core at once, while under saturation the thread keeps enough of it
-# that a flush's wait + commit stays where it was (+10 stretched it by ~20 ms; SCHED_IDLE starved
+# that a flush's wait + commit stays where it was (+10 stretched it by ~25 ms; SCHED_IDLE starved
 # it: 440 ms at 64 connections). A thread cannot get its priority back unprivileged, so this is
-# fixed, not raised when flushes run late. Measured: benchmarks/RESULTS.md, "SQLite's thread".
+# fixed, not raised when flushes run late. Measured: benchmarks/RESULTS.md, "late night".
 SQLITE_THREAD_NICENESS = 5
 
 log = logging.getLogger("tollway.storage")
