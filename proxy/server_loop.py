@@ -48,6 +48,7 @@ from aiohttp.web_protocol import _PAYLOAD_ACCESS_ERROR, ERROR, RequestHandler, _
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from .heldwrites import held_writes_of
 from .onewrite import AIOHTTP_314
 
 __all__ = ["ENABLED", "serve_requests"]
@@ -71,7 +72,7 @@ async def serve_requests(self: RequestHandler) -> None:
     inline = True  # until a handler changes the context
     # An answer's last write may wait for the end of the loop's pass (heldwrites.py): it goes out
     # before this loop writes anything else or closes (a pipelined request's answer, a close).
-    held = getattr(self, "held_writes", None)
+    held = held_writes_of(self)
 
     while not self._force_close:
         if not self._messages:

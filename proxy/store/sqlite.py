@@ -73,7 +73,6 @@ SQLITE_THREAD_NICENESS = 5
 log = logging.getLogger("tollway.storage")
 
 
-
 def _run_behind_requests(_conn: sqlite3.Connection) -> None:
     """Lower the calling thread's priority by ``SQLITE_THREAD_NICENESS`` (on aiosqlite's thread).
     Linux only: elsewhere a nice value is the whole process's, the event loop's too."""
